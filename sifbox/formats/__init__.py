@@ -1,0 +1,1 @@
+"""Pure byte formats: no syscalls beyond reading and writing file objects."""
