@@ -1,1 +1,1 @@
-
+"""Images on disk: opening, locking and atomically writing image files."""

@@ -44,13 +44,25 @@ class _Formatter(logging.Formatter):
 
 
 def setup(level: int, *, color: bool) -> None:
-    """Configure the `sifbox` logger once, for this process."""
+    """Configure the `sifbox` logger for this process."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(color=color, debug=level <= logging.DEBUG))
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
     os.environ["SIFBOX_MESSAGELEVEL"] = str(level)
+
+
+def _level_from_env() -> int:
+    try:
+        return int(os.environ.get("SIFBOX_MESSAGELEVEL", logging.INFO))
+    except ValueError:
+        return logging.INFO
+
+
+# The CLI publishes the level in the environment before any command imports
+# this module; helper processes inherit it the same way.
+setup(_level_from_env(), color="SIFBOX_NOCOLOR" not in os.environ and sys.stderr.isatty())
 
 
 def verbose(msg: str, *args: object) -> None:

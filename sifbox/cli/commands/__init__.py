@@ -1,1 +1,64 @@
+"""The command table: every command of the CLI, with Apptainer's names.
 
+Each built command lives in a module `sifbox.cli.commands.<module>` with
+`add_arguments(parser)` and `main(args) -> int`. Modules are imported only
+for the command being run (or for completion), so start-up stays fast.
+Commands whose module is None are not available yet: they say so.
+"""
+
+from __future__ import annotations
+
+
+
+class Command:
+    """One command: its name, one-line help, module (None: not available yet)."""
+
+    __slots__ = ("name", "help", "module", "aliases")
+
+    def __init__(self, name: str, help: str, module: str | None = None, aliases: tuple[str, ...] = ()):
+        self.name = name
+        self.help = help
+        self.module = module
+        self.aliases = aliases
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("build", "Build an image from a definition file or another image"),
+    Command("exec", "Run a command within a container"),
+    Command("run", "Run the user-defined default command within a container"),
+    Command("shell", "Run a shell within a container"),
+    Command("test", "Run the user-defined tests within a container"),
+    Command("run-help", "Show the user-defined help for an image"),
+    Command("inspect", "Show metadata for an image"),
+    Command("pull", "Pull an image from a URI"),
+    Command("push", "Upload an image to a registry"),
+    Command("sign", "Add digital signature(s) to an image"),
+    Command("verify", "Verify digital signature(s) within an image"),
+    Command("key", "Manage OpenPGP keys", aliases=("keys",)),
+    Command("instance", "Manage containers running as services"),
+    Command("overlay", "Manage an EXT3 writable overlay image"),
+    Command("sif", "Manipulate Singularity Image Format (SIF) images", "sif", ("siftool",)),
+    Command("cache", "Manage the local cache"),
+    Command("config", "Manage various sifbox configuration (root user only)"),
+    Command("capability", "Manage Linux capabilities for users and groups"),
+    Command("oci", "Manage OCI containers"),
+    Command("remote", "Manage sifbox remote endpoints"),
+    Command("registry", "Manage authentication to OCI/Docker registries"),
+    Command("keyserver", "Manage sifbox keyservers"),
+    Command("plugin", "Manage sifbox plugins"),
+    Command("delete", "Delete a remote image"),
+    Command("search", "Search a library for images"),
+    Command("checkpoint", "Manage container checkpoint state"),
+    Command("store", "Admit images into the site's image store (scan, record SBOM)"),
+    Command("sbom", "Generate or show the software bill of materials of an image"),
+    Command("doctor", "Check that this machine can run sifbox containers", "doctor"),
+    Command("completion", "Generate the autocompletion script for the specified shell", "completion"),
+    Command("version", "Show the version for sifbox", "version"),
+    Command("help", "Help about any command", "help"),
+)
+
+BY_NAME: dict[str, Command] = {}
+for _cmd in COMMANDS:
+    BY_NAME[_cmd.name] = _cmd
+    for _alias in _cmd.aliases:
+        BY_NAME[_alias] = _cmd

@@ -16,7 +16,9 @@ import os
 import time as _time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import BinaryIO
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 from sifbox.formats.sif import constants as c
 from sifbox.formats.sif.image import CHUNK, ObjectNotFound, SifError, SifImage, file_size

@@ -9,10 +9,11 @@ or an unexpected exception.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 from sifbox.formats.sif import constants as c
 from sifbox.formats.sif.layout import (
@@ -180,6 +181,8 @@ class SifImage:
             remaining -= n
 
     def digest(self, d: Descriptor, algorithm: str = "sha256") -> str:
+        import hashlib
+
         h = hashlib.new(algorithm)
         for buf in self.iter_chunks(d):
             h.update(buf)

@@ -7,9 +7,11 @@ records, `dump_*` turns records back into the exact bytes.
 
 from __future__ import annotations
 
-import dataclasses
 import struct
-import uuid
+from collections import namedtuple
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import uuid as _uuid
 
 from sifbox.formats.sif import constants as c
 
@@ -26,26 +28,24 @@ assert _HEADER.size == c.HEADER_SIZE
 assert _DESCRIPTOR.size == c.DESCRIPTOR_SIZE
 
 
-@dataclasses.dataclass(frozen=True)
-class Header:
-    """The 128-byte global header."""
+_HeaderFields = namedtuple(
+    "_HeaderFields",
+    "launch_script magic version arch image_id created_at modified_at descriptors_free "
+    "descriptors_total descriptors_offset descriptors_size data_offset data_size",
+    defaults=(
+        b"", c.MAGIC, c.VERSION, c.ARCH_UNKNOWN, bytes(16), c.ZERO_TIME, c.ZERO_TIME,
+        0, 0, c.DESCRIPTORS_OFFSET, 0, c.DESCRIPTORS_OFFSET, 0,
+    ),
+)  # fmt: skip
 
-    launch_script: bytes = b""
-    magic: bytes = c.MAGIC
-    version: bytes = c.VERSION
-    arch: bytes = c.ARCH_UNKNOWN
-    image_id: bytes = bytes(16)
-    created_at: int = c.ZERO_TIME
-    modified_at: int = c.ZERO_TIME
-    descriptors_free: int = 0
-    descriptors_total: int = 0
-    descriptors_offset: int = c.DESCRIPTORS_OFFSET
-    descriptors_size: int = 0
-    data_offset: int = c.DESCRIPTORS_OFFSET
-    data_size: int = 0
+
+class Header(_HeaderFields):
+    """The 128-byte global header (an immutable record; `replace` makes a changed copy)."""
+
+    __slots__ = ()
 
     def replace(self, **changes: object) -> Header:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        return self._replace(**changes)
 
     @property
     def launch_script_text(self) -> str:
@@ -61,7 +61,9 @@ class Header:
         return c.ARCH_NAMES.get(self.arch, "unknown")
 
     @property
-    def uuid(self) -> uuid.UUID:
+    def uuid(self) -> _uuid.UUID:
+        import uuid
+
         return uuid.UUID(bytes=self.image_id)
 
     @property
@@ -98,31 +100,25 @@ def dump_header(h: Header) -> bytes:
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class Descriptor:
-    """One 585-byte descriptor slot.
+_DescriptorFields = namedtuple(
+    "_DescriptorFields",
+    "data_type used id raw_group raw_link offset size size_with_padding created_at "
+    "modified_at uid gid raw_name extra",
+    defaults=(0, False, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, bytes(c.NAME_SIZE), bytes(c.EXTRA_SIZE)),
+)
+
+
+class Descriptor(_DescriptorFields):
+    """One 585-byte descriptor slot (an immutable record).
 
     `raw_group` and `raw_link` hold the stored values, mask bits included;
     use `group_id` and `linked_id` to read them.
     """
 
-    data_type: int = 0
-    used: bool = False
-    id: int = 0
-    raw_group: int = 0
-    raw_link: int = 0
-    offset: int = 0
-    size: int = 0
-    size_with_padding: int = 0
-    created_at: int = 0
-    modified_at: int = 0
-    uid: int = 0
-    gid: int = 0
-    raw_name: bytes = bytes(c.NAME_SIZE)
-    extra: bytes = bytes(c.EXTRA_SIZE)
+    __slots__ = ()
 
     def replace(self, **changes: object) -> Descriptor:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        return self._replace(**changes)
 
     # -- identity and relations -------------------------------------------
     @property

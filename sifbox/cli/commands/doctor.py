@@ -1,0 +1,131 @@
+"""`sifbox doctor`: check that this machine can run sifbox containers.
+
+Each check prints one line (`ok`, `warn` or `FAIL`) with what to do when it
+fails. Exit status 0 when nothing failed, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import stat
+import sys
+
+from sifbox import __version__
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+
+#: Tools sifbox runs, with the Debian package that provides each.
+TOOLS = (
+    ("mksquashfs", "squashfs-tools", FAIL),
+    ("unsquashfs", "squashfs-tools", FAIL),
+    ("squashfuse_ll", "squashfuse", FAIL),
+    ("fusermount3", "fuse3", WARN),
+    ("newuidmap", "uidmap", WARN),
+    ("newgidmap", "uidmap", WARN),
+    ("tar2sqfs", "squashfs-tools-ng", WARN),
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def check_fuse() -> tuple[str, str, str]:
+    try:
+        st = os.stat("/dev/fuse")
+    except OSError:
+        return FAIL, "/dev/fuse is missing", "load the fuse kernel module (`modprobe fuse`)"
+    mode = stat.S_IMODE(st.st_mode)
+    if os.getuid() != 0 and not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return FAIL, f"/dev/fuse is mode {mode:04o}: unprivileged users can't mount images", \
+            "as root: `chmod 0666 /dev/fuse` (and a udev rule `KERNEL==\"fuse\", MODE=\"0666\"`)"
+    if mode & 0o006 != 0o006:
+        return FAIL, f"/dev/fuse is mode {mode:04o}: only root can use FUSE, users can't mount images", \
+            "as root: `chmod 0666 /dev/fuse` (and a udev rule `KERNEL==\"fuse\", MODE=\"0666\"`)"
+    return OK, f"/dev/fuse is mode {mode:04o}", ""
+
+
+def check_userns() -> tuple[str, str, str]:
+    clone = _read("/proc/sys/kernel/unprivileged_userns_clone")
+    if clone == "0":
+        return FAIL, "unprivileged user namespaces are disabled", \
+            "as root: `sysctl kernel.unprivileged_userns_clone=1`"
+    limit = _read("/proc/sys/user/max_user_namespaces")
+    if limit == "0":
+        return FAIL, "user.max_user_namespaces is 0", "as root: `sysctl user.max_user_namespaces=15000`"
+    aa = _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
+    if aa == "1":
+        return WARN, "AppArmor restricts unprivileged user namespaces", \
+            "install an AppArmor profile for sifbox or set kernel.apparmor_restrict_unprivileged_userns=0"
+    return OK, f"unprivileged user namespaces enabled (max {limit or '?'})", ""
+
+
+def check_subid() -> tuple[str, str, str]:
+    import pwd
+
+    try:
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return WARN, f"uid {os.getuid()} has no passwd entry", ""
+    if os.getuid() == 0:
+        return OK, "running as root: --fakeroot needs no subordinate IDs", ""
+    found = []
+    for path in ("/etc/subuid", "/etc/subgid"):
+        text = _read(path) or ""
+        if any(line.split(":")[0] in (user, str(os.getuid())) for line in text.splitlines()):
+            found.append(path)
+    if len(found) == 2:
+        return OK, f"{user} has subordinate ID ranges", ""
+    return WARN, f"{user} has no range in /etc/subuid and /etc/subgid: --fakeroot maps root only", \
+        f"as root: `usermod --add-subuids 200000-265535 --add-subgids 200000-265535 {user}`"
+
+
+def check_tool(name: str, package: str, severity: str) -> tuple[str, str, str]:
+    path = shutil.which(name)
+    if path:
+        return OK, f"{name}: {path}", ""
+    return severity, f"{name} not found", f"install the Debian package `{package}`"
+
+
+def check_cgroups() -> tuple[str, str, str]:
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        return OK, "cgroups v2 (unified)", ""
+    if os.path.exists("/sys/fs/cgroup/unified/cgroup.controllers"):
+        return WARN, "cgroups v1/v2 hybrid: resource limits need the v2 hierarchy", ""
+    return WARN, "cgroups v1 only: resource limits are not available", ""
+
+
+def run_checks() -> list[tuple[str, str, str, str]]:
+    results = [
+        ("fuse", *check_fuse()),
+        ("userns", *check_userns()),
+        ("subid", *check_subid()),
+        ("cgroups", *check_cgroups()),
+    ]
+    results += [(f"tool:{name}", *check_tool(name, pkg, sev)) for name, pkg, sev in TOOLS]
+    return results
+
+
+def main(args: argparse.Namespace) -> int:
+    results = run_checks()
+    if args.json:
+        import json
+
+        print(json.dumps([{"check": c, "status": s, "detail": d, "hint": h} for c, s, d, h in results], indent=2))
+    else:
+        print(f"sifbox {__version__} on {os.uname().release}, python {sys.version.split()[0]} ({sys.executable})")
+        for _, status, detail, hint in results:
+            print(f"{status:>4}  {detail}")
+            if hint and status != OK:
+                print(f"      hint: {hint}")
+    return 1 if any(s == FAIL for _, s, _, _ in results) else 0
