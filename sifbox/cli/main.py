@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import NoReturn

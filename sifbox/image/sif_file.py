@@ -17,6 +17,7 @@ import os
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import BinaryIO, TypeVar
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
 from sifbox.formats.sif.image import SifError, SifImage
 from sifbox.util.errors import ImageBusyError, SifboxError, describe_os_error
-
 
 
 def _open(path: str, flags: int, verb: str) -> int:

@@ -9,11 +9,10 @@ Commands whose module is None are not available yet: they say so.
 from __future__ import annotations
 
 
-
 class Command:
     """One command: its name, one-line help, module (None: not available yet)."""
 
-    __slots__ = ("name", "help", "module", "aliases")
+    __slots__ = ("aliases", "help", "module", "name")
 
     def __init__(self, name: str, help: str, module: str | None = None, aliases: tuple[str, ...] = ()):
         self.name = name

@@ -42,7 +42,7 @@ class DataType(enum.IntEnum):
     OCI_BLOB = 0x400B
 
 
-DATA_TYPE_NAMES = {
+DATA_TYPE_NAMES: dict[int, str] = {
     DataType.DEFFILE: "Def.FILE",
     DataType.ENVVAR: "Env.Vars",
     DataType.LABELS: "JSON.Labels",
@@ -66,7 +66,7 @@ class FsType(enum.IntEnum):
     GOCRYPTFS_SQUASHFS = 6
 
 
-FS_TYPE_NAMES = {
+FS_TYPE_NAMES: dict[int, str] = {
     FsType.SQUASHFS: "Squashfs",
     FsType.EXT3: "Ext3",
     FsType.IMMUTABLE_OBJECTS: "Archive",
@@ -83,7 +83,7 @@ class PartType(enum.IntEnum):
     OVERLAY = 4
 
 
-PART_TYPE_NAMES = {
+PART_TYPE_NAMES: dict[int, str] = {
     PartType.SYSTEM: "System",
     PartType.PRIMSYS: "*System",
     PartType.DATA: "Data",
@@ -99,7 +99,7 @@ class HashType(enum.IntEnum):
     BLAKE2B = 5
 
 
-HASH_TYPE_NAMES = {
+HASH_TYPE_NAMES: dict[int, str] = {
     HashType.SHA256: "SHA-256",
     HashType.SHA384: "SHA-384",
     HashType.SHA512: "SHA-512",
@@ -113,7 +113,7 @@ class FormatType(enum.IntEnum):
     PEM = 2
 
 
-FORMAT_TYPE_NAMES = {FormatType.OPENPGP: "OpenPGP", FormatType.PEM: "PEM"}
+FORMAT_TYPE_NAMES: dict[int, str] = {FormatType.OPENPGP: "OpenPGP", FormatType.PEM: "PEM"}
 
 
 class MessageType(enum.IntEnum):
@@ -121,7 +121,7 @@ class MessageType(enum.IntEnum):
     RSA_OAEP = 0x200
 
 
-MESSAGE_TYPE_NAMES = {
+MESSAGE_TYPE_NAMES: dict[int, str] = {
     MessageType.CLEAR_SIGNATURE: "Clear Signature",
     MessageType.RSA_OAEP: "RSA-OAEP",
 }
@@ -138,7 +138,7 @@ class SbomFormat(enum.IntEnum):
     SYFT_JSON = 8
 
 
-SBOM_FORMAT_NAMES = {
+SBOM_FORMAT_NAMES: dict[int, str] = {
     SbomFormat.CYCLONEDX_JSON: "cyclonedx-json",
     SbomFormat.CYCLONEDX_XML: "cyclonedx-xml",
     SbomFormat.GITHUB_JSON: "github-json",

@@ -16,6 +16,7 @@ import os
 import time as _time
 import uuid
 from collections.abc import Callable, Iterable
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import BinaryIO
@@ -51,12 +52,12 @@ class ObjectInput:
     group_id: int = 1
     link: int = 0
     alignment: int | None = None
-    name: bytes | str = b""
+    name: bytes = b""
     extra: bytes | None = None
     time: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.name, str):
+        if isinstance(self.name, str):  # accept text for convenience
             self.name = self.name.encode("utf-8")
         if len(self.name) > c.NAME_SIZE:
             raise SifError(f"object name is {len(self.name)} bytes, at most {c.NAME_SIZE} fit")
@@ -70,7 +71,7 @@ class ObjectInput:
             except ValueError as err:
                 raise SifError(str(err)) from None
         if self.data_type == c.DataType.PARTITION and self.extra is not None:
-            fs, part, arch = Descriptor(extra=self.extra).partition()
+            _, _, arch = Descriptor(extra=self.extra).partition()
             if arch not in c.ARCH_NAMES:
                 raise SifError("unknown architecture in partition metadata")
 
@@ -364,7 +365,7 @@ def set_primary(
     target = img.get(object_id)
     if target.data_type != c.DataType.PARTITION:
         raise SifError(f"object {object_id} is not a partition")
-    fs, part, arch = target.partition()
+    _, part, arch = target.partition()
     if part == c.PartType.PRIMSYS:
         return
     if part != c.PartType.SYSTEM:
@@ -445,10 +446,10 @@ __all__ = [
     "create",
     "delete_object",
     "delete_objects",
+    "dump_header",
     "link_group",
     "link_object",
     "set_metadata",
     "set_oci_blob_digest",
     "set_primary",
-    "dump_header",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import BinaryIO

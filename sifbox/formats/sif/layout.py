@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import struct
 from collections import namedtuple
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import uuid as _uuid
+    from typing import Any
 
 from sifbox.formats.sif import constants as c
 
@@ -28,7 +30,43 @@ assert _HEADER.size == c.HEADER_SIZE
 assert _DESCRIPTOR.size == c.DESCRIPTOR_SIZE
 
 
-_HeaderFields = namedtuple(
+if TYPE_CHECKING:
+    from typing import NamedTuple
+
+    class _HeaderFields(NamedTuple):
+        launch_script: bytes = b""
+        magic: bytes = c.MAGIC
+        version: bytes = c.VERSION
+        arch: bytes = c.ARCH_UNKNOWN
+        image_id: bytes = bytes(16)
+        created_at: int = c.ZERO_TIME
+        modified_at: int = c.ZERO_TIME
+        descriptors_free: int = 0
+        descriptors_total: int = 0
+        descriptors_offset: int = c.DESCRIPTORS_OFFSET
+        descriptors_size: int = 0
+        data_offset: int = c.DESCRIPTORS_OFFSET
+        data_size: int = 0
+
+    class _DescriptorFields(NamedTuple):
+        data_type: int = 0
+        used: bool = False
+        id: int = 0
+        raw_group: int = 0
+        raw_link: int = 0
+        offset: int = 0
+        size: int = 0
+        size_with_padding: int = 0
+        created_at: int = 0
+        modified_at: int = 0
+        uid: int = 0
+        gid: int = 0
+        raw_name: bytes = bytes(c.NAME_SIZE)
+        extra: bytes = bytes(c.EXTRA_SIZE)
+
+# Plain namedtuples at run time: `typing` and `dataclasses` cost milliseconds
+# of start-up on every `sifbox` run.
+_HeaderFields = namedtuple(  # type: ignore[no-redef]
     "_HeaderFields",
     "launch_script magic version arch image_id created_at modified_at descriptors_free "
     "descriptors_total descriptors_offset descriptors_size data_offset data_size",
@@ -44,7 +82,7 @@ class Header(_HeaderFields):
 
     __slots__ = ()
 
-    def replace(self, **changes: object) -> Header:
+    def replace(self, **changes: Any) -> Header:
         return self._replace(**changes)
 
     @property
@@ -100,7 +138,7 @@ def dump_header(h: Header) -> bytes:
     )
 
 
-_DescriptorFields = namedtuple(
+_DescriptorFields = namedtuple(  # type: ignore[no-redef]
     "_DescriptorFields",
     "data_type used id raw_group raw_link offset size size_with_padding created_at "
     "modified_at uid gid raw_name extra",
@@ -117,7 +155,7 @@ class Descriptor(_DescriptorFields):
 
     __slots__ = ()
 
-    def replace(self, **changes: object) -> Descriptor:
+    def replace(self, **changes: Any) -> Descriptor:
         return self._replace(**changes)
 
     # -- identity and relations -------------------------------------------
