@@ -22,8 +22,8 @@ from sifbox.formats.sif.layout import (
     Header,
     crypto_message_extra,
     dump_descriptor,
-    partition_extra,
     pad_extra,
+    partition_extra,
     sbom_extra,
     signature_extra,
 )

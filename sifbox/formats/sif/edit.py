@@ -29,9 +29,12 @@ from sifbox.formats.sif.layout import (
     dump_header,
     fits_int64,
     pad_extra,
+    parse_descriptor,
 )
 
 _OCI_TYPES = (c.DataType.OCI_BLOB, c.DataType.OCI_ROOT_INDEX)
+#: Largest alignment accepted (1 GiB); alignment <= 0 means none.
+MAX_ALIGNMENT = 1 << 30
 
 
 @dataclasses.dataclass
@@ -61,6 +64,14 @@ class ObjectInput:
             self.name = self.name.encode("utf-8")
         if len(self.name) > c.NAME_SIZE:
             raise SifError(f"object name is {len(self.name)} bytes, at most {c.NAME_SIZE} fit")
+        if not -(2**31) <= self.data_type < 2**31:
+            raise SifError(f"invalid data type {self.data_type}")
+        if self.time is not None:
+            check_time(self.time)
+        if self.alignment is not None and self.alignment > MAX_ALIGNMENT:
+            raise SifError(f"alignment {self.alignment} is larger than {MAX_ALIGNMENT}")
+        if self.size is not None and self.size < 0:
+            raise SifError(f"invalid object size {self.size}")
         if not 0 <= self.group_id <= c.MAX_GROUP:
             raise SifError(f"invalid group ID {self.group_id}")
         if not 0 <= self.link <= 0xFFFFFFFF:
@@ -102,17 +113,26 @@ def link_group(group_id: int) -> int:
     return group_id | c.GROUP_MASK
 
 
+def check_time(t: int) -> int:
+    if not fits_int64(t):
+        raise SifError(f"time {t} does not fit in a SIF time field")
+    return t
+
+
 def now() -> int:
     """Current time, or SOURCE_DATE_EPOCH when set (reproducible builds)."""
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if epoch and epoch.strip().lstrip("-").isdigit():
-        return int(epoch)
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if epoch:
+        try:
+            return check_time(int(epoch))
+        except (ValueError, SifError):
+            raise SifError(f"SOURCE_DATE_EPOCH `{epoch}` is not a valid Unix time") from None
     return int(_time.time())
 
 
 def _op_time(header: Header, t: int | None, deterministic: bool) -> int:
     if t is not None:
-        return t
+        return check_time(t)
     if deterministic or header.deterministic:
         return c.ZERO_TIME
     return now()
@@ -150,6 +170,7 @@ def create(
         raise SifError("an image ID is 16 bytes")
     if time is None:
         time = c.ZERO_TIME if deterministic else now()
+    check_time(time)
     primaries = [o for o in objects if o.is_primary_partition]
     if len(primaries) > 1:
         raise SifError("image already contains a primary partition")
@@ -198,12 +219,17 @@ def add_object(
         raise SifError("image already contains a primary partition")
     t = _op_time(img.header, time, deterministic)
     old_size = img.size
+    old_header, old_slots = img.header, list(img._slots)
+    undo = _Undo(img.fp, old_size)
     try:
-        d = _place(img, obj, t)
+        d = _place(img, obj, t, undo)
     except BaseException:
-        # Data past the old end belongs to no descriptor: take it back.
-        if file_size(img.fp) > old_size:
-            img.fp.truncate(old_size)
+        # Put back the bytes of deleted objects that the new data covered,
+        # and drop what was written past the old end.
+        undo.restore()
+        img.header = old_header
+        img._slots[:] = old_slots
+        img.descriptors[:] = [parse_descriptor(raw) for raw in old_slots]
         raise
     img.header = img.header.replace(modified_at=t)
     _sync(img.fp, sync)
@@ -213,7 +239,46 @@ def add_object(
     return d
 
 
-def _place(img: SifImage, obj: ObjectInput, t: int) -> Descriptor:
+class _Undo:
+    """Remembers file bytes before they are overwritten, to put them back.
+
+    Only bytes below the old end of the file are saved (they belong to
+    deleted objects whose space is reused); bytes past it are truncated.
+    Large savings spill to a temporary file instead of memory.
+    """
+
+    def __init__(self, fp: BinaryIO, old_size: int):
+        self.fp = fp
+        self.old_size = old_size
+        self.start: int | None = None
+        self.saved: BinaryIO | None = None
+
+    def before_write(self, pos: int, n: int) -> None:
+        end = min(pos + n, self.old_size)
+        if pos >= end:
+            return
+        if self.saved is None:
+            import tempfile
+
+            self.start = pos
+            self.saved = tempfile.SpooledTemporaryFile(max_size=64 << 20)  # type: ignore[assignment]
+        here = self.fp.tell()
+        self.fp.seek(pos)
+        self.saved.write(self.fp.read(end - pos))  # type: ignore[union-attr]
+        self.fp.seek(here)
+
+    def restore(self) -> None:
+        if self.saved is not None and self.start is not None:
+            self.saved.seek(0)
+            self.fp.seek(self.start)
+            while buf := self.saved.read(CHUNK):
+                self.fp.write(buf)
+            self.saved.close()
+        if file_size(self.fp) > self.old_size:
+            self.fp.truncate(self.old_size)
+
+
+def _place(img: SifImage, obj: ObjectInput, t: int, undo: _Undo | None = None) -> Descriptor:
     """Write the object's data per the placement rules and fill its slot."""
     index = next((i for i, d in enumerate(img.descriptors) if not d.used), None)
     if index is None:
@@ -223,7 +288,7 @@ def _place(img: SifImage, obj: ObjectInput, t: int) -> Descriptor:
     unaligned = max(ends) if ends else h.data_offset
     offset = _align(unaligned, obj.effective_alignment)
     digest = hashlib.sha256() if obj.data_type in _OCI_TYPES and obj.extra is None else None
-    size = _copy_in(img.fp, offset, obj, digest)
+    size = _copy_in(img.fp, offset, obj, digest, undo)
     d = fill_descriptor(obj, t, digest).replace(
         used=True,
         id=index + 1,
@@ -268,12 +333,21 @@ def fill_descriptor(obj: ObjectInput, t: int, digest: hashlib._Hash | None = Non
     )
 
 
-def _copy_in(fp: BinaryIO, offset: int, obj: ObjectInput, digest: hashlib._Hash | None) -> int:
+def _copy_in(
+    fp: BinaryIO, offset: int, obj: ObjectInput, digest: hashlib._Hash | None, undo: _Undo | None
+) -> int:
+    if not fits_int64(offset + (obj.size or 0)):
+        raise SifError(f"object would end past the largest file offset (offset {offset})")
     fp.seek(offset)
     if isinstance(obj.data, (bytes, bytearray, memoryview)):
         data = bytes(obj.data)
         if obj.size is not None:
+            if obj.size > len(data):
+                raise SifError(f"input ended {obj.size - len(data)} bytes short of the announced size")
             data = data[: obj.size]
+        if undo is not None:
+            undo.before_write(offset, len(data))
+        fp.seek(offset)
         fp.write(data)
         if digest is not None:
             digest.update(data)
@@ -285,6 +359,9 @@ def _copy_in(fp: BinaryIO, offset: int, obj: ObjectInput, digest: hashlib._Hash 
         buf = obj.data.read(n)
         if not buf:
             break
+        if undo is not None:
+            undo.before_write(offset + written, len(buf))
+        fp.seek(offset + written)
         fp.write(buf)
         if digest is not None:
             digest.update(buf)
@@ -430,7 +507,12 @@ def check_writable(img: SifImage) -> None:
     if h.descriptors_free < 0 or h.descriptors_free > h.descriptors_total:
         raise SifError(f"damaged image: invalid free descriptor count {h.descriptors_free}")
     for d in img.descriptors:
-        if d.used and (d.offset < h.data_offset or d.size < 0 or d.end > img.size):
+        if d.used and (
+            d.offset < h.data_offset
+            or d.size < 0
+            or (d.size and d.end > img.size)
+            or not fits_int64(d.end)
+        ):
             raise SifError(f"damaged image: object {d.id} lies outside the data area")
 
 

@@ -157,7 +157,9 @@ class SifImage:
 
     # -- object data ---------------------------------------------------------
     def check_bounds(self, d: Descriptor) -> None:
-        if d.offset < 0 or d.size < 0 or d.offset + d.size > self.size:
+        # An empty object may sit past the end of the file: writing zero
+        # bytes at its offset does not extend the file (nor does it in Go).
+        if d.offset < 0 or d.size < 0 or (d.size and d.offset + d.size > self.size):
             raise SifError(
                 f"object {d.id} lies outside the file (offset {d.offset}, size {d.size}, "
                 f"file size {self.size})"
@@ -173,6 +175,7 @@ class SifImage:
     def iter_chunks(self, d: Descriptor, chunk: int = CHUNK) -> Iterator[bytes]:
         """The bytes of object `d` in chunks, for large objects."""
         self.check_bounds(d)
+        chunk = max(1, chunk)
         remaining, pos = d.size, d.offset
         while remaining:
             n = min(chunk, remaining)

@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Install sifbox system-wide on Debian 12, as root. Safe to run again: a re-run picks up source changes.
+#
+#   bash scripts/install.sh             install, then build a small demo image and show it
+#   bash scripts/install.sh --no-demo   install only
+#
+# What it does: Debian packages (squashfs-tools, squashfuse, fuse3, uidmap, ...), a venv built on
+# Debian's /usr/bin/python3 at /opt/sifbox/venv with sifbox installed into it (not editable),
+# /usr/local/bin/sifbox, /dev/fuse usable by every user, bash completion, /etc/sifbox/.
+set -euo pipefail
+
+PY=/usr/bin/python3
+PREFIX=/opt/sifbox
+VENV=$PREFIX/venv
+BIN_LINK=/usr/local/bin/sifbox
+DEMO_DIR=$PREFIX/demo
+UDEV_RULE=/etc/udev/rules.d/99-sifbox-fuse.rules
+COMPLETION=/usr/share/bash-completion/completions/sifbox
+PACKAGES=(
+    python3 python3-venv squashfs-tools squashfuse fuse3 busybox-static uidmap siftool
+    squashfs-tools-ng bash-completion
+)
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+demo=1
+
+say() { printf '==> %s\n' "$*"; }
+warn() { printf 'install.sh: warning: %s\n' "$*" >&2; }
+die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+    sed -n '2,6s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+}
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        --no-demo) demo=0 ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; printf 'install.sh: error: unknown argument `%s`\n' "$1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+[ "$(id -u)" -eq 0 ] || die "run me as root (I install Debian packages and write /opt, /usr/local, /etc)"
+[ -r /etc/debian_version ] || warn "this does not look like Debian; carrying on anyway"
+
+tmp=$(mktemp -d /tmp/sifbox-install.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+
+# --- 1. Debian packages -------------------------------------------------------------------------
+installed() {
+    [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]
+}
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    installed "$p" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+    say "Debian packages: all ${#PACKAGES[@]} already installed"
+else
+    export DEBIAN_FRONTEND=noninteractive
+    say "apt-get update"
+    apt-get update -q
+    wanted=()
+    for p in "${missing[@]}"; do
+        cand=$(apt-cache policy "$p" 2>/dev/null | awk '/Candidate:/ {print $2}')
+        if [ -z "$cand" ] || [ "$cand" = "(none)" ]; then
+            warn "Debian package \`$p\` is not available here; skipping it"
+        else
+            wanted+=("$p")
+        fi
+    done
+    if [ ${#wanted[@]} -gt 0 ]; then
+        say "apt-get install ${wanted[*]}"
+        apt-get install -y -q -o Dpkg::Use-Pty=0 --no-install-recommends "${wanted[@]}"
+    fi
+fi
+
+[ -x "$PY" ] || die "$PY is missing (Debian package python3)"
+
+# --- 2. venv with sifbox --------------------------------------------------------------------------
+# Rebuild the venv when it is missing or does not run (e.g. after a Python upgrade).
+if ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1 || [ ! -x "$VENV/bin/pip" ]; then
+    say "creating venv $VENV with $PY"
+    rm -rf "$VENV"
+    mkdir -p "$PREFIX"
+    "$PY" -m venv "$VENV"
+fi
+
+# Build from a copy of the sources, so the build leaves no build/ or *.egg-info in the work tree.
+say "installing sifbox from $repo into $VENV"
+src=$tmp/src
+mkdir -p "$src"
+cp -r "$repo/pyproject.toml" "$repo/sifbox" "$src/"
+for f in README.md LICENSE LICENSE.txt COPYING; do
+    if [ -e "$repo/$f" ]; then cp "$repo/$f" "$src/"; fi
+done
+find "$src" -name __pycache__ -type d -prune -exec rm -rf {} +
+"$VENV/bin/pip" install --quiet --no-deps --force-reinstall "$src"
+site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+
+# setuptools is only needed to build, and its distutils-precedence.pth is imported by every start
+# of the venv's Python: drop it. pip stays (scripts/test.sh installs the test tools with it) and
+# adds no .pth file.
+if [ -d "$site/setuptools" ]; then
+    "$VENV/bin/pip" uninstall --quiet --yes setuptools
+fi
+# Precompile, so users who cannot write to /opt do not re-compile on every start.
+"$VENV/bin/python" -m compileall -q "$site/sifbox" >/dev/null
+
+ln -sfn "$VENV/bin/sifbox" "$BIN_LINK"
+chmod -R a+rX "$PREFIX"
+
+"$BIN_LINK" version >/dev/null || die "the installed \`$BIN_LINK version\` does not run"
+say "installed $BIN_LINK ($("$BIN_LINK" version))"
+
+# --- 3. FUSE for every user (squashfuse mounts images for unprivileged users) -------------------
+if [ -e /dev/fuse ]; then
+    chmod 0666 /dev/fuse || warn "can't chmod /dev/fuse to 0666; unprivileged image mounts will fail"
+else
+    warn "/dev/fuse does not exist; unprivileged image mounts will fail (modprobe fuse?)"
+fi
+mkdir -p "$(dirname "$UDEV_RULE")"
+printf '%s\n' '# sifbox: let every user mount images with squashfuse' 'KERNEL=="fuse", MODE="0666"' \
+    >"$UDEV_RULE"
+
+# --- 4. bash completion, config directory -------------------------------------------------------
+mkdir -p "$(dirname "$COMPLETION")"
+if "$BIN_LINK" completion bash >"$tmp/completion" 2>"$tmp/completion.err"; then
+    install -m 0644 "$tmp/completion" "$COMPLETION"
+else
+    warn "\`sifbox completion bash\` failed, so no bash completion: $(head -n 3 "$tmp/completion.err")"
+fi
+mkdir -p /etc/sifbox
+chmod 0755 /etc/sifbox
+
+say "done"
+[ "$demo" -eq 1 ] || exit 0
+
+# --- 5. demo: a tiny busybox image ----------------------------------------------------------------
+case $(uname -m) in
+    x86_64) arch=2 ;;
+    aarch64 | arm64) arch=4 ;;
+    i?86) arch=1 ;;
+    armv7l | armv6l) arch=3 ;;
+    ppc64le) arch=6 ;;
+    s390x) arch=11 ;;
+    riscv64) arch=12 ;;
+    *) die "no SIF architecture code for \`$(uname -m)\`" ;;
+esac
+
+say "demo: building a busybox root filesystem and a SIF image in $tmp/demo"
+d=$tmp/demo
+rootfs=$d/rootfs
+mkdir -p "$rootfs"/{bin,dev,etc,home,proc,root,sys,tmp} "$rootfs/.singularity.d/env"
+cp /bin/busybox "$rootfs/bin/busybox"
+for applet in sh ls echo cat env id pwd uname true false mkdir; do
+    ln -s busybox "$rootfs/bin/$applet"
+done
+printf '#!/bin/sh\necho "Hello from the sifbox demo image"\n' >"$rootfs/.singularity.d/runscript"
+chmod 0755 "$rootfs/.singularity.d/runscript"
+chmod 1777 "$rootfs/tmp"
+
+mksquashfs "$rootfs" "$d/root.sqfs" -noappend -all-root -quiet -no-progress
+run() { printf '$ %s\n' "$*"; "$@"; }
+(
+    cd "$d"
+    PATH=$(dirname "$BIN_LINK"):$PATH
+    run sifbox sif new demo.sif
+    run sifbox sif add demo.sif root.sqfs --datatype 4 --partfs 1 --parttype 2 --partarch "$arch"
+    run sifbox sif list demo.sif
+    run sifbox sif header demo.sif
+)
+mkdir -p "$DEMO_DIR"
+install -m 0644 "$d/demo.sif" "$DEMO_DIR/demo.sif.new"
+mv -f "$DEMO_DIR/demo.sif.new" "$DEMO_DIR/demo.sif"
+chmod -R a+rX "$DEMO_DIR"
+
+cat <<EOF
+
+The demo image is $DEMO_DIR/demo.sif. What to try next (as any user):
+
+    sifbox sif list $DEMO_DIR/demo.sif
+    sifbox sif info 1 $DEMO_DIR/demo.sif
+    sifbox sif header $DEMO_DIR/demo.sif
+    sifbox help
+    sifbox doctor
+EOF

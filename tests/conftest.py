@@ -1,0 +1,203 @@
+"""Fixtures shared by every test directory.
+
+Integration and e2e tests run things twice, as root and as the unprivileged test user that
+``scripts/create-test-user.sh`` creates (``sifbox-test``)::
+
+    @pytest.mark.integration
+    def test_list(run_as, as_who, sifbox_cli, shared_tmp):
+        proc = run_as(as_who, [sifbox_cli, "sif", "list", str(shared_tmp / "x.sif")])
+        assert proc.returncode == 0, proc.stderr
+
+Nothing here runs at import time and every fixture is opt-in, so ``tests/unit`` needs neither
+root nor the test user. Unit tests may not use the fixtures that run programs (see
+``_refuse_system_fixtures_in_unit_tests``).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_USER = os.environ.get("SIFBOX_TEST_USER", "sifbox-test")
+INSTALLED_CLI = Path(os.environ.get("SIFBOX_CLI", "/usr/local/bin/sifbox"))
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Fixtures that run programs, switch users or touch the machine: not for tests/unit.
+SYSTEM_FIXTURES = frozenset({"test_user", "run_as", "as_who", "shared_tmp", "sifbox_cli"})
+
+
+@dataclass(frozen=True)
+class User:
+    """Who a command runs as: root, or the unprivileged test user."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+    @property
+    def is_root(self) -> bool:
+        return self.uid == 0
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _user(name: str) -> User:
+    pw = pwd.getpwnam(name)
+    return User(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
+
+
+RunAs = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+def _user_env(user: User) -> dict[str, str]:
+    """The caller's environment as `user` sees it: own HOME, no PATH entries under /root."""
+    env = dict(os.environ)
+    path = env.get("PATH", SAFE_PATH).split(os.pathsep)
+    path = [p for p in path if p and not p.startswith("/root")]
+    env.update(
+        PATH=os.pathsep.join(path) or SAFE_PATH,
+        HOME=user.home,
+        USER=user.name,
+        LOGNAME=user.name,
+    )
+    for var in ("XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME"):
+        env.pop(var, None)
+    return env
+
+
+def _run_as(
+    user: User | str | None, argv: Sequence[str | os.PathLike[str]], **kw: object
+) -> subprocess.CompletedProcess[str]:
+    """Run `argv` as root (`None`, `"root"` or a root `User`) or as another user via runuser.
+
+    Output is captured as text and the exit status is not checked, unless `kw` says otherwise
+    (any `subprocess.run` keyword). For another user, `env` defaults to the caller's environment
+    with that user's HOME/USER/LOGNAME and without PATH entries under /root.
+    """
+    if isinstance(user, str):
+        user = _user(user)
+    args = [os.fspath(a) for a in argv]
+    kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    kw.setdefault("check", False)
+    if "input" not in kw:
+        kw.setdefault("stdin", subprocess.DEVNULL)
+    kw.setdefault("timeout", 300)
+    if user is not None and not user.is_root:
+        if os.geteuid() != 0:
+            pytest.skip(f"running a command as `{user}` needs root (runuser)")
+        kw.setdefault("env", _user_env(user))
+        args = ["runuser", "-u", user.name, "--", *args]
+    return subprocess.run(args, **kw)  # type: ignore[call-overload, no-any-return]
+
+
+@pytest.fixture(autouse=True)
+def _refuse_system_fixtures_in_unit_tests(request: pytest.FixtureRequest) -> None:
+    path = Path(str(request.node.path)).resolve()
+    if (REPO / "tests" / "unit") in path.parents:
+        used = SYSTEM_FIXTURES.intersection(request.fixturenames)
+        if used:
+            pytest.fail(
+                f"unit tests must not use {sorted(used)}: they need root, the test user or the "
+                "installed CLI; move the test to tests/integration or tests/e2e",
+                pytrace=False,
+            )
+
+
+@pytest.fixture(scope="session")
+def test_user() -> User:
+    """The unprivileged test user (name, uid, gid, home); skips if it does not exist."""
+    try:
+        user = _user(TEST_USER)
+    except KeyError:
+        pytest.skip(f"test user `{TEST_USER}` does not exist: run scripts/create-test-user.sh")
+    if user.uid == 0:
+        pytest.fail(f"test user `{TEST_USER}` has uid 0; it must be unprivileged")
+    return user
+
+
+@pytest.fixture(scope="session")
+def run_as() -> RunAs:
+    """`run_as(user_or_None, argv, **subprocess_run_kw) -> CompletedProcess[str]`."""
+    return _run_as
+
+
+@pytest.fixture(params=["root", "user"])
+def as_who(request: pytest.FixtureRequest) -> User:
+    """Run a test twice: as root, and as the unprivileged test user. Pass it to `run_as`."""
+    if os.geteuid() != 0:
+        pytest.skip("running as root and as the test user needs the tests to run as root")
+    if request.param == "root":
+        return _user("root")
+    user: User = request.getfixturevalue("test_user")
+    return user
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A fresh directory under /tmp that root and the test user can both read and write (0777).
+
+    Files root copies in stay root's: chown them for a test where the user must write them.
+    Removed afterwards; a mount left inside it fails the test (something leaked a mount).
+    """
+    base = Path(tempfile.mkdtemp(prefix="sifbox-test-", dir="/tmp"))
+    base.chmod(0o777)
+    try:
+        yield base
+    finally:
+        leaked = _mounts_under(base)
+        for mnt in reversed(leaked):
+            subprocess.run(["umount", "-l", mnt], capture_output=True, check=False)
+        shutil.rmtree(base, ignore_errors=True)
+        if leaked:
+            pytest.fail(f"mounts left behind under {base}: {leaked}", pytrace=False)
+
+
+def _mounts_under(base: Path) -> list[str]:
+    found = []
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            for line in f:
+                mnt = line.split()[4].replace("\\040", " ")
+                if mnt == str(base) or mnt.startswith(f"{base}/"):
+                    found.append(mnt)
+    except OSError:
+        pass
+    return found
+
+
+@pytest.fixture(scope="session")
+def sifbox_cli() -> str:
+    """Path of the installed CLI (/usr/local/bin/sifbox, or $SIFBOX_CLI); skips if missing."""
+    if not (INSTALLED_CLI.exists() and os.access(INSTALLED_CLI, os.X_OK)):
+        pytest.skip(f"{INSTALLED_CLI} is not installed: run `bash scripts/install.sh`")
+    return str(INSTALLED_CLI)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The project's shared/ directory beside the repo (SIF corpus, spec); skips if absent."""
+    path = Path(os.environ.get("SIFBOX_SHARED_DIR", REPO.parent / "shared"))
+    if not path.is_dir():
+        pytest.skip(f"shared directory {path} not found (set SIFBOX_SHARED_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sif_corpus(shared_dir: Path) -> Path:
+    """shared/sif-corpus: reference SIF images and siftool golden outputs."""
+    path = shared_dir / "sif-corpus"
+    if not path.is_dir():
+        pytest.skip(f"SIF corpus {path} not found")
+    return path
