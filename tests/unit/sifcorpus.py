@@ -1,9 +1,26 @@
-"""Paths of the shared SIF conformance corpus."""
+"""Paths of the shared SIF conformance corpus, and the SIF fuzz target."""
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 CORPUS = SHARED / "sif-corpus"
 IMAGES = CORPUS / "images"
 GOLDEN = CORPUS / "golden"
 INPUTS = CORPUS / "inputs"
+
+FUZZ_TARGET = Path(__file__).resolve().parents[2] / "fuzz" / "fuzz_sif.py"
+
+
+def load_fuzz_target() -> ModuleType:
+    """fuzz/fuzz_sif.py as a module (it is a script, not part of the package)."""
+    if "fuzz_sif" in sys.modules:
+        return sys.modules["fuzz_sif"]
+    spec = importlib.util.spec_from_file_location("fuzz_sif", FUZZ_TARGET)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["fuzz_sif"] = module
+    return module

@@ -84,7 +84,7 @@ def test_new_add_setprim_del(capsysbinary, tmp_path: Path) -> None:
         ["--datatype", "10"],
     ):
         assert run(capsysbinary, "sif", "add", image, str(INPUT), *flags) == (0, b"", b"")
-    status, out, _ = run(capsysbinary, "sif", "list", image)
+    _, out, _ = run(capsysbinary, "sif", "list", image)
     assert out.decode().splitlines()[3:] == [
         "1    |NONE    |NONE    |32768-32772               |FS (Squashfs/System/386)",
         "2    |NONE    |NONE    |32772-32776               |Signature (SHA-256)",

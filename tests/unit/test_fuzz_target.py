@@ -7,7 +7,6 @@ cannot rot between fuzzing sessions.
 
 from __future__ import annotations
 
-import importlib.util
 import struct
 import sys
 from pathlib import Path
@@ -15,19 +14,16 @@ from types import ModuleType
 
 import pytest
 
-from .sifcorpus import IMAGES
+from .sifcorpus import FUZZ_TARGET, IMAGES, load_fuzz_target
 
-TARGET = Path(__file__).resolve().parents[2] / "fuzz" / "fuzz_sif.py"
+TARGET = FUZZ_TARGET
 CORPUS = sorted(IMAGES.glob("*.sif")) if IMAGES.is_dir() else []
 
 
 @pytest.fixture(scope="module")
 def target() -> ModuleType:
     had_atheris = "atheris" in sys.modules
-    spec = importlib.util.spec_from_file_location("fuzz_sif", TARGET)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_fuzz_target()
     assert had_atheris or "atheris" not in sys.modules, "the target must import atheris lazily"
     return module
 
