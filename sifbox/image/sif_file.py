@@ -15,7 +15,6 @@ import errno
 import fcntl
 import os
 import stat
-import tempfile
 from collections.abc import Callable, Iterator
 
 TYPE_CHECKING = False
@@ -84,6 +83,8 @@ def write_atomically(path: str, write: Callable[[BinaryIO], T], *, verb: str) ->
 
     Nothing is left at `path` (nor beside it) unless `write` completes.
     """
+    import tempfile
+
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise SifboxError(f"can't {verb} `{path}`: is a directory")
