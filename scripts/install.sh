@@ -135,6 +135,9 @@ else
 fi
 mkdir -p /etc/sifbox
 chmod 0755 /etc/sifbox
+# Containers mount their session tmpfs over this directory, inside their own mount namespace.
+mkdir -p /var/lib/sifbox/mnt/session
+chmod 0755 /var/lib/sifbox /var/lib/sifbox/mnt /var/lib/sifbox/mnt/session
 
 say "done"
 [ "$demo" -eq 1 ] || exit 0

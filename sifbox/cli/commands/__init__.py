@@ -23,10 +23,10 @@ class Command:
 
 COMMANDS: tuple[Command, ...] = (
     Command("build", "Build an image from a definition file or another image"),
-    Command("exec", "Run a command within a container"),
-    Command("run", "Run the user-defined default command within a container"),
-    Command("shell", "Run a shell within a container"),
-    Command("test", "Run the user-defined tests within a container"),
+    Command("exec", "Run a command within a container", "action"),
+    Command("run", "Run the user-defined default command within a container", "action"),
+    Command("shell", "Run a shell within a container", "action"),
+    Command("test", "Run the user-defined tests within a container", "action"),
     Command("run-help", "Show the user-defined help for an image"),
     Command("inspect", "Show metadata for an image"),
     Command("pull", "Pull an image from a URI"),

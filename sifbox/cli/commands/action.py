@@ -1,0 +1,184 @@
+"""`sifbox exec|run|shell|test IMAGE ...`: run an image without extracting it.
+
+    sifbox exec [options] IMAGE COMMAND [ARGS...]
+    sifbox run [options] IMAGE [ARGS...]        the image's runscript
+    sifbox shell [options] IMAGE                 an interactive shell
+    sifbox test [options] IMAGE                  the image's test script
+
+Every option also reads SIFBOX_<OPTION> (then APPTAINER_<OPTION>,
+SINGULARITY_<OPTION>) from the environment, as Apptainer's do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from sifbox.util.errors import NotAvailableError, UsageError
+
+ENV_PREFIXES = ("SIFBOX_", "APPTAINER_", "SINGULARITY_")
+NOT_YET = ("fakeroot", "writable", "overlay", "nv", "nvccli", "rocm", "pid", "ipc", "net", "uts", "app")
+
+
+def flag_env(*names: str) -> str | None:
+    """The first of SIFBOX_<NAME>, APPTAINER_<NAME>, SINGULARITY_<NAME> that is set."""
+    for prefix in ENV_PREFIXES:
+        for name in names:
+            value = os.environ.get(prefix + name)
+            if value is not None:
+                return value
+    return None
+
+
+def _truthy(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    action = p.get_default("_command").name
+    p.add_argument("image", metavar="IMAGE", help="SIF file, SquashFS file or sandbox directory")
+    if action == "exec":
+        p.add_argument("command_word", metavar="COMMAND", help="command to run in the container")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments")
+    g = p.add_argument_group("mounts")
+    g.add_argument("-B", "--bind", action="append", default=[], metavar="SPEC",
+                   help="bind mount src[:dest[:ro|rw]], comma-separated, repeatable")
+    g.add_argument("--mount", action="append", default=[], metavar="SPEC",
+                   help="type=bind,source=...,destination=...[,ro]")
+    g.add_argument("-H", "--home", metavar="SRC[:DST]", help="home directory to bind")
+    g.add_argument("--no-home", action="store_true", help="do not mount the home directory")
+    g.add_argument("--no-mount", action="append", default=[], metavar="LIST",
+                   help="disable default mounts: proc,sys,dev,devpts,home,tmp,cwd,bind-paths,/etc/hosts,...")
+    g.add_argument("--writable-tmpfs", action="store_true", help="make the root writable, changes vanish at exit")
+    g.add_argument("-w", "--writable", action="store_true", help=argparse.SUPPRESS)
+    g.add_argument("-o", "--overlay", action="append", default=[], help=argparse.SUPPRESS)
+    g = p.add_argument_group("isolation")
+    g.add_argument("-c", "--contain", action="store_true", help="minimal /dev, private /tmp and home")
+    g.add_argument("-C", "--containall", action="store_true", help="--contain plus --cleanenv (and PID/IPC namespaces)")
+    g.add_argument("-e", "--cleanenv", action="store_true", help="do not pass the host environment")
+    g.add_argument("--env", action="append", default=[], metavar="K=V", help="set an environment variable")
+    g.add_argument("--env-file", action="append", default=[], metavar="FILE", help="read environment variables from a file")
+    g.add_argument("--pwd", "--cwd", dest="pwd", metavar="DIR", help="initial working directory")
+    g.add_argument("-u", "--userns", action="store_true", help="run in a user namespace even as root")
+    g.add_argument("--keep-privs", action="store_true", help="root: keep capabilities in the container")
+    g.add_argument("--no-privs", action="store_true", help="drop all capabilities (the default)")
+    if action == "shell":
+        p.add_argument("-s", "--shell", metavar="PATH", help="shell to run (default /bin/bash, else /bin/sh)")
+    g = p.add_argument_group("not available yet")
+    for name in NOT_YET:
+        if name in ("writable", "overlay"):
+            continue
+        takes_value = name == "app"
+        g.add_argument(f"--{name}", action="store" if takes_value else "store_true", help=argparse.SUPPRESS)
+    g.add_argument("-f", dest="fakeroot", action="store_true", help=argparse.SUPPRESS)
+
+
+def build_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from sifbox.runtime.spec import NO_MOUNT_NAMES, ContainerSpec, parse_bind, parse_mount
+
+    for name in NOT_YET:
+        if getattr(args, name, None):
+            raise NotAvailableError(f"can't use --{name}: not available in this version of sifbox yet")
+    binds = []
+    env_binds = flag_env("BIND", "BINDPATH")
+    for text in ([env_binds] if env_binds else []) + args.bind:
+        binds += parse_bind(text)
+    binds += [parse_mount(m) for m in args.mount]
+    no_mount = set()
+    for item in args.no_mount + ([flag_env("NO_MOUNT")] if flag_env("NO_MOUNT") else []):
+        for name in filter(None, item.split(",")):
+            if name not in NO_MOUNT_NAMES and not name.startswith("/"):
+                raise UsageError(f"can't use --no-mount `{name}`: unknown mount",
+                                 hint="one of " + ", ".join(sorted(NO_MOUNT_NAMES)) + ", or a bind destination")
+            no_mount.add(name)
+    home = args.home or flag_env("HOME")
+    home_source = home_target = None
+    if home:
+        home_source, _, home_target = home.partition(":")
+        home_target = home_target or home_source
+    containall = args.containall or _truthy(flag_env("CONTAINALL"))
+    return ContainerSpec(
+        image=args.image,
+        action=args.command,
+        command=[],
+        binds=tuple(binds),
+        home_source=home_source,
+        home_target=home_target,
+        no_home=args.no_home or _truthy(flag_env("NO_HOME")),
+        contain=args.contain or containall or _truthy(flag_env("CONTAIN")),
+        cleanenv=args.cleanenv or containall or _truthy(flag_env("CLEANENV")),
+        writable_tmpfs=args.writable_tmpfs or _truthy(flag_env("WRITABLE_TMPFS")),
+        userns=args.userns or _truthy(flag_env("USERNS")),
+        pwd=args.pwd or flag_env("PWD_CONTAINER") or None,
+        no_mount=frozenset(no_mount),
+        shell=getattr(args, "shell", None) or flag_env("SHELL") if args.command == "shell" else None,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    import pwd
+
+    from sifbox.image.source import open_image
+    from sifbox.runtime import env as envmod
+    from sifbox.runtime.plan import default_mounts
+    from sifbox.runtime.spec import Host
+    from sifbox.util.paths import chase
+
+    action = args.command
+    spec = build_spec(args)
+    if spec.writable_tmpfs is False and args.writable:
+        raise NotAvailableError("can't use --writable: not available in this version of sifbox yet",
+                                hint="--writable-tmpfs gives a writable root whose changes vanish at exit")
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        entry = pwd.getpwuid(uid)
+        user, home = entry.pw_name, entry.pw_dir
+    except KeyError:
+        user, home = f"uid{uid}", os.environ.get("HOME", "/")
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = "/"
+    host = Host(uid, gid, user, home, cwd, uid == 0)
+
+    env_files: dict[str, str] = {}
+    for path in args.env_file + ([flag_env("ENV_FILE")] if flag_env("ENV_FILE") else []):
+        try:
+            with open(path) as f:
+                env_files.update(envmod.parse_env_file(f.read(), path))
+        except OSError as err:
+            raise UsageError(f"can't read env file `{path}`: {err.strerror}") from None
+    overrides = envmod.user_overrides(os.environ, env_files, envmod.parse_env_option(args.env))
+    mounts = default_mounts(spec, host)
+    source = open_image(spec.image, verb=action)
+    env = envmod.container_env(
+        os.environ, cleanenv=spec.cleanenv, image=source.path,
+        home=spec.home_target or home, overrides=overrides,
+        shell_prompt="Sifbox> " if action == "shell" else None,
+    )  # fmt: skip
+    if action == "exec":
+        words = [args.command_word, *args.args]
+    elif action == "shell":
+        words = [spec.shell or "", *args.args]
+    else:
+        words = list(args.args)
+
+    def payload(root: str) -> tuple[list[str], dict[str, str]]:
+        try:
+            chase(root, "/bin/sh")
+            has_shell = True
+        except OSError:
+            has_shell = False
+        if has_shell:
+            return ["/bin/sh", "-c", envmod.PRELUDE, "sifbox", action, *words], env
+        if action != "exec":
+            raise UsageError(f"can't {action} `{spec.image}`: the image has no /bin/sh",
+                             hint="`sifbox exec IMAGE /path/to/program` runs a program directly")
+        return words, envmod.apply_overrides_directly(env, overrides)
+
+    from sifbox.runtime.sandbox.setup import enter
+    from sifbox.util import log
+
+    enter(spec, host, source, mounts, payload, log=log.verbose)
+    return 255  # not reached: enter() execs the payload or raises

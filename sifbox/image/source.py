@@ -1,0 +1,107 @@
+"""Find the root file system of an image: a SIF's primary SquashFS
+partition, a bare SquashFS file, or a directory (sandbox).
+
+The image file is opened once; the same descriptor is what gets mounted,
+so the file cannot be swapped between the checks and the mount.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import stat
+
+from sifbox.formats import squashfs
+from sifbox.formats.sif import constants as c
+from sifbox.util.errors import SifboxError, describe_os_error
+
+
+class ImageKind(enum.Enum):
+    SIF = "sif"
+    SQUASHFS = "squashfs"
+    SANDBOX = "sandbox"
+
+
+class ImageSource:
+    """An opened image: where its root file system lies."""
+
+    __slots__ = ("path", "kind", "fd", "offset", "size")
+
+    def __init__(self, path: str, kind: ImageKind, fd: int | None, offset: int = 0, size: int = 0):
+        self.path = path
+        self.kind = kind
+        self.fd = fd
+        self.offset = offset
+        self.size = size
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def open_image(path: str, verb: str = "run") -> ImageSource:
+    """Open `path` and locate its root file system, or raise a one-line error."""
+    where = f"can't {verb} `{path}`"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise SifboxError(f"{where}: no such file or directory") from None
+    except OSError as err:
+        raise SifboxError(f"{where}: {describe_os_error(err)}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            return ImageSource(os.path.realpath(path), ImageKind.SANDBOX, fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SifboxError(f"{where}: not a regular file or directory")
+        head = os.pread(fd, 128, 0)
+        if head[32:42] == c.MAGIC:
+            src = _sif_partition(fd, path, where)
+        elif squashfs.probe(head):
+            src = ImageSource(os.path.realpath(path), ImageKind.SQUASHFS, fd, 0, st.st_size)
+        else:
+            raise SifboxError(
+                f"{where}: not a SIF, SquashFS or sandbox image",
+                hint="images are .sif files, bare SquashFS files, or directories",
+            )
+        sb = os.pread(fd, squashfs.SUPERBLOCK_SIZE, src.offset)
+        try:
+            info = squashfs.parse_superblock(sb)
+        except squashfs.SquashfsError as err:
+            raise SifboxError(f"{where}: the root file system is damaged: {err}") from None
+        if int(info["bytes_used"]) > src.size:
+            raise SifboxError(
+                f"{where}: the root file system is damaged: SquashFS of {info['bytes_used']} bytes "
+                f"in a partition of {src.size}"
+            )
+        return src
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _sif_partition(fd: int, path: str, where: str) -> ImageSource:
+    from sifbox.formats.sif.image import SifError, SifImage
+
+    with os.fdopen(os.dup(fd), "rb") as fp:
+        try:
+            img = SifImage.load(fp)
+        except SifError as err:
+            raise SifboxError(f"{where}: {err}") from None
+        part = img.primary_partition()
+        if part is None:
+            parts = [d for d in img.objects() if d.data_type == c.DataType.PARTITION]
+            part = next((d for d in parts if d.partition()[1] == c.PartType.SYSTEM), None)
+        if part is None:
+            raise SifboxError(f"{where}: the SIF image has no root file system partition",
+                              hint=f"`sifbox sif list {path}` shows what it holds")  # fmt: skip
+        fs = part.partition()[0]
+        if fs != c.FsType.SQUASHFS:
+            name = c.display(c.FS_TYPE_NAMES, fs)
+            raise SifboxError(f"{where}: the root file system is {name}, sifbox runs SquashFS images")
+        try:
+            img.check_bounds(part)
+        except SifError as err:
+            raise SifboxError(f"{where}: {err}") from None
+    return ImageSource(os.path.realpath(path), ImageKind.SIF, fd, part.offset, part.size)

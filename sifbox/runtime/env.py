@@ -1,0 +1,179 @@
+"""The container's environment, with Apptainer's precedence (pure).
+
+Lowest to highest: the host environment (unless --cleanenv), the image's
+`/.singularity.d/env/*.sh` scripts (sourced inside, in order), then the
+user's overrides: `SINGULARITYENV_*` < `APPTAINERENV_*` < `SIFBOXENV_*`
+< `--env-file` < `--env`, and `PREPEND_PATH` / `APPEND_PATH`.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+LIBS = "/.singularity.d/libs"
+ENV_PREFIXES = ("SINGULARITYENV_", "APPTAINERENV_", "SIFBOXENV_")  # lowest first
+#: Host variables that never pass into the container as they are.
+NOT_PASSED = frozenset({"PATH", "LD_LIBRARY_PATH", "PS1", "PROMPT_COMMAND", "BASH_ENV", "ENV"})
+#: What --cleanenv keeps.
+CLEANENV_KEEP = ("TERM", "LANG", "LC_ALL", "TZ")
+OVERRIDES_VAR = "SIFBOX_ENV_OVERRIDES"
+
+
+def parse_env_file(text: str, where: str) -> dict[str, str]:
+    """KEY=VALUE lines (`export` allowed, # comments, optional quotes)."""
+    from sifbox.util.errors import UsageError
+
+    out: dict[str, str] = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[7:].lstrip()
+        key, sep, value = line.partition("=")
+        if not sep or not key.replace("_", "a").isalnum() or key[0].isdigit():
+            raise UsageError(f"can't read env file `{where}`: line {n} is not KEY=VALUE")
+        try:
+            parts = shlex.split(value) if value else [""]
+        except ValueError as err:
+            raise UsageError(f"can't read env file `{where}`: line {n}: {err}") from None
+        out[key] = " ".join(parts)
+    return out
+
+
+def parse_env_option(items: list[str]) -> dict[str, str]:
+    from sifbox.util.errors import UsageError
+
+    out: dict[str, str] = {}
+    for item in items:
+        for pair in _split_commas(item):
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise UsageError(f"can't use --env `{pair}`: expected KEY=VALUE")
+            out[key] = value
+    return out
+
+
+def _split_commas(text: str) -> list[str]:
+    """`A=1,B=2` -> two items, but `A=1,2` (no `=` after the comma) stays one."""
+    items: list[str] = []
+    for piece in text.split(","):
+        if items and "=" not in piece:
+            items[-1] += "," + piece
+        else:
+            items.append(piece)
+    return items
+
+
+def user_overrides(host_env: Mapping[str, str], env_files: dict[str, str], env_opts: dict[str, str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for prefix in ENV_PREFIXES:
+        for key, value in host_env.items():
+            if key.startswith(prefix) and len(key) > len(prefix):
+                out[key[len(prefix):]] = value
+    out.update(env_files)
+    out.update(env_opts)
+    return out
+
+
+def container_env(
+    host_env: Mapping[str, str],
+    *,
+    cleanenv: bool,
+    image: str,
+    home: str,
+    overrides: Mapping[str, str],
+    shell_prompt: str | None = None,
+) -> dict[str, str]:
+    """The environment the container process starts with (before the image's
+    env scripts run), with the user's overrides carried in OVERRIDES_VAR."""
+    if cleanenv:
+        env = {k: host_env[k] for k in CLEANENV_KEEP if k in host_env}
+    else:
+        env = {k: v for k, v in host_env.items() if k not in NOT_PASSED and not k.startswith(ENV_PREFIXES)}
+    name = os.path.basename(image)
+    for prefix in ("SIFBOX", "APPTAINER", "SINGULARITY"):
+        env[f"{prefix}_CONTAINER"] = image
+        env[f"{prefix}_NAME"] = name
+        env[f"{prefix}_ENVIRONMENT"] = "/.singularity.d/env/90-environment.sh"
+    env["PATH"] = DEFAULT_PATH
+    env["LD_LIBRARY_PATH"] = LIBS
+    env["HOME"] = home
+    if shell_prompt:
+        env["PS1"] = shell_prompt
+    env[OVERRIDES_VAR] = overrides_script(overrides)
+    return env
+
+
+def overrides_script(overrides: Mapping[str, str]) -> str:
+    """Shell lines applied after the image's env scripts."""
+    lines = []
+    for key, value in overrides.items():
+        if key == "PREPEND_PATH":
+            lines.append(f'export PATH={shlex.quote(value)}:"$PATH"')
+        elif key == "APPEND_PATH":
+            lines.append(f'export PATH="$PATH":{shlex.quote(value)}')
+        elif key.replace("_", "a").isalnum() and not key[0].isdigit():
+            lines.append(f"export {key}={shlex.quote(value)}")
+    return "\n".join(lines)
+
+
+def apply_overrides_directly(env: dict[str, str], overrides: Mapping[str, str]) -> dict[str, str]:
+    """For images without /bin/sh: apply overrides without a shell."""
+    env = dict(env)
+    env.pop(OVERRIDES_VAR, None)
+    for key, value in overrides.items():
+        if key == "PREPEND_PATH":
+            env["PATH"] = f"{value}:{env.get('PATH', '')}"
+        elif key == "APPEND_PATH":
+            env["PATH"] = f"{env.get('PATH', '')}:{value}"
+        else:
+            env[key] = value
+    return env
+
+
+#: Run inside the container by /bin/sh: source the image's environment,
+#: apply the user's overrides, then run the action ($1) with the arguments.
+PRELUDE = r"""
+for __sifbox_f in /.singularity.d/env/*.sh; do
+    [ -r "$__sifbox_f" ] && . "$__sifbox_f"
+done
+unset __sifbox_f
+eval "$SIFBOX_ENV_OVERRIDES"
+unset SIFBOX_ENV_OVERRIDES
+__sifbox_action=$1
+shift
+case $__sifbox_action in
+exec)
+    if ! command -v "$1" >/dev/null 2>&1; then
+        echo "sifbox: error: can't run \`$1\` in the container: command not found" >&2
+        exit 127
+    fi
+    unset __sifbox_action
+    exec "$@" ;;
+run)
+    if [ -x /.singularity.d/runscript ]; then
+        exec /.singularity.d/runscript "$@"
+    fi
+    echo "No runscript found in container, executing /bin/sh" >&2
+    exec /bin/sh "$@" ;;
+test)
+    if [ -x /.singularity.d/test ]; then
+        exec /.singularity.d/test "$@"
+    fi
+    echo "No test script found in container, exiting" >&2
+    exit 0 ;;
+shell)
+    __sifbox_shell=$1
+    shift
+    if [ -n "$__sifbox_shell" ]; then
+        exec "$__sifbox_shell" "$@"
+    elif [ -x /bin/bash ]; then
+        exec /bin/bash --norc "$@"
+    fi
+    exec /bin/sh "$@" ;;
+esac
+"""

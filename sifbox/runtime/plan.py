@@ -1,0 +1,121 @@
+"""Turn a ContainerSpec into the ordered list of mounts that build the
+container's root (pure: no system calls; tested without privileges).
+
+Mount targets are container paths; `sandbox.setup` resolves them inside the
+root without following symlinks out of it, and creates missing mount
+points in the root's tmpfs overlay.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import namedtuple
+
+from sifbox.runtime.spec import ContainerSpec, Host
+from sifbox.util.errors import SifboxError
+
+#: kind: "rbind" (host tree), "bind" (host file or dir, not recursive),
+#: "tmpfs", "devpts", "mqueue"; `source` is a host path (or None);
+#: `target` a container path; `file` says the mount point is a file.
+Mount = namedtuple("Mount", "kind source target readonly options file", defaults=(False, None, False))
+
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir=os.path.isdir) -> list[Mount]:  # type: ignore[no-untyped-def]
+    off = spec.no_mount
+    mounts: list[Mount] = []
+    if "proc" not in off:
+        mounts.append(Mount("rbind", "/proc", "/proc"))
+    if "sys" not in off:
+        mounts.append(Mount("rbind", "/sys", "/sys"))
+    if "dev" not in off:
+        if spec.contain:
+            mounts.append(Mount("tmpfs", None, "/dev", options="mode=755,size=1m"))
+            mounts += [Mount("bind", f"/dev/{n}", f"/dev/{n}", file=True) for n in DEV_NODES if exists(f"/dev/{n}")]
+            if "devpts" not in off:
+                mounts.append(Mount("devpts", None, "/dev/pts", options="newinstance,ptmxmode=0666,mode=0620"))
+            mounts.append(Mount("tmpfs", None, "/dev/shm", options="mode=1777"))
+        else:
+            mounts.append(Mount("rbind", "/dev", "/dev"))
+    if "tmp" not in off:
+        for d in ("/tmp", "/var/tmp"):
+            if spec.contain:
+                mounts.append(Mount("tmpfs", None, d, options="mode=1777"))
+            elif isdir(d):
+                mounts.append(Mount("bind", d, d))
+    home_target = spec.home_target or host.home
+    if "home" not in off and not spec.no_home and home_target and home_target != "/":
+        if spec.home_source:
+            mounts.append(Mount("bind", spec.home_source, home_target))
+        elif spec.contain:
+            mounts.append(Mount("tmpfs", None, home_target, options="mode=700"))
+        elif isdir(host.home):
+            mounts.append(Mount("bind", host.home, home_target))
+    for f in ("/etc/hosts", "/etc/resolv.conf", "/etc/localtime"):
+        if f not in off and exists(f):
+            mounts.append(Mount("bind", f, f, readonly=True, file=True))
+    if "bind-paths" not in off:
+        for b in spec.binds:
+            if b.target in off:
+                continue
+            check_bind(b)
+            if not exists(b.source):
+                raise SifboxError(
+                    f"can't bind `{b.source}` to `{b.target}`: the source does not exist",
+                    hint="create it, or fix the --bind option",
+                )
+            mounts.append(Mount("rbind", b.source, b.target, readonly=b.readonly, file=not isdir(b.source)))
+    if "cwd" not in off and not spec.contain and spec.pwd is None:
+        cwd = host.cwd
+        covered = [m.target for m in mounts if m.kind in ("bind", "rbind") and not m.file]
+        if cwd and cwd != "/" and isdir(cwd) and not any(_under(cwd, t) for t in covered):
+            if not _system_path(cwd):
+                mounts.append(Mount("bind", cwd, cwd))
+    return mounts
+
+
+def check_bind(b) -> None:  # type: ignore[no-untyped-def]
+    target = os.path.normpath(b.target)
+    for forbidden in ("/proc", "/sys", "/dev"):
+        if _under(target, forbidden) and target != "/dev/shm" and not target.startswith("/dev/shm/"):
+            raise SifboxError(
+                f"can't bind `{b.source}` to `{b.target}`: binding onto {forbidden} is not allowed"
+            )
+    if target == "/":
+        raise SifboxError(f"can't bind `{b.source}` to `/`: the container root can't be replaced")
+
+
+def _under(path: str, top: str) -> bool:
+    path, top = os.path.normpath(path), os.path.normpath(top)
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def _system_path(path: str) -> bool:
+    """Container system directories the current directory never replaces."""
+    return any(_under(path, p) for p in ("/bin", "/sbin", "/lib", "/lib64", "/usr", "/etc", "/proc", "/sys", "/dev"))
+
+
+def passwd_line(host: Host) -> str:
+    return f"{host.user}:x:{host.uid}:{host.gid}:{host.user}:{host.home}:/bin/sh\n"
+
+
+def merge_passwd(image_text: str, host: Host) -> str:
+    """The image's /etc/passwd with the caller appended (or replaced)."""
+    lines = [ln for ln in image_text.splitlines() if ln and ln.split(":")[0] != host.user and _uid(ln) != host.uid]
+    return "\n".join(lines) + ("\n" if lines else "") + passwd_line(host)
+
+
+def merge_group(image_text: str, host: Host, group_name: str) -> str:
+    lines = [ln for ln in image_text.splitlines() if ln]
+    if any(_uid(ln) == host.gid for ln in lines):
+        return "\n".join(lines) + "\n"
+    return "\n".join(lines) + ("\n" if lines else "") + f"{group_name}:x:{host.gid}:\n"
+
+
+def _uid(line: str) -> int | None:
+    parts = line.split(":")
+    try:
+        return int(parts[2]) if len(parts) > 2 else None
+    except ValueError:
+        return None

@@ -1,0 +1,294 @@
+"""Build the container in the calling process, then exec the payload.
+
+`enter` runs in a process that has never started a thread: it unshares the
+user and mount namespaces (only the mount namespace for root), mounts the
+image read-only (squashfuse_ll inside the namespaces for unprivileged users,
+the kernel's squashfs on an auto-clearing loop device for root), puts a
+tmpfs overlay on top so that missing mount points can be created, applies
+the mount plan, pivots into the new root and execs the payload. The process
+itself becomes the payload: its exit status and signals are the payload's.
+Everything mounted lives in the private mount namespace and goes away with
+its last process; squashfuse gets SIGKILL when its parent dies.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+
+from sifbox.image.source import ImageKind, ImageSource
+from sifbox.runtime.plan import Mount, merge_group, merge_passwd
+from sifbox.runtime.sandbox import syscalls as sc
+from sifbox.runtime.spec import ContainerSpec, Host
+from sifbox.util.errors import ExitStatus, SifboxError, describe_os_error
+from sifbox.util.paths import chase, chase_existing
+
+SESSION_DIRS = ("/var/lib/sifbox/mnt/session", "/mnt", "/media")
+SESSION_SIZE = "64m"
+MOUNT_WAIT = 10.0
+
+_ST_TO_MS = ((2, sc.MS_NOSUID), (4, sc.MS_NODEV), (8, sc.MS_NOEXEC), (1024, 1024), (2048, 2048), (4096, 1 << 21))
+
+
+class LaunchError(SifboxError):
+    reference = "cannot-launch"
+    exit_status = ExitStatus.CANNOT_LAUNCH
+
+
+def _fail(what: str, err: OSError, image: str) -> LaunchError:
+    return LaunchError(f"can't start a container from `{image}`: {what}: {describe_os_error(err)}")
+
+
+def enter(spec: ContainerSpec, host: Host, source: ImageSource, mounts: list[Mount],
+          payload, log=None) -> None:  # fmt: skip  # type: ignore[no-untyped-def]
+    """Build the container and exec `payload(root)` -> (argv, env) in it.
+
+    `payload` is called with the host path of the finished root, before
+    entering it, so that it can look at the image (is there a /bin/sh?).
+    """
+    userns = not host.is_root or spec.userns
+    squashfuse = None
+    if source.kind is not ImageKind.SANDBOX and userns:
+        squashfuse = shutil.which("squashfuse_ll")
+        if squashfuse is None:
+            raise LaunchError(f"can't start a container from `{spec.image}`: squashfuse_ll is not installed",
+                              hint="install the Debian package `squashfuse`")  # fmt: skip
+        if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+            raise LaunchError(f"can't start a container from `{spec.image}`: /dev/fuse is not usable by this user",
+                              hint="as root: `chmod 0666 /dev/fuse`; `sifbox doctor` checks this")  # fmt: skip
+    try:
+        if userns:
+            sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNS)
+            _write_id_maps(host)
+        else:
+            sc.unshare(sc.CLONE_NEWNS)
+    except OSError as err:
+        raise LaunchError(
+            f"can't start a container from `{spec.image}`: can't create namespaces: {describe_os_error(err)}",
+            hint="unprivileged user namespaces may be disabled; `sifbox doctor` checks this",
+        ) from None
+    try:
+        sc.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)
+        session = _session()
+        sc.mount("tmpfs", session, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode=755,size={SESSION_SIZE}")
+    except OSError as err:
+        raise _fail("can't set up the session directory", err, spec.image) from None
+    lower = _mount_image(spec, source, session, squashfuse, log)
+    points = [(m.target, m.file) for m in mounts] + [("/etc/passwd", True), ("/etc/group", True)]
+    root = _overlay(spec, session, lower, points)
+    _identity_files(root, session, host)
+    for m in mounts:
+        _apply(root, m, spec.image)
+    argv, env = payload(root)
+    try:
+        if not spec.writable_tmpfs:
+            sc.mount(None, root, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
+        os.chdir(root)
+        sc.pivot_root(".", ".")
+        sc.umount(".", sc.MNT_DETACH)
+    except OSError as err:
+        raise _fail("can't enter the container root", err, spec.image) from None
+    _chdir(spec, host)
+    source.close()
+    sc.set_no_new_privs()
+    if not userns:
+        sc.drop_all_capabilities()
+    _exec(argv, env, spec.image)
+
+
+def _write_id_maps(host: Host) -> None:
+    with open("/proc/self/setgroups", "w") as f:
+        f.write("deny")
+    with open("/proc/self/uid_map", "w") as f:
+        f.write(f"{host.uid} {host.uid} 1")
+    with open("/proc/self/gid_map", "w") as f:
+        f.write(f"{host.gid} {host.gid} 1")
+
+
+def _session() -> str:
+    for d in SESSION_DIRS:
+        if os.path.isdir(d):
+            return d
+    raise OSError(2, "none of " + ", ".join(SESSION_DIRS) + " exists")
+
+
+def _mount_image(spec: ContainerSpec, source: ImageSource, session: str, squashfuse: str | None, log) -> str:  # type: ignore[no-untyped-def]
+    if source.kind is ImageKind.SANDBOX:
+        return source.path
+    lower = os.path.join(session, "image")
+    os.mkdir(lower)
+    assert source.fd is not None
+    if squashfuse:
+        _squashfuse(squashfuse, source, lower, session, spec.image)
+        if log:
+            log("image driver: squashfuse_ll (user namespace), offset %d", source.offset)
+        return lower
+    try:
+        dev, loop_fd = sc.attach_loop(source.fd, source.offset, source.size)
+        try:
+            sc.mount(dev, lower, "squashfs", sc.MS_RDONLY | sc.MS_NODEV | sc.MS_NOSUID)
+        finally:
+            os.close(loop_fd)
+    except OSError as err:
+        raise _fail("can't mount the image's SquashFS", err, spec.image) from None
+    if log:
+        log("image driver: kernel squashfs on %s, offset %d", dev, source.offset)
+    return lower
+
+
+def _squashfuse(binary: str, source: ImageSource, lower: str, session: str, image: str) -> None:
+    logfile = os.path.join(session, "squashfuse.log")
+    before = os.stat(lower).st_dev
+    pid = os.fork()
+    if pid == 0:  # the FUSE server: dies with its parent, keeps CAP_SYS_ADMIN to mount
+        try:
+            sc.set_parent_death_signal(signal.SIGKILL)
+            sc.raise_ambient(sc.CAP_SYS_ADMIN)
+            fd = os.open(logfile, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.dup2(fd, 2)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, 0)
+            os.dup2(devnull, 1)
+            os.set_inheritable(source.fd, True)
+            os.closerange(3, source.fd)
+            os.closerange(source.fd + 1, 65536)
+            os.execv(binary, [binary, "-f", "-o", f"offset={source.offset}", f"/proc/self/fd/{source.fd}", lower])
+        except BaseException as err:  # noqa: BLE001
+            os.write(2, f"squashfuse_ll: {err}\n".encode())
+        os._exit(127)
+    deadline = time.monotonic() + MOUNT_WAIT
+    delay = 0.0002
+    while os.stat(lower).st_dev == before:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done or time.monotonic() > deadline:
+            if not done:
+                os.kill(pid, signal.SIGKILL)
+            try:
+                with open(logfile, errors="replace") as f:
+                    detail = f.read().strip().splitlines()
+            except OSError:
+                detail = []
+            reason = detail[-1] if detail else "it exited without a message"
+            raise LaunchError(f"can't start a container from `{image}`: squashfuse_ll could not mount the image: {reason}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
+
+
+def _overlay(spec: ContainerSpec, session: str, lower: str, points: list[tuple[str, bool]]) -> str:
+    """A tmpfs overlay over the image, with every missing mount point made.
+
+    Mount points are created in the upper layer before the overlay is
+    mounted: a user in a user namespace can't create entries in the image's
+    root-owned directories, but the merged view shows the upper layer's.
+    """
+    upper, work, root = (os.path.join(session, d) for d in ("upper", "work", "root"))
+    for d in (upper, work, root):
+        os.mkdir(d)
+    for target, is_file in points:
+        try:
+            found, missing = chase_existing(lower, target)
+        except OSError:
+            continue  # reported when the mount is applied
+        if not missing:
+            continue
+        where = os.path.join(upper, os.path.relpath(found, lower), *missing[:-1])
+        os.makedirs(where, exist_ok=True)
+        last = os.path.join(where, missing[-1])
+        if is_file:
+            os.close(os.open(last, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        else:
+            os.makedirs(last, exist_ok=True)
+    esc = lower.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
+    try:
+        sc.mount("overlay", root, "overlay", sc.MS_NOSUID | sc.MS_NODEV,
+                 f"lowerdir={esc},upperdir={upper},workdir={work}")  # fmt: skip
+    except OSError as err:
+        raise _fail("can't mount the overlay on the image", err, spec.image) from None
+    return root
+
+
+def _identity_files(root: str, session: str, host: Host) -> None:
+    """/etc/passwd and /etc/group of the image, with the caller added."""
+    import grp
+
+    try:
+        group_name = grp.getgrgid(host.gid).gr_name
+    except KeyError:
+        group_name = host.user
+    for name, merge in (("passwd", lambda t: merge_passwd(t, host)), ("group", lambda t: merge_group(t, host, group_name))):
+        try:
+            with open(chase(root, f"/etc/{name}")) as f:
+                text = f.read(1 << 20)
+        except OSError:
+            text = ""
+        staged = os.path.join(session, name)
+        with open(staged, "w") as f:
+            f.write(merge(text))
+        try:
+            target = chase(root, f"/etc/{name}", create="file")
+            sc.mount(staged, target, None, sc.MS_BIND)
+        except OSError:
+            pass  # an image without a usable /etc: run without the identity files
+
+
+def _apply(root: str, m: Mount, image: str) -> None:
+    try:
+        target = chase(root, m.target, create="file" if m.file else "dir")
+    except OSError as err:
+        raise _fail(f"can't create the mount point `{m.target}`", err, image) from None
+    try:
+        if m.kind in ("bind", "rbind"):
+            flags = sc.MS_BIND | (sc.MS_REC if m.kind == "rbind" else 0)
+            sc.mount(m.source, target, None, flags)
+            if m.readonly:
+                st = os.statvfs(target).f_flag
+                keep = 0
+                for st_bit, ms_bit in _ST_TO_MS:
+                    if st & st_bit:
+                        keep |= ms_bit
+                sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | keep)
+        elif m.kind == "tmpfs":
+            sc.mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, m.options)
+        elif m.kind == "devpts":
+            sc.mount("devpts", target, "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, m.options)
+            dev = os.path.dirname(target)
+            for link, to in (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):  # fmt: skip
+                if not os.path.lexists(os.path.join(dev, link)):
+                    os.symlink(to, os.path.join(dev, link))
+    except OSError as err:
+        what = f"can't bind `{m.source}` to `{m.target}`" if m.source else f"can't mount {m.kind} on `{m.target}`"
+        raise _fail(what, err, image) from None
+
+
+def _chdir(spec: ContainerSpec, host: Host) -> None:
+    for d in (spec.pwd, host.cwd, spec.home_target or host.home, "/"):
+        if d:
+            try:
+                os.chdir(d)
+                return
+            except OSError:
+                if d == spec.pwd:
+                    raise LaunchError(f"can't start a container from `{spec.image}`: --pwd `{d}` does not exist in the container") from None
+
+
+def _exec(argv: list[str], env: dict[str, str], image: str) -> None:
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        if "/" in argv[0]:
+            os.execve(argv[0], argv, env)
+        os.execvpe(argv[0], argv, env)
+    except FileNotFoundError:
+        raise SifboxError(f"can't run `{argv[0]}` in the container: command not found",
+                          exit_status=ExitStatus.NOT_FOUND) from None  # fmt: skip
+    except PermissionError:
+        raise SifboxError(f"can't run `{argv[0]}` in the container: permission denied",
+                          exit_status=ExitStatus.CANNOT_LAUNCH) from None  # fmt: skip
+    except OSError as err:
+        raise SifboxError(f"can't run `{argv[0]}` in the container: {describe_os_error(err)}",
+                          exit_status=ExitStatus.CANNOT_LAUNCH) from None  # fmt: skip

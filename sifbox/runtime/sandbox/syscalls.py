@@ -1,0 +1,175 @@
+"""The privileged operations sifbox uses, as thin ctypes wrappers.
+
+Each raises OSError with the errno on failure. This is the closed set:
+unshare, mount, umount2, pivot_root, prctl, capget/capset, and the loop
+device ioctls. Nothing else in sifbox talks to the kernel this way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MNT_DETACH = 2
+
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+CAP_SYS_ADMIN = 21
+CAP_LAST = 63
+
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.syscall.restype = ctypes.c_long
+
+
+def _check(result: int, what: str, path: str | None = None) -> None:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}", path)
+
+
+def _b(s: str | None) -> bytes | None:
+    return None if s is None else os.fsencode(s)
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
+    _check(_libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)), "mount", target)
+
+
+def umount(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(_b(target), flags), "umount", target)
+
+
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217, "riscv64": 41}
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    nr = _SYS_PIVOT_ROOT.get(os.uname().machine, 155)
+    _check(_libc.syscall(nr, _b(new_root), _b(put_old)), "pivot_root", new_root)
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0) -> None:
+    _check(_libc.prctl(option, arg2, arg3, 0, 0), "prctl")
+
+
+def set_parent_death_signal(sig: int) -> None:
+    prctl(PR_SET_PDEATHSIG, sig)
+
+
+def set_no_new_privs() -> None:
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+_CAP_V3 = 0x20080522
+
+
+def _capget() -> tuple[_CapHeader, ctypes.Array[_CapData]]:
+    hdr = _CapHeader(_CAP_V3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.capget(ctypes.byref(hdr), data), "capget")
+    return hdr, data
+
+
+def raise_ambient(cap: int) -> None:
+    """Keep `cap` across execve (inheritable + ambient), for a helper such as
+    squashfuse that must mount inside a user namespace as a non-root uid."""
+    hdr, data = _capget()
+    data[cap // 32].inheritable |= 1 << (cap % 32)
+    _check(_libc.capset(ctypes.byref(hdr), data), "capset")
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap)
+
+
+def drop_all_capabilities() -> None:
+    """Empty the bounding and inheritable sets, so that execve, even as uid 0,
+    gives the program no capabilities."""
+    for cap in range(CAP_LAST + 1):
+        try:
+            prctl(PR_CAPBSET_DROP, cap)
+        except OSError as err:
+            if err.errno != errno.EINVAL:  # EINVAL: no such capability on this kernel
+                raise
+    hdr, data = _capget()
+    for d in data:
+        d.inheritable = 0
+    _check(_libc.capset(ctypes.byref(hdr), data), "capset")
+
+
+# -- loop devices -----------------------------------------------------------------
+LOOP_CTL_GET_FREE = 0x4C82
+LOOP_CONFIGURE = 0x4C0A
+LO_FLAGS_READ_ONLY = 1
+LO_FLAGS_AUTOCLEAR = 4
+_LOOP_INFO64 = struct.Struct("<QQQQQIIII64s64s32sQQ")  # struct loop_info64 (232 bytes)
+
+
+def attach_loop(image_fd: int, offset: int, size: int, attempts: int = 64) -> tuple[str, int]:
+    """Attach a read-only, auto-clearing loop device to a slice of `image_fd`.
+
+    Returns the device path and an open descriptor of it: keep it open until
+    the device is mounted (auto-clear detaches the device at the last close
+    once it is not mounted). Safe when many processes race for free
+    devices: a device taken between LOOP_CTL_GET_FREE and LOOP_CONFIGURE
+    (EBUSY) is simply retried.
+    """
+    import fcntl
+
+    ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for _ in range(attempts):
+            index = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
+            path = f"/dev/loop{index}"
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                # device, inode, rdevice, offset, sizelimit, number, encrypt
+                # type, encrypt key size, flags, file name, crypt name, key, init
+                info = _LOOP_INFO64.pack(
+                    0, 0, 0, offset, size, 0, 0, 0, LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR,
+                    b"", b"", b"", 0, 0,
+                )
+                config = struct.pack("<II", image_fd, 0) + info + bytes(64)
+                fcntl.ioctl(fd, LOOP_CONFIGURE, config)
+                return path, fd
+            except OSError as err:
+                os.close(fd)
+                if err.errno != errno.EBUSY:
+                    raise
+        raise OSError(errno.EBUSY, "no free loop device after many attempts")
+    finally:
+        os.close(ctl)
