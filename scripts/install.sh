@@ -162,8 +162,16 @@ cp /bin/busybox "$rootfs/bin/busybox"
 for applet in sh ls echo cat env id pwd uname true false mkdir; do
     ln -s busybox "$rootfs/bin/$applet"
 done
-printf '#!/bin/sh\necho "Hello from the sifbox demo image"\n' >"$rootfs/.singularity.d/runscript"
+printf '#!/bin/sh\necho "Hello from the sifbox demo image, running as $(id -un) in $(pwd)"\n' \
+    >"$rootfs/.singularity.d/runscript"
 chmod 0755 "$rootfs/.singularity.d/runscript"
+printf 'A busybox demo image. `sifbox run demo.sif` greets you.\n' >"$rootfs/.singularity.d/runscript.help"
+printf 'export DEMO_GREETING="hello"\n' >"$rootfs/.singularity.d/env/90-environment.sh"
+printf '{"org.label-schema.schema-version": "1.0", "org.label-schema.name": "sifbox-demo"}\n' \
+    >"$rootfs/.singularity.d/labels.json"
+printf 'root:x:0:0:root:/root:/bin/sh\n' >"$rootfs/etc/passwd"
+printf 'root:x:0:\n' >"$rootfs/etc/group"
+mkdir -p "$rootfs/var/tmp"
 chmod 1777 "$rootfs/tmp"
 
 mksquashfs "$rootfs" "$d/root.sqfs" -noappend -all-root -quiet -no-progress
@@ -181,13 +189,24 @@ install -m 0644 "$d/demo.sif" "$DEMO_DIR/demo.sif.new"
 mv -f "$DEMO_DIR/demo.sif.new" "$DEMO_DIR/demo.sif"
 chmod -R a+rX "$DEMO_DIR"
 
+# Run it: as root (kernel squashfs) and as an unprivileged user (user namespace + squashfuse).
+bash "$repo/scripts/create-test-user.sh" >/dev/null
+(
+    cd /
+    run sifbox run "$DEMO_DIR/demo.sif"
+    run runuser -u sifbox-test -- sifbox run "$DEMO_DIR/demo.sif"
+    run runuser -u sifbox-test -- sifbox exec "$DEMO_DIR/demo.sif" sh -c 'echo "uid $(id -u), DEMO_GREETING=$DEMO_GREETING"'
+)
+
 cat <<EOF
 
 The demo image is $DEMO_DIR/demo.sif. What to try next (as any user):
 
+    sifbox run $DEMO_DIR/demo.sif
+    sifbox shell $DEMO_DIR/demo.sif
+    sifbox exec -B /tmp:/data $DEMO_DIR/demo.sif ls /data
+    sifbox inspect $DEMO_DIR/demo.sif
     sifbox sif list $DEMO_DIR/demo.sif
-    sifbox sif info 1 $DEMO_DIR/demo.sif
-    sifbox sif header $DEMO_DIR/demo.sif
     sifbox help
     sifbox doctor
 EOF
