@@ -274,11 +274,27 @@ def _chdir(spec: ContainerSpec, host: Host) -> None:
                     raise LaunchError(f"can't start a container from `{spec.image}`: --pwd `{d}` does not exist in the container") from None
 
 
+def _close_host_fds(env: dict[str, str]) -> None:
+    """Close every descriptor above stderr, so none of the host's leaks into
+    the container; a launcher's PMI descriptor (PMI_FD) stays open."""
+    keep = set()
+    for var in ("PMI_FD", "SIFBOX_KEEP_FDS"):
+        for item in env.get(var, "").split(","):
+            if item.strip().isdigit():
+                keep.add(int(item))
+    low = 3
+    for fd in sorted(keep) + [1 << 20]:
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+
+
 def _exec(argv: list[str], env: dict[str, str], image: str) -> None:
     import sys
 
     sys.stdout.flush()
     sys.stderr.flush()
+    _close_host_fds(env)
     try:
         if "/" in argv[0]:
             os.execve(argv[0], argv, env)
