@@ -44,7 +44,8 @@ def open_image(path: str, verb: str = "run") -> ImageSource:
     """Open `path` and locate its root file system, or raise a one-line error."""
     where = f"can't {verb} `{path}`"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO or device given as the image must not block the open.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise SifboxError(f"{where}: no such file or directory") from None
     except OSError as err:

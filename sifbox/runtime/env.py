@@ -9,8 +9,12 @@ user's overrides: `SINGULARITYENV_*` < `APPTAINERENV_*` < `SIFBOXENV_*`
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from collections.abc import Mapping
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_PATH_EDITS = ("PREPEND_PATH", "APPEND_PATH")
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LIBS = "/.singularity.d/libs"
@@ -34,7 +38,7 @@ def parse_env_file(text: str, where: str) -> dict[str, str]:
         if line.startswith("export "):
             line = line[7:].lstrip()
         key, sep, value = line.partition("=")
-        if not sep or not key.replace("_", "a").isalnum() or key[0].isdigit():
+        if not sep or not _NAME.match(key):
             raise UsageError(f"can't read env file `{where}`: line {n} is not KEY=VALUE")
         try:
             parts = shlex.split(value) if value else [""]
@@ -98,7 +102,7 @@ def container_env(
     for prefix in ("SIFBOX", "APPTAINER", "SINGULARITY"):
         env[f"{prefix}_CONTAINER"] = image
         env[f"{prefix}_NAME"] = name
-        env[f"{prefix}_ENVIRONMENT"] = "/.singularity.d/env/90-environment.sh"
+        env[f"{prefix}_ENVIRONMENT"] = "/.singularity.d/env/91-environment.sh"
     env["PATH"] = DEFAULT_PATH
     env["LD_LIBRARY_PATH"] = LIBS
     env["HOME"] = home
@@ -108,15 +112,22 @@ def container_env(
     return env
 
 
+def _ordered(overrides: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Plain variables first, then PREPEND_PATH / APPEND_PATH (they edit the
+    final PATH, whatever set it); names a shell can't export are skipped."""
+    plain = [(k, v) for k, v in overrides.items() if k not in _PATH_EDITS and _NAME.match(k)]
+    return plain + [(k, overrides[k]) for k in _PATH_EDITS if k in overrides]
+
+
 def overrides_script(overrides: Mapping[str, str]) -> str:
     """Shell lines applied after the image's env scripts."""
     lines = []
-    for key, value in overrides.items():
+    for key, value in _ordered(overrides):
         if key == "PREPEND_PATH":
             lines.append(f'export PATH={shlex.quote(value)}:"$PATH"')
         elif key == "APPEND_PATH":
             lines.append(f'export PATH="$PATH":{shlex.quote(value)}')
-        elif key.replace("_", "a").isalnum() and not key[0].isdigit():
+        else:
             lines.append(f"export {key}={shlex.quote(value)}")
     return "\n".join(lines)
 
@@ -125,7 +136,7 @@ def apply_overrides_directly(env: dict[str, str], overrides: Mapping[str, str]) 
     """For images without /bin/sh: apply overrides without a shell."""
     env = dict(env)
     env.pop(OVERRIDES_VAR, None)
-    for key, value in overrides.items():
+    for key, value in _ordered(overrides):
         if key == "PREPEND_PATH":
             env["PATH"] = f"{value}:{env.get('PATH', '')}"
         elif key == "APPEND_PATH":

@@ -76,7 +76,7 @@ def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir
 
 
 def check_bind(b) -> None:  # type: ignore[no-untyped-def]
-    target = os.path.normpath(b.target)
+    target = _norm(b.target)
     for forbidden in ("/proc", "/sys", "/dev"):
         if _under(target, forbidden) and target != "/dev/shm" and not target.startswith("/dev/shm/"):
             raise SifboxError(
@@ -86,8 +86,13 @@ def check_bind(b) -> None:  # type: ignore[no-untyped-def]
         raise SifboxError(f"can't bind `{b.source}` to `/`: the container root can't be replaced")
 
 
+def _norm(path: str) -> str:
+    """normpath that also folds a leading `//` (POSIX keeps it) into `/`."""
+    return os.path.normpath("/" + path.lstrip("/")) if path.startswith("/") else os.path.normpath(path)
+
+
 def _under(path: str, top: str) -> bool:
-    path, top = os.path.normpath(path), os.path.normpath(top)
+    path, top = _norm(path), _norm(top)
     return path == top or path.startswith(top.rstrip("/") + "/")
 
 

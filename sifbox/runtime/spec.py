@@ -68,6 +68,8 @@ def parse_mount(text: str) -> BindMount:
             raise UsageError(f"can't use mount `{text}`: unknown field `{key}`")
     if fields.get("type", "bind") != "bind":
         raise UsageError(f"can't use mount `{text}`: only type=bind is supported")
-    if "source" not in fields or "destination" not in fields:
+    if not fields.get("source") or not fields.get("destination"):
         raise UsageError(f"can't use mount `{text}`: source and destination are required")
+    if not fields["destination"].startswith("/"):
+        raise UsageError(f"can't use mount `{text}`: the destination must be an absolute path")
     return BindMount(fields["source"], fields["destination"], readonly)

@@ -77,6 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def build_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from sifbox.runtime.spec import NO_MOUNT_NAMES, ContainerSpec, parse_bind, parse_mount
 
+    if getattr(args, "writable", False):
+        raise NotAvailableError("can't use --writable: not available in this version of sifbox yet",
+                                hint="--writable-tmpfs gives a writable root whose changes vanish at exit")
     for name in NOT_YET:
         if getattr(args, name, None):
             raise NotAvailableError(f"can't use --{name}: not available in this version of sifbox yet")
@@ -95,8 +98,11 @@ def build_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     home = args.home or flag_env("HOME")
     home_source = home_target = None
     if home:
-        home_source, _, home_target = home.partition(":")
-        home_target = home_target or home_source
+        parts = home.split(":")
+        if len(parts) > 2 or not parts[0]:
+            raise UsageError(f"can't use --home `{home}`: expected SRC[:DEST]")
+        home_source = parts[0]
+        home_target = parts[1] if len(parts) == 2 and parts[1] else home_source
     containall = args.containall or _truthy(flag_env("CONTAINALL"))
     return ContainerSpec(
         image=args.image,
@@ -110,7 +116,7 @@ def build_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         cleanenv=args.cleanenv or containall or _truthy(flag_env("CLEANENV")),
         writable_tmpfs=args.writable_tmpfs or _truthy(flag_env("WRITABLE_TMPFS")),
         userns=args.userns or _truthy(flag_env("USERNS")),
-        pwd=args.pwd or flag_env("PWD_CONTAINER") or None,
+        pwd=args.pwd or flag_env("PWD", "TARGET_PWD") or None,
         no_mount=frozenset(no_mount),
         shell=getattr(args, "shell", None) or flag_env("SHELL") if args.command == "shell" else None,
     )
@@ -127,9 +133,6 @@ def main(args: argparse.Namespace) -> int:
 
     action = args.command
     spec = build_spec(args)
-    if spec.writable_tmpfs is False and args.writable:
-        raise NotAvailableError("can't use --writable: not available in this version of sifbox yet",
-                                hint="--writable-tmpfs gives a writable root whose changes vanish at exit")
     uid, gid = os.getuid(), os.getgid()
     try:
         entry = pwd.getpwuid(uid)

@@ -1,0 +1,762 @@
+"""The runtime's planning code, without the system: bind and mount options
+(`spec.parse_bind`, `spec.parse_mount`), the mount plan
+(`plan.default_mounts` against a fake host and file system), the identity
+files (`merge_passwd`, `merge_group`) and the CLI's `build_spec`.
+
+Expected behaviour: STYLE.md "Test pyramid" and apptainer-behaviour.md A.2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytest
+
+from sifbox.cli.commands import action
+from sifbox.runtime.plan import (
+    DEV_NODES,
+    Mount,
+    check_bind,
+    default_mounts,
+    merge_group,
+    merge_passwd,
+)
+from sifbox.runtime.spec import (
+    NO_MOUNT_NAMES,
+    BindMount,
+    ContainerSpec,
+    Host,
+    parse_bind,
+    parse_mount,
+)
+from sifbox.util.errors import NotAvailableError, SifboxError, UsageError
+
+
+# -- spec.parse_bind --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("/data", [BindMount("/data", "/data", False)]),
+        ("/data:/mnt", [BindMount("/data", "/mnt", False)]),
+        ("/data:/mnt:ro", [BindMount("/data", "/mnt", True)]),
+        ("/data:/mnt:rw", [BindMount("/data", "/mnt", False)]),
+        ("/data::ro", [BindMount("/data", "/data", True)]),  # empty dest means the source
+        ("/data:", [BindMount("/data", "/data", False)]),
+        ("rel/dir:/mnt", [BindMount("rel/dir", "/mnt", False)]),  # the source may be relative
+        (
+            "/a,/b:/mnt/b:ro,/c:/c:rw",
+            [BindMount("/a", "/a"), BindMount("/b", "/mnt/b", True), BindMount("/c", "/c")],
+        ),
+        ("/a,,/b,", [BindMount("/a", "/a"), BindMount("/b", "/b")]),  # empty items skipped
+        ("", []),
+    ],
+)
+def test_parse_bind(text: str, expected: list[BindMount]) -> None:
+    assert parse_bind(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text,item,reason",
+    [
+        ("/a:/b:xx", "/a:/b:xx", "unknown option `xx` (use ro or rw)"),
+        ("/a:/b:RO", "/a:/b:RO", "unknown option `RO` (use ro or rw)"),
+        ("/ok,/a:/b:nosuid", "/a:/b:nosuid", "unknown option `nosuid` (use ro or rw)"),
+        ("/a:b", "/a:b", "the destination must be an absolute path"),
+        ("/a:relative/dir:ro", "/a:relative/dir:ro", "the destination must be an absolute path"),
+        ("relative", "relative", "the destination must be an absolute path"),
+        (":/mnt", ":/mnt", "expected src[:dest[:ro|rw]]"),
+        ("/a:/b:ro:x", "/a:/b:ro:x", "expected src[:dest[:ro|rw]]"),
+    ],
+)
+def test_parse_bind_errors(text: str, item: str, reason: str) -> None:
+    with pytest.raises(UsageError) as exc:
+        parse_bind(text)
+    assert str(exc.value) == f"can't use bind `{item}`: {reason}"
+
+
+# -- spec.parse_mount ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("type=bind,source=/a,destination=/b", BindMount("/a", "/b", False)),
+        ("type=bind,source=/a,destination=/b,ro", BindMount("/a", "/b", True)),
+        ("type=bind,src=/a,dst=/b,readonly", BindMount("/a", "/b", True)),
+        ("type=bind,src=/a,target=/b,ro=true", BindMount("/a", "/b", True)),
+        ("type=bind,src=/a,target=/b,readonly=1", BindMount("/a", "/b", True)),
+        ("src=/a,dst=/b", BindMount("/a", "/b", False)),  # type defaults to bind
+        ("TYPE=bind, Source=/a,DST=/b", BindMount("/a", "/b", False)),  # keys are case-insensitive
+        ("type=bind,src=/a,dst=/b,bind-propagation=rprivate", BindMount("/a", "/b", False)),
+    ],
+)
+def test_parse_mount(text: str, expected: BindMount) -> None:
+    assert parse_mount(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text,reason",
+    [
+        ("type=volume,src=v,dst=/b", "only type=bind is supported"),
+        ("type=tmpfs,dst=/b", "only type=bind is supported"),
+        ("type=bind,dst=/b", "source and destination are required"),
+        ("type=bind,source=/a", "source and destination are required"),
+        ("type=bind", "source and destination are required"),
+        ("type=bind,src=/a,dst=/b,nosuid", "unknown field `nosuid`"),
+        ("type=bind,src=/a,dst=/b,ro=false", "unknown field `ro`"),
+        ("type=bind,,src=/a,dst=/b", "unknown field ``"),
+    ],
+)
+def test_parse_mount_errors(text: str, reason: str) -> None:
+    with pytest.raises(UsageError) as exc:
+        parse_mount(text)
+    assert str(exc.value) == f"can't use mount `{text}`: {reason}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["type=bind,source=,destination=/b", "type=bind,src=/a,dst=", "type=bind,src=/a,dst=relative"],
+)
+def test_parse_mount_refuses_empty_fields_and_relative_destination(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_mount(text)
+
+
+# -- plan.default_mounts -------------------------------------------------------------------------
+HOST = Host(
+    uid=1000, gid=1000, user="alice", home="/home/alice", cwd="/home/alice/work", is_root=False
+)
+
+DIRS = {
+    "/",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/tmp",
+    "/var/tmp",
+    "/home",
+    "/home/alice",
+    "/home/alice/work",
+    "/data",
+    "/data/proj",
+    "/scratch",
+    "/usr",
+    "/usr/share",
+    "/opt",
+    "/srv/h",
+    "/etc",
+}
+FILES = {"/etc/hosts", "/etc/resolv.conf", "/etc/localtime", "/data/file.txt"} | {
+    f"/dev/{n}" for n in DEV_NODES
+}
+
+ETC_FILES = [
+    Mount("bind", f, f, readonly=True, file=True)
+    for f in ("/etc/hosts", "/etc/resolv.conf", "/etc/localtime")
+]
+DEFAULTS = [
+    Mount("rbind", "/proc", "/proc"),
+    Mount("rbind", "/sys", "/sys"),
+    Mount("rbind", "/dev", "/dev"),
+    Mount("bind", "/tmp", "/tmp"),
+    Mount("bind", "/var/tmp", "/var/tmp"),
+    Mount("bind", "/home/alice", "/home/alice"),
+    *ETC_FILES,
+]
+
+
+def fs(
+    dirs: Iterable[str] = DIRS, files: Iterable[str] = FILES
+) -> dict[str, Callable[[str], bool]]:
+    d, f = set(dirs), set(files)
+    return {"exists": lambda p: p in d or p in f, "isdir": lambda p: p in d}
+
+
+def plan(
+    host: Host = HOST, *, dirs: Iterable[str] = DIRS, files: Iterable[str] = FILES, **kw: Any
+) -> list[Mount]:
+    spec = ContainerSpec(image="/img.sif", action="exec", command=["true"], **kw)
+    return default_mounts(spec, host, **fs(dirs, files))
+
+
+def targets(mounts: list[Mount]) -> list[str]:
+    return [m.target for m in mounts]
+
+
+def test_default_set() -> None:
+    # The cwd is under the home, which is bound already: no cwd bind.
+    assert plan() == DEFAULTS
+
+
+def test_defaults_skip_what_the_host_lacks() -> None:
+    got = plan(dirs={"/proc"}, files=set())
+    # proc/sys/dev are always planned; /tmp, /var/tmp, home, /etc files and cwd only if present
+    assert got == DEFAULTS[:3]
+
+
+def test_cwd_outside_covered_paths_is_bound_last() -> None:
+    got = plan(HOST._replace(cwd="/data/proj"))
+    assert got == [*DEFAULTS, Mount("bind", "/data/proj", "/data/proj")]
+
+
+@pytest.mark.parametrize(
+    "cwd",
+    [
+        "/",
+        "/usr",
+        "/usr/share",
+        "/etc",
+        "/proc",
+        "/sys",
+        "/dev",  # system paths
+        "/tmp",
+        "/var/tmp",
+        "/home/alice",
+        "/home/alice/work",  # already covered
+        "/no/such/dir",
+    ],
+)
+def test_cwd_not_bound(cwd: str) -> None:
+    assert plan(HOST._replace(cwd=cwd), dirs=DIRS | {"/tmp/x"}) == DEFAULTS
+
+
+def test_cwd_bound_when_only_a_prefix_matches() -> None:
+    # /usrlocal is not under /usr, /home/alicex is not under /home/alice
+    for cwd in ("/usrlocal", "/home/alicex"):
+        got = plan(HOST._replace(cwd=cwd), dirs=DIRS | {cwd})
+        assert got[-1] == Mount("bind", cwd, cwd)
+
+
+def test_cwd_under_a_user_bind_is_covered() -> None:
+    got = plan(HOST._replace(cwd="/data/proj"), binds=(BindMount("/data", "/data"),))
+    assert got[-1] == Mount("rbind", "/data", "/data")
+
+
+def test_cwd_not_bound_under_a_file_bind_alone() -> None:
+    # file binds do not cover a directory
+    got = plan(HOST._replace(cwd="/data/proj"), binds=(BindMount("/data/file.txt", "/data"),))
+    assert got[-1] == Mount("bind", "/data/proj", "/data/proj")
+
+
+def test_cwd_not_bound_with_pwd_or_contain() -> None:
+    host = HOST._replace(cwd="/data/proj")
+    assert "/data/proj" not in targets(plan(host, pwd="/opt"))
+    assert "/data/proj" not in targets(plan(host, contain=True))
+
+
+def test_contain() -> None:
+    got = plan(HOST._replace(cwd="/data/proj"), contain=True)
+    assert got == [
+        Mount("rbind", "/proc", "/proc"),
+        Mount("rbind", "/sys", "/sys"),
+        Mount("tmpfs", None, "/dev", options="mode=755,size=1m"),
+        *[Mount("bind", f"/dev/{n}", f"/dev/{n}", file=True) for n in DEV_NODES],
+        Mount("devpts", None, "/dev/pts", options="newinstance,ptmxmode=0666,mode=0620"),
+        Mount("tmpfs", None, "/dev/shm", options="mode=1777"),
+        Mount("tmpfs", None, "/tmp", options="mode=1777"),
+        Mount("tmpfs", None, "/var/tmp", options="mode=1777"),
+        Mount("tmpfs", None, "/home/alice", options="mode=700"),
+        *ETC_FILES,
+    ]
+    assert set(DEV_NODES) == {"null", "zero", "full", "random", "urandom", "tty"}
+
+
+def test_contain_binds_only_the_device_nodes_that_exist() -> None:
+    got = plan(contain=True, files={"/dev/null", "/dev/zero"})
+    assert [m.target for m in got if m.source and m.source.startswith("/dev/")] == [
+        "/dev/null",
+        "/dev/zero",
+    ]
+
+
+def test_contain_tmp_is_tmpfs_even_without_host_tmp() -> None:
+    got = plan(contain=True, dirs={"/"})
+    assert Mount("tmpfs", None, "/tmp", options="mode=1777") in got
+    assert Mount("tmpfs", None, "/home/alice", options="mode=700") in got  # home need not exist
+
+
+def test_no_home() -> None:
+    host = HOST._replace(cwd="/")
+    assert plan(host, no_home=True) == [m for m in DEFAULTS if m.target != "/home/alice"]
+    assert "/home/alice" not in targets(plan(no_home=True, contain=True))
+
+
+def test_no_home_binds_the_cwd_under_home() -> None:
+    got = plan(no_home=True)
+    assert got[-1] == Mount("bind", "/home/alice/work", "/home/alice/work")
+
+
+@pytest.mark.parametrize("home", ["", "/"])
+def test_no_home_bind_for_an_empty_or_root_home(home: str) -> None:
+    got = plan(HOST._replace(home=home, cwd="/"))
+    assert [m for m in got if m.kind == "bind" and not m.file] == DEFAULTS[3:5]
+
+
+def test_home_source_and_target() -> None:
+    got = plan(home_source="/srv/h", home_target="/home/alice")
+    assert Mount("bind", "/srv/h", "/home/alice") in got
+    assert Mount("bind", "/home/alice", "/home/alice") not in got
+    got = plan(home_source="/srv/h", home_target="/myhome")
+    assert Mount("bind", "/srv/h", "/myhome") in got
+    # -H wins over --contain's tmpfs home
+    got = plan(home_source="/srv/h", home_target="/myhome", contain=True)
+    assert Mount("bind", "/srv/h", "/myhome") in got
+    assert not [m for m in got if m.kind == "tmpfs" and m.target in ("/myhome", "/home/alice")]
+    # --no-home wins over -H
+    assert "/myhome" not in targets(plan(home_source="/srv/h", home_target="/myhome", no_home=True))
+
+
+def test_home_target_alone_binds_the_host_home_there() -> None:
+    got = plan(home_target="/myhome")
+    assert Mount("bind", "/home/alice", "/myhome") in got
+
+
+@pytest.mark.parametrize(
+    "name,gone",
+    [
+        ("proc", ["/proc"]),
+        ("sys", ["/sys"]),
+        ("dev", ["/dev"]),
+        ("tmp", ["/tmp", "/var/tmp"]),
+        ("home", ["/home/alice"]),
+        ("/etc/hosts", ["/etc/hosts"]),
+        ("/etc/resolv.conf", ["/etc/resolv.conf"]),
+        ("/etc/localtime", ["/etc/localtime"]),
+        ("hostfs", []),  # accepted; sifbox has no hostfs mounts
+        ("devpts", []),  # only matters with --contain
+        ("cwd", []),  # see test_no_mount_cwd
+        ("bind-paths", []),  # no user binds here
+    ],
+)
+def test_no_mount_names(name: str, gone: list[str]) -> None:
+    assert name in NO_MOUNT_NAMES
+    got = plan(HOST._replace(cwd="/"), no_mount=frozenset({name}))
+    assert got == [m for m in DEFAULTS if m.target not in gone]
+
+
+def test_no_mount_every_name_is_known() -> None:
+    assert NO_MOUNT_NAMES == {
+        "proc",
+        "sys",
+        "dev",
+        "devpts",
+        "home",
+        "tmp",
+        "hostfs",
+        "cwd",
+        "bind-paths",
+        "/etc/hosts",
+        "/etc/resolv.conf",
+        "/etc/localtime",
+    }
+
+
+def test_no_mount_dev_with_contain_drops_every_dev_mount() -> None:
+    got = plan(contain=True, no_mount=frozenset({"dev"}))
+    assert not [t for t in targets(got) if t.startswith("/dev")]
+
+
+def test_no_mount_devpts_with_contain() -> None:
+    got = plan(contain=True, no_mount=frozenset({"devpts"}))
+    assert "/dev/pts" not in targets(got)
+    assert "/dev" in targets(got) and "/dev/shm" in targets(got)
+
+
+def test_no_mount_cwd() -> None:
+    host = HOST._replace(cwd="/data/proj")
+    assert plan(host, no_mount=frozenset({"cwd"})) == DEFAULTS
+
+
+def test_no_mount_everything() -> None:
+    every = NO_MOUNT_NAMES
+    got = plan(HOST._replace(cwd="/data/proj"), no_mount=every, binds=(BindMount("/data", "/mnt"),))
+    assert got == []
+
+
+# user binds
+def test_user_binds_come_after_the_defaults_in_order() -> None:
+    binds = (
+        BindMount("/data", "/mnt/data", True),
+        BindMount("/data/file.txt", "/etc/file.txt"),
+        BindMount("/scratch", "/scratch"),
+    )
+    got = plan(binds=binds)
+    assert got == [
+        *DEFAULTS,
+        Mount("rbind", "/data", "/mnt/data", readonly=True, file=False),
+        Mount("rbind", "/data/file.txt", "/etc/file.txt", readonly=False, file=True),
+        Mount("rbind", "/scratch", "/scratch", readonly=False, file=False),
+    ]
+
+
+def test_user_bind_skipped_by_no_mount_destination() -> None:
+    got = plan(
+        binds=(BindMount("/data", "/mnt"), BindMount("/scratch", "/scratch")),
+        no_mount=frozenset({"/mnt"}),
+    )
+    assert targets(got)[-1] == "/scratch" and "/mnt" not in targets(got)
+
+
+def test_bind_paths_skips_user_binds() -> None:
+    got = plan(binds=(BindMount("/data", "/mnt"),), no_mount=frozenset({"bind-paths"}))
+    assert got == DEFAULTS
+
+
+def test_user_bind_with_a_missing_source() -> None:
+    with pytest.raises(SifboxError) as exc:
+        plan(binds=(BindMount("/data", "/a"), BindMount("/nope/x", "/mnt")))
+    assert str(exc.value) == "can't bind `/nope/x` to `/mnt`: the source does not exist"
+    assert exc.value.hint
+
+
+@pytest.mark.parametrize(
+    "target,forbidden",
+    [
+        ("/proc", "/proc"),
+        ("/proc/sys", "/proc"),
+        ("/sys", "/sys"),
+        ("/sys/fs/cgroup", "/sys"),
+        ("/dev", "/dev"),
+        ("/dev/pts", "/dev"),
+        ("/dev/shm/../null", "/dev"),
+        ("/dev/./pts", "/dev"),
+        ("/usr/../proc", "/proc"),
+        ("///proc", "/proc"),
+        ("/proc/", "/proc"),
+    ],
+)
+def test_bind_onto_kernel_file_systems_is_refused(target: str, forbidden: str) -> None:
+    with pytest.raises(SifboxError) as exc:
+        plan(binds=(BindMount("/data", target),))
+    assert (
+        str(exc.value)
+        == f"can't bind `/data` to `{target}`: binding onto {forbidden} is not allowed"
+    )
+
+
+@pytest.mark.parametrize("target", ["/", "/.", "/usr/..", "/../.."])
+def test_bind_onto_the_root_is_refused(target: str) -> None:
+    with pytest.raises(SifboxError) as exc:
+        plan(binds=(BindMount("/data", target),))
+    assert str(exc.value) == "can't bind `/data` to `/`: the container root can't be replaced"
+
+
+@pytest.mark.parametrize(
+    "target", ["/dev/shm", "/dev/shm/x", "/devices", "/process", "/system", "/proc2"]
+)
+def test_bind_allowed_targets(target: str) -> None:
+    got = plan(binds=(BindMount("/data", target),))
+    assert got[-1] == Mount("rbind", "/data", target)
+
+
+@pytest.mark.parametrize("target", ["//proc", "//sys/kernel", "//dev/pts", "//"])
+def test_bind_refusal_cannot_be_bypassed_with_a_double_slash(target: str) -> None:
+    with pytest.raises(SifboxError):
+        check_bind(BindMount("/data", target))
+
+
+# -- merge_passwd / merge_group ------------------------------------------------------------
+IMAGE_PASSWD = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/:/usr/sbin/nologin\n"
+ALICE = "alice:x:1000:1000:alice:/home/alice:/bin/sh\n"
+
+
+def test_merge_passwd_appends_the_caller() -> None:
+    assert merge_passwd(IMAGE_PASSWD, HOST) == IMAGE_PASSWD + ALICE
+
+
+def test_merge_passwd_empty_image_file() -> None:
+    assert merge_passwd("", HOST) == ALICE
+    assert merge_passwd("\n\n", HOST) == ALICE
+
+
+def test_merge_passwd_without_final_newline() -> None:
+    assert merge_passwd(IMAGE_PASSWD.rstrip("\n"), HOST) == IMAGE_PASSWD + ALICE
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "alice:x:501:501::/home/alice:/bin/bash",  # same name
+        "bob:x:1000:1000::/home/bob:/bin/bash",
+    ],  # same uid
+)
+def test_merge_passwd_replaces_a_line_with_the_same_name_or_uid(line: str) -> None:
+    text = "root:x:0:0:root:/root:/bin/bash\n" + line + "\nzed:x:2000:2000::/:/bin/sh\n"
+    got = merge_passwd(text, HOST)
+    assert got == "root:x:0:0:root:/root:/bin/bash\nzed:x:2000:2000::/:/bin/sh\n" + ALICE
+    assert line not in got
+
+
+def test_merge_passwd_as_root_replaces_roots_line() -> None:
+    root = Host(0, 0, "root", "/root", "/", True)
+    assert merge_passwd(IMAGE_PASSWD, root) == (
+        "daemon:x:1:1::/:/usr/sbin/nologin\nroot:x:0:0:root:/root:/bin/sh\n"
+    )
+
+
+def test_merge_passwd_keeps_malformed_lines() -> None:
+    text = "# comment\nbroken\nweird:x:notanumber:0::/:/bin/sh\n"
+    assert merge_passwd(text, HOST) == text + ALICE
+
+
+def test_merge_group() -> None:
+    image = "root:x:0:\nusers:x:100:\n"
+    assert merge_group(image, HOST, "alice") == image + "alice:x:1000:\n"
+    assert merge_group("", HOST, "alice") == "alice:x:1000:\n"
+    # a group with the caller's gid is kept as the image has it
+    has = "root:x:0:\nstaff:x:1000:bob\n"
+    assert merge_group(has, HOST, "alice") == has
+    assert merge_group(has.rstrip("\n"), HOST, "alice") == has
+
+
+# -- action.build_spec ----------------------------------------------------------------------
+FLAG_PREFIXES = ("SIFBOX_", "APPTAINER_", "SINGULARITY_")
+
+
+@pytest.fixture(autouse=True)
+def clean_flag_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No SIFBOX_/APPTAINER_/SINGULARITY_ flag from the caller's environment."""
+    import os
+
+    for key in list(os.environ):
+        if key.startswith(FLAG_PREFIXES):
+            monkeypatch.delenv(key)
+
+
+def ns(command: str = "exec", **kw: Any) -> argparse.Namespace:
+    """The Namespace `sifbox COMMAND IMAGE ...` parses to (see action.add_arguments)."""
+    fields: dict[str, Any] = {
+        "command": command,
+        "image": "/img.sif",
+        "args": [],
+        "bind": [],
+        "mount": [],
+        "home": None,
+        "no_home": False,
+        "no_mount": [],
+        "writable_tmpfs": False,
+        "writable": False,
+        "overlay": [],
+        "contain": False,
+        "containall": False,
+        "cleanenv": False,
+        "env": [],
+        "env_file": [],
+        "pwd": None,
+        "userns": False,
+        "keep_privs": False,
+        "no_privs": False,
+        "fakeroot": False,
+        "nv": False,
+        "nvccli": False,
+        "rocm": False,
+        "pid": False,
+        "ipc": False,
+        "net": False,
+        "uts": False,
+        "app": None,
+    }
+    if command == "exec":
+        fields["command_word"] = "true"
+    if command == "shell":
+        fields["shell"] = None
+    fields.update(kw)
+    return argparse.Namespace(**fields)
+
+
+@pytest.mark.parametrize("command", ["exec", "run", "shell", "test"])
+def test_ns_matches_the_real_parser(command: str) -> None:
+    from sifbox.cli.main import build_parser
+
+    argv = [command, "/img.sif"] + (["true"] if command == "exec" else [])
+    parsed = vars(build_parser(full=command).parse_args(argv))
+    global_keys = set(vars(build_parser(full=False).parse_args([])))
+    ours = vars(ns(command))
+    assert {k: v for k, v in parsed.items() if k not in global_keys | {"_command"}} == {
+        k: v for k, v in ours.items() if k != "command"
+    }
+    assert parsed["command"] == command
+
+
+def test_build_spec_defaults() -> None:
+    spec = action.build_spec(ns())
+    assert spec == ContainerSpec(
+        image="/img.sif", action="exec", command=[], binds=(), no_mount=frozenset(), shell=None
+    )
+
+
+def test_build_spec_binds_and_mounts_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APPTAINER_BIND", "/env")
+    spec = action.build_spec(ns(bind=["/a:/b:ro,/c", "/d"], mount=["type=bind,src=/m,dst=/n,ro"]))
+    assert spec.binds == (
+        BindMount("/env", "/env"),
+        BindMount("/a", "/b", True),
+        BindMount("/c", "/c"),
+        BindMount("/d", "/d"),
+        BindMount("/m", "/n", True),
+    )
+
+
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        ({"SINGULARITY_BIND": "/s"}, "/s"),
+        ({"SINGULARITY_BINDPATH": "/sp"}, "/sp"),
+        ({"APPTAINER_BIND": "/a", "SINGULARITY_BIND": "/s"}, "/a"),
+        ({"APPTAINER_BINDPATH": "/ap", "SINGULARITY_BIND": "/s"}, "/ap"),
+        ({"SIFBOX_BIND": "/x", "APPTAINER_BIND": "/a", "SINGULARITY_BIND": "/s"}, "/x"),
+        ({"SIFBOX_BINDPATH": "/xp", "APPTAINER_BIND": "/a"}, "/xp"),
+        ({"SIFBOX_BIND": "/x", "SIFBOX_BINDPATH": "/xp"}, "/x"),
+    ],
+)
+def test_bind_env_precedence(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert action.build_spec(ns()).binds == (BindMount(expected, expected),)
+
+
+def test_flag_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert action.flag_env("CONTAIN") is None
+    monkeypatch.setenv("SINGULARITY_CONTAIN", "s")
+    assert action.flag_env("CONTAIN") == "s"
+    monkeypatch.setenv("APPTAINER_CONTAIN", "a")
+    assert action.flag_env("CONTAIN") == "a"
+    monkeypatch.setenv("SIFBOX_CONTAIN", "")
+    assert action.flag_env("CONTAIN") == ""  # set, even empty, wins
+
+
+def test_bad_bind_in_env_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIFBOX_BIND", "/a:/b:xx")
+    with pytest.raises(UsageError, match="unknown option `xx`"):
+        action.build_spec(ns())
+
+
+def test_containall_implies_contain_and_cleanenv(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = action.build_spec(ns(containall=True))
+    assert spec.contain and spec.cleanenv
+    monkeypatch.setenv("APPTAINER_CONTAINALL", "true")
+    spec = action.build_spec(ns())
+    assert spec.contain and spec.cleanenv
+
+
+@pytest.mark.parametrize(
+    "var,field",
+    [
+        ("CONTAIN", "contain"),
+        ("CLEANENV", "cleanenv"),
+        ("NO_HOME", "no_home"),
+        ("WRITABLE_TMPFS", "writable_tmpfs"),
+        ("USERNS", "userns"),
+    ],
+)
+@pytest.mark.parametrize(
+    "value,truth",
+    [("1", True), ("yes", True), (" ON ", True), ("0", False), ("", False), ("no", False)],
+)
+def test_boolean_flags_from_env(
+    monkeypatch: pytest.MonkeyPatch, var: str, field: str, value: str, truth: bool
+) -> None:
+    assert getattr(action.build_spec(ns()), field) is False
+    monkeypatch.setenv(f"SINGULARITY_{var}", value)
+    assert getattr(action.build_spec(ns()), field) is truth
+
+
+def test_no_mount(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = action.build_spec(ns(no_mount=["proc,sys", "/etc/hosts,,/mnt/x"]))
+    assert spec.no_mount == {"proc", "sys", "/etc/hosts", "/mnt/x"}
+    monkeypatch.setenv("APPTAINER_NO_MOUNT", "tmp")
+    assert action.build_spec(ns(no_mount=["cwd"])).no_mount == {"cwd", "tmp"}
+
+
+@pytest.mark.parametrize("name", ["procs", "home2", "relative/path", "HOME"])
+def test_unknown_no_mount_name(name: str) -> None:
+    with pytest.raises(UsageError) as exc:
+        action.build_spec(ns(no_mount=[f"proc,{name}"]))
+    assert str(exc.value) == f"can't use --no-mount `{name}`: unknown mount"
+    assert exc.value.hint and "bind-paths" in exc.value.hint
+
+
+def test_unknown_no_mount_name_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIFBOX_NO_MOUNT", "bogus")
+    with pytest.raises(UsageError, match="bogus"):
+        action.build_spec(ns())
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("fakeroot", True),
+        ("writable", True),
+        ("overlay", ["o.img"]),
+        ("nv", True),
+        ("nvccli", True),
+        ("rocm", True),
+        ("pid", True),
+        ("ipc", True),
+        ("net", True),
+        ("uts", True),
+        ("app", "foo"),
+    ],
+)
+def test_not_yet_flags(field: str, value: Any) -> None:
+    assert field in action.NOT_YET
+    with pytest.raises(NotAvailableError) as exc:
+        action.build_spec(ns(**{field: value}))
+    assert str(exc.value) == f"can't use --{field}: not available in this version of sifbox yet"
+
+
+def test_writable_error_suggests_writable_tmpfs() -> None:
+    with pytest.raises(NotAvailableError) as exc:
+        action.build_spec(ns(writable=True))
+    assert exc.value.hint and "--writable-tmpfs" in exc.value.hint
+
+
+@pytest.mark.parametrize(
+    "home,source,target",
+    [
+        ("/srv/h", "/srv/h", "/srv/h"),
+        ("/srv/h:/home/me", "/srv/h", "/home/me"),
+        ("/srv/h:", "/srv/h", "/srv/h"),
+    ],
+)
+def test_home_option(monkeypatch: pytest.MonkeyPatch, home: str, source: str, target: str) -> None:
+    spec = action.build_spec(ns(home=home))
+    assert (spec.home_source, spec.home_target) == (source, target)
+    monkeypatch.setenv("APPTAINER_HOME", home)
+    spec = action.build_spec(ns())
+    assert (spec.home_source, spec.home_target) == (source, target)
+    assert action.build_spec(ns(home="/cli")).home_source == "/cli"  # the option wins
+
+
+def test_pwd_and_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert action.build_spec(ns(pwd="/w")).pwd == "/w"
+    monkeypatch.setenv("SIFBOX_PWD", "/e")
+    assert action.build_spec(ns()).pwd == "/e"
+    assert action.build_spec(ns("shell", shell="/bin/zsh")).shell == "/bin/zsh"
+    monkeypatch.setenv("APPTAINER_SHELL", "/bin/ksh")
+    assert action.build_spec(ns("shell")).shell == "/bin/ksh"
+    assert action.build_spec(ns("exec")).shell is None  # only for `shell`
+
+
+def test_build_spec_feeds_default_mounts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIFBOX_BIND", "/data:/mnt:ro")
+    spec = action.build_spec(ns(no_mount=["tmp"], contain=True))
+    got = default_mounts(spec, HOST, **fs())
+    assert got[-1] == Mount("rbind", "/data", "/mnt", readonly=True)
+    assert (
+        "/tmp" not in targets(got)
+        and Mount("tmpfs", None, "/dev", options="mode=755,size=1m") in got
+    )
+
+
+def test_home_with_three_elements_is_refused() -> None:
+    with pytest.raises(UsageError):
+        action.build_spec(ns(home="/a:/b:ro"))
+
+
+@pytest.mark.parametrize("var", ["APPTAINER_PWD", "APPTAINER_TARGET_PWD", "SINGULARITY_TARGET_PWD"])
+def test_pwd_from_apptainer_environment(monkeypatch: pytest.MonkeyPatch, var: str) -> None:
+    monkeypatch.setenv(var, "/work")
+    assert action.build_spec(ns()).pwd == "/work"
