@@ -181,7 +181,20 @@ def main(args: argparse.Namespace) -> int:
         return words, envmod.apply_overrides_directly(env, overrides)
 
     from sifbox.runtime.sandbox.setup import enter
+
+    enter(spec, host, source, mounts, payload, log=_verbose_log())
+    return 255  # not reached: enter() execs the payload or raises
+
+
+def _verbose_log():  # type: ignore[no-untyped-def]
+    """log.verbose when -v/-d asked for it; else None, so that a plain run
+    does not pay for importing `logging` (launch time counts per MPI rank)."""
+    try:
+        level = int(os.environ.get("SIFBOX_MESSAGELEVEL", "20"))
+    except ValueError:
+        level = 20
+    if level > 15:
+        return None
     from sifbox.util import log
 
-    enter(spec, host, source, mounts, payload, log=log.verbose)
-    return 255  # not reached: enter() execs the payload or raises
+    return log.verbose

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import time
 
 from sifbox.image.source import ImageKind, ImageSource
 from sifbox.runtime.plan import Mount, merge_group, merge_passwd
@@ -27,7 +26,6 @@ from sifbox.util.paths import chase, chase_existing
 
 SESSION_DIRS = ("/var/lib/sifbox/mnt/session", "/mnt", "/media")
 SESSION_SIZE = "64m"
-MOUNT_WAIT = 10.0
 
 _ST_TO_MS = ((2, sc.MS_NOSUID), (4, sc.MS_NODEV), (8, sc.MS_NOEXEC), (1024, 1024), (2048, 2048), (4096, 1 << 21))
 
@@ -75,7 +73,7 @@ def enter(spec: ContainerSpec, host: Host, source: ImageSource, mounts: list[Mou
         sc.mount("tmpfs", session, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode=755,size={SESSION_SIZE}")
     except OSError as err:
         raise _fail("can't set up the session directory", err, spec.image) from None
-    lower = _mount_image(spec, source, session, squashfuse, log)
+    lower = _mount_image(spec, source, session, squashfuse, log, host)
     points = [(m.target, m.file) for m in mounts] + [("/etc/passwd", True), ("/etc/group", True)]
     root = _overlay(spec, session, lower, points)
     _identity_files(root, session, host)
@@ -114,14 +112,14 @@ def _session() -> str:
     raise OSError(2, "none of " + ", ".join(SESSION_DIRS) + " exists")
 
 
-def _mount_image(spec: ContainerSpec, source: ImageSource, session: str, squashfuse: str | None, log) -> str:  # type: ignore[no-untyped-def]
+def _mount_image(spec: ContainerSpec, source: ImageSource, session: str, squashfuse: str | None, log, host: Host) -> str:  # type: ignore[no-untyped-def]
     if source.kind is ImageKind.SANDBOX:
         return source.path
     lower = os.path.join(session, "image")
     os.mkdir(lower)
     assert source.fd is not None
     if squashfuse:
-        _squashfuse(squashfuse, source, lower, session, spec.image)
+        _squashfuse(squashfuse, source, lower, session, spec.image, host)
         if log:
             log("image driver: squashfuse_ll (user namespace), offset %d", source.offset)
         return lower
@@ -138,42 +136,53 @@ def _mount_image(spec: ContainerSpec, source: ImageSource, session: str, squashf
     return lower
 
 
-def _squashfuse(binary: str, source: ImageSource, lower: str, session: str, image: str) -> None:
+def _squashfuse(binary: str, source: ImageSource, lower: str, session: str, image: str, host: Host) -> None:
+    """Mount the image with squashfuse_ll, as sifbox does it: this process
+    opens /dev/fuse and mounts it (it holds CAP_SYS_ADMIN in its user
+    namespace; the helper, once exec'd as the user, would not), then hands
+    the descriptor to squashfuse_ll as `/dev/fd/N`. The mount exists before
+    the helper runs, so there is nothing to poll; the first access waits
+    for the helper to answer. The helper gets SIGKILL when its parent dies.
+    """
+    assert source.fd is not None
     logfile = os.path.join(session, "squashfuse.log")
-    before = os.stat(lower).st_dev
+    try:
+        fuse = os.open("/dev/fuse", os.O_RDWR)
+        sc.mount(source.path, lower, "fuse.squashfuse_ll", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_RDONLY,
+                 f"fd={fuse},rootmode=40000,user_id={host.uid},group_id={host.gid}")  # fmt: skip
+    except OSError as err:
+        raise _fail("can't mount the image with FUSE", err, image) from None
     pid = os.fork()
-    if pid == 0:  # the FUSE server: dies with its parent, keeps CAP_SYS_ADMIN to mount
+    if pid == 0:  # the FUSE server
         try:
             sc.set_parent_death_signal(signal.SIGKILL)
-            sc.raise_ambient(sc.CAP_SYS_ADMIN)
-            fd = os.open(logfile, os.O_WRONLY | os.O_CREAT, 0o600)
-            os.dup2(fd, 2)
+            log = os.open(logfile, os.O_WRONLY | os.O_CREAT, 0o600)
             devnull = os.open(os.devnull, os.O_RDWR)
             os.dup2(devnull, 0)
             os.dup2(devnull, 1)
-            os.set_inheritable(source.fd, True)
-            os.closerange(3, source.fd)
-            os.closerange(source.fd + 1, 65536)
-            os.execv(binary, [binary, "-f", "-o", f"offset={source.offset}", f"/proc/self/fd/{source.fd}", lower])
+            os.dup2(log, 2)
+            for fd in (fuse, source.fd):
+                os.set_inheritable(fd, True)
+            keep = sorted((fuse, source.fd))
+            os.closerange(3, keep[0])
+            os.closerange(keep[0] + 1, keep[1])
+            os.closerange(keep[1] + 1, 1 << 20)
+            os.execv(binary, [binary, "-f", "-o", f"offset={source.offset}",
+                              f"/proc/self/fd/{source.fd}", f"/dev/fd/{fuse}"])  # fmt: skip
         except BaseException as err:  # noqa: BLE001
             os.write(2, f"squashfuse_ll: {err}\n".encode())
         os._exit(127)
-    deadline = time.monotonic() + MOUNT_WAIT
-    delay = 0.0002
-    while os.stat(lower).st_dev == before:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done or time.monotonic() > deadline:
-            if not done:
-                os.kill(pid, signal.SIGKILL)
-            try:
-                with open(logfile, errors="replace") as f:
-                    detail = f.read().strip().splitlines()
-            except OSError:
-                detail = []
-            reason = detail[-1] if detail else "it exited without a message"
-            raise LaunchError(f"can't start a container from `{image}`: squashfuse_ll could not mount the image: {reason}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.01)
+    os.close(fuse)
+    try:
+        os.stat(lower)
+    except OSError:
+        try:
+            with open(logfile, errors="replace") as f:
+                detail = f.read().strip().splitlines()
+        except OSError:
+            detail = []
+        reason = detail[-1] if detail else "it stopped without a message"
+        raise LaunchError(f"can't start a container from `{image}`: squashfuse_ll could not read the image: {reason}") from None
 
 
 def _overlay(spec: ContainerSpec, session: str, lower: str, points: list[tuple[str, bool]]) -> str:

@@ -35,9 +35,6 @@ MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
-PR_CAP_AMBIENT = 47
-PR_CAP_AMBIENT_RAISE = 2
-CAP_SYS_ADMIN = 21
 CAP_LAST = 63
 
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -105,15 +102,6 @@ def _capget() -> tuple[_CapHeader, ctypes.Array[_CapData]]:
     data = (_CapData * 2)()
     _check(_libc.capget(ctypes.byref(hdr), data), "capget")
     return hdr, data
-
-
-def raise_ambient(cap: int) -> None:
-    """Keep `cap` across execve (inheritable + ambient), for a helper such as
-    squashfuse that must mount inside a user namespace as a non-root uid."""
-    hdr, data = _capget()
-    data[cap // 32].inheritable |= 1 << (cap % 32)
-    _check(_libc.capset(ctypes.byref(hdr), data), "capset")
-    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap)
 
 
 def drop_all_capabilities() -> None:
