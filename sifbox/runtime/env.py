@@ -91,6 +91,7 @@ def container_env(
     home: str,
     overrides: Mapping[str, str],
     shell_prompt: str | None = None,
+    action: str | None = None,
 ) -> dict[str, str]:
     """The environment the container process starts with (before the image's
     env scripts run), with the user's overrides carried in OVERRIDES_VAR."""
@@ -103,6 +104,8 @@ def container_env(
         env[f"{prefix}_CONTAINER"] = image
         env[f"{prefix}_NAME"] = name
         env[f"{prefix}_ENVIRONMENT"] = "/.singularity.d/env/91-environment.sh"
+        if action:
+            env[f"{prefix}_COMMAND"] = action
     env["PATH"] = DEFAULT_PATH
     env["LD_LIBRARY_PATH"] = LIBS
     env["HOME"] = home

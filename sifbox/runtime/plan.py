@@ -47,6 +47,11 @@ def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir
     home_target = spec.home_target or host.home
     if "home" not in off and not spec.no_home and home_target and home_target != "/":
         if spec.home_source:
+            if not isdir(spec.home_source):
+                raise SifboxError(
+                    f"can't use `{spec.home_source}` as the home directory: it is not a directory",
+                    hint="fix the -H/--home option",
+                )
             mounts.append(Mount("bind", spec.home_source, home_target))
         elif spec.contain:
             mounts.append(Mount("tmpfs", None, home_target, options="mode=700"))
@@ -55,17 +60,17 @@ def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir
     for f in ("/etc/hosts", "/etc/resolv.conf", "/etc/localtime"):
         if f not in off and exists(f):
             mounts.append(Mount("bind", f, f, readonly=True, file=True))
-    if "bind-paths" not in off:
-        for b in spec.binds:
-            if b.target in off:
-                continue
-            check_bind(b)
-            if not exists(b.source):
-                raise SifboxError(
-                    f"can't bind `{b.source}` to `{b.target}`: the source does not exist",
-                    hint="create it, or fix the --bind option",
-                )
-            mounts.append(Mount("rbind", b.source, b.target, readonly=b.readonly, file=not isdir(b.source)))
+    # `--no-mount bind-paths` and `--no-mount /dest` turn off configured
+    # binds (`bind path` in sifbox.conf, like /etc/hosts above), never the
+    # user's own --bind options.
+    for b in spec.binds:
+        check_bind(b)
+        if not exists(b.source):
+            raise SifboxError(
+                f"can't bind `{b.source}` to `{b.target}`: the source does not exist",
+                hint="create it, or fix the --bind option",
+            )
+        mounts.append(Mount("rbind", b.source, b.target, readonly=b.readonly, file=not isdir(b.source)))
     if "cwd" not in off and not spec.contain and spec.pwd is None:
         cwd = host.cwd
         covered = [m.target for m in mounts if m.kind in ("bind", "rbind") and not m.file]
@@ -115,6 +120,7 @@ def merge_group(image_text: str, host: Host, group_name: str) -> str:
     lines = [ln for ln in image_text.splitlines() if ln]
     if any(_uid(ln) == host.gid for ln in lines):
         return "\n".join(lines) + "\n"
+    lines = [ln for ln in lines if ln.split(":")[0] != group_name]
     return "\n".join(lines) + ("\n" if lines else "") + f"{group_name}:x:{host.gid}:\n"
 
 

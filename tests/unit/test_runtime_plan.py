@@ -370,7 +370,8 @@ def test_no_mount_cwd() -> None:
 def test_no_mount_everything() -> None:
     every = NO_MOUNT_NAMES
     got = plan(HOST._replace(cwd="/data/proj"), no_mount=every, binds=(BindMount("/data", "/mnt"),))
-    assert got == []
+    # --no-mount turns off what sifbox mounts by itself, never the user's --bind.
+    assert got == [Mount("rbind", "/data", "/mnt", readonly=False, file=False)]
 
 
 # user binds
@@ -389,17 +390,19 @@ def test_user_binds_come_after_the_defaults_in_order() -> None:
     ]
 
 
-def test_user_bind_skipped_by_no_mount_destination() -> None:
+def test_no_mount_destination_keeps_user_binds() -> None:
+    """As in Apptainer, `--no-mount /dest` and `bind-paths` only turn off
+    configured binds (`bind path`), not the user's -B options."""
     got = plan(
         binds=(BindMount("/data", "/mnt"), BindMount("/scratch", "/scratch")),
         no_mount=frozenset({"/mnt"}),
     )
-    assert targets(got)[-1] == "/scratch" and "/mnt" not in targets(got)
+    assert targets(got)[-2:] == ["/mnt", "/scratch"]
 
 
-def test_bind_paths_skips_user_binds() -> None:
+def test_bind_paths_keeps_user_binds() -> None:
     got = plan(binds=(BindMount("/data", "/mnt"),), no_mount=frozenset({"bind-paths"}))
-    assert got == DEFAULTS
+    assert got == [*DEFAULTS, Mount("rbind", "/data", "/mnt", readonly=False, file=False)]
 
 
 def test_user_bind_with_a_missing_source() -> None:

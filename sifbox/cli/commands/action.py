@@ -158,7 +158,7 @@ def main(args: argparse.Namespace) -> int:
     env = envmod.container_env(
         os.environ, cleanenv=spec.cleanenv, image=source.path,
         home=spec.home_target or home, overrides=overrides,
-        shell_prompt="Sifbox> " if action == "shell" else None,
+        shell_prompt="Sifbox> " if action == "shell" else None, action=action,
     )  # fmt: skip
     if action == "exec":
         words = [args.command_word, *args.args]

@@ -197,7 +197,7 @@ def _overlay(spec: ContainerSpec, session: str, lower: str, points: list[tuple[s
         os.mkdir(d)
     for target, is_file in points:
         try:
-            found, missing = chase_existing(lower, target)
+            found, missing = chase_existing(lower, os.path.normpath("/" + target.lstrip("/")))
         except OSError:
             continue  # reported when the mount is applied
         if not missing:
