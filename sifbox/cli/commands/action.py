@@ -18,7 +18,7 @@ import sys
 from sifbox.util.errors import NotAvailableError, UsageError
 
 ENV_PREFIXES = ("SIFBOX_", "APPTAINER_", "SINGULARITY_")
-NOT_YET = ("fakeroot", "writable", "overlay", "nv", "nvccli", "rocm", "pid", "ipc", "net", "uts", "app")
+NOT_YET = ("writable", "overlay", "nv", "nvccli", "rocm", "pid", "ipc", "net", "uts", "app")
 
 
 def flag_env(*names: str) -> str | None:
@@ -61,6 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--env-file", action="append", default=[], metavar="FILE", help="read environment variables from a file")
     g.add_argument("--pwd", "--cwd", dest="pwd", metavar="DIR", help="initial working directory")
     g.add_argument("-u", "--userns", action="store_true", help="run in a user namespace even as root")
+    g.add_argument("-f", "--fakeroot", action="store_true",
+                   help="run as root in a user namespace (subuid/subgid ranges when configured)")
     g.add_argument("--keep-privs", action="store_true", help="root: keep capabilities in the container")
     g.add_argument("--no-privs", action="store_true", help="drop all capabilities (the default)")
     if action == "shell":
@@ -71,7 +73,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             continue
         takes_value = name == "app"
         g.add_argument(f"--{name}", action="store" if takes_value else "store_true", help=argparse.SUPPRESS)
-    g.add_argument("-f", dest="fakeroot", action="store_true", help=argparse.SUPPRESS)
 
 
 def build_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -95,6 +96,7 @@ def build_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                 raise UsageError(f"can't use --no-mount `{name}`: unknown mount",
                                  hint="one of " + ", ".join(sorted(NO_MOUNT_NAMES)) + ", or a bind destination")
             no_mount.add(name)
+    fakeroot = args.fakeroot or _truthy(flag_env("FAKEROOT"))
     home = args.home or flag_env("HOME")
     home_source = home_target = None
     if home:
@@ -119,6 +121,7 @@ def build_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         pwd=args.pwd or flag_env("PWD", "TARGET_PWD") or None,
         no_mount=frozenset(no_mount),
         shell=getattr(args, "shell", None) or flag_env("SHELL") if args.command == "shell" else None,
+        fakeroot=fakeroot,
     )
 
 
@@ -144,6 +147,9 @@ def main(args: argparse.Namespace) -> int:
     except OSError:
         cwd = "/"
     host = Host(uid, gid, user, home, cwd, uid == 0)
+    if spec.fakeroot and uid != 0 and spec.home_target is None and not spec.no_home:
+        # As Apptainer: under --fakeroot the caller's home is root's home.
+        spec = spec._replace(home_source=home, home_target="/root")
 
     env_files: dict[str, str] = {}
     for path in args.env_file + ([flag_env("ENV_FILE")] if flag_env("ENV_FILE") else []):

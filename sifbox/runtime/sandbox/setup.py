@@ -47,6 +47,8 @@ def enter(spec: ContainerSpec, host: Host, source: ImageSource, mounts: list[Mou
     entering it, so that it can look at the image (is there a /bin/sh?).
     """
     userns = not host.is_root or spec.userns
+    fakeroot = spec.fakeroot and not host.is_root
+    inner = host._replace(uid=0, gid=0, user="root", home="/root") if fakeroot else host
     squashfuse = None
     if source.kind is not ImageKind.SANDBOX and userns:
         squashfuse = shutil.which("squashfuse_ll")
@@ -57,7 +59,9 @@ def enter(spec: ContainerSpec, host: Host, source: ImageSource, mounts: list[Mou
             raise LaunchError(f"can't start a container from `{spec.image}`: /dev/fuse is not usable by this user",
                               hint="as root: `chmod 0666 /dev/fuse`; `sifbox doctor` checks this")  # fmt: skip
     try:
-        if userns:
+        if fakeroot:
+            _enter_fakeroot(host, log)
+        elif userns:
             sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNS)
             _write_id_maps(host)
         else:
@@ -73,10 +77,10 @@ def enter(spec: ContainerSpec, host: Host, source: ImageSource, mounts: list[Mou
         sc.mount("tmpfs", session, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode=755,size={SESSION_SIZE}")
     except OSError as err:
         raise _fail("can't set up the session directory", err, spec.image) from None
-    lower = _mount_image(spec, source, session, squashfuse, log, host)
+    lower = _mount_image(spec, source, session, squashfuse, log, inner)
     points = [(m.target, m.file) for m in mounts] + [("/etc/passwd", True), ("/etc/group", True)]
     root = _overlay(spec, session, lower, points)
-    _identity_files(root, session, host)
+    _identity_files(root, session, inner)
     for m in mounts:
         _apply(root, m, spec.image)
     argv, env = payload(root)
@@ -96,13 +100,73 @@ def enter(spec: ContainerSpec, host: Host, source: ImageSource, mounts: list[Mou
     _exec(argv, env, spec.image)
 
 
-def _write_id_maps(host: Host) -> None:
+def _write_id_maps(host: Host, inside: int | None = None) -> None:
+    """Map the caller to itself (or to `inside`, e.g. 0 for fakeroot)."""
     with open("/proc/self/setgroups", "w") as f:
         f.write("deny")
     with open("/proc/self/uid_map", "w") as f:
-        f.write(f"{host.uid} {host.uid} 1")
+        f.write(f"{host.uid if inside is None else inside} {host.uid} 1")
     with open("/proc/self/gid_map", "w") as f:
-        f.write(f"{host.gid} {host.gid} 1")
+        f.write(f"{host.gid if inside is None else inside} {host.gid} 1")
+
+
+def _enter_fakeroot(host: Host, log) -> None:  # type: ignore[no-untyped-def]
+    """Unshare a user namespace in which the caller is root.
+
+    With subordinate ID ranges, newuidmap/newgidmap (setuid helpers from the
+    `uidmap` package) must write the maps from outside the namespace: a
+    forked helper waits until this process has unshared, then runs them on
+    its pid. Without ranges, the process maps root to itself.
+    """
+    from sifbox.runtime import idmap
+
+    subuid = idmap.read_subid("/etc/subuid", host.user, host.uid)
+    subgid = idmap.read_subid("/etc/subgid", host.user, host.uid)
+    tools = shutil.which("newuidmap"), shutil.which("newgidmap")
+    if subuid is None or subgid is None or None in tools:
+        sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNS)
+        _write_id_maps(host, inside=0)
+        if log:
+            log("fakeroot: root mapped to uid %d only (no subuid/subgid range or no newuidmap)", host.uid)
+        return
+    go_r, go_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the helper stays outside the new namespace
+        status = 1
+        try:
+            os.close(go_w)
+            os.close(done_r)
+            os.read(go_r, 1)
+            target = str(os.getppid())
+            status = 0
+            for tool, own, sub in ((tools[0], host.uid, subuid), (tools[1], host.gid, subgid)):
+                args = [str(n) for line in idmap.fakeroot_maps(own, sub) for n in line]
+                child = os.fork()
+                if child == 0:
+                    os.execv(tool, [tool, target, *args])  # type: ignore[list-item]
+                _, st = os.waitpid(child, 0)
+                if os.waitstatus_to_exitcode(st) != 0:
+                    status = 2
+                    break
+        finally:
+            os.write(done_w, bytes([status]))
+            os._exit(0)
+    os.close(go_r)
+    os.close(done_w)
+    try:
+        sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNS)
+    finally:
+        os.write(go_w, b"x")
+        os.close(go_w)
+        result = os.read(done_r, 1)
+        os.close(done_r)
+        os.waitpid(pid, 0)
+    if result != b"\0":
+        raise LaunchError("can't start a fakeroot container: newuidmap/newgidmap could not map the ID ranges",
+                          hint=f"check the ranges of `{host.user}` in /etc/subuid and /etc/subgid")  # fmt: skip
+    if log:
+        log("fakeroot: root plus %d subordinate uids (from %d) via newuidmap", subuid[1], subuid[0])
 
 
 def _session() -> str:
