@@ -690,7 +690,6 @@ def test_unknown_no_mount_name_from_env(monkeypatch: pytest.MonkeyPatch) -> None
 @pytest.mark.parametrize(
     "field,value",
     [
-        ("fakeroot", True),
         ("writable", True),
         ("overlay", ["o.img"]),
         ("nv", True),
@@ -708,6 +707,13 @@ def test_not_yet_flags(field: str, value: Any) -> None:
     with pytest.raises(NotAvailableError) as exc:
         action.build_spec(ns(**{field: value}))
     assert str(exc.value) == f"can't use --{field}: not available in this version of sifbox yet"
+
+
+def test_fakeroot_flag_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert action.build_spec(ns(fakeroot=True)).fakeroot
+    assert not action.build_spec(ns()).fakeroot
+    monkeypatch.setenv("APPTAINER_FAKEROOT", "1")
+    assert action.build_spec(ns()).fakeroot
 
 
 def test_writable_error_suggests_writable_tmpfs() -> None:
