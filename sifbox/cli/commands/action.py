@@ -131,6 +131,7 @@ def main(args: argparse.Namespace) -> int:
     from sifbox.image.source import open_image
     from sifbox.runtime import env as envmod
     from sifbox.runtime.plan import default_mounts
+    from sifbox.runtime.sandbox.setup import LaunchError, enter
     from sifbox.runtime.spec import Host
     from sifbox.util.paths import chase
 
@@ -173,23 +174,29 @@ def main(args: argparse.Namespace) -> int:
     else:
         words = list(args.args)
 
-    def payload(root: str) -> tuple[list[str], dict[str, str]]:
-        try:
-            chase(root, "/bin/sh")
-            has_shell = True
-        except OSError:
-            has_shell = False
-        if has_shell:
+    def payload(root: str):  # type: ignore[no-untyped-def]
+        def present(path: str) -> bool:
+            try:
+                chase(root, path)
+                return True
+            except OSError:
+                return False
+
+        if present("/bin/sh"):
             return ["/bin/sh", "-c", envmod.PRELUDE, "sifbox", action, *words], env
-        if action != "exec":
-            raise UsageError(f"can't {action} `{spec.image}`: the image has no /bin/sh",
-                             hint="`sifbox exec IMAGE /path/to/program` runs a program directly")
-        return words, envmod.apply_overrides_directly(env, overrides)
+        # No shell: no env scripts either; run what can run directly.
+        direct = envmod.apply_overrides_directly(env, overrides)
+        if action == "exec":
+            return words, direct
+        script = {"run": "/.singularity.d/runscript", "test": "/.singularity.d/test"}.get(action)
+        if action == "test" and not present(script):
+            return None, "No test script found in container, exiting"
+        if script and present(script):
+            return [script, *words], direct
+        raise LaunchError(f"can't {action} `{spec.image}`: the image has no /bin/sh",
+                          hint="`sifbox exec IMAGE /path/to/program` runs a program directly")
 
-    from sifbox.runtime.sandbox.setup import enter
-
-    enter(spec, host, source, mounts, payload, log=_verbose_log())
-    return 255  # not reached: enter() execs the payload or raises
+    return enter(spec, host, source, mounts, payload, log=_verbose_log())
 
 
 def _verbose_log():  # type: ignore[no-untyped-def]

@@ -18,6 +18,9 @@ import shutil
 import signal
 
 from sifbox.image.source import ImageKind, ImageSource
+# Everything used after pivot_root must be imported before it: the host's
+# file system (and sifbox's own modules) is gone from view afterwards.
+from sifbox.runtime import supervisor
 from sifbox.runtime.plan import Mount, merge_group, merge_passwd
 from sifbox.runtime.sandbox import syscalls as sc
 from sifbox.runtime.spec import ContainerSpec, Host
@@ -40,11 +43,13 @@ def _fail(what: str, err: OSError, image: str) -> LaunchError:
 
 
 def enter(spec: ContainerSpec, host: Host, source: ImageSource, mounts: list[Mount],
-          payload, log=None) -> None:  # fmt: skip  # type: ignore[no-untyped-def]
-    """Build the container and exec `payload(root)` -> (argv, env) in it.
+          payload, log=None) -> int:  # fmt: skip  # type: ignore[no-untyped-def]
+    """Build the container, run `payload(root)` -> (argv, env) in it under
+    the supervisor, and return its exit status.
 
     `payload` is called with the host path of the finished root, before
     entering it, so that it can look at the image (is there a /bin/sh?).
+    It may return (None, message) when there is nothing to run.
     """
     userns = not host.is_root or spec.userns
     fakeroot = spec.fakeroot and not host.is_root
@@ -97,7 +102,24 @@ def enter(spec: ContainerSpec, host: Host, source: ImageSource, mounts: list[Mou
     sc.set_no_new_privs()
     if not userns:
         sc.drop_all_capabilities()
-    _exec(argv, env, spec.image)
+    if argv is None:
+        import sys
+
+        sys.stderr.write(env + "\n")
+        return 0
+    return supervisor.run(lambda: _exec_or_exit(argv, env))
+
+
+def _exec_or_exit(argv: list[str], env: dict[str, str]) -> None:
+    """In the payload process: exec, or say why not and exit."""
+    import sys
+
+    try:
+        _exec(argv, env, "")
+    except SifboxError as err:
+        sys.stderr.write(f"sifbox: error: {err.message}\n")
+        sys.stderr.flush()
+        os._exit(int(err.exit_status))
 
 
 def _write_id_maps(host: Host, inside: int | None = None) -> None:

@@ -1,0 +1,81 @@
+"""The supervisor: start the payload, forward signals, return its status.
+
+After the container is built, the sifbox process forks: the child execs the
+payload (and dies with SIGKILL if the supervisor is killed), the parent
+waits. Signals sent to sifbox (kill, scancel, srun) are forwarded; signals
+the terminal sent to the whole foreground group already reached the
+payload and are not sent twice. When the payload stops (Ctrl-Z), the
+supervisor stops too, so the shell's job control sees the job stopped.
+The exit status is the payload's: its code, or 128+N when a signal N
+killed it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+FORWARDED = (
+    signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+    signal.SIGUSR2, signal.SIGALRM, signal.SIGWINCH, signal.SIGCONT,
+)  # fmt: skip
+_WATCHED = (*FORWARDED, signal.SIGCHLD)
+#: si_code of signals from the kernel (e.g. the terminal driver) rather than kill(2).
+_SI_KERNEL = 0x80
+
+
+def run(start: Callable[[], None]) -> int:
+    """Fork; the child calls `start()` (which must exec or _exit); the
+    parent supervises it and returns its exit status."""
+    supervisor = os.getpid()
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        from sifbox.runtime.sandbox import syscalls as sc
+
+        sc.set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != supervisor:  # the supervisor died before the line above
+            os._exit(128 + signal.SIGKILL)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        start()
+        os._exit(127)
+    return _supervise(pid)
+
+
+def _supervise(child: int) -> int:
+    while True:
+        info = signal.sigwaitinfo(_WATCHED)
+        sig = info.si_signo
+        if sig != signal.SIGCHLD:
+            if info.si_code != _SI_KERNEL or sig in (signal.SIGCONT, signal.SIGALRM):
+                _send(child, sig)
+            continue
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG | os.WUNTRACED)
+            except ChildProcessError:
+                return 255
+            if pid == 0:
+                break
+            if pid != child:
+                continue  # e.g. squashfuse_ll: reap it
+            if os.WIFSTOPPED(status):
+                os.kill(os.getpid(), signal.SIGSTOP)  # resumed by the shell's SIGCONT
+                _send(child, signal.SIGCONT)
+                continue
+            if os.WIFSIGNALED(status):
+                return 128 + os.WTERMSIG(status)
+            return os.WEXITSTATUS(status)
+
+
+def _send(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
