@@ -26,7 +26,9 @@ def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir
     off = spec.no_mount
     mounts: list[Mount] = []
     if "proc" not in off:
-        mounts.append(Mount("rbind", "/proc", "/proc"))
+        # A PID namespace needs its own proc, mounted from inside it (kind
+        # "proc", done by the container's init); else the host's.
+        mounts.append(Mount("proc", None, "/proc") if spec.pid else Mount("rbind", "/proc", "/proc"))
     if "sys" not in off:
         mounts.append(Mount("rbind", "/sys", "/sys"))
     if "dev" not in off:

@@ -38,7 +38,9 @@ def run(start: Callable[[], None]) -> int:
         from sifbox.runtime.sandbox import syscalls as sc
 
         sc.set_parent_death_signal(signal.SIGKILL)
-        if os.getppid() != supervisor:  # the supervisor died before the line above
+        # The supervisor died before the line above? (In a new PID namespace
+        # the parent is outside it and getppid() reads 0.)
+        if os.getppid() not in (supervisor, 0):
             os._exit(128 + signal.SIGKILL)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)

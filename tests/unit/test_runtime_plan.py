@@ -557,6 +557,8 @@ def ns(command: str = "exec", **kw: Any) -> argparse.Namespace:
         "ipc": False,
         "net": False,
         "uts": False,
+        "hostname": None,
+        "network": None,
         "app": None,
     }
     if command == "exec":
@@ -695,10 +697,6 @@ def test_unknown_no_mount_name_from_env(monkeypatch: pytest.MonkeyPatch) -> None
         ("nv", True),
         ("nvccli", True),
         ("rocm", True),
-        ("pid", True),
-        ("ipc", True),
-        ("net", True),
-        ("uts", True),
         ("app", "foo"),
     ],
 )
@@ -769,3 +767,20 @@ def test_home_with_three_elements_is_refused() -> None:
 def test_pwd_from_apptainer_environment(monkeypatch: pytest.MonkeyPatch, var: str) -> None:
     monkeypatch.setenv(var, "/work")
     assert action.build_spec(ns()).pwd == "/work"
+
+
+def test_namespace_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = action.build_spec(ns(pid=True, ipc=True, uts=True, hostname="box", net=True))
+    assert (spec.pid, spec.ipc, spec.uts, spec.hostname, spec.net) == (True, True, True, "box", True)
+    spec = action.build_spec(ns(containall=True))
+    assert spec.pid and spec.ipc and spec.contain and spec.cleanenv and not spec.net
+    assert action.build_spec(ns(network="none")).net
+    with pytest.raises(NotAvailableError):
+        action.build_spec(ns(network="bridge"))
+    monkeypatch.setenv("APPTAINER_UNSHARE_PID", "true")
+    assert action.build_spec(ns()).pid
+
+
+def test_pid_namespace_gets_its_own_proc() -> None:
+    got = plan(pid=True)
+    assert got[0] == Mount("proc", None, "/proc")

@@ -18,7 +18,7 @@ import sys
 from sifbox.util.errors import NotAvailableError, UsageError
 
 ENV_PREFIXES = ("SIFBOX_", "APPTAINER_", "SINGULARITY_")
-NOT_YET = ("writable", "overlay", "nv", "nvccli", "rocm", "pid", "ipc", "net", "uts", "app")
+NOT_YET = ("writable", "overlay", "nv", "nvccli", "rocm", "app")
 
 
 def flag_env(*names: str) -> str | None:
@@ -61,6 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--env-file", action="append", default=[], metavar="FILE", help="read environment variables from a file")
     g.add_argument("--pwd", "--cwd", dest="pwd", metavar="DIR", help="initial working directory")
     g.add_argument("-u", "--userns", action="store_true", help="run in a user namespace even as root")
+    g.add_argument("-p", "--pid", action="store_true", help="run in a new PID namespace")
+    g.add_argument("-i", "--ipc", action="store_true", help="run in a new IPC namespace")
+    g.add_argument("--uts", action="store_true", help="run in a new UTS namespace")
+    g.add_argument("--hostname", metavar="NAME", help="set the container hostname (implies --uts)")
+    g.add_argument("-n", "--net", action="store_true", help="run in a new network namespace")
+    g.add_argument("--network", metavar="TYPES", help="network types with --net (only `none`: loopback only)")
     g.add_argument("-f", "--fakeroot", action="store_true",
                    help="run as root in a user namespace (subuid/subgid ranges when configured)")
     g.add_argument("--keep-privs", action="store_true", help="root: keep capabilities in the container")
@@ -122,7 +128,22 @@ def build_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         no_mount=frozenset(no_mount),
         shell=getattr(args, "shell", None) or flag_env("SHELL") if args.command == "shell" else None,
         fakeroot=fakeroot,
+        pid=args.pid or containall or _truthy(flag_env("PID", "UNSHARE_PID")),
+        ipc=args.ipc or containall or _truthy(flag_env("IPC", "UNSHARE_IPC")),
+        uts=args.uts or _truthy(flag_env("UTS", "UNSHARE_UTS")),
+        hostname=args.hostname or flag_env("HOSTNAME") or None,
+        net=_net(args),
     )
+
+
+def _net(args: argparse.Namespace) -> bool:
+    network = args.network or flag_env("NETWORK")
+    net = args.net or _truthy(flag_env("NET", "UNSHARE_NET")) or bool(network)
+    if network and network != "none":
+        raise NotAvailableError(
+            f"can't use --network `{network}`: only `none` (loopback only) is available in this version",
+        )
+    return net
 
 
 def main(args: argparse.Namespace) -> int:

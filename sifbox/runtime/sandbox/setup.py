@@ -63,6 +63,12 @@ def enter(spec: ContainerSpec, host: Host, source: ImageSource, mounts: list[Mou
         if not os.access("/dev/fuse", os.R_OK | os.W_OK):
             raise LaunchError(f"can't start a container from `{spec.image}`: /dev/fuse is not usable by this user",
                               hint="as root: `chmod 0666 /dev/fuse`; `sifbox doctor` checks this")  # fmt: skip
+    extra = (
+        (sc.CLONE_NEWPID if spec.pid else 0)
+        | (sc.CLONE_NEWIPC if spec.ipc else 0)
+        | (sc.CLONE_NEWUTS if spec.uts or spec.hostname else 0)
+        | (sc.CLONE_NEWNET if spec.net else 0)
+    )
     try:
         if fakeroot:
             _enter_fakeroot(host, log)
@@ -71,11 +77,44 @@ def enter(spec: ContainerSpec, host: Host, source: ImageSource, mounts: list[Mou
             _write_id_maps(host)
         else:
             sc.unshare(sc.CLONE_NEWNS)
+        if extra:
+            # In a second step: the new namespaces belong to the user
+            # namespace made above, so its root may set them up.
+            sc.unshare(extra)
+        if spec.hostname:
+            sc.sethostname(spec.hostname)
+        if spec.net:
+            sc.loopback_up()
     except OSError as err:
         raise LaunchError(
             f"can't start a container from `{spec.image}`: can't create namespaces: {describe_os_error(err)}",
             hint="unprivileged user namespaces may be disabled; `sifbox doctor` checks this",
         ) from None
+    if spec.pid:
+        # The rest runs in PID 1 of the new PID namespace: /proc of that
+        # namespace can only be mounted from inside it, and (in a user
+        # namespace) only while the host's /proc is still in view.
+        return supervisor.run(lambda: _run_as_init(spec, source, mounts, payload, log, inner, squashfuse, host))
+    return _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host, userns)
+
+
+def _run_as_init(spec, source, mounts, payload, log, inner, squashfuse, host) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    try:
+        status = _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host,
+                                not host.is_root or spec.userns)  # fmt: skip
+    except SifboxError as err:
+        sys.stderr.write(f"sifbox: error: {err.message}\n")
+        if err.hint:
+            sys.stderr.write(f"hint: {err.hint}\n")
+        status = int(err.exit_status)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host, userns) -> int:  # type: ignore[no-untyped-def]
     try:
         sc.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)
         session = _session()
@@ -107,6 +146,9 @@ def enter(spec: ContainerSpec, host: Host, source: ImageSource, mounts: list[Mou
 
         sys.stderr.write(env + "\n")
         return 0
+    # In a PID namespace this process is its PID 1: it supervises the
+    # payload rather than becoming it (PID 1 ignores unhandled signals and
+    # must reap orphans).
     return supervisor.run(lambda: _exec_or_exit(argv, env))
 
 
@@ -333,6 +375,12 @@ def _apply(root: str, m: Mount, image: str) -> None:
         target = chase(root, m.target, create="file" if m.file else "dir")
     except OSError as err:
         raise _fail(f"can't create the mount point `{m.target}`", err, image) from None
+    if m.kind == "proc":  # this process is PID 1 of the container's PID namespace
+        try:
+            sc.mount("proc", target, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+        except OSError as err:
+            raise _fail("can't mount /proc of the PID namespace", err, image) from None
+        return
     try:
         if m.kind in ("bind", "rbind"):
             flags = sc.MS_BIND | (sc.MS_REC if m.kind == "rbind" else 0)
