@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from sifbox.util.errors import NotAvailableError, UsageError
 

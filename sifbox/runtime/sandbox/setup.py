@@ -18,6 +18,7 @@ import shutil
 import signal
 
 from sifbox.image.source import ImageKind, ImageSource
+
 # Everything used after pivot_root must be imported before it: the host's
 # file system (and sifbox's own modules) is gone from view afterwards.
 from sifbox.runtime import supervisor
