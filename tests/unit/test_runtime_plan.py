@@ -559,6 +559,8 @@ def ns(command: str = "exec", **kw: Any) -> argparse.Namespace:
         "uts": False,
         "hostname": None,
         "network": None,
+        "add_caps": None,
+        "drop_caps": None,
         "app": None,
     }
     if command == "exec":

@@ -70,6 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run as root in a user namespace (subuid/subgid ranges when configured)")
     g.add_argument("--keep-privs", action="store_true", help="root: keep capabilities in the container")
     g.add_argument("--no-privs", action="store_true", help="drop all capabilities (the default)")
+    g.add_argument("--add-caps", metavar="CAPS", help="root: keep these capabilities (comma list)")
+    g.add_argument("--drop-caps", metavar="CAPS", help="root: with --keep-privs, drop these capabilities")
     if action == "shell":
         p.add_argument("-s", "--shell", metavar="PATH", help="shell to run (default /bin/bash, else /bin/sh)")
     g = p.add_argument_group("not available yet")
@@ -132,7 +134,24 @@ def build_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         uts=args.uts or _truthy(flag_env("UTS", "UNSHARE_UTS")),
         hostname=args.hostname or flag_env("HOSTNAME") or None,
         net=_net(args),
+        caps=_caps(args),
     )
+
+
+def _caps(args: argparse.Namespace) -> frozenset[int]:
+    from sifbox.runtime import caps
+
+    add = args.add_caps or flag_env("ADD_CAPS")
+    drop = args.drop_caps or flag_env("DROP_CAPS")
+    keep_privs = args.keep_privs or _truthy(flag_env("KEEP_PRIVS"))
+    no_privs = args.no_privs or _truthy(flag_env("NO_PRIVS"))
+    if os.getuid() != 0 and (add or keep_privs):
+        raise UsageError(
+            f"can't use {'--add-caps' if add else '--keep-privs'}: only root can keep capabilities in a container",
+            hint="--fakeroot gives root's capabilities inside a user namespace",
+        )
+    return frozenset(caps.kept(keep_privs=keep_privs, no_privs=no_privs,
+                               add=caps.parse(add or ""), drop=caps.parse(drop or "")))  # fmt: skip
 
 
 def _net(args: argparse.Namespace) -> bool:

@@ -141,7 +141,7 @@ def _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host, 
     source.close()
     sc.set_no_new_privs()
     if not userns:
-        sc.drop_all_capabilities()
+        sc.drop_all_capabilities(spec.caps)
     if argv is None:
         import sys
 

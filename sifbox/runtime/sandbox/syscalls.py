@@ -121,10 +121,12 @@ def _capget() -> tuple[_CapHeader, ctypes.Array[_CapData]]:
     return hdr, data
 
 
-def drop_all_capabilities() -> None:
-    """Empty the bounding and inheritable sets, so that execve, even as uid 0,
-    gives the program no capabilities."""
+def drop_all_capabilities(keep: frozenset[int] = frozenset()) -> None:
+    """Empty the bounding (but for `keep`) and inheritable sets, so that
+    execve, even as uid 0, gives the program no other capabilities."""
     for cap in range(CAP_LAST + 1):
+        if cap in keep:
+            continue
         try:
             prctl(PR_CAPBSET_DROP, cap)
         except OSError as err:
