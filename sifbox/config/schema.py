@@ -129,7 +129,7 @@ _D = Directive
 SCHEMA: tuple[Directive, ...] = (
     # Privileges and namespaces
     _D("allow setuid", BOOL, False,
-       "sifbox has no setuid mode: only `no` is supported (`yes` is warned about, then ignored)"),
+       "sifbox has no setuid mode: only `no` is supported (`yes` warns and acts as `no`)"),
     _D("allow pid ns", BOOL, True, "let users request a PID namespace (--pid)"),
     _D("allow ipc ns", BOOL, True, "let users request an IPC namespace (--ipc)"),
     _D("allow uts ns", BOOL, True, "let users request a UTS namespace (--uts, --hostname)"),
@@ -195,9 +195,9 @@ SCHEMA: tuple[Directive, ...] = (
        "set up NVIDIA GPUs with nvidia-container-cli (as --nvccli)"),
     _D("always use rocm", BOOL, False, "act as if --rocm were always given"),
     # Networks
-    _D("allow net users", LIST, (), "users who may use the administrator's network setups"),
-    _D("allow net groups", LIST, (), "groups whose members may use the network setups"),
-    _D("allow net networks", LIST, (), "network setups that those users and groups may use"),
+    _D("allow net users", LIST, (), "users who may join the networks of `allow net networks`"),
+    _D("allow net groups", LIST, (), "groups whose members may join those networks"),
+    _D("allow net networks", LIST, (), "administrator's networks those users and groups may join"),
     # Tools
     _D("mksquashfs procs", INT, 0, "processors mksquashfs may use (0: all)"),
     _D("mksquashfs mem", STRING, None, "memory limit for mksquashfs, such as 1G (unset: none)"),

@@ -2,10 +2,10 @@
 
 ::
 
-    cfg = load()                 # --config FILE, else $SIFBOX_CONFIG_FILE, else /etc/sifbox/sifbox.conf
+    cfg = load(args.config)      # else $SIFBOX_CONFIG_FILE, else /etc/sifbox/sifbox.conf
     for message in cfg.warnings:
         log.warning(message)
-    if cfg["mount home"]: ...    # or cfg.mount_home, cfg.get("mount home"), cfg.get_bool("mount home")
+    if cfg["mount home"]: ...    # or cfg.mount_home, cfg.get_bool("mount home")
 
 The rules, as Apptainer's parser (`pkg/util/apptainerconf/parser.go`) has them:
 
@@ -166,6 +166,7 @@ class Config:
         return len(self._settings)
 
     def __eq__(self, other: object) -> bool:
+        """Equal when every directive has the same value (origins and source aside)."""
         if not isinstance(other, Config):
             return NotImplemented
         return self.as_dict() == other.as_dict()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.integration import images
-from tests.integration.images import LAUNCH_TIMEOUT, ActionImages, env_for
+from tests.integration.images import LAUNCH_TIMEOUT, ActionImages, env_for, user_named
 
 action_images = images.action_images
 no_leaks = images.no_leaks
@@ -25,7 +25,7 @@ def test_payload_has_no_capabilities_by_default(run_as, as_who, sifbox_cli, acti
 
 
 def test_root_can_keep_named_capabilities(run_as, sifbox_cli, action_images: ActionImages) -> None:
-    proc = _caps(run_as, None, sifbox_cli, action_images.sif, "--add-caps", "CAP_NET_RAW,chown")
+    proc = _caps(run_as, user_named("root"), sifbox_cli, action_images.sif, "--add-caps", "CAP_NET_RAW,chown")
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout.split()[1], 16) == (1 << 13) | (1 << 0)
 
