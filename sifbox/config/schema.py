@@ -87,18 +87,22 @@ class Directive(_DirectiveFields):
         if self.kind == BOOL:
             word = raw.lower()
             if word not in ("yes", "no"):
-                raise ValueError(f"`{self.name}` must be `yes` or `no`, not `{raw}`")
+                raise ValueError(f"`{self.name}` must be `yes` or `no`, not `{clip(raw)}`")
             return word == "yes"
         if self.kind == ENUM:
             word = raw.lower()
             if word not in self.choices:
                 allowed = ", ".join(f"`{c}`" for c in self.choices)
-                raise ValueError(f"`{self.name}` must be one of {allowed}, not `{raw}`")
+                raise ValueError(f"`{self.name}` must be one of {allowed}, not `{clip(raw)}`")
             return word
         if self.kind == INT:
             # isascii: str.isdigit also accepts digits of other scripts ("١٢").
-            if not (raw.isascii() and raw.isdigit()) or int(raw) > INT_MAX:
-                raise ValueError(f"`{self.name}` must be a whole number (0 or more), not `{raw}`")
+            # The length check comes first: int() refuses over 4300 digits with its own error.
+            ok = raw.isascii() and raw.isdigit() and len(raw) <= 19 and int(raw) <= INT_MAX
+            if not ok:
+                raise ValueError(
+                    f"`{self.name}` must be a whole number (0 or more), not `{clip(raw)}`"
+                )
             return int(raw)
         if self.kind == LIST:
             items = tuple(item.strip() for item in raw.split(",") if item.strip())
@@ -110,7 +114,7 @@ class Directive(_DirectiveFields):
 
     def _check_path(self, value: str) -> None:
         if self.absolute and not value.startswith("/"):
-            raise ValueError(f"`{self.name}` needs an absolute path, not `{value}`")
+            raise ValueError(f"`{self.name}` needs an absolute path, not `{clip(value)}`")
 
     def format(self, value: Value) -> list[str]:
         """`value` as written in the file, one string per line (none for unset or empty)."""
@@ -121,6 +125,11 @@ class Directive(_DirectiveFields):
         if isinstance(value, tuple):
             return list(value)
         return [str(value)]
+
+
+def clip(text: str, width: int = 60) -> str:
+    """`text` shortened for a message: a value may be up to a whole file long."""
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 _D = Directive

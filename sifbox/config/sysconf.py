@@ -305,7 +305,7 @@ def parse(data: bytes | str, source: str | None = None) -> Config:
         key, sep, raw = line.partition("=")
         name = " ".join(key.lower().split())
         if not sep or not name:
-            warn(lineno, f"not a `directive = value` line, ignored: `{_clip(line)}`")
+            warn(lineno, f"not a `directive = value` line, ignored: `{schema.clip(line)}`")
             continue
         directive = BY_NAME.get(name)
         if directive is None:
@@ -372,15 +372,11 @@ def _decode(data: bytes, source: str | None) -> str:
 def _unknown(name: str) -> str:
     if name in schema.APPTAINER_ONLY:
         return f"`{name}` is an Apptainer directive that sifbox does not implement, ignored"
-    message = f"unknown directive `{_clip(name)}`, ignored"
+    message = f"unknown directive `{schema.clip(name)}`, ignored"
     import difflib  # only on this path: it is not needed otherwise
 
     close = difflib.get_close_matches(name, BY_NAME, n=1, cutoff=0.8)
     return f"{message} (did you mean `{close[0]}`?)" if close else message
-
-
-def _clip(text: str, width: int = 60) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _name(path: str | None) -> str:
