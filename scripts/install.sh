@@ -135,6 +135,10 @@ else
 fi
 mkdir -p /etc/sifbox
 chmod 0755 /etc/sifbox
+# The site configuration: installed once, never overwritten (admins edit it).
+if [ ! -e /etc/sifbox/sifbox.conf ]; then
+    install -m 0644 "$repo/sifbox/data/sifbox.conf" /etc/sifbox/sifbox.conf
+fi
 # Containers mount their session tmpfs over this directory, inside their own mount namespace.
 mkdir -p /var/lib/sifbox/mnt/session
 chmod 0755 /var/lib/sifbox /var/lib/sifbox/mnt /var/lib/sifbox/mnt/session

@@ -21,9 +21,39 @@ Mount = namedtuple("Mount", "kind source target readonly options file", defaults
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 
+#: What the site's sifbox.conf says about mounts (see `site_from_config`).
+Site = namedtuple(
+    "Site",
+    "mount_proc mount_sys mount_dev mount_devpts mount_home mount_tmp bind_paths resolv_conf user_bind_control "
+    "mount_slave session_mib",
+    defaults=(True, True, "yes", True, True, True, ("/etc/localtime", "/etc/hosts"), True, True, True, 64),
+)
+DEFAULT_SITE = Site()
 
-def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir=os.path.isdir) -> list[Mount]:  # type: ignore[no-untyped-def]
-    off = spec.no_mount
+
+def site_from_config(cfg) -> Site:  # type: ignore[no-untyped-def]
+    return Site(
+        mount_proc=cfg.get_bool("mount proc"),
+        mount_sys=cfg.get_bool("mount sys"),
+        mount_dev=cfg.get("mount dev"),
+        mount_devpts=cfg.get_bool("mount devpts"),
+        mount_home=cfg.get_bool("mount home"),
+        mount_tmp=cfg.get_bool("mount tmp"),
+        bind_paths=cfg.get_list("bind path"),
+        resolv_conf=cfg.get_bool("config resolv_conf"),
+        user_bind_control=cfg.get_bool("user bind control"),
+        mount_slave=cfg.get_bool("mount slave"),
+        session_mib=cfg.get_int("sessiondir max size"),
+    )
+
+
+def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir=os.path.isdir,  # type: ignore[no-untyped-def]
+                   site: Site = DEFAULT_SITE) -> list[Mount]:  # fmt: skip
+    off = set(spec.no_mount)
+    for key, on in (("proc", site.mount_proc), ("sys", site.mount_sys), ("dev", site.mount_dev != "no"),
+                    ("devpts", site.mount_devpts), ("home", site.mount_home), ("tmp", site.mount_tmp)):  # fmt: skip
+        if not on:
+            off.add(key)
     mounts: list[Mount] = []
     if "proc" not in off:
         # A PID namespace needs its own proc, mounted from inside it (kind
@@ -32,7 +62,7 @@ def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir
     if "sys" not in off:
         mounts.append(Mount("rbind", "/sys", "/sys"))
     if "dev" not in off:
-        if spec.contain:
+        if spec.contain or site.mount_dev == "minimal":
             mounts.append(Mount("tmpfs", None, "/dev", options="mode=755,size=1m"))
             mounts += [Mount("bind", f"/dev/{n}", f"/dev/{n}", file=True) for n in DEV_NODES if exists(f"/dev/{n}")]
             if "devpts" not in off:
@@ -59,12 +89,18 @@ def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir
             mounts.append(Mount("tmpfs", None, home_target, options="mode=700"))
         elif isdir(host.home):
             mounts.append(Mount("bind", host.home, home_target))
-    for f in ("/etc/hosts", "/etc/resolv.conf", "/etc/localtime"):
-        if f not in off and exists(f):
-            mounts.append(Mount("bind", f, f, readonly=True, file=True))
-    # `--no-mount bind-paths` and `--no-mount /dest` turn off configured
-    # binds (`bind path` in sifbox.conf, like /etc/hosts above), never the
-    # user's own --bind options.
+    # `bind path` of sifbox.conf; `--no-mount bind-paths` and `--no-mount
+    # /dest` turn these off, never the user's own --bind options.
+    if "bind-paths" not in off:
+        for entry in site.bind_paths:
+            src, _, dst = entry.partition(":")
+            dst = dst.split(":")[0] or src
+            if dst not in off and exists(src):
+                mounts.append(Mount("bind", src, dst, readonly=True, file=not isdir(src)))
+    if site.resolv_conf and "/etc/resolv.conf" not in off and exists("/etc/resolv.conf"):
+        mounts.append(Mount("bind", "/etc/resolv.conf", "/etc/resolv.conf", readonly=True, file=True))
+    if spec.binds and not site.user_bind_control and not host.is_root:
+        raise SifboxError("can't use --bind: user bind control is disabled by the site's sifbox.conf")
     for b in spec.binds:
         check_bind(b)
         if not exists(b.source):

@@ -152,7 +152,7 @@ FILES = {"/etc/hosts", "/etc/resolv.conf", "/etc/localtime", "/data/file.txt"} |
 
 ETC_FILES = [
     Mount("bind", f, f, readonly=True, file=True)
-    for f in ("/etc/hosts", "/etc/resolv.conf", "/etc/localtime")
+    for f in ("/etc/localtime", "/etc/hosts", "/etc/resolv.conf")  # `bind path`, then resolv.conf
 ]
 DEFAULTS = [
     Mount("rbind", "/proc", "/proc"),
@@ -325,7 +325,7 @@ def test_home_target_alone_binds_the_host_home_there() -> None:
         ("hostfs", []),  # accepted; sifbox has no hostfs mounts
         ("devpts", []),  # only matters with --contain
         ("cwd", []),  # see test_no_mount_cwd
-        ("bind-paths", []),  # no user binds here
+        ("bind-paths", ["/etc/localtime", "/etc/hosts"]),  # the `bind path` entries
     ],
 )
 def test_no_mount_names(name: str, gone: list[str]) -> None:
@@ -402,7 +402,26 @@ def test_no_mount_destination_keeps_user_binds() -> None:
 
 def test_bind_paths_keeps_user_binds() -> None:
     got = plan(binds=(BindMount("/data", "/mnt"),), no_mount=frozenset({"bind-paths"}))
-    assert got == [*DEFAULTS, Mount("rbind", "/data", "/mnt", readonly=False, file=False)]
+    without_conf_binds = [m for m in DEFAULTS if m.target not in ("/etc/localtime", "/etc/hosts")]
+    assert got == [*without_conf_binds, Mount("rbind", "/data", "/mnt", readonly=False, file=False)]
+
+
+def test_site_configuration() -> None:
+    from sifbox.config import sysconf
+    from sifbox.runtime.plan import Site, site_from_config
+
+    assert site_from_config(sysconf.defaults()) == Site()
+    spec = ContainerSpec(image="/img.sif", action="exec", command=["true"])
+    site = Site(mount_proc=False, mount_dev="minimal", mount_home=False, bind_paths=("/etc/hosts:/etc/h2",),
+                resolv_conf=False)  # fmt: skip
+    got = default_mounts(spec, HOST, site=site, **fs())
+    assert "/proc" not in targets(got) and "/home/alice" not in targets(got)
+    assert ("tmpfs", "/dev") in [(m.kind, m.target) for m in got]
+    assert Mount("bind", "/etc/hosts", "/etc/h2", readonly=True, file=True) in got
+    assert "/etc/resolv.conf" not in targets(got)
+    with pytest.raises(SifboxError, match="user bind control"):
+        default_mounts(spec._replace(binds=(BindMount("/data", "/mnt"),)), HOST,
+                       site=Site(user_bind_control=False), **fs())  # fmt: skip
 
 
 def test_user_bind_with_a_missing_source() -> None:

@@ -138,6 +138,16 @@ def build_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     )
 
 
+def _check_namespaces_allowed(spec, cfg) -> None:  # type: ignore[no-untyped-def]
+    for wanted, directive in ((spec.pid, "allow pid ns"), (spec.ipc, "allow ipc ns"),
+                              (spec.uts or spec.hostname, "allow uts ns")):  # fmt: skip
+        if wanted and not cfg.get_bool(directive):
+            raise UsageError(f"can't run `{spec.image}`: `{directive} = no` in the site's sifbox.conf")
+    if os.getuid() != 0 and not cfg.get_bool("allow user ns"):
+        raise UsageError(f"can't run `{spec.image}`: `allow user ns = no` in the site's sifbox.conf",
+                         hint="unprivileged users run containers in user namespaces; ask the site's admins")
+
+
 def _caps(args: argparse.Namespace) -> frozenset[int]:
     from sifbox.runtime import caps
 
@@ -199,7 +209,18 @@ def main(args: argparse.Namespace) -> int:
         except OSError as err:
             raise UsageError(f"can't read env file `{path}`: {err.strerror}") from None
     overrides = envmod.user_overrides(os.environ, env_files, envmod.parse_env_option(args.env))
-    mounts = default_mounts(spec, host)
+    from sifbox.config import sysconf
+    from sifbox.runtime.plan import site_from_config
+
+    cfg = sysconf.load(getattr(args, "config", None))
+    if cfg.warnings:
+        from sifbox.util import log
+
+        for warning in cfg.warnings:
+            log.log.warning("%s", warning)
+    _check_namespaces_allowed(spec, cfg)
+    site = site_from_config(cfg)
+    mounts = default_mounts(spec, host, site=site)
     source = open_image(spec.image, verb=action)
     env = envmod.container_env(
         os.environ, cleanenv=spec.cleanenv, image=source.path,
@@ -235,7 +256,7 @@ def main(args: argparse.Namespace) -> int:
         raise LaunchError(f"can't {action} `{spec.image}`: the image has no /bin/sh",
                           hint="`sifbox exec IMAGE /path/to/program` runs a program directly")
 
-    return enter(spec, host, source, mounts, payload, log=_verbose_log())
+    return enter(spec, host, source, mounts, payload, log=_verbose_log(), site=site)
 
 
 def _verbose_log():  # type: ignore[no-untyped-def]

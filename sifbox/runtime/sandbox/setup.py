@@ -22,14 +22,14 @@ from sifbox.image.source import ImageKind, ImageSource
 # Everything used after pivot_root must be imported before it: the host's
 # file system (and sifbox's own modules) is gone from view afterwards.
 from sifbox.runtime import supervisor
-from sifbox.runtime.plan import Mount, merge_group, merge_passwd
+from sifbox.runtime.plan import DEFAULT_SITE, Mount, Site, merge_group, merge_passwd
 from sifbox.runtime.sandbox import syscalls as sc
 from sifbox.runtime.spec import ContainerSpec, Host
 from sifbox.util.errors import ExitStatus, SifboxError, describe_os_error
 from sifbox.util.paths import chase, chase_existing
 
 SESSION_DIRS = ("/var/lib/sifbox/mnt/session", "/mnt", "/media")
-SESSION_SIZE = "64m"
+SESSION_SIZE = "64m"  # `sessiondir max size`
 
 _ST_TO_MS = ((2, sc.MS_NOSUID), (4, sc.MS_NODEV), (8, sc.MS_NOEXEC), (1024, 1024), (2048, 2048), (4096, 1 << 21))
 
@@ -44,7 +44,7 @@ def _fail(what: str, err: OSError, image: str) -> LaunchError:
 
 
 def enter(spec: ContainerSpec, host: Host, source: ImageSource, mounts: list[Mount],
-          payload, log=None) -> int:  # fmt: skip  # type: ignore[no-untyped-def]
+          payload, log=None, site: Site = DEFAULT_SITE) -> int:  # fmt: skip  # type: ignore[no-untyped-def]
     """Build the container, run `payload(root)` -> (argv, env) in it under
     the supervisor, and return its exit status.
 
@@ -95,16 +95,16 @@ def enter(spec: ContainerSpec, host: Host, source: ImageSource, mounts: list[Mou
         # The rest runs in PID 1 of the new PID namespace: /proc of that
         # namespace can only be mounted from inside it, and (in a user
         # namespace) only while the host's /proc is still in view.
-        return supervisor.run(lambda: _run_as_init(spec, source, mounts, payload, log, inner, squashfuse, host))
-    return _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host, userns)
+        return supervisor.run(lambda: _run_as_init(spec, source, mounts, payload, log, inner, squashfuse, host, site))
+    return _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host, userns, site)
 
 
-def _run_as_init(spec, source, mounts, payload, log, inner, squashfuse, host) -> None:  # type: ignore[no-untyped-def]
+def _run_as_init(spec, source, mounts, payload, log, inner, squashfuse, host, site) -> None:  # type: ignore[no-untyped-def]
     import sys
 
     try:
         status = _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host,
-                                not host.is_root or spec.userns)  # fmt: skip
+                                not host.is_root or spec.userns, site)  # fmt: skip
     except SifboxError as err:
         sys.stderr.write(f"sifbox: error: {err.message}\n")
         if err.hint:
@@ -115,11 +115,13 @@ def _run_as_init(spec, source, mounts, payload, log, inner, squashfuse, host) ->
     os._exit(status)
 
 
-def _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host, userns) -> int:  # type: ignore[no-untyped-def]
+def _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host, userns, site) -> int:  # type: ignore[no-untyped-def]
     try:
-        sc.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)
+        # `mount slave = yes`: host mounts made later still show inside.
+        sc.mount(None, "/", None, sc.MS_REC | (sc.MS_SLAVE if site.mount_slave else sc.MS_PRIVATE))
         session = _session()
-        sc.mount("tmpfs", session, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode=755,size={SESSION_SIZE}")
+        size = f"{site.session_mib}m" if site.session_mib > 0 else SESSION_SIZE
+        sc.mount("tmpfs", session, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode=755,size={size}")
     except OSError as err:
         raise _fail("can't set up the session directory", err, spec.image) from None
     lower = _mount_image(spec, source, session, squashfuse, log, inner)
