@@ -97,6 +97,31 @@ def check_tool(name: str, package: str, severity: str) -> tuple[str, str, str]:
     return severity, f"{name} not found", f"install the Debian package `{package}`"
 
 
+def check_filesystems() -> tuple[str, str, str]:
+    text = _read("/proc/filesystems") or ""
+    names = {line.split()[-1] for line in text.splitlines() if line.strip()}
+    missing = [fs for fs in ("overlay", "squashfs", "fuse", "tmpfs") if fs not in names]
+    if "overlay" in missing or "fuse" in missing:
+        return FAIL, "kernel lacks " + ", ".join(missing), "load the modules: `modprobe overlay fuse squashfs`"
+    if missing:
+        return WARN, "kernel lacks " + ", ".join(missing) + " (root's kernel mounts fall back to FUSE)", ""
+    return OK, "kernel file systems: overlay, squashfs, fuse, tmpfs", ""
+
+
+def check_config() -> tuple[str, str, str]:
+    from sifbox.config import sysconf
+    from sifbox.util.errors import SifboxError
+
+    try:
+        cfg = sysconf.load()
+    except SifboxError as err:
+        return FAIL, err.message, err.hint or ""
+    where = cfg.source or "built-in defaults (no /etc/sifbox/sifbox.conf)"
+    if cfg.warnings:
+        return WARN, f"configuration {where}: {len(cfg.warnings)} warning(s): {cfg.warnings[0]}", ""
+    return OK, f"configuration: {where}", ""
+
+
 def check_cgroups() -> tuple[str, str, str]:
     if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
         return OK, "cgroups v2 (unified)", ""
@@ -111,6 +136,8 @@ def run_checks() -> list[tuple[str, str, str, str]]:
         ("userns", *check_userns()),
         ("subid", *check_subid()),
         ("cgroups", *check_cgroups()),
+        ("filesystems", *check_filesystems()),
+        ("config", *check_config()),
     ]
     results += [(f"tool:{name}", *check_tool(name, pkg, sev)) for name, pkg, sev in TOOLS]
     return results
