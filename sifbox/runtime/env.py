@@ -155,6 +155,22 @@ PRELUDE = r"""
 for __sifbox_f in /.singularity.d/env/*.sh; do
     [ -r "$__sifbox_f" ] && . "$__sifbox_f"
 done
+if [ -n "$SCIF_APPNAME" ]; then
+    # A SCIF app (--app NAME): its variables, paths and environment scripts.
+    SCIF_APPROOT=/scif/apps/$SCIF_APPNAME
+    SCIF_APPMETA=$SCIF_APPROOT/scif
+    SCIF_APPDATA=/scif/data/$SCIF_APPNAME
+    export SCIF_APPROOT SCIF_APPMETA SCIF_APPDATA
+    export SCIF_APPBIN=$SCIF_APPROOT/bin SCIF_APPLIB=$SCIF_APPROOT/lib
+    export SCIF_APPRUN=$SCIF_APPMETA/runscript SCIF_APPTEST=$SCIF_APPMETA/test
+    export SCIF_APPENV=$SCIF_APPMETA/env SCIF_APPLABELS=$SCIF_APPMETA/labels.json
+    export SCIF_APPHELP=$SCIF_APPMETA/runscript.help
+    export SCIF_APPINPUT=$SCIF_APPDATA/input SCIF_APPOUTPUT=$SCIF_APPDATA/output
+    export PATH="$SCIF_APPBIN:$PATH" LD_LIBRARY_PATH="$SCIF_APPLIB:$LD_LIBRARY_PATH"
+    for __sifbox_f in "$SCIF_APPENV"/*.sh; do
+        [ -r "$__sifbox_f" ] && . "$__sifbox_f"
+    done
+fi
 unset __sifbox_f
 eval "$SIFBOX_ENV_OVERRIDES"
 unset SIFBOX_ENV_OVERRIDES
@@ -169,12 +185,26 @@ exec)
     unset __sifbox_action
     exec "$@" ;;
 run)
+    if [ -n "$SCIF_APPNAME" ]; then
+        if [ -x "$SCIF_APPRUN" ]; then
+            exec "$SCIF_APPRUN" "$@"
+        fi
+        echo "No runscript found for app $SCIF_APPNAME, exiting" >&2
+        exit 0
+    fi
     if [ -x /.singularity.d/runscript ]; then
         exec /.singularity.d/runscript "$@"
     fi
     echo "No runscript found in container, executing /bin/sh" >&2
     exec /bin/sh "$@" ;;
 test)
+    if [ -n "$SCIF_APPNAME" ]; then
+        if [ -x "$SCIF_APPTEST" ]; then
+            exec "$SCIF_APPTEST" "$@"
+        fi
+        echo "No test script found for app $SCIF_APPNAME, exiting" >&2
+        exit 0
+    fi
     if [ -x /.singularity.d/test ]; then
         exec /.singularity.d/test "$@"
     fi

@@ -718,7 +718,6 @@ def test_unknown_no_mount_name_from_env(monkeypatch: pytest.MonkeyPatch) -> None
         ("nv", True),
         ("nvccli", True),
         ("rocm", True),
-        ("app", "foo"),
     ],
 )
 def test_not_yet_flags(field: str, value: Any) -> None:

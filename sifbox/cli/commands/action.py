@@ -17,7 +17,7 @@ import os
 from sifbox.util.errors import NotAvailableError, UsageError
 
 ENV_PREFIXES = ("SIFBOX_", "APPTAINER_", "SINGULARITY_")
-NOT_YET = ("writable", "overlay", "nv", "nvccli", "rocm", "app")
+NOT_YET = ("writable", "overlay", "nv", "nvccli", "rocm")
 
 
 def flag_env(*names: str) -> str | None:
@@ -59,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--env", action="append", default=[], metavar="K=V", help="set an environment variable")
     g.add_argument("--env-file", action="append", default=[], metavar="FILE", help="read environment variables from a file")
     g.add_argument("--pwd", "--cwd", dest="pwd", metavar="DIR", help="initial working directory")
+    g.add_argument("--app", metavar="NAME", help="run an app of a SCIF image (/scif/apps/NAME)")
     g.add_argument("-u", "--userns", action="store_true", help="run in a user namespace even as root")
     g.add_argument("-p", "--pid", action="store_true", help="run in a new PID namespace")
     g.add_argument("-i", "--ipc", action="store_true", help="run in a new IPC namespace")
@@ -78,8 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name in NOT_YET:
         if name in ("writable", "overlay"):
             continue
-        takes_value = name == "app"
-        g.add_argument(f"--{name}", action="store" if takes_value else "store_true", help=argparse.SUPPRESS)
+        g.add_argument(f"--{name}", action="store_true", help=argparse.SUPPRESS)
 
 
 def build_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -234,6 +234,12 @@ def main(args: argparse.Namespace) -> int:
     else:
         words = list(args.args)
 
+    app = args.app or flag_env("APP")
+    if app:
+        if "/" in app or app in (".", ".."):
+            raise UsageError(f"can't use --app `{app}`: not an app name")
+        env["SCIF_APPNAME"] = app
+
     def payload(root: str):  # type: ignore[no-untyped-def]
         def present(path: str) -> bool:
             try:
@@ -241,6 +247,10 @@ def main(args: argparse.Namespace) -> int:
                 return True
             except OSError:
                 return False
+
+        if app and not present(f"/scif/apps/{app}"):
+            raise LaunchError(f"can't {action} app `{app}` of `{spec.image}`: the image has no such app",
+                              hint=f"`sifbox inspect --list-apps {spec.image}` lists its apps")  # fmt: skip
 
         if present("/bin/sh"):
             return ["/bin/sh", "-c", envmod.PRELUDE, "sifbox", action, *words], env
