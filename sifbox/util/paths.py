@@ -22,6 +22,20 @@ def chase(root: str, path: str, *, create: str | None = None) -> str:
     With `create="dir"` or `create="file"`, missing components are created
     (directories, and the last one as the given kind). Raises OSError.
     """
+    return _resolve(root, path, create=create, stop_at_missing=False)[0]
+
+
+def chase_existing(root: str, path: str) -> tuple[str, list[str]]:
+    """Resolve `path` inside `root` as far as it exists.
+
+    Returns the host path of the longest existing prefix (symlinks resolved
+    within `root`) and the missing components after it. Raises OSError when
+    a component that exists is not a directory, or on a symlink loop.
+    """
+    return _resolve(root, path, create=None, stop_at_missing=True)
+
+
+def _resolve(root: str, path: str, *, create: str | None, stop_at_missing: bool) -> tuple[str, list[str]]:
     root = root.rstrip("/") or "/"
     todo = [p for p in path.split("/") if p not in ("", ".")]
     done: list[str] = []
@@ -36,53 +50,17 @@ def chase(root: str, path: str, *, create: str | None = None) -> str:
         try:
             st = os.lstat(here)
         except FileNotFoundError:
+            if stop_at_missing:
+                return (os.path.join(root, *done) if done else root), [part] + [p for p in todo if p != ".."]
             if create is None:
                 raise
             if todo or create == "dir":
                 os.mkdir(here, 0o755)
             else:
-                os.close(os.open(here, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644))
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+                os.close(os.open(here, flags, 0o644))
             done.append(part)
             continue
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > MAX_LINKS:
-                raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
-            target = os.readlink(here)
-            if target.startswith("/"):
-                done = []
-            todo = [p for p in target.split("/") if p not in ("", ".")] + todo
-            continue
-        if todo and not stat.S_ISDIR(st.st_mode):
-            raise OSError(errno.ENOTDIR, "not a directory", os.path.join("/", *done, part))
-        done.append(part)
-    return os.path.join(root, *done) if done else root
-
-
-def chase_existing(root: str, path: str) -> tuple[str, list[str]]:
-    """Resolve `path` inside `root` as far as it exists.
-
-    Returns the host path of the longest existing prefix (symlinks resolved
-    within `root`) and the missing components after it. Raises OSError when
-    a component that exists is not a directory, or on a symlink loop.
-    """
-    root = root.rstrip("/") or "/"
-    todo = [p for p in path.split("/") if p not in ("", ".")]
-    done: list[str] = []
-    links = 0
-    while todo:
-        part = todo[0]
-        if part == "..":
-            todo.pop(0)
-            if done:
-                done.pop()
-            continue
-        here = os.path.join(root, *done, part)
-        try:
-            st = os.lstat(here)
-        except FileNotFoundError:
-            return (os.path.join(root, *done) if done else root), [p for p in todo if p != ".."]
-        todo.pop(0)
         if stat.S_ISLNK(st.st_mode):
             links += 1
             if links > MAX_LINKS:
