@@ -25,8 +25,8 @@ DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 Site = namedtuple(
     "Site",
     "mount_proc mount_sys mount_dev mount_devpts mount_home mount_tmp bind_paths resolv_conf user_bind_control "
-    "mount_slave session_mib",
-    defaults=(True, True, "yes", True, True, True, ("/etc/localtime", "/etc/hosts"), True, True, True, 64),
+    "mount_slave session_mib overlay",
+    defaults=(True, True, "yes", True, True, True, ("/etc/localtime", "/etc/hosts"), True, True, True, 64, "yes"),
 )
 DEFAULT_SITE = Site()
 
@@ -44,6 +44,7 @@ def site_from_config(cfg) -> Site:  # type: ignore[no-untyped-def]
         user_bind_control=cfg.get_bool("user bind control"),
         mount_slave=cfg.get_bool("mount slave"),
         session_mib=cfg.get_int("sessiondir max size"),
+        overlay=cfg.get("enable overlay"),
     )
 
 

@@ -55,3 +55,16 @@ def test_bad_value_is_a_clear_error(run_as, as_who, sifbox_cli, shared_tmp, acti
     proc = _run(run_as, as_who, sifbox_cli, conf, action_images.sif, "true")
     assert proc.returncode == 125
     assert proc.stderr.startswith(f"sifbox: error: can't read configuration `{conf}`: line 1:")
+
+
+def test_fuse_overlayfs_driver(run_as, as_who, sifbox_cli, shared_tmp, action_images: ActionImages) -> None:
+    """`enable overlay = driver`: the writable layer comes from fuse-overlayfs (the fallback
+    where the kernel refuses overlayfs in a user namespace)."""
+    conf = shared_tmp / "driver.conf"
+    conf.write_text("enable overlay = driver\n")
+    conf.chmod(0o644)
+    proc = run_as(as_who, [sifbox_cli, "-v", "--config", str(conf), "exec", "--writable-tmpfs",
+                           str(action_images.sif), "sh", "-c", "touch /new-file && echo wrote"],
+                  env=env_for(as_who), timeout=LAUNCH_TIMEOUT)  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (0, "wrote\n"), proc.stderr
+    assert "overlay: fuse-overlayfs" in proc.stderr

@@ -22,6 +22,7 @@ TOOLS = (
     ("unsquashfs", "squashfs-tools", FAIL),
     ("squashfuse_ll", "squashfuse", FAIL),
     ("fusermount3", "fuse3", WARN),
+    ("fuse-overlayfs", "fuse-overlayfs", WARN),
     ("newuidmap", "uidmap", WARN),
     ("newgidmap", "uidmap", WARN),
     ("tar2sqfs", "squashfs-tools-ng", WARN),

@@ -126,7 +126,7 @@ def _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host, 
         raise _fail("can't set up the session directory", err, spec.image) from None
     lower = _mount_image(spec, source, session, squashfuse, log, inner)
     points = [(m.target, m.file) for m in mounts] + [("/etc/passwd", True), ("/etc/group", True)]
-    root = _overlay(spec, session, lower, points)
+    root = _overlay(spec, session, lower, points, site, inner, log)
     _identity_files(root, session, inner)
     for m in mounts:
         _apply(root, m, spec.image)
@@ -268,21 +268,31 @@ def _mount_image(spec: ContainerSpec, source: ImageSource, session: str, squashf
 
 
 def _squashfuse(binary: str, source: ImageSource, lower: str, session: str, image: str, host: Host) -> None:
-    """Mount the image with squashfuse_ll, as sifbox does it: this process
-    opens /dev/fuse and mounts it (it holds CAP_SYS_ADMIN in its user
-    namespace; the helper, once exec'd as the user, would not), then hands
-    the descriptor to squashfuse_ll as `/dev/fd/N`. The mount exists before
-    the helper runs, so there is nothing to poll; the first access waits
-    for the helper to answer. The helper gets SIGKILL when its parent dies.
-    """
     assert source.fd is not None
-    logfile = os.path.join(session, "squashfuse.log")
+    _fuse_server(binary, ["-o", f"offset={source.offset}", f"/proc/self/fd/{source.fd}"], lower,
+                 keep=(source.fd,), host=host, session=session, image=image,
+                 flags=sc.MS_RDONLY, what="read the image")  # fmt: skip
+
+
+def _fuse_server(binary: str, args: list[str], mountpoint: str, *, keep: tuple[int, ...], host: Host,
+                 session: str, image: str, flags: int, what: str) -> None:  # fmt: skip
+    """Mount a FUSE file system served by `binary` (squashfuse_ll, fuse-overlayfs).
+
+    This process opens /dev/fuse and mounts it (it holds CAP_SYS_ADMIN in
+    its user namespace; the helper, once exec'd as the user, would not),
+    then hands the descriptor to the helper as `/dev/fd/N`. The mount exists
+    before the helper runs, so there is nothing to poll; the first access
+    waits for the helper to answer. The helper gets SIGKILL when its parent
+    dies, so it never outlives the container.
+    """
+    name = os.path.basename(binary)
+    logfile = os.path.join(session, f"{name}.log")
     try:
         fuse = os.open("/dev/fuse", os.O_RDWR)
-        sc.mount(source.path, lower, "fuse.squashfuse_ll", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_RDONLY,
+        sc.mount(name, mountpoint, f"fuse.{name}", sc.MS_NOSUID | sc.MS_NODEV | flags,
                  f"fd={fuse},rootmode=40000,user_id={host.uid},group_id={host.gid}")  # fmt: skip
     except OSError as err:
-        raise _fail("can't mount the image with FUSE", err, image) from None
+        raise _fail(f"can't mount FUSE for {name}", err, image) from None
     pid = os.fork()
     if pid == 0:  # the FUSE server
         try:
@@ -292,20 +302,19 @@ def _squashfuse(binary: str, source: ImageSource, lower: str, session: str, imag
             os.dup2(devnull, 0)
             os.dup2(devnull, 1)
             os.dup2(log, 2)
-            for fd in (fuse, source.fd):
+            low = 3
+            for fd in sorted({fuse, *keep}):
                 os.set_inheritable(fd, True)
-            keep = sorted((fuse, source.fd))
-            os.closerange(3, keep[0])
-            os.closerange(keep[0] + 1, keep[1])
-            os.closerange(keep[1] + 1, 1 << 20)
-            os.execv(binary, [binary, "-f", "-o", f"offset={source.offset}",
-                              f"/proc/self/fd/{source.fd}", f"/dev/fd/{fuse}"])  # fmt: skip
+                os.closerange(low, fd)
+                low = fd + 1
+            os.closerange(low, 1 << 20)
+            os.execv(binary, [binary, "-f", *args, f"/dev/fd/{fuse}"])
         except BaseException as err:  # noqa: BLE001
-            os.write(2, f"squashfuse_ll: {err}\n".encode())
+            os.write(2, f"{name}: {err}\n".encode())
         os._exit(127)
     os.close(fuse)
     try:
-        os.stat(lower)
+        os.stat(mountpoint)
     except OSError:
         try:
             with open(logfile, errors="replace") as f:
@@ -313,10 +322,11 @@ def _squashfuse(binary: str, source: ImageSource, lower: str, session: str, imag
         except OSError:
             detail = []
         reason = detail[-1] if detail else "it stopped without a message"
-        raise LaunchError(f"can't start a container from `{image}`: squashfuse_ll could not read the image: {reason}") from None
+        raise LaunchError(f"can't start a container from `{image}`: {name} could not {what}: {reason}") from None
 
 
-def _overlay(spec: ContainerSpec, session: str, lower: str, points: list[tuple[str, bool]]) -> str:
+def _overlay(spec: ContainerSpec, session: str, lower: str, points: list[tuple[str, bool]],
+             site: Site, host: Host, log) -> str:  # fmt: skip  # type: ignore[no-untyped-def]
     """A tmpfs overlay over the image, with every missing mount point made.
 
     Mount points are created in the upper layer before the overlay is
@@ -341,11 +351,26 @@ def _overlay(spec: ContainerSpec, session: str, lower: str, points: list[tuple[s
         else:
             os.makedirs(last, exist_ok=True)
     esc = lower.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
-    try:
-        sc.mount("overlay", root, "overlay", sc.MS_NOSUID | sc.MS_NODEV,
-                 f"lowerdir={esc},upperdir={upper},workdir={work}")  # fmt: skip
-    except OSError as err:
-        raise _fail("can't mount the overlay on the image", err, spec.image) from None
+    options = f"lowerdir={esc},upperdir={upper},workdir={work}"
+    kernel_error: OSError | None = None
+    if site.overlay != "driver":  # `enable overlay = yes|try`: the kernel's overlayfs first
+        try:
+            sc.mount("overlay", root, "overlay", sc.MS_NOSUID | sc.MS_NODEV, options)
+            return root
+        except OSError as err:
+            kernel_error = err
+    tool = shutil.which("fuse-overlayfs")
+    if tool is None:
+        if kernel_error is not None:
+            raise _fail("can't mount the overlay on the image", kernel_error, spec.image) from None
+        raise LaunchError(f"can't start a container from `{spec.image}`: fuse-overlayfs is not installed",
+                          hint="install the Debian package `fuse-overlayfs`, or set `enable overlay = yes`")
+    if log:
+        log("overlay: fuse-overlayfs%s", "" if kernel_error is None else " (the kernel refused overlayfs)")
+    # noxattrs: squashfuse_ll answers xattr queries with ENOTSUP, which
+    # fuse-overlayfs would pass on as errors for every lookup.
+    _fuse_server(tool, ["-o", options + ",noxattrs=1"], root, keep=(), host=host, session=session, image=spec.image,
+                 flags=0, what="mount the overlay")  # fmt: skip
     return root
 
 
