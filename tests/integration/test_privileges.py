@@ -42,3 +42,19 @@ def test_fakeroot_is_root_inside(run_as, test_user, sifbox_cli, action_images: A
                   env=env_for(test_user), timeout=LAUNCH_TIMEOUT)  # fmt: skip
     assert (proc.returncode, proc.stdout.split()) == (0, ["0"]), proc.stderr
     assert (shared_tmp / "made").stat().st_uid == test_user.uid
+
+
+def test_writable_sandbox_keeps_changes(run_as, as_who, sifbox_cli, shared_tmp, action_images: ActionImages) -> None:
+    import shutil
+    import subprocess
+
+    sandbox = shared_tmp / "writable-sandbox"
+    shutil.copytree(action_images.sandbox, sandbox, symlinks=True)
+    subprocess.run(["chown", "-R", f"{as_who.uid}:{as_who.gid}", str(sandbox)], check=True)
+    proc = run_as(as_who, [sifbox_cli, "exec", "--writable", str(sandbox), "sh", "-c", "echo kept > /kept.txt"],
+                  env=env_for(as_who), timeout=LAUNCH_TIMEOUT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (sandbox / "kept.txt").read_text() == "kept\n"
+    refused = run_as(as_who, [sifbox_cli, "exec", "--writable", str(action_images.sif), "true"],
+                     env=env_for(as_who), timeout=LAUNCH_TIMEOUT)  # fmt: skip
+    assert refused.returncode == 125 and "only sandbox directories" in refused.stderr

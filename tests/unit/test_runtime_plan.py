@@ -713,7 +713,6 @@ def test_unknown_no_mount_name_from_env(monkeypatch: pytest.MonkeyPatch) -> None
 @pytest.mark.parametrize(
     "field,value",
     [
-        ("writable", True),
         ("overlay", ["o.img"]),
         ("nv", True),
         ("nvccli", True),
@@ -734,10 +733,8 @@ def test_fakeroot_flag_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     assert action.build_spec(ns()).fakeroot
 
 
-def test_writable_error_suggests_writable_tmpfs() -> None:
-    with pytest.raises(NotAvailableError) as exc:
-        action.build_spec(ns(writable=True))
-    assert exc.value.hint and "--writable-tmpfs" in exc.value.hint
+def test_writable_flag() -> None:
+    assert action.build_spec(ns(writable=True)).writable
 
 
 @pytest.mark.parametrize(

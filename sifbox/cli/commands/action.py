@@ -17,7 +17,7 @@ import os
 from sifbox.util.errors import NotAvailableError, UsageError
 
 ENV_PREFIXES = ("SIFBOX_", "APPTAINER_", "SINGULARITY_")
-NOT_YET = ("writable", "overlay", "nv", "nvccli", "rocm")
+NOT_YET = ("overlay", "nv", "nvccli", "rocm")
 
 
 def flag_env(*names: str) -> str | None:
@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-mount", action="append", default=[], metavar="LIST",
                    help="disable default mounts: proc,sys,dev,devpts,home,tmp,cwd,bind-paths,/etc/hosts,...")
     g.add_argument("--writable-tmpfs", action="store_true", help="make the root writable, changes vanish at exit")
-    g.add_argument("-w", "--writable", action="store_true", help=argparse.SUPPRESS)
+    g.add_argument("-w", "--writable", action="store_true", help="write into a sandbox directory image")
     g.add_argument("-o", "--overlay", action="append", default=[], help=argparse.SUPPRESS)
     g = p.add_argument_group("isolation")
     g.add_argument("-c", "--contain", action="store_true", help="minimal /dev, private /tmp and home")
@@ -85,9 +85,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def build_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from sifbox.runtime.spec import NO_MOUNT_NAMES, ContainerSpec, parse_bind, parse_mount
 
-    if getattr(args, "writable", False):
-        raise NotAvailableError("can't use --writable: not available in this version of sifbox yet",
-                                hint="--writable-tmpfs gives a writable root whose changes vanish at exit")
     for name in NOT_YET:
         if getattr(args, name, None):
             raise NotAvailableError(f"can't use --{name}: not available in this version of sifbox yet")
@@ -124,6 +121,7 @@ def build_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         contain=args.contain or containall or _truthy(flag_env("CONTAIN")),
         cleanenv=args.cleanenv or containall or _truthy(flag_env("CLEANENV")),
         writable_tmpfs=args.writable_tmpfs or _truthy(flag_env("WRITABLE_TMPFS")),
+        writable=args.writable or _truthy(flag_env("WRITABLE")),
         userns=args.userns or _truthy(flag_env("USERNS")),
         pwd=args.pwd or flag_env("PWD", "TARGET_PWD") or None,
         no_mount=frozenset(no_mount),
@@ -177,7 +175,7 @@ def _net(args: argparse.Namespace) -> bool:
 def main(args: argparse.Namespace) -> int:
     import pwd
 
-    from sifbox.image.source import open_image
+    from sifbox.image.source import ImageKind, open_image
     from sifbox.runtime import env as envmod
     from sifbox.runtime.plan import default_mounts
     from sifbox.runtime.sandbox.setup import LaunchError, enter
@@ -222,6 +220,12 @@ def main(args: argparse.Namespace) -> int:
     site = site_from_config(cfg)
     mounts = default_mounts(spec, host, site=site)
     source = open_image(spec.image, verb=action)
+    if spec.writable and source.kind is not ImageKind.SANDBOX:
+        source.close()
+        raise NotAvailableError(
+            f"can't {action} `{spec.image}` with --writable: only sandbox directories can be written yet",
+            hint="--writable-tmpfs gives a writable root whose changes vanish at exit",
+        )
     env = envmod.container_env(
         os.environ, cleanenv=spec.cleanenv, image=source.path,
         home=spec.home_target or home, overrides=overrides,

@@ -125,14 +125,22 @@ def _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host, 
     except OSError as err:
         raise _fail("can't set up the session directory", err, spec.image) from None
     lower = _mount_image(spec, source, session, squashfuse, log, inner)
-    points = [(m.target, m.file) for m in mounts] + [("/etc/passwd", True), ("/etc/group", True)]
-    root = _overlay(spec, session, lower, points, site, inner, log)
+    if spec.writable:  # a sandbox, written in place: mount points are made in it as needed
+        root = os.path.join(session, "root")
+        os.mkdir(root)
+        try:
+            sc.mount(lower, root, None, sc.MS_BIND | sc.MS_REC)
+        except OSError as err:
+            raise _fail("can't bind the sandbox", err, spec.image) from None
+    else:
+        points = [(m.target, m.file) for m in mounts] + [("/etc/passwd", True), ("/etc/group", True)]
+        root = _overlay(spec, session, lower, points, site, inner, log)
     _identity_files(root, session, inner)
     for m in mounts:
         _apply(root, m, spec.image)
     argv, env = payload(root)
     try:
-        if not spec.writable_tmpfs:
+        if not spec.writable_tmpfs and not spec.writable:
             sc.mount(None, root, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
         os.chdir(root)
         sc.pivot_root(".", ".")
