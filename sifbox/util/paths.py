@@ -74,3 +74,13 @@ def _resolve(root: str, path: str, *, create: str | None, stop_at_missing: bool)
             raise OSError(errno.ENOTDIR, "not a directory", os.path.join("/", *done, part))
         done.append(part)
     return (os.path.join(root, *done) if done else root), []
+
+
+def which(name: str, path: str | None = None) -> str | None:
+    """The executable `name` on PATH, like shutil.which (which costs an import
+    of shutil, bz2 and lzma on every container launch)."""
+    for d in (path if path is not None else os.environ.get("PATH", os.defpath)).split(os.pathsep):
+        candidate = os.path.join(d or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None

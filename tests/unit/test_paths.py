@@ -345,3 +345,18 @@ def test_property_results_stay_inside_the_root(
     except OSError:
         return
     assert all(p and p not in (".", "..") and "/" not in p for p in rest)
+
+
+def test_which(tmp_path) -> None:
+    import shutil
+
+    from sifbox.util.paths import which
+
+    tool = tmp_path / "tool"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    (tmp_path / "data").write_text("")
+    assert which("tool", str(tmp_path)) == str(tool)
+    assert which("data", str(tmp_path)) is None
+    assert which("sh") == shutil.which("sh")
+    assert which("no-such-tool-here") is None

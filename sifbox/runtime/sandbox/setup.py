@@ -14,7 +14,6 @@ its last process; squashfuse gets SIGKILL when its parent dies.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 
 from sifbox.image.source import ImageKind, ImageSource
@@ -26,7 +25,7 @@ from sifbox.runtime.plan import DEFAULT_SITE, Mount, Site, merge_group, merge_pa
 from sifbox.runtime.sandbox import syscalls as sc
 from sifbox.runtime.spec import ContainerSpec, Host
 from sifbox.util.errors import ExitStatus, SifboxError, describe_os_error
-from sifbox.util.paths import chase, chase_existing
+from sifbox.util.paths import chase, chase_existing, which
 
 SESSION_DIRS = ("/var/lib/sifbox/mnt/session", "/mnt", "/media")
 SESSION_SIZE = "64m"  # `sessiondir max size`
@@ -57,7 +56,7 @@ def enter(spec: ContainerSpec, host: Host, source: ImageSource, mounts: list[Mou
     inner = host._replace(uid=0, gid=0, user="root", home="/root") if fakeroot else host
     squashfuse = None
     if source.kind is not ImageKind.SANDBOX and userns:
-        squashfuse = shutil.which("squashfuse_ll")
+        squashfuse = which("squashfuse_ll")
         if squashfuse is None:
             raise LaunchError(f"can't start a container from `{spec.image}`: squashfuse_ll is not installed",
                               hint="install the Debian package `squashfuse`")  # fmt: skip
@@ -197,7 +196,7 @@ def _enter_fakeroot(host: Host, log) -> None:  # type: ignore[no-untyped-def]
 
     subuid = idmap.read_subid("/etc/subuid", host.user, host.uid)
     subgid = idmap.read_subid("/etc/subgid", host.user, host.uid)
-    tools = shutil.which("newuidmap"), shutil.which("newgidmap")
+    tools = which("newuidmap"), which("newgidmap")
     if subuid is None or subgid is None or None in tools:
         sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNS)
         _write_id_maps(host, inside=0)
@@ -367,7 +366,7 @@ def _overlay(spec: ContainerSpec, session: str, lower: str, points: list[tuple[s
             return root
         except OSError as err:
             kernel_error = err
-    tool = shutil.which("fuse-overlayfs")
+    tool = which("fuse-overlayfs")
     if tool is None:
         if kernel_error is not None:
             raise _fail("can't mount the overlay on the image", kernel_error, spec.image) from None
