@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import pwd
 import shlex
 import shutil
 import statistics
@@ -33,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from benchlib import Failed, Unavailable, UserEnv
+
 PY = "/usr/bin/python3"
 PARTARCH = {"x86_64": "2", "amd64": "2", "i686": "1", "i386": "1", "aarch64": "4", "arm64": "4",
             "armv7l": "3", "ppc64le": "6", "s390x": "11", "riscv64": "12", "loongarch64": "13"}
@@ -45,14 +46,6 @@ BIND_FILES = ("etc/passwd", "etc/group", "etc/hosts", "etc/resolv.conf")
 
 
 Builder = Callable[[str, str], list[str]]  # (tool, image) -> argv
-
-
-class Unavailable(Exception):
-    """The row can't be run here: a tool or the image is missing."""
-
-
-class Failed(Exception):
-    """The row's command exited non-zero."""
 
 
 @dataclass
@@ -76,39 +69,12 @@ class Row:
 
 # ---------------------------------------------------------------------------- environment ---
 
-class Env:
-    """How to run a command as root or as the unprivileged user, with the same wrapper every time."""
+class Env(UserEnv):
+    """UserEnv, run from a fixed working directory."""
 
     def __init__(self, user: str, cwd: str) -> None:
-        self.user = user
+        super().__init__(user, lang=os.environ.get("LANG", "C.UTF-8"))
         self.cwd = cwd
-        self.runuser = shutil.which("runuser") or next(
-            (p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.access(p, os.X_OK)), None)
-        try:
-            self.pw: pwd.struct_passwd | None = pwd.getpwnam(user)
-        except KeyError:
-            self.pw = None
-        base = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "LANG": os.environ.get("LANG", "C.UTF-8")}
-        self.env = {"root": {**base, "USER": "root", "LOGNAME": "root", "HOME": "/root"}}
-        if self.pw is not None:
-            self.env[user] = {**base, "USER": user, "LOGNAME": user, "HOME": self.pw.pw_dir}
-
-    def user_problem(self) -> str | None:
-        if self.runuser is None:
-            return "runuser not installed"
-        if self.pw is None:
-            return f"no user `{self.user}` (scripts/create-test-user.sh)"
-        return None
-
-    def wrap(self, who: str, argv: list[str]) -> list[str]:
-        if who == "root":
-            return argv
-        problem = self.user_problem()
-        if problem:
-            raise Unavailable(problem)
-        assert self.runuser is not None  # user_problem() checked it
-        return [self.runuser, "-u", self.user, "--", *argv]
 
     def spawn(self, who: str, argv: list[str], stderr: int | IO[Any]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

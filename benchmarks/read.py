@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import platform
-import pwd
 import re
 import shlex
 import shutil
@@ -49,6 +48,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from benchlib import Failed, Unavailable, UserEnv
 
 PARTARCH = {"x86_64": "2", "amd64": "2", "i686": "1", "i386": "1", "aarch64": "4", "arm64": "4",
             "armv7l": "3", "ppc64le": "6", "s390x": "11", "riscv64": "12", "loongarch64": "13"}
@@ -69,14 +70,6 @@ MANAGED = ("root", "root.partial", ".root-complete", "build.json", "mnt",
 PROBE_OPTIONS = ("uid=1001", "gid=1001", "timeout=60", "kernel_cache", "auto_cache", "entry_timeout=60",
                  "attr_timeout=60", "max_read=131072", "allow_other", "auto_unmount", "clone_fd",
                  "max_threads=2", "max_idle_threads=2", "cache_size=64")
-
-
-class Unavailable(Exception):
-    """The row can't be run here: a tool or the image is missing."""
-
-
-class Failed(Exception):
-    """A command exited non-zero."""
 
 
 def log(msg: str) -> None:
@@ -105,37 +98,8 @@ def drop_caches() -> None:
 
 # ---------------------------------------------------------------------------- environment ---
 
-class Env:
-    """How to run a command as root or as the unprivileged user, with the same wrapper every time."""
-
-    def __init__(self, user: str) -> None:
-        self.user = user
-        self.runuser = shutil.which("runuser") or next(
-            (p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.access(p, os.X_OK)), None)
-        try:
-            self.pw: pwd.struct_passwd | None = pwd.getpwnam(user)
-        except KeyError:
-            self.pw = None
-        base = {"PATH": PATH, "LANG": "C.UTF-8"}
-        self.env = {"root": {**base, "USER": "root", "LOGNAME": "root", "HOME": "/root"}}
-        if self.pw is not None:
-            self.env[user] = {**base, "USER": user, "LOGNAME": user, "HOME": self.pw.pw_dir}
-
-    def user_problem(self) -> str | None:
-        if self.runuser is None:
-            return "runuser not installed"
-        if self.pw is None:
-            return f"no user `{self.user}` (scripts/create-test-user.sh)"
-        return None
-
-    def wrap(self, who: str, argv: list[str]) -> list[str]:
-        if who == "root":
-            return argv
-        problem = self.user_problem()
-        if problem:
-            raise Unavailable(problem)
-        assert self.runuser is not None
-        return [self.runuser, "-u", self.user, "--", *argv]
+class Env(UserEnv):
+    """UserEnv that times whole runs."""
 
     def run(self, who: str, argv: list[str], timeout: float = 600) -> tuple[float, bytes]:
         """Wall time in seconds and stdout; raises Failed on a non-zero exit."""
