@@ -174,6 +174,18 @@ fi
 unset __sifbox_f
 eval "$SIFBOX_ENV_OVERRIDES"
 unset SIFBOX_ENV_OVERRIDES
+# With --app: run the app's script ($1, described as $2) or say it has none.
+__sifbox_app_script() {
+    [ -n "$SCIF_APPNAME" ] || return 0
+    __sifbox_script=$1
+    __sifbox_what=$2
+    shift 2
+    if [ -x "$__sifbox_script" ]; then
+        exec "$__sifbox_script" "$@"
+    fi
+    echo "No $__sifbox_what found for app $SCIF_APPNAME, exiting" >&2
+    exit 0
+}
 __sifbox_action=$1
 shift
 case $__sifbox_action in
@@ -185,26 +197,14 @@ exec)
     unset __sifbox_action
     exec "$@" ;;
 run)
-    if [ -n "$SCIF_APPNAME" ]; then
-        if [ -x "$SCIF_APPRUN" ]; then
-            exec "$SCIF_APPRUN" "$@"
-        fi
-        echo "No runscript found for app $SCIF_APPNAME, exiting" >&2
-        exit 0
-    fi
+    __sifbox_app_script "$SCIF_APPRUN" runscript "$@"
     if [ -x /.singularity.d/runscript ]; then
         exec /.singularity.d/runscript "$@"
     fi
     echo "No runscript found in container, executing /bin/sh" >&2
     exec /bin/sh "$@" ;;
 test)
-    if [ -n "$SCIF_APPNAME" ]; then
-        if [ -x "$SCIF_APPTEST" ]; then
-            exec "$SCIF_APPTEST" "$@"
-        fi
-        echo "No test script found for app $SCIF_APPNAME, exiting" >&2
-        exit 0
-    fi
+    __sifbox_app_script "$SCIF_APPTEST" "test script" "$@"
     if [ -x /.singularity.d/test ]; then
         exec /.singularity.d/test "$@"
     fi
