@@ -99,6 +99,8 @@ for f in README.md LICENSE LICENSE.txt COPYING; do
 done
 find "$src" -name __pycache__ -type d -prune -exec rm -rf {} +
 "$VENV/bin/pip" install --quiet --no-deps --force-reinstall "$src"
+# Then the runtime dependencies pinned in pyproject.toml (only what is missing is fetched).
+"$VENV/bin/pip" install --quiet "$src"
 site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
 # setuptools is only needed to build, and its distutils-precedence.pth is imported by every start
