@@ -25,14 +25,17 @@ class ImageKind(enum.Enum):
 class ImageSource:
     """An opened image: where its root file system lies."""
 
-    __slots__ = ("path", "kind", "fd", "offset", "size")
+    __slots__ = ("fd", "kind", "offset", "overlay", "path", "size")
 
-    def __init__(self, path: str, kind: ImageKind, fd: int | None, offset: int = 0, size: int = 0):
+    def __init__(self, path: str, kind: ImageKind, fd: int | None, offset: int = 0, size: int = 0,
+                 overlay: tuple[int, int] | None = None):  # fmt: skip
         self.path = path
         self.kind = kind
         self.fd = fd
         self.offset = offset
         self.size = size
+        #: (offset, size) of a SIF's EXT3 overlay partition, if it has one
+        self.overlay = overlay
 
     def close(self) -> None:
         if self.fd is not None:
@@ -105,4 +108,8 @@ def _sif_partition(fd: int, path: str, where: str) -> ImageSource:
             img.check_bounds(part)
         except SifError as err:
             raise SifboxError(f"{where}: {err}") from None
-    return ImageSource(os.path.realpath(path), ImageKind.SIF, fd, part.offset, part.size)
+        overlay = None
+        for d in img.objects():
+            if d.data_type == c.DataType.PARTITION and d.partition()[:2] == (c.FsType.EXT3, c.PartType.OVERLAY):
+                overlay = (d.offset, d.size)
+    return ImageSource(os.path.realpath(path), ImageKind.SIF, fd, part.offset, part.size, overlay)

@@ -25,8 +25,9 @@ DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 Site = namedtuple(
     "Site",
     "mount_proc mount_sys mount_dev mount_devpts mount_home mount_tmp bind_paths resolv_conf user_bind_control "
-    "mount_slave session_mib overlay",
-    defaults=(True, True, "yes", True, True, True, ("/etc/localtime", "/etc/hosts"), True, True, True, 64, "yes"),
+    "mount_slave session_mib overlay mount_hostfs",
+    defaults=(True, True, "yes", True, True, True, ("/etc/localtime", "/etc/hosts"), True, True, True, 64, "yes",
+              False),
 )
 DEFAULT_SITE = Site()
 
@@ -45,11 +46,41 @@ def site_from_config(cfg) -> Site:  # type: ignore[no-untyped-def]
         mount_slave=cfg.get_bool("mount slave"),
         session_mib=cfg.get_int("sessiondir max size"),
         overlay=cfg.get("enable overlay"),
+        mount_hostfs=cfg.get_bool("mount hostfs"),
     )
 
 
+#: `mount hostfs` leaves out the host's system trees, as Apptainer does.
+HOSTFS_SKIP = ("/proc", "/sys", "/dev", "/run", "/boot", "/var")
+
+
+def host_file_systems(mountinfo: str) -> list[str]:
+    """Mount points of the file systems mounted directly on the host's `/`
+    (from /proc/self/mountinfo text), for `mount hostfs = yes`."""
+    rows = [line.split() for line in mountinfo.splitlines() if line.strip()]
+    root_ids = {r[0] for r in rows if len(r) > 4 and r[4] == "/"}
+    found = []
+    for r in rows:
+        if len(r) < 5 or r[1] not in root_ids or r[4] == "/":
+            continue
+        point = r[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+        if point == "/tmp" or any(_under(point, p) for p in HOSTFS_SKIP):
+            continue
+        if point not in found:
+            found.append(point)
+    return found
+
+
+def _read_mountinfo() -> str:
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir=os.path.isdir,  # type: ignore[no-untyped-def]
-                   site: Site = DEFAULT_SITE) -> list[Mount]:  # fmt: skip
+                   site: Site = DEFAULT_SITE, mountinfo=_read_mountinfo) -> list[Mount]:  # fmt: skip
     off = set(spec.no_mount)
     for key, on in (("proc", site.mount_proc), ("sys", site.mount_sys), ("dev", site.mount_dev != "no"),
                     ("devpts", site.mount_devpts), ("home", site.mount_home), ("tmp", site.mount_tmp)):  # fmt: skip
@@ -71,6 +102,8 @@ def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir
             mounts.append(Mount("tmpfs", None, "/dev/shm", options="mode=1777"))
         else:
             mounts.append(Mount("rbind", "/dev", "/dev"))
+    if site.mount_hostfs and "hostfs" not in off:
+        mounts += [Mount("rbind", p, p) for p in host_file_systems(mountinfo()) if p not in off]
     if "tmp" not in off:
         for d in ("/tmp", "/var/tmp"):
             if spec.contain:

@@ -384,12 +384,16 @@ class LeakGuard:
         ]
 
     def leaked_processes(self) -> dict[int, str]:
+        # Only this test session's processes: orphans are reparented to it
+        # (a child subreaper), so other runs on the same machine don't count.
+        mine = descendants(os.getpid())
         return {
             pid: f"{comm}: {cmdline}"
             for pid, (comm, cmdline) in _live_processes().items()
             if pid not in self.procs
+            and pid in mine
             and pid != os.getpid()
-            and (comm.startswith("squashfuse") or self._ours(cmdline))
+            and (comm.startswith(("squashfuse", "fuse2fs", "fuse-overlayfs")) or self._ours(cmdline))
         }
 
     def leaked_loops(self) -> list[str]:
@@ -424,11 +428,20 @@ class LeakGuard:
             subprocess.run(["losetup", "-d", ln.split(":")[0]], check=False, capture_output=True)
 
 
+def _become_subreaper() -> None:
+    """Make this process the parent of orphaned descendants (PR_SET_CHILD_SUBREAPER), so that a
+    FUSE helper a test leaked is still seen as this session's."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+
+
 # Images made by single tests (in shared_tmp) are matched by the shared_tmp prefix; pass extra
 # paths only for images elsewhere.
 @pytest.fixture(autouse=True)
 def no_leaks(action_images: ActionImages) -> Iterator[LeakGuard]:
     """Fail a test that leaves a mount, a squashfuse process or a loop device behind."""
+    _become_subreaper()
     guard = LeakGuard(action_images.files)
     yield guard
     leaks = guard.wait_clean()

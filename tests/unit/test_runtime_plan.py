@@ -713,7 +713,6 @@ def test_unknown_no_mount_name_from_env(monkeypatch: pytest.MonkeyPatch) -> None
 @pytest.mark.parametrize(
     "field,value",
     [
-        ("overlay", ["o.img"]),
         ("nv", True),
         ("nvccli", True),
         ("rocm", True),
@@ -724,6 +723,12 @@ def test_not_yet_flags(field: str, value: Any) -> None:
     with pytest.raises(NotAvailableError) as exc:
         action.build_spec(ns(**{field: value}))
     assert str(exc.value) == f"can't use --{field}: not available in this version of sifbox yet"
+
+
+def test_overlay_flag_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert action.build_spec(ns(overlay=["a.img", "d:ro"])).overlays == ("a.img", "d:ro")
+    monkeypatch.setenv("APPTAINER_OVERLAY", "/x/ov")
+    assert action.build_spec(ns()).overlays == ("/x/ov",)
 
 
 def test_fakeroot_flag_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -801,3 +806,33 @@ def test_namespace_flags(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_pid_namespace_gets_its_own_proc() -> None:
     got = plan(pid=True)
     assert got[0] == Mount("proc", None, "/proc")
+
+
+def test_host_file_systems_are_the_mounts_on_root() -> None:
+    from sifbox.runtime.plan import host_file_systems
+
+    info = (
+        "20 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+        "21 20 0:5 / /proc rw - proc proc rw\n"
+        "22 20 8:2 / /scratch rw - xfs /dev/sdb rw\n"
+        "23 22 8:3 / /scratch/deep rw - xfs /dev/sdc rw\n"
+        "24 20 0:6 / /run rw - tmpfs tmpfs rw\n"
+        "25 20 0:7 / /gpfs\\040fs rw - gpfs gpfs rw\n"
+        "26 20 0:8 / /tmp rw - tmpfs tmpfs rw\n"
+        "27 20 0:9 / /var/lib rw - ext4 /dev/sdd rw\n"
+        "28 20 0:9 / /scratch2 rw - ext4 /dev/sdd rw\n"
+    )
+    assert host_file_systems(info) == ["/scratch", "/gpfs fs", "/scratch2"]
+
+
+def test_mount_hostfs_adds_binds_unless_no_mount() -> None:
+    from sifbox.runtime.plan import DEFAULT_SITE, default_mounts
+    from sifbox.runtime.spec import ContainerSpec, Host
+
+    host = Host(1000, 1000, "u", "/home/u", "/", False)
+    site = DEFAULT_SITE._replace(mount_hostfs=True)
+    info = "1 0 8:1 / / rw - ext4 x rw\n2 1 8:2 / /lustre rw - lustre x rw\n"
+    mounts = default_mounts(ContainerSpec("i.sif", "exec"), host, site=site, mountinfo=lambda: info)
+    assert any(m.source == "/lustre" and m.target == "/lustre" for m in mounts)
+    spec = ContainerSpec("i.sif", "exec", no_mount=frozenset({"hostfs"}))
+    assert not any(m.target == "/lustre" for m in default_mounts(spec, host, site=site, mountinfo=lambda: info))

@@ -35,7 +35,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("verify", "Verify digital signature(s) within an image"),
     Command("key", "Manage OpenPGP keys", aliases=("keys",)),
     Command("instance", "Manage containers running as services"),
-    Command("overlay", "Manage an EXT3 writable overlay image"),
+    Command("overlay", "Manage an EXT3 writable overlay image", "overlay"),
     Command("sif", "Manipulate Singularity Image Format (SIF) images", "sif", ("siftool",)),
     Command("cache", "Manage the local cache"),
     Command("config", "Manage various sifbox configuration (root user only)"),

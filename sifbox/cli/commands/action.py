@@ -18,7 +18,7 @@ import sys
 from sifbox.util.errors import NotAvailableError, UsageError
 
 ENV_PREFIXES = ("SIFBOX_", "APPTAINER_", "SINGULARITY_")
-NOT_YET = ("overlay", "nv", "nvccli", "rocm")
+NOT_YET = ("nv", "nvccli", "rocm")
 
 
 def flag_env(*names: str) -> str | None:
@@ -51,8 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-mount", action="append", default=[], metavar="LIST",
                    help="disable default mounts: proc,sys,dev,devpts,home,tmp,cwd,bind-paths,/etc/hosts,...")
     g.add_argument("--writable-tmpfs", action="store_true", help="make the root writable, changes vanish at exit")
-    g.add_argument("-w", "--writable", action="store_true", help="write into a sandbox directory image")
-    g.add_argument("-o", "--overlay", action="append", default=[], help=argparse.SUPPRESS)
+    g.add_argument("-w", "--writable", action="store_true",
+                   help="write into a sandbox directory, or a SIF's overlay partition")
+    g.add_argument("-o", "--overlay", action="append", default=[], metavar="PATH[:ro]",
+                   help="overlay directory, EXT3 or SquashFS image (writable unless :ro), repeatable")
     g = p.add_argument_group("isolation")
     g.add_argument("-c", "--contain", action="store_true", help="minimal /dev, private /tmp and home")
     g.add_argument("-C", "--containall", action="store_true", help="--contain plus --cleanenv (and PID/IPC namespaces)")
@@ -78,8 +80,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("-s", "--shell", metavar="PATH", help="shell to run (default /bin/bash, else /bin/sh)")
     g = p.add_argument_group("not available yet")
     for name in NOT_YET:
-        if name in ("writable", "overlay"):
-            continue
         g.add_argument(f"--{name}", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -123,6 +123,7 @@ def build_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         cleanenv=args.cleanenv or containall or _truthy(flag_env("CLEANENV")),
         writable_tmpfs=args.writable_tmpfs or _truthy(flag_env("WRITABLE_TMPFS")),
         writable=args.writable or _truthy(flag_env("WRITABLE")),
+        overlays=tuple(args.overlay + ([flag_env("OVERLAY", "OVERLAYIMAGE")] if flag_env("OVERLAY", "OVERLAYIMAGE") else [])),
         userns=args.userns or _truthy(flag_env("USERNS")),
         pwd=args.pwd or flag_env("PWD", "TARGET_PWD") or None,
         no_mount=frozenset(no_mount),
@@ -176,7 +177,7 @@ def _net(args: argparse.Namespace) -> bool:
 def main(args: argparse.Namespace) -> int:
     import pwd
 
-    from sifbox.image.source import ImageKind, open_image
+    from sifbox.image.source import open_image
     from sifbox.runtime import env as envmod
     from sifbox.runtime.plan import default_mounts
     from sifbox.runtime.sandbox.setup import LaunchError, enter
@@ -221,12 +222,7 @@ def main(args: argparse.Namespace) -> int:
     site = site_from_config(cfg)
     mounts = default_mounts(spec, host, site=site)
     source = open_image(spec.image, verb=action)
-    if spec.writable and source.kind is not ImageKind.SANDBOX:
-        source.close()
-        raise NotAvailableError(
-            f"can't {action} `{spec.image}` with --writable: only sandbox directories can be written yet",
-            hint="--writable-tmpfs gives a writable root whose changes vanish at exit",
-        )
+    overlays = _open_overlays(spec, source, action)
     env = envmod.container_env(
         os.environ, cleanenv=spec.cleanenv, image=source.path,
         home=spec.home_target or home, overrides=overrides,
@@ -271,12 +267,42 @@ def main(args: argparse.Namespace) -> int:
         raise LaunchError(f"can't {action} `{spec.image}`: the image has no /bin/sh",
                           hint="`sifbox exec IMAGE /path/to/program` runs a program directly")
 
-    status = enter(spec, host, source, mounts, payload, log=_verbose_log(), site=site)
+    status = enter(spec, host, source, mounts, payload, log=_verbose_log(), site=site, overlays=overlays)
     # The payload is gone and its status known: skip the interpreter's
     # teardown (~10 ms on every launch, which counts once per MPI rank).
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+def _open_overlays(spec, source, action: str):  # type: ignore[no-untyped-def]
+    """The --overlay images, plus the SIF's own overlay partition with --writable."""
+    if not spec.overlays and not spec.writable and source.overlay is None:
+        return []
+    from sifbox.image import overlay
+    from sifbox.image.source import ImageKind
+
+    try:
+        if spec.writable and source.kind is ImageKind.SQUASHFS:
+            raise UsageError(
+                f"can't {action} `{spec.image}` with --writable: a SquashFS image is read-only",
+                hint="--overlay DIR keeps changes in DIR; --writable-tmpfs gives a writable root whose changes vanish",
+            )
+        found = overlay.open_overlays(list(spec.overlays), verb=action)
+        if spec.writable and source.kind is ImageKind.SIF:
+            if any(o.writable for o in found):
+                overlay.close(found)
+                raise UsageError(f"can't {action} `{spec.image}` with --writable and a writable --overlay",
+                                 hint="add `:ro` to the overlay")  # fmt: skip
+            found.insert(0, overlay.sif_overlay_partition(spec.image, verb=action))
+        elif source.overlay is not None:
+            # As Apptainer: a SIF's overlay partition is a read-only layer unless --writable.
+            offset, size = source.overlay
+            found.append(overlay.Overlay(source.path, "ext3", os.dup(source.fd), offset, size, False))
+        return found
+    except BaseException:
+        source.close()
+        raise
 
 
 def _verbose_log():  # type: ignore[no-untyped-def]

@@ -14,7 +14,6 @@ its last process; squashfuse gets SIGKILL when its parent dies.
 from __future__ import annotations
 
 import os
-import signal
 
 from sifbox.image.source import ImageKind, ImageSource
 
@@ -22,10 +21,12 @@ from sifbox.image.source import ImageKind, ImageSource
 # file system (and sifbox's own modules) is gone from view afterwards.
 from sifbox.runtime import supervisor
 from sifbox.runtime.plan import DEFAULT_SITE, Mount, Site, merge_group, merge_passwd
+from sifbox.runtime.sandbox import layers
 from sifbox.runtime.sandbox import syscalls as sc
+from sifbox.runtime.sandbox.layers import LaunchError
 from sifbox.runtime.spec import ContainerSpec, Host
 from sifbox.util.errors import ExitStatus, SifboxError, describe_os_error
-from sifbox.util.paths import chase, chase_existing, which
+from sifbox.util.paths import chase, which
 
 SESSION_DIRS = ("/var/lib/sifbox/mnt/session", "/mnt", "/media")
 SESSION_SIZE = "64m"  # `sessiondir max size`
@@ -33,17 +34,11 @@ SESSION_SIZE = "64m"  # `sessiondir max size`
 _ST_TO_MS = ((2, sc.MS_NOSUID), (4, sc.MS_NODEV), (8, sc.MS_NOEXEC), (1024, 1024), (2048, 2048), (4096, 1 << 21))
 
 
-class LaunchError(SifboxError):
-    reference = "cannot-launch"
-    exit_status = ExitStatus.CANNOT_LAUNCH
-
-
-def _fail(what: str, err: OSError, image: str) -> LaunchError:
-    return LaunchError(f"can't start a container from `{image}`: {what}: {describe_os_error(err)}")
+_fail = layers.fail
 
 
 def enter(spec: ContainerSpec, host: Host, source: ImageSource, mounts: list[Mount],
-          payload, log=None, site: Site = DEFAULT_SITE) -> int:  # fmt: skip  # type: ignore[no-untyped-def]
+          payload, log=None, site: Site = DEFAULT_SITE, overlays=()) -> int:  # fmt: skip  # type: ignore[no-untyped-def]
     """Build the container, run `payload(root)` -> (argv, env) in it under
     the supervisor, and return its exit status.
 
@@ -55,7 +50,7 @@ def enter(spec: ContainerSpec, host: Host, source: ImageSource, mounts: list[Mou
     fakeroot = spec.fakeroot and not host.is_root
     inner = host._replace(uid=0, gid=0, user="root", home="/root") if fakeroot else host
     squashfuse = None
-    if source.kind is not ImageKind.SANDBOX and userns:
+    if userns and (source.kind is not ImageKind.SANDBOX or any(o.kind == "squashfs" for o in overlays)):
         squashfuse = which("squashfuse_ll")
         if squashfuse is None:
             raise LaunchError(f"can't start a container from `{spec.image}`: squashfuse_ll is not installed",
@@ -94,16 +89,17 @@ def enter(spec: ContainerSpec, host: Host, source: ImageSource, mounts: list[Mou
         # The rest runs in PID 1 of the new PID namespace: /proc of that
         # namespace can only be mounted from inside it, and (in a user
         # namespace) only while the host's /proc is still in view.
-        return supervisor.run(lambda: _run_as_init(spec, source, mounts, payload, log, inner, squashfuse, host, site))
-    return _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host, userns, site)
+        return supervisor.run(lambda: _run_as_init(spec, source, mounts, payload, log, inner, squashfuse, host, site,
+                                                          overlays))  # fmt: skip
+    return _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host, userns, site, overlays)
 
 
-def _run_as_init(spec, source, mounts, payload, log, inner, squashfuse, host, site) -> None:  # type: ignore[no-untyped-def]
+def _run_as_init(spec, source, mounts, payload, log, inner, squashfuse, host, site, overlays) -> None:  # type: ignore[no-untyped-def]
     import sys
 
     try:
         status = _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host,
-                                not host.is_root or spec.userns, site)  # fmt: skip
+                                not host.is_root or spec.userns, site, overlays)  # fmt: skip
     except SifboxError as err:
         sys.stderr.write(f"sifbox: error: {err.message}\n")
         if err.hint:
@@ -114,7 +110,7 @@ def _run_as_init(spec, source, mounts, payload, log, inner, squashfuse, host, si
     os._exit(status)
 
 
-def _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host, userns, site) -> int:  # type: ignore[no-untyped-def]
+def _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host, userns, site, overlays) -> int:  # type: ignore[no-untyped-def]
     try:
         # `mount slave = yes`: host mounts made later still show inside.
         sc.mount(None, "/", None, sc.MS_REC | (sc.MS_SLAVE if site.mount_slave else sc.MS_PRIVATE))
@@ -123,23 +119,26 @@ def _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host, 
         sc.mount("tmpfs", session, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode=755,size={size}")
     except OSError as err:
         raise _fail("can't set up the session directory", err, spec.image) from None
-    lower = _mount_image(spec, source, session, squashfuse, log, inner)
-    if spec.writable:  # a sandbox, written in place: mount points are made in it as needed
+    ctx = layers.Ctx(host=inner, image=spec.image, log=log, session=session, squashfuse=squashfuse, userns=userns)
+    lower = _mount_image(spec, source, ctx)
+    persistent = False
+    if spec.writable and source.kind is ImageKind.SANDBOX:  # written in place: mount points are made in it as needed
         root = os.path.join(session, "root")
         os.mkdir(root)
         try:
             sc.mount(lower, root, None, sc.MS_BIND | sc.MS_REC)
         except OSError as err:
             raise _fail("can't bind the sandbox", err, spec.image) from None
+        persistent = True
     else:
         points = [(m.target, m.file) for m in mounts] + [("/etc/passwd", True), ("/etc/group", True)]
-        root = _overlay(spec, session, lower, points, site, inner, log)
+        root, persistent = layers.stack(ctx, lower, overlays, points, site)
     _identity_files(root, session, inner)
     for m in mounts:
         _apply(root, m, spec.image)
     argv, env = payload(root)
     try:
-        if not spec.writable_tmpfs and not spec.writable:
+        if not spec.writable_tmpfs and not persistent:
             sc.mount(None, root, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
         os.chdir(root)
         sc.pivot_root(".", ".")
@@ -250,135 +249,16 @@ def _session() -> str:
     raise OSError(2, "none of " + ", ".join(SESSION_DIRS) + " exists")
 
 
-def _mount_image(spec: ContainerSpec, source: ImageSource, session: str, squashfuse: str | None, log, host: Host) -> str:  # type: ignore[no-untyped-def]
+def _mount_image(spec: ContainerSpec, source: ImageSource, ctx: layers.Ctx) -> str:
     if source.kind is ImageKind.SANDBOX:
         return source.path
-    lower = os.path.join(session, "image")
+    lower = os.path.join(ctx.session, "image")
     os.mkdir(lower)
     assert source.fd is not None
-    if squashfuse:
-        _squashfuse(squashfuse, source, lower, session, spec.image, host)
-        if log:
-            log("image driver: squashfuse_ll (user namespace), offset %d", source.offset)
-        return lower
-    try:
-        dev, loop_fd = sc.attach_loop(source.fd, source.offset, source.size)
-        try:
-            sc.mount(dev, lower, "squashfs", sc.MS_RDONLY | sc.MS_NODEV | sc.MS_NOSUID)
-        finally:
-            os.close(loop_fd)
-    except OSError as err:
-        raise _fail("can't mount the image's SquashFS", err, spec.image) from None
-    if log:
-        log("image driver: kernel squashfs on %s, offset %d", dev, source.offset)
+    driver = layers.mount_squashfs(ctx, source.fd, source.offset, source.size, lower, "the image")
+    if ctx.log:
+        ctx.log("image driver: %s, offset %d", driver, source.offset)
     return lower
-
-
-def _squashfuse(binary: str, source: ImageSource, lower: str, session: str, image: str, host: Host) -> None:
-    assert source.fd is not None
-    _fuse_server(binary, ["-o", f"offset={source.offset}", f"/proc/self/fd/{source.fd}"], lower,
-                 keep=(source.fd,), host=host, session=session, image=image,
-                 flags=sc.MS_RDONLY, what="read the image")  # fmt: skip
-
-
-def _fuse_server(binary: str, args: list[str], mountpoint: str, *, keep: tuple[int, ...], host: Host,
-                 session: str, image: str, flags: int, what: str) -> None:  # fmt: skip
-    """Mount a FUSE file system served by `binary` (squashfuse_ll, fuse-overlayfs).
-
-    This process opens /dev/fuse and mounts it (it holds CAP_SYS_ADMIN in
-    its user namespace; the helper, once exec'd as the user, would not),
-    then hands the descriptor to the helper as `/dev/fd/N`. The mount exists
-    before the helper runs, so there is nothing to poll; the first access
-    waits for the helper to answer. The helper gets SIGKILL when its parent
-    dies, so it never outlives the container.
-    """
-    name = os.path.basename(binary)
-    logfile = os.path.join(session, f"{name}.log")
-    try:
-        fuse = os.open("/dev/fuse", os.O_RDWR)
-        sc.mount(name, mountpoint, f"fuse.{name}", sc.MS_NOSUID | sc.MS_NODEV | flags,
-                 f"fd={fuse},rootmode=40000,user_id={host.uid},group_id={host.gid}")  # fmt: skip
-    except OSError as err:
-        raise _fail(f"can't mount FUSE for {name}", err, image) from None
-    pid = os.fork()
-    if pid == 0:  # the FUSE server
-        try:
-            sc.set_parent_death_signal(signal.SIGKILL)
-            log = os.open(logfile, os.O_WRONLY | os.O_CREAT, 0o600)
-            devnull = os.open(os.devnull, os.O_RDWR)
-            os.dup2(devnull, 0)
-            os.dup2(devnull, 1)
-            os.dup2(log, 2)
-            low = 3
-            for fd in sorted({fuse, *keep}):
-                os.set_inheritable(fd, True)
-                os.closerange(low, fd)
-                low = fd + 1
-            os.closerange(low, 1 << 20)
-            os.execv(binary, [binary, "-f", *args, f"/dev/fd/{fuse}"])
-        except BaseException as err:  # noqa: BLE001
-            os.write(2, f"{name}: {err}\n".encode())
-        os._exit(127)
-    os.close(fuse)
-    try:
-        os.stat(mountpoint)
-    except OSError:
-        try:
-            with open(logfile, errors="replace") as f:
-                detail = f.read().strip().splitlines()
-        except OSError:
-            detail = []
-        reason = detail[-1] if detail else "it stopped without a message"
-        raise LaunchError(f"can't start a container from `{image}`: {name} could not {what}: {reason}") from None
-
-
-def _overlay(spec: ContainerSpec, session: str, lower: str, points: list[tuple[str, bool]],
-             site: Site, host: Host, log) -> str:  # fmt: skip  # type: ignore[no-untyped-def]
-    """A tmpfs overlay over the image, with every missing mount point made.
-
-    Mount points are created in the upper layer before the overlay is
-    mounted: a user in a user namespace can't create entries in the image's
-    root-owned directories, but the merged view shows the upper layer's.
-    """
-    upper, work, root = (os.path.join(session, d) for d in ("upper", "work", "root"))
-    for d in (upper, work, root):
-        os.mkdir(d)
-    for target, is_file in points:
-        try:
-            found, missing = chase_existing(lower, os.path.normpath("/" + target.lstrip("/")))
-        except OSError:
-            continue  # reported when the mount is applied
-        if not missing:
-            continue
-        where = os.path.join(upper, os.path.relpath(found, lower), *missing[:-1])
-        os.makedirs(where, exist_ok=True)
-        last = os.path.join(where, missing[-1])
-        if is_file:
-            os.close(os.open(last, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
-        else:
-            os.makedirs(last, exist_ok=True)
-    esc = lower.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
-    options = f"lowerdir={esc},upperdir={upper},workdir={work}"
-    kernel_error: OSError | None = None
-    if site.overlay != "driver":  # `enable overlay = yes|try`: the kernel's overlayfs first
-        try:
-            sc.mount("overlay", root, "overlay", sc.MS_NOSUID | sc.MS_NODEV, options)
-            return root
-        except OSError as err:
-            kernel_error = err
-    tool = which("fuse-overlayfs")
-    if tool is None:
-        if kernel_error is not None:
-            raise _fail("can't mount the overlay on the image", kernel_error, spec.image) from None
-        raise LaunchError(f"can't start a container from `{spec.image}`: fuse-overlayfs is not installed",
-                          hint="install the Debian package `fuse-overlayfs`, or set `enable overlay = yes`")
-    if log:
-        log("overlay: fuse-overlayfs%s", "" if kernel_error is None else " (the kernel refused overlayfs)")
-    # noxattrs: squashfuse_ll answers xattr queries with ENOTSUP, which
-    # fuse-overlayfs would pass on as errors for every lookup.
-    _fuse_server(tool, ["-o", options + ",noxattrs=1"], root, keep=(), host=host, session=session, image=spec.image,
-                 flags=0, what="mount the overlay")  # fmt: skip
-    return root
 
 
 def _identity_files(root: str, session: str, host: Host) -> None:

@@ -30,6 +30,7 @@ MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
 MNT_DETACH = 2
 
 PR_SET_PDEATHSIG = 1
@@ -138,6 +139,20 @@ def drop_all_capabilities(keep: frozenset[int] = frozenset()) -> None:
     _check(_libc.capset(ctypes.byref(hdr), data), "capset")
 
 
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+CAP_SYS_ADMIN = 21
+
+
+def raise_ambient(cap: int) -> None:
+    """Keep `cap` across execve of a non-root program (inheritable + ambient);
+    for a FUSE helper that mounts itself in this user namespace."""
+    hdr, data = _capget()
+    data[cap // 32].inheritable |= 1 << (cap % 32)
+    _check(_libc.capset(ctypes.byref(hdr), data), "capset")
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap)
+
+
 # -- loop devices -----------------------------------------------------------------
 LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A
@@ -146,8 +161,9 @@ LO_FLAGS_AUTOCLEAR = 4
 _LOOP_INFO64 = struct.Struct("<QQQQQIIII64s64s32sQQ")  # struct loop_info64 (232 bytes)
 
 
-def attach_loop(image_fd: int, offset: int, size: int, attempts: int = 64) -> tuple[str, int]:
-    """Attach a read-only, auto-clearing loop device to a slice of `image_fd`.
+def attach_loop(image_fd: int, offset: int, size: int, attempts: int = 64,
+                writable: bool = False) -> tuple[str, int]:  # fmt: skip
+    """Attach an auto-clearing loop device (read-only unless `writable`) to a slice of `image_fd`.
 
     Returns the device path and an open descriptor of it: keep it open until
     the device is mounted (auto-clear detaches the device at the last close
@@ -162,12 +178,12 @@ def attach_loop(image_fd: int, offset: int, size: int, attempts: int = 64) -> tu
         for _ in range(attempts):
             index = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
             path = f"/dev/loop{index}"
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
             try:
                 # device, inode, rdevice, offset, sizelimit, number, encrypt
                 # type, encrypt key size, flags, file name, crypt name, key, init
                 info = _LOOP_INFO64.pack(
-                    0, 0, 0, offset, size, 0, 0, 0, LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR,
+                    0, 0, 0, offset, size, 0, 0, 0, (0 if writable else LO_FLAGS_READ_ONLY) | LO_FLAGS_AUTOCLEAR,
                     b"", b"", b"", 0, 0,
                 )
                 config = struct.pack("<II", image_fd, 0) + info + bytes(64)
