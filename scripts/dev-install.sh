@@ -20,6 +20,7 @@ trap 'rm -rf "$tmp"' EXIT
 cp -r "$repo/pyproject.toml" "$repo/README.md" "$repo/sifbox" "$tmp/"
 find "$tmp" -name __pycache__ -type d -prune -exec rm -rf {} +
 "$venv/bin/pip" install --quiet --force-reinstall "$tmp[test]"
+bash "$repo/scripts/write-launcher.sh" "$venv"
 "$venv/bin/python" -m compileall -q "$venv" >/dev/null || true
 chmod -R a+rX "$prefix"
 echo "==> installed $venv/bin/sifbox ($("$venv/bin/sifbox" version))"

@@ -109,6 +109,11 @@ site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pur
 if [ -d "$site/setuptools" ]; then
     "$VENV/bin/pip" uninstall --quiet --yes setuptools
 fi
+# The launcher: pip's console script imports `re` and runs `site` (with Debian's sitecustomize)
+# on every start. Ours starts Python isolated (-I: no PYTHON* variables, no user site) without
+# `site` (-S) and puts the venv's packages on the path itself: a few ms less per launch, which
+# counts once per MPI rank.
+bash "$repo/scripts/write-launcher.sh" "$VENV"
 # Precompile, so users who cannot write to /opt do not re-compile on every start.
 "$VENV/bin/python" -m compileall -q "$site/sifbox" >/dev/null
 

@@ -8,37 +8,25 @@ line, no traceback unless `--debug`, and a documented exit status
 
 from __future__ import annotations
 
-import argparse
 import os
-import signal
+import _signal as signal  # the C module: `signal` itself imports enum, ~5 ms of every launch
 import sys
-from collections.abc import Sequence
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import NoReturn
 
 from sifbox import __version__
 from sifbox.cli.commands import BY_NAME, COMMANDS, Command
 from sifbox.util.errors import ExitStatus, NotAvailableError, SifboxError, UsageError
 
-# argparse looks up a translation catalogue for every string it formats, on
-# disk, each time: 10-15 ms per run for a tree of our size. sifbox's messages
-# are English only, so skip the look-up.
-argparse._ = lambda message: message  # type: ignore[attr-defined]
-
 PROG = "sifbox"
 #: Global options that take a value (needed to find the command word).
 _VALUED_GLOBALS = {"-c", "--config", "--tmpdir"}
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises UsageError instead of printing and exiting 2."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(
-            f"can't run `{self.prog}`: {message}", hint=f"see `{self.prog} --help`"
-        )
+#: Global options without a value, by flag: their attribute.
+_BOOL_GLOBALS = {"-d": "debug", "--debug": "debug", "-v": "verbose", "--verbose": "verbose", "-q": "quiet",
+                 "--quiet": "quiet", "-s": "silent", "--silent": "silent", "--nocolor": "nocolor"}  # fmt: skip
 
 
 class Interrupted(SifboxError):
@@ -48,18 +36,6 @@ class Interrupted(SifboxError):
 
 def _on_sigterm(signum: int, frame: object) -> NoReturn:
     raise Interrupted(f"can't finish: terminated by signal {signum}", exit_status=128 + signum)
-
-
-def add_global_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("global options")
-    g.add_argument("-d", "--debug", action="store_true", help="print debugging information (highest verbosity)")
-    g.add_argument("-v", "--verbose", action="store_true", help="print additional information")
-    g.add_argument("-q", "--quiet", action="store_true", help="suppress normal output")
-    g.add_argument("-s", "--silent", action="store_true", help="only print errors")
-    g.add_argument("--nocolor", action="store_true", help="print without color output")
-    g.add_argument("-c", "--config", metavar="FILE", help="specify a configuration file (for root or unprivileged installation only)")
-    g.add_argument("--tmpdir", metavar="DIR", help=argparse.SUPPRESS)
-    g.add_argument("--version", action="version", version=f"{PROG} version {__version__}")
 
 
 def command_word(argv: Sequence[str]) -> str | None:
@@ -79,34 +55,51 @@ def command_word(argv: Sequence[str]) -> str | None:
 
 
 def load_command(cmd: Command):  # type: ignore[no-untyped-def]
-    import importlib
-
-    return importlib.import_module(f"sifbox.cli.commands.{cmd.module}")
-
-
-def build_parser(full: str | bool = False) -> ArgumentParser:
-    """The parser. With `full` a command name, only that command is set up
-    (with its arguments); with False, every command without arguments (for
-    the command list); with True, every command with its arguments."""
-    parser = ArgumentParser(
-        prog=PROG,
-        description="sifbox: run and manage containers on HPC systems (Apptainer compatible).",
-        epilog=f"Run `{PROG} help COMMAND` for the help of a command.",
-    )
-    add_global_options(parser)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
-    only = BY_NAME.get(full) if isinstance(full, str) else None
-    for cmd in (only,) if only else COMMANDS:
-        p = sub.add_parser(cmd.name, aliases=list(cmd.aliases), help=cmd.help, description=cmd.help)
-        p.set_defaults(_command=cmd)
-        if cmd.module is None:
-            p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        elif full is True or only is not None:
-            load_command(cmd).add_arguments(p)
-    return parser
+    # __import__, not importlib.import_module: importlib's package imports warnings.
+    name = f"sifbox.cli.commands.{cmd.module}"
+    __import__(name)
+    return sys.modules[name]
 
 
-def _setup_logging(args: argparse.Namespace) -> None:
+class Args:
+    """Parsed options, as argparse's Namespace holds them."""
+
+    def __init__(self, **values: object) -> None:
+        self.__dict__.update(values)
+
+
+def fast_args(argv: Sequence[str], cmd: Command):  # type: ignore[no-untyped-def]
+    """The common command line of an action (`sifbox [-v] exec [options]
+    IMAGE CMD ...`) parsed without argparse, whose import and parser cost
+    ~10 ms of every launch (once per MPI rank); None when it needs argparse."""
+    values: dict[str, object] = dict.fromkeys(set(_BOOL_GLOBALS.values()), False)
+    values.update(config=None, tmpdir=None)
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        arg = argv[i]
+        name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if name in _BOOL_GLOBALS and not eq:
+            values[_BOOL_GLOBALS[name]] = True
+            i += 1
+        elif name in _VALUED_GLOBALS:
+            if not eq and i + 1 >= len(argv):
+                return None
+            values["tmpdir" if name == "--tmpdir" else "config"] = inline if eq else argv[i + 1]
+            i += 1 if eq else 2
+        else:
+            return None
+    if i >= len(argv) or argv[i] != cmd.name:
+        return None
+    from sifbox.cli.commands import action
+
+    found = action.fast_parse(cmd.name, list(argv[i + 1 :]))
+    if found is None:
+        return None
+    values.update(found)
+    return Args(command=cmd.name, _command=cmd, **values)
+
+
+def _setup_logging(args) -> None:  # type: ignore[no-untyped-def]
     """Publish the message level; `sifbox.util.log` configures itself from it
     when a command first logs (so commands that never log don't import logging)."""
     level = 20  # INFO
@@ -137,6 +130,15 @@ def render_error(err: SifboxError, debug: bool) -> int:
 def run(argv: Sequence[str]) -> int:
     word = command_word(argv)
     cmd = BY_NAME.get(word) if word else None
+    if cmd is not None and cmd.module == "action":
+        args = fast_args(argv, cmd)
+        if args is not None:
+            _setup_logging(args)
+            if args.tmpdir:
+                os.environ["SIFBOX_TMPDIR"] = args.tmpdir
+            return int(load_command(cmd).main(args))
+    from sifbox.cli.parser import build_parser
+
     parser = build_parser(full=cmd.name if cmd else False)
     args = parser.parse_args(argv)
     _setup_logging(args)

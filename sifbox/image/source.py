@@ -7,7 +7,6 @@ so the file cannot be swapped between the checks and the mount.
 
 from __future__ import annotations
 
-import enum
 import os
 import stat
 
@@ -16,7 +15,7 @@ from sifbox.formats.sif import constants as c
 from sifbox.util.errors import SifboxError, describe_os_error
 
 
-class ImageKind(enum.Enum):
+class ImageKind:
     SIF = "sif"
     SQUASHFS = "squashfs"
     SANDBOX = "sandbox"

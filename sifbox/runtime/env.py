@@ -9,11 +9,13 @@ user's overrides: `SINGULARITYENV_*` < `APPTAINERENV_*` < `SIFBOXENV_*`
 from __future__ import annotations
 
 import os
-import re
-import shlex
-from collections.abc import Mapping
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+_NAME_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
+_NAME_CHARS = _NAME_START | frozenset("0123456789")
 _PATH_EDITS = ("PREPEND_PATH", "APPEND_PATH")
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -38,10 +40,10 @@ def parse_env_file(text: str, where: str) -> dict[str, str]:
         if line.startswith("export "):
             line = line[7:].lstrip()
         key, sep, value = line.partition("=")
-        if not sep or not _NAME.match(key):
+        if not sep or not _is_name(key):
             raise UsageError(f"can't read env file `{where}`: line {n} is not KEY=VALUE")
         try:
-            parts = shlex.split(value) if value else [""]
+            parts = __import__("shlex").split(value) if value else [""]
         except ValueError as err:
             raise UsageError(f"can't read env file `{where}`: line {n}: {err}") from None
         out[key] = " ".join(parts)
@@ -118,7 +120,7 @@ def container_env(
 def _ordered(overrides: Mapping[str, str]) -> list[tuple[str, str]]:
     """Plain variables first, then PREPEND_PATH / APPEND_PATH (they edit the
     final PATH, whatever set it); names a shell can't export are skipped."""
-    plain = [(k, v) for k, v in overrides.items() if k not in _PATH_EDITS and _NAME.match(k)]
+    plain = [(k, v) for k, v in overrides.items() if k not in _PATH_EDITS and _is_name(k)]
     return plain + [(k, overrides[k]) for k in _PATH_EDITS if k in overrides]
 
 
@@ -127,11 +129,11 @@ def overrides_script(overrides: Mapping[str, str]) -> str:
     lines = []
     for key, value in _ordered(overrides):
         if key == "PREPEND_PATH":
-            lines.append(f'export PATH={shlex.quote(value)}:"$PATH"')
+            lines.append(f'export PATH={_quote(value)}:"$PATH"')
         elif key == "APPEND_PATH":
-            lines.append(f'export PATH="$PATH":{shlex.quote(value)}')
+            lines.append(f'export PATH="$PATH":{_quote(value)}')
         else:
-            lines.append(f"export {key}={shlex.quote(value)}")
+            lines.append(f"export {key}={_quote(value)}")
     return "\n".join(lines)
 
 
@@ -221,3 +223,18 @@ shell)
     exec /bin/sh "$@" ;;
 esac
 """
+
+
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789@%+=:,./-_")
+
+
+def _is_name(key: str) -> bool:
+    """A name the shell can export ([A-Za-z_][A-Za-z0-9_]*), without importing re."""
+    return bool(key) and key[0] in _NAME_START and all(ch in _NAME_CHARS for ch in key)
+
+
+def _quote(value: str) -> str:
+    """A shell word for `value` (as shlex.quote, without importing re for it)."""
+    if value and all(ch in _SAFE for ch in value):
+        return value
+    return "'" + value.replace("'", "'\"'\"'") + "'"

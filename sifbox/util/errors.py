@@ -9,10 +9,7 @@ boundary (`sifbox.cli.main`), as::
 
 from __future__ import annotations
 
-import enum
-
-
-class ExitStatus(enum.IntEnum):
+class ExitStatus:
     """Exit statuses of sifbox's own failures.
 
     A container payload's exit status passes through unchanged; these values

@@ -592,7 +592,7 @@ def ns(command: str = "exec", **kw: Any) -> argparse.Namespace:
 
 @pytest.mark.parametrize("command", ["exec", "run", "shell", "test"])
 def test_ns_matches_the_real_parser(command: str) -> None:
-    from sifbox.cli.main import build_parser
+    from sifbox.cli.parser import build_parser
 
     argv = [command, "/img.sif"] + (["true"] if command == "exec" else [])
     parsed = vars(build_parser(full=command).parse_args(argv))

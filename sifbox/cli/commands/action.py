@@ -11,7 +11,6 @@ SINGULARITY_<OPTION>) from the environment, as Apptainer's do.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -35,55 +34,130 @@ def _truthy(value: str | None) -> bool:
     return value is not None and value.strip().lower() in ("1", "true", "yes", "on")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+#: The options of every action: (flags, dest, kind, metavar, help, group). kind is
+#: "bool" (store_true), "value" or "append". One table serves argparse (help,
+#: unusual command lines) and `fast_parse` (the common case, without argparse).
+OPTIONS: tuple[tuple[tuple[str, ...], str, str, str | None, str | None, str], ...] = (
+    (("-B", "--bind"), "bind", "append", "SPEC", "bind mount src[:dest[:ro|rw]], comma-separated, repeatable", "mounts"),
+    (("--mount",), "mount", "append", "SPEC", "type=bind,source=...,destination=...[,ro]", "mounts"),
+    (("-H", "--home"), "home", "value", "SRC[:DST]", "home directory to bind", "mounts"),
+    (("--no-home",), "no_home", "bool", None, "do not mount the home directory", "mounts"),
+    (("--no-mount",), "no_mount", "append", "LIST",
+     "disable default mounts: proc,sys,dev,devpts,home,tmp,hostfs,cwd,bind-paths,/etc/hosts,...", "mounts"),
+    (("--writable-tmpfs",), "writable_tmpfs", "bool", None, "make the root writable, changes vanish at exit", "mounts"),
+    (("-w", "--writable"), "writable", "bool", None, "write into a sandbox directory, or a SIF's overlay partition",
+     "mounts"),
+    (("-o", "--overlay"), "overlay", "append", "PATH[:ro]",
+     "overlay directory, EXT3 or SquashFS image (writable unless :ro), repeatable", "mounts"),
+    (("-c", "--contain"), "contain", "bool", None, "minimal /dev, private /tmp and home", "isolation"),
+    (("-C", "--containall"), "containall", "bool", None, "--contain plus --cleanenv (and PID/IPC namespaces)",
+     "isolation"),
+    (("-e", "--cleanenv"), "cleanenv", "bool", None, "do not pass the host environment", "isolation"),
+    (("--env",), "env", "append", "K=V", "set an environment variable", "isolation"),
+    (("--env-file",), "env_file", "append", "FILE", "read environment variables from a file", "isolation"),
+    (("--pwd", "--cwd"), "pwd", "value", "DIR", "initial working directory", "isolation"),
+    (("--app",), "app", "value", "NAME", "run an app of a SCIF image (/scif/apps/NAME)", "isolation"),
+    (("-u", "--userns"), "userns", "bool", None, "run in a user namespace even as root", "isolation"),
+    (("-p", "--pid"), "pid", "bool", None, "run in a new PID namespace", "isolation"),
+    (("-i", "--ipc"), "ipc", "bool", None, "run in a new IPC namespace", "isolation"),
+    (("--uts",), "uts", "bool", None, "run in a new UTS namespace", "isolation"),
+    (("--hostname",), "hostname", "value", "NAME", "set the container hostname (implies --uts)", "isolation"),
+    (("-n", "--net"), "net", "bool", None, "run in a new network namespace", "isolation"),
+    (("--network",), "network", "value", "TYPES", "network types with --net (only `none`: loopback only)",
+     "isolation"),
+    (("-f", "--fakeroot"), "fakeroot", "bool", None,
+     "run as root in a user namespace (subuid/subgid ranges when configured)", "isolation"),
+    (("--keep-privs",), "keep_privs", "bool", None, "root: keep capabilities in the container", "isolation"),
+    (("--no-privs",), "no_privs", "bool", None, "drop all capabilities (the default)", "isolation"),
+    (("--add-caps",), "add_caps", "value", "CAPS", "root: keep these capabilities (comma list)", "isolation"),
+    (("--drop-caps",), "drop_caps", "value", "CAPS", "root: with --keep-privs, drop these capabilities",
+     "isolation"),
+    *((("--" + name,), name, "bool", None, None, "not available yet") for name in NOT_YET),
+)
+SHELL_OPTION = (("-s", "--shell"), "shell", "value", "PATH", "shell to run (default /bin/bash, else /bin/sh)",
+                "isolation")  # fmt: skip
+
+
+def _options(action: str):  # type: ignore[no-untyped-def]
+    return OPTIONS + ((SHELL_OPTION,) if action == "shell" else ())
+
+
+def add_arguments(p) -> None:  # type: ignore[no-untyped-def]
+    import argparse
+
     action = p.get_default("_command").name
     p.add_argument("image", metavar="IMAGE", help="SIF file, SquashFS file or sandbox directory")
     if action == "exec":
         p.add_argument("command_word", metavar="COMMAND", help="command to run in the container")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments")
-    g = p.add_argument_group("mounts")
-    g.add_argument("-B", "--bind", action="append", default=[], metavar="SPEC",
-                   help="bind mount src[:dest[:ro|rw]], comma-separated, repeatable")
-    g.add_argument("--mount", action="append", default=[], metavar="SPEC",
-                   help="type=bind,source=...,destination=...[,ro]")
-    g.add_argument("-H", "--home", metavar="SRC[:DST]", help="home directory to bind")
-    g.add_argument("--no-home", action="store_true", help="do not mount the home directory")
-    g.add_argument("--no-mount", action="append", default=[], metavar="LIST",
-                   help="disable default mounts: proc,sys,dev,devpts,home,tmp,cwd,bind-paths,/etc/hosts,...")
-    g.add_argument("--writable-tmpfs", action="store_true", help="make the root writable, changes vanish at exit")
-    g.add_argument("-w", "--writable", action="store_true",
-                   help="write into a sandbox directory, or a SIF's overlay partition")
-    g.add_argument("-o", "--overlay", action="append", default=[], metavar="PATH[:ro]",
-                   help="overlay directory, EXT3 or SquashFS image (writable unless :ro), repeatable")
-    g = p.add_argument_group("isolation")
-    g.add_argument("-c", "--contain", action="store_true", help="minimal /dev, private /tmp and home")
-    g.add_argument("-C", "--containall", action="store_true", help="--contain plus --cleanenv (and PID/IPC namespaces)")
-    g.add_argument("-e", "--cleanenv", action="store_true", help="do not pass the host environment")
-    g.add_argument("--env", action="append", default=[], metavar="K=V", help="set an environment variable")
-    g.add_argument("--env-file", action="append", default=[], metavar="FILE", help="read environment variables from a file")
-    g.add_argument("--pwd", "--cwd", dest="pwd", metavar="DIR", help="initial working directory")
-    g.add_argument("--app", metavar="NAME", help="run an app of a SCIF image (/scif/apps/NAME)")
-    g.add_argument("-u", "--userns", action="store_true", help="run in a user namespace even as root")
-    g.add_argument("-p", "--pid", action="store_true", help="run in a new PID namespace")
-    g.add_argument("-i", "--ipc", action="store_true", help="run in a new IPC namespace")
-    g.add_argument("--uts", action="store_true", help="run in a new UTS namespace")
-    g.add_argument("--hostname", metavar="NAME", help="set the container hostname (implies --uts)")
-    g.add_argument("-n", "--net", action="store_true", help="run in a new network namespace")
-    g.add_argument("--network", metavar="TYPES", help="network types with --net (only `none`: loopback only)")
-    g.add_argument("-f", "--fakeroot", action="store_true",
-                   help="run as root in a user namespace (subuid/subgid ranges when configured)")
-    g.add_argument("--keep-privs", action="store_true", help="root: keep capabilities in the container")
-    g.add_argument("--no-privs", action="store_true", help="drop all capabilities (the default)")
-    g.add_argument("--add-caps", metavar="CAPS", help="root: keep these capabilities (comma list)")
-    g.add_argument("--drop-caps", metavar="CAPS", help="root: with --keep-privs, drop these capabilities")
-    if action == "shell":
-        p.add_argument("-s", "--shell", metavar="PATH", help="shell to run (default /bin/bash, else /bin/sh)")
-    g = p.add_argument_group("not available yet")
-    for name in NOT_YET:
-        g.add_argument(f"--{name}", action="store_true", help=argparse.SUPPRESS)
+    groups = {}
+    for flags, dest, kind, metavar, text, group in _options(action):
+        if group not in groups:
+            groups[group] = p.add_argument_group(group)
+        kw = {"dest": dest, "help": text if text is not None else argparse.SUPPRESS}
+        if kind == "bool":
+            kw["action"] = "store_true"
+        else:
+            kw["metavar"] = metavar
+            if kind == "append":
+                kw.update(action="append", default=[])
+        groups[group].add_argument(*flags, **kw)
 
 
-def build_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def fast_parse(action: str, argv: list[str]):  # type: ignore[no-untyped-def]
+    """The options and operands of an action, or None when the command line
+    needs argparse (help, abbreviations, `--`, options after the image of
+    `exec`, bad input: argparse then also gives the error message)."""
+    by_flag = {}
+    values: dict[str, object] = {}
+    for option in _options(action):
+        flags, dest, kind = option[0], option[1], option[2]
+        for flag in flags:
+            by_flag[flag] = (dest, kind)
+        values[dest] = [] if kind == "append" else (False if kind == "bool" else None)
+    i, n = 0, len(argv)
+    while i < n:
+        arg = argv[i]
+        if arg == "--" or "--" in argv[i:]:
+            return None
+        if not arg.startswith("-") or arg == "-":
+            break
+        name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        spec = by_flag.get(name)
+        if spec is None:
+            return None
+        dest, kind = spec
+        if kind == "bool":
+            if eq:
+                return None
+            values[dest] = True
+            i += 1
+            continue
+        if eq:
+            value = inline
+            i += 1
+        elif i + 1 < n and not (argv[i + 1].startswith("-") and argv[i + 1] != "-"):
+            value = argv[i + 1]
+            i += 2
+        else:
+            return None
+        if kind == "append":
+            values[dest].append(value)  # type: ignore[attr-defined]
+        else:
+            values[dest] = value
+    if i >= n:
+        return None
+    values["image"] = argv[i]
+    rest = argv[i + 1 :]
+    if action == "exec":
+        if not rest or rest[0].startswith("-"):
+            return None
+        values["command_word"], rest = rest[0], rest[1:]
+    values["args"] = rest
+    return values
+
+
+def build_spec(args):  # type: ignore[no-untyped-def]
     from sifbox.runtime.spec import NO_MOUNT_NAMES, ContainerSpec, parse_bind, parse_mount
 
     for name in NOT_YET:
@@ -148,7 +222,7 @@ def _check_namespaces_allowed(spec, cfg) -> None:  # type: ignore[no-untyped-def
                          hint="unprivileged users run containers in user namespaces; ask the site's admins")
 
 
-def _caps(args: argparse.Namespace) -> frozenset[int]:
+def _caps(args) -> frozenset[int]:  # type: ignore[no-untyped-def]
     from sifbox.runtime import caps
 
     add = args.add_caps or flag_env("ADD_CAPS")
@@ -164,7 +238,7 @@ def _caps(args: argparse.Namespace) -> frozenset[int]:
                                add=caps.parse(add or ""), drop=caps.parse(drop or "")))  # fmt: skip
 
 
-def _net(args: argparse.Namespace) -> bool:
+def _net(args) -> bool:  # type: ignore[no-untyped-def]
     network = args.network or flag_env("NETWORK")
     net = args.net or _truthy(flag_env("NET", "UNSHARE_NET")) or bool(network)
     if network and network != "none":
@@ -174,7 +248,7 @@ def _net(args: argparse.Namespace) -> bool:
     return net
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args) -> int:  # type: ignore[no-untyped-def]
     import pwd
 
     from sifbox.image.source import open_image

@@ -28,7 +28,7 @@ def _walk(parser: argparse.ArgumentParser, path: str, table: dict[str, tuple[lis
 
 
 def bash_script() -> str:
-    from sifbox.cli.main import build_parser
+    from sifbox.cli.parser import build_parser
 
     table: dict[str, tuple[list[str], list[str]]] = {}
     _walk(build_parser(full=True), "", table)

@@ -12,7 +12,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from sifbox.cli.main import build_parser
+    from sifbox.cli.parser import build_parser
 
     parser: argparse.ArgumentParser = build_parser(full=args.topic[0] if args.topic else False)
     for word in args.topic:

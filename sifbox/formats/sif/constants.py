@@ -6,7 +6,6 @@ Values and display strings follow the SIF specification
 
 from __future__ import annotations
 
-import enum
 
 MAGIC = b"SIF_MAGIC\0"
 VERSION = b"01\0"
@@ -28,7 +27,7 @@ MAX_CAPACITY = 2**32 - 2
 MAX_GROUP = 0x0FFFFFFF
 
 
-class DataType(enum.IntEnum):
+class DataType:
     DEFFILE = 0x4001
     ENVVAR = 0x4002
     LABELS = 0x4003
@@ -57,7 +56,7 @@ DATA_TYPE_NAMES: dict[int, str] = {
 }
 
 
-class FsType(enum.IntEnum):
+class FsType:
     SQUASHFS = 1
     EXT3 = 2
     IMMUTABLE_OBJECTS = 3
@@ -76,7 +75,7 @@ FS_TYPE_NAMES: dict[int, str] = {
 }
 
 
-class PartType(enum.IntEnum):
+class PartType:
     SYSTEM = 1
     PRIMSYS = 2
     DATA = 3
@@ -91,7 +90,7 @@ PART_TYPE_NAMES: dict[int, str] = {
 }
 
 
-class HashType(enum.IntEnum):
+class HashType:
     SHA256 = 1
     SHA384 = 2
     SHA512 = 3
@@ -108,7 +107,7 @@ HASH_TYPE_NAMES: dict[int, str] = {
 }
 
 
-class FormatType(enum.IntEnum):
+class FormatType:
     OPENPGP = 1
     PEM = 2
 
@@ -116,7 +115,7 @@ class FormatType(enum.IntEnum):
 FORMAT_TYPE_NAMES: dict[int, str] = {FormatType.OPENPGP: "OpenPGP", FormatType.PEM: "PEM"}
 
 
-class MessageType(enum.IntEnum):
+class MessageType:
     CLEAR_SIGNATURE = 0x100
     RSA_OAEP = 0x200
 
@@ -127,7 +126,7 @@ MESSAGE_TYPE_NAMES: dict[int, str] = {
 }
 
 
-class SbomFormat(enum.IntEnum):
+class SbomFormat:
     CYCLONEDX_JSON = 1
     CYCLONEDX_XML = 2
     GITHUB_JSON = 3
