@@ -112,13 +112,23 @@ def hash_range(fd: int, offset: int, size: int, algorithm: str = "sha256", buf: 
     return h.digest()
 
 
-def image_fd(img: SifImage) -> int:
-    return img.fp.fileno()
+def image_fd(img: SifImage) -> int | None:
+    """The image's file descriptor, or None for an in-memory image."""
+    try:
+        return img.fp.fileno()
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def object_digest(img: SifImage, d: Descriptor, algorithm: str = "sha256") -> bytes:
     img.check_bounds(d)
-    return hash_range(image_fd(img), d.offset, d.size, algorithm)
+    fd = image_fd(img)
+    if fd is None:
+        h = hashlib.new(algorithm)
+        for chunk in img.iter_chunks(d, READ_SIZE):
+            h.update(chunk)
+        return h.digest()
+    return hash_range(fd, d.offset, d.size, algorithm)
 
 
 def header_digest(img: SifImage, algorithm: str = "sha256") -> bytes:
@@ -259,6 +269,11 @@ def legacy_digest(plaintext: bytes, hash_type: int) -> tuple[str, bytes]:
 def legacy_objects_digest(img: SifImage, objects: list[Descriptor], algorithm: str) -> bytes:
     h = hashlib.new(algorithm)
     fd = image_fd(img)
+    if fd is None:
+        for d in objects:
+            for chunk in img.iter_chunks(d, READ_SIZE):
+                h.update(chunk)
+        return h.digest()
     buf = bytearray(READ_SIZE)
     view = memoryview(buf)
     for d in objects:

@@ -221,6 +221,7 @@ def main(args: argparse.Namespace) -> int:
     site = site_from_config(cfg)
     mounts = default_mounts(spec, host, site=site)
     source = open_image(spec.image, verb=action)
+    _check_ecl(source, action, getattr(args, "config", None))
     if spec.writable and source.kind is not ImageKind.SANDBOX:
         source.close()
         raise NotAvailableError(
@@ -277,6 +278,23 @@ def main(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+def _check_ecl(source, action: str, config: str | None) -> None:  # type: ignore[no-untyped-def]
+    """Refuse an image the execution control list refuses, before anything is
+    mounted; free when there is no ecl.toml (one stat)."""
+    from sifbox.config.sysconf import DEFAULT_PATH, ENV_VAR
+
+    conf = config or os.environ.get(ENV_VAR) or DEFAULT_PATH
+    if not os.path.exists(os.path.join(os.path.dirname(os.path.abspath(conf)), "ecl.toml")):
+        return
+    from sifbox.security import ecl
+
+    try:
+        ecl.enforce(source.path, source.fd, action, conf)
+    except BaseException:
+        source.close()
+        raise
 
 
 def _verbose_log():  # type: ignore[no-untyped-def]
