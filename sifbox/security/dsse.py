@@ -76,13 +76,11 @@ def encode_envelope(payload: bytes, signatures: list[tuple[str, bytes]], payload
     import json
 
     sigs = ",".join(
-        '{"keyid":%s,"sig":%s}' % (json.dumps(k), json.dumps(base64.b64encode(s).decode()))
+        f'{{"keyid":{json.dumps(k)},"sig":{json.dumps(base64.b64encode(s).decode())}}}'
         for k, s in signatures
     )
-    return (
-        '{"payloadType":%s,"payload":%s,"signatures":[%s]}'
-        % (json.dumps(payload_type), json.dumps(base64.b64encode(payload).decode()), sigs)
-    ).encode()
+    body = json.dumps(base64.b64encode(payload).decode())
+    return f'{{"payloadType":{json.dumps(payload_type)},"payload":{body},"signatures":[{sigs}]}}'.encode()
 
 
 def sign_envelope(payload: bytes, private_keys: list[Any], hash_name: str = "sha256") -> bytes:
@@ -104,7 +102,7 @@ def _b64(text: object) -> bytes:
 
 
 class Envelope:
-    __slots__ = ("payload_type", "payload", "signatures")
+    __slots__ = ("payload", "payload_type", "signatures")
 
     def __init__(self, payload_type: str, payload: bytes, signatures: list[tuple[str, bytes]]):
         self.payload_type = payload_type
@@ -119,7 +117,7 @@ def parse_envelope(data: bytes) -> Envelope | None:
 
     try:
         text = data.decode("utf-8")
-        doc, end = json.JSONDecoder().raw_decode(text.lstrip())
+        doc, _end = json.JSONDecoder().raw_decode(text.lstrip())
     except (UnicodeDecodeError, ValueError):
         return None
     if not isinstance(doc, dict) or doc.get("payloadType") != PAYLOAD_TYPE:

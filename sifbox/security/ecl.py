@@ -36,7 +36,7 @@ class EclError(SifboxError):
 
 
 class ExecGroup:
-    __slots__ = ("tagname", "mode", "dirpath", "keyfp", "line")
+    __slots__ = ("dirpath", "keyfp", "line", "mode", "tagname")
 
     def __init__(self, tagname: str, mode: str, dirpath: str, keyfp: list[str], line: int | None):
         self.tagname = tagname
@@ -47,7 +47,7 @@ class ExecGroup:
 
 
 class EclConfig:
-    __slots__ = ("path", "activated", "legacy", "groups")
+    __slots__ = ("activated", "groups", "legacy", "path")
 
     def __init__(self, path: str, activated: bool, legacy: bool, groups: list[ExecGroup]):
         self.path = path
@@ -59,7 +59,7 @@ class EclConfig:
 class Decision:
     """Whether an image may run, and why (`explain()` for people)."""
 
-    __slots__ = ("allowed", "reason", "group", "signers", "unvalidated", "config")
+    __slots__ = ("allowed", "config", "group", "reason", "signers", "unvalidated")
 
     def __init__(self, allowed: bool, reason: str, group: ExecGroup | None = None,
                  signers: set[str] | None = None, unvalidated: set[str] | None = None,
@@ -286,7 +286,8 @@ def global_keyring(confdir: str) -> bytes:
 
 def config_path(sifbox_conf: str | None) -> str:
     """ecl.toml lives beside the sifbox.conf in use."""
-    from sifbox.config.sysconf import DEFAULT_PATH as CONF, ENV_VAR
+    from sifbox.config.sysconf import DEFAULT_PATH as CONF
+    from sifbox.config.sysconf import ENV_VAR
 
     conf = sifbox_conf or os.environ.get(ENV_VAR) or CONF
     return os.path.join(os.path.dirname(os.path.abspath(conf)), "ecl.toml")

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from sifbox.formats.sif.layout import Descriptor
 
 from sifbox.formats.sif.integrity import descriptor_stream, header_stream
+from sifbox.util.errors import SifboxError
 
 #: Names accepted in digest strings, and hashlib's name for each.
 DIGEST_ALGORITHMS = {
@@ -170,7 +171,7 @@ def image_metadata(img: SifImage, objects: list[Descriptor], algorithm: str = "s
 
 
 class ObjectEntry:
-    __slots__ = ("relative_id", "descriptor_digest", "object_digest")
+    __slots__ = ("descriptor_digest", "object_digest", "relative_id")
 
     def __init__(self, relative_id: int, descriptor_digest: tuple[str, bytes], object_digest: tuple[str, bytes]):
         self.relative_id = relative_id
@@ -241,7 +242,7 @@ def check_metadata(img: SifImage, md: Metadata, group_id: int, objects: list[Des
         name, want = e.object_digest
         try:
             got = object_digest(img, d, DIGEST_ALGORITHMS[name])
-        except Exception:
+        except (OSError, IntegrityError, SifboxError):
             raise ObjectIntegrityError(d.id) from None
         if got != want:
             raise ObjectIntegrityError(d.id)

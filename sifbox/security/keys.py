@@ -31,7 +31,7 @@ def keys_dir() -> str:
 class KeyInfo:
     """One OpenPGP key as listed by GnuPG."""
 
-    __slots__ = ("fingerprint", "uids", "created", "bits", "algo", "secret")
+    __slots__ = ("algo", "bits", "created", "fingerprint", "secret", "uids")
 
     def __init__(self, fingerprint: str, uids: list[str], created: int, bits: int, algo: int, secret: bool):
         self.fingerprint = fingerprint

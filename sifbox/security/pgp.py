@@ -151,7 +151,7 @@ class GnuPG:
         if secret:
             self.run(["--import"], input=secret, what="import the secret keyring")
 
-    def __enter__(self) -> GnuPG:
+    def __enter__(self) -> GnuPG:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -215,7 +215,7 @@ def _gpg_reason(stderr: bytes) -> str:
 
 
 class PgpVerified:
-    __slots__ = ("fingerprint", "primary", "hash_algo", "user", "plaintext")
+    __slots__ = ("fingerprint", "hash_algo", "plaintext", "primary", "user")
 
     def __init__(self, fingerprint: str, primary: str, hash_algo: int, user: str, plaintext: bytes):
         self.fingerprint = fingerprint
@@ -333,7 +333,7 @@ def dearmor(data: bytes) -> bytes:
         line = line.strip()
         if not line:
             continue
-        if line.startswith(b"=") or line.startswith(b"-----END"):
+        if line.startswith((b"=", b"-----END")):
             break
         b64.append(line)
     try:

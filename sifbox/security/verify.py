@@ -30,6 +30,7 @@ from sifbox.security.integrity import (
     legacy_objects_digest,
     parse_metadata,
 )
+from sifbox.util.errors import SifboxError
 
 #: Largest signature object read (a signature is a few KiB).
 MAX_SIGNATURE_SIZE = 16 << 20
@@ -49,7 +50,7 @@ class KeyMaterial:
 class Result:
     """The outcome of one signature: what it verified, who signed, or the error."""
 
-    __slots__ = ("signature", "verified", "fingerprint", "user", "keys", "error", "legacy")
+    __slots__ = ("error", "fingerprint", "keys", "legacy", "signature", "user", "verified")
 
     def __init__(self, signature: Descriptor, legacy: bool = False):
         self.signature = signature
@@ -72,7 +73,7 @@ def is_legacy_signature(data: bytes) -> bool:
 def _read_signature(img: SifImage, d: Descriptor) -> bytes:
     try:
         return img.read(d, limit=MAX_SIGNATURE_SIZE)
-    except Exception as err:
+    except (OSError, SifboxError) as err:
         raise IntegrityError(f"can't read signature object {d.id}: {err}", d.id) from None
 
 
@@ -141,7 +142,7 @@ def _check_legacy(img: SifImage, sig: Descriptor, objects: list[Descriptor], key
 
 
 class _Task:
-    __slots__ = ("kind", "target", "objects", "subset")
+    __slots__ = ("kind", "objects", "subset", "target")
 
     def __init__(self, kind: str, target: int, objects: list[Descriptor], subset: bool = False):
         self.kind = kind  # "group", "legacy-group", "legacy-object"

@@ -33,9 +33,10 @@ def _load_pem_certs(path: str, what: str) -> list:  # type: ignore[type-arg]
 
 def check_chain(cert, intermediates: list, roots: list, when: datetime.datetime | None = None) -> None:  # type: ignore[no-untyped-def]
     from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    when = when or datetime.datetime.now(datetime.timezone.utc)
+    when = when or datetime.datetime.now(datetime.UTC)
     try:
         ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
         if not ku.digital_signature:
@@ -56,16 +57,16 @@ def check_chain(cert, intermediates: list, roots: list, when: datetime.datetime 
             if root.subject == current.issuer:
                 try:
                     current.verify_directly_issued_by(root)
-                except (ValueError, TypeError, Exception):  # noqa: BLE001
-                    continue
+                except (ValueError, TypeError, InvalidSignature):
+                    continue  # another certificate with the same subject may be the issuer
                 return
         parent = None
         for ca in intermediates:
             if ca.subject == current.issuer and ca != current:
                 try:
                     current.verify_directly_issued_by(ca)
-                except (ValueError, TypeError, Exception):  # noqa: BLE001
-                    continue
+                except (ValueError, TypeError, InvalidSignature):
+                    continue  # another certificate with the same subject may be the issuer
                 parent = ca
                 break
         if parent is None:
