@@ -215,7 +215,7 @@ def check_image(path: str, fd: int | None = None, *, config: EclConfig | str | N
     from sifbox.formats.sif import constants as c
 
     own = fd is None
-    if own:
+    if fd is None:
         try:
             fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as err:

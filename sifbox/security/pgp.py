@@ -247,12 +247,12 @@ def verify_clearsigned(message: bytes, keyring: bytes) -> PgpVerified:
         valid = [ln.split() for ln in status if ln.startswith("[GNUPG:] VALIDSIG ")]
         if proc.returncode != 0 or len(valid) != 1:
             raise PgpError(_verify_reason(status, proc.stderr))
-        f = valid[0]
+        fields = valid[0]
         user = next((ln.split(" ", 3)[3] for ln in status if ln.startswith("[GNUPG:] GOODSIG ")), "")
         with open(out, "rb") as fp:
             plaintext = fp.read()
-    primary = f[11] if len(f) > 11 else f[2]
-    return PgpVerified(f[2], primary.upper(), int(f[9]), user, plaintext)
+    primary = fields[11] if len(fields) > 11 else fields[2]
+    return PgpVerified(fields[2], primary.upper(), int(fields[9]), user, plaintext)
 
 
 def _verify_reason(status: list[str], stderr: bytes) -> str:

@@ -77,8 +77,9 @@ def _read_signature(img: SifImage, d: Descriptor) -> bytes:
         raise IntegrityError(f"can't read signature object {d.id}: {err}", d.id) from None
 
 
-def _signatures(img: SifImage, select: Callable[[Descriptor], bool]) -> list[Descriptor]:
-    return [d for d in img.objects() if d.data_type == c.DataType.SIGNATURE and select(d)]
+def _signatures(img: SifImage, target: int, is_group: bool) -> list[Descriptor]:
+    """Signature objects linked to object or group `target`."""
+    return [d for d in img.objects() if d.data_type == c.DataType.SIGNATURE and d.linked_id == (target, is_group)]
 
 
 def _pgp_check(data: bytes, sig: Descriptor, keys: KeyMaterial, result: Result) -> bytes:
@@ -210,13 +211,13 @@ def verify_image(img: SifImage, keys: KeyMaterial, *, groups: list[int] = (),  #
     results = []
     for t in todo:
         if t.kind == "legacy-object":
-            sigs = _signatures(img, lambda s, t=t: s.linked_id == (t.target, False))
+            sigs = _signatures(img, t.target, False)
             if not sigs:
                 raise SignatureNotFound(t.target, False)
         else:
             want_legacy = t.kind == "legacy-group"
             sigs = [
-                s for s in _signatures(img, lambda s, t=t: s.linked_id == (t.target, True))
+                s for s in _signatures(img, t.target, True)
                 if is_legacy_signature(_read_signature(img, s)) == want_legacy
             ]  # fmt: skip
             if not sigs:
@@ -246,10 +247,10 @@ def signed_by(img: SifImage, groups: list[int] = (), objects: list[int] = (),  #
     anyone: set[str] = set()
     for t in tasks(img, groups, objects, legacy):
         if t.kind == "legacy-object":
-            sigs = _signatures(img, lambda s, t=t: s.linked_id == (t.target, False))
+            sigs = _signatures(img, t.target, False)
         else:
             want = t.kind == "legacy-group"
-            sigs = [s for s in _signatures(img, lambda s, t=t: s.linked_id == (t.target, True))
+            sigs = [s for s in _signatures(img, t.target, True)
                     if is_legacy_signature(_read_signature(img, s)) == want]  # fmt: skip
         fps = {s.signature()[1].hex().upper() for s in sigs} - {"00" * 20}
         anyone |= fps

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import datetime
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 from sifbox.util.errors import SifboxError
 
 SYSTEM_ROOTS = "/etc/ssl/certs/ca-certificates.crt"
 
 
-def _load_pem_certs(path: str, what: str) -> list:  # type: ignore[type-arg]
+def _load_pem_certs(path: str, what: str) -> list[Any]:
     from cryptography import x509
 
     try:
@@ -31,7 +35,7 @@ def _load_pem_certs(path: str, what: str) -> list:  # type: ignore[type-arg]
     return certs
 
 
-def check_chain(cert, intermediates: list, roots: list, when: datetime.datetime | None = None) -> None:  # type: ignore[no-untyped-def]
+def check_chain(cert: Any, intermediates: list[Any], roots: list[Any], when: datetime.datetime | None = None) -> None:
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
     from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -75,7 +79,7 @@ def check_chain(cert, intermediates: list, roots: list, when: datetime.datetime 
     raise ValueError("certificate chain too long")
 
 
-def load_certificate_key(path: str, intermediates: str | None, roots: str | None):  # type: ignore[no-untyped-def]
+def load_certificate_key(path: str, intermediates: str | None, roots: str | None) -> Any:
     certs = _load_pem_certs(path, "certificate")
     if not certs:
         raise SifboxError(f"can't load certificate `{path}`: no PEM certificate in it")

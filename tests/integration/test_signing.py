@@ -201,3 +201,66 @@ def _root():  # type: ignore[no-untyped-def]
     from tests.integration.images import user_named
 
     return user_named("root")
+
+
+def _write_chain(d: Path) -> None:
+    """root CA -> intermediate CA -> code-signing leaf, as PEM files in `d`."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(cn, issuer_cn, key, issuer_key, ca):  # type: ignore[no-untyped-def]
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+             .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_cn)]))
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))  # fmt: skip
+        if not ca:
+            b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+        return b.sign(issuer_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+    rk, ik, lk = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    (d / "root.pem").write_bytes(cert("Root", "Root", rk, rk, True))
+    (d / "inter.pem").write_bytes(cert("Inter", "Root", ik, rk, True))
+    (d / "leaf.pem").write_bytes(cert("Leaf", "Inter", lk, ik, False))
+    (d / "leaf.key").write_bytes(lk.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))  # fmt: skip
+    for f in d.iterdir():
+        f.chmod(0o644)
+
+
+def test_verify_with_certificate_chain(run_as, as_who, sifbox_cli, scratch, sif_corpus) -> None:  # type: ignore[no-untyped-def]
+    certs = scratch / "certs"
+    certs.mkdir(mode=0o755)
+    _write_chain(certs)
+    home = _home(run_as, as_who, scratch, "home")
+    img = _copy_for(run_as, as_who, sif_corpus / "images" / "one-group.sif", scratch / "img.sif")
+    assert _sifbox(run_as, as_who, sifbox_cli, home, "sign", "--key", certs / "leaf.key", img).returncode == 0
+    p = _sifbox(run_as, as_who, sifbox_cli, home, "verify", "--certificate", certs / "leaf.pem",
+                "--certificate-intermediates", certs / "inter.pem", "--certificate-roots", certs / "root.pem", img)
+    assert p.returncode == 0, p.stderr
+    p = _sifbox(run_as, as_who, sifbox_cli, home, "verify", "--certificate", certs / "leaf.pem",
+                "--certificate-roots", certs / "root.pem", img)  # fmt: skip
+    assert p.returncode == 255 and "certificate signed by unknown authority" in p.stderr
+
+
+def test_malformed_ecl_is_a_usage_error(run_as, as_who, sifbox_cli, scratch, sif_corpus) -> None:  # type: ignore[no-untyped-def]
+    conf = scratch / "etc"
+    conf.mkdir(mode=0o755)
+    (conf / "sifbox.conf").write_text("")
+    (conf / "ecl.toml").write_text('activated = true\n[[execgroup]]\nmode = "greylist"\n')
+    for f in conf.iterdir():
+        f.chmod(0o644)
+    env = env_for(as_who, SIFBOX_CONFIG_FILE=str(conf / "sifbox.conf"))
+    img = _copy_for(run_as, as_who, sif_corpus / "images" / "one-group.sif", scratch / "img.sif")
+    p = run_as(as_who, [sifbox_cli, "exec", str(img), "true"], env=env)
+    assert p.returncode == 125, p.stderr
+    assert p.stderr.startswith(f"sifbox: error: can't read ECL configuration `{conf}/ecl.toml:2`: ")
+    assert "Traceback" not in p.stderr
+    p = run_as(as_who, [sifbox_cli, "ecl", "check", str(img)], env=env)
+    assert p.returncode == 125 and "ecl.toml:2" in p.stderr
