@@ -149,7 +149,11 @@ class GnuPG:
         with open(os.path.join(self.home, "gpg.conf"), "w") as f:
             f.write("no-greeting\nno-permission-warning\n")
         if secret:
-            self.run(["--import"], input=secret, what="import the secret keyring")
+            try:
+                self.run(["--import"], input=secret, what="import the secret keyring")
+            except BaseException:
+                self.close()
+                raise
 
     def __enter__(self) -> GnuPG:  # noqa: PYI034
         return self

@@ -87,10 +87,6 @@ def main(args: argparse.Namespace) -> int:
                 prefix = origin(r.fingerprint)
                 out.write(f"{prefix:<9} Signing entity: {name}\n")
                 out.write(f"{prefix:<9} Fingerprint: {r.fingerprint}\n")
-            for k in r.keys:
-                from sifbox.security.dsse import keyid
-
-                out.write(f"{'[KEY]':<9} Key ID: {keyid(k)}\n")
             if r.verified:
                 out.write("Objects verified:\n")
                 out.write(f"{'ID':<4}|{'GROUP':<8}|{'LINK':<8}|TYPE\n")
