@@ -65,6 +65,8 @@ def _signer(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from sifbox.util import log
 
     if args.key:
+        from cryptography.exceptions import UnsupportedAlgorithm
+
         from sifbox.security import dsse
         from sifbox.security.sign import dsse_signer
 
@@ -84,8 +86,10 @@ def _signer(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                 key = dsse.load_private_key(data, pw.encode())
             except (ValueError, TypeError):
                 raise SifboxError(f"can't sign `{args.image}`: wrong passphrase for `{args.key}`") from None
-        except (ValueError, Exception) as err:  # noqa: BLE001 - cryptography raises several types
-            raise SifboxError(f"can't sign `{args.image}`: `{args.key}` is not a PEM private key: {err}") from None
+        except (ValueError, UnsupportedAlgorithm):
+            raise SifboxError(
+                f"can't sign `{args.image}`: `{args.key}` is not a PEM private key (Ed25519, RSA or ECDSA)"
+            ) from None
         return dsse_signer([key]), lambda: None
     return _pgp_signer(args)
 

@@ -137,11 +137,13 @@ def _key_material(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         key = load_certificate_key(args.certificate, args.certificate_intermediates, args.certificate_roots)
         return v.KeyMaterial(None, [key]), set(), set()
     if args.key:
+        from cryptography.exceptions import UnsupportedAlgorithm
+
         log.log.info("Verifying image with key material from '%s'", args.key)
         try:
             key = dsse.load_public_key(_read(args.key, "key material"))
-        except ValueError as err:
-            raise SifboxError(f"can't load key material `{args.key}`: not a PEM public key ({err})") from None
+        except (ValueError, UnsupportedAlgorithm):
+            raise SifboxError(f"can't load key material `{args.key}`: not a PEM public key or certificate") from None
         return v.KeyMaterial(None, [key]), set(), set()
     log.log.info("Verifying image with PGP key material")
     kr = keys.Keyring()
