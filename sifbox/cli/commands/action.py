@@ -296,6 +296,7 @@ def main(args) -> int:  # type: ignore[no-untyped-def]
     site = site_from_config(cfg)
     mounts = default_mounts(spec, host, site=site)
     source = open_image(spec.image, verb=action)
+    _check_ecl(source, action, getattr(args, "config", None))
     overlays = _open_overlays(spec, source, action)
     env = envmod.container_env(
         os.environ, cleanenv=spec.cleanenv, image=source.path,
@@ -374,6 +375,23 @@ def _open_overlays(spec, source, action: str):  # type: ignore[no-untyped-def]
             offset, size = source.overlay
             found.append(overlay.Overlay(source.path, "ext3", os.dup(source.fd), offset, size, False))
         return found
+    except BaseException:
+        source.close()
+        raise
+
+
+def _check_ecl(source, action: str, config: str | None) -> None:  # type: ignore[no-untyped-def]
+    """Refuse an image the execution control list refuses, before anything is
+    mounted; free when there is no ecl.toml (one stat)."""
+    from sifbox.config.sysconf import DEFAULT_PATH, ENV_VAR
+
+    conf = config or os.environ.get(ENV_VAR) or DEFAULT_PATH
+    if not os.path.exists(os.path.join(os.path.dirname(os.path.abspath(conf)), "ecl.toml")):
+        return
+    from sifbox.security import ecl
+
+    try:
+        ecl.enforce(source.path, source.fd, action, conf)
     except BaseException:
         source.close()
         raise

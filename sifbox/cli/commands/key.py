@@ -1,0 +1,238 @@
+"""`sifbox key`: manage OpenPGP keys in ~/.sifbox/keys, and PEM keys for DSSE.
+
+    sifbox key newpair [-N NAME -E EMAIL -C COMMENT -b BITS]
+    sifbox key newpair --pem ed25519|rsa|ecdsa --output KEY.pem
+    sifbox key list [--secret]
+    sifbox key import FILE
+    sifbox key export [--secret] [--armor] [--keyidx N | --fingerprint FPR] FILE
+    sifbox key remove [--secret] FINGERPRINT
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sifbox.util.errors import SifboxError, UsageError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(key_command=None)
+    sub = p.add_subparsers(dest="key_command", metavar="SUBCOMMAND", title="subcommands", parser_class=type(p))
+    s = sub.add_parser("newpair", help="Create a new key pair",
+                       description="Create a new OpenPGP key pair in the local keyrings, or a PEM key pair.")
+    s.add_argument("-N", "--name", help="key owner name")
+    s.add_argument("-E", "--email", help="key owner email")
+    s.add_argument("-C", "--comment", default="", help="key comment")
+    s.add_argument("-P", "--password", default=None, help="key passphrase (default: asked; empty = none)")
+    s.add_argument("-b", "--bit-length", type=int, default=4096, help="RSA key length (default 4096)")
+    s.add_argument("--push", action="store_true", help=argparse.SUPPRESS)
+    s.add_argument("--pem", choices=("ed25519", "rsa", "ecdsa"), help="make a PEM key pair for DSSE signing instead")
+    s.add_argument("-o", "--output", help="with --pem: private key file (the public key goes to FILE.pub)")
+    s = sub.add_parser("list", help="List keys in the local keyrings", description="List the keys in the local keyrings.")
+    s.add_argument("-s", "--secret", action="store_true", help="list the private keys")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s = sub.add_parser("import", help="Import a key into the local keyrings",
+                       description="Import OpenPGP keys (binary or armored; public or secret) into the local keyrings.")
+    s.add_argument("file", metavar="FILE")
+    s = sub.add_parser("export", help="Export a key from the local keyrings", description="Export an OpenPGP key to a file.")
+    s.add_argument("-s", "--secret", action="store_true", help="export a private key")
+    s.add_argument("-a", "--armor", action="store_true", help="ASCII-armored output")
+    s.add_argument("--keyidx", type=int, default=None, help="index of the key (as `key list` numbers it)")
+    s.add_argument("--fingerprint", default=None, help="fingerprint of the key")
+    s.add_argument("file", metavar="FILE")
+    s = sub.add_parser("remove", help="Remove a key from the local keyrings", description="Remove a key from the local keyrings.")
+    s.add_argument("-s", "--secret", action="store_true", help="also remove the private key")
+    s.add_argument("fingerprint", metavar="FINGERPRINT")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.key_command is None:
+        args._parser._subparsers._group_actions[0].choices[args.command].print_help()
+        return 0
+    from sifbox.security.pgp import PgpError
+
+    try:
+        return int(HANDLERS[args.key_command](args))
+    except PgpError as err:
+        msg = str(err)
+        raise SifboxError(msg if msg.startswith("can't") else f"can't {args.key_command} key: {msg}") from err
+
+
+def _keyring():  # type: ignore[no-untyped-def]
+    from sifbox.security.keys import Keyring
+
+    return Keyring()
+
+
+def _newpair(args: argparse.Namespace) -> int:
+    if args.pem:
+        return _newpair_pem(args)
+    from sifbox.cli.commands import _keyprompt
+
+    if args.name is None:
+        if not _keyprompt.interactive():
+            raise UsageError("can't create a key pair: --name is required without a terminal")
+        args.name = input("Enter your name (e.g., John Doe) : ").strip()
+        args.email = input("Enter your email address (e.g., john.doe@example.com) : ").strip()
+        args.comment = input("Enter optional comment (e.g., development keys) : ").strip()
+    if not args.name:
+        raise UsageError("can't create a key pair: the name is empty")
+    uid = args.name + (f" ({args.comment})" if args.comment else "") + (f" <{args.email}>" if args.email else "")
+    password = args.password
+    if password is None:
+        password = _keyprompt.passphrase("Enter a passphrase : ", "create a key pair", confirm=True)
+    if not 1024 <= args.bit_length <= 4096:
+        raise UsageError(f"can't create a key pair: bit length {args.bit_length} not in 1024..4096")
+    sys.stdout.write("Generating Entity and OpenPGP Key Pair... ")
+    sys.stdout.flush()
+    info = _keyring().newpair(uid, password, args.bit_length)
+    sys.stdout.write("done\n")
+    sys.stdout.write(f"Key fingerprint: {info.fingerprint}\n")
+    return 0
+
+
+def _newpair_pem(args: argparse.Namespace) -> int:
+    import os
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    if not args.output:
+        raise UsageError("can't create a PEM key pair: --output FILE is required")
+    if args.pem == "ed25519":
+        key = ed25519.Ed25519PrivateKey.generate()
+    elif args.pem == "rsa":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=args.bit_length)
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+    enc = (serialization.BestAvailableEncryption(args.password.encode()) if args.password
+           else serialization.NoEncryption())  # fmt: skip
+    priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
+    pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    for path, data, mode in ((args.output, priv, 0o600), (args.output + ".pub", pub, 0o644)):
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.rename(tmp, path)
+        except OSError as err:
+            raise SifboxError(f"can't write `{path}`: {err.strerror}") from None
+    sys.stdout.write(f"Private key: {args.output}\nPublic key: {args.output}.pub\n")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from sifbox.security.keys import format_key
+
+    kr = _keyring()
+    keys = kr.list_secret() if args.secret else kr.list_public()
+    if args.json:
+        import json
+
+        sys.stdout.write(json.dumps([k.as_dict() for k in keys], indent=2) + "\n")
+        return 0
+    path = kr.secret_path if args.secret else kr.public_path
+    kind = "Private" if args.secret else "Public"
+    sys.stdout.write(f"{kind} key listing ({path}):\n\n")
+    for i, k in enumerate(keys):
+        sys.stdout.write(format_key(i, k))
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from sifbox.security import pgp
+    from sifbox.security.keys import describe
+
+    try:
+        with open(args.file, "rb") as f:
+            data = f.read(64 << 20)
+    except OSError as err:
+        raise SifboxError(f"can't import `{args.file}`: {err.strerror}") from None
+    try:
+        binary = pgp.dearmor(data)
+        keys = describe(binary)
+    except pgp.PgpError as err:
+        raise SifboxError(f"can't import `{args.file}`: {err}") from None
+    if not keys:
+        raise SifboxError(f"can't import `{args.file}`: no OpenPGP key found in it")
+    kr = _keyring()
+    added = kr.add_secret(binary) if any(k.secret for k in keys) else kr.add_public(binary)
+    for k in added:
+        sys.stdout.write(f"Key with fingerprint {k.fingerprint} successfully added to the keyring\n")
+    return 0
+
+
+def _select(args: argparse.Namespace, keys: list, what: str) -> int:  # type: ignore[type-arg]
+    from sifbox.cli.commands import _keyprompt
+    from sifbox.security.keys import format_key
+
+    if not keys:
+        raise SifboxError(f"can't {what}: the keyring is empty", hint="`sifbox key newpair` or `sifbox key import` adds keys")
+    if args.fingerprint:
+        fpr = args.fingerprint.upper().replace(" ", "")
+        for i, k in enumerate(keys):
+            if k.fingerprint == fpr:
+                return i
+        raise SifboxError(f"can't {what}: no key with fingerprint `{args.fingerprint}`")
+    if args.keyidx is not None:
+        if not 0 <= args.keyidx < len(keys):
+            raise SifboxError(f"can't {what}: key index {args.keyidx} out of range (0..{len(keys) - 1})")
+        return int(args.keyidx)
+    if len(keys) > 1 and _keyprompt.interactive():
+        for i, k in enumerate(keys):
+            sys.stdout.write(format_key(i, k))
+    return _keyprompt.choose(len(keys), "Enter # of key to export : ", what, "pass --keyidx N or --fingerprint FPR")
+
+
+def _export(args: argparse.Namespace) -> int:
+    import os
+
+    from sifbox.security import pgp
+
+    kr = _keyring()
+    what = f"export to `{args.file}`"
+    if args.secret:
+        blocks = kr.secret_blocks()
+        i = _select(args, [k for k, _ in blocks], what)
+        data = blocks[i][1]
+        if args.armor:
+            with pgp.GnuPG(secret=data) as g:
+                data = g.run(["--armor", "--enarmor"], input=data).stdout
+                data = _armor_secret(data)
+        fpr = blocks[i][0].fingerprint
+    else:
+        keys = kr.list_public()
+        i = _select(args, keys, what)
+        fpr = keys[i].fingerprint
+        with pgp.GnuPG(public=kr.public()) as g:
+            data = g.export_public([fpr], armor=args.armor)
+    tmp = f"{args.file}.tmp{os.getpid()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if args.secret else 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.rename(tmp, args.file)
+    except OSError as err:
+        raise SifboxError(f"can't {what}: {err.strerror}") from None
+    sys.stdout.write(f"Key with fingerprint {fpr} successfully exported to file: {args.file}\n")
+    return 0
+
+
+def _armor_secret(enarmored: bytes) -> bytes:
+    # gpg --enarmor labels the block "ARMORED FILE"; a key block says what it is.
+    return enarmored.replace(b"PGP ARMORED FILE", b"PGP PRIVATE KEY BLOCK").replace(
+        b"Comment: Use \"gpg --dearmor\" for unpacking\n", b"")
+
+
+def _remove(args: argparse.Namespace) -> int:
+    fpr = args.fingerprint.upper().replace(" ", "")
+    if len(fpr) != 40:
+        raise UsageError(f"can't remove key `{args.fingerprint}`: expecting a 40 chars hex fingerprint")
+    if not _keyring().remove(fpr, secret=args.secret):
+        raise SifboxError(f"can't remove key `{fpr}`: no such key in the local keyring")
+    return 0
+
+
+HANDLERS = {"newpair": _newpair, "list": _list, "import": _import, "export": _export, "remove": _remove}

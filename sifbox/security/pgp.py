@@ -1,0 +1,346 @@
+"""OpenPGP for SIF signatures: clear-sign framing (pure) and GnuPG (the crypto).
+
+The framing follows spec 7.3 exactly (no armor checksum, no trailing
+newline). Signatures are made by `gpg --detach-sign --textmode` and checked
+by `gpgv`, each run in a throw-away GNUPGHOME seeded from sifbox's binary
+keyrings (the format Apptainer keeps in `pgp-public`/`pgp-secret`), so the
+user's own ~/.gnupg is never read or changed.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+
+from sifbox.util.errors import SifboxError
+
+BEGIN_MESSAGE = b"-----BEGIN PGP SIGNED MESSAGE-----"
+BEGIN_SIGNATURE = b"-----BEGIN PGP SIGNATURE-----"
+END_SIGNATURE = b"-----END PGP SIGNATURE-----"
+#: OpenPGP hash algorithm IDs: armor name, SIF hash type (0: none).
+HASH_ALGOS = {2: ("SHA1", 0), 8: ("SHA256", 1), 9: ("SHA384", 2), 10: ("SHA512", 3), 11: ("SHA224", 0)}
+#: Hashes a SIF verifier accepts in a PGP signature.
+ACCEPTED_HASHES = {8, 9, 10, 11}
+
+
+class PgpError(Exception):
+    pass
+
+
+# -- clear-sign framing ------------------------------------------------------------------
+def canonical_text(text: bytes) -> bytes:
+    """What a text signature signs: trailing blanks dropped, CR LF line ends, no final one."""
+    lines = text.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return b"\r\n".join(line.rstrip(b" \t\r") for line in lines)
+
+
+def encode_clearsign(text: bytes, signature_packet: bytes, hash_name: str = "SHA256") -> bytes:
+    """Frame `text` and a binary signature packet as a clear-signed message."""
+    lines = []
+    for line in text.split(b"\n"):
+        line = line.rstrip(b" \t\r")
+        lines.append(b"- " + line if line.startswith(b"-") else line)
+    b64 = base64.b64encode(signature_packet)
+    armored = b"\n".join(b64[i : i + 64] for i in range(0, len(b64), 64))
+    return b"".join([
+        BEGIN_MESSAGE, b"\nHash: ", hash_name.encode(), b"\n\n",
+        b"\n".join(lines), b"\n",
+        BEGIN_SIGNATURE, b"\n\n", armored, b"\n", END_SIGNATURE,
+    ])  # fmt: skip
+
+
+class ClearSigned:
+    __slots__ = ("plaintext", "signature")
+
+    def __init__(self, plaintext: bytes, signature: bytes):
+        self.plaintext = plaintext
+        self.signature = signature
+
+
+def decode_clearsign(data: bytes) -> ClearSigned | None:
+    """Split a clear-signed message into plaintext and signature packet bytes,
+    or None when `data` is not one. (The plaintext here serves to recognise
+    legacy signatures; what is trusted is what gpgv verified.)"""
+    lines = data.split(b"\n")
+    i = 0
+    while i < len(lines) and not lines[i].strip():
+        i += 1
+    if i >= len(lines) or lines[i].rstrip(b"\r \t") != BEGIN_MESSAGE:
+        return None
+    i += 1
+    while i < len(lines) and lines[i].strip():  # armor headers (Hash: ...)
+        i += 1
+    i += 1
+    text = []
+    while i < len(lines) and lines[i].rstrip(b"\r \t") != BEGIN_SIGNATURE:
+        line = lines[i].rstrip(b"\r")
+        text.append(line[2:] if line.startswith(b"- ") else line)
+        i += 1
+    if i >= len(lines):
+        return None
+    i += 1
+    while i < len(lines) and lines[i].strip() and b":" in lines[i]:
+        i += 1
+    b64 = []
+    while i < len(lines):
+        line = lines[i].strip()
+        i += 1
+        if not line:
+            continue
+        if line.startswith(b"=") or line == END_SIGNATURE:
+            break
+        b64.append(line)
+    try:
+        sig = base64.b64decode(b"".join(b64), validate=True)
+    except ValueError:
+        return None
+    return ClearSigned(b"\n".join(text), sig)
+
+
+def signature_hash_algo(packet: bytes) -> int:
+    """The hash algorithm ID of a v4 signature packet (0 when unknown)."""
+    if not packet or not packet[0] & 0x80:
+        return 0
+    if packet[0] & 0x40:  # new format
+        first = packet[1] if len(packet) > 1 else 0
+        start = 2 if first < 192 else 3 if first < 224 else 6
+    else:
+        start = 1 + {0: 1, 1: 2, 2: 4}.get(packet[0] & 3, 0)
+    body = packet[start:]
+    if len(body) < 4 or body[0] != 4:
+        return 0
+    return body[3]
+
+
+# -- GnuPG -----------------------------------------------------------------------------
+def gpg_path(name: str = "gpg") -> str:
+    found = shutil.which(name)
+    if not found:
+        raise SifboxError(
+            f"can't use OpenPGP keys: `{name}` is not installed",
+            hint="install the Debian package `gnupg` (gpg, gpgv)",
+        )
+    return found
+
+
+def _scratch_base() -> str | None:
+    # gpg-agent's socket path must stay short: prefer /tmp when TMPDIR is deep.
+    for var in ("SIFBOX_TMPDIR", "TMPDIR"):
+        d = os.environ.get(var)
+        if d and len(d) < 60 and os.path.isdir(d):
+            return d
+    return "/tmp"
+
+
+class GnuPG:
+    """gpg in a temporary home seeded with binary keyrings; use as a context manager."""
+
+    def __init__(self, public: bytes = b"", secret: bytes = b""):
+        self.home = tempfile.mkdtemp(prefix="sifbox-gpg-", dir=_scratch_base())
+        self.agent = False
+        with open(os.path.join(self.home, "pubring.gpg"), "wb") as f:
+            f.write(public)
+        with open(os.path.join(self.home, "gpg.conf"), "w") as f:
+            f.write("no-greeting\nno-permission-warning\n")
+        if secret:
+            try:
+                self.run(["--import"], input=secret, what="import the secret keyring")
+            except BaseException:
+                self.close()
+                raise
+
+    def __enter__(self) -> GnuPG:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.agent:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(["gpgconf", "--homedir", self.home, "--kill", "all"],
+                               capture_output=True, timeout=30, check=False)  # fmt: skip
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def run(self, args: list[str], input: bytes | None = None, what: str = "run gpg",
+            check: bool = True) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
+        argv = [gpg_path(), "--homedir", self.home, "--batch", "--no-tty", "--yes",
+                "--pinentry-mode", "loopback", *args]  # fmt: skip
+        if any(a in args for a in ("--import", "--detach-sign", "--quick-gen-key", "--export-secret-keys")):
+            self.agent = True
+        proc = subprocess.run(argv, input=input, capture_output=True, check=False,
+                              env=_gpg_env(self.home), timeout=600)  # fmt: skip
+        if check and proc.returncode != 0:
+            raise PgpError(f"can't {what}: {_gpg_reason(proc.stderr)}")
+        return proc
+
+    def export_public(self, fingerprints: list[str] | None = None, armor: bool = False) -> bytes:
+        args = ["--armor", "--export"] if armor else ["--export"]
+        return self.run([*args, *(fingerprints or [])], what="export public keys").stdout
+
+    def sign_detached_text(self, data: bytes, fingerprint: str, passphrase: str = "",
+                           when: int | None = None) -> bytes:  # fmt: skip
+        path = os.path.join(self.home, "message")
+        with open(path, "wb") as f:
+            f.write(data)
+        args = ["--passphrase-fd", "0", "--local-user", fingerprint, "--detach-sign", "--textmode",
+                "--digest-algo", "SHA256", "--output", "-"]  # fmt: skip
+        if when is not None:
+            args[:0] = ["--faked-system-time", f"{when}!"]
+        proc = self.run([*args, path], input=passphrase.encode() + b"\n", check=False)
+        if proc.returncode != 0:
+            reason = _gpg_reason(proc.stderr)
+            if "passphrase" in reason.lower() or "bad passphrase" in proc.stderr.decode(errors="replace").lower():
+                raise BadPassphrase(reason)
+            raise PgpError(f"can't sign: {reason}")
+        return proc.stdout
+
+
+class BadPassphrase(PgpError):
+    pass
+
+
+def _gpg_env(home: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPG")}
+    env.update(GNUPGHOME=home, LC_ALL="C", LANGUAGE="C")
+    return env
+
+
+def _gpg_reason(stderr: bytes) -> str:
+    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines()]
+    lines = [ln.removeprefix("gpg: ").removeprefix("gpgv: ") for ln in lines if ln and "WARNING: running with faked" not in ln]
+    return lines[-1] if lines else "gpg failed"
+
+
+class PgpVerified:
+    __slots__ = ("fingerprint", "hash_algo", "plaintext", "primary", "user")
+
+    def __init__(self, fingerprint: str, primary: str, hash_algo: int, user: str, plaintext: bytes):
+        self.fingerprint = fingerprint
+        self.primary = primary
+        self.hash_algo = hash_algo
+        self.user = user
+        self.plaintext = plaintext
+
+
+def verify_clearsigned(message: bytes, keyring: bytes) -> PgpVerified:
+    """Check a clear-signed message with gpgv against a binary keyring.
+
+    Returns the verified plaintext (as gpgv wrote it) and who signed, or
+    raises PgpError with the reason."""
+    gpgv = gpg_path("gpgv")
+    with tempfile.TemporaryDirectory(prefix="sifbox-gpgv-", dir=_scratch_base()) as tmp:
+        ring = os.path.join(tmp, "keyring.gpg")
+        msg = os.path.join(tmp, "message.asc")
+        out = os.path.join(tmp, "plaintext")
+        with open(ring, "wb") as f:
+            f.write(keyring)
+        with open(msg, "wb") as f:
+            f.write(message)
+        proc = subprocess.run(
+            [gpgv, "--homedir", tmp, "--status-fd", "1", "--keyring", ring, "--output", out, msg],
+            capture_output=True, check=False, env=_gpg_env(tmp), timeout=120,
+        )  # fmt: skip
+        status = proc.stdout.decode("utf-8", "replace").splitlines()
+        valid = [ln.split() for ln in status if ln.startswith("[GNUPG:] VALIDSIG ")]
+        if proc.returncode != 0 or len(valid) != 1:
+            raise PgpError(_verify_reason(status, proc.stderr))
+        fields = valid[0]
+        user = next((ln.split(" ", 3)[3] for ln in status if ln.startswith("[GNUPG:] GOODSIG ")), "")
+        with open(out, "rb") as fp:
+            plaintext = fp.read()
+    primary = fields[11] if len(fields) > 11 else fields[2]
+    return PgpVerified(fields[2], primary.upper(), int(fields[9]), user, plaintext)
+
+
+def _verify_reason(status: list[str], stderr: bytes) -> str:
+    for ln in status:
+        parts = ln.split()
+        if len(parts) > 1 and parts[1] == "ERRSIG":
+            if len(parts) > 7 and parts[7] == "9":
+                return f"signature made by unknown entity (key ID {parts[2]})"
+            return f"signature could not be checked (key ID {parts[2]})"
+        if len(parts) > 1 and parts[1] == "BADSIG":
+            return "invalid signature (the signed data or the signature was changed)"
+        if len(parts) > 1 and parts[1] == "NODATA":
+            return "no OpenPGP signature found"
+    return _gpg_reason(stderr)
+
+
+# -- keyring packets ---------------------------------------------------------------------
+def split_packets(data: bytes) -> list[tuple[int, bytes]]:
+    """(tag, whole packet bytes) for each packet of a binary OpenPGP stream."""
+    out = []
+    i = 0
+    while i < len(data):
+        ctb = data[i]
+        if not ctb & 0x80:
+            raise PgpError(f"not a binary OpenPGP keyring (bad packet header at byte {i})")
+        if ctb & 0x40:
+            tag = ctb & 0x3F
+            if i + 1 >= len(data):
+                raise PgpError("truncated OpenPGP packet")
+            o = data[i + 1]
+            if o < 192:
+                hl, n = 2, o
+            elif o < 224:
+                hl, n = 3, ((o - 192) << 8) + data[i + 2] + 192
+            elif o == 255:
+                hl, n = 6, int.from_bytes(data[i + 2 : i + 6], "big")
+            else:
+                raise PgpError("partial-length packets are not valid in a keyring")
+        else:
+            tag = (ctb >> 2) & 0x0F
+            lt = ctb & 3
+            if lt == 3:
+                raise PgpError("indeterminate-length packets are not valid in a keyring")
+            size = (1, 2, 4)[lt]
+            hl, n = 1 + size, int.from_bytes(data[i + 1 : i + 1 + size], "big")
+        end = i + hl + n
+        if end > len(data):
+            raise PgpError("truncated OpenPGP packet")
+        out.append((tag, data[i:end]))
+        i = end
+    return out
+
+
+def split_keys(data: bytes) -> list[bytes]:
+    """Split a keyring into transferable keys (each starts with a primary key packet)."""
+    keys: list[bytearray] = []
+    for tag, pkt in split_packets(data):
+        if tag in (5, 6):
+            keys.append(bytearray(pkt))
+        elif tag == 12:  # ring trust packets are local to GnuPG
+            continue
+        elif keys:
+            keys[-1] += pkt
+    return [bytes(k) for k in keys]
+
+
+def dearmor(data: bytes) -> bytes:
+    """Binary packets of an armored key block (or `data` itself if binary)."""
+    text = data.lstrip()
+    if not text.startswith(b"-----BEGIN PGP"):
+        return data
+    lines = text.split(b"\n")
+    i = 1
+    while i < len(lines) and lines[i].strip() and b":" in lines[i]:
+        i += 1
+    b64 = []
+    for line in lines[i:]:
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith((b"=", b"-----END")):
+            break
+        b64.append(line)
+    try:
+        return base64.b64decode(b"".join(b64), validate=True)
+    except ValueError:
+        raise PgpError("the armored key block is damaged (bad base64)") from None
