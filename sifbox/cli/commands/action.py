@@ -221,6 +221,14 @@ def main(args: argparse.Namespace) -> int:
     site = site_from_config(cfg)
     mounts = default_mounts(spec, host, site=site)
     source = open_image(spec.image, verb=action)
+    from sifbox.security import policy
+
+    if policy.active(cfg):
+        try:
+            policy.check_opened(source, cfg, verb=action, image=spec.image, user=user)
+        except BaseException:
+            source.close()
+            raise
     if spec.writable and source.kind is not ImageKind.SANDBOX:
         source.close()
         raise NotAvailableError(
