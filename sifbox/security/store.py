@@ -264,16 +264,16 @@ class Store:
             tmp = None
             _fsync_dir(udir)
         except Refused as why:
+            tmp = _discard(tmp)
             self.audit({**record, "digest": digest, "checks": checks, "verdict": "refused", "reason": str(why)})
             return {"ok": False, "error": str(why), "checks": checks}
         except OSError as err:
+            tmp = _discard(tmp)
             reason = f"store error: {describe_os_error(err)}"
             self.audit({**record, "digest": digest, "checks": checks, "verdict": "error", "reason": reason})
             return {"ok": False, "error": reason, "checks": checks}
         finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+            _discard(tmp)
         self.audit({**record, "digest": digest, "checks": checks, "verdict": "admitted"})
         return {"ok": True, "path": final, "digest": digest, "checks": checks}
 
@@ -434,6 +434,13 @@ class Store:
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, self.meta_path(user, name))
+
+
+def _discard(tmp: str | None) -> None:
+    """Remove a candidate's temporary file (None: nothing to remove)."""
+    if tmp is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def _append_sbom(path: str, data: bytes) -> None:
