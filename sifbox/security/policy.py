@@ -172,7 +172,8 @@ STRENGTH = (
     "Enforcement: these limits are applied by sifbox itself, on the file it opens and mounts. "
     "sifbox has no setuid helper, so an unprivileged user who can run squashfuse (or "
     "squashfuse_ll) and unshare user namespaces on this machine can mount and run an image by "
-    "hand, outside these limits: for such users they are site policy, not a security boundary. "
-    "They bind users only where unprivileged user namespaces or FUSE are disabled for them "
-    "and images run through a privileged service."
+    "hand (squashfuse through a setuid fusermount3 also works without user namespaces), "
+    "outside these limits: for such users they are site policy, not a security boundary. "
+    "They bind users only where unprivileged user namespaces and FUSE are closed to them, "
+    "and only for images they cannot read."
 )

@@ -49,12 +49,15 @@ def main(args: argparse.Namespace) -> int:
         origin = f"line {s.line}" if s.origin == sysconf.FROM_FILE else s.origin
         rows.append({"directive": s.name, "value": _show(d, s.value), "origin": origin})
     limits = _limits(cfg)
+    facts, bypass = _machine()
     report = {
         "file": cfg.source,
         "directives": rows,
         "image limits": limits,
         "limits active": policy.active(cfg),
         "enforcement": policy.STRENGTH,
+        "this machine": facts,
+        "unprivileged bypass possible": bypass,
     }
     if args.json:
         json.dump(report, sys.stdout, indent=2)
@@ -68,9 +71,68 @@ def main(args: argparse.Namespace) -> int:
         out.append(f"{r['directive']:<{width}} = {r['value']}   ({where})")
     out += ["", "Image limits:"]
     out += [f"  {line}" for line in limits] or ["  none: any image may run"]
-    out += ["", _wrap(policy.STRENGTH)]
+    out += ["", _wrap(policy.STRENGTH), "", "On this machine:"]
+    import textwrap
+
+    out += [textwrap.fill(f, 78, initial_indent="  ", subsequent_indent="    ") for f in facts]
+    if bypass:
+        verdict = ("So: any user here can bypass the image limits by mounting images by hand; "
+                   "they are policy, not enforcement.")  # fmt: skip
+    else:
+        verdict = ("So: users here cannot mount images by hand as far as sifbox can tell; "
+                   "the limits decide what sifbox runs, and images the users cannot read "
+                   "stay out of their reach.")  # fmt: skip
+    out += ["", _wrap(verdict)]
     print("\n".join(out))
     return 0
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _machine() -> tuple[list[str], bool]:
+    """What lets an unprivileged user here mount an image without sifbox."""
+    import os
+    import shutil
+    import stat
+
+    clone = _read("/proc/sys/kernel/unprivileged_userns_clone")
+    max_ns = _read("/proc/sys/user/max_user_namespaces")
+    userns = clone != "0" and max_ns not in ("0",)
+    apparmor = _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1"
+    userns = userns and not apparmor
+    try:
+        mode = os.stat("/dev/fuse").st_mode
+        fuse = bool(mode & stat.S_IROTH and mode & stat.S_IWOTH)
+    except OSError:
+        fuse = False
+    tools = [t for t in ("squashfuse", "squashfuse_ll") if shutil.which(t)]
+    fusermount = [t for t in ("fusermount3", "fusermount") if _setuid(shutil.which(t))]
+    facts = [
+        f"unprivileged user namespaces: {'enabled' if userns else 'disabled'}",
+        f"/dev/fuse usable by every user: {'yes' if fuse else 'no'}",
+        f"setuid FUSE mount helper: {', '.join(fusermount) if fusermount else 'none'}",
+        f"squashfuse installed: {', '.join(tools) if tools else 'no (users may bring their own)'}",
+        "any user who can read an image file can also unpack it (unsquashfs) and run its "
+        "programs without a container",
+    ]
+    # A user can bring their own squashfuse: only the kernel and setuid helpers decide.
+    return facts, bool(userns or (fuse and fusermount))
+
+
+def _setuid(path: str | None) -> bool:
+    import os
+    import stat
+
+    try:
+        return path is not None and bool(os.stat(path).st_mode & stat.S_ISUID)
+    except OSError:
+        return False
 
 
 def _show(d, value) -> str:  # type: ignore[no-untyped-def]
