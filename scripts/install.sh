@@ -146,6 +146,7 @@ fi
 id sifbox-store >/dev/null 2>&1 ||
     useradd --system --user-group --no-create-home --home-dir /var/lib/sifbox/store \
         --shell /usr/sbin/nologin sifbox-store
+install -m 0644 "$repo/sifbox/data/sifbox-store.sh" /etc/profile.d/sifbox-store.sh
 if [ -d /etc/systemd/system ]; then
     install -m 0644 "$repo/sifbox/data/sifbox-store.service" /etc/systemd/system/sifbox-store.service
 fi

@@ -49,7 +49,7 @@ from sifbox.util.errors import SifboxError, describe_os_error
 
 #: Longest request accepted, in bytes.
 MAX_REQUEST = 64 * 1024
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,99}$")
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,99}")
 CHUNK = 1 << 20
 
 
@@ -101,8 +101,9 @@ class Settings:
 
 
 class Store:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, log=None) -> None:  # type: ignore[no-untyped-def]
         self.s = settings
+        self.log = log or (lambda message: None)
         self.locks: dict[int, threading.Lock] = {}
         self.locks_guard = threading.Lock()
         self.audit_lock = threading.Lock()
@@ -137,6 +138,8 @@ class Store:
     def audit(self, record: dict) -> None:  # type: ignore[type-arg]
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record}
         line = (json.dumps(record, sort_keys=False) + "\n").encode()
+        self.log(f"sifbox store: {record.get('op')} {record.get('user')}/{record.get('name')}: "
+                 f"{record.get('verdict')}" + (f": {record['reason']}" if record.get("reason") else ""))
         with self.audit_lock:
             fd = os.open(self.s.audit, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
             try:
@@ -180,7 +183,7 @@ class Store:
             return {"ok": False, "error": f"uid {uid} has no user name"}
         op = req.get("op")
         name = req.get("name")
-        if op in ("cp", "rm", "info") and not (isinstance(name, str) and NAME_RE.match(name)):
+        if op in ("cp", "rm", "info") and not (isinstance(name, str) and NAME_RE.fullmatch(name)):
             return {"ok": False, "error": f"`{name}` is not a valid image name",
                     "hint": "names use letters, digits and . _ + -, at most 100 characters"}  # fmt: skip
         if op == "ls":
@@ -520,7 +523,7 @@ def serve(cfg, *, log=print) -> int:  # type: ignore[no-untyped-def]
     os.environ["HOME"] = account.pw_dir
     os.umask(0o077)
     server.listen(64)
-    store = Store(s)
+    store = Store(s, log)
     store.clean_stale()
     stopping = threading.Event()
 

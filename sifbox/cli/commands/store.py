@@ -4,6 +4,7 @@
     sifbox store ls [--json]         your admitted images
     sifbox store info NAME [--json]  digests, checks and findings of one image
     sifbox store rm NAME             remove one of your images
+    sifbox store dir                 your directory of the store (SIFBOX_ALLOWED_DIR)
     sifbox store serve               run the store daemon (root or the store user; see
                                      sifbox/data/sifbox-store.service)
 
@@ -45,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--json", action="store_true", help="print JSON")
     c = sub.add_parser("rm", help="remove one of your images")
     c.add_argument("name", metavar="NAME")
+    sub.add_parser("dir", help="print your directory of the store (SIFBOX_ALLOWED_DIR)")
     sub.add_parser("serve", help="run the store daemon (as root or the store user)")
 
 
@@ -59,6 +61,13 @@ def main(args: argparse.Namespace) -> int:
         from sifbox.security import store
 
         return store.serve(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+    if cmd == "dir":
+        import pwd
+
+        from sifbox.security import policy
+
+        print(policy.user_dir(cfg, pwd.getpwuid(os.getuid()).pw_name))
+        return 0
     sock = cfg.get_str("store socket")
     assert sock is not None
     if cmd == "cp":
