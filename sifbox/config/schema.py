@@ -207,6 +207,7 @@ SCHEMA: tuple[Directive, ...] = (
     _D("store user", STRING, "sifbox-store", "system user the admission store daemon runs as"),
     _D("store max images", INT, 20, "most images one user may keep in the store (0: no limit)"),
     _D("store max size", INT, 0, "largest image admitted, in MiB (0: no limit)"),
+    _D("store max total size", INT, 0, "most MiB one user's images may take (0: no limit)"),
     _D("store require signature", BOOL, False,
        "admit only images with a signature that `sifbox verify` accepts"),
     _D("store sbom", BOOL, True,

@@ -324,7 +324,7 @@ def spdx_json(components: list[Component], image_name: str, digest: str = "") ->
     import datetime
     import uuid
 
-    created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     packages = [{
         "name": image_name, "SPDXID": "SPDXRef-Image", "versionInfo": digest or "NOASSERTION",
         "downloadLocation": "NOASSERTION", "filesAnalyzed": False,

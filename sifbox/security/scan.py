@@ -133,12 +133,10 @@ def in_range(version: str, events: list[dict], compare) -> bool:  # type: ignore
             intro = ev["introduced"]
             if intro == "0" or compare(version, intro) >= 0:
                 affected = True
-        elif "fixed" in ev:
-            if compare(version, ev["fixed"]) >= 0:
-                affected = False
-        elif "last_affected" in ev:
-            if compare(version, ev["last_affected"]) > 0:
-                affected = False
+        elif "fixed" in ev and compare(version, ev["fixed"]) >= 0:
+            affected = False
+        elif "last_affected" in ev and compare(version, ev["last_affected"]) > 0:
+            affected = False
     return affected
 
 

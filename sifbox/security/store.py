@@ -92,6 +92,7 @@ class Settings:
         self.user = cfg.get_str("store user")
         self.max_images = cfg.get_int("store max images")
         self.max_size = cfg.get_int("store max size") * 1024 * 1024
+        self.max_total = cfg.get_int("store max total size") * 1024 * 1024
         self.require_signature = cfg.get_bool("store require signature")
         self.sbom = cfg.get_bool("store sbom")
         self.vuln_db = cfg.get_str("store vulnerability db")
@@ -152,7 +153,7 @@ class Store:
     def handle(self, conn: socket.socket) -> None:
         try:
             creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            _pid, uid, _gid = struct.unpack("3i", creds)
+            pid, uid, _gid = struct.unpack("3i", creds)
             msg, fds, _flags, _addr = socket.recv_fds(conn, MAX_REQUEST, 1)
             try:
                 req = json.loads(msg.decode("utf-8"))
@@ -163,7 +164,7 @@ class Store:
                     os.close(fd)
                 return _reply(conn, {"ok": False, "error": "malformed request"})
             try:
-                reply = self.dispatch(conn, uid, req, fds[0] if fds else None)
+                reply = self.dispatch(conn, uid, req, fds[0] if fds else None, pid)
             finally:
                 for fd in fds:
                     with contextlib.suppress(OSError):
@@ -174,7 +175,7 @@ class Store:
         finally:
             conn.close()
 
-    def dispatch(self, conn: socket.socket, uid: int, req: dict, fd: int | None) -> dict:  # type: ignore[type-arg]
+    def dispatch(self, conn: socket.socket, uid: int, req: dict, fd: int | None, pid: int = 0) -> dict:  # type: ignore[type-arg]
         import pwd
 
         try:
@@ -182,6 +183,18 @@ class Store:
         except KeyError:
             return {"ok": False, "error": f"uid {uid} has no user name"}
         op = req.get("op")
+        caller = user
+        other = req.get("user")
+        if other is not None and other != user:
+            # Root looks after every user's images (ls, info, rm), never admits for them.
+            if uid != 0 or op not in ("ls", "info", "rm"):
+                return {"ok": False, "error": "only root may act on another user's images"}
+            try:
+                uid = pwd.getpwnam(str(other)).pw_uid
+            except KeyError:
+                return {"ok": False, "error": f"no user `{other}`"}
+            user = str(other)
+
         name = req.get("name")
         if op in ("cp", "rm", "info") and not (isinstance(name, str) and NAME_RE.fullmatch(name)):
             return {"ok": False, "error": f"`{name}` is not a valid image name",
@@ -199,13 +212,14 @@ class Store:
                 os.unlink(os.path.join(self.user_dir(user), name + ".sif"))
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.meta_path(user, name))
-            self.audit({"op": "rm", "uid": uid, "user": user, "name": name, "verdict": "removed"})
+            self.audit({"op": "rm", "uid": uid, "user": user, "name": name, "pid": pid,
+                        "by": caller, "verdict": "removed"})  # fmt: skip
             return {"ok": True}
         if op == "cp":
             if fd is None:
                 return {"ok": False, "error": "no image descriptor received"}
             with self.lock_for(uid):
-                return self.admit(conn, uid, user, name, fd, str(req.get("source", "")))
+                return self.admit(conn, uid, user, name, fd, str(req.get("source", "")), pid)
         return {"ok": False, "error": f"unknown request `{op}`"}
 
     def describe(self, user: str, name: str, full: bool = False) -> dict:  # type: ignore[type-arg]
@@ -224,9 +238,10 @@ class Store:
         return out
 
     # -- admission --
-    def admit(self, conn: socket.socket, uid: int, user: str, name: str, src: int, source: str) -> dict:  # type: ignore[type-arg]
+    def admit(self, conn: socket.socket, uid: int, user: str, name: str, src: int, source: str,
+              pid: int = 0) -> dict:  # type: ignore[type-arg]  # fmt: skip
         checks: list[dict] = []  # type: ignore[type-arg]
-        record = {"op": "cp", "uid": uid, "user": user, "name": name, "source": source}
+        record = {"op": "cp", "uid": uid, "user": user, "pid": pid, "name": name, "source": source}
         udir = self.user_dir(user)
         tmp = None
         digest = ""
@@ -244,6 +259,13 @@ class Store:
                 checks.append({"step": "quota", "result": "fail"})
                 raise Refused(f"image of {st.st_size} bytes is larger than the store's limit "
                               f"of {self.s.max_size // (1 << 20)} MiB")  # fmt: skip
+            if self.s.max_total:
+                used = sum(self._size_of(user, n) for n in existing if n != name)
+                if used + st.st_size > self.s.max_total:
+                    checks.append({"step": "quota", "result": "fail"})
+                    raise Refused(f"quota exceeded: {used >> 20} MiB stored, this image needs "
+                                  f"{-(-st.st_size >> 20)} MiB more, at most "
+                                  f"{self.s.max_total >> 20} MiB per user")  # fmt: skip
             checks.append({"step": "quota", "result": "pass"})
             self._ensure_user_dir(udir, uid)
             tmp, digest = self._copy_in(src, udir, name, conn)
@@ -279,6 +301,12 @@ class Store:
             _discard(tmp)
         self.audit({**record, "digest": digest, "checks": checks, "verdict": "admitted"})
         return {"ok": True, "path": final, "digest": digest, "checks": checks}
+
+    def _size_of(self, user: str, name: str) -> int:
+        try:
+            return os.stat(os.path.join(self.user_dir(user), name + ".sif")).st_size
+        except OSError:
+            return 0
 
     def _ensure_user_dir(self, udir: str, uid: int) -> None:
         with contextlib.suppress(FileExistsError):

@@ -133,7 +133,7 @@ def test_no_limits_cost_nothing_and_config_check(run_as, as_who, sifbox_cli, sha
     proc = run_as(as_who, [sifbox_cli, "-c", str(conf), "config", "check"])
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert f"limit container paths" in out and f"({conf}:2)" in out
+    assert "limit container paths" in out and f"({conf}:2)" in out
     assert "mount home" in out and "(default)" in out
     assert "images must lie under: /scratch, /data" in out and "image kinds refused: dir" in out
     assert "not a security boundary" in out and "squashfuse" in out

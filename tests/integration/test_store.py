@@ -142,7 +142,7 @@ class Daemon:
         deadline = time.monotonic() + 20
         while not self.socket.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                out, err = self.proc.communicate(timeout=5) if self.proc.poll() is not None else ("", "")
+                _, err = self.proc.communicate(timeout=5) if self.proc.poll() is not None else ("", "")
                 pytest.fail(f"the store daemon did not start: {err}")
             time.sleep(0.05)
         # It runs as the store user once it listens.
@@ -379,3 +379,20 @@ def _cmdline(pid: int) -> str:
             return f.read().replace("\0", " ")
     except OSError:
         return ""
+
+
+def test_root_looks_after_every_users_images(run_as, test_user, start_store, images) -> None:  # type: ignore[no-untyped-def]
+    store = start_store("store max total size = 3\n")
+    assert store.cli_as(run_as, test_user, "cp", str(images["clean"]), "a").returncode == 0
+    listing = json.loads(store.cli_as(run_as, "root", "ls", "--json", "--user", test_user.name).stdout)
+    assert [i["name"] for i in listing] == ["a"]
+    denied = store.cli_as(run_as, test_user, "ls", "--user", "root")
+    assert denied.returncode == 255 and "only root may act on another user's images" in denied.stderr
+    # The per-user size quota (3 MiB; each image is about 1 MiB).
+    assert store.cli_as(run_as, test_user, "cp", str(images["clean"]), "b").returncode == 0
+    full = store.cli_as(run_as, test_user, "cp", str(images["clean"]), "c")
+    assert full.returncode == 255 and "quota exceeded:" in full.stderr and "at most 3 MiB per user" in full.stderr
+    assert store.cli_as(run_as, "root", "rm", "a", "--user", test_user.name).returncode == 0
+    assert store.cli_as(run_as, test_user, "cp", str(images["clean"]), "c").returncode == 0
+    rm = [a for a in store.audit_lines() if a["op"] == "rm"]
+    assert rm == [dict(rm[0], user=test_user.name, by="root", verdict="removed")]

@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sifbox.security.versions import comparator, dpkg_compare, parse_dpkg, pep440_compare, semver_compare
+from sifbox.security.versions import (
+    comparator,
+    dpkg_compare,
+    parse_dpkg,
+    pep440_compare,
+    semver_compare,
+)
 
 DPKG = shutil.which("dpkg")
 
@@ -46,7 +52,7 @@ def test_dpkg_known_pairs(a: str, b: str, expected: int) -> None:
 
 def test_parse_dpkg() -> None:
     assert parse_dpkg("1:2.3-4-5") == (1, "2.3-4", "5")
-    assert parse_dpkg("2.3") == (2 and 0, "2.3", "")
+    assert parse_dpkg("2.3") == (0, "2.3", "")
     with pytest.raises(ValueError):
         parse_dpkg("x:1.0")
     with pytest.raises(ValueError):

@@ -118,8 +118,10 @@ def _machine() -> tuple[list[str], bool]:
         f"/dev/fuse usable by every user: {'yes' if fuse else 'no'}",
         f"setuid FUSE mount helper: {', '.join(fusermount) if fusermount else 'none'}",
         f"squashfuse installed: {', '.join(tools) if tools else 'no (users may bring their own)'}",
-        "any user who can read an image file can also unpack it (unsquashfs) and run its "
-        "programs without a container",
+        (
+            "any user who can read an image file can also unpack it (unsquashfs) and run its "
+            "programs without a container"
+        ),
     ]
     # A user can bring their own squashfuse: only the kernel and setuid helpers decide.
     return facts, bool(userns or (fuse and fusermount))

@@ -4,6 +4,7 @@
     sifbox store ls [--json]         your admitted images
     sifbox store info NAME [--json]  digests, checks and findings of one image
     sifbox store rm NAME             remove one of your images
+                                     (root: --user USER for another user's images)
     sifbox store dir                 your directory of the store (SIFBOX_ALLOWED_DIR)
     sifbox store serve               run the store daemon (root or the store user; see
                                      sifbox/data/sifbox-store.service)
@@ -41,11 +42,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("name", metavar="NAME", nargs="?", help="name in the store (default: file name)")
     c = sub.add_parser("ls", help="list your admitted images")
     c.add_argument("--json", action="store_true", help="print JSON")
+    c.add_argument("--user", metavar="USER", help="root: another user's images")
     c = sub.add_parser("info", help="show the admission record of an image")
     c.add_argument("name", metavar="NAME")
     c.add_argument("--json", action="store_true", help="print JSON")
+    c.add_argument("--user", metavar="USER", help="root: another user's image")
     c = sub.add_parser("rm", help="remove one of your images")
     c.add_argument("name", metavar="NAME")
+    c.add_argument("--user", metavar="USER", help="root: another user's image")
     sub.add_parser("dir", help="print your directory of the store (SIFBOX_ALLOWED_DIR)")
     sub.add_parser("serve", help="run the store daemon (as root or the store user)")
 
@@ -73,7 +77,7 @@ def main(args: argparse.Namespace) -> int:
     if cmd == "cp":
         return _cp(sock, args)
     if cmd == "ls":
-        reply = request(sock, {"op": "ls"}, verb="list the store")
+        reply = request(sock, _for(args, {"op": "ls"}), verb="list the store")
         images = reply.get("images", [])
         if args.json:
             print(json.dumps(images, indent=2))
@@ -85,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
                 print(f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:<{w[2]}}  {r[3]}")
         return 0
     if cmd == "info":
-        reply = request(sock, {"op": "info", "name": args.name}, verb=f"show `{args.name}`")
+        reply = request(sock, _for(args, {"op": "info", "name": args.name}), verb=f"show `{args.name}`")
         info = reply["image"]
         if args.json:
             print(json.dumps(info, indent=2))
@@ -101,7 +105,8 @@ def main(args: argparse.Namespace) -> int:
                 print(f"{'finding:':<15}{f['id']} {f['package']} {f['version']} ({f['severity']})")
         return 0
     if cmd == "rm":
-        request(sock, {"op": "rm", "name": args.name}, verb=f"remove `{args.name}` from the store")
+        request(sock, _for(args, {"op": "rm", "name": args.name}),
+                verb=f"remove `{args.name}` from the store")  # fmt: skip
         return 0
     raise UsageError(f"can't run `sifbox store {cmd}`: unknown command")
 
@@ -124,9 +129,15 @@ def _cp(sock: str, args: argparse.Namespace) -> int:
     return 0
 
 
+def _for(args: argparse.Namespace, req: dict) -> dict:  # type: ignore[type-arg]
+    if getattr(args, "user", None):
+        req["user"] = args.user
+    return req
+
+
 def _default_name(path: str) -> str:
     base = os.path.basename(path.rstrip("/"))
-    return base[:-4] if base.endswith(".sif") else base
+    return base.removesuffix(".sif")
 
 
 def request(sock_path: str, req: dict, *, verb: str, fd: int | None = None) -> dict:  # type: ignore[type-arg]
