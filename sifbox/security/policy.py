@@ -21,8 +21,6 @@ says so.
 from __future__ import annotations
 
 import os
-from collections import namedtuple
-
 from sifbox.util.errors import ExitStatus, SifboxError
 
 #: Image kinds, as named by `allow container KIND`.
@@ -44,9 +42,15 @@ class PolicyError(SifboxError):
     exit_status = ExitStatus.CANNOT_LAUNCH
 
 
-Limits = namedtuple("Limits", "paths owners groups kinds")
-Limits.__doc__ = """What sifbox.conf limits: allowed directories (resolved, absolute), owner
-uids, group gids (empty: no limit) and the allowed image kinds (a frozenset of `KINDS`)."""
+class Limits:
+    """What sifbox.conf limits: allowed directories (resolved, absolute), owner
+    uids, group gids (empty: no limit) and the allowed image kinds (a frozenset of `KINDS`)."""
+
+    __slots__ = ("groups", "kinds", "owners", "paths")
+
+    def __init__(self, paths: tuple[str, ...], owners: frozenset[int], groups: frozenset[int],
+                 kinds: frozenset[str]) -> None:  # fmt: skip
+        self.paths, self.owners, self.groups, self.kinds = paths, owners, groups, kinds
 
 
 def active(cfg) -> bool:  # type: ignore[no-untyped-def]

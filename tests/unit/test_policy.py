@@ -78,3 +78,14 @@ def test_limits_from_config_resolve_names_and_store_dir(tmp_path) -> None:  # ty
     assert lim.paths == (str(real), f"{tmp_path}/store/alice")
     assert lim.owners == frozenset({0, 4242})
     assert lim.kinds == ALL
+
+
+def test_the_launch_path_sees_the_same_limits_without_importing_policy() -> None:
+    from sifbox.cli.commands.action import policy_configured
+
+    texts = ["", "mount home = no", "limit container paths = /a", "limit container owners = x",
+             "limit container groups = y", "limit container store = yes",
+             *(f"allow container {k} = no" for k in KINDS)]  # fmt: skip
+    for text in texts:
+        cfg = sysconf.parse(text)
+        assert policy_configured(cfg) == policy.active(cfg), text
