@@ -108,6 +108,7 @@ class Store:
         self.locks: dict[int, threading.Lock] = {}
         self.locks_guard = threading.Lock()
         self.audit_lock = threading.Lock()
+        self._db_cache = None
 
     # -- paths --
     def user_dir(self, user: str) -> str:
@@ -417,7 +418,7 @@ class Store:
             checks.append({"step": "scan", "result": "skipped"})
             return []
         try:
-            db = scan.load_db(self.s.vuln_db)
+            db = self._database()
         except SifboxError as err:
             checks.append({"step": "scan", "result": "fail"})
             raise Refused(f"vulnerability scan failed: {err}") from None
@@ -434,6 +435,21 @@ class Store:
                           f"above `{self.s.threshold}`: {worst}{more}")  # fmt: skip
         checks.append({"step": "scan", "result": "pass", "findings": len(found)})
         return found
+
+    def _database(self):  # type: ignore[no-untyped-def]
+        """The OSV database, read again only when its directories changed."""
+        from sifbox.security import scan
+
+        assert self.s.vuln_db is not None
+        stamp = _tree_stamp(self.s.vuln_db)
+        with self.audit_lock:
+            cached = self._db_cache
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        db = scan.load_db(self.s.vuln_db)
+        with self.audit_lock:
+            self._db_cache = (stamp, db)
+        return db
 
     def _external(self, tmp: str, checks: list) -> None:  # type: ignore[type-arg]
         import shlex
@@ -465,6 +481,27 @@ class Store:
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, self.meta_path(user, name))
+
+
+def _tree_stamp(top: str) -> tuple[int, int, int]:
+    """(entries, newest modification, total size) of the tree under `top`: changes
+    whenever a database file is added, removed or rewritten."""
+    count = newest = total = 0
+    todo = [top]
+    while todo:
+        d = todo.pop()
+        try:
+            with os.scandir(d) as it:
+                for entry in it:
+                    st = entry.stat(follow_symlinks=False)
+                    count += 1
+                    newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
+                    total += st.st_size
+                    if entry.is_dir(follow_symlinks=False):
+                        todo.append(entry.path)
+        except OSError:
+            continue
+    return count, newest, total
 
 
 def _discard(tmp: str | None) -> None:
