@@ -6,10 +6,13 @@ ecosystems. A package is affected by an entry when an `affected[]` item has
 its ecosystem and name and either lists its version in `versions` or has a
 range (`ECOSYSTEM` or `SEMVER`) whose events (`introduced`, `fixed`,
 `last_affected`) put the version inside, in the ecosystem's own order (dpkg
-for Debian and Ubuntu, PEP 440 for PyPI; see `sifbox.security.versions`).
+for Debian and Ubuntu, PEP 440 for PyPI, apk for Alpine; see
+`sifbox.security.versions`). Packages of other ecosystems are reported as
+not scanned.
 
-Debian entries name source packages: a binary package is looked up under its
-source name and version (the `upstream` qualifier of its purl) when it has one.
+Debian and Alpine entries name source packages: a binary package is looked up
+under its source name (and version, for Debian) from the `upstream` qualifier
+of its purl when it has one.
 
 Severity: the highest of `database_specific.severity`,
 `affected[].ecosystem_specific.severity` (words such as HIGH or MODERATE) and
@@ -175,7 +178,7 @@ def _ecosystem_matches(wanted: str, theirs: str) -> bool:
     tb, _, tr = theirs.partition(":")
     if wb != tb:
         return False
-    return not wr or not tr or wr == tr or tr.split(".")[0] == wr.split(".")[0]
+    return not wr or not tr or wr == tr
 
 
 def match(db: Database, packages: list[Package]) -> tuple[list[Finding], list[Package]]:
@@ -316,7 +319,9 @@ def package_from_purl(purl: str) -> Package | None:
             name, version = src or name, src_version or version
         return Package(eco, name, version, purl)
     if kind == "apk":
-        return Package("Alpine", segments[-1], version, purl)
+        release = quals.get("distro", "").partition("-")[2]
+        eco = "Alpine:v" + ".".join(release.split(".")[:2]) if release else "Alpine"
+        return Package(eco, quals.get("upstream") or segments[-1], version, purl)
     if kind == "rpm":
         return Package("Red Hat", segments[-1], version, purl)
     if kind == "conda":

@@ -128,6 +128,57 @@ def semver_compare(a: str, b: str) -> int:
     return (ka > kb) - (ka < kb)
 
 
+# -- apk (Alpine) ---------------------------------------------------------------------------
+
+import re as _re
+
+_APK = _re.compile(
+    r"^(?P<nums>\d+(?:\.\d+)*)(?P<letter>[a-z]?)(?P<suffixes>(?:_(?:alpha|beta|pre|rc|cvs|svn|git|hg|p)\d*)*)"
+    r"(?:~(?P<hash>[0-9a-f]+))?(?:-r(?P<rev>\d+))?$"
+)
+_APK_SUFFIX = {"alpha": 0, "beta": 1, "pre": 2, "rc": 3, "cvs": 5, "svn": 6, "git": 7, "hg": 8, "p": 9}
+_NO_SUFFIX = 4
+
+
+def _apk_parse(v: str):  # type: ignore[no-untyped-def]
+    m = _APK.match(v)
+    if m is None:
+        raise ValueError(f"`{v}` is not an Alpine package version")
+    sufs = [(_APK_SUFFIX[name], int(num or 0))
+            for name, num in _re.findall(r"_([a-z]+)(\d*)", m.group("suffixes"))]  # fmt: skip
+    return m.group("nums").split("."), m.group("letter"), sufs, int(m.group("rev") or 0)
+
+
+def apk_compare(a: str, b: str) -> int:
+    """Compare two Alpine package versions (apk's rules, after Gentoo's): numbers (a
+    later component with a leading zero compares as a decimal fraction), a letter,
+    suffixes (`_alpha` < `_beta` < `_pre` < `_rc` < none < `_cvs` < `_svn` < `_git` <
+    `_hg` < `_p`), then the `-rN` revision."""
+    na, la, sa, ra = _apk_parse(a)
+    nb, lb, sb, rb = _apk_parse(b)
+    c = (int(na[0]) > int(nb[0])) - (int(na[0]) < int(nb[0]))
+    if c:
+        return c
+    for x, y in zip(na[1:], nb[1:]):
+        if x.startswith("0") or y.startswith("0"):
+            fx, fy = x.rstrip("0"), y.rstrip("0")
+            c = (fx > fy) - (fx < fy)
+        else:
+            c = (int(x) > int(y)) - (int(x) < int(y))
+        if c:
+            return c
+    if len(na) != len(nb):
+        return 1 if len(na) > len(nb) else -1
+    if la != lb:
+        return 1 if la > lb else -1
+    for i in range(max(len(sa), len(sb))):
+        x = sa[i] if i < len(sa) else (_NO_SUFFIX, 0)
+        y = sb[i] if i < len(sb) else (_NO_SUFFIX, 0)
+        if x != y:
+            return 1 if x > y else -1
+    return (ra > rb) - (ra < rb)
+
+
 # -- by ecosystem -----------------------------------------------------------------------------
 
 #: OSV ecosystem (before any `:release`) -> comparison function.
@@ -135,6 +186,7 @@ COMPARATORS = {
     "Debian": dpkg_compare,
     "Ubuntu": dpkg_compare,
     "PyPI": pep440_compare,
+    "Alpine": apk_compare,
 }
 
 

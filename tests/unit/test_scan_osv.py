@@ -104,3 +104,13 @@ def test_load_db_reads_json_tree_and_names_bad_files(tmp_path: Path) -> None:
         scan.load_db(str(tmp_path))
     with pytest.raises(scan.ScanError, match="not a directory"):
         scan.load_db(str(tmp_path / "nope"))
+
+
+def test_match_alpine_by_origin_and_release() -> None:
+    db = scan.Database()
+    db.add(entry("ALPINE-1", "Alpine:v3.19", "openssl", [{"introduced": "0"}, {"fixed": "3.1.4-r6"}]))
+    db.add(entry("ALPINE-2", "Alpine:v3.18", "openssl", [{"introduced": "0"}, {"fixed": "9.9-r0"}]))
+    pkg = scan.package_from_purl("pkg:apk/alpine/libcrypto3@3.1.4-r5?arch=x86_64&distro=alpine-3.19.1&upstream=openssl")
+    assert (pkg.ecosystem, pkg.name) == ("Alpine:v3.19", "openssl")
+    assert [f.id for f in scan.match(db, [pkg])[0]] == ["ALPINE-1"]
+    assert scan.match(db, [pkg._replace(version="3.1.4-r6")])[0] == []

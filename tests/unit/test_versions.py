@@ -124,3 +124,26 @@ def test_comparator_by_ecosystem() -> None:
     assert comparator("Debian:12") is dpkg_compare
     assert comparator("PyPI") is pep440_compare
     assert comparator("npm") is None
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ("1.2.4-r2", "1.2.4-r10", -1),
+        ("3.1.4-r5", "3.1.4-r5", 0),
+        ("1.0_rc1", "1.0", -1),
+        ("1.0_p1", "1.0", 1),
+        ("1.0a", "1.0", 1),
+        ("1.0", "1.0.1", -1),
+        ("1.01", "1.1", -1),
+        ("1.10", "1.9", 1),
+        ("2.0_alpha", "2.0_beta", -1),
+        ("1.0_git20200101", "1.0_p1", -1),
+        ("1.0_rc1_p2", "1.0_rc1", 1),
+    ],
+)
+def test_apk(a: str, b: str, expected: int) -> None:
+    from sifbox.security.versions import apk_compare
+
+    assert apk_compare(a, b) == expected
+    assert apk_compare(b, a) == -expected
