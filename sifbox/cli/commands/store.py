@@ -59,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
 
     cmd = args.store_command
     if cmd is None:
-        raise UsageError("can't run `sifbox store`: a command is needed (cp, ls, info, rm, serve)")
+        raise UsageError("can't run `sifbox store`: a command is needed (cp, ls, info, rm, dir, serve)")
     cfg = sysconf.load(getattr(args, "config", None))
     if cmd == "serve":
         from sifbox.security import store
