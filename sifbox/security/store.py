@@ -51,6 +51,8 @@ from sifbox.util.errors import SifboxError, describe_os_error
 MAX_REQUEST = 64 * 1024
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,99}")
 CHUNK = 1 << 20
+#: Seconds a client has to send its request once connected.
+REQUEST_TIMEOUT = 30
 
 
 class Refused(Exception):
@@ -155,7 +157,9 @@ class Store:
         try:
             creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             pid, uid, _gid = struct.unpack("3i", creds)
+            conn.settimeout(REQUEST_TIMEOUT)  # a client that connects and says nothing
             msg, fds, _flags, _addr = socket.recv_fds(conn, MAX_REQUEST, 1)
+            conn.settimeout(None)
             try:
                 req = json.loads(msg.decode("utf-8"))
                 if not isinstance(req, dict):
@@ -173,6 +177,9 @@ class Store:
             _reply(conn, reply)
         except OSError:
             pass  # the client went away
+        except Exception as err:  # a fault of the daemon: the client hears of it, the daemon lives on
+            self.log(f"sifbox store: internal error: {err!r}")
+            _reply(conn, {"ok": False, "error": f"internal error of the image store: {err}"})
         finally:
             conn.close()
 
@@ -293,9 +300,9 @@ class Store:
             tmp = _discard(tmp)
             self.audit({**record, "digest": digest, "checks": checks, "verdict": "refused", "reason": str(why)})
             return {"ok": False, "error": str(why), "checks": checks}
-        except OSError as err:
+        except Exception as err:
             tmp = _discard(tmp)
-            reason = f"store error: {describe_os_error(err)}"
+            reason = f"store error: {describe_os_error(err) if isinstance(err, OSError) else err}"
             self.audit({**record, "digest": digest, "checks": checks, "verdict": "error", "reason": reason})
             return {"ok": False, "error": reason, "checks": checks}
         finally:
