@@ -57,7 +57,10 @@ def wanted_paths(entries: list[tuple[str, str, int, str]]) -> list[str]:
     for path, kind, _size, _target in entries:
         if kind not in ("-", "l"):
             continue
-        if (path in fixed or (path.startswith(DPKG_STATUS_D) and "/" not in path[len(DPKG_STATUS_D):])
+        in_status_d = path.startswith(DPKG_STATUS_D) and "/" not in path[len(DPKG_STATUS_D):]
+        if in_status_d and path.endswith(".md5sums"):
+            continue  # distroless keeps the file lists beside the stanzas
+        if (path in fixed or in_status_d
                 or (_PY_META.search(path) and kind == "-") or _CONDA.search(path)):  # fmt: skip
             out.append(path)
     for path in OS_RELEASE:

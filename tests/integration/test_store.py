@@ -396,3 +396,28 @@ def test_root_looks_after_every_users_images(run_as, test_user, start_store, ima
     assert store.cli_as(run_as, test_user, "cp", str(images["clean"]), "c").returncode == 0
     rm = [a for a in store.audit_lines() if a["op"] == "rm"]
     assert rm == [dict(rm[0], user=test_user.name, by="root", verdict="removed")]
+
+
+def test_bad_requests_and_special_files(run_as, as_who, start_store, images, shared_tmp) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    store = start_store()
+    # Garbage, and a client that says nothing and leaves: answered or dropped, daemon lives on.
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(store.socket))
+    s.sendall(b"\xff not json")
+    assert json.loads(s.recv(4096))["error"] == "malformed request"
+    s.close()
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(store.socket))
+    s.sendall(json.dumps({"op": "cp", "name": "nofd"}).encode())
+    assert json.loads(s.recv(4096))["error"] == "no image descriptor received"
+    s.close()
+    socket.socket(socket.AF_UNIX).connect(str(store.socket))
+    # A FIFO or a directory is not an image.
+    fifo = shared_tmp / "fifo"
+    os.mkfifo(fifo, 0o666)
+    for path in (fifo, shared_tmp):
+        proc = store.cli_as(run_as, as_who, "cp", str(path), "special")
+        assert proc.returncode == 255 and "not a regular file" in proc.stderr, proc.stderr
+    assert store.cli_as(run_as, as_who, "cp", str(images["clean"]), "fine").returncode == 0
