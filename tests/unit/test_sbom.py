@@ -155,3 +155,17 @@ def test_scan_uses_source_package_of_debian_binaries() -> None:
 def test_rpm_header_rejects_garbage() -> None:
     with pytest.raises(ValueError):
         sbom.parse_rpm_header(b"\0\0\0\x10\0\0\0\x10")
+
+
+def test_cyclonedx_document_is_valid_against_the_schema(images: tuple[Path, Path]) -> None:
+    pytest.importorskip("jsonschema", reason="jsonschema (test extra) is not installed")
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    root, _ = images
+    src = open_image(str(root), verb="read")
+    try:
+        text = sbom.render(sbom.components_of_image(src), "cyclonedx-json", "img.sif")
+    finally:
+        src.close()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
