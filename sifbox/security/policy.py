@@ -10,7 +10,9 @@ mounted: a symlink into an allowed directory that points outside is judged
 by where it points, and swapping the file after the check changes nothing.
 
 Paths match whole components: `/scratch` admits `/scratch/a.sif` and
-`/scratch` itself, never `/scratch2/a.sif`.
+`/scratch` itself, never `/scratch2/a.sif`. The limits apply to every
+caller, root included (Apptainer enforces them only in its setuid mode and
+never for root; sifbox has no setuid mode, so it applies them always).
 
 Strength: without a privileged helper these limits are the site's policy,
 not a security boundary against an unprivileged user: anyone who can run
