@@ -210,6 +210,8 @@ SCHEMA: tuple[Directive, ...] = (
     _D("store max total size", INT, 0, "most MiB one user's images may take (0: no limit)"),
     _D("store require signature", BOOL, False,
        "admit only images with a signature that `sifbox verify` accepts"),
+    _D("store signers", LIST, (),
+       "with `store require signature`: fingerprints of the keys that may sign (empty: any)"),
     _D("store sbom", BOOL, True,
        "generate an SBOM and append it to the image when it has none"),
     _D("store vulnerability db", STRING, None,

@@ -96,6 +96,7 @@ class Settings:
         self.max_size = cfg.get_int("store max size") * 1024 * 1024
         self.max_total = cfg.get_int("store max total size") * 1024 * 1024
         self.require_signature = cfg.get_bool("store require signature")
+        self.signers = {f.replace(" ", "").upper() for f in cfg.get_list("store signers")}
         self.sbom = cfg.get_bool("store sbom")
         self.vuln_db = cfg.get_str("store vulnerability db")
         self.threshold = cfg.get_str("store severity threshold")
@@ -392,6 +393,9 @@ class Store:
         if not signers:
             checks.append({"step": "signature", "result": "fail"})
             raise Refused("the image has no valid signature, and the store requires one")
+        if self.s.signers and not {f.replace(" ", "").upper() for f in signers} & self.s.signers:
+            checks.append({"step": "signature", "result": "fail", "signers": list(signers)})
+            raise Refused("the image is not signed by a key of `store signers`")
         checks.append({"step": "signature", "result": "pass", "signers": list(signers)})
 
     def _sbom(self, tmp: str, name: str, checks: list) -> list[str]:  # type: ignore[type-arg]
