@@ -146,6 +146,15 @@ chmod 0755 /etc/sifbox
 if [ ! -e /etc/sifbox/sifbox.conf ]; then
     install -m 0644 "$repo/sifbox/data/sifbox.conf" /etc/sifbox/sifbox.conf
 fi
+# The admission store daemon (`sifbox store serve`) runs as this system user; its unit file is
+# installed, not enabled (`systemctl enable --now sifbox-store` starts it).
+id sifbox-store >/dev/null 2>&1 ||
+    useradd --system --user-group --no-create-home --home-dir /var/lib/sifbox/store \
+        --shell /usr/sbin/nologin sifbox-store
+install -m 0644 "$repo/sifbox/data/sifbox-store.sh" /etc/profile.d/sifbox-store.sh
+if [ -d /etc/systemd/system ]; then
+    install -m 0644 "$repo/sifbox/data/sifbox-store.service" /etc/systemd/system/sifbox-store.service
+fi
 # Containers mount their session tmpfs over this directory, inside their own mount namespace.
 mkdir -p /var/lib/sifbox/mnt/session
 chmod 0755 /var/lib/sifbox /var/lib/sifbox/mnt /var/lib/sifbox/mnt/session

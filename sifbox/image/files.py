@@ -62,3 +62,109 @@ def list_dir(src: ImageSource, path: str) -> list[str]:
             if rest and "/" not in rest:
                 names.add(rest)
     return sorted(names)
+
+
+# -- whole-tree listing and batched reads (SBOM) ----------------------------------------------
+
+#: Most bytes `read_many` extracts in one call (package databases are small).
+MAX_BATCH = 512 << 20
+
+_LLS = None
+
+
+def walk(src: ImageSource) -> list[tuple[str, str, int, str]]:
+    """Every entry of the image as (path, type, size, symlink target); type is the
+    first letter of `ls -l` (`-` file, `d` directory, `l` symlink, ...)."""
+    if src.kind is ImageKind.SANDBOX:
+        return _walk_dir(src.path)
+    import re
+
+    global _LLS
+    if _LLS is None:
+        _LLS = re.compile(r"^(\S)\S* \S+\s+(\d+|\d+,\s*\d+) \d{4}-\d\d-\d\d \d\d:\d\d (.*)$")
+    proc = subprocess.run(
+        [_unsquashfs(), "-o", str(src.offset), "-d", "", "-lls", f"/proc/self/fd/{src.fd}"],
+        capture_output=True, text=True, errors="surrogateescape", pass_fds=(src.fd,), check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise SifboxError(f"can't list `{src.path}`: unsquashfs failed: {proc.stderr.strip()[:200]}")
+    out = []
+    for line in proc.stdout.splitlines():
+        m = _LLS.match(line)
+        if not m or not m.group(3):
+            continue
+        kind, size, rest = m.group(1), m.group(2), m.group(3)
+        target = ""
+        if kind == "l" and " -> " in rest:
+            rest, target = rest.split(" -> ", 1)
+        out.append((rest, kind, int(size) if size.isdigit() else 0, target))
+    return out
+
+
+def _walk_dir(root: str) -> list[tuple[str, str, int, str]]:
+    import stat
+
+    out = []
+    for top, dirs, files in os.walk(root):
+        rel = top[len(root):] or "/"
+        for name in dirs + files:
+            full = os.path.join(top, name)
+            try:
+                st = os.lstat(full)
+            except OSError:
+                continue
+            kind = "d" if stat.S_ISDIR(st.st_mode) else "l" if stat.S_ISLNK(st.st_mode) else \
+                "-" if stat.S_ISREG(st.st_mode) else "?"
+            target = os.readlink(full) if kind == "l" else ""
+            out.append((os.path.join(rel, name), kind, st.st_size, target))
+    return out
+
+
+def read_many(src: ImageSource, paths: list[str]) -> dict[str, bytes]:
+    """The contents of the regular files `paths` (absolute, in the image) that exist;
+    one unsquashfs run for all of them. Symlinks are not followed (give their
+    targets, resolved in the image, instead)."""
+    found: dict[str, bytes] = {}
+    if not paths:
+        return found
+    if src.kind is ImageKind.SANDBOX:
+        base = src.path
+    else:
+        import tempfile
+
+        tmp = tempfile.mkdtemp(prefix="sifbox-read-", dir=os.environ.get("SIFBOX_TMPDIR"))
+        base = os.path.join(tmp, "root")
+        try:
+            listing = os.path.join(tmp, "paths")
+            with open(listing, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.writelines(p.lstrip("/") + "\n" for p in paths if "\n" not in p)
+            subprocess.run(
+                [_unsquashfs(), "-o", str(src.offset), "-d", base, "-no-xattrs", "-no-wildcards",
+                 "-q", "-n", "-ef", listing, f"/proc/self/fd/{src.fd}"],
+                capture_output=True, pass_fds=(src.fd,), check=False,
+            )  # fmt: skip
+            found = _read_below(base, paths)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return found
+    return _read_below(base, paths)
+
+
+def _read_below(base: str, paths: list[str]) -> dict[str, bytes]:
+    found = {}
+    for path in paths:
+        try:
+            # chase resolves inside `base`; O_NOFOLLOW refuses a final symlink.
+            real = chase(base, path) if base != "/" else path
+            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            with os.fdopen(fd, "rb") as f:
+                import stat
+
+                if stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    found[path] = f.read(MAX_FILE)
+        except OSError:
+            continue
+    return found

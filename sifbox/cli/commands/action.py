@@ -222,6 +222,17 @@ def _check_namespaces_allowed(spec, cfg) -> None:  # type: ignore[no-untyped-def
                          hint="unprivileged users run containers in user namespaces; ask the site's admins")
 
 
+def policy_configured(cfg) -> bool:  # type: ignore[no-untyped-def]
+    """`sifbox.security.policy.active(cfg)` without importing it: no cost per launch
+    when sifbox.conf sets no image limit (a unit test keeps the two in step)."""
+    return bool(
+        cfg.get_list("limit container paths") or cfg.get_list("limit container owners")
+        or cfg.get_list("limit container groups") or cfg.get_bool("limit container store")
+        or not all(cfg.get_bool(f"allow container {k}")
+                   for k in ("sif", "encrypted", "squashfs", "extfs", "dir"))
+    )  # fmt: skip
+
+
 def _caps(args) -> frozenset[int]:  # type: ignore[no-untyped-def]
     from sifbox.runtime import caps
 
@@ -296,6 +307,14 @@ def main(args) -> int:  # type: ignore[no-untyped-def]
     site = site_from_config(cfg)
     mounts = default_mounts(spec, host, site=site)
     source = open_image(spec.image, verb=action)
+    if policy_configured(cfg):
+        from sifbox.security import policy
+
+        try:
+            policy.check_opened(source, cfg, verb=action, image=spec.image, user=user)
+        except BaseException:
+            source.close()
+            raise
     _check_ecl(source, action, getattr(args, "config", None))
     overlays = _open_overlays(spec, source, action)
     env = envmod.container_env(

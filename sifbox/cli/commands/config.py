@@ -1,0 +1,173 @@
+"""`sifbox config check`: every sifbox.conf directive in force, and how
+strongly the site's image limits hold.
+
+    sifbox config check [--json]
+
+Lists each directive with its value and where it comes from (the file's
+line, or `default`), then the image limits in force and a plain statement of
+their strength for unprivileged users.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from sifbox.util.errors import NotAvailableError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="config_command", metavar="COMMAND")
+    c = sub.add_parser("check", help="show every directive in force and how strong the policy is")
+    c.add_argument("--json", action="store_true", help="print JSON")
+    for name in ("fakeroot", "global"):
+        sub.add_parser(name, help=argparse.SUPPRESS)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.config_command is None:
+        from sifbox.util.errors import UsageError
+
+        raise UsageError("can't run `sifbox config`: a command is needed",
+                         hint="`sifbox config check` shows the configuration in force")  # fmt: skip
+    if args.config_command != "check":
+        raise NotAvailableError(
+            f"can't run `sifbox config {args.config_command}`: not available in this version"
+        )
+    from sifbox.config import schema, sysconf
+    from sifbox.security import policy
+
+    cfg = sysconf.load(getattr(args, "config", None))
+    from sifbox.util import log
+
+    for warning in cfg.warnings:
+        log.log.warning("%s", warning)
+    rows = []
+    for s in cfg.items():
+        d = schema.BY_NAME[s.name]
+        origin = f"line {s.line}" if s.origin == sysconf.FROM_FILE else s.origin
+        rows.append({"directive": s.name, "value": _show(d, s.value), "origin": origin})
+    limits = _limits(cfg)
+    facts, bypass = _machine()
+    report = {
+        "file": cfg.source,
+        "directives": rows,
+        "image limits": limits,
+        "limits active": policy.active(cfg),
+        "enforcement": policy.STRENGTH,
+        "this machine": facts,
+        "unprivileged bypass possible": bypass,
+    }
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    out = [f"Configuration: {cfg.source or 'none read, built-in defaults'}", ""]
+    width = max(len(r["directive"]) for r in rows)
+    for r in rows:
+        origin = r["origin"]
+        where = f"{cfg.source}:{origin[5:]}" if origin.startswith("line ") else origin
+        out.append(f"{r['directive']:<{width}} = {r['value']}   ({where})")
+    out += ["", "Image limits:"]
+    out += [f"  {line}" for line in limits] or ["  none: any image may run"]
+    out += ["", _wrap(policy.STRENGTH), "", "On this machine:"]
+    import textwrap
+
+    out += [textwrap.fill(f, 78, initial_indent="  ", subsequent_indent="    ") for f in facts]
+    if bypass:
+        verdict = ("So: any user here can bypass the image limits by mounting images by hand; "
+                   "they are policy, not enforcement.")  # fmt: skip
+    else:
+        verdict = ("So: users here cannot mount images by hand as far as sifbox can tell; "
+                   "the limits decide what sifbox runs, and images the users cannot read "
+                   "stay out of their reach.")  # fmt: skip
+    out += ["", _wrap(verdict)]
+    print("\n".join(out))
+    return 0
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _machine() -> tuple[list[str], bool]:
+    """What lets an unprivileged user here mount an image without sifbox."""
+    import os
+    import shutil
+    import stat
+
+    clone = _read("/proc/sys/kernel/unprivileged_userns_clone")
+    max_ns = _read("/proc/sys/user/max_user_namespaces")
+    userns = clone != "0" and max_ns not in ("0",)
+    apparmor = _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1"
+    userns = userns and not apparmor
+    try:
+        mode = os.stat("/dev/fuse").st_mode
+        fuse = bool(mode & stat.S_IROTH and mode & stat.S_IWOTH)
+    except OSError:
+        fuse = False
+    tools = [t for t in ("squashfuse", "squashfuse_ll") if shutil.which(t)]
+    fusermount = [t for t in ("fusermount3", "fusermount") if _setuid(shutil.which(t))]
+    facts = [
+        f"unprivileged user namespaces: {'enabled' if userns else 'disabled'}",
+        f"/dev/fuse usable by every user: {'yes' if fuse else 'no'}",
+        f"setuid FUSE mount helper: {', '.join(fusermount) if fusermount else 'none'}",
+        f"squashfuse installed: {', '.join(tools) if tools else 'no (users may bring their own)'}",
+        (
+            "any user who can read an image file can also unpack it (unsquashfs) and run its "
+            "programs without a container"
+        ),
+    ]
+    # A user can bring their own squashfuse: only the kernel and setuid helpers decide.
+    return facts, bool(userns or (fuse and fusermount))
+
+
+def _setuid(path: str | None) -> bool:
+    import os
+    import stat
+
+    try:
+        return path is not None and bool(os.stat(path).st_mode & stat.S_ISUID)
+    except OSError:
+        return False
+
+
+def _show(d, value) -> str:  # type: ignore[no-untyped-def]
+    lines = d.format(value)
+    if not lines:
+        return "(empty)" if d.kind == "list" else "(unset)"
+    return ", ".join(lines)
+
+
+def _limits(cfg) -> list[str]:  # type: ignore[no-untyped-def]
+    from sifbox.security import policy
+
+    out = []
+    paths = cfg.get_list("limit container paths")
+    if paths:
+        out.append("images must lie under: " + ", ".join(paths) + " (whole path components)")
+    if cfg.get_bool("limit container store"):
+        out.append(f"images must lie in the caller's store directory: {policy.user_dir(cfg, 'USER')}")
+    if paths and cfg.get_bool("limit container store"):
+        out.append("(either place admits an image)")
+    owners = cfg.get_list("limit container owners")
+    if owners:
+        out.append("image files must be owned by: " + ", ".join(owners))
+    groups = cfg.get_list("limit container groups")
+    if groups:
+        out.append("image files must belong to group: " + ", ".join(groups))
+    refused = [k for k in policy.KINDS if not cfg.get_bool(f"allow container {k}")]
+    if refused:
+        out.append("image kinds refused: " + ", ".join(refused))
+    return out
+
+
+def _wrap(text: str, width: int = 78) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
