@@ -34,7 +34,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("sign", "Add digital signature(s) to an image"),
     Command("verify", "Verify digital signature(s) within an image"),
     Command("key", "Manage OpenPGP keys", aliases=("keys",)),
-    Command("instance", "Manage containers running as services"),
+    Command("instance", "Manage containers running as services", "instance"),
     Command("overlay", "Manage an EXT3 writable overlay image"),
     Command("sif", "Manipulate Singularity Image Format (SIF) images", "sif", ("siftool",)),
     Command("cache", "Manage the local cache"),
