@@ -18,7 +18,10 @@ per session as root. Test modules import the fixtures they need::
 
 `no_leaks` is autouse: after every test of a module that imports it, no new FUSE/squashfs/overlay
 mount is visible on the host, no new ``squashfuse*`` process runs, no process still names one of
-the test images, and no loop device is attached to one of them.
+the test images or runs in a sifbox instance (``SIFBOX_INSTANCE`` in its environment, or the
+holder's name ``sifbox-instance``), and no loop device is attached to one of them. Only processes
+of this test session count (``SIFBOX_TEST_SESSION`` in their environment): the machine may run
+other sessions at the same time.
 """
 
 from __future__ import annotations
@@ -331,6 +334,25 @@ def _live_processes() -> dict[int, tuple[str, str]]:
     return procs
 
 
+SESSION_VAR = "SIFBOX_TEST_SESSION"
+
+
+def _session_marker() -> bytes:
+    """`SIFBOX_TEST_SESSION=<id>` in this test session's environment, so every process it starts
+    carries it: the guard never takes (or kills) the processes of other sessions on the machine."""
+    os.environ.setdefault(SESSION_VAR, f"{os.getpid()}-{time.time_ns()}")
+    return f"\0{SESSION_VAR}={os.environ[SESSION_VAR]}\0".encode()
+
+
+def _environ(pid: int) -> bytes:
+    """NUL-framed environment of `pid` (empty when unreadable)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return b"\0" + f.read() + b"\0"
+    except OSError:
+        return b""
+
+
 def _mounts() -> dict[str, tuple[str, str, str]]:
     """Host mount id -> (mount point, fstype, source), from /proc/self/mountinfo."""
     found = {}
@@ -365,6 +387,7 @@ class LeakGuard:
     FSTYPES = ("squashfs", "fuse", "overlay")
 
     def __init__(self, images: Sequence[Path]) -> None:
+        self.marker = _session_marker()
         self.images = list(images)
         self.mounts = _mounts()
         self.procs = set(_live_processes())
@@ -389,7 +412,9 @@ class LeakGuard:
             for pid, (comm, cmdline) in _live_processes().items()
             if pid not in self.procs
             and pid != os.getpid()
-            and (comm.startswith("squashfuse") or self._ours(cmdline))
+            and (comm.startswith("squashfuse") or comm == "sifbox-instance" or self._ours(cmdline)
+                 or b"\0SIFBOX_INSTANCE=" in _environ(pid))
+            and self.marker in _environ(pid)
         }
 
     def leaked_loops(self) -> list[str]:
