@@ -1,6 +1,9 @@
 """`sifbox instance start|run|list|stop` and `exec|run|shell instance://NAME`, as root and as the
 test user. After each test, `no_leaks` checks that no instance process, mount or loop device is
-left; a test that fails half-way has its instances stopped first (`stop_all`)."""
+left; a test that fails half-way has its instances stopped first (the `name` fixture).
+
+Instances start with --contain (a private /tmp), so that mounts other sessions on this machine
+make under the host's /tmp can't get in the way of binding it."""
 
 from __future__ import annotations
 
@@ -127,7 +130,7 @@ def test_start_list_join_stop(sb, as_who, inst_images, name, kind) -> None:  # t
 
 
 def test_writable_tmpfs_change_is_seen_by_joins(sb, inst_images, name) -> None:  # type: ignore[no-untyped-def]
-    _ok(sb("instance", "start", "--writable-tmpfs", str(inst_images["sif"]), name))
+    _ok(sb("instance", "start", "--contain", "--writable-tmpfs", str(inst_images["sif"]), name))
     assert _ok(sb("exec", f"instance://{name}", "cat", "/startscript-was-here")) == "root change\n"
     _ok(sb("exec", f"instance://{name}", "sh", "-c", "echo joined > /joined"))
     assert _ok(sb("exec", f"instance://{name}", "cat", "/joined")) == "joined\n"
@@ -136,7 +139,7 @@ def test_writable_tmpfs_change_is_seen_by_joins(sb, inst_images, name) -> None: 
 
 def test_pid_file_and_pid_namespace(sb, inst_images, name, shared_tmp) -> None:  # type: ignore[no-untyped-def]
     pid_file = shared_tmp / "inst.pid"
-    _ok(sb("instance", "start", "--pid", "--pid-file", str(pid_file), str(inst_images["sif"]), name))
+    _ok(sb("instance", "start", "--contain", "--pid", "--pid-file", str(pid_file), str(inst_images["sif"]), name))
     pid = int(pid_file.read_text())
     assert _listed(sb)[name]["pid"] == pid
     # the holder is PID 1 of the instance's PID namespace; a join runs in it
@@ -147,9 +150,9 @@ def test_pid_file_and_pid_namespace(sb, inst_images, name, shared_tmp) -> None: 
 
 
 def test_second_instance_with_the_same_name_fails_clearly(sb, inst_images, name) -> None:  # type: ignore[no-untyped-def]
-    _ok(sb("instance", "start", str(inst_images["sif"]), name))
+    _ok(sb("instance", "start", "--contain", str(inst_images["sif"]), name))
     pid = _listed(sb)[name]["pid"]
-    proc = sb("instance", "start", str(inst_images["sqfs"]), name)
+    proc = sb("instance", "start", "--contain", str(inst_images["sqfs"]), name)
     assert proc.returncode == 255
     assert proc.stderr.splitlines()[0] == (
         f"sifbox: error: can't start instance `{name}`: an instance of that name already exists"
@@ -161,14 +164,14 @@ def test_second_instance_with_the_same_name_fails_clearly(sb, inst_images, name)
 
 def test_stop_all(sb, inst_images, name) -> None:  # type: ignore[no-untyped-def]
     for suffix in ("-1", "-2"):
-        _ok(sb("instance", "start", str(inst_images["sif"]), name + suffix))
+        _ok(sb("instance", "start", "--contain", str(inst_images["sif"]), name + suffix))
     assert {name + "-1", name + "-2"} <= set(_listed(sb))
     _ok(sb("instance", "stop", "--all"))
     assert _listed(sb) == {}
 
 
 def test_stop_with_signal_and_timeout(sb, inst_images, name) -> None:  # type: ignore[no-untyped-def]
-    _ok(sb("instance", "start", str(inst_images["sif"]), name, "trap"))
+    _ok(sb("instance", "start", "--contain", str(inst_images["sif"]), name, "trap"))
     log = Path(str(_listed(sb)[name]["logOutPath"]))
     time.sleep(0.3)  # let the startscript install its trap
     started = time.monotonic()
@@ -181,7 +184,7 @@ def test_stop_with_signal_and_timeout(sb, inst_images, name) -> None:  # type: i
 
 
 def test_kill_9_of_the_holder_then_list_cleans_up(sb, as_who, inst_images, name) -> None:  # type: ignore[no-untyped-def]
-    _ok(sb("instance", "start", str(inst_images["sif"]), name))
+    _ok(sb("instance", "start", "--contain", str(inst_images["sif"]), name))
     pid = int(_listed(sb)[name]["pid"])  # type: ignore[call-overload]
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
@@ -197,7 +200,7 @@ def test_kill_9_of_the_holder_then_list_cleans_up(sb, as_who, inst_images, name)
 
 
 def test_stale_state_of_a_reused_pid_is_cleaned(sb, as_who, inst_images, name) -> None:  # type: ignore[no-untyped-def]
-    _ok(sb("instance", "start", str(inst_images["sif"]), name))
+    _ok(sb("instance", "start", "--contain", str(inst_images["sif"]), name))
     _ok(sb("instance", "stop", name))
     # forge the state of a crashed instance whose pid now belongs to another process
     state_dir = _state_dir(as_who, name)
@@ -232,3 +235,19 @@ def test_failure_while_starting_is_reported_and_leaves_nothing(sb, as_who, inst_
     assert "/no/such/dir" in proc.stderr and "Traceback" not in proc.stderr
     assert name not in _listed(sb)
     assert not _state_dir(as_who, name).exists()
+
+
+def test_stop_ends_commands_that_joined(as_who, sb, sifbox_cli, inst_images, name) -> None:  # type: ignore[no-untyped-def]
+    _ok(sb("instance", "start", "--contain", str(inst_images["sif"]), name))
+    joined = images.popen_as(as_who, [sifbox_cli, "exec", f"instance://{name}", "sleep", "1000"], cwd="/")
+    try:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT
+        while "sleep" not in images.descendants(joined.pid).values() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        _ok(sb("instance", "stop", name))
+        joined.communicate(timeout=LAUNCH_TIMEOUT)
+        assert joined.returncode != 0  # killed with the instance
+    finally:
+        if joined.poll() is None:
+            joined.kill()
+            joined.communicate()
