@@ -26,7 +26,14 @@ from collections.abc import Callable
 
 from sifbox.runtime.sandbox import syscalls as sc
 
-_SYNCHRONOUS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP, signal.SIGABRT}
+_SYNCHRONOUS = {
+    signal.SIGSEGV,
+    signal.SIGBUS,
+    signal.SIGILL,
+    signal.SIGFPE,
+    signal.SIGTRAP,
+    signal.SIGABRT,
+}
 #: Signals the holder takes (and passes on); SIGKILL and SIGSTOP can't be.
 WATCHED = frozenset(
     s for s in signal.Signals

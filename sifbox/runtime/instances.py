@@ -53,11 +53,11 @@ class State:
     userns: bool = False
     cgroup: bool = False
     ip: str = ""
-    logErrPath: str = ""  # noqa: N815 (Apptainer's JSON names)
-    logOutPath: str = ""  # noqa: N815
+    logErrPath: str = ""  # Apptainer's JSON names
+    logOutPath: str = ""
     checkpoint: str = ""
     starttime: int = 0
-    ppidStarttime: int = 0  # noqa: N815
+    ppidStarttime: int = 0
     path: str = ""  # the state file (not stored)
 
 
@@ -70,7 +70,7 @@ def check_name(name: str, verb: str = "start") -> str:
 
 def name_of(uri: str) -> str:
     """`instance://NAME` -> NAME."""
-    return uri[len(URI):] if uri.startswith(URI) else uri
+    return uri.removeprefix(URI)
 
 
 # --- paths ---------------------------------------------------------------------------------------
@@ -140,9 +140,11 @@ def parse_state(text: str, path: str = "") -> State:
     """A state file's text -> State; ValueError when it is not one."""
     doc = json.loads(text)
     if not isinstance(doc, dict):
-        raise ValueError("not a JSON object")
+        raise ValueError("not a JSON object")  # noqa: TRY004 - callers treat every bad file alike
     try:
-        config = json.loads(base64.b64decode(doc.get("config") or "e30=")) if doc.get("config") else {}
+        config = (
+            json.loads(base64.b64decode(doc.get("config") or "e30=")) if doc.get("config") else {}
+        )
     except (ValueError, TypeError):
         config = {}
     try:
@@ -258,18 +260,24 @@ def load(paths: Paths, name: str) -> State | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
-        return State(pid=0, ppid=0, name=name, user=paths.user, image="", path=path)  # unreadable: stale
+        return State(
+            pid=0, ppid=0, name=name, user=paths.user, image="", path=path
+        )  # unreadable: stale
 
 
 def list_states(paths: Paths, pattern: str = "*", clean: bool = True) -> list[State]:
     """The running instances whose names match `pattern`; state left by
     instances that are gone is removed on the way (when `clean`)."""
     try:
-        names = [n for n in os.listdir(paths.app_dir) if os.path.isdir(os.path.join(paths.app_dir, n))]
+        names = [
+            n for n in os.listdir(paths.app_dir) if os.path.isdir(os.path.join(paths.app_dir, n))
+        ]
     except FileNotFoundError:
         return []
     except OSError as err:
-        raise InstanceError(f"can't list the instances in `{paths.app_dir}`: {err.strerror}") from None
+        raise InstanceError(
+            f"can't list the instances in `{paths.app_dir}`: {err.strerror}"
+        ) from None
     found = []
     for name in match(names, pattern):
         state = load(paths, name)

@@ -77,7 +77,9 @@ def name(sb) -> Iterator[str]:  # type: ignore[no-untyped-def]
 
 
 def _ok(proc) -> str:  # type: ignore[no-untyped-def]
-    assert proc.returncode == 0, f"status {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+    assert proc.returncode == 0, (
+        f"status {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+    )
     return str(proc.stdout)
 
 
@@ -105,7 +107,9 @@ def test_start_list_join_stop(sb, as_who, inst_images, name, kind) -> None:  # t
     assert info["img"] == str(inst_images[kind]) and info["ip"] == ""
     # the startscript ran with its arguments; its /tmp (private: --contain) is the joiners'
     assert _ok(sb("exec", f"instance://{name}", "cat", "/tmp/started")) == "started a b\n"
-    assert not Path("/tmp/started").exists() or "started a b" not in Path("/tmp/started").read_text()
+    assert (
+        not Path("/tmp/started").exists() or "started a b" not in Path("/tmp/started").read_text()
+    )
     out = _ok(sb("exec", f"instance://{name}", "sh", "-c", 'echo "$SIFBOX_INSTANCE $(id -u)"'))
     assert out == f"{name} {as_who.uid}\n"
     assert _ok(sb("run", f"instance://{name}", "x", "y")) == "runscript x y\n"
@@ -139,11 +143,30 @@ def test_writable_tmpfs_change_is_seen_by_joins(sb, inst_images, name) -> None: 
 
 def test_pid_file_and_pid_namespace(sb, inst_images, name, shared_tmp) -> None:  # type: ignore[no-untyped-def]
     pid_file = shared_tmp / "inst.pid"
-    _ok(sb("instance", "start", "--contain", "--pid", "--pid-file", str(pid_file), str(inst_images["sif"]), name))
+    _ok(
+        sb(
+            "instance",
+            "start",
+            "--contain",
+            "--pid",
+            "--pid-file",
+            str(pid_file),
+            str(inst_images["sif"]),
+            name,
+        )
+    )
     pid = int(pid_file.read_text())
     assert _listed(sb)[name]["pid"] == pid
     # the holder is PID 1 of the instance's PID namespace; a join runs in it
-    out = _ok(sb("exec", f"instance://{name}", "sh", "-c", 'echo $$; cat /proc/1/comm; ls /proc | grep -c "^[0-9]"'))
+    out = _ok(
+        sb(
+            "exec",
+            f"instance://{name}",
+            "sh",
+            "-c",
+            'echo $$; cat /proc/1/comm; ls /proc | grep -c "^[0-9]"',
+        )
+    )
     me, comm, count = out.split()
     assert int(me) > 1 and comm == "sifbox-instance" and int(count) < 10
     _ok(sb("instance", "stop", name))
@@ -228,7 +251,9 @@ def test_unknown_instance_and_bad_names(sb, name) -> None:  # type: ignore[no-un
     assert proc.returncode == 125 and "not a valid instance name" in proc.stderr
 
 
-def test_failure_while_starting_is_reported_and_leaves_nothing(sb, as_who, inst_images, name) -> None:  # type: ignore[no-untyped-def]
+def test_failure_while_starting_is_reported_and_leaves_nothing(
+    sb, as_who, inst_images, name
+) -> None:  # type: ignore[no-untyped-def]
     proc = sb("instance", "start", "--pwd", "/no/such/dir", str(inst_images["sif"]), name)
     assert proc.returncode == 126, proc.stderr
     assert proc.stderr.splitlines()[0].startswith("sifbox: error: can't start a container from")
@@ -239,10 +264,14 @@ def test_failure_while_starting_is_reported_and_leaves_nothing(sb, as_who, inst_
 
 def test_stop_ends_commands_that_joined(as_who, sb, sifbox_cli, inst_images, name) -> None:  # type: ignore[no-untyped-def]
     _ok(sb("instance", "start", "--contain", str(inst_images["sif"]), name))
-    joined = images.popen_as(as_who, [sifbox_cli, "exec", f"instance://{name}", "sleep", "1000"], cwd="/")
+    joined = images.popen_as(
+        as_who, [sifbox_cli, "exec", f"instance://{name}", "sleep", "1000"], cwd="/"
+    )
     try:
         deadline = time.monotonic() + LAUNCH_TIMEOUT
-        while "sleep" not in images.descendants(joined.pid).values() and time.monotonic() < deadline:
+        while (
+            "sleep" not in images.descendants(joined.pid).values() and time.monotonic() < deadline
+        ):
             time.sleep(0.02)
         _ok(sb("instance", "stop", name))
         joined.communicate(timeout=LAUNCH_TIMEOUT)

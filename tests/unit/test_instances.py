@@ -13,9 +13,11 @@ from sifbox.util.errors import UsageError
 
 
 def _state(**kw: object) -> ins.State:
-    base = dict(pid=1234, ppid=1233, name="web", user="alice", image="/img/app.sif",
-                logErrPath="/h/.sifbox/instances/logs/n/alice/web.err",
-                logOutPath="/h/.sifbox/instances/logs/n/alice/web.out")  # fmt: skip
+    base: dict[str, object] = {
+        "pid": 1234, "ppid": 1233, "name": "web", "user": "alice", "image": "/img/app.sif",
+        "logErrPath": "/h/.sifbox/instances/logs/n/alice/web.err",
+        "logOutPath": "/h/.sifbox/instances/logs/n/alice/web.out",
+    }  # fmt: skip
     base.update(kw)
     return ins.State(**base)  # type: ignore[arg-type]
 

@@ -30,17 +30,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         s = sub.add_parser(verb, help=f"Start a named instance of the given container image ({what})",
                            description=f"Start a named instance of IMAGE in the background, running its {what} "
                            "with ARGS; it keeps running until `sifbox instance stop NAME`.")  # fmt: skip
-        s.add_argument("image", metavar="IMAGE", help="SIF file, SquashFS file or sandbox directory")
+        s.add_argument(
+            "image", metavar="IMAGE", help="SIF file, SquashFS file or sandbox directory"
+        )
         s.add_argument("instance_name", metavar="NAME", help="the instance's name")
-        s.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help=f"arguments of the {what}")
+        s.add_argument(
+            "args", nargs=argparse.REMAINDER, metavar="ARGS", help=f"arguments of the {what}"
+        )
         s.add_argument("--pid-file", metavar="FILE", help="write the instance's PID to FILE")
         action.add_options(s, "start")
     s = sub.add_parser("list", help="List all running and named instances",
                        description="List the caller's running instances (all, or those matching PATTERN).")  # fmt: skip
-    s.add_argument("pattern", nargs="?", default="*", metavar="PATTERN", help="instance name or shell pattern")
-    s.add_argument("-j", "--json", action="store_true", help="print structured json instead of list")
-    s.add_argument("-l", "--logs", action="store_true", help="display location of stdout and stderr log files")
-    s.add_argument("-u", "--user", metavar="USER", help="if running as root, list the instances of USER")
+    s.add_argument(
+        "pattern", nargs="?", default="*", metavar="PATTERN", help="instance name or shell pattern"
+    )
+    s.add_argument(
+        "-j", "--json", action="store_true", help="print structured json instead of list"
+    )
+    s.add_argument(
+        "-l", "--logs", action="store_true", help="display location of stdout and stderr log files"
+    )
+    s.add_argument(
+        "-u", "--user", metavar="USER", help="if running as root, list the instances of USER"
+    )
     s.add_argument("-a", "--all", action="store_true", help="display all instances")
     s = sub.add_parser("stop", help="Stop a named instance of a given container image",
                        description="Stop the named instance (or those matching PATTERN, or --all): send it "
@@ -48,10 +60,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("pattern", nargs="?", metavar="NAME", help="instance name or shell pattern")
     s.add_argument("-a", "--all", action="store_true", help="stop all of the user's instances")
     s.add_argument("-F", "--force", action="store_true", help="force kill instance (SIGKILL)")
-    s.add_argument("-s", "--signal", metavar="SIGNAL", help="signal sent to the instance (default SIGINT)")
+    s.add_argument(
+        "-s", "--signal", metavar="SIGNAL", help="signal sent to the instance (default SIGINT)"
+    )
     s.add_argument("-t", "--timeout", type=int, default=STOP_TIMEOUT, metavar="N",
                    help=f"force kill non stopped instances after N seconds (default {STOP_TIMEOUT})")  # fmt: skip
-    s.add_argument("-u", "--user", metavar="USER", help="if running as root, stop the instances of USER")
+    s.add_argument(
+        "-u", "--user", metavar="USER", help="if running as root, stop the instances of USER"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -105,7 +121,13 @@ def _stop(args: argparse.Namespace) -> int:
         raise UsageError("can't stop an instance: give its NAME, a pattern, or --all",
                          hint="`sifbox instance list` shows the running instances")  # fmt: skip
     pattern = "*" if args.all and not args.pattern else args.pattern
-    sig = signal.SIGKILL if args.force else instances.parse_signal(args.signal) if args.signal else signal.SIGINT
+    sig = (
+        signal.SIGKILL
+        if args.force
+        else instances.parse_signal(args.signal)
+        if args.signal
+        else signal.SIGINT
+    )
     if args.timeout < 0:
         raise UsageError(f"can't use --timeout {args.timeout}: it must be 0 or more seconds")
     paths = instances.paths_for(_other_user(args.user, "stop"))
@@ -122,7 +144,9 @@ def _stop(args: argparse.Namespace) -> int:
         time.sleep(0.01)
         waiting = [s for s in waiting if instances.watcher_running(s) or instances.is_running(s)]
     for state in waiting:
-        log.log.info("Killing %s instance of %s (PID=%d) (Timeout)", state.name, state.image, state.pid)
+        log.log.info(
+            "Killing %s instance of %s (PID=%d) (Timeout)", state.name, state.image, state.pid
+        )
         if instances.is_running(state):
             _kill(state.pid, signal.SIGKILL)
     # The watcher cleans up after the holder (kills what joined, removes the
@@ -157,7 +181,9 @@ def _start(args: argparse.Namespace, verb: str) -> int:
 
     name = instances.check_name(args.instance_name)
     if args.image.startswith(instances.URI):
-        raise UsageError(f"can't start instance `{name}` from `{args.image}`: an instance is not an image")
+        raise UsageError(
+            f"can't start instance `{name}` from `{args.image}`: an instance is not an image"
+        )
     args.command = verb
     pid_file = args.pid_file or action.flag_env("PID_FILE")
 
@@ -185,11 +211,21 @@ def _launch(name, pid_file, spec, host, source, mounts, payload, site, log_fn) -
         os.makedirs(paths.log_dir, mode=0o700, exist_ok=True)
         os.makedirs(paths.state_dir(name), mode=0o700)
         try:
-            err_fd = os.open(err_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-            out_fd = os.open(out_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            err_fd = os.open(
+                err_log,
+                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o644,
+            )
+            out_fd = os.open(
+                out_log,
+                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o644,
+            )
         except OSError as err:
             instances.remove_state(paths, name)
-            raise instances.InstanceError(f"can't start instance `{name}`: can't open its log: {err.strerror}") from None
+            raise instances.InstanceError(
+                f"can't start instance `{name}`: can't open its log: {err.strerror}"
+            ) from None
         log_start = os.fstat(err_fd).st_size
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
@@ -199,7 +235,20 @@ def _launch(name, pid_file, spec, host, source, mounts, payload, site, log_fn) -
         if child == 0:
             ours.close()
             os.close(lock_fd)  # the lock must not outlive this command
-            _daemon(name, paths, theirs, err_fd, out_fd, spec, host, source, mounts, payload, site, log_fn)
+            _daemon(
+                name,
+                paths,
+                theirs,
+                err_fd,
+                out_fd,
+                spec,
+                host,
+                source,
+                mounts,
+                payload,
+                site,
+                log_fn,
+            )
         theirs.close()
         os.close(err_fd)
         os.close(out_fd)
@@ -230,14 +279,22 @@ def _launch(name, pid_file, spec, host, source, mounts, payload, site, log_fn) -
 
 def _config(spec) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """What the instance was started with (stored base64-encoded, as Apptainer's engine config)."""
+    namespaces = (
+        ("pid", spec.pid),
+        ("ipc", spec.ipc),
+        ("uts", spec.uts or bool(spec.hostname)),
+        ("net", spec.net),
+    )
     return {
         "engineName": "sifbox",
         "containerID": "",
         "sifbox": {
-            "image": spec.image, "contain": spec.contain, "writableTmpfs": spec.writable_tmpfs,
-            "fakeroot": spec.fakeroot, "binds": [list(b) for b in spec.binds],
-            "namespaces": [n for n, on in (("pid", spec.pid), ("ipc", spec.ipc), ("uts", spec.uts or bool(spec.hostname)),
-                                           ("net", spec.net)) if on],  # fmt: skip
+            "image": spec.image,
+            "contain": spec.contain,
+            "writableTmpfs": spec.writable_tmpfs,
+            "fakeroot": spec.fakeroot,
+            "binds": [list(b) for b in spec.binds],
+            "namespaces": [n for n, on in namespaces if on],
         },
     }
 
@@ -279,8 +336,14 @@ def _start_error(name: str, err_log: str, offset: int, status: int) -> SifboxErr
         lines = []
     for i in range(len(lines) - 1, -1, -1):
         if lines[i].startswith("sifbox: error: "):
-            hint = lines[i + 1][6:] if i + 1 < len(lines) and lines[i + 1].startswith("hint: ") else None
-            return SifboxError(lines[i][15:], hint=hint, exit_status=status or ExitStatus.CANNOT_LAUNCH)
+            hint = (
+                lines[i + 1][6:]
+                if i + 1 < len(lines) and lines[i + 1].startswith("hint: ")
+                else None
+            )
+            return SifboxError(
+                lines[i][15:], hint=hint, exit_status=status or ExitStatus.CANNOT_LAUNCH
+            )
     return SifboxError(f"can't start instance `{name}`: it stopped while starting (status {status})",
                        hint=f"see its log `{err_log}`", exit_status=ExitStatus.CANNOT_LAUNCH)  # fmt: skip
 
@@ -289,7 +352,9 @@ def _write_pid_file(path: str, pid: int) -> None:
     from sifbox.util import log
 
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
+        )
         with os.fdopen(fd, "w") as f:
             f.write(f"{pid}\n")
     except OSError as err:
@@ -310,6 +375,7 @@ def _daemon(name, paths, sock, err_fd, out_fd, spec, host, source, mounts, paylo
         os.dup2(err_fd, 2)
         for fd in (devnull, out_fd, err_fd):
             os.close(fd)
+        import contextlib
         import traceback
 
         from sifbox.runtime import holder
@@ -336,10 +402,8 @@ def _daemon(name, paths, sock, err_fd, out_fd, spec, host, source, mounts, paylo
             holder.kill_namespace_peers(proc_fd)
         holder.remove_own_state(app_fd, name)
     except BaseException:  # noqa: BLE001 - a bug: into the log, never into the caller's terminal
-        try:
+        with contextlib.suppress(BaseException):
             traceback.print_exc()
-        except BaseException:  # noqa: BLE001
-            pass
     finally:
         try:
             sys.stdout.flush()

@@ -32,8 +32,16 @@ def enter(instance, spec: ContainerSpec, host: Host, payload, log=None) -> int: 
                 theirs = os.stat(f"/proc/{instance.pid}/ns/{name}")
                 ours = os.stat(f"/proc/self/ns/{name}")
                 if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):
-                    fds.append((name, flag, os.open(f"/proc/{instance.pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)))
-            root_fd = os.open(f"/proc/{instance.pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                    fds.append(
+                        (
+                            name,
+                            flag,
+                            os.open(f"/proc/{instance.pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC),
+                        )
+                    )
+            root_fd = os.open(
+                f"/proc/{instance.pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+            )
         except OSError as err:
             raise LaunchError(f"{what}: can't open its namespaces: {describe_os_error(err)}",
                               hint="it may have just stopped; `sifbox instance list` shows it") from None  # fmt: skip
@@ -42,10 +50,17 @@ def enter(instance, spec: ContainerSpec, host: Host, payload, log=None) -> int: 
             try:
                 sc.setns(fd, flag)
             except OSError as err:
-                raise LaunchError(f"{what}: can't join its {name} namespace: {describe_os_error(err)}") from None
+                raise LaunchError(
+                    f"{what}: can't join its {name} namespace: {describe_os_error(err)}"
+                ) from None
             joined_user = joined_user or name == "user"
             if log:
-                log("joined the %s namespace of instance %s (pid %d)", name, instance.name, instance.pid)
+                log(
+                    "joined the %s namespace of instance %s (pid %d)",
+                    name,
+                    instance.name,
+                    instance.pid,
+                )
         try:
             os.fchdir(root_fd)
             os.chroot(".")
@@ -77,4 +92,6 @@ def _chdir(spec: ContainerSpec, host: Host) -> None:
                 return
             except OSError:
                 if d == spec.pwd:
-                    raise LaunchError(f"can't join instance: --pwd `{d}` does not exist in the container") from None
+                    raise LaunchError(
+                        f"can't join instance: --pwd `{d}` does not exist in the container"
+                    ) from None
