@@ -200,6 +200,18 @@ def proc_stat(pid: int) -> tuple[int, int] | None:
     return parse_stat(text)
 
 
+def proc_uid(pid: int) -> int | None:
+    """The real uid of a process (as the host sees it), None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def is_running(state: State) -> bool:
     """The holder still runs (same pid, same start time)."""
     if state.pid <= 0:

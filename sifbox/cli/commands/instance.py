@@ -96,8 +96,10 @@ def _list(args: argparse.Namespace) -> int:
 
     if args.json and args.logs:
         raise UsageError("can't list instances: --json and --logs can't be used together")
-    paths = instances.paths_for(_other_user(args.user, "list"))
-    states = instances.list_states(paths, args.pattern)
+    other = _other_user(args.user, "list")
+    paths = instances.paths_for(other)
+    # root never removes files in another user's directory (they could be links anywhere)
+    states = instances.list_states(paths, args.pattern, clean=other is None)
     if args.json:
         sys.stdout.write(instances.render_json(states))
     elif args.logs:
@@ -111,6 +113,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
+    import pwd
     import signal
     import time
 
@@ -130,8 +133,12 @@ def _stop(args: argparse.Namespace) -> int:
     )
     if args.timeout < 0:
         raise UsageError(f"can't use --timeout {args.timeout}: it must be 0 or more seconds")
-    paths = instances.paths_for(_other_user(args.user, "stop"))
-    states = instances.list_states(paths, pattern)
+    other = _other_user(args.user, "stop")
+    paths = instances.paths_for(other)
+    states = instances.list_states(paths, pattern, clean=other is None)
+    # The state file is the owner's to write: signal only the owner's processes.
+    owner = pwd.getpwnam(other).pw_uid if other is not None else os.getuid()
+    states = [s for s in states if instances.proc_uid(s.pid) == owner]
     if not states:
         raise instances.InstanceError(f"can't stop instance `{pattern}`: no instance found",
                                       hint="`sifbox instance list` shows the running instances")  # fmt: skip
@@ -147,7 +154,7 @@ def _stop(args: argparse.Namespace) -> int:
         log.log.info(
             "Killing %s instance of %s (PID=%d) (Timeout)", state.name, state.image, state.pid
         )
-        if instances.is_running(state):
+        if instances.is_running(state) and instances.proc_uid(state.pid) == owner:
             _kill(state.pid, signal.SIGKILL)
     # The watcher cleans up after the holder (kills what joined, removes the
     # state); give it a moment, then do its work if it is gone too.
@@ -156,10 +163,11 @@ def _stop(args: argparse.Namespace) -> int:
         time.sleep(0.01)
         waiting = [s for s in waiting if instances.watcher_running(s) or instances.is_running(s)]
     for state in waiting:
-        if instances.watcher_running(state):
+        if instances.watcher_running(state) and instances.proc_uid(state.ppid) == owner:
             _kill(state.ppid, signal.SIGKILL)
-    for state in states:
-        instances.clean_stale(paths, state.name)
+    if other is None:
+        for state in states:
+            instances.clean_stale(paths, state.name)
     return 0
 
 
@@ -195,6 +203,7 @@ def _start(args: argparse.Namespace, verb: str) -> int:
 
 def _launch(name, pid_file, spec, host, source, mounts, payload, site, log_fn) -> int:  # type: ignore[no-untyped-def]
     """Start the instance detached; return once it is ready (or failed)."""
+    import signal
     import socket
 
     from sifbox.runtime import instances
@@ -254,8 +263,17 @@ def _launch(name, pid_file, spec, host, source, mounts, payload, site, log_fn) -
         os.close(out_fd)
         source.close()
         os.waitpid(child, 0)
-        holder, status = _wait_ready(ours)
-        ours.close()
+        seen: dict[str, int] = {}
+        try:
+            holder, status = _wait_ready(ours, seen)
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM): take the half-started instance down.
+            if seen.get("watcher"):
+                _kill(seen["watcher"], signal.SIGKILL)
+            instances.remove_state(paths, name)
+            raise
+        finally:
+            ours.close()
         if holder is None:
             instances.remove_state(paths, name)
             raise _start_error(name, err_log, log_start, status)
@@ -299,9 +317,9 @@ def _config(spec) -> dict[str, object]:  # type: ignore[no-untyped-def]
     }
 
 
-def _wait_ready(sock) -> tuple[int | None, int]:  # type: ignore[no-untyped-def]
+def _wait_ready(sock, seen: dict[str, int]) -> tuple[int | None, int]:  # type: ignore[no-untyped-def]
     """(holder pid, 0) once the holder says it is ready; (None, status) if
-    the instance ended first."""
+    the instance ended first. The watcher's pid goes into `seen`."""
     import socket
     import struct
 
@@ -319,6 +337,8 @@ def _wait_ready(sock) -> tuple[int | None, int]:  # type: ignore[no-untyped-def]
                 pid = struct.unpack("iII", raw[:12])[0]
         if data == b"ready" and pid > 0:
             return pid, 0
+        if data == b"watcher" and pid > 0:
+            seen["watcher"] = pid
         if data.startswith(b"exit "):
             try:
                 status = int(data[5:])
@@ -369,6 +389,7 @@ def _daemon(name, paths, sock, err_fd, out_fd, spec, host, source, mounts, paylo
         os.setsid()
         if os.fork() != 0:
             os._exit(0)
+        sock.send(b"watcher")
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
         os.dup2(out_fd, 1)
