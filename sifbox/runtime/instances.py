@@ -83,6 +83,7 @@ class Paths:
     home: str
     host: str
     user: str
+    uid: int = -1  # the owner: only its processes count as its instances (-1: any)
 
     @property
     def base(self) -> str:
@@ -117,8 +118,8 @@ def paths_for(user: str | None = None) -> Paths:
     except KeyError:
         if user:
             raise UsageError(f"can't find the instances of `{user}`: no such user") from None
-        return Paths(os.environ.get("HOME", "/"), host, f"uid{os.getuid()}")
-    return Paths(entry.pw_dir, host, entry.pw_name)
+        return Paths(os.environ.get("HOME", "/"), host, f"uid{os.getuid()}", os.getuid())
+    return Paths(entry.pw_dir, host, entry.pw_name, entry.pw_uid)
 
 
 # --- the state file ------------------------------------------------------------------------------
@@ -295,7 +296,7 @@ def list_states(paths: Paths, pattern: str = "*", clean: bool = True) -> list[St
         state = load(paths, name)
         if state is None:
             continue
-        if is_running(state):
+        if is_running(state) and (paths.uid < 0 or proc_uid(state.pid) == paths.uid):
             found.append(state)
         elif clean:
             clean_stale(paths, name)
@@ -309,7 +310,9 @@ def clean_stale(paths: Paths, name: str) -> None:
             if got is None:
                 return
             state = load(paths, name)
-            if state is not None and not is_running(state):
+            if state is not None and not (
+                is_running(state) and (paths.uid < 0 or proc_uid(state.pid) == paths.uid)
+            ):
                 remove_state(paths, name)
     except OSError:
         pass

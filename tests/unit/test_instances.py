@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 
 import pytest
@@ -130,3 +131,40 @@ def test_parse_signal(text: str, sig: int) -> None:
 def test_parse_signal_rejects_unknown(text: str) -> None:
     with pytest.raises(UsageError, match="unknown signal"):
         ins.parse_signal(text)
+
+
+def _write(paths: ins.Paths, name: str, **kw: object) -> None:
+    state = _state(name=name, **kw)
+    state.path = paths.state_file(name)
+    os.makedirs(os.path.dirname(state.path))
+    ins.write_state(state)
+
+
+def test_list_keeps_running_instances_and_removes_stale_state(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    paths = ins.Paths(str(tmp_path), "node", "me", os.getuid())
+    me = ins.proc_stat(os.getpid())
+    assert me is not None
+    _write(paths, "alive", pid=os.getpid(), starttime=me[1])
+    _write(paths, "reused", pid=os.getpid(), starttime=me[1] + 1)  # same pid, another process
+    _write(paths, "gone", pid=2**22 + 1, starttime=5)
+    os.makedirs(paths.state_dir("garbage"))
+    with open(paths.state_file("garbage"), "w") as f:
+        f.write("{not json")
+    found = ins.list_states(paths)
+    assert [s.name for s in found] == ["alive"]
+    assert sorted(os.listdir(paths.app_dir)) == ["alive"]
+    assert ins.list_states(paths, "al*")[0].pid == os.getpid()
+    assert ins.list_states(paths, "x*") == []
+
+
+def test_list_of_another_owner_never_counts_our_processes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    paths = ins.Paths(str(tmp_path), "node", "other", os.getuid() + 1)
+    me = ins.proc_stat(os.getpid())
+    assert me is not None
+    _write(paths, "forged", pid=os.getpid(), starttime=me[1])
+    assert ins.list_states(paths, clean=False) == []
+    assert os.path.exists(paths.state_file("forged"))
+
+
+def test_list_without_state_directory_is_empty(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert ins.list_states(ins.Paths(str(tmp_path), "n", "u")) == []
