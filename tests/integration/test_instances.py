@@ -280,3 +280,15 @@ def test_stop_ends_commands_that_joined(as_who, sb, sifbox_cli, inst_images, nam
         if joined.poll() is None:
             joined.kill()
             joined.communicate()
+
+
+def test_instance_run_runs_the_runscript_detached(sb, inst_images, name) -> None:  # type: ignore[no-untyped-def]
+    _ok(sb("instance", "run", "--contain", str(inst_images["sqfs"]), name, "p", "q"))
+    info = _listed(sb)[name]  # the instance outlives its runscript, as Apptainer's
+    log = Path(str(info["logOutPath"]))
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
+    while "runscript p q" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "runscript p q" in log.read_text()
+    assert _ok(sb("exec", f"instance://{name}", "echo", "still here")) == "still here\n"
+    _ok(sb("instance", "stop", name))
