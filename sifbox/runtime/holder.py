@@ -39,6 +39,8 @@ WATCHED = frozenset(
     s for s in signal.Signals
     if s < 32 and s not in (signal.SIGKILL, signal.SIGSTOP) and s not in _SYNCHRONOUS
 )  # fmt: skip
+#: Passed on, but not a request to stop (job control, terminal size, urgent data).
+NOT_STOPPING = frozenset({signal.SIGCHLD, signal.SIGCONT, signal.SIGWINCH, signal.SIGURG})
 PROCESS_NAME = "sifbox-instance"
 
 
@@ -79,13 +81,15 @@ def hold(start: Callable[[], None] | None, notify_fd: int) -> int:
     stop_signal = 0
     while True:
         info = signal.sigwaitinfo(WATCHED)
-        if info.si_signo == signal.SIGCHLD:
+        sig = info.si_signo
+        if sig == signal.SIGCHLD:
             _reap()
         else:
-            stop_signal = info.si_signo
+            if sig not in NOT_STOPPING:
+                stop_signal = sig
             if group:
                 try:
-                    os.kill(-group, stop_signal)
+                    os.kill(-group, sig)
                 except ProcessLookupError:
                     group = 0
         if stop_signal and not _group_alive(group):
