@@ -61,8 +61,8 @@ def hold(start: Callable[[], None] | None, notify_fd: int) -> int:
             try:
                 sc.set_parent_death_signal(signal.SIGKILL)
                 os.setpgid(0, 0)
-                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ):
-                    signal.signal(sig, signal.SIG_DFL)
+                for default in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ):
+                    signal.signal(default, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
                 os.close(notify_fd)
                 start()
