@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from sifbox.util.errors import ExitStatus, SifboxError, UsageError
+from sifbox.util.errors import ExitStatus, NotAvailableError, SifboxError, UsageError
 
 STOP_TIMEOUT = 10  # seconds, as Apptainer's --timeout default
 
@@ -68,10 +68,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument(
         "-u", "--user", metavar="USER", help="if running as root, stop the instances of USER"
     )
+    s = sub.add_parser("stats", help="Get stats for a named instance (not available yet)")
+    s.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
 
 def main(args: argparse.Namespace) -> int:
     verb = args.instance_command
+    if verb == "stats":
+        raise NotAvailableError(
+            "can't show instance statistics: they need cgroups, "
+            "not available in this version of sifbox yet"
+        )
     if verb is None:
         args._parser._subparsers._group_actions[0].choices[args.command].print_help()
         return 0
