@@ -292,3 +292,28 @@ def test_instance_run_runs_the_runscript_detached(sb, inst_images, name) -> None
     assert "runscript p q" in log.read_text()
     assert _ok(sb("exec", f"instance://{name}", "echo", "still here")) == "still here\n"
     _ok(sb("instance", "stop", name))
+
+
+def test_user_option_is_for_root(run_as, as_who, test_user, sifbox_cli, inst_images, name) -> None:  # type: ignore[no-untyped-def]
+    def as_test_user(*args: str):  # type: ignore[no-untyped-def]
+        return run_as(test_user, [sifbox_cli, *args], env=env_for(test_user), cwd="/",
+                      timeout=LAUNCH_TIMEOUT)  # fmt: skip
+
+    def as_caller(*args: str):  # type: ignore[no-untyped-def]
+        return run_as(
+            as_who, [sifbox_cli, *args], env=env_for(as_who), cwd="/", timeout=LAUNCH_TIMEOUT
+        )
+
+    _ok(as_test_user("instance", "start", "--contain", str(inst_images["sif"]), name))
+    try:
+        listed = as_caller("instance", "list", "--user", test_user.name)
+        stopped = as_caller("instance", "stop", "--user", test_user.name, name)
+        if as_who.is_root:
+            assert name in _ok(listed)
+            _ok(stopped)
+            assert name not in _ok(as_test_user("instance", "list"))
+        else:
+            assert listed.returncode == 125 and "only root can" in listed.stderr
+            assert stopped.returncode == 125 and "only root can" in stopped.stderr
+    finally:
+        as_test_user("instance", "stop", "--all", "--force")
