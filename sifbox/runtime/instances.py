@@ -221,6 +221,11 @@ def is_running(state: State) -> bool:
     return st is not None and (not state.starttime or st[1] == state.starttime)
 
 
+def alive(paths: Paths, state: State) -> bool:
+    """`state` describes a running instance of the owner of `paths`."""
+    return is_running(state) and (paths.uid < 0 or proc_uid(state.pid) == paths.uid)
+
+
 def watcher_running(state: State) -> bool:
     if state.ppid <= 0:
         return False
@@ -296,7 +301,7 @@ def list_states(paths: Paths, pattern: str = "*", clean: bool = True) -> list[St
         state = load(paths, name)
         if state is None:
             continue
-        if is_running(state) and (paths.uid < 0 or proc_uid(state.pid) == paths.uid):
+        if alive(paths, state):
             found.append(state)
         elif clean:
             clean_stale(paths, name)
@@ -310,9 +315,7 @@ def clean_stale(paths: Paths, name: str) -> None:
             if got is None:
                 return
             state = load(paths, name)
-            if state is not None and not (
-                is_running(state) and (paths.uid < 0 or proc_uid(state.pid) == paths.uid)
-            ):
+            if state is not None and not alive(paths, state):
                 remove_state(paths, name)
     except OSError:
         pass

@@ -219,7 +219,7 @@ def _launch(name, pid_file, spec, host, source, mounts, payload, site, log_fn) -
     err_log, out_log = paths.logs(name)
     with instances.locked(paths) as lock_fd:
         existing = instances.load(paths, name)
-        if existing is not None and instances.is_running(existing):
+        if existing is not None and instances.alive(paths, existing):
             source.close()
             raise instances.InstanceError(f"can't start instance `{name}`: an instance of that name already exists",
                                           hint=f"`sifbox instance stop {name}` stops it; or choose another name")  # fmt: skip
