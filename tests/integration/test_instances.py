@@ -72,8 +72,16 @@ def sb(run_as, as_who, sifbox_cli):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def name(sb) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """A fresh instance name; every instance of the user is stopped after the test."""
-    yield f"t{uuid.uuid4().hex[:8]}"
+    fresh = f"t{uuid.uuid4().hex[:8]}"
+    yield fresh
     sb("instance", "stop", "--all", "--force")
+    for who in {"root", os.environ.get("SIFBOX_TEST_USER", "sifbox-test")}:
+        try:
+            logs = _state_dir(pwd.getpwnam(who), "x").parents[3] / "logs"
+        except KeyError:
+            continue
+        for log in logs.glob(f"*/{who}/{fresh}*"):
+            log.unlink()
 
 
 def _ok(proc) -> str:  # type: ignore[no-untyped-def]
@@ -89,8 +97,10 @@ def _listed(sb) -> dict[str, dict[str, object]]:  # type: ignore[no-untyped-def]
 
 
 def _state_dir(who, name: str) -> Path:  # type: ignore[no-untyped-def]
-    home = pwd.getpwnam(who.name).pw_dir
-    return Path(home, ".sifbox/instances/app", os.uname().nodename, who.name, name)
+    """NAME's state directory for `who` (a User, or a pwd entry)."""
+    user = getattr(who, "pw_name", None) or who.name
+    home = pwd.getpwnam(user).pw_dir
+    return Path(home, ".sifbox/instances/app", os.uname().nodename, user, name)
 
 
 @pytest.mark.parametrize("kind", ["sif", "sandbox"])
