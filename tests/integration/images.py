@@ -18,7 +18,10 @@ per session as root. Test modules import the fixtures they need::
 
 `no_leaks` is autouse: after every test of a module that imports it, no new FUSE/squashfs/overlay
 mount is visible on the host, no new ``squashfuse*`` process runs, no process still names one of
-the test images, and no loop device is attached to one of them.
+the test images or runs in a sifbox instance (``SIFBOX_INSTANCE`` in its environment, or the
+holder's name ``sifbox-instance``), and no loop device is attached to one of them. Only processes
+of this test session count (its descendants: the session is a child subreaper, so orphans stay
+its own): the machine may run other sessions at the same time.
 """
 
 from __future__ import annotations
@@ -331,6 +334,15 @@ def _live_processes() -> dict[int, tuple[str, str]]:
     return procs
 
 
+def _environ(pid: int) -> bytes:
+    """NUL-framed environment of `pid` (empty when unreadable)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return b"\0" + f.read() + b"\0"
+    except OSError:
+        return b""
+
+
 def _mounts() -> dict[str, tuple[str, str, str]]:
     """Host mount id -> (mount point, fstype, source), from /proc/self/mountinfo."""
     found = {}
@@ -393,7 +405,8 @@ class LeakGuard:
             if pid not in self.procs
             and pid in mine
             and pid != os.getpid()
-            and (comm.startswith(("squashfuse", "fuse2fs", "fuse-overlayfs")) or self._ours(cmdline))
+            and (comm.startswith(("squashfuse", "fuse2fs", "fuse-overlayfs")) or comm == "sifbox-instance"
+                 or self._ours(cmdline) or b"\0SIFBOX_INSTANCE=" in _environ(pid))
         }
 
     def leaked_loops(self) -> list[str]:

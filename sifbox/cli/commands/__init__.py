@@ -35,7 +35,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("verify", "Verify digital signature(s) within an image", "verify"),
     Command("key", "Manage OpenPGP keys", "key", ("keys",)),
     Command("ecl", "Check images against the execution control list (ecl.toml)", "ecl"),
-    Command("instance", "Manage containers running as services"),
+    Command("instance", "Manage containers running as services", "instance"),
     Command("overlay", "Manage an EXT3 writable overlay image", "overlay"),
     Command("sif", "Manipulate Singularity Image Format (SIF) images", "sif", ("siftool",)),
     Command("cache", "Manage the local cache"),

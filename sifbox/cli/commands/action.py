@@ -18,6 +18,7 @@ from sifbox.util.errors import NotAvailableError, UsageError
 
 ENV_PREFIXES = ("SIFBOX_", "APPTAINER_", "SINGULARITY_")
 NOT_YET = ("nv", "nvccli", "rocm")
+STARTSCRIPT = "/.singularity.d/startscript"
 
 
 def flag_env(*names: str) -> str | None:
@@ -86,10 +87,18 @@ def add_arguments(p) -> None:  # type: ignore[no-untyped-def]
     import argparse
 
     action = p.get_default("_command").name
-    p.add_argument("image", metavar="IMAGE", help="SIF file, SquashFS file or sandbox directory")
+    p.add_argument("image", metavar="IMAGE",
+                   help="SIF file, SquashFS file, sandbox directory, or instance://NAME")  # fmt: skip
     if action == "exec":
         p.add_argument("command_word", metavar="COMMAND", help="command to run in the container")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments")
+    add_options(p, action)
+
+
+def add_options(p, action: str) -> None:  # type: ignore[no-untyped-def]
+    """The container options (also those of `instance start|run`)."""
+    import argparse
+
     groups = {}
     for flags, dest, kind, metavar, text, group in _options(action):
         if group not in groups:
@@ -259,7 +268,8 @@ def _net(args) -> bool:  # type: ignore[no-untyped-def]
     return net
 
 
-def main(args) -> int:  # type: ignore[no-untyped-def]
+def main(args, launch=None) -> int:  # type: ignore[no-untyped-def]
+    """Run the action; `launch` (instances) replaces `sandbox.setup.enter`."""
     import pwd
 
     from sifbox.image.source import open_image
@@ -271,6 +281,11 @@ def main(args) -> int:  # type: ignore[no-untyped-def]
 
     action = args.command
     spec = build_spec(args)
+    instance = None
+    if spec.image.startswith("instance://"):
+        from sifbox.runtime import instances
+
+        instance = instances.find_running(spec.image, verb=action)
     uid, gid = os.getuid(), os.getgid()
     try:
         entry = pwd.getpwuid(uid)
@@ -305,25 +320,36 @@ def main(args) -> int:  # type: ignore[no-untyped-def]
             log.log.warning("%s", warning)
     _check_namespaces_allowed(spec, cfg)
     site = site_from_config(cfg)
-    mounts = default_mounts(spec, host, site=site)
-    source = open_image(spec.image, verb=action)
-    if policy_configured(cfg):
-        from sifbox.security import policy
+    if instance is not None:
+        # Joining: the instance's mounts and image are already in place.
+        mounts, source, image_path, overlays = [], None, instance.image, []
+    else:
+        mounts = default_mounts(spec, host, site=site)
+        source = open_image(spec.image, verb=action)
+        image_path = source.path
+        if policy_configured(cfg):
+            from sifbox.security import policy
 
-        try:
-            policy.check_opened(source, cfg, verb=action, image=spec.image, user=user)
-        except BaseException:
-            source.close()
-            raise
-    _check_ecl(source, action, getattr(args, "config", None))
-    overlays = _open_overlays(spec, source, action)
+            try:
+                policy.check_opened(source, cfg, verb=action, image=spec.image, user=user)
+            except BaseException:
+                source.close()
+                raise
+        _check_ecl(source, action, getattr(args, "config", None))
+        overlays = _open_overlays(spec, source, action)
     env = envmod.container_env(
-        os.environ, cleanenv=spec.cleanenv, image=source.path,
+        os.environ, cleanenv=spec.cleanenv, image=image_path,
         home=spec.home_target or home, overrides=overrides,
         shell_prompt="Sifbox> " if action == "shell" else None, action=action,
     )  # fmt: skip
+    if instance is not None or launch is not None:
+        name = instance.name if instance is not None else args.instance_name
+        for prefix in ("SIFBOX", "APPTAINER", "SINGULARITY"):
+            env[f"{prefix}_INSTANCE"] = name
     if action == "exec":
         words = [args.command_word, *args.args]
+    elif action == "start":
+        words = [STARTSCRIPT, *args.args]
     elif action == "shell":
         words = [spec.shell or "", *args.args]
     else:
@@ -347,11 +373,13 @@ def main(args) -> int:  # type: ignore[no-untyped-def]
             raise LaunchError(f"can't {action} app `{app}` of `{spec.image}`: the image has no such app",
                               hint=f"`sifbox inspect --list-apps {spec.image}` lists its apps")  # fmt: skip
 
+        if action == "start" and not present(STARTSCRIPT):
+            return [], env  # nothing to start: the instance only holds its namespaces
         if present("/bin/sh"):
-            return ["/bin/sh", "-c", envmod.PRELUDE, "sifbox", action, *words], env
+            return ["/bin/sh", "-c", envmod.PRELUDE, "sifbox", "exec" if action == "start" else action, *words], env
         # No shell: no env scripts either; run what can run directly.
         direct = envmod.apply_overrides_directly(env, overrides)
-        if action == "exec":
+        if action in ("exec", "start"):
             return words, direct
         script = {"run": "/.singularity.d/runscript", "test": "/.singularity.d/test"}.get(action)
         if action == "test" and not present(script):
@@ -361,7 +389,14 @@ def main(args) -> int:  # type: ignore[no-untyped-def]
         raise LaunchError(f"can't {action} `{spec.image}`: the image has no /bin/sh",
                           hint="`sifbox exec IMAGE /path/to/program` runs a program directly")
 
-    status = enter(spec, host, source, mounts, payload, log=_verbose_log(), site=site, overlays=overlays)
+    if instance is not None:
+        from sifbox.runtime.sandbox import join
+
+        status = join.enter(instance, spec, host, payload, log=_verbose_log())
+    elif launch is not None:
+        status = launch(spec, host, source, mounts, payload, site, _verbose_log(), overlays)
+    else:
+        status = enter(spec, host, source, mounts, payload, log=_verbose_log(), site=site, overlays=overlays)
     # The payload is gone and its status known: skip the interpreter's
     # teardown (~10 ms on every launch, which counts once per MPI rank).
     sys.stdout.flush()

@@ -38,13 +38,17 @@ _fail = layers.fail
 
 
 def enter(spec: ContainerSpec, host: Host, source: ImageSource, mounts: list[Mount],
-          payload, log=None, site: Site = DEFAULT_SITE, overlays=()) -> int:  # fmt: skip  # type: ignore[no-untyped-def]
+          payload, log=None, site: Site = DEFAULT_SITE, overlays=(), hold=None) -> int:  # fmt: skip  # type: ignore[no-untyped-def]
     """Build the container, run `payload(root)` -> (argv, env) in it under
     the supervisor, and return its exit status.
 
     `payload` is called with the host path of the finished root, before
     entering it, so that it can look at the image (is there a /bin/sh?).
     It may return (None, message) when there is nothing to run.
+
+    With `hold` (instances), the container is built in a child of this
+    process, as with --pid, and `hold(start)` replaces the supervisor there:
+    `start` (None when the argv is empty) runs the payload.
     """
     userns = not host.is_root or spec.userns
     fakeroot = spec.fakeroot and not host.is_root
@@ -85,21 +89,21 @@ def enter(spec: ContainerSpec, host: Host, source: ImageSource, mounts: list[Mou
             f"can't start a container from `{spec.image}`: can't create namespaces: {describe_os_error(err)}",
             hint="unprivileged user namespaces may be disabled; `sifbox doctor` checks this",
         ) from None
-    if spec.pid:
+    if spec.pid or hold is not None:
         # The rest runs in PID 1 of the new PID namespace: /proc of that
         # namespace can only be mounted from inside it, and (in a user
         # namespace) only while the host's /proc is still in view.
         return supervisor.run(lambda: _run_as_init(spec, source, mounts, payload, log, inner, squashfuse, host, site,
-                                                          overlays))  # fmt: skip
+                                                          overlays, hold))  # fmt: skip
     return _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host, userns, site, overlays)
 
 
-def _run_as_init(spec, source, mounts, payload, log, inner, squashfuse, host, site, overlays) -> None:  # type: ignore[no-untyped-def]
+def _run_as_init(spec, source, mounts, payload, log, inner, squashfuse, host, site, overlays, hold=None) -> None:  # type: ignore[no-untyped-def]
     import sys
 
     try:
         status = _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host,
-                                not host.is_root or spec.userns, site, overlays)  # fmt: skip
+                                not host.is_root or spec.userns, site, overlays, hold)  # fmt: skip
     except SifboxError as err:
         sys.stderr.write(f"sifbox: error: {err.message}\n")
         if err.hint:
@@ -110,7 +114,7 @@ def _run_as_init(spec, source, mounts, payload, log, inner, squashfuse, host, si
     os._exit(status)
 
 
-def _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host, userns, site, overlays) -> int:  # type: ignore[no-untyped-def]
+def _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host, userns, site, overlays, hold=None) -> int:  # type: ignore[no-untyped-def]
     try:
         # `mount slave = yes`: host mounts made later still show inside.
         sc.mount(None, "/", None, sc.MS_REC | (sc.MS_SLAVE if site.mount_slave else sc.MS_PRIVATE))
@@ -158,6 +162,8 @@ def _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host, 
     # In a PID namespace this process is its PID 1: it supervises the
     # payload rather than becoming it (PID 1 ignores unhandled signals and
     # must reap orphans).
+    if hold is not None:
+        return int(hold((lambda: _exec_or_exit(argv, env)) if argv else None))
     return supervisor.run(lambda: _exec_or_exit(argv, env))
 
 

@@ -1,8 +1,8 @@
 """The privileged operations sifbox uses, as thin ctypes wrappers.
 
 Each raises OSError with the errno on failure. This is the closed set:
-unshare, mount, umount2, pivot_root, prctl, capget/capset, and the loop
-device ioctls. Nothing else in sifbox talks to the kernel this way.
+unshare, setns, mount, umount2, pivot_root, prctl, capget/capset, and the
+loop device ioctls. Nothing else in sifbox talks to the kernel this way.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ MS_SHARED = 1 << 20
 MNT_DETACH = 2
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+PR_SET_CHILD_SUBREAPER = 36
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 CAP_LAST = 63
@@ -41,6 +43,7 @@ CAP_LAST = 63
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 _libc.syscall.restype = ctypes.c_long
 
@@ -57,6 +60,11 @@ def _b(s: str | None) -> bytes | None:
 
 def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """Join the namespace open at `fd` (a /proc/PID/ns/* file)."""
+    _check(_libc.setns(fd, nstype), "setns")
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
@@ -98,6 +106,17 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0) -> None:
 
 def set_parent_death_signal(sig: int) -> None:
     prctl(PR_SET_PDEATHSIG, sig)
+
+
+def set_child_subreaper() -> None:
+    """Orphaned descendants become this process's children (not init's)."""
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def set_process_name(name: str) -> None:
+    """The name `ps` shows (/proc/self/comm, at most 15 bytes)."""
+    buf = ctypes.create_string_buffer(name.encode()[:15])
+    _check(_libc.prctl(PR_SET_NAME, ctypes.cast(buf, ctypes.c_void_p).value or 0, 0, 0, 0), "prctl")
 
 
 def set_no_new_privs() -> None:
