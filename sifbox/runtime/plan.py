@@ -109,7 +109,7 @@ def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir
             if spec.contain:
                 mounts.append(Mount("tmpfs", None, d, options="mode=1777"))
             elif isdir(d):
-                mounts.append(Mount("bind", d, d))
+                mounts.append(Mount("rbind", d, d))
     home_target = spec.home_target or host.home
     if "home" not in off and not spec.no_home and home_target and home_target != "/":
         if spec.home_source:
@@ -118,11 +118,11 @@ def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir
                     f"can't use `{spec.home_source}` as the home directory: it is not a directory",
                     hint="fix the -H/--home option",
                 )
-            mounts.append(Mount("bind", spec.home_source, home_target))
+            mounts.append(Mount("rbind", spec.home_source, home_target))
         elif spec.contain:
             mounts.append(Mount("tmpfs", None, home_target, options="mode=700"))
         elif isdir(host.home):
-            mounts.append(Mount("bind", host.home, home_target))
+            mounts.append(Mount("rbind", host.home, home_target))
     # `bind path` of sifbox.conf; `--no-mount bind-paths` and `--no-mount
     # /dest` turn these off, never the user's own --bind options.
     if "bind-paths" not in off:
@@ -148,7 +148,7 @@ def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir
         covered = [m.target for m in mounts if m.kind in ("bind", "rbind") and not m.file]
         if cwd and cwd != "/" and isdir(cwd) and not any(_under(cwd, t) for t in covered):
             if not _system_path(cwd):
-                mounts.append(Mount("bind", cwd, cwd))
+                mounts.append(Mount("rbind", cwd, cwd))
     return mounts
 
 

@@ -158,9 +158,9 @@ DEFAULTS = [
     Mount("rbind", "/proc", "/proc"),
     Mount("rbind", "/sys", "/sys"),
     Mount("rbind", "/dev", "/dev"),
-    Mount("bind", "/tmp", "/tmp"),
-    Mount("bind", "/var/tmp", "/var/tmp"),
-    Mount("bind", "/home/alice", "/home/alice"),
+    Mount("rbind", "/tmp", "/tmp"),
+    Mount("rbind", "/var/tmp", "/var/tmp"),
+    Mount("rbind", "/home/alice", "/home/alice"),
     *ETC_FILES,
 ]
 
@@ -196,7 +196,7 @@ def test_defaults_skip_what_the_host_lacks() -> None:
 
 def test_cwd_outside_covered_paths_is_bound_last() -> None:
     got = plan(HOST._replace(cwd="/data/proj"))
-    assert got == [*DEFAULTS, Mount("bind", "/data/proj", "/data/proj")]
+    assert got == [*DEFAULTS, Mount("rbind", "/data/proj", "/data/proj")]
 
 
 @pytest.mark.parametrize(
@@ -224,7 +224,7 @@ def test_cwd_bound_when_only_a_prefix_matches() -> None:
     # /usrlocal is not under /usr, /home/alicex is not under /home/alice
     for cwd in ("/usrlocal", "/home/alicex"):
         got = plan(HOST._replace(cwd=cwd), dirs=DIRS | {cwd})
-        assert got[-1] == Mount("bind", cwd, cwd)
+        assert got[-1] == Mount("rbind", cwd, cwd)
 
 
 def test_cwd_under_a_user_bind_is_covered() -> None:
@@ -235,7 +235,7 @@ def test_cwd_under_a_user_bind_is_covered() -> None:
 def test_cwd_not_bound_under_a_file_bind_alone() -> None:
     # file binds do not cover a directory
     got = plan(HOST._replace(cwd="/data/proj"), binds=(BindMount("/data/file.txt", "/data"),))
-    assert got[-1] == Mount("bind", "/data/proj", "/data/proj")
+    assert got[-1] == Mount("rbind", "/data/proj", "/data/proj")
 
 
 def test_cwd_not_bound_with_pwd_or_contain() -> None:
@@ -283,24 +283,24 @@ def test_no_home() -> None:
 
 def test_no_home_binds_the_cwd_under_home() -> None:
     got = plan(no_home=True)
-    assert got[-1] == Mount("bind", "/home/alice/work", "/home/alice/work")
+    assert got[-1] == Mount("rbind", "/home/alice/work", "/home/alice/work")
 
 
 @pytest.mark.parametrize("home", ["", "/"])
 def test_no_home_bind_for_an_empty_or_root_home(home: str) -> None:
     got = plan(HOST._replace(home=home, cwd="/"))
-    assert [m for m in got if m.kind == "bind" and not m.file] == DEFAULTS[3:5]
+    assert [m for m in got if m.kind == "rbind" and m.target in ("/tmp", "/var/tmp", "/home/alice", "/")] == DEFAULTS[3:5]
 
 
 def test_home_source_and_target() -> None:
     got = plan(home_source="/srv/h", home_target="/home/alice")
-    assert Mount("bind", "/srv/h", "/home/alice") in got
-    assert Mount("bind", "/home/alice", "/home/alice") not in got
+    assert Mount("rbind", "/srv/h", "/home/alice") in got
+    assert Mount("rbind", "/home/alice", "/home/alice") not in got
     got = plan(home_source="/srv/h", home_target="/myhome")
-    assert Mount("bind", "/srv/h", "/myhome") in got
+    assert Mount("rbind", "/srv/h", "/myhome") in got
     # -H wins over --contain's tmpfs home
     got = plan(home_source="/srv/h", home_target="/myhome", contain=True)
-    assert Mount("bind", "/srv/h", "/myhome") in got
+    assert Mount("rbind", "/srv/h", "/myhome") in got
     assert not [m for m in got if m.kind == "tmpfs" and m.target in ("/myhome", "/home/alice")]
     # --no-home wins over -H
     assert "/myhome" not in targets(plan(home_source="/srv/h", home_target="/myhome", no_home=True))
@@ -308,7 +308,7 @@ def test_home_source_and_target() -> None:
 
 def test_home_target_alone_binds_the_host_home_there() -> None:
     got = plan(home_target="/myhome")
-    assert Mount("bind", "/home/alice", "/myhome") in got
+    assert Mount("rbind", "/home/alice", "/myhome") in got
 
 
 @pytest.mark.parametrize(
