@@ -52,6 +52,8 @@ BOOTSTRAP_AGENTS = frozenset(
      "oci", "oci-archive", "library", "oras", "shub", "yum", "dnf", "zypper", "arch", "buildkit"}
 )  # fmt: skip
 
+#: Agents that build from the header's other keywords, not from `From:`.
+_NO_FROM = frozenset({"scratch", "busybox", "buildkit", "debootstrap", "yum", "dnf", "zypper", "arch"})
 _SECTION_LINE = re.compile(r"%([A-Za-z]+)\b(.*)\Z")
 _TEMPLATE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 _ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
@@ -457,7 +459,7 @@ def _check_stages(stages: list[Stage], filename: str) -> None:
         if agent not in BOOTSTRAP_AGENTS:
             raise DeffileError(f"can't parse `{where}`: unknown bootstrap agent `{stage.header['bootstrap']}`",
                                hint="agents: " + ", ".join(sorted(BOOTSTRAP_AGENTS)))  # fmt: skip
-        if agent not in ("scratch", "busybox", "buildkit") and not stage.get("from"):
+        if agent not in _NO_FROM and not stage.get("from"):
             raise DeffileError(f"can't parse `{where}`: bootstrap agent `{agent}` needs a `From:` keyword")
         if stage.name:
             if stage.name in names:
