@@ -17,7 +17,7 @@ DEMO_DIR=$PREFIX/demo
 UDEV_RULE=/etc/udev/rules.d/99-sifbox-fuse.rules
 COMPLETION=/usr/share/bash-completion/completions/sifbox
 PACKAGES=(
-    python3 python3-venv squashfs-tools squashfuse fuse3 busybox-static uidmap siftool
+    python3 python3-venv squashfs-tools squashfuse fuse3 busybox-static uidmap siftool debootstrap
     squashfs-tools-ng bash-completion fuse-overlayfs
 )
 

@@ -32,10 +32,31 @@ from sifbox.util.errors import SifboxError
 HEADER_KEYWORDS = frozenset(
     k.lower()
     for k in (
-        "Bootstrap From Stage Fingerprints IncludeCmd MirrorURL UpdateURL OSVersion Include Library "
-        "Registry Namespace Product User Regcode ProductPGP RegisterURL Modules ConfURL SetOpt "
-        "Target Frontend Filename BuildArgs"
-    ).split()
+        "Bootstrap",
+        "From",
+        "Stage",
+        "Fingerprints",
+        "IncludeCmd",
+        "MirrorURL",
+        "UpdateURL",
+        "OSVersion",
+        "Include",
+        "Library",
+        "Registry",
+        "Namespace",
+        "Product",
+        "User",
+        "Regcode",
+        "ProductPGP",
+        "RegisterURL",
+        "Modules",
+        "ConfURL",
+        "SetOpt",
+        "Target",
+        "Frontend",
+        "Filename",
+        "BuildArgs",
+    )
 )
 _OTHER_URL = re.compile(r"otherurl\d+\Z")
 
@@ -43,7 +64,16 @@ _OTHER_URL = re.compile(r"otherurl\d+\Z")
 SECTIONS = ("arguments", "help", "setup", "files", "labels", "environment", "post", "runscript",
             "startscript", "test", "pre")  # fmt: skip
 #: SCIF app sections; each takes the app name as argument.
-APP_SECTIONS = ("appinstall", "appfiles", "appenv", "apprun", "appstart", "apptest", "applabels", "apphelp")
+APP_SECTIONS = (
+    "appinstall",
+    "appfiles",
+    "appenv",
+    "apprun",
+    "appstart",
+    "apptest",
+    "applabels",
+    "apphelp",
+)
 #: Sections that are scripts and accept `-c SHELL`.
 SCRIPT_SECTIONS = frozenset({"setup", "post", "runscript", "startscript", "test", "pre"})
 
@@ -53,7 +83,9 @@ BOOTSTRAP_AGENTS = frozenset(
 )  # fmt: skip
 
 #: Agents that build from the header's other keywords, not from `From:`.
-_NO_FROM = frozenset({"scratch", "busybox", "buildkit", "debootstrap", "yum", "dnf", "zypper", "arch"})
+_NO_FROM = frozenset(
+    {"scratch", "busybox", "buildkit", "debootstrap", "yum", "dnf", "zypper", "arch"}
+)
 _SECTION_LINE = re.compile(r"%([A-Za-z]+)\b(.*)\Z")
 _TEMPLATE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 _ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
@@ -194,7 +226,9 @@ def parse_deffile(
     """Parse a definition file. `build_args` (--build-arg and --build-arg-file,
     merged by the caller) override the `%arguments` defaults."""
     if "\0" in text:
-        raise DeffileError(f"can't parse `{filename}`: it contains NUL bytes, not a definition file")
+        raise DeffileError(
+            f"can't parse `{filename}`: it contains NUL bytes, not a definition file"
+        )
     lines = text.split("\n")
     chunks = _split_stages(lines, filename)
     if not chunks:
@@ -209,7 +243,9 @@ def parse_deffile(
     stages = []
     for start, chunk in chunks:
         raw = "\n".join(chunk)
-        subst = [_substitute(line, values, used, filename, start + i) for i, line in enumerate(chunk)]
+        subst = [
+            _substitute(line, values, used, filename, start + i) for i, line in enumerate(chunk)
+        ]
         stages.append(_parse_stage(subst, raw, start, filename))
     _check_stages(stages, filename)
     unused = sorted(k for k in given if k not in used)
@@ -264,7 +300,9 @@ def _arguments(chunk: list[str], start: int, filename: str) -> dict[str, str]:
         key, sep, value = stripped.partition("=")
         key = key.strip()
         if not sep or not _ARG_NAME.match(key):
-            raise DeffileError(f"can't parse `{filename}:{start + i}`: expected NAME=VALUE in %arguments")
+            raise DeffileError(
+                f"can't parse `{filename}:{start + i}`: expected NAME=VALUE in %arguments"
+            )
         out[key] = _unquote(value.strip())
     return out
 
@@ -310,7 +348,9 @@ def _parse_stage(lines: list[str], raw: str, start: int, filename: str) -> Stage
             raise DeffileError(f"can't parse `{filename}:{n}`: unknown header keyword `{key.strip()}`",
                                hint="keywords: Bootstrap, From, Stage, MirrorURL, OSVersion, Include, ...")  # fmt: skip
         if key_l in header:
-            raise DeffileError(f"can't parse `{filename}:{n}`: header keyword `{key.strip()}` given twice")
+            raise DeffileError(
+                f"can't parse `{filename}:{n}`: header keyword `{key.strip()}` given twice"
+            )
         header[key_l] = value.strip()
         names[key_l] = key.strip()
     # Sections.
@@ -358,7 +398,9 @@ def _script(arg: str, body: list[str], line: int, filename: str, name: str) -> S
         except ValueError as err:
             raise DeffileError(f"can't parse `{filename}:{line}`: %{name} {arg}: {err}") from None
         if words[0] != "-c" or len(words) < 2:
-            raise DeffileError(f"can't parse `{filename}:{line}`: %{name} takes only `-c SHELL`, found `{arg}`")
+            raise DeffileError(
+                f"can't parse `{filename}:{line}`: %{name} takes only `-c SHELL`, found `{arg}`"
+            )
         shell = " ".join(words[1:])
     return Script(_body_text(body), shell, line)
 
@@ -397,12 +439,16 @@ def _file_pairs(body: list[str], line: int, filename: str) -> list[tuple[str, st
     return pairs
 
 
-def _add_section(stage: Stage, name: str, arg: str, body: list[str], line: int, filename: str) -> None:
+def _add_section(
+    stage: Stage, name: str, arg: str, body: list[str], line: int, filename: str
+) -> None:
     stage.sections.append(name)
     if name in APP_SECTIONS:
         words = arg.split()
         if len(words) != 1 or "/" in words[0] or words[0] in (".", ".."):
-            raise DeffileError(f"can't parse `{filename}:{line}`: %{name} needs one app name, found `{arg}`")
+            raise DeffileError(
+                f"can't parse `{filename}:{line}`: %{name} needs one app name, found `{arg}`"
+            )
         app = stage.apps.setdefault(words[0], App(words[0]))
         kind = name[3:]
         if kind in ("install", "run", "start", "test"):
@@ -423,7 +469,9 @@ def _add_section(stage: Stage, name: str, arg: str, body: list[str], line: int, 
         if arg:
             words = arg.split()
             if len(words) != 2 or words[0] != "from":
-                raise DeffileError(f"can't parse `{filename}:{line}`: expected `%files from STAGE`, found `%files {arg}`")
+                raise DeffileError(
+                    f"can't parse `{filename}:{line}`: expected `%files from STAGE`, found `%files {arg}`"
+                )
             stage_name = words[1]
         stage.files.append(FilesSection(stage_name, _file_pairs(body, line, filename), line))
         return
@@ -432,7 +480,9 @@ def _add_section(stage: Stage, name: str, arg: str, body: list[str], line: int, 
         setattr(stage, attr, _merge(getattr(stage, attr), _script(arg, body, line, filename, name)))
         return
     if arg:
-        raise DeffileError(f"can't parse `{filename}:{line}`: %{name} takes no argument, found `{arg}`")
+        raise DeffileError(
+            f"can't parse `{filename}:{line}`: %{name} takes no argument, found `{arg}`"
+        )
     if name == "environment":
         stage.environment += _body_text(body)
     elif name == "help":
@@ -450,7 +500,7 @@ def _merge(old: Script | None, new: Script) -> Script:
 
 def _check_stages(stages: list[Stage], filename: str) -> None:
     names: set[str] = set()
-    for k, stage in enumerate(stages):
+    for stage in stages:
         where = f"{filename}:{stage.line}"
         if "bootstrap" not in stage.header:
             raise DeffileError(f"can't parse `{where}`: the header has no `Bootstrap:` keyword",
@@ -460,10 +510,11 @@ def _check_stages(stages: list[Stage], filename: str) -> None:
             raise DeffileError(f"can't parse `{where}`: unknown bootstrap agent `{stage.header['bootstrap']}`",
                                hint="agents: " + ", ".join(sorted(BOOTSTRAP_AGENTS)))  # fmt: skip
         if agent not in _NO_FROM and not stage.get("from"):
-            raise DeffileError(f"can't parse `{where}`: bootstrap agent `{agent}` needs a `From:` keyword")
-        if stage.name:
-            if stage.name in names:
-                raise DeffileError(f"can't parse `{where}`: stage `{stage.name}` is defined twice")
+            raise DeffileError(
+                f"can't parse `{where}`: bootstrap agent `{agent}` needs a `From:` keyword"
+            )
+        if stage.name and stage.name in names:
+            raise DeffileError(f"can't parse `{where}`: stage `{stage.name}` is defined twice")
         for files in stage.files:
             if files.stage is not None and files.stage not in names:
                 raise DeffileError(
@@ -473,5 +524,3 @@ def _check_stages(stages: list[Stage], filename: str) -> None:
                 )
         if stage.name:
             names.add(stage.name)
-        if k < len(stages) - 1 and not stage.name and len(stages) > 1:
-            pass  # unnamed intermediate stages are allowed (nothing can copy from them)

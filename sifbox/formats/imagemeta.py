@@ -40,8 +40,10 @@ unset __sifbox_f
 """
 
 _ACTIONS = {
-    "exec": '#!/bin/sh\n\n' + _SOURCE_ENV + '\nexec "$@"\n',
-    "run": '#!/bin/sh\n\n' + _SOURCE_ENV + """
+    "exec": "#!/bin/sh\n\n" + _SOURCE_ENV + '\nexec "$@"\n',
+    "run": "#!/bin/sh\n\n"
+    + _SOURCE_ENV
+    + """
 if [ -n "${SINGULARITY_APPNAME:-${SCIF_APPNAME:-}}" ]; then
     __app=${SINGULARITY_APPNAME:-$SCIF_APPNAME}
     if [ -x "/scif/apps/$__app/scif/runscript" ]; then
@@ -56,7 +58,9 @@ fi
 echo "No runscript found in container, executing /bin/sh" >&2
 exec /bin/sh "$@"
 """,
-    "shell": '#!/bin/sh\n\n' + _SOURCE_ENV + """
+    "shell": "#!/bin/sh\n\n"
+    + _SOURCE_ENV
+    + """
 if [ -n "${SINGULARITY_SHELL:-}" ] && [ -x "$SINGULARITY_SHELL" ]; then
     exec "$SINGULARITY_SHELL" "$@"
 fi
@@ -65,12 +69,16 @@ if [ -x /bin/bash ]; then
 fi
 exec /bin/sh "$@"
 """,
-    "start": '#!/bin/sh\n\n' + _SOURCE_ENV + """
+    "start": "#!/bin/sh\n\n"
+    + _SOURCE_ENV
+    + """
 if [ -x /.singularity.d/startscript ]; then
     exec /.singularity.d/startscript "$@"
 fi
 """,
-    "test": '#!/bin/sh\n\n' + _SOURCE_ENV + """
+    "test": "#!/bin/sh\n\n"
+    + _SOURCE_ENV
+    + """
 if [ -n "${SINGULARITY_APPNAME:-${SCIF_APPNAME:-}}" ]; then
     __app=${SINGULARITY_APPNAME:-$SCIF_APPNAME}
     if [ -x "/scif/apps/$__app/scif/test" ]; then
@@ -142,7 +150,9 @@ export PATH
 def base_files() -> Files:
     """What every image built by sifbox holds in /.singularity.d before its
     definition adds to it (files that already exist are kept by the builder)."""
-    files: Files = {f"{SD}/actions/{name}": (text.encode(), 0o755) for name, text in _ACTIONS.items()}
+    files: Files = {
+        f"{SD}/actions/{name}": (text.encode(), 0o755) for name, text in _ACTIONS.items()
+    }
     files[f"{SD}/env/01-base.sh"] = (_ENV_01.encode(), 0o755)
     files[f"{SD}/env/90-environment.sh"] = (_ENV_90_HEAD.encode(), 0o755)
     files[f"{SD}/env/95-apps.sh"] = (_ENV_95.encode(), 0o755)

@@ -62,9 +62,16 @@ def build(run_as, as_who, sifbox_cli, work):  # type: ignore[no-untyped-def]
     scratch.mkdir()
     scratch.chmod(0o777)
 
-    def run(*args: str, cwd: Path | None = None, extra_env: dict[str, str] | None = None, timeout: int = BUILD_TIMEOUT):  # type: ignore[no-untyped-def]
+    def run(
+        *args: str,
+        cwd: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+        timeout: int = BUILD_TIMEOUT,
+    ):  # type: ignore[no-untyped-def]
         env = env_for(as_who, SIFBOX_TMPDIR=str(scratch), **(extra_env or {}))
-        return run_as(as_who, [sifbox_cli, "build", *args], env=env, cwd=str(cwd or work), timeout=timeout)
+        return run_as(
+            as_who, [sifbox_cli, "build", *args], env=env, cwd=str(cwd or work), timeout=timeout
+        )
 
     yield run
     assert list(scratch.iterdir()) == [], "the build left scratch files behind"
@@ -85,25 +92,43 @@ def test_demo_definition_builds_and_runs(build, run_as, as_who, sifbox_cli, work
     out = work / "demo.sif"
     proc = build(str(out), str(REPO / "examples/demo.def"))
     assert proc.returncode == 0, proc.stderr
-    for step in ("==> bootstrapping busybox", "==> running %post", "==> running %test", "==> creating SIF image"):
+    for step in (
+        "==> bootstrapping busybox",
+        "==> running %post",
+        "==> running %test",
+        "==> creating SIF image",
+    ):
         assert step in proc.stderr
     run = _sifbox(run_as, as_who, sifbox_cli, "run", str(out), "Ada")
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("Hello from a sifbox build, Ada!")
     app = _sifbox(run_as, as_who, sifbox_cli, "run", "--app", "hello", str(out))
     assert (app.returncode, app.stdout) == (0, "hello from the SCIF app hello\n"), app.stderr
-    ex = _sifbox(run_as, as_who, sifbox_cli, "exec", str(out), "sh", "-c", 'echo "$DEMO_BUILT"; cat /etc/demo-build')
+    ex = _sifbox(
+        run_as,
+        as_who,
+        sifbox_cli,
+        "exec",
+        str(out),
+        "sh",
+        "-c",
+        'echo "$DEMO_BUILT"; cat /etc/demo-build',
+    )
     assert ex.stdout == "yes\nbuilt with sifbox build\n", ex.stderr
     deffile = _sifbox(run_as, as_who, sifbox_cli, "inspect", "--deffile", str(out))
     assert deffile.stdout.rstrip("\n") == (REPO / "examples/demo.def").read_text().rstrip("\n")
     # siftool (Sylabs' reference tool) reads the image.
-    siftool = subprocess.run(["siftool", "list", str(out)], capture_output=True, text=True)
+    siftool = subprocess.run(
+        ["siftool", "list", str(out)], capture_output=True, text=True, check=False
+    )
     if siftool.returncode == 127 or "not found" in siftool.stderr:
         pytest.skip("siftool is not installed")
     assert siftool.returncode == 0, siftool.stderr
     assert "Def.FILE" in siftool.stdout and "FS (Squashfs/*System/" in siftool.stdout
     assert "JSON.Generic" in siftool.stdout
-    header = subprocess.run(["siftool", "header", str(out)], capture_output=True, text=True)
+    header = subprocess.run(
+        ["siftool", "header", str(out)], capture_output=True, text=True, check=False
+    )
     assert "run-singularity" in header.stdout
 
 
@@ -118,7 +143,9 @@ def test_every_section(build, run_as, as_who, sifbox_cli, work) -> None:
     _write(ctx / "conf" / "a.conf", "a\n")
     _write(ctx / "conf" / "b.conf", "b\n")
     _write(ctx / "args.txt", "# build arguments\nFROM_FILE=file-value\n")
-    _write(ctx / "every.def", f"""Bootstrap: busybox
+    _write(
+        ctx / "every.def",
+        f"""Bootstrap: busybox
 MirrorURL: file://{bb}
 
 %arguments
@@ -166,16 +193,21 @@ MirrorURL: file://{bb}
 
 %help
     How to use this image.
-""")
+""",
+    )
     out = work / "every.sif"
-    proc = build("--build-arg", "GREETING=hi", "--build-arg-file", "args.txt", str(out), "every.def", cwd=ctx)
+    proc = build(
+        "--build-arg", "GREETING=hi", "--build-arg-file", "args.txt", str(out), "every.def", cwd=ctx
+    )
     assert proc.returncode == 0, proc.stderr
     for step in ("%setup", "copying files", "%post", "%test"):
         assert step in proc.stderr
     run = _sifbox(run_as, as_who, sifbox_cli, "run", str(out), "x")
     assert (run.returncode, run.stdout) == (0, "run: hi file-value from-post x\n"), run.stderr
-    probe = ("cat /setup-marker /opt/data.txt /etc/myconf/a.conf /etc/myconf/b.conf /opt/confdir/a.conf /post-id;"
-             " stat -c %u:%g /owned; cat /.singularity.d/startscript")
+    probe = (
+        "cat /setup-marker /opt/data.txt /etc/myconf/a.conf /etc/myconf/b.conf /opt/confdir/a.conf /post-id;"
+        " stat -c %u:%g /owned; cat /.singularity.d/startscript"
+    )
     ex = _sifbox(run_as, as_who, sifbox_cli, "exec", str(out), "sh", "-c", probe)
     assert ex.returncode == 0, ex.stderr
     lines = ex.stdout.splitlines()
@@ -187,8 +219,13 @@ MirrorURL: file://{bb}
     assert owner.stdout == "1234:1234\n", owner.stderr
     assert "echo started" in ex.stdout
     labels = _sifbox(run_as, as_who, sifbox_cli, "inspect", "--labels", str(out))
-    for text in ("Author: Someone", "Version: 1.0", "post.label: from-post", "org.label-schema.build-arch",
-                 "org.label-schema.usage.singularity.deffile.bootstrap: busybox"):
+    for text in (
+        "Author: Someone",
+        "Version: 1.0",
+        "post.label: from-post",
+        "org.label-schema.build-arch",
+        "org.label-schema.usage.singularity.deffile.bootstrap: busybox",
+    ):
         assert text in labels.stdout
     helptext = _sifbox(run_as, as_who, sifbox_cli, "run-help", str(out))
     assert "How to use this image." in helptext.stdout
@@ -198,7 +235,9 @@ MirrorURL: file://{bb}
 
 def test_multi_stage_files_from(build, run_as, as_who, sifbox_cli, work) -> None:
     bb = _busybox()
-    _write(work / "multi.def", f"""Bootstrap: busybox
+    _write(
+        work / "multi.def",
+        f"""Bootstrap: busybox
 MirrorURL: {bb}
 Stage: builder
 
@@ -215,7 +254,8 @@ Stage: final
 
 %runscript
     cat /opt/artifact
-""")
+""",
+    )
     out = work / "multi.sif"
     proc = build(str(out), "multi.def")
     assert proc.returncode == 0, proc.stderr
@@ -229,7 +269,9 @@ Stage: final
 def test_scif_apps(build, run_as, as_who, sifbox_cli, work) -> None:
     bb = _busybox()
     _write(work / "cfg.txt", "app config\n")
-    _write(work / "apps.def", f"""Bootstrap: busybox
+    _write(
+        work / "apps.def",
+        f"""Bootstrap: busybox
 MirrorURL: {bb}
 
 %appinstall tool
@@ -259,7 +301,8 @@ MirrorURL: {bb}
 
 %apprun other
     echo other
-""")
+""",
+    )
     out = work / "apps.sif"
     proc = build(str(out), "apps.def")
     assert proc.returncode == 0, proc.stderr
@@ -297,7 +340,9 @@ def test_reproducible(build, work) -> None:
     digests = []
     for n in (1, 2):
         out = work / f"r{n}.sif"
-        proc = build(str(out), str(REPO / "examples/demo.def"), extra_env={"SOURCE_DATE_EPOCH": "1700000000"})
+        proc = build(
+            str(out), str(REPO / "examples/demo.def"), extra_env={"SOURCE_DATE_EPOCH": "1700000000"}
+        )
         assert proc.returncode == 0, proc.stderr
         digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
         time.sleep(1.1)  # a clock-dependent field would differ
@@ -313,7 +358,9 @@ def test_sandbox_update_and_conversions(build, run_as, as_who, sifbox_cli, work)
     assert proc.returncode == 0, proc.stderr
     assert (box / ".singularity.d/runscript").exists()
     again = build("--sandbox", str(box), str(REPO / "examples/demo.def"))
-    assert again.returncode == 125 and "already exists" in again.stderr and "--force" in again.stderr
+    assert (
+        again.returncode == 125 and "already exists" in again.stderr and "--force" in again.stderr
+    )
     _write(work / "more.def", "Bootstrap: localimage\nFrom: unused\n\n%post\n    echo more > /more\n\n"
                                     "%runscript\n    cat /more\n")  # fmt: skip
     upd = build("--sandbox", "--update", "--section", "post,runscript", str(box), "more.def")
@@ -339,7 +386,10 @@ def test_bad_input(build, work) -> None:
     _write(work / "bad.def", "Bootstrap: busybox\nMirrorURL: /bin/busybox\n\n%pots\n  true\n")
     proc = build(str(work / "bad.sif"), "bad.def")
     assert proc.returncode == 255
-    assert proc.stderr.splitlines()[0] == "sifbox: error: can't parse `bad.def:4`: unknown section `%pots`"
+    assert (
+        proc.stderr.splitlines()[0]
+        == "sifbox: error: can't parse `bad.def:4`: unknown section `%pots`"
+    )
     assert "Traceback" not in proc.stderr
     missing = build(str(work / "x.sif"), "nosuch.def")
     assert missing.returncode == 125 and "no such file" in missing.stderr

@@ -41,7 +41,9 @@ Include: ca-certificates, curl
 
 
 def test_full_header_and_sections() -> None:
-    text = FULL.replace("%d is not a section? it is\n", "") + """\
+    text = (
+        FULL.replace("%d is not a section? it is\n", "")
+        + """\
 %runscript
     exec echo run "$@"
 
@@ -58,6 +60,7 @@ def test_full_header_and_sections() -> None:
 %help
     Some help.
 """
+    )
     d = parse_deffile(text, "app.def")
     assert d.text == text  # stored as given
     s = d.final
@@ -65,7 +68,11 @@ def test_full_header_and_sections() -> None:
     assert s.get("OSVersion") == "bookworm" and s.get("include") == "ca-certificates, curl"
     assert s.header_names["mirrorurl"] == "MirrorURL"
     assert s.setup is not None and "setup-was-here" in s.setup.text and s.setup.shell is None
-    assert s.files[0].pairs == [("a.txt", "/opt/a.txt"), ("with space.txt", "/opt/"), ("single", "single")]
+    assert s.files[0].pairs == [
+        ("a.txt", "/opt/a.txt"),
+        ("with space.txt", "/opt/"),
+        ("single", "single"),
+    ]
     assert s.environment == "    export TOOL_VERSION=1.2\n"
     assert s.post is not None and s.post.shell == "/bin/bash"
     assert s.post.argv() == ["/bin/bash"]
@@ -84,14 +91,19 @@ def test_unknown_section_at_line_start_is_an_error_with_line() -> None:
 
 
 def test_build_args_override_arguments_and_unused_are_reported() -> None:
-    d = parse_deffile("Bootstrap: scratch\n%arguments\n  V=1\n%post\n  echo {{V}} {{ V }}\n", "x.def",
-                      {"V": "9", "EXTRA": "x"})
+    d = parse_deffile(
+        "Bootstrap: scratch\n%arguments\n  V=1\n%post\n  echo {{V}} {{ V }}\n",
+        "x.def",
+        {"V": "9", "EXTRA": "x"},
+    )
     assert d.final.post is not None and d.final.post.text.strip() == "echo 9 9"
     assert d.unused_args == ["EXTRA"]
 
 
 def test_undefined_build_argument() -> None:
-    with pytest.raises(DeffileError, match=r"x.def:3`: build argument `MISSING` is not defined") as e:
+    with pytest.raises(
+        DeffileError, match=r"x.def:3`: build argument `MISSING` is not defined"
+    ) as e:
         parse_deffile("Bootstrap: scratch\n%post\n  echo {{ MISSING }}\n", "x.def")
     assert "--build-arg MISSING=" in (e.value.hint or "")
 
@@ -127,9 +139,14 @@ Stage: final
     assert [s.name for s in d.stages] == ["builder", "final"]
     assert d.stages[1].line == 7
     fs = d.final.files[0]
-    assert fs.stage == "builder" and fs.pairs == [("/artifact", "/opt/artifact"), ("/bin/busybox", "/bin/busybox")]
+    assert fs.stage == "builder" and fs.pairs == [
+        ("/artifact", "/opt/artifact"),
+        ("/bin/busybox", "/bin/busybox"),
+    ]
     assert d.stage("builder") is d.stages[0]
-    assert d.stages[0].text.startswith("Bootstrap: busybox") and d.stages[1].text.startswith("Bootstrap: scratch")
+    assert d.stages[0].text.startswith("Bootstrap: busybox") and d.stages[1].text.startswith(
+        "Bootstrap: scratch"
+    )
 
 
 def test_files_from_unknown_stage() -> None:
@@ -188,7 +205,10 @@ def test_scif_apps() -> None:
         ("Bootstrap: scratch\n%files to x\n a b\n", "x.def:2`: expected `%files from STAGE`"),
         ("Bootstrap: scratch\n%files\n a b c\n", "x.def:3`: a %files line is"),
         ("Bootstrap: scratch\n%environment extra\n", "x.def:2`: %environment takes no argument"),
-        ("Bootstrap: scratch\nStage: a\n%post\nBootstrap: scratch\nStage: a\n", "x.def:4`: stage `a` is defined twice"),
+        (
+            "Bootstrap: scratch\nStage: a\n%post\nBootstrap: scratch\nStage: a\n",
+            "x.def:4`: stage `a` is defined twice",
+        ),
         ("Bootstrap: scratch\n\0", "NUL bytes"),
     ],
 )
@@ -205,14 +225,18 @@ def test_header_keywords_are_case_insensitive_and_otherurl() -> None:
 
 
 def test_duplicate_sections_concatenate() -> None:
-    d = parse_deffile("Bootstrap: scratch\n%post\n  echo 1\n%environment\n  export A=1\n%post\n  echo 2\n"
-                      "%environment\n  export B=2\n")
+    d = parse_deffile(
+        "Bootstrap: scratch\n%post\n  echo 1\n%environment\n  export A=1\n%post\n  echo 2\n"
+        "%environment\n  export B=2\n"
+    )
     assert d.final.post is not None and d.final.post.text == "  echo 1\n  echo 2\n"
     assert d.final.environment == "  export A=1\n  export B=2\n"
 
 
 def test_script_shell_option_with_arguments() -> None:
-    d = parse_deffile("Bootstrap: scratch\n%post -c '/bin/bash -eu'\n  true\n%runscript -c /bin/bash\n  true\n")
+    d = parse_deffile(
+        "Bootstrap: scratch\n%post -c '/bin/bash -eu'\n  true\n%runscript -c /bin/bash\n  true\n"
+    )
     assert d.final.post is not None and d.final.post.argv() == ["/bin/bash", "-eu"]
     assert d.final.runscript is not None and d.final.runscript.shell == "/bin/bash"
 

@@ -36,7 +36,13 @@ def test_base_files_layout() -> None:
     for name in ("exec", "run", "shell", "start", "test"):
         data, mode = files[f"/.singularity.d/actions/{name}"]
         assert data.startswith(b"#!/bin/sh") and mode == 0o755
-    for name in ("01-base.sh", "90-environment.sh", "95-apps.sh", "99-base.sh", "99-runtimevars.sh"):
+    for name in (
+        "01-base.sh",
+        "90-environment.sh",
+        "95-apps.sh",
+        "99-base.sh",
+        "99-runtimevars.sh",
+    ):
         assert f"/.singularity.d/env/{name}" in files
 
 
@@ -70,7 +76,11 @@ def test_app_files() -> None:
 
 
 def test_inspect_metadata() -> None:
-    meta = json.loads(imagemeta.inspect_metadata({"a": "b"}, {"/.singularity.d/runscript": (b"#!/bin/sh\n", 0)}, "X"))
+    meta = json.loads(
+        imagemeta.inspect_metadata(
+            {"a": "b"}, {"/.singularity.d/runscript": (b"#!/bin/sh\n", 0)}, "X"
+        )
+    )
     assert meta["type"] == "container"
     assert meta["data"]["attributes"]["labels"] == {"a": "b"}
     assert meta["data"]["attributes"]["runscript"] == "#!/bin/sh\n"
@@ -88,11 +98,24 @@ Types: deb
 URIs: http://deb.debian.org/debian-security
 Suites: bookworm-security
 """
-    assert mirrors("x.sources", deb822) == ["http://deb.debian.org/debian", "http://deb.debian.org/debian-security"]
+    assert mirrors("x.sources", deb822) == [
+        "http://deb.debian.org/debian",
+        "http://deb.debian.org/debian-security",
+    ]
     one_line = "deb [arch=amd64 signed-by=/k.gpg] http://mirror.example/debian bookworm main\n# deb http://x y z\n"
     assert mirrors("sources.list", one_line) == ["http://mirror.example/debian"]
-    assert first_mirror([("a.list", "deb http://security.debian.org/debian-security bookworm-security main\n"),
-                         ("b.sources", deb822)]) == "http://deb.debian.org/debian"
+    assert (
+        first_mirror(
+            [
+                (
+                    "a.list",
+                    "deb http://security.debian.org/debian-security bookworm-security main\n",
+                ),
+                ("b.sources", deb822),
+            ]
+        )
+        == "http://deb.debian.org/debian"
+    )
     assert first_mirror([("a.list", "")]) is None
     disabled = "Types: deb\nURIs: http://off/\nEnabled: no\n"
     assert mirrors("c.sources", disabled) == []
@@ -104,7 +127,9 @@ def test_mksquashfs_options() -> None:
     assert argv[argv.index("-comp") + 1] == "zstd"
     assert argv[argv.index("-Xcompression-level") + 1] == "3"
     assert "-no-progress" in argv
-    argv = SquashOptions("m", procs=2, mem="1G", compression="xz", epoch=5, extra_args=("-b", "1M")).argv("r", "o")
+    argv = SquashOptions(
+        "m", procs=2, mem="1G", compression="xz", epoch=5, extra_args=("-b", "1M")
+    ).argv("r", "o")
     assert argv[argv.index("-processors") + 1] == "2" and argv[argv.index("-mem") + 1] == "1G"
     assert "-Xcompression-level" not in argv
     assert argv[argv.index("-mkfs-time") + 1] == "5" and argv[argv.index("-all-time") + 1] == "5"

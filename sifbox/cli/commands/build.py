@@ -22,33 +22,79 @@ from sifbox.util.errors import NotAvailableError, UsageError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", metavar="IMAGE", help="the image to build (SIF, SquashFS or, with --sandbox, a directory)")
+    p.add_argument(
+        "image",
+        metavar="IMAGE",
+        help="the image to build (SIF, SquashFS or, with --sandbox, a directory)",
+    )
     p.add_argument("spec", metavar="SPEC", help="definition file, image to convert, or URI")
     p.add_argument("-s", "--sandbox", action="store_true", help="build a sandbox directory")
     p.add_argument("-F", "--force", action="store_true", help="overwrite an existing image")
-    p.add_argument("-u", "--update", action="store_true", help="run the definition over an existing sandbox")
+    p.add_argument(
+        "-u", "--update", action="store_true", help="run the definition over an existing sandbox"
+    )
     p.add_argument("-T", "--notest", action="store_true", help="skip the %%test section")
-    p.add_argument("--section", action="append", default=[], metavar="LIST",
-                   help="run only these sections: setup, files, post, environment, runscript, startscript, "
-                   "test, labels, help, none (comma-separated)")
-    p.add_argument("--fix-perms", action="store_true",
-                   help="give the owner read/write permission on every file (sandboxes stay removable)")
-    p.add_argument("-f", "--fakeroot", action="store_true",
-                   help="build as root of a user namespace (what unprivileged users always get)")
-    p.add_argument("--build-arg", action="append", default=[], metavar="K=V",
-                   help="value of a {{ K }} build argument (repeatable)")
-    p.add_argument("--build-arg-file", action="append", default=[], metavar="FILE",
-                   help="file of K=V build arguments")
-    p.add_argument("--warn-unused-build-args", action="store_true",
-                   help="only warn about build arguments the definition does not use (the default)")
-    p.add_argument("-B", "--bind", action="append", default=[], metavar="SPEC",
-                   help="bind mount src[:dest[:ro|rw]] for %%post and %%test")
-    p.add_argument("--writable-tmpfs", action="store_true", help="(accepted: %%test runs in the build's root)")
-    p.add_argument("--reproducible", action="store_true",
-                   help="byte-identical output: every time is SOURCE_DATE_EPOCH (0 when unset)")
+    p.add_argument(
+        "--section",
+        action="append",
+        default=[],
+        metavar="LIST",
+        help="run only these sections: setup, files, post, environment, runscript, startscript, "
+        "test, labels, help, none (comma-separated)",
+    )
+    p.add_argument(
+        "--fix-perms",
+        action="store_true",
+        help="give the owner read/write permission on every file (sandboxes stay removable)",
+    )
+    p.add_argument(
+        "-f",
+        "--fakeroot",
+        action="store_true",
+        help="build as root of a user namespace (what unprivileged users always get)",
+    )
+    p.add_argument(
+        "--build-arg",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="value of a {{ K }} build argument (repeatable)",
+    )
+    p.add_argument(
+        "--build-arg-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="file of K=V build arguments",
+    )
+    p.add_argument(
+        "--warn-unused-build-args",
+        action="store_true",
+        help="only warn about build arguments the definition does not use (the default)",
+    )
+    p.add_argument(
+        "-B",
+        "--bind",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="bind mount src[:dest[:ro|rw]] for %%post and %%test",
+    )
+    p.add_argument(
+        "--writable-tmpfs", action="store_true", help="(accepted: %%test runs in the build's root)"
+    )
+    p.add_argument(
+        "--reproducible",
+        action="store_true",
+        help="byte-identical output: every time is SOURCE_DATE_EPOCH (0 when unset)",
+    )
     p.add_argument("--mksquashfs-args", metavar="ARGS", help="extra mksquashfs options")
-    p.add_argument("--tmpdir", dest="build_tmpdir", metavar="DIR",
-                   help="directory for the build's scratch files (default: SIFBOX_TMPDIR, TMPDIR, /tmp)")
+    p.add_argument(
+        "--tmpdir",
+        dest="build_tmpdir",
+        metavar="DIR",
+        help="directory for the build's scratch files (default: SIFBOX_TMPDIR, TMPDIR, /tmp)",
+    )
     p.add_argument("--disable-cache", action="store_true", help="do not use the image cache")
     p.add_argument("--arch", metavar="ARCH", help=argparse.SUPPRESS)
     p.add_argument("-e", "--encrypt", action="store_true", help=argparse.SUPPRESS)
@@ -70,9 +116,13 @@ def request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from sifbox.formats.deffile import DeffileError, parse_build_arg_file, parse_build_args
 
     if args.encrypt:
-        raise NotAvailableError("can't use --encrypt: encrypted images are not available in this version of sifbox")
+        raise NotAvailableError(
+            "can't use --encrypt: encrypted images are not available in this version of sifbox"
+        )
     if args.nv:
-        raise NotAvailableError("can't use --nv with build: not available in this version of sifbox")
+        raise NotAvailableError(
+            "can't use --nv with build: not available in this version of sifbox"
+        )
     if args.arch:
         from sifbox.build.assemble import machine_arch
 
