@@ -69,13 +69,9 @@ def run_in_root(
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(status)
-    interrupted = False
-    while True:
-        try:
-            _, st = os.waitpid(pid, 0)
-            break
-        except KeyboardInterrupt:
-            interrupted = True  # it got the SIGINT too; wait for it
-    if interrupted:
-        raise KeyboardInterrupt
+    from sifbox.build.fakeroot import wait_child
+
+    st, pending = wait_child(pid)
+    if pending is not None:
+        raise pending
     return os.waitstatus_to_exitcode(st)

@@ -22,6 +22,28 @@ def is_root() -> bool:
     return os.getuid() == 0
 
 
+def wait_child(pid: int) -> tuple[int, BaseException | None]:
+    """Wait for a child that does build work; (wait status, exception to raise after).
+
+    Ctrl-C reached the child too (the terminal signals the whole group): wait
+    while it cleans up. SIGTERM sent to this process alone is passed on.
+    """
+    pending: BaseException | None = None
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1], pending
+        except ChildProcessError:
+            return 0, pending
+        except KeyboardInterrupt as err:
+            pending = pending or err
+        except BaseException as err:  # noqa: BLE001 - re-raised by the caller once the child is gone
+            pending = pending or err
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
 def in_user_namespace() -> bool:
     """Whether this process runs in a user namespace other than the host's."""
     try:
@@ -83,16 +105,7 @@ def run_as_root(work: Callable[[], None], *, log: Callable[..., None] | None = N
             finally:
                 os._exit(status)
     os.close(w)
-    interrupted = False
-    while True:
-        try:
-            _, st = os.waitpid(pid, 0)
-            break
-        except KeyboardInterrupt:
-            interrupted = True  # the child got SIGINT too: let it clean up
-        except ChildProcessError:
-            st = 0
-            break
+    st, pending = wait_child(pid)
     chunks = []
     while True:
         chunk = os.read(r, 65536)
@@ -104,11 +117,13 @@ def run_as_root(work: Callable[[], None], *, log: Callable[..., None] | None = N
         report = json.loads(b"".join(chunks) or b"{}")
     except ValueError:
         report = {}
-    if report.get("interrupted") or interrupted:
+    if report.get("interrupted") or isinstance(pending, KeyboardInterrupt):
         raise KeyboardInterrupt
     if report.get("message"):
         raise SifboxError(str(report["message"]), hint=report.get("hint"),  # type: ignore[arg-type]
                           exit_status=int(report.get("status", 255)))  # type: ignore[call-overload]  # fmt: skip
+    if pending is not None:
+        raise pending
     code = os.waitstatus_to_exitcode(st)
     if code != 0:
         if code < 0 and -code == signal.SIGINT:

@@ -379,7 +379,6 @@ def _run_container_script(req: BuildRequest, script, root: str, what: str, defau
                           cwd: str = "/", app: str | None = None) -> None:  # fmt: skip
     from sifbox.build.container import run_in_root
     from sifbox.runtime.env import DEFAULT_PATH
-
     from sifbox.util.paths import chase
 
     argv = script.argv(default)
