@@ -428,3 +428,27 @@ def _peek(scratch: Path) -> str:
         if p.exists():
             return "+ sleep 60"
     return ""
+
+
+def test_mksquashfs_settings_and_quiet(run_as, as_who, sifbox_cli, work) -> None:
+    conf = _write(
+        work / "sifbox.conf",
+        "mksquashfs compression = gzip:9\nmksquashfs procs = 1\nmksquashfs mem = 64M\n",
+    )
+    scratch = work / "scratch"
+    scratch.mkdir()
+    scratch.chmod(0o777)
+    env = env_for(as_who, SIFBOX_TMPDIR=str(scratch))
+    argv = [sifbox_cli, "-q", "-c", str(conf), "build", "out.sqfs", str(REPO / "examples/demo.def")]
+    proc = run_as(as_who, argv, env=env, cwd=str(work), timeout=BUILD_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # -q: no step lines, no script trace
+    with open(work / "out.sqfs", "rb") as f:
+        superblock = f.read(96)
+    assert superblock[:4] == b"hsqs" and int.from_bytes(superblock[20:22], "little") == 1  # gzip
+    default = run_as(as_who, [sifbox_cli, "-q", "build", "def.sqfs", str(REPO / "examples/demo.def")], env=env,
+                     cwd=str(work), timeout=BUILD_TIMEOUT)  # fmt: skip
+    assert default.returncode == 0, default.stderr
+    with open(work / "def.sqfs", "rb") as f:
+        assert int.from_bytes(f.read(96)[20:22], "little") == 6  # zstd
+    assert list(scratch.iterdir()) == []
