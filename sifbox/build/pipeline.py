@@ -263,29 +263,58 @@ def _mkdirs(root: str, path: str) -> str:
 
 
 def _write_file(root: str, path: str, data: bytes, mode: int) -> None:
-    from sifbox.util.paths import chase
-
+    """Write `path` of the image; links in the image never lead the write outside it."""
     parent = _mkdirs(root, os.path.dirname(path))
     target = os.path.join(parent, os.path.basename(path))
-    if os.path.islink(target) or os.path.isdir(target):
-        raise BuildError(f"can't write `{path}` in the image: it is a link or a directory there")
+    if not os.path.islink(target) and os.path.isdir(target):
+        raise BuildError(f"can't write `{path}` in the image: it is a directory there")
+    # A link at `target` is replaced by the rename, never followed.
     tmp = target + ".sifbox-new"
-    with open(tmp, "wb") as f:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
         f.write(data)
-    os.chmod(tmp, mode)
+        os.fchmod(fd, mode)
     os.rename(tmp, target)
-    del chase
+
+
+def _host_path(root: str, path: str) -> str | None:
+    """The host path of an existing `path` of the image (links resolved inside it)."""
+    from sifbox.util.paths import chase
+
+    try:
+        return chase(root, path)
+    except OSError:
+        return None
+
+
+def _read_in_root(root: str, path: str, limit: int = 1 << 20) -> bytes | None:
+    """The start of a regular file of the image, or None."""
+    import stat
+
+    host = _host_path(root, path)
+    if host is None:
+        return None
+    try:
+        fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return f.read(limit)
 
 
 def _base_metadata(root: str) -> None:
     """The /.singularity.d skeleton; files an earlier image holds are kept."""
     for d in imagemeta.BASE_DIRS:
         _mkdirs(root, d)
-    os.chmod(os.path.join(root, "tmp"), 0o1777) if not os.path.islink(
-        os.path.join(root, "tmp")
-    ) else None
+    tmp = _host_path(root, "/tmp")
+    if tmp:
+        os.chmod(tmp, 0o1777)
     for path, (data, mode) in imagemeta.base_files().items():
-        if not os.path.lexists(root + path):
+        if _host_path(root, path) is None:
             _write_file(root, path, data, mode)
 
 
@@ -296,11 +325,10 @@ def _stage_metadata(req: BuildRequest, definition, stage, root: str) -> None:  #
 
     labels: dict[str, str] = {}
     try:  # labels of the base image come first
-        with open(os.path.join(root, ".singularity.d", "labels.json")) as f:
-            old = json.load(f)
+        old = json.loads(_read_in_root(root, "/.singularity.d/labels.json") or b"{}")
         if isinstance(old, dict):
             labels.update({str(k): str(v) for k, v in old.items()})
-    except (OSError, ValueError):
+    except ValueError:
         pass
     epoch = req.epoch if req.epoch is not None else _now()
     from sifbox.build.assemble import machine_arch
@@ -317,7 +345,7 @@ def _stage_metadata(req: BuildRequest, definition, stage, root: str) -> None:  #
                    "runscript.help": "help", "labels.json": "labels"}.get(os.path.basename(path))  # fmt: skip
         if section and not _wants(req, section) and section != "labels":
             continue
-        if path.endswith("90-environment.sh") and keep_env and os.path.exists(root + path):
+        if path.endswith("90-environment.sh") and keep_env and _host_path(root, path):
             continue
         _write_file(root, path, data, mode)
     for app in stage.apps.values():
@@ -327,14 +355,13 @@ def _stage_metadata(req: BuildRequest, definition, stage, root: str) -> None:  #
 
 def _labels_from_post(root: str) -> dict[str, str]:
     """Labels %post appended to $SIFBOX_LABELS (`NAME VALUE` lines)."""
-    path = root + LABELS_FILE
     out: dict[str, str] = {}
-    try:
-        with open(path) as f:
-            text = f.read(1 << 20)
-        os.unlink(path)
-    except OSError:
+    data = _read_in_root(root, LABELS_FILE)
+    with contextlib.suppress(OSError):
+        os.unlink(root + LABELS_FILE)  # the name itself (a link is not followed)
+    if data is None:
         return out
+    text = data.decode("utf-8", "replace")
     for line in text.splitlines():
         parts = line.strip().split(None, 1)
         if parts and not parts[0].startswith("#"):
@@ -391,8 +418,7 @@ def _run_container_script(req: BuildRequest, script, root: str, what: str, defau
                 hint="bootstrap from an image that has a shell, or fill a scratch image with %setup and %files",
             ) from None
     host_path = root + SCRIPT_PATH
-    with open(host_path, "w") as f:
-        f.write(script.text)
+    _write_file(root, SCRIPT_PATH, script.text.encode("utf-8", "surrogateescape"), 0o700)
     env = {
         "PATH": DEFAULT_PATH,
         "HOME": "/root",
@@ -534,12 +560,8 @@ def _write_output(
     steps(f"creating SIF image {req.output}")
     deffile_text = definition.text
     if converted:
-        try:
-            with open(os.path.join(root, ".singularity.d", "Singularity"), encoding="utf-8",
-                      errors="surrogateescape") as f:  # fmt: skip
-                deffile_text = f.read()
-        except OSError:
-            deffile_text = ""
+        raw = _read_in_root(root, "/.singularity.d/Singularity")
+        deffile_text = raw.decode("utf-8", "surrogateescape") if raw else ""
     sqfs = os.path.join(work, "root.sqfs")
     assemble.make_squashfs(root, sqfs, squash)
     meta = _inspect_metadata(root, deffile_text)
@@ -551,15 +573,12 @@ def _inspect_metadata(root: str, deffile_text: str) -> bytes:
 
     files: imagemeta.Files = {}
     for rel in ("runscript", "startscript", "test", "runscript.help", "env/90-environment.sh"):
-        try:
-            with open(os.path.join(root, ".singularity.d", rel), "rb") as f:
-                files[f"{imagemeta.SD}/{rel}"] = (f.read(1 << 20), 0)
-        except OSError:
-            pass
+        data = _read_in_root(root, f"{imagemeta.SD}/{rel}")
+        if data is not None:
+            files[f"{imagemeta.SD}/{rel}"] = (data, 0)
     try:
-        with open(os.path.join(root, ".singularity.d", "labels.json")) as f:
-            labels = json.load(f)
-    except (OSError, ValueError):
+        labels = json.loads(_read_in_root(root, f"{imagemeta.SD}/labels.json") or b"{}")
+    except ValueError:
         labels = {}
     return imagemeta.inspect_metadata(
         labels if isinstance(labels, dict) else {}, files, deffile_text

@@ -452,3 +452,21 @@ def test_mksquashfs_settings_and_quiet(run_as, as_who, sifbox_cli, work) -> None
     with open(work / "def.sqfs", "rb") as f:
         assert int.from_bytes(f.read(96)[20:22], "little") == 6  # zstd
     assert list(scratch.iterdir()) == []
+
+
+def test_links_in_a_base_image_stay_inside_it(build, run_as, as_who, work) -> None:
+    victim = _write(work / "victim", "host file\n")
+    victim.chmod(0o666)
+    assert build("--sandbox", "base", str(REPO / "examples/demo.def")).returncode == 0
+    links = (
+        f"ln -sf {victim} base/.sifbox-build-script && rm -f base/.singularity.d/runscript"
+        f" && ln -s {victim} base/.singularity.d/runscript && ln -s {victim} base/.build.labels"
+    )
+    assert run_as(as_who, ["sh", "-c", links], cwd=str(work)).returncode == 0
+    _write(
+        work / "on-base.def",
+        "Bootstrap: localimage\nFrom: base\n\n%post\n    echo post\n\n%runscript\n    echo new\n",
+    )
+    proc = build("on-base.sif", "on-base.def")
+    assert proc.returncode == 0, proc.stderr
+    assert victim.read_text() == "host file\n"
