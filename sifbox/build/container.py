@@ -25,6 +25,7 @@ def run_in_root(
     writable: bool = True,
     writable_tmpfs: bool = False,
     what: str = "script",
+    config_path: str | None = None,
 ) -> int:
     """Run `argv` with `env` in the image root `root`; return its exit status."""
     from sifbox.config import sysconf
@@ -44,7 +45,7 @@ def run_in_root(
         caps=frozenset(caps.kept(keep_privs=True, no_privs=False, add=set(), drop=set())),
     )  # fmt: skip
     host = Host(0, 0, "root", "/root", "/", True)
-    site = site_from_config(sysconf.load(None))
+    site = site_from_config(sysconf.load(config_path))
     mounts = default_mounts(spec, host, site=site)
     sys.stdout.flush()
     sys.stderr.flush()

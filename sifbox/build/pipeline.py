@@ -146,6 +146,14 @@ def build(req: BuildRequest) -> None:
         raise UsageError(
             f"can't build in `{tmp_base}`: no such directory", hint="check --tmpdir / SIFBOX_TMPDIR"
         )
+    if os.getuid() != 0:
+        from sifbox.config import sysconf
+
+        if not sysconf.load(req.config_path).get_bool("allow user ns"):
+            raise UsageError(
+                f"can't build `{req.output}`: `allow user ns = no` in the site's sifbox.conf",
+                hint="unprivileged builds run as root of a user namespace; ask the site's admins, or build as root",
+            )
     steps = Steps(req.quiet)
     run_as_root(lambda: _build_as_root(req, definition, converted, tmp_base, steps))
     steps(f"built {req.output}")
@@ -434,7 +442,7 @@ def _run_container_script(req: BuildRequest, script, root: str, what: str, defau
     shell_cmd = f'cd {cwd} && exec "$@"'
     try:
         status = run_in_root(root, ["/bin/sh", "-c", shell_cmd, "sh", *argv, SCRIPT_PATH], env,
-                             binds=req.binds, what=what)  # fmt: skip
+                             binds=req.binds, what=what, config_path=req.config_path)  # fmt: skip
     finally:
         with contextlib.suppress(OSError):
             os.unlink(host_path)
@@ -454,7 +462,7 @@ def _run_test(req: BuildRequest, root: str, steps: Steps) -> None:
         env[f"{prefix}_CONTAINER"] = root
         env[f"{prefix}_NAME"] = os.path.basename(req.output)
     status = run_in_root(root, ["/bin/sh", "-c", envmod.PRELUDE, "sifbox", "test"], env, binds=req.binds,
-                         writable=False, writable_tmpfs=True, what="%test")  # fmt: skip
+                         writable=False, writable_tmpfs=True, what="%test", config_path=req.config_path)  # fmt: skip
     if status != 0:
         raise BuildError(f"can't build: %test failed with exit status {status}",
                          hint="--notest skips the test section")  # fmt: skip
