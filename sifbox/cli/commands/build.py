@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "-f",
         "--fakeroot",
         action="store_true",
-        help="build as root of a user namespace (what unprivileged users always get)",
+        help="build as root of a user namespace (unprivileged builds always do; root builds as root)",
     )
     p.add_argument(
         "--build-arg",
@@ -81,7 +81,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="bind mount src[:dest[:ro|rw]] for %%post and %%test",
     )
     p.add_argument(
-        "--writable-tmpfs", action="store_true", help="(accepted: %%test runs in the build's root)"
+        "--writable-tmpfs",
+        action="store_true",
+        help="(accepted: %%test always runs on a tmpfs overlay of the built root)",
     )
     p.add_argument(
         "--reproducible",
