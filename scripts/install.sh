@@ -17,8 +17,8 @@ DEMO_DIR=$PREFIX/demo
 UDEV_RULE=/etc/udev/rules.d/99-sifbox-fuse.rules
 COMPLETION=/usr/share/bash-completion/completions/sifbox
 PACKAGES=(
-    python3 python3-venv squashfs-tools squashfuse fuse3 busybox-static uidmap siftool
-    squashfs-tools-ng bash-completion fuse-overlayfs gnupg gpgv sqv
+    python3 python3-venv squashfs-tools squashfuse fuse3 busybox-static uidmap siftool debootstrap
+    squashfs-tools-ng bash-completion fuse-overlayfs gnupg gpgv sqv fuse2fs
 )
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -162,51 +162,16 @@ chmod 0755 /var/lib/sifbox /var/lib/sifbox/mnt /var/lib/sifbox/mnt/session
 say "done"
 [ "$demo" -eq 1 ] || exit 0
 
-# --- 5. demo: a tiny busybox image ----------------------------------------------------------------
-case $(uname -m) in
-    x86_64) arch=2 ;;
-    aarch64 | arm64) arch=4 ;;
-    i?86) arch=1 ;;
-    armv7l | armv6l) arch=3 ;;
-    ppc64le) arch=6 ;;
-    s390x) arch=11 ;;
-    riscv64) arch=12 ;;
-    *) die "no SIF architecture code for \`$(uname -m)\`" ;;
-esac
-
-say "demo: building a busybox root filesystem and a SIF image in $tmp/demo"
-d=$tmp/demo
-rootfs=$d/rootfs
-mkdir -p "$rootfs"/{bin,dev,etc,home,proc,root,sys,tmp} "$rootfs/.singularity.d/env"
-cp /bin/busybox "$rootfs/bin/busybox"
-for applet in sh ls echo cat env id pwd uname true false mkdir; do
-    ln -s busybox "$rootfs/bin/$applet"
-done
-printf '#!/bin/sh\necho "Hello from the sifbox demo image, running as $(id -un) in $(pwd)"\n' \
-    >"$rootfs/.singularity.d/runscript"
-chmod 0755 "$rootfs/.singularity.d/runscript"
-printf 'A busybox demo image. `sifbox run demo.sif` greets you.\n' >"$rootfs/.singularity.d/runscript.help"
-printf 'export DEMO_GREETING="hello"\n' >"$rootfs/.singularity.d/env/90-environment.sh"
-printf '{"org.label-schema.schema-version": "1.0", "org.label-schema.name": "sifbox-demo"}\n' \
-    >"$rootfs/.singularity.d/labels.json"
-printf 'root:x:0:0:root:/root:/bin/sh\n' >"$rootfs/etc/passwd"
-printf 'root:x:0:\n' >"$rootfs/etc/group"
-mkdir -p "$rootfs/var/tmp"
-chmod 1777 "$rootfs/tmp"
-
-mksquashfs "$rootfs" "$d/root.sqfs" -noappend -all-root -quiet -no-progress
+# --- 5. demo: an image built from examples/demo.def (busybox from this machine, no network) -----
 run() { printf '$ %s\n' "$*"; "$@"; }
-(
-    cd "$d"
-    PATH=$(dirname "$BIN_LINK"):$PATH
-    run sifbox sif new demo.sif
-    run sifbox sif add demo.sif root.sqfs --datatype 4 --partfs 1 --parttype 2 --partarch "$arch"
-    run sifbox sif list demo.sif
-    run sifbox sif header demo.sif
-)
+say "demo: sifbox build $DEMO_DIR/demo.sif $repo/examples/demo.def"
 mkdir -p "$DEMO_DIR"
-install -m 0644 "$d/demo.sif" "$DEMO_DIR/demo.sif.new"
-mv -f "$DEMO_DIR/demo.sif.new" "$DEMO_DIR/demo.sif"
+(
+    cd "$tmp"
+    PATH=$(dirname "$BIN_LINK"):$PATH
+    sifbox build --force "$DEMO_DIR/demo.sif" "$repo/examples/demo.def"
+    sifbox sif list "$DEMO_DIR/demo.sif"
+)
 chmod -R a+rX "$DEMO_DIR"
 
 # Run it: as root (kernel squashfs) and as an unprivileged user (user namespace + squashfuse).

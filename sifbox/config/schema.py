@@ -236,6 +236,8 @@ SCHEMA: tuple[Directive, ...] = (
     # Tools
     _D("mksquashfs procs", INT, 0, "processors mksquashfs may use (0: all)"),
     _D("mksquashfs mem", STRING, None, "memory limit for mksquashfs, such as 1G (unset: none)"),
+    _D("mksquashfs compression", STRING, "zstd:3",
+       "compression of built images, NAME[:LEVEL] (zstd:3, gzip:9, xz, lz4)"),
     _D("mksquashfs path", STRING, None, "mksquashfs program (unset: search PATH)", absolute=True),
     _D("unsquashfs path", STRING, None, "unsquashfs program (unset: search PATH)", absolute=True),
     _D("ldconfig path", STRING, None, "host ldconfig program (unset: search PATH)", absolute=True),

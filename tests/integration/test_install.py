@@ -82,3 +82,14 @@ def test_demo_image_has_a_squashfs_root(run_as, as_who, sifbox_cli):
 
     assert proc.returncode == 0, proc.stderr
     assert f"FS (Squashfs/*System/{arch})" in proc.stdout
+
+
+def test_demo_image_runs(run_as, as_who, sifbox_cli):
+    """The demo is built by `sifbox build` from examples/demo.def and runs for root and the user."""
+    if not DEMO.exists():
+        pytest.skip(f"{DEMO} not built: run `bash scripts/install.sh` (without --no-demo)")
+    proc = run_as(as_who, [sifbox_cli, "run", str(DEMO), "tester"], cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Hello from a sifbox build, tester!")
+    proc = run_as(as_who, [sifbox_cli, "inspect", "--deffile", str(DEMO)], cwd="/")
+    assert proc.returncode == 0 and "Bootstrap: busybox" in proc.stdout, proc.stderr

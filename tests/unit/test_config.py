@@ -95,6 +95,7 @@ EXPECTED_DEFAULTS: dict[str, schema.Value] = {
     "max loop devices": 256,
     "mksquashfs procs": 0,
     "mksquashfs mem": None,
+    "mksquashfs compression": "zstd:3",
     "mksquashfs path": None,
     "unsquashfs path": None,
     "ldconfig path": None,

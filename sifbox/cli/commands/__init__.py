@@ -22,7 +22,7 @@ class Command:
 
 
 COMMANDS: tuple[Command, ...] = (
-    Command("build", "Build an image from a definition file or another image"),
+    Command("build", "Build an image from a definition file or another image", "build"),
     Command("exec", "Run a command within a container", "action"),
     Command("run", "Run the user-defined default command within a container", "action"),
     Command("shell", "Run a shell within a container", "action"),

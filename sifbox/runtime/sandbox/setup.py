@@ -137,7 +137,8 @@ def _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host, 
     else:
         points = [(m.target, m.file) for m in mounts] + [("/etc/passwd", True), ("/etc/group", True)]
         root, persistent = layers.stack(ctx, lower, overlays, points, site)
-    _identity_files(root, session, inner)
+    if spec.identity_files:  # not for builds: %post may edit /etc/passwd (useradd)
+        _identity_files(root, session, inner)
     for m in mounts:
         _apply(root, m, spec.image)
     argv, env = payload(root)
@@ -246,6 +247,11 @@ def _enter_fakeroot(host: Host, log) -> None:  # type: ignore[no-untyped-def]
                           hint=f"check the ranges of `{host.user}` in /etc/subuid and /etc/subgid")  # fmt: skip
     if log:
         log("fakeroot: root plus %d subordinate uids (from %d) via newuidmap", subuid[1], subuid[0])
+
+
+#: For `sifbox build`: become root of a new user namespace (with the
+#: caller's subordinate ID ranges when configured).
+enter_fakeroot = _enter_fakeroot
 
 
 def _session() -> str:

@@ -1,0 +1,626 @@
+"""`sifbox build`: definition file (or image) -> SIF, sandbox or SquashFS.
+
+For each stage, in Apptainer's order: bootstrap agent, %setup (on the host,
+$SIFBOX_ROOTFS), %files (and `%files from STAGE`), %post (inside the root,
+$SIFBOX_ENVIRONMENT), SCIF apps (%appfiles, %appinstall), then the
+metadata (/.singularity.d: environment, runscript, startscript, test,
+help, labels, the definition); for the final stage %test (unless
+--notest), then the output. Each stage is built in a scratch directory under
+--tmpdir / SIFBOX_TMPDIR; the output is renamed into place only when
+complete. Unprivileged users build in a fakeroot user namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from sifbox.build.assemble import BuildError
+from sifbox.formats import imagemeta
+from sifbox.util.errors import SifboxError, UsageError
+
+SECTION_NAMES = ("setup", "files", "post", "environment", "runscript", "startscript", "test", "labels",
+                 "help", "apps", "none", "all")  # fmt: skip
+SCRIPT_PATH = "/.sifbox-build-script"
+LABELS_FILE = "/.build.labels"
+
+
+@dataclasses.dataclass
+class BuildRequest:
+    output: str
+    source: str  # definition file, image (conversion) or URI
+    fmt: str = "sif"  # sif | sandbox | squashfs
+    force: bool = False
+    update: bool = False
+    notest: bool = False
+    sections: frozenset[str] = frozenset({"all"})
+    fix_perms: bool = False
+    build_args: dict[str, str] = dataclasses.field(default_factory=dict)
+    binds: tuple[str, ...] = ()
+    writable_tmpfs: bool = False
+    epoch: int | None = None  # reproducible builds
+    mksquashfs_args: str | None = None
+    tmpdir: str | None = None
+    quiet: bool = False
+    config_path: str | None = None
+    warn_unused_args: bool = False
+
+
+class Steps:
+    """`==> step` lines on stderr (silenced by -q)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            sys.stderr.write(f"==> {message}\n")
+            sys.stderr.flush()
+
+
+def output_format(path: str, sandbox: bool) -> str:
+    if sandbox:
+        return "sandbox"
+    if path.endswith((".sqsh", ".sqfs", ".squashfs")):
+        return "squashfs"
+    return "sif"
+
+
+def _is_image(path: str) -> bool:
+    from sifbox.formats import squashfs
+    from sifbox.formats.sif import constants as c
+
+    if os.path.isdir(path):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(128)
+    except OSError:
+        return False
+    return head[32:42] == c.MAGIC or bool(squashfs.probe(head))
+
+
+def load_definition(req: BuildRequest):  # type: ignore[no-untyped-def]
+    """The Definition to build: the file, or one made up for an image or URI."""
+    from sifbox.formats.deffile import parse_deffile
+
+    src = req.source
+    if "://" in src or src.split(":", 1)[0] in (
+        "docker-archive",
+        "oci-archive",
+        "oci",
+        "docker-daemon",
+    ):
+        scheme, _, rest = src.partition(":")
+        rest = rest.removeprefix("//")
+        text = f"Bootstrap: {scheme}\nFrom: {rest}\n"
+        return parse_deffile(text, src), True
+    if _is_image(src):
+        return parse_deffile(f"Bootstrap: localimage\nFrom: {src}\n", src), True
+    try:
+        with open(src, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise UsageError(f"can't build from `{src}`: no such file or directory") from None
+    except OSError as err:
+        raise SifboxError(f"can't build from `{src}`: {err.strerror}") from None
+    return parse_deffile(text, src, req.build_args), False
+
+
+def check_output(req: BuildRequest) -> None:
+    out = req.output
+    if req.update:
+        if req.fmt != "sandbox":
+            raise UsageError(
+                "can't use --update: only with --sandbox (a SIF image cannot be updated)"
+            )
+        if not os.path.isdir(out):
+            raise UsageError(f"can't update `{out}`: no such sandbox directory")
+        return
+    if os.path.lexists(out) and not req.force:
+        raise UsageError(f"can't build `{out}`: it already exists",
+                         hint="use --force to overwrite it" + (", or --update to build into it" if
+                                                                req.fmt == "sandbox" else ""))  # fmt: skip
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise UsageError(f"can't build `{out}`: the directory `{parent}` does not exist")
+
+
+def build(req: BuildRequest) -> None:
+    """Build as described by `req`, as root or in a fakeroot user namespace."""
+    from sifbox.build.fakeroot import run_as_root
+
+    definition, converted = load_definition(req)
+    if definition.unused_args and not converted:
+        from sifbox.util import log
+
+        log.log.warning("unused build arguments: %s", ", ".join(definition.unused_args))
+    check_output(req)
+    tmp_base = req.tmpdir or _scratch_base()
+    if not os.path.isdir(tmp_base):
+        raise UsageError(
+            f"can't build in `{tmp_base}`: no such directory", hint="check --tmpdir / SIFBOX_TMPDIR"
+        )
+    if os.getuid() != 0:
+        from sifbox.config import sysconf
+
+        if not sysconf.load(req.config_path).get_bool("allow user ns"):
+            raise UsageError(
+                f"can't build `{req.output}`: `allow user ns = no` in the site's sifbox.conf",
+                hint="unprivileged builds run as root of a user namespace; ask the site's admins, or build as root",
+            )
+    steps = Steps(req.quiet)
+    run_as_root(lambda: _build_as_root(req, definition, converted, tmp_base, steps))
+    steps(f"built {req.output}")
+
+
+def _scratch_base() -> str:
+    from sifbox.build.assemble import scratch_dir
+
+    return scratch_dir()
+
+
+def _build_as_root(
+    req: BuildRequest, definition, converted: bool, tmp_base: str, steps: Steps
+) -> None:  # type: ignore[no-untyped-def]
+    work = tempfile.mkdtemp(prefix="sifbox-build.", dir=tmp_base)
+    # Every tool run by the build keeps its scratch files here too.
+    os.environ["TMPDIR"] = work
+    try:
+        roots: dict[str, str] = {}
+        final = None
+        for n, stage in enumerate(definition.stages):
+            last = n == len(definition.stages) - 1
+            if last and req.update:
+                root = req.output
+            else:
+                root = os.path.join(work, f"stage{n}")
+                os.mkdir(root, 0o755)
+            label = (
+                f" (stage {stage.name})"
+                if stage.name
+                else (f" (stage {n + 1})" if len(definition.stages) > 1 else "")
+            )
+            _build_stage(req, definition, stage, root, roots, work, steps, label, last, converted)
+            if stage.name:
+                roots[stage.name] = root
+            final = root
+        assert final is not None
+        if (
+            not req.notest
+            and _wants(req, "test")
+            and not converted
+            and definition.final.test is not None
+        ):
+            _run_test(req, final, steps)
+        if req.fix_perms:
+            fix_perms(final)
+        _write_output(req, definition, final, work, steps, converted)
+    finally:
+        os.environ.pop("TMPDIR", None)
+        shutil.rmtree(work, ignore_errors=True)
+        if os.path.lexists(work):
+            _force_remove(work)
+
+
+def _wants(req: BuildRequest, section: str) -> bool:
+    if "none" in req.sections:
+        return False
+    return "all" in req.sections or section in req.sections
+
+
+def _build_stage(req, definition, stage, root, roots, work, steps, label, last, converted) -> None:  # type: ignore[no-untyped-def]
+    from sifbox.build.agents import BootstrapContext, bootstrap
+
+    ctx = BootstrapContext(definition.filename, work, steps, quiet=req.quiet)
+    if not (last and req.update):
+        steps(
+            f"bootstrapping {stage.bootstrap}{' from ' + stage.get('from') if stage.get('from') else ''}{label}"
+        )
+        bootstrap(stage, root, ctx)
+    _base_metadata(root)
+    if converted:
+        return
+    if stage.setup is not None and _wants(req, "setup"):
+        steps(f"running %setup{label}")
+        _run_host_script(stage.setup, root, work, "%setup", _shell(req))
+    if stage.files and _wants(req, "files"):
+        for files in stage.files:
+            src_root = None
+            if files.stage is not None:
+                src_root = roots[files.stage]
+                steps(f"copying files from stage {files.stage}{label}")
+            else:
+                steps(f"copying files{label}")
+            for src, dst in files.pairs:
+                copy_into(src, dst, root, src_root, definition.filename)
+    for app in stage.apps.values():
+        for d in imagemeta.app_dirs(app.name):
+            _mkdirs(root, d)
+        if app.files and _wants(req, "files"):
+            steps(f"copying files of app {app.name}{label}")
+            for src, dst in app.files:
+                copy_into(src, dst if dst.startswith("/") else f"/scif/apps/{app.name}/{dst}", root, None,
+                          definition.filename)  # fmt: skip
+    if stage.post is not None and _wants(req, "post"):
+        steps(f"running %post{label}")
+        _run_container_script(req, stage.post, root, "%post", _shell(req))
+    for app in stage.apps.values():
+        if app.install is not None and _wants(req, "post"):
+            steps(f"running %appinstall {app.name}{label}")
+            _run_container_script(req, app.install, root, f"%appinstall {app.name}", _shell(req),
+                                  cwd=f"/scif/apps/{app.name}", app=app.name)  # fmt: skip
+    steps(f"writing the image metadata{label}")
+    _stage_metadata(req, definition, stage, root)
+
+
+def _shell(req: BuildRequest) -> tuple[str, ...]:
+    """Scripts stop at the first failing command and, unless -q, show each command."""
+    return ("/bin/sh", "-e") if req.quiet else ("/bin/sh", "-e", "-x")
+
+
+def _mkdirs(root: str, path: str) -> str:
+    from sifbox.util.paths import chase
+
+    return chase(root, path, create="dir")
+
+
+def _write_file(root: str, path: str, data: bytes, mode: int) -> None:
+    """Write `path` of the image; links in the image never lead the write outside it."""
+    parent = _mkdirs(root, os.path.dirname(path))
+    target = os.path.join(parent, os.path.basename(path))
+    if not os.path.islink(target) and os.path.isdir(target):
+        raise BuildError(f"can't write `{path}` in the image: it is a directory there")
+    # A link at `target` is replaced by the rename, never followed.
+    tmp = target + ".sifbox-new"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        os.fchmod(fd, mode)
+    os.rename(tmp, target)
+
+
+def _host_path(root: str, path: str) -> str | None:
+    """The host path of an existing `path` of the image (links resolved inside it)."""
+    from sifbox.util.paths import chase
+
+    try:
+        return chase(root, path)
+    except OSError:
+        return None
+
+
+def _read_in_root(root: str, path: str, limit: int = 1 << 20) -> bytes | None:
+    """The start of a regular file of the image, or None."""
+    import stat
+
+    host = _host_path(root, path)
+    if host is None:
+        return None
+    try:
+        fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return f.read(limit)
+
+
+def _base_metadata(root: str) -> None:
+    """The /.singularity.d skeleton; files an earlier image holds are kept."""
+    for d in imagemeta.BASE_DIRS:
+        _mkdirs(root, d)
+    tmp = _host_path(root, "/tmp")
+    if tmp:
+        os.chmod(tmp, 0o1777)
+    for path, (data, mode) in imagemeta.base_files().items():
+        if _host_path(root, path) is None:
+            _write_file(root, path, data, mode)
+
+
+def _stage_metadata(req: BuildRequest, definition, stage, root: str) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from sifbox import __version__
+
+    labels: dict[str, str] = {}
+    try:  # labels of the base image come first
+        old = json.loads(_read_in_root(root, "/.singularity.d/labels.json") or b"{}")
+        if isinstance(old, dict):
+            labels.update({str(k): str(v) for k, v in old.items()})
+    except ValueError:
+        pass
+    epoch = req.epoch if req.epoch is not None else _now()
+    from sifbox.build.assemble import machine_arch
+
+    labels.update(
+        imagemeta.default_labels(stage, arch=machine_arch(), epoch=epoch, version=__version__)
+    )
+    labels.update(stage.labels)
+    labels.update(_labels_from_post(root))
+    files = imagemeta.stage_files(stage, definition.text, labels)
+    keep_env = not stage.environment and not _wants(req, "environment")
+    for path, (data, mode) in files.items():
+        section = {"runscript": "runscript", "startscript": "startscript", "test": "test",
+                   "runscript.help": "help", "labels.json": "labels"}.get(os.path.basename(path))  # fmt: skip
+        if section and not _wants(req, section) and section != "labels":
+            continue
+        if path.endswith("90-environment.sh") and keep_env and _host_path(root, path):
+            continue
+        _write_file(root, path, data, mode)
+    for app in stage.apps.values():
+        for path, (data, mode) in imagemeta.app_files(app).items():
+            _write_file(root, path, data, mode)
+
+
+def _labels_from_post(root: str) -> dict[str, str]:
+    """Labels %post appended to $SIFBOX_LABELS (`NAME VALUE` lines)."""
+    out: dict[str, str] = {}
+    data = _read_in_root(root, LABELS_FILE)
+    with contextlib.suppress(OSError):
+        os.unlink(root + LABELS_FILE)  # the name itself (a link is not followed)
+    if data is None:
+        return out
+    text = data.decode("utf-8", "replace")
+    for line in text.splitlines():
+        parts = line.strip().split(None, 1)
+        if parts and not parts[0].startswith("#"):
+            out[parts[0]] = parts[1] if len(parts) > 1 else ""
+    return out
+
+
+def _now() -> int:
+    import time
+
+    return int(time.time())
+
+
+def _script_env(root_in_container: bool, root: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for prefix in ("SIFBOX", "APPTAINER", "SINGULARITY"):
+        if root_in_container:
+            env[f"{prefix}_ENVIRONMENT"] = imagemeta.ENVIRONMENT_SCRIPT
+            env[f"{prefix}_LABELS"] = LABELS_FILE
+            env[f"{prefix}_ROOTFS"] = "/"
+        else:
+            env[f"{prefix}_ROOTFS"] = root
+    return env
+
+
+def _run_host_script(script, root: str, work: str, what: str, default: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+    path = os.path.join(work, "setup-script")
+    with open(path, "w") as f:
+        f.write(script.text)
+    env = dict(os.environ)
+    env.update(_script_env(False, root))
+    argv = script.argv(default) + [path]
+    try:
+        status = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, check=False).returncode
+    except OSError as err:
+        raise BuildError(f"can't run {what}: can't run `{argv[0]}`: {err.strerror}") from None
+    if status != 0:
+        raise BuildError(f"can't build: {what} failed with exit status {status}", exit_status=255)
+
+
+def _run_container_script(req: BuildRequest, script, root: str, what: str, default: tuple[str, ...],  # type: ignore[no-untyped-def]
+                          cwd: str = "/", app: str | None = None) -> None:  # fmt: skip
+    from sifbox.build.container import run_in_root
+    from sifbox.runtime.env import DEFAULT_PATH
+    from sifbox.util.paths import chase
+
+    argv = script.argv(default)
+    for program in sorted({p for p in ("/bin/sh", argv[0]) if p.startswith("/")}):
+        try:
+            chase(root, program)
+        except OSError:
+            raise BuildError(
+                f"can't run {what}: the image has no `{program}`",
+                hint="bootstrap from an image that has a shell, or fill a scratch image with %setup and %files",
+            ) from None
+    host_path = root + SCRIPT_PATH
+    _write_file(root, SCRIPT_PATH, script.text.encode("utf-8", "surrogateescape"), 0o700)
+    env = {
+        "PATH": DEFAULT_PATH,
+        "HOME": "/root",
+        "USER": "root",
+        "LANG": "C",
+        "TERM": os.environ.get("TERM", "dumb"),
+    }
+    env.update(_script_env(True, root))
+    if app:
+        env["SCIF_APPNAME"] = app
+        env["SCIF_APPROOT"] = f"/scif/apps/{app}"
+        env["SCIF_APPDATA"] = f"/scif/data/{app}"
+    shell_cmd = f'cd {cwd} && exec "$@"'
+    try:
+        status = run_in_root(root, ["/bin/sh", "-c", shell_cmd, "sh", *argv, SCRIPT_PATH], env,
+                             binds=req.binds, what=what, config_path=req.config_path)  # fmt: skip
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(host_path)
+    if status != 0:
+        raise BuildError(f"can't build: {what} failed with exit status {status}",
+                         hint="the output of the script above shows where it failed")  # fmt: skip
+
+
+def _run_test(req: BuildRequest, root: str, steps: Steps) -> None:
+    from sifbox.build.container import run_in_root
+    from sifbox.runtime import env as envmod
+
+    steps("running %test")
+    env = {"PATH": envmod.DEFAULT_PATH, "HOME": "/root", "LANG": "C", "TERM": os.environ.get("TERM", "dumb"),
+           envmod.OVERRIDES_VAR: ""}  # fmt: skip
+    for prefix in ("SIFBOX", "APPTAINER", "SINGULARITY"):
+        env[f"{prefix}_CONTAINER"] = root
+        env[f"{prefix}_NAME"] = os.path.basename(req.output)
+    status = run_in_root(root, ["/bin/sh", "-c", envmod.PRELUDE, "sifbox", "test"], env, binds=req.binds,
+                         writable=False, writable_tmpfs=True, what="%test", config_path=req.config_path)  # fmt: skip
+    if status != 0:
+        raise BuildError(f"can't build: %test failed with exit status {status}",
+                         hint="--notest skips the test section")  # fmt: skip
+
+
+def copy_into(src: str, dst: str, root: str, src_root: str | None, filename: str) -> None:
+    """%files: copy `src` (host path, glob allowed; or a path in `src_root`)
+    to `dst` in the image, like `cp -fLr`; missing parents are created."""
+    import glob
+
+    from sifbox.util.paths import chase, chase_existing
+
+    if src_root is not None:
+        matches = []
+        for pattern in [src]:
+            base, missing = chase_existing(src_root, pattern)
+            if missing:
+                found = glob.glob(os.path.join(src_root, pattern.lstrip("/")))
+                matches += [
+                    m for m in found if os.path.realpath(m).startswith(os.path.realpath(src_root))
+                ]
+            else:
+                matches.append(base)
+    else:
+        matches = (
+            sorted(glob.glob(src))
+            if any(ch in src for ch in "*?[")
+            else ([src] if os.path.lexists(src) else [])
+        )
+    if not matches:
+        where = f" in stage `{src_root}`" if src_root else ""
+        raise BuildError(f"can't copy `{src}`{where} into the image: no such file or directory",
+                         hint=f"%files paths in `{filename}` are relative to the current directory")  # fmt: skip
+    dst_in = dst if dst.startswith("/") else "/" + dst
+    if dst_in.endswith("/") or len(matches) > 1:
+        target = chase(root, dst_in, create="dir")
+    else:
+        parent = chase(root, os.path.dirname(dst_in) or "/", create="dir")
+        name = os.path.basename(dst_in)
+        target = os.path.join(parent, name) if name else parent
+        if os.path.islink(target):
+            target = chase(root, dst_in)
+    if src_root is None:  # host files: links followed, as `cp -fLr`
+        argv = ["cp", "-fLr", "--preserve=mode,timestamps", "--", *matches, target]
+    else:  # from a stage: links copied as links (their targets mean paths of the image, not the host)
+        argv = ["cp", "-fRP", "--preserve=mode,ownership,timestamps,links", "--", *matches, target]
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise BuildError(f"can't copy `{src}` to `{dst}` in the image: "
+                         f"{proc.stderr.decode('utf-8', 'replace').strip().splitlines()[-1:]}")  # fmt: skip
+
+
+def fix_perms(root: str) -> None:
+    """--fix-perms: give the owner read/write (and search on directories)
+    of everything, so that the sandbox can later be removed or copied."""
+    import stat
+
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            want = (
+                st.st_mode
+                | stat.S_IRUSR
+                | stat.S_IWUSR
+                | (stat.S_IXUSR if stat.S_ISDIR(st.st_mode) else 0)
+            )
+            if want != st.st_mode:
+                os.chmod(p, stat.S_IMODE(want))
+
+
+def _force_remove(path: str) -> None:
+    """Remove a tree whose directories may lack write permission."""
+    for dirpath, dirnames, _ in os.walk(path):
+        for d in dirnames:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(dirpath, d), 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _write_output(
+    req: BuildRequest, definition, root: str, work: str, steps: Steps, converted: bool
+) -> None:  # type: ignore[no-untyped-def]
+    from sifbox.build import assemble
+    from sifbox.config import sysconf
+
+    if req.fmt == "sandbox":
+        if req.update:
+            return
+        steps(f"creating sandbox {req.output}")
+        place_tree(root, req.output, req.force)
+        return
+    cfg = sysconf.load(req.config_path)
+    squash = assemble.squash_options(cfg, epoch=req.epoch, extra_args=req.mksquashfs_args)
+    if not req.quiet and sys.stderr.isatty():
+        squash = dataclasses.replace(squash, progress=True)
+    if req.fmt == "squashfs":
+        steps(f"creating SquashFS image {req.output}")
+        assemble.write_squashfs(root, req.output, squash)
+        return
+    steps(f"creating SIF image {req.output}")
+    deffile_text = definition.text
+    if converted:
+        raw = _read_in_root(root, "/.singularity.d/Singularity")
+        deffile_text = raw.decode("utf-8", "surrogateescape") if raw else ""
+    sqfs = os.path.join(work, "root.sqfs")
+    assemble.make_squashfs(root, sqfs, squash)
+    meta = _inspect_metadata(root, deffile_text)
+    assemble.write_sif(sqfs, req.output, deffile_text, inspect_metadata=meta, epoch=req.epoch)
+
+
+def _inspect_metadata(root: str, deffile_text: str) -> bytes:
+    import json
+
+    files: imagemeta.Files = {}
+    for rel in ("runscript", "startscript", "test", "runscript.help", "env/90-environment.sh"):
+        data = _read_in_root(root, f"{imagemeta.SD}/{rel}")
+        if data is not None:
+            files[f"{imagemeta.SD}/{rel}"] = (data, 0)
+    try:
+        labels = json.loads(_read_in_root(root, f"{imagemeta.SD}/labels.json") or b"{}")
+    except ValueError:
+        labels = {}
+    return imagemeta.inspect_metadata(
+        labels if isinstance(labels, dict) else {}, files, deffile_text
+    )
+
+
+def place_tree(root: str, dest: str, force: bool) -> None:
+    """Move the finished tree to `dest` (rename when on the same file system,
+    else copy beside it first), replacing `dest` with --force."""
+    parent = os.path.dirname(os.path.abspath(dest))
+    staged = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.", dir=parent)
+    try:
+        try:
+            os.rmdir(staged)
+            os.rename(root, staged)
+        except OSError:
+            os.makedirs(staged, exist_ok=True)
+            proc = subprocess.run(["cp", "-a", "--", os.path.join(root, "."), staged],
+                                  capture_output=True, check=False)  # fmt: skip
+            if proc.returncode != 0:
+                raise BuildError(f"can't create the sandbox `{dest}`: "
+                                 f"{proc.stderr.decode('utf-8', 'replace').strip()}") from None  # fmt: skip
+        os.chmod(staged, 0o755)
+        old = None
+        if os.path.lexists(dest):
+            if not force:
+                raise BuildError(f"can't create the sandbox `{dest}`: it already exists")
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.old.", dir=parent)
+            os.rmdir(old)
+            os.rename(dest, old)
+        os.rename(staged, dest)
+        if old:
+            _force_remove(old)
+    except BaseException:
+        if os.path.lexists(staged):
+            _force_remove(staged)
+        raise

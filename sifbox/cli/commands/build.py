@@ -1,0 +1,189 @@
+"""`sifbox build IMAGE SPEC`: build an image from a definition file, or
+convert between image kinds (SIF, sandbox directory, bare SquashFS).
+
+    sifbox build app.sif app.def                 SIF from a definition file
+    sifbox build --sandbox app/ app.def          sandbox directory
+    sifbox build app.sqfs app.def                bare SquashFS (.sqsh/.sqfs/.squashfs)
+    sifbox build app.sif app/                    SIF from a sandbox (or SquashFS)
+    sifbox build --sandbox app/ app.sif          sandbox from a SIF
+
+Unprivileged users build as root of a user namespace (fakeroot), with their
+/etc/subuid and /etc/subgid ranges when configured. With SOURCE_DATE_EPOCH
+(or --reproducible) two builds of the same definition give the same bytes.
+Options also read SIFBOX_<OPTION> (then APPTAINER_, SINGULARITY_).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from sifbox.util.errors import NotAvailableError, UsageError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "image",
+        metavar="IMAGE",
+        help="the image to build (SIF, SquashFS or, with --sandbox, a directory)",
+    )
+    p.add_argument("spec", metavar="SPEC", help="definition file, image to convert, or URI")
+    p.add_argument("-s", "--sandbox", action="store_true", help="build a sandbox directory")
+    p.add_argument("-F", "--force", action="store_true", help="overwrite an existing image")
+    p.add_argument(
+        "-u", "--update", action="store_true", help="run the definition over an existing sandbox"
+    )
+    p.add_argument("-T", "--notest", action="store_true", help="skip the %%test section")
+    p.add_argument(
+        "--section",
+        action="append",
+        default=[],
+        metavar="LIST",
+        help="run only these sections: setup, files, post, environment, runscript, startscript, "
+        "test, labels, help, none (comma-separated)",
+    )
+    p.add_argument(
+        "--fix-perms",
+        action="store_true",
+        help="give the owner read/write permission on every file (sandboxes stay removable)",
+    )
+    p.add_argument(
+        "-f",
+        "--fakeroot",
+        action="store_true",
+        help="build as root of a user namespace (unprivileged builds always do; root builds as root)",
+    )
+    p.add_argument(
+        "--build-arg",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="value of a {{ K }} build argument (repeatable)",
+    )
+    p.add_argument(
+        "--build-arg-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="file of K=V build arguments",
+    )
+    p.add_argument(
+        "--warn-unused-build-args",
+        action="store_true",
+        help="only warn about build arguments the definition does not use (the default)",
+    )
+    p.add_argument(
+        "-B",
+        "--bind",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="bind mount src[:dest[:ro|rw]] for %%post and %%test",
+    )
+    p.add_argument(
+        "--writable-tmpfs",
+        action="store_true",
+        help="(accepted: %%test always runs on a tmpfs overlay of the built root)",
+    )
+    p.add_argument(
+        "--reproducible",
+        action="store_true",
+        help="byte-identical output: every time is SOURCE_DATE_EPOCH (0 when unset)",
+    )
+    p.add_argument("--mksquashfs-args", metavar="ARGS", help="extra mksquashfs options")
+    p.add_argument(
+        "--tmpdir",
+        dest="build_tmpdir",
+        metavar="DIR",
+        help="directory for the build's scratch files (default: SIFBOX_TMPDIR, TMPDIR, /tmp)",
+    )
+    p.add_argument("--disable-cache", action="store_true", help="do not use the image cache")
+    p.add_argument("--arch", metavar="ARCH", help=argparse.SUPPRESS)
+    p.add_argument("-e", "--encrypt", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--nv", action="store_true", help=argparse.SUPPRESS)
+
+
+def _flag(*names: str) -> str | None:
+    from sifbox.cli.commands.action import flag_env
+
+    return flag_env(*names)
+
+
+def _truthy(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from sifbox.build.pipeline import SECTION_NAMES, BuildRequest, output_format
+    from sifbox.formats.deffile import DeffileError, parse_build_arg_file, parse_build_args
+
+    if args.encrypt:
+        raise NotAvailableError(
+            "can't use --encrypt: encrypted images are not available in this version of sifbox"
+        )
+    if args.nv:
+        raise NotAvailableError(
+            "can't use --nv with build: not available in this version of sifbox"
+        )
+    if args.arch:
+        from sifbox.build.assemble import machine_arch
+
+        if args.arch != machine_arch():
+            raise NotAvailableError(f"can't build for `{args.arch}`: only this machine's architecture "
+                                    f"(`{machine_arch()}`) can be built")  # fmt: skip
+    build_args: dict[str, str] = {}
+    for path in args.build_arg_file:
+        try:
+            with open(path) as f:
+                build_args.update(parse_build_arg_file(f.read(), path))
+        except OSError as err:
+            raise UsageError(f"can't read build-arg file `{path}`: {err.strerror}") from None
+    try:
+        build_args.update(parse_build_args(args.build_arg))
+    except DeffileError as err:
+        raise UsageError(err.message) from None
+    sections: set[str] = set()
+    for item in args.section or ["all"]:
+        for name in filter(None, (s.strip() for s in item.split(","))):
+            if name not in SECTION_NAMES:
+                raise UsageError(f"can't use --section `{name}`: unknown section",
+                                 hint="one of " + ", ".join(SECTION_NAMES))  # fmt: skip
+            sections.add(name)
+    sandbox = args.sandbox or _truthy(_flag("SANDBOX"))
+    epoch = None
+    sde = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if sde:
+        try:
+            epoch = int(sde)
+        except ValueError:
+            raise UsageError(f"can't use SOURCE_DATE_EPOCH `{sde}`: not a Unix time") from None
+        if epoch < 0:
+            raise UsageError(f"can't use SOURCE_DATE_EPOCH `{sde}`: not a Unix time")
+    elif args.reproducible or _truthy(_flag("REPRODUCIBLE")):
+        epoch = 0
+    level = int(os.environ.get("SIFBOX_MESSAGELEVEL", "20") or 20)
+    return BuildRequest(
+        output=args.image.rstrip("/") or args.image,
+        source=args.spec,
+        fmt=output_format(args.image, sandbox),
+        force=args.force or _truthy(_flag("FORCE")),
+        update=args.update or _truthy(_flag("UPDATE")),
+        notest=args.notest or _truthy(_flag("NOTEST")),
+        sections=frozenset(sections),
+        fix_perms=args.fix_perms or _truthy(_flag("FIX_PERMS")),
+        build_args=build_args,
+        binds=tuple(args.bind),
+        writable_tmpfs=args.writable_tmpfs,
+        epoch=epoch,
+        mksquashfs_args=args.mksquashfs_args or _flag("MKSQUASHFS_ARGS"),
+        tmpdir=args.build_tmpdir or None,
+        quiet=level > 20,
+        config_path=getattr(args, "config", None),
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from sifbox.build.pipeline import build
+
+    build(request(args))
+    return 0

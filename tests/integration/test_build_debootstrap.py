@@ -1,0 +1,84 @@
+"""`Bootstrap: debootstrap` with the host's `debootstrap` against the mirror this machine's apt uses,
+then apt-get and useradd in %post: as root, and unprivileged (fakeroot with the subuid map)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import tempfile
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.images import env_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _mirror() -> str:
+    from sifbox.build.agents import host_mirror
+
+    mirror = host_mirror()
+    if not mirror:
+        pytest.skip("this machine's apt has no Debian mirror configured")
+    url = urllib.parse.urlparse(mirror)
+    try:
+        socket.create_connection((url.hostname or "", url.port or 80), timeout=5).close()
+    except OSError as err:
+        pytest.skip(f"the apt mirror {mirror} is not reachable: {err}")
+    return mirror
+
+
+@pytest.fixture
+def work() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="sifbox-bt-", dir="/tmp"))
+    base.chmod(0o777)
+    try:
+        yield base
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+DEF = """Bootstrap: debootstrap
+OSVersion: bookworm
+Include: ca-certificates
+
+%post
+    apt-get -o Acquire::Check-Valid-Until=false update
+    apt-get install -y --no-install-recommends hello
+    apt-get clean
+    rm -rf /var/lib/apt/lists/*
+    useradd -m alice
+    dpkg -s ca-certificates >/dev/null
+
+%runscript
+    exec hello
+"""
+
+
+def test_debootstrap_and_apt_get(run_as, as_who, sifbox_cli, work) -> None:
+    if not os.path.exists("/usr/sbin/debootstrap"):
+        pytest.skip("debootstrap is not installed (Debian package debootstrap)")
+    _mirror()
+    (work / "deb.def").write_text(DEF)
+    (work / "deb.def").chmod(0o644)
+    scratch = work / "scratch"
+    scratch.mkdir()
+    scratch.chmod(0o777)
+    env = env_for(as_who, SIFBOX_TMPDIR=str(scratch))
+    proc = run_as(
+        as_who, [sifbox_cli, "build", "deb.sif", "deb.def"], env=env, cwd=str(work), timeout=1200
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "==> debootstrap bookworm from" in proc.stderr
+    assert list(scratch.iterdir()) == []
+    run = run_as(
+        as_who, [sifbox_cli, "run", "deb.sif"], env=env_for(as_who), cwd=str(work), timeout=60
+    )
+    assert (run.returncode, run.stdout) == (0, "Hello, world!\n"), run.stderr
+    ex = run_as(as_who, [sifbox_cli, "exec", "deb.sif", "sh", "-c", "id -u alice; cat /etc/debian_version"],
+                env=env_for(as_who), cwd=str(work), timeout=60)  # fmt: skip
+    assert ex.stdout.startswith("1000\n12."), ex.stderr
