@@ -102,6 +102,24 @@ class Settings:
         self.threshold = cfg.get_str("store severity threshold")
         self.scanner = cfg.get_str("store scanner command")
         self.audit = cfg.get_str("store audit log")
+        #: trusted signers' keys: `global-pgp-public` beside sifbox.conf (as the ECL's)
+        self.confdir = os.path.dirname(os.path.abspath(cfg.path)) if getattr(cfg, "path", None) else "/etc/sifbox"
+
+
+def _signers(path: str, confdir: str) -> list[str]:
+    """Fingerprints of the keys (of the site's global keyring) whose signatures
+    of `path` verify; empty when none does."""
+    from sifbox.image.sif_file import open_sif
+    from sifbox.security import ecl
+    from sifbox.security import verify as v
+
+    keyring = ecl.global_keyring(confdir)
+    with open_sif(path, verb="verify") as img:
+        try:
+            results = v.verify_image(img, v.KeyMaterial(keyring), callback=lambda r: True)
+        except Exception as err:  # noqa: BLE001 - no signature, a damaged image: not admitted
+            raise SifboxError(str(err)) from None
+    return [r.fingerprint for r in results if r.error is None and r.fingerprint]
 
 
 class Store:
@@ -381,12 +399,10 @@ class Store:
             checks.append({"step": "signature", "result": "skipped"})
             return
         try:
-            from sifbox.security.verify import verify_image  # type: ignore[import-not-found]
+            signers = _signers(tmp, self.s.confdir)
         except ImportError:
             checks.append({"step": "signature", "result": "fail"})
             raise Refused("a signature is required but signature checking is not available") from None
-        try:
-            signers = verify_image(tmp)
         except SifboxError as err:
             checks.append({"step": "signature", "result": "fail"})
             raise Refused(f"signature check failed: {err}") from None

@@ -57,4 +57,4 @@ def test_writable_sandbox_keeps_changes(run_as, as_who, sifbox_cli, shared_tmp, 
     assert (sandbox / "kept.txt").read_text() == "kept\n"
     refused = run_as(as_who, [sifbox_cli, "exec", "--writable", str(action_images.sif), "true"],
                      env=env_for(as_who), timeout=LAUNCH_TIMEOUT)  # fmt: skip
-    assert refused.returncode == 125 and "only sandbox directories" in refused.stderr
+    assert refused.returncode == 255 and "has no writable overlay partition" in refused.stderr

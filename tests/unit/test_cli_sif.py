@@ -156,7 +156,7 @@ def _copy(tmp_path: Path, name: str = "one-group.sif") -> Path:
         (["sif", "add", "{image}", "{missing}", "--datatype", "7"], 255, "can't add `{missing}` to `{image}`: no such file or directory"),
         (["sif", "add", "{image}", "{input}", "--datatype", "7", "--filename", "x" * 129], 125, "can't add `{input}` to `{image}`: the name is 129 bytes, at most 128 fit"),
         (["sif", "new", "{dir}"], 255, "can't create `{dir}`: is a directory"),
-        (["build", "x.sif", "x.def"], 125, "can't run `sifbox build`: this command is not available in sifbox"),
+        (["push", "x.sif", "oras://x"], 125, "can't run `sifbox push`: this command is not available in sifbox"),
         (["nonsense"], 125, "can't run `sifbox`: argument COMMAND: invalid choice: 'nonsense'"),
     ],
 )

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sifbox.build.pipeline import BuildRequest, load_definition, output_format
-from sifbox.cli.main import build_parser
+from sifbox.cli.parser import build_parser
 from sifbox.util.errors import UsageError
 
 
