@@ -1,0 +1,133 @@
+"""`sifbox pull`: fetch an OCI/Docker image and convert it to a SIF file.
+
+    sifbox pull [--force] [--arch ARCH] [--platform OS/ARCH[/VARIANT]] [OUT.sif] URI
+
+URI: `docker://REF`, `oci:DIR[:TAG|@DIGEST]`, `oci-archive:FILE[:TAG]`, `docker-archive:FILE[:REF]`.
+The output name defaults to NAME_TAG.sif, as Apptainer names it. The layers are merged and
+streamed into SquashFS: no root file system is unpacked on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from sifbox.util.errors import SifboxError, UsageError
+
+LOCAL = ("oci", "oci-archive", "docker-archive")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = (
+        "examples:\n"
+        "  sifbox pull docker://alpine:3.20\n"
+        "  sifbox pull app.sif oci:./layout:v1\n"
+        "  sifbox pull --platform linux/arm64 docker-archive:saved.tar"
+    )
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("-F", "--force", action="store_true", help="overwrite an image file if it exists")
+    p.add_argument("--arch", help="architecture to pull from an image index (e.g. amd64, arm64, arm/v7)")
+    p.add_argument("--platform", help="platform to pull from an image index, OS/ARCH[/VARIANT]")
+    p.add_argument("--dir", help="download images to the specific directory")
+    p.add_argument("--disable-cache", action="store_true", help="do not use or create cached images/blobs")
+    p.add_argument("args", nargs="+", metavar="[OUT.sif] URI", help="output file (optional) and image URI")
+
+
+def default_name(uri: str) -> str:
+    """NAME_TAG.sif for an image URI (Apptainer's naming)."""
+    transport, _, rest = uri.partition(":")
+    if transport == "docker":
+        ref = rest.removeprefix("//")
+        name_part, at, digest = ref.partition("@")
+        last = name_part.rsplit("/", 1)[-1]
+        name, colon, tag = last.partition(":")
+        if at:
+            tag = digest.split(":")[-1][:12]
+        return f"{name}_{tag or 'latest'}.sif"
+    from sifbox.oci.layout import parse_source
+
+    ref = parse_source(uri)
+    base = os.path.basename(ref.path.rstrip("/")) or "image"
+    for ext in (".tar.gz", ".tgz", ".tar"):
+        if base.endswith(ext):
+            base = base[: -len(ext)]
+            break
+    tag = ref.tag.rsplit(":", 1)[-1] if ref.tag else (ref.digest.split(":")[-1][:12] if ref.digest else "latest")
+    return f"{base}_{tag}.sif"
+
+
+def _cache_dir() -> str:
+    env = os.environ.get("SIFBOX_CACHEDIR")
+    if env:
+        return env
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "sifbox")
+
+
+def _fetch_remote(uri: str, platform: str | None, disable_cache: bool) -> str:
+    try:
+        from sifbox.oci import registry  # type: ignore[attr-defined]
+    except ImportError:
+        raise SifboxError(f"can't pull `{uri}`: this sifbox has no registry client yet",
+                          hint="pull from a local copy: oci:DIR, oci-archive:FILE or docker-archive:FILE "
+                               "(e.g. made with `skopeo copy docker://... oci:DIR`)") from None  # fmt: skip
+    from pathlib import Path
+
+    layout = registry.fetch_image(uri, platform=platform, cache_dir=Path(_cache_dir()),
+                                  disable_cache=disable_cache)  # fmt: skip
+    return str(layout)
+
+
+def main(args: argparse.Namespace) -> int:
+    from sifbox.oci.layout import SourceRef, open_image, parse_platform, parse_source
+    from sifbox.util.log import log
+
+    if len(args.args) > 2:
+        raise UsageError(f"can't run `sifbox pull`: too many arguments ({len(args.args)})",
+                         hint="usage: sifbox pull [OUT.sif] URI")  # fmt: skip
+    uri = args.args[-1]
+    out = args.args[0] if len(args.args) == 2 else default_name(uri)
+    if args.dir and not os.path.isabs(out):
+        out = os.path.join(args.dir, out)
+    transport = uri.partition(":")[0]
+    if transport not in (*LOCAL, "docker"):
+        raise UsageError(f"can't pull `{uri}`: unsupported URI",
+                         hint="use docker://REF, oci:DIR, oci-archive:FILE or docker-archive:FILE")  # fmt: skip
+    if os.path.isdir(out):
+        raise SifboxError(f"can't pull `{uri}` to `{out}`: it is a directory")
+    if os.path.lexists(out) and not args.force:
+        raise SifboxError(f"can't pull `{uri}` to `{out}`: the file exists, will not overwrite it",
+                          hint="use --force to overwrite it")  # fmt: skip
+    platform = parse_platform(args.platform, args.arch)
+    explicit = bool(args.platform or args.arch)
+    if transport == "docker":
+        if not uri.startswith("docker://"):
+            raise UsageError(f"can't pull `{uri}`: write docker://REF")
+        layout = _fetch_remote(uri, str(platform), args.disable_cache)
+        ref = SourceRef("oci", layout)
+    else:
+        ref = parse_source(uri)
+
+    def step(msg: str) -> None:
+        log.info("%s", msg)
+
+    def warn(msg: str) -> None:
+        log.warning("%s", msg)
+
+    from sifbox.oci import convert, imageconfig
+
+    img = open_image(ref, platform)
+    try:
+        have = img.platform
+        if have.architecture and have.architecture != platform.architecture:
+            if explicit:
+                raise SifboxError(f"can't pull `{uri}`: the image is for `{have}`, not `{platform}`")
+            warn(f"the image is for `{have}`, this machine is `{platform}`")
+        for note in imageconfig.notes(img.config):
+            log.info("%s", note)
+        step(f"Converting `{uri}` to SIF `{out}` ({len(img.layers)} layers)")
+        convert.convert(img, out, source=uri, warn=warn, step=step)
+    finally:
+        img.store.close()
+    step(f"Wrote `{out}`")
+    return 0
