@@ -418,6 +418,9 @@ class Merger:
         parent, _ = self._resolve(comps[:-1], what)
         target = f"{parent}/{comps[-1]}" if parent else comps[-1]
         node = self.tree.get(target)
+        if node is None and target in self.children:
+            self.warn(f"skipped {what}: hard link to directory `{m.linkname}`")
+            raise _Skip
         if node is None:
             self.warn(f"skipped {what}: hard link target `{m.linkname}` is not in the image")
             raise _Skip
