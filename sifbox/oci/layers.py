@@ -202,7 +202,7 @@ def open_tar(stream: LayerStream, what: str) -> tarfile.TarFile | None:
     if not stream.reader.peek(1):
         return None
     try:
-        return tarfile.open(fileobj=stream.reader, mode="r|", bufsize=CHUNK)  # type: ignore[call-overload]
+        return tarfile.open(fileobj=stream.reader, mode="r|")  # type: ignore[call-overload]
     except tarfile.TarError as err:
         raise LayerError(f"can't read {what}: not a tar archive ({err})") from None
 
@@ -231,6 +231,16 @@ class Node:
     inode: tuple[int, int] | None = None  # the member holding the data (REG/LNK)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Member:
+    """A regular file of a layer: its header, and where its data lies in the uncompressed tar."""
+
+    info: tarfile.TarInfo
+    offset: int
+    size: int
+    sparse: bool = False
+
+
 @dataclasses.dataclass(frozen=True)
 class Extra:
     """A generated entry (the /.singularity.d tree and the mount points).
@@ -255,6 +265,8 @@ class Merger:
         self.warnings: list[str] = []
         self._warn_cb = warn
         self.extra: dict[tuple[int, int], tuple[tarfile.TarInfo, bytes]] = {}
+        #: where each regular file's data lies in its layer's uncompressed tar
+        self.data: dict[tuple[int, int], Member] = {}
         self.layer_count = 0
 
     # ---- helpers
@@ -398,6 +410,8 @@ class Merger:
             node = self._hardlink(m, what, path)
         elif m.isreg():
             node = Node(REG, layer, None, (layer, ordinal))
+            if (layer, ordinal) not in self.extra:
+                self.data[(layer, ordinal)] = Member(_strip(m), m.offset_data, m.size, m.issparse())
         elif m.issym() or m.isfifo() or m.ischr() or m.isblk():
             node = Node(OTHER, layer, _strip(m))
         else:
@@ -482,7 +496,8 @@ class Merger:
         headers = sorted((p, n.info) for p, n in self.tree.items()
                          if n.kind in (DIR, OTHER) and p and n.info is not None)  # fmt: skip
         root = self.tree.get("")
-        return Plan(root.info if root else None, headers, carriers, dict(self.extra))
+        data = {k: self.data[k] for k in carriers if k in self.data}
+        return Plan(root.info if root else None, headers, carriers, dict(self.extra), data)
 
 
 @dataclasses.dataclass
@@ -491,6 +506,7 @@ class Plan:
     headers: list[tuple[str, tarfile.TarInfo]]
     carriers: dict[tuple[int, int], list[str]]
     extra: dict[tuple[int, int], tuple[tarfile.TarInfo, bytes]]
+    data: dict[tuple[int, int], Member] = dataclasses.field(default_factory=dict)
 
     def layers_needed(self) -> set[int]:
         return {i for i, _ in self.carriers}
@@ -559,6 +575,30 @@ class TarWriter:
         self.written += len(b)
 
 
+def _copy_by_offset(plan: Plan, wanted: list[tuple[int, int]], stream: LayerStream, w: TarWriter,
+                    what: str) -> None:  # fmt: skip
+    """Copy the surviving files of one layer, found by the data offsets pass 1 recorded:
+    no tar parsing the second time."""
+    reader = stream.reader
+    pos = 0
+    for key in wanted:
+        member = plan.data[key]
+        skip = member.offset - pos
+        if skip < 0:
+            raise LayerError(f"can't read {what}: overlapping members")
+        while skip:
+            got = len(reader.read(min(skip, CHUNK)))
+            if not got:
+                raise LayerError(f"can't read {what}: it ends early (changed while being read?)")
+            skip -= got
+        paths = plan.carriers[key]
+        w.header(member.info, paths[0], type_=tarfile.REGTYPE, size=member.size, linkname="")
+        w.data(reader, member.size)  # type: ignore[arg-type]
+        pos = member.offset + member.size
+        for p in paths[1:]:
+            w.header(member.info, p, type_=tarfile.LNKTYPE, linkname=paths[0])
+
+
 def write_merged(plan: Plan, img: Image, out: BinaryIO, *, extra_layer: int,
                  progress: Callable[[str], None] | None = None) -> int:  # fmt: skip
     """Pass 2: write the merged image as one tar stream to `out`; return the bytes written."""
@@ -575,7 +615,12 @@ def write_merged(plan: Plan, img: Image, out: BinaryIO, *, extra_layer: int,
             progress(f"layer {index + 1}/{len(img.layers)}")
         with open_layer(img, index) as stream:
             what = f"layer {index + 1} of `{img.source}`"
-            last = max(j for i, j in plan.carriers if i == index)
+            wanted = sorted(k for k in plan.carriers if k[0] == index)
+            if all(k in plan.data and not plan.data[k].sparse for k in wanted):
+                _copy_by_offset(plan, wanted, stream, w, what)
+                stream.finish()
+                continue
+            last = wanted[-1][1]
             tf = open_tar(stream, what)
             assert tf is not None
             for ordinal, m in enumerate(iter_members(tf, what)):
