@@ -46,7 +46,7 @@ def log(msg: str) -> None:
 
 def run(argv: list[str], **kw: object) -> float:
     t0 = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload]
     dt = time.monotonic() - t0
     if proc.returncode != 0:
         raise Failed(f"{' '.join(argv[:3])}...: status {proc.returncode}: {proc.stderr.strip()[-300:]}")

@@ -30,6 +30,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from typing import BinaryIO
 
 from sifbox.oci import imageconfig
 from sifbox.oci.layers import LayerError, Merger, iter_members, open_layer, open_tar, write_merged
@@ -95,23 +96,51 @@ def merge_plan(img: Image, *, source: str, epoch: int, warn: Callable[[str], Non
 
 def build_squashfs(img: Image, out: str, *, source: str, epoch: int, compressor: str = DEFAULT_COMPRESSOR,
                    level: int | None = DEFAULT_LEVEL, procs: int | None = None,
-                   warn: Callable[[str], None], step: Callable[[str], None]) -> None:  # fmt: skip
-    """Write the image's merged root file system as SquashFS at `out` (overwritten)."""
+                   warn: Callable[[str], None], step: Callable[[str], None],
+                   dest: str | None = None) -> None:  # fmt: skip
+    """Write the image's merged root file system as SquashFS at `out` (overwritten);
+    `dest` names the final file in messages."""
     merger = merge_plan(img, source=source, epoch=epoch, warn=warn, step=step)
     plan = merger.plan()
     argv = tar2sqfs_argv(out, compressor=compressor, level=level, procs=procs or os.cpu_count() or 1,
                          epoch=epoch)  # fmt: skip
     step(f"Creating SquashFS ({plan.file_count} entries, {compressor})")
-    errfile = tempfile.TemporaryFile()
+    fed: list[int] = []
+    with tempfile.TemporaryFile() as errfile:
+        rc = _feed_tar2sqfs(argv, errfile, lambda stdin: fed.append(write_merged(
+            plan, img, stdin, extra_layer=merger.layer_count - 1,
+            progress=lambda s: step(f"Copying files of {s}"))))  # fmt: skip
+        errfile.seek(0)
+        msg = errfile.read().decode(errors="replace").strip().splitlines()
+    if rc != 0:
+        reason = msg[-1] if msg else f"exit status {rc}"
+        if "No space left" in "\n".join(msg) or ("I/O error" in reason and _disk_full(out, sum(fed))):
+            raise ConvertError(f"can't write `{dest or out}`: no space left on device")
+        raise ConvertError(f"can't build the SquashFS image: tar2sqfs failed ({reason})",
+                           hint=f"the error originates from `{shlex.join(argv)}` (status {rc})")  # fmt: skip
+
+
+def _disk_full(path: str, fed: int) -> bool:
+    """tar2sqfs says "I/O error" (and removes its output) when a write fails for lack of
+    space: the disk was full if it cannot hold what tar2sqfs was given."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < max(fed, 1 << 20)
+
+
+def _feed_tar2sqfs(argv: list[str], errfile: BinaryIO, feed: Callable[[BinaryIO], object]) -> int:
+    """Run tar2sqfs with `feed` writing its standard input; return its exit status.
+    On any failure of `feed` (or Ctrl-C), tar2sqfs is killed and the failure re-raised."""
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=errfile, stderr=errfile)
     assert proc.stdin is not None
     failure: BaseException | None = None
     try:
-        write_merged(plan, img, proc.stdin, extra_layer=merger.layer_count - 1,  # type: ignore[arg-type]
-                     progress=lambda s: step(f"Copying files of {s}"))  # fmt: skip
+        feed(proc.stdin)  # type: ignore[arg-type]
     except BrokenPipeError:
         pass  # tar2sqfs stopped; its status and message say why
-    except BaseException as err:
+    except BaseException as err:  # noqa: BLE001 - re-raised once tar2sqfs is stopped
         failure = err
     finally:
         with contextlib.suppress(OSError):
@@ -121,14 +150,7 @@ def build_squashfs(img: Image, out: str, *, source: str, epoch: int, compressor:
         rc = proc.wait()
     if failure is not None:
         raise failure
-    if rc != 0:
-        errfile.seek(0)
-        msg = errfile.read().decode(errors="replace").strip().splitlines()
-        reason = msg[-1] if msg else f"exit status {rc}"
-        if "No space left" in "\n".join(msg):
-            raise ConvertError(f"can't write `{out}`: no space left on device")
-        raise ConvertError(f"can't build the SquashFS image: tar2sqfs failed ({reason})",
-                           hint=f"the error originates from `{shlex.join(argv)}` (status {rc})")  # fmt: skip
+    return rc
 
 
 # -- SIF assembly ------------------------------------------------------------------------
@@ -261,6 +283,19 @@ def wrap_sif(sqfs_path: str, out_path: str, objects_before: list, *, arch: str, 
             os.close(fd)
 
 
+def _mkstemp_into(created: list[str], directory: str, name: str) -> int:
+    """mkstemp, its name appended to `created` before SIGINT/SIGTERM may interrupt."""
+    import signal
+
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        fd, path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+        created.append(path)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return fd
+
+
 def reproducible_id(img: Image, epoch: int) -> bytes:
     h = hashlib.sha256(f"{img.config_digest}\n{epoch}\n".encode())
     for layer in img.layers:
@@ -283,17 +318,16 @@ def convert(img: Image, out_path: str, *, source: str, compressor: str = DEFAULT
     if arch not in c.ARCH_CODES:
         raise ConvertError(f"can't convert `{source}`: unknown architecture `{arch}` in the image config")
     directory = os.path.dirname(os.path.abspath(out_path))
+    created: list[str] = []
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out_path)}.", suffix=".tmp", dir=directory)
-    except OSError as err:
-        raise ConvertError(f"can't write `{out_path}`: {describe_os_error(err)}") from err
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-    os.close(fd)
-    try:
+        fd = _mkstemp_into(created, directory, os.path.basename(out_path))
+        tmp = created[0]
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        os.close(fd)
         build_squashfs(img, tmp, source=source, epoch=epoch, compressor=compressor, level=level,
-                       procs=procs, warn=warn, step=step)  # fmt: skip
+                       procs=procs, warn=warn, step=step, dest=out_path)  # fmt: skip
         step("Creating SIF file")
         bootstrap, _, ref = source.partition(":")
         deffile = f"bootstrap: {bootstrap}\nfrom: {ref.removeprefix('//')}\n".encode()
@@ -312,5 +346,6 @@ def convert(img: Image, out_path: str, *, source: str, compressor: str = DEFAULT
     except LayerError:
         raise
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        for path in created:
+            with contextlib.suppress(OSError):
+                os.unlink(path)

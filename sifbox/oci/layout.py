@@ -23,6 +23,7 @@ import json
 import os
 import re
 import tarfile
+
 from sifbox.util.errors import SifboxError, UsageError, describe_os_error
 
 TRANSPORTS = ("oci", "oci-archive", "docker-archive")
@@ -318,7 +319,7 @@ class TarStore(BlobStore):
     def __init__(self, path: str, source: str):
         super().__init__(source)
         try:
-            self.tar = tarfile.open(path, "r:*")
+            self.tar = tarfile.open(path, "r:*")  # noqa: SIM115 - open while the store lives
             self.members = {}
             for m in self.tar:
                 if m.isreg():
@@ -486,8 +487,8 @@ def _check_layer_types(layers: list[Layer], src: str) -> None:
         mt = layer.media_type
         if "nondistributable" in mt or "foreign" in mt:
             continue
-        if mt and not (mt.startswith("application/vnd.oci.image.layer.v1.tar")
-                       or mt.startswith("application/vnd.docker.image.rootfs")):  # fmt: skip
+        if mt and not mt.startswith(("application/vnd.oci.image.layer.v1.tar",
+                                     "application/vnd.docker.image.rootfs")):  # fmt: skip
             raise ImageSourceError(f"can't read image `{src}`: layer {layer.label} has media type `{mt}`, "
                                    "not a tar layer")  # fmt: skip
         if mt.endswith("+encrypted"):

@@ -278,3 +278,38 @@ def test_bad_input_leaves_nothing(images, run_as, as_who, sifbox_cli, shared_tmp
         assert "digest mismatch" in stderr or "invalid gzip" in stderr or "corrupt" in stderr, stderr
     finally:
         shutil.rmtree(bad)
+
+
+def test_disk_full(images, run_as, as_who, sifbox_cli, shared_tmp) -> None:
+    small = shared_tmp / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=1777", "tmpfs", str(small)], check=True)
+    try:
+        proc = run_as(as_who, [sifbox_cli, "pull", str(small / "x.sif"), SOURCES["oci"](images)])
+        assert proc.returncode == 255
+        assert f"sifbox: error: can't write `{small / 'x.sif'}`: no space left on device" in proc.stderr
+        assert os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+def test_interrupted_pull_leaves_nothing(images, run_as, as_who, sifbox_cli, shared_tmp) -> None:
+    import signal
+    import time
+
+    argv = [sifbox_cli, "pull", str(shared_tmp / "x.sif"), SOURCES["zstd"](images)]
+    if not as_who.is_root:
+        argv = ["runuser", "-u", as_who.name, "--", *argv]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not any(p.name.endswith(".tmp") for p in shared_tmp.iterdir()):
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the pull finished before it could be interrupted")
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert os.listdir(shared_tmp) == []
+    left = subprocess.run(["pgrep", "-f", str(shared_tmp)], capture_output=True, text=True, check=False).stdout
+    assert not left.strip(), f"processes left: {left}"

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from sifbox.oci import layout as L
-from sifbox.oci.layers import Extra, LayerError, Merger, iter_members, open_layer, open_tar, write_merged
+from sifbox.oci.layers import (
+    Extra,
+    LayerError,
+    Merger,
+    iter_members,
+    open_layer,
+    open_tar,
+    write_merged,
+)
 from tests.unit.test_oci_layout import make_layout, tar_layer
 
 
@@ -107,7 +115,8 @@ def test_directories_come_before_files(tmp_path: Path) -> None:
     out = io.BytesIO()
     write_merged(m.plan(), img, out, extra_layer=2)
     out.seek(0)
-    order = [t.name for t in tarfile.open(fileobj=out, mode="r:")]
+    with tarfile.open(fileobj=out, mode="r:") as tf:
+        order = [t.name for t in tf]
     assert order == ["a", "a/b/c"]
 
 

@@ -40,7 +40,7 @@ def default_name(uri: str) -> str:
         ref = rest.removeprefix("//")
         name_part, at, digest = ref.partition("@")
         last = name_part.rsplit("/", 1)[-1]
-        name, colon, tag = last.partition(":")
+        name, _, tag = last.partition(":")
         if at:
             tag = digest.split(":")[-1][:12]
         return f"{name}_{tag or 'latest'}.sif"
