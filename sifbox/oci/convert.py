@@ -232,7 +232,7 @@ def sif_prefix(sqfs_size: int, objects_before: list, *, arch: str, image_id: byt
     buf = _Layout(chunk)
     img = edit.create(buf, [*objects_before, part], image_id=image_id, time=when)  # type: ignore[arg-type]
     d = next(d for d in img.descriptors if d.used and d.data_type == c.DataType.PARTITION)
-    return bytes(buf.buf[: d.offset]), d.offset
+    return bytes(buf.buf[: d.offset]).ljust(d.offset, b"\0"), d.offset
 
 
 def _insert_range(fd: int, length: int) -> bool:
@@ -274,6 +274,7 @@ def wrap_sif(sqfs_path: str, out_path: str, objects_before: list, *, arch: str, 
                 dst.flush()
                 os.fsync(dst.fileno())
             os.rename(tmp, out_path)
+            os.unlink(sqfs_path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
