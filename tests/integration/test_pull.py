@@ -313,3 +313,20 @@ def test_interrupted_pull_leaves_nothing(images, run_as, as_who, sifbox_cli, sha
     assert os.listdir(shared_tmp) == []
     left = subprocess.run(["pgrep", "-f", str(shared_tmp)], capture_output=True, text=True, check=False).stdout
     assert not left.strip(), f"processes left: {left}"
+
+
+def test_pull_to_tmpfs(images, run_as, as_who, sifbox_cli, shared_tmp) -> None:
+    """tmpfs cannot insert a range at the start of a file: the SIF is assembled by copying."""
+    mnt = shared_tmp / "tmpfs"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=1777", "tmpfs", str(mnt)], check=True)
+    try:
+        proc = run_as(as_who, [sifbox_cli, "pull", str(mnt / "x.sif"), SOURCES["oci"](images)])
+        assert proc.returncode == 0, proc.stderr
+        assert os.listdir(mnt) == ["x.sif"]
+        shutil.copy(mnt / "x.sif", shared_tmp / "x.sif")
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    os.chmod(shared_tmp / "x.sif", 0o644)
+    ex = run_as(as_who, [sifbox_cli, "exec", str(shared_tmp / "x.sif"), "/bin/cat", "/data/opaque/upper"], cwd="/")
+    assert ex.returncode == 0 and ex.stdout == "upper\n", ex.stderr
