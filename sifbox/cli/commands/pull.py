@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from sifbox.util.errors import SifboxError, UsageError
+from sifbox.util.errors import NotAvailableError, SifboxError, UsageError
 
 LOCAL = ("oci", "oci-archive", "docker-archive")
 
@@ -30,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--platform", help="platform to pull from an image index, OS/ARCH[/VARIANT]")
     p.add_argument("--dir", help="download images to the specific directory")
     p.add_argument("--disable-cache", action="store_true", help="do not use or create cached images/blobs")
-    p.add_argument("args", nargs="+", metavar="[OUT.sif] URI", help="output file (optional) and image URI")
+    p.add_argument("out", nargs="?", metavar="OUT.sif", help="the SIF file to write (default: NAME_TAG.sif)")
+    p.add_argument("uri", metavar="URI", help="docker://REF, oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE")
 
 
 def default_name(uri: str) -> str:
@@ -66,9 +67,13 @@ def _cache_dir() -> str:
 
 def _fetch_remote(uri: str, platform: str | None, disable_cache: bool) -> str:
     try:
-        from sifbox.oci import registry  # type: ignore[attr-defined]
-    except ImportError:
-        raise SifboxError(f"can't pull `{uri}`: this sifbox has no registry client yet",
+        import importlib
+
+        registry = importlib.import_module("sifbox.oci.registry")
+    except ModuleNotFoundError as err:
+        if err.name != "sifbox.oci.registry":
+            raise
+        raise NotAvailableError(f"can't pull `{uri}`: this sifbox has no registry client yet",
                           hint="pull from a local copy: oci:DIR, oci-archive:FILE or docker-archive:FILE "
                                "(e.g. made with `skopeo copy docker://... oci:DIR`)") from None  # fmt: skip
     from pathlib import Path
@@ -82,11 +87,8 @@ def main(args: argparse.Namespace) -> int:
     from sifbox.oci.layout import SourceRef, open_image, parse_platform, parse_source
     from sifbox.util.log import log
 
-    if len(args.args) > 2:
-        raise UsageError(f"can't run `sifbox pull`: too many arguments ({len(args.args)})",
-                         hint="usage: sifbox pull [OUT.sif] URI")  # fmt: skip
-    uri = args.args[-1]
-    out = args.args[0] if len(args.args) == 2 else default_name(uri)
+    uri = args.uri
+    out = args.out or default_name(uri)
     if args.dir and not os.path.isabs(out):
         out = os.path.join(args.dir, out)
     transport = uri.partition(":")[0]
