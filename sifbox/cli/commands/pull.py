@@ -116,8 +116,11 @@ def main(args: argparse.Namespace) -> int:
     def warn(msg: str) -> None:
         log.warning("%s", msg)
 
+    from sifbox.config import sysconf
     from sifbox.oci import convert, imageconfig
 
+    # `mksquashfs procs` also bounds the SquashFS writer's compression jobs (0: all CPUs).
+    procs = sysconf.load(getattr(args, "config", None)).get_int("mksquashfs procs") or None
     img = open_image(ref, platform)
     try:
         have = img.platform
@@ -128,7 +131,7 @@ def main(args: argparse.Namespace) -> int:
         for note in imageconfig.notes(img.config):
             log.info("%s", note)
         step(f"Converting `{uri}` to SIF `{out}` ({len(img.layers)} layers)")
-        convert.convert(img, out, source=uri, warn=warn, step=step)
+        convert.convert(img, out, source=uri, procs=procs, warn=warn, step=step)
     finally:
         img.store.close()
     step(f"Wrote `{out}`")
