@@ -330,8 +330,7 @@ def convert(img: Image, out_path: str, *, source: str, compressor: str = DEFAULT
         build_squashfs(img, tmp, source=source, epoch=epoch, compressor=compressor, level=level,
                        procs=procs, warn=warn, step=step, dest=out_path)  # fmt: skip
         step("Creating SIF file")
-        bootstrap, _, ref = source.partition(":")
-        deffile = f"bootstrap: {bootstrap}\nfrom: {ref.removeprefix('//')}\n".encode()
+        deffile = imageconfig.deffile(source).encode()
         oci_config = json.dumps(img.config.get("config") or {}, sort_keys=True).encode()
         objects = [
             edit.ObjectInput(c.DataType.DEFFILE, data=deffile),

@@ -374,6 +374,12 @@ def labels(config: dict, *, arch: str, source: str, epoch: int, version: str) ->
     return out
 
 
+def deffile(source: str) -> str:
+    """The definition an Apptainer pull records: `bootstrap:` and `from:` of the source."""
+    bootstrap, _, ref = source.partition(":")
+    return f"bootstrap: {bootstrap}\nfrom: {ref.removeprefix('//')}\n"
+
+
 def notes(config: dict) -> list[str]:
     """What the image asks for that the runtime does not apply (said once on pull)."""
     inner = config.get("config") or {}
@@ -416,6 +422,7 @@ def entries(config: dict, *, arch: str, source: str, epoch: int, version: str) -
         (".singularity.d/runscript",
          runscript(_strings(inner.get("Entrypoint")), _strings(inner.get("Cmd"))), 0o755),
         (".singularity.d/startscript", STARTSCRIPT, 0o755),
+        (".singularity.d/Singularity", deffile(source), 0o644),
         (".singularity.d/labels.json",
          json.dumps(labels(config, arch=arch, source=source, epoch=epoch, version=version),
                     indent="\t", ensure_ascii=False), 0o644),
