@@ -30,7 +30,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from sifbox.oci import imageconfig
 from sifbox.oci.layers import LayerError, Merger, iter_members, open_layer, open_tar, write_merged
@@ -38,6 +38,13 @@ from sifbox.oci.layout import Image
 from sifbox.util.errors import SifboxError, describe_os_error
 
 FALLOC_FL_INSERT_RANGE = 0x20
+
+
+class Step(Protocol):
+    """Reports a step of the conversion; `size`: the bytes the step reads, when known."""
+
+    def __call__(self, message: str, size: int | None = None, /) -> None: ...
+
 DEFAULT_COMPRESSOR = "zstd"
 DEFAULT_LEVEL = 3
 
@@ -76,14 +83,14 @@ def tar2sqfs_argv(out: str, *, compressor: str, level: int | None, procs: int, e
 
 
 def merge_plan(img: Image, *, source: str, epoch: int, warn: Callable[[str], None],
-               step: Callable[[str], None]):  # type: ignore[no-untyped-def]  # fmt: skip
+               step: Step):  # type: ignore[no-untyped-def]  # fmt: skip
     """Pass 1 over every layer (headers only, digests verified) plus the generated entries."""
     from sifbox import __version__
 
     merger = Merger(warn)
     n = len(img.layers)
     for i in range(n):
-        step(f"Reading layer {i + 1}/{n} ({img.layers[i].label})")
+        step(f"Reading layer {i + 1}/{n} ({img.layers[i].label})", img.layers[i].size)
         what = f"layer {i + 1} of `{img.source}`"
         with open_layer(img, i) as stream:
             merger.add_layer(i, iter_members(open_tar(stream, what), what), f"layer {i + 1}")
@@ -96,7 +103,7 @@ def merge_plan(img: Image, *, source: str, epoch: int, warn: Callable[[str], Non
 
 def build_squashfs(img: Image, out: str, *, source: str, epoch: int, compressor: str = DEFAULT_COMPRESSOR,
                    level: int | None = DEFAULT_LEVEL, procs: int | None = None,
-                   warn: Callable[[str], None], step: Callable[[str], None],
+                   warn: Callable[[str], None], step: Step,
                    dest: str | None = None) -> None:  # fmt: skip
     """Write the image's merged root file system as SquashFS at `out` (overwritten);
     `dest` names the final file in messages."""
@@ -109,7 +116,7 @@ def build_squashfs(img: Image, out: str, *, source: str, epoch: int, compressor:
     with tempfile.TemporaryFile() as errfile:
         rc = _feed_tar2sqfs(argv, errfile, lambda stdin: fed.append(write_merged(
             plan, img, stdin, extra_layer=merger.layer_count - 1,
-            progress=lambda s: step(f"Copying files of {s}"))))  # fmt: skip
+            progress=lambda s, size: step(f"Copying files of {s}", size))))  # fmt: skip
         errfile.seek(0)
         msg = errfile.read().decode(errors="replace").strip().splitlines()
     if rc != 0:
@@ -306,7 +313,7 @@ def reproducible_id(img: Image, epoch: int) -> bytes:
 
 def convert(img: Image, out_path: str, *, source: str, compressor: str = DEFAULT_COMPRESSOR,
             level: int | None = DEFAULT_LEVEL, procs: int | None = None,
-            warn: Callable[[str], None], step: Callable[[str], None]) -> None:  # fmt: skip
+            warn: Callable[[str], None], step: Step) -> None:  # fmt: skip
     """Convert `img` to the SIF `out_path`, atomically (nothing is left on failure)."""
     from sifbox.formats.sif import constants as c
     from sifbox.formats.sif import edit

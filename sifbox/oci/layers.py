@@ -600,7 +600,7 @@ def _copy_by_offset(plan: Plan, wanted: list[tuple[int, int]], stream: LayerStre
 
 
 def write_merged(plan: Plan, img: Image, out: BinaryIO, *, extra_layer: int,
-                 progress: Callable[[str], None] | None = None) -> int:  # fmt: skip
+                 progress: Callable[[str, int | None], None] | None = None) -> int:  # fmt: skip
     """Pass 2: write the merged image as one tar stream to `out`; return the bytes written."""
     w = TarWriter(out)
     if plan.root is not None:
@@ -612,7 +612,7 @@ def write_merged(plan: Plan, img: Image, out: BinaryIO, *, extra_layer: int,
         if index not in needed:
             continue  # pass 1 verified it; nothing of it survives
         if progress:
-            progress(f"layer {index + 1}/{len(img.layers)}")
+            progress(f"layer {index + 1}/{len(img.layers)}", img.layers[index].size)
         with open_layer(img, index) as stream:
             what = f"layer {index + 1} of `{img.source}`"
             wanted = sorted(k for k in plan.carriers if k[0] == index)

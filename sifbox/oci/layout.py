@@ -23,6 +23,7 @@ import json
 import os
 import re
 import tarfile
+from collections.abc import Callable
 
 from sifbox.util.errors import SifboxError, UsageError, describe_os_error
 
@@ -174,6 +175,7 @@ class VerifiedReader(io.RawIOBase):
         self._hash = hashlib.new(algo)
         self._count = 0
         self._done = False
+        self.on_read: Callable[[int], None] | None = None
 
     def readable(self) -> bool:
         return True
@@ -188,6 +190,8 @@ class VerifiedReader(io.RawIOBase):
             return 0
         self._hash.update(view[:n])
         self._count += n
+        if self.on_read is not None:
+            self.on_read(n)
         if self.size is not None and self._count > self.size:
             raise DigestMismatch(f"can't read {self.what}: it is larger than the {self.size} bytes "
                                  "its descriptor declares")  # fmt: skip
@@ -247,6 +251,8 @@ class Image:
     manifest_digest: str | None = None
     manifest_bytes: bytes | None = None
     ref_name: str | None = None
+    #: called with the number of blob bytes read, for progress displays
+    on_read: Callable[[int], None] | None = None
 
     @property
     def platform(self) -> Platform:
@@ -255,8 +261,10 @@ class Image:
 
     def open_layer(self, layer: Layer) -> VerifiedReader:
         what = f"layer {layer.label} of `{self.source}`"
-        return VerifiedReader(self.store.open(layer.locator or str(layer.digest)),
-                              layer.digest, layer.size, what)  # fmt: skip
+        reader = VerifiedReader(self.store.open(layer.locator or str(layer.digest)),
+                                layer.digest, layer.size, what)  # fmt: skip
+        reader.on_read = self.on_read
+        return reader
 
 
 class BlobStore:
