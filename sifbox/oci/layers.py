@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
 from sifbox.oci.layout import CHUNK, Image, Layer, VerifiedReader
-from sifbox.util.errors import SifboxError
+from sifbox.util.errors import SifboxError, describe_os_error
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -190,6 +190,8 @@ def open_layer(img: Image, index: int) -> Iterator[LayerStream]:
         blob = img.open_layer(layer)
     except FileNotFoundError:
         raise LayerError(f"can't read {what}: the blob is missing") from None
+    except OSError as err:
+        raise LayerError(f"can't read {what}: {describe_os_error(err)}") from None
     stream = LayerStream(blob, layer, what)
     try:
         yield stream
