@@ -204,3 +204,25 @@ def test_corrupt_layer_is_an_error(tmp_path: Path) -> None:
     img = L.open_image(L.parse_source(f"oci:{root}"))
     with pytest.raises(LayerError, match="not a tar archive|corrupt"), open_layer(img, 0) as s:
         list(iter_members(open_tar(s, "layer 1"), "layer 1"))
+
+
+def test_docker_archive_layers_are_checked_against_diff_ids(tmp_path: Path) -> None:
+    import hashlib
+    import json
+
+    raw = tar_layer([{"name": "f", "data": b"real"}])
+    wrong = "sha256:" + hashlib.sha256(b"something else").hexdigest()
+    cfg = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"diff_ids": [wrong]}}).encode()
+    chex = hashlib.sha256(cfg).hexdigest()
+    archive = tmp_path / "saved.tar"
+    with tarfile.open(archive, "w") as tf:
+        for name, data in ((f"{chex}.json", cfg), ("l/layer.tar", raw),
+                           ("manifest.json", json.dumps([{"Config": f"{chex}.json",
+                                                          "Layers": ["l/layer.tar"]}]).encode())):  # fmt: skip
+            t = tarfile.TarInfo(name)
+            t.size = len(data)
+            tf.addfile(t, io.BytesIO(data))
+    img = L.open_image(L.parse_source(f"docker-archive:{archive}"))
+    with pytest.raises(L.DigestMismatch, match="uncompressed"), open_layer(img, 0) as s:
+        list(iter_members(open_tar(s, "t"), "t"))
+        s.finish()
