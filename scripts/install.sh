@@ -18,7 +18,7 @@ UDEV_RULE=/etc/udev/rules.d/99-sifbox-fuse.rules
 COMPLETION=/usr/share/bash-completion/completions/sifbox
 PACKAGES=(
     python3 python3-venv squashfs-tools squashfuse fuse3 busybox-static uidmap siftool debootstrap
-    squashfs-tools-ng bash-completion fuse-overlayfs gnupg gpgv sqv fuse2fs
+    squashfs-tools-ng bash-completion fuse-overlayfs gnupg gpgv sqv fuse2fs zstd skopeo umoci
 )
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -1,0 +1,249 @@
+"""OCI image -> SIF: `sifbox pull` (layers streamed into tar2sqfs) next to the unpack-then-squash
+pipeline the incumbents use (`skopeo copy` + `umoci unpack` + `mksquashfs` + SIF wrap).
+
+    /usr/bin/python3 benchmarks/build.py [--workdir /var/tmp/sifbox-bench-build] [--size-mb 1024]
+                                         [--layers 5] [--runs 1] [--keep] [--sifbox PATH]
+
+Run as root. Generates (once; reused from WORKDIR with --keep) a multi-layer OCI image of about
+SIZE-MB uncompressed from this machine's /usr (regular files, symlinks, hard links), plus a last
+layer with whiteouts and an opaque directory; each layer tar is added with `umoci raw add-layer`
+(gzip). Then, on the same layout:
+
+    sifbox      sifbox pull OUT.sif oci:LAYOUT:TAG              (zstd level 3, all CPUs)
+    incumbent   skopeo copy oci:LAYOUT:TAG oci:COPY:TAG         (the blob cache copy)
+                umoci unpack --image COPY:TAG BUNDLE            (the root file system on disk)
+                mksquashfs BUNDLE/rootfs OUT.sqfs -comp zstd -Xcompression-level 3
+                sifbox sif new + sif add                        (the SIF around it)
+
+Wall time is measured per step; peak scratch disk is the largest disk use of the run's scratch
+directory at the end of any step (everything a step leaves is still there then; sifbox's only
+scratch file is the SIF itself, which becomes the output). Prints a table with the ratios; never
+asserts. Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+from benchlib import Failed, Unavailable
+
+TAG = "bench"
+PARTARCH = {"x86_64": "2", "aarch64": "4", "i686": "1", "ppc64le": "6", "s390x": "11", "riscv64": "12"}
+SOURCES = ("/usr/share", "/usr/bin", "/usr/include", "/usr/lib/python3", "/usr/lib/x86_64-linux-gnu",
+           "/usr/lib")  # fmt: skip
+
+
+def log(msg: str) -> None:
+    print(f"# {msg}", file=sys.stderr, flush=True)
+
+
+def run(argv: list[str], **kw: object) -> float:
+    t0 = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload]
+    dt = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise Failed(f"{' '.join(argv[:3])}...: status {proc.returncode}: {proc.stderr.strip()[-300:]}")
+    return dt
+
+
+def du(path: Path) -> int:
+    """Bytes allocated under `path` (hard links counted once)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                continue
+            seen.add(key)
+            total += st.st_blocks * 512
+    return total
+
+
+# -- the test image ---------------------------------------------------------------------------
+def _pick_files(budget: int) -> list[Path]:
+    """Regular files, symlinks and directories from /usr, up to `budget` bytes of file data."""
+    picked: list[Path] = []
+    used = 0
+    seen: set[str] = set()
+    for src in SOURCES:
+        if not os.path.isdir(src):
+            continue
+        for dirpath, dirnames, filenames in os.walk(src):
+            dirnames.sort()
+            if dirpath in seen:
+                continue
+            seen.add(dirpath)
+            for name in sorted(filenames):
+                p = Path(dirpath) / name
+                try:
+                    st = p.lstat()
+                except OSError:
+                    continue
+                if not os.access(p, os.R_OK):
+                    continue
+                picked.append(p)
+                used += st.st_size if p.is_file() and not p.is_symlink() else 0
+                if used >= budget:
+                    return picked
+    return picked
+
+
+def _layer_tar(files: list[Path], out: Path) -> None:
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tf:
+        for p in files:
+            try:
+                tf.add(str(p), arcname=str(p).lstrip("/"), recursive=False)
+            except OSError:
+                continue
+
+
+def make_image(workdir: Path, size_mb: int, layers: int) -> Path:
+    lay = workdir / "image"
+    done = workdir / ".image-complete"
+    if done.exists():
+        return lay
+    shutil.rmtree(lay, ignore_errors=True)
+    log(f"generating a {size_mb} MB image in {layers} layers at {lay} (once)")
+    run(["umoci", "init", "--layout", str(lay)])
+    run(["umoci", "new", "--image", f"{lay}:{TAG}"])
+    files = _pick_files(size_mb << 20)
+    per = max(1, len(files) // max(1, layers - 1))
+    for i in range(layers - 1):
+        chunk = files[i * per : (i + 1) * per] if i < layers - 2 else files[i * per :]
+        tar = workdir / f"layer{i}.tar"
+        _layer_tar(chunk, tar)
+        log(f"layer {i + 1}: {len(chunk)} entries, {tar.stat().st_size >> 20} MB")
+        run(["umoci", "raw", "add-layer", "--image", f"{lay}:{TAG}", str(tar)])
+        tar.unlink()
+    # last layer: whiteouts of a few directories, an opaque directory, changed files
+    victims = sorted({str(p.parent).lstrip("/") for p in files[: len(files) // 3]})[:20]
+    tar = workdir / "last.tar"
+    with tarfile.open(tar, "w", format=tarfile.PAX_FORMAT) as tf:
+        for d in victims[:10]:
+            parent, _, base = d.rpartition("/")
+            tf.addfile(tarfile.TarInfo(f"{parent}/.wh.{base}" if parent else f".wh.{base}"))
+        for d in victims[10:11]:
+            tf.addfile(tarfile.TarInfo(f"{d}/.wh..wh..opq"))
+        t = tarfile.TarInfo("etc/changed")
+        t.size = 6
+        import io
+
+        tf.addfile(t, io.BytesIO(b"layer\n"))
+    run(["umoci", "raw", "add-layer", "--image", f"{lay}:{TAG}", str(tar)])
+    tar.unlink()
+    run(["umoci", "config", "--image", f"{lay}:{TAG}", "--config.cmd", "/bin/sh"])
+    run(["umoci", "gc", "--layout", str(lay)])
+    done.touch()
+    return lay
+
+
+# -- the two pipelines ------------------------------------------------------------------------
+def bench_sifbox(sifbox: str, lay: Path, scratch: Path) -> dict[str, float]:
+    out = scratch / "out.sif"
+    env = dict(os.environ, SIFBOX_TMPDIR=str(scratch))
+    t = run([sifbox, "-q", "pull", "--force", str(out), f"oci:{lay}:{TAG}"], env=env)
+    peak = du(scratch)
+    return {"total": t, "peak": peak, "out": out.stat().st_size}
+
+
+def bench_incumbent(sifbox: str, lay: Path, scratch: Path) -> dict[str, float]:
+    steps: dict[str, float] = {}
+    peak = 0
+    copy, bundle, sqfs, sif = scratch / "copy", scratch / "bundle", scratch / "out.sqfs", scratch / "out.sif"
+    steps["skopeo copy"] = run(["skopeo", "copy", "--quiet", f"oci:{lay}:{TAG}", f"oci:{copy}:{TAG}"])
+    peak = max(peak, du(scratch))
+    steps["umoci unpack"] = run(["umoci", "unpack", "--image", f"{copy}:{TAG}", str(bundle)])
+    peak = max(peak, du(scratch))
+    steps["mksquashfs"] = run(["mksquashfs", str(bundle / "rootfs"), str(sqfs), "-noappend", "-quiet",
+                               "-no-progress", "-comp", "zstd", "-Xcompression-level", "3",
+                               "-processors", str(os.cpu_count() or 1)])  # fmt: skip
+    peak = max(peak, du(scratch))
+    arch = PARTARCH.get(os.uname().machine, "2")
+    t = run([sifbox, "sif", "new", str(sif)])
+    t += run([sifbox, "sif", "add", str(sif), str(sqfs), "--datatype", "4", "--partfs", "1",
+              "--parttype", "2", "--partarch", arch])  # fmt: skip
+    steps["sif wrap"] = t
+    peak = max(peak, du(scratch))
+    steps["total"] = sum(steps.values())
+    steps["peak"] = peak
+    steps["out"] = sif.stat().st_size
+    return steps
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", default="/var/tmp/sifbox-bench-build")
+    ap.add_argument("--size-mb", type=int, default=1024)
+    ap.add_argument("--layers", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--keep", action="store_true", help="keep the generated image for the next run")
+    ap.add_argument("--sifbox", default=shutil.which("sifbox") or "/usr/local/bin/sifbox")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("run me as root", file=sys.stderr)
+        return 2
+    for tool in ("umoci", "skopeo", "mksquashfs", "tar2sqfs"):
+        if shutil.which(tool) is None:
+            print(f"`{tool}` is not installed", file=sys.stderr)
+            return 2
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        lay = make_image(workdir, args.size_mb, args.layers)
+        compressed = du(lay / "blobs")
+        results: dict[str, list[dict[str, float]]] = {"sifbox": [], "incumbent": []}
+        for r in range(args.runs):
+            for name, fn in (("incumbent", bench_incumbent), ("sifbox", bench_sifbox)):
+                scratch = workdir / f"scratch-{name}"
+                shutil.rmtree(scratch, ignore_errors=True)
+                scratch.mkdir()
+                subprocess.run(["sync"], check=False)
+                log(f"run {r + 1}/{args.runs}: {name}")
+                try:
+                    results[name].append(fn(args.sifbox, lay, scratch))
+                except (Failed, Unavailable) as err:
+                    print(f"{name}: failed ({err})", file=sys.stderr)
+                    return 1
+                finally:
+                    shutil.rmtree(scratch, ignore_errors=True)
+        best = {k: min(v, key=lambda x: x["total"]) for k, v in results.items()}
+        s, inc = best["sifbox"], best["incumbent"]
+        mb = 1 << 20
+        print(f"\nOCI image -> SIF, {args.size_mb} MB uncompressed, {args.layers} layers, "
+              f"{compressed / mb:.0f} MB compressed (gzip); {os.cpu_count()} CPUs; best of {args.runs}\n")  # fmt: skip
+        print(f"{'pipeline':<42} {'wall s':>8} {'peak scratch MB':>16} {'SIF MB':>8}")
+        print("-" * 78)
+        for step in ("skopeo copy", "umoci unpack", "mksquashfs", "sif wrap"):
+            print(f"  incumbent: {step:<29} {inc[step]:>8.1f}")
+        print(f"{'incumbent (skopeo+umoci+mksquashfs+sif)':<42} {inc['total']:>8.1f} {inc['peak'] / mb:>16.0f} "
+              f"{inc['out'] / mb:>8.0f}")  # fmt: skip
+        print(f"{'sifbox pull (streamed into tar2sqfs)':<42} {s['total']:>8.1f} {s['peak'] / mb:>16.0f} "
+              f"{s['out'] / mb:>8.0f}")  # fmt: skip
+        print("-" * 78)
+        print(f"{'ratio incumbent / sifbox':<42} {inc['total'] / s['total']:>7.2f}x "
+              f"{inc['peak'] / max(1, s['peak']):>15.2f}x")  # fmt: skip
+        print(f"{'sifbox peak scratch / compressed image':<42} {'':>8} {s['peak'] / compressed:>15.2f}x")
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir / "image", ignore_errors=True)
+            (workdir / ".image-complete").unlink(missing_ok=True)
+            with_rest = list(workdir.iterdir()) if workdir.exists() else []
+            if not with_rest:
+                workdir.rmdir()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

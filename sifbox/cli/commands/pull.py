@@ -1,0 +1,201 @@
+"""`sifbox pull`: fetch an OCI/Docker image and convert it to a SIF file.
+
+    sifbox pull [--force] [--arch ARCH] [--platform OS/ARCH[/VARIANT]] [OUT.sif] URI
+
+URI: `docker://REF`, `oci:DIR[:TAG|@DIGEST]`, `oci-archive:FILE[:TAG]`, `docker-archive:FILE[:REF]`.
+The output name defaults to NAME_TAG.sif, as Apptainer names it. The layers are merged and
+streamed into SquashFS: no root file system is unpacked on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from sifbox.util.errors import NotAvailableError, SifboxError, UsageError
+
+LOCAL = ("oci", "oci-archive", "docker-archive")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = (
+        "examples:\n"
+        "  sifbox pull docker://alpine:3.20\n"
+        "  sifbox pull app.sif oci:./layout:v1\n"
+        "  sifbox pull --platform linux/arm64 docker-archive:saved.tar"
+    )
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("-F", "--force", action="store_true", help="overwrite an image file if it exists")
+    p.add_argument("--arch", help="architecture to pull from an image index (e.g. amd64, arm64, arm/v7)")
+    p.add_argument("--platform", help="platform to pull from an image index, OS/ARCH[/VARIANT]")
+    p.add_argument("--dir", help="download images to the specific directory")
+    p.add_argument("--disable-cache", action="store_true", help="do not use or create cached images/blobs")
+    p.add_argument("out", nargs="?", metavar="OUT.sif", help="the SIF file to write (default: NAME_TAG.sif)")
+    p.add_argument("uri", metavar="URI", help="docker://REF, oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE")
+
+
+def default_name(uri: str) -> str:
+    """NAME_TAG.sif for an image URI (Apptainer's naming)."""
+    transport, _, rest = uri.partition(":")
+    if transport == "docker":
+        ref = rest.removeprefix("//")
+        name_part, at, digest = ref.partition("@")
+        last = name_part.rsplit("/", 1)[-1]
+        name, _, tag = last.partition(":")
+        if at:
+            tag = digest.split(":")[-1][:12]
+        return f"{name}_{tag or 'latest'}.sif"
+    from sifbox.oci.layout import parse_source
+
+    ref = parse_source(uri)
+    base = os.path.basename(ref.path.rstrip("/")) or "image"
+    for ext in (".tar.gz", ".tgz", ".tar"):
+        if base.endswith(ext):
+            base = base[: -len(ext)]
+            break
+    tag = ref.tag.rsplit(":", 1)[-1] if ref.tag else (ref.digest.split(":")[-1][:12] if ref.digest else "latest")
+    return f"{base}_{tag}.sif"
+
+
+def _cache_dir() -> str:
+    env = os.environ.get("SIFBOX_CACHEDIR")
+    if env:
+        return env
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "sifbox")
+
+
+def _fetch_remote(uri: str, platform: str | None, disable_cache: bool) -> str:
+    try:
+        import importlib
+
+        registry = importlib.import_module("sifbox.oci.registry")
+    except ModuleNotFoundError as err:
+        if err.name != "sifbox.oci.registry":
+            raise
+        raise NotAvailableError(f"can't pull `{uri}`: this sifbox has no registry client yet",
+                          hint="pull from a local copy: oci:DIR, oci-archive:FILE or docker-archive:FILE "
+                               "(e.g. made with `skopeo copy docker://... oci:DIR`)") from None  # fmt: skip
+    from pathlib import Path
+
+    layout = registry.fetch_image(uri, platform=platform, cache_dir=Path(_cache_dir()),
+                                  disable_cache=disable_cache)  # fmt: skip
+    return str(layout)
+
+
+def main(args: argparse.Namespace) -> int:
+    from sifbox.oci.layout import SourceRef, open_image, parse_platform, parse_source
+    from sifbox.util.log import log
+
+    uri = args.uri
+    out = args.out or default_name(uri)
+    if args.dir and not os.path.isabs(out):
+        out = os.path.join(args.dir, out)
+    transport = uri.partition(":")[0]
+    if transport not in (*LOCAL, "docker"):
+        raise UsageError(f"can't pull `{uri}`: unsupported URI",
+                         hint="use docker://REF, oci:DIR, oci-archive:FILE or docker-archive:FILE")  # fmt: skip
+    if os.path.isdir(out):
+        raise SifboxError(f"can't pull `{uri}` to `{out}`: it is a directory")
+    if os.path.lexists(out) and not args.force:
+        raise SifboxError(f"can't pull `{uri}` to `{out}`: the file exists, will not overwrite it",
+                          hint="use --force to overwrite it")  # fmt: skip
+    platform = parse_platform(args.platform, args.arch)
+    explicit = bool(args.platform or args.arch)
+    if transport == "docker":
+        if not uri.startswith("docker://"):
+            raise UsageError(f"can't pull `{uri}`: write docker://REF")
+        layout = _fetch_remote(uri, str(platform), args.disable_cache)
+        ref = SourceRef("oci", layout)
+    else:
+        ref = parse_source(uri)
+
+    progress = Progress(log)
+    step, warn = progress.step, progress.warn
+
+    from sifbox.config import sysconf
+    from sifbox.oci import convert, imageconfig
+
+    # `mksquashfs procs` also bounds the SquashFS writer's compression jobs (0: all CPUs).
+    procs = sysconf.load(getattr(args, "config", None)).get_int("mksquashfs procs") or None
+    img = open_image(ref, platform)
+    img.on_read = progress.advance
+    try:
+        have = img.platform
+        if have.architecture and have.architecture != platform.architecture:
+            if explicit:
+                raise SifboxError(f"can't pull `{uri}`: the image is for `{have}`, not `{platform}`")
+            warn(f"the image is for `{have}`, this machine is `{platform}`")
+        for note in imageconfig.notes(img.config):
+            log.info("%s", note)
+        step(f"Converting `{uri}` to SIF `{out}` ({len(img.layers)} layers)")
+        convert.convert(img, out, source=uri, procs=procs, warn=warn, step=step)
+    finally:
+        progress.done()
+        img.store.close()
+    step(f"Wrote `{out}`")
+    progress.done()
+    return 0
+
+
+class Progress:
+    """Step lines; on a terminal (at the default verbosity) each step that reads a blob
+    shows a bar of the bytes read instead. `-q` shows neither."""
+
+    def __init__(self, log) -> None:  # type: ignore[no-untyped-def]
+        import logging
+        import sys
+
+        self.log = log
+        self.out = sys.stderr
+        self.tty = self.out.isatty() and log.getEffectiveLevel() == logging.INFO
+        self.label = ""
+        self.total: int | None = None
+        self.done_bytes = 0
+        self.shown = 0.0
+        self.active = False
+
+    def step(self, message: str, size: int | None = None) -> None:
+        self._end_line()
+        if not self.tty:
+            self.log.info("%s", message)
+            return
+        self.label, self.total, self.done_bytes = message, size, 0
+        self.active = True
+        self._draw(force=True)
+
+    def warn(self, message: str) -> None:
+        self._end_line()
+        self.log.warning("%s", message)
+
+    def advance(self, n: int) -> None:
+        if self.active:
+            self.done_bytes += n
+            self._draw()
+
+    def done(self) -> None:
+        self._end_line()
+
+    def _draw(self, force: bool = False) -> None:
+        import time
+
+        now = time.monotonic()
+        if not force and now - self.shown < 0.1:
+            return
+        self.shown = now
+        mb = self.done_bytes / (1 << 20)
+        if self.total:
+            frac = min(1.0, self.done_bytes / self.total)
+            bar = "#" * int(frac * 30)
+            text = f"{self.label} [{bar:<30}] {frac:4.0%} {mb:.0f}/{self.total / (1 << 20):.0f} MB"
+        else:
+            text = f"{self.label} {mb:.0f} MB" if self.done_bytes else self.label
+        self.out.write(f"\r\033[K{text}")
+        self.out.flush()
+
+    def _end_line(self) -> None:
+        if self.active:
+            self._draw(force=True)
+            self.out.write("\n")
+            self.out.flush()
+            self.active = False
