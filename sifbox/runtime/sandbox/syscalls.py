@@ -1,4 +1,4 @@
-"""The privileged operations sifbox uses, as thin ctypes wrappers.
+"""The privileged operations sifbox uses, as thin wrappers over libc.
 
 Each raises OSError with the errno on failure. This is the closed set:
 unshare, setns, mount, umount2, pivot_root, prctl, capget/capset, and the
@@ -7,12 +7,64 @@ loop device ioctls. Nothing else in sifbox talks to the kernel this way.
 
 from __future__ import annotations
 
-import ctypes
+import _ctypes
 import errno
 import os
 import struct
 
-_libc = ctypes.CDLL(None, use_errno=True)
+# ctypes' C core, used directly: `import ctypes` builds its whole type zoo
+# first, ~4 ms of every launch (which counts once per MPI rank).
+
+
+class _Int(_ctypes._SimpleCData):
+    _type_ = "i"
+
+
+class _UInt32(_ctypes._SimpleCData):
+    _type_ = "I"
+
+
+class _Long(_ctypes._SimpleCData):
+    _type_ = "l"
+
+
+class _ULong(_ctypes._SimpleCData):
+    _type_ = "L"
+
+
+class _CharP(_ctypes._SimpleCData):
+    _type_ = "z"
+
+
+class _Lib:
+    _handle = _ctypes.dlopen(None, 0)
+
+
+def _function(name: str, restype=_Int, argtypes=None):  # type: ignore[no-untyped-def]
+    class Function(_ctypes.CFuncPtr):
+        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+        _restype_ = restype
+
+    f = Function((name, _Lib))
+    if argtypes is not None:
+        f.argtypes = argtypes
+    return f
+
+
+class _Libc:
+    mount = _function("mount", argtypes=[_CharP, _CharP, _CharP, _ULong, _CharP])
+    umount2 = _function("umount2", argtypes=[_CharP, _Int])
+    unshare = _function("unshare", argtypes=[_Int])
+    setns = _function("setns", argtypes=[_Int, _Int])
+    prctl = _function("prctl", argtypes=[_Int, _ULong, _ULong, _ULong, _ULong])
+    prctl_name = _function("prctl", argtypes=[_Int, _CharP, _ULong, _ULong, _ULong])
+    syscall = _function("syscall", restype=_Long, argtypes=[_Long, _CharP, _CharP])
+    sethostname = _function("sethostname")
+    capget = _function("capget")
+    capset = _function("capset")
+
+
+_libc = _Libc
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -40,17 +92,11 @@ PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 CAP_LAST = 63
 
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-_libc.unshare.argtypes = [ctypes.c_int]
-_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-_libc.syscall.restype = ctypes.c_long
 
 
 def _check(result: int, what: str, path: str | None = None) -> None:
     if result < 0:
-        err = ctypes.get_errno()
+        err = _ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}", path)
 
 
@@ -115,29 +161,28 @@ def set_child_subreaper() -> None:
 
 def set_process_name(name: str) -> None:
     """The name `ps` shows (/proc/self/comm, at most 15 bytes)."""
-    buf = ctypes.create_string_buffer(name.encode()[:15])
-    _check(_libc.prctl(PR_SET_NAME, ctypes.cast(buf, ctypes.c_void_p).value or 0, 0, 0, 0), "prctl")
+    _check(_libc.prctl_name(PR_SET_NAME, name.encode()[:15], 0, 0, 0), "prctl")
 
 
 def set_no_new_privs() -> None:
     prctl(PR_SET_NO_NEW_PRIVS, 1)
 
 
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+class _CapHeader(_ctypes.Structure):
+    _fields_ = [("version", _UInt32), ("pid", _Int)]
 
 
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+class _CapData(_ctypes.Structure):
+    _fields_ = [("effective", _UInt32), ("permitted", _UInt32), ("inheritable", _UInt32)]
 
 
 _CAP_V3 = 0x20080522
 
 
-def _capget() -> tuple[_CapHeader, ctypes.Array[_CapData]]:
+def _capget():  # type: ignore[no-untyped-def]
     hdr = _CapHeader(_CAP_V3, 0)
     data = (_CapData * 2)()
-    _check(_libc.capget(ctypes.byref(hdr), data), "capget")
+    _check(_libc.capget(_ctypes.byref(hdr), data), "capget")
     return hdr, data
 
 
@@ -155,7 +200,7 @@ def drop_all_capabilities(keep: frozenset[int] = frozenset()) -> None:
     hdr, data = _capget()
     for d in data:
         d.inheritable = 0
-    _check(_libc.capset(ctypes.byref(hdr), data), "capset")
+    _check(_libc.capset(_ctypes.byref(hdr), data), "capset")
 
 
 PR_CAP_AMBIENT = 47
@@ -168,7 +213,7 @@ def raise_ambient(cap: int) -> None:
     for a FUSE helper that mounts itself in this user namespace."""
     hdr, data = _capget()
     data[cap // 32].inheritable |= 1 << (cap % 32)
-    _check(_libc.capset(ctypes.byref(hdr), data), "capset")
+    _check(_libc.capset(_ctypes.byref(hdr), data), "capset")
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap)
 
 
