@@ -294,15 +294,19 @@ class BuiltImage:
     blobs: dict[str, bytes]  # every blob, by digest
 
 
-def write_image(blobs_dir: Path, arch: str, marker: str, extra_layers: int = 0) -> tuple[dict[str, object], BuiltImage]:
-    """Write one image's blobs; return its manifest descriptor and what it holds."""
+def write_image(
+    blobs_dir: Path, arch: str, marker: str, extra_layers: int = 0, big: int = 0
+) -> tuple[dict[str, object], BuiltImage]:
+    """Write one image's blobs; return its manifest descriptor and what it holds.
+    `extra_layers` layers of random data (the last one `big` bytes, if given)."""
     layer_tars = [_tar(busybox_files(marker))]
     for i in range(extra_layers):
-        layer_tars.append(_tar({"data": "/", f"data/file{i}": os.urandom(200_000) + marker.encode()}))
+        size = big if big and i == extra_layers - 1 else 200_000
+        layer_tars.append(_tar({"data": "/", f"data/file{i}": os.urandom(size) + marker.encode()}))
     blobs: dict[str, bytes] = {}
     layers = []
     for raw in layer_tars:
-        gz = gzip.compress(raw, mtime=0)
+        gz = gzip.compress(raw, compresslevel=1, mtime=0)
         blobs[_digest(gz)] = gz
         layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": _digest(gz), "size": len(gz), "_diff": _digest(raw)})
     config = json.dumps({
@@ -329,7 +333,9 @@ def write_image(blobs_dir: Path, arch: str, marker: str, extra_layers: int = 0) 
     return desc, built
 
 
-def make_layout(path: Path, tag: str, arches: list[str], extra_layers: int = 0) -> dict[str, BuiltImage]:
+def make_layout(
+    path: Path, tag: str, arches: list[str], extra_layers: int = 0, big: int = 0
+) -> dict[str, BuiltImage]:
     """An OCI layout `path` with image `tag`: one image (one arch) or an index of several."""
     blobs_dir = path / "blobs" / "sha256"
     blobs_dir.mkdir(parents=True, exist_ok=True)
@@ -337,7 +343,7 @@ def make_layout(path: Path, tag: str, arches: list[str], extra_layers: int = 0) 
     built: dict[str, BuiltImage] = {}
     descs = []
     for arch in arches:
-        desc, img = write_image(blobs_dir, arch, f"image-{arch}", extra_layers)
+        desc, img = write_image(blobs_dir, arch, f"image-{arch}", extra_layers, big)
         descs.append(desc)
         built[arch] = img
     if len(arches) == 1:
