@@ -65,6 +65,24 @@ def env_credentials() -> Credentials | None:
     return Credentials(user or "", password or "", source="environment")
 
 
+def prompt_credentials() -> Credentials:
+    """Ask for a username and password on the terminal (`--docker-login`)."""
+    import getpass
+
+    try:
+        with open("/dev/tty", "r+", encoding="utf-8") as tty:
+            tty.write("Enter Docker Username: ")
+            tty.flush()
+            user = tty.readline().strip()
+        password = getpass.getpass("Enter Docker Password: ")
+    except (OSError, EOFError) as err:
+        raise AuthError(
+            "can't ask for registry credentials: no terminal",
+            hint="set SIFBOX_DOCKER_USERNAME and SIFBOX_DOCKER_PASSWORD, or `sifbox registry login`",
+        ) from err
+    return Credentials(user, password, source="--docker-login")
+
+
 def _home() -> Path:
     return Path(os.environ.get("HOME") or os.path.expanduser("~"))
 
@@ -81,7 +99,9 @@ def login_file() -> Path:
 def auth_files(authfile: str | os.PathLike[str] | None = None) -> list[Path]:
     """Every auth file consulted, in order."""
     files: list[Path] = []
-    explicit = authfile or os.environ.get("SIFBOX_AUTH_FILE") or os.environ.get("APPTAINER_AUTH_FILE")
+    explicit = (
+        authfile or os.environ.get("SIFBOX_AUTH_FILE") or os.environ.get("APPTAINER_AUTH_FILE")
+    )
     if explicit:
         files.append(Path(explicit))
     files.append(login_file())
@@ -138,7 +158,9 @@ def _decode_entry(entry: object, source: str) -> Credentials | None:
         try:
             user, _, password = base64.b64decode(auth).decode("utf-8").partition(":")
         except (ValueError, UnicodeDecodeError):
-            raise AuthError(f"can't read credentials file `{source}`: an `auth` entry is not base64") from None
+            raise AuthError(
+                f"can't read credentials file `{source}`: an `auth` entry is not base64"
+            ) from None
         return Credentials(user, password, source=source)
     if isinstance(entry.get("username"), str):
         return Credentials(entry["username"], str(entry.get("password", "")), source=source)
@@ -149,7 +171,12 @@ def _helper(name: str, server: str, source: str) -> Credentials | None:
     """Ask a docker-credential-NAME helper (the protocol: `get`, server on stdin, JSON out)."""
     try:
         proc = subprocess.run(
-            [f"docker-credential-{name}", "get"], input=server, capture_output=True, text=True, timeout=30
+            [f"docker-credential-{name}", "get"],
+            input=server,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -240,7 +267,9 @@ def login_key(uri: str) -> str:
     return normalize_key(uri.split("/", 1)[0])
 
 
-def store_login(key: str, creds: Credentials, authfile: str | os.PathLike[str] | None = None) -> Path:
+def store_login(
+    key: str, creds: Credentials, authfile: str | os.PathLike[str] | None = None
+) -> Path:
     path = Path(authfile) if authfile else login_file()
     try:
         data = read_auth_file(path)

@@ -104,7 +104,9 @@ class BlobWriter:
                 raise
             algo, hexdigest = split_digest(digest)
             self._named = cache.tmp_dir / f"{algo}-{hexdigest}.{os.getpid()}.part"
-            self.fd = os.open(self._named, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            self.fd = os.open(
+                self._named, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644
+            )
         self.size = 0
 
     def write(self, data: bytes) -> None:
@@ -226,7 +228,9 @@ class Cache:
         finally:
             os.close(fd)
 
-    def blob_lock(self, digest: str, *, blocking: bool = True) -> contextlib.AbstractContextManager[bool]:
+    def blob_lock(
+        self, digest: str, *, blocking: bool = True
+    ) -> contextlib.AbstractContextManager[bool]:
         algo, hexdigest = split_digest(digest)
         return self.lock(f"{algo}-{hexdigest}", blocking=blocking)
 

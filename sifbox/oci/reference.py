@@ -61,8 +61,7 @@ def _looks_like_host(part: str) -> bool:
 def parse_reference(text: str) -> ImageRef:
     """Parse `[registry/]repository[:tag][@digest]` (without `docker://`)."""
     ref = text.strip()
-    if ref.startswith("//"):
-        ref = ref[2:]
+    ref = ref.removeprefix("//")
     if not ref:
         raise ReferenceError("the reference is empty")
     digest = None
@@ -187,5 +186,7 @@ def platforms_of(index: dict[str, object]) -> list[str]:
     for m in index.get("manifests") or []:  # type: ignore[attr-defined]
         p = m.get("platform") if isinstance(m, dict) else None
         if isinstance(p, dict) and p.get("os") != "unknown":
-            found.append(str(Platform(str(p.get("os")), str(p.get("architecture")), p.get("variant"))))
+            found.append(
+                str(Platform(str(p.get("os")), str(p.get("architecture")), p.get("variant")))
+            )
     return found

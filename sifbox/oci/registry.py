@@ -18,13 +18,15 @@ import json
 import os
 import socket
 import ssl
+import sys
 import tempfile
 import time
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sifbox.oci.auth import AuthError, Credentials, parse_challenge, resolve_credentials
+from sifbox.oci.auth import Credentials, parse_challenge, resolve_credentials
 from sifbox.oci.cache import BlobWriter, Cache, CacheError, split_digest
 from sifbox.oci.reference import (
     ImageRef,
@@ -89,6 +91,40 @@ def _is_loopback(host: str) -> bool:
     return name in _LOOPBACK or name.startswith("127.")
 
 
+def _proxy_for(scheme: str, netloc: str) -> str | None:
+    """host:port of the proxy for `scheme://netloc` (HTTPS_PROXY, HTTP_PROXY, NO_PROXY)."""
+    host = netloc.rsplit(":", 1)[0] if not netloc.startswith("[") else netloc
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(scheme)
+    if not proxy or urllib.request.proxy_bypass_environment(host, proxies) or _is_loopback(netloc):
+        return None
+    parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    return parts.netloc.rsplit("@", 1)[-1] or None
+
+
+def _tls_context(netloc: str) -> ssl.SSLContext:
+    """The system's trust store (SSL_CERT_FILE/SSL_CERT_DIR honoured), plus the per-registry
+    CAs of /etc/containers/certs.d/HOST[:PORT]/*.crt and /etc/docker/certs.d (as Podman and
+    Docker read them), and a client certificate/key pair found there."""
+    ctx = ssl.create_default_context()
+    for base in ("/etc/containers/certs.d", "/etc/docker/certs.d"):
+        directory = Path(base) / netloc
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for name in names:
+            path = directory / name
+            try:
+                if name.endswith(".crt"):
+                    ctx.load_verify_locations(cafile=str(path))
+                elif name.endswith(".cert") and f"{name[:-5]}.key" in names:
+                    ctx.load_cert_chain(str(path), str(directory / f"{name[:-5]}.key"))
+            except (OSError, ssl.SSLError) as err:
+                raise RegistryError(f"can't load certificate `{path}`: {err}") from err
+    return ctx
+
+
 def _env_flag(name: str) -> bool:
     for prefix in ("SIFBOX_", "APPTAINER_", "SINGULARITY_"):
         value = os.environ.get(prefix + name)
@@ -108,7 +144,6 @@ class RegistryClient:
     retries: int = 3
     _scheme: str | None = None
     _authorization: str | None = None
-    _auth_tried: bool = False
     requests: list[str] = field(default_factory=list)
 
     @property
@@ -120,18 +155,32 @@ class RegistryClient:
 
     # --- transport --------------------------------------------------------------------------
 
-    def _connect(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+    def _connect(self, scheme: str, netloc: str) -> tuple[http.client.HTTPConnection, bool]:
+        """A connection for `scheme://netloc`, through HTTP(S)_PROXY unless NO_PROXY says
+        otherwise; True when requests must name the absolute URL (plain HTTP via a proxy)."""
+        proxy = _proxy_for(scheme, netloc)
         if scheme == "https":
-            ctx = ssl.create_default_context()
-            return http.client.HTTPSConnection(netloc, timeout=self.timeout, context=ctx)
-        return http.client.HTTPConnection(netloc, timeout=self.timeout)
+            ctx = _tls_context(netloc)
+            if proxy:
+                conn = http.client.HTTPSConnection(proxy, timeout=self.timeout, context=ctx)
+                host, _, port = (
+                    netloc.rpartition(":") if netloc.count(":") == 1 else (netloc, "", "")
+                )
+                conn.set_tunnel(host or netloc, int(port) if port else 443)
+                return conn, False
+            return http.client.HTTPSConnection(netloc, timeout=self.timeout, context=ctx), False
+        if proxy:
+            return http.client.HTTPConnection(proxy, timeout=self.timeout), True
+        return http.client.HTTPConnection(netloc, timeout=self.timeout), False
 
     def _once(self, method: str, url: str, headers: dict[str, str]) -> _Response:
         parts = urllib.parse.urlsplit(url)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
-        conn = self._connect(parts.scheme, parts.netloc)
+        conn, absolute = self._connect(parts.scheme, parts.netloc)
         try:
-            conn.request(method, target, headers={"User-Agent": USER_AGENT, **headers})
+            conn.request(
+                method, url if absolute else target, headers={"User-Agent": USER_AGENT, **headers}
+            )
             resp = conn.getresponse()
         except ssl.SSLError:
             conn.close()
@@ -142,7 +191,9 @@ class RegistryClient:
         except (OSError, http.client.HTTPException) as err:
             conn.close()
             reason = describe_os_error(err) if isinstance(err, OSError) else type(err).__name__
-            raise _Transient(f"can't talk to {self._what()}: {reason or 'connection lost'}") from err
+            raise _Transient(
+                f"can't talk to {self._what()}: {reason or 'connection lost'}"
+            ) from err
         return _Response(resp.status, resp.headers, conn, resp)
 
     def _base(self) -> str:
@@ -158,7 +209,12 @@ class RegistryClient:
         return f"{self._scheme}://{self.host}"
 
     def request(
-        self, method: str, path: str, headers: dict[str, str] | None = None, *, ok: tuple[int, ...] = (200,)
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        *,
+        ok: tuple[int, ...] = (200,),
     ) -> _Response:
         """`method` on the registry `path` (or an absolute URL), with authentication, redirects
         and retries; returns a response with a status in `ok` or raises RegistryError."""
@@ -173,19 +229,26 @@ class RegistryClient:
                 return resp
             except _Transient as err:
                 if attempt == self.retries:
-                    raise RegistryError(str(err) if str(err).startswith("can't") else f"can't talk to {self._what()}: {err}") from err
+                    message = str(err)
+                    if not message.startswith("can't"):
+                        message = f"can't talk to {self._what()}: {message}"
+                    raise RegistryError(message) from err
                 time.sleep(delay)
                 delay *= 2
             except ssl.SSLError as err:
                 raise RegistryError(
                     f"can't talk to {self._what()}: TLS error: {err.reason or err}",
-                    hint="for a registry without TLS, use --nohttps (SIFBOX_NOHTTPS=1)",
+                    hint="for a registry without TLS, use --nohttps (SIFBOX_NOHTTPS=1); for a "
+                    f"private CA, put its certificate in /etc/containers/certs.d/{self.host}/",
                 ) from err
         raise AssertionError("unreachable")
 
-    def _request_once(self, method: str, path: str, headers: dict[str, str], ok: tuple[int, ...]) -> _Response:
+    def _request_once(
+        self, method: str, path: str, headers: dict[str, str], ok: tuple[int, ...]
+    ) -> _Response:
         url = path if "://" in path else self._base() + path
-        for _ in range(6):
+        authenticated = False  # one (re)authentication per request: tokens expire
+        for _ in range(8):
             send = dict(headers)
             same_host = urllib.parse.urlsplit(url).netloc == self.host
             if self._authorization and same_host:
@@ -199,10 +262,11 @@ class RegistryClient:
                     raise RegistryError(f"can't follow a redirect of {self._what()}: no Location")
                 url = urllib.parse.urljoin(url, location)
                 continue
-            if resp.status == 401 and same_host and not self._auth_tried:
+            if resp.status == 401 and same_host and not authenticated:
                 challenge = resp.headers.get("WWW-Authenticate", "")
                 resp.close()
                 self._authenticate(challenge)
+                authenticated = True
                 continue
             if resp.status == 401:
                 resp.close()
@@ -230,7 +294,6 @@ class RegistryClient:
         )
 
     def _authenticate(self, challenge: str) -> None:
-        self._auth_tried = True
         scheme, params = parse_challenge(challenge)
         if scheme == "basic":
             if self.credentials is None:
@@ -246,7 +309,9 @@ class RegistryClient:
     def _token(self, params: dict[str, str]) -> str:
         realm = params.get("realm")
         if not realm:
-            raise RegistryError(f"can't authenticate to {self._what()}: the challenge names no realm")
+            raise RegistryError(
+                f"can't authenticate to {self._what()}: the challenge names no realm"
+            )
         query = {}
         if params.get("scope") or self.ref.repository:
             query["scope"] = params.get("scope") or f"repository:{self.ref.repository}:pull"
@@ -304,7 +369,9 @@ class RegistryClient:
         if len(body) > MAX_MANIFEST:
             raise RegistryError(f"can't read the manifest of `{self.ref}`: larger than 4 MiB")
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
-        expected = reference if reference.startswith("sha") else resp.headers.get("Docker-Content-Digest")
+        expected = (
+            reference if reference.startswith("sha") else resp.headers.get("Docker-Content-Digest")
+        )
         if expected and expected.startswith("sha256:") and expected != digest:
             raise DigestMismatch(
                 f"can't verify manifest `{expected}` of `{self.ref}`: digest mismatch (got {digest})",
@@ -324,9 +391,13 @@ class RegistryClient:
                 reason = f"blob `{reference}` not found"
             return RegistryError(f"can't find image `{self.ref}`: {reason}", exit_status=None)
         if err.status == 403:
-            return RegistryError(f"can't access `{self.ref}`: {self._what()} denied access (HTTP 403)")
+            return RegistryError(
+                f"can't access `{self.ref}`: {self._what()} denied access (HTTP 403)"
+            )
         detail = f": {message}" if message else ""
-        return RegistryError(f"can't get {what} `{reference}` of `{self.ref}`: HTTP {err.status}{detail}")
+        return RegistryError(
+            f"can't get {what} `{reference}` of `{self.ref}`: HTTP {err.status}{detail}"
+        )
 
     def download_blob(self, digest: str, size: int, writer: BlobWriter) -> None:
         """Stream blob `digest` into `writer` (a cache BlobWriter), checking size and digest;
@@ -362,10 +433,14 @@ class RegistryClient:
                     writer.write(chunk)
             except (OSError, http.client.HTTPException) as err:
                 if isinstance(err, OSError) and err.errno in (28, 122):  # ENOSPC, EDQUOT
-                    raise CacheError(f"can't store blob `{digest}`: {describe_os_error(err)}") from err
+                    raise CacheError(
+                        f"can't store blob `{digest}`: {describe_os_error(err)}"
+                    ) from err
                 attempt += 1
                 if attempt > self.retries:
-                    raise RegistryError(f"can't download blob `{digest}` of `{self.ref}`: {err}") from err
+                    raise RegistryError(
+                        f"can't download blob `{digest}` of `{self.ref}`: {err}"
+                    ) from err
                 time.sleep(delay)
                 delay *= 2
                 continue
@@ -436,34 +511,93 @@ def _log(msg: str) -> None:
     log.info(msg)
 
 
+def _show_bar() -> bool:
+    try:
+        level = int(os.environ.get("SIFBOX_MESSAGELEVEL", "20"))
+    except ValueError:
+        level = 20
+    return level <= 20 and sys.stderr.isatty()
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+class _ProgressWriter:
+    """A BlobWriter that also draws a progress bar on the terminal."""
+
+    def __init__(self, writer: BlobWriter, label: str, total: int):
+        self.writer = writer
+        self.label = label
+        self.total = max(total, 1)
+        self.last = 0.0
+
+    @property
+    def size(self) -> int:
+        return self.writer.size
+
+    def truncate(self) -> None:
+        self.writer.truncate()
+
+    def write(self, data: bytes) -> None:
+        self.writer.write(data)
+        now = time.monotonic()
+        if now - self.last >= 0.1 or self.writer.size >= self.total:
+            self.last = now
+            self.draw()
+
+    def draw(self, end: str = "") -> None:
+        done = min(self.writer.size, self.total)
+        width = 30
+        filled = width * done // self.total
+        bar = "=" * filled + (">" if filled < width else "") + " " * (width - filled - 1)
+        sys.stderr.write(
+            f"\r{self.label} [{bar[:width]}] {_mib(done)} / {_mib(self.total)} "
+            f"{100 * done // self.total:3d}%{end}"
+        )
+        sys.stderr.flush()
+
+
 def _ensure_blob(client: RegistryClient, cache: Cache, digest: str, size: int, label: str) -> Path:
     found = cache.has_blob(digest, size)
     if found:
         return found
+    short = digest.split(":", 1)[1][:12]
+    with cache.blob_lock(digest, blocking=False) as got:
+        if not got:
+            _log(f"Waiting for another pull of {label} {short}")
     with cache.blob_lock(digest):
         found = cache.has_blob(digest, size)
         if found:
             return found
-        _log(f"Copying {label} {digest.split(':', 1)[1][:12]}")
+        text = f"Copying {label} {short}"
         with cache.blob_writer(digest) as writer:
-            client.download_blob(digest, size, writer)
+            if _show_bar():
+                bar = _ProgressWriter(writer, text, size)
+                bar.draw()
+                try:
+                    client.download_blob(digest, size, bar)  # type: ignore[arg-type]
+                finally:
+                    bar.draw("\n")
+            else:
+                _log(text)
+                client.download_blob(digest, size, writer)
             return writer.commit()
 
 
-def _ensure_manifest(client: RegistryClient, cache: Cache, digest: str) -> bytes:
-    """The manifest `digest`, from the cache or the registry (then cached)."""
+def _get_manifest(
+    client: RegistryClient, cache: Cache, digest: str, pending: dict[str, bytes]
+) -> bytes:
+    """The manifest `digest`, from the cache or else the registry; what came from the registry
+    is added to `pending`, stored once the whole image is in."""
     cached = cache.has_blob(digest)
     if cached:
         data = cached.read_bytes()
         if "sha256:" + hashlib.sha256(data).hexdigest() == digest:
             return data
-    with cache.blob_lock(digest):
-        cached = cache.has_blob(digest)
-        if cached:
-            return cached.read_bytes()
-        body, _, got = client.get_manifest(digest)
-        _store_bytes(cache, got, body)
-        return body
+    body, _, got = client.get_manifest(digest)
+    pending[got] = body
+    return body
 
 
 def _store_bytes(cache: Cache, digest: str, body: bytes) -> None:
@@ -521,7 +655,9 @@ def fetch_image(
         raise UsageError(f"can't pull `docker://{ref}`: {err}") from None
     if insecure is None:
         insecure = _env_flag("NOHTTPS") or _env_flag("NO_HTTPS")
-    creds = resolve_credentials(image.registry, image.repository, explicit=credentials, authfile=authfile)
+    creds = resolve_credentials(
+        image.registry, image.repository, explicit=credentials, authfile=authfile
+    )
     client = RegistryClient(image, credentials=creds, insecure=insecure)
 
     tmp_root = None
@@ -542,15 +678,17 @@ def fetch_image(
 
 
 def _fetch(client: RegistryClient, cache: Cache, image: ImageRef, wanted: Platform) -> Path:
+    # Manifests are stored last, once every blob is in: a failed pull leaves no image behind
+    # (only complete, verified blobs, which the next pull reuses).
+    pending: dict[str, bytes] = {}
     if image.digest:
-        body = _ensure_manifest(client, cache, image.digest)
+        body = _get_manifest(client, cache, image.digest, pending)
         digest = image.digest
         media = _media_type(body, "")
     else:
         _log(f"Fetching manifest of {image}")
         body, media, digest = client.get_manifest(image.reference)
-        with cache.blob_lock(digest):
-            _store_bytes(cache, digest, body)
+        pending[digest] = body
     if media in DOCKER_SCHEMA1:
         raise RegistryError(
             f"can't pull `{image}`: it has an old Docker schema 1 manifest, which sifbox doesn't read",
@@ -568,7 +706,7 @@ def _fetch(client: RegistryClient, cache: Cache, image: ImageRef, wanted: Platfo
             )
         digest, _, _ = _descriptor(chosen, f"the image index of `{image}`")
         platform_info = chosen.get("platform")  # type: ignore[assignment]
-        body = _ensure_manifest(client, cache, digest)
+        body = _get_manifest(client, cache, digest, pending)
         media = _media_type(body, "")
     if media not in MANIFEST_TYPES:
         raise RegistryError(f"can't pull `{image}`: unsupported manifest type `{media}`")
@@ -596,9 +734,14 @@ def _fetch(client: RegistryClient, cache: Cache, image: ImageRef, wanted: Platfo
     if annotations:
         descriptor["annotations"] = annotations
     try:
+        for pending_digest, pending_body in pending.items():
+            with cache.blob_lock(pending_digest):
+                _store_bytes(cache, pending_digest, pending_body)
         return cache.make_layout(descriptor, blobs)
     except OSError as err:
-        raise CacheError(f"can't assemble the image layout of `{image}`: {describe_os_error(err)}") from err
+        raise CacheError(
+            f"can't assemble the image layout of `{image}`: {describe_os_error(err)}"
+        ) from err
 
 
 def check_login(uri_host: str, creds: Credentials, *, insecure: bool = False) -> None:
@@ -615,4 +758,3 @@ def check_login(uri_host: str, creds: Credentials, *, insecure: bool = False) ->
                 f"can't log in to registry `{uri_host}` as `{creds.username}`: wrong username or password"
             ) from None
         raise
-

@@ -41,7 +41,9 @@ SERVICE = "sifbox-test-registry"
 def need(*tools: str) -> None:
     for tool in tools:
         if shutil.which(tool) is None:
-            pytest.skip(f"`{tool}` is not installed (Debian: docker-registry, skopeo, apache2-utils, openssl)")
+            pytest.skip(
+                f"`{tool}` is not installed (Debian: docker-registry, skopeo, apache2-utils, openssl)"
+            )
 
 
 def free_port() -> int:
@@ -66,7 +68,9 @@ class _TokenServer:
             check=True, capture_output=True,
         )  # fmt: skip
         der = subprocess.run(
-            ["openssl", "x509", "-in", self.cert, "-outform", "DER"], check=True, capture_output=True
+            ["openssl", "x509", "-in", self.cert, "-outform", "DER"],
+            check=True,
+            capture_output=True,
         ).stdout
         self.x5c = base64.b64encode(der).decode("ascii")
         self.users = users
@@ -77,7 +81,7 @@ class _TokenServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 server.requests.append(self.path)
                 status, body = server.answer(self.path, self.headers.get("Authorization"))
                 self.send_response(status)
@@ -122,7 +126,9 @@ class _TokenServer:
             "access": access,
         }  # fmt: skip
         header = {"typ": "JWT", "alg": "RS256", "x5c": [self.x5c]}
-        signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        signing_input = (
+            f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        )
         sig = subprocess.run(
             ["openssl", "dgst", "-sha256", "-sign", self.key],
             input=signing_input.encode(), check=True, capture_output=True,
@@ -166,7 +172,9 @@ class RegistryServer:
             htpasswd = self.workdir / "htpasswd"
             for user, password in self.users.items():
                 flags = "-cbB" if not htpasswd.exists() else "-bB"
-                subprocess.run(["htpasswd", flags, htpasswd, user, password], check=True, capture_output=True)
+                subprocess.run(
+                    ["htpasswd", flags, htpasswd, user, password], check=True, capture_output=True
+                )
             auth = f"auth:\n  htpasswd:\n    realm: sifbox-test\n    path: {htpasswd}\n"
         elif self.auth == "token":
             need("openssl")
@@ -183,9 +191,12 @@ class RegistryServer:
                 f"storage:\n  filesystem:\n    rootdirectory: {self.storage}\n  delete:\n    enabled: true\n"
                 f"http:\n  addr: 127.0.0.1:{self.port}\n{auth}"
             )
-            logf = open(self.log, "ab")  # noqa: SIM115
+            logf = open(self.log, "ab")
             self.proc = subprocess.Popen(
-                ["docker-registry", "serve", str(config)], stdout=logf, stderr=logf, stdin=subprocess.DEVNULL
+                ["docker-registry", "serve", str(config)],
+                stdout=logf,
+                stderr=logf,
+                stdin=subprocess.DEVNULL,
             )
             logf.close()
             if self._wait_ready():
@@ -232,7 +243,9 @@ class RegistryServer:
     def blob_gets(self) -> dict[str, int]:
         """How many completed GETs of each blob the registry logged."""
         counts: dict[str, int] = {}
-        pattern = re.compile(r'http\.request\.method=GET http\.request\.remoteaddr=\S+ http\.request\.uri="/v2/[^"]*/blobs/(sha256:[0-9a-f]{64})"')
+        pattern = re.compile(
+            r'http\.request\.method=GET http\.request\.remoteaddr=\S+ http\.request\.uri="/v2/[^"]*/blobs/(sha256:[0-9a-f]{64})"'
+        )
         for line in self.log.read_text(errors="replace").splitlines():
             if "response completed" not in line:
                 continue
@@ -244,6 +257,94 @@ class RegistryServer:
     def blob_data(self, digest: str) -> Path:
         hexdigest = digest.split(":", 1)[1]
         return self.storage / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
+
+
+class FlakyRelay:
+    """A TCP relay in front of a registry that misbehaves on blob downloads, the way a
+    congested network or an overloaded registry does: the first `fail` blob requests get
+    `503 Service Unavailable`, the next `cut` have their connection dropped after `cut_after`
+    bytes of answer. Every request's head is kept in `requests`. With clients that send
+    absolute URLs it also serves as an HTTP forward proxy (the registry accepts them)."""
+
+    def __init__(self, upstream: int, *, fail: int = 0, cut: int = 0, cut_after: int = 300_000):
+        self.upstream = upstream
+        self.fail, self.cut, self.cut_after = fail, cut, cut_after
+        self.requests: list[str] = []
+        self.lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.stopped = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stopped:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(client,), daemon=True).start()
+
+    def _handle(self, client: socket.socket) -> None:
+        with client:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = client.recv(65536)
+                if not data:
+                    return
+                head += data
+                if len(head) > 1 << 20 or not head[:1].isalpha():
+                    break  # not HTTP (a TLS hello): relay it as it is
+            text = head.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+            is_blob = text.startswith("GET ") and "/blobs/sha256:" in text.split("\r\n", 1)[0]
+            action = None
+            with self.lock:
+                self.requests.append(text)
+                if is_blob and self.fail > 0:
+                    self.fail -= 1
+                    action = "fail"
+                elif is_blob and self.cut > 0:
+                    action = "cut"  # if the answer is long enough to cut
+            if action == "fail":
+                client.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                return
+            with socket.create_connection(("127.0.0.1", self.upstream)) as up:
+                up.sendall(head)
+                threading.Thread(target=self._pump, args=(client, up), daemon=True).start()
+                sent = 0
+                while True:
+                    try:
+                        data = up.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    if action == "cut" and sent + len(data) > self.cut_after:
+                        with self.lock:
+                            cutting = self.cut > 0
+                            self.cut -= cutting
+                        if cutting:
+                            client.sendall(data[: self.cut_after - sent])
+                            client.shutdown(socket.SHUT_RDWR)
+                            return
+                        action = None
+                    client.sendall(data)
+                    sent += len(data)
+
+    @staticmethod
+    def _pump(client: socket.socket, up: socket.socket) -> None:
+        try:
+            while data := client.recv(65536):
+                up.sendall(data)
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.sock.close()
 
 
 # --- test images ----------------------------------------------------------------------------
@@ -308,7 +409,14 @@ def write_image(
     for raw in layer_tars:
         gz = gzip.compress(raw, compresslevel=1, mtime=0)
         blobs[_digest(gz)] = gz
-        layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": _digest(gz), "size": len(gz), "_diff": _digest(raw)})
+        layers.append(
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": _digest(gz),
+                "size": len(gz),
+                "_diff": _digest(raw),
+            }
+        )
     config = json.dumps({
         "architecture": arch, "os": "linux",
         "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "Labels": {"marker": marker}},
@@ -329,7 +437,9 @@ def write_image(
         "digest": _digest(manifest), "size": len(manifest),
         "platform": {"architecture": arch, "os": "linux"},
     }  # fmt: skip
-    built = BuiltImage(_digest(manifest), _digest(config), [str(layer["digest"]) for layer in layers], blobs)
+    built = BuiltImage(
+        _digest(manifest), _digest(config), [str(layer["digest"]) for layer in layers], blobs
+    )
     return desc, built
 
 
@@ -350,9 +460,19 @@ def make_layout(
         top = dict(descs[0])
         top.pop("platform")
     else:
-        index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": descs}).encode()
+        index = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": descs,
+            }
+        ).encode()
         (blobs_dir / _digest(index).split(":")[1]).write_bytes(index)
-        top = {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": _digest(index), "size": len(index)}
+        top = {
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": _digest(index),
+            "size": len(index),
+        }
     top["annotations"] = {"org.opencontainers.image.ref.name": tag}
     (path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [top]}))
     return built

@@ -27,6 +27,7 @@ import pytest
 from tests.conftest import User
 from tests.integration.registry_server import (
     BuiltImage,
+    FlakyRelay,
     RegistryServer,
     free_port,
     make_layout,
@@ -64,7 +65,9 @@ class Registries:
     multi: dict[str, BuiltImage]  # test/multi:1 (amd64 + arm64 index)
     counter: int = 0
 
-    def fresh_image(self, reg: RegistryServer, *, extra_layers: int = 2, big: int = 0, creds: str | None = None) -> tuple[str, BuiltImage]:
+    def fresh_image(
+        self, reg: RegistryServer, *, extra_layers: int = 2, big: int = 0, creds: str | None = None
+    ) -> tuple[str, BuiltImage]:
         """Push a new image no other test has seen (unique blobs); return (ref, image)."""
         self.counter += 1
         name = f"fresh/img{self.counter}-{os.getpid()}"
@@ -101,7 +104,11 @@ def env_for(shared_tmp: Path):  # type: ignore[no-untyped-def]
     """The environment of a fetch: a private cache, config and credentials files."""
 
     def make(who: User, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SIFBOX_", "APPTAINER_", "SINGULARITY_", "XDG_"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("SIFBOX_", "APPTAINER_", "SINGULARITY_", "XDG_"))
+        }
         env.pop("SIFBOX_CLI", None)
         env.update(
             HOME=who.home, USER=who.name, LOGNAME=who.name,
@@ -121,15 +128,28 @@ def env_for(shared_tmp: Path):  # type: ignore[no-untyped-def]
 def fetch(run_as, sifbox_cli: str, shared_tmp: Path, env_for):  # type: ignore[no-untyped-def]
     python = str(Path(sifbox_cli).parent / "python")
 
-    def run(who: User, ref: str, *, platform: str = "", disable: bool = False, wait: bool = True,
-            **env: str):  # type: ignore[no-untyped-def]
+    def run(
+        who: User,
+        ref: str,
+        *,
+        platform: str = "",
+        disable: bool = False,
+        wait: bool = True,
+        **env: str,
+    ):  # type: ignore[no-untyped-def]
         # Paths go through the environment: other test suites on this machine kill leftover
         # processes whose command line names a shared_tmp directory.
         argv = [python, "-c", DRIVER, ref, platform, "1" if disable else "0"]
         if not wait:
             if not who.is_root:
                 argv = ["runuser", "-u", who.name, "--", *argv]
-            return subprocess.Popen(argv, env=env_for(who, **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            return subprocess.Popen(
+                argv,
+                env=env_for(who, **env),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
         return run_as(who, argv, env=env_for(who, **env))
 
     return run
@@ -179,7 +199,9 @@ def _fails(proc: subprocess.CompletedProcess[str], status: int, *needles: str) -
 # --- fetching ---------------------------------------------------------------------------------
 
 
-def test_fetch_by_tag_and_digest(registries: Registries, fetch, as_who: User, shared_tmp: Path) -> None:  # type: ignore[no-untyped-def]
+def test_fetch_by_tag_and_digest(
+    registries: Registries, fetch, as_who: User, shared_tmp: Path
+) -> None:  # type: ignore[no-untyped-def]
     reg, image = registries.plain, registries.single["amd64"]
     cache = shared_tmp / "cache"
     layout = _ok(fetch(as_who, f"{reg.host}/test/busybox:1"))
@@ -187,7 +209,9 @@ def test_fetch_by_tag_and_digest(registries: Registries, fetch, as_who: User, sh
     _check_layout(layout, image, cache)
     assert layout.stat().st_uid == as_who.uid
     # a real tool reads the layout
-    inspect = subprocess.run(["skopeo", "inspect", "--config", f"oci:{layout}"], capture_output=True, text=True)
+    inspect = subprocess.run(
+        ["skopeo", "inspect", "--config", f"oci:{layout}"], capture_output=True, text=True
+    )
     assert inspect.returncode == 0, inspect.stderr
     assert json.loads(inspect.stdout)["config"]["Labels"] == {"marker": "image-amd64"}
 
@@ -214,7 +238,9 @@ def test_fetch_disable_cache(registries: Registries, fetch, as_who: User, shared
         shutil.rmtree(layout, ignore_errors=True)
 
 
-def test_manifest_list_by_platform(registries: Registries, fetch, as_who: User, shared_tmp: Path) -> None:  # type: ignore[no-untyped-def]
+def test_manifest_list_by_platform(
+    registries: Registries, fetch, as_who: User, shared_tmp: Path
+) -> None:  # type: ignore[no-untyped-def]
     reg = registries.plain
     ref = f"{reg.host}/test/multi:1"
     arm = _ok(fetch(as_who, ref, platform="linux/arm64"))
@@ -230,7 +256,9 @@ def test_manifest_list_by_platform(registries: Registries, fetch, as_who: User, 
     _fails(fetch(as_who, ref, platform="linux/"), 125, "is not a platform")
 
 
-def test_not_found_and_bad_reference(registries: Registries, fetch, as_who: User, shared_tmp: Path) -> None:  # type: ignore[no-untyped-def]
+def test_not_found_and_bad_reference(
+    registries: Registries, fetch, as_who: User, shared_tmp: Path
+) -> None:  # type: ignore[no-untyped-def]
     reg = registries.plain
     _fails(fetch(as_who, f"{reg.host}/test/busybox:nope"), 255,
            f"can't find image `{reg.host}/test/busybox:nope`", "`nope` not found")  # fmt: skip
@@ -243,10 +271,51 @@ def test_not_found_and_bad_reference(registries: Registries, fetch, as_who: User
 def test_unreachable_registry(fetch, as_who: User, shared_tmp: Path) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     start = time.monotonic()
-    err = _fails(fetch(as_who, f"127.0.0.1:{port}/test/busybox:1"), 255, f"registry `127.0.0.1:{port}`")
+    err = _fails(
+        fetch(as_who, f"127.0.0.1:{port}/test/busybox:1"), 255, f"registry `127.0.0.1:{port}`"
+    )
     assert "connection refused" in err
     assert time.monotonic() - start < 30
     assert _cache_blobs(shared_tmp / "cache") == []
+
+
+def test_transient_errors_are_retried(
+    registries: Registries, fetch, as_who: User, shared_tmp: Path
+) -> None:  # type: ignore[no-untyped-def]
+    reg = registries.plain
+    ref, image = registries.fresh_image(reg, extra_layers=1, big=4 << 20)
+    relay = FlakyRelay(reg.port, fail=2, cut=2)
+    try:
+        layout = _ok(fetch(as_who, ref.replace(reg.host, f"127.0.0.1:{relay.port}")))
+        _check_layout(layout, image, shared_tmp / "cache")
+        assert (relay.fail, relay.cut) == (0, 0)
+        # a dropped download goes on where it stopped
+        assert any("\r\nRange: bytes=" in r for r in relay.requests), relay.requests
+    finally:
+        relay.stop()
+    # a registry that keeps failing: a clear error, nothing cached
+    shutil.rmtree(shared_tmp / "cache")
+    relay = FlakyRelay(reg.port, fail=100)
+    try:
+        ref2 = ref.replace(reg.host, f"127.0.0.1:{relay.port}")
+        _fails(fetch(as_who, ref2), 255, "answered HTTP 503")
+    finally:
+        relay.stop()
+    assert _cache_blobs(shared_tmp / "cache") == []  # the manifest waits for the blobs
+
+
+def test_http_proxy(registries: Registries, fetch, as_who: User) -> None:  # type: ignore[no-untyped-def]
+    reg = registries.plain
+    relay = FlakyRelay(reg.port)
+    proxy = f"http://127.0.0.1:{relay.port}"
+    try:
+        layout = _ok(fetch(as_who, "registry.invalid:5000/test/busybox:1", SIFBOX_NOHTTPS="1",
+                           HTTP_PROXY=proxy, http_proxy=proxy, NO_PROXY="", no_proxy=""))  # fmt: skip
+        _check_layout(layout, registries.single["amd64"], None)
+    finally:
+        relay.stop()
+    first = relay.requests[0].split("\r\n", 1)[0]
+    assert first == "GET http://registry.invalid:5000/v2/test/busybox/manifests/1 HTTP/1.1"
 
 
 @pytest.mark.parametrize("kind", ["basic", "token"])
@@ -277,7 +346,9 @@ def test_auth(registries: Registries, fetch, as_who: User, shared_tmp: Path, kin
     _ok(fetch(as_who, ref))
 
 
-def test_registry_login_logout(registries: Registries, run_as, sifbox_cli: str, env_for, fetch, as_who: User, shared_tmp: Path) -> None:  # type: ignore[no-untyped-def]
+def test_registry_login_logout(
+    registries: Registries, run_as, sifbox_cli: str, env_for, fetch, as_who: User, shared_tmp: Path
+) -> None:  # type: ignore[no-untyped-def]
     reg = registries.token
     env = env_for(as_who)
     uri = f"docker://{reg.host}"
@@ -285,7 +356,11 @@ def test_registry_login_logout(registries: Registries, run_as, sifbox_cli: str, 
     def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return run_as(as_who, [sifbox_cli, "registry", *args], env=env, input=stdin)
 
-    _fails(cli("login", "-u", USER, "--password-stdin", uri, stdin="wrong\n"), 255, "wrong username or password")
+    _fails(
+        cli("login", "-u", USER, "--password-stdin", uri, stdin="wrong\n"),
+        255,
+        "wrong username or password",
+    )
     login_file = shared_tmp / "config/docker-config.json"
     assert not login_file.exists()
     proc = cli("login", "-u", USER, "--password-stdin", uri, stdin=PASSWORD + "\n")
@@ -298,7 +373,11 @@ def test_registry_login_logout(registries: Registries, run_as, sifbox_cli: str, 
     assert proc.returncode == 0
     assert f"docker://{reg.host}" in proc.stdout and USER in proc.stdout
     # the stored login is used
-    _check_layout(_ok(fetch(as_who, f"{reg.host}/test/busybox:1")), registries.single["amd64"], shared_tmp / "cache")
+    _check_layout(
+        _ok(fetch(as_who, f"{reg.host}/test/busybox:1")),
+        registries.single["amd64"],
+        shared_tmp / "cache",
+    )
     # skopeo reads the same file
     inspect = run_as(as_who, ["skopeo", "inspect", "--tls-verify=false", f"docker://{reg.host}/test/busybox:1"],
                      env={**env, "REGISTRY_AUTH_FILE": str(login_file)})  # fmt: skip
@@ -309,7 +388,11 @@ def test_registry_login_logout(registries: Registries, run_as, sifbox_cli: str, 
     _fails(cli("logout", uri), 255, f"can't log out from registry `{reg.host}`: not logged in")
     shutil.rmtree(shared_tmp / "cache")
     _fails(fetch(as_who, f"{reg.host}/test/busybox:1"), 255, "requires authentication")
-    _fails(cli("login", "-u", USER, "--password-stdin", "library://x"), 125, "only docker:// and oras://")
+    _fails(
+        cli("login", "-u", USER, "--password-stdin", "library://x"),
+        125,
+        "only docker:// and oras://",
+    )
 
 
 def test_corrupted_blob(registries: Registries, fetch, as_who: User, shared_tmp: Path) -> None:  # type: ignore[no-untyped-def]
@@ -334,7 +417,9 @@ def test_corrupted_blob(registries: Registries, fetch, as_who: User, shared_tmp:
 
 
 @pytest.mark.slow
-def test_sixteen_concurrent_fetches(registries: Registries, fetch, as_who: User, shared_tmp: Path) -> None:  # type: ignore[no-untyped-def]
+def test_sixteen_concurrent_fetches(
+    registries: Registries, fetch, as_who: User, shared_tmp: Path
+) -> None:  # type: ignore[no-untyped-def]
     reg = registries.plain
     ref, image = registries.fresh_image(reg, extra_layers=3, big=8 << 20)
     before = reg.blob_gets()
@@ -347,7 +432,11 @@ def test_sixteen_concurrent_fetches(registries: Registries, fetch, as_who: User,
     _check_layout(Path(paths.pop()), image, shared_tmp / "cache")
     after = reg.blob_gets()
     for digest in [image.config_digest, *image.layers]:
-        assert after.get(digest, 0) - before.get(digest, 0) == 1, (digest, before.get(digest), after.get(digest))
+        assert after.get(digest, 0) - before.get(digest, 0) == 1, (
+            digest,
+            before.get(digest),
+            after.get(digest),
+        )
     assert list((shared_tmp / "cache/tmp").iterdir()) == []
 
 
@@ -379,9 +468,11 @@ def _kill_while_writing(proc: subprocess.Popen[str], cache: Path) -> bool:
     deadline = time.monotonic() + 60
     pids = {proc.pid}
     while proc.poll() is None and time.monotonic() < deadline:
-        for pid in list(pids):
+        for pid in sorted(pids):  # a copy: the loop adds children
             try:
-                pids.update(int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+                pids.update(
+                    int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+                )
             except OSError:
                 pass
         for pid in pids:
@@ -410,7 +501,9 @@ def _kill_while_writing(proc: subprocess.Popen[str], cache: Path) -> bool:
 # --- the cache commands -----------------------------------------------------------------------
 
 
-def test_cache_list_and_clean(registries: Registries, run_as, sifbox_cli: str, env_for, fetch, as_who: User, shared_tmp: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cache_list_and_clean(
+    registries: Registries, run_as, sifbox_cli: str, env_for, fetch, as_who: User, shared_tmp: Path
+) -> None:  # type: ignore[no-untyped-def]
     env = env_for(as_who)
 
     def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -436,7 +529,9 @@ def test_cache_list_and_clean(registries: Registries, run_as, sifbox_cli: str, e
     blob_bytes = sum(len(b) for b in image.blobs.values())
     proc = cli("list")
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith(f"There are 1 container file(s) using 2.00 KiB and {n_blobs} oci blob file(s) using ")
+    assert lines[0].startswith(
+        f"There are 1 container file(s) using 2.00 KiB and {n_blobs} oci blob file(s) using "
+    )
     assert lines[1].startswith("Total space used: ")
     proc = cli("list", "-v", "-T", "blob")
     lines = proc.stdout.splitlines()
@@ -444,7 +539,10 @@ def test_cache_list_and_clean(registries: Registries, run_as, sifbox_cli: str, e
     rows = [line for line in lines[1:] if line.endswith(" blob")]
     assert len(rows) == n_blobs
     assert {r.split()[0] for r in rows} == {d.split(":")[1][:22] for d in image.blobs}
-    assert f"There are 0 container file(s) using 0.00 KiB and {n_blobs} oci blob file(s)" in proc.stdout
+    assert (
+        f"There are 0 container file(s) using 0.00 KiB and {n_blobs} oci blob file(s)"
+        in proc.stdout
+    )
     assert blob_bytes > 0
 
     proc = cli("clean", "--dry-run")
@@ -466,5 +564,7 @@ def test_cache_list_and_clean(registries: Registries, run_as, sifbox_cli: str, e
     assert proc.returncode == 0, proc.stderr
     assert _cache_blobs(shared_tmp / "cache") == []
     assert list((shared_tmp / "cache/layout").iterdir()) == []
-    assert cli("list").stdout.startswith("There are 0 container file(s) using 0.00 KiB and 0 oci blob")
+    assert cli("list").stdout.startswith(
+        "There are 0 container file(s) using 0.00 KiB and 0 oci blob"
+    )
     _fails(cli("clean", "-f", "-T", "bogus"), 125, "can't use cache type `bogus`")

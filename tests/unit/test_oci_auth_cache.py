@@ -90,7 +90,10 @@ def test_precedence(home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     auth.store_login("reg:5000", auth.Credentials("sifbox", "s"))
     assert auth.resolve_credentials("reg:5000", "a").username == "sifbox"
     _write(tmp_path / "explicit.json", {"auths": {"reg:5000": _auth("explicit", "e")}})
-    assert auth.resolve_credentials("reg:5000", "a", authfile=tmp_path / "explicit.json").username == "explicit"
+    assert (
+        auth.resolve_credentials("reg:5000", "a", authfile=tmp_path / "explicit.json").username
+        == "explicit"
+    )
     monkeypatch.setenv("APPTAINER_DOCKER_USERNAME", "apptainer")
     monkeypatch.setenv("APPTAINER_DOCKER_PASSWORD", "ap")
     creds = auth.resolve_credentials("reg:5000", "a")
@@ -123,7 +126,9 @@ def test_docker_hub_and_namespaced_keys(home: Path) -> None:
 def test_credential_helper(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     helper = tmp_path / "bin/docker-credential-fake"
     helper.parent.mkdir()
-    helper.write_text('#!/bin/sh\nread server\necho "{\\"Username\\":\\"helped\\",\\"Secret\\":\\"$server\\"}"\n')
+    helper.write_text(
+        '#!/bin/sh\nread server\necho "{\\"Username\\":\\"helped\\",\\"Secret\\":\\"$server\\"}"\n'
+    )
     helper.chmod(0o755)
     monkeypatch.setenv("PATH", f"{helper.parent}:{os.environ['PATH']}")
     _write(home / ".docker/config.json", {"credHelpers": {"reg.example.org": "fake"}})
@@ -136,12 +141,16 @@ def test_credential_helper(home: Path, tmp_path: Path, monkeypatch: pytest.Monke
 def test_bad_auth_file(home: Path) -> None:
     (home / ".docker").mkdir()
     (home / ".docker/config.json").write_text("{not json")
-    with pytest.raises(auth.AuthError, match=r"can't read credentials file `.*config.json`: not valid JSON"):
+    with pytest.raises(
+        auth.AuthError, match=r"can't read credentials file `.*config.json`: not valid JSON"
+    ):
         auth.resolve_credentials("reg", "x")
 
 
 def test_login_file_round_trip(home: Path) -> None:
-    path = auth.store_login(auth.login_key("docker://reg:5000/some/repo"), auth.Credentials("alice", "pw:1"))
+    path = auth.store_login(
+        auth.login_key("docker://reg:5000/some/repo"), auth.Credentials("alice", "pw:1")
+    )
     assert path == home / ".sifbox/docker-config.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
@@ -173,7 +182,9 @@ def test_default_cache_dir(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert default_cache_dir() == Path("/s")
 
 
-@pytest.mark.parametrize("bad", ["sha256:../../etc", "sha256:" + "A" * 64, "md5:" + "a" * 32, "sha256:"])
+@pytest.mark.parametrize(
+    "bad", ["sha256:../../etc", "sha256:" + "A" * 64, "md5:" + "a" * 32, "sha256:"]
+)
 def test_digest_must_be_well_formed(bad: str) -> None:
     with pytest.raises(CacheError, match="can't use digest"):
         split_digest(bad)
@@ -243,9 +254,16 @@ def _fill(cache: Cache, *blobs: bytes) -> list[str]:
 def test_make_layout(tmp_path: Path) -> None:
     cache = Cache(tmp_path / "c")
     manifest, config, layer = _fill(cache, b"{manifest}", b"{config}", b"layer")
-    desc = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest, "size": 10}
+    desc = {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": manifest,
+        "size": 10,
+    }
     layout = cache.make_layout(desc, [manifest, config, layer])
-    assert json.loads((layout / "index.json").read_text()) == {"schemaVersion": 2, "manifests": [desc]}
+    assert json.loads((layout / "index.json").read_text()) == {
+        "schemaVersion": 2,
+        "manifests": [desc],
+    }
     assert json.loads((layout / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
     names = sorted(p.name for p in (layout / "blobs/sha256").iterdir())
     assert names == sorted(d.split(":")[1] for d in (manifest, config, layer))
@@ -266,7 +284,7 @@ def test_flat_layout(tmp_path: Path) -> None:
 
 def test_entries_remove_prune(tmp_path: Path) -> None:
     cache = Cache(tmp_path / "c")
-    a, b = _fill(cache, b"aaaa", b"bb")
+    a, _ = _fill(cache, b"aaaa", b"bb")
     sif_tmp = tmp_path / "x.sif"
     sif_tmp.write_bytes(b"S" * 10)
     cache.store_sif(a, sif_tmp)

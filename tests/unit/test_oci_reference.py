@@ -26,7 +26,10 @@ D = "sha256:" + "ab" * 32
         ("//busybox:1.36", ImageRef("docker.io", "library/busybox", "1.36", None)),
         ("user/app", ImageRef("docker.io", "user/app", "latest", None)),
         ("docker.io/busybox", ImageRef("docker.io", "library/busybox", "latest", None)),
-        ("index.docker.io/library/busybox", ImageRef("docker.io", "library/busybox", "latest", None)),
+        (
+            "index.docker.io/library/busybox",
+            ImageRef("docker.io", "library/busybox", "latest", None),
+        ),
         ("ghcr.io/org/team/app:v1", ImageRef("ghcr.io", "org/team/app", "v1", None)),
         ("localhost/app", ImageRef("localhost", "app", "latest", None)),
         ("localhost:5000/app:x", ImageRef("localhost:5000", "app", "x", None)),
@@ -107,9 +110,18 @@ INDEX = {
     "manifests": [
         {"digest": "sha256:att", "platform": {"os": "unknown", "architecture": "unknown"}},
         {"digest": "sha256:amd", "platform": {"os": "linux", "architecture": "amd64"}},
-        {"digest": "sha256:v6", "platform": {"os": "linux", "architecture": "arm", "variant": "v6"}},
-        {"digest": "sha256:v7", "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}},
-        {"digest": "sha256:arm64", "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+        {
+            "digest": "sha256:v6",
+            "platform": {"os": "linux", "architecture": "arm", "variant": "v6"},
+        },
+        {
+            "digest": "sha256:v7",
+            "platform": {"os": "linux", "architecture": "arm", "variant": "v7"},
+        },
+        {
+            "digest": "sha256:arm64",
+            "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"},
+        },
         {"digest": "sha256:win", "platform": {"os": "windows", "architecture": "amd64"}},
     ]
 }

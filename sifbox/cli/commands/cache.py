@@ -21,15 +21,39 @@ TYPES_HELP = "a list of cache types: library, oci, shub, blob, net, oras, all (d
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="cache_command", metavar="COMMAND", title="commands")
     sub.required = True
-    listing = sub.add_parser("list", help="List your local sifbox cache", description="List your local sifbox cache")
+    listing = sub.add_parser(
+        "list", help="List your local sifbox cache", description="List your local sifbox cache"
+    )
     listing.add_argument("-T", "--type", default="all", help=TYPES_HELP)
-    listing.add_argument("-v", "--verbose", action="store_true", dest="list_verbose", help="include cache entries in the output")
+    listing.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        dest="list_verbose",
+        help="include cache entries in the output",
+    )
 
-    clean = sub.add_parser("clean", help="Clean your local sifbox cache", description="Clean your local sifbox cache")
+    clean = sub.add_parser(
+        "clean", help="Clean your local sifbox cache", description="Clean your local sifbox cache"
+    )
     clean.add_argument("-T", "--type", default="all", help=TYPES_HELP)
-    clean.add_argument("-D", "--days", type=int, default=0, metavar="N", help="remove all cache entries older than N days")
-    clean.add_argument("-n", "--dry-run", action="store_true", help="show what would be removed without removing it")
-    clean.add_argument("-f", "--force", action="store_true", help="suppress any prompts and clean the cache")
+    clean.add_argument(
+        "-D",
+        "--days",
+        type=int,
+        default=0,
+        metavar="N",
+        help="remove all cache entries older than N days",
+    )
+    clean.add_argument(
+        "-n",
+        "--dry-run",
+        action="store_true",
+        help="show what would be removed without removing it",
+    )
+    clean.add_argument(
+        "-f", "--force", action="store_true", help="suppress any prompts and clean the cache"
+    )
 
 
 def parse_types(text: str) -> tuple[str, ...]:
@@ -111,10 +135,9 @@ def _clean(args: argparse.Namespace) -> int:
     types = parse_types(args.type)
     if args.days < 0:
         raise UsageError(f"can't clean the cache: --days must be 0 or more, not {args.days}")
-    if not (args.force or args.dry_run):
-        if not _confirm(types):
-            log.info("Cache cleanup canceled")
-            return 0
+    if not (args.force or args.dry_run) and not _confirm(types):
+        log.info("Cache cleanup canceled")
+        return 0
     cache = _cache()
     if cache is None:
         return 0

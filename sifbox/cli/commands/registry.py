@@ -23,19 +23,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="registry_command", metavar="COMMAND", title="commands")
     sub.required = True
 
-    login = sub.add_parser("login", help="Log in to an OCI/Docker registry", description="Log in to an OCI/Docker registry")
+    login = sub.add_parser(
+        "login",
+        help="Log in to an OCI/Docker registry",
+        description="Log in to an OCI/Docker registry",
+    )
     login.add_argument("-u", "--username", help="username to authenticate with")
-    login.add_argument("-p", "--password", help="password to authenticate with (visible to other users: prefer --password-stdin)")
-    login.add_argument("--password-stdin", action="store_true", help="take the password from standard input")
-    login.add_argument("--authfile", metavar="FILE", help="store credentials in FILE instead of ~/.sifbox/docker-config.json")
-    login.add_argument("--no-https", "--nohttps", dest="nohttps", action="store_true", help="use plain HTTP to check the credentials")
-    login.add_argument("uri", metavar="URI", help="registry, e.g. docker://registry.example.org or oras://ghcr.io")
+    login.add_argument(
+        "-p",
+        "--password",
+        help="password to authenticate with (visible to other users: prefer --password-stdin)",
+    )
+    login.add_argument(
+        "--password-stdin", action="store_true", help="take the password from standard input"
+    )
+    login.add_argument(
+        "--authfile",
+        metavar="FILE",
+        help="store credentials in FILE instead of ~/.sifbox/docker-config.json",
+    )
+    login.add_argument(
+        "--no-https",
+        "--nohttps",
+        dest="nohttps",
+        action="store_true",
+        help="use plain HTTP to check the credentials",
+    )
+    login.add_argument(
+        "uri", metavar="URI", help="registry, e.g. docker://registry.example.org or oras://ghcr.io"
+    )
 
-    logout = sub.add_parser("logout", help="Log out from an OCI/Docker registry", description="Log out from an OCI/Docker registry")
+    logout = sub.add_parser(
+        "logout",
+        help="Log out from an OCI/Docker registry",
+        description="Log out from an OCI/Docker registry",
+    )
     logout.add_argument("--authfile", metavar="FILE", help="the credentials file to update")
     logout.add_argument("uri", metavar="URI", help="registry, e.g. docker://registry.example.org")
 
-    listing = sub.add_parser("list", help="List the registries you are logged in to", description="List the registries you are logged in to")
+    listing = sub.add_parser(
+        "list",
+        help="List the registries you are logged in to",
+        description="List the registries you are logged in to",
+    )
     listing.add_argument("--authfile", metavar="FILE", help="the credentials file to read")
 
 
@@ -88,7 +118,8 @@ def _login(args: argparse.Namespace) -> int:
         raise UsageError("can't log in: the password is empty")
     creds = Credentials(username, password, source="command line")
     nohttps = args.nohttps or any(
-        os.environ.get(f"{p}NOHTTPS", "").lower() in ("1", "yes", "true") for p in ("SIFBOX_", "APPTAINER_")
+        os.environ.get(f"{p}NOHTTPS", "").lower() in ("1", "yes", "true")
+        for p in ("SIFBOX_", "APPTAINER_")
     )
     check_login(key, creds, insecure=nohttps)
     path = store_login(key, creds, args.authfile)
