@@ -478,10 +478,14 @@ def make_layout(
     return built
 
 
-def push_layout(layout: Path, tag: str, dest: str, creds: str | None = None) -> None:
-    """skopeo copy --all oci:LAYOUT:TAG docker://DEST."""
+def push_layout(
+    layout: Path, tag: str, dest: str, creds: str | None = None, *, docker_format: bool = False
+) -> None:
+    """skopeo copy --all oci:LAYOUT:TAG docker://DEST (as Docker schema 2 with `docker_format`)."""
     need("skopeo")
     argv = ["skopeo", "--insecure-policy", "copy", "--all", "--dest-tls-verify=false"]
+    if docker_format:
+        argv += ["--format", "v2s2"]
     if creds:
         argv += ["--dest-creds", creds]
     argv += [f"oci:{layout}:{tag}", f"docker://{dest}"]

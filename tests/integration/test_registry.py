@@ -92,6 +92,8 @@ def registries() -> Iterator[Registries]:
             creds = f"{USER}:{PASSWORD}" if kind else None
             push_layout(work / "single", "1", f"{reg.host}/test/busybox:1", creds)
             push_layout(work / "multi", "1", f"{reg.host}/test/multi:1", creds)
+            if kind is None:
+                push_layout(work / "single", "1", f"{reg.host}/test/docker:1", docker_format=True)
         yield Registries(work, *servers, single=single, multi=multi)
     finally:
         for reg in servers:
@@ -200,7 +202,7 @@ def _fails(proc: subprocess.CompletedProcess[str], status: int, *needles: str) -
 
 
 def test_fetch_by_tag_and_digest(
-    registries: Registries, fetch, as_who: User, shared_tmp: Path
+    registries: Registries, fetch, run_as, as_who: User, shared_tmp: Path
 ) -> None:  # type: ignore[no-untyped-def]
     reg, image = registries.plain, registries.single["amd64"]
     cache = shared_tmp / "cache"
@@ -208,12 +210,26 @@ def test_fetch_by_tag_and_digest(
     assert layout.parent == cache / "layout"
     _check_layout(layout, image, cache)
     assert layout.stat().st_uid == as_who.uid
-    # a real tool reads the layout
+    # real tools read the layout (paths relative to shared_tmp: see `fetch`)
+    rel = layout.relative_to(shared_tmp)
     inspect = subprocess.run(
-        ["skopeo", "inspect", "--config", f"oci:{layout}"], capture_output=True, text=True
+        ["skopeo", "inspect", "--config", f"oci:{rel}"],
+        capture_output=True,
+        text=True,
+        cwd=shared_tmp,
     )
     assert inspect.returncode == 0, inspect.stderr
     assert json.loads(inspect.stdout)["config"]["Labels"] == {"marker": "image-amd64"}
+
+    # and umoci unpacks it, as the same user
+    bundle = shared_tmp / "bundle"
+    unpack = run_as(
+        as_who, ["umoci", "unpack", "--rootless", "--image", f"{rel}:1", "bundle"],
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": as_who.home}, cwd=shared_tmp,
+    )  # fmt: skip
+    assert unpack.returncode == 0, unpack.stderr
+    assert (bundle / "rootfs/etc/marker").read_text() == "image-amd64\n"
+    assert os.access(bundle / "rootfs/bin/busybox", os.X_OK)
 
     before = reg.blob_gets()
     pinned = _ok(fetch(as_who, f"{reg.host}/test/busybox@{image.manifest_digest}"))
@@ -222,6 +238,23 @@ def test_fetch_by_tag_and_digest(
     # pinned and cached: no registry needed at all
     reg_down = f"127.0.0.1:{free_port()}/test/busybox@{image.manifest_digest}"
     assert _ok(fetch(as_who, reg_down)).parent == cache / "layout"
+
+
+def test_fetch_docker_schema2(
+    registries: Registries, fetch, as_who: User, shared_tmp: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """An image pushed in Docker's format keeps its manifest (and digest) in the layout."""
+    reg = registries.plain
+    layout = _ok(fetch(as_who, f"{reg.host}/test/docker:1"))
+    (desc,) = json.loads((layout / "index.json").read_text())["manifests"]
+    assert desc["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    manifest_path = layout / "blobs/sha256" / desc["digest"].split(":")[1]
+    assert _digest_of(manifest_path) == desc["digest"]
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["config"]["digest"] == registries.single["amd64"].config_digest
+    assert [m["digest"] for m in manifest["layers"]] == registries.single["amd64"].layers
+    for d in [manifest["config"]["digest"], *(m["digest"] for m in manifest["layers"])]:
+        assert _digest_of(layout / "blobs/sha256" / d.split(":")[1]) == d
 
 
 def test_fetch_disable_cache(registries: Registries, fetch, as_who: User, shared_tmp: Path) -> None:  # type: ignore[no-untyped-def]
