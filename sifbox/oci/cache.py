@@ -298,6 +298,8 @@ class Cache:
         index_bytes = json.dumps(index, indent=None, separators=(",", ":")).encode()
         if self.flat:
             _write_atomic(self.blob_root / "index.json", index_bytes, self.tmp_dir)
+            for work_dir in (self.lock_dir, self.tmp_dir):  # the layout holds nothing else
+                shutil.rmtree(work_dir, ignore_errors=True)
             return self.blob_root
         _, hexdigest = split_digest(digest)
         final = self.root / "layout" / hexdigest
@@ -397,7 +399,7 @@ def _pid_of(name: str) -> int | None:
 
 
 def _files(kind: str, directory: Path) -> list[Entry]:
-    out = []
+    out: list[Entry] = []
     try:
         names = sorted(os.listdir(directory))
     except FileNotFoundError:

@@ -96,17 +96,22 @@ def _proxy_for(scheme: str, netloc: str) -> str | None:
     host = netloc.rsplit(":", 1)[0] if not netloc.startswith("[") else netloc
     proxies = urllib.request.getproxies_environment()
     proxy = proxies.get(scheme)
-    if not proxy or urllib.request.proxy_bypass_environment(host, proxies) or _is_loopback(netloc):
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    if not proxy or bypass(host, proxies) or _is_loopback(netloc):
         return None
     parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
     return parts.netloc.rsplit("@", 1)[-1] or None
 
 
-def _tls_context(netloc: str) -> ssl.SSLContext:
+def _tls_context(netloc: str, *, verify: bool = True) -> ssl.SSLContext:
     """The system's trust store (SSL_CERT_FILE/SSL_CERT_DIR honoured), plus the per-registry
     CAs of /etc/containers/certs.d/HOST[:PORT]/*.crt and /etc/docker/certs.d (as Podman and
-    Docker read them), and a client certificate/key pair found there."""
+    Docker read them), and a client certificate/key pair found there. Without `verify` (an
+    insecure registry), any certificate is accepted."""
     ctx = ssl.create_default_context()
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
     for base in ("/etc/containers/certs.d", "/etc/docker/certs.d"):
         directory = Path(base) / netloc
         try:
@@ -123,6 +128,48 @@ def _tls_context(netloc: str) -> ssl.SSLContext:
             except (OSError, ssl.SSLError) as err:
                 raise RegistryError(f"can't load certificate `{path}`: {err}") from err
     return ctx
+
+
+def _registries_conf_files() -> list[Path]:
+    """containers-registries.conf(5): the user's file replaces the system one; drop-ins add."""
+    config_home = Path(
+        os.environ.get("XDG_CONFIG_HOME") or Path(os.environ.get("HOME", "/")) / ".config"
+    )
+    user = config_home / "containers" / "registries.conf"
+    main = user if user.is_file() else Path("/etc/containers/registries.conf")
+    files = [main]
+    for d in (
+        Path("/etc/containers/registries.conf.d"),
+        config_home / "containers/registries.conf.d",
+    ):
+        try:
+            files += sorted(d / n for n in os.listdir(d) if n.endswith(".conf"))
+        except OSError:
+            pass
+    return files
+
+
+def _insecure_by_config(host: str) -> bool:
+    """Is `host` marked `insecure = true` in registries.conf (v2 `[[registry]]` tables, or the
+    v1 `[registries.insecure] registries = [...]` list)?"""
+    import tomllib
+
+    for path in _registries_conf_files():
+        try:
+            with open(path, "rb") as f:
+                conf = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError):
+            continue
+        for entry in conf.get("registry") or []:
+            if not isinstance(entry, dict) or not entry.get("insecure"):
+                continue
+            location = str(entry.get("location") or entry.get("prefix") or "")
+            if location.split("/", 1)[0] == host:
+                return True
+        v1 = (conf.get("registries") or {}).get("insecure") or {}
+        if isinstance(v1, dict) and host in (v1.get("registries") or []):
+            return True
+    return False
 
 
 def _env_flag(name: str) -> bool:
@@ -143,6 +190,7 @@ class RegistryClient:
     timeout: float = 60.0
     retries: int = 3
     _scheme: str | None = None
+    _verify: bool = True
     _authorization: str | None = None
     requests: list[str] = field(default_factory=list)
 
@@ -160,7 +208,7 @@ class RegistryClient:
         otherwise; True when requests must name the absolute URL (plain HTTP via a proxy)."""
         proxy = _proxy_for(scheme, netloc)
         if scheme == "https":
-            ctx = _tls_context(netloc)
+            ctx = _tls_context(netloc, verify=self._verify)
             if proxy:
                 conn = http.client.HTTPSConnection(proxy, timeout=self.timeout, context=ctx)
                 host, _, port = (
@@ -197,15 +245,20 @@ class RegistryClient:
         return _Response(resp.status, resp.headers, conn, resp)
 
     def _base(self) -> str:
+        """https://HOST, or http://HOST for an insecure registry (`--nohttps`, registries.conf
+        `insecure = true`, or on the loopback) that does not answer over TLS."""
         if self._scheme is None:
-            self._scheme = "http" if self.insecure else "https"
-            if self._scheme == "https" and _is_loopback(self.host):
+            self._scheme = "https"
+            if self.insecure or _is_loopback(self.host) or _insecure_by_config(self.host):
+                self._verify = False
                 try:
                     self._once("GET", f"https://{self.host}/v2/", {}).close()
-                except ssl.SSLError:
-                    self._scheme = "http"  # a local registry without TLS, as Docker allows
-                except _Transient:
-                    pass
+                except (ssl.SSLError, _Transient):
+                    try:
+                        self._once("GET", f"http://{self.host}/v2/", {}).close()
+                        self._scheme = "http"
+                    except (ssl.SSLError, _Transient):
+                        pass  # the real request reports the error
         return f"{self._scheme}://{self.host}"
 
     def request(

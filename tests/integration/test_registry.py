@@ -266,6 +266,7 @@ def test_fetch_disable_cache(registries: Registries, fetch, as_who: User, shared
     try:
         assert layout.parent == tmp
         _check_layout(layout, image, None)
+        assert sorted(p.name for p in layout.iterdir()) == ["blobs", "index.json", "oci-layout"]
         assert not (shared_tmp / "cache").exists()
     finally:
         shutil.rmtree(layout, ignore_errors=True)
@@ -337,18 +338,35 @@ def test_transient_errors_are_retried(
     assert _cache_blobs(shared_tmp / "cache") == []  # the manifest waits for the blobs
 
 
-def test_http_proxy(registries: Registries, fetch, as_who: User) -> None:  # type: ignore[no-untyped-def]
+def test_http_proxy_and_insecure_registries(
+    registries: Registries, fetch, as_who: User, shared_tmp: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Plain HTTP through HTTP_PROXY, for a registry marked insecure by --nohttps
+    (SIFBOX_NOHTTPS) or by registries.conf; without either, no plain HTTP."""
     reg = registries.plain
     relay = FlakyRelay(reg.port)
     proxy = f"http://127.0.0.1:{relay.port}"
+    via = {"HTTP_PROXY": proxy, "http_proxy": proxy, "NO_PROXY": "", "no_proxy": ""}
+    ref = "registry.invalid:5000/test/busybox:1"
     try:
-        layout = _ok(fetch(as_who, "registry.invalid:5000/test/busybox:1", SIFBOX_NOHTTPS="1",
-                           HTTP_PROXY=proxy, http_proxy=proxy, NO_PROXY="", no_proxy=""))  # fmt: skip
+        err = _fails(fetch(as_who, ref, **via), 255, "registry `registry.invalid:5000`")
+        assert not relay.requests, relay.requests
+        layout = _ok(fetch(as_who, ref, SIFBOX_NOHTTPS="1", **via))
         _check_layout(layout, registries.single["amd64"], None)
+        first = relay.requests[0].split("\r\n", 1)[0]
+        assert first == "GET http://registry.invalid:5000/v2/ HTTP/1.1"
+        assert any(
+            r.startswith("GET http://registry.invalid:5000/v2/test/busybox/manifests/1 HTTP/1.1")
+            for r in relay.requests
+        )
+        shutil.rmtree(shared_tmp / "cache")
+        conf = shared_tmp / "xdg/containers/registries.conf"
+        conf.parent.mkdir(parents=True)
+        conf.write_text('[[registry]]\nlocation = "registry.invalid:5000"\ninsecure = true\n')
+        _check_layout(_ok(fetch(as_who, ref, **via)), registries.single["amd64"], None)
     finally:
         relay.stop()
-    first = relay.requests[0].split("\r\n", 1)[0]
-    assert first == "GET http://registry.invalid:5000/v2/test/busybox/manifests/1 HTTP/1.1"
+    assert "can't" in err
 
 
 @pytest.mark.parametrize("kind", ["basic", "token"])

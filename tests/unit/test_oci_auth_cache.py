@@ -280,6 +280,7 @@ def test_flat_layout(tmp_path: Path) -> None:
     assert cache.make_layout(desc, [manifest]) == cache.root
     assert (cache.root / "blobs/sha256" / manifest.split(":")[1]).read_bytes() == b"{m}"
     assert (cache.root / "index.json").is_file()
+    assert sorted(p.name for p in cache.root.iterdir()) == ["blobs", "index.json", "oci-layout"]
 
 
 def test_entries_remove_prune(tmp_path: Path) -> None:
