@@ -56,6 +56,7 @@ MAX_MANIFEST = 4 << 20
 CHUNK = 1 << 20
 USER_AGENT = "sifbox"
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_CORRUPT_HINT = "the registry's copy is corrupt or was altered on the way; nothing of it was stored"
 _LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 
@@ -428,7 +429,7 @@ class RegistryClient:
         if expected and expected.startswith("sha256:") and expected != digest:
             raise DigestMismatch(
                 f"can't verify manifest `{expected}` of `{self.ref}`: digest mismatch (got {digest})",
-                hint="the registry's copy is corrupt or was altered on the way; the cache is unchanged",
+                hint=_CORRUPT_HINT,
             )
         media_type = _media_type(body, resp.headers.get("Content-Type", ""))
         return body, media_type, digest
@@ -469,9 +470,12 @@ class RegistryClient:
             except _HTTPError as err:
                 raise self._not_found(err, "blob", digest) from None
             try:
-                if resp.status == 200 and writer.size:
-                    writer.truncate()
+                resumed = resp.headers.get("Content-Range", "").startswith(f"bytes {writer.size}-")
+                if writer.size and (resp.status == 200 or not resumed):
+                    writer.truncate()  # the whole blob again (or a range we did not ask for)
                     hasher = hashlib.new(algo)
+                    if resp.status != 200:
+                        continue
                 while True:
                     chunk = resp.read(CHUNK)
                     if not chunk:
@@ -480,7 +484,7 @@ class RegistryClient:
                         raise DigestMismatch(
                             f"can't verify blob `{digest}` of `{self.ref}`: larger than the "
                             f"{size} bytes its manifest declares",
-                            hint="the registry's copy is corrupt or was altered; the cache is unchanged",
+                            hint=_CORRUPT_HINT,
                         )
                     hasher.update(chunk)
                     writer.write(chunk)
@@ -491,8 +495,11 @@ class RegistryClient:
                     ) from err
                 attempt += 1
                 if attempt > self.retries:
+                    reason = (
+                        describe_os_error(err) if isinstance(err, OSError) else "connection lost"
+                    )
                     raise RegistryError(
-                        f"can't download blob `{digest}` of `{self.ref}`: {err}"
+                        f"can't download blob `{digest}` of `{self.ref}`: {reason}"
                     ) from err
                 time.sleep(delay)
                 delay *= 2
@@ -512,7 +519,7 @@ class RegistryClient:
         if got != digest:
             raise DigestMismatch(
                 f"can't verify blob `{digest}` of `{self.ref}`: digest mismatch (got {got})",
-                hint="the registry's copy is corrupt or was altered on the way; the cache is unchanged",
+                hint=_CORRUPT_HINT,
             )
 
 
