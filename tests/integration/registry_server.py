@@ -119,6 +119,9 @@ class _TokenServer:
                 name, _, actions = rest.rpartition(":")
                 if kind == "repository" and subject:
                     access.append({"type": kind, "name": name, "actions": actions.split(",")})
+                elif kind == "repository" and name.startswith("public/"):
+                    # anonymous pulls of public repositories, as on Docker Hub
+                    access.append({"type": kind, "name": name, "actions": ["pull"]})
         now = int(time.time())
         claims = {
             "iss": ISSUER, "sub": subject, "aud": query.get("service", [""])[0],

@@ -94,6 +94,8 @@ def registries() -> Iterator[Registries]:
             push_layout(work / "multi", "1", f"{reg.host}/test/multi:1", creds)
             if kind is None:
                 push_layout(work / "single", "1", f"{reg.host}/test/docker:1", docker_format=True)
+            if kind == "token":
+                push_layout(work / "single", "1", f"{reg.host}/public/busybox:1", creds)
         yield Registries(work, *servers, single=single, multi=multi)
     finally:
         for reg in servers:
@@ -395,6 +397,18 @@ def test_auth(registries: Registries, fetch, as_who: User, shared_tmp: Path, kin
     os.chown(auth_json.parent, as_who.uid, as_who.gid)
     shutil.rmtree(shared_tmp / "cache")
     _ok(fetch(as_who, ref))
+
+
+def test_anonymous_token(registries: Registries, fetch, as_who: User, shared_tmp: Path) -> None:  # type: ignore[no-untyped-def]
+    """A public repository behind token auth: an anonymous token is enough (Docker Hub's way)."""
+    reg = registries.token
+    assert reg.token is not None
+    seen = len(reg.token.requests)
+    layout = _ok(fetch(as_who, f"{reg.host}/public/busybox:1"))
+    _check_layout(layout, registries.single["amd64"], shared_tmp / "cache")
+    asked = reg.token.requests[seen:]
+    assert asked and all("scope=repository%3Apublic%2Fbusybox%3Apull" in r for r in asked), asked
+    assert all("account=" not in r for r in asked)
 
 
 def test_registry_login_logout(

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -303,3 +304,28 @@ def test_entries_remove_prune(tmp_path: Path) -> None:
     assert not dead.exists()
     assert live.exists()
     assert list(cache.lock_dir.iterdir()) == []
+
+
+def test_remove_skips_what_a_pull_holds(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c")
+    (digest,) = _fill(cache, b"held")
+    (entry,) = cache.entries(("blob",))
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a pull holding the blob's lock
+        os.close(read_end)
+        with cache.blob_lock(digest):
+            os.write(write_end, b"x")
+            time.sleep(5)
+        os._exit(0)
+    os.close(write_end)
+    try:
+        assert os.read(read_end, 1) == b"x"
+        assert cache.remove(entry) is False
+        assert cache.has_blob(digest)
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(read_end)
+    assert cache.remove(entry) is True
+    assert cache.has_blob(digest) is None

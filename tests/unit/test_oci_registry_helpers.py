@@ -135,6 +135,8 @@ def test_registry_usage_errors(
     assert "only docker:// and oras://" in capsys.readouterr().err
     assert main(["registry", "logout", "docker://reg.example.org"]) == 255
     err = capsys.readouterr().err
-    assert err.startswith("sifbox: error: can't log out from registry `reg.example.org`: not logged in")
+    assert err.startswith(
+        "sifbox: error: can't log out from registry `reg.example.org`: not logged in"
+    )
     assert main(["registry", "list"]) == 0
     assert capsys.readouterr().out.split() == ["URI", "USERNAME"]

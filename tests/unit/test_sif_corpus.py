@@ -143,7 +143,10 @@ RECIPES: dict[str, tuple[dict[str, object], list[edit.ObjectInput]]] = {
         {},
         [edit.ObjectInput(c.DataType.OCI_ROOT_INDEX, _inp("index.json"))],
     ),
-    "one-object-oci-blob.sif": ({}, [edit.ObjectInput(c.DataType.OCI_BLOB, _inp("oci-config.json"))]),
+    "one-object-oci-blob.sif": (
+        {},
+        [edit.ObjectInput(c.DataType.OCI_BLOB, _inp("oci-config.json"))],
+    ),
     "one-group.sif": (
         {},
         [
