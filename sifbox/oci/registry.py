@@ -20,6 +20,7 @@ import socket
 import ssl
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -245,7 +246,7 @@ class RegistryClient:
             ) from err
         return _Response(resp.status, resp.headers, conn, resp)
 
-    def _base(self) -> str:
+    def base_url(self) -> str:
         """https://HOST, or http://HOST for an insecure registry (`--nohttps`, registries.conf
         `insecure = true`, or on the loopback) that does not answer over TLS."""
         if self._scheme is None:
@@ -300,7 +301,7 @@ class RegistryClient:
     def _request_once(
         self, method: str, path: str, headers: dict[str, str], ok: tuple[int, ...]
     ) -> _Response:
-        url = path if "://" in path else self._base() + path
+        url = path if "://" in path else self.base_url() + path
         authenticated = False  # one (re)authentication per request: tokens expire
         for _ in range(8):
             send = dict(headers)
@@ -583,66 +584,146 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
-class _ProgressWriter:
-    """A BlobWriter that also draws a progress bar on the terminal."""
+#: Layers downloaded at the same time (Docker's default too).
+PARALLEL_DOWNLOADS = 3
 
-    def __init__(self, writer: BlobWriter, label: str, total: int):
-        self.writer = writer
-        self.label = label
+
+class _Stopped(Exception):
+    """Another download of the same pull failed: give up this one."""
+
+
+class _Progress:
+    """Bytes of all the blobs one pull downloads, drawn as one bar on a terminal."""
+
+    def __init__(self, total: int, count: int, draw: bool):
         self.total = max(total, 1)
+        self.count = count
+        self.done = 0
         self.last = 0.0
+        self.enabled = draw
+        self.lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.done += n
+            now = time.monotonic()
+            if self.enabled and (now - self.last >= 0.1 or self.done >= self.total):
+                self.last = now
+                self.draw()
+
+    def draw(self, end: str = "") -> None:
+        done = max(0, min(self.done, self.total))
+        width = 30
+        filled = width * done // self.total
+        bar = ("=" * filled + ">" + " " * width)[:width]
+        blobs = f"{self.count} blob" + ("s" if self.count != 1 else "")
+        sys.stderr.write(
+            f"\rCopying {blobs} [{bar}] {_mib(done)} / {_mib(self.total)} "
+            f"{100 * done // self.total:3d}%{end}"
+        )
+        sys.stderr.flush()
+
+
+class _TrackedWriter:
+    """A BlobWriter that reports progress and stops when the pull is given up."""
+
+    def __init__(self, writer: BlobWriter, progress: _Progress, stop: threading.Event):
+        self.writer = writer
+        self.progress = progress
+        self.stop = stop
 
     @property
     def size(self) -> int:
         return self.writer.size
 
     def truncate(self) -> None:
+        self.progress.add(-self.writer.size)
         self.writer.truncate()
 
     def write(self, data: bytes) -> None:
+        if self.stop.is_set():
+            raise _Stopped
         self.writer.write(data)
-        now = time.monotonic()
-        if now - self.last >= 0.1 or self.writer.size >= self.total:
-            self.last = now
-            self.draw()
-
-    def draw(self, end: str = "") -> None:
-        done = min(self.writer.size, self.total)
-        width = 30
-        filled = width * done // self.total
-        bar = "=" * filled + (">" if filled < width else "") + " " * (width - filled - 1)
-        sys.stderr.write(
-            f"\r{self.label} [{bar[:width]}] {_mib(done)} / {_mib(self.total)} "
-            f"{100 * done // self.total:3d}%{end}"
-        )
-        sys.stderr.flush()
+        self.progress.add(len(data))
 
 
-def _ensure_blob(client: RegistryClient, cache: Cache, digest: str, size: int, label: str) -> Path:
+def _ensure_blob(
+    client: RegistryClient,
+    cache: Cache,
+    blob: tuple[str, int, str],
+    progress: _Progress,
+    stop: threading.Event,
+) -> Path:
+    digest, size, label = blob
     found = cache.has_blob(digest, size)
     if found:
         return found
     short = digest.split(":", 1)[1][:12]
-    with cache.blob_lock(digest, blocking=False) as got:
-        if not got:
+    waited = False
+    while True:  # wait for another pull of this blob, but not past a failure of ours
+        with cache.blob_lock(digest, blocking=False) as got:
+            if got:
+                found = cache.has_blob(digest, size)
+                if found:
+                    progress.add(size)
+                    return found
+                if not progress.enabled:
+                    _log(f"Copying {label} {short}")
+                with cache.blob_writer(digest) as writer:
+                    tracked = _TrackedWriter(writer, progress, stop)
+                    client.download_blob(digest, size, tracked)  # type: ignore[arg-type]
+                    return writer.commit()
+        if stop.is_set():
+            raise _Stopped
+        if not waited:
             _log(f"Waiting for another pull of {label} {short}")
-    with cache.blob_lock(digest):
-        found = cache.has_blob(digest, size)
-        if found:
-            return found
-        text = f"Copying {label} {short}"
-        with cache.blob_writer(digest) as writer:
-            if _show_bar():
-                bar = _ProgressWriter(writer, text, size)
-                bar.draw()
-                try:
-                    client.download_blob(digest, size, bar)  # type: ignore[arg-type]
-                finally:
-                    bar.draw("\n")
-            else:
-                _log(text)
-                client.download_blob(digest, size, writer)
-            return writer.commit()
+            waited = True
+        time.sleep(0.1)
+
+
+def _download_all(client: RegistryClient, cache: Cache, blobs: list[tuple[str, int, str]]) -> None:
+    """Every blob of `blobs` (digest, size, label) into the cache, a few at a time; the
+    first failure stops the others and is raised."""
+    missing = [b for b in dict.fromkeys(blobs) if not cache.has_blob(b[0], b[1])]
+    if not missing:
+        return
+    progress = _Progress(sum(b[1] for b in missing), len(missing), _show_bar())
+    stop = threading.Event()
+    if progress.enabled:
+        progress.draw()
+    try:
+        if len(missing) == 1:
+            _ensure_blob(client, cache, missing[0], progress, stop)
+        else:
+            _parallel(client, cache, missing, progress, stop)
+    finally:
+        if progress.enabled:
+            progress.draw("\n")
+
+
+def _parallel(
+    client: RegistryClient,
+    cache: Cache,
+    missing: list[tuple[str, int, str]],
+    progress: _Progress,
+    stop: threading.Event,
+) -> None:
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    client.base_url()  # settle the scheme before the threads start
+    pool = ThreadPoolExecutor(max_workers=min(PARALLEL_DOWNLOADS, len(missing)))
+    try:
+        futures = [pool.submit(_ensure_blob, client, cache, b, progress, stop) for b in missing]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        for future in futures:
+            err = future.exception() if future.done() else None
+            if err is not None and not isinstance(err, _Stopped):
+                raise err
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _get_manifest(
@@ -776,8 +857,7 @@ def _fetch(client: RegistryClient, cache: Cache, image: ImageRef, wanted: Platfo
     layers = manifest.get("layers")
     if not isinstance(layers, list):
         raise RegistryError(f"can't read {what}: no layer list")
-    _ensure_blob(client, cache, config_digest, config_size, "config")
-    blobs = [digest, config_digest]
+    wanted_blobs = [(config_digest, config_size, "config")]
     for layer in layers:
         layer_digest, layer_size, _ = _descriptor(layer, what)
         if isinstance(layer, dict) and layer.get("urls"):
@@ -785,8 +865,9 @@ def _fetch(client: RegistryClient, cache: Cache, image: ImageRef, wanted: Platfo
                 f"can't pull `{image}`: layer `{layer_digest}` is a foreign layer (it lives at "
                 f"{layer['urls'][0]}), which sifbox doesn't download"
             )
-        _ensure_blob(client, cache, layer_digest, layer_size, "blob")
-        blobs.append(layer_digest)
+        wanted_blobs.append((layer_digest, layer_size, "blob"))
+    _download_all(client, cache, wanted_blobs)
+    blobs = [digest, *(b[0] for b in wanted_blobs)]
     descriptor: dict[str, object] = {"mediaType": media, "digest": digest, "size": len(body)}
     if platform_info:
         descriptor["platform"] = platform_info
