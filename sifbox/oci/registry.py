@@ -6,8 +6,11 @@ Everything is verified while it streams: every blob's size and digest, every man
 digest (also when fetched by tag, against `Docker-Content-Digest`). Nothing unverified reaches
 the cache (see `sifbox.oci.cache`). Authentication: anonymous, Basic, or Bearer tokens from
 the realm a `WWW-Authenticate` challenge names (Docker's token protocol), with credentials
-from `sifbox.oci.auth`. HTTPS always, except plain HTTP for `--nohttps`
-(`SIFBOX_NOHTTPS`) and for a loopback registry that does not speak TLS.
+from `sifbox.oci.auth`. HTTPS always, except for insecure registries (`--nohttps`/
+`SIFBOX_NOHTTPS`, `insecure = true` in registries.conf, the loopback): TLS without
+verification, else plain HTTP, as containers/image does. Transient failures (refused or
+dropped connections, 408/429/5xx) are retried; a dropped blob download resumes with a Range
+request. Proxies and certificates: `sifbox.oci.netconf`; the downloads: `sifbox.oci.download`.
 """
 
 from __future__ import annotations
@@ -18,17 +21,16 @@ import json
 import os
 import socket
 import ssl
-import sys
 import tempfile
-import threading
 import time
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sifbox.oci.auth import Credentials, parse_challenge, resolve_credentials
 from sifbox.oci.cache import BlobWriter, Cache, CacheError, split_digest
+from sifbox.oci.download import download_all
+from sifbox.oci.netconf import env_flag, insecure_by_config, is_loopback, proxy_for, tls_context
 from sifbox.oci.reference import (
     ImageRef,
     Platform,
@@ -58,7 +60,6 @@ CHUNK = 1 << 20
 USER_AGENT = "sifbox"
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _CORRUPT_HINT = "the registry's copy is corrupt or was altered on the way; nothing of it was stored"
-_LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 
 class RegistryError(SifboxError):
@@ -88,100 +89,6 @@ class _Response:
         self.conn.close()
 
 
-def _is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
-    return name in _LOOPBACK or name.startswith("127.")
-
-
-def _proxy_for(scheme: str, netloc: str) -> str | None:
-    """host:port of the proxy for `scheme://netloc` (HTTPS_PROXY, HTTP_PROXY, NO_PROXY)."""
-    host = netloc.rsplit(":", 1)[0] if not netloc.startswith("[") else netloc
-    proxies = urllib.request.getproxies_environment()
-    proxy = proxies.get(scheme)
-    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
-    if not proxy or bypass(host, proxies) or _is_loopback(netloc):
-        return None
-    parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-    return parts.netloc.rsplit("@", 1)[-1] or None
-
-
-def _tls_context(netloc: str, *, verify: bool = True) -> ssl.SSLContext:
-    """The system's trust store (SSL_CERT_FILE/SSL_CERT_DIR honoured), plus the per-registry
-    CAs of /etc/containers/certs.d/HOST[:PORT]/*.crt and /etc/docker/certs.d (as Podman and
-    Docker read them), and a client certificate/key pair found there. Without `verify` (an
-    insecure registry), any certificate is accepted."""
-    ctx = ssl.create_default_context()
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    for base in ("/etc/containers/certs.d", "/etc/docker/certs.d"):
-        directory = Path(base) / netloc
-        try:
-            names = sorted(os.listdir(directory))
-        except OSError:
-            continue
-        for name in names:
-            path = directory / name
-            try:
-                if name.endswith(".crt"):
-                    ctx.load_verify_locations(cafile=str(path))
-                elif name.endswith(".cert") and f"{name[:-5]}.key" in names:
-                    ctx.load_cert_chain(str(path), str(directory / f"{name[:-5]}.key"))
-            except (OSError, ssl.SSLError) as err:
-                raise RegistryError(f"can't load certificate `{path}`: {err}") from err
-    return ctx
-
-
-def _registries_conf_files() -> list[Path]:
-    """containers-registries.conf(5): the user's file replaces the system one; drop-ins add."""
-    config_home = Path(
-        os.environ.get("XDG_CONFIG_HOME") or Path(os.environ.get("HOME", "/")) / ".config"
-    )
-    user = config_home / "containers" / "registries.conf"
-    main = user if user.is_file() else Path("/etc/containers/registries.conf")
-    files = [main]
-    for d in (
-        Path("/etc/containers/registries.conf.d"),
-        config_home / "containers/registries.conf.d",
-    ):
-        try:
-            files += sorted(d / n for n in os.listdir(d) if n.endswith(".conf"))
-        except OSError:
-            pass
-    return files
-
-
-def _insecure_by_config(host: str) -> bool:
-    """Is `host` marked `insecure = true` in registries.conf (v2 `[[registry]]` tables, or the
-    v1 `[registries.insecure] registries = [...]` list)?"""
-    import tomllib
-
-    for path in _registries_conf_files():
-        try:
-            with open(path, "rb") as f:
-                conf = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError):
-            continue
-        for entry in conf.get("registry") or []:
-            if not isinstance(entry, dict) or not entry.get("insecure"):
-                continue
-            location = str(entry.get("location") or entry.get("prefix") or "")
-            if location.split("/", 1)[0] == host:
-                return True
-        v1 = (conf.get("registries") or {}).get("insecure") or {}
-        if isinstance(v1, dict) and host in (v1.get("registries") or []):
-            return True
-    return False
-
-
-def _env_flag(name: str) -> bool:
-    for prefix in ("SIFBOX_", "APPTAINER_", "SINGULARITY_"):
-        value = os.environ.get(prefix + name)
-        if value is not None:
-            return value.lower() in ("1", "yes", "true", "on")
-    return False
-
-
 @dataclass
 class RegistryClient:
     """Talks to one repository of one registry."""
@@ -208,9 +115,9 @@ class RegistryClient:
     def _connect(self, scheme: str, netloc: str) -> tuple[http.client.HTTPConnection, bool]:
         """A connection for `scheme://netloc`, through HTTP(S)_PROXY unless NO_PROXY says
         otherwise; True when requests must name the absolute URL (plain HTTP via a proxy)."""
-        proxy = _proxy_for(scheme, netloc)
+        proxy = proxy_for(scheme, netloc)
         if scheme == "https":
-            ctx = _tls_context(netloc, verify=self._verify)
+            ctx = tls_context(netloc, verify=self._verify)
             if proxy:
                 conn = http.client.HTTPSConnection(proxy, timeout=self.timeout, context=ctx)
                 host, _, port = (
@@ -251,7 +158,7 @@ class RegistryClient:
         `insecure = true`, or on the loopback) that does not answer over TLS."""
         if self._scheme is None:
             self._scheme = "https"
-            if self.insecure or _is_loopback(self.host) or _insecure_by_config(self.host):
+            if self.insecure or is_loopback(self.host) or insecure_by_config(self.host):
                 self._verify = False
                 try:
                     self._once("GET", f"https://{self.host}/v2/", {}).close()
@@ -572,160 +479,6 @@ def _log(msg: str) -> None:
     log.info(msg)
 
 
-def _show_bar() -> bool:
-    try:
-        level = int(os.environ.get("SIFBOX_MESSAGELEVEL", "20"))
-    except ValueError:
-        level = 20
-    return level <= 20 and sys.stderr.isatty()
-
-
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
-
-
-#: Layers downloaded at the same time (Docker's default too).
-PARALLEL_DOWNLOADS = 3
-
-
-class _Stopped(Exception):
-    """Another download of the same pull failed: give up this one."""
-
-
-class _Progress:
-    """Bytes of all the blobs one pull downloads, drawn as one bar on a terminal."""
-
-    def __init__(self, total: int, count: int, draw: bool):
-        self.total = max(total, 1)
-        self.count = count
-        self.done = 0
-        self.last = 0.0
-        self.enabled = draw
-        self.lock = threading.Lock()
-
-    def add(self, n: int) -> None:
-        with self.lock:
-            self.done += n
-            now = time.monotonic()
-            if self.enabled and (now - self.last >= 0.1 or self.done >= self.total):
-                self.last = now
-                self.draw()
-
-    def draw(self, end: str = "") -> None:
-        done = max(0, min(self.done, self.total))
-        width = 30
-        filled = width * done // self.total
-        bar = ("=" * filled + ">" + " " * width)[:width]
-        blobs = f"{self.count} blob" + ("s" if self.count != 1 else "")
-        sys.stderr.write(
-            f"\rCopying {blobs} [{bar}] {_mib(done)} / {_mib(self.total)} "
-            f"{100 * done // self.total:3d}%{end}"
-        )
-        sys.stderr.flush()
-
-
-class _TrackedWriter:
-    """A BlobWriter that reports progress and stops when the pull is given up."""
-
-    def __init__(self, writer: BlobWriter, progress: _Progress, stop: threading.Event):
-        self.writer = writer
-        self.progress = progress
-        self.stop = stop
-
-    @property
-    def size(self) -> int:
-        return self.writer.size
-
-    def truncate(self) -> None:
-        self.progress.add(-self.writer.size)
-        self.writer.truncate()
-
-    def write(self, data: bytes) -> None:
-        if self.stop.is_set():
-            raise _Stopped
-        self.writer.write(data)
-        self.progress.add(len(data))
-
-
-def _ensure_blob(
-    client: RegistryClient,
-    cache: Cache,
-    blob: tuple[str, int, str],
-    progress: _Progress,
-    stop: threading.Event,
-) -> Path:
-    digest, size, label = blob
-    found = cache.has_blob(digest, size)
-    if found:
-        return found
-    short = digest.split(":", 1)[1][:12]
-    waited = False
-    while True:  # wait for another pull of this blob, but not past a failure of ours
-        with cache.blob_lock(digest, blocking=False) as got:
-            if got:
-                found = cache.has_blob(digest, size)
-                if found:
-                    progress.add(size)
-                    return found
-                if not progress.enabled:
-                    _log(f"Copying {label} {short}")
-                with cache.blob_writer(digest) as writer:
-                    tracked = _TrackedWriter(writer, progress, stop)
-                    client.download_blob(digest, size, tracked)  # type: ignore[arg-type]
-                    return writer.commit()
-        if stop.is_set():
-            raise _Stopped
-        if not waited:
-            _log(f"Waiting for another pull of {label} {short}")
-            waited = True
-        time.sleep(0.1)
-
-
-def _download_all(client: RegistryClient, cache: Cache, blobs: list[tuple[str, int, str]]) -> None:
-    """Every blob of `blobs` (digest, size, label) into the cache, a few at a time; the
-    first failure stops the others and is raised."""
-    missing = [b for b in dict.fromkeys(blobs) if not cache.has_blob(b[0], b[1])]
-    if not missing:
-        return
-    progress = _Progress(sum(b[1] for b in missing), len(missing), _show_bar())
-    stop = threading.Event()
-    if progress.enabled:
-        progress.draw()
-    try:
-        if len(missing) == 1:
-            _ensure_blob(client, cache, missing[0], progress, stop)
-        else:
-            _parallel(client, cache, missing, progress, stop)
-    finally:
-        if progress.enabled:
-            progress.draw("\n")
-
-
-def _parallel(
-    client: RegistryClient,
-    cache: Cache,
-    missing: list[tuple[str, int, str]],
-    progress: _Progress,
-    stop: threading.Event,
-) -> None:
-    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-
-    client.base_url()  # settle the scheme before the threads start
-    pool = ThreadPoolExecutor(max_workers=min(PARALLEL_DOWNLOADS, len(missing)))
-    try:
-        futures = [pool.submit(_ensure_blob, client, cache, b, progress, stop) for b in missing]
-        wait(futures, return_when=FIRST_EXCEPTION)
-        for future in futures:
-            err = future.exception() if future.done() else None
-            if err is not None and not isinstance(err, _Stopped):
-                raise err
-    except BaseException:
-        stop.set()
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _get_manifest(
     client: RegistryClient, cache: Cache, digest: str, pending: dict[str, bytes]
 ) -> bytes:
@@ -795,7 +548,7 @@ def fetch_image(
     except ReferenceError as err:
         raise UsageError(f"can't pull `docker://{ref}`: {err}") from None
     if insecure is None:
-        insecure = _env_flag("NOHTTPS") or _env_flag("NO_HTTPS")
+        insecure = env_flag("NOHTTPS") or env_flag("NO_HTTPS")
     creds = resolve_credentials(
         image.registry, image.repository, explicit=credentials, authfile=authfile
     )
@@ -866,7 +619,7 @@ def _fetch(client: RegistryClient, cache: Cache, image: ImageRef, wanted: Platfo
                 f"{layer['urls'][0]}), which sifbox doesn't download"
             )
         wanted_blobs.append((layer_digest, layer_size, "blob"))
-    _download_all(client, cache, wanted_blobs)
+    download_all(client, cache, wanted_blobs)
     blobs = [digest, *(b[0] for b in wanted_blobs)]
     descriptor: dict[str, object] = {"mediaType": media, "digest": digest, "size": len(body)}
     if platform_info:

@@ -144,17 +144,19 @@ def fetch(run_as, sifbox_cli: str, shared_tmp: Path, env_for):  # type: ignore[n
         # Paths go through the environment: other test suites on this machine kill leftover
         # processes whose command line names a shared_tmp directory.
         argv = [python, "-c", DRIVER, ref, platform, "1" if disable else "0"]
+        assert "/tmp/" not in " ".join(argv)
         if not wait:
             if not who.is_root:
                 argv = ["runuser", "-u", who.name, "--", *argv]
             return subprocess.Popen(
                 argv,
+                cwd="/",
                 env=env_for(who, **env),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
             )
-        return run_as(who, argv, env=env_for(who, **env))
+        return run_as(who, argv, env=env_for(who, **env), cwd="/")  # the installed sifbox
 
     return run
 
@@ -588,7 +590,7 @@ def test_cache_list_and_clean(
     store = run_as(as_who, [str(Path(sifbox_cli).parent / "python"), "-c",
                             "import os, sys; from sifbox.oci.cache import Cache; "
                             "print(Cache.default().store_sif(sys.argv[1], os.environ['SIF']))",
-                            image.manifest_digest], env={**env, "SIF": str(sif)})  # fmt: skip
+                            image.manifest_digest], env={**env, "SIF": str(sif)}, cwd="/")  # fmt: skip
     assert store.returncode == 0, store.stderr
     n_blobs = len(image.blobs)
     blob_bytes = sum(len(b) for b in image.blobs.values())

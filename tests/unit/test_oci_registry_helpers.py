@@ -9,7 +9,7 @@ import pytest
 
 from sifbox.cli.commands.cache import human_size, parse_types
 from sifbox.cli.main import main
-from sifbox.oci import registry
+from sifbox.oci import netconf, registry
 from sifbox.util.errors import UsageError
 
 
@@ -46,21 +46,21 @@ def test_media_type(body: dict[str, object], content_type: str, expected: str) -
     ],
 )
 def test_is_loopback(host: str, loopback: bool) -> None:
-    assert registry._is_loopback(host) is loopback
+    assert netconf.is_loopback(host) is loopback
 
 
 def test_proxy_for(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
         monkeypatch.delenv(var, raising=False)
-    assert registry._proxy_for("https", "reg.example.org") is None
+    assert netconf.proxy_for("https", "reg.example.org") is None
     monkeypatch.setenv("https_proxy", "http://user:pw@proxy.site:3128/")
     monkeypatch.setenv("http_proxy", "proxy.site:8080")
     monkeypatch.setenv("no_proxy", "internal.site,.lan")
-    assert registry._proxy_for("https", "reg.example.org") == "proxy.site:3128"
-    assert registry._proxy_for("http", "reg.example.org:5000") == "proxy.site:8080"
-    assert registry._proxy_for("https", "internal.site") is None
-    assert registry._proxy_for("https", "box.lan:5000") is None
-    assert registry._proxy_for("https", "127.0.0.1:5000") is None
+    assert netconf.proxy_for("https", "reg.example.org") == "proxy.site:3128"
+    assert netconf.proxy_for("http", "reg.example.org:5000") == "proxy.site:8080"
+    assert netconf.proxy_for("https", "internal.site") is None
+    assert netconf.proxy_for("https", "box.lan:5000") is None
+    assert netconf.proxy_for("https", "127.0.0.1:5000") is None
 
 
 def test_registry_error_body() -> None:
