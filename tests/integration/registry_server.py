@@ -46,9 +46,9 @@ def need(*tools: str) -> None:
             )
 
 
-def free_port() -> int:
+def free_port(address: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((address, 0))
         return int(s.getsockname()[1])
 
 
@@ -152,10 +152,17 @@ class RegistryServer:
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     token: _TokenServer | None = None
+    #: serve HTTPS on this address (a certificate for it is made, `ca` is its file)
+    tls_address: str | None = None
+    ca: Path | None = None
+
+    @property
+    def address(self) -> str:
+        return self.tls_address or "127.0.0.1"
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.address}:{self.port}"
 
     @property
     def storage(self) -> Path:
@@ -186,13 +193,25 @@ class RegistryServer:
                 f"auth:\n  token:\n    realm: {self.token.realm}\n    service: {SERVICE}\n"
                 f"    issuer: {ISSUER}\n    rootcertbundle: {self.token.cert}\n"
             )
+        tls = ""
+        if self.tls_address:
+            need("openssl")
+            self.ca = self.workdir / "tls.crt"
+            key = self.workdir / "tls.key"
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                 "-out", self.ca, "-days", "2", "-subj", "/CN=sifbox-test-registry",
+                 "-addext", f"subjectAltName=IP:{self.tls_address}"],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            tls = f"  tls:\n    certificate: {self.ca}\n    key: {key}\n"
         for _attempt in range(5):
-            self.port = free_port()
+            self.port = free_port(self.address)
             config = self.workdir / "config.yml"
             config.write_text(
                 "version: 0.1\nlog:\n  level: info\n  formatter: text\n"
                 f"storage:\n  filesystem:\n    rootdirectory: {self.storage}\n  delete:\n    enabled: true\n"
-                f"http:\n  addr: 127.0.0.1:{self.port}\n{auth}"
+                f"http:\n  addr: {self.host}\n{tls}{auth}"
             )
             logf = open(self.log, "ab")
             self.proc = subprocess.Popen(
@@ -214,7 +233,15 @@ class RegistryServer:
             if self.proc is not None and self.proc.poll() is not None:
                 return False
             try:
-                urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1).close()
+                if self.tls_address:
+                    import ssl
+
+                    ctx = ssl.create_default_context(cafile=str(self.ca))
+                    urllib.request.urlopen(
+                        f"https://{self.host}/v2/", timeout=1, context=ctx
+                    ).close()
+                else:
+                    urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1).close()
                 return True
             except urllib.error.HTTPError as err:
                 if err.code == 401:

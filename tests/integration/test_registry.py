@@ -401,6 +401,44 @@ def test_auth(registries: Registries, fetch, as_who: User, shared_tmp: Path, kin
     _ok(fetch(as_who, ref))
 
 
+def _host_address() -> str | None:
+    """This machine's first non-loopback IPv4 address, if any."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # no packet is sent
+            address = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if address.startswith("127.") else str(address)
+
+
+def test_tls_registry(registries: Registries, fetch, as_who: User, shared_tmp: Path) -> None:  # type: ignore[no-untyped-def]
+    """HTTPS with certificate verification for a registry that is not on the loopback: the CA
+    must be trusted (SSL_CERT_FILE here; /etc/containers/certs.d/HOST/ works the same way), and
+    --nohttps accepts any certificate."""
+    address = _host_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to serve TLS on")
+    with RegistryServer(registries.work / f"reg-tls-{as_who.name}", tls_address=address) as reg:
+        push_layout(registries.work / "single", "1", f"{reg.host}/test/busybox:1")
+        ref = f"{reg.host}/test/busybox:1"
+        _fails(fetch(as_who, ref), 255, f"can't talk to registry `{reg.host}`: TLS error")
+        assert _cache_blobs(shared_tmp / "cache") == []
+        ca = shared_tmp / "ca.crt"
+        assert reg.ca is not None
+        shutil.copy(reg.ca, ca)
+        ca.chmod(0o644)
+        layout = _ok(fetch(as_who, ref, SSL_CERT_FILE=str(ca)))
+        _check_layout(layout, registries.single["amd64"], shared_tmp / "cache")
+        shutil.rmtree(shared_tmp / "cache")
+        layout = _ok(fetch(as_who, ref, SIFBOX_NOHTTPS="1"))
+        _check_layout(layout, registries.single["amd64"], shared_tmp / "cache")
+    gets = [line for line in reg.log.read_text().splitlines() if "/manifests/1" in line]
+    assert gets  # it was the TLS registry that answered
+
+
 def test_anonymous_token(registries: Registries, fetch, as_who: User, shared_tmp: Path) -> None:  # type: ignore[no-untyped-def]
     """A public repository behind token auth: an anonymous token is enough (Docker Hub's way)."""
     reg = registries.token
