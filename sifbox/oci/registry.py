@@ -342,6 +342,22 @@ class RegistryClient:
         media_type = _media_type(body, resp.headers.get("Content-Type", ""))
         return body, media_type, digest
 
+    def head_manifest(self, reference: str) -> str | None:
+        """The digest the registry gives for manifest `reference` (HEAD), or None if it gives
+        none or answers with an error (the GET that follows reports it, with its body)."""
+        path = f"/v2/{self.ref.repository}/manifests/{reference}"
+        try:
+            resp = self.request("HEAD", path, {"Accept": ACCEPT})
+        except _HTTPError:
+            return None
+        resp.close()
+        digest = resp.headers.get("Docker-Content-Digest")
+        try:
+            split_digest(digest or "")
+        except CacheError:
+            return None
+        return digest
+
     def _not_found(self, err: _HTTPError, what: str, reference: str) -> RegistryError:
         code, message = err.registry_error()
         if err.status == 404 or code in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN"):
@@ -581,8 +597,16 @@ def _fetch(client: RegistryClient, cache: Cache, image: ImageRef, wanted: Platfo
         media = _media_type(body, "")
     else:
         _log(f"Fetching manifest of {image}")
-        body, media, digest = client.get_manifest(image.reference)
-        pending[digest] = body
+        # HEAD first: a tag whose manifest is cached costs no GET (Docker Hub counts GETs
+        # against its pull limit, HEADs not)
+        known = client.head_manifest(image.reference)
+        cached = cache.has_blob(known) if known else None
+        body = cached.read_bytes() if cached else b""
+        if cached and "sha256:" + hashlib.sha256(body).hexdigest() == known:
+            digest, media = str(known), _media_type(body, "")
+        else:
+            body, media, digest = client.get_manifest(image.reference)
+            pending[digest] = body
     if media in DOCKER_SCHEMA1:
         raise RegistryError(
             f"can't pull `{image}`: it has an old Docker schema 1 manifest, which sifbox doesn't read",

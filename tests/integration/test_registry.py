@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -234,6 +235,20 @@ def test_fetch_by_tag_and_digest(
     assert unpack.returncode == 0, unpack.stderr
     assert (bundle / "rootfs/etc/marker").read_text() == "image-amd64\n"
     assert os.access(bundle / "rootfs/bin/busybox", os.X_OK)
+
+    # the same tag again: a HEAD tells the digest, the manifest comes from the cache
+    def manifest_requests(method: str) -> int:
+        needle = f"http.request.method={method} "
+        return sum(
+            1
+            for line in reg.log.read_text().splitlines()
+            if needle in line and "response completed" in line
+            and re.search(r'uri="?/v2/test/busybox/manifests/1[" ]', line)
+        )  # fmt: skip
+
+    gets, heads = manifest_requests("GET"), manifest_requests("HEAD")
+    assert _ok(fetch(as_who, f"{reg.host}/test/busybox:1")) == layout
+    assert (manifest_requests("GET"), manifest_requests("HEAD")) == (gets, heads + 1)
 
     before = reg.blob_gets()
     pinned = _ok(fetch(as_who, f"{reg.host}/test/busybox@{image.manifest_digest}"))
