@@ -25,18 +25,14 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_inspect_labels_runscript_json(
-    run_as, as_who, sifbox_cli, action_images: ActionImages, kind: str
-) -> None:
+def test_inspect_labels_runscript_json(run_as, as_who, sifbox_cli, action_images: ActionImages, kind: str) -> None:
     image = str(action_images.kind(kind))
     labels = run_as(as_who, [sifbox_cli, "inspect", image])
     assert labels.returncode == 0, labels.stderr
     assert labels.stdout == "".join(f"{k}: {LABELS[k]}\n" for k in sorted(LABELS))
     script = run_as(as_who, [sifbox_cli, "inspect", "--runscript", image])
     assert script.stdout == RUNSCRIPT
-    data = json.loads(
-        run_as(as_who, [sifbox_cli, "inspect", "--json", "-l", "-r", "-e", image]).stdout
-    )
+    data = json.loads(run_as(as_who, [sifbox_cli, "inspect", "--json", "-l", "-r", "-e", image]).stdout)
     attrs = data["data"]["attributes"]
     assert data["type"] == "container"
     assert attrs["runscript"] == RUNSCRIPT.rstrip("\n")
@@ -49,9 +45,7 @@ def test_run_help_without_help(run_as, as_who, sifbox_cli, action_images: Action
     assert (proc.returncode, proc.stdout) == (0, "No help sections were defined for this image\n")
 
 
-def test_squashfuse_missing_is_a_clear_error(
-    test_user, sifbox_cli, action_images: ActionImages
-) -> None:
+def test_squashfuse_missing_is_a_clear_error(test_user, sifbox_cli, action_images: ActionImages) -> None:
     env = env_for(test_user) | {"PATH": "/nonexistent"}
     proc = images.run_direct(test_user, [sifbox_cli, "exec", str(action_images.sif), "/bin/true"], env=env,
                              timeout=LAUNCH_TIMEOUT)  # fmt: skip
@@ -77,9 +71,7 @@ def test_no_host_descriptor_leaks_in(as_who, sifbox_cli, action_images: ActionIm
 def test_sixteen_concurrent_launches(as_who, sifbox_cli, action_images: ActionImages) -> None:
     """Launches racing for loop devices (root) and FUSE mounts (user) all succeed."""
     procs = [
-        images.popen_as(
-            as_who, [sifbox_cli, "exec", str(action_images.sif), "cat", "/data/hello.txt"]
-        )
+        images.popen_as(as_who, [sifbox_cli, "exec", str(action_images.sif), "cat", "/data/hello.txt"])
         for _ in range(16)
     ]
     results = [p.communicate(timeout=120) for p in procs]

@@ -56,9 +56,7 @@ def test_ipc_namespace(sb, action_images: ActionImages) -> None:
     assert outside.stdout.strip() == os.readlink("/proc/self/ns/ipc")
 
 
-def test_containall_forwards_signals_to_the_payload(
-    as_who, sifbox_cli, action_images: ActionImages
-) -> None:
+def test_containall_forwards_signals_to_the_payload(as_who, sifbox_cli, action_images: ActionImages) -> None:
     script = 'trap "echo got TERM; exit 9" TERM; echo ready; while :; do sleep 0.1; done'
     p = popen_as(as_who, [sifbox_cli, "exec", "-C", str(action_images.sif), "sh", "-c", script],
                  cwd=str(action_images.root))  # fmt: skip

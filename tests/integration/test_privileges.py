@@ -18,33 +18,25 @@ def _caps(run_as, who, sifbox_cli, image, *opts):  # type: ignore[no-untyped-def
                   env=env_for(who), timeout=LAUNCH_TIMEOUT)  # fmt: skip
 
 
-def test_payload_has_no_capabilities_by_default(
-    run_as, as_who, sifbox_cli, action_images: ActionImages
-) -> None:
+def test_payload_has_no_capabilities_by_default(run_as, as_who, sifbox_cli, action_images: ActionImages) -> None:
     proc = _caps(run_as, as_who, sifbox_cli, action_images.sif)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["CapEff:", "0000000000000000"]
 
 
 def test_root_can_keep_named_capabilities(run_as, sifbox_cli, action_images: ActionImages) -> None:
-    proc = _caps(
-        run_as, user_named("root"), sifbox_cli, action_images.sif, "--add-caps", "CAP_NET_RAW,chown"
-    )
+    proc = _caps(run_as, user_named("root"), sifbox_cli, action_images.sif, "--add-caps", "CAP_NET_RAW,chown")
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout.split()[1], 16) == (1 << 13) | (1 << 0)
 
 
-def test_users_cannot_keep_capabilities(
-    run_as, test_user, sifbox_cli, action_images: ActionImages
-) -> None:
+def test_users_cannot_keep_capabilities(run_as, test_user, sifbox_cli, action_images: ActionImages) -> None:
     proc = _caps(run_as, test_user, sifbox_cli, action_images.sif, "--add-caps", "CAP_NET_RAW")
     assert proc.returncode == 125
     assert proc.stderr.startswith("sifbox: error: can't use --add-caps: only root")
 
 
-def test_fakeroot_is_root_inside(
-    run_as, test_user, sifbox_cli, action_images: ActionImages, shared_tmp
-) -> None:
+def test_fakeroot_is_root_inside(run_as, test_user, sifbox_cli, action_images: ActionImages, shared_tmp) -> None:
     proc = run_as(test_user, [sifbox_cli, "exec", "--fakeroot", "-B", f"{shared_tmp}:/out",
                               str(action_images.sif), "sh", "-c", "id -u; touch /out/made"],
                   env=env_for(test_user), timeout=LAUNCH_TIMEOUT)  # fmt: skip
@@ -52,9 +44,7 @@ def test_fakeroot_is_root_inside(
     assert (shared_tmp / "made").stat().st_uid == test_user.uid
 
 
-def test_writable_sandbox_keeps_changes(
-    run_as, as_who, sifbox_cli, shared_tmp, action_images: ActionImages
-) -> None:
+def test_writable_sandbox_keeps_changes(run_as, as_who, sifbox_cli, shared_tmp, action_images: ActionImages) -> None:
     import shutil
     import subprocess
 

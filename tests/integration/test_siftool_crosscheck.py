@@ -24,8 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 IMAGES = REPO.parent / "shared" / "sif-corpus" / "images"
 SIFTOOL = shutil.which("siftool")
 needs_siftool = pytest.mark.skipif(
-    SIFTOOL is None,
-    reason="siftool is not installed (Debian package `siftool`, installed by scripts/test.sh)",
+    SIFTOOL is None, reason="siftool is not installed (Debian package `siftool`, installed by scripts/test.sh)"
 )
 # siftool 2.8.3 predates the OCI data types: it shows them as "Unknown".
 NEWER_TYPES = ("OCI.RootIndex", "OCI.Blob")
@@ -37,11 +36,7 @@ def siftool(*args: str) -> str:
 
 def sifbox(*args: str) -> str:
     return subprocess.run(
-        [sys.executable, "-m", "sifbox", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=REPO,
+        [sys.executable, "-m", "sifbox", *args], capture_output=True, text=True, check=True, cwd=REPO
     ).stdout
 
 
@@ -130,7 +125,5 @@ def test_images_written_by_sifbox_open_in_siftool(tmp_path: Path) -> None:
     assert siftool("header", str(img)) == sifbox("sif", "header", str(img))
     assert siftool("list", str(img)) == as_siftool_283(sifbox("sif", "list", str(img)))
     assert siftool("info", "1", str(img)) == sifbox("sif", "info", "1", str(img))
-    dumped = subprocess.run(
-        [SIFTOOL, "dump", "1", str(img)], capture_output=True, check=True
-    ).stdout  # type: ignore[list-item]
+    dumped = subprocess.run([SIFTOOL, "dump", "1", str(img)], capture_output=True, check=True).stdout  # type: ignore[list-item]
     assert dumped == (IMAGES.parent / "inputs" / "root.squashfs").read_bytes()

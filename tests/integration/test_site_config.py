@@ -18,9 +18,7 @@ def _run(run_as, who, sifbox_cli, conf, image, *argv):  # type: ignore[no-untype
                   env=env_for(who), timeout=LAUNCH_TIMEOUT)  # fmt: skip
 
 
-def test_mount_home_and_dev_and_bind_path(
-    run_as, as_who, sifbox_cli, shared_tmp, action_images: ActionImages
-) -> None:
+def test_mount_home_and_dev_and_bind_path(run_as, as_who, sifbox_cli, shared_tmp, action_images: ActionImages) -> None:
     conf = shared_tmp / "sifbox.conf"
     conf.write_text(
         "mount home = no\nmount dev = minimal\nbind path = /etc/hosts:/etc/hosts-from-conf\n"
@@ -39,9 +37,7 @@ def test_mount_home_and_dev_and_bind_path(
     assert "unknown directive `no such directive`" in proc.stderr
 
 
-def test_disallowed_namespace(
-    run_as, as_who, sifbox_cli, shared_tmp, action_images: ActionImages
-) -> None:
+def test_disallowed_namespace(run_as, as_who, sifbox_cli, shared_tmp, action_images: ActionImages) -> None:
     conf = shared_tmp / "nopid.conf"
     conf.write_text("allow pid ns = no\n")
     conf.chmod(0o644)
@@ -52,9 +48,7 @@ def test_disallowed_namespace(
     assert "allow pid ns = no" in proc.stderr
 
 
-def test_bad_value_is_a_clear_error(
-    run_as, as_who, sifbox_cli, shared_tmp, action_images: ActionImages
-) -> None:
+def test_bad_value_is_a_clear_error(run_as, as_who, sifbox_cli, shared_tmp, action_images: ActionImages) -> None:
     conf = shared_tmp / "bad.conf"
     conf.write_text("mount proc = maybe\n")
     conf.chmod(0o644)
@@ -63,9 +57,7 @@ def test_bad_value_is_a_clear_error(
     assert proc.stderr.startswith(f"sifbox: error: can't read configuration `{conf}`: line 1:")
 
 
-def test_fuse_overlayfs_driver(
-    run_as, as_who, sifbox_cli, shared_tmp, action_images: ActionImages
-) -> None:
+def test_fuse_overlayfs_driver(run_as, as_who, sifbox_cli, shared_tmp, action_images: ActionImages) -> None:
     """`enable overlay = driver`: the writable layer comes from fuse-overlayfs (the fallback
     where the kernel refuses overlayfs in a user namespace)."""
     conf = shared_tmp / "driver.conf"

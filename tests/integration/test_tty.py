@@ -15,9 +15,7 @@ no_leaks = images.no_leaks
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(
-        shutil.which("script") is None, reason="`script` (util-linux) is not installed"
-    ),
+    pytest.mark.skipif(shutil.which("script") is None, reason="`script` (util-linux) is not installed"),
 ]
 
 

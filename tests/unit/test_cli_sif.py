@@ -44,11 +44,7 @@ def run(capsysbinary, *argv: str) -> tuple[int, bytes, bytes]:
 def test_header_and_list(capsysbinary, name: str, sub: str) -> None:
     status, out, err = run(capsysbinary, "sif", sub.lower(), image_of(name))
     folder = CMD / f"Test_command_get{sub}" / name
-    assert (status, out, err) == (
-        0,
-        (folder / "out.golden").read_bytes(),
-        (folder / "err.golden").read_bytes(),
-    )
+    assert (status, out, err) == (0, (folder / "out.golden").read_bytes(), (folder / "err.golden").read_bytes())
 
 
 @pytest.mark.parametrize("name,object_id", [("One", 1), ("Two", 2), ("Three", 3)])
@@ -61,14 +57,8 @@ def test_info(capsysbinary, name: str, object_id: int) -> None:
 
 @pytest.mark.parametrize("name,object_id", [("One", 1), ("Two", 2)])
 def test_dump(capsysbinary, name: str, object_id: int) -> None:
-    status, out, err = run(
-        capsysbinary, "sif", "dump", str(object_id), str(IMAGES / "one-group.sif")
-    )
-    assert (status, out, err) == (
-        0,
-        (CMD / "Test_command_getDump" / name / "out.golden").read_bytes(),
-        b"",
-    )
+    status, out, err = run(capsysbinary, "sif", "dump", str(object_id), str(IMAGES / "one-group.sif"))
+    assert (status, out, err) == (0, (CMD / "Test_command_getDump" / name / "out.golden").read_bytes(), b"")
 
 
 def test_siftool_alias(capsysbinary) -> None:
@@ -90,14 +80,7 @@ def test_new_add_setprim_del(capsysbinary, tmp_path: Path) -> None:
     # siftool's test cases: a partition, a signature, an OCI root index.
     for flags in (
         ["--datatype", "4", "--parttype", "1", "--partfs", "1", "--partarch", "1"],
-        [
-            "--datatype",
-            "5",
-            "--signhash",
-            "1",
-            "--signentity",
-            "433FE984155206BD962725E20E8713472A879943",
-        ],
+        ["--datatype", "5", "--signhash", "1", "--signentity", "433FE984155206BD962725E20E8713472A879943"],
         ["--datatype", "10"],
     ):
         assert run(capsysbinary, "sif", "add", image, str(INPUT), *flags) == (0, b"", b"")
@@ -124,36 +107,10 @@ def test_add_options(capsysbinary, tmp_path: Path) -> None:
     image = str(tmp_path / "opts.sif")
     run(capsysbinary, "sif", "new", "--deterministic", image)
     sbom = str(INPUTS / "sbom.cdx.json")
-    assert (
-        run(
-            capsysbinary,
-            "sif",
-            "add",
-            image,
-            sbom,
-            "--datatype",
-            "9",
-            "--sbomformat",
-            "cyclonedx-json",
-            "--groupid",
-            "2",
-            "--link",
-            "7",
-            "--alignment",
-            "16",
-            "--filename",
-            "sbom.json",
-        )[0]
-        == 0
-    )
+    assert run(capsysbinary, "sif", "add", image, sbom, "--datatype", "9", "--sbomformat", "cyclonedx-json",
+               "--groupid", "2", "--link", "7", "--alignment", "16", "--filename", "sbom.json")[0] == 0
     d = SifImage.from_bytes(Path(image).read_bytes()).get(1)
-    assert (d.group_id, d.linked_id, d.offset % 16, d.name, d.sbom_format()) == (
-        2,
-        (7, False),
-        0,
-        "sbom.json",
-        1,
-    )
+    assert (d.group_id, d.linked_id, d.offset % 16, d.name, d.sbom_format()) == (2, (7, False), 0, "sbom.json", 1)
     assert d.created_at == c.ZERO_TIME  # a deterministic image stays deterministic
 
 
@@ -185,118 +142,25 @@ def _copy(tmp_path: Path, name: str = "one-group.sif") -> Path:
     [
         (["sif", "list", "{missing}"], 255, "can't list `{missing}`: no such file"),
         (["sif", "list", "{dir}"], 255, "can't list `{dir}`: is a directory, not a SIF image"),
-        (
-            ["sif", "header", "{notsif}"],
-            255,
-            "can't read the header of `{notsif}`: not a SIF image: the SIF magic is missing",
-        ),
-        (
-            ["sif", "info", "9", "{image}"],
-            255,
-            "can't show object 9 of `{image}`: object 9 not found",
-        ),
-        (
-            ["sif", "info", "x", "{image}"],
-            125,
-            "can't run `sifbox sif info`: argument ID: invalid object ID `x`",
-        ),
-        (
-            ["sif", "dump", "1", "{empty}"],
-            255,
-            "can't dump object 1 of `{empty}`: no objects in image",
-        ),
-        (
-            ["sif", "del", "5", "{image}"],
-            255,
-            "can't delete object 5 from `{image}`: object 5 not found",
-        ),
-        (
-            ["sif", "setprim", "1", "{empty}"],
-            255,
-            "can't set object 1 as primary partition of `{empty}`: no objects in image",
-        ),
-        (
-            ["sif", "add", "{image}", "{input}"],
-            125,
-            "can't add `{input}` to `{image}`: --datatype is required, a number from 1 to 11",
-        ),
-        (
-            ["sif", "add", "{image}", "{input}", "--datatype", "4"],
-            125,
-            "can't add `{input}` to `{image}`: with partition datatype, --partfs, --parttype and --partarch must be passed",
-        ),
-        (
-            [
-                "sif",
-                "add",
-                "{image}",
-                "{input}",
-                "--datatype",
-                "4",
-                "--partfs",
-                "1",
-                "--parttype",
-                "2",
-                "--partarch",
-                "2",
-            ],
-            255,
-            "can't add `{input}` to `{image}`: image already contains a primary partition",
-        ),
-        (
-            [
-                "sif",
-                "add",
-                "{image}",
-                "{input}",
-                "--datatype",
-                "5",
-                "--signhash",
-                "1",
-                "--signentity",
-                "abc",
-            ],
-            125,
-            "can't add `{input}` to `{image}`: the signing entity `abc` is not a hex fingerprint",
-        ),
-        (
-            [
-                "sif",
-                "add",
-                "{image}",
-                "{input}",
-                "--datatype",
-                "5",
-                "--signhash",
-                "1",
-                "--signentity",
-                "abcd",
-            ],
-            125,
-            "can't add `{input}` to `{image}`: invalid signing entity fingerprint length: got 2, want 20",
-        ),
-        (
-            ["sif", "add", "{image}", "{missing}", "--datatype", "7"],
-            255,
-            "can't add `{missing}` to `{image}`: no such file or directory",
-        ),
-        (
-            ["sif", "add", "{image}", "{input}", "--datatype", "7", "--filename", "x" * 129],
-            125,
-            "can't add `{input}` to `{image}`: the name is 129 bytes, at most 128 fit",
-        ),
+        (["sif", "header", "{notsif}"], 255, "can't read the header of `{notsif}`: not a SIF image: the SIF magic is missing"),
+        (["sif", "info", "9", "{image}"], 255, "can't show object 9 of `{image}`: object 9 not found"),
+        (["sif", "info", "x", "{image}"], 125, "can't run `sifbox sif info`: argument ID: invalid object ID `x`"),
+        (["sif", "dump", "1", "{empty}"], 255, "can't dump object 1 of `{empty}`: no objects in image"),
+        (["sif", "del", "5", "{image}"], 255, "can't delete object 5 from `{image}`: object 5 not found"),
+        (["sif", "setprim", "1", "{empty}"], 255, "can't set object 1 as primary partition of `{empty}`: no objects in image"),
+        (["sif", "add", "{image}", "{input}"], 125, "can't add `{input}` to `{image}`: --datatype is required, a number from 1 to 11"),
+        (["sif", "add", "{image}", "{input}", "--datatype", "4"], 125, "can't add `{input}` to `{image}`: with partition datatype, --partfs, --parttype and --partarch must be passed"),
+        (["sif", "add", "{image}", "{input}", "--datatype", "4", "--partfs", "1", "--parttype", "2", "--partarch", "2"], 255, "can't add `{input}` to `{image}`: image already contains a primary partition"),
+        (["sif", "add", "{image}", "{input}", "--datatype", "5", "--signhash", "1", "--signentity", "abc"], 125, "can't add `{input}` to `{image}`: the signing entity `abc` is not a hex fingerprint"),
+        (["sif", "add", "{image}", "{input}", "--datatype", "5", "--signhash", "1", "--signentity", "abcd"], 125, "can't add `{input}` to `{image}`: invalid signing entity fingerprint length: got 2, want 20"),
+        (["sif", "add", "{image}", "{missing}", "--datatype", "7"], 255, "can't add `{missing}` to `{image}`: no such file or directory"),
+        (["sif", "add", "{image}", "{input}", "--datatype", "7", "--filename", "x" * 129], 125, "can't add `{input}` to `{image}`: the name is 129 bytes, at most 128 fit"),
         (["sif", "new", "{dir}"], 255, "can't create `{dir}`: is a directory"),
-        (
-            ["build", "x.sif", "x.def"],
-            125,
-            "can't run `sifbox build`: this command is not available in sifbox",
-        ),
+        (["build", "x.sif", "x.def"], 125, "can't run `sifbox build`: this command is not available in sifbox"),
         (["nonsense"], 125, "can't run `sifbox`: argument COMMAND: invalid choice: 'nonsense'"),
     ],
 )
-def test_bad_input(
-    capsysbinary, tmp_path: Path, argv: list[str], status: int, message: str
-) -> None:
+def test_bad_input(capsysbinary, tmp_path: Path, argv: list[str], status: int, message: str) -> None:
     image = _copy(tmp_path)
     empty = _copy(tmp_path, "empty.sif")
     notsif = tmp_path / "not.sif"
@@ -411,9 +275,7 @@ COMP_WORDS=(sifbox si); COMP_CWORD=1; _sifbox; echo "${{COMPREPLY[*]}}"
 COMP_WORDS=(sifbox -v sif ""); COMP_CWORD=3; _sifbox; echo "${{COMPREPLY[*]}}"
 COMP_WORDS=(sifbox sif add --da); COMP_CWORD=3; _sifbox; echo "${{COMPREPLY[*]}}"
 """
-    lines = subprocess.run(
-        ["bash", "-c", probe], capture_output=True, text=True, check=True
-    ).stdout.splitlines()
+    lines = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True).stdout.splitlines()
     assert lines == ["sign sif siftool", "header list info dump new add del setprim", "--datatype"]
 
 

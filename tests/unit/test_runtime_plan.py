@@ -788,13 +788,7 @@ def test_pwd_from_apptainer_environment(monkeypatch: pytest.MonkeyPatch, var: st
 
 def test_namespace_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = action.build_spec(ns(pid=True, ipc=True, uts=True, hostname="box", net=True))
-    assert (spec.pid, spec.ipc, spec.uts, spec.hostname, spec.net) == (
-        True,
-        True,
-        True,
-        "box",
-        True,
-    )
+    assert (spec.pid, spec.ipc, spec.uts, spec.hostname, spec.net) == (True, True, True, "box", True)
     spec = action.build_spec(ns(containall=True))
     assert spec.pid and spec.ipc and spec.contain and spec.cleanenv and not spec.net
     assert action.build_spec(ns(network="none")).net

@@ -143,10 +143,7 @@ RECIPES: dict[str, tuple[dict[str, object], list[edit.ObjectInput]]] = {
         {},
         [edit.ObjectInput(c.DataType.OCI_ROOT_INDEX, _inp("index.json"))],
     ),
-    "one-object-oci-blob.sif": (
-        {},
-        [edit.ObjectInput(c.DataType.OCI_BLOB, _inp("oci-config.json"))],
-    ),
+    "one-object-oci-blob.sif": ({}, [edit.ObjectInput(c.DataType.OCI_BLOB, _inp("oci-config.json"))]),
     "one-group.sif": (
         {},
         [

@@ -42,10 +42,7 @@ def G(data: bytes, **kw: object) -> edit.ObjectInput:
 
 def P(data: bytes, fs: int, pt: int, arch: str, **kw: object) -> edit.ObjectInput:
     return edit.ObjectInput(
-        c.DataType.PARTITION,
-        data,
-        extra=partition_extra(fs, pt, arch),
-        **kw,  # type: ignore[arg-type]
+        c.DataType.PARTITION, data, extra=partition_extra(fs, pt, arch), **kw  # type: ignore[arg-type]
     )
 
 
