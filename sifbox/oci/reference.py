@@ -59,9 +59,8 @@ def _looks_like_host(part: str) -> bool:
 
 
 def parse_reference(text: str) -> ImageRef:
-    """Parse `[registry/]repository[:tag][@digest]` (without `docker://`)."""
-    ref = text.strip()
-    ref = ref.removeprefix("//")
+    """Parse `[registry/]repository[:tag][@digest]` (a leading `docker://` is allowed)."""
+    ref = text.strip().removeprefix("docker:").removeprefix("//")
     if not ref:
         raise ReferenceError("the reference is empty")
     digest = None

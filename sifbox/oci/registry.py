@@ -551,8 +551,9 @@ def fetch_image(
     authfile: str | None = None,
     insecure: bool | None = None,
 ) -> Path:
-    """Fetch `ref` (`[registry/]repo[:tag][@digest]`) for `platform` (default: this machine)
-    and return an OCI image layout directory holding exactly that image.
+    """Fetch `ref` (`[registry/]repo[:tag][@digest]`, with or without `docker://`) for
+    `platform` (`os/arch[/variant]`; default: this machine) and return an OCI image layout
+    directory holding exactly that image.
 
     With the cache, the layout lives in `cache_dir` (hard links into its blob store) and belongs
     to the cache: don't modify it. With `disable_cache`, it is a new directory under
@@ -562,7 +563,8 @@ def fetch_image(
         image = parse_reference(ref)
         wanted = parse_platform(platform) if platform else host_platform(os.uname().machine)
     except ReferenceError as err:
-        raise UsageError(f"can't pull `docker://{ref}`: {err}") from None
+        uri = ref if ref.startswith("docker:") else f"docker://{ref}"
+        raise UsageError(f"can't pull `{uri}`: {err}") from None
     if insecure is None:
         insecure = env_flag("NOHTTPS") or env_flag("NO_HTTPS")
     creds = resolve_credentials(

@@ -247,7 +247,7 @@ def test_fetch_by_tag_and_digest(
         )  # fmt: skip
 
     gets, heads = manifest_requests("GET"), manifest_requests("HEAD")
-    assert _ok(fetch(as_who, f"{reg.host}/test/busybox:1")) == layout
+    assert _ok(fetch(as_who, f"docker://{reg.host}/test/busybox:1")) == layout  # as pull passes it
     assert (manifest_requests("GET"), manifest_requests("HEAD")) == (gets, heads + 1)
 
     before = reg.blob_gets()

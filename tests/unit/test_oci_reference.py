@@ -24,6 +24,8 @@ D = "sha256:" + "ab" * 32
         ("busybox", ImageRef("docker.io", "library/busybox", "latest", None)),
         ("busybox:1.36", ImageRef("docker.io", "library/busybox", "1.36", None)),
         ("//busybox:1.36", ImageRef("docker.io", "library/busybox", "1.36", None)),
+        ("docker://busybox:1.36", ImageRef("docker.io", "library/busybox", "1.36", None)),
+        ("docker://localhost:5000/a", ImageRef("localhost:5000", "a", "latest", None)),
         ("user/app", ImageRef("docker.io", "user/app", "latest", None)),
         ("docker.io/busybox", ImageRef("docker.io", "library/busybox", "latest", None)),
         (

@@ -87,6 +87,8 @@ def test_descriptor_checks() -> None:
 def test_fetch_image_bad_reference(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"can't pull `docker://Bad/Name`: .*not a valid"):
         registry.fetch_image("Bad/Name", platform=None, cache_dir=tmp_path, disable_cache=False)
+    with pytest.raises(UsageError, match=r"can't pull `docker://Bad`: .*not a valid"):
+        registry.fetch_image("docker://Bad", platform=None, cache_dir=tmp_path, disable_cache=False)
     with pytest.raises(UsageError, match="is not a platform"):
         registry.fetch_image("busybox", platform="a/b/c/d", cache_dir=tmp_path, disable_cache=False)
     assert list(tmp_path.iterdir()) == []
