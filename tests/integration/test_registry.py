@@ -569,7 +569,12 @@ def test_kill_during_fetch(registries: Registries, fetch, as_who: User, shared_t
     for _attempt in range(5):
         shutil.rmtree(cache, ignore_errors=True)
         proc = fetch(as_who, ref, wait=False)
-        killed = _kill_while_writing(proc, cache)
+        try:
+            killed = _kill_while_writing(proc, cache)
+        finally:
+            if proc.poll() is None:  # the helper failed: leave no fetch running
+                subprocess.run(["pkill", "-KILL", "-P", str(proc.pid)], check=False)
+                proc.kill()
         proc.communicate()
         if killed:
             break
