@@ -19,6 +19,7 @@ COMPLETION=/usr/share/bash-completion/completions/sifbox
 PACKAGES=(
     python3 python3-venv squashfs-tools squashfuse fuse3 busybox-static uidmap siftool debootstrap
     squashfs-tools-ng bash-completion fuse-overlayfs gnupg gpgv sqv fuse2fs zstd skopeo umoci
+    docker-registry apache2-utils openssl
 )
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
