@@ -693,3 +693,41 @@ def test_cache_list_and_clean(
         "There are 0 container file(s) using 0.00 KiB and 0 oci blob"
     )
     _fails(cli("clean", "-f", "-T", "bogus"), 125, "can't use cache type `bogus`")
+
+
+def test_pull_docker_and_run(  # type: ignore[no-untyped-def]
+    registries: Registries, run_as, sifbox_cli: str, as_who: User, shared_tmp: Path, env_for
+) -> None:
+    """`sifbox pull docker://` end to end: registry -> cache -> SIF -> run; a second pull takes the
+    cached SIF; --disable-cache leaves no blobs behind; token auth works through pull too."""
+    ref = f"{registries.plain.host}/test/busybox:1"
+    out = shared_tmp / "out"
+    out.mkdir()
+    os.chown(out, as_who.uid, as_who.gid)
+    env = env_for(as_who)
+
+    def pull(*argv: str):  # type: ignore[no-untyped-def]
+        return run_as(as_who, [sifbox_cli, "pull", *argv], env=env, cwd=str(out))
+
+    proc = pull("first.sif", f"docker://{ref}")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_as(as_who, [sifbox_cli, "exec", str(out / "first.sif"), "cat", "/etc/marker"], env=env, cwd="/")
+    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
+    proc = pull("second.sif", f"docker://{ref}")
+    assert proc.returncode == 0 and "Using the cached SIF" in proc.stderr, proc.stderr
+    assert (out / "second.sif").read_bytes() == (out / "first.sif").read_bytes()
+    # Apptainer's default name, and no cache at all with --disable-cache.
+    before = sorted(p.name for p in (shared_tmp / "cache").rglob("*"))
+    tmpdir = shared_tmp / "tmp"
+    tmpdir.mkdir()
+    os.chown(tmpdir, as_who.uid, as_who.gid)
+    env.update(TMPDIR=str(tmpdir), SIFBOX_TMPDIR=str(tmpdir))
+    proc = pull("--disable-cache", f"docker://{ref}")
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "busybox_1.sif").is_file()
+    assert sorted(p.name for p in (shared_tmp / "cache").rglob("*")) == before
+    assert list(tmpdir.iterdir()) == []
+    # Token auth through pull, with credentials from the environment.
+    env.update(SIFBOX_DOCKER_USERNAME=USER, SIFBOX_DOCKER_PASSWORD=PASSWORD)
+    proc = pull("tok.sif", f"docker://{registries.token.host}/test/busybox:1")
+    assert proc.returncode == 0, proc.stderr

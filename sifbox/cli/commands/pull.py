@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from sifbox.util.errors import NotAvailableError, SifboxError, UsageError
+from sifbox.util.errors import SifboxError, UsageError
 
 LOCAL = ("oci", "oci-archive", "docker-archive")
 
@@ -57,35 +57,54 @@ def default_name(uri: str) -> str:
     return f"{base}_{tag}.sif"
 
 
-def _cache_dir() -> str:
-    env = os.environ.get("SIFBOX_CACHEDIR")
-    if env:
-        return env
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(xdg, "sifbox")
-
-
 def _fetch_remote(uri: str, platform: str | None, disable_cache: bool) -> str:
-    try:
-        import importlib
+    """An OCI layout of the image at `uri` (in the cache, or a private directory
+    the caller removes when `disable_cache`)."""
+    from sifbox.oci import cache, registry
 
-        registry = importlib.import_module("sifbox.oci.registry")
-    except ModuleNotFoundError as err:
-        if err.name != "sifbox.oci.registry":
-            raise
-        raise NotAvailableError(f"can't pull `{uri}`: this sifbox has no registry client yet",
-                          hint="pull from a local copy: oci:DIR, oci-archive:FILE or docker-archive:FILE "
-                               "(e.g. made with `skopeo copy docker://... oci:DIR`)") from None  # fmt: skip
-    from pathlib import Path
-
-    layout = registry.fetch_image(uri, platform=platform, cache_dir=Path(_cache_dir()),
+    layout = registry.fetch_image(uri, platform=platform, cache_dir=cache.default_cache_dir(),
                                   disable_cache=disable_cache)  # fmt: skip
     return str(layout)
 
 
+def _manifest_digest(layout: str) -> str | None:
+    import json
+
+    try:
+        with open(os.path.join(layout, "index.json"), encoding="utf-8") as f:
+            manifests = json.load(f).get("manifests") or []
+        return str(manifests[0]["digest"]) if len(manifests) == 1 else None
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def _copy_atomically(src: str, out: str) -> None:
+    """`out` becomes a copy of `src` (a cached SIF), whole or not at all."""
+    import shutil
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", dir=os.path.dirname(os.path.abspath(out)))
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o644 & ~_umask())
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def main(args: argparse.Namespace) -> int:
-    from sifbox.oci.layout import SourceRef, open_image, parse_platform, parse_source
-    from sifbox.util.log import log
+    from sifbox.oci.layout import SourceRef, parse_platform, parse_source
 
     uri = args.uri
     out = args.out or default_name(uri)
@@ -102,13 +121,54 @@ def main(args: argparse.Namespace) -> int:
                           hint="use --force to overwrite it")  # fmt: skip
     platform = parse_platform(args.platform, args.arch)
     explicit = bool(args.platform or args.arch)
+    remote_layout = None
     if transport == "docker":
         if not uri.startswith("docker://"):
             raise UsageError(f"can't pull `{uri}`: write docker://REF")
-        layout = _fetch_remote(uri, str(platform), args.disable_cache)
-        ref = SourceRef("oci", layout)
+        remote_layout = _fetch_remote(uri, str(platform), args.disable_cache)
+        ref = SourceRef("oci", remote_layout)
     else:
         ref = parse_source(uri)
+    try:
+        return _convert(args, uri, out, ref, platform, explicit, remote_layout)
+    finally:
+        if remote_layout is not None and args.disable_cache:
+            import shutil
+
+            shutil.rmtree(remote_layout, ignore_errors=True)
+
+
+def _convert(args, uri: str, out: str, ref, platform, explicit: bool, remote_layout: str | None) -> int:  # type: ignore[no-untyped-def]
+    """Convert the image at `ref` to the SIF `out`; for registry images, through
+    the cache of converted SIFs (one conversion however many pulls run at once)."""
+    from sifbox.util.log import log
+
+    digest = _manifest_digest(remote_layout) if remote_layout is not None and not args.disable_cache else None
+    if digest is None:
+        return _convert_now(args, uri, out, ref, platform, explicit)
+    from sifbox.oci import cache as cachemod
+
+    cache = cachemod.Cache(cachemod.default_cache_dir())
+    with cache.sif_lock(digest):
+        cached = cache.cached_sif(digest)
+        if cached is None:
+            cache.sif_path(digest).parent.mkdir(parents=True, exist_ok=True)
+            tmp = str(cache.sif_path(digest)) + f".tmp-{os.getpid()}"
+            try:
+                _convert_now(args, uri, tmp, ref, platform, explicit)
+                cached = cache.store_sif(digest, tmp)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        else:
+            log.info("Using the cached SIF of %s", digest)
+    _copy_atomically(str(cached), out)
+    return 0
+
+
+def _convert_now(args, uri: str, out: str, ref, platform, explicit: bool) -> int:  # type: ignore[no-untyped-def]
+    from sifbox.oci.layout import open_image
+    from sifbox.util.log import log
 
     progress = Progress(log)
     step, warn = progress.step, progress.warn
