@@ -7,10 +7,12 @@ pipeline the incumbents use (`skopeo copy` + `umoci unpack` + `mksquashfs` + SIF
 Run as root. Generates (once; reused from WORKDIR with --keep) a multi-layer OCI image of about
 SIZE-MB uncompressed from this machine's /usr (regular files, symlinks, hard links), plus a last
 layer with whiteouts and an opaque directory; each layer tar is added with `umoci raw add-layer`
-(gzip). Then, on the same layout:
+(gzip). It is pushed to a registry (Debian's docker-registry, started on 127.0.0.1 by this script
+and stopped at the end; `--source layout` reads the local layout instead). Then:
 
-    sifbox      sifbox pull OUT.sif oci:LAYOUT:TAG              (zstd level 3, all CPUs)
-    incumbent   skopeo copy oci:LAYOUT:TAG oci:COPY:TAG         (the blob cache copy)
+    sifbox      sifbox pull OUT.sif docker://127.0.0.1:PORT/bench:TAG   (zstd level 3, all CPUs;
+                the blobs land in an empty cache under the scratch directory)
+    incumbent   skopeo copy docker://127.0.0.1:PORT/bench:TAG oci:COPY:TAG   (the blob cache copy)
                 umoci unpack --image COPY:TAG BUNDLE            (the root file system on disk)
                 mksquashfs BUNDLE/rootfs OUT.sqfs -comp zstd -Xcompression-level 3
                 sifbox sif new + sif add                        (the SIF around it)
@@ -150,19 +152,21 @@ def make_image(workdir: Path, size_mb: int, layers: int) -> Path:
 
 
 # -- the two pipelines ------------------------------------------------------------------------
-def bench_sifbox(sifbox: str, lay: Path, scratch: Path) -> dict[str, float]:
+def bench_sifbox(sifbox: str, src: str, scratch: Path) -> dict[str, float]:
     out = scratch / "out.sif"
-    env = dict(os.environ, SIFBOX_TMPDIR=str(scratch))
-    t = run([sifbox, "-q", "pull", "--force", str(out), f"oci:{lay}:{TAG}"], env=env)
+    env = dict(os.environ, SIFBOX_TMPDIR=str(scratch), SIFBOX_CACHEDIR=str(scratch / "cache"))
+    uri = f"docker://{src}" if not src.startswith("/") else f"oci:{src}:{TAG}"
+    t = run([sifbox, "-q", "pull", "--force", str(out), uri], env=env)
     peak = du(scratch)
     return {"total": t, "peak": peak, "out": out.stat().st_size}
 
 
-def bench_incumbent(sifbox: str, lay: Path, scratch: Path) -> dict[str, float]:
+def bench_incumbent(sifbox: str, src: str, scratch: Path) -> dict[str, float]:
     steps: dict[str, float] = {}
     peak = 0
     copy, bundle, sqfs, sif = scratch / "copy", scratch / "bundle", scratch / "out.sqfs", scratch / "out.sif"
-    steps["skopeo copy"] = run(["skopeo", "copy", "--quiet", f"oci:{lay}:{TAG}", f"oci:{copy}:{TAG}"])
+    uri = ["--src-tls-verify=false", f"docker://{src}"] if not src.startswith("/") else [f"oci:{src}:{TAG}"]
+    steps["skopeo copy"] = run(["skopeo", "copy", "--quiet", *uri, f"oci:{copy}:{TAG}"])
     peak = max(peak, du(scratch))
     steps["umoci unpack"] = run(["umoci", "unpack", "--image", f"{copy}:{TAG}", str(bundle)])
     peak = max(peak, du(scratch))
@@ -182,6 +186,44 @@ def bench_incumbent(sifbox: str, lay: Path, scratch: Path) -> dict[str, float]:
     return steps
 
 
+class Registry:
+    """Debian's docker-registry on a free port of 127.0.0.1, storage under `workdir`."""
+
+    def __init__(self, workdir: Path) -> None:
+        import socket
+        import urllib.request
+
+        shutil.rmtree(workdir, ignore_errors=True)
+        (workdir / "storage").mkdir(parents=True)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.host = f"127.0.0.1:{port}"
+        self.workdir = workdir
+        config = workdir / "config.yml"
+        config.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+                          f"    rootdirectory: {workdir / 'storage'}\nhttp:\n  addr: {self.host}\n")  # fmt: skip
+        self.proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)  # fmt: skip
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise Failed("docker-registry did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="/var/tmp/sifbox-bench-build")
@@ -190,19 +232,27 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the generated image for the next run")
     ap.add_argument("--sifbox", default=shutil.which("sifbox") or "/usr/local/bin/sifbox")
+    ap.add_argument("--source", choices=("registry", "layout"), default="registry")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("run me as root", file=sys.stderr)
         return 2
-    for tool in ("umoci", "skopeo", "mksquashfs", "tar2sqfs"):
+    for tool in ("umoci", "skopeo", "mksquashfs", "tar2sqfs") + (("docker-registry",) if args.source == "registry" else ()):
         if shutil.which(tool) is None:
             print(f"`{tool}` is not installed", file=sys.stderr)
             return 2
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    registry = None
     try:
         lay = make_image(workdir, args.size_mb, args.layers)
         compressed = du(lay / "blobs")
+        src = str(lay)
+        if args.source == "registry":
+            registry = Registry(workdir / "registry")
+            src = f"{registry.host}/bench:{TAG}"
+            log(f"pushing the image to the registry at {registry.host}")
+            run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{lay}:{TAG}", f"docker://{src}"])
         results: dict[str, list[dict[str, float]]] = {"sifbox": [], "incumbent": []}
         for r in range(args.runs):
             for name, fn in (("incumbent", bench_incumbent), ("sifbox", bench_sifbox)):
@@ -212,7 +262,7 @@ def main() -> int:
                 subprocess.run(["sync"], check=False)
                 log(f"run {r + 1}/{args.runs}: {name}")
                 try:
-                    results[name].append(fn(args.sifbox, lay, scratch))
+                    results[name].append(fn(args.sifbox, src, scratch))
                 except (Failed, Unavailable) as err:
                     print(f"{name}: failed ({err})", file=sys.stderr)
                     return 1
@@ -221,7 +271,7 @@ def main() -> int:
         best = {k: min(v, key=lambda x: x["total"]) for k, v in results.items()}
         s, inc = best["sifbox"], best["incumbent"]
         mb = 1 << 20
-        print(f"\nOCI image -> SIF, {args.size_mb} MB uncompressed, {args.layers} layers, "
+        print(f"\nOCI image -> SIF from the {args.source}, {args.size_mb} MB uncompressed, {args.layers} layers, "
               f"{compressed / mb:.0f} MB compressed (gzip); {os.cpu_count()} CPUs; best of {args.runs}\n")  # fmt: skip
         print(f"{'pipeline':<42} {'wall s':>8} {'peak scratch MB':>16} {'SIF MB':>8}")
         print("-" * 78)
@@ -236,6 +286,8 @@ def main() -> int:
               f"{inc['peak'] / max(1, s['peak']):>15.2f}x")  # fmt: skip
         print(f"{'sifbox peak scratch / compressed image':<42} {'':>8} {s['peak'] / compressed:>15.2f}x")
     finally:
+        if registry is not None:
+            registry.stop()
         if not args.keep:
             shutil.rmtree(workdir / "image", ignore_errors=True)
             (workdir / ".image-complete").unlink(missing_ok=True)

@@ -449,6 +449,24 @@ def _become_subreaper() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
 
 
+def _reap_orphans() -> None:
+    """Reap the orphans this session adopted as subreaper (exited FUSE helpers and the like):
+    only zombie children, so no live Popen of a test or fixture is touched."""
+    me = str(os.getpid())
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        stat = _read(f"/proc/{entry}/stat")
+        if ")" not in stat:
+            continue
+        rest = stat[stat.rindex(")") + 2 :].split()
+        if rest[0] == "Z" and rest[1] == me:
+            try:
+                os.waitpid(int(entry), os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
 # Images made by single tests (in shared_tmp) are matched by the shared_tmp prefix; pass extra
 # paths only for images elsewhere.
 @pytest.fixture(autouse=True)
@@ -457,6 +475,7 @@ def no_leaks(action_images: ActionImages) -> Iterator[LeakGuard]:
     _become_subreaper()
     guard = LeakGuard(action_images.files)
     yield guard
+    _reap_orphans()
     leaks = guard.wait_clean()
     if leaks:
         guard.clean_up()

@@ -116,7 +116,8 @@ def test_start_list_join_stop(sb, as_who, inst_images, name, kind) -> None:  # t
     assert row == [name, str(info["pid"]), str(inst_images[kind])]
     assert info["img"] == str(inst_images[kind]) and info["ip"] == ""
     # the startscript ran with its arguments; its /tmp (private: --contain) is the joiners'
-    assert _ok(sb("exec", f"instance://{name}", "cat", "/tmp/started")) == "started a b\n"
+    wait = "i=0; while [ ! -s /tmp/started ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done"
+    assert _ok(sb("exec", f"instance://{name}", "sh", "-c", f"{wait}; cat /tmp/started")) == "started a b\n"
     assert (
         not Path("/tmp/started").exists() or "started a b" not in Path("/tmp/started").read_text()
     )
@@ -145,7 +146,9 @@ def test_start_list_join_stop(sb, as_who, inst_images, name, kind) -> None:  # t
 
 def test_writable_tmpfs_change_is_seen_by_joins(sb, inst_images, name) -> None:  # type: ignore[no-untyped-def]
     _ok(sb("instance", "start", "--contain", "--writable-tmpfs", str(inst_images["sif"]), name))
-    assert _ok(sb("exec", f"instance://{name}", "cat", "/startscript-was-here")) == "root change\n"
+    # `instance start` returns once the instance runs, not once its startscript is done.
+    wait = "i=0; while [ ! -e /startscript-was-here ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done"
+    assert _ok(sb("exec", f"instance://{name}", "sh", "-c", f"{wait}; cat /startscript-was-here")) == "root change\n"
     _ok(sb("exec", f"instance://{name}", "sh", "-c", "echo joined > /joined"))
     assert _ok(sb("exec", f"instance://{name}", "cat", "/joined")) == "joined\n"
     _ok(sb("instance", "stop", name))
