@@ -18,7 +18,7 @@ import sys
 from sifbox.util.errors import NotAvailableError, UsageError
 
 ENV_PREFIXES = ("SIFBOX_", "APPTAINER_", "SINGULARITY_")
-NOT_YET = ("overlay", "nv", "nvccli", "rocm")
+NOT_YET = ("overlay",)
 
 
 def flag_env(*names: str) -> str | None:
@@ -76,6 +76,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--drop-caps", metavar="CAPS", help="root: with --keep-privs, drop these capabilities")
     if action == "shell":
         p.add_argument("-s", "--shell", metavar="PATH", help="shell to run (default /bin/bash, else /bin/sh)")
+    g = p.add_argument_group("GPUs and devices")
+    g.add_argument("--nv", action="store_true", help="bind the host's NVIDIA driver files and devices (nvliblist.conf)")
+    g.add_argument("--nvccli", action="store_true", help="set up NVIDIA GPUs with nvidia-container-cli")
+    g.add_argument("--rocm", action="store_true", help="bind the host's AMD ROCm driver files and devices (rocmliblist.conf)")
+    g.add_argument("--device", action="append", default=[], metavar="VENDOR/CLASS=NAME",
+                   help="add a CDI device (repeatable, comma-separated)")
+    g.add_argument("--cdi-dirs", metavar="DIRS", help="CDI spec directories (comma list; default /etc/cdi,/var/run/cdi)")
     g = p.add_argument_group("not available yet")
     for name in NOT_YET:
         if name in ("writable", "overlay"):
@@ -220,6 +227,9 @@ def main(args: argparse.Namespace) -> int:
     _check_namespaces_allowed(spec, cfg)
     site = site_from_config(cfg)
     mounts = default_mounts(spec, host, site=site)
+    devices = _device_request(args, cfg)
+    if devices is not None:
+        mounts, overrides = _add_devices(devices, args, cfg, spec, site, mounts, overrides)
     source = open_image(spec.image, verb=action)
     if spec.writable and source.kind is not ImageKind.SANDBOX:
         source.close()
@@ -277,6 +287,42 @@ def main(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+def _device_request(args: argparse.Namespace, cfg):  # type: ignore[no-untyped-def]
+    """The GPU/CDI request of the options, variables and sifbox.conf; None when none."""
+    nvccli = args.nvccli or _truthy(flag_env("NVCCLI")) or cfg.get_bool("use nvidia-container-cli")
+    nv = args.nv or _truthy(flag_env("NV")) or cfg.get_bool("always use nv")
+    rocm = args.rocm or _truthy(flag_env("ROCM")) or cfg.get_bool("always use rocm")
+    devices = [d for item in args.device + ([flag_env("DEVICE")] if flag_env("DEVICE") else [])
+               for d in item.split(",") if d]  # fmt: skip
+    if not (nv or nvccli or rocm or devices):
+        return None
+    if cfg.get_bool("use nvidia-container-cli") and nv and not args.nvccli:
+        nvccli = True  # as Apptainer: the directive turns --nv into --nvccli
+    cdi_dirs = args.cdi_dirs or flag_env("CDI_DIRS")
+    from sifbox.hpc.devices import Request
+
+    return Request(nv and not nvccli, nvccli, rocm, tuple(devices),
+                   tuple(d for d in (cdi_dirs or "").split(",") if d))  # fmt: skip
+
+
+def _add_devices(request, args, cfg, spec, site, mounts, overrides):  # type: ignore[no-untyped-def]
+    from sifbox.config import sysconf
+    from sifbox.hpc import devices
+
+    conf = getattr(args, "config", None) or os.environ.get(sysconf.ENV_VAR) or sysconf.DEFAULT_PATH
+    dev_is_host = site.mount_dev == "yes" and not spec.contain and "dev" not in spec.no_mount
+    env = dict(os.environ)
+    env.update(overrides)
+    extra = devices.plan(request, cfg=cfg, conf_dir=os.path.dirname(os.path.abspath(conf)),
+                         dev_is_host=dev_is_host, env=env)  # fmt: skip
+    if extra.warnings:
+        from sifbox.util import log
+
+        for warning in extra.warnings:
+            log.log.warning("%s", warning)
+    return mounts + extra.mounts, {**extra.env, **overrides}
 
 
 def _verbose_log():  # type: ignore[no-untyped-def]
