@@ -230,6 +230,11 @@ def main(args: argparse.Namespace) -> int:
     devices = _device_request(args, cfg)
     if devices is not None:
         mounts, overrides = _add_devices(devices, args, cfg, spec, site, mounts, overrides)
+    if "PMIX_RANK" in os.environ or "PMI_RANK" in os.environ or "SLURM_STEP_ID" in os.environ:
+        from sifbox.hpc import mpi, slurm
+
+        mounts = mounts + slurm.launcher_mounts(os.environ, mounts)
+        overrides = {**mpi.env_defaults(os.environ, own_userns=uid != 0 or spec.userns), **overrides}
     source = open_image(spec.image, verb=action)
     if spec.writable and source.kind is not ImageKind.SANDBOX:
         source.close()
