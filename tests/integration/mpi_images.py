@@ -23,6 +23,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,9 +228,9 @@ def mpi_images(sifbox_cli: str) -> MpiImages:
         if shutil.which(tool, path=os.environ.get("PATH", "") + ":/sbin:/usr/sbin") is None:
             pytest.skip(f"{tool} is not installed (Debian packages libopenmpi-dev, squashfs-tools)")
     key = hashlib.sha256((_versions() + HELLO + RING + Path(__file__).read_text()).encode()).hexdigest()[:16]
-    base = CACHE / f"sifbox-test-mpi-{key}"
+    base = CACHE / f"sifbox-mpi-images-{key}"
     if not (base / "bind-ready.sif").exists():
-        tmp = CACHE / f".sifbox-test-mpi-{key}.{os.getpid()}"
+        tmp = CACHE / f".sifbox-mpi-images-{key}.{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(mode=0o755)
         try:
@@ -241,3 +242,19 @@ def mpi_images(sifbox_cli: str) -> MpiImages:
     for p in (base, base / "programs"):
         p.chmod(0o755)
     return MpiImages(base / "hybrid.sif", base / "bare.sif", base / "bind-ready.sif", base / "programs")
+
+
+@pytest.fixture(scope="session")
+def hpc_image(sifbox_cli: str) -> Iterator[Path]:
+    """The busybox test image (as `images.action_images` makes it) as a SIF in a directory of its
+    own, whose name other test sessions' leak guards on this shared machine do not match."""
+    if os.geteuid() != 0:
+        pytest.skip("building the test image needs root")
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="sifbox-hpc-", dir="/tmp"))
+    base.chmod(0o755)
+    root = images.make_busybox_rootfs(base / "root")
+    sif = images.make_sif(sifbox_cli, images.mksquashfs(root, base / "busybox.sqfs"), base / "busybox.sif")
+    yield sif
+    shutil.rmtree(base, ignore_errors=True)

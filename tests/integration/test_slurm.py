@@ -7,10 +7,11 @@ and PMI variables, and finds the PMIx server's directory at the same path as on 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
-from tests.integration.images import ActionImages, action_images  # noqa: F401
+from tests.integration.mpi_images import hpc_image  # noqa: F401
 from tests.integration.slurm import SlurmCluster, slurm_cluster  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -20,9 +21,9 @@ PROBE = ('echo "rank $SLURM_PROCID of $SLURM_NTASKS step $SLURM_JOB_ID.$SLURM_ST
          'pmix ${PMIX_RANK:-none} ns ${PMIX_NAMESPACE:-none} dir $(test -d "$PMIX_SERVER_TMPDIR" && echo yes || echo no)"')  # fmt: skip
 
 
-def test_every_rank_starts_with_slurm_variables(slurm_cluster: SlurmCluster, action_images: ActionImages,
+def test_every_rank_starts_with_slurm_variables(slurm_cluster: SlurmCluster, hpc_image: Path,
                                                 run_as, as_who, sifbox_cli) -> None:  # fmt: skip
-    proc = run_as(as_who, ["srun", "-O", "-n", "8", sifbox_cli, "exec", str(action_images.sif), "sh", "-c", PROBE],
+    proc = run_as(as_who, ["srun", "-O", "-n", "8", sifbox_cli, "exec", str(hpc_image), "sh", "-c", PROBE],
                   env=slurm_cluster.env(as_who), timeout=TIMEOUT)  # fmt: skip
     assert proc.returncode == 0, proc.stderr + slurm_cluster.logs()
     found = re.findall(r"^rank (\d+) of 8 step (\d+)\.(\d+) pmix (\d+) ns (\S+) dir (\w+)$", proc.stdout, re.M)
@@ -32,11 +33,11 @@ def test_every_rank_starts_with_slurm_variables(slurm_cluster: SlurmCluster, act
     assert all(r[5] == "yes" for r in found), "the PMIx server directory is visible in every rank"
 
 
-def test_pmi2_descriptor_passes(slurm_cluster: SlurmCluster, action_images: ActionImages,
+def test_pmi2_descriptor_passes(slurm_cluster: SlurmCluster, hpc_image: Path,
                                 run_as, as_who, sifbox_cli) -> None:  # fmt: skip
     """With `--mpi=pmi2` the rank talks to slurmstepd through an inherited descriptor (PMI_FD)."""
     probe = 'echo "pmi $PMI_RANK/$PMI_SIZE fd $PMI_FD open $(test -e /proc/self/fd/$PMI_FD && echo yes || echo no)"'
-    proc = run_as(as_who, ["srun", "-O", "--mpi=pmi2", "-n", "3", sifbox_cli, "exec", str(action_images.sif),
+    proc = run_as(as_who, ["srun", "-O", "--mpi=pmi2", "-n", "3", sifbox_cli, "exec", str(hpc_image),
                            "sh", "-c", probe], env=slurm_cluster.env(as_who), timeout=TIMEOUT)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     found = re.findall(r"^pmi (\d)/3 fd (\d+) open (\w+)$", proc.stdout, re.M)
@@ -44,14 +45,14 @@ def test_pmi2_descriptor_passes(slurm_cluster: SlurmCluster, action_images: Acti
     assert all(f[2] == "yes" for f in found), proc.stdout
 
 
-def test_exit_status_and_failed_rank(slurm_cluster: SlurmCluster, action_images: ActionImages,
+def test_exit_status_and_failed_rank(slurm_cluster: SlurmCluster, hpc_image: Path,
                                      run_as, as_who, sifbox_cli) -> None:  # fmt: skip
     """A failing rank's status reaches srun; a container failure (126/127) is told apart."""
-    proc = run_as(as_who, ["srun", "-O", "-n", "4", sifbox_cli, "exec", str(action_images.sif), "sh", "-c",
+    proc = run_as(as_who, ["srun", "-O", "-n", "4", sifbox_cli, "exec", str(hpc_image), "sh", "-c",
                            'test "$SLURM_PROCID" = 2 && exit 7; exit 0'],
                   env=slurm_cluster.env(as_who), timeout=TIMEOUT)  # fmt: skip
     assert proc.returncode == 7, proc.stderr
-    proc = run_as(as_who, ["srun", "-O", "-n", "2", sifbox_cli, "exec", str(action_images.sif), "no-such-program"],
+    proc = run_as(as_who, ["srun", "-O", "-n", "2", sifbox_cli, "exec", str(hpc_image), "no-such-program"],
                   env=slurm_cluster.env(as_who), timeout=TIMEOUT)  # fmt: skip
     assert proc.returncode == 127, proc.stderr + slurm_cluster.logs()
     assert "can't run `no-such-program` in the container: command not found" in proc.stderr
