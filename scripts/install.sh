@@ -19,6 +19,7 @@ COMPLETION=/usr/share/bash-completion/completions/sifbox
 PACKAGES=(
     python3 python3-venv squashfs-tools squashfuse fuse3 busybox-static uidmap siftool
     squashfs-tools-ng bash-completion fuse-overlayfs
+    slurm-wlm munge openmpi-bin libopenmpi-dev mpich libmpich-dev gcc
 )
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

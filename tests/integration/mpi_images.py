@@ -1,5 +1,6 @@
 """MPI test programs and images, built once per session as root.
 
+* ``mpich``  likewise with the host's MPICH (ch4/UCX), for `srun --mpi=pmi2` (when installed);
 * ``hybrid`` a SIF whose image holds the host's own OpenMPI (and PMIx) files: the Debian
   packages' files plus the shared libraries they need, as `dpkg -L` and `ldd` list them, over
   a busybox root, with the MPI programs in /opt/mpitest. Same version as the host's, so the
@@ -32,6 +33,7 @@ import pytest
 from tests.integration import images
 
 PACKAGES = ("openmpi-bin", "libopenmpi3", "libpmix2", "openmpi-common")
+MPICH_PACKAGES = ("mpich", "libmpich12", "libucx0")
 CACHE = Path("/var/tmp")
 SKIP_DIRS = ("/usr/share/doc", "/usr/share/man", "/usr/share/lintian", "/usr/lib/x86_64-linux-gnu/openmpi/include")
 
@@ -105,12 +107,13 @@ class MpiImages:
     bare: Path  # SIF with glibc and the programs, no MPI
     bind_ready: Path  # like `bare`, with an env script that finds an MPI bound at /host/lib
     programs: Path  # host directory with hello and ring (the same binaries)
+    mpich: Path | None = None  # SIF with the host's MPICH (None: MPICH is not installed)
 
 
 def _versions() -> str:
-    proc = subprocess.run(["dpkg-query", "-W", "-f", "${Package}=${Version}\n", *PACKAGES],
+    proc = subprocess.run(["dpkg-query", "-W", "-f", "${Package}=${Version}\n", *PACKAGES, *MPICH_PACKAGES],
                           capture_output=True, text=True)  # fmt: skip
-    if proc.returncode != 0:
+    if "openmpi-bin=" not in proc.stdout:
         pytest.skip("OpenMPI is not installed (Debian packages openmpi-bin, libopenmpi-dev)")
     return proc.stdout
 
@@ -168,19 +171,20 @@ def _ldconfig(root: Path) -> None:
     subprocess.run(["ldconfig", "-r", str(root)], check=True, capture_output=True)
 
 
-def build(sifbox_cli: str, base: Path) -> MpiImages:
-    progs = base / "programs"
-    progs.mkdir(parents=True)
+def _compile(mpicc: str, out: Path) -> list[str]:
+    out.mkdir(parents=True)
     for name, src in (("hello", HELLO), ("ring", RING)):
-        (progs / f"{name}.c").write_text(src)
-        subprocess.run(["mpicc", "-O1", "-o", str(progs / name), str(progs / f"{name}.c")],
-                       check=True, capture_output=True)  # fmt: skip
-    programs = [str(progs / "hello"), str(progs / "ring")]
+        (out / f"{name}.c").write_text(src)
+        subprocess.run([mpicc, "-O1", "-o", str(out / name), str(out / f"{name}.c")], check=True, capture_output=True)
+    out.chmod(0o755)
+    return [str(out / "hello"), str(out / "ring")]
 
-    # The hybrid image: the host's OpenMPI packages and everything they load.
-    root = base / "hybrid-root"
+
+def _mpi_image(sifbox_cli: str, base: Path, name: str, packages: tuple[str, ...], programs: list[str]) -> Path:
+    """A SIF with the host's files of `packages`, everything they load, and `programs`."""
+    root = base / f"{name}-root"
     _glibc_root(root, programs)
-    files = subprocess.run(["dpkg", "-L", *PACKAGES], capture_output=True, text=True, check=True).stdout.split("\n")
+    files = subprocess.run(["dpkg", "-L", *packages], capture_output=True, text=True, check=True).stdout.split("\n")
     elves = []
     for path in files:
         if not path.startswith("/") or path.startswith(SKIP_DIRS) or os.path.isdir(path) and not os.path.islink(path):
@@ -190,18 +194,30 @@ def build(sifbox_cli: str, base: Path) -> MpiImages:
             elves.append(path)
     for lib in _libs_of(elves):
         _copy(lib, root)
-    for etc in ("/etc/openmpi", "/etc/alternatives/mpirun", "/etc/alternatives/mpicc"):
-        if os.path.isdir(etc):
+    for etc in ("/etc/openmpi",):
+        if os.path.isdir(etc) and "openmpi-common" in packages:
             shutil.copytree(etc, root / etc.lstrip("/"), symlinks=True, dirs_exist_ok=True)
-        elif os.path.lexists(etc):
-            _copy(etc, root)
     for cmd in ("mpirun", "mpiexec", "orterun", "orted"):
-        _copy(f"/usr/bin/{cmd}", root)
+        if os.path.exists(f"/usr/bin/{cmd}") and "openmpi-bin" in packages:
+            _copy(f"/usr/bin/{cmd}", root)
     _ldconfig(root)
     (root / "opt/mpitest").mkdir(parents=True)
     for p in programs:
         shutil.copy2(p, root / "opt/mpitest")
-    hybrid = images.make_sif(sifbox_cli, images.mksquashfs(root, base / "hybrid.sqfs"), base / "hybrid.sif")
+    sif = images.make_sif(sifbox_cli, images.mksquashfs(root, base / f"{name}.sqfs"), base / f"{name}.sif")
+    (base / f"{name}.sqfs").unlink()
+    shutil.rmtree(root)
+    return sif
+
+
+def build(sifbox_cli: str, base: Path) -> MpiImages:
+    progs = base / "programs"
+    programs = _compile("mpicc.openmpi" if shutil.which("mpicc.openmpi") else "mpicc", progs)
+    # The hybrid image: the host's OpenMPI packages and everything they load.
+    hybrid = _mpi_image(sifbox_cli, base, "hybrid", PACKAGES, programs)
+    mpich = None
+    if shutil.which("mpicc.mpich"):
+        mpich = _mpi_image(sifbox_cli, base, "mpich", MPICH_PACKAGES, _compile("mpicc.mpich", base / "mpich-programs"))
 
     # The bind-model image: glibc and the programs, no MPI.
     bare_root = base / "bare-root"
@@ -213,11 +229,10 @@ def build(sifbox_cli: str, base: Path) -> MpiImages:
     bare = images.make_sif(sifbox_cli, images.mksquashfs(bare_root, base / "bare.sqfs"), base / "bare.sif")
     (bare_root / ".singularity.d/env/92-host-mpi.sh").write_text(BIND_READY_ENV)
     ready = images.make_sif(sifbox_cli, images.mksquashfs(bare_root, base / "ready.sqfs"), base / "bind-ready.sif")
-    for d in (root, bare_root):
-        shutil.rmtree(d)
-    for p in (base / "hybrid.sqfs", base / "bare.sqfs", base / "ready.sqfs"):
+    shutil.rmtree(bare_root)
+    for p in (base / "bare.sqfs", base / "ready.sqfs"):
         p.unlink()
-    return MpiImages(hybrid, bare, ready, progs)
+    return MpiImages(hybrid, bare, ready, progs, mpich)
 
 
 @pytest.fixture(scope="session")
@@ -241,7 +256,9 @@ def mpi_images(sifbox_cli: str) -> MpiImages:
             raise
     for p in (base, base / "programs"):
         p.chmod(0o755)
-    return MpiImages(base / "hybrid.sif", base / "bare.sif", base / "bind-ready.sif", base / "programs")
+    mpich = base / "mpich.sif"
+    return MpiImages(base / "hybrid.sif", base / "bare.sif", base / "bind-ready.sif", base / "programs",
+                     mpich if mpich.exists() else None)
 
 
 @pytest.fixture(scope="session")

@@ -98,3 +98,35 @@ def test_bind_model_needs_the_libraries(slurm_cluster: SlurmCluster, mpi_images:
     proc = _srun(slurm_cluster, run_as, as_who, 2, [sifbox_cli, "exec", str(mpi_images.bare), "/opt/mpitest/ring"])
     assert proc.returncode != 0
     assert "libmpi.so" in proc.stderr
+
+
+def test_mpich_hybrid_srun_pmi2(slurm_cluster: SlurmCluster, mpi_images: MpiImages, run_as, as_who, sifbox_cli) -> None:
+    """MPICH (ch4/UCX) in the image, Slurm's PMI-2 through the inherited PMI_FD descriptor."""
+    if mpi_images.mpich is None:
+        pytest.skip("MPICH is not installed (Debian packages mpich, libmpich-dev)")
+    proc = run_as(as_who, ["srun", "-O", "--mpi=pmi2", "-n", "4", sifbox_cli, "exec", str(mpi_images.mpich),
+                           "/opt/mpitest/ring"], env=slurm_cluster.env(as_who), timeout=TIMEOUT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    _ranks(proc.stdout, 4)
+
+
+def test_mpich_under_pmix_gets_a_hint(slurm_cluster: SlurmCluster, mpi_images: MpiImages, run_as, as_who,
+                                      sifbox_cli) -> None:  # fmt: skip
+    """An MPICH image in a PMIx step: one warning naming the fix (any command still runs)."""
+    if mpi_images.mpich is None:
+        pytest.skip("MPICH is not installed (Debian packages mpich, libmpich-dev)")
+    proc = _srun(slurm_cluster, run_as, as_who, 3, [sifbox_cli, "exec", str(mpi_images.mpich), "true"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("image's MPI is MPICH without PMIx support") == 1, proc.stderr
+    assert "srun --mpi=pmi2" in proc.stderr
+    proc = _srun(slurm_cluster, run_as, as_who, 2, [sifbox_cli, "exec", str(mpi_images.hybrid), "true"])
+    assert proc.returncode == 0 and "WARNING" not in proc.stderr, proc.stderr
+
+
+def test_openmpi_under_pmi2_fails_fast(slurm_cluster: SlurmCluster, mpi_images: MpiImages, run_as, as_who,
+                                       sifbox_cli) -> None:  # fmt: skip
+    """The image's OpenMPI speaks PMIx only: under `--mpi=pmi2` it stops with its own message, no hang."""
+    proc = run_as(as_who, ["srun", "-O", "--mpi=pmi2", "-n", "2", sifbox_cli, "exec", str(mpi_images.hybrid),
+                           "/opt/mpitest/ring"], env=slurm_cluster.env(as_who), timeout=60)  # fmt: skip
+    assert proc.returncode != 0
+    assert "PMI" in proc.stderr

@@ -97,6 +97,7 @@ def test_launcher_mounts_and_mpi_env(tmp_path: Path) -> None:
     covered = [Mount("bind", str(tmp_path), str(tmp_path))]
     assert slurm.launcher_mounts(env, covered) == []
     assert slurm.launcher_mounts({"PMIX_SERVER_TMPDIR": "relative"}, []) == []
-    assert mpi.env_defaults({}, own_userns=True) == {mpi.SINGLE_COPY: "none"}
-    assert mpi.env_defaults({mpi.SINGLE_COPY: "cma"}, own_userns=True) == {}
+    assert mpi.env_defaults({}, own_userns=True) == dict(mpi.DEFAULTS)
+    assert mpi.SINGLE_COPY not in mpi.env_defaults({mpi.SINGLE_COPY: "cma"}, own_userns=True)
+    assert "UCX_TLS" not in mpi.env_defaults({"SIFBOXENV_UCX_TLS": "tcp"}, own_userns=True)
     assert mpi.env_defaults({}, own_userns=False) == {}

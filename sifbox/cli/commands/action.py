@@ -230,7 +230,8 @@ def main(args: argparse.Namespace) -> int:
     devices = _device_request(args, cfg)
     if devices is not None:
         mounts, overrides = _add_devices(devices, args, cfg, spec, site, mounts, overrides)
-    if "PMIX_RANK" in os.environ or "PMI_RANK" in os.environ or "SLURM_STEP_ID" in os.environ:
+    launched = "PMIX_RANK" in os.environ or "PMI_RANK" in os.environ or "SLURM_STEP_ID" in os.environ
+    if launched:
         from sifbox.hpc import mpi, slurm
 
         mounts = mounts + slurm.launcher_mounts(os.environ, mounts)
@@ -268,6 +269,14 @@ def main(args: argparse.Namespace) -> int:
             except OSError:
                 return False
 
+        if launched and os.environ.get("PMIX_RANK", os.environ.get("SLURM_PROCID")) == "0":
+            from sifbox.hpc import mpi
+
+            hint = mpi.mismatch_hint(os.environ, present)
+            if hint:
+                from sifbox.util import log
+
+                log.log.warning("%s", hint)
         if app and not present(f"/scif/apps/{app}"):
             raise LaunchError(f"can't {action} app `{app}` of `{spec.image}`: the image has no such app",
                               hint=f"`sifbox inspect --list-apps {spec.image}` lists its apps")  # fmt: skip
