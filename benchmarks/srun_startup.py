@@ -1,15 +1,15 @@
 """Start-up under Slurm: `srun -n N sifbox exec IMG /bin/true` next to bare `srun -n N /bin/true`
 and Charliecloud's `srun -n N ch-run IMG.sqfs -- /bin/true`, for N ranks on one node.
 
-    /usr/bin/python3 benchmarks/srun_startup.py [--ranks 1,8,32,64] [--runs 3] [--user sifbox-test]
-                                                [--sifbox /usr/local/bin/sifbox]
+    /opt/sifbox/venv/bin/python benchmarks/srun_startup.py [--ranks 1,8,32,64] [--runs 3] [--user sifbox-test]
+                                                           [--sifbox /usr/local/bin/sifbox]
 
-Run as root. Starts the tests' single-node Slurm (munged, slurmctld, slurmd on 127.0.0.1, see
-tests/integration/slurm.py) with `srun -O` oversubscribing the cores, builds a busybox image as
-SquashFS and SIF, and prints, for root and for the unprivileged user, the median wall time of
---runs runs per row, and the per-rank overhead over bare srun: (t - t_bare) / N. A flat
-overhead column means start-up does not serialise across ranks. Stops Slurm at the end.
-Timings are printed, never asserted.
+Run as root, with a Python that has pytest (scripts/test.sh installs it in the venv). Starts the
+tests' single-node Slurm (munged, slurmctld, slurmd on 127.0.0.1, see tests/integration/slurm.py)
+with `srun -O` oversubscribing the cores, builds a busybox image as SquashFS and SIF, and prints,
+for root and for the unprivileged user, the median wall time of --runs runs per row and the
+per-rank overhead over bare srun: (t - t_bare) / N. A flat overhead column means start-up does
+not serialise across ranks. Stops Slurm at the end. Timings are printed, never asserted.
 """
 
 from __future__ import annotations
