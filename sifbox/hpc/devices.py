@@ -3,6 +3,10 @@
 variables and sifbox.conf directives) turned into extra mounts and
 environment variables for the container.
 
+With `--nvccli`, nvidia-container-cli (`configure`, as the NVIDIA container
+runtime hooks call it) sets up the finished container root before sifbox
+enters it, from NVIDIA_VISIBLE_DEVICES and NVIDIA_DRIVER_CAPABILITIES.
+
 `SIFBOX_GPU_DEVICE_ROOT` (default `/dev`) is where GPU device nodes are
 looked up, for sites that keep them elsewhere (and for testing without a GPU).
 """
@@ -16,8 +20,9 @@ from sifbox.util.errors import SifboxError
 
 #: What the options ask for.
 Request = namedtuple("Request", "nv nvccli rocm devices cdi_dirs")
-#: What they add: mounts for the plan, environment overrides, warnings.
-Extra = namedtuple("Extra", "mounts env warnings")
+#: What they add: mounts for the plan, environment overrides, warnings, and
+#: `prepare(root)` to run on the finished root before entering it (or None).
+Extra = namedtuple("Extra", "mounts env warnings prepare", defaults=(None,))
 
 
 def wanted(request: Request) -> bool:
@@ -30,6 +35,7 @@ def plan(request: Request, *, cfg, conf_dir: str, dev_is_host: bool, env) -> Ext
 
     warnings: list[str] = []
     mounts = []
+    prepare = None
     extra_env: dict[str, str] = {}
     dev_root = os.path.normpath(env.get("SIFBOX_GPU_DEVICE_ROOT") or "/dev")
     own_dev = dev_is_host and dev_root != "/dev"
@@ -41,10 +47,16 @@ def plan(request: Request, *, cfg, conf_dir: str, dev_is_host: bool, env) -> Ext
         if tool is None or not os.access(tool, os.X_OK):
             raise SifboxError("can't use --nvccli: nvidia-container-cli is not installed",
                               hint=nvidia.nvccli_missing_hint(), exit_status=125)  # fmt: skip
-        raise SifboxError(
-            f"can't use --nvccli: sifbox does not run `{tool}` yet",
-            hint="--nv binds the driver's files from nvliblist.conf instead", exit_status=125,
-        )
+        ldconfig = cfg.get_str("ldconfig path") or gpu._find_ldconfig() or "/sbin/ldconfig"
+        user = os.getuid() != 0 or bool(env.get("SIFBOX_USERNS"))
+
+        def configure(root: str) -> None:
+            argv = nvidia.nvccli_argv(tool, root, pid=os.getpid(), env=env, ldconfig=ldconfig, user=user)
+            if argv is not None:
+                nvidia.run_nvccli(argv)
+
+        prepare = configure
+
     vendors = []
     if request.nv:
         from sifbox.hpc import nvidia
@@ -72,4 +84,4 @@ def plan(request: Request, *, cfg, conf_dir: str, dev_is_host: bool, env) -> Ext
                             "is not run: sifbox's runtime runs no OCI hooks")  # fmt: skip
         mounts += cdi.plan_mounts(edits, dev_is_host=dev_is_host)
         extra_env.update(edits.env)
-    return Extra(mounts, extra_env, warnings)
+    return Extra(mounts, extra_env, warnings, prepare)

@@ -254,3 +254,35 @@ def test_cdi_device_node_needs_own_dev(run_as, as_who, sifbox_cli, cdi_dir: Path
                            str(hpc_image), "true"], env=env_for(as_who), timeout=LAUNCH_TIMEOUT)  # fmt: skip
     assert proc.returncode == 255
     assert "the container shares the host's /dev" in proc.stderr and "hint: use --contain" in proc.stderr
+
+
+def test_nvccli_runs_the_tool(run_as, as_who, sifbox_cli, fake_driver: FakeDriver, hpc_image: Path) -> None:
+    """With nvidia-container-cli (here a stand-in that records its call), sifbox runs its
+    `configure` on the finished container root before entering it."""
+    log = fake_driver.root / f"nvccli-{as_who.name}.log"
+    log.touch()
+    log.chmod(0o666)
+    tool = fake_driver.root / "nvidia-container-cli"
+    tool.write_text('#!/bin/sh\nfor root; do :; done\ntest -d "$root/.singularity.d" && echo "root ok" >> '
+                    f'{log}\necho "$*" >> {log}\n')  # fmt: skip
+    tool.chmod(0o755)
+    conf = fake_driver.root / "nvccli.conf"
+    conf.write_text(f"nvidia-container-cli path = {tool}\nldconfig path = /sbin/ldconfig\n")
+    conf.chmod(0o644)
+    proc = run_as(as_who, [sifbox_cli, "--config", str(conf), "exec", "--nvccli", str(hpc_image), "echo", "inside"],
+                  env=env_for(as_who, NVIDIA_VISIBLE_DEVICES="0,1", NVIDIA_DRIVER_CAPABILITIES="utility"),
+                  timeout=LAUNCH_TIMEOUT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "inside\n"
+    lines = log.read_text().splitlines()
+    assert lines[0] == "root ok"
+    user = "--user " if not as_who.is_root else ""
+    assert lines[1].startswith(f"{user}configure --no-cgroups --ldconfig=@/sbin/ldconfig --pid=")
+    assert lines[1].endswith(" --device=0,1 --utility " + lines[1].split()[-1])
+    # A failing tool stops the launch with its message.
+    tool.write_text('#!/bin/sh\necho "nvidia-container-cli: initialization error: driver error" >&2\nexit 1\n')
+    proc = run_as(as_who, [sifbox_cli, "--config", str(conf), "exec", "--nvccli", str(hpc_image), "true"],
+                  env=env_for(as_who), timeout=LAUNCH_TIMEOUT)  # fmt: skip
+    assert proc.returncode == 126
+    assert proc.stderr.startswith("sifbox: error: can't set up NVIDIA GPUs: nvidia-container-cli failed with exit "
+                                  "status 1: nvidia-container-cli: initialization error: driver error\n")  # fmt: skip

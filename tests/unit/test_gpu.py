@@ -101,3 +101,15 @@ def test_launcher_mounts_and_mpi_env(tmp_path: Path) -> None:
     assert mpi.SINGLE_COPY not in mpi.env_defaults({mpi.SINGLE_COPY: "cma"}, own_userns=True)
     assert "UCX_TLS" not in mpi.env_defaults({"SIFBOXENV_UCX_TLS": "tcp"}, own_userns=True)
     assert mpi.env_defaults({}, own_userns=False) == {}
+
+
+def test_nvccli_argv() -> None:
+    argv = nvidia.nvccli_argv("/usr/bin/nvidia-container-cli", "/s/root", pid=42, env={}, ldconfig="/sbin/ldconfig",
+                              user=True)  # fmt: skip
+    assert argv == ["/usr/bin/nvidia-container-cli", "--user", "configure", "--no-cgroups",
+                    "--ldconfig=@/sbin/ldconfig", "--pid=42", "--device=all", "--compute", "--utility", "/s/root"]  # fmt: skip
+    env = {"NVIDIA_VISIBLE_DEVICES": "none", "NVIDIA_DRIVER_CAPABILITIES": "all", "NVIDIA_REQUIRE_CUDA": "cuda>=12"}
+    argv = nvidia.nvccli_argv("cli", "/r", pid=1, env=env, ldconfig="/l", user=False)
+    assert argv == ["cli", "configure", "--no-cgroups", "--ldconfig=@/l", "--pid=1",
+                    *[f"--{c}" for c in nvidia.CAPABILITIES], "--require=cuda>=12", "/r"]  # fmt: skip
+    assert nvidia.nvccli_argv("cli", "/r", pid=1, env={"NVIDIA_VISIBLE_DEVICES": "void"}, ldconfig="/l", user=False) is None

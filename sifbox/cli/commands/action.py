@@ -228,8 +228,9 @@ def main(args: argparse.Namespace) -> int:
     site = site_from_config(cfg)
     mounts = default_mounts(spec, host, site=site)
     devices = _device_request(args, cfg)
+    prepare = None
     if devices is not None:
-        mounts, overrides = _add_devices(devices, args, cfg, spec, site, mounts, overrides)
+        mounts, overrides, prepare = _add_devices(devices, args, cfg, spec, site, mounts, overrides)
     launched = "PMIX_RANK" in os.environ or "PMI_RANK" in os.environ or "SLURM_STEP_ID" in os.environ
     if launched:
         from sifbox.hpc import mpi, slurm
@@ -269,6 +270,8 @@ def main(args: argparse.Namespace) -> int:
             except OSError:
                 return False
 
+        if prepare is not None:
+            prepare(root)
         if launched and os.environ.get("PMIX_RANK", os.environ.get("SLURM_PROCID")) == "0":
             from sifbox.hpc import mpi
 
@@ -336,7 +339,7 @@ def _add_devices(request, args, cfg, spec, site, mounts, overrides):  # type: ig
 
         for warning in extra.warnings:
             log.log.warning("%s", warning)
-    return mounts + extra.mounts, {**extra.env, **overrides}
+    return mounts + extra.mounts, {**extra.env, **overrides}, extra.prepare
 
 
 def _verbose_log():  # type: ignore[no-untyped-def]
