@@ -7,6 +7,7 @@ and PMI variables, and finds the PMIx server's directory at the same path as on 
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,24 @@ def test_exit_status_and_failed_rank(slurm_cluster: SlurmCluster, hpc_image: Pat
                   env=slurm_cluster.env(as_who), timeout=TIMEOUT)  # fmt: skip
     assert proc.returncode == 127, proc.stderr + slurm_cluster.logs()
     assert "can't run `no-such-program` in the container: command not found" in proc.stderr
+
+
+def test_ranks_run_side_by_side(slurm_cluster: SlurmCluster, hpc_image: Path, run_as, as_who, sifbox_cli) -> None:
+    """16 ranks in containers at once: every rank is inside its container before any leaves
+    (start-up is not serialised: no lock held while a container runs, none taken across ranks)."""
+    # Each rank marks its arrival, then waits (up to 60 s) until all 16 have arrived.
+    marks = Path(f"/tmp/sifbox-hpc-marks-{as_who.name}")
+    shutil.rmtree(marks, ignore_errors=True)
+    marks.mkdir(mode=0o777)
+    marks.chmod(0o777)
+    script = (f'touch {marks}/$SLURM_PROCID; i=0; while [ $(ls {marks} | wc -l) -lt 16 ] && [ $i -lt 600 ]; do '
+              'sleep 0.1; i=$((i+1)); done; echo "rank $SLURM_PROCID saw $(ls ' + str(marks) + ' | wc -l)"')  # fmt: skip
+    try:
+        proc = run_as(as_who, ["srun", "-O", "-n", "16", sifbox_cli, "exec", str(hpc_image), "sh", "-c", script],
+                      env=slurm_cluster.env(as_who), timeout=TIMEOUT)  # fmt: skip
+    finally:
+        shutil.rmtree(marks, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr
+    seen = re.findall(r"^rank (\d+) saw (\d+)$", proc.stdout, re.M)
+    assert sorted(int(r) for r, _ in seen) == list(range(16)), proc.stdout
+    assert all(n == "16" for _, n in seen), proc.stdout
