@@ -42,14 +42,34 @@ PMIX_LIBS = tuple(f"{d}/libpmix.so.2" for d in ("/usr/lib/x86_64-linux-gnu", "/u
                                                 "/usr/lib64", "/usr/lib", "/usr/local/lib"))  # fmt: skip
 
 
+OPENMPI_LIBS = tuple(f"{d}/libmpi.so.40" for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
+                                                    "/usr/lib64", "/usr/lib", "/usr/local/lib",
+                                                    "/usr/lib64/openmpi/lib"))  # fmt: skip
+
+
 def mismatch_hint(env: Mapping[str, str], present) -> str | None:  # type: ignore[no-untyped-def]
     """A warning when the launcher's process-management interface can't be
-    the image's: a PMIx step (`srun --mpi=pmix`, no PMI_FD) and an image whose
-    MPI is MPICH without PMIx, which then waits for a PMI that never answers.
+    the image's MPI's, so that its ranks would never find each other:
+
+    * a PMIx step (`srun --mpi=pmix`, no PMI_FD) and an image whose MPI is
+      MPICH without PMIx, which then waits for a PMI that never answers;
+    * a Slurm step without any PMI (`srun --mpi=none`) and an image with an
+      MPI: each rank would start a world of its own (or wait forever).
+
     `present(path)` says whether a path exists in the image."""
-    if "PMIX_RANK" not in env or "PMI_FD" in env:
+    pmix = "PMIX_RANK" in env
+    pmi = "PMI_FD" in env or "PMI_PORT" in env
+    mpich = any(present(p) for p in MPICH_LIBS)
+    if pmix and not pmi:
+        if mpich and not any(present(p) for p in PMIX_LIBS):
+            return ("this job step offers PMIx, but the image's MPI is MPICH without PMIx support: "
+                    "its ranks would not find each other; run the step with `srun --mpi=pmi2`")
         return None
-    if any(present(p) for p in MPICH_LIBS) and not any(present(p) for p in PMIX_LIBS):
-        return ("this job step offers PMIx, but the image's MPI is MPICH without PMIx support: "
-                "its ranks would not find each other; run the step with `srun --mpi=pmi2`")
+    if "SLURM_STEP_ID" in env and not pmix and not pmi and int(env.get("SLURM_NTASKS", "1") or 1) > 1:
+        if mpich:
+            return ("this job step offers no PMI (srun --mpi=none) and the image's MPI is MPICH: "
+                    "its ranks would not find each other; run the step with `srun --mpi=pmi2`")
+        if any(present(p) for p in OPENMPI_LIBS):
+            return ("this job step offers no PMI (srun --mpi=none) and the image's MPI is OpenMPI: "
+                    "each rank would run alone; run the step with `srun --mpi=pmix`")
     return None

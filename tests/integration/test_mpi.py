@@ -130,3 +130,13 @@ def test_openmpi_under_pmi2_fails_fast(slurm_cluster: SlurmCluster, mpi_images: 
                            "/opt/mpitest/ring"], env=slurm_cluster.env(as_who), timeout=60)  # fmt: skip
     assert proc.returncode != 0
     assert "PMI" in proc.stderr
+
+
+def test_step_without_pmi_gets_a_hint(slurm_cluster: SlurmCluster, mpi_images: MpiImages, run_as, as_who,
+                                      sifbox_cli) -> None:  # fmt: skip
+    """`srun --mpi=none` with an MPI image: one warning naming the fix, and no hang (OpenMPI's
+    ranks find a Slurm step without PMI and stop)."""
+    proc = run_as(as_who, ["srun", "-O", "--mpi=none", "-n", "3", sifbox_cli, "exec", str(mpi_images.hybrid),
+                           "/opt/mpitest/hello"], env=slurm_cluster.env(as_who), timeout=60)  # fmt: skip
+    assert proc.stderr.count("this job step offers no PMI (srun --mpi=none)") == 1, proc.stderr
+    assert "srun --mpi=pmix" in proc.stderr

@@ -113,3 +113,18 @@ def test_nvccli_argv() -> None:
     assert argv == ["cli", "configure", "--no-cgroups", "--ldconfig=@/l", "--pid=1",
                     *[f"--{c}" for c in nvidia.CAPABILITIES], "--require=cuda>=12", "/r"]  # fmt: skip
     assert nvidia.nvccli_argv("cli", "/r", pid=1, env={"NVIDIA_VISIBLE_DEVICES": "void"}, ldconfig="/l", user=False) is None
+
+
+def test_mpi_mismatch_hints() -> None:
+    mpich_only = {"/usr/lib/x86_64-linux-gnu/libmpich.so.12"}.__contains__
+    openmpi = {"/usr/lib/x86_64-linux-gnu/libmpi.so.40", "/usr/lib/x86_64-linux-gnu/libpmix.so.2"}.__contains__
+    pmix_step = {"PMIX_RANK": "0", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "4"}
+    pmi2_step = {"PMI_FD": "5", "PMI_RANK": "0", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "4"}
+    bare_step = {"SLURM_STEP_ID": "0", "SLURM_NTASKS": "4"}
+    assert "srun --mpi=pmi2" in mpi.mismatch_hint(pmix_step, mpich_only)
+    assert mpi.mismatch_hint(pmix_step, openmpi) is None
+    assert mpi.mismatch_hint(pmi2_step, mpich_only) is None
+    assert "srun --mpi=pmi2" in mpi.mismatch_hint(bare_step, mpich_only)
+    assert "srun --mpi=pmix" in mpi.mismatch_hint(bare_step, openmpi)
+    assert mpi.mismatch_hint({**bare_step, "SLURM_NTASKS": "1"}, openmpi) is None
+    assert mpi.mismatch_hint({}, openmpi) is None
