@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the test harness's Slurm and image helpers (a dev script, not the product)
 
-from tests.integration import images, slurm  # noqa: E402
+from tests.integration import images, slurm
 
 
 def _time(argv: list[str], env: dict[str, str], user: str | None, runs: int) -> tuple[float | None, str]:
@@ -36,9 +36,9 @@ def _time(argv: list[str], env: dict[str, str], user: str | None, runs: int) -> 
     times = []
     for _ in range(runs):
         t = time.monotonic()
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
         if proc.returncode != 0:
-            return None, (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1][:60]
+            return None, (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:60]
         times.append(time.monotonic() - t)
     return statistics.median(times), ""
 

@@ -129,7 +129,7 @@ def read_ldcache(ldconfig: str | None) -> tuple[str, str | None]:
     if prog is None:
         return "", "ldconfig not found"
     try:
-        proc = subprocess.run([prog, "-p"], capture_output=True, text=True, timeout=60,
+        proc = subprocess.run([prog, "-p"], capture_output=True, text=True, timeout=60, check=False,
                               stdin=subprocess.DEVNULL)  # fmt: skip
     except OSError as err:
         return "", f"could not execute {prog}: {err.strerror}"

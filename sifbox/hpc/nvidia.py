@@ -86,7 +86,8 @@ def run_nvccli(argv: list[str]) -> None:
     from sifbox.util.errors import ExitStatus, SifboxError
 
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+        proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
+                              check=False)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise SifboxError(f"can't set up NVIDIA GPUs: `{argv[0]}` did not run: {err}",
                           exit_status=ExitStatus.CANNOT_LAUNCH) from None  # fmt: skip

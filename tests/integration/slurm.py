@@ -174,7 +174,7 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscrib
         subprocess.run(["slurmd", "-f", str(conf)], check=True, capture_output=True, env=env)
         deadline = time.monotonic() + START_TIMEOUT
         while True:
-            proc = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=env)
+            proc = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=env, check=False)
             if proc.returncode == 0 and proc.stdout.strip() in ("idle", "mix", "alloc"):
                 break
             if time.monotonic() > deadline:
@@ -188,7 +188,7 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscrib
 
 def stop_cluster(cluster: SlurmCluster) -> None:
     env = dict(os.environ, SLURM_CONF=str(cluster.conf))
-    subprocess.run(["scancel", "--full", "-u", "root"], capture_output=True, env=env, timeout=30)
+    subprocess.run(["scancel", "--full", "-u", "root"], capture_output=True, env=env, timeout=30, check=False)
     _stop(cluster.base / "slurmd.pid")
     _stop(cluster.base / "slurmctld.pid")
     for pid in _stepds(cluster):

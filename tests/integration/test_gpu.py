@@ -19,10 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration import mpi_images as hpc
 from tests.integration.images import LAUNCH_TIMEOUT, env_for
-from tests.integration.mpi_images import hpc_image  # noqa: F401
 
 pytestmark = pytest.mark.integration
+
+hpc_image = hpc.hpc_image
 
 STUB = "int {sym}(void) {{ return 0; }}\n"
 

@@ -16,10 +16,15 @@ import re
 
 import pytest
 
-from tests.integration.mpi_images import MpiImages, mpi_images  # noqa: F401
-from tests.integration.slurm import SlurmCluster, slurm_cluster  # noqa: F401
+from tests.integration import mpi_images as hpc
+from tests.integration import slurm
+from tests.integration.mpi_images import MpiImages
+from tests.integration.slurm import SlurmCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+mpi_images = hpc.mpi_images
+slurm_cluster = slurm.slurm_cluster
 
 TIMEOUT = 180
 HOST_LIB = "/usr/lib/x86_64-linux-gnu"
@@ -30,7 +35,7 @@ BIND_MODEL_LIBS = "/host/lib/openmpi/lib:/host/lib"
 
 
 def _ranks(out: str, n: int) -> None:
-    seen = sorted(int(m) for m in re.findall(r"^rank (\d+) of %d in the ring$" % n, out, re.M))
+    seen = sorted(int(m) for m in re.findall(rf"^rank (\d+) of {n} in the ring$", out, re.MULTILINE))
     assert seen == list(range(n)), out
     assert f"ring done: token {n} after {n} ranks, big messages ok" in out, out
 
@@ -49,12 +54,11 @@ def test_hybrid_srun_pmix(slurm_cluster: SlurmCluster, mpi_images: MpiImages, ru
 def test_hybrid_hello_sees_slurm(slurm_cluster: SlurmCluster, mpi_images: MpiImages, run_as, as_who, sifbox_cli) -> None:
     proc = _srun(slurm_cluster, run_as, as_who, 3,
                  [sifbox_cli, "exec", str(mpi_images.hybrid), "sh", "-c",
-                  'echo "task $SLURM_PROCID/$SLURM_NTASKS job $SLURM_JOB_ID pmix $PMIX_RANK"; '
-                  "exec /opt/mpitest/hello"])  # fmt: skip
+                  'echo "task $SLURM_PROCID/$SLURM_NTASKS job $SLURM_JOB_ID pmix $PMIX_RANK"; exec /opt/mpitest/hello'])  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    tasks = sorted(re.findall(r"^task (\d+)/3 job \d+ pmix (\d+)$", proc.stdout, re.M))
+    tasks = sorted(re.findall(r"^task (\d+)/3 job \d+ pmix (\d+)$", proc.stdout, re.MULTILINE))
     assert tasks == [(str(i), str(i)) for i in range(3)], proc.stdout
-    assert sorted(re.findall(r"^hello from rank (\d) of 3", proc.stdout, re.M)) == ["0", "1", "2"]
+    assert sorted(re.findall(r"^hello from rank (\d) of 3", proc.stdout, re.MULTILINE)) == ["0", "1", "2"]
 
 
 def test_mpirun_inside_one_container(mpi_images: MpiImages, run_as, as_who, sifbox_cli) -> None:
@@ -101,13 +105,18 @@ def test_bind_model_needs_the_libraries(slurm_cluster: SlurmCluster, mpi_images:
 
 
 def test_mpich_hybrid_srun_pmi2(slurm_cluster: SlurmCluster, mpi_images: MpiImages, run_as, as_who, sifbox_cli) -> None:
-    """MPICH (ch4/UCX) in the image, Slurm's PMI-2 through the inherited PMI_FD descriptor."""
+    """MPICH (ch4/UCX) in the image, Slurm's PMI-2 through the inherited PMI_FD descriptor.
+
+    Two ranks, one per core: Debian's MPICH 4.0 with UCX 1.13 under `srun --mpi=pmi2` hangs now
+    and then in its final barrier when more busy-polling ranks than cores start a few tenths of
+    a second apart, with or without containers (`srun -O -n 4 sh -c 'sleep 0.$((SLURM_PROCID*3));
+    exec ./ring'` on the host does it too)."""
     if mpi_images.mpich is None:
         pytest.skip("MPICH is not installed (Debian packages mpich, libmpich-dev)")
-    proc = run_as(as_who, ["srun", "-O", "--mpi=pmi2", "-n", "4", sifbox_cli, "exec", str(mpi_images.mpich),
+    proc = run_as(as_who, ["srun", "-O", "--mpi=pmi2", "-n", "2", sifbox_cli, "exec", str(mpi_images.mpich),
                            "/opt/mpitest/ring"], env=slurm_cluster.env(as_who), timeout=TIMEOUT)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    _ranks(proc.stdout, 4)
+    _ranks(proc.stdout, 2)
 
 
 def test_mpich_under_pmix_gets_a_hint(slurm_cluster: SlurmCluster, mpi_images: MpiImages, run_as, as_who,

@@ -12,10 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.mpi_images import hpc_image  # noqa: F401
-from tests.integration.slurm import SlurmCluster, slurm_cluster  # noqa: F401
+from tests.integration import mpi_images as hpc
+from tests.integration import slurm
+from tests.integration.slurm import SlurmCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+hpc_image = hpc.hpc_image
+slurm_cluster = slurm.slurm_cluster
 
 TIMEOUT = 180
 PROBE = ('echo "rank $SLURM_PROCID of $SLURM_NTASKS step $SLURM_JOB_ID.$SLURM_STEP_ID '
@@ -27,7 +31,7 @@ def test_every_rank_starts_with_slurm_variables(slurm_cluster: SlurmCluster, hpc
     proc = run_as(as_who, ["srun", "-O", "-n", "8", sifbox_cli, "exec", str(hpc_image), "sh", "-c", PROBE],
                   env=slurm_cluster.env(as_who), timeout=TIMEOUT)  # fmt: skip
     assert proc.returncode == 0, proc.stderr + slurm_cluster.logs()
-    found = re.findall(r"^rank (\d+) of 8 step (\d+)\.(\d+) pmix (\d+) ns (\S+) dir (\w+)$", proc.stdout, re.M)
+    found = re.findall(r"^rank (\d+) of 8 step (\d+)\.(\d+) pmix (\d+) ns (\S+) dir (\w+)$", proc.stdout, re.MULTILINE)
     assert sorted(int(r[0]) for r in found) == list(range(8)), proc.stdout
     assert all(r[0] == r[3] for r in found), "PMIX_RANK is the Slurm task id"
     assert len({r[1:3] for r in found}) == 1 and len({r[4] for r in found}) == 1, "one job step, one PMIx namespace"
@@ -41,7 +45,7 @@ def test_pmi2_descriptor_passes(slurm_cluster: SlurmCluster, hpc_image: Path,
     proc = run_as(as_who, ["srun", "-O", "--mpi=pmi2", "-n", "3", sifbox_cli, "exec", str(hpc_image),
                            "sh", "-c", probe], env=slurm_cluster.env(as_who), timeout=TIMEOUT)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    found = re.findall(r"^pmi (\d)/3 fd (\d+) open (\w+)$", proc.stdout, re.M)
+    found = re.findall(r"^pmi (\d)/3 fd (\d+) open (\w+)$", proc.stdout, re.MULTILINE)
     assert sorted(f[0] for f in found) == ["0", "1", "2"], proc.stdout
     assert all(f[2] == "yes" for f in found), proc.stdout
 
@@ -75,6 +79,6 @@ def test_ranks_run_side_by_side(slurm_cluster: SlurmCluster, hpc_image: Path, ru
     finally:
         shutil.rmtree(marks, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr
-    seen = re.findall(r"^rank (\d+) saw (\d+)$", proc.stdout, re.M)
+    seen = re.findall(r"^rank (\d+) saw (\d+)$", proc.stdout, re.MULTILINE)
     assert sorted(int(r) for r, _ in seen) == list(range(16)), proc.stdout
     assert all(n == "16" for _, n in seen), proc.stdout
