@@ -37,7 +37,7 @@ def plan(request: Request, *, cfg, conf_dir: str, dev_is_host: bool, env) -> Ext
     mounts = []
     prepare = None
     extra_env: dict[str, str] = {}
-    dev_root = os.path.normpath(env.get("SIFBOX_GPU_DEVICE_ROOT") or "/dev")
+    dev_root = os.path.normpath(os.environ.get("SIFBOX_GPU_DEVICE_ROOT") or "/dev")
     own_dev = dev_is_host and dev_root != "/dev"
     if request.nvccli:
         from sifbox.hpc import nvidia
