@@ -207,7 +207,18 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     if os.geteuid() != 0:
         pytest.skip("starting slurmctld/slurmd/munged needs root")
     cluster = start_cluster()
+    pids = [p for p in (_pid(cluster.base / f) for f in ("munge/pid", "slurmctld.pid", "slurmd.pid")) if p]
     try:
         yield cluster
     finally:
         stop_cluster(cluster)
+    left = [pid for pid in pids if _alive(pid)] + _stepds(cluster)
+    assert not left, f"Slurm/munge processes left running: {left}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
