@@ -20,6 +20,7 @@ PACKAGES=(
     python3 python3-venv squashfs-tools squashfuse fuse3 busybox-static uidmap siftool debootstrap
     squashfs-tools-ng bash-completion fuse-overlayfs gnupg gpgv sqv fuse2fs zstd skopeo umoci
     docker-registry apache2-utils openssl
+    slurm-wlm munge openmpi-bin libopenmpi-dev mpich libmpich-dev gcc
 )
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

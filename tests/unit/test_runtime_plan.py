@@ -572,6 +572,8 @@ def ns(command: str = "exec", **kw: Any) -> argparse.Namespace:
         "nv": False,
         "nvccli": False,
         "rocm": False,
+        "device": [],
+        "cdi_dirs": None,
         "pid": False,
         "ipc": False,
         "net": False,
@@ -708,21 +710,6 @@ def test_unknown_no_mount_name_from_env(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("SIFBOX_NO_MOUNT", "bogus")
     with pytest.raises(UsageError, match="bogus"):
         action.build_spec(ns())
-
-
-@pytest.mark.parametrize(
-    "field,value",
-    [
-        ("nv", True),
-        ("nvccli", True),
-        ("rocm", True),
-    ],
-)
-def test_not_yet_flags(field: str, value: Any) -> None:
-    assert field in action.NOT_YET
-    with pytest.raises(NotAvailableError) as exc:
-        action.build_spec(ns(**{field: value}))
-    assert str(exc.value) == f"can't use --{field}: not available in this version of sifbox yet"
 
 
 def test_overlay_flag_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,7 @@ import sys
 from sifbox.util.errors import NotAvailableError, UsageError
 
 ENV_PREFIXES = ("SIFBOX_", "APPTAINER_", "SINGULARITY_")
-NOT_YET = ("nv", "nvccli", "rocm")
+NOT_YET: tuple[str, ...] = ()
 STARTSCRIPT = "/.singularity.d/startscript"
 
 
@@ -73,6 +73,15 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, str, str | None, str | None, str], ..
     (("--add-caps",), "add_caps", "value", "CAPS", "root: keep these capabilities (comma list)", "isolation"),
     (("--drop-caps",), "drop_caps", "value", "CAPS", "root: with --keep-privs, drop these capabilities",
      "isolation"),
+    (("--nv",), "nv", "bool", None, "bind the host's NVIDIA driver files and devices (nvliblist.conf)",
+     "GPUs and devices"),
+    (("--nvccli",), "nvccli", "bool", None, "set up NVIDIA GPUs with nvidia-container-cli", "GPUs and devices"),
+    (("--rocm",), "rocm", "bool", None, "bind the host's AMD ROCm driver files and devices (rocmliblist.conf)",
+     "GPUs and devices"),
+    (("--device",), "device", "append", "VENDOR/CLASS=NAME", "add a CDI device (repeatable, comma-separated)",
+     "GPUs and devices"),
+    (("--cdi-dirs",), "cdi_dirs", "value", "DIRS", "CDI spec directories (comma list; default /etc/cdi,/var/run/cdi)",
+     "GPUs and devices"),
     *((("--" + name,), name, "bool", None, None, "not available yet") for name in NOT_YET),
 )
 SHELL_OPTION = (("-s", "--shell"), "shell", "value", "PATH", "shell to run (default /bin/bash, else /bin/sh)",
@@ -320,11 +329,21 @@ def main(args, launch=None) -> int:  # type: ignore[no-untyped-def]
             log.log.warning("%s", warning)
     _check_namespaces_allowed(spec, cfg)
     site = site_from_config(cfg)
+    prepare = None
+    launched = "PMIX_RANK" in os.environ or "PMI_RANK" in os.environ or "SLURM_STEP_ID" in os.environ
     if instance is not None:
         # Joining: the instance's mounts and image are already in place.
         mounts, source, image_path, overlays = [], None, instance.image, []
     else:
         mounts = default_mounts(spec, host, site=site)
+        devices = _device_request(args, cfg)
+        if devices is not None:
+            mounts, overrides, prepare = _add_devices(devices, args, cfg, spec, site, mounts, overrides)
+        if launched:
+            from sifbox.hpc import mpi, slurm
+
+            mounts = mounts + slurm.launcher_mounts(os.environ, mounts)
+            overrides = {**mpi.env_defaults(os.environ, own_userns=uid != 0 or spec.userns), **overrides}
         source = open_image(spec.image, verb=action)
         image_path = source.path
         if policy_configured(cfg):
@@ -369,6 +388,16 @@ def main(args, launch=None) -> int:  # type: ignore[no-untyped-def]
             except OSError:
                 return False
 
+        if prepare is not None:
+            prepare(root)
+        if launched and os.environ.get("PMIX_RANK", os.environ.get("SLURM_PROCID")) == "0":
+            from sifbox.hpc import mpi
+
+            hint = mpi.mismatch_hint(os.environ, present)
+            if hint:
+                from sifbox.util import log
+
+                log.log.warning("%s", hint)
         if app and not present(f"/scif/apps/{app}"):
             raise LaunchError(f"can't {action} app `{app}` of `{spec.image}`: the image has no such app",
                               hint=f"`sifbox inspect --list-apps {spec.image}` lists its apps")  # fmt: skip
@@ -449,6 +478,42 @@ def _check_ecl(source, action: str, config: str | None) -> None:  # type: ignore
     except BaseException:
         source.close()
         raise
+
+
+def _device_request(args, cfg):  # type: ignore[no-untyped-def]
+    """The GPU/CDI request of the options, variables and sifbox.conf; None when none."""
+    nvccli = args.nvccli or _truthy(flag_env("NVCCLI")) or cfg.get_bool("use nvidia-container-cli")
+    nv = args.nv or _truthy(flag_env("NV")) or cfg.get_bool("always use nv")
+    rocm = args.rocm or _truthy(flag_env("ROCM")) or cfg.get_bool("always use rocm")
+    devices = [d for item in args.device + ([flag_env("DEVICE")] if flag_env("DEVICE") else [])
+               for d in item.split(",") if d]  # fmt: skip
+    if not (nv or nvccli or rocm or devices):
+        return None
+    if cfg.get_bool("use nvidia-container-cli") and nv and not args.nvccli:
+        nvccli = True  # as Apptainer: the directive turns --nv into --nvccli
+    cdi_dirs = args.cdi_dirs or flag_env("CDI_DIRS")
+    from sifbox.hpc.devices import Request
+
+    return Request(nv and not nvccli, nvccli, rocm, tuple(devices),
+                   tuple(d for d in (cdi_dirs or "").split(",") if d))  # fmt: skip
+
+
+def _add_devices(request, args, cfg, spec, site, mounts, overrides):  # type: ignore[no-untyped-def]
+    from sifbox.config import sysconf
+    from sifbox.hpc import devices
+
+    conf = getattr(args, "config", None) or os.environ.get(sysconf.ENV_VAR) or sysconf.DEFAULT_PATH
+    dev_is_host = site.mount_dev == "yes" and not spec.contain and "dev" not in spec.no_mount
+    env = dict(os.environ)
+    env.update(overrides)
+    extra = devices.plan(request, cfg=cfg, conf_dir=os.path.dirname(os.path.abspath(conf)),
+                         dev_is_host=dev_is_host, env=env)  # fmt: skip
+    if extra.warnings:
+        from sifbox.util import log
+
+        for warning in extra.warnings:
+            log.log.warning("%s", warning)
+    return mounts + extra.mounts, {**extra.env, **overrides}, extra.prepare
 
 
 def _verbose_log():  # type: ignore[no-untyped-def]
