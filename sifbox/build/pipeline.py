@@ -559,6 +559,11 @@ def _write_output(
         return
     cfg = sysconf.load(req.config_path)
     squash = assemble.squash_options(cfg, epoch=req.epoch, extra_args=req.mksquashfs_args)
+    from sifbox.build.ociagents import device_pseudo_file
+
+    devices = device_pseudo_file(work, root)  # device nodes a user namespace could not create
+    if devices:
+        squash = dataclasses.replace(squash, extra_args=(*squash.extra_args, "-pf", devices[0], "-ef", devices[1]))
     if not req.quiet and sys.stderr.isatty():
         squash = dataclasses.replace(squash, progress=True)
     if req.fmt == "squashfs":
