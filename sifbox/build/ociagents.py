@@ -50,9 +50,7 @@ def image_uri(stage: Stage) -> str:
     if agent == "docker":
         return "docker://" + docker_reference(source, stage.get("registry"), stage.get("namespace"))
     prefix = f"{agent}:"
-    if source.startswith(prefix):  # `From: oci:/path` says the transport twice
-        source = source[len(prefix) :]
-    return prefix + source
+    return prefix + source.removeprefix(prefix)  # `From: oci:/path` says the transport twice
 
 
 _FROM_HINT = {
@@ -80,7 +78,11 @@ def pseudo_line(path: str, info: tarfile.TarInfo) -> str:
     """The mksquashfs pseudo definition of the device node `info` at `path` (in the root)."""
     kind = "c" if info.ischr() else "b"
     name = "/" + path.strip("/")
-    quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"' if any(c in name for c in ' "\\') else name
+    quoted = (
+        '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if any(c in name for c in ' "\\')
+        else name
+    )
     return f"{quoted} {kind} {info.mode & 0o7777:o} {info.uid} {info.gid} {info.devmajor} {info.devminor}"
 
 
@@ -152,7 +154,11 @@ class _RootTar(tarfile.TarFile):
         try:
             super().makedev(tarinfo, targetpath)
         except PermissionError:
-            fd = os.open(targetpath, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = os.open(
+                targetpath,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+            )
             os.close(fd)
             self.devices.append((os.path.relpath(targetpath, self.dest), tarinfo))
 
@@ -171,7 +177,9 @@ def _checked(members: Iterable[tarfile.TarInfo]) -> Iterator[tarfile.TarInfo]:
         if m.name.startswith("/") or ".." in m.name.split("/"):
             raise OciBootstrapError(f"can't unpack `{m.name}`: the name leaves the image")
         if m.islnk() and (m.linkname.startswith("/") or ".." in m.linkname.split("/")):
-            raise OciBootstrapError(f"can't unpack `{m.name}`: hard link to `{m.linkname}` leaves the image")
+            raise OciBootstrapError(
+                f"can't unpack `{m.name}`: hard link to `{m.linkname}` leaves the image"
+            )
         yield m
 
 
@@ -217,7 +225,11 @@ def unpack(img, root: str, *, source: str, ctx: BootstrapContext) -> None:  # ty
                 with tf:
                     # Names are checked by _checked; extraction filters (Python >= 3.11.4) would
                     # drop the setuid bits and owners an image root must keep.
-                    kw = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+                    kw = (
+                        {"filter": "fully_trusted"}
+                        if hasattr(tarfile, "fully_trusted_filter")
+                        else {}
+                    )
                     tf.extractall(root, members=_checked(tf), numeric_owner=True, **kw)
                 while stream.read(1 << 20):  # the end of the archive, so the writer finishes
                     pass
@@ -232,8 +244,6 @@ def unpack(img, root: str, *, source: str, ctx: BootstrapContext) -> None:  # ty
         detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         where = f" (`{err.filename}`)" if isinstance(err, OSError) and err.filename else ""
         raise OciBootstrapError(f"can't unpack `{source}` into the build root: {detail}{where}")
-    if failure:
-        raise failure[0]
     if devices:
         record_devices(ctx.tmpdir, root, devices)
 
@@ -245,8 +255,7 @@ def _devices_file(tmpdir: str, root: str) -> str:
 def record_devices(tmpdir: str, root: str, devices: list[tuple[str, tarfile.TarInfo]]) -> None:
     """Add the device nodes kept as empty files in `root` to its pseudo definitions."""
     with open(_devices_file(tmpdir, root), "a", encoding="utf-8", errors="surrogateescape") as f:
-        for path, info in devices:
-            f.write(pseudo_line(path, info) + "\n")
+        f.writelines(pseudo_line(path, info) + "\n" for path, info in devices)
 
 
 def device_pseudo_file(tmpdir: str, root: str) -> tuple[str, str] | None:

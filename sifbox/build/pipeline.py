@@ -563,7 +563,8 @@ def _write_output(
 
     devices = device_pseudo_file(work, root)  # device nodes a user namespace could not create
     if devices:
-        squash = dataclasses.replace(squash, extra_args=(*squash.extra_args, "-pf", devices[0], "-ef", devices[1]))
+        extra = (*squash.extra_args, "-pf", devices[0], "-ef", devices[1])
+        squash = dataclasses.replace(squash, extra_args=extra)
     if not req.quiet and sys.stderr.isatty():
         squash = dataclasses.replace(squash, progress=True)
     if req.fmt == "squashfs":
