@@ -13,6 +13,7 @@ import json
 import os
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -157,22 +158,90 @@ def test_bad_sources_are_clear_errors(images, run_as, as_who, sifbox_cli, shared
         assert [p for p in shared_tmp.iterdir() if p.name.startswith(".bad")] == []
 
 
+def _has_registry_client(cli: str) -> bool:
+    bindir = Path(cli).resolve().parent
+    python = next((bindir / n for n in ("python3", "python") if (bindir / n).exists()), None)
+    if python is None:
+        return False
+    probe = [str(python), "-I", "-c", "import sifbox.oci.registry"]
+    return subprocess.run(probe, capture_output=True, cwd="/", check=False).returncode == 0
+
+
 def test_docker_needs_the_registry_client(run_as, as_who, sifbox_cli, shared_tmp) -> None:
-    probe = subprocess.run([sifbox_cli, "version"], capture_output=True, text=True, check=False)
-    assert probe.returncode == 0
-    python = Path(sifbox_cli).resolve().parent / "python"
-    if python.exists():
-        has = subprocess.run(
-            [str(python), "-c", "import sifbox.oci.registry"], capture_output=True, check=False
-        )
-        if has.returncode == 0:
-            pytest.skip("this sifbox has a registry client; the docker agent is tested with it")
-    deffile = _def(shared_tmp, "docker", "alpine:3.20",
-                   "Bootstrap: {agent}\nFrom: {source}\nRegistry: 127.0.0.1:5000\nNamespace: tools\n")  # fmt: skip
+    if _has_registry_client(sifbox_cli):
+        pytest.skip("this sifbox has a registry client: test_docker_from_local_registry covers it")
+    text = "Bootstrap: {agent}\nFrom: {source}\nRegistry: 127.0.0.1:5000\nNamespace: tools\n"
+    deffile = _def(shared_tmp, "docker", "alpine:3.20", text)
     out = shared_tmp / "docker.sif"
     proc = _build(run_as, as_who, sifbox_cli, shared_tmp, out, str(deffile))
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     err = [ln for ln in proc.stderr.splitlines() if ln.startswith("sifbox: error:")]
     assert len(err) == 1, proc.stderr
-    assert "docker://127.0.0.1:5000/tools/alpine:3.20" in err[0] and "sifbox.oci.registry" in err[0]
+    assert "docker://127.0.0.1:5000/tools/alpine:3.20" in err[0]
+    assert "sifbox.oci.registry" in err[0]
     assert not out.exists()
+
+
+@pytest.fixture
+def local_registry(images, sifbox_cli, shared_tmp) -> Iterator[str]:  # noqa: F811
+    """docker-registry on 127.0.0.1 holding the test image as tools/busy:v1; stopped after."""
+    import shutil
+    import socket
+    import time
+    import urllib.request
+
+    if not _has_registry_client(sifbox_cli):
+        pytest.skip("this sifbox has no registry client (`sifbox.oci.registry`) yet")
+    if shutil.which("docker-registry") is None:
+        pytest.skip("`docker-registry` is not installed (Debian package `docker-registry`)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = shared_tmp / "registry"
+    base.mkdir()
+    (base / "config.yml").write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {base}/data\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    with open(base / "log", "wb") as log:
+        proc = subprocess.Popen(
+            ["docker-registry", "serve", str(base / "config.yml")], stdout=log, stderr=log
+        )
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail(f"docker-registry did not start: {(base / 'log').read_text()}")
+        subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{images}/layout:{TAG}",
+                        f"docker://127.0.0.1:{port}/tools/busy:{TAG}"], check=True, capture_output=True)  # fmt: skip
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_docker_from_local_registry(local_registry, run_as, as_who, sifbox_cli, shared_tmp) -> None:
+    text = DEF.replace(
+        "From: {source}", f"From: {{source}}\nRegistry: {local_registry}\nNamespace: tools"
+    )
+    deffile = _def(shared_tmp, "docker", f"busy:{TAG}", text)
+    out = shared_tmp / "docker.sif"
+    cache = shared_tmp / f"cache-{as_who.name}"
+    scratch = shared_tmp / "scratch"
+    scratch.mkdir(exist_ok=True)
+    scratch.chmod(0o777)
+    proc = _sifbox(run_as, as_who, sifbox_cli, "build", str(out), str(deffile), cwd=shared_tmp,
+                   SIFBOX_TMPDIR=str(scratch), SIFBOX_CACHEDIR=str(cache))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    run = _sifbox(run_as, as_who, sifbox_cli, "run", str(out), "x")
+    assert run.stdout == "runscript: hello from oci, def env, x\n", run.stderr
+    got = extract(out, shared_tmp / "root")
+    assert (got / "home/alice/notes").lstat().st_uid == 1234
+    assert (got / "post-file").read_text() == "made in %post\n"
+    labels = json.loads((got / ".singularity.d/labels.json").read_text())
+    assert labels["org.label-schema.usage.singularity.deffile.registry"] == local_registry
+    assert labels["org.label-schema.usage.singularity.deffile.namespace"] == "tools"
