@@ -245,3 +245,24 @@ def test_docker_from_local_registry(local_registry, run_as, as_who, sifbox_cli, 
     labels = json.loads((got / ".singularity.d/labels.json").read_text())
     assert labels["org.label-schema.usage.singularity.deffile.registry"] == local_registry
     assert labels["org.label-schema.usage.singularity.deffile.namespace"] == "tools"
+
+
+def test_reproducible(images, run_as, as_who, sifbox_cli, shared_tmp) -> None:  # noqa: F811
+    """With SOURCE_DATE_EPOCH, equal inputs give equal bytes, for root and fakeroot builds alike."""
+    deffile = _def(shared_tmp, "oci-archive", FROM["oci-archive"](images))
+    sums = []
+    for n, who in enumerate((as_who, as_who, None)):
+        if who is None and as_who.is_root:
+            break
+        out = shared_tmp / f"r{n}.sif"
+        scratch = shared_tmp / "scratch"
+        scratch.mkdir(exist_ok=True)
+        scratch.chmod(0o777)
+        env = env_for(who or as_who, SIFBOX_TMPDIR=str(scratch), SOURCE_DATE_EPOCH="1700000000")
+        if who is None:  # root, for the same definition the test user built
+            env = {**os.environ, "SIFBOX_TMPDIR": str(scratch), "SOURCE_DATE_EPOCH": "1700000000"}
+        proc = run_as(who, [sifbox_cli, "build", str(out), str(deffile)], env=env, cwd=str(shared_tmp),
+                      timeout=TIMEOUT)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        sums.append(out.read_bytes())
+    assert all(s == sums[0] for s in sums[1:])
