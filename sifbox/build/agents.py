@@ -56,6 +56,7 @@ class BootstrapContext:
     step: Callable[[str], None]  # progress line
     quiet: bool = False
     extract: Callable[[str, str], None] | None = None  # (image path, dest dir)
+    disable_cache: bool = False  # images from registries: no cache read or written
 
 
 def bootstrap(stage: Stage, root: str, ctx: BootstrapContext) -> None:

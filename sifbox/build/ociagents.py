@@ -89,30 +89,31 @@ def pseudo_line(path: str, info: tarfile.TarInfo) -> str:
 # -- the agents ----------------------------------------------------------------------------
 def oci_image(stage: Stage, root: str, ctx: BootstrapContext) -> None:
     """Fill `root` with the image a `Bootstrap: oci|oci-archive|docker-archive|docker` names."""
+    import shutil
+
     from sifbox.oci.layout import SourceRef, host_platform, open_image, parse_source
 
     uri = image_uri(stage)
     platform = host_platform()
+    private = None  # a layout fetched without the cache, removed when done
     if stage.bootstrap == "docker":
-        ref = SourceRef("oci", _fetch_remote(uri, str(platform), ctx))
+        layout = _fetch_remote(uri, str(platform), ctx)
+        private = layout if ctx.disable_cache else None
+        ref = SourceRef("oci", layout)
     else:
         ref = parse_source(uri)
-    img = open_image(ref, platform)
     try:
-        have = img.platform
-        if have.architecture and have.architecture != platform.architecture:
-            _warn(f"the image is for `{have}`, this machine is `{platform}`")
-        unpack(img, root, source=uri, ctx=ctx)
+        img = open_image(ref, platform)
+        try:
+            have = img.platform
+            if have.architecture and have.architecture != platform.architecture:
+                _warn(f"the image is for `{have}`, this machine is `{platform}`")
+            unpack(img, root, source=uri, ctx=ctx)
+        finally:
+            img.store.close()
     finally:
-        img.store.close()
-
-
-def _cache_dir() -> str:
-    env = os.environ.get("SIFBOX_CACHEDIR")
-    if env:
-        return env
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(xdg, "sifbox")
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
 
 
 def _fetch_remote(uri: str, platform: str, ctx: BootstrapContext) -> str:
@@ -123,16 +124,18 @@ def _fetch_remote(uri: str, platform: str, ctx: BootstrapContext) -> str:
     except ModuleNotFoundError as err:
         if err.name != "sifbox.oci.registry":
             raise
-        raise NotAvailableError(f"can't bootstrap from `{uri}`: this sifbox has no registry client "
-                                "(`sifbox.oci.registry`) yet",
-                                hint="copy the image first (`skopeo copy docker://... oci:DIR:TAG`) and "
-                                     "build from `Bootstrap: oci` with `From: DIR:TAG`") from None  # fmt: skip
-    from pathlib import Path
+        raise NotAvailableError(
+            f"can't bootstrap from `{uri}`: this sifbox has no registry client "
+            "(`sifbox.oci.registry`) yet",
+            hint="copy the image first (`skopeo copy docker://... oci:DIR:TAG`) and "
+            "build from `Bootstrap: oci` with `From: DIR:TAG`",
+        ) from None
+    from sifbox.oci.cache import default_cache_dir
 
-    disable = os.environ.get("SIFBOX_DISABLE_CACHE", "").lower() in ("1", "yes", "true")
     ctx.step(f"fetching {uri}")
-    layout = registry.fetch_image(uri, platform=platform, cache_dir=Path(_cache_dir()),
-                                  disable_cache=disable)  # fmt: skip
+    layout = registry.fetch_image(
+        uri, platform=platform, cache_dir=default_cache_dir(), disable_cache=ctx.disable_cache
+    )
     return str(layout)
 
 

@@ -49,6 +49,7 @@ class BuildRequest:
     quiet: bool = False
     config_path: str | None = None
     warn_unused_args: bool = False
+    disable_cache: bool = False  # registry images: no cache read or written
 
 
 class Steps:
@@ -217,7 +218,7 @@ def _wants(req: BuildRequest, section: str) -> bool:
 def _build_stage(req, definition, stage, root, roots, work, steps, label, last, converted) -> None:  # type: ignore[no-untyped-def]
     from sifbox.build.agents import BootstrapContext, bootstrap
 
-    ctx = BootstrapContext(definition.filename, work, steps, quiet=req.quiet)
+    ctx = BootstrapContext(definition.filename, work, steps, quiet=req.quiet, disable_cache=req.disable_cache)
     if not (last and req.update):
         steps(
             f"bootstrapping {stage.bootstrap}{' from ' + stage.get('from') if stage.get('from') else ''}{label}"

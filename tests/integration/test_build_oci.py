@@ -245,6 +245,16 @@ def test_docker_from_local_registry(local_registry, run_as, as_who, sifbox_cli, 
     labels = json.loads((got / ".singularity.d/labels.json").read_text())
     assert labels["org.label-schema.usage.singularity.deffile.registry"] == local_registry
     assert labels["org.label-schema.usage.singularity.deffile.namespace"] == "tools"
+    assert cache.is_dir()
+    # --disable-cache: the cache is neither read nor written, and nothing is left behind
+    nocache = shared_tmp / "nocache"
+    proc = _sifbox(run_as, as_who, sifbox_cli, "build", "--force", "--disable-cache", str(out), str(deffile),
+                   cwd=shared_tmp, SIFBOX_TMPDIR=str(scratch), SIFBOX_CACHEDIR=str(nocache))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert not nocache.exists()
+    assert list(scratch.iterdir()) == []
+    run = _sifbox(run_as, as_who, sifbox_cli, "run", str(out), "y")
+    assert run.stdout == "runscript: hello from oci, def env, y\n", run.stderr
 
 
 def test_reproducible(images, run_as, as_who, sifbox_cli, shared_tmp) -> None:  # noqa: F811
