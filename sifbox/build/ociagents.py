@@ -152,6 +152,7 @@ class _RootTar(tarfile.TarFile):
 
     devices: list[tuple[str, tarfile.TarInfo]]
     dest: str
+    unmapped: int = 0  # entries whose owner this user namespace does not map
 
     def makedev(self, tarinfo: tarfile.TarInfo, targetpath: str) -> None:
         try:
@@ -166,7 +167,10 @@ class _RootTar(tarfile.TarFile):
             self.devices.append((os.path.relpath(targetpath, self.dest), tarinfo))
 
     def chown(self, tarinfo: tarfile.TarInfo, targetpath: str, numeric_owner: bool) -> None:
-        super().chown(tarinfo, targetpath, numeric_owner)
+        try:
+            super().chown(tarinfo, targetpath, numeric_owner)
+        except tarfile.ExtractError:
+            self.unmapped += 1
         for key, value in tarinfo.pax_headers.items():
             if key.startswith("SCHILY.xattr."):
                 with contextlib.suppress(OSError):  # trusted.* and the like stay with real root
@@ -219,6 +223,7 @@ def unpack(img, root: str, *, source: str, ctx: BootstrapContext) -> None:  # ty
     writer.start()
     devices: list[tuple[str, tarfile.TarInfo]] = []
     error: BaseException | None = None
+    unmapped = 0
     try:
         with open(r, "rb", buffering=1 << 20) as stream:
             try:
@@ -234,6 +239,7 @@ def unpack(img, root: str, *, source: str, ctx: BootstrapContext) -> None:  # ty
                         else {}
                     )
                     tf.extractall(root, members=_checked(tf), numeric_owner=True, **kw)
+                    unmapped = tf.unmapped
                 while stream.read(1 << 20):  # the end of the archive, so the writer finishes
                     pass
             except (tarfile.TarError, OSError) as err:
@@ -247,6 +253,9 @@ def unpack(img, root: str, *, source: str, ctx: BootstrapContext) -> None:  # ty
         detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         where = f" (`{err.filename}`)" if isinstance(err, OSError) and err.filename else ""
         raise OciBootstrapError(f"can't unpack `{source}` into the build root: {detail}{where}")
+    if unmapped:
+        _warn(f"{unmapped} files of `{source}` belong to users this build cannot map (no or too small "
+              "/etc/subuid and /etc/subgid range): they are root's in the image")  # fmt: skip
     if devices:
         record_devices(ctx.tmpdir, root, devices)
 

@@ -276,3 +276,27 @@ def test_reproducible(images, run_as, as_who, sifbox_cli, shared_tmp) -> None:  
         assert proc.returncode == 0, proc.stderr
         sums.append(out.read_bytes())
     assert all(s == sums[0] for s in sums[1:])
+
+
+def test_corrupt_layer_is_refused(images, run_as, as_who, sifbox_cli, shared_tmp) -> None:  # noqa: F811
+    import shutil
+
+    lay = shared_tmp / "layout"
+    shutil.copytree(images / "layout", lay)
+    index = json.loads((lay / "index.json").read_text())
+    mdigest = index["manifests"][0]["digest"].split(":")[1]
+    manifest = json.loads((lay / "blobs/sha256" / mdigest).read_text())
+    blob = lay / "blobs/sha256" / manifest["layers"][-1]["digest"].split(":")[1]
+    data = bytearray(blob.read_bytes())
+    data[-40] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    subprocess.run(["chmod", "-R", "a+rX", str(lay)], check=True)
+    deffile = _def(shared_tmp, "oci", f"{lay}:{TAG}", DEF)
+    out = shared_tmp / "corrupt.sif"
+    proc = _build(run_as, as_who, sifbox_cli, shared_tmp, out, str(deffile))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("sifbox: error:")]
+    assert len(err) == 1, proc.stderr
+    assert "digest mismatch" in err[0]
+    assert "running %post" not in proc.stderr
+    assert not out.exists()
