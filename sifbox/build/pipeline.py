@@ -440,7 +440,9 @@ def _run_container_script(req: BuildRequest, script, root: str, what: str, defau
         env["SCIF_APPNAME"] = app
         env["SCIF_APPROOT"] = f"/scif/apps/{app}"
         env["SCIF_APPDATA"] = f"/scif/data/{app}"
-    shell_cmd = f'cd {cwd} && exec "$@"'
+    # As Apptainer runs %post through `exec`: the base image's environment (an OCI image's ENV
+    # in 10-docker2singularity.sh) is in effect.
+    shell_cmd = f'for f in /.singularity.d/env/*.sh; do [ -r "$f" ] && . "$f"; done; cd {cwd} && exec "$@"'
     try:
         status = run_in_root(root, ["/bin/sh", "-c", shell_cmd, "sh", *argv, SCRIPT_PATH], env,
                              binds=req.binds, what=what, config_path=req.config_path)  # fmt: skip

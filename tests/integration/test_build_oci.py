@@ -37,6 +37,7 @@ From: {source}
     echo "made in %post" > /post-file
     /bin/busybox chown 1234:5678 /post-file
     test "$(stat -c %u /home/alice/notes)" = 1234
+    test "$GREETING" = "hello from oci"  # the image's ENV is in effect, as in Apptainer
 
 %environment
     export FROM_DEF="def env"
