@@ -25,6 +25,10 @@ AGENTS: dict[str, str] = {
     "busybox": "sifbox.build.agents:busybox",
     "localimage": "sifbox.build.agents:localimage",
     "debootstrap": "sifbox.build.agents:debootstrap",
+    "oci": "sifbox.build.ociagents:oci_image",
+    "oci-archive": "sifbox.build.ociagents:oci_image",
+    "docker-archive": "sifbox.build.ociagents:oci_image",
+    "docker": "sifbox.build.ociagents:oci_image",
     "yum": "sifbox.build.agents:rpm_family",
     "dnf": "sifbox.build.agents:rpm_family",
     "zypper": "sifbox.build.agents:rpm_family",
@@ -52,6 +56,7 @@ class BootstrapContext:
     step: Callable[[str], None]  # progress line
     quiet: bool = False
     extract: Callable[[str, str], None] | None = None  # (image path, dest dir)
+    disable_cache: bool = False  # images from registries: no cache read or written
 
 
 def bootstrap(stage: Stage, root: str, ctx: BootstrapContext) -> None:

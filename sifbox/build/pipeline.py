@@ -49,6 +49,7 @@ class BuildRequest:
     quiet: bool = False
     config_path: str | None = None
     warn_unused_args: bool = False
+    disable_cache: bool = False  # registry images: no cache read or written
 
 
 class Steps:
@@ -217,7 +218,7 @@ def _wants(req: BuildRequest, section: str) -> bool:
 def _build_stage(req, definition, stage, root, roots, work, steps, label, last, converted) -> None:  # type: ignore[no-untyped-def]
     from sifbox.build.agents import BootstrapContext, bootstrap
 
-    ctx = BootstrapContext(definition.filename, work, steps, quiet=req.quiet)
+    ctx = BootstrapContext(definition.filename, work, steps, quiet=req.quiet, disable_cache=req.disable_cache)
     if not (last and req.update):
         steps(
             f"bootstrapping {stage.bootstrap}{' from ' + stage.get('from') if stage.get('from') else ''}{label}"
@@ -439,7 +440,9 @@ def _run_container_script(req: BuildRequest, script, root: str, what: str, defau
         env["SCIF_APPNAME"] = app
         env["SCIF_APPROOT"] = f"/scif/apps/{app}"
         env["SCIF_APPDATA"] = f"/scif/data/{app}"
-    shell_cmd = f'cd {cwd} && exec "$@"'
+    # As Apptainer runs %post through `exec`: the base image's environment (an OCI image's ENV
+    # in 10-docker2singularity.sh) is in effect.
+    shell_cmd = f'for f in /.singularity.d/env/*.sh; do [ -r "$f" ] && . "$f"; done; cd {cwd} && exec "$@"'
     try:
         status = run_in_root(root, ["/bin/sh", "-c", shell_cmd, "sh", *argv, SCRIPT_PATH], env,
                              binds=req.binds, what=what, config_path=req.config_path)  # fmt: skip
@@ -559,6 +562,12 @@ def _write_output(
         return
     cfg = sysconf.load(req.config_path)
     squash = assemble.squash_options(cfg, epoch=req.epoch, extra_args=req.mksquashfs_args)
+    from sifbox.build.ociagents import device_pseudo_file
+
+    devices = device_pseudo_file(work, root)  # device nodes a user namespace could not create
+    if devices:
+        extra = (*squash.extra_args, "-pf", devices[0], "-ef", devices[1])
+        squash = dataclasses.replace(squash, extra_args=extra)
     if not req.quiet and sys.stderr.isatty():
         squash = dataclasses.replace(squash, progress=True)
     if req.fmt == "squashfs":

@@ -131,7 +131,7 @@ def env_for(shared_tmp: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def fetch(run_as, sifbox_cli: str, shared_tmp: Path, env_for):  # type: ignore[no-untyped-def]
-    python = str(Path(sifbox_cli).parent / "python")
+    python = str(Path(sifbox_cli).resolve().parent / "python")
 
     def run(
         who: User,

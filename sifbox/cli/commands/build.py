@@ -179,6 +179,7 @@ def request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         tmpdir=args.build_tmpdir or None,
         quiet=level > 20,
         config_path=getattr(args, "config", None),
+        disable_cache=args.disable_cache or _truthy(_flag("DISABLE_CACHE")),
     )
 
 
