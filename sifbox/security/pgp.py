@@ -193,13 +193,18 @@ class GnuPG:
                 "--digest-algo", "SHA256", "--output", "-"]  # fmt: skip
         if when is not None:
             args[:0] = ["--faked-system-time", f"{when}!"]
-        proc = self.run([*args, path], input=passphrase.encode() + b"\n", check=False)
-        if proc.returncode != 0:
-            reason = _gpg_reason(proc.stderr)
-            if "passphrase" in reason.lower() or "bad passphrase" in proc.stderr.decode(errors="replace").lower():
-                raise BadPassphrase(reason)
-            raise PgpError(f"can't sign: {reason}")
-        return proc.stdout
+        for _attempt in range(3):
+            proc = self.run([*args, path], input=passphrase.encode() + b"\n", check=False)
+            if proc.returncode != 0:
+                reason = _gpg_reason(proc.stderr)
+                if "passphrase" in reason.lower() or "bad passphrase" in proc.stderr.decode(errors="replace").lower():
+                    raise BadPassphrase(reason)
+                raise PgpError(f"can't sign: {reason}")
+            # An OpenPGP signature packet (tag 2, old or new format); gpg may exit 0
+            # without one when its agent did not answer in time: try again.
+            if proc.stdout[:1] and proc.stdout[0] in (0x88, 0x89, 0x8A, 0xC2):
+                return proc.stdout
+        raise PgpError("can't sign: gpg gave no signature", hint="run again; check that gpg-agent can start")
 
 
 class BadPassphrase(PgpError):

@@ -645,7 +645,7 @@ def test_cache_list_and_clean(
     sif = shared_tmp / "fake.sif"
     sif.write_bytes(b"x" * 2048)
     os.chown(sif, as_who.uid, as_who.gid)
-    store = run_as(as_who, [str(Path(sifbox_cli).parent / "python"), "-c",
+    store = run_as(as_who, [str(Path(sifbox_cli).resolve().parent / "python"), "-c",
                             "import os, sys; from sifbox.oci.cache import Cache; "
                             "print(Cache.default().store_sif(sys.argv[1], os.environ['SIF']))",
                             image.manifest_digest], env={**env, "SIF": str(sif)}, cwd="/")  # fmt: skip

@@ -37,7 +37,7 @@ def main(args: argparse.Namespace) -> int:
     import subprocess
     import tempfile
 
-    from sifbox.util.paths import which
+    from sifbox.util.paths import umask, which
 
     image = args.image
     verb = f"create an overlay in `{image}`"
@@ -80,17 +80,11 @@ def main(args: argparse.Namespace) -> int:
         if into_sif:
             _add_partition(image, fs, verb)
         else:
-            os.chmod(fs, 0o644 & ~_umask())
+            os.chmod(fs, 0o644 & ~umask())
             os.rename(fs, image)  # same directory: atomic
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return 0
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _is_sif(path: str) -> bool:

@@ -83,11 +83,13 @@ def _copy_atomically(src: str, out: str) -> None:
     import shutil
     import tempfile
 
+    from sifbox.util.paths import umask
+
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", dir=os.path.dirname(os.path.abspath(out)))
     os.close(fd)
     try:
         shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o644 & ~_umask())
+        os.chmod(tmp, 0o644 & ~umask())
         os.replace(tmp, out)
     except BaseException:
         try:
@@ -95,12 +97,6 @@ def _copy_atomically(src: str, out: str) -> None:
         except OSError:
             pass
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def main(args: argparse.Namespace) -> int:
