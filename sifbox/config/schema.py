@@ -24,7 +24,7 @@ path; for `bind path` that is the source of `src[:dst]`.
 
 from __future__ import annotations
 
-from collections import namedtuple
+from sifbox.util.records import record as namedtuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

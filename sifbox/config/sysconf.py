@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections import namedtuple
+from sifbox.util.records import record as namedtuple
 
 from sifbox.config import schema
 from sifbox.util.errors import ExitStatus, SifboxError, describe_os_error

@@ -14,7 +14,7 @@ looked up, for sites that keep them elsewhere (and for testing without a GPU).
 from __future__ import annotations
 
 import os
-from collections import namedtuple
+from sifbox.util.records import record as namedtuple
 
 from sifbox.util.errors import SifboxError
 

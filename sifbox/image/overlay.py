@@ -18,7 +18,7 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
-from collections import namedtuple
+from sifbox.util.records import record as namedtuple
 
 from sifbox.formats import squashfs
 from sifbox.formats.sif import constants as c

@@ -9,7 +9,7 @@ points in the root's tmpfs overlay.
 from __future__ import annotations
 
 import os
-from collections import namedtuple
+from sifbox.util.records import record as namedtuple
 
 from sifbox.runtime.spec import ContainerSpec, Host
 from sifbox.util.errors import SifboxError

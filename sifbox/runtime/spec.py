@@ -6,7 +6,7 @@ The CLI turns flags into a `ContainerSpec`; `plan` turns it into mounts and
 
 from __future__ import annotations
 
-from collections import namedtuple
+from sifbox.util.records import record as namedtuple
 
 #: A bind mount: host `source` at container `target`.
 BindMount = namedtuple("BindMount", "source target readonly", defaults=(False,))

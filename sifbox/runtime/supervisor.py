@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 import _signal as signal  # the C module: `signal` itself imports enum, ~5 ms of every launch
 import sys
-from collections.abc import Callable
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 FORWARDED = (
     signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,

@@ -10,10 +10,10 @@ or an unexpected exception.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
     from typing import BinaryIO
 
 from sifbox.formats.sif import constants as c

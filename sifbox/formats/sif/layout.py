@@ -8,7 +8,7 @@ records, `dump_*` turns records back into the exact bytes.
 from __future__ import annotations
 
 import struct
-from collections import namedtuple
+from sifbox.util.records import record as namedtuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 
 # Plain namedtuples at run time: `typing` and `dataclasses` cost milliseconds
 # of start-up on every `sifbox` run.
-_HeaderFields = namedtuple(  # type: ignore[no-redef]
+_HeaderFields = namedtuple(  # type: ignore[misc]
     "_HeaderFields",
     "launch_script magic version arch image_id created_at modified_at descriptors_free "
     "descriptors_total descriptors_offset descriptors_size data_offset data_size",
@@ -138,7 +138,7 @@ def dump_header(h: Header) -> bytes:
     )
 
 
-_DescriptorFields = namedtuple(  # type: ignore[no-redef]
+_DescriptorFields = namedtuple(  # type: ignore[misc]
     "_DescriptorFields",
     "data_type used id raw_group raw_link offset size size_with_padding created_at "
     "modified_at uid gid raw_name extra",
