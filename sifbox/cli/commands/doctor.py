@@ -26,6 +26,10 @@ TOOLS = (
     ("newuidmap", "uidmap", WARN),
     ("newgidmap", "uidmap", WARN),
     ("tar2sqfs", "squashfs-tools-ng", WARN),
+    ("fuse2fs", "fuse2fs", WARN),
+    ("mkfs.ext3", "e2fsprogs", WARN),
+    ("gpg", "gnupg", WARN),
+    ("debootstrap", "debootstrap", WARN),
 )
 
 

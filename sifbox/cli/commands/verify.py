@@ -14,17 +14,9 @@ import sys
 from sifbox.util.errors import SifboxError
 
 
-def _id(text: str) -> int:
-    try:
-        v = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid ID `{text}`") from None
-    if not 0 < v <= 0x0FFFFFFF:
-        raise argparse.ArgumentTypeError(f"invalid ID `{text}`")
-    return v
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from sifbox.cli.commands.sign import _id
+
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("-l", "--local", action="store_true", help="only verify with local key(s) in keyring (always so here)")
     p.add_argument("--key", metavar="PEM", default=None, help="path to the public key file")

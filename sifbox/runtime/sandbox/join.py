@@ -13,7 +13,7 @@ import os
 
 from sifbox.runtime import supervisor
 from sifbox.runtime.sandbox import syscalls as sc
-from sifbox.runtime.sandbox.setup import LaunchError, _exec_or_exit
+from sifbox.runtime.sandbox.setup import LaunchError, _chdir, _exec_or_exit
 from sifbox.runtime.spec import ContainerSpec, Host
 from sifbox.util.errors import describe_os_error
 
@@ -71,7 +71,7 @@ def enter(instance, spec: ContainerSpec, host: Host, payload, log=None) -> int: 
             os.close(fd)
         if root_fd >= 0:
             os.close(root_fd)
-    _chdir(spec, host)
+    _chdir(spec, host, "join instance")
     argv, env = payload("/")
     sc.set_no_new_privs()
     if host.is_root and not joined_user:
@@ -82,16 +82,3 @@ def enter(instance, spec: ContainerSpec, host: Host, payload, log=None) -> int: 
         sys.stderr.write(env + "\n")
         return 0
     return supervisor.run(lambda: _exec_or_exit(argv, env))
-
-
-def _chdir(spec: ContainerSpec, host: Host) -> None:
-    for d in (spec.pwd, host.cwd, spec.home_target or host.home, "/"):
-        if d:
-            try:
-                os.chdir(d)
-                return
-            except OSError:
-                if d == spec.pwd:
-                    raise LaunchError(
-                        f"can't join instance: --pwd `{d}` does not exist in the container"
-                    ) from None

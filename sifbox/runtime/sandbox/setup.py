@@ -333,7 +333,8 @@ def _apply(root: str, m: Mount, image: str) -> None:
         raise _fail(what, err, image) from None
 
 
-def _chdir(spec: ContainerSpec, host: Host) -> None:
+def _chdir(spec: ContainerSpec, host: Host, doing: str | None = None) -> None:
+    """Into --pwd (which must exist), else the caller's directory, home or /."""
     for d in (spec.pwd, host.cwd, spec.home_target or host.home, "/"):
         if d:
             try:
@@ -341,7 +342,8 @@ def _chdir(spec: ContainerSpec, host: Host) -> None:
                 return
             except OSError:
                 if d == spec.pwd:
-                    raise LaunchError(f"can't start a container from `{spec.image}`: --pwd `{d}` does not exist in the container") from None
+                    doing = doing or f"start a container from `{spec.image}`"
+                    raise LaunchError(f"can't {doing}: --pwd `{d}` does not exist in the container") from None
 
 
 def _close_host_fds(env: dict[str, str]) -> None:
