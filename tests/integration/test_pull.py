@@ -190,6 +190,40 @@ SOURCES = {
 }
 
 
+@pytest.fixture(scope="module")
+def registry(images: Path) -> Iterator[str]:
+    """The test image pushed to a docker-registry on 127.0.0.1 (htpasswd auth); yields its ref."""
+    from tests.integration.registry_server import RegistryServer
+
+    _need("docker-registry", "htpasswd")
+    reg = RegistryServer(images / "registry", auth="htpasswd", users={"puller": "pull-Pw1"})
+    with reg:
+        _run("skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--dest-creds", "puller:pull-Pw1",
+             f"oci:{images}/layout:{TAG}", f"docker://{reg.host}/test/image:{TAG}")  # fmt: skip
+        yield f"{reg.host}/test/image:{TAG}"
+
+
+def test_pull_from_registry_matches_umoci_unpack(images, registry, run_as, as_who, sifbox_cli, shared_tmp) -> None:
+    """The same image, pushed to a registry with password auth: `pull docker://` gives the tree
+    `umoci unpack` gives, whiteouts, opaque directory, owners, setuid, FIFO and devices included."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIFBOX_", "APPTAINER_", "SINGULARITY_"))}
+    env.update(HOME=as_who.home, SIFBOX_CACHEDIR=str(shared_tmp / "cache"),
+               SIFBOX_DOCKER_USERNAME="puller", SIFBOX_DOCKER_PASSWORD="pull-Pw1")  # fmt: skip
+    out = shared_tmp / "reg.sif"
+    proc = run_as(as_who, [sifbox_cli, "pull", str(out), f"docker://{registry}"], env=env)
+    assert proc.returncode == 0, proc.stderr
+    got = extract(out, shared_tmp / "extracted")
+    compare(images / "reference" / "rootfs", got)
+    assert (got / "home/alice/notes").stat().st_uid == 1234
+    assert stat.S_ISFIFO((got / "run/fifo").lstat().st_mode) and stat.S_ISCHR((got / "devs/null").lstat().st_mode)
+    shutil.rmtree(got)
+    env.pop("SIFBOX_DOCKER_PASSWORD")
+    env["SIFBOX_CACHEDIR"] = str(shared_tmp / "cache2")
+    proc = run_as(as_who, [sifbox_cli, "pull", str(shared_tmp / "no.sif"), f"docker://{registry}"], env=env)
+    assert proc.returncode == 255 and "sifbox: error: can't authenticate" in proc.stderr, proc.stderr
+    assert not (shared_tmp / "no.sif").exists()
+
+
 @pytest.mark.parametrize("kind", list(SOURCES))
 def test_pull_matches_umoci_unpack(kind, images, run_as, as_who, sifbox_cli, shared_tmp) -> None:
     out = shared_tmp / "img.sif"
