@@ -240,22 +240,10 @@ def resolve_credentials(
 
 def _write_private(path: Path, data: dict[str, object]) -> None:
     """Write JSON to `path` atomically, mode 0600 from the first byte."""
+    from sifbox.util.atomic import write_file
+
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent="\t")
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_file(path, (json.dumps(data, indent="\t") + "\n").encode(), 0o600)
 
 
 def login_key(uri: str) -> str:

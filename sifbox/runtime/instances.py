@@ -164,20 +164,9 @@ def parse_state(text: str, path: str = "") -> State:
 
 def write_state(state: State) -> None:
     """Atomically (temp file + rename) write `state` to `state.path`."""
-    tmp = f"{state.path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(dump_state(state))
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, state.path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from sifbox.util.atomic import write_file
+
+    write_file(state.path, dump_state(state).encode(), 0o644)
 
 
 # --- processes -----------------------------------------------------------------------------------

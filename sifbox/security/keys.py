@@ -130,26 +130,13 @@ class Keyring:
         return self._read(self.secret_path)
 
     def _write(self, path: str, data: bytes, mode: int) -> None:
-        import tempfile
+        from sifbox.util.atomic import write_file
 
         try:
             os.makedirs(self.dir, mode=0o700, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=self.dir)
+            write_file(path, data, mode)
         except OSError as err:
             raise SifboxError(f"can't write keyring `{path}`: {err.strerror}") from None
-        try:
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
 
     def list_public(self) -> list[KeyInfo]:
         return describe(self.public())
