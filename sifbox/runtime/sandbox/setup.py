@@ -152,6 +152,8 @@ def _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host, 
         raise _fail("can't enter the container root", err, spec.image) from None
     _chdir(spec, host)
     source.close()
+    if ctx.squashfuse and argv and argv[0].startswith("/"):
+        layers.prefetch(argv[0])
     sc.set_no_new_privs()
     if not userns:
         sc.drop_all_capabilities(spec.caps)
