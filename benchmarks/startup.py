@@ -6,7 +6,8 @@ Run as root. Builds a busybox-static root in a temporary directory readable by e
 it into a SquashFS and a SIF, and times `/bin/true` in it through each runtime, as root and as an
 unprivileged user (through `runuser -u USER --`, whose own cost is timed as a row and subtracted
 in the "net" columns). Each row: median and minimum wall time over --runs runs after --warmup
-warm-up runs, and the ratio of the median to `ch-run` on the same SquashFS for the same user.
+warm-up runs, taken round-robin (one run of every row per round, so that load from elsewhere on
+the machine weighs on all rows alike), and the ratio of the median to `ch-run` on the same SquashFS for the same user.
 Then --batch concurrent launches of the SIF (sifbox) and of the SquashFS (ch-run), as root and as
 the user, followed by a check for left-over squashfuse processes, loop devices and mounts.
 
@@ -96,18 +97,24 @@ def time_once(env: Env, who: str, argv: list[str]) -> float:
     return elapsed
 
 
-def measure(env: Env, row: Row, runs: int, warmup: int) -> None:
-    if row.argv is None:
-        return
-    try:
-        for _ in range(warmup):
-            time_once(env, row.who, row.argv)
-        for _ in range(runs):
-            row.times.append(time_once(env, row.who, row.argv))
-    except Failed as err:
-        row.error = f"run {len(row.times) + 1}: {err}"
-    except OSError as err:
-        row.error = str(err)
+def measure(env: Env, rows: list[Row], runs: int, warmup: int) -> None:
+    """Time every row `runs` times, round-robin (one run of each row per round), so that a
+    change of load on the machine weighs on all rows alike; a failing row drops out."""
+    live = [r for r in rows if r.argv is not None]
+    for round_ in range(warmup + runs):
+        for row in list(live):
+            assert row.argv is not None
+            try:
+                elapsed = time_once(env, row.who, row.argv)
+            except Failed as err:
+                row.error = f"run {len(row.times) + 1}: {err}"
+            except OSError as err:
+                row.error = str(err)
+            else:
+                if round_ >= warmup:
+                    row.times.append(elapsed)
+                continue
+            live.remove(row)
 
 
 def tool_version(argv: list[str], env: dict[str, str], stream: str = "stdout") -> str:
@@ -409,7 +416,7 @@ def main() -> int:
             if path is not None:
                 print(f"               {path.name}: {path.stat().st_size} bytes")
         print(f"  runs:        median and min wall time, ms, over {args.runs} runs after "
-              f"{args.warmup} warm-up runs; cwd {tmp}; minimal env (PATH, LANG, USER, LOGNAME, HOME)")
+              f"{args.warmup} warm-up runs, round-robin over the rows; cwd {tmp}; minimal env (PATH, LANG, USER, LOGNAME, HOME)")
         print()
         sys.stdout.flush()
 
@@ -462,8 +469,7 @@ def main() -> int:
                     ref[who] = r
 
         before = leftovers(tmp, images)
-        for r in rows:
-            measure(env, r, args.runs, args.warmup)
+        measure(env, rows, args.runs, args.warmup)
         print("Single launches (ms). ratio = median / median of `ch-run img.sqfs` for the same user;")
         print("net = minus the runuser wrapper's median (user rows only; `=` means same as raw for root).")
         print()

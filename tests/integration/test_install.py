@@ -51,6 +51,22 @@ def test_entry_point_uses_debian_python_and_a_lean_venv(sifbox_cli):
     assert (site / "sifbox" / "__init__.py").is_file()
 
 
+def test_the_launcher_imports_sifbox_from_its_bundle(run_as, as_who, sifbox_cli, tmp_path):
+    """One bundle file serves sifbox's modules: no per-module file is opened by a launch."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed, so the files a launch opens can't be seen")
+    assert (VENV / "sifbox-modules.bundle").is_file()
+    proc = run_as(as_who, [strace, "-f", "-e", "trace=openat,open", "-qq", sifbox_cli, "inspect", "--help"])
+    assert proc.returncode == 0, proc.stderr
+    (site,) = VENV.glob("lib/python3*/site-packages")
+    opened = [line for line in proc.stderr.splitlines() if f"{site}/sifbox/" in line and "ENOENT" not in line]
+    modules = [line for line in opened if line.split('"')[1].endswith((".py", ".pyc"))]
+    # Only the package itself and the bundle loader are imported the usual way.
+    assert all(("/__init__." in m or "/_boot." in m) and "sifbox/__pycache__/" in m for m in modules), modules
+    assert any("sifbox-modules.bundle" in line for line in proc.stderr.splitlines())
+
+
 def test_dev_fuse_is_open_to_all():
     fuse = Path("/dev/fuse")
     if not fuse.exists():
