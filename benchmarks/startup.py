@@ -330,19 +330,29 @@ def fmt_ratio(num: float | None, den: float | None) -> str:
     return f"{num / den:6.2f}"
 
 
-def print_rows(rows: list[Row], ref: dict[str, Row], wrapper: Row, runs_note: str) -> None:
-    wrap_ms = wrapper.median
-    width = max(len(r.label) for r in rows)
-    whow = max(len(r.who) for r in rows)
-    head = (f"{'command':<{width}}  {'as':<{whow}}  {'N':>3}  {'median':>8}  {'min':>8}  "
-            f"{'ratio':>6}  {'net med':>8}  {'net min':>8}  {'net rat':>7}")
+def table(items: list[Row] | list[Batch], columns: str) -> list[tuple[str, Any]]:
+    """Print the head of a table whose rows start with the label and the user; return each
+    item with its line prefix, the items without a command printed as n/a already."""
+    width = max(len(i.label) for i in items)
+    whow = max(len(i.who) for i in items)
+    head = f"{'command':<{width}}  {'as':<{whow}}  {columns}"
     print(head)
     print("-" * len(head))
-    for row in rows:
-        prefix = f"{row.label:<{width}}  {row.who:<{whow}}"
-        if row.argv is None:
-            print(f"{prefix}  n/a ({row.note})")
-            continue
+    out = []
+    for item in items:
+        prefix = f"{item.label:<{width}}  {item.who:<{whow}}"
+        if item.argv is None:
+            print(f"{prefix}  n/a ({item.note})")
+        else:
+            out.append((prefix, item))
+    return out
+
+
+def print_rows(rows: list[Row], ref: dict[str, Row], wrapper: Row, runs_note: str) -> None:
+    wrap_ms = wrapper.median
+    columns = (f"{'N':>3}  {'median':>8}  {'min':>8}  "
+               f"{'ratio':>6}  {'net med':>8}  {'net min':>8}  {'net rat':>7}")
+    for prefix, row in table(rows, columns):
         if row.error:
             print(f"{prefix}  failed ({row.error})")
             continue
@@ -496,16 +506,7 @@ def main() -> int:
             run_batch(env, b, args.batch, tmp, images)
 
         print(f"{args.batch} concurrent launches ({os.cpu_count()} CPUs): Popen all, then wait all")
-        width = max(len(b.label) for b in batches)
-        whow = max(len(b.who) for b in batches)
-        head = f"{'command':<{width}}  {'as':<{whow}}  {'wall ms':>8}  {'ok':>7}  {'per launch':>10}"
-        print(head)
-        print("-" * len(head))
-        for b in batches:
-            prefix = f"{b.label:<{width}}  {b.who:<{whow}}"
-            if b.argv is None:
-                print(f"{prefix}  n/a ({b.note})")
-                continue
+        for prefix, b in table(batches, f"{'wall ms':>8}  {'ok':>7}  {'per launch':>10}"):
             wall_ms = b.wall * 1000 if b.wall is not None else None
             per = wall_ms / args.batch if wall_ms is not None else None
             print(f"{prefix}  {fmt(wall_ms)}  {b.ok:3d}/{args.batch:<3d}  {fmt(per, 10)}")

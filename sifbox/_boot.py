@@ -33,8 +33,12 @@ from __future__ import annotations
 import marshal
 import os
 import sys
-from _frozen_importlib import ModuleSpec
-from _frozen_importlib_external import MAGIC_NUMBER
+from _frozen_importlib import ModuleSpec  # type: ignore[import-not-found]
+from _frozen_importlib_external import MAGIC_NUMBER  # type: ignore[import-not-found]
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
 
 FORMAT = "sifbox-bundle-1"
 #: The first read of a bundle: the length and the header (the index), in one call.
@@ -73,8 +77,8 @@ class BundleFinder:
     def create_module(self, spec: ModuleSpec) -> None:
         return None  # the default module object
 
-    def exec_module(self, module: object) -> None:
-        _, origin, offset, length = self.index[module.__name__]  # type: ignore[attr-defined]
+    def exec_module(self, module: ModuleType) -> None:
+        _, origin, offset, length = self.index[module.__name__]
         data = os.pread(self.fd, length, self.base + offset)
         if len(data) != length:
             raise ImportError(f"{module.__name__}: the module bundle is truncated", path=origin)
@@ -115,7 +119,7 @@ def install(bundle: str, package_dir: str) -> bool:
     finder = load(bundle, package_dir)
     if finder is None:
         return False
-    sys.meta_path.insert(0, finder)  # type: ignore[arg-type]
+    sys.meta_path.insert(0, finder)
     return True
 
 
@@ -143,21 +147,9 @@ def build(package_dir: str, bundle: str) -> int:
             chunks.append(data)
             offset += len(data)
     header = marshal.dumps((FORMAT, MAGIC_NUMBER, _stamp(package_dir), index, offset))
-    tmp = f"{bundle}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(len(header).to_bytes(4, "little"))
-            f.write(header)
-            for data in chunks:
-                f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, bundle)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from sifbox.util.atomic import write_file  # at install time only: not on the launch path
+
+    write_file(bundle, b"".join([len(header).to_bytes(4, "little"), header, *chunks]), mode=0o644)
     return len(index)
 
 

@@ -39,6 +39,21 @@ def _run(root: Path, bundle: Path, body: str) -> subprocess.CompletedProcess[str
     return subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, check=False)
 
 
+def _words(root: Path, bundle: Path, body: str) -> list[str]:
+    proc = _run(root, bundle, body)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()
+
+
+@pytest.fixture
+def built(tmp_path: Path) -> tuple[Path, Path]:
+    """The test package and its freshly built bundle."""
+    pkg = _package(tmp_path)
+    bundle = tmp_path / "b.bundle"
+    _boot.build(str(pkg), str(bundle))
+    return pkg, bundle
+
+
 def test_build_indexes_every_module(tmp_path: Path) -> None:
     pkg = _package(tmp_path)
     bundle = tmp_path / "b.bundle"
@@ -50,12 +65,10 @@ def test_build_indexes_every_module(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
 
 
-def test_modules_come_from_the_bundle_with_their_real_paths(tmp_path: Path) -> None:
-    pkg = _package(tmp_path)
-    bundle = tmp_path / "b.bundle"
-    _boot.build(str(pkg), str(bundle))
+def test_modules_come_from_the_bundle_with_their_real_paths(built: tuple[Path, Path]) -> None:
+    pkg, bundle = built
     # Served from the bundle, the imports leave no __pycache__ next to the sources (checked below).
-    proc = _run(tmp_path, bundle, """\
+    proc = _run(pkg.parent, bundle, """\
         import os, bpkg.one, bpkg.sub.two
         assert used
         assert bpkg.one.X == 42
@@ -70,34 +83,25 @@ def test_modules_come_from_the_bundle_with_their_real_paths(tmp_path: Path) -> N
     assert not list(pkg.rglob("__pycache__")), "the bundle, not the source files, served the imports"
 
 
-def test_tracebacks_show_the_source_lines(tmp_path: Path) -> None:
-    pkg = _package(tmp_path)
-    bundle = tmp_path / "b.bundle"
-    _boot.build(str(pkg), str(bundle))
-    proc = _run(tmp_path, bundle, "import bpkg.sub.boom\nbpkg.sub.boom.fail()\n")
+def test_tracebacks_show_the_source_lines(built: tuple[Path, Path]) -> None:
+    pkg, bundle = built
+    proc = _run(pkg.parent, bundle, "import bpkg.sub.boom\nbpkg.sub.boom.fail()\n")
     assert proc.returncode == 1
     assert "boom.py\", line 2, in fail" in proc.stderr
     assert "raise RuntimeError('from the bundle')" in proc.stderr
 
 
-def test_a_module_added_after_the_build_is_imported_from_its_file(tmp_path: Path) -> None:
-    pkg = _package(tmp_path)
-    bundle = tmp_path / "b.bundle"
-    _boot.build(str(pkg), str(bundle))
+def test_a_module_added_after_the_build_is_imported_from_its_file(built: tuple[Path, Path]) -> None:
+    pkg, bundle = built
     (pkg / "sub" / "late.py").write_text("Z = 7\n")
-    proc = _run(tmp_path, bundle, "import bpkg.sub.late\nprint(bpkg.sub.late.Z, type(bpkg.sub.late.__loader__).__name__)\n")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["7", "SourceFileLoader"]
+    body = "import bpkg.sub.late\nprint(bpkg.sub.late.Z, type(bpkg.sub.late.__loader__).__name__)\n"
+    assert _words(pkg.parent, bundle, body) == ["7", "SourceFileLoader"]
 
 
-def test_a_reinstalled_package_makes_the_bundle_stale(tmp_path: Path) -> None:
-    pkg = _package(tmp_path)
-    bundle = tmp_path / "b.bundle"
-    _boot.build(str(pkg), str(bundle))
+def test_a_reinstalled_package_makes_the_bundle_stale(built: tuple[Path, Path]) -> None:
+    pkg, bundle = built
     (pkg / "__init__.py").write_text("VALUE = 'reinstalled'\n")
-    proc = _run(tmp_path, bundle, "import bpkg\nprint(used, bpkg.VALUE)\n")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["False", "reinstalled"]
+    assert _words(pkg.parent, bundle, "import bpkg\nprint(used, bpkg.VALUE)\n") == ["False", "reinstalled"]
 
 
 @pytest.mark.parametrize("content", [b"", b"\x05\x00\x00\x00junk", b"\xff\xff\xff\xff"])
@@ -109,16 +113,11 @@ def test_a_damaged_or_missing_bundle_is_ignored(tmp_path: Path, content: bytes) 
     assert _boot.load(str(tmp_path / "absent"), str(pkg)) is None
 
 
-def test_a_truncated_bundle_is_ignored(tmp_path: Path) -> None:
-    pkg = _package(tmp_path)
-    bundle = tmp_path / "b.bundle"
-    _boot.build(str(pkg), str(bundle))
-    data = bundle.read_bytes()
-    bundle.write_bytes(data[:-10])
+def test_a_truncated_bundle_is_ignored(built: tuple[Path, Path]) -> None:
+    pkg, bundle = built
+    bundle.write_bytes(bundle.read_bytes()[:-10])
     assert _boot.load(str(bundle), str(pkg)) is None
-    proc = _run(tmp_path, bundle, "import bpkg.one\nprint(used, bpkg.one.X)\n")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["False", "42"]
+    assert _words(pkg.parent, bundle, "import bpkg.one\nprint(used, bpkg.one.X)\n") == ["False", "42"]
 
 
 def test_the_finder_leaks_no_descriptor_when_it_refuses(tmp_path: Path) -> None:
