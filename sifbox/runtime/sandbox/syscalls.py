@@ -40,12 +40,19 @@ class _Lib:
     _handle = _ctypes.dlopen(None, 0)
 
 
-def _function(name: str, restype=_Int, argtypes=None):  # type: ignore[no-untyped-def]
-    class Function(_ctypes.CFuncPtr):
-        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
-        _restype_ = restype
+class _IntFunction(_ctypes.CFuncPtr):
+    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+    _restype_ = _Int
 
-    f = Function((name, _Lib))
+
+class _LongFunction(_ctypes.CFuncPtr):
+    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+    _restype_ = _Long
+
+
+def _function(name: str, restype=_Int, argtypes=None):  # type: ignore[no-untyped-def]
+    # One function class per result type, shared: a class per function costs start-up time.
+    f = (_LongFunction if restype is _Long else _IntFunction)((name, _Lib))
     if argtypes is not None:
         f.argtypes = argtypes
     return f
