@@ -66,37 +66,6 @@ def mount_squashfs(ctx: Ctx, fd: int, offset: int, size: int, target: str, what:
     return f"kernel squashfs on {dev}"
 
 
-#: How much of the payload's first program `prefetch` asks for.
-PREFETCH_BYTES = 4 << 20
-#: SquashFS blocks are at most 1 MiB and aligned in the file; one FUSE read
-#: is at most 128 KiB (the kernel's readahead window and FUSE's max_pages).
-PREFETCH_CHUNK = 128 << 10
-
-
-def prefetch(path: str) -> None:
-    """Ask the kernel to read the start of `path` (the payload's first
-    program, in a FUSE-mounted image) ahead, in block-aligned chunks.
-
-    Executables are read by page faults, and a fault reads the 128 KiB
-    around the page: two SquashFS blocks, misaligned, so that squashfuse
-    (whose block cache is small) decompresses most blocks several times.
-    Chunk-aligned readahead requests decompress each block once, and they
-    are served while this process forks and execs. Best effort.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        size = min(os.fstat(fd).st_size, PREFETCH_BYTES)
-        for offset in range(0, size, PREFETCH_CHUNK):
-            os.posix_fadvise(fd, offset, PREFETCH_CHUNK, os.POSIX_FADV_WILLNEED)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def mount_ext3(ctx: Ctx, fd: int, offset: int, size: int, target: str, writable: bool, what: str) -> str:
     """Mount the EXT3 file system at `offset` of `fd` on `target`."""
     if ctx.userns:

@@ -153,7 +153,9 @@ def _build_and_run(spec, source, mounts, payload, log, inner, squashfuse, host, 
     _chdir(spec, host)
     source.close()
     if ctx.squashfuse and argv and argv[0].startswith("/"):
-        layers.prefetch(argv[0])
+        from sifbox.runtime.sandbox import prefetch
+
+        prefetch.program(argv[0])
     sc.set_no_new_privs()
     if not userns:
         sc.drop_all_capabilities(spec.caps)

@@ -1,0 +1,146 @@
+"""What an ELF executable loads before it runs: its interpreter and the
+shared libraries it names (DT_NEEDED), with its own search path
+(DT_RUNPATH, else DT_RPATH). Pure: the file is read through a callable
+`read(offset, size) -> bytes`, so that the caller chooses how (and the
+tests need no files).
+
+Only what prefetching needs; no relocation, no symbol tables. Malformed
+input gives an empty answer, never an exception other than OSError from
+`read`.
+"""
+
+from __future__ import annotations
+
+import struct
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    Reader = Callable[[int, int], bytes]
+
+MAGIC = b"\x7fELF"
+PT_LOAD = 1
+PT_DYNAMIC = 2
+PT_INTERP = 3
+DT_NULL = 0
+DT_NEEDED = 1
+DT_STRTAB = 5
+DT_RPATH = 15
+DT_RUNPATH = 29
+#: Bounds that keep a hostile file from making us read much.
+MAX_PHNUM = 256
+MAX_DYNAMIC = 64 << 10
+MAX_STRING = 4096
+
+#: e_machine -> the Debian multiarch directory name of its libraries.
+MULTIARCH = {
+    3: "i386-linux-gnu",
+    62: "x86_64-linux-gnu",
+    183: "aarch64-linux-gnu",
+    40: "arm-linux-gnueabihf",
+    21: "powerpc64le-linux-gnu",
+    22: "s390x-linux-gnu",
+    243: "riscv64-linux-gnu",
+}
+
+
+class Dependencies:
+    """The loading needs of one executable."""
+
+    __slots__ = ("interpreter", "machine", "needed", "search")
+
+    def __init__(self, interpreter: str | None, needed: list[str], search: list[str], machine: int) -> None:
+        self.interpreter = interpreter
+        self.needed = needed
+        self.search = search
+        self.machine = machine
+
+
+def dependencies(read: Reader) -> Dependencies | None:
+    """The interpreter, needed libraries and run path of an ELF file, or None if it isn't one."""
+    ident = read(0, 64)
+    if len(ident) < 52 or ident[:4] != MAGIC or ident[4] not in (1, 2) or ident[5] not in (1, 2):
+        return None
+    wide = ident[4] == 2
+    end = "<" if ident[5] == 1 else ">"
+    (machine,) = struct.unpack_from(end + "H", ident, 18)
+    if wide:
+        phoff, phentsize, phnum = (struct.unpack_from(end + "Q", ident, 32)[0],
+                                   *struct.unpack_from(end + "HH", ident, 54))  # fmt: skip
+        ph_format, dyn_format = end + "IIQQQQQQ", end + "qQ"
+    else:
+        phoff, phentsize, phnum = (struct.unpack_from(end + "I", ident, 28)[0],
+                                   *struct.unpack_from(end + "HH", ident, 42))  # fmt: skip
+        ph_format, dyn_format = end + "IIIIIIII", end + "iI"
+    if phnum > MAX_PHNUM or phentsize < struct.calcsize(ph_format):
+        return None
+    table = read(phoff, phentsize * phnum)
+    loads: list[tuple[int, int, int]] = []  # (vaddr, offset, filesz)
+    interpreter = None
+    dynamic = None
+    for i in range(len(table) // phentsize):
+        fields = struct.unpack_from(ph_format, table, i * phentsize)
+        if wide:
+            p_type, _, p_offset, p_vaddr, _, p_filesz = fields[:6]
+        else:
+            p_type, p_offset, p_vaddr, _, p_filesz = fields[:5]
+        if p_type == PT_LOAD:
+            loads.append((p_vaddr, p_offset, p_filesz))
+        elif p_type == PT_INTERP:
+            interpreter = _string(read(p_offset, min(p_filesz, MAX_STRING)), 0)
+        elif p_type == PT_DYNAMIC:
+            dynamic = (p_offset, min(p_filesz, MAX_DYNAMIC))
+    needed: list[str] = []
+    search: list[str] = []
+    if dynamic is not None:
+        needed, search = _dynamic(read, read(*dynamic), dyn_format, loads)
+    return Dependencies(interpreter or None, needed, search, machine)
+
+
+def _dynamic(read: Reader, data: bytes, dyn_format: str,
+             loads: list[tuple[int, int, int]]) -> tuple[list[str], list[str]]:  # fmt: skip
+    size = struct.calcsize(dyn_format)
+    entries = []
+    strtab = None
+    for i in range(len(data) // size):
+        tag, value = struct.unpack_from(dyn_format, data, i * size)
+        if tag == DT_NULL:
+            break
+        if tag == DT_STRTAB:
+            strtab = value
+        elif tag in (DT_NEEDED, DT_RPATH, DT_RUNPATH):
+            entries.append((tag, value))
+    if strtab is None:
+        return [], []
+    base = next((off + strtab - vaddr for vaddr, off, filesz in loads if vaddr <= strtab < vaddr + filesz), None)
+    if base is None:
+        return [], []
+    needed: list[str] = []
+    runpath: list[str] = []
+    rpath: list[str] = []
+    for tag, value in entries:
+        text = _string(read(base + value, MAX_STRING), 0)
+        if not text:
+            continue
+        if tag == DT_NEEDED:
+            needed.append(text)
+        else:
+            (runpath if tag == DT_RUNPATH else rpath).extend(p for p in text.split(":") if p)
+    return needed, runpath or rpath
+
+
+def _string(data: bytes, start: int) -> str:
+    end = data.find(b"\0", start)
+    return data[start : end if end >= 0 else len(data)].decode("utf-8", "replace")
+
+
+def library_dirs(deps: Dependencies) -> list[str]:
+    """Where the dynamic loader looks for `deps.needed`, in its order, without ld.so.cache:
+    the run path, then the multiarch and the plain system directories."""
+    dirs = [d for d in deps.search if not d.startswith("$")]
+    triplet = MULTIARCH.get(deps.machine)
+    if triplet:
+        dirs += [f"/lib/{triplet}", f"/usr/lib/{triplet}"]
+    dirs += ["/lib64", "/usr/lib64", "/lib", "/usr/lib"]
+    return list(dict.fromkeys(dirs))
