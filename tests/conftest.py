@@ -201,3 +201,15 @@ def sif_corpus(shared_dir: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"SIF corpus {path} not found")
     return path
+
+
+@pytest.fixture
+def work() -> Iterator[Path]:
+    """A fresh directory under /tmp that root and the test user can both write (0777),
+    removed afterwards (build tests; test_build.py has its own, which also unmounts)."""
+    base = Path(tempfile.mkdtemp(prefix="sifbox-bt-", dir="/tmp"))
+    base.chmod(0o777)
+    try:
+        yield base
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)

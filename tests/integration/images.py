@@ -280,9 +280,8 @@ def run_direct(user: User, argv: Sequence[str], **kw: object) -> subprocess.Comp
     return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
 
 
-def descendants(pid: int) -> dict[int, str]:
-    """pid -> comm of every live descendant of `pid`."""
-    parent_of, comm_of = {}, {}
+def _processes() -> Iterator[tuple[int, str, int, str]]:
+    """(pid, state, parent pid, comm) of every process, from /proc/PID/stat."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -290,10 +289,16 @@ def descendants(pid: int) -> dict[int, str]:
         if ")" not in stat:
             continue
         rest = stat[stat.rindex(")") + 2 :].split()
-        if rest[0] == "Z":
-            continue
-        parent_of[int(entry)] = int(rest[1])
-        comm_of[int(entry)] = stat[stat.index("(") + 1 : stat.rindex(")")]
+        yield int(entry), rest[0], int(rest[1]), stat[stat.index("(") + 1 : stat.rindex(")")]
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """pid -> comm of every live descendant of `pid`."""
+    parent_of, comm_of = {}, {}
+    for proc, state, parent, comm in _processes():
+        if state != "Z":
+            parent_of[proc] = parent
+            comm_of[proc] = comm
     found: dict[int, str] = {}
     todo = [pid]
     while todo:
@@ -452,17 +457,11 @@ def _become_subreaper() -> None:
 def _reap_orphans() -> None:
     """Reap the orphans this session adopted as subreaper (exited FUSE helpers and the like):
     only zombie children, so no live Popen of a test or fixture is touched."""
-    me = str(os.getpid())
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        stat = _read(f"/proc/{entry}/stat")
-        if ")" not in stat:
-            continue
-        rest = stat[stat.rindex(")") + 2 :].split()
-        if rest[0] == "Z" and rest[1] == me:
+    me = os.getpid()
+    for proc, state, parent, _ in _processes():
+        if state == "Z" and parent == me:
             try:
-                os.waitpid(int(entry), os.WNOHANG)
+                os.waitpid(proc, os.WNOHANG)
             except ChildProcessError:
                 pass
 

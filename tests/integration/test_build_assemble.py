@@ -6,9 +6,6 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -30,16 +27,6 @@ os.system(f"cp /bin/busybox {root}/bin/busybox && ln -sf busybox {root}/bin/sh")
 write_sif(root, out, "Bootstrap: scratch\n", epoch=1700000000, squash=squash_options(epoch=1700000000))
 write_sif(root, out + ".2", "Bootstrap: scratch\n", epoch=1700000000, squash=squash_options(epoch=1700000000))
 """
-
-
-@pytest.fixture
-def work() -> Iterator[Path]:
-    base = Path(tempfile.mkdtemp(prefix="sifbox-bt-", dir="/tmp"))
-    base.chmod(0o777)
-    try:
-        yield base
-    finally:
-        subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
 def test_write_sif_from_a_directory(run_as, as_who, sifbox_cli, work) -> None:

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import tempfile
 import urllib.parse
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -30,16 +26,6 @@ def _mirror() -> str:
     except OSError as err:
         pytest.skip(f"the apt mirror {mirror} is not reachable: {err}")
     return mirror
-
-
-@pytest.fixture
-def work() -> Iterator[Path]:
-    base = Path(tempfile.mkdtemp(prefix="sifbox-bt-", dir="/tmp"))
-    base.chmod(0o777)
-    try:
-        yield base
-    finally:
-        subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
 DEF = """Bootstrap: debootstrap

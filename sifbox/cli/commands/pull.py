@@ -81,22 +81,12 @@ def _manifest_digest(layout: str) -> str | None:
 def _copy_atomically(src: str, out: str) -> None:
     """`out` becomes a copy of `src` (a cached SIF), whole or not at all."""
     import shutil
-    import tempfile
 
+    from sifbox.util.atomic import Replacing
     from sifbox.util.paths import umask
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", dir=os.path.dirname(os.path.abspath(out)))
-    os.close(fd)
-    try:
+    with Replacing(os.path.abspath(out), 0o644 & ~umask()) as tmp:
         shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o644 & ~umask())
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def main(args: argparse.Namespace) -> int:
