@@ -144,8 +144,27 @@ else
 fi
 mkdir -p /etc/sifbox
 chmod 0755 /etc/sifbox
-# The site configuration: installed once, never overwritten (admins edit it).
-if [ ! -e /etc/sifbox/sifbox.conf ]; then
+# The site configuration: installed once, never overwritten once an admin edited it. A file
+# that is exactly one that an earlier sifbox shipped is replaced by the current one (earlier
+# versions shipped `root default capabilities = full`: root's containers were not contained).
+SHIPPED_CONF_SHA256=(
+    08bbd4681025e6f121aec6f65ddb041c55ad8783ea48d1bcd673624c6296512a
+    65c0858dd9b116b7586ad9051434d60f6f91d7d1ab1f591a0f71e9c52a089c0d
+    700cb54b8b36f96173b4c8972dd7fd5f54f8ab2f56924fdb1b342a38a0c9b2bd
+    b55a990ce36d7f8bf00b041ce382125b229666e9fa0754a24f7199d7d5477651
+    c80ec00fff5e47fea7901aa22f54d911d7455a3883c950765bf3b59e6e71db1e
+    ea088c5649747664a981c77e950def3e7c83b705ae889ba65623d15ac15b5449
+)
+if [ -e /etc/sifbox/sifbox.conf ]; then
+    current=$(sha256sum </etc/sifbox/sifbox.conf | cut -c1-64)
+    for old in "${SHIPPED_CONF_SHA256[@]}"; do
+        if [ "$current" = "$old" ]; then
+            say "replacing /etc/sifbox/sifbox.conf (an unedited copy shipped by an earlier sifbox)"
+            install -m 0644 "$repo/sifbox/data/sifbox.conf" /etc/sifbox/sifbox.conf
+            break
+        fi
+    done
+else
     install -m 0644 "$repo/sifbox/data/sifbox.conf" /etc/sifbox/sifbox.conf
 fi
 # The admission store daemon (`sifbox store serve`) runs as this system user; its unit file is

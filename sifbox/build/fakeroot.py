@@ -79,9 +79,11 @@ def run_as_root(work: Callable[[], None], *, log: Callable[..., None] | None = N
         status = 0
         report: dict[str, object] = {}
         try:
-            from sifbox.runtime.sandbox.setup import enter_fakeroot
+            from sifbox.runtime.launcher import enter_fakeroot
 
-            enter_fakeroot(host, log)
+            enter_fakeroot(host)
+            if log:
+                log("fakeroot: the build runs as root of a user namespace")
             work()
         except SifboxError as err:
             report = {"message": err.message, "hint": err.hint, "status": int(err.exit_status)}

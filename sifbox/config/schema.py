@@ -144,9 +144,9 @@ SCHEMA: tuple[Directive, ...] = (
     _D("allow uts ns", BOOL, True, "let users request a UTS namespace (--uts, --hostname)"),
     _D("allow user ns", BOOL, True,
        "let containers run in a user namespace (the unprivileged mode needs it)"),
-    _D("root default capabilities", ENUM, "full",
-       "capabilities root keeps in a container: all, those in capability.json, or none",
-       ("full", "file", "no")),
+    _D("root default capabilities", ENUM, "default",
+       "root containers' capabilities: bounded (default), capability.json, none, all (NOT contained)",
+       ("default", "full", "file", "no")),
     # Loop devices (root's kernel mounts of images)
     _D("max loop devices", INT, 256, "most loop devices sifbox attaches images to"),
     _D("shared loop devices", BOOL, False,

@@ -274,6 +274,11 @@ def _read(path: str) -> bytes:
             raise ConfigError(
                 path, "is a directory" if stat.S_ISDIR(mode) else "not a regular file"
             )
+        from sifbox.util import trusted
+
+        reason = trusted.untrusted_reason(fd)
+        if reason is not None:
+            raise ConfigError(path, reason, hint=trusted.HINT)
         data = f.read(MAX_SIZE + 1)
     if len(data) > MAX_SIZE:
         raise ConfigError(path, f"larger than {MAX_SIZE // 1024 // 1024} MiB ({MAX_SIZE} bytes)")

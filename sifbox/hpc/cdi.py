@@ -24,7 +24,7 @@ import os
 import re
 from collections import namedtuple
 
-from sifbox.runtime.plan import Mount
+from sifbox.runtime.sandbox.ops import Mount
 from sifbox.util.errors import SifboxError, UsageError
 
 DEFAULT_DIRS = ("/etc/cdi", "/var/run/cdi")  # later directories take precedence

@@ -25,6 +25,19 @@ Request = namedtuple("Request", "nv nvccli rocm devices cdi_dirs")
 Extra = namedtuple("Extra", "mounts env warnings prepare", defaults=(None,))
 
 
+def with_config(request: Request, cfg) -> Request | None:  # type: ignore[no-untyped-def]
+    """The request once sifbox.conf had its say (`always use nv`, `always use
+    rocm`, `use nvidia-container-cli`); None when no device is wanted."""
+    nvccli = request.nvccli
+    nv = request.nv or cfg.get_bool("always use nv")
+    rocm = request.rocm or cfg.get_bool("always use rocm")
+    if not (nv or nvccli or rocm or request.devices):
+        return None
+    if cfg.get_bool("use nvidia-container-cli") and nv and not request.nvccli:
+        nvccli = True  # as Apptainer: the directive turns --nv into --nvccli
+    return Request(nv and not nvccli, nvccli, rocm, tuple(request.devices), tuple(request.cdi_dirs))
+
+
 def wanted(request: Request) -> bool:
     return bool(request.nv or request.nvccli or request.rocm or request.devices)
 

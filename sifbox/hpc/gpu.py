@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from collections import namedtuple
 
-from sifbox.runtime.plan import Mount
+from sifbox.runtime.sandbox.ops import Mount
 
 LIBS_DIR = "/.singularity.d/libs"
 BIN_DIR = "/usr/bin"

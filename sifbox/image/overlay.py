@@ -65,9 +65,10 @@ def open_overlays(texts: list[str], *, verb: str) -> list[Overlay]:
     return items
 
 
-def sif_overlay_partition(image: str, *, verb: str) -> Overlay:
-    """The writable EXT3 overlay partition of SIF `image`, for `--writable`."""
-    found = _open(image, False, verb, want_overlay_partition=True)
+def sif_overlay_partition(image: str, *, verb: str, fd: int | None = None) -> Overlay:
+    """The writable EXT3 overlay partition of SIF `image`, for `--writable`;
+    reopened through `fd` (the image already open and admitted) when given."""
+    found = _open(image, False, verb, want_overlay_partition=True, opened=fd)
     if found.kind != "ext3":
         close([found])
         raise SifboxError(
@@ -86,30 +87,47 @@ def close(items: list[Overlay]) -> None:
                 pass
 
 
-def _open(path: str, ro: bool, verb: str, want_overlay_partition: bool = False) -> Overlay:
+def policy_kind(o: Overlay) -> str:
+    """The `allow container` kind of an opened overlay: dir, extfs, sif or squashfs."""
+    if o.kind == "dir":
+        return "dir"
+    if o.kind == "ext3":
+        return "extfs"
+    return "sif" if os.pread(o.fd, 10, 32) == c.MAGIC else "squashfs"
+
+
+def _open(path: str, ro: bool, verb: str, want_overlay_partition: bool = False, opened: int | None = None) -> Overlay:
+    """Open `path` once (or reopen the file open at `opened`): what is judged
+    and mounted is that descriptor, never the path looked up again."""
     where = f"can't {verb} with overlay `{path}`"
     try:
-        st = os.stat(path)
+        base = os.open(f"/proc/self/fd/{opened}" if opened is not None else path, os.O_PATH | os.O_CLOEXEC)
     except OSError as err:
         raise SifboxError(f"{where}: {describe_os_error(err)}") from None
-    real = os.path.realpath(path)
-    if stat.S_ISDIR(st.st_mode):
-        if not ro and not os.access(real, os.W_OK):
-            raise SifboxError(f"{where}: the directory is not writable by you", hint=f"use `{path}:ro`")
-        return Overlay(real, "dir", None, 0, 0, not ro)
-    if not stat.S_ISREG(st.st_mode):
-        raise SifboxError(f"{where}: not a directory or an image file")
-    flags = os.O_CLOEXEC | os.O_NONBLOCK
     try:
-        fd = os.open(real, flags | os.O_RDONLY)
-    except OSError as err:
-        raise SifboxError(f"{where}: {describe_os_error(err)}") from None
+        st = os.fstat(base)
+        real = os.readlink(f"/proc/self/fd/{base}")
+        if stat.S_ISDIR(st.st_mode):
+            if not ro and not os.access(f"/proc/self/fd/{base}", os.W_OK):
+                raise SifboxError(f"{where}: the directory is not writable by you", hint=f"use `{path}:ro`")
+            fd, base = base, -1
+            return Overlay(real, "dir", fd, 0, 0, not ro)
+        if not stat.S_ISREG(st.st_mode):
+            raise SifboxError(f"{where}: not a directory or an image file")
+        flags = os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            fd = os.open(f"/proc/self/fd/{base}", flags | os.O_RDONLY)
+        except OSError as err:
+            raise SifboxError(f"{where}: {describe_os_error(err)}") from None
+    finally:
+        if base >= 0:
+            os.close(base)
     try:
         kind, offset, size = _probe(fd, st.st_size, where, want_overlay_partition)
         writable = kind == "ext3" and not ro
         if writable:
             try:
-                wfd = os.open(real, flags | os.O_RDWR)
+                wfd = os.open(f"/proc/self/fd/{fd}", flags | os.O_RDWR)
             except OSError as err:
                 raise SifboxError(f"{where}: {describe_os_error(err)}", hint=f"use `{path}:ro`") from None
             os.close(fd)

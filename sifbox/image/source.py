@@ -55,14 +55,14 @@ def open_image(path: str, verb: str = "run") -> ImageSource:
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
-            return ImageSource(os.path.realpath(path), ImageKind.SANDBOX, fd)
+            return ImageSource(_opened(fd, path), ImageKind.SANDBOX, fd)
         if not stat.S_ISREG(st.st_mode):
             raise SifboxError(f"{where}: not a regular file or directory")
         head = os.pread(fd, 128, 0)
         if head[32:42] == c.MAGIC:
             src = _sif_partition(fd, path, where)
         elif squashfs.probe(head):
-            src = ImageSource(os.path.realpath(path), ImageKind.SQUASHFS, fd, 0, st.st_size)
+            src = ImageSource(_opened(fd, path), ImageKind.SQUASHFS, fd, 0, st.st_size)
         else:
             raise SifboxError(
                 f"{where}: not a SIF, SquashFS or sandbox image",
@@ -82,6 +82,16 @@ def open_image(path: str, verb: str = "run") -> ImageSource:
     except BaseException:
         os.close(fd)
         raise
+
+
+def _opened(fd: int, path: str) -> str:
+    """The path of the file open at `fd`, as the kernel resolved it when it was
+    opened (not looked up again: the path may have changed since)."""
+    try:
+        found = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.abspath(path)
+    return found if found.startswith("/") else os.path.abspath(path)
 
 
 def _sif_partition(fd: int, path: str, where: str) -> ImageSource:
@@ -111,4 +121,4 @@ def _sif_partition(fd: int, path: str, where: str) -> ImageSource:
         for d in img.objects():
             if d.data_type == c.DataType.PARTITION and d.partition()[:2] == (c.FsType.EXT3, c.PartType.OVERLAY):
                 overlay = (d.offset, d.size)
-    return ImageSource(os.path.realpath(path), ImageKind.SIF, fd, part.offset, part.size, overlay)
+    return ImageSource(_opened(fd, path), ImageKind.SIF, fd, part.offset, part.size, overlay)

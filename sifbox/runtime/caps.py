@@ -1,9 +1,24 @@
-"""Linux capability names and the set a container keeps (pure).
+"""Linux capabilities: their names, and the set a root container keeps (pure).
 
-Root's payload runs with no capabilities unless it asks: --keep-privs keeps
-them all (minus --drop-caps), --add-caps keeps only those named. Users
-without root get none (user namespaces drop them at exec), so for them the
-options are refused rather than silently ignored.
+Root's containers start from `root default capabilities` of sifbox.conf:
+
+    default  a bounded set (below): enough for apt-get/dnf into a sandbox or
+             overlay, chown, binding ports below 1024; the container is
+             contained (see sifbox.runtime.plan.containment)
+    file     the capabilities capability.json grants root (`sifbox capability`)
+    no       none
+    full     all of them: Apptainer's root container, which is NOT contained
+
+then `--keep-privs` (all), `--no-privs` (none), `--add-caps`, `--drop-caps`
+change it, as Apptainer's options do. Users get no capabilities outside their
+user namespace: for them the options are refused rather than ignored.
+
+The bounded set is Docker's default set without CAP_MKNOD (no device cgroup
+keeps a device node made in a host directory from being used), with
+CAP_NET_RAW only in a network namespace of the container's own (on the
+host's network it would let a container sniff and forge the host's traffic).
+A build's %post gets Docker's whole default set: its writable root is the
+build's private scratch directory.
 """
 
 from __future__ import annotations
@@ -19,6 +34,19 @@ NAMES = (
     "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
 )  # fmt: skip
 NUMBERS = {name: n for n, name in enumerate(NAMES)}
+ALL = frozenset(NUMBERS.values())
+
+#: Docker's default set (moby's oci/caps/defaults.go).
+DOCKER = frozenset(NUMBERS[n] for n in (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+))  # fmt: skip
+#: sifbox's bounded default for root containers (without NET_RAW: see `bounded`).
+BOUNDED = DOCKER - {NUMBERS["CAP_MKNOD"], NUMBERS["CAP_NET_RAW"]}
+#: What a build's %post keeps as root.
+BUILD = DOCKER
+MODES = ("default", "full", "file", "no")
 
 
 def parse(text: str) -> set[int]:
@@ -29,7 +57,7 @@ def parse(text: str) -> set[int]:
     for item in filter(None, (p.strip() for p in text.split(","))):
         name = item.upper()
         if name == "ALL":
-            return set(NUMBERS.values())
+            return set(ALL)
         if not name.startswith("CAP_"):
             name = "CAP_" + name
         if name not in NUMBERS:
@@ -39,9 +67,85 @@ def parse(text: str) -> set[int]:
     return out
 
 
-def kept(*, keep_privs: bool, no_privs: bool, add: set[int], drop: set[int]) -> set[int]:
-    """The capabilities root's payload keeps."""
+def bounded(*, own_net: bool) -> frozenset[int]:
+    """The bounded default set; CAP_NET_RAW only in a network namespace of the container's own."""
+    return BOUNDED | ({NUMBERS["CAP_NET_RAW"]} if own_net else set())
+
+
+def root_set(mode: str, *, keep_privs: bool, no_privs: bool, add: set[int], drop: set[int],
+             own_net: bool, from_file: frozenset[int] = frozenset()) -> frozenset[int]:  # fmt: skip
+    """The capabilities root's payload keeps (--no-privs: none at all)."""
     if no_privs:
-        return set()
-    base = set(NUMBERS.values()) if keep_privs else set()
-    return (base | add) - drop
+        return frozenset()
+    base: frozenset[int]
+    if keep_privs or mode == "full":
+        base = ALL
+    elif mode == "file":
+        base = from_file
+    elif mode == "no":
+        base = frozenset()
+    else:
+        base = bounded(own_net=own_net)
+    return frozenset((base | add) - drop)
+
+
+def kept(*, keep_privs: bool, no_privs: bool, add: set[int], drop: set[int]) -> set[int]:
+    """The capabilities root's payload keeps with `root default capabilities = no`
+    (kept for callers that know no sifbox.conf)."""
+    return set(root_set("no", keep_privs=keep_privs, no_privs=no_privs, add=add, drop=drop, own_net=False))
+
+
+def names(caps: frozenset[int] | set[int]) -> list[str]:
+    return [NAMES[n] for n in sorted(caps)]
+
+
+CAPABILITY_FILE = "capability.json"
+
+
+def parse_capability_file(text: str, where: str) -> dict[str, dict[str, list[str]]]:
+    """capability.json as Apptainer keeps it: {"users": {NAME: [CAP...]}, "groups": {NAME: [CAP...]}}."""
+    import json
+
+    from sifbox.util.errors import SifboxError
+
+    try:
+        doc = json.loads(text) if text.strip() else {}
+    except ValueError as err:
+        raise SifboxError(f"can't read `{where}`: not JSON: {err}") from None
+    out: dict[str, dict[str, list[str]]] = {"users": {}, "groups": {}}
+    if not isinstance(doc, dict):
+        raise SifboxError(f"can't read `{where}`: expected an object with `users` and `groups`")
+    for key in ("users", "groups"):
+        section = doc.get(key) or {}
+        if not isinstance(section, dict):
+            raise SifboxError(f"can't read `{where}`: `{key}` is not an object")
+        for name, items in section.items():
+            if not isinstance(items, list) or not all(isinstance(i, str) and i in NUMBERS for i in items):
+                raise SifboxError(f"can't read `{where}`: `{key}.{name}` is not a list of capability names")
+            out[key][str(name)] = list(items)
+    return out
+
+
+def from_capability_file(conf_dir: str, user: str = "root", groups: tuple[str, ...] = ("root",)) -> frozenset[int]:
+    """The capabilities capability.json (beside sifbox.conf) grants `user` and `groups`."""
+    import os
+
+    from sifbox.util import trusted
+    from sifbox.util.errors import SifboxError
+
+    path = os.path.join(conf_dir, CAPABILITY_FILE)
+    try:
+        with open(path, "rb") as f:
+            reason = trusted.untrusted_reason(f.fileno())
+            if reason is not None:
+                raise SifboxError(f"can't read `{path}`: {reason}", hint=trusted.HINT)
+            text = f.read(1 << 20).decode("utf-8", "replace")
+    except FileNotFoundError:
+        return frozenset()
+    except OSError as err:
+        raise SifboxError(f"can't read `{path}`: {err.strerror}") from None
+    doc = parse_capability_file(text, path)
+    found = set(doc["users"].get(user, []))
+    for g in groups:
+        found.update(doc["groups"].get(g, []))
+    return frozenset(NUMBERS[n] for n in found)

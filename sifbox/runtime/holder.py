@@ -22,9 +22,13 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from sifbox.runtime.sandbox import rootfs
 from sifbox.runtime.sandbox import syscalls as sc
+from sifbox.runtime.sandbox.ops import Helper
+from sifbox.runtime.sandbox.process import Trampoline, exec_error
+from sifbox.util.errors import ExitStatus, SifboxError, report
 
 _SYNCHRONOUS = {
     signal.SIGSEGV,
@@ -44,8 +48,18 @@ NOT_STOPPING = frozenset({signal.SIGCHLD, signal.SIGCONT, signal.SIGWINCH, signa
 PROCESS_NAME = "sifbox-instance"
 
 
-def hold(start: Callable[[], None] | None, notify_fd: int) -> int:
-    """Run `start` (the startscript) in a child and keep the instance."""
+def hold(start: Callable[[], None] | None, notify_fd: int, *, tramp: Trampoline | None = None, name: str = "",
+         helpers: Sequence[Helper] = ()) -> int:  # fmt: skip
+    """Run `start` (the startscript) in a child and keep the instance. `start`
+    execs through `tramp`, whose report says whether `name` could start; the
+    `helpers` (FUSE servers) are stopped and reaped when the instance ends."""
+    try:
+        return _hold(start, notify_fd, tramp, name)
+    finally:
+        rootfs.stop_helpers(list(helpers))
+
+
+def _hold(start: Callable[[], None] | None, notify_fd: int, tramp: Trampoline | None, name: str) -> int:
     sc.set_child_subreaper()
     try:
         sc.set_process_name(PROCESS_NAME)
@@ -73,6 +87,10 @@ def hold(start: Callable[[], None] | None, notify_fd: int) -> int:
         except OSError:
             pass  # the child did it first (or is gone already)
         group = child
+        if tramp is not None:
+            err = tramp.report()
+            if err:
+                report(exec_error(name, err))
     try:
         os.write(notify_fd, b"ready")
     except OSError:
@@ -173,3 +191,198 @@ def remove_own_state(app_dir_fd: int, name: str) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+# --- starting an instance --------------------------------------------------------------------------
+
+
+def start_instance(p, name: str, pid_file: str | None, config: dict[str, object], *,  # type: ignore[no-untyped-def]
+                   launch: Callable[[Callable[..., int]], int]) -> int:
+    """Start instance `name` detached; return once it is ready (or failed).
+
+    This process forks the watcher (which detaches: setsid, second fork); the
+    watcher runs `launch(hold)`, whose container ends in `hold` (this module's
+    holder loop) instead of a supervisor. The holder reports "ready" on a
+    socket pair (its pid in SCM_CREDENTIALS); then the state is written.
+    """
+    import socket
+
+    from sifbox.runtime import instances
+
+    paths = instances.paths_for()
+    err_log, out_log = paths.logs(name)
+    with instances.locked(paths) as lock_fd:
+        existing = instances.load(paths, name)
+        if existing is not None and instances.alive(paths, existing):
+            raise instances.InstanceError(f"can't start instance `{name}`: an instance of that name already exists",
+                                          hint=f"`sifbox instance stop {name}` stops it; or choose another name")  # fmt: skip
+        instances.remove_state(paths, name)  # stale, or left by a start that failed
+        os.makedirs(paths.log_dir, mode=0o700, exist_ok=True)
+        os.makedirs(paths.state_dir(name), mode=0o700)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            err_fd = os.open(err_log, flags, 0o644)
+            out_fd = os.open(out_log, flags, 0o644)
+        except OSError as err:
+            instances.remove_state(paths, name)
+            raise instances.InstanceError(f"can't start instance `{name}`: can't open its log: {err.strerror}") from None
+        log_start = os.fstat(err_fd).st_size
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        child = os.fork()
+        if child == 0:
+            ours.close()
+            if lock_fd is not None:
+                os.close(lock_fd)  # the lock must not outlive this command
+            _watcher(name, paths, theirs, err_fd, out_fd, launch)
+        theirs.close()
+        os.close(err_fd)
+        os.close(out_fd)
+        os.waitpid(child, 0)
+        seen: dict[str, int] = {}
+        try:
+            holder, status = _wait_ready(ours, seen)
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM): take the half-started instance down.
+            if seen.get("watcher"):
+                _kill(seen["watcher"], signal.SIGKILL)
+            instances.remove_state(paths, name)
+            raise
+        finally:
+            ours.close()
+        if holder is None:
+            instances.remove_state(paths, name)
+            raise _start_error(name, err_log, log_start, status)
+        st = instances.proc_stat(holder)
+        watcher = st[0] if st else 0
+        wst = instances.proc_stat(watcher) if watcher else None
+        state = instances.State(
+            pid=holder, ppid=watcher, name=name, user=paths.user, image=p.source.path,
+            config=config, userns=bool(p.userns), logErrPath=err_log, logOutPath=out_log,
+            starttime=st[1] if st else 0, ppidStarttime=wst[1] if wst else 0,
+            path=paths.state_file(name),
+        )  # fmt: skip
+        instances.write_state(state)
+    p.source.close()
+    if pid_file:
+        _write_pid_file(pid_file, holder)
+    from sifbox.util import log
+
+    log.log.info("instance started successfully")
+    return 0
+
+
+def _watcher(name, paths, sock, err_fd: int, out_fd: int, launch) -> None:  # type: ignore[no-untyped-def]
+    """In the first child: detach (setsid, second fork), then become the watcher
+    of the instance: run it, clean up after it. Never returns."""
+    status = int(ExitStatus.CANNOT_LAUNCH)
+    try:
+        os.setsid()
+        if os.fork() != 0:
+            os._exit(0)
+        sc.set_child_subreaper()  # the holder's orphans (its helpers, if it dies first) come here
+        sock.send(b"watcher")
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        for fd in (devnull, out_fd, err_fd):
+            os.close(fd)
+        app_fd = os.open(paths.app_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        proc_fd = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        host_mnt = os.readlink("/proc/self/ns/mnt")
+        notify = sock.fileno()
+
+        def keep(start, tramp, payload_name: str, helpers) -> int:  # type: ignore[no-untyped-def]
+            return hold(start, notify, tramp=tramp, name=payload_name, helpers=helpers)
+
+        try:
+            status = launch(keep)
+        except SifboxError as err:
+            status = report(err)
+        try:
+            sock.send(f"exit {status}".encode())
+        except OSError:
+            pass
+        sock.close()
+        if os.readlink("self/ns/mnt", dir_fd=proc_fd) != host_mnt:  # never the host's namespace
+            kill_namespace_peers(proc_fd)
+        remove_own_state(app_fd, name)
+        _reap()
+    except BaseException:  # noqa: BLE001 - a bug: into the log, never into the caller's terminal
+        import contextlib
+        import traceback
+
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(status)
+
+
+def _wait_ready(sock, seen: dict[str, int]) -> tuple[int | None, int]:  # type: ignore[no-untyped-def]
+    """(holder pid, 0) once the holder says it is ready; (None, status) if
+    the instance ended first. The watcher's pid goes into `seen`."""
+    import socket
+    import struct
+
+    status = int(ExitStatus.CANNOT_LAUNCH)
+    while True:
+        try:
+            data, anc, _, _ = sock.recvmsg(64, socket.CMSG_SPACE(12))
+        except InterruptedError:
+            continue
+        if not data:
+            return None, status
+        pid = 0
+        for level, kind, raw in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(raw) >= 12:
+                pid = struct.unpack("iII", raw[:12])[0]
+        if data == b"ready" and pid > 0:
+            return pid, 0
+        if data == b"watcher" and pid > 0:
+            seen["watcher"] = pid
+        if data.startswith(b"exit "):
+            try:
+                status = int(data[5:])
+            except ValueError:
+                pass
+
+
+def _start_error(name: str, err_log: str, offset: int, status: int) -> SifboxError:
+    """The error the instance wrote to its log while starting."""
+    try:
+        with open(err_log, errors="replace") as f:
+            f.seek(offset)
+            lines = f.read(1 << 16).splitlines()
+    except OSError:
+        lines = []
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("sifbox: error: "):
+            hint = lines[i + 1][6:] if i + 1 < len(lines) and lines[i + 1].startswith("hint: ") else None
+            return SifboxError(lines[i][15:], hint=hint, exit_status=status or ExitStatus.CANNOT_LAUNCH)
+    return SifboxError(f"can't start instance `{name}`: it stopped while starting (status {status})",
+                       hint=f"see its log `{err_log}`", exit_status=ExitStatus.CANNOT_LAUNCH)  # fmt: skip
+
+
+def _write_pid_file(path: str, pid: int) -> None:
+    from sifbox.util import log
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{pid}\n")
+    except OSError as err:
+        log.log.warning("can't write the pid file `%s`: %s", path, err.strerror)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

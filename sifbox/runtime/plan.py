@@ -1,7 +1,7 @@
 """Turn a ContainerSpec into the ordered list of mounts that build the
 container's root (pure: no system calls; tested without privileges).
 
-Mount targets are container paths; `sandbox.setup` resolves them inside the
+Mount targets are container paths; `sandbox.rootfs` resolves them inside the
 root without following symlinks out of it, and creates missing mount
 points in the root's tmpfs overlay.
 """
@@ -9,15 +9,20 @@ points in the root's tmpfs overlay.
 from __future__ import annotations
 
 import os
-from sifbox.util.records import record as namedtuple
 
+from sifbox.runtime.sandbox.ops import Mount
 from sifbox.runtime.spec import ContainerSpec, Host
 from sifbox.util.errors import SifboxError
+from sifbox.util.records import record as namedtuple
 
-#: kind: "rbind" (host tree), "bind" (host file or dir, not recursive),
-#: "tmpfs", "devpts", "mqueue"; `source` is a host path (or None);
-#: `target` a container path; `file` says the mount point is a file.
-Mount = namedtuple("Mount", "kind source target readonly options file", defaults=(False, None, False))
+__all__ = ["Mount", "Site", "containment", "default_mounts"]
+
+#: What a contained root container may not write or see of /proc and /sys
+#: (runc's default masked and read-only paths).
+PROC_READONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+PROC_MASKED = ("/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+               "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi")  # fmt: skip
+SYS_MASKED = ("/sys/firmware", "/sys/devices/virtual/powercap")
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 
@@ -80,7 +85,16 @@ def _read_mountinfo() -> str:
 
 
 def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir=os.path.isdir,  # type: ignore[no-untyped-def]
-                   site: Site = DEFAULT_SITE, mountinfo=_read_mountinfo) -> list[Mount]:  # fmt: skip
+                   site: Site = DEFAULT_SITE, mountinfo=_read_mountinfo, contained: bool = False,
+                   shared_memory: bool = False) -> list[Mount]:  # fmt: skip
+    """The container's mounts, in order.
+
+    `contained` (a root container short of full capabilities): the host is seen
+    read-only, through a minimal /dev, with private /tmp and /var/tmp, and /proc
+    and /sys as `containment` leaves them; binds the caller asks for (`--bind`,
+    `--home SRC`) are as asked. `shared_memory` (a rank of a parallel job): the
+    host's /dev/shm and /tmp, where MPI ranks share memory, stay shared.
+    """
     off = set(spec.no_mount)
     for key, on in (("proc", site.mount_proc), ("sys", site.mount_sys), ("dev", site.mount_dev != "no"),
                     ("devpts", site.mount_devpts), ("home", site.mount_home), ("tmp", site.mount_tmp)):  # fmt: skip
@@ -92,21 +106,24 @@ def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir
         # "proc", done by the container's init); else the host's.
         mounts.append(Mount("proc", None, "/proc") if spec.pid else Mount("rbind", "/proc", "/proc"))
     if "sys" not in off:
-        mounts.append(Mount("rbind", "/sys", "/sys"))
+        mounts.append(Mount("rbind", "/sys", "/sys", readonly=contained))
     if "dev" not in off:
-        if spec.contain or site.mount_dev == "minimal":
+        if spec.contain or site.mount_dev == "minimal" or contained:
             mounts.append(Mount("tmpfs", None, "/dev", options="mode=755,size=1m"))
             mounts += [Mount("bind", f"/dev/{n}", f"/dev/{n}", file=True) for n in DEV_NODES if exists(f"/dev/{n}")]
             if "devpts" not in off:
                 mounts.append(Mount("devpts", None, "/dev/pts", options="newinstance,ptmxmode=0666,mode=0620"))
-            mounts.append(Mount("tmpfs", None, "/dev/shm", options="mode=1777"))
+            if shared_memory and contained and not spec.contain:
+                mounts.append(Mount("rbind", "/dev/shm", "/dev/shm"))
+            else:
+                mounts.append(Mount("tmpfs", None, "/dev/shm", options="mode=1777"))
         else:
             mounts.append(Mount("rbind", "/dev", "/dev"))
     if site.mount_hostfs and "hostfs" not in off:
-        mounts += [Mount("rbind", p, p) for p in host_file_systems(mountinfo()) if p not in off]
+        mounts += [Mount("rbind", p, p, readonly=contained) for p in host_file_systems(mountinfo()) if p not in off]
     if "tmp" not in off:
         for d in ("/tmp", "/var/tmp"):
-            if spec.contain:
+            if spec.contain or (contained and not shared_memory):
                 mounts.append(Mount("tmpfs", None, d, options="mode=1777"))
             elif isdir(d):
                 mounts.append(Mount("rbind", d, d))
@@ -122,7 +139,7 @@ def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir
         elif spec.contain:
             mounts.append(Mount("tmpfs", None, home_target, options="mode=700"))
         elif isdir(host.home):
-            mounts.append(Mount("rbind", host.home, home_target))
+            mounts.append(Mount("rbind", host.home, home_target, readonly=contained))
     # `bind path` of sifbox.conf; `--no-mount bind-paths` and `--no-mount
     # /dest` turn these off, never the user's own --bind options.
     if "bind-paths" not in off:
@@ -145,11 +162,28 @@ def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir
         mounts.append(Mount("rbind", b.source, b.target, readonly=b.readonly, file=not isdir(b.source)))
     if "cwd" not in off and not spec.contain and spec.pwd is None:
         cwd = host.cwd
-        covered = [m.target for m in mounts if m.kind in ("bind", "rbind") and not m.file]
+        # A directory the plan already mounts (a bind, or a private tmpfs such as
+        # a contained container's /tmp) is not bound again from the host.
+        covered = [m.target for m in mounts if m.kind in ("bind", "rbind", "tmpfs") and not m.file]
         if cwd and cwd != "/" and isdir(cwd) and not any(_under(cwd, t) for t in covered):
             if not _system_path(cwd):
-                mounts.append(Mount("rbind", cwd, cwd))
+                mounts.append(Mount("rbind", cwd, cwd, readonly=contained))
+    if contained:
+        mounts += containment(mounts)
     return mounts
+
+
+def containment(mounts: list[Mount]) -> list[Mount]:
+    """What a contained root container gets on top of its /proc and /sys:
+    the kernel's settings read-only, the sensitive files masked."""
+    targets = {m.target for m in mounts}
+    out: list[Mount] = []
+    if "/proc" in targets:
+        out += [Mount("readonly", None, p) for p in PROC_READONLY]
+        out += [Mount("mask", None, p) for p in PROC_MASKED]
+    if "/sys" in targets:
+        out += [Mount("mask", None, p) for p in SYS_MASKED]
+    return out
 
 
 def check_bind(b) -> None:  # type: ignore[no-untyped-def]

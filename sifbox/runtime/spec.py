@@ -17,10 +17,10 @@ Host = namedtuple("Host", "uid gid user home cwd is_root")
 ContainerSpec = namedtuple(
     "ContainerSpec",
     "image action command binds home_source home_target no_home contain cleanenv "
-    "writable_tmpfs userns pwd env_overrides no_mount shell fakeroot pid ipc uts hostname net caps writable overlays "
+    "writable_tmpfs userns pwd env_overrides no_mount shell fakeroot pid ipc uts hostname net writable overlays "
     "identity_files",
     defaults=((), (), None, None, False, False, False, False, False, None, (), frozenset(), None, False,
-              False, False, False, None, False, frozenset(), False, (), True),
+              False, False, False, None, False, False, (), True),
 )
 
 ACTIONS = ("exec", "run", "shell", "test")

@@ -7,7 +7,8 @@ the terminal sent to the whole foreground group already reached the
 payload and are not sent twice. When the payload stops (Ctrl-Z), the
 supervisor stops too, so the shell's job control sees the job stopped.
 The exit status is the payload's: its code, or 128+N when a signal N
-killed it.
+killed it. Before it returns, the container's helpers (FUSE servers) are
+stopped and reaped: nothing is left for PID 1 to collect.
 """
 
 from __future__ import annotations
@@ -15,9 +16,18 @@ from __future__ import annotations
 import os
 import _signal as signal  # the C module: `signal` itself imports enum, ~5 ms of every launch
 import sys
+
+from sifbox.runtime.sandbox import rootfs
+from sifbox.runtime.sandbox import syscalls as sc
+from sifbox.runtime.sandbox.process import exec_error
+from sifbox.util.errors import ExitStatus, report
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
+
+    from sifbox.runtime.sandbox.ops import Helper
+    from sifbox.runtime.sandbox.process import Trampoline
 
 FORWARDED = (
     signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -28,17 +38,17 @@ _WATCHED = (*FORWARDED, signal.SIGCHLD)
 _SI_KERNEL = 0x80
 
 
-def run(start: Callable[[], None]) -> int:
-    """Fork; the child calls `start()` (which must exec or _exit); the
-    parent supervises it and returns its exit status."""
+def run(start: Callable[[], None], *, tramp: Trampoline | None = None, name: str = "",
+        helpers: Sequence[Helper] = ()) -> int:  # fmt: skip
+    """Fork; the child calls `start()` (which must exec or _exit); the parent
+    supervises it and returns its exit status. With `tramp`, the child execs
+    through the trampoline, whose report says whether program `name` started."""
     supervisor = os.getpid()
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
-        from sifbox.runtime.sandbox import syscalls as sc
-
         sc.set_parent_death_signal(signal.SIGKILL)
         # The supervisor died before the line above? (In a new PID namespace
         # the parent is outside it and getppid() reads 0.)
@@ -47,9 +57,22 @@ def run(start: Callable[[], None]) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        start()
+        try:
+            start()
+        except BaseException as err:  # noqa: BLE001 - the forked child must end here, whatever happens
+            try:
+                os.write(2, f"sifbox: error: can't start the payload: {err}\n".encode())
+            finally:
+                os._exit(int(ExitStatus.CANNOT_LAUNCH))
         os._exit(127)
-    return _supervise(pid)
+    failed = 0
+    if tramp is not None:
+        err = tramp.report()
+        if err:
+            failed = report(exec_error(name, err))
+    status = _supervise(pid)
+    rootfs.stop_helpers(list(helpers))
+    return failed or status
 
 
 def _supervise(child: int) -> int:
@@ -68,7 +91,7 @@ def _supervise(child: int) -> int:
             if pid == 0:
                 break
             if pid != child:
-                continue  # e.g. squashfuse_ll: reap it
+                continue  # e.g. an orphan of the payload (PID 1, subreaper): reap it
             if os.WIFSTOPPED(status):
                 os.kill(os.getpid(), signal.SIGSTOP)  # resumed by the shell's SIGCONT
                 _send(child, signal.SIGCONT)

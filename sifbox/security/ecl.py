@@ -170,8 +170,13 @@ def parse(text: str, path: str = DEFAULT_PATH) -> EclConfig:
 
 def load(path: str = DEFAULT_PATH) -> EclConfig | None:
     """The configuration at `path`, or None when there is no such file."""
+    from sifbox.util import trusted
+
     try:
         with open(path, "rb") as f:
+            reason = trusted.untrusted_reason(f.fileno())
+            if reason is not None:
+                raise EclError(f"can't read ECL configuration `{path}`: {reason}", hint=trusted.HINT)
             data = f.read(4 << 20)
     except FileNotFoundError:
         return None
@@ -221,9 +226,14 @@ def check_image(path: str, fd: int | None = None, *, config: EclConfig | str | N
         except OSError as err:
             return Decision(False, f"can't open the image: {err.strerror}", group, config=cfg)
     try:
+        import stat
+
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return Decision(False, "the ECL admits only signed SIF images, not a directory", group, config=cfg)
         head = os.pread(fd, 42, 0)
         if head[32:42] != c.MAGIC:
-            return Decision(True, "the ECL applies to SIF images only", group, config=cfg)
+            return Decision(False, "the ECL admits only signed SIF images, not other image files",
+                            group, config=cfg)  # fmt: skip
         return _decide(cfg, group, fd, keyring)
     finally:
         if own:
@@ -277,8 +287,14 @@ def _decide(cfg: EclConfig, group: ExecGroup, fd: int, keyring: bytes | None) ->
 
 def global_keyring(confdir: str) -> bytes:
     """The site's trusted keys: `global-pgp-public` beside ecl.toml."""
+    from sifbox.util import trusted
+
+    path = os.path.join(confdir, "global-pgp-public")
     try:
-        with open(os.path.join(confdir, "global-pgp-public"), "rb") as f:
+        with open(path, "rb") as f:
+            reason = trusted.untrusted_reason(f.fileno())
+            if reason is not None:
+                raise EclError(f"can't read the global keyring `{path}`: {reason}", hint=trusted.HINT)
             return f.read()
     except OSError:
         return b""

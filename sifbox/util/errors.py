@@ -77,6 +77,19 @@ class ImageBusyError(SifboxError):
     reference = "image-busy"
 
 
+def report(err: SifboxError) -> int:
+    """Write `err` to stderr as the one-line error (and hint) and return its exit
+    status: for the places that end a process without reaching the CLI's boundary
+    (a container's supervisor, a forked child)."""
+    import sys
+
+    sys.stderr.write(f"sifbox: error: {err.message}\n")
+    if err.hint:
+        sys.stderr.write(f"hint: {err.hint}\n")
+    sys.stderr.flush()
+    return int(err.exit_status)
+
+
 def describe_os_error(err: OSError) -> str:
     """Return a short reason for an OSError, without the Python decoration."""
     reason = err.strerror or str(err)

@@ -18,16 +18,19 @@ def _caps(run_as, who, sifbox_cli, image, *opts):  # type: ignore[no-untyped-def
                   env=env_for(who), timeout=LAUNCH_TIMEOUT)  # fmt: skip
 
 
-def test_payload_has_no_capabilities_by_default(run_as, as_who, sifbox_cli, action_images: ActionImages) -> None:
+def test_payload_capabilities_by_default(run_as, as_who, sifbox_cli, action_images: ActionImages) -> None:
+    """Users: none. Root: the bounded set (Docker's default without MKNOD and NET_RAW)."""
     proc = _caps(run_as, as_who, sifbox_cli, action_images.sif)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["CapEff:", "0000000000000000"]
+    assert proc.stdout.split() == ["CapEff:", "00000000a00405fb" if as_who.is_root else "0000000000000000"]
 
 
 def test_root_can_keep_named_capabilities(run_as, sifbox_cli, action_images: ActionImages) -> None:
+    proc = _caps(run_as, user_named("root"), sifbox_cli, action_images.sif, "--no-privs")
+    assert proc.stdout.split() == ["CapEff:", "0000000000000000"], proc.stderr
     proc = _caps(run_as, user_named("root"), sifbox_cli, action_images.sif, "--add-caps", "CAP_NET_RAW,chown")
     assert proc.returncode == 0, proc.stderr
-    assert int(proc.stdout.split()[1], 16) == (1 << 13) | (1 << 0)
+    assert int(proc.stdout.split()[1], 16) == 0xA00405FB | (1 << 13)
 
 
 def test_users_cannot_keep_capabilities(run_as, test_user, sifbox_cli, action_images: ActionImages) -> None:

@@ -87,7 +87,8 @@ EXPECTED_DEFAULTS: dict[str, schema.Value] = {
     "allow container squashfs": True,
     "allow container extfs": True,
     "allow container dir": True,
-    "root default capabilities": "full",
+    # sifbox's own default: a bounded set, root containers contained (Apptainer: full).
+    "root default capabilities": "default",
     "always use nv": False,
     "use nvidia-container-cli": False,
     "always use rocm": False,
@@ -113,7 +114,7 @@ EXPECTED_CHOICES = {
     "enable overlay": ("yes", "no", "try", "driver"),
     "enable underlay": ("yes", "no", "preferred"),
     "memory fs type": ("tmpfs", "ramfs"),
-    "root default capabilities": ("full", "file", "no"),
+    "root default capabilities": ("default", "full", "file", "no"),
 }
 
 

@@ -136,4 +136,5 @@ def test_directory_matching(tmp_path: Path) -> None:
     assert not ecl.check_image(str(link), config=cfg).allowed  # the file opened is in a2
     cfg.groups.append(ecl.ExecGroup("any", "whitelist", "", [FPR], 2))
     d = ecl.check_image(str(img), config=cfg)
-    assert d.allowed and d.reason == "the ECL applies to SIF images only" and d.group.tagname == "any"
+    # An activated ECL admits signed SIF images only: any other file is refused.
+    assert not d.allowed and "only signed SIF images" in d.reason and d.group.tagname == "any"

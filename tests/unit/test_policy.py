@@ -81,7 +81,7 @@ def test_limits_from_config_resolve_names_and_store_dir(tmp_path) -> None:  # ty
 
 
 def test_the_launch_path_sees_the_same_limits_without_importing_policy() -> None:
-    from sifbox.cli.commands.action import policy_configured
+    from sifbox.security.admission import limits_configured as policy_configured
 
     texts = ["", "mount home = no", "limit container paths = /a", "limit container owners = x",
              "limit container groups = y", "limit container store = yes",

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from sifbox.runtime.sandbox import prefetch
+from sifbox.runtime import prefetch
 
 
 @pytest.fixture

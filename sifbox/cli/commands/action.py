@@ -18,7 +18,6 @@ from sifbox.util.errors import NotAvailableError, UsageError
 
 ENV_PREFIXES = ("SIFBOX_", "APPTAINER_", "SINGULARITY_")
 NOT_YET: tuple[str, ...] = ()
-STARTSCRIPT = "/.singularity.d/startscript"
 
 
 def flag_env(*names: str) -> str | None:
@@ -226,36 +225,13 @@ def build_spec(args):  # type: ignore[no-untyped-def]
         uts=args.uts or _truthy(flag_env("UTS", "UNSHARE_UTS")),
         hostname=args.hostname or flag_env("HOSTNAME") or None,
         net=_net(args),
-        caps=_caps(args),
     )
 
 
-def _check_namespaces_allowed(spec, cfg) -> None:  # type: ignore[no-untyped-def]
-    for wanted, directive in ((spec.pid, "allow pid ns"), (spec.ipc, "allow ipc ns"),
-                              (spec.uts or spec.hostname, "allow uts ns")):  # fmt: skip
-        if wanted and not cfg.get_bool(directive):
-            raise UsageError(f"can't run `{spec.image}`: `{directive} = no` in the site's sifbox.conf")
-    if os.getuid() != 0 and not cfg.get_bool("allow user ns"):
-        raise UsageError(f"can't run `{spec.image}`: `allow user ns = no` in the site's sifbox.conf",
-                         hint="unprivileged users run containers in user namespaces; ask the site's admins")
-
-
-def policy_configured(cfg) -> bool:  # type: ignore[no-untyped-def]
-    """`sifbox.security.policy.active(cfg)` without importing it: no cost per launch
-    when sifbox.conf sets no image limit (a unit test keeps the two in step)."""
-    return bool(
-        cfg.get_list("limit container paths") or cfg.get_list("limit container owners")
-        or cfg.get_list("limit container groups") or cfg.get_bool("limit container store")
-        or not all(cfg.get_bool(f"allow container {k}")
-                   for k in ("sif", "encrypted", "squashfs", "extfs", "dir"))
-    )  # fmt: skip
-
-
-def _caps(args) -> frozenset[int]:  # type: ignore[no-untyped-def]
-    from sifbox.runtime import caps
-
-    add = args.add_caps or flag_env("ADD_CAPS")
-    drop = args.drop_caps or flag_env("DROP_CAPS")
+def _caps(args):  # type: ignore[no-untyped-def]
+    """(keep_privs, no_privs, add, drop) of the options and variables."""
+    add = args.add_caps or flag_env("ADD_CAPS") or ""
+    drop = args.drop_caps or flag_env("DROP_CAPS") or ""
     keep_privs = args.keep_privs or _truthy(flag_env("KEEP_PRIVS"))
     no_privs = args.no_privs or _truthy(flag_env("NO_PRIVS"))
     if os.getuid() != 0 and (add or keep_privs):
@@ -263,8 +239,11 @@ def _caps(args) -> frozenset[int]:  # type: ignore[no-untyped-def]
             f"can't use {'--add-caps' if add else '--keep-privs'}: only root can keep capabilities in a container",
             hint="--fakeroot gives root's capabilities inside a user namespace",
         )
-    return frozenset(caps.kept(keep_privs=keep_privs, no_privs=no_privs,
-                               add=caps.parse(add or ""), drop=caps.parse(drop or "")))  # fmt: skip
+    from sifbox.runtime import caps
+
+    caps.parse(add)  # bad names are usage errors, found before anything starts
+    caps.parse(drop)
+    return (keep_privs, no_privs, add, drop)
 
 
 def _net(args) -> bool:  # type: ignore[no-untyped-def]
@@ -277,254 +256,47 @@ def _net(args) -> bool:  # type: ignore[no-untyped-def]
     return net
 
 
-def main(args, launch=None) -> int:  # type: ignore[no-untyped-def]
-    """Run the action; `launch` (instances) replaces `sandbox.setup.enter`."""
-    import pwd
+def _devices(args):  # type: ignore[no-untyped-def]
+    """The GPU/CDI options and variables (sifbox.conf has its say in the launcher); None when none."""
+    nvccli = args.nvccli or _truthy(flag_env("NVCCLI"))
+    nv = args.nv or _truthy(flag_env("NV"))
+    rocm = args.rocm or _truthy(flag_env("ROCM"))
+    devices = [d for item in args.device + ([flag_env("DEVICE")] if flag_env("DEVICE") else [])
+               for d in item.split(",") if d]  # fmt: skip
+    cdi_dirs = args.cdi_dirs or flag_env("CDI_DIRS")
+    from sifbox.hpc.devices import Request
 
-    from sifbox.image.source import open_image
-    from sifbox.runtime import env as envmod
-    from sifbox.runtime.plan import default_mounts
-    from sifbox.runtime.sandbox.setup import LaunchError, enter
-    from sifbox.runtime.spec import Host
-    from sifbox.util.paths import chase
+    return Request(nv, nvccli, rocm, tuple(devices), tuple(d for d in (cdi_dirs or "").split(",") if d))
+
+
+def build_launch(args, instance: str | None = None, pid_file: str | None = None):  # type: ignore[no-untyped-def]
+    """The launch request of an action's (or `instance start|run`'s) options."""
+    from sifbox.runtime.launcher import Launch
 
     action = args.command
     spec = build_spec(args)
-    instance = None
-    if spec.image.startswith("instance://"):
-        from sifbox.runtime import instances
-
-        instance = instances.find_running(spec.image, verb=action)
-    uid, gid = os.getuid(), os.getgid()
-    try:
-        entry = pwd.getpwuid(uid)
-        user, home = entry.pw_name, entry.pw_dir
-    except KeyError:
-        user, home = f"uid{uid}", os.environ.get("HOME", "/")
-    try:
-        cwd = os.getcwd()
-    except OSError:
-        cwd = "/"
-    host = Host(uid, gid, user, home, cwd, uid == 0)
-    if spec.fakeroot and uid != 0 and spec.home_target is None and not spec.no_home:
-        # As Apptainer: under --fakeroot the caller's home is root's home.
-        spec = spec._replace(home_source=home, home_target="/root")
-
-    env_files: dict[str, str] = {}
-    for path in args.env_file + ([flag_env("ENV_FILE")] if flag_env("ENV_FILE") else []):
-        try:
-            with open(path) as f:
-                env_files.update(envmod.parse_env_file(f.read(), path))
-        except OSError as err:
-            raise UsageError(f"can't read env file `{path}`: {err.strerror}") from None
-    overrides = envmod.user_overrides(os.environ, env_files, envmod.parse_env_option(args.env))
-    from sifbox.config import sysconf
-    from sifbox.runtime.plan import site_from_config
-
-    cfg = sysconf.load(getattr(args, "config", None))
-    if cfg.warnings:
-        from sifbox.util import log
-
-        for warning in cfg.warnings:
-            log.log.warning("%s", warning)
-    _check_namespaces_allowed(spec, cfg)
-    site = site_from_config(cfg)
-    prepare = None
-    launched = "PMIX_RANK" in os.environ or "PMI_RANK" in os.environ or "SLURM_STEP_ID" in os.environ
-    if instance is not None:
-        # Joining: the instance's mounts and image are already in place.
-        mounts, source, image_path, overlays = [], None, instance.image, []
-    else:
-        mounts = default_mounts(spec, host, site=site)
-        devices = _device_request(args, cfg)
-        if devices is not None:
-            mounts, overrides, prepare = _add_devices(devices, args, cfg, spec, site, mounts, overrides)
-        if launched:
-            from sifbox.hpc import mpi, slurm
-
-            mounts = mounts + slurm.launcher_mounts(os.environ, mounts)
-            overrides = {**mpi.env_defaults(os.environ, own_userns=uid != 0 or spec.userns), **overrides}
-        source = open_image(spec.image, verb=action)
-        image_path = source.path
-        if policy_configured(cfg):
-            from sifbox.security import policy
-
-            try:
-                policy.check_opened(source, cfg, verb=action, image=spec.image, user=user)
-            except BaseException:
-                source.close()
-                raise
-        _check_ecl(source, action, getattr(args, "config", None))
-        overlays = _open_overlays(spec, source, action)
-    env = envmod.container_env(
-        os.environ, cleanenv=spec.cleanenv, image=image_path,
-        home=spec.home_target or home, overrides=overrides,
-        shell_prompt="Sifbox> " if action == "shell" else None, action=action,
-    )  # fmt: skip
-    if instance is not None or launch is not None:
-        name = instance.name if instance is not None else args.instance_name
-        for prefix in ("SIFBOX", "APPTAINER", "SINGULARITY"):
-            env[f"{prefix}_INSTANCE"] = name
     if action == "exec":
         words = [args.command_word, *args.args]
-    elif action == "start":
-        words = [STARTSCRIPT, *args.args]
     elif action == "shell":
         words = [spec.shell or "", *args.args]
     else:
         words = list(args.args)
+    env_file = flag_env("ENV_FILE")
+    return Launch(
+        action=action, spec=spec, words=tuple(words), app=args.app or flag_env("APP") or None,
+        env_files=tuple(args.env_file + ([env_file] if env_file else [])), env_opts=tuple(args.env),
+        caps=_caps(args), devices=_devices(args), config=getattr(args, "config", None),
+        instance=instance, pid_file=pid_file,
+    )  # fmt: skip
 
-    app = args.app or flag_env("APP")
-    if app:
-        if "/" in app or app in (".", ".."):
-            raise UsageError(f"can't use --app `{app}`: not an app name")
-        env["SCIF_APPNAME"] = app
 
-    def payload(root: str):  # type: ignore[no-untyped-def]
-        def present(path: str) -> bool:
-            try:
-                chase(root, path)
-                return True
-            except OSError:
-                return False
+def main(args) -> int:  # type: ignore[no-untyped-def]
+    """Run the action in a container; exit with the payload's status."""
+    from sifbox.runtime import launcher
 
-        if prepare is not None:
-            prepare(root)
-        if launched and os.environ.get("PMIX_RANK", os.environ.get("SLURM_PROCID")) == "0":
-            from sifbox.hpc import mpi
-
-            hint = mpi.mismatch_hint(os.environ, present)
-            if hint:
-                from sifbox.util import log
-
-                log.log.warning("%s", hint)
-        if app and not present(f"/scif/apps/{app}"):
-            raise LaunchError(f"can't {action} app `{app}` of `{spec.image}`: the image has no such app",
-                              hint=f"`sifbox inspect --list-apps {spec.image}` lists its apps")  # fmt: skip
-
-        if action == "start" and not present(STARTSCRIPT):
-            return [], env  # nothing to start: the instance only holds its namespaces
-        if present("/bin/sh"):
-            return ["/bin/sh", "-c", envmod.PRELUDE, "sifbox", "exec" if action == "start" else action, *words], env
-        # No shell: no env scripts either; run what can run directly.
-        direct = envmod.apply_overrides_directly(env, overrides)
-        if action in ("exec", "start"):
-            return words, direct
-        script = {"run": "/.singularity.d/runscript", "test": "/.singularity.d/test"}.get(action)
-        if action == "test" and not present(script):
-            return None, "No test script found in container, exiting"
-        if script and present(script):
-            return [script, *words], direct
-        raise LaunchError(f"can't {action} `{spec.image}`: the image has no /bin/sh",
-                          hint="`sifbox exec IMAGE /path/to/program` runs a program directly")
-
-    if instance is not None:
-        from sifbox.runtime.sandbox import join
-
-        status = join.enter(instance, spec, host, payload, log=_verbose_log())
-    elif launch is not None:
-        status = launch(spec, host, source, mounts, payload, site, _verbose_log(), overlays)
-    else:
-        status = enter(spec, host, source, mounts, payload, log=_verbose_log(), site=site, overlays=overlays)
+    status = launcher.run(build_launch(args))
     # The payload is gone and its status known: skip the interpreter's
     # teardown (~10 ms on every launch, which counts once per MPI rank).
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
-
-
-def _open_overlays(spec, source, action: str):  # type: ignore[no-untyped-def]
-    """The --overlay images, plus the SIF's own overlay partition with --writable."""
-    if not spec.overlays and not spec.writable and source.overlay is None:
-        return []
-    from sifbox.image import overlay
-    from sifbox.image.source import ImageKind
-
-    try:
-        if spec.writable and source.kind is ImageKind.SQUASHFS:
-            raise UsageError(
-                f"can't {action} `{spec.image}` with --writable: a SquashFS image is read-only",
-                hint="--overlay DIR keeps changes in DIR; --writable-tmpfs gives a writable root whose changes vanish",
-            )
-        found = overlay.open_overlays(list(spec.overlays), verb=action)
-        if spec.writable and source.kind is ImageKind.SIF:
-            if any(o.writable for o in found):
-                overlay.close(found)
-                raise UsageError(f"can't {action} `{spec.image}` with --writable and a writable --overlay",
-                                 hint="add `:ro` to the overlay")  # fmt: skip
-            found.insert(0, overlay.sif_overlay_partition(spec.image, verb=action))
-        elif source.overlay is not None:
-            # As Apptainer: a SIF's overlay partition is a read-only layer unless --writable.
-            offset, size = source.overlay
-            found.append(overlay.Overlay(source.path, "ext3", os.dup(source.fd), offset, size, False))
-        return found
-    except BaseException:
-        source.close()
-        raise
-
-
-def _check_ecl(source, action: str, config: str | None) -> None:  # type: ignore[no-untyped-def]
-    """Refuse an image the execution control list refuses, before anything is
-    mounted; free when there is no ecl.toml (one stat)."""
-    from sifbox.config.sysconf import DEFAULT_PATH, ENV_VAR
-
-    conf = config or os.environ.get(ENV_VAR) or DEFAULT_PATH
-    if not os.path.exists(os.path.join(os.path.dirname(os.path.abspath(conf)), "ecl.toml")):
-        return
-    from sifbox.security import ecl
-
-    try:
-        ecl.enforce(source.path, source.fd, action, conf)
-    except BaseException:
-        source.close()
-        raise
-
-
-def _device_request(args, cfg):  # type: ignore[no-untyped-def]
-    """The GPU/CDI request of the options, variables and sifbox.conf; None when none."""
-    nvccli = args.nvccli or _truthy(flag_env("NVCCLI")) or cfg.get_bool("use nvidia-container-cli")
-    nv = args.nv or _truthy(flag_env("NV")) or cfg.get_bool("always use nv")
-    rocm = args.rocm or _truthy(flag_env("ROCM")) or cfg.get_bool("always use rocm")
-    devices = [d for item in args.device + ([flag_env("DEVICE")] if flag_env("DEVICE") else [])
-               for d in item.split(",") if d]  # fmt: skip
-    if not (nv or nvccli or rocm or devices):
-        return None
-    if cfg.get_bool("use nvidia-container-cli") and nv and not args.nvccli:
-        nvccli = True  # as Apptainer: the directive turns --nv into --nvccli
-    cdi_dirs = args.cdi_dirs or flag_env("CDI_DIRS")
-    from sifbox.hpc.devices import Request
-
-    return Request(nv and not nvccli, nvccli, rocm, tuple(devices),
-                   tuple(d for d in (cdi_dirs or "").split(",") if d))  # fmt: skip
-
-
-def _add_devices(request, args, cfg, spec, site, mounts, overrides):  # type: ignore[no-untyped-def]
-    from sifbox.config import sysconf
-    from sifbox.hpc import devices
-
-    conf = getattr(args, "config", None) or os.environ.get(sysconf.ENV_VAR) or sysconf.DEFAULT_PATH
-    dev_is_host = site.mount_dev == "yes" and not spec.contain and "dev" not in spec.no_mount
-    env = dict(os.environ)
-    env.update(overrides)
-    extra = devices.plan(request, cfg=cfg, conf_dir=os.path.dirname(os.path.abspath(conf)),
-                         dev_is_host=dev_is_host, env=env)  # fmt: skip
-    if extra.warnings:
-        from sifbox.util import log
-
-        for warning in extra.warnings:
-            log.log.warning("%s", warning)
-    return mounts + extra.mounts, {**extra.env, **overrides}, extra.prepare
-
-
-def _verbose_log():  # type: ignore[no-untyped-def]
-    """log.verbose when -v/-d asked for it; else None, so that a plain run
-    does not pay for importing `logging` (launch time counts per MPI rank)."""
-    try:
-        level = int(os.environ.get("SIFBOX_MESSAGELEVEL", "20"))
-    except ValueError:
-        level = 20
-    if level > 15:
-        return None
-    from sifbox.util import log
-
-    return log.verbose

@@ -1,20 +1,17 @@
-"""Join a running instance: `sifbox exec|run|shell|test instance://NAME`.
+"""Join a running container (an instance): its namespaces and its root.
 
-The calling process (single-threaded) opens the holder's /proc/PID/ns/*
-files and its root, joins the namespaces it does not share already (the
-user namespace first, so that it may join the others; the mount namespace
-last), chroots into the holder's root and runs the payload under the
-supervisor, as a normal launch does.
+The calling process (single-threaded) opens the holder's /proc/PID/ns/* files
+and its root, joins the namespaces it does not share already (the user
+namespace first, so that it may join the others; the mount namespace last)
+and chroots into the holder's root.
 """
 
 from __future__ import annotations
 
 import os
 
-from sifbox.runtime import supervisor
 from sifbox.runtime.sandbox import syscalls as sc
-from sifbox.runtime.sandbox.setup import LaunchError, _chdir, _exec_or_exit
-from sifbox.runtime.spec import ContainerSpec, Host
+from sifbox.runtime.sandbox.ops import LaunchError
 from sifbox.util.errors import describe_os_error
 
 #: Join order: user first (it grants the rights to join the others), mnt last.
@@ -22,45 +19,32 @@ ORDER = (("user", sc.CLONE_NEWUSER), ("ipc", sc.CLONE_NEWIPC), ("uts", sc.CLONE_
          ("net", sc.CLONE_NEWNET), ("pid", sc.CLONE_NEWPID), ("mnt", sc.CLONE_NEWNS))  # fmt: skip
 
 
-def enter(instance, spec: ContainerSpec, host: Host, payload, log=None) -> int:  # type: ignore[no-untyped-def]
-    what = f"can't join instance `{instance.name}`"
+def enter(pid: int, name: str, log=None) -> bool:  # type: ignore[no-untyped-def]
+    """Join the namespaces and root of process `pid` (instance `name`).
+    Returns whether a user namespace was joined."""
+    what = f"can't join instance `{name}`"
     fds: list[tuple[str, int, int]] = []
     root_fd = -1
     try:
         try:
-            for name, flag in ORDER:
-                theirs = os.stat(f"/proc/{instance.pid}/ns/{name}")
-                ours = os.stat(f"/proc/self/ns/{name}")
+            for ns, flag in ORDER:
+                theirs = os.stat(f"/proc/{pid}/ns/{ns}")
+                ours = os.stat(f"/proc/self/ns/{ns}")
                 if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):
-                    fds.append(
-                        (
-                            name,
-                            flag,
-                            os.open(f"/proc/{instance.pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC),
-                        )
-                    )
-            root_fd = os.open(
-                f"/proc/{instance.pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-            )
+                    fds.append((ns, flag, os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)))
+            root_fd = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as err:
             raise LaunchError(f"{what}: can't open its namespaces: {describe_os_error(err)}",
                               hint="it may have just stopped; `sifbox instance list` shows it") from None  # fmt: skip
         joined_user = False
-        for name, flag, fd in fds:
+        for ns, flag, fd in fds:
             try:
                 sc.setns(fd, flag)
             except OSError as err:
-                raise LaunchError(
-                    f"{what}: can't join its {name} namespace: {describe_os_error(err)}"
-                ) from None
-            joined_user = joined_user or name == "user"
+                raise LaunchError(f"{what}: can't join its {ns} namespace: {describe_os_error(err)}") from None
+            joined_user = joined_user or ns == "user"
             if log:
-                log(
-                    "joined the %s namespace of instance %s (pid %d)",
-                    name,
-                    instance.name,
-                    instance.pid,
-                )
+                log("joined the %s namespace of instance %s (pid %d)", ns, name, pid)
         try:
             os.fchdir(root_fd)
             os.chroot(".")
@@ -71,14 +55,4 @@ def enter(instance, spec: ContainerSpec, host: Host, payload, log=None) -> int: 
             os.close(fd)
         if root_fd >= 0:
             os.close(root_fd)
-    _chdir(spec, host, "join instance")
-    argv, env = payload("/")
-    sc.set_no_new_privs()
-    if host.is_root and not joined_user:
-        sc.drop_all_capabilities(spec.caps)
-    if argv is None:
-        import sys
-
-        sys.stderr.write(env + "\n")
-        return 0
-    return supervisor.run(lambda: _exec_or_exit(argv, env))
+    return joined_user

@@ -66,6 +66,7 @@ class _Libc:
     prctl = _function("prctl", argtypes=[_Int, _ULong, _ULong, _ULong, _ULong])
     prctl_name = _function("prctl", argtypes=[_Int, _CharP, _ULong, _ULong, _ULong])
     syscall = _function("syscall", restype=_Long, argtypes=[_Long, _CharP, _CharP])
+    syscall_at = _function("syscall", restype=_Long, argtypes=[_Long, _Int, _CharP, _UInt32, _CharP, _ULong])
     sethostname = _function("sethostname")
     capget = _function("capget")
     capset = _function("capset")
@@ -93,6 +94,7 @@ MS_SHARED = 1 << 20
 MNT_DETACH = 2
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
 PR_CAPBSET_DROP = 24
@@ -173,6 +175,32 @@ def set_process_name(name: str) -> None:
 
 def set_no_new_privs() -> None:
     prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def set_dumpable(on: bool) -> None:
+    """A process that is not dumpable has its /proc/PID files owned by root and
+    closed to ptrace-mode access (its `exe`, `mem`, `fd`) without CAP_SYS_PTRACE;
+    execve makes a process dumpable again."""
+    prctl(PR_SET_DUMPABLE, 1 if on else 0)
+
+
+# -- mount_setattr (Linux 5.12) -------------------------------------------------
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+_SYS_MOUNT_SETATTR = 442  # the same number on every architecture (asm-generic)
+
+
+def mount_setattr(path: str, attr_set: int, attr_clr: int = 0, *, recursive: bool = False) -> None:
+    """Set (and clear) per-mount flags of the mount at `path`, and with
+    `recursive` of every mount below it, leaving the other flags as they
+    are (unlike a MS_REMOUNT, which replaces them). ENOSYS before Linux 5.12."""
+    attr = struct.pack("<QQQQ", attr_set, attr_clr, 0, 0)
+    flags = AT_RECURSIVE if recursive else 0
+    _check(_libc.syscall_at(_SYS_MOUNT_SETATTR, AT_FDCWD, _b(path), flags, attr, len(attr)), "mount_setattr", path)
 
 
 class _CapHeader(_ctypes.Structure):

@@ -1,0 +1,685 @@
+"""The launch path: one request in, one container out.
+
+Every container sifbox starts goes through here: `exec|run|shell|test`
+(`run`), `instance start|run` (`run` with an instance name), commands that
+join an instance (`instance://NAME`), and a build's %post/%test
+(`run_build_container`). The CLI parses the command line into a `Launch`; the
+rest reads top to bottom:
+
+    prepare        site configuration, identity, environment, image and
+                   overlays opened and admitted (one admission path), devices,
+                   Slurm, the mount plan, the capabilities -> `Prepared`
+    namespaces     user+mount (or mount) namespace, then PID/IPC/UTS/net; with a
+                   PID namespace the rest runs in its PID 1
+    root           session tmpfs, image, overlay stack, identity files, mounts
+    payload        what to run, decided by looking at the finished root
+    lock-down      root read-only and nosuid,nodev (checked), pivot_root,
+                   no_new_privs, capabilities
+    supervise      the payload exec'd through the sealed trampoline, signals
+                   forwarded, helpers reaped, its status returned
+
+Only `sifbox.runtime.sandbox` calls unshare, mount, pivot_root or setns; this
+module hands it data. Everything used after pivot_root is imported before it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from sifbox.util.errors import ExitStatus, SifboxError, UsageError, report
+from sifbox.util.records import record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from sifbox.hpc.devices import Request
+    from sifbox.runtime.spec import ContainerSpec, Host
+
+STARTSCRIPT = "/.singularity.d/startscript"
+
+#: A container to launch, as the command line asked for it.
+#:   action     exec, run, shell, test; start (an instance's startscript)
+#:   words      the command and arguments (exec), or the arguments (run, test, start)
+#:   caps       (keep_privs, no_privs, add, drop) of --keep-privs, --no-privs, --add-caps, --drop-caps
+#:   devices    the GPU/CDI options (hpc.devices.Request) or None
+#:   config     -c/--config (else SIFBOX_CONFIG_FILE, else /etc/sifbox/sifbox.conf)
+#:   instance   the name, for `instance start|run`; pid_file its --pid-file
+Launch = record(
+    "Launch",
+    "action spec words app env_files env_opts caps devices config instance pid_file",
+    defaults=(None, (), (), (False, False, "", ""), None, None, None, None),
+)
+
+#: What runs in the container: `argv` with `env` (None: nothing to run; `message`
+#: says why, `status` is the exit status).
+Payload = record("Payload", "argv env message status", defaults=(None, None, "", 0))
+
+
+class Prepared:
+    """Everything the container needs, decided before any namespace exists."""
+
+    __slots__ = ("action", "app", "caps", "cfg", "conf_path", "contained", "env", "fixed", "host",
+                 "identity", "image", "inner", "joining", "keep_fds", "launched", "layers", "log",
+                 "mounts", "ns", "overrides", "prepare_root", "source", "spec", "squashfuse", "site",
+                 "userns", "words")  # fmt: skip
+
+    def __init__(self, **values: object) -> None:
+        for name in self.__slots__:
+            setattr(self, name, values.get(name))
+
+
+# --- the request --------------------------------------------------------------------------------
+
+
+def run(launch: Launch) -> int:
+    """Launch the container; return the payload's exit status."""
+    p = prepare(launch)
+    if p.joining is not None:
+        return _join(p)
+    if launch.instance is not None:
+        from sifbox.runtime import holder
+
+        return holder.start_instance(p, launch.instance, launch.pid_file, _instance_config(p),
+                                     launch=lambda hold: _launch(p, hold))  # fmt: skip
+    return _launch(p)
+
+
+def prepare(launch: Launch) -> Prepared:
+    from sifbox.runtime import env as envmod
+    from sifbox.runtime.plan import default_mounts, site_from_config
+
+    spec, action = launch.spec, launch.action
+    host = _host()
+    if spec.fakeroot and not host.is_root and spec.home_target is None and not spec.no_home:
+        # As Apptainer: under --fakeroot the caller's home is root's home.
+        spec = spec._replace(home_source=host.home, home_target="/root")
+    cfg, conf_path = _config(launch.config)
+    site = site_from_config(cfg)
+    _check_allowed(spec, cfg, host, site)
+    log = _verbose_log()
+    overrides = envmod.user_overrides(os.environ, _env_files(launch.env_files),
+                                      envmod.parse_env_option(list(launch.env_opts)))  # fmt: skip
+    caps = _root_caps(launch.caps, cfg, conf_path, spec) if host.is_root else frozenset()
+    from sifbox.runtime.caps import ALL
+
+    contained = host.is_root and caps != ALL
+    launched = "PMIX_RANK" in os.environ or "PMI_RANK" in os.environ or "SLURM_STEP_ID" in os.environ
+    if contained and not launched:
+        # A root container has PID and IPC namespaces of its own: no process of
+        # the host, and no shared memory segment of the host, is in its reach.
+        # (Not the ranks of a parallel job: they share memory with their peers.)
+        spec = spec._replace(pid=True, ipc=True)
+    from sifbox.security.admission import Gate
+
+    gate = Gate.from_config(cfg, conf_path, user=host.user, verb=action)
+    p = Prepared(action=action, spec=spec, host=host, cfg=cfg, conf_path=conf_path, site=site, log=log,
+                 caps=caps, contained=contained, app=launch.app, words=list(launch.words), layers=[],
+                 mounts=[], identity=spec.identity_files)  # fmt: skip
+    if spec.image.startswith("instance://"):
+        from sifbox.runtime import instances
+
+        p.joining = instances.find_running(spec.image, verb=action)
+        _admit_instance(p.joining, gate)
+        overrides = dict(overrides)
+    else:
+        mounts = default_mounts(spec, host, site=site, contained=contained, shared_memory=launched)
+        if contained:
+            mounts += _console(spec)
+        if launch.devices is not None:
+            mounts, overrides, p.prepare_root = _add_devices(launch.devices, cfg, conf_path, spec, site, host, mounts,
+                                                             overrides, contained)  # fmt: skip
+        p.launched = launched
+        if p.launched:
+            from sifbox.hpc import mpi, slurm
+
+            mounts = mounts + slurm.launcher_mounts(
+                os.environ, mounts, steered_ok=site.user_bind_control or host.is_root, uid=host.uid,
+                warn=_warn)  # fmt: skip
+            overrides = {**mpi.env_defaults(os.environ, own_userns=not host.is_root or spec.userns), **overrides}
+        p.mounts = mounts
+        _open_images(p, gate)
+    _namespaces_for(p)
+    name = p.joining.name if p.joining is not None else launch.instance
+    p.env = envmod.container_env(
+        os.environ, cleanenv=spec.cleanenv, image=p.joining.image if p.joining is not None else p.source.path,
+        home=spec.home_target or host.home, overrides=overrides,
+        shell_prompt="Sifbox> " if action == "shell" else None, action=action,
+    )  # fmt: skip
+    if name is not None:
+        for prefix in ("SIFBOX", "APPTAINER", "SINGULARITY"):
+            p.env[f"{prefix}_INSTANCE"] = name
+    if p.app:
+        if "/" in p.app or p.app in (".", ".."):
+            raise UsageError(f"can't use --app `{p.app}`: not an app name")
+        p.env["SCIF_APPNAME"] = p.app
+    p.overrides = overrides
+    p.keep_fds = _keep_fds(p.env)
+    return p
+
+
+def _console(spec: ContainerSpec) -> list:  # type: ignore[type-arg]
+    """The caller's terminal as the container's /dev/console, when its /dev is
+    minimal: the host's /dev/pts is not in a contained container."""
+    from sifbox.runtime.sandbox.ops import Mount
+
+    if "dev" in spec.no_mount:
+        return []
+    for fd in (0, 1, 2):
+        try:
+            if os.isatty(fd):
+                return [Mount("bind", os.ttyname(fd), "/dev/console", file=True)]
+        except OSError:
+            continue
+    return []
+
+
+def _host() -> Host:
+    import pwd
+
+    from sifbox.runtime.spec import Host
+
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        entry = pwd.getpwuid(uid)
+        user, home = entry.pw_name, entry.pw_dir
+    except KeyError:
+        user, home = f"uid{uid}", os.environ.get("HOME", "/")
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = "/"
+    return Host(uid, gid, user, home, cwd, uid == 0)
+
+
+def _config(path: str | None):  # type: ignore[no-untyped-def]
+    from sifbox.config import sysconf
+
+    cfg = sysconf.load(path)
+    for warning in cfg.warnings:
+        _warn(warning)
+    return cfg, path or os.environ.get(sysconf.ENV_VAR) or sysconf.DEFAULT_PATH
+
+
+def _check_allowed(spec: ContainerSpec, cfg, host: Host, site) -> None:  # type: ignore[no-untyped-def]
+    for wanted, directive in ((spec.pid, "allow pid ns"), (spec.ipc, "allow ipc ns"),
+                              (spec.uts or spec.hostname, "allow uts ns")):  # fmt: skip
+        if wanted and not cfg.get_bool(directive):
+            raise UsageError(f"can't run `{spec.image}`: `{directive} = no` in the site's sifbox.conf")
+    if not host.is_root and not cfg.get_bool("allow user ns"):
+        raise UsageError(f"can't run `{spec.image}`: `allow user ns = no` in the site's sifbox.conf",
+                         hint="unprivileged users run containers in user namespaces; ask the site's admins")
+    if not site.user_bind_control and not host.is_root and spec.home_source and spec.home_target != "/root":
+        raise SifboxError(f"can't use --home `{spec.home_source}`: user bind control is disabled by the "
+                          "site's sifbox.conf")  # fmt: skip
+
+
+def _env_files(paths: tuple[str, ...] | list[str]) -> dict[str, str]:
+    from sifbox.runtime import env as envmod
+
+    found: dict[str, str] = {}
+    for path in paths:
+        try:
+            with open(path) as f:
+                found.update(envmod.parse_env_file(f.read(), path))
+        except OSError as err:
+            raise UsageError(f"can't read env file `{path}`: {err.strerror}") from None
+    return found
+
+
+def _root_caps(request, cfg, conf_path: str, spec: ContainerSpec) -> frozenset[int]:  # type: ignore[no-untyped-def]
+    from sifbox.runtime import caps
+
+    keep_privs, no_privs, add, drop = request
+    mode = cfg.get("root default capabilities")
+    from_file = caps.from_capability_file(os.path.dirname(os.path.abspath(conf_path))) if mode == "file" else frozenset()
+    return caps.root_set(mode, keep_privs=keep_privs, no_privs=no_privs, add=caps.parse(add or ""),
+                         drop=caps.parse(drop or ""), own_net=bool(spec.net), from_file=from_file)  # fmt: skip
+
+
+def _open_images(p: Prepared, gate) -> None:  # type: ignore[no-untyped-def]
+    """Open the image and the overlays; admit each on its descriptor."""
+    from sifbox.image.source import ImageKind, open_image
+    from sifbox.runtime.sandbox.ops import RootImage
+
+    spec = p.spec
+    source = open_image(spec.image, verb=p.action)
+    p.source = source
+    try:
+        kind = {ImageKind.SANDBOX: "dir", ImageKind.SQUASHFS: "squashfs"}.get(source.kind, "sif")
+        if gate.active:
+            gate.admit(source.fd, kind=kind, image=spec.image)
+        p.image = RootImage("dir" if source.kind is ImageKind.SANDBOX else "squashfs", source.fd, source.offset,
+                            source.size, source.path)  # fmt: skip
+        p.layers = _open_overlays(p, source, gate)
+    except BaseException:
+        source.close()
+        raise
+
+
+def _open_overlays(p: Prepared, source, gate) -> list:  # type: ignore[no-untyped-def]
+    """The --overlay images, plus the SIF's own overlay partition (read-only, or
+    the writable layer with --writable); each admitted like the image."""
+    spec, action = p.spec, p.action
+    if not spec.overlays and not spec.writable and source.overlay is None:
+        return []
+    from sifbox.image import overlay
+    from sifbox.image.source import ImageKind
+    from sifbox.runtime.sandbox.ops import Layer
+
+    if spec.writable and source.kind is ImageKind.SQUASHFS:
+        raise UsageError(f"can't {action} `{spec.image}` with --writable: a SquashFS image is read-only",
+                         hint="--overlay DIR keeps changes in DIR; --writable-tmpfs gives a writable root whose "
+                         "changes vanish")  # fmt: skip
+    found = overlay.open_overlays(list(spec.overlays), verb=action)
+    try:
+        for o in found:
+            if gate.active:
+                gate.admit(o.fd, kind=overlay.policy_kind(o), image=o.path, role="overlay")
+        if spec.writable and source.kind is ImageKind.SIF:
+            if any(o.writable for o in found):
+                raise UsageError(f"can't {action} `{spec.image}` with --writable and a writable --overlay",
+                                 hint="add `:ro` to the overlay")  # fmt: skip
+            found.insert(0, overlay.sif_overlay_partition(spec.image, verb=action, fd=source.fd))
+        elif source.overlay is not None:
+            # As Apptainer: a SIF's overlay partition is a read-only layer unless --writable.
+            offset, size = source.overlay
+            found.append(overlay.Overlay(source.path, "ext3", os.dup(source.fd), offset, size, False))
+        if source.overlay is not None and gate.active:
+            gate.admit_partition(source.fd, image=spec.image)
+    except BaseException:
+        overlay.close(found)
+        raise
+    return [Layer(o.path, o.kind, o.fd, o.offset, o.size, o.writable) for o in found]
+
+
+def _admit_instance(instance, gate) -> None:  # type: ignore[no-untyped-def]
+    """Judge the images of a running instance again, through the descriptors its
+    holder keeps open: the site's rules are those of now, not of its start."""
+    if not gate.active:
+        return
+    held = (instance.config.get("sifbox") or {}).get("images") if isinstance(instance.config, dict) else None
+    if not held:
+        raise SifboxError(f"can't join instance `{instance.name}`: its images can't be checked against the "
+                          "site's policy", hint=f"restart it: `sifbox instance stop {instance.name}`")  # fmt: skip
+    for fd, kind, path, role in held:
+        try:
+            opened = os.open(f"/proc/{instance.pid}/fd/{int(fd)}",
+                             (os.O_PATH | os.O_DIRECTORY if kind == "dir" else os.O_RDONLY) | os.O_CLOEXEC)
+        except (OSError, ValueError) as err:
+            raise SifboxError(f"can't join instance `{instance.name}`: can't open its image `{path}`: {err}") from None
+        try:
+            gate.admit(opened, kind=str(kind), image=str(path), role="instance" if role == "image" else role)
+        finally:
+            os.close(opened)
+
+
+def _instance_config(p: Prepared) -> dict[str, object]:
+    """What the instance was started with (stored base64-encoded, as Apptainer's
+    engine configuration), and the descriptors of its images in its holder."""
+    spec = p.spec
+    namespaces = (("pid", spec.pid), ("ipc", spec.ipc), ("uts", spec.uts or bool(spec.hostname)), ("net", spec.net))
+    images = [[p.image.fd, "dir" if p.image.kind == "dir" else _kind_of(p.source), p.source.path, "image"]]
+    images += [[layer.fd, "dir" if layer.kind == "dir" else "extfs" if layer.kind == "ext3" else "squashfs",
+                layer.path, "overlay"] for layer in p.layers]  # fmt: skip
+    return {
+        "engineName": "sifbox",
+        "containerID": "",
+        "sifbox": {
+            "image": spec.image, "contain": spec.contain, "writableTmpfs": spec.writable_tmpfs,
+            "fakeroot": spec.fakeroot, "binds": [list(b) for b in spec.binds],
+            "namespaces": [n for n, on in namespaces if on], "images": images,
+        },
+    }  # fmt: skip
+
+
+def _kind_of(source) -> str:  # type: ignore[no-untyped-def]
+    from sifbox.image.source import ImageKind
+
+    return {ImageKind.SANDBOX: "dir", ImageKind.SQUASHFS: "squashfs"}.get(source.kind, "sif")
+
+
+def _add_devices(request: Request, cfg, conf_path: str, spec: ContainerSpec, site, host: Host, mounts, overrides,
+                 contained: bool):  # type: ignore[no-untyped-def]  # fmt: skip
+    from sifbox.hpc import devices
+
+    if request.cdi_dirs and not site.user_bind_control and not host.is_root:
+        raise SifboxError("can't use --cdi-dirs: user bind control is disabled by the site's sifbox.conf",
+                          hint="the CDI specs of /etc/cdi and /var/run/cdi are used without it")  # fmt: skip
+    request = devices.with_config(request, cfg)
+    if request is None:
+        return mounts, overrides, None
+    dev_is_host = site.mount_dev == "yes" and not spec.contain and "dev" not in spec.no_mount and not contained
+    env = dict(os.environ)
+    env.update(overrides)
+    extra = devices.plan(request, cfg=cfg, conf_dir=os.path.dirname(os.path.abspath(conf_path)),
+                         dev_is_host=dev_is_host, env=env)  # fmt: skip
+    for warning in extra.warnings:
+        _warn(warning)
+    return mounts + extra.mounts, {**extra.env, **overrides}, extra.prepare
+
+
+def _namespaces_for(p: Prepared) -> None:
+    """The namespaces to create, and the identity inside (`p.inner`)."""
+    from sifbox.runtime.sandbox.ops import Namespaces
+    from sifbox.util.paths import which
+
+    spec, host = p.spec, p.host
+    p.userns = not host.is_root or spec.userns
+    fakeroot = spec.fakeroot and not host.is_root
+    p.inner = host._replace(uid=0, gid=0, user="root", home="/root") if fakeroot else host
+    extra = {"pid": spec.pid, "ipc": spec.ipc, "uts": spec.uts, "net": spec.net, "hostname": spec.hostname}
+    if fakeroot:
+        p.ns = fakeroot_namespaces(host, **extra)
+    else:
+        p.ns = Namespaces(p.userns, host.uid, host.gid, **extra)
+    if p.joining is not None or not p.userns:
+        return
+    if p.image.kind != "dir" or any(layer.kind == "squashfs" for layer in p.layers):
+        p.squashfuse = which("squashfuse_ll")
+        if p.squashfuse is None:
+            raise SifboxError(f"can't start a container from `{spec.image}`: squashfuse_ll is not installed",
+                              hint="install the Debian package `squashfuse`", exit_status=ExitStatus.CANNOT_LAUNCH)
+        if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+            raise SifboxError(f"can't start a container from `{spec.image}`: /dev/fuse is not usable by this user",
+                              hint="as root: `chmod 0666 /dev/fuse`; `sifbox doctor` checks this",
+                              exit_status=ExitStatus.CANNOT_LAUNCH)  # fmt: skip
+
+
+def fakeroot_namespaces(host: Host, **extra: object):  # type: ignore[no-untyped-def]
+    """A user namespace in which `host`'s user is root: with the caller's
+    /etc/subuid and /etc/subgid ranges through newuidmap/newgidmap when
+    configured, else root mapped to the caller alone."""
+    from sifbox.runtime import idmap
+    from sifbox.runtime.sandbox.ops import Namespaces
+    from sifbox.util.paths import which
+
+    subuid = idmap.read_subid("/etc/subuid", host.user, host.uid)
+    subgid = idmap.read_subid("/etc/subgid", host.user, host.uid)
+    tools = which("newuidmap"), which("newgidmap")
+    if subuid is None or subgid is None or None in tools:
+        return Namespaces(True, host.uid, host.gid, inside=0, **extra)
+    maps = (tuple(idmap.fakeroot_maps(host.uid, subuid)), tuple(idmap.fakeroot_maps(host.gid, subgid)))
+    return Namespaces(True, host.uid, host.gid, maps=maps, tools=tools, **extra)
+
+
+def enter_fakeroot(host: Host) -> None:
+    """For an unprivileged build: become root of a new user namespace (with
+    the caller's subordinate ID ranges when configured)."""
+    from sifbox.runtime.sandbox import namespaces
+
+    namespaces.enter(fakeroot_namespaces(host), image="the build")
+
+
+def _keep_fds(env: dict[str, str]) -> frozenset[int]:
+    """Descriptors the payload inherits: a launcher's PMI descriptor (PMI_FD)."""
+    keep = set()
+    for var in ("PMI_FD", "SIFBOX_KEEP_FDS"):
+        for item in env.get(var, "").split(","):
+            if item.strip().isdigit():
+                keep.add(int(item))
+    return frozenset(keep)
+
+
+# --- the container ------------------------------------------------------------------------------
+
+
+def _launch(p: Prepared, hold=None) -> int:  # type: ignore[no-untyped-def]
+    """Create the namespaces, then build and run the container. With `hold`
+    (an instance), `hold(payload, trampoline, helpers)` keeps it."""
+    from sifbox.runtime import supervisor
+    from sifbox.runtime.sandbox import namespaces, process
+
+    namespaces.enter(p.ns, image=p.spec.image)
+    if p.host.is_root:
+        # Not before: newuidmap and the id maps need this process's /proc files.
+        # (A user's container runs as the user, who may open their own processes'.)
+        process.seal_self()
+    if p.ns.pid or hold is not None:
+        # The rest runs in PID 1 of the new PID namespace: its /proc can only be
+        # mounted from inside it (and, in a user namespace, only while the
+        # host's /proc is still in view).
+        return supervisor.run(lambda: _exit(_as_init(p, hold)))
+    return _container(p, hold)
+
+
+def _as_init(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
+    try:
+        return _container(p, hold)
+    except SifboxError as err:
+        return report(err)
+
+
+def _exit(status: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
+    from sifbox.runtime import supervisor
+    from sifbox.runtime.sandbox import process, rootfs
+
+    spec, image = p.spec, p.spec.image
+    session = rootfs.Session.open(image=image, size_mib=p.site.session_mib, slave=p.site.mount_slave,
+                                  uid=p.inner.uid, gid=p.inner.gid, userns=p.userns, squashfuse=p.squashfuse,
+                                  log=p.log)  # fmt: skip
+    writable_sandbox = spec.writable and p.image.kind == "dir"
+    lower = session.mount_image(p.image, writable=writable_sandbox)
+    if writable_sandbox:  # written in place: mount points are made in it as needed
+        root, persistent = lower, True
+    else:
+        points = [(m.target, m.file) for m in p.mounts if m.kind not in ("mask", "readonly")]
+        if p.identity:
+            points += [("/etc/passwd", True), ("/etc/group", True)]
+        root, persistent = session.stack(lower, p.layers, points, p.site.overlay)
+    if p.identity:
+        _identity_files(session, root, p.inner, p.cfg)
+    rootfs.apply(root, p.mounts, image=image, restrict=p.contained)
+    payload = _payload(p, root)
+    if p.prepare_root is not None:
+        p.prepare_root(root)
+    tramp = process.Trampoline.create(p.keep_fds, image) if payload.argv else None
+    rootfs.finish(root, readonly=not spec.writable_tmpfs and not persistent, image=image)
+    if p.squashfuse:
+        from sifbox.runtime import prefetch  # noqa: F401 - used after pivot_root
+    rootfs.pivot(root, image)
+    _chdir(spec, p.host)
+    if hold is None:
+        _close_images(p)
+    if p.squashfuse and payload.argv and payload.argv[0].startswith("/"):
+        prefetch.program(payload.argv[0])
+    process.lock_down(keep_caps=p.caps if p.host.is_root else None)
+    if payload.argv is None:
+        if hold is not None:  # an instance without a startscript: it holds its namespaces
+            return int(hold(None, None, "", session.helpers))
+        return _say(payload)
+    path = process.find_program(payload.argv[0], payload.env)
+    if path is None:
+        return report(process.exec_error(payload.argv[0], 2))
+    start = lambda: process.exec_payload(tramp, path, payload.argv, payload.env, p.keep_fds)  # noqa: E731
+    if hold is not None:
+        return int(hold(start, tramp, payload.argv[0], session.helpers))
+    return supervisor.run(start, tramp=tramp, name=payload.argv[0], helpers=session.helpers)
+
+
+def _join(p: Prepared) -> int:
+    """Run the payload in a running instance: its namespaces and root."""
+    from sifbox.runtime import supervisor
+    from sifbox.runtime.sandbox import join, process
+
+    if p.host.is_root:
+        process.seal_self()
+    tramp = process.Trampoline.create(p.keep_fds, p.spec.image)  # before joining: needs the host's /proc
+    join.enter(p.joining.pid, p.joining.name, p.log)
+    _chdir(p.spec, p.host, "join instance")
+    payload = _payload(p, "/")
+    process.lock_down(keep_caps=p.caps if p.host.is_root else None)
+    if payload.argv is None:
+        return _say(payload)
+    path = process.find_program(payload.argv[0], payload.env)
+    if path is None:
+        return report(process.exec_error(payload.argv[0], 2))
+    return supervisor.run(lambda: process.exec_payload(tramp, path, payload.argv, payload.env, p.keep_fds),
+                          tramp=tramp, name=payload.argv[0])  # fmt: skip
+
+
+def _payload(p: Prepared, root: str) -> Payload:
+    """What to run, decided by looking at the finished root (is there a /bin/sh?)."""
+    from sifbox.runtime import env as envmod
+    from sifbox.runtime.sandbox.rootfs import exists
+
+    def present(path: str) -> bool:
+        return exists(root, path)
+
+    action, words, env = p.action, p.words, p.env
+    if p.fixed is not None:
+        return Payload(*p.fixed)
+    if p.launched and os.environ.get("PMIX_RANK", os.environ.get("SLURM_PROCID")) == "0":
+        from sifbox.hpc import mpi
+
+        hint = mpi.mismatch_hint(os.environ, present)
+        if hint:
+            _warn(hint)
+    if p.app and not present(f"/scif/apps/{p.app}"):
+        # Apptainer exits 1 for a missing app.
+        raise SifboxError(f"can't {action} app `{p.app}` of `{p.spec.image}`: the image has no such app",
+                          hint=f"`sifbox inspect --list-apps {p.spec.image}` lists its apps", exit_status=1)
+    if action == "start":
+        if not present(STARTSCRIPT):
+            return Payload(None, None, "", 0)  # nothing to start: the instance only holds its namespaces
+        words = [STARTSCRIPT, *words]
+    if present("/bin/sh"):
+        return Payload(["/bin/sh", "-c", envmod.PRELUDE, "sifbox", "exec" if action == "start" else action, *words],
+                       env)  # fmt: skip
+    # No shell: no env scripts either; run what can run directly.
+    direct = envmod.apply_overrides_directly(env, p.overrides)
+    if action in ("exec", "start"):
+        return Payload(words, direct)
+    script = {"run": "/.singularity.d/runscript", "test": "/.singularity.d/test"}.get(action)
+    if action == "test" and not present(script):
+        return Payload(None, None, "No test script found in container, exiting", 0)
+    if script and present(script):
+        return Payload([script, *words], direct)
+    raise SifboxError(f"can't {action} `{p.spec.image}`: the image has no /bin/sh",
+                      hint="`sifbox exec IMAGE /path/to/program` runs a program directly",
+                      exit_status=ExitStatus.CANNOT_LAUNCH)  # fmt: skip
+
+
+def _say(payload: Payload) -> int:
+    if payload.message:
+        sys.stderr.write(payload.message + "\n")
+    return int(payload.status)
+
+
+def _identity_files(session, root: str, host: Host, cfg) -> None:  # type: ignore[no-untyped-def]
+    """/etc/passwd and /etc/group of the image, with the caller added."""
+    import grp
+
+    from sifbox.runtime.plan import merge_group, merge_passwd
+    from sifbox.runtime.sandbox.rootfs import read_text
+
+    if cfg.get_bool("config passwd"):
+        session.bind_text(root, "/etc/passwd", merge_passwd(read_text(root, "/etc/passwd"), host))
+    if cfg.get_bool("config group"):
+        try:
+            group_name = grp.getgrgid(host.gid).gr_name
+        except KeyError:
+            group_name = host.user
+        session.bind_text(root, "/etc/group", merge_group(read_text(root, "/etc/group"), host, group_name))
+
+
+def _chdir(spec: ContainerSpec, host: Host, doing: str | None = None) -> None:
+    """Into --pwd (which must exist), else the caller's directory, home or /."""
+    from sifbox.runtime.sandbox.ops import LaunchError
+
+    for d in (spec.pwd, host.cwd, spec.home_target or host.home, "/"):
+        if d:
+            try:
+                os.chdir(d)
+                return
+            except OSError:
+                if d == spec.pwd:
+                    doing = doing or f"start a container from `{spec.image}`"
+                    raise LaunchError(f"can't {doing}: --pwd `{d}` does not exist in the container") from None
+
+
+def _close_images(p: Prepared) -> None:
+    if p.source is not None:
+        p.source.close()
+    for layer in p.layers:
+        if layer.fd is not None and not layer.writable:
+            try:
+                os.close(layer.fd)
+            except OSError:
+                pass
+
+
+# --- builds ---------------------------------------------------------------------------------------
+
+
+def run_build_container(root: str, argv: list[str], env: dict[str, str], *, binds: tuple[str, ...] = (),
+                        writable: bool = True, writable_tmpfs: bool = False, config_path: str | None = None) -> int:  # fmt: skip
+    """Run a build script (%post, %test) in the image root being built: called as
+    root (real root, or root of the build's fakeroot user namespace); the root
+    directory gets /proc, /sys, a minimal /dev, private /tmp, /etc/resolv.conf
+    and /etc/hosts, and the script Docker's default capabilities (all of them
+    in a fakeroot build, whose namespace owns nothing of the host)."""
+    from sifbox.config import sysconf
+    from sifbox.image.source import open_image
+    from sifbox.runtime import caps
+    from sifbox.runtime.plan import default_mounts, site_from_config
+    from sifbox.runtime.sandbox.ops import Namespaces, RootImage
+    from sifbox.runtime.spec import ContainerSpec, Host, parse_bind
+
+    real_root = not _in_user_namespace()
+    bind_list = []
+    for text in binds:
+        bind_list += parse_bind(text)
+    spec = ContainerSpec(
+        image=root, action="exec", command=list(argv), binds=tuple(bind_list), no_home=True, contain=True,
+        writable=writable, writable_tmpfs=writable_tmpfs and not writable, pwd="/",
+        no_mount=frozenset({"home", "cwd"}), identity_files=False, pid=real_root, ipc=real_root,
+    )  # fmt: skip
+    host = Host(0, 0, "root", "/root", "/", True)
+    cfg = sysconf.load(config_path)
+    site = site_from_config(cfg)
+    source = open_image(root, verb="build")
+    p = Prepared(action="exec", spec=spec, host=host, inner=host, cfg=cfg, site=site, log=_verbose_log(),
+                 caps=caps.BUILD if real_root else caps.ALL, contained=real_root, userns=False, source=source,
+                 image=RootImage("dir", source.fd, 0, 0, source.path), layers=[], identity=False,
+                 mounts=default_mounts(spec, host, site=site, contained=real_root), fixed=(list(argv), dict(env)),
+                 keep_fds=frozenset(), ns=Namespaces(False, 0, 0, pid=real_root, ipc=real_root))  # fmt: skip
+    return _launch(p)
+
+
+def _in_user_namespace() -> bool:
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split()[:3] != ["0", "0", "4294967295"]
+    except OSError:
+        return False
+
+
+# --- messages -------------------------------------------------------------------------------------
+
+
+def _warn(message: str) -> None:
+    from sifbox.util import log
+
+    log.log.warning("%s", message)
+
+
+def _verbose_log() -> Callable[..., None] | None:
+    """log.verbose when -v/-d asked for it; else None, so that a plain run
+    does not pay for importing `logging` (launch time counts per MPI rank)."""
+    try:
+        level = int(os.environ.get("SIFBOX_MESSAGELEVEL", "20"))
+    except ValueError:
+        level = 20
+    if level > 15:
+        return None
+    from sifbox.util import log
+
+    return log.verbose  # type: ignore[no-any-return]

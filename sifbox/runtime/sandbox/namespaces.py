@@ -1,0 +1,99 @@
+"""Create the container's namespaces in the calling process (which must never
+have started a thread: unshare(CLONE_NEWUSER) refuses a threaded process).
+
+User and mount namespaces first (only a mount namespace for root without
+--userns); then, in a second step so that they belong to the new user
+namespace, the PID, IPC, UTS and network namespaces asked for. With
+subordinate ID ranges (`Namespaces.maps`), newuidmap/newgidmap (setuid helpers
+of the `uidmap` package) write the maps from outside: a forked helper waits
+until this process has unshared, runs them on its pid, and is reaped here.
+"""
+
+from __future__ import annotations
+
+import os
+
+from sifbox.runtime.sandbox import syscalls as sc
+from sifbox.runtime.sandbox.ops import LaunchError, Namespaces
+from sifbox.util.errors import describe_os_error
+
+
+def enter(ns: Namespaces, *, image: str) -> None:
+    """Unshare what `ns` asks for and set it up; raise LaunchError if the kernel refuses."""
+    extra = (
+        (sc.CLONE_NEWPID if ns.pid else 0)
+        | (sc.CLONE_NEWIPC if ns.ipc else 0)
+        | (sc.CLONE_NEWUTS if ns.uts or ns.hostname else 0)
+        | (sc.CLONE_NEWNET if ns.net else 0)
+    )
+    try:
+        if ns.user and ns.maps is not None:
+            _unshare_with_helpers(ns)
+        elif ns.user:
+            sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNS)
+            write_own_maps(ns.uid, ns.gid, ns.inside)
+        else:
+            sc.unshare(sc.CLONE_NEWNS)
+        if extra:
+            sc.unshare(extra)
+        if ns.hostname:
+            sc.sethostname(ns.hostname)
+        if ns.net:
+            sc.loopback_up()
+    except LaunchError:
+        raise
+    except OSError as err:
+        raise LaunchError(
+            f"can't start a container from `{image}`: can't create namespaces: {describe_os_error(err)}",
+            hint="unprivileged user namespaces may be disabled; `sifbox doctor` checks this",
+        ) from None
+
+
+def write_own_maps(uid: int, gid: int, inside: int | None = None) -> None:
+    """Map the caller to itself (or to `inside`, e.g. 0 for fakeroot)."""
+    with open("/proc/self/setgroups", "w") as f:
+        f.write("deny")
+    with open("/proc/self/uid_map", "w") as f:
+        f.write(f"{uid if inside is None else inside} {uid} 1")
+    with open("/proc/self/gid_map", "w") as f:
+        f.write(f"{gid if inside is None else inside} {gid} 1")
+
+
+def _unshare_with_helpers(ns: Namespaces) -> None:
+    uid_lines, gid_lines = ns.maps
+    go_r, go_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the helper stays outside the new namespace
+        status = 1
+        try:
+            os.close(go_w)
+            os.close(done_r)
+            os.read(go_r, 1)
+            target = str(os.getppid())
+            status = 0
+            for tool, lines in ((ns.tools[0], uid_lines), (ns.tools[1], gid_lines)):
+                args = [str(n) for line in lines for n in line]
+                child = os.fork()
+                if child == 0:
+                    os.execv(tool, [tool, target, *args])
+                _, st = os.waitpid(child, 0)
+                if os.waitstatus_to_exitcode(st) != 0:
+                    status = 2
+                    break
+        finally:
+            os.write(done_w, bytes([status]))
+            os._exit(0)
+    os.close(go_r)
+    os.close(done_w)
+    try:
+        sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNS)
+    finally:
+        os.write(go_w, b"x")
+        os.close(go_w)
+        result = os.read(done_r, 1)
+        os.close(done_r)
+        os.waitpid(pid, 0)
+    if result != b"\0":
+        raise LaunchError("can't start a fakeroot container: newuidmap/newgidmap could not map the ID ranges",
+                          hint="check the caller's ranges in /etc/subuid and /etc/subgid")  # fmt: skip

@@ -1,0 +1,65 @@
+"""What the sandbox is asked to do: its operation types, as plain data.
+
+The sandbox is the bottom layer of sifbox: the launcher (sifbox.runtime.launcher)
+plans a container as these records and hands them over; the sandbox
+(`namespaces`, `rootfs`, `process`, `join`) turns them into namespaces, mounts
+and processes. Nothing here imports anything above sifbox.util.
+"""
+
+from __future__ import annotations
+
+from sifbox.util.errors import ExitStatus, SifboxError, describe_os_error
+from sifbox.util.records import record
+
+#: One mount of the plan, applied inside the container root in order.
+#:
+#: kind      what to mount on `target` (a container path):
+#:   "rbind"    the host tree `source`, recursively (readonly: the whole tree)
+#:   "bind"     the host file or directory `source`, alone
+#:   "tmpfs"    a new tmpfs (`options`: its mount data)
+#:   "devpts"   a new devpts instance, with the /dev/ptmx, fd, stdin... links
+#:   "proc"     a new proc (done by PID 1 of a new PID namespace)
+#:   "mask"     hide `target`: /dev/null over a file, an empty read-only tmpfs
+#:              over a directory; nothing when the target does not exist
+#:   "readonly" make the existing tree at `target` read-only (bound on itself)
+#: file      the mount point is a file (created as one when missing)
+Mount = record("Mount", "kind source target readonly options file", defaults=(False, None, False))
+
+#: The image that becomes the container's root file system.
+#: kind "squashfs": the SquashFS at `offset` (`size` bytes) of the open file `fd`;
+#: kind "dir": the directory open at `fd` (O_PATH), a sandbox.
+RootImage = record("RootImage", "kind fd offset size path", defaults=(0, 0, ""))
+
+#: A layer of the overlay stack (`--overlay`, a SIF's overlay partition).
+#: kind "dir" (open at `fd`, O_PATH), "ext3" or "squashfs" (at `offset`, `size`
+#: bytes of the open file `fd`); `writable` takes the changes (one at most).
+Layer = record("Layer", "path kind fd offset size writable")
+
+#: The namespaces to create.
+#:   user       a user namespace (always for unprivileged callers)
+#:   uid, gid   the caller's IDs outside
+#:   maps       None: map the caller to `inside` only; else ((uid lines), (gid lines)),
+#:              each line (inside, outside, count), written by newuidmap/newgidmap
+#:   inside     the uid/gid the caller has inside when mapped alone
+#:   tools      (newuidmap, newgidmap) paths for `maps`
+#:   pid ipc uts net   new namespaces of those kinds; hostname for the UTS one
+Namespaces = record(
+    "Namespaces",
+    "user uid gid maps inside tools pid ipc uts net hostname",
+    defaults=(None, None, None, False, False, False, False, None),
+)
+
+#: A helper process the sandbox started (a FUSE server): stopped with `signal`
+#: and waited for, `wait` seconds at most, before the container's supervisor exits.
+Helper = record("Helper", "pid name signal wait")
+
+
+class LaunchError(SifboxError):
+    """The container could not be built or entered."""
+
+    reference = "cannot-launch"
+    exit_status = ExitStatus.CANNOT_LAUNCH
+
+
+def fail(what: str, err: OSError, image: str) -> LaunchError:
+    return LaunchError(f"can't start a container from `{image}`: {what}: {describe_os_error(err)}")

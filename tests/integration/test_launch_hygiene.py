@@ -1,0 +1,154 @@
+"""What a launch leaves behind, and what it needs after pivot_root.
+
+* Every helper (squashfuse_ll, fuse2fs, fuse-overlayfs) is stopped and reaped by sifbox itself:
+  run under a child subreaper, nothing is left for it to adopt (a PID 1 that does not reap
+  would collect the zombies otherwise).
+* Nothing is imported after the container's root replaced the host's: launches through
+  `python -m sifbox` from the source files, through the installed launcher with its module
+  bundle, and with the bundle missing or stale, as root and as the test user.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration import images
+from tests.integration.images import LAUNCH_TIMEOUT, ActionImages, env_for
+
+action_images = images.action_images
+no_leaks = images.no_leaks
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+SUBREAPER = r"""
+import ctypes, os, subprocess, sys, time
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+status = subprocess.run(sys.argv[1:]).returncode
+time.sleep(0.5)
+adopted = []
+for entry in os.listdir("/proc"):
+    if entry.isdigit():
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[1]) == os.getpid():
+            adopted.append(stat[stat.index("(") + 1:stat.rindex(")")] + ":" + fields[0])
+print("ADOPTED", " ".join(adopted) or "none")
+for _ in adopted:
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        break
+sys.exit(status)
+"""
+
+
+def _under_subreaper(run_as, who, argv: list[str], **kw):  # type: ignore[no-untyped-def]
+    return run_as(who, [sys.executable, "-c", SUBREAPER, *argv], env=env_for(who), timeout=LAUNCH_TIMEOUT, **kw)
+
+
+@pytest.fixture
+def overlays(shared_tmp: Path, action_images: ActionImages) -> dict[str, Path]:
+    layer = shared_tmp / "layer"
+    (layer / "upper").mkdir(parents=True)
+    (layer / "upper/from-layer").write_text("layer\n")
+    sqfs = images.mksquashfs(layer / "upper", shared_tmp / "layer.sqfs")
+    ext3 = shared_tmp / "layer.img"
+    owner = f"{images.user_named('sifbox-test').uid}:{images.user_named('sifbox-test').gid}"
+    subprocess.run(["mkfs.ext3", "-q", "-F", "-E", f"root_owner={owner}", str(ext3), "8M"], check=True,
+                   capture_output=True)  # fmt: skip
+    for path in (layer, layer / "upper", ext3):
+        os.chmod(path, 0o777 if path.is_dir() else 0o666)
+    return {"squashfs": sqfs, "ext3": ext3, "dir": layer}
+
+
+@pytest.mark.parametrize("overlay", [None, "squashfs", "ext3", "dir"])
+def test_helpers_are_reaped_by_sifbox(run_as, as_who, sifbox_cli, action_images: ActionImages, overlays,
+                                      overlay) -> None:  # fmt: skip
+    opts = ["--overlay", str(overlays[overlay])] if overlay else []
+    proc = _under_subreaper(run_as, as_who, [sifbox_cli, "exec", *opts, str(action_images.sif), "cat",
+                                             "/data/hello.txt"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "ADOPTED none", proc.stdout
+
+
+def test_instance_helpers_are_reaped(run_as, as_who, sifbox_cli, action_images: ActionImages) -> None:
+    name = f"reap{os.getpid()}"
+    start = run_as(as_who, [sifbox_cli, "instance", "start", str(action_images.sif), name], env=env_for(as_who),
+                   timeout=LAUNCH_TIMEOUT)  # fmt: skip
+    assert start.returncode == 0, start.stderr
+    proc = _under_subreaper(run_as, as_who, [sifbox_cli, "instance", "stop", name])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "ADOPTED none", proc.stdout
+
+
+# --- imports after pivot_root -----------------------------------------------------------------------
+
+
+def _venv_of(cli: str) -> tuple[str, str]:
+    """(interpreter, site-packages) of the CLI launcher."""
+    text = Path(os.path.realpath(cli)).read_text()
+    interpreter = text.split("\n", 1)[0][2:].split()[0]
+    site = next(line.split('"')[1] for line in text.splitlines() if "sys.path.append(" in line)
+    return interpreter, site
+
+
+@pytest.fixture(scope="module")
+def source_copy() -> Path:
+    """The package's source files where the test user can read them (the checkout may be 0700)."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="sifbox-src-", dir="/tmp"))
+    shutil.copytree(REPO / "sifbox", base / "sifbox", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+LAUNCHES = [
+    ("exec",), ("run",), ("test",), ("exec", "--contain"), ("exec", "--pid"), ("exec", "--writable-tmpfs"),
+    ("exec", "--fakeroot"), ("exec", "--no-mount", "proc"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["python-m", "bundle", "no-bundle", "stale-bundle"])
+def test_nothing_is_imported_after_the_root_moves(run_as, as_who, sifbox_cli, shared_tmp, action_images: ActionImages,
+                                                  source_copy: Path, how: str) -> None:  # fmt: skip
+    interpreter, site = _venv_of(sifbox_cli)
+    if how == "python-m":
+        # The modules come from files (no bundle), as `python -m sifbox` in a checkout.
+        launcher = shared_tmp / "sifbox-from-source"
+        launcher.write_text(f"#!{interpreter} -IS\nimport sys, runpy\nsys.path[:0] = [{str(source_copy)!r}]\n"
+                            f"sys.path.append({site!r})\nrunpy.run_module('sifbox', run_name='__main__')\n")  # fmt: skip
+    else:
+        text = Path(os.path.realpath(sifbox_cli)).read_text()
+        bundle = next((line.split('"')[1] for line in text.splitlines() if "_boot.install(" in line), None)
+        if bundle is None:
+            pytest.skip("this CLI launcher has no module bundle (a development launcher)")
+        if how == "no-bundle":
+            text = text.replace(bundle, str(shared_tmp / "missing.bundle"))
+        elif how == "stale-bundle":
+            stale = shared_tmp / "stale.bundle"
+            stale.write_bytes(Path(bundle).read_bytes()[:-100])
+            text = text.replace(bundle, str(stale))
+        launcher = shared_tmp / "sifbox-launcher"
+        launcher.write_text(text)
+    launcher.chmod(0o755)
+    for words in LAUNCHES:
+        if "--fakeroot" in words and as_who.is_root:
+            continue
+        action, opts = words[0], list(words[1:])
+        cmd = ["true"] if action == "exec" else []
+        proc = run_as(as_who, [str(launcher), action, *opts, str(action_images.sif), *cmd], env=env_for(as_who),
+                      timeout=LAUNCH_TIMEOUT)  # fmt: skip
+        assert proc.returncode == 0, (words, proc.stderr)
+        assert "Traceback" not in proc.stderr and "ImportError" not in proc.stderr, proc.stderr
