@@ -28,6 +28,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_USER = os.environ.get("SIFBOX_TEST_USER", "sifbox-test")
+DATA = REPO / "tests" / "data"
+CORPUS = DATA / "sif-corpus"
 INSTALLED_CLI = Path(os.environ.get("SIFBOX_CLI", "/usr/local/bin/sifbox"))
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -186,21 +188,9 @@ def sifbox_cli() -> str:
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """The project's shared/ directory beside the repo (SIF corpus, spec); skips if absent."""
-    path = Path(os.environ.get("SIFBOX_SHARED_DIR", REPO.parent / "shared"))
-    if not path.is_dir():
-        pytest.skip(f"shared directory {path} not found (set SIFBOX_SHARED_DIR)")
-    return path
-
-
-@pytest.fixture(scope="session")
-def sif_corpus(shared_dir: Path) -> Path:
-    """shared/sif-corpus: reference SIF images and siftool golden outputs."""
-    path = shared_dir / "sif-corpus"
-    if not path.is_dir():
-        pytest.skip(f"SIF corpus {path} not found")
-    return path
+def sif_corpus() -> Path:
+    """tests/data/sif-corpus: reference SIF images, keys, inputs and siftool golden outputs."""
+    return CORPUS
 
 
 @pytest.fixture
