@@ -8,6 +8,18 @@ Integration and e2e tests run things twice, as root and as the unprivileged test
         proc = run_as(as_who, [sifbox_cli, "sif", "list", str(shared_tmp / "x.sif")])
         assert proc.returncode == 0, proc.stderr
 
+A checkout may lie where the test user cannot read it (a clone in root's 0700 home), so a
+repository file handed to a command run as that user goes through ``stage_for_user``, which
+copies it to a directory under /tmp that every user can read::
+
+    @pytest.mark.integration
+    def test_build(run_as, as_who, sifbox_cli, shared_tmp, stage_for_user):
+        deffile = stage_for_user(REPO / "examples" / "demo.def")
+        proc = run_as(as_who, [sifbox_cli, "build", str(shared_tmp / "d.sif"), str(deffile)])
+
+The SIF corpus (``sif_corpus``) comes staged already. Unit tests read ``tests/data`` in place
+(``tests/unit/sifcorpus.py``).
+
 Nothing here runs at import time and every fixture is opt-in, so ``tests/unit`` needs neither
 root nor the test user. Unit tests may not use the fixtures that run programs (see
 ``_refuse_system_fixtures_in_unit_tests``).
@@ -187,10 +199,67 @@ def sifbox_cli() -> str:
     return str(INSTALLED_CLI)
 
 
+Stage = Callable[[str | os.PathLike[str]], Path]
+
+
+def _readable_by_all(path: Path) -> None:
+    """Directories 0755, files 0644 (0755 if executable by their owner), symlinks untouched."""
+    paths = [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]
+    for p in paths:
+        if p.is_symlink():
+            continue
+        if p.is_dir():
+            p.chmod(0o755)
+        else:
+            p.chmod(0o755 if p.stat().st_mode & 0o100 else 0o644)
+
+
 @pytest.fixture(scope="session")
-def sif_corpus() -> Path:
-    """tests/data/sif-corpus: reference SIF images, keys, inputs and siftool golden outputs."""
-    return CORPUS
+def stage_for_user() -> Iterator[Stage]:
+    """`stage_for_user(path) -> Path`: a copy of a repository file or directory that the test user
+    can read, for every repository path a test hands to a command run as that user.
+
+    The checkout itself may be unreadable to the user (a clone in root's 0700 home). The copy
+    keeps the path relative to the repository (`<stage>/examples/demo.def`), is root's and
+    read-only for others (copy it into `shared_tmp` to change it), is made once per session
+    under /tmp and removed at the end of it. Symlinks inside a directory stay links.
+    """
+    base = Path(tempfile.mkdtemp(prefix="sifbox-stage-", dir="/tmp"))
+    base.chmod(0o755)
+    whole: set[Path] = set()  # what was copied in full, relative to the repository
+
+    def stage(path: str | os.PathLike[str]) -> Path:
+        src = Path(os.path.abspath(path))
+        try:
+            rel = src.relative_to(REPO)
+        except ValueError:
+            raise ValueError(f"stage_for_user: {src} is not inside the repository {REPO}") from None
+        dst = base / rel
+        if whole.intersection((rel, *rel.parents)):
+            return dst
+        for parent in reversed(rel.parents[:-1]):  # the directories between base and dst
+            (base / parent).mkdir(exist_ok=True)
+            (base / parent).chmod(0o755)
+        if src.is_dir():  # may hold files staged before, one by one
+            shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
+        else:
+            shutil.copyfile(src, dst)
+            shutil.copymode(src, dst)
+        _readable_by_all(dst)
+        whole.add(rel)
+        return dst
+
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sif_corpus(stage_for_user: Stage) -> Path:
+    """tests/data/sif-corpus (reference SIF images, keys, inputs and siftool golden outputs),
+    staged where the test user can read it."""
+    return stage_for_user(CORPUS)
 
 
 @pytest.fixture
