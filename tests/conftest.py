@@ -20,9 +20,17 @@ copies it to a directory under /tmp that every user can read::
 The SIF corpus (``sif_corpus``) comes staged already. Unit tests read ``tests/data`` in place
 (``tests/unit/sifcorpus.py``).
 
-Nothing here runs at import time and every fixture is opt-in, so ``tests/unit`` needs neither
-root nor the test user. Unit tests may not use the fixtures that run programs (see
-``_refuse_system_fixtures_in_unit_tests``).
+Hypothesis properties run under one of three profiles, chosen by ``SIFBOX_HYPOTHESIS_PROFILE``
+(or pytest's ``--hypothesis-profile``): ``dev`` for a plain ``pytest`` (random examples, failures
+kept in ``.hypothesis/`` and replayed first), ``ci`` for ``scripts/test.sh`` and any run with
+``CI`` set (derandomized: the same examples on every run, no example database), and ``long``
+for the fuzzing job (random, and every property runs ``LONG_FACTOR`` times its examples).
+Properties set ``max_examples`` and health checks if they must, never ``derandomize`` or
+``database``: the profile decides those.
+
+Nothing here runs at import time apart from choosing that profile, and every fixture is opt-in,
+so ``tests/unit`` needs neither root nor the test user. Unit tests may not use the fixtures
+that run programs (see ``_refuse_system_fixtures_in_unit_tests``).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, is_hypothesis_test, settings
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_USER = os.environ.get("SIFBOX_TEST_USER", "sifbox-test")
@@ -44,6 +53,20 @@ DATA = REPO / "tests" / "data"
 CORPUS = DATA / "sif-corpus"
 INSTALLED_CLI = Path(os.environ.get("SIFBOX_CLI", "/usr/local/bin/sifbox"))
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+#: How many times its own examples a property runs under the `long` profile.
+LONG_FACTOR = 20
+# No deadline and no too-slow health check anywhere: timings on a loaded machine are noise.
+_common = settings(settings.get_profile("default"), deadline=None,
+                   suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+settings.register_profile("dev", _common)
+settings.register_profile("ci", _common, derandomize=True, database=None, print_blob=True)
+settings.register_profile("long", _common, max_examples=100 * LONG_FACTOR, print_blob=True)
+# Hypothesis itself loads its own `ci` profile when it detects a CI service.
+settings.load_profile(
+    os.environ.get("SIFBOX_HYPOTHESIS_PROFILE")
+    or ("ci" if os.environ.get("CI") or settings.get_current_profile_name() == "ci" else "dev")
+)
 
 # Fixtures that run programs, switch users or touch the machine: not for tests/unit.
 SYSTEM_FIXTURES = frozenset({"test_user", "run_as", "as_who", "shared_tmp", "sifbox_cli"})
@@ -114,6 +137,25 @@ def _run_as(
         kw.setdefault("env", _user_env(user))
         args = ["runuser", "-u", user.name, "--", *args]
     return subprocess.run(args, **kw)  # type: ignore[call-overload, no-any-return]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under the `long` profile, a property that sets its own `max_examples` runs LONG_FACTOR
+    times that many (one that does not already gets the profile's larger default)."""
+    if not settings.get_current_profile_name().startswith("long"):
+        return
+    default = settings.get_profile("long").max_examples
+    seen: set[int] = set()
+    for item in items:
+        fn = getattr(getattr(item, "obj", None), "__func__", getattr(item, "obj", None))
+        if fn is None or id(fn) in seen or not is_hypothesis_test(fn):
+            continue
+        seen.add(id(fn))
+        own = getattr(fn, "_hypothesis_internal_use_settings", None)  # what @settings gave it
+        if isinstance(own, settings) and own.max_examples != default:
+            fn._hypothesis_internal_use_settings = settings(
+                own, max_examples=own.max_examples * LONG_FACTOR
+            )
 
 
 @pytest.fixture(autouse=True)
