@@ -21,7 +21,7 @@ from pathlib import Path
 PY = "/usr/bin/python3"
 DEFAULT_IMAGES = (
     Path("/opt/sifbox/demo/demo.sif"),
-    Path(__file__).resolve().parents[1].parent / "shared/sif-corpus/images/one-group.sif",
+    Path(__file__).resolve().parents[1] / "tests/data/sif-corpus/images/one-group.sif",
 )
 
 

@@ -7,7 +7,8 @@ Run it (not part of CI; atheris is the `fuzz` extra of pyproject.toml):
 from the repository root. Any libFuzzer option may be added (`-jobs=2`,
 `-rss_limit_mb=512`, `-timeout=5`, ...). The first directory argument is the
 corpus: when it is empty or missing it is seeded with the images of the
-shared SIF corpus (`../shared/sif-corpus/images`, or `$SIF_CORPUS_IMAGES`).
+SIF corpus vendored with the tests (`tests/data/sif-corpus/images`, or
+`$SIF_CORPUS_IMAGES`).
 
 One input is one file. `TestOneInput` loads it with `SifImage.load`, calls
 every read API and renderer, then applies one write operation (chosen by the
@@ -39,7 +40,7 @@ from sifbox.formats.sif import SifError, SifImage, edit, render
 from sifbox.formats.sif import constants as c
 from sifbox.formats.sif.layout import partition_extra
 
-SHARED_IMAGES = REPO.parent / "shared" / "sif-corpus" / "images"
+CORPUS_IMAGES = REPO / "tests" / "data" / "sif-corpus" / "images"
 #: A write may grow the file by the new object plus its alignment at most.
 WRITE_SLACK = 1 << 20
 
@@ -141,7 +142,7 @@ def TestOneInput(data: bytes) -> None:  # the name atheris expects
 
 
 def seed_corpus(corpus: Path, images: Path) -> None:
-    """Copy the shared corpus images into an empty (or missing) corpus directory."""
+    """Copy the corpus images into an empty (or missing) corpus directory."""
     corpus.mkdir(parents=True, exist_ok=True)
     if any(corpus.iterdir()) or not images.is_dir():
         return
@@ -154,7 +155,7 @@ def main(argv: list[str]) -> None:
 
     dirs = [a for a in argv[1:] if not a.startswith("-")]
     if dirs and not Path(dirs[0]).is_file():
-        seed_corpus(Path(dirs[0]), Path(os.environ.get("SIF_CORPUS_IMAGES", SHARED_IMAGES)))
+        seed_corpus(Path(dirs[0]), Path(os.environ.get("SIF_CORPUS_IMAGES", CORPUS_IMAGES)))
     if not any(a.startswith("-artifact_prefix=") for a in argv):
         # crash-* files beside this script (ignored by git), not in the cwd
         argv = [argv[0], f"-artifact_prefix={Path(__file__).resolve().parent}/", *argv[1:]]

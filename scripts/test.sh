@@ -3,6 +3,7 @@
 # create the unprivileged test user, then run pytest from the repo root. Run as root.
 #
 #   bash scripts/test.sh [PYTEST ARGS...]      e.g. bash scripts/test.sh tests/unit -x
+#   SIFBOX_HYPOTHESIS_PROFILE=long bash scripts/test.sh tests/unit      the long property run
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,6 +28,10 @@ chmod -R a+rX /opt/sifbox
 bash scripts/create-test-user.sh
 
 # Tests import sifbox from this source tree (pytest's pythonpath = ["."]); CLI tests run the
-# installed /usr/local/bin/sifbox. pytest's exit status is ours (5 = no tests collected).
+# installed /usr/local/bin/sifbox. Hypothesis properties run derandomized (the `ci` profile of
+# tests/conftest.py: the same examples every run) unless SIFBOX_HYPOTHESIS_PROFILE says otherwise
+# (`long` for the fuzzing job). Without arguments the whole suite runs (a plain `pytest` runs
+# tests/unit only). pytest's exit status is ours (5 = no tests collected).
+export SIFBOX_HYPOTHESIS_PROFILE="${SIFBOX_HYPOTHESIS_PROFILE:-ci}"
 [ $# -gt 0 ] || set -- tests
 exec "$venv/bin/python" -m pytest "$@"

@@ -8,9 +8,29 @@ Integration and e2e tests run things twice, as root and as the unprivileged test
         proc = run_as(as_who, [sifbox_cli, "sif", "list", str(shared_tmp / "x.sif")])
         assert proc.returncode == 0, proc.stderr
 
-Nothing here runs at import time and every fixture is opt-in, so ``tests/unit`` needs neither
-root nor the test user. Unit tests may not use the fixtures that run programs (see
-``_refuse_system_fixtures_in_unit_tests``).
+A checkout may lie where the test user cannot read it (a clone in root's 0700 home), so a
+repository file handed to a command run as that user goes through ``stage_for_user``, which
+copies it to a directory under /tmp that every user can read::
+
+    @pytest.mark.integration
+    def test_build(run_as, as_who, sifbox_cli, shared_tmp, stage_for_user):
+        deffile = stage_for_user(REPO / "examples" / "demo.def")
+        proc = run_as(as_who, [sifbox_cli, "build", str(shared_tmp / "d.sif"), str(deffile)])
+
+The SIF corpus (``sif_corpus``) comes staged already. Unit tests read ``tests/data`` in place
+(``tests/unit/sifcorpus.py``).
+
+Hypothesis properties run under one of three profiles, chosen by ``SIFBOX_HYPOTHESIS_PROFILE``
+(or pytest's ``--hypothesis-profile``): ``dev`` for a plain ``pytest`` (random examples, failures
+kept in ``.hypothesis/`` and replayed first), ``ci`` for ``scripts/test.sh`` and any run with
+``CI`` set (derandomized: the same examples on every run, no example database), and ``long``
+for the fuzzing job (random, and every property runs ``LONG_FACTOR`` times its examples).
+Properties set ``max_examples`` and health checks if they must, never ``derandomize`` or
+``database``: the profile decides those.
+
+Nothing here runs at import time apart from choosing that profile, and every fixture is opt-in,
+so ``tests/unit`` needs neither root nor the test user. Unit tests may not use the fixtures
+that run programs (see ``_refuse_system_fixtures_in_unit_tests``).
 """
 
 from __future__ import annotations
@@ -25,11 +45,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, is_hypothesis_test, settings
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_USER = os.environ.get("SIFBOX_TEST_USER", "sifbox-test")
+DATA = REPO / "tests" / "data"
+CORPUS = DATA / "sif-corpus"
 INSTALLED_CLI = Path(os.environ.get("SIFBOX_CLI", "/usr/local/bin/sifbox"))
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+#: How many times its own examples a property runs under the `long` profile.
+LONG_FACTOR = 20
+# No deadline and no too-slow health check anywhere: timings on a loaded machine are noise.
+_common = settings(settings.get_profile("default"), deadline=None,
+                   suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+settings.register_profile("dev", _common)
+settings.register_profile("ci", _common, derandomize=True, database=None, print_blob=True)
+settings.register_profile("long", _common, max_examples=100 * LONG_FACTOR, print_blob=True)
+# Hypothesis itself loads its own `ci` profile when it detects a CI service.
+settings.load_profile(
+    os.environ.get("SIFBOX_HYPOTHESIS_PROFILE")
+    or ("ci" if os.environ.get("CI") or settings.get_current_profile_name() == "ci" else "dev")
+)
 
 # Fixtures that run programs, switch users or touch the machine: not for tests/unit.
 SYSTEM_FIXTURES = frozenset({"test_user", "run_as", "as_who", "shared_tmp", "sifbox_cli"})
@@ -100,6 +137,25 @@ def _run_as(
         kw.setdefault("env", _user_env(user))
         args = ["runuser", "-u", user.name, "--", *args]
     return subprocess.run(args, **kw)  # type: ignore[call-overload, no-any-return]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under the `long` profile, a property that sets its own `max_examples` runs LONG_FACTOR
+    times that many (one that does not already gets the profile's larger default)."""
+    if not settings.get_current_profile_name().startswith("long"):
+        return
+    default = settings.get_profile("long").max_examples
+    seen: set[int] = set()
+    for item in items:
+        fn = getattr(getattr(item, "obj", None), "__func__", getattr(item, "obj", None))
+        if fn is None or id(fn) in seen or not is_hypothesis_test(fn):
+            continue
+        seen.add(id(fn))
+        own = getattr(fn, "_hypothesis_internal_use_settings", None)  # what @settings gave it
+        if isinstance(own, settings) and own.max_examples != default:
+            fn._hypothesis_internal_use_settings = settings(
+                own, max_examples=own.max_examples * LONG_FACTOR
+            )
 
 
 @pytest.fixture(autouse=True)
@@ -185,22 +241,67 @@ def sifbox_cli() -> str:
     return str(INSTALLED_CLI)
 
 
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """The project's shared/ directory beside the repo (SIF corpus, spec); skips if absent."""
-    path = Path(os.environ.get("SIFBOX_SHARED_DIR", REPO.parent / "shared"))
-    if not path.is_dir():
-        pytest.skip(f"shared directory {path} not found (set SIFBOX_SHARED_DIR)")
-    return path
+Stage = Callable[[str | os.PathLike[str]], Path]
+
+
+def _readable_by_all(path: Path) -> None:
+    """Directories 0755, files 0644 (0755 if executable by their owner), symlinks untouched."""
+    paths = [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]
+    for p in paths:
+        if p.is_symlink():
+            continue
+        if p.is_dir():
+            p.chmod(0o755)
+        else:
+            p.chmod(0o755 if p.stat().st_mode & 0o100 else 0o644)
 
 
 @pytest.fixture(scope="session")
-def sif_corpus(shared_dir: Path) -> Path:
-    """shared/sif-corpus: reference SIF images and siftool golden outputs."""
-    path = shared_dir / "sif-corpus"
-    if not path.is_dir():
-        pytest.skip(f"SIF corpus {path} not found")
-    return path
+def stage_for_user() -> Iterator[Stage]:
+    """`stage_for_user(path) -> Path`: a copy of a repository file or directory that the test user
+    can read, for every repository path a test hands to a command run as that user.
+
+    The checkout itself may be unreadable to the user (a clone in root's 0700 home). The copy
+    keeps the path relative to the repository (`<stage>/examples/demo.def`), is root's and
+    read-only for others (copy it into `shared_tmp` to change it), is made once per session
+    under /tmp and removed at the end of it. Symlinks inside a directory stay links.
+    """
+    base = Path(tempfile.mkdtemp(prefix="sifbox-stage-", dir="/tmp"))
+    base.chmod(0o755)
+    whole: set[Path] = set()  # what was copied in full, relative to the repository
+
+    def stage(path: str | os.PathLike[str]) -> Path:
+        src = Path(os.path.abspath(path))
+        try:
+            rel = src.relative_to(REPO)
+        except ValueError:
+            raise ValueError(f"stage_for_user: {src} is not inside the repository {REPO}") from None
+        dst = base / rel
+        if whole.intersection((rel, *rel.parents)):
+            return dst
+        for parent in reversed(rel.parents[:-1]):  # the directories between base and dst
+            (base / parent).mkdir(exist_ok=True)
+            (base / parent).chmod(0o755)
+        if src.is_dir():  # may hold files staged before, one by one
+            shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
+        else:
+            shutil.copyfile(src, dst)
+            shutil.copymode(src, dst)
+        _readable_by_all(dst)
+        whole.add(rel)
+        return dst
+
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sif_corpus(stage_for_user: Stage) -> Path:
+    """tests/data/sif-corpus (reference SIF images, keys, inputs and siftool golden outputs),
+    staged where the test user can read it."""
+    return stage_for_user(CORPUS)
 
 
 @pytest.fixture

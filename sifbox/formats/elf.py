@@ -32,6 +32,8 @@ DT_RUNPATH = 29
 MAX_PHNUM = 256
 MAX_DYNAMIC = 64 << 10
 MAX_STRING = 4096
+#: EI_CLASS (1: ELFCLASS32, 2: ELFCLASS64) -> size of the file header (Elf32_Ehdr, Elf64_Ehdr).
+EHDR_SIZE = {1: 52, 2: 64}
 
 #: e_machine -> the Debian multiarch directory name of its libraries.
 MULTIARCH = {
@@ -59,10 +61,12 @@ class Dependencies:
 
 def dependencies(read: Reader) -> Dependencies | None:
     """The interpreter, needed libraries and run path of an ELF file, or None if it isn't one."""
-    ident = read(0, 64)
-    if len(ident) < 52 or ident[:4] != MAGIC or ident[4] not in (1, 2) or ident[5] not in (1, 2):
+    ident = read(0, EHDR_SIZE[2])
+    if len(ident) < 6 or ident[:4] != MAGIC or ident[4] not in EHDR_SIZE or ident[5] not in (1, 2):
         return None
     wide = ident[4] == 2
+    if len(ident) < EHDR_SIZE[ident[4]]:  # a truncated header: e_phnum lies at its end
+        return None
     end = "<" if ident[5] == 1 else ">"
     (machine,) = struct.unpack_from(end + "H", ident, 18)
     if wide:

@@ -23,6 +23,12 @@ REPO = Path(__file__).resolve().parents[2]
 BUILD_TIMEOUT = 120
 
 
+@pytest.fixture(scope="session")
+def demo_def(stage_for_user) -> str:  # type: ignore[no-untyped-def]
+    """examples/demo.def where the test user can read it (the checkout may be unreadable to it)."""
+    return str(stage_for_user(REPO / "examples" / "demo.def"))
+
+
 def _busybox() -> str:
     for p in ("/bin/busybox", "/usr/bin/busybox"):
         if os.path.exists(p):
@@ -88,9 +94,9 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-def test_demo_definition_builds_and_runs(build, run_as, as_who, sifbox_cli, work) -> None:
+def test_demo_definition_builds_and_runs(build, run_as, as_who, sifbox_cli, work, demo_def) -> None:
     out = work / "demo.sif"
-    proc = build(str(out), str(REPO / "examples/demo.def"))
+    proc = build(str(out), demo_def)
     assert proc.returncode == 0, proc.stderr
     for step in (
         "==> bootstrapping busybox",
@@ -336,28 +342,28 @@ def test_failing_post_leaves_nothing(build, work) -> None:
     assert sandbox.returncode == 255 and not (work / "failbox").exists()
 
 
-def test_reproducible(build, work) -> None:
+def test_reproducible(build, work, demo_def) -> None:
     digests = []
     for n in (1, 2):
         out = work / f"r{n}.sif"
         proc = build(
-            str(out), str(REPO / "examples/demo.def"), extra_env={"SOURCE_DATE_EPOCH": "1700000000"}
+            str(out), demo_def, extra_env={"SOURCE_DATE_EPOCH": "1700000000"}
         )
         assert proc.returncode == 0, proc.stderr
         digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
         time.sleep(1.1)  # a clock-dependent field would differ
     assert digests[0] == digests[1]
-    proc = build("--reproducible", str(work / "r3.sif"), str(REPO / "examples/demo.def"))
+    proc = build("--reproducible", str(work / "r3.sif"), demo_def)
     assert proc.returncode == 0, proc.stderr
     assert hashlib.sha256((work / "r3.sif").read_bytes()).hexdigest() != digests[0]  # epoch 0
 
 
-def test_sandbox_update_and_conversions(build, run_as, as_who, sifbox_cli, work) -> None:
+def test_sandbox_update_and_conversions(build, run_as, as_who, sifbox_cli, work, demo_def) -> None:
     box = work / "box"
-    proc = build("--sandbox", "--fix-perms", str(box), str(REPO / "examples/demo.def"))
+    proc = build("--sandbox", "--fix-perms", str(box), demo_def)
     assert proc.returncode == 0, proc.stderr
     assert (box / ".singularity.d/runscript").exists()
-    again = build("--sandbox", str(box), str(REPO / "examples/demo.def"))
+    again = build("--sandbox", str(box), demo_def)
     assert (
         again.returncode == 125 and "already exists" in again.stderr and "--force" in again.stderr
     )
@@ -430,7 +436,7 @@ def _peek(scratch: Path) -> str:
     return ""
 
 
-def test_mksquashfs_settings_and_quiet(run_as, as_who, sifbox_cli, work) -> None:
+def test_mksquashfs_settings_and_quiet(run_as, as_who, sifbox_cli, work, demo_def) -> None:
     conf = _write(
         work / "sifbox.conf",
         "mksquashfs compression = gzip:9\nmksquashfs procs = 1\nmksquashfs mem = 64M\n",
@@ -439,14 +445,14 @@ def test_mksquashfs_settings_and_quiet(run_as, as_who, sifbox_cli, work) -> None
     scratch.mkdir()
     scratch.chmod(0o777)
     env = env_for(as_who, SIFBOX_TMPDIR=str(scratch))
-    argv = [sifbox_cli, "-q", "-c", str(conf), "build", "out.sqfs", str(REPO / "examples/demo.def")]
+    argv = [sifbox_cli, "-q", "-c", str(conf), "build", "out.sqfs", demo_def]
     proc = run_as(as_who, argv, env=env, cwd=str(work), timeout=BUILD_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # -q: no step lines, no script trace
     with open(work / "out.sqfs", "rb") as f:
         superblock = f.read(96)
     assert superblock[:4] == b"hsqs" and int.from_bytes(superblock[20:22], "little") == 1  # gzip
-    default = run_as(as_who, [sifbox_cli, "-q", "build", "def.sqfs", str(REPO / "examples/demo.def")], env=env,
+    default = run_as(as_who, [sifbox_cli, "-q", "build", "def.sqfs", demo_def], env=env,
                      cwd=str(work), timeout=BUILD_TIMEOUT)  # fmt: skip
     assert default.returncode == 0, default.stderr
     with open(work / "def.sqfs", "rb") as f:
@@ -454,10 +460,10 @@ def test_mksquashfs_settings_and_quiet(run_as, as_who, sifbox_cli, work) -> None
     assert list(scratch.iterdir()) == []
 
 
-def test_links_in_a_base_image_stay_inside_it(build, run_as, as_who, work) -> None:
+def test_links_in_a_base_image_stay_inside_it(build, run_as, as_who, work, demo_def) -> None:
     victim = _write(work / "victim", "host file\n")
     victim.chmod(0o666)
-    assert build("--sandbox", "base", str(REPO / "examples/demo.def")).returncode == 0
+    assert build("--sandbox", "base", demo_def).returncode == 0
     links = (
         f"ln -sf {victim} base/.sifbox-build-script && rm -f base/.singularity.d/runscript"
         f" && ln -s {victim} base/.singularity.d/runscript && ln -s {victim} base/.build.labels"

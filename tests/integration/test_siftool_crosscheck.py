@@ -21,7 +21,7 @@ from sifbox.formats.sif.image import SifImage
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-IMAGES = REPO.parent / "shared" / "sif-corpus" / "images"
+IMAGES = REPO / "tests" / "data" / "sif-corpus" / "images"
 SIFTOOL = shutil.which("siftool")
 needs_siftool = pytest.mark.skipif(
     SIFTOOL is None, reason="siftool is not installed (Debian package `siftool`, installed by scripts/test.sh)"

@@ -1,17 +1,19 @@
-"""Paths of the shared SIF conformance corpus, and the SIF fuzz target."""
+"""Paths of the SIF conformance corpus vendored under tests/data, and the SIF fuzz target."""
 
 import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-CORPUS = SHARED / "sif-corpus"
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "tests" / "data"
+CORPUS = DATA / "sif-corpus"
 IMAGES = CORPUS / "images"
 GOLDEN = CORPUS / "golden"
 INPUTS = CORPUS / "inputs"
+KEYS = CORPUS / "keys"
 
-FUZZ_TARGET = Path(__file__).resolve().parents[2] / "fuzz" / "fuzz_sif.py"
+FUZZ_TARGET = REPO / "fuzz" / "fuzz_sif.py"
 
 
 def load_fuzz_target() -> ModuleType:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from sifbox.security import ecl, pgp
-from tests.unit.sifcorpus import SHARED
+from tests.unit.sifcorpus import CORPUS
 
-CORPUS = Path(os.environ.get("SIFBOX_SHARED_DIR") or SHARED) / "sif-corpus"
 FPR = "12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84"
 OTHER = "5994BE54C31CF1B5E1994F987C52CF6D055F072B"
 needs_gpg = pytest.mark.skipif(not (shutil.which("gpg") and shutil.which("gpgv")), reason="gnupg/gpgv not installed")
@@ -70,8 +68,6 @@ def ring() -> bytes:
 
 
 def _copy(tmp_path: Path, name: str) -> str:
-    if not CORPUS.is_dir():
-        pytest.skip("SIF corpus not found")
     dst = tmp_path / name
     shutil.copyfile(CORPUS / "images" / name, dst)
     return str(dst)

@@ -108,6 +108,20 @@ def test_what_is_not_an_elf_file_gives_none_or_nothing(data: bytes) -> None:
     assert deps is None or (deps.needed == [] and deps.search == [])
 
 
+@pytest.mark.parametrize("wide", [True, False])
+@pytest.mark.parametrize("big", [False, True])
+def test_every_truncation_gives_none_or_less(wide: bool, big: bool) -> None:
+    # A 64-bit header cut between 52 and 63 bytes (long enough for a 32-bit one) once raised
+    # struct.error: e_phentsize/e_phnum lie at offsets 54..57.
+    data = _elf(wide=wide, big=big, needed=("a.so",), runpath="/r")
+    for size in range(len(data)):
+        deps = elf.dependencies(_reader(data[:size]))
+        if size < (64 if wide else 52):
+            assert deps is None, size
+        else:
+            assert deps is None or len(deps.needed) <= 1, size
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400), st.integers(min_value=0, max_value=399), st.binary(max_size=8))
 def test_damaged_files_never_raise(base: bytes, at: int, junk: bytes) -> None:
@@ -115,6 +129,13 @@ def test_damaged_files_never_raise(base: bytes, at: int, junk: bytes) -> None:
     data[at : at + len(junk)] = junk
     elf.dependencies(_reader(bytes(data)))
     elf.dependencies(_reader(bytes(data[: len(base)])))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([1, 2]), st.sampled_from([1, 2]), st.binary(max_size=300))
+def test_any_bytes_after_a_valid_ident_never_raise(cls: int, order: int, rest: bytes) -> None:
+    deps = elf.dependencies(_reader(elf.MAGIC + bytes([cls, order]) + rest))
+    assert deps is None or isinstance(deps.needed, list)
 
 
 @pytest.mark.skipif(shutil.which("dash") is None, reason="dash is not installed")

@@ -322,8 +322,6 @@ COMPONENTS = st.sampled_from(
 
 @settings(
     max_examples=200,
-    derandomize=True,
-    database=None,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )

@@ -497,8 +497,6 @@ VALUES = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\0
 
 @settings(
     max_examples=25,
-    derandomize=True,
-    database=None,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )

@@ -9,7 +9,6 @@ integrity goldens."""
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,14 +19,12 @@ from sifbox.formats.sif.image import SifImage
 from sifbox.security import dsse, pgp, sign
 from sifbox.security import verify as v
 from sifbox.security.integrity import image_metadata
-from tests.unit.sifcorpus import SHARED
+from tests.unit.sifcorpus import CORPUS
 
-CORPUS = Path(os.environ.get("SIFBOX_SHARED_DIR") or SHARED) / "sif-corpus"
 IMAGES, KEYS, GOLDEN = CORPUS / "images", CORPUS / "keys", CORPUS / "golden" / "integrity"
 FPR = "12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84"
 SIGNING_TIME = 1593475316  # 2020-06-30 00:01:56 UTC
 
-pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason="SIF corpus not found")
 needs_gpg = pytest.mark.skipif(not (shutil.which("gpg") and shutil.which("gpgv")), reason="gnupg/gpgv not installed")
 
 

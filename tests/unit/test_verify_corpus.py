@@ -6,9 +6,7 @@ OpenPGP checks run gpgv (Debian `gpgv`); DSSE checks use `cryptography`.
 from __future__ import annotations
 
 import io
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -16,15 +14,13 @@ from sifbox.formats.sif.image import SifImage
 from sifbox.security import dsse, pgp
 from sifbox.security import verify as v
 from sifbox.security.integrity import IntegrityError, SignatureNotFound, SignatureNotValid
-from tests.unit.sifcorpus import SHARED
+from tests.unit.sifcorpus import CORPUS
 
-CORPUS = Path(os.environ.get("SIFBOX_SHARED_DIR") or SHARED) / "sif-corpus"
 IMAGES = CORPUS / "images"
 
 KEYS = CORPUS / "keys"
 FPR = "12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84"
 
-pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason="SIF corpus not found")
 needs_gpg = pytest.mark.skipif(not (shutil.which("gpg") and shutil.which("gpgv")), reason="gnupg/gpgv not installed")
 
 

@@ -4,9 +4,7 @@ covered header field breaks verification; fields outside the signature don't."""
 from __future__ import annotations
 
 import io
-import os
 import struct
-from pathlib import Path
 
 import pytest
 
@@ -19,10 +17,8 @@ from sifbox.security.integrity import (
     IntegrityError,
     ObjectIntegrityError,
 )
-from tests.unit.sifcorpus import SHARED
+from tests.unit.sifcorpus import CORPUS
 
-CORPUS = Path(os.environ.get("SIFBOX_SHARED_DIR") or SHARED) / "sif-corpus"
-pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason="SIF corpus not found")
 IMAGE = "one-group-signed-dsse.sif"
 DESC = 4096  # slot 0; slot 1 at 4096 + 585
 FIELDS = {  # descriptor field: (offset, size)
