@@ -233,6 +233,8 @@ class Store:
             _reply(conn, reply)
         except Exception as err:  # a fault of the daemon: the client hears of it, the daemon lives on
             self.log(f"sifbox store: internal error: {err!r}")
+            with contextlib.suppress(Exception):
+                self.audit({"op": "?", **base, "verdict": "error", "reason": f"internal error: {err}"})
             _reply(conn, {"ok": False, "error": f"internal error of the image store: {err}"})
         finally:
             for fd in fds:

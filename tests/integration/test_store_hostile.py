@@ -201,6 +201,41 @@ def test_flood_of_idle_connections_stops_nobody(run_as, as_who, start_store, ima
     assert refused and refused[0]["by_uid"] == as_who.uid and "busy" in refused[0]["reason"]
 
 
+#: FLOOD's connections, each from another uid of a user namespace's range (run as its root).
+FLOOD_UIDS = FLOOD.replace("        s.connect(path)\n", (
+    "        os.seteuid(1 + _ % 60000)\n"
+    "        try:\n"
+    "            s.connect(path)\n"
+    "        finally:\n"
+    "            os.seteuid(0)\n")).replace("import json,", "import os, json,")
+
+
+def test_flood_from_a_user_namespace_range_stops_nobody(run_as, test_user, start_store, images) -> None:  # type: ignore[no-untyped-def]
+    """A user with a subordinate id range can connect as thousands of uids: none of them has
+    a user name, so none is served (or each would count as a user of its own)."""
+    if f"{test_user.name}:" not in Path("/etc/subuid").read_text():
+        pytest.skip(f"{test_user.name} has no range in /etc/subuid")
+    store = start_store(nofile=1024)
+    argv = ["unshare", "--map-users=100000,0,65536", "--map-groups=100000,0,65536",
+            "--setuid", "0", "--setgid", "0", "--", "/usr/bin/python3", "-c", FLOOD_UIDS,
+            str(store.socket), "1200"]  # fmt: skip
+    flood = popen_as(test_user, argv, stdin=subprocess.PIPE)
+    assert flood.stdout is not None
+    line = flood.stdout.readline()
+    try:
+        held, failed, _busy = (int(x) for x in line.split())
+        assert store.alive(), store.stderr
+        assert store.open_fds() < 100
+        proc = store.cli_as(run_as, test_user, "cp", str(images["clean"]), "during-flood")
+        assert proc.returncode == 0, proc.stderr
+        assert (held, failed) == (1200, 0)
+    finally:
+        _end(flood)
+    refused = [a for a in store.audit_lines() if a["op"] == "connect"]
+    assert refused[0]["reason"] == f"uid {refused[0]['by_uid']} has no user name"
+    assert refused[0]["by_uid"] > 100000 and len(refused) < 100  # rate limited as one caller
+
+
 def test_idle_clients_are_dropped(start_store) -> None:  # type: ignore[no-untyped-def]
     store = start_store("store client timeout = 1\n")
     with socket.socket(socket.AF_UNIX) as s:
