@@ -389,8 +389,9 @@ def test_audit_lines_of_cheap_requests_are_rate_limited(start_store) -> None:  #
     time.sleep(1.2)
     assert _raw(store, b'{"op": "ls"}')["ok"]
     lines = store.audit_lines()
-    assert 60 <= len(lines) <= 63
-    assert lines[-1].get("suppressed", 0) >= 85
+    assert 60 <= len(lines) < 100  # a burst of 60, then about one a second
+    # Nothing is lost silently: the lines that pass count the ones left out.
+    assert sum(a.get("suppressed", 0) for a in lines) == 151 - len(lines)
     assert "too many requests from uid 0" in store.stderr
 
 
