@@ -151,7 +151,6 @@ def serve(cfg, *, log=print) -> int:  # type: ignore[no-untyped-def]
         log(f"sifbox store: warning: {limits[0]} open files at most: serving {max_clients} "
             f"connections at once, not `store max clients = {s.max_clients}` (it needs "
             f"{FDS_BASE + FDS_PER_CLIENT * s.max_clients}: raise LimitNOFILE=)")  # fmt: skip
-    server.listen(128)
     audit = AuditLog(logd.fd, log_name, audit_fd, log)
     store = Store(s, audit, log)
     store.clean_stale()

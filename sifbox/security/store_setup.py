@@ -170,9 +170,10 @@ def check_private(d: Dir, account: Account, *, owners: frozenset[int]) -> None:
                          hint=f"chmod go-w {d.path}")  # fmt: skip
 
 
-def bind_socket(d: Dir, name: str) -> socket.socket:
+def bind_socket(d: Dir, name: str, backlog: int = 128) -> socket.socket:
     """A Unix stream socket bound to `name` in directory `d`, mode 0666 (every user may
-    connect). A stale socket of an earlier run is removed; anything else there is refused."""
+    connect), and listening: a client that finds the socket is queued, not refused. A stale
+    socket of an earlier run is removed; anything else there is refused."""
     try:
         st = os.stat(name, dir_fd=d.fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -191,6 +192,7 @@ def bind_socket(d: Dir, name: str) -> socket.socket:
     try:
         os.fchdir(d.fd)
         server.bind(name)
+        server.listen(backlog)
     except OSError as err:
         server.close()
         raise StartError(f"can't listen on `{os.path.join(d.path, name)}`: "
