@@ -3,6 +3,13 @@
 SquashFS images (a SIF's partition or a bare file) are read with
 `unsquashfs -o OFFSET -cat`, sandboxes directly; paths are resolved inside
 the image, never on the host.
+
+An image may be hostile: SquashFS compresses repeated text so well that a file of a few
+hundred megabytes, or a million files, fit in a megabyte (a decompression bomb). So
+nothing here reads without a bound: `unsquashfs` output is read as it comes and the
+program is stopped past a limit (and after a time limit); listings and batched reads
+follow a `ReadBudget` (bytes, files, entries) and raise `BudgetExceeded` past it rather
+than cut silently, since a cut package database would hide the packages after the cut.
 """
 
 from __future__ import annotations
@@ -10,12 +17,52 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
+from collections.abc import Iterable, Iterator
 
 from sifbox.image.source import ImageKind, ImageSource
 from sifbox.util.errors import SifboxError
 from sifbox.util.paths import chase
 
+#: Most bytes `read_file` returns (the rest of a longer file is not read).
 MAX_FILE = 16 << 20
+#: Longest line of an `unsquashfs` listing (a path); PATH_MAX is 4096.
+MAX_LINE = 64 << 10
+#: Seconds an `unsquashfs` run may take.
+TIMEOUT = 600
+
+
+class ReadBudget:
+    """How much may be read out of one image: `max_bytes` of file contents in `max_files`
+    files (0: no limit), out of a listing of at most `max_entries` entries, each
+    `unsquashfs` run within `timeout` seconds."""
+
+    __slots__ = ("max_bytes", "max_entries", "max_files", "timeout")
+
+    def __init__(self, max_bytes: int = 256 << 20, max_files: int = 20000,
+                 max_entries: int = 4_000_000, timeout: float = TIMEOUT) -> None:  # fmt: skip
+        self.max_bytes = max_bytes
+        self.max_files = max_files
+        self.max_entries = max_entries
+        self.timeout = timeout
+
+    def check(self, files: int, size: int, what: str = "package database files") -> None:
+        """Raise BudgetExceeded if `files` files of `size` bytes in all are too many."""
+        if self.max_files and files > self.max_files:
+            raise BudgetExceeded(f"{files} {what}, more than the limit of {self.max_files}")
+        if self.max_bytes and size > self.max_bytes:
+            raise BudgetExceeded(f"{size >> 20} MiB of {what} ({size} bytes), more than the "
+                                 f"limit of {self.max_bytes >> 20} MiB")  # fmt: skip
+
+
+class BudgetExceeded(SifboxError):
+    """An image holds more than a `ReadBudget` allows; `reason` says what."""
+
+    reference = "read-budget-exceeded"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"can't read the image: {reason} (a limit against decompression bombs)")
+        self.reason = reason + " (a limit against decompression bombs)"
 
 
 def _unsquashfs() -> str:
@@ -34,13 +81,19 @@ def read_file(src: ImageSource, path: str) -> bytes | None:
                 return f.read(MAX_FILE)
         except OSError:
             return None
-    proc = subprocess.run(
-        [_unsquashfs(), "-o", str(src.offset), "-cat", f"/proc/self/fd/{src.fd}", path.lstrip("/")],
-        capture_output=True, pass_fds=(src.fd,), check=False,
-    )  # fmt: skip
-    if proc.returncode != 0:
+    argv = [_unsquashfs(), "-o", str(src.offset), "-cat", f"/proc/self/fd/{src.fd}", path.lstrip("/")]
+    out = bytearray()
+    run = _Run(argv, src.fd, TIMEOUT)
+    try:
+        for chunk in run.chunks():
+            out += chunk
+            if len(out) >= MAX_FILE:
+                return bytes(out[:MAX_FILE])  # the rest is not read (and unsquashfs stopped)
+    except BudgetExceeded:
         return None
-    return proc.stdout[:MAX_FILE]
+    finally:
+        run.close()
+    return bytes(out) if run.status == 0 else None
 
 
 def list_dir(src: ImageSource, path: str) -> list[str]:
@@ -51,60 +104,74 @@ def list_dir(src: ImageSource, path: str) -> list[str]:
         except OSError:
             return []
     top = "/" + path.strip("/")
-    proc = subprocess.run(
-        [_unsquashfs(), "-o", str(src.offset), "-d", "", "-ls", f"/proc/self/fd/{src.fd}", top.lstrip("/")],
-        capture_output=True, text=True, pass_fds=(src.fd,), check=False,
-    )  # fmt: skip
+    argv = [_unsquashfs(), "-o", str(src.offset), "-d", "", "-ls", f"/proc/self/fd/{src.fd}", top.lstrip("/")]
+    budget = ReadBudget()
     names = set()
-    for line in proc.stdout.splitlines():
-        if line.startswith(top + "/"):
-            rest = line[len(top) + 1 :]
-            if rest and "/" not in rest:
-                names.add(rest)
+    run = _Run(argv, src.fd, budget.timeout)
+    try:
+        for n, line in enumerate(run.lines()):
+            if n >= budget.max_entries:
+                break
+            if line.startswith(top + "/"):
+                rest = line[len(top) + 1 :]
+                if rest and "/" not in rest:
+                    names.add(rest)
+    except BudgetExceeded:
+        return []
+    finally:
+        run.close()
     return sorted(names)
 
 
 # -- whole-tree listing and batched reads (SBOM) ----------------------------------------------
 
-#: Most bytes `read_many` extracts in one call (package databases are small).
-MAX_BATCH = 512 << 20
-
 _LLS = None
 
 
-def walk(src: ImageSource) -> list[tuple[str, str, int, str]]:
+def walk(src: ImageSource, budget: ReadBudget | None = None) -> list[tuple[str, str, int, str]]:
     """Every entry of the image as (path, type, size, symlink target); type is the
     first letter of `ls -l` (`-` file, `d` directory, `l` symlink, ...)."""
-    if src.kind is ImageKind.SANDBOX:
-        return _walk_dir(src.path)
+    return list(iter_entries(src, budget))
+
+
+def iter_entries(src: ImageSource, budget: ReadBudget | None = None) -> Iterator[tuple[str, str, int, str]]:
+    """The entries of `walk`, as they are listed: BudgetExceeded past `budget.max_entries`."""
+    budget = budget or ReadBudget()
+    count = 0
+    for entry in _walk_dir(src.path) if src.kind is ImageKind.SANDBOX else _list_squashfs(src, budget):
+        count += 1
+        if budget.max_entries and count > budget.max_entries:
+            raise BudgetExceeded(f"more than {budget.max_entries} entries in the image")
+        yield entry
+
+
+def _list_squashfs(src: ImageSource, budget: ReadBudget) -> Iterator[tuple[str, str, int, str]]:
     import re
 
     global _LLS
     if _LLS is None:
         _LLS = re.compile(r"^(\S)\S* \S+\s+(\d+|\d+,\s*\d+) \d{4}-\d\d-\d\d \d\d:\d\d (.*)$")
-    proc = subprocess.run(
-        [_unsquashfs(), "-o", str(src.offset), "-d", "", "-lls", f"/proc/self/fd/{src.fd}"],
-        capture_output=True, text=True, errors="surrogateescape", pass_fds=(src.fd,), check=False,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise SifboxError(f"can't list `{src.path}`: unsquashfs failed: {proc.stderr.strip()[:200]}")
-    out = []
-    for line in proc.stdout.splitlines():
-        m = _LLS.match(line)
-        if not m or not m.group(3):
-            continue
-        kind, size, rest = m.group(1), m.group(2), m.group(3)
-        target = ""
-        if kind == "l" and " -> " in rest:
-            rest, target = rest.split(" -> ", 1)
-        out.append((rest, kind, int(size) if size.isdigit() else 0, target))
-    return out
+    argv = [_unsquashfs(), "-o", str(src.offset), "-d", "", "-lls", f"/proc/self/fd/{src.fd}"]
+    run = _Run(argv, src.fd, budget.timeout)
+    try:
+        for line in run.lines():
+            m = _LLS.match(line)
+            if not m or not m.group(3):
+                continue
+            kind, size, rest = m.group(1), m.group(2), m.group(3)
+            target = ""
+            if kind == "l" and " -> " in rest:
+                rest, target = rest.split(" -> ", 1)
+            yield rest, kind, int(size) if size.isdigit() else 0, target
+    finally:
+        run.close()
+    if run.status != 0:
+        raise SifboxError(f"can't list `{src.path}`: unsquashfs failed: {run.stderr[:200]}")
 
 
-def _walk_dir(root: str) -> list[tuple[str, str, int, str]]:
+def _walk_dir(root: str) -> Iterator[tuple[str, str, int, str]]:
     import stat
 
-    out = []
     for top, dirs, files in os.walk(root):
         rel = top[len(root):] or "/"
         for name in dirs + files:
@@ -116,42 +183,49 @@ def _walk_dir(root: str) -> list[tuple[str, str, int, str]]:
             kind = "d" if stat.S_ISDIR(st.st_mode) else "l" if stat.S_ISLNK(st.st_mode) else \
                 "-" if stat.S_ISREG(st.st_mode) else "?"
             target = os.readlink(full) if kind == "l" else ""
-            out.append((os.path.join(rel, name), kind, st.st_size, target))
-    return out
+            yield os.path.join(rel, name), kind, st.st_size, target
 
 
-def read_many(src: ImageSource, paths: list[str]) -> dict[str, bytes]:
+def read_many(src: ImageSource, paths: Iterable[str], budget: ReadBudget | None = None) -> dict[str, bytes]:
     """The contents of the regular files `paths` (absolute, in the image) that exist;
     one unsquashfs run for all of them. Symlinks are not followed (give their
-    targets, resolved in the image, instead)."""
+    targets, resolved in the image, instead). BudgetExceeded when there are more
+    paths than `budget.max_files`, or more than `budget.max_bytes` to read."""
+    budget = budget or ReadBudget()
+    paths = list(paths)
+    budget.check(len(paths), 0)
     found: dict[str, bytes] = {}
     if not paths:
         return found
     if src.kind is ImageKind.SANDBOX:
-        base = src.path
-    else:
-        import tempfile
+        return _read_below(src.path, paths, budget)
+    import tempfile
 
-        tmp = tempfile.mkdtemp(prefix="sifbox-read-", dir=os.environ.get("SIFBOX_TMPDIR"))
-        base = os.path.join(tmp, "root")
+    tmp = tempfile.mkdtemp(prefix="sifbox-read-", dir=os.environ.get("SIFBOX_TMPDIR"))
+    base = os.path.join(tmp, "root")
+    try:
+        listing = os.path.join(tmp, "paths")
+        with open(listing, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.writelines(p.lstrip("/") + "\n" for p in paths if "\n" not in p)
         try:
-            listing = os.path.join(tmp, "paths")
-            with open(listing, "w", encoding="utf-8", errors="surrogateescape") as f:
-                f.writelines(p.lstrip("/") + "\n" for p in paths if "\n" not in p)
             subprocess.run(
                 [_unsquashfs(), "-o", str(src.offset), "-d", base, "-no-xattrs", "-no-wildcards",
                  "-q", "-n", "-ef", listing, f"/proc/self/fd/{src.fd}"],
-                capture_output=True, pass_fds=(src.fd,), check=False,
+                capture_output=True, pass_fds=(src.fd,), check=False, timeout=budget.timeout,
             )  # fmt: skip
-            found = _read_below(base, paths)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return found
-    return _read_below(base, paths)
+        except subprocess.TimeoutExpired:
+            raise BudgetExceeded(f"reading the files took more than {budget.timeout:.0f} s") from None
+        found = _read_below(base, paths, budget)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return found
 
 
-def _read_below(base: str, paths: list[str]) -> dict[str, bytes]:
+def _read_below(base: str, paths: list[str], budget: ReadBudget) -> dict[str, bytes]:
+    import stat
+
     found = {}
+    total = 0
     for path in paths:
         try:
             # chase resolves inside `base`; O_NOFOLLOW refuses a final symlink.
@@ -161,10 +235,76 @@ def _read_below(base: str, paths: list[str]) -> dict[str, bytes]:
             continue
         try:
             with os.fdopen(fd, "rb") as f:
-                import stat
-
-                if stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                    found[path] = f.read(MAX_FILE)
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    continue
+                left = budget.max_bytes - total if budget.max_bytes else -1
+                data = f.read(left + 1) if left >= 0 else f.read()
         except OSError:
             continue
+        total += len(data)
+        budget.check(len(found) + 1, total)
+        found[path] = data
     return found
+
+
+class _Run:
+    """`unsquashfs` with its output read as it comes, under a time limit; `close()` stops
+    it (if it still runs) and waits for it. `status` is its exit status once it ended."""
+
+    def __init__(self, argv: list[str], fd: int | None, timeout: float) -> None:
+        import tempfile
+
+        self.err = tempfile.TemporaryFile()
+        self.deadline = time.monotonic() + timeout
+        self.timeout = timeout
+        self.status: int | None = None
+        #: the start of its standard error, once closed
+        self.stderr = ""
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=self.err, pass_fds=() if fd is None else (fd,))  # fmt: skip
+        except BaseException:
+            self.err.close()
+            raise
+
+    def chunks(self) -> Iterator[bytes]:
+        import selectors
+
+        assert self.proc.stdout is not None
+        out = self.proc.stdout.fileno()
+        with selectors.DefaultSelector() as sel:
+            sel.register(out, selectors.EVENT_READ)
+            while True:
+                left = self.deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    raise BudgetExceeded(f"unsquashfs took more than {self.timeout:.0f} s")
+                chunk = os.read(out, 1 << 16)
+                if not chunk:
+                    break
+                yield chunk
+        try:
+            self.status = self.proc.wait(max(0.1, self.deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise BudgetExceeded(f"unsquashfs took more than {self.timeout:.0f} s") from None
+
+    def lines(self) -> Iterator[str]:
+        rest = b""
+        for chunk in self.chunks():
+            rest += chunk
+            *whole, rest = rest.split(b"\n")
+            for line in whole:
+                yield line.decode("utf-8", "surrogateescape")
+            if len(rest) > MAX_LINE:
+                raise BudgetExceeded(f"a path in the image is longer than {MAX_LINE} bytes")
+        if rest:
+            yield rest.decode("utf-8", "surrogateescape")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.err.seek(0)
+        self.stderr = self.err.read(4096).decode("utf-8", "replace").strip()
+        self.err.close()

@@ -1,10 +1,12 @@
-"""The admission store daemon (`sifbox store serve`).
+"""The admission store daemon (`sifbox store serve`): requests and admission.
 
-One small server, the only writer of the store directory, listening on a
-Unix socket. Callers are identified by `SO_PEERCRED`; an image comes in as an
-open file descriptor (`SCM_RIGHTS`), so the daemon reads exactly what the
-caller could read, and copies it into a temporary file of the caller's
-directory before checking anything: what is checked is what gets stored.
+One small server, the only writer of the store directory, listening on a Unix socket
+(`sifbox.security.store_server`; its privileged start-up is `store_setup`, its wire
+protocol `store_protocol`). Callers are identified by `SO_PEERCRED`; an image comes in as
+an open file descriptor (`SCM_RIGHTS`), so the daemon reads exactly what the caller could
+read. The descriptor is checked first (`store_intake`: a regular file, its size, its SIF
+header), then copied, bounded, into a temporary file of the caller's directory, and the
+copy is checked: what is checked is what gets stored.
 
 Layout (`store path`, default /var/lib/sifbox/store)::
 
@@ -21,14 +23,15 @@ user would need the store user in every group. The ACLs are written as the
 file system must support POSIX ACLs (ext4, xfs, btrfs, tmpfs do).
 
 Admission pipeline, each step set in sifbox.conf: count quota (`store max
-images`), size quota (`store max size`), SIF validity, signature
-(`store require signature`), SBOM appended if missing (`store sbom`),
+images`), size quota (`store max size`, `store max total size`, and free space), SIF
+validity, signature (`store require signature`), SBOM appended if missing (`store sbom`;
+the package databases are read within `store sbom max size` and `store sbom max files`),
 vulnerability scan (`store vulnerability db`, `store severity threshold`),
-external scanner (`store scanner command`). Every decision is a line of the
-append-only JSON-lines audit log (`store audit log`).
+external scanner (`store scanner command`). Every decision, refusals included, is a line
+of the append-only JSON-lines audit log (`store audit log`, see `store_audit`).
 
-Started as root, the daemon creates its directories, binds the socket
-(mode 0666, so every user can connect), then drops to `store user`.
+A user's requests that change the store (cp, rm) run one at a time; reads (ls, info) run
+beside them and see either the old or the new state, never a half-written image.
 """
 
 from __future__ import annotations
@@ -38,25 +41,27 @@ import errno
 import hashlib
 import json
 import os
-import re
 import socket
-import stat
 import struct
 import threading
 import time
 
+from sifbox.security.store_intake import Refused
+from sifbox.security.store_protocol import (
+    MAX_REQUEST,
+    NAME_RE,
+    ProtocolError,
+    Request,
+    encode_reply,
+    parse_request,
+    shown,
+    valid_user_name,
+)
 from sifbox.util.errors import SifboxError, describe_os_error
 
-#: Longest request accepted, in bytes.
-MAX_REQUEST = 64 * 1024
-NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,99}")
+__all__ = ["MAX_REQUEST", "NAME_RE", "Peer", "Refused", "Settings", "Store", "acl_bytes"]
+
 CHUNK = 1 << 20
-#: Seconds a client has to send its request once connected.
-REQUEST_TIMEOUT = 30
-
-
-class Refused(Exception):
-    """An admission step refused the image (the message says why)."""
 
 
 # -- POSIX ACLs -----------------------------------------------------------------------------------
@@ -80,7 +85,7 @@ def grant_read(path_or_fd: str | int, uid: int, directory: bool) -> None:
     os.setxattr(path_or_fd, _ACL_XATTR, acl_bytes(7 if directory else 6, uid, 5 if directory else 4))
 
 
-# -- server ---------------------------------------------------------------------------------------
+# -- settings and callers -------------------------------------------------------------------------
 
 
 class Settings:
@@ -98,12 +103,39 @@ class Settings:
         self.require_signature = cfg.get_bool("store require signature")
         self.signers = {f.replace(" ", "").upper() for f in cfg.get_list("store signers")}
         self.sbom = cfg.get_bool("store sbom")
+        self.sbom_max_bytes = cfg.get_int("store sbom max size") * 1024 * 1024
+        self.sbom_max_files = cfg.get_int("store sbom max files")
         self.vuln_db = cfg.get_str("store vulnerability db")
         self.threshold = cfg.get_str("store severity threshold")
         self.scanner = cfg.get_str("store scanner command")
         self.audit = cfg.get_str("store audit log")
+        # 0 would mean "no limit" elsewhere; here it would mean no store at all.
+        self.max_clients = max(1, cfg.get_int("store max clients"))
+        self.max_clients_per_user = max(1, cfg.get_int("store max clients per user"))
+        self.client_timeout = max(1, cfg.get_int("store client timeout"))
         #: trusted signers' keys: `global-pgp-public` beside sifbox.conf (as the ECL's)
         self.confdir = os.path.dirname(os.path.abspath(cfg.path)) if getattr(cfg, "path", None) else "/etc/sifbox"
+
+
+class Peer:
+    """Who is on the other end of a connection, as the kernel says (`SO_PEERCRED`)."""
+
+    __slots__ = ("name", "pid", "uid")
+
+    def __init__(self, pid: int, uid: int, name: str | None) -> None:
+        self.pid, self.uid, self.name = pid, uid, name
+
+    @classmethod
+    def of(cls, conn: socket.socket) -> Peer:
+        import pwd
+
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _gid = struct.unpack("3i", creds)
+        try:
+            name: str | None = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            name = None
+        return cls(pid, uid, name)
 
 
 def _signers(path: str, confdir: str) -> list[str]:
@@ -122,13 +154,25 @@ def _signers(path: str, confdir: str) -> list[str]:
     return [r.fingerprint for r in results if r.error is None and r.fingerprint]
 
 
+class _Answer(Exception):
+    """A reply decided early (a refusal): `reply` goes to the client, `record` to the log."""
+
+    def __init__(self, reply: dict, record: dict) -> None:  # type: ignore[type-arg]
+        super().__init__(reply.get("error"))
+        self.reply, self.record = reply, record
+
+
+# -- the store ------------------------------------------------------------------------------------
+
+
 class Store:
-    def __init__(self, settings: Settings, log=None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, settings: Settings, audit, log=None) -> None:  # type: ignore[no-untyped-def]
         self.s = settings
+        self.audit_log = audit
         self.log = log or (lambda message: None)
         self.locks: dict[int, threading.Lock] = {}
         self.locks_guard = threading.Lock()
-        self.audit_lock = threading.Lock()
+        self.cache_lock = threading.Lock()
         self._db_cache = None
 
     # -- paths --
@@ -157,101 +201,116 @@ class Store:
                     with contextlib.suppress(OSError):
                         os.unlink(os.path.join(top, name))
 
-    # -- audit --
     def audit(self, record: dict) -> None:  # type: ignore[type-arg]
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record}
-        line = (json.dumps(record, sort_keys=False) + "\n").encode()
-        self.log(f"sifbox store: {record.get('op')} {record.get('user')}/{record.get('name')}: "
-                 f"{record.get('verdict')}" + (f": {record['reason']}" if record.get("reason") else ""))
-        with self.audit_lock:
-            fd = os.open(self.s.audit, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-            try:
-                os.write(fd, line)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        self.audit_log.write(record)
 
-    # -- requests --
-    def handle(self, conn: socket.socket) -> None:
+    # -- connections --
+    def handle(self, conn: socket.socket, peer: Peer) -> None:
+        """Serve one connection: one request, one reply, one audit line."""
+        fds: list[int] = []
+        base = {"by": peer.name, "by_uid": peer.uid, "pid": peer.pid}
         try:
-            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            pid, uid, _gid = struct.unpack("3i", creds)
-            conn.settimeout(REQUEST_TIMEOUT)  # a client that connects and says nothing
-            msg, fds, _flags, _addr = socket.recv_fds(conn, MAX_REQUEST, 1)
-            conn.settimeout(None)
+            conn.settimeout(self.s.client_timeout)
             try:
-                req = json.loads(msg.decode("utf-8"))
-                if not isinstance(req, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                for fd in fds:
-                    os.close(fd)
-                return _reply(conn, {"ok": False, "error": "malformed request"})
+                msg, fds, flags, _addr = socket.recv_fds(conn, MAX_REQUEST + 1, 1)
+            except TimeoutError:
+                msg, flags = b"", -1
+            except OSError:
+                msg, flags = b"", 0
+            if not msg:
+                why = (f"no request within {self.s.client_timeout} s" if flags == -1
+                       else "the client sent no request")  # fmt: skip
+                self.audit({"op": "connect", **base, "verdict": "refused", "reason": why})
+                return
+            conn.settimeout(None)  # the admission takes its time; `_alive` peeks without waiting
             try:
-                reply = self.dispatch(conn, uid, req, fds[0] if fds else None, pid)
-            finally:
-                for fd in fds:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
+                reply, record = self.respond(conn, peer, msg, fds, flags)
+            except _Answer as answer:
+                reply, record = answer.reply, answer.record
+            if record is not None:
+                self.audit({**base, **record})
+            conn.settimeout(self.s.client_timeout)  # a client that does not read its reply
             _reply(conn, reply)
-        except OSError:
-            pass  # the client went away
         except Exception as err:  # a fault of the daemon: the client hears of it, the daemon lives on
             self.log(f"sifbox store: internal error: {err!r}")
+            with contextlib.suppress(Exception):
+                self.audit({"op": "?", **base, "verdict": "error", "reason": f"internal error: {err}"})
             _reply(conn, {"ok": False, "error": f"internal error of the image store: {err}"})
         finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             conn.close()
 
-    def dispatch(self, conn: socket.socket, uid: int, req: dict, fd: int | None, pid: int = 0) -> dict:  # type: ignore[type-arg]
+    def respond(self, conn: socket.socket, peer: Peer, msg: bytes, fds: list[int],
+                flags: int) -> tuple[dict, dict | None]:  # type: ignore[type-arg]  # fmt: skip
+        """(reply, audit record) of one request; the record is None when it is written
+        already (a change of the store is logged before the next change of that user's)."""
         import pwd
 
         try:
-            user = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            return {"ok": False, "error": f"uid {uid} has no user name"}
-        op = req.get("op")
-        caller = user
-        other = req.get("user")
-        if other is not None and other != user:
+            req = parse_request(msg)
+        except ProtocolError as err:
+            return _refusal(err.reason, err.hint), {"op": err.op, "name": err.name,
+                                                    "verdict": "refused", "reason": err.reason}  # fmt: skip
+        record: dict = {"op": req.op, "user": peer.name, "uid": peer.uid, "name": req.name}  # type: ignore[type-arg]
+
+        def refuse(reason: str, hint: str | None = None) -> _Answer:
+            return _Answer(_refusal(reason, hint), {**record, "verdict": "refused", "reason": reason})
+
+        if peer.name is None:
+            raise refuse(f"uid {peer.uid} has no user name")
+        if flags & socket.MSG_CTRUNC or len(fds) > 1:
+            raise refuse("more than one descriptor sent (a request carries one image at most)")
+        user, uid = peer.name, peer.uid
+        if req.user is not None and req.user != peer.name:
+            record["user"], record["uid"] = shown(req.user, 64), None
             # Root looks after every user's images (ls, info, rm), never admits for them.
-            if uid != 0 or op not in ("ls", "info", "rm"):
-                return {"ok": False, "error": "only root may act on another user's images"}
+            if peer.uid != 0 or req.op not in ("ls", "info", "rm"):
+                raise refuse("only root may act on another user's images")
             try:
-                uid = pwd.getpwnam(str(other)).pw_uid
+                uid = pwd.getpwnam(req.user).pw_uid
             except KeyError:
-                return {"ok": False, "error": f"no user `{other}`"}
-            user = str(other)
-
-        name = req.get("name")
-        if op in ("cp", "rm", "info") and not (isinstance(name, str) and NAME_RE.fullmatch(name)):
-            return {"ok": False, "error": f"`{name}` is not a valid image name",
-                    "hint": "names use letters, digits and . _ + -, at most 100 characters"}  # fmt: skip
-        if op == "ls":
-            return {"ok": True, "images": [self.describe(user, n) for n in self.images(user)]}
-        if op == "info":
-            if name not in self.images(user):
-                return {"ok": False, "error": f"no image `{name}` in your store"}
-            return {"ok": True, "image": self.describe(user, name, full=True)}
-        if op == "rm":
+                raise refuse(f"no user `{shown(req.user, 64)}`") from None
+            user = req.user
+            record["user"], record["uid"] = user, uid
+        if not valid_user_name(user):
+            raise refuse(f"the user name `{shown(user, 64)}` can't name a directory of the store")
+        if req.op == "ls":
+            images = [d for d in (self.describe(user, n) for n in self.images(user)) if d]
+            return {"ok": True, "images": images}, {**record, "verdict": "listed"}
+        assert req.name is not None
+        whose = "your store" if user == peer.name else f"the store of `{user}`"
+        if req.op == "info":
+            found = self.describe(user, req.name, full=True) if req.name in self.images(user) else None
+            if found is None:
+                raise refuse(f"no image `{req.name}` in {whose}")
+            return {"ok": True, "image": found}, {**record, "verdict": "shown"}
+        base = {"by": peer.name, "by_uid": peer.uid, "pid": peer.pid}
+        if req.op == "rm":
             with self.lock_for(uid):
-                if name not in self.images(user):
-                    return {"ok": False, "error": f"no image `{name}` in your store"}
-                os.unlink(os.path.join(self.user_dir(user), name + ".sif"))
+                try:
+                    os.unlink(os.path.join(self.user_dir(user), req.name + ".sif"))
+                except FileNotFoundError:
+                    raise refuse(f"no image `{req.name}` in {whose}") from None
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.meta_path(user, name))
-            self.audit({"op": "rm", "uid": uid, "user": user, "name": name, "pid": pid,
-                        "by": caller, "verdict": "removed"})  # fmt: skip
-            return {"ok": True}
-        if op == "cp":
-            if fd is None:
-                return {"ok": False, "error": "no image descriptor received"}
-            with self.lock_for(uid):
-                return self.admit(conn, uid, user, name, fd, str(req.get("source", "")), pid)
-        return {"ok": False, "error": f"unknown request `{op}`"}
+                    os.unlink(self.meta_path(user, req.name))
+                self.audit({**base, **record, "verdict": "removed"})
+            return {"ok": True}, None
+        if not fds:
+            raise refuse("no image descriptor received")
+        with self.lock_for(uid):
+            reply, done = self.admit(conn, uid, user, req, fds[0], record)
+            self.audit({**base, **done})
+        return reply, None
 
-    def describe(self, user: str, name: str, full: bool = False) -> dict:  # type: ignore[type-arg]
+    def describe(self, user: str, name: str, full: bool = False) -> dict | None:  # type: ignore[type-arg]
+        """What `ls` and `info` show of an image; None when it is gone (removed meanwhile)."""
         path = os.path.join(self.user_dir(user), name + ".sif")
-        st = os.stat(path)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
         out = {"name": name, "path": path, "size": st.st_size,
                "admitted": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime))}  # fmt: skip
         try:
@@ -259,44 +318,50 @@ class Store:
                 meta = json.load(f)
         except (OSError, ValueError):
             meta = {}
+        if "source" in meta:  # written before the field said whose word it is
+            meta.setdefault("client_source", meta.pop("source"))
         out["digest"] = meta.get("digest", "")
         if full:
             out.update({k: v for k, v in meta.items() if k not in out})
         return out
 
     # -- admission --
-    def admit(self, conn: socket.socket, uid: int, user: str, name: str, src: int, source: str,
-              pid: int = 0) -> dict:  # type: ignore[type-arg]  # fmt: skip
+    def admit(self, conn: socket.socket, uid: int, user: str, req: Request, src: int,
+              record: dict) -> tuple[dict, dict]:  # type: ignore[type-arg]  # fmt: skip
+        from sifbox.security import store_intake as intake
+
+        name = req.name
+        assert name is not None
         checks: list[dict] = []  # type: ignore[type-arg]
-        record = {"op": "cp", "uid": uid, "user": user, "pid": pid, "name": name, "source": source}
+        record = {**record, "client_source": req.client_source}
         udir = self.user_dir(user)
         tmp = None
         digest = ""
         try:
-            st = os.fstat(src)
-            if not stat.S_ISREG(st.st_mode):
-                raise Refused("not a regular file")
-            record["size"] = st.st_size
-            existing = self.images(user)
-            if self.s.max_images and name not in existing and len(existing) >= self.s.max_images:
-                checks.append({"step": "quota", "result": "fail"})
-                raise Refused(f"quota exceeded: {len(existing)} images stored, at most "
-                              f"{self.s.max_images} per user (`sifbox store rm NAME` frees one)")  # fmt: skip
-            if self.s.max_size and st.st_size > self.s.max_size:
-                checks.append({"step": "quota", "result": "fail"})
-                raise Refused(f"image of {st.st_size} bytes is larger than the store's limit "
-                              f"of {self.s.max_size // (1 << 20)} MiB")  # fmt: skip
-            if self.s.max_total:
-                used = sum(self._size_of(user, n) for n in existing if n != name)
-                if used + st.st_size > self.s.max_total:
-                    checks.append({"step": "quota", "result": "fail"})
-                    raise Refused(f"quota exceeded: {used >> 20} MiB stored, this image needs "
-                                  f"{-(-st.st_size >> 20)} MiB more, at most "
-                                  f"{self.s.max_total >> 20} MiB per user")  # fmt: skip
-            checks.append({"step": "quota", "result": "pass"})
+            st = intake.check_descriptor(src)
+            size = st.st_size
+            record["size"] = size
+            self._check_quota(user, name, size, checks)
+            try:
+                intake.check_sif(src, size)
+            except Refused:
+                checks.append({"step": "sif", "result": "fail"})
+                raise
             self._ensure_user_dir(udir, uid)
-            tmp, digest = self._copy_in(src, udir, name, conn)
-            record["digest"] = digest
+            dfd = os.open(udir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                try:
+                    intake.check_space(dfd, size)
+                except Refused:
+                    checks.append({"step": "space", "result": "fail"})
+                    raise
+                tmp, fd = _temp_file(dfd, udir, name)
+                try:
+                    digest = intake.copy_in(src, fd, size, lambda: self._alive(conn))
+                finally:
+                    os.close(fd)
+            finally:
+                os.close(dfd)
             self._check_sif(tmp, checks)
             self._alive(conn)
             self._check_signature(tmp, checks)
@@ -310,24 +375,41 @@ class Store:
             os.chmod(tmp, 0o600)
             grant_read(tmp, uid, directory=False)
             meta = {"digest": digest, "stored_digest": _sha256_file(tmp), "uid": uid,
-                    "source": source, "checks": checks, "findings": findings}  # fmt: skip
+                    "client_source": req.client_source, "checks": checks, "findings": findings}  # fmt: skip
             self._write_meta(user, name, meta)
             os.rename(tmp, final)
             tmp = None
             _fsync_dir(udir)
         except Refused as why:
-            tmp = _discard(tmp)
-            self.audit({**record, "digest": digest, "checks": checks, "verdict": "refused", "reason": str(why)})
-            return {"ok": False, "error": str(why), "checks": checks}
+            return ({"ok": False, "error": str(why), "checks": checks},
+                    {**record, "digest": digest, "checks": checks, "verdict": "refused", "reason": str(why)})  # fmt: skip
         except Exception as err:
-            tmp = _discard(tmp)
             reason = f"store error: {describe_os_error(err) if isinstance(err, OSError) else err}"
-            self.audit({**record, "digest": digest, "checks": checks, "verdict": "error", "reason": reason})
-            return {"ok": False, "error": reason, "checks": checks}
+            return ({"ok": False, "error": reason, "checks": checks},
+                    {**record, "digest": digest, "checks": checks, "verdict": "error", "reason": reason})  # fmt: skip
         finally:
             _discard(tmp)
-        self.audit({**record, "digest": digest, "checks": checks, "verdict": "admitted"})
-        return {"ok": True, "path": final, "digest": digest, "checks": checks}
+        return ({"ok": True, "path": final, "digest": digest, "checks": checks},
+                {**record, "digest": digest, "checks": checks, "verdict": "admitted"})  # fmt: skip
+
+    def _check_quota(self, user: str, name: str, size: int, checks: list) -> None:  # type: ignore[type-arg]
+        existing = self.images(user)
+        if self.s.max_images and name not in existing and len(existing) >= self.s.max_images:
+            checks.append({"step": "quota", "result": "fail"})
+            raise Refused(f"quota exceeded: {len(existing)} images stored, at most "
+                          f"{self.s.max_images} per user (`sifbox store rm NAME` frees one)")  # fmt: skip
+        if self.s.max_size and size > self.s.max_size:
+            checks.append({"step": "quota", "result": "fail"})
+            raise Refused(f"image of {size} bytes is larger than the store's limit "
+                          f"of {self.s.max_size // (1 << 20)} MiB (`store max size`)")  # fmt: skip
+        if self.s.max_total:
+            used = sum(self._size_of(user, n) for n in existing if n != name)
+            if used + size > self.s.max_total:
+                checks.append({"step": "quota", "result": "fail"})
+                raise Refused(f"quota exceeded: {used >> 20} MiB stored, this image needs "
+                              f"{-(-size >> 20)} MiB more, at most "
+                              f"{self.s.max_total >> 20} MiB per user")  # fmt: skip
+        checks.append({"step": "quota", "result": "pass"})
 
     def _size_of(self, user: str, name: str) -> int:
         try:
@@ -336,37 +418,15 @@ class Store:
             return 0
 
     def _ensure_user_dir(self, udir: str, uid: int) -> None:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(udir, 0o700)
-            grant_read(udir, uid, directory=True)
-
-    def _copy_in(self, src: int, udir: str, name: str, conn: socket.socket) -> tuple[str, str]:
-        import tempfile
-
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=udir)
-        h = hashlib.sha256()
         try:
-            pos = 0
-            while True:
-                chunk = os.pread(src, CHUNK, pos)
-                if not chunk:
-                    break
-                h.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
-                pos += len(chunk)
-                if self.s.max_size and pos > self.s.max_size:
-                    raise Refused("the image grew past the store's size limit while being copied")
-                if pos % (64 * CHUNK) == 0:
-                    self._alive(conn)
-            os.fsync(fd)
-        except BaseException:
+            os.mkdir(udir, 0o700)
+        except FileExistsError:
+            return
+        fd = os.open(udir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            grant_read(fd, uid, directory=True)
+        finally:
             os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
-        return tmp, "sha256:" + h.hexdigest()
 
     def _alive(self, conn: socket.socket) -> None:
         """Refuse when the client went away (a killed `store cp` stores nothing)."""
@@ -417,16 +477,22 @@ class Store:
     def _sbom(self, tmp: str, name: str, checks: list) -> list[str]:  # type: ignore[type-arg]
         """Purls of the image's packages (always read by the store itself: an SBOM
         brought by the image is kept, but not trusted for the scan)."""
+        from sifbox.image.files import BudgetExceeded, ReadBudget
         from sifbox.image.source import open_image
         from sifbox.security import sbom
 
+        budget = ReadBudget(max_bytes=self.s.sbom_max_bytes, max_files=self.s.sbom_max_files)
         src = open_image(tmp, verb="admit")
         try:
-            comps = sbom.components_of_image(src)
-            stored = sbom.stored_sbom(tmp, src.fd)
+            comps = sbom.components_of_image(src, budget)
+            stored = sbom.stored_sbom_format(src.fd)
+        except BudgetExceeded as err:
+            checks.append({"step": "sbom", "result": "fail"})
+            raise Refused(f"can't read the image's packages: {err.reason}") from None
         except SifboxError as err:
             checks.append({"step": "sbom", "result": "fail"})
-            raise Refused(f"can't read the image's packages: {err}") from None
+            why = str(err).split(": ", 1)[-1] if str(err).startswith("can't ") else str(err)
+            raise Refused(f"can't read the image's packages: {why}") from None
         finally:
             src.close()
         if stored is not None:
@@ -469,12 +535,12 @@ class Store:
 
         assert self.s.vuln_db is not None
         stamp = _tree_stamp(self.s.vuln_db)
-        with self.audit_lock:
+        with self.cache_lock:
             cached = self._db_cache
         if cached is not None and cached[0] == stamp:
             return cached[1]
         db = scan.load_db(self.s.vuln_db)
-        with self.audit_lock:
+        with self.cache_lock:
             self._db_cache = (stamp, db)
         return db
 
@@ -508,6 +574,26 @@ class Store:
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, self.meta_path(user, name))
+
+
+def _refusal(reason: str, hint: str | None = None) -> dict:  # type: ignore[type-arg]
+    reply = {"ok": False, "error": reason}
+    if hint:
+        reply["hint"] = hint
+    return reply
+
+
+def _temp_file(dfd: int, udir: str, name: str) -> tuple[str, int]:
+    """A new temporary file `.NAME.RANDOM.tmp` in the directory open as `dfd`: (path, fd)."""
+    for _ in range(100):
+        base = f".{name}.{os.urandom(6).hex()}.tmp"
+        try:
+            fd = os.open(base, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=dfd)  # fmt: skip
+        except FileExistsError:
+            continue
+        return os.path.join(udir, base), fd
+    raise OSError(errno.EEXIST, "no free temporary file name")
 
 
 def _tree_stamp(top: str) -> tuple[int, int, int]:
@@ -571,91 +657,4 @@ def _fsync_dir(path: str) -> None:
 
 def _reply(conn: socket.socket, obj: dict) -> None:  # type: ignore[type-arg]
     with contextlib.suppress(OSError):
-        conn.sendall((json.dumps(obj) + "\n").encode())
-
-
-# -- start-up -------------------------------------------------------------------------------------
-
-
-def serve(cfg, *, log=print) -> int:  # type: ignore[no-untyped-def]
-    """Run the daemon until SIGTERM or SIGINT."""
-    import pwd
-    import signal
-
-    s = Settings(cfg)
-    try:
-        account = pwd.getpwnam(s.user)
-    except KeyError:
-        raise SifboxError(f"can't start the image store: no user `{s.user}`",
-                          hint="create it (scripts/install.sh does: useradd --system sifbox-store) "
-                               "or set `store user` in sifbox.conf") from None  # fmt: skip
-    is_root = os.geteuid() == 0
-    if not is_root and os.geteuid() != account.pw_uid:
-        raise SifboxError(f"can't start the image store: run it as root or as `{s.user}`")
-    sock_dir = os.path.dirname(s.socket)
-    for d, mode, own in ((s.root, 0o711, True), (sock_dir, 0o755, False),
-                         (os.path.dirname(s.audit), 0o750, True)):  # fmt: skip
-        _make_dir(d, mode, account if is_root else None, own)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(s.socket)
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        server.bind(s.socket)
-    except OSError as err:
-        raise SifboxError(f"can't start the image store: can't listen on `{s.socket}`: "
-                          f"{describe_os_error(err)}") from None  # fmt: skip
-    os.chmod(s.socket, 0o666)
-    if is_root:
-        os.chown(s.socket, account.pw_uid, account.pw_gid)
-        if os.path.exists(s.audit):
-            os.chown(s.audit, account.pw_uid, account.pw_gid)
-        os.setgroups([])
-        os.setgid(account.pw_gid)
-        os.setuid(account.pw_uid)
-    os.environ["HOME"] = account.pw_dir
-    os.umask(0o077)
-    server.listen(64)
-    store = Store(s, log)
-    store.clean_stale()
-    stopping = threading.Event()
-
-    def stop(_sig, _frame):  # type: ignore[no-untyped-def]
-        stopping.set()
-        server.close()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    log(f"sifbox store: serving {s.root} on {s.socket} as {s.user}")
-    while not stopping.is_set():
-        try:
-            conn, _ = server.accept()
-        except OSError as err:
-            if stopping.is_set() or err.errno == errno.EBADF:
-                break
-            if err.errno == errno.EINTR:
-                continue
-            raise
-        threading.Thread(target=store.handle, args=(conn,), daemon=True).start()
-    with contextlib.suppress(OSError):
-        os.unlink(s.socket)
-    log("sifbox store: stopped")
-    return 0
-
-
-def _make_dir(path: str, mode: int, account, must_own: bool) -> None:  # type: ignore[no-untyped-def]
-    """Create `path` for the store user; a directory that already existed is left as it is,
-    but one the daemon writes (`must_own`) has to belong to the store user already."""
-    existed = os.path.isdir(path)
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as err:
-        raise SifboxError(f"can't start the image store: can't create `{path}`: "
-                          f"{describe_os_error(err)}") from None  # fmt: skip
-    if account is None:
-        return
-    if not existed:
-        os.chown(path, account.pw_uid, account.pw_gid)
-        os.chmod(path, mode)
-    elif must_own and os.stat(path).st_uid != account.pw_uid:
-        raise SifboxError(f"can't start the image store: `{path}` is not owned by `{account.pw_name}`",
-                          hint=f"chown {account.pw_name}: {path}")  # fmt: skip
+        conn.sendall(encode_reply(obj))

@@ -1,193 +1,30 @@
 """The admission store with its real daemon (`sifbox store serve`, started here as root and
-dropping to the store user), and clients as root and as the unprivileged test user."""
+dropping to the store user), and clients as root and as the unprivileged test user.
+
+Hostile clients and hostile images are in test_store_hostile.py."""
 
 from __future__ import annotations
 
 import json
 import os
 import pwd
-import shutil
 import signal
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.integration.images import make_sif, mksquashfs, popen_as
+from tests.integration.images import popen_as
+from tests.integration.store_daemon import (  # noqa: F401 - fixtures
+    STORE_USER,
+    children_of,
+    cmdline,
+    images,
+    other_user,
+    start_store,
+    store_account,
+)
 
 pytestmark = pytest.mark.integration
-
-STORE_USER = "sifbox-store"
-OTHER_USER = "sifbox-test2"
-
-DPKG_CLEAN = "Package: zlib1g\nStatus: install ok installed\nArchitecture: amd64\nSource: zlib\nVersion: 1:1.2.13.dfsg-1\n"
-DPKG_VULNERABLE = (
-    DPKG_CLEAN + "\nPackage: libssl3\nStatus: install ok installed\nArchitecture: amd64\n"
-    "Source: openssl\nVersion: 3.0.11-1~deb12u2\n"
-)
-OSV = [
-    {"id": "DSA-9001-1", "summary": "openssl security update",
-     "affected": [{"package": {"ecosystem": "Debian:12", "name": "openssl"},
-                   "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "3.0.15-1~deb12u1"}]}]}],
-     "severity": [{"type": "CVSS_V3", "score": "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:N/A:N"}]},
-    {"id": "DEBIAN-CVE-2023-0001", "summary": "zlib minor issue",
-     "affected": [{"package": {"ecosystem": "Debian:12", "name": "zlib"},
-                   "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "1:1.2.13.dfsg-2"}]}]}],
-     "database_specific": {"severity": "low"}},
-]  # fmt: skip
-
-
-# --- users -----------------------------------------------------------------------------------
-
-
-def _ensure_user(name: str, system: bool) -> bool:
-    """Create `name` if missing; True if this call created it."""
-    try:
-        pwd.getpwnam(name)
-        return False
-    except KeyError:
-        pass
-    argv = ["useradd", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin"]
-    if system:
-        argv.append("--system")
-    subprocess.run([*argv, name], check=True, capture_output=True)
-    return True
-
-
-@pytest.fixture(scope="module")
-def store_account() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.skip("starting the store daemon needs root")
-    created = _ensure_user(STORE_USER, system=True)
-    yield STORE_USER
-    if created:
-        subprocess.run(["userdel", STORE_USER], check=False, capture_output=True)
-
-
-@pytest.fixture
-def other_user() -> Iterator[object]:
-    from tests.integration.images import user_named
-
-    created = _ensure_user(OTHER_USER, system=False)
-    yield user_named(OTHER_USER)
-    if created:
-        subprocess.run(["userdel", OTHER_USER], check=False, capture_output=True)
-
-
-# --- images ----------------------------------------------------------------------------------
-
-
-def _rootfs(dest: Path, dpkg_status: str) -> Path:
-    (dest / "bin").mkdir(parents=True)
-    shutil.copy2("/bin/busybox", dest / "bin/busybox")
-    (dest / "bin/sh").symlink_to("busybox")
-    (dest / "etc").mkdir()
-    (dest / "etc/os-release").write_text('ID=debian\nVERSION_ID="12"\n')
-    (dest / "var/lib/dpkg").mkdir(parents=True)
-    (dest / "var/lib/dpkg/status").write_text(dpkg_status)
-    return dest
-
-
-@pytest.fixture(scope="module")
-def images(sifbox_cli: str, store_account: str) -> Iterator[dict[str, Path]]:
-    if shutil.which("mksquashfs") is None:
-        pytest.skip("mksquashfs is not installed (Debian package squashfs-tools)")
-    base = Path(tempfile.mkdtemp(prefix="sifbox-store-images-", dir="/tmp"))
-    base.chmod(0o755)
-    out = {}
-    for name, status in (("clean", DPKG_CLEAN), ("vulnerable", DPKG_VULNERABLE)):
-        sqfs = mksquashfs(_rootfs(base / f"{name}-root", status), base / f"{name}.sqfs")
-        out[name] = make_sif(sifbox_cli, sqfs, base / f"{name}.sif")
-        out[f"{name}-sqfs"] = sqfs
-    text = base / "notes.sif"
-    text.write_text("not an image\n" * 100)
-    text.chmod(0o644)
-    out["text"] = text
-    db = base / "osv" / "Debian"
-    db.mkdir(parents=True)
-    for entry in OSV:
-        (db / f"{entry['id']}.json").write_text(json.dumps(entry))
-    subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
-    out["db"] = base / "osv"
-    yield out
-    shutil.rmtree(base, ignore_errors=True)
-
-
-# --- the daemon ------------------------------------------------------------------------------
-
-
-class Daemon:
-    def __init__(self, cli: str, base: Path, directives: str) -> None:
-        self.cli = cli
-        self.base = base
-        self.root = base / "store"
-        self.socket = base / "run" / "store.sock"
-        self.audit = base / "log" / "audit.log"
-        self.conf = base / "sifbox.conf"
-        self.conf.write_text(
-            f"store path = {self.root}\nstore socket = {self.socket}\n"
-            f"store audit log = {self.audit}\nstore user = {STORE_USER}\n{directives}"
-        )
-        self.conf.chmod(0o644)
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.cli, "-c", str(self.conf), "store", "serve"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while not self.socket.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                _, err = self.proc.communicate(timeout=5) if self.proc.poll() is not None else ("", "")
-                pytest.fail(f"the store daemon did not start: {err}")
-            time.sleep(0.05)
-        # It runs as the store user once it listens.
-        store_uid = pwd.getpwnam(STORE_USER).pw_uid
-        while os.stat(f"/proc/{self.proc.pid}").st_uid != store_uid:
-            assert time.monotonic() < deadline, "the daemon did not switch to the store user"
-            time.sleep(0.02)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.communicate(timeout=20)
-        self.proc = None
-
-    def cli_as(self, run_as, who, *argv: str):  # type: ignore[no-untyped-def]
-        return run_as(who, [self.cli, "-c", str(self.conf), "store", *argv])
-
-    def audit_lines(self) -> list[dict]:  # type: ignore[type-arg]
-        if not self.audit.exists():
-            return []
-        return [json.loads(line) for line in self.audit.read_text().splitlines()]
-
-    def leftovers(self) -> list[str]:
-        return [str(p) for p in self.root.rglob("*.tmp")]
-
-
-@pytest.fixture
-def start_store(sifbox_cli: str, store_account: str) -> Iterator:  # type: ignore[type-arg]
-    daemons: list[Daemon] = []
-    bases: list[Path] = []
-
-    def start(directives: str = "") -> Daemon:
-        base = Path(tempfile.mkdtemp(prefix="sifbox-store-run-", dir="/tmp"))
-        base.chmod(0o755)
-        bases.append(base)
-        d = Daemon(sifbox_cli, base, directives)
-        d.start()
-        daemons.append(d)
-        return d
-
-    yield start
-    for d in daemons:
-        d.stop()
-    for base in bases:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 # --- tests -----------------------------------------------------------------------------------
@@ -219,10 +56,17 @@ def test_cp_ls_info_rm(run_as, as_who, start_store, images) -> None:  # type: ig
     assert not path.exists()
     gone = store.cli_as(run_as, as_who, "rm", "app")
     assert gone.returncode == 255 and "no image `app` in your store" in gone.stderr
+    # Every request is a line of the audit log, the refused one too.
     verdicts = [(a["op"], a["user"], a["verdict"]) for a in store.audit_lines()]
-    assert verdicts == [("cp", as_who.name, "admitted"), ("rm", as_who.name, "removed")]
+    assert verdicts == [("cp", as_who.name, "admitted"), ("ls", as_who.name, "listed"),
+                        ("info", as_who.name, "shown"), ("rm", as_who.name, "removed"),
+                        ("rm", as_who.name, "refused")]  # fmt: skip
     first = store.audit_lines()[0]
     assert first["uid"] == as_who.uid and first["digest"].startswith("sha256:") and first["checks"]
+    assert first["by"] == as_who.name and first["by_uid"] == as_who.uid
+    # The path is the client's word: the field says so.
+    assert first["client_source"] == str(images["clean"]) and "source" not in first
+    assert store.audit_lines()[-1]["reason"] == "no image `app` in your store"
 
 
 def test_non_sif_refused(run_as, as_who, start_store, images) -> None:  # type: ignore[no-untyped-def]
@@ -247,7 +91,7 @@ def test_vulnerable_image_refused_above_threshold(run_as, as_who, start_store, i
     assert ok.returncode == 0, ok.stderr
     info = json.loads(store.cli_as(run_as, as_who, "info", "ok", "--json").stdout)
     assert [f["id"] for f in info["findings"]] == ["DEBIAN-CVE-2023-0001"]
-    refused, admitted = store.audit_lines()
+    refused, admitted = [a for a in store.audit_lines() if a["op"] == "cp"]
     assert refused["verdict"] == "refused" and "DSA-9001-1" in refused["reason"]
     assert admitted["verdict"] == "admitted"
 
@@ -307,7 +151,7 @@ def test_killed_cp_leaves_nothing(run_as, as_who, start_store, images) -> None: 
     store = start_store("store scanner command = /bin/sh -c 'sleep 2' scanner\n")
     client = popen_as(as_who, [store.cli, "-c", str(store.conf), "store", "cp", str(images["clean"]), "half"])
     deadline = time.monotonic() + 20
-    while not any("sleep" in _cmdline(p) for p in _children_of(store.proc.pid)):
+    while not any("sleep" in cmdline(p) for p in children_of(store.proc.pid)):
         assert time.monotonic() < deadline, "the external scanner never started"
         time.sleep(0.02)
     assert store.leftovers(), "the candidate should be in a temporary file now"
@@ -323,9 +167,9 @@ def test_killed_cp_leaves_nothing(run_as, as_who, start_store, images) -> None: 
     assert store.leftovers() == []
     # A daemon killed in the middle leaves a temporary file, removed when it starts again.
     client = popen_as(as_who, [store.cli, "-c", str(store.conf), "store", "cp", str(images["clean"]), "half"])
-    while not any("sleep" in _cmdline(p) for p in _children_of(store.proc.pid)):
+    while not any("sleep" in cmdline(p) for p in children_of(store.proc.pid)):
         time.sleep(0.02)
-    for p in _children_of(store.proc.pid):
+    for p in children_of(store.proc.pid):
         os.kill(p, signal.SIGKILL)
     store.stop(signal.SIGKILL)
     _, err = client.communicate(timeout=20)
@@ -357,28 +201,6 @@ def test_bad_names_and_missing_files(run_as, as_who, start_store, images) -> Non
     proc = store.cli_as(run_as, as_who, "cp", "/nonexistent.sif")
     assert proc.returncode == 255 and "no such file" in proc.stderr.lower()
     assert store.leftovers() == [] and not (store.root / "escape.sif").exists()
-
-
-def _children_of(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-                out.append(int(entry))
-    return out
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline") as f:
-            return f.read().replace("\0", " ")
-    except OSError:
-        return ""
 
 
 def test_root_looks_after_every_users_images(run_as, test_user, start_store, images) -> None:  # type: ignore[no-untyped-def]

@@ -169,3 +169,99 @@ def test_cyclonedx_document_is_valid_against_the_schema(images: tuple[Path, Path
     finally:
         src.close()
     assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+
+
+# -- hostile images: budgets, no silent cut, linear parsing ------------------------------------
+
+
+def _squashfs(tmp_path: Path, root: Path) -> Path:
+    if shutil.which("mksquashfs") is None or shutil.which("unsquashfs") is None:
+        pytest.skip("squashfs-tools is not installed")
+    out = tmp_path / "img.sqfs"
+    subprocess.run(["mksquashfs", str(root), str(out), "-quiet", "-no-progress", "-all-root"],
+                   check=True, capture_output=True)  # fmt: skip
+    return out
+
+
+def _components(path: Path, budget: object = None) -> list[sbom.Component]:
+    src = open_image(str(path), verb="read")
+    try:
+        return sbom.components_of_image(src, budget)
+    finally:
+        src.close()
+
+
+@pytest.mark.parametrize("kind", ["squashfs", "sandbox"])
+def test_a_big_database_is_refused_from_its_listed_size(tmp_path: Path, kind: str) -> None:
+    from sifbox.image.files import BudgetExceeded, ReadBudget
+
+    root = tmp_path / "root"
+    (root / "var/lib/dpkg").mkdir(parents=True)
+    (root / "var/lib/dpkg/status").write_text(DPKG_STATUS + ("Description: x\n" + " y\n" * (1 << 20)))
+    image = _squashfs(tmp_path, root) if kind == "squashfs" else root
+    with pytest.raises(BudgetExceeded) as info:
+        _components(image, ReadBudget(max_bytes=1 << 20))
+    assert info.value.reason.startswith("3 MiB of package database files (")
+    assert info.value.reason.endswith("more than the limit of 1 MiB (a limit against decompression bombs)")
+    assert len(_components(image, ReadBudget(max_bytes=4 << 20))) == 2
+
+
+@pytest.mark.parametrize("kind", ["squashfs", "sandbox"])
+def test_no_package_is_cut_off(tmp_path: Path, kind: str) -> None:
+    """A package after 17 MiB of another's description is found (a reader that cut files
+    at 16 MiB hid it)."""
+    root = tmp_path / "root"
+    (root / "var/lib/dpkg").mkdir(parents=True)
+    filler = "Package: filler\nStatus: install ok installed\nVersion: 1\nDescription: x\n"
+    filler += (" " + "z" * 1023 + "\n") * (17 << 10)
+    (root / "var/lib/dpkg/status").write_text(filler + "\n" + DPKG_STATUS)
+    image = _squashfs(tmp_path, root) if kind == "squashfs" else root
+    names = {c.name for c in _components(image)}
+    assert names == {"filler", "libssl3", "bash"}
+
+
+def test_files_and_entries_budgets(images: tuple[Path, Path]) -> None:
+    from sifbox.image.files import BudgetExceeded, ReadBudget
+
+    root, sqfs = images
+    for image in (root, sqfs):
+        with pytest.raises(BudgetExceeded, match="package database files, more than the limit of 3"):
+            _components(image, ReadBudget(max_files=3))
+        with pytest.raises(BudgetExceeded, match="more than 5 entries in the image"):
+            _components(image, ReadBudget(max_entries=5))
+
+
+def test_packages_are_capped_before_they_are_parsed() -> None:
+    stanzas = "".join(f"Package: p{i}\nStatus: install ok installed\nVersion: 1\n\n" for i in range(11))
+    assert len(sbom.components_from_files({sbom.DPKG_STATUS: stanzas.encode()}, max_packages=11)) == 11
+    with pytest.raises(sbom.SbomError, match="more than 10 packages"):
+        sbom.components_from_files({sbom.DPKG_STATUS: stanzas.encode()}, max_packages=10)
+    apk = "".join(f"P:p{i}\nV:1\n\n" for i in range(11)).encode()
+    with pytest.raises(sbom.SbomError, match="more than 10 packages"):
+        sbom.components_from_files({sbom.APK_INSTALLED: apk}, max_packages=10)
+
+
+def test_dpkg_continuation_lines_are_parsed_in_linear_time() -> None:
+    import time
+
+    text = "Package: a\nStatus: install ok installed\nVersion: 1\nDescription: x\n" + " " + "p" * 100 + "\n"
+    text = text + (" " + "p" * 100 + "\n") * (80 << 10)  # 8 MiB of description, 80,000 lines
+    started = time.monotonic()
+    (comp,) = sbom.parse_dpkg_status(text.encode(), {}, sbom.DPKG_STATUS)
+    # Folding line by line into one string took minutes here; joining once, well under a second.
+    assert time.monotonic() - started < 5
+    assert comp.name == "a"
+
+
+def test_cyclonedx_document_of_many_or_no_packages_is_valid() -> None:
+    pytest.importorskip("jsonschema", reason="jsonschema (test extra) is not installed")
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    comps = sbom.components_from_files({sbom.DPKG_STATUS: DPKG_STATUS.encode()}) * 2  # duplicates
+    for components in (comps, []):
+        text = sbom.cyclonedx_json(components, "img.sif", "sha256:00")
+        assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    doc = json.loads(sbom.cyclonedx_json(comps, "img.sif"))
+    assert [c["bom-ref"] for c in doc["components"]] == [c.purl for c in comps[:2]]
+    assert doc["dependencies"][0] == {"ref": "image", "dependsOn": [c.purl for c in comps[:2]]}

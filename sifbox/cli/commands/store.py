@@ -12,6 +12,9 @@
 The image is opened here, as you, and its descriptor is passed to the daemon
 over its Unix socket (`store socket` in sifbox.conf): the store reads only
 what you can read. A refused image is not stored, and the reason is shown.
+The path of the image is sent along for the record only (`client_source`):
+the daemon cannot check it. When the daemon is busy (too many connections),
+the request is sent again for up to 30 seconds.
 
 Exit status: 0 done; 255 refused by the store, or the store is unreachable;
 125 bad usage or configuration.
@@ -29,6 +32,8 @@ from sifbox.util.errors import SifboxError, UsageError, describe_os_error
 
 #: Longest reply read from the daemon.
 MAX_REPLY = 16 << 20
+#: Seconds a request waits for a busy daemon (one that turns connections away).
+BUSY_PATIENCE = 30.0
 
 
 class StoreError(SifboxError):
@@ -62,9 +67,9 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("can't run `sifbox store`: a command is needed (cp, ls, info, rm, dir, serve)")
     cfg = sysconf.load(getattr(args, "config", None))
     if cmd == "serve":
-        from sifbox.security import store
+        from sifbox.security import store_server
 
-        return store.serve(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+        return store_server.serve(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
     if cmd == "dir":
         import pwd
 
@@ -94,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(info, indent=2))
         else:
-            for key in ("name", "path", "size", "admitted", "digest", "stored_digest", "source"):
+            for key in ("name", "path", "size", "admitted", "digest", "stored_digest", "client_source"):
                 if key in info:
                     print(f"{key + ':':<15}{info[key]}")
             for check in info.get("checks", []):
@@ -140,8 +145,28 @@ def _default_name(path: str) -> str:
     return base.removesuffix(".sif")
 
 
-def request(sock_path: str, req: dict, *, verb: str, fd: int | None = None) -> dict:  # type: ignore[type-arg]
-    """Send one request (and a descriptor) to the daemon; its reply, or StoreError."""
+def request(sock_path: str, req: dict, *, verb: str, fd: int | None = None,
+            patience: float = BUSY_PATIENCE) -> dict:  # type: ignore[type-arg]  # fmt: skip
+    """Send one request (and a descriptor) to the daemon; its reply, or StoreError. While
+    the daemon is busy (too many connections), try again for up to `patience` seconds."""
+    import time
+
+    deadline = time.monotonic() + patience
+    pause = 0.1
+    while True:
+        reply = _exchange(sock_path, req, verb=verb, fd=fd)
+        if not (reply.get("busy") and time.monotonic() + pause < deadline):
+            break
+        time.sleep(pause)
+        pause = min(2.0, pause * 2)
+    if not reply.get("ok"):
+        for check in reply.get("checks", []):
+            print(f"  {check['step']}: {check['result']}", file=sys.stderr)
+        raise StoreError(f"can't {verb}: {reply.get('error', 'refused')}", hint=reply.get("hint"))
+    return reply
+
+
+def _exchange(sock_path: str, req: dict, *, verb: str, fd: int | None) -> dict:  # type: ignore[type-arg]
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         try:
@@ -174,14 +199,12 @@ def request(sock_path: str, req: dict, *, verb: str, fd: int | None = None) -> d
         s.close()
     try:
         reply = json.loads(b"".join(chunks))
+        if not isinstance(reply, dict):
+            raise ValueError("not an object")
     except ValueError:
         raise StoreError(f"can't {verb}: the image store gave no answer",
                          hint="its log (journalctl -u sifbox-store) may say why") from None  # fmt: skip
-    if not reply.get("ok"):
-        for check in reply.get("checks", []):
-            print(f"  {check['step']}: {check['result']}", file=sys.stderr)
-        raise StoreError(f"can't {verb}: {reply.get('error', 'refused')}", hint=reply.get("hint"))
-    return reply  # type: ignore[no-any-return]
+    return reply
 
 
 def _size(n: int) -> str:
