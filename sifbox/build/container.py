@@ -34,6 +34,7 @@ def run_in_root(
     from sifbox.runtime.plan import default_mounts, site_from_config
     from sifbox.runtime.sandbox.setup import enter
     from sifbox.runtime.spec import ContainerSpec, Host, parse_bind
+    from sifbox.util.messages import error_text
 
     bind_list = []
     for text in binds:
@@ -58,14 +59,12 @@ def run_in_root(
                 spec, host, source, mounts, lambda _root: (list(argv), dict(env)), site=site
             )
         except SifboxError as err:
-            sys.stderr.write(f"sifbox: error: {err.message}\n")
-            if err.hint:
-                sys.stderr.write(f"hint: {err.hint}\n")
+            sys.stderr.write(error_text(err.message, err.hint))
             status = int(err.exit_status)
         except KeyboardInterrupt:
             status = 130
         except BaseException as err:  # noqa: BLE001 - the forked child must always reach os._exit
-            sys.stderr.write(f"sifbox: error: can't run the {what}: {type(err).__name__}: {err}\n")
+            sys.stderr.write(error_text(f"can't run the {what}: {type(err).__name__}: {err}"))
         finally:
             sys.stdout.flush()
             sys.stderr.flush()

@@ -53,14 +53,16 @@ class BuildRequest:
 
 
 class Steps:
-    """`==> step` lines on stderr (silenced by -q)."""
+    """`==> step` lines on stderr (`INFO:    step` in Apptainer's message format; silenced by -q)."""
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
 
     def __call__(self, message: str) -> None:
         if not self.quiet:
-            sys.stderr.write(f"==> {message}\n")
+            from sifbox.util.messages import step_text
+
+            sys.stderr.write(step_text(message))
             sys.stderr.flush()
 
 

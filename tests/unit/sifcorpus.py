@@ -1,11 +1,13 @@
 """Paths of the shared SIF conformance corpus, and the SIF fuzz target."""
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+# SIFBOX_SHARED_DIR as conftest's `shared_dir` reads it (a work tree has no ../shared of its own)
+SHARED = Path(os.environ.get("SIFBOX_SHARED_DIR") or Path(__file__).resolve().parents[2].parent / "shared")
 CORPUS = SHARED / "sif-corpus"
 IMAGES = CORPUS / "images"
 GOLDEN = CORPUS / "golden"
