@@ -109,6 +109,12 @@ def _flag(*names: str) -> str | None:
     return flag_env(*names)
 
 
+def _warn(message: str) -> None:
+    from sifbox.util.log import log
+
+    log.warning("%s", message)
+
+
 def _truthy(value: str | None) -> bool:
     return value is not None and value.strip().lower() in ("1", "true", "yes", "on")
 
@@ -134,10 +140,11 @@ def request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     build_args: dict[str, str] = {}
     for path in args.build_arg_file:
         try:
-            with open(path) as f:
-                build_args.update(parse_build_arg_file(f.read(), path))
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read(1 << 20)
         except OSError as err:
             raise UsageError(f"can't read build-arg file `{path}`: {err.strerror}") from None
+        build_args.update(parse_build_arg_file(text, path, warn=_warn))
     try:
         build_args.update(parse_build_args(args.build_arg))
     except DeffileError as err:
