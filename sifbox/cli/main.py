@@ -211,20 +211,10 @@ def render_error(err: SifboxError, debug: bool, fmt: str | None = None) -> int:
 def _os_error(err: OSError, argv: Sequence[str]) -> SifboxError:
     """An OSError no command turned into a message (a race, a full disk, a permission a
     check could not foresee): one line that says what failed, not an internal error."""
-    import errno
-
-    from sifbox.util.errors import describe_os_error
+    from sifbox.util.errors import os_fault
 
     word = command_word(argv)
-    what = f"`{PROG} {word}`" if word else f"`{PROG}`"
-    where = err.filename if err.filename is not None else None
-    reason = describe_os_error(err) + (f": `{os.fsdecode(where)}`" if where is not None else "")
-    full = "free some space there, or point SIFBOX_TMPDIR/SIFBOX_CACHEDIR elsewhere"
-    denied = "check the permissions of that path (was it made by another user, such as root?)"
-    race = "a path changed while sifbox was using it: run the command again"
-    hints = {errno.ENOSPC: full, errno.EDQUOT: full, errno.EACCES: denied, errno.EPERM: denied,
-             errno.EINVAL: race, errno.ENOENT: race}  # fmt: skip
-    return SifboxError(f"can't run {what}: {reason}", hint=hints.get(err.errno or 0))
+    return os_fault(err, f"run `{PROG} {word}`" if word else f"run `{PROG}`")
 
 
 def run(argv: Sequence[str]) -> int:

@@ -180,3 +180,26 @@ def test_os_errors_are_one_line(capsys: pytest.CaptureFixture[str], monkeypatch:
     assert lines[0].startswith("sifbox: error: can't run `sifbox pull`: ") and needle in lines[0]
     assert "internal error" not in text and "Traceback" not in text
     assert lines[1].startswith("hint: ") and hint in lines[1]
+
+
+def test_a_path_race_in_realpath_is_one_line(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:  # fmt: skip
+    """A symlink replaced by a file between lstat and readlink: realpath's readlink fails with
+    EINVAL (Python's realpath does not catch it). One line naming the path, no internal error."""
+    from .sifcorpus import IMAGES
+
+    link = tmp_path / "img.sif"
+    link.symlink_to(IMAGES / "one-group.sif")
+    real_readlink = os.readlink
+
+    def racing_readlink(path, *args, **kw):  # type: ignore[no-untyped-def]
+        if os.fspath(path) == str(link):
+            raise OSError(errno.EINVAL, "Invalid argument", str(link))
+        return real_readlink(path, *args, **kw)
+
+    monkeypatch.setattr(os, "readlink", racing_readlink)
+    status, out, err = run(capsys, "inspect", str(link))
+    assert status == 255 and out == ""
+    lines = err.splitlines()
+    assert lines[0] == f"sifbox: error: can't run `sifbox inspect`: invalid argument: `{link}`", err
+    assert lines[1] == "hint: a path changed while sifbox was using it: run the command again"

@@ -98,6 +98,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="directory for the build's scratch files (default: SIFBOX_TMPDIR, TMPDIR, /tmp)",
     )
     p.add_argument("--disable-cache", action="store_true", help="do not use the image cache")
+    p.add_argument("--no-https", "--nohttps", dest="no_https", action="store_true",
+                   help="use http instead of https for `Bootstrap: docker` registries; also SIFBOX_NOHTTPS=1")
     p.add_argument("--arch", metavar="ARCH", help=argparse.SUPPRESS)
     p.add_argument("-e", "--encrypt", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--nv", action="store_true", help=argparse.SUPPRESS)
@@ -193,5 +195,10 @@ def request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def main(args: argparse.Namespace) -> int:
     from sifbox.build.pipeline import build
 
-    build(request(args))
+    req = request(args)
+    if args.no_https:
+        # read where registries are reached (sifbox.oci.registry.fetch_image), in the build's
+        # process and its fakeroot child alike, as the variable itself would be
+        os.environ["SIFBOX_NOHTTPS"] = "1"
+    build(req)
     return 0
