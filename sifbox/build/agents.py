@@ -141,17 +141,25 @@ def _run_with_progress(argv: list[str], what: str, ctx: BootstrapContext, env: d
 class DebootstrapSteps:
     """debootstrap's progress as a few step lines: each phase (`I: Resolving dependencies of
     required packages...`), warnings and errors, and one line where a run of per-package
-    lines (`I: Retrieving adduser 3.134`, `I: Extracting adduser...`) starts."""
+    lines (`I: Retrieving adduser 3.134`, `I: Extracting adduser...`) starts, then one with
+    the count every `every` seconds while it goes on."""
 
     _RUNS = {"Retrieving": "Retrieving packages", "Validating": "Retrieving packages",
              "Extracting": "Extracting packages", "Unpacking": "Unpacking packages",
              "Configuring": "Configuring packages"}  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, every: float = 10.0, clock: Callable[[], float] | None = None) -> None:
+        import time
+
         self.run: str | None = None
+        self.count = 0
+        self.every = every
+        self.clock = clock or time.monotonic
+        self.shown = 0.0
 
     def __call__(self, line: str) -> str | None:
         level, sep, text = line.partition(": ")
+        text = text.strip()
         if not sep or level not in ("I", "W", "E"):
             return None  # the output of what debootstrap runs (dpkg, ...): shown at -v
         words = text.split()
@@ -162,9 +170,14 @@ class DebootstrapSteps:
         )
         if per_package:
             run = self._RUNS[verb]
+            if verb != "Validating":
+                self.count += 1
             if run == self.run:
-                return None
-            self.run = run
+                if self.clock() - self.shown < self.every:
+                    return None
+                self.shown = self.clock()
+                return f"debootstrap: {run}... ({self.count} so far)"
+            self.run, self.count, self.shown = run, 1, self.clock()
             return f"debootstrap: {run}..."
         self.run = None
         kind = {"W": "warning: ", "E": "error: "}.get(level, "")

@@ -111,3 +111,17 @@ def test_stage_matches_keep_the_last_link(tmp_path: Path) -> None:
     assert names("/work/../../../etc/stage-only") == ["etc/stage-only"]
     assert names("/*/stage-only") == ["etc/stage-only"]
     assert names("/work/missing") == []
+
+
+def test_debootstrap_steps_count_a_long_run() -> None:
+    now = [0.0]
+    steps = DebootstrapSteps(every=10, clock=lambda: now[0])
+    shown = []
+    for i in range(30):
+        now[0] = i
+        for line in (f"I: Retrieving pkg{i} 1.{i}", f"I: Validating pkg{i} 1.{i}"):
+            if (s := steps(line)) is not None:
+                shown.append(s)
+    assert shown == ["debootstrap: Retrieving packages...", "debootstrap: Retrieving packages... (11 so far)",
+                     "debootstrap: Retrieving packages... (21 so far)"]  # fmt: skip
+    assert steps("I: Retrieving InRelease ") == "debootstrap: Retrieving InRelease"  # trailing blank
