@@ -22,8 +22,9 @@ from sifbox.cli.commands import BY_NAME, COMMANDS, Command
 from sifbox.util.errors import ExitStatus, NotAvailableError, SifboxError, UsageError
 
 PROG = "sifbox"
-#: sysconf.DEFAULT_PATH, without importing sysconf (and its schema) on every run.
+#: sysconf.DEFAULT_PATH and messages.ENV_VAR, without importing them on every run.
 _DEFAULT_CONFIG = "/etc/sifbox/sifbox.conf"
+_FORMAT_VAR = "SIFBOX_MESSAGE_FORMAT"
 #: Global options that take a value (needed to find the command word).
 _VALUED_GLOBALS = {"-c", "--config", "--tmpdir"}
 #: Global options without a value, by flag: their attribute.
@@ -83,10 +84,10 @@ def message_format(lead: Sequence[str]) -> str:
 
     Only this directive is looked for, without the parser (sifbox.config.sysconf) and its
     schema: every run, a container launch too, comes here."""
-    from sifbox.util import messages
+    value = os.environ.get(_FORMAT_VAR, "")
+    if value.strip():  # set and not empty
+        from sifbox.util import messages
 
-    value = os.environ.get(messages.ENV_VAR)
-    if value is not None:
         fmt = messages.parse(value)
         if fmt is None:
             raise UsageError(f"can't use {messages.ENV_VAR} `{value}`: not one of "
@@ -97,7 +98,7 @@ def message_format(lead: Sequence[str]) -> str:
         with open(path, "rb") as f:
             data = f.read(1 << 20)
     except OSError:
-        return messages.SIFBOX
+        return "sifbox"
     # sysconf's rules, for this one directive: `#` starts a comment line, names are
     # case-insensitive with any inner blanks, the first line wins, an empty value sets nothing.
     low = data.lower()
@@ -107,6 +108,8 @@ def message_format(lead: Sequence[str]) -> str:
         line = data[start : end if end >= 0 else len(data)].decode("utf-8", "replace")
         name, eq, value = line.strip().partition("=")
         if eq and not name.startswith("#") and " ".join(name.lower().split()) == "message format":
+            from sifbox.util import messages
+
             if value.strip():
                 # `sifbox config check` reports a value that is not one of them
                 fmt = messages.parse(value) or messages.SIFBOX
@@ -114,7 +117,7 @@ def message_format(lead: Sequence[str]) -> str:
                     os.environ[messages.ENV_VAR] = fmt
                 return fmt
         at = low.find(b"message", end) if end >= 0 else -1
-    return messages.SIFBOX
+    return "sifbox"
 
 
 def command_word(argv: Sequence[str]) -> str | None:

@@ -137,6 +137,7 @@ def test_directive_in_the_schema() -> None:
     with pytest.raises(sysconf.ConfigError):
         sysconf.parse(b"message format = xml\n", "x.conf")
     assert climain._DEFAULT_CONFIG == sysconf.DEFAULT_PATH
+    assert climain._FORMAT_VAR == messages.ENV_VAR
 
 
 def test_log_lines_in_both_formats() -> None:
