@@ -143,9 +143,11 @@ def request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     for path in args.build_arg_file:
         try:
             with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                text = f.read(1 << 20)
+                text = f.read((1 << 20) + 1)
         except OSError as err:
             raise UsageError(f"can't read build-arg file `{path}`: {err.strerror}") from None
+        if len(text) > 1 << 20:
+            raise UsageError(f"can't read build-arg file `{path}`: over 1 MiB, not a list of arguments")
         build_args.update(parse_build_arg_file(text, path, warn=_warn))
     try:
         build_args.update(parse_build_args(args.build_arg))
