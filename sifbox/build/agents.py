@@ -11,6 +11,7 @@ import dataclasses
 import os
 import shlex
 import subprocess
+import tarfile
 from collections.abc import Callable
 
 TYPE_CHECKING = False
@@ -92,6 +93,95 @@ def _run(
             + (f": {lines[-1]}" if lines else ""),
             hint=f"the command was `{shlex.join(argv)}`",
         )
+
+
+def _run_with_progress(argv: list[str], what: str, ctx: BootstrapContext, env: dict[str, str],
+                       steps: Callable[[str], str | None], tool: str) -> None:  # fmt: skip
+    """Run a long bootstrap tool, showing its progress as it goes: its own lines at -v (as
+    Apptainer shows debootstrap's), else the step lines `steps` makes of them; the last
+    lines again when it fails."""
+    import collections
+    import sys
+
+    verbose = int(os.environ.get("SIFBOX_MESSAGELEVEL", "20") or 20) <= 15 and not ctx.quiet
+    tail: collections.deque[str] = collections.deque(maxlen=20)
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=env)  # fmt: skip
+    except OSError as err:
+        raise BootstrapError(f"can't {what}: can't run `{argv[0]}`: {err.strerror}") from None
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            tail.append(line)
+            if verbose:
+                sys.stderr.write(line + "\n")
+                sys.stderr.flush()
+            elif not ctx.quiet:
+                step = steps(line)
+                if step:
+                    ctx.step(step)
+        status = proc.wait()
+    finally:
+        if proc.poll() is None:  # interrupted: stop it, and wait for it
+            proc.terminate()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    if status != 0:
+        if not ctx.quiet and not verbose and tail:
+            sys.stderr.write("\n".join(tail) + "\n")
+        raise BootstrapError(
+            f"can't {what}: `{tool}` failed with status {status}" + (f": {tail[-1]}" if tail else ""),
+            hint=f"the command was `{shlex.join(argv)}`",
+        )
+
+
+class DebootstrapSteps:
+    """debootstrap's progress as a few step lines: each phase (`I: Resolving dependencies of
+    required packages...`), warnings and errors, and one line where a run of per-package
+    lines (`I: Retrieving adduser 3.134`, `I: Extracting adduser...`) starts, then one with
+    the count every `every` seconds while it goes on."""
+
+    _RUNS = {"Retrieving": "Retrieving packages", "Validating": "Retrieving packages",
+             "Extracting": "Extracting packages", "Unpacking": "Unpacking packages",
+             "Configuring": "Configuring packages"}  # fmt: skip
+
+    def __init__(self, every: float = 10.0, clock: Callable[[], float] | None = None) -> None:
+        import time
+
+        self.run: str | None = None
+        self.count = 0
+        self.every = every
+        self.clock = clock or time.monotonic
+        self.shown = 0.0
+
+    def __call__(self, line: str) -> str | None:
+        level, sep, text = line.partition(": ")
+        text = text.strip()
+        if not sep or level not in ("I", "W", "E"):
+            return None  # the output of what debootstrap runs (dpkg, ...): shown at -v
+        words = text.split()
+        verb = words[0] if words else ""
+        per_package = verb in self._RUNS and (
+            (len(words) == 3 and verb in ("Retrieving", "Validating"))
+            or (len(words) == 2 and text.endswith("..."))
+        )
+        if per_package:
+            run = self._RUNS[verb]
+            if verb != "Validating":
+                self.count += 1
+            if run == self.run:
+                if self.clock() - self.shown < self.every:
+                    return None
+                self.shown = self.clock()
+                return f"debootstrap: {run}... ({self.count} so far)"
+            self.run, self.count, self.shown = run, 1, self.clock()
+            return f"debootstrap: {run}..."
+        self.run = None
+        kind = {"W": "warning: ", "E": "error: "}.get(level, "")
+        return f"debootstrap: {kind}{text}"
 
 
 # -- scratch ---------------------------------------------------------------------
@@ -208,10 +298,100 @@ def copy_image(source: str, root: str, ctx: BootstrapContext) -> None:
             )
             return
         from sifbox.build.assemble import extract_squashfs
+        from sifbox.build.fakeroot import in_user_namespace
 
-        extract_squashfs(src.path, src.offset, root)
+        if in_user_namespace():
+            _extract_in_user_namespace(src.path, src.offset, root, ctx)
+        else:
+            extract_squashfs(src.path, src.offset, root)
     finally:
         src.close()
+
+
+#: A device node in `unsquashfs -lln -d ""` output: type, permissions, uid/gid, major, minor, path.
+_DEVICE_LINE = r"^([cb])([-rwxsStT]{9}) (\d+)/(\d+) +(\d+), *(\d+) \d{4}-\d\d-\d\d \d\d:\d\d (/.*)$"
+
+
+def parse_devices(listing: str) -> list[tuple[str, tarfile.TarInfo]]:
+    """The device nodes of an `unsquashfs -lln -d ""` listing, as (path without the leading
+    `/`, TarInfo with type, mode, owner and device numbers)."""
+    import re
+
+    pattern = re.compile(_DEVICE_LINE)
+    out = []
+    for line in listing.splitlines():
+        m = pattern.match(line)
+        if not m:
+            continue
+        kind, perms, uid, gid, major, minor, path = m.groups()
+        info = tarfile.TarInfo(path.lstrip("/"))
+        info.type = tarfile.CHRTYPE if kind == "c" else tarfile.BLKTYPE
+        info.mode = _mode_bits(perms)
+        info.uid, info.gid, info.devmajor, info.devminor = int(uid), int(gid), int(major), int(minor)
+        out.append((path.lstrip("/"), info))
+    return out
+
+
+def _mode_bits(perms: str) -> int:
+    """`rwsr-xr-T` -> 0o5754: the nine letters of `ls -l` with setuid/setgid/sticky."""
+    mode = 0
+    for i, ch in enumerate(perms):
+        bit = 1 << (8 - i)
+        if ch in "rwxst":
+            mode |= bit
+        if ch in "sS":
+            mode |= 0o4000 if i == 2 else 0o2000
+        elif ch in "tT":
+            mode |= 0o1000
+    return mode
+
+
+def _extract_in_user_namespace(image: str, offset: int, root: str, ctx: BootstrapContext) -> None:
+    """unsquashfs as root of a user namespace, which may not create device nodes (a root
+    made by debootstrap has a few in /dev) or set system extended attributes: each device
+    node becomes an empty file, recorded so that a SIF or SquashFS output gets it back
+    (`ociagents.device_pseudo_file`) and a sandbox goes without it, as in Apptainer."""
+    import subprocess
+
+    from sifbox.build.assemble import extract_squashfs
+    from sifbox.build.ociagents import record_devices
+    from sifbox.util.paths import chase, which
+
+    tool = which("unsquashfs") or "unsquashfs"
+    proc = subprocess.run([tool, "-lln", "-d", "", "-o", str(offset), image], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, errors="surrogateescape", check=False)  # fmt: skip
+    devices = parse_devices(proc.stdout) if proc.returncode == 0 else []
+    extra = ["-user-xattrs" if _user_xattrs(ctx.tmpdir) else "-no-xattrs"]
+    if devices:
+        exclude = os.path.join(ctx.tmpdir, "unsquashfs-devices.exclude")
+        with open(exclude, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.writelines(path + "\n" for path, _ in devices)
+        extra += ["-no-wildcards", "-exclude-file", exclude]
+    extract_squashfs(image, offset, root, extra_args=extra)
+    for path, _ in devices:
+        parent = chase(root, os.path.dirname(path), create="dir")  # never outside `root`
+        fd = os.open(os.path.join(parent, os.path.basename(path)),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)  # fmt: skip
+        os.close(fd)
+    if devices:
+        record_devices(ctx.tmpdir, root, devices)
+        from sifbox.util import log
+
+        log.verbose("%d device nodes of the image are kept as pseudo definitions: %s", len(devices),
+                    ", ".join("/" + p for p, _ in devices[:8]) + (", ..." if len(devices) > 8 else ""))  # fmt: skip
+
+
+def _user_xattrs(directory: str) -> bool:
+    """Whether `directory`'s file system takes user.* extended attributes (unsquashfs fails
+    on one that does not, when asked to set them)."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".xattr-") as f:
+            os.setxattr(f.name, "user.sifbox", b"")
+        return True
+    except OSError:
+        return False
 
 
 # -- debootstrap -----------------------------------------------------------------
@@ -289,7 +469,8 @@ def debootstrap(stage: Stage, root: str, ctx: BootstrapContext) -> None:
     if "/sbin" not in env["PATH"]:
         env["PATH"] += ":/usr/sbin:/sbin"
     ctx.step(f"debootstrap {suite} from {mirror}")
-    _run(argv, f"bootstrap {suite} with debootstrap", quiet=ctx.quiet, env=env)
+    _run_with_progress(argv, f"bootstrap {suite} with debootstrap", ctx, env, DebootstrapSteps(),
+                       tool="debootstrap")
 
 
 # -- agents of other distributions --------------------------------------------------

@@ -230,8 +230,9 @@ def write_squashfs(rootfs: str, out_path: str, squash: SquashOptions) -> None:
         raise
 
 
-def extract_squashfs(image: str, offset: int, dest: str) -> None:
-    """unsquashfs the SquashFS at `offset` of `image` into the new directory `dest`."""
+def extract_squashfs(image: str, offset: int, dest: str, *, extra_args: list[str] | None = None) -> None:
+    """unsquashfs the SquashFS at `offset` of `image` into the new directory `dest`
+    (`extra_args`: more unsquashfs options)."""
     from sifbox.util.paths import which
 
     tool = which("unsquashfs")
@@ -241,7 +242,7 @@ def extract_squashfs(image: str, offset: int, dest: str) -> None:
     argv = [str(tool), "-f", "-n", "-d", dest]
     if offset:
         argv += ["-o", str(offset)]
-    argv.append(image)
+    argv += [*(extra_args or ()), image]
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False)
     if proc.returncode != 0:
         detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()

@@ -43,7 +43,7 @@ def run_in_root(
         except KeyboardInterrupt:
             status = 130
         except BaseException as err:  # noqa: BLE001 - the forked child must always reach os._exit
-            sys.stderr.write(f"sifbox: error: can't run the {what}: {type(err).__name__}: {err}\n")
+            sys.stderr.write(error_text(f"can't run the {what}: {type(err).__name__}: {err}"))
         finally:
             sys.stdout.flush()
             sys.stderr.flush()

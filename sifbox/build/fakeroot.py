@@ -91,6 +91,16 @@ def run_as_root(work: Callable[[], None], *, log: Callable[..., None] | None = N
         except KeyboardInterrupt:
             status = ExitStatus.INTERRUPTED
             report = {"interrupted": True}
+        except OSError as err:  # a fault no step described (full disk, a path changed under us)
+            from sifbox.util.errors import os_fault
+
+            fault = os_fault(err, "build")
+            report = {"message": fault.message, "hint": fault.hint, "status": 255}
+            status = 255
+            if os.environ.get("SIFBOX_MESSAGELEVEL") == "10":
+                import traceback
+
+                traceback.print_exc()
         except BaseException as err:  # noqa: BLE001 - a bug: carry it to the parent's error boundary
             report = {
                 "message": f"can't build: internal error: {type(err).__name__}: {err}",

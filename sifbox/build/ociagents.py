@@ -270,10 +270,9 @@ def record_devices(tmpdir: str, root: str, devices: list[tuple[str, tarfile.TarI
         f.writelines(pseudo_line(path, info) + "\n" for path, info in devices)
 
 
-def device_pseudo_file(tmpdir: str, root: str) -> tuple[str, str] | None:
-    """(pseudo definitions, exclude list) for mksquashfs: the device nodes recorded while
-    unpacking whose empty stand-in is still in `root` (%post may have removed or replaced
-    it); None when there are none."""
+def _standins(tmpdir: str, root: str) -> list[tuple[str, str]]:
+    """(pseudo definition, path in `root`) of each device node recorded while unpacking
+    whose empty stand-in is still there (%post may have removed or replaced it)."""
     import stat
 
     path = _devices_file(tmpdir, root)
@@ -281,17 +280,35 @@ def device_pseudo_file(tmpdir: str, root: str) -> tuple[str, str] | None:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
             lines = [ln for ln in f.read().splitlines() if ln.strip()]
     except FileNotFoundError:
-        return None
-    keep, exclude = [], []
+        return []
+    out = []
     for line in lines:
-        name = _pseudo_name(line)
+        name = _pseudo_name(line).lstrip("/")
         try:
-            st = os.lstat(os.path.join(root, name.lstrip("/")))
+            st = os.lstat(os.path.join(root, name))
         except OSError:
             continue
         if stat.S_ISREG(st.st_mode) and st.st_size == 0:
-            keep.append(line)
-            exclude.append(name.lstrip("/"))
+            out.append((line, name))
+    return out
+
+
+def drop_device_standins(tmpdir: str, root: str) -> list[str]:
+    """Remove the empty stand-ins of device nodes from `root` (a sandbox cannot have the
+    nodes a user namespace could not create); returns their paths."""
+    dropped = []
+    for _, name in _standins(tmpdir, root):
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(root, name))
+            dropped.append("/" + name)
+    return dropped
+
+
+def device_pseudo_file(tmpdir: str, root: str) -> tuple[str, str] | None:
+    """(pseudo definitions, exclude list) for mksquashfs: the device nodes recorded while
+    unpacking whose empty stand-in is still in `root`; None when there are none."""
+    found = _standins(tmpdir, root)
+    keep, exclude = [line for line, _ in found], [name for _, name in found]
     if not keep:
         return None
     pseudo = os.path.join(tmpdir, "devices.pseudo")

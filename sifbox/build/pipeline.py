@@ -53,14 +53,16 @@ class BuildRequest:
 
 
 class Steps:
-    """`==> step` lines on stderr (silenced by -q)."""
+    """`==> step` lines on stderr (`INFO:    step` in Apptainer's message format; silenced by -q)."""
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
 
     def __call__(self, message: str) -> None:
         if not self.quiet:
-            sys.stderr.write(f"==> {message}\n")
+            from sifbox.util.messages import step_text
+
+            sys.stderr.write(step_text(message))
             sys.stderr.flush()
 
 
@@ -472,23 +474,16 @@ def _run_test(req: BuildRequest, root: str, steps: Steps) -> None:
 
 
 def copy_into(src: str, dst: str, root: str, src_root: str | None, filename: str) -> None:
-    """%files: copy `src` (host path, glob allowed; or a path in `src_root`)
-    to `dst` in the image, like `cp -fLr`; missing parents are created."""
+    """%files: copy `src` (host path, glob allowed; or a path in `src_root`, the root of an
+    earlier stage) to `dst` in the image; missing parents are created. From the host, links
+    are followed (`cp -fLr`); from a stage, links are kept as links, the one `src` names
+    too, and directories are copied whole with the links in them (as the guide has it)."""
     import glob
 
-    from sifbox.util.paths import chase, chase_existing
+    from sifbox.util.paths import chase
 
     if src_root is not None:
-        matches = []
-        for pattern in [src]:
-            base, missing = chase_existing(src_root, pattern)
-            if missing:
-                found = glob.glob(os.path.join(src_root, pattern.lstrip("/")))
-                matches += [
-                    m for m in found if os.path.realpath(m).startswith(os.path.realpath(src_root))
-                ]
-            else:
-                matches.append(base)
+        matches = stage_matches(src_root, src)
     else:
         matches = (
             sorted(glob.glob(src))
@@ -516,6 +511,48 @@ def copy_into(src: str, dst: str, root: str, src_root: str | None, filename: str
     if proc.returncode != 0:
         raise BuildError(f"can't copy `{src}` to `{dst}` in the image: "
                          f"{proc.stderr.decode('utf-8', 'replace').strip().splitlines()[-1:]}")  # fmt: skip
+
+
+def stage_matches(src_root: str, pattern: str) -> list[str]:
+    """Host paths of what `pattern` (a path, `*?[` globs allowed in any component) names in
+    the stage root `src_root`: every component but the last is resolved inside the root
+    (an absolute link means the stage's path, never the host's), the last is not followed,
+    so that a link is copied as a link."""
+    import fnmatch
+    import posixpath
+
+    from sifbox.util.paths import chase
+
+    parts = [p for p in pattern.split("/") if p not in ("", ".")]
+    if not parts or parts[-1] == "..":
+        try:
+            return [chase(src_root, pattern)]
+        except OSError:
+            return []
+    paths = ["/"]  # image paths matched so far
+    for part in parts:
+        found = []
+        for here in paths:
+            if not any(ch in part for ch in "*?["):
+                found.append(posixpath.join(here, part))
+                continue
+            try:
+                names = sorted(os.listdir(chase(src_root, here)))
+            except OSError:
+                continue
+            found += [posixpath.join(here, n) for n in names
+                      if fnmatch.fnmatchcase(n, part) and (part.startswith(".") or not n.startswith("."))]  # fmt: skip
+        paths = found
+    out = []
+    for path in paths:
+        try:
+            parent = chase(src_root, posixpath.dirname(path))
+        except OSError:
+            continue
+        host = os.path.join(parent, posixpath.basename(path))
+        if os.path.lexists(host) and host not in out:
+            out.append(host)
+    return out
 
 
 def fix_perms(root: str) -> None:
@@ -557,6 +594,15 @@ def _write_output(
     if req.fmt == "sandbox":
         if req.update:
             return
+        from sifbox.build.ociagents import drop_device_standins
+
+        dropped = drop_device_standins(work, root)
+        if dropped:
+            from sifbox.util.log import log
+
+            log.warning("skipping %d device nodes the user namespace could not create (%s%s): a "
+                        "sandbox is used with the host's /dev", len(dropped), ", ".join(dropped[:4]),
+                        ", ..." if len(dropped) > 4 else "")  # fmt: skip
         steps(f"creating sandbox {req.output}")
         place_tree(root, req.output, req.force)
         return

@@ -22,6 +22,9 @@ from sifbox.cli.commands import BY_NAME, COMMANDS, Command
 from sifbox.util.errors import ExitStatus, NotAvailableError, SifboxError, UsageError
 
 PROG = "sifbox"
+#: sysconf.DEFAULT_PATH and messages.ENV_VAR, without importing them on every run.
+_DEFAULT_CONFIG = "/etc/sifbox/sifbox.conf"
+_FORMAT_VAR = "SIFBOX_MESSAGE_FORMAT"
 #: Global options that take a value (needed to find the command word).
 _VALUED_GLOBALS = {"-c", "--config", "--tmpdir"}
 #: Global options without a value, by flag: their attribute.
@@ -36,6 +39,85 @@ class Interrupted(SifboxError):
 
 def _on_sigterm(signum: int, frame: object) -> NoReturn:
     raise Interrupted(f"can't finish: terminated by signal {signum}", exit_status=128 + signum)
+
+
+def leading_globals(argv: Sequence[str]) -> list[str]:
+    """The global options (and their values) before the command word: the only place
+    they are global, as in Apptainer (`sifbox exec img ls -d /` is not --debug)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            out.append(arg)
+            continue
+        if arg == "--" or not arg.startswith("-") or arg == "-":
+            break
+        out.append(arg)
+        skip = arg in _VALUED_GLOBALS
+    return out
+
+
+def _wants_debug(lead: Sequence[str]) -> bool:
+    for arg in lead:
+        if arg == "--debug":
+            return True
+        short = arg.startswith("-") and not arg.startswith("--")
+        if short and "d" in arg and set(arg[1:]) <= set("dvqs"):
+            return True  # -d, or -d among other short flags (-vd)
+    return False
+
+
+def _config_option(lead: Sequence[str]) -> str | None:
+    """The value of -c/--config among the leading global options."""
+    for i, arg in enumerate(lead):
+        if arg in ("-c", "--config") and i + 1 < len(lead):
+            return lead[i + 1]
+        if arg.startswith("--config="):
+            return arg.partition("=")[2]
+    return None
+
+
+def message_format(lead: Sequence[str]) -> str:
+    """The message format: `SIFBOX_MESSAGE_FORMAT`, else `message format` in sifbox.conf
+    (published in the environment for what sifbox runs), else sifbox's own.
+
+    Only this directive is looked for, without the parser (sifbox.config.sysconf) and its
+    schema: every run, a container launch too, comes here."""
+    value = os.environ.get(_FORMAT_VAR, "")
+    if value.strip():  # set and not empty
+        from sifbox.util import messages
+
+        fmt = messages.parse(value)
+        if fmt is None:
+            raise UsageError(f"can't use {messages.ENV_VAR} `{value}`: not one of "
+                             + ", ".join(f"`{f}`" for f in messages.FORMATS))  # fmt: skip
+        return fmt
+    path = _config_option(lead) or os.environ.get("SIFBOX_CONFIG_FILE") or _DEFAULT_CONFIG
+    try:
+        with open(path, "rb") as f:
+            data = f.read(1 << 20)
+    except OSError:
+        return "sifbox"
+    # sysconf's rules, for this one directive: `#` starts a comment line, names are
+    # case-insensitive with any inner blanks, the first line wins, an empty value sets nothing.
+    low = data.lower()
+    at = low.find(b"message")
+    while at >= 0:
+        start, end = low.rfind(b"\n", 0, at) + 1, low.find(b"\n", at)
+        line = data[start : end if end >= 0 else len(data)].decode("utf-8", "replace")
+        name, eq, value = line.strip().partition("=")
+        if eq and not name.startswith("#") and " ".join(name.lower().split()) == "message format":
+            from sifbox.util import messages
+
+            if value.strip():
+                # `sifbox config check` reports a value that is not one of them
+                fmt = messages.parse(value) or messages.SIFBOX
+                if fmt != messages.SIFBOX:
+                    os.environ[messages.ENV_VAR] = fmt
+                return fmt
+        at = low.find(b"message", end) if end >= 0 else -1
+    return "sifbox"
 
 
 def command_word(argv: Sequence[str]) -> str | None:
@@ -116,15 +198,26 @@ def _setup_logging(args) -> None:  # type: ignore[no-untyped-def]
         os.environ["SIFBOX_NOCOLOR"] = "1"
 
 
-def render_error(err: SifboxError, debug: bool) -> int:
+def render_error(err: SifboxError, debug: bool, fmt: str | None = None) -> int:
+    from sifbox.util import messages
+
     if debug:
         import traceback
 
         traceback.print_exception(err, file=sys.stderr)
-    sys.stderr.write(f"{PROG}: error: {err.message}\n")
-    if err.hint:
-        sys.stderr.write(f"hint: {err.hint}\n")
+    env = os.environ
+    color = sys.stderr.isatty() and "SIFBOX_NOCOLOR" not in env and "NO_COLOR" not in env
+    sys.stderr.write(messages.error_text(err.message, err.hint, fmt=fmt, color=color))
     return int(err.exit_status)
+
+
+def _os_error(err: OSError, argv: Sequence[str]) -> SifboxError:
+    """An OSError no command turned into a message (a race, a full disk, a permission a
+    check could not foresee): one line that says what failed, not an internal error."""
+    from sifbox.util.errors import os_fault
+
+    word = command_word(argv)
+    return os_fault(err, f"run `{PROG} {word}`" if word else f"run `{PROG}`")
 
 
 def run(argv: Sequence[str]) -> int:
@@ -159,20 +252,28 @@ def run(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = any(a in ("-d", "--debug") for a in argv[: argv.index("--") if "--" in argv else None])
+    lead = leading_globals(argv)
+    debug = _wants_debug(lead)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    fmt = None
     try:
+        fmt = message_format(lead)
         return run(argv)
     except SifboxError as err:
-        return render_error(err, debug)
+        return render_error(err, debug, fmt)
     except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: error: interrupted\n")
-        return ExitStatus.INTERRUPTED
+        return render_error(Interrupted("interrupted"), False, fmt)
     except BrokenPipeError:
         # The reader of our output went away (`sifbox sif dump ... | head`).
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except OSError as err:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        return render_error(_os_error(err, argv), False, fmt)
     except Exception as err:  # a bug: say so plainly, keep the traceback for --debug
         wrapped = SifboxError(
             f"can't complete the command: internal error: {type(err).__name__}: {err}",
@@ -182,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        return render_error(wrapped, False)
+        return render_error(wrapped, False, fmt)
 
 
 if __name__ == "__main__":

@@ -43,8 +43,14 @@ class HelpFormatter(argparse.HelpFormatter):
         super().__init__(prog, indent_increment, max_help_position, width)
 
 
+#: Global options, which go before the command word (as in Apptainer).
+GLOBAL_FLAGS = frozenset({"-d", "--debug", "-v", "--verbose", "-q", "--quiet", "-s", "--silent",
+                          "--nocolor", "-c", "--config", "--tmpdir"})  # fmt: skip
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises UsageError instead of printing and exiting 2."""
+    """argparse that raises UsageError instead of printing and exiting 2, and refuses
+    what it does not know in the (sub)command that does not know it."""
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         kwargs.setdefault("formatter_class", HelpFormatter)
@@ -54,6 +60,28 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(
             f"can't run `{self.prog}`: {message}", hint=f"see `{self.prog} --help`"
         )
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def,override]
+        # A subcommand's parser is run by its parent's with what follows the command word;
+        # refusing leftovers here names `sifbox cache clean`, not `sifbox`.
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            raise unknown_arguments(self.prog, extras)
+        return namespace, extras
+
+
+def unknown_arguments(prog: str, extras: list[str]) -> UsageError:
+    """`can't run `sifbox exec`: unknown flag `--foo``, with a hint."""
+    flags = [a.partition("=")[0] for a in extras if a.startswith("-") and a != "-"]
+    items = flags or extras
+    kind = ("unknown flag" if flags else "unexpected argument") + ("s" if len(items) > 1 else "")
+    what = f"{kind} " + ", ".join(f"`{a}`" for a in items)
+    hint = f"see `{prog} --help`"
+    misplaced = [f for f in flags if f in GLOBAL_FLAGS]
+    if misplaced and " " in prog:
+        hint = (f"`{misplaced[0]}` is a global option: put it before the command "
+                f"(`{PROG} {misplaced[0]} {prog.split(' ', 1)[1]} ...`); " + hint)  # fmt: skip
+    return UsageError(f"can't run `{prog}`: {what}", hint=hint)
 
 
 def add_global_options(p: argparse.ArgumentParser) -> None:

@@ -258,6 +258,10 @@ SCHEMA: tuple[Directive, ...] = (
        absolute=True),
     # Cgroups
     _D("systemd cgroups", BOOL, True, "manage cgroups through systemd, not cgroupfs directly"),
+    # Messages
+    _D("message format", ENUM, "sifbox",
+       "messages as sifbox's (`sifbox: error:`) or Apptainer's (`FATAL:`, `INFO:`)",
+       ("sifbox", "apptainer")),
 )  # fmt: skip
 
 BY_NAME: dict[str, Directive] = {d.name: d for d in SCHEMA}

@@ -14,7 +14,8 @@ A definition file is one or more stages. Each stage starts with a header of
         cat /greeting
 
 `{{ NAME }}` is replaced by a build argument: `--build-arg NAME=V`, then a
-`--build-arg-file`, then the `%arguments` defaults. Errors carry
+`--build-arg-file`, then the `%arguments` defaults. Values are taken as written
+(`X="a b"` gives `"a b"`, quotes included), as Apptainer takes them. Errors carry
 `file:line`. The text of the definition is kept exactly as given
 (`Definition.text`), which is what images store.
 """
@@ -24,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from sifbox.util.errors import SifboxError
 
@@ -196,25 +197,28 @@ def parse_build_args(items: list[str], where: str = "--build-arg") -> dict[str, 
     return out
 
 
-def parse_build_arg_file(text: str, filename: str) -> dict[str, str]:
-    """Lines `K=V` (blank lines and # comments skipped), as Apptainer's --build-arg-file."""
+def parse_build_arg_file(
+    text: str, filename: str, warn: Callable[[str], None] | None = None
+) -> dict[str, str]:
+    """`NAME=VALUE` lines, as Apptainer reads a --build-arg-file: split at the first `=`, name
+    and value trimmed, and the value otherwise taken as written (quotes are part of it, as
+    in a shell script the value lands in). A line that is not `NAME=VALUE`, or has an empty
+    value, is skipped with a warning (`warn`); blank lines and `#` comments silently."""
     out: dict[str, str] = {}
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not _ARG_NAME.match(key):
-            raise DeffileError(f"can't read build-arg file `{filename}:{n}`: expected NAME=VALUE")
-        out[key] = _unquote(value.strip())
+        key, value = key.strip(), value.strip()
+        reason = ("not NAME=VALUE" if not sep else "not a build argument name" if not _ARG_NAME.match(key)
+                  else "the value is empty" if not value else "")  # fmt: skip
+        if reason:
+            if warn is not None:
+                warn(f"skipping `{line}` in build-arg file `{filename}:{n}`: {reason}")
+            continue
+        out[key] = value
     return out
-
-
-def _unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-        return value[1:-1]
-    return value
 
 
 # -- parsing ----------------------------------------------------------------------------
@@ -303,7 +307,7 @@ def _arguments(chunk: list[str], start: int, filename: str) -> dict[str, str]:
             raise DeffileError(
                 f"can't parse `{filename}:{start + i}`: expected NAME=VALUE in %arguments"
             )
-        out[key] = _unquote(value.strip())
+        out[key] = value.strip()  # as written: quotes belong to the script it lands in
     return out
 
 

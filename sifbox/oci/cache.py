@@ -193,6 +193,22 @@ class Cache:
                 hint="set SIFBOX_CACHEDIR to a writable directory, or use --disable-cache",
             ) from err
 
+    def _unusable(self, err: OSError, path: Path) -> CacheError:
+        """The cache cannot be written here: most often a directory another user (root)
+        made first, in a cache directory both use."""
+        owner = ""
+        with contextlib.suppress(OSError, KeyError):
+            import pwd
+
+            st = os.stat(path.parent)
+            if st.st_uid != os.geteuid():
+                owner = f" (`{path.parent}` belongs to {pwd.getpwuid(st.st_uid).pw_name})"
+        return CacheError(
+            f"can't use cache directory `{self.root}`: {describe_os_error(err)}: `{path}`{owner}",
+            hint="use a cache directory of your own (SIFBOX_CACHEDIR, default ~/.cache/sifbox), "
+            "or --disable-cache",
+        )
+
     @classmethod
     def default(cls) -> Cache:
         return cls(default_cache_dir())
@@ -217,7 +233,10 @@ class Cache:
     def lock(self, name: str, *, blocking: bool = True) -> Iterator[bool]:
         """An exclusive flock on `locks/<name>.lock`; yields False if not `blocking` and busy."""
         path = self.lock_dir / f"{name}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise self._unusable(err, path) from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
@@ -241,7 +260,10 @@ class Cache:
         for stale in self.tmp_dir.glob(f"{algo}-{hexdigest}.*.part"):
             with contextlib.suppress(OSError):
                 stale.unlink()
-        return BlobWriter(self, digest)
+        try:
+            return BlobWriter(self, digest)
+        except (PermissionError, FileNotFoundError) as err:
+            raise self._unusable(err, Path(err.filename or self.blob_path(digest))) from None
 
     # --- converted SIF images ---------------------------------------------------------------
 

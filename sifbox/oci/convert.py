@@ -336,7 +336,7 @@ def convert(img: Image, out_path: str, *, source: str, compressor: str = DEFAULT
         os.close(fd)
         build_squashfs(img, tmp, source=source, epoch=epoch, compressor=compressor, level=level,
                        procs=procs, warn=warn, step=step, dest=out_path)  # fmt: skip
-        step("Creating SIF file")
+        step("Creating SIF file...")  # Apptainer's words
         deffile = imageconfig.deffile(source).encode()
         oci_config = json.dumps(img.config.get("config") or {}, sort_keys=True).encode()
         objects = [

@@ -363,9 +363,11 @@ def _start_error(name: str, err_log: str, offset: int, status: int) -> SifboxErr
     except OSError:
         lines = []
     for i in range(len(lines) - 1, -1, -1):
-        if lines[i].startswith("sifbox: error: "):
-            hint = lines[i + 1][6:] if i + 1 < len(lines) and lines[i + 1].startswith("hint: ") else None
-            return SifboxError(lines[i][15:], hint=hint, exit_status=status or ExitStatus.CANNOT_LAUNCH)
+        for head, hint_head in (("sifbox: error: ", "hint: "), ("FATAL:   ", "INFO:    ")):  # either message format
+            if lines[i].startswith(head):
+                following = lines[i + 1] if i + 1 < len(lines) else ""
+                hint = following[len(hint_head):] if following.startswith(hint_head) else None
+                return SifboxError(lines[i][len(head):], hint=hint, exit_status=status or ExitStatus.CANNOT_LAUNCH)
     return SifboxError(f"can't start instance `{name}`: it stopped while starting (status {status})",
                        hint=f"see its log `{err_log}`", exit_status=ExitStatus.CANNOT_LAUNCH)  # fmt: skip
 

@@ -21,10 +21,17 @@ SECRET = "pgp-secret"
 GLOBAL_KEYRING = "/etc/sifbox/global-pgp-public"
 
 
+#: Variables naming the keyring directory, first set wins (Apptainer reads APPTAINER_KEYSDIR).
+KEYSDIR_VARS = ("SIFBOX_KEYSDIR", "APPTAINER_KEYSDIR", "SINGULARITY_KEYSDIR")
+
+
 def keys_dir() -> str:
-    d = os.environ.get("SIFBOX_KEYSDIR")
-    if d:
-        return d
+    """The local keyring directory: $SIFBOX_KEYSDIR, else $APPTAINER_KEYSDIR (then
+    $SINGULARITY_KEYSDIR), else ~/.sifbox/keys."""
+    for var in KEYSDIR_VARS:
+        d = os.environ.get(var)
+        if d:
+            return d
     return os.path.join(os.path.expanduser("~"), ".sifbox", "keys")
 
 

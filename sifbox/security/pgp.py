@@ -257,11 +257,26 @@ def verify_clearsigned(message: bytes, keyring: bytes) -> PgpVerified:
         if proc.returncode != 0 or len(valid) != 1:
             raise PgpError(_verify_reason(status, proc.stderr))
         fields = valid[0]
-        user = next((ln.split(" ", 3)[3] for ln in status if ln.startswith("[GNUPG:] GOODSIG ")), "")
+        user = next((status_text(ln.split(" ", 3)[3]) for ln in status
+                     if ln.startswith("[GNUPG:] GOODSIG ") and ln.count(" ") >= 3), "")  # fmt: skip
         with open(out, "rb") as fp:
             plaintext = fp.read()
     primary = fields[11] if len(fields) > 11 else fields[2]
     return PgpVerified(fields[2], primary.upper(), int(fields[9]), user, plaintext)
+
+
+def status_text(field: str) -> str:
+    """A free-text field of a GnuPG status line (a user ID), %XX escapes decoded (DETAILS:
+    "percent-escaped", used for control characters and `%` itself)."""
+    if "%" not in field:
+        return field
+    import re
+
+    raw = re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]),
+                 field.encode("utf-8", "replace"))  # fmt: skip
+    text = raw.decode("utf-8", "replace")
+    # what it decodes to is shown on a terminal: no control characters
+    return "".join(ch if ch.isprintable() else "\ufffd" for ch in text)
 
 
 def _verify_reason(status: list[str], stderr: bytes) -> str:

@@ -9,6 +9,8 @@ boundary (`sifbox.cli.main`), as::
 
 from __future__ import annotations
 
+from sifbox.util import messages
+
 class ExitStatus:
     """Exit statuses of sifbox's own failures.
 
@@ -83,9 +85,7 @@ def report(err: SifboxError) -> int:
     (a container's supervisor, a forked child)."""
     import sys
 
-    sys.stderr.write(f"sifbox: error: {err.message}\n")
-    if err.hint:
-        sys.stderr.write(f"hint: {err.hint}\n")
+    sys.stderr.write(messages.error_text(err.message, err.hint))
     sys.stderr.flush()
     return int(err.exit_status)
 
@@ -94,3 +94,21 @@ def describe_os_error(err: OSError) -> str:
     """Return a short reason for an OSError, without the Python decoration."""
     reason = err.strerror or str(err)
     return reason[:1].lower() + reason[1:] if reason else "unknown error"
+
+
+def os_fault(err: OSError, what: str) -> SifboxError:
+    """An OSError that no step turned into a message (a full disk, a permission no check
+    foresaw, a path changed under us) as one error: `can't <what>: <reason>: `<path>``,
+    with a hint for the common causes."""
+    import errno
+    import os
+
+    reason = describe_os_error(err)
+    if err.filename is not None:
+        reason += f": `{os.fsdecode(err.filename)}`"
+    full = "free some space there, or point SIFBOX_TMPDIR/SIFBOX_CACHEDIR elsewhere"
+    denied = "check the permissions of that path (was it made by another user, such as root?)"
+    race = "a path changed while sifbox was using it: run the command again"
+    hints = {errno.ENOSPC: full, errno.EDQUOT: full, errno.EACCES: denied, errno.EPERM: denied,
+             errno.EINVAL: race, errno.ENOENT: race, errno.ELOOP: race}  # fmt: skip
+    return SifboxError(f"can't {what}: {reason}", hint=hints.get(err.errno or 0))

@@ -2,7 +2,8 @@
 
 Levels: ERROR, WARNING, INFO (default), VERBOSE=15, DEBUG, TRACE=5.
 The level is `INFO - 5*(verbose) ...` set once by the CLI; helper processes
-receive it through SIFBOX_MESSAGELEVEL.
+receive it through SIFBOX_MESSAGELEVEL, and the message format (sifbox's or
+Apptainer's, `sifbox.util.messages`) through SIFBOX_MESSAGE_FORMAT.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+
+from sifbox.util import messages
 
 VERBOSE = 15
 TRACE = 5
@@ -22,31 +25,32 @@ log = logging.getLogger("sifbox")
 
 
 class _Formatter(logging.Formatter):
-    def __init__(self, color: bool, debug: bool):
+    """`LEVEL    message` (sifbox's format) or `LEVEL:   message` (Apptainer's, see
+    `sifbox.util.messages`); at DEBUG each line also names the uid and pid."""
+
+    def __init__(self, color: bool, debug: bool, fmt: str = messages.SIFBOX):
         super().__init__()
         self.color = color
         self.debug = debug
-
-    _COLORS = {
-        logging.ERROR: "\033[31m",
-        logging.WARNING: "\033[33m",
-        logging.INFO: "\033[34m",
-    }
+        self.fmt = fmt
 
     def format(self, record: logging.LogRecord) -> str:
-        tag = record.levelname
-        if self.color and record.levelno in self._COLORS:
-            tag = f"{self._COLORS[record.levelno]}{tag}\033[0m"
-        prefix = f"{tag:<8} "
+        prefix = messages.prefix(record.levelno, record.levelname, fmt=self.fmt, color=self.color)
         if self.debug:
-            prefix += f"[U={os.getuid()},P={os.getpid()}] "
+            ids = f"[U={os.getuid()},P={os.getpid()}]"
+            if self.fmt == messages.APPTAINER and record.levelno <= logging.DEBUG:
+                # sylog's debug lines: level, ids and function in fixed columns
+                return f"{'DEBUG':<8}{ids:<19}{record.funcName + '()':<30}" + record.getMessage()
+            prefix += f"{ids} "
         return prefix + record.getMessage()
 
 
-def setup(level: int, *, color: bool) -> None:
-    """Configure the `sifbox` logger for this process."""
+def setup(level: int, *, color: bool, fmt: str | None = None) -> None:
+    """Configure the `sifbox` logger for this process (`fmt`: the message format, by
+    default the one `SIFBOX_MESSAGE_FORMAT` names)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(color=color, debug=level <= logging.DEBUG))
+    fmt = fmt or messages.current()
+    handler.setFormatter(_Formatter(color=color, debug=level <= logging.DEBUG, fmt=fmt))
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False

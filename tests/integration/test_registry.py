@@ -714,7 +714,7 @@ def test_pull_docker_and_run(  # type: ignore[no-untyped-def]
     proc = run_as(as_who, [sifbox_cli, "exec", str(out / "first.sif"), "cat", "/etc/marker"], env=env, cwd="/")
     assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
     proc = pull("second.sif", f"docker://{ref}")
-    assert proc.returncode == 0 and "Using the cached SIF" in proc.stderr, proc.stderr
+    assert proc.returncode == 0 and "Using cached SIF image" in proc.stderr, proc.stderr
     assert (out / "second.sif").read_bytes() == (out / "first.sif").read_bytes()
     # Apptainer's default name, and no cache at all with --disable-cache.
     before = sorted(p.name for p in (shared_tmp / "cache").rglob("*"))

@@ -76,13 +76,13 @@ def test_full_header_and_sections() -> None:
     assert s.environment == "    export TOOL_VERSION=1.2\n"
     assert s.post is not None and s.post.shell == "/bin/bash"
     assert s.post.argv() == ["/bin/bash"]
-    assert 'echo "my tool" > /name' in s.post.text
+    assert 'echo ""my tool"" > /name' in s.post.text  # as Apptainer: the quotes are the value's
     assert "printf '%s\\n' x" in s.post.text
     assert s.runscript is not None and s.runscript.text.strip() == 'exec echo run "$@"'
     assert s.startscript is not None and s.test is not None
     assert s.labels == {"Author": "Jane Doe", "Version": "2"}
     assert s.help == "    Some help.\n"
-    assert d.arguments == {"RELEASE": "1.2", "NAME": "my tool"}
+    assert d.arguments == {"RELEASE": "1.2", "NAME": '"my tool"'}
 
 
 def test_unknown_section_at_line_start_is_an_error_with_line() -> None:
@@ -112,10 +112,35 @@ def test_build_arg_parsing() -> None:
     assert parse_build_args(["A=1", "B=x=y", "C="]) == {"A": "1", "B": "x=y", "C": ""}
     with pytest.raises(DeffileError):
         parse_build_args(["novalue"])
-    text = "# comment\nA=1\n\nB='two words'\n"
-    assert parse_build_arg_file(text, "f") == {"A": "1", "B": "two words"}
-    with pytest.raises(DeffileError, match="f:2"):
-        parse_build_arg_file("A=1\nbad line\n", "f")
+
+
+
+def test_build_arg_file_as_apptainer_reads_it() -> None:
+    """Split at the first `=`, name and value trimmed, quotes kept (they belong to the script
+    the value lands in); what is not NAME=VALUE is skipped with a warning."""
+    text = "# comment\nA=1\n\nB='two words'\n  C = \"x y\"  \nD=a=b\nE=\"\nF=it's\n"
+    assert parse_build_arg_file(text, "f") == {
+        "A": "1", "B": "'two words'", "C": '"x y"', "D": "a=b", "E": '"', "F": "it's",
+    }  # fmt: skip
+    warnings: list[str] = []
+    got = parse_build_arg_file("A=1\nbad line\nB=\n=x\nnot a name=1\nC=2\n", "f", warn=warnings.append)
+    assert got == {"A": "1", "C": "2"}
+    assert warnings == [
+        "skipping `bad line` in build-arg file `f:2`: not NAME=VALUE",
+        "skipping `B=` in build-arg file `f:3`: the value is empty",
+        "skipping `=x` in build-arg file `f:4`: not a build argument name",
+        "skipping `not a name=1` in build-arg file `f:5`: not a build argument name",
+    ]
+
+
+def test_quoted_values_reach_the_script_as_written() -> None:
+    """%arguments and build-arg files keep quotes: `export X={{ X }}` with X="a b" is the
+    valid shell `export X="a b"` (stripping them would give `export X=a b`)."""
+    d = parse_deffile('Bootstrap: scratch\n%arguments\n  X="a b"\n%environment\n  export X={{ X }}\n', "x.def")
+    assert d.final.environment == '  export X="a b"\n'
+    d = parse_deffile("Bootstrap: scratch\n%environment\n  export X={{ X }}\n", "x.def",
+                      parse_build_arg_file("X='c d'\n", "args"))  # fmt: skip
+    assert d.final.environment == "  export X='c d'\n"
 
 
 def test_multi_stage_and_files_from() -> None:

@@ -98,6 +98,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="directory for the build's scratch files (default: SIFBOX_TMPDIR, TMPDIR, /tmp)",
     )
     p.add_argument("--disable-cache", action="store_true", help="do not use the image cache")
+    p.add_argument("--no-https", "--nohttps", dest="no_https", action="store_true",
+                   help="use http instead of https for `Bootstrap: docker` registries; also SIFBOX_NOHTTPS=1")
     p.add_argument("--arch", metavar="ARCH", help=argparse.SUPPRESS)
     p.add_argument("-e", "--encrypt", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--nv", action="store_true", help=argparse.SUPPRESS)
@@ -107,6 +109,12 @@ def _flag(*names: str) -> str | None:
     from sifbox.cli.commands.action import flag_env
 
     return flag_env(*names)
+
+
+def _warn(message: str) -> None:
+    from sifbox.util.log import log
+
+    log.warning("%s", message)
 
 
 def _truthy(value: str | None) -> bool:
@@ -134,10 +142,13 @@ def request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     build_args: dict[str, str] = {}
     for path in args.build_arg_file:
         try:
-            with open(path) as f:
-                build_args.update(parse_build_arg_file(f.read(), path))
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read((1 << 20) + 1)
         except OSError as err:
             raise UsageError(f"can't read build-arg file `{path}`: {err.strerror}") from None
+        if len(text) > 1 << 20:
+            raise UsageError(f"can't read build-arg file `{path}`: over 1 MiB, not a list of arguments")
+        build_args.update(parse_build_arg_file(text, path, warn=_warn))
     try:
         build_args.update(parse_build_args(args.build_arg))
     except DeffileError as err:
@@ -186,5 +197,10 @@ def request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def main(args: argparse.Namespace) -> int:
     from sifbox.build.pipeline import build
 
-    build(request(args))
+    req = request(args)
+    if args.no_https:
+        # read where registries are reached (sifbox.oci.registry.fetch_image), in the build's
+        # process and its fakeroot child alike, as the variable itself would be
+        os.environ["SIFBOX_NOHTTPS"] = "1"
+    build(req)
     return 0

@@ -5,7 +5,11 @@
     sifbox key list [--secret]
     sifbox key import FILE
     sifbox key export [--secret] [--armor] [--keyidx N | --fingerprint FPR] FILE
+    sifbox key export [--secret] [--armor] FINGERPRINT FILE
     sifbox key remove [--secret] FINGERPRINT
+
+Every subcommand takes `-d/--keysdir DIR`, the keyring directory (default: $SIFBOX_KEYSDIR,
+else $APPTAINER_KEYSDIR, else ~/.sifbox/keys), as Apptainer's.
 """
 
 from __future__ import annotations
@@ -35,15 +39,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s = sub.add_parser("import", help="Import a key into the local keyrings",
                        description="Import OpenPGP keys (binary or armored; public or secret) into the local keyrings.")
     s.add_argument("file", metavar="FILE")
-    s = sub.add_parser("export", help="Export a key from the local keyrings", description="Export an OpenPGP key to a file.")
+    s = sub.add_parser("export", help="Export a key from the local keyrings",
+                       description="Export an OpenPGP key to a file: the one FINGERPRINT names, the one "
+                       "--keyidx or --fingerprint selects, the only one, or the one you choose.")
     s.add_argument("-s", "--secret", action="store_true", help="export a private key")
     s.add_argument("-a", "--armor", action="store_true", help="ASCII-armored output")
     s.add_argument("--keyidx", type=int, default=None, help="index of the key (as `key list` numbers it)")
     s.add_argument("--fingerprint", default=None, help="fingerprint of the key")
-    s.add_argument("file", metavar="FILE")
+    s.add_argument("target", metavar="FILE", nargs="+",
+                   help="the file to write; before it, optionally, the key's FINGERPRINT")
+    s.usage = "%(prog)s [-s] [-a] [-d DIR] [--keyidx N | --fingerprint FPR] [FINGERPRINT] FILE"
     s = sub.add_parser("remove", help="Remove a key from the local keyrings", description="Remove a key from the local keyrings.")
     s.add_argument("-s", "--secret", action="store_true", help="also remove the private key")
     s.add_argument("fingerprint", metavar="FINGERPRINT")
+    for name in ("newpair", "list", "import", "export", "remove"):
+        sub.choices[name].add_argument(
+            "-d", "--keysdir", default=None, metavar="DIR",
+            help="the local keyring directory (default: $SIFBOX_KEYSDIR, $APPTAINER_KEYSDIR, ~/.sifbox/keys)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -52,6 +64,9 @@ def main(args: argparse.Namespace) -> int:
         return 0
     from sifbox.security.pgp import PgpError
 
+    if args.key_command == "export":
+        _export_operands(args)
+
     try:
         return int(HANDLERS[args.key_command](args))
     except PgpError as err:
@@ -59,10 +74,30 @@ def main(args: argparse.Namespace) -> int:
         raise SifboxError(msg if msg.startswith("can't") else f"can't {args.key_command} key: {msg}") from err
 
 
-def _keyring():  # type: ignore[no-untyped-def]
+def _keyring(args: argparse.Namespace | None = None):  # type: ignore[no-untyped-def]
     from sifbox.security.keys import Keyring
 
-    return Keyring()
+    return Keyring(getattr(args, "keysdir", None) or None)
+
+
+def _export_operands(args: argparse.Namespace) -> None:
+    """`export FILE` (Apptainer's) or `export FINGERPRINT FILE` (Singularity's first form)."""
+    if len(args.target) > 2:
+        raise UsageError("can't export a key: expected FILE or FINGERPRINT FILE, got "
+                         + " ".join(f"`{t}`" for t in args.target))  # fmt: skip
+    args.file = args.target[-1]
+    if len(args.target) == 2:
+        fpr = args.target[0]
+        if args.fingerprint and _norm(args.fingerprint) != _norm(fpr):
+            raise UsageError(f"can't export a key: fingerprint `{fpr}` and --fingerprint "
+                             f"`{args.fingerprint}` differ")  # fmt: skip
+        if args.keyidx is not None:
+            raise UsageError("can't export a key: give a FINGERPRINT or --keyidx, not both")
+        args.fingerprint = fpr
+
+
+def _norm(fingerprint: str) -> str:
+    return fingerprint.upper().replace(" ", "").removeprefix("0X")
 
 
 def _newpair(args: argparse.Namespace) -> int:
@@ -86,7 +121,7 @@ def _newpair(args: argparse.Namespace) -> int:
         raise UsageError(f"can't create a key pair: bit length {args.bit_length} not in 1024..4096")
     sys.stdout.write("Generating Entity and OpenPGP Key Pair... ")
     sys.stdout.flush()
-    info = _keyring().newpair(uid, password, args.bit_length)
+    info = _keyring(args).newpair(uid, password, args.bit_length)
     sys.stdout.write("done\n")
     sys.stdout.write(f"Key fingerprint: {info.fingerprint}\n")
     return 0
@@ -126,7 +161,7 @@ def _newpair_pem(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from sifbox.security.keys import format_key
 
-    kr = _keyring()
+    kr = _keyring(args)
     keys = kr.list_secret() if args.secret else kr.list_public()
     if args.json:
         import json
@@ -157,7 +192,7 @@ def _import(args: argparse.Namespace) -> int:
         raise SifboxError(f"can't import `{args.file}`: {err}") from None
     if not keys:
         raise SifboxError(f"can't import `{args.file}`: no OpenPGP key found in it")
-    kr = _keyring()
+    kr = _keyring(args)
     added = kr.add_secret(binary) if any(k.secret for k in keys) else kr.add_public(binary)
     for k in added:
         sys.stdout.write(f"Key with fingerprint {k.fingerprint} successfully added to the keyring\n")
@@ -171,11 +206,18 @@ def _select(args: argparse.Namespace, keys: list, what: str) -> int:  # type: ig
     if not keys:
         raise SifboxError(f"can't {what}: the keyring is empty", hint="`sifbox key newpair` or `sifbox key import` adds keys")
     if args.fingerprint:
-        fpr = args.fingerprint.upper().replace(" ", "")
-        for i, k in enumerate(keys):
-            if k.fingerprint == fpr:
-                return i
-        raise SifboxError(f"can't {what}: no key with fingerprint `{args.fingerprint}`")
+        fpr = _norm(args.fingerprint)
+        # the whole fingerprint, or a long or short key ID (its last 16 or 8 digits)
+        found = [i for i, k in enumerate(keys)
+                 if k.fingerprint == fpr or (len(fpr) in (8, 16) and k.fingerprint.endswith(fpr))]  # fmt: skip
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise SifboxError(f"can't {what}: `{args.fingerprint}` names {len(found)} keys",
+                              hint="give the whole fingerprint (`sifbox key list` shows them)")  # fmt: skip
+        where = "private keys" if args.secret else "public keys"
+        raise SifboxError(f"can't {what}: no key with fingerprint `{args.fingerprint}` in the {where}",
+                          hint=f"`sifbox key list{' --secret' if args.secret else ''}` shows them")  # fmt: skip
     if args.keyidx is not None:
         if not 0 <= args.keyidx < len(keys):
             raise SifboxError(f"can't {what}: key index {args.keyidx} out of range (0..{len(keys) - 1})")
@@ -191,7 +233,7 @@ def _export(args: argparse.Namespace) -> int:
 
     from sifbox.security import pgp
 
-    kr = _keyring()
+    kr = _keyring(args)
     what = f"export to `{args.file}`"
     if args.secret:
         blocks = kr.secret_blocks()
@@ -230,7 +272,7 @@ def _remove(args: argparse.Namespace) -> int:
     fpr = args.fingerprint.upper().replace(" ", "")
     if len(fpr) != 40:
         raise UsageError(f"can't remove key `{args.fingerprint}`: expecting a 40 chars hex fingerprint")
-    if not _keyring().remove(fpr, secret=args.secret):
+    if not _keyring(args).remove(fpr, secret=args.secret):
         raise SifboxError(f"can't remove key `{fpr}`: no such key in the local keyring")
     return 0
 

@@ -10,6 +10,7 @@ streamed into SquashFS: no root file system is unpacked on disk.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 
 from sifbox.util.errors import SifboxError, UsageError
@@ -30,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--platform", help="platform to pull from an image index, OS/ARCH[/VARIANT]")
     p.add_argument("--dir", help="download images to the specific directory")
     p.add_argument("--disable-cache", action="store_true", help="do not use or create cached images/blobs")
+    p.add_argument("--no-https", "--nohttps", dest="no_https", action="store_true",
+                   help="use http instead of https for docker:// URIs (a registry without TLS, or "
+                   "one whose certificate is not checked); also SIFBOX_NOHTTPS=1")
     p.add_argument("out", nargs="?", metavar="OUT.sif", help="the SIF file to write (default: NAME_TAG.sif)")
     p.add_argument("uri", metavar="URI", help="docker://REF, oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE")
 
@@ -57,13 +61,13 @@ def default_name(uri: str) -> str:
     return f"{base}_{tag}.sif"
 
 
-def _fetch_remote(uri: str, platform: str | None, disable_cache: bool) -> str:
+def _fetch_remote(uri: str, platform: str | None, disable_cache: bool, no_https: bool = False) -> str:
     """An OCI layout of the image at `uri` (in the cache, or a private directory
     the caller removes when `disable_cache`)."""
     from sifbox.oci import cache, registry
 
     layout = registry.fetch_image(uri, platform=platform, cache_dir=cache.default_cache_dir(),
-                                  disable_cache=disable_cache)  # fmt: skip
+                                  disable_cache=disable_cache, insecure=True if no_https else None)  # fmt: skip
     return str(layout)
 
 
@@ -78,15 +82,22 @@ def _manifest_digest(layout: str) -> str | None:
         return None
 
 
-def _copy_atomically(src: str, out: str) -> None:
+def _copy_atomically(src: str, out: str, uri: str) -> None:
     """`out` becomes a copy of `src` (a cached SIF), whole or not at all."""
     import shutil
 
     from sifbox.util.atomic import Replacing
+    from sifbox.util.errors import describe_os_error
     from sifbox.util.paths import umask
 
-    with Replacing(os.path.abspath(out), 0o644 & ~umask()) as tmp:
-        shutil.copyfile(src, tmp)
+    try:
+        with Replacing(os.path.abspath(out), 0o644 & ~umask()) as tmp:
+            shutil.copyfile(src, tmp)
+    except OSError as err:  # the temporary file is gone: nothing half-written is left
+        where = os.path.dirname(os.path.abspath(out))
+        raise SifboxError(f"can't pull `{uri}` to `{out}`: {describe_os_error(err)}",
+                          hint=f"free some space in `{where}`, or pull elsewhere (--dir)"
+                          if err.errno in (errno.ENOSPC, errno.EDQUOT) else None) from None  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
@@ -111,12 +122,16 @@ def main(args: argparse.Namespace) -> int:
     if transport == "docker":
         if not uri.startswith("docker://"):
             raise UsageError(f"can't pull `{uri}`: write docker://REF")
-        remote_layout = _fetch_remote(uri, str(platform), args.disable_cache)
+        remote_layout = _fetch_remote(uri, str(platform), args.disable_cache, args.no_https)
         ref = SourceRef("oci", remote_layout)
     else:
         ref = parse_source(uri)
     try:
-        return _convert(args, uri, out, ref, platform, explicit, remote_layout)
+        _convert(args, uri, out, ref, platform, explicit, remote_layout)
+        from sifbox.util.log import log
+
+        log.info("Wrote `%s`", out)
+        return 0
     finally:
         if remote_layout is not None and args.disable_cache:
             import shutil
@@ -147,8 +162,9 @@ def _convert(args, uri: str, out: str, ref, platform, explicit: bool, remote_lay
                 if os.path.exists(tmp):
                     os.unlink(tmp)
         else:
-            log.info("Using the cached SIF of %s", digest)
-    _copy_atomically(str(cached), out)
+            log.info("Using cached SIF image")  # Apptainer's words
+            log.debug("cached SIF of %s: %s", digest, cached)
+    _copy_atomically(str(cached), out, uri)
     return 0
 
 
@@ -174,13 +190,12 @@ def _convert_now(args, uri: str, out: str, ref, platform, explicit: bool) -> int
             warn(f"the image is for `{have}`, this machine is `{platform}`")
         for note in imageconfig.notes(img.config):
             log.info("%s", note)
-        step(f"Converting `{uri}` to SIF `{out}` ({len(img.layers)} layers)")
+        step("Converting OCI blobs to SIF format")  # Apptainer's words
+        log.debug("converting `%s` (%d layers) into `%s`", uri, len(img.layers), out)
         convert.convert(img, out, source=uri, procs=procs, warn=warn, step=step)
     finally:
         progress.done()
         img.store.close()
-    step(f"Wrote `{out}`")
-    progress.done()
     return 0
 
 

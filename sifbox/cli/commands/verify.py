@@ -62,7 +62,8 @@ def main(args: argparse.Namespace) -> int:
         def show(r: v.Result) -> bool:
             nonlocal count
             count += 1
-            name = r.user.split(" <")[0].split(" (")[0] if r.user else ""
+            # the whole user ID, `Name (comment) <email>`, as Apptainer prints the identity
+            name = r.user
             if args.json:
                 fp = (r.fingerprint or "").lower()
                 base = {"Name": name or "unknown", "Fingerprint": fp, "KeyLocal": bool(fp and fp.upper() in local_ring),
