@@ -21,6 +21,7 @@ import sys
 import tempfile
 
 from sifbox.build.assemble import BuildError
+from sifbox.formats import appenv
 from sifbox.formats import singularityd as sd
 from sifbox.util.errors import SifboxError, UsageError
 
@@ -430,7 +431,7 @@ def _run_container_script(req: BuildRequest, script, root: str, what: str, defau
     }
     env.update(_script_env(True, root))
     if app:
-        env.update(sd.app_environment(app))
+        env.update(appenv.app_environment(app))
     # As Apptainer runs %post through `exec`: the base image's environment (an OCI image's ENV
     # in 10-docker2singularity.sh) is in effect.
     shell_cmd = f'for f in /.singularity.d/env/*.sh; do [ -r "$f" ] && . "$f"; done; cd {cwd} && exec "$@"'

@@ -28,6 +28,8 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
+from sifbox.formats.appenv import APPS, APPS_ENV_SH, DATA, RUN_SH, START_SH, TEST_SH
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from sifbox.formats import deffile
@@ -92,60 +94,6 @@ def merge(*trees: Iterable[Entry]) -> list[Entry]:
     return list(out.values())
 
 
-APPS = "/scif/apps"
-DATA = "/scif/data"
-#: The variables naming the app of a `--app NAME` launch, most specific first.
-APPNAME_VARS = ("SIFBOX_APPNAME", "APPTAINER_APPNAME", "SINGULARITY_APPNAME")
-
-#: 95-apps.sh without its `#!` line: with --app NAME, the app's variables and paths, then
-#: its env/01-base.sh and env/90-environment.sh, after the image's own environment.
-APPS_ENV_SH = """# With --app NAME: the app's variables and paths, then its own environment.
-__app=${SIFBOX_APPNAME:-${APPTAINER_APPNAME:-${SINGULARITY_APPNAME:-}}}
-if [ -n "$__app" ]; then
-    if [ ! -d "/scif/apps/$__app" ]; then
-        echo "Could not locate the container application: $__app" >&2
-        exit 1
-    fi
-    export SIFBOX_APPNAME APPTAINER_APPNAME SINGULARITY_APPNAME
-    SCIF_APPNAME=$__app
-    SCIF_APPS=/scif/apps
-    SCIF_DATA=/scif/data
-    SCIF_APPROOT="/scif/apps/$__app"
-    SCIF_APPMETA="$SCIF_APPROOT/scif"
-    SCIF_APPDATA="/scif/data/$__app"
-    SCIF_APPINPUT="$SCIF_APPDATA/input"
-    SCIF_APPOUTPUT="$SCIF_APPDATA/output"
-    SCIF_APPBIN="$SCIF_APPROOT/bin"
-    SCIF_APPLIB="$SCIF_APPROOT/lib"
-    SCIF_APPRUN="$SCIF_APPMETA/runscript"
-    SCIF_APPSTART="$SCIF_APPMETA/startscript"
-    SCIF_APPTEST="$SCIF_APPMETA/test"
-    SCIF_APPHELP="$SCIF_APPMETA/runscript.help"
-    SCIF_APPLABELS="$SCIF_APPMETA/labels.json"
-    SCIF_APPENV="$SCIF_APPMETA/env/90-environment.sh"
-    export SCIF_APPNAME SCIF_APPS SCIF_DATA SCIF_APPROOT SCIF_APPMETA SCIF_APPDATA SCIF_APPINPUT \\
-        SCIF_APPOUTPUT SCIF_APPBIN SCIF_APPLIB SCIF_APPRUN SCIF_APPSTART SCIF_APPTEST SCIF_APPHELP \\
-        SCIF_APPLABELS SCIF_APPENV
-    PATH="$SCIF_APPROOT:$PATH"
-    if [ -d "$SCIF_APPBIN" ]; then
-        PATH="$SCIF_APPBIN:$PATH"
-    fi
-    export PATH
-    if [ -d "$SCIF_APPLIB" ]; then
-        LD_LIBRARY_PATH="$SCIF_APPLIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-        export LD_LIBRARY_PATH
-    fi
-    for __appenv in "$SCIF_APPMETA/env/01-base.sh" "$SCIF_APPMETA/env/90-environment.sh"; do
-        if [ -f "$__appenv" ]; then
-            . "$__appenv"
-        fi
-    done
-    unset __appenv
-fi
-unset __app
-"""
-
-
 # -- shell text ----------------------------------------------------------------------------
 _SOURCE_ENV = """for __env in /.singularity.d/env/*.sh; do
     if [ -f "$__env" ]; then
@@ -154,44 +102,12 @@ _SOURCE_ENV = """for __env in /.singularity.d/env/*.sh; do
 done
 unset __env
 """
-#: The app a `--app NAME` launch asked for (Apptainer sets APPTAINER_ and SINGULARITY_).
-APP_VAR = "${SIFBOX_APPNAME:-${APPTAINER_APPNAME:-${SINGULARITY_APPNAME:-}}}"
-
-#: What `run`, `test` and `start` say when the image lacks the script (Apptainer's words).
-NO_RUNSCRIPT = "No runscript found in container, executing /bin/sh"
-NO_TEST = "No test script found in container, exiting"  # exit status 0
-NO_APP_RUNSCRIPT = "No runscript for contained app: {app}"  # exit status 1
-NO_APP_TEST = "No tests for contained app: {app}"  # exit status 1
-NO_APP_STARTSCRIPT = "No startscript for contained app: {app}"  # exit status 1
-NO_APP = "Could not locate the container application: {app}"  # exit status 1
 DEFAULT_RUNSCRIPT_MESSAGE = "There is no runscript defined for this container"
-
-
-def _app_script(script: str, message: str) -> str:
-    return f"""__app={APP_VAR}
-if [ -n "$__app" ]; then
-    if [ -x "/scif/apps/$__app/scif/{script}" ]; then
-        exec "/scif/apps/$__app/scif/{script}" "$@"
-    fi
-    echo "{message.format(app="$__app")}" >&2
-    exit 1
-fi
-unset __app
-"""
-
 
 ACTIONS: dict[str, str] = {
     "exec": f"#!/bin/sh\n# Run a command in the image's environment.\n\n{_SOURCE_ENV}\nexec \"$@\"\n",
     "run": "#!/bin/sh\n# Run the runscript (of the app given with --app) in the image's environment.\n\n"
-    + _SOURCE_ENV
-    + "\n"
-    + _app_script("runscript", NO_APP_RUNSCRIPT)
-    + f"""if [ -x {RUNSCRIPT} ]; then
-    exec {RUNSCRIPT} "$@"
-fi
-echo "{NO_RUNSCRIPT}" >&2
-exec /bin/sh "$@"
-""",
+    + _SOURCE_ENV + "\n" + RUN_SH,
     "shell": "#!/bin/sh\n# An interactive shell in the image's environment.\n\n"
     + _SOURCE_ENV
     + """
@@ -213,24 +129,9 @@ echo "/bin/sh does not exist in container" >&2
 exit 1
 """,
     "start": "#!/bin/sh\n# An instance's startscript. The instance's first process waits for SIGCONT.\n"
-    "kill -CONT 1\n\n"
-    + _SOURCE_ENV
-    + "\n"
-    + _app_script("startscript", NO_APP_STARTSCRIPT)
-    + f"""if [ -x {STARTSCRIPT} ]; then
-    exec {STARTSCRIPT} "$@"
-fi
-""",
+    "kill -CONT 1\n\n" + _SOURCE_ENV + "\n" + START_SH,
     "test": "#!/bin/sh\n# Run the test script (of the app given with --app) in the image's environment.\n\n"
-    + _SOURCE_ENV
-    + "\n"
-    + _app_script("test", NO_APP_TEST)
-    + f"""if [ -x {TEST} ]; then
-    exec {TEST} "$@"
-fi
-echo "{NO_TEST}" >&2
-exit 0
-""",
+    + _SOURCE_ENV + "\n" + TEST_SH,
 }
 
 ENV_01_BASE = "#!/bin/sh\n# The image's base environment: sourced first; sets nothing.\n"
@@ -707,24 +608,6 @@ def meta(name: str) -> str:
 def var_suffix(name: str) -> str:
     """The app name as it ends variable names (SCIF_APPROOT_my_app)."""
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
-
-
-def app_environment(name: str) -> dict[str, str]:
-    """The SCIF variables of the app a launch (`--app NAME`) or `%appinstall NAME` runs
-    in: what 95-apps.sh and the app's env/01-base.sh set."""
-    r, m, d = root(name), meta(name), f"{DATA}/{name}"
-    return {
-        "SCIF_APPNAME": name, "SCIF_APPS": APPS, "SCIF_DATA": DATA, "SCIF_APPROOT": r, "SCIF_APPMETA": m,
-        "SCIF_APPDATA": d, "SCIF_APPINPUT": f"{d}/input", "SCIF_APPOUTPUT": f"{d}/output",
-        "SCIF_APPBIN": f"{r}/bin", "SCIF_APPLIB": f"{r}/lib", "SCIF_APPRUN": f"{m}/runscript",
-        "SCIF_APPSTART": f"{m}/startscript", "SCIF_APPTEST": f"{m}/test", "SCIF_APPHELP": f"{m}/runscript.help",
-        "SCIF_APPLABELS": f"{m}/labels.json", "SCIF_APPENV": f"{m}/env/90-environment.sh",
-    }  # fmt: skip
-
-
-def launch_environment(name: str) -> dict[str, str]:
-    """What a launch with `--app NAME` sets before the image's env scripts run."""
-    return {var: name for var in APPNAME_VARS}
 
 
 def app_dirs(name: str) -> tuple[str, ...]:

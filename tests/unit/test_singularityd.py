@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from sifbox.formats import appenv
 from sifbox.formats import singularityd as sd
 from sifbox.formats.deffile import parse_deffile
 
@@ -336,7 +337,7 @@ def inspector(tmp_path: Path) -> Path:
 def test_action_test_without_a_test_script_exits_0(inspector: Path) -> None:
     (inspector / ".singularity.d/test").unlink()
     proc = sh(inspector, "/.singularity.d/actions/test")
-    assert (proc.returncode, proc.stderr) == (0, sd.NO_TEST + "\n")
+    assert (proc.returncode, proc.stderr) == (0, appenv.NO_TEST + "\n")
 
 
 def test_action_test_of_an_app_without_tests_exits_1(inspector: Path) -> None:
@@ -368,7 +369,7 @@ def test_action_run_of_a_missing_app(inspector: Path) -> None:
 def test_action_run_without_runscript(inspector: Path) -> None:
     (inspector / ".singularity.d/runscript").unlink()
     proc = sh(inspector, "/.singularity.d/actions/run", "-c", "echo from sh")
-    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "from sh\n", sd.NO_RUNSCRIPT + "\n")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "from sh\n", appenv.NO_RUNSCRIPT + "\n")
 
 
 def test_default_runscript(tmp_path: Path) -> None:
