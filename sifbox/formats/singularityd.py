@@ -242,8 +242,10 @@ class OciConfig:
         if not isinstance(inner, dict):
             inner = {}
         labels = inner.get("Labels")
-        return cls(_strings(inner.get("Entrypoint")), _strings(inner.get("Cmd")), _strings(inner.get("Env")),
-                   {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {})  # fmt: skip
+        return cls(
+            _strings(inner.get("Entrypoint")), _strings(inner.get("Cmd")), _strings(inner.get("Env")),
+            {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+        )
 
 
 def _strings(value: object) -> tuple[str, ...]:
@@ -462,7 +464,8 @@ class ImageMeta:
     apps: tuple[App, ...] = ()
 
     @classmethod
-    def from_stage(cls, stage: deffile.Stage, deffile: str, sections: frozenset[str] = frozenset({"all"})) -> ImageMeta:
+    def from_stage(cls, stage: deffile.Stage, deffile: str,
+                   sections: frozenset[str] = frozenset({"all"})) -> ImageMeta:  # fmt: skip
         """The metadata of `stage` (a parsed definition's final stage); `sections` as
         `build --section` (`all`, `none`, or names) says which of them are written."""
 
@@ -597,11 +600,11 @@ class App:
                    dict(app.labels))  # fmt: skip
 
 
-def root(name: str) -> str:
+def app_root(name: str) -> str:
     return f"{APPS}/{name}"
 
 
-def meta(name: str) -> str:
+def app_meta(name: str) -> str:
     return f"{APPS}/{name}/scif"
 
 
@@ -611,7 +614,7 @@ def var_suffix(name: str) -> str:
 
 
 def app_dirs(name: str) -> tuple[str, ...]:
-    r, d = root(name), f"{DATA}/{name}"
+    r, d = app_root(name), f"{DATA}/{name}"
     return ("/scif", APPS, r, f"{r}/bin", f"{r}/lib", f"{r}/scif", f"{r}/scif/env", DATA, d,
             f"{d}/input", f"{d}/output")  # fmt: skip
 
@@ -623,7 +626,7 @@ def _q(value: str) -> str:
 def base_env(name: str) -> str:
     """The app's env/01-base.sh: its SCIF variables (sourced by 95-apps.sh and before
     %appinstall runs)."""
-    r, d = root(name), f"{DATA}/{name}"
+    r, d = app_root(name), f"{DATA}/{name}"
     values = {"SCIF_APPNAME": name, "SCIF_APPROOT": r, "SCIF_APPMETA": f"{r}/scif", "SCIF_DATA": DATA,
               "SCIF_APPDATA": d, "SCIF_APPINPUT": f"{d}/input", "SCIF_APPOUTPUT": f"{d}/output"}  # fmt: skip
     lines = ["#!/bin/sh", ""] + [f"{k}={_q(v)}" for k, v in values.items()]
@@ -633,7 +636,7 @@ def base_env(name: str) -> str:
 def skeleton(name: str) -> list[Entry]:
     """The directories of an app and its env/01-base.sh: made before %appinstall."""
     out = [Entry(d, Kind.DIR, 0o755, keep_existing=True) for d in app_dirs(name)]
-    out.append(Entry(f"{meta(name)}/env/01-base.sh", Kind.FILE, 0o755, base_env(name).encode("utf-8", "surrogateescape")))
+    out.append(_file(f"{app_meta(name)}/env/01-base.sh", base_env(name)))
     return out
 
 
@@ -644,7 +647,7 @@ def _script(text: str) -> str:
 
 def app_files(app: App) -> dict[str, tuple[str, int]]:
     """{path: (text, mode)} of the metadata files of `app`."""
-    m = meta(app.name)
+    m = app_meta(app.name)
     files: dict[str, tuple[str, int]] = {f"{m}/env/01-base.sh": (base_env(app.name), 0o755)}
     if app.env:
         files[f"{m}/env/90-environment.sh"] = (app.env, 0o755)
@@ -668,7 +671,7 @@ def apps_base(apps: Iterable[App]) -> str:
     """94-appsbase.sh: where every app lives, as SCIF_APP*_NAME variables (empty without apps)."""
     out = []
     for app in apps:
-        v, r, m = var_suffix(app.name), root(app.name), meta(app.name)
+        v, r, m = var_suffix(app.name), app_root(app.name), app_meta(app.name)
         values = {"SCIF_APPDATA": f"{DATA}/{app.name}", "SCIF_APPMETA": m, "SCIF_APPROOT": r,
                   "SCIF_APPBIN": f"{r}/bin", "SCIF_APPLIB": f"{r}/lib"}  # fmt: skip
         lines = [f"# The SCIF app {app.name}", ""] + [f"{k}_{v}={_q(p)}" for k, p in values.items()]
@@ -681,12 +684,3 @@ def apps_base(apps: Iterable[App]) -> str:
                 lines.append(f"export {k}_{v}={_q(f'{m}/{rel}')}")
         out.append("\n".join(lines) + "\n")
     return "\n".join(out)
-
-
-def labels_of(data: bytes | None) -> dict[str, str]:
-    """An app's labels.json (empty if absent or not an object)."""
-    try:
-        obj = json.loads(data or b"{}")
-    except ValueError:
-        return {}
-    return {str(k): str(v) for k, v in obj.items()} if isinstance(obj, dict) else {}

@@ -22,7 +22,8 @@ from sifbox.formats import singularityd as sd
 from sifbox.oci.layers import Extra
 
 
-def tree(config: dict, *, arch: str, source: str, epoch: int, version: str, finish: bool = True) -> list[sd.Entry]:
+def tree(config: dict, *, arch: str, source: str, epoch: int, version: str,
+         finish: bool = True) -> list[sd.Entry]:  # fmt: skip
     """The generated tree: for a pull (`finish`) everything, for an OCI bootstrap only what
     the image config gives (the build adds the definition's part)."""
     oci = sd.OciConfig.from_config(config)
@@ -74,6 +75,8 @@ def extras(entries: list[sd.Entry], epoch: int) -> list[Extra]:
     return out
 
 
-def entries(config: dict, *, arch: str, source: str, epoch: int, version: str, finish: bool = True) -> list[Extra]:
+def entries(config: dict, *, arch: str, source: str, epoch: int, version: str,
+            finish: bool = True) -> list[Extra]:  # fmt: skip
     """Every generated entry, to merge on top of the image's layers."""
-    return extras(tree(config, arch=arch, source=source, epoch=epoch, version=version, finish=finish), epoch)
+    generated = tree(config, arch=arch, source=source, epoch=epoch, version=version, finish=finish)
+    return extras(generated, epoch)
