@@ -316,18 +316,23 @@ def _read_in_root(root: str, path: str, limit: int = 1 << 20) -> bytes | None:
 
 def _write_tree(root: str, entries: list[sd.Entry]) -> None:
     """Write generated entries into the root; links in the image never lead outside it."""
+    from sifbox.util.errors import describe_os_error
+
     for e in entries:
-        if e.kind is sd.Kind.DIR:
-            existed = _host_path(root, e.path) is not None
-            host = _mkdirs(root, e.path)
-            if not existed:
-                os.chmod(host, e.mode)
-        elif e.kind is sd.Kind.SYMLINK:
-            link = os.path.join(_mkdirs(root, os.path.dirname(e.path)), os.path.basename(e.path))
-            if not os.path.lexists(link):
-                os.symlink(e.target, link)
-        elif not (e.keep_existing and _host_path(root, e.path) is not None):
-            _write_file(root, e.path, e.data, e.mode)
+        try:
+            if e.kind is sd.Kind.DIR:
+                existed = _host_path(root, e.path) is not None
+                host = _mkdirs(root, e.path)
+                if not existed:
+                    os.chmod(host, e.mode)
+            elif e.kind is sd.Kind.SYMLINK:
+                link = os.path.join(_mkdirs(root, os.path.dirname(e.path)), os.path.basename(e.path))
+                if not os.path.lexists(link):
+                    os.symlink(e.target, link)
+            elif not (e.keep_existing and _host_path(root, e.path) is not None):
+                _write_file(root, e.path, e.data, e.mode)
+        except OSError as err:
+            raise BuildError(f"can't write `{e.path}` in the image: {describe_os_error(err)}") from None
 
 
 def _base_metadata(root: str) -> None:

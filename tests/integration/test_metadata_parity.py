@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,39 @@ def test_without_runscript_as_apptainer(run_as, as_who, sifbox_cli, shared_tmp) 
     assert (run.returncode, run.stdout) == (0, "There is no runscript defined for this container\n"), run.stderr
     test = _sifbox(run_as, as_who, sifbox_cli, "test", str(out))
     assert test.returncode == 0 and "No test script found in container, exiting" in test.stderr
+
+
+def test_a_hostile_base_image(run_as, as_who, sifbox_cli, shared_tmp) -> None:
+    """Links in a base image's metadata never make the build read or write the host; a
+    metadata path that is not what it should be is one clear error."""
+    base = shared_tmp / "base"
+    proc = _sifbox(run_as, as_who, sifbox_cli, "build", "--sandbox", str(base),
+                   str(_write(shared_tmp / "b.def", f"Bootstrap: busybox\nMirrorURL: {_busybox()}\n")),
+                   cwd=shared_tmp)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    sd = base / ".singularity.d"
+    for name, target in (("labels.json", "/etc/shadow"), ("env/90-environment.sh", "../../../../etc/shadow"),
+                         ("runscript.help", "/etc/shadow")):  # fmt: skip
+        (sd / name).unlink(missing_ok=True)
+        (sd / name).symlink_to(target)
+    subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
+    shadow = Path("/etc/shadow").stat()
+    top = _write(shared_tmp / "top.def", f"Bootstrap: localimage\nFrom: {base}\n\n%labels\n    top yes\n"
+                 "%environment\n    export TOP=1\n%help\n    top help\n")  # fmt: skip
+    out = shared_tmp / "top.sif"
+    proc = _sifbox(run_as, as_who, sifbox_cli, "build", str(out), str(top), cwd=shared_tmp)
+    assert proc.returncode == 0, proc.stderr
+    attrs = json.loads(_sifbox(run_as, as_who, sifbox_cli, "inspect", "--all", str(out)).stdout)["data"]["attributes"]
+    assert attrs["labels"]["top"] == "yes" and attrs["helpfile"] == "    top help"
+    env = attrs["environment"]["/.singularity.d/env/90-environment.sh"]  # the dangling link was replaced
+    assert env == "#!/bin/sh\n# Custom environment shell code should follow\n\n\n    export TOP=1"
+    assert Path("/etc/shadow").stat().st_mtime == shadow.st_mtime
+    # bootstrap_history as a file: the definition can't be kept there
+    (sd / "Singularity").write_text("Bootstrap: busybox\n")
+    (sd / "bootstrap_history").write_text("not a directory\n")
+    subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
+    proc = _sifbox(run_as, as_who, sifbox_cli, "build", "--force", str(out), str(top), cwd=shared_tmp)
+    assert proc.returncode == 255, proc.stderr
+    assert proc.stderr.splitlines()[-1] == ("sifbox: error: can't write `/.singularity.d/bootstrap_history/"
+                                            "Apptainer0` in the image: not a directory"), proc.stderr
+    assert "Traceback" not in proc.stderr
