@@ -14,12 +14,13 @@ ignore it), so that `inspect --startscript --app NAME` shows the app's.
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sifbox.formats.singularityd import SD, go_json, parse_labels
+from sifbox.formats.metajson import go_json, parse_labels
+
+SD = "/.singularity.d"
 
 CONTAINER = "container"
 ATTRIBUTE_ORDER = ("apps", "environment", "labels", "runscript", "test", "helpfile", "deffile", "startscript")
@@ -97,20 +98,18 @@ def apps_of(dirs: Iterable[str]) -> list[str]:
     return sorted(out)
 
 
-@dataclasses.dataclass(frozen=True)
 class Request:
     """The options of `inspect`."""
 
-    labels: bool = False
-    deffile: bool = False
-    runscript: bool = False
-    startscript: bool = False
-    test: bool = False
-    environment: bool = False
-    helpfile: bool = False
-    list_apps: bool = False
-    app: str | None = None
-    all: bool = False
+    __slots__ = ("all", "app", "deffile", "environment", "helpfile", "labels", "list_apps", "runscript",
+                 "startscript", "test")  # fmt: skip
+
+    def __init__(self, *, labels: bool = False, deffile: bool = False, runscript: bool = False,
+                 startscript: bool = False, test: bool = False, environment: bool = False, helpfile: bool = False,
+                 list_apps: bool = False, app: str | None = None, all: bool = False) -> None:  # noqa: A002  # fmt: skip
+        self.labels, self.deffile, self.runscript, self.startscript = labels, deffile, runscript, startscript
+        self.test, self.environment, self.helpfile, self.list_apps = test, environment, helpfile, list_apps
+        self.app, self.all = app, all
 
     @property
     def default_labels(self) -> bool:

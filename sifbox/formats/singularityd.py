@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
 from sifbox.formats.appenv import APPS, APPS_ENV_SH, DATA, RUN_SH, START_SH, TEST_SH
+from sifbox.formats.metajson import go_json, labels_json, parse_label_lines, parse_labels
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -340,58 +340,6 @@ def oci_tree(oci: OciConfig) -> list[Entry]:
 
 
 # -- labels --------------------------------------------------------------------------------
-def go_json(obj: object) -> str:
-    """JSON as Go's json.MarshalIndent(v, "", "\\t") writes it: map keys sorted, `<>&`
-    and U+2028/U+2029 escaped, invalid text as U+FFFD."""
-    text = json.dumps(_clean(obj), indent="\t", ensure_ascii=False)
-    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
-                    ("\u2029", "\\u2029")):  # fmt: skip
-        text = text.replace(ch, esc)
-    return text
-
-
-def _clean(obj: object) -> object:
-    if isinstance(obj, str):
-        return obj.encode("utf-8", "replace").decode("utf-8") if not obj.isascii() else obj
-    if isinstance(obj, dict):
-        return {_clean(k): _clean(v) for k, v in sorted(obj.items())}
-    if isinstance(obj, list):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def labels_json(labels: Mapping[str, str]) -> bytes:
-    """labels.json: tab-indented, keys sorted (Go's encoding, as Apptainer writes it)."""
-    return go_json(dict(labels)).encode("utf-8")
-
-
-def parse_labels(data: bytes | None) -> tuple[dict[str, str], str | None]:
-    """labels.json -> (labels, problem); values that are not strings are made strings."""
-    if not data:
-        return {}, None
-    try:
-        obj = json.loads(data.decode("utf-8", "replace"))
-    except ValueError as err:
-        return {}, f"not JSON ({err})"
-    if obj is None:  # Apptainer writes `null` for an OCI image without labels
-        return {}, None
-    if not isinstance(obj, dict):
-        return {}, "not a JSON object"
-    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in obj.items()}, None
-
-
-def parse_label_lines(text: str) -> dict[str, str]:
-    """`NAME VALUE` lines (%labels, and what %post appends to $SINGULARITY_LABELS)."""
-    out: dict[str, str] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, _, value = line.partition(" ")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def build_date(epoch: int) -> str:
     """Apptainer's org.label-schema.build-date, in UTC: `Thursday_1_January_1970_0:0:0_UTC`
     (numbers not zero-padded, as Go's strconv.Itoa writes them)."""
