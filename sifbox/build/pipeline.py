@@ -363,6 +363,8 @@ def _stage_metadata(req: BuildRequest, definition, stage, root: str) -> None:  #
     existing = sd.Existing(files, _labels_from_post(root), history)
     epoch = req.epoch if req.epoch is not None else _now()
     meta = sd.ImageMeta.from_stage(stage, definition.text, req.sections)
+    if req.update and not req.force:  # as Apptainer: the header labels only when this build bootstrapped
+        meta = dataclasses.replace(meta, header={})
     entries, warnings = sd.finish(meta, existing, sd.BuildInfo(machine_arch(), epoch, __version__), force=req.force)
     for warning in warnings:
         log.log.warning("%s", warning)
