@@ -7,7 +7,8 @@
 
 The layers are merged as `sifbox pull` merges them (sifbox.oci.layers: digests checked,
 whiteouts and opaque directories applied, one tar stream with the generated /.singularity.d
-of the image config on top) and that stream is unpacked into the build root. The agent runs
+of the image config on top: runscript, environment, labels) and that stream is unpacked into
+the build root; the build adds the definition's metadata. The agent runs
 as root, real or of the build's fakeroot user namespace, so owners, modes (setuid too),
 hard links, FIFOs and extended attributes of the layers are kept; with subuid ranges files
 of other users keep their owners, as in Apptainer's fakeroot builds. A user namespace cannot
@@ -204,7 +205,7 @@ def unpack(img, root: str, *, source: str, ctx: BootstrapContext) -> None:  # ty
     def step(message: str, size: int | None = None) -> None:
         ctx.step(message[0].lower() + message[1:])
 
-    merger = merge_plan(img, source=source, epoch=epoch, warn=_warn, step=step)
+    merger = merge_plan(img, source=source, epoch=epoch, warn=_warn, step=step, finish=False)
     plan = merger.plan()
     ctx.step(f"unpacking {plan.file_count} entries of {len(img.layers)} layers")
     r, w = os.pipe()

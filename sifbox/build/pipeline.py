@@ -21,7 +21,8 @@ import sys
 import tempfile
 
 from sifbox.build.assemble import BuildError
-from sifbox.formats import imagemeta
+from sifbox.formats import appenv
+from sifbox.formats import singularityd as sd
 from sifbox.util.errors import SifboxError, UsageError
 
 SECTION_NAMES = ("setup", "files", "post", "environment", "runscript", "startscript", "test", "labels",
@@ -99,10 +100,7 @@ def load_definition(req: BuildRequest):  # type: ignore[no-untyped-def]
         "oci",
         "docker-daemon",
     ):
-        scheme, _, rest = src.partition(":")
-        rest = rest.removeprefix("//")
-        text = f"Bootstrap: {scheme}\nFrom: {rest}\n"
-        return parse_deffile(text, src), True
+        return parse_deffile(sd.uri_deffile(src), src), True
     if _is_image(src):
         return parse_deffile(f"Bootstrap: localimage\nFrom: {src}\n", src), True
     try:
@@ -228,6 +226,8 @@ def _build_stage(req, definition, stage, root, roots, work, steps, label, last, 
         bootstrap(stage, root, ctx)
     _base_metadata(root)
     if converted:
+        if stage.bootstrap != "localimage":  # from a URI: the metadata a pull writes
+            _stage_metadata(req, definition, stage, root)
         return
     if stage.setup is not None and _wants(req, "setup"):
         steps(f"running %setup{label}")
@@ -243,8 +243,7 @@ def _build_stage(req, definition, stage, root, roots, work, steps, label, last, 
             for src, dst in files.pairs:
                 copy_into(src, dst, root, src_root, definition.filename)
     for app in stage.apps.values():
-        for d in imagemeta.app_dirs(app.name):
-            _mkdirs(root, d)
+        _write_tree(root, sd.skeleton(app.name))
         if app.files and _wants(req, "files"):
             steps(f"copying files of app {app.name}{label}")
             for src, dst in app.files:
@@ -317,67 +316,69 @@ def _read_in_root(root: str, path: str, limit: int = 1 << 20) -> bytes | None:
         return f.read(limit)
 
 
+def _write_tree(root: str, entries: list[sd.Entry]) -> None:
+    """Write generated entries into the root; links in the image never lead outside it."""
+    from sifbox.util.errors import describe_os_error
+
+    for e in entries:
+        try:
+            if e.kind is sd.Kind.DIR:
+                existed = _host_path(root, e.path) is not None
+                host = _mkdirs(root, e.path)
+                if not existed:
+                    os.chmod(host, e.mode)
+            elif e.kind is sd.Kind.SYMLINK:
+                link = os.path.join(_mkdirs(root, os.path.dirname(e.path)), os.path.basename(e.path))
+                if not os.path.lexists(link):
+                    os.symlink(e.target, link)
+            elif not (e.keep_existing and _host_path(root, e.path) is not None):
+                _write_file(root, e.path, e.data, e.mode)
+        except OSError as err:
+            raise BuildError(f"can't write `{e.path}` in the image: {describe_os_error(err)}") from None
+
+
 def _base_metadata(root: str) -> None:
-    """The /.singularity.d skeleton; files an earlier image holds are kept."""
-    for d in imagemeta.BASE_DIRS:
-        _mkdirs(root, d)
-    tmp = _host_path(root, "/tmp")
-    if tmp:
-        os.chmod(tmp, 0o1777)
-    for path, (data, mode) in imagemeta.base_files().items():
-        if _host_path(root, path) is None:
-            _write_file(root, path, data, mode)
+    """The /.singularity.d skeleton and mount points; what an earlier image holds is kept."""
+    _write_tree(root, sd.base_tree())
+
+
+#: Largest metadata file of a base image that a build reads (and appends to).
+_MAX_METADATA = 16 << 20
 
 
 def _stage_metadata(req: BuildRequest, definition, stage, root: str) -> None:  # type: ignore[no-untyped-def]
-    import json
-
     from sifbox import __version__
-
-    labels: dict[str, str] = {}
-    try:  # labels of the base image come first
-        old = json.loads(_read_in_root(root, "/.singularity.d/labels.json") or b"{}")
-        if isinstance(old, dict):
-            labels.update({str(k): str(v) for k, v in old.items()})
-    except ValueError:
-        pass
-    epoch = req.epoch if req.epoch is not None else _now()
     from sifbox.build.assemble import machine_arch
+    from sifbox.util import log
 
-    labels.update(
-        imagemeta.default_labels(stage, arch=machine_arch(), epoch=epoch, version=__version__)
-    )
-    labels.update(stage.labels)
-    labels.update(_labels_from_post(root))
-    files = imagemeta.stage_files(stage, definition.text, labels)
-    keep_env = not stage.environment and not _wants(req, "environment")
-    for path, (data, mode) in files.items():
-        section = {"runscript": "runscript", "startscript": "startscript", "test": "test",
-                   "runscript.help": "help", "labels.json": "labels"}.get(os.path.basename(path))  # fmt: skip
-        if section and not _wants(req, section) and section != "labels":
-            continue
-        if path.endswith("90-environment.sh") and keep_env and _host_path(root, path):
-            continue
-        _write_file(root, path, data, mode)
-    for app in stage.apps.values():
-        for path, (data, mode) in imagemeta.app_files(app).items():
-            _write_file(root, path, data, mode)
+    files = {}
+    for path in sd.EXISTING:
+        data = _read_in_root(root, path, _MAX_METADATA + 1)
+        if data is not None:
+            if len(data) > _MAX_METADATA:
+                raise BuildError(f"can't update `{path}` of the image: larger than {_MAX_METADATA >> 20} MiB")
+            files[path] = data
+    try:
+        history = len(os.listdir(_host_path(root, sd.HISTORY) or ""))
+    except OSError:
+        history = 0
+    existing = sd.Existing(files, _labels_from_post(root), history)
+    epoch = req.epoch if req.epoch is not None else _now()
+    meta = sd.ImageMeta.from_stage(stage, definition.text, req.sections)
+    if req.update and not req.force:  # as Apptainer: the header labels only when this build bootstrapped
+        meta = dataclasses.replace(meta, header={})
+    entries, warnings = sd.finish(meta, existing, sd.BuildInfo(machine_arch(), epoch, __version__), force=req.force)
+    for warning in warnings:
+        log.log.warning("%s", warning)
+    _write_tree(root, entries)
 
 
-def _labels_from_post(root: str) -> dict[str, str]:
-    """Labels %post appended to $SIFBOX_LABELS (`NAME VALUE` lines)."""
-    out: dict[str, str] = {}
-    data = _read_in_root(root, LABELS_FILE)
+def _labels_from_post(root: str) -> str:
+    """What %post appended to $SIFBOX_LABELS (`NAME VALUE` lines); the file is removed."""
+    data = _read_in_root(root, LABELS_FILE, _MAX_METADATA)
     with contextlib.suppress(OSError):
         os.unlink(root + LABELS_FILE)  # the name itself (a link is not followed)
-    if data is None:
-        return out
-    text = data.decode("utf-8", "replace")
-    for line in text.splitlines():
-        parts = line.strip().split(None, 1)
-        if parts and not parts[0].startswith("#"):
-            out[parts[0]] = parts[1] if len(parts) > 1 else ""
-    return out
+    return "" if data is None else data.decode("utf-8", "surrogateescape")
 
 
 def _now() -> int:
@@ -390,7 +391,7 @@ def _script_env(root_in_container: bool, root: str) -> dict[str, str]:
     env: dict[str, str] = {}
     for prefix in ("SIFBOX", "APPTAINER", "SINGULARITY"):
         if root_in_container:
-            env[f"{prefix}_ENVIRONMENT"] = imagemeta.ENVIRONMENT_SCRIPT
+            env[f"{prefix}_ENVIRONMENT"] = sd.ENVIRONMENT_SCRIPT
             env[f"{prefix}_LABELS"] = LABELS_FILE
             env[f"{prefix}_ROOTFS"] = "/"
         else:
@@ -439,9 +440,7 @@ def _run_container_script(req: BuildRequest, script, root: str, what: str, defau
     }
     env.update(_script_env(True, root))
     if app:
-        env["SCIF_APPNAME"] = app
-        env["SCIF_APPROOT"] = f"/scif/apps/{app}"
-        env["SCIF_APPDATA"] = f"/scif/data/{app}"
+        env.update(appenv.app_environment(app))
     # As Apptainer runs %post through `exec`: the base image's environment (an OCI image's ENV
     # in 10-docker2singularity.sh) is in effect.
     shell_cmd = f'for f in /.singularity.d/env/*.sh; do [ -r "$f" ] && . "$f"; done; cd {cwd} && exec "$@"'
@@ -632,20 +631,13 @@ def _write_output(
 
 
 def _inspect_metadata(root: str, deffile_text: str) -> bytes:
-    import json
+    """The SIF's `inspect-metadata.json`: what `inspect --all` shows of the finished root."""
+    from sifbox.formats import inspectmeta
+    from sifbox.image.files import read_glob_dir
 
-    files: imagemeta.Files = {}
-    for rel in ("runscript", "startscript", "test", "runscript.help", "env/90-environment.sh"):
-        data = _read_in_root(root, f"{imagemeta.SD}/{rel}")
-        if data is not None:
-            files[f"{imagemeta.SD}/{rel}"] = (data, 0)
-    try:
-        labels = json.loads(_read_in_root(root, f"{imagemeta.SD}/labels.json") or b"{}")
-    except ValueError:
-        labels = {}
-    return imagemeta.inspect_metadata(
-        labels if isinstance(labels, dict) else {}, files, deffile_text
-    )
+    files, dirs = read_glob_dir(root, inspectmeta.PATTERNS, [inspectmeta.APP_PATTERN])
+    meta = inspectmeta.collect(files, inspectmeta.apps_of(dirs), deffile_text)
+    return inspectmeta.render_json(meta, indent=False).encode()
 
 
 def place_tree(root: str, dest: str, force: bool) -> None:

@@ -18,7 +18,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from sifbox.image.source import ImageKind, ImageSource
 from sifbox.util.errors import SifboxError
@@ -308,3 +308,62 @@ class _Run:
         self.err.seek(0)
         self.stderr = self.err.read(4096).decode("utf-8", "replace").strip()
         self.err.close()
+
+
+def read_glob(src: ImageSource, patterns: Sequence[str], dir_patterns: Sequence[str] = ()) -> tuple[dict[str, bytes], list[str]]:
+    """The regular files `patterns` match (absolute paths, `*` and `?` within one component)
+    and the directories `dir_patterns` match, resolved inside the image; one unsquashfs run
+    for a SquashFS image. Symlinks are followed inside the image for the directories on
+    the way, never for the files themselves."""
+    if src.kind is ImageKind.SANDBOX:
+        return read_glob_dir(src.path, patterns, list(dir_patterns))
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="sifbox-read-", dir=os.environ.get("SIFBOX_TMPDIR"))
+    try:
+        base = os.path.join(tmp, "root")
+        listing = os.path.join(tmp, "patterns")
+        with open(listing, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.writelines(p.lstrip("/") + "\n" for p in [*patterns, *dir_patterns] if "\n" not in p)
+        subprocess.run(
+            [_unsquashfs(), "-o", str(src.offset), "-d", base, "-no-xattrs", "-q", "-n", "-ef", listing,
+             f"/proc/self/fd/{src.fd}"],
+            capture_output=True, pass_fds=(src.fd,), check=False,
+        )  # fmt: skip
+        if not os.path.isdir(base):
+            return {}, []
+        return read_glob_dir(base, patterns, list(dir_patterns))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_glob_dir(base: str, patterns: Sequence[str], dir_patterns: Sequence[str] = ()) -> tuple[dict[str, bytes], list[str]]:
+    """`read_glob` in the directory `base` (a root file system)."""
+    import fnmatch
+    import stat
+
+    def expand(pattern: str) -> list[str]:
+        paths = ["/"]
+        for part in [p for p in pattern.split("/") if p]:
+            if not any(ch in part for ch in "*?["):
+                paths = [os.path.join(p, part) for p in paths]
+                continue
+            found = []
+            for p in paths:
+                try:
+                    names = os.listdir(chase(base, p))
+                except OSError:
+                    continue
+                found += [os.path.join(p, n) for n in sorted(names) if fnmatch.fnmatchcase(n, part)]
+            paths = found
+        return paths
+
+    files = _read_below(base, sorted({p for pat in patterns for p in expand(pat)}), ReadBudget())
+    dirs = []
+    for path in sorted({p for pat in dir_patterns for p in expand(pat)}):
+        try:
+            if stat.S_ISDIR(os.stat(chase(base, path)).st_mode):
+                dirs.append(path)
+        except OSError:
+            continue
+    return files, dirs

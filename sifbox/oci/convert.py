@@ -33,9 +33,13 @@ from collections.abc import Callable
 from typing import BinaryIO, Protocol
 
 from sifbox.oci import imageconfig
-from sifbox.oci.layers import LayerError, Merger, iter_members, open_layer, open_tar, write_merged
+from sifbox.oci.layers import DIR, LayerError, Merger, iter_members, open_layer, open_tar, write_merged
 from sifbox.oci.layout import Image
 from sifbox.util.errors import SifboxError, describe_os_error
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from sifbox.formats.singularityd import Entry
 
 FALLOC_FL_INSERT_RANGE = 0x20
 
@@ -83,9 +87,9 @@ def tar2sqfs_argv(out: str, *, compressor: str, level: int | None, procs: int, e
 
 
 def merge_plan(img: Image, *, source: str, epoch: int, warn: Callable[[str], None],
-               step: Step):  # type: ignore[no-untyped-def]  # fmt: skip
-    """Pass 1 over every layer (headers only, digests verified) plus the generated entries."""
-    from sifbox import __version__
+               step: Step, finish: bool = True):  # type: ignore[no-untyped-def]  # fmt: skip
+    """Pass 1 over every layer (headers only, digests verified) plus the generated entries
+    (`finish`: a pull's whole /.singularity.d tree; else an OCI bootstrap's part of it)."""
 
     merger = Merger(warn)
     n = len(img.layers)
@@ -95,18 +99,54 @@ def merge_plan(img: Image, *, source: str, epoch: int, warn: Callable[[str], Non
         with open_layer(img, i) as stream:
             merger.add_layer(i, iter_members(open_tar(stream, what), what), f"layer {i + 1}")
             stream.finish()
-    arch = str(img.config.get("architecture") or "")
-    merger.add_extra(imageconfig.entries(img.config, arch=arch, source=source, epoch=epoch,
-                                         version=f"sifbox-{__version__}"))  # fmt: skip
+    merger.add_extra(imageconfig.extras(generated(img, source=source, epoch=epoch, finish=finish), epoch))
     return merger
+
+
+def generated(img: Image, *, source: str, epoch: int, finish: bool = True) -> list[Entry]:
+    """The /.singularity.d tree (and mount points) generated for `img`."""
+    from sifbox import __version__
+
+    arch = str(img.config.get("architecture") or "")
+    return imageconfig.tree(img.config, arch=arch, source=source, epoch=epoch, version=__version__,
+                            finish=finish)  # fmt: skip
+
+
+def inspect_metadata(merger: Merger, tree: list[Entry], deffile: str) -> bytes | None:
+    """The `inspect-metadata.json` object of a pulled image (what `inspect --all` shows), or
+    None when the image's layers bring metadata files of their own (/.singularity.d/env
+    scripts, SCIF apps), which `inspect` then reads from the image itself."""
+    import fnmatch
+
+    from sifbox.formats import inspectmeta
+    from sifbox.formats.singularityd import files_of
+
+    extra = merger.layer_count - 1
+    files = [p.strip("/").split("/") for p in inspectmeta.PATTERNS]
+    apps = [inspectmeta.APP_PATTERN.strip("/").split("/")]
+
+    def matches(parts: list[str], patterns: list[list[str]]) -> bool:
+        return any(len(parts) == len(p) and all(map(fnmatch.fnmatchcase, parts, p)) for p in patterns)
+
+    for path, node in merger.tree.items():
+        if node.layer == extra:
+            continue
+        if path in (".singularity.d", "scif", "scif/apps"):
+            if node.kind != DIR:  # a link: the generated files went elsewhere
+                return None
+        elif path.startswith((".singularity.d/", "scif/apps/")):
+            if matches(path.split("/"), apps if node.kind == DIR else files):
+                return None
+    meta = inspectmeta.collect(files_of(tree), [], deffile)
+    return inspectmeta.render_json(meta, indent=False).encode()
 
 
 def build_squashfs(img: Image, out: str, *, source: str, epoch: int, compressor: str = DEFAULT_COMPRESSOR,
                    level: int | None = DEFAULT_LEVEL, procs: int | None = None,
                    warn: Callable[[str], None], step: Step,
-                   dest: str | None = None) -> None:  # fmt: skip
+                   dest: str | None = None) -> Merger:  # fmt: skip
     """Write the image's merged root file system as SquashFS at `out` (overwritten);
-    `dest` names the final file in messages."""
+    `dest` names the final file in messages. Returns the merge (what came from where)."""
     merger = merge_plan(img, source=source, epoch=epoch, warn=warn, step=step)
     plan = merger.plan()
     argv = tar2sqfs_argv(out, compressor=compressor, level=level, procs=procs or os.cpu_count() or 1,
@@ -125,6 +165,7 @@ def build_squashfs(img: Image, out: str, *, source: str, epoch: int, compressor:
             raise ConvertError(f"can't write `{dest or out}`: no space left on device")
         raise ConvertError(f"can't build the SquashFS image: tar2sqfs failed ({reason})",
                            hint=f"the error originates from `{shlex.join(argv)}` (status {rc})")  # fmt: skip
+    return merger
 
 
 def _disk_full(path: str, fed: int) -> bool:
@@ -334,15 +375,16 @@ def convert(img: Image, out_path: str, *, source: str, compressor: str = DEFAULT
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)
         os.close(fd)
-        build_squashfs(img, tmp, source=source, epoch=epoch, compressor=compressor, level=level,
-                       procs=procs, warn=warn, step=step, dest=out_path)  # fmt: skip
+        merger = build_squashfs(img, tmp, source=source, epoch=epoch, compressor=compressor, level=level,
+                                procs=procs, warn=warn, step=step, dest=out_path)  # fmt: skip
         step("Creating SIF file...")  # Apptainer's words
-        deffile = imageconfig.deffile(source).encode()
+        deffile = imageconfig.deffile(source)
         oci_config = json.dumps(img.config.get("config") or {}, sort_keys=True).encode()
-        objects = [
-            edit.ObjectInput(c.DataType.DEFFILE, data=deffile),
-            edit.ObjectInput(c.DataType.GENERIC_JSON, data=oci_config, name=b"oci-config.json"),
-        ]
+        objects = [edit.ObjectInput(c.DataType.DEFFILE, data=deffile.encode())]
+        meta = inspect_metadata(merger, generated(img, source=source, epoch=epoch), deffile)
+        if meta is not None:
+            objects.append(edit.ObjectInput(c.DataType.GENERIC_JSON, data=meta, name=b"inspect-metadata.json"))
+        objects.append(edit.ObjectInput(c.DataType.GENERIC_JSON, data=oci_config, name=b"oci-config.json"))
         wrap_sif(tmp, out_path, objects, arch=arch,
                  image_id=reproducible_id(img, epoch) if reproducible else None,
                  when=epoch if reproducible else None)  # fmt: skip

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+from sifbox.formats import appenv
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -151,43 +153,20 @@ def apply_overrides_directly(env: dict[str, str], overrides: Mapping[str, str]) 
     return env
 
 
-#: Run inside the container by /bin/sh: source the image's environment,
-#: apply the user's overrides, then run the action ($1) with the arguments.
-PRELUDE = r"""
+#: Run inside the container by /bin/sh: source the image's environment (with --app, the app's
+#: too: SIFBOX_APPNAME/APPTAINER_APPNAME/SINGULARITY_APPNAME are set), apply the user's
+#: overrides, then run the action ($1) with the arguments. run/test/start are the text of
+#: the image's own actions (sifbox.formats.appenv), so both say and do the same.
+PRELUDE = (
+    r"""
 for __sifbox_f in /.singularity.d/env/*.sh; do
     [ -r "$__sifbox_f" ] && . "$__sifbox_f"
 done
-if [ -n "$SCIF_APPNAME" ]; then
-    # A SCIF app (--app NAME): its variables, paths and environment scripts.
-    SCIF_APPROOT=/scif/apps/$SCIF_APPNAME
-    SCIF_APPMETA=$SCIF_APPROOT/scif
-    SCIF_APPDATA=/scif/data/$SCIF_APPNAME
-    export SCIF_APPROOT SCIF_APPMETA SCIF_APPDATA
-    export SCIF_APPBIN=$SCIF_APPROOT/bin SCIF_APPLIB=$SCIF_APPROOT/lib
-    export SCIF_APPRUN=$SCIF_APPMETA/runscript SCIF_APPTEST=$SCIF_APPMETA/test
-    export SCIF_APPENV=$SCIF_APPMETA/env SCIF_APPLABELS=$SCIF_APPMETA/labels.json
-    export SCIF_APPHELP=$SCIF_APPMETA/runscript.help
-    export SCIF_APPINPUT=$SCIF_APPDATA/input SCIF_APPOUTPUT=$SCIF_APPDATA/output
-    export PATH="$SCIF_APPBIN:$PATH" LD_LIBRARY_PATH="$SCIF_APPLIB:$LD_LIBRARY_PATH"
-    for __sifbox_f in "$SCIF_APPENV"/*.sh; do
-        [ -r "$__sifbox_f" ] && . "$__sifbox_f"
-    done
-fi
 unset __sifbox_f
-eval "$SIFBOX_ENV_OVERRIDES"
+"""
+    + appenv.APP_ENV_FALLBACK_SH
+    + r"""eval "$SIFBOX_ENV_OVERRIDES"
 unset SIFBOX_ENV_OVERRIDES
-# With --app: run the app's script ($1, described as $2) or say it has none.
-__sifbox_app_script() {
-    [ -n "$SCIF_APPNAME" ] || return 0
-    __sifbox_script=$1
-    __sifbox_what=$2
-    shift 2
-    if [ -x "$__sifbox_script" ]; then
-        exec "$__sifbox_script" "$@"
-    fi
-    echo "No $__sifbox_what found for app $SCIF_APPNAME, exiting" >&2
-    exit 0
-}
 __sifbox_action=$1
 shift
 case $__sifbox_action in
@@ -199,19 +178,13 @@ exec)
     unset __sifbox_action
     exec "$@" ;;
 run)
-    __sifbox_app_script "$SCIF_APPRUN" runscript "$@"
-    if [ -x /.singularity.d/runscript ]; then
-        exec /.singularity.d/runscript "$@"
-    fi
-    echo "No runscript found in container, executing /bin/sh" >&2
-    exec /bin/sh "$@" ;;
-test)
-    __sifbox_app_script "$SCIF_APPTEST" "test script" "$@"
-    if [ -x /.singularity.d/test ]; then
-        exec /.singularity.d/test "$@"
-    fi
-    echo "No test script found in container, exiting" >&2
-    exit 0 ;;
+"""
+    + appenv.RUN_SH
+    + ";;\ntest)\n"
+    + appenv.TEST_SH
+    + ";;\nstart)\n"
+    + appenv.START_SH
+    + r""";;
 shell)
     __sifbox_shell=$1
     shift
@@ -223,6 +196,7 @@ shell)
     exec /bin/sh "$@" ;;
 esac
 """
+)
 
 
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789@%+=:,./-_")

@@ -151,9 +151,11 @@ def prepare(launch: Launch) -> Prepared:
         for prefix in ("SIFBOX", "APPTAINER", "SINGULARITY"):
             p.env[f"{prefix}_INSTANCE"] = name
     if p.app:
+        from sifbox.formats import appenv
+
         if "/" in p.app or p.app in (".", ".."):
             raise UsageError(f"can't use --app `{p.app}`: not an app name")
-        p.env["SCIF_APPNAME"] = p.app
+        p.env.update(appenv.launch_environment(p.app))
     p.overrides = overrides
     p.keep_fds = _keep_fds(p.env)
     return p
@@ -546,20 +548,21 @@ def _payload(p: Prepared, root: str) -> Payload:
         # Apptainer exits 1 for a missing app.
         raise SifboxError(f"can't {action} app `{p.app}` of `{p.spec.image}`: the image has no such app",
                           hint=f"`sifbox inspect --list-apps {p.spec.image}` lists its apps", exit_status=1)
-    if action == "start":
-        if not present(STARTSCRIPT):
-            return Payload(None, None, "", 0)  # nothing to start: the instance only holds its namespaces
-        words = [STARTSCRIPT, *words]
+    if action == "start" and not p.app and not present(STARTSCRIPT):
+        return Payload(None, None, "", 0)  # nothing to start: the instance only holds its namespaces
     if present("/bin/sh"):
-        return Payload(["/bin/sh", "-c", envmod.PRELUDE, "sifbox", "exec" if action == "start" else action, *words],
-                       env)  # fmt: skip
+        return Payload(["/bin/sh", "-c", envmod.PRELUDE, "sifbox", action, *words], env)
     # No shell: no env scripts either; run what can run directly.
     direct = envmod.apply_overrides_directly(env, p.overrides)
-    if action in ("exec", "start"):
+    if action == "exec":
         return Payload(words, direct)
+    if action == "start":
+        return Payload([STARTSCRIPT, *words], direct)
     script = {"run": "/.singularity.d/runscript", "test": "/.singularity.d/test"}.get(action)
     if action == "test" and not present(script):
-        return Payload(None, None, "No test script found in container, exiting", 0)
+        from sifbox.formats import appenv
+
+        return Payload(None, None, appenv.NO_TEST, 0)
     if script and present(script):
         return Payload([script, *words], direct)
     raise SifboxError(f"can't {action} `{p.spec.image}`: the image has no /bin/sh",

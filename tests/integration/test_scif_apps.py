@@ -59,5 +59,7 @@ def test_missing_app(run_as, as_who, sifbox_cli, scif_images) -> None:
 
 def test_inspect_apps(run_as, sifbox_cli, scif_images) -> None:
     image = str(scif_images["sif"])
-    assert run_as(None, [sifbox_cli, "inspect", "--list-apps", image]).stdout == "foo\n"
-    assert run_as(None, [sifbox_cli, "inspect", "--app", "foo", image]).stdout == "APP: foo\n"
+    listed = run_as(None, [sifbox_cli, "inspect", "--list-apps", image])
+    assert listed.stdout == "foo\n", listed.stderr
+    shown = run_as(None, [sifbox_cli, "inspect", "--app", "foo", image])
+    assert shown.stdout == "APP: foo\n", shown.stderr

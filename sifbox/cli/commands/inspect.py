@@ -1,17 +1,24 @@
 """`sifbox inspect IMAGE`: show an image's metadata, as Apptainer does.
 
-Labels by default; --deffile, --runscript, --startscript, --test,
---environment, --helpfile, --list-apps; --json for Apptainer's JSON shape;
---all for everything (JSON). Read from the image without mounting it.
+Labels by default; --deffile, --runscript, --startscript, --test, --environment,
+--helpfile, --list-apps, each for one app with --app NAME; --json for Apptainer's JSON
+shape; --all for everything (JSON). A SIF's `inspect-metadata.json` object is used
+when it has one (as Apptainer does); otherwise the metadata files are read from the
+image without mounting it (one unsquashfs run).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-SD = "/.singularity.d"
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from sifbox.formats.inspectmeta import Metadata
+    from sifbox.image.source import ImageSource
+
+#: Largest `inspect-metadata.json` or definition object read from a SIF.
+MAX_OBJECT = 16 << 20
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,121 +36,78 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="show all available data (implies --json)")
 
 
-def _text(data: bytes | None) -> str:
-    return "" if data is None else data.decode("utf-8", "replace").rstrip("\n")
+def request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from sifbox.formats.inspectmeta import Request
+
+    return Request(labels=args.labels, deffile=args.deffile, runscript=args.runscript,
+                   startscript=args.startscript, test=args.test, environment=args.environment,
+                   helpfile=args.helpfile, list_apps=args.list_apps, app=None if args.all else args.app,
+                   all=args.all)  # fmt: skip
 
 
-def gather(src, args: argparse.Namespace) -> dict:  # type: ignore[no-untyped-def]
-    from sifbox.image.files import list_dir, read_file
+def gather(src: ImageSource, warnings: list[str]) -> Metadata:
+    """Everything `inspect --all` shows of the opened image `src`."""
+    from sifbox.formats import inspectmeta
+    from sifbox.image.files import read_glob
 
-    everything = args.all
-    app = None if everything else args.app
-    base = f"/scif/apps/{app}/scif" if app else SD
-    default_labels = not (args.helpfile or args.deffile or args.runscript or args.startscript
-                          or args.test or args.environment or args.list_apps)  # fmt: skip
-    attrs: dict = {}
-    apps = [a for a in list_dir(src, "/scif/apps") if read_file(src, f"/scif/apps/{a}/scif/runscript") is not None
-            or list_dir(src, f"/scif/apps/{a}/scif")]  # fmt: skip
-    target: dict = attrs
-    if app:
-        target = {}
-    if args.labels or default_labels or everything:
-        raw = _text(read_file(src, f"{base}/labels.json"))
-        if raw:
-            try:
-                labels = json.loads(raw)
-                target["labels"] = {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
-            except ValueError:
-                from sifbox.util import log
-
-                log.log.warning("Unable to parse labels of %s", args.image)
-    if args.deffile or everything:
-        deffile = _sif_deffile(src) or _text(read_file(src, f"{SD}/Singularity"))
-        if deffile:
-            attrs["deffile"] = deffile.rstrip("\n")
-    for flag, name, key in (("helpfile", "runscript.help", "helpfile"), ("runscript", "runscript", "runscript"),
-                            ("test", "test", "test")):  # fmt: skip
-        if getattr(args, flag) or everything:
-            value = _text(read_file(src, f"{base}/{name}"))
-            if value:
-                target[key] = value
-    if (args.startscript or everything) and not app:
-        value = _text(read_file(src, f"{SD}/startscript"))
-        if value:
-            attrs["startscript"] = value
-    if args.environment or everything:
-        env: dict[str, str] = {}
-        envdir = f"{base}/env"
-        for name in list_dir(src, envdir):
-            if (name.startswith("10-docker") or (name.startswith("9") and name.endswith("-environment.sh"))) and name.endswith(".sh"):
-                value = _text(read_file(src, f"{envdir}/{name}"))
-                env[f"{envdir}/{name}"] = value
-        if env:
-            target["environment"] = env
-    if args.list_apps or everything:
-        attrs["apps"] = {a: {} for a in apps}
-    if app:
-        attrs.setdefault("apps", {})[app] = target
-    return {"data": {"attributes": attrs}, "type": "container"}
+    stored, deffile = _sif_objects(src, warnings)
+    if stored is not None:
+        if deffile is not None:
+            stored["data"]["attributes"]["deffile"] = deffile.rstrip("\n")
+        return stored
+    files, dirs = read_glob(src, list(inspectmeta.PATTERNS), [inspectmeta.APP_PATTERN])
+    return inspectmeta.collect(files, inspectmeta.apps_of(dirs), deffile, warnings)
 
 
-def _sif_deffile(src) -> str:  # type: ignore[no-untyped-def]
+def _sif_objects(src: ImageSource, warnings: list[str]) -> tuple[Metadata | None, str | None]:
+    """A SIF's inspect-metadata.json (parsed) and definition, when it has them."""
+    import json
+    import os
+
+    from sifbox.formats import inspectmeta
     from sifbox.formats.sif import constants as c
     from sifbox.formats.sif.image import SifError, SifImage
     from sifbox.image.source import ImageKind
 
-    if src.kind is not ImageKind.SIF:
-        return ""
-    import os
-
+    if src.kind is not ImageKind.SIF or src.fd is None:
+        return None, None
+    meta = deffile = None
     with os.fdopen(os.dup(src.fd), "rb") as fp:
         try:
             img = SifImage.load(fp)
             for d in img.objects():
-                if d.data_type == c.DataType.DEFFILE:
-                    return img.read(d, limit=16 << 20).decode("utf-8", "replace")
+                if d.data_type == c.DataType.DEFFILE and deffile is None:
+                    deffile = img.read(d, limit=MAX_OBJECT).decode("utf-8", "replace")
+                elif d.data_type == c.DataType.GENERIC_JSON and d.name == "inspect-metadata.json" and meta is None:
+                    raw = img.read(d, limit=MAX_OBJECT)
+                    try:
+                        meta = inspectmeta.parse(json.loads(raw))
+                    except (ValueError, RecursionError):
+                        meta = None
+                    if meta is None:
+                        warnings.append("Unable to read the inspect-metadata.json object of the image: not "
+                                        "Apptainer's metadata; reading the image's files instead")  # fmt: skip
         except SifError:
-            return ""
-    return ""
-
-
-def go_json(obj: object) -> str:
-    """JSON as Go's json.MarshalIndent(v, "", "\\t") writes it."""
-    text = json.dumps(obj, indent="\t", sort_keys=True, ensure_ascii=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def render_text(meta: dict, app: str | None, list_apps: bool) -> str:
-    attrs = meta["data"]["attributes"]
-    app_attrs = attrs.get("apps", {}).get(app) if app else None
-    out = []
-    if list_apps:
-        out += [f"{a}\n" for a in sorted(attrs.get("apps", {}))]
-
-    def pick(key: str) -> str:
-        return attrs.get(key) or (app_attrs or {}).get(key) or ""
-
-    for key in ("deffile", "runscript", "startscript", "test", "helpfile"):
-        value = attrs.get(key) if key in ("deffile", "startscript") else pick(key)
-        if value:
-            out.append(f"{value}\n")
-    env = attrs.get("environment") or (app_attrs or {}).get("environment") or {}
-    out += [f"=== {k} ===\n{env[k]}\n\n" for k in sorted(env)]
-    labels = attrs.get("labels") or (app_attrs or {}).get("labels") or {}
-    out += [f"{k}: {labels[k]}\n" for k in sorted(labels)]
-    return "".join(out)
+            return None, None
+    return meta, deffile
 
 
 def main(args: argparse.Namespace) -> int:
+    from sifbox.formats import inspectmeta
     from sifbox.image.source import open_image
+    from sifbox.util import log
 
+    req = request(args)
+    warnings: list[str] = []
     src = open_image(args.image, verb="inspect")
     try:
-        meta = gather(src, args)
+        meta = inspectmeta.select(gather(src, warnings), req)
     finally:
         src.close()
+    for w in warnings:
+        log.log.warning("%s", w)
     if args.json or args.all:
-        sys.stdout.write(go_json(meta) + "\n")
+        sys.stdout.write(inspectmeta.render_json(meta) + "\n")
     else:
-        sys.stdout.write(render_text(meta, args.app, args.list_apps))
+        sys.stdout.write(inspectmeta.render_text(meta, req))
     return 0

@@ -1,0 +1,2 @@
+#!/bin/sh
+# The image's base environment: sourced first; sets nothing.

@@ -1,0 +1,14 @@
+#!/bin/sh
+# PATH as asked for at run time (APPTAINERENV_PREPEND_PATH, ..._APPEND_PATH, ..._PATH arrive
+# as SING_USER_DEFINED_*): applied after every other script of the image.
+if [ -n "${SING_USER_DEFINED_PREPEND_PATH:-}" ]; then
+    PATH="$SING_USER_DEFINED_PREPEND_PATH:$PATH"
+fi
+if [ -n "${SING_USER_DEFINED_APPEND_PATH:-}" ]; then
+    PATH="$PATH:$SING_USER_DEFINED_APPEND_PATH"
+fi
+if [ -n "${SING_USER_DEFINED_PATH:-}" ]; then
+    PATH="$SING_USER_DEFINED_PATH"
+fi
+unset SING_USER_DEFINED_PREPEND_PATH SING_USER_DEFINED_APPEND_PATH SING_USER_DEFINED_PATH
+export PATH

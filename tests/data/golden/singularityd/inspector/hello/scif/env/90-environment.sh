@@ -1,0 +1,2 @@
+HELLOTHISIS=hello
+export HELLOTHISIS
