@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,23 @@ from tests.integration.images import env_for
 
 if TYPE_CHECKING:
     from tests.conftest import User
+
+#: The prefix of every directory this test session makes under /tmp: this session's alone, so
+#: that its leak guard, and those of other test sessions on the machine, never take another
+#: session's files, mounts or loop devices for their own.
+TMP_PREFIX = f"sifbox-e2e{os.getpid()}-"
+
+
+def new_dir(tag: str, mode: int = 0o755) -> Path:
+    """A fresh directory /tmp/TMP_PREFIX-TAG-XXXX with `mode`."""
+    path = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{tag}-", dir="/tmp"))
+    path.chmod(mode)
+    return path
+
+
+def remove_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
 
 #: Commands that take the profile's option (Apptainer's `optionForCommands`).
 PROFILE_COMMANDS = ("exec", "run", "shell", "test", "instance start", "instance run")

@@ -1,8 +1,7 @@
 """Fixtures of the ported Apptainer e2e tests (see cases.py for how a case is written).
 
 The images, built once per session as root with `sifbox build` from the definition files in
-data/, in one directory every user can read (/tmp/sifbox-images-e2e-*, which the leak guard of
-tests/integration/images.py recognises as ours):
+data/, in one directory every user can read (under /tmp, named with cases.TMP_PREFIX):
 
     test       e2e/testdata/Apptainer, the image most e2e tests run (c.env.ImagePath)
     busybox    e2e.BusyboxSIF: busybox and nothing else
@@ -23,7 +22,6 @@ import os
 import pwd
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,14 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.apptainer.cases import Result, Runner
-from tests.integration.images import (
-    IMAGES_PREFIX,
-    LeakGuard,
-    _become_subreaper,
-    _reap_orphans,
-    env_for,
-)
+from tests.e2e.apptainer.cases import TMP_PREFIX, Result, Runner, new_dir, remove_dir
+from tests.integration.images import _become_subreaper, env_for
 
 DATA = Path(__file__).resolve().parent / "data"
 BUILD_TIMEOUT = 120
@@ -115,35 +107,158 @@ def e2e_images(sifbox_cli: str) -> Iterator[Images]:
             pytest.skip(
                 f"`{tool}` is not installed (Debian packages squashfs-tools, busybox-static)"
             )
-    base = Path(tempfile.mkdtemp(prefix=f"{IMAGES_PREFIX}e2e-", dir="/tmp"))
-    base.chmod(0o755)
+    base = new_dir("images")
     try:
         yield build_images(sifbox_cli, base)
     finally:
-        subprocess.run(["rm", "-rf", str(base)], check=False)
+        remove_dir(base)
 
 
 @pytest.fixture
 def work_dir() -> Iterator[Path]:
     """A fresh directory under /tmp that root and the test user can both write (0777)."""
-    base = Path(tempfile.mkdtemp(prefix="sifbox-test-e2e-", dir="/tmp"))
-    base.chmod(0o777)
+    base = new_dir("work", 0o777)
     try:
         yield base
     finally:
-        subprocess.run(["rm", "-rf", str(base)], check=False)
+        remove_dir(base)
+
+
+# --- leak guard ----------------------------------------------------------------------------------
+# The checks of tests/integration/images.py's LeakGuard, for this session's own resources only
+# (other test sessions run on this machine at the same time): new mounts of or on its
+# directories; new squashfuse, fuse2fs, fuse-overlayfs or instance processes among its
+# descendants (the session is a child subreaper, so orphans stay its own; a leaked FUSE mount
+# keeps its helper alive); loop devices on its files. Cheap enough to run after each of several
+# hundred cases: one pass over /proc, loop devices read from /sys rather than with losetup.
+
+OURS = (f"/tmp/{TMP_PREFIX}",)
+HELPERS = ("squashfuse", "fuse2fs", "fuse-overlayfs")
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _mounts() -> dict[str, str]:
+    """mount id -> "MOUNTPOINT (FSTYPE from SOURCE)" of the mounts worth watching."""
+    found = {}
+    for line in _read("/proc/self/mountinfo").splitlines():
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or len(tail) < 2:
+            continue
+        mnt = fields[4].replace("\\040", " ")
+        if mnt.startswith(OURS) or tail[1].startswith(OURS):
+            found[fields[0]] = f"{mnt} ({tail[0]} from {tail[1]})"
+    return found
+
+
+def _children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _read(f"/proc/{entry}/stat")
+            rest = stat[stat.rfind(")") + 2 :].split()
+            if len(rest) > 1 and rest[0] != "Z":
+                children.setdefault(int(rest[1]), []).append(int(entry))
+    return children
+
+
+def _descendants() -> set[int]:
+    children, found, todo = _children(), set(), [os.getpid()]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _suspect(pid: int) -> str | None:
+    stat = _read(f"/proc/{pid}/stat")
+    comm = stat[stat.find("(") + 1 : stat.rfind(")")]
+    cmdline = _read(f"/proc/{pid}/cmdline").replace("\0", " ")
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = b"\0" + f.read()
+    except OSError:
+        environ = b""
+    if comm.startswith(HELPERS) or comm == "sifbox-instance" or any(o in cmdline for o in OURS) \
+            or b"\0SIFBOX_INSTANCE=" in environ:  # fmt: skip
+        return f"{comm}: {cmdline}"
+    return None
+
+
+def _loops() -> set[str]:
+    found = set()
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        target = _read(str(backing)).strip()
+        if target.startswith(OURS):
+            found.add(f"{backing.parts[3]}: {target}")
+    return found
+
+
+class Guard:
+    def __init__(self) -> None:
+        self.mounts, self.procs, self.loops = _mounts(), _descendants(), _loops()
+
+    def leaks(self) -> list[str]:
+        mounts = [f"mount {m}" for k, m in _mounts().items() if k not in self.mounts]
+        procs = [
+            f"process {p} {what}" for p in _descendants() - self.procs if (what := _suspect(p))
+        ]
+        return mounts + procs + [f"loop device {ln}" for ln in sorted(_loops() - self.loops)]
+
+    def wait_clean(self, grace: float = 2.5) -> list[str]:
+        deadline = time.monotonic() + grace
+        while (leaks := self.leaks()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return leaks
+
+    def clean_up(self, leaks: list[str]) -> None:
+        """Undo leaks so that one faulty test does not fail the next ones too."""
+        for leak in leaks:
+            kind, _, what = leak.partition(" ")
+            if kind == "process":
+                try:
+                    os.kill(int(what.split()[0]), 9)
+                except (ProcessLookupError, ValueError):
+                    pass
+            elif kind == "mount":
+                subprocess.run(
+                    ["umount", "-l", what.split(" (")[0]], check=False, capture_output=True
+                )
+            elif what.startswith("device "):
+                dev = "/dev/" + what.split()[1].rstrip(":")
+                subprocess.run(["losetup", "-d", dev], check=False, capture_output=True)
+
+
+def _reap() -> None:
+    """Reap the zombies this session adopted as subreaper (exited FUSE helpers and the like)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 @pytest.fixture(autouse=True)
 def no_leaks(e2e_images: Images) -> Iterator[None]:
     """Fail a test that leaves a mount, a FUSE helper, a loop device or an instance behind."""
     _become_subreaper()
-    guard = LeakGuard(e2e_images.files)
+    guard = Guard()
     yield
-    _reap_orphans()
+    _reap()
     leaks = guard.wait_clean()
     if leaks:
-        guard.clean_up()
+        guard.clean_up(leaks)
         pytest.fail("left behind after the test:\n  " + "\n  ".join(leaks), pytrace=False)
 
 

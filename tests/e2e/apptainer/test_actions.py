@@ -11,7 +11,6 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +25,9 @@ from tests.e2e.apptainer.cases import (
     exact,
     lacks,
     mark_xfail,
+    new_dir,
     params,
+    remove_dir,
     run_case,
 )
 
@@ -431,11 +432,10 @@ BINDS = [
 @pytest.fixture(scope="module")
 def binds_sandbox(e2e_images) -> Iterator[Path]:  # type: ignore[no-untyped-def]
     """A copy of the sandbox (owned by the test user) that this module's --writable cases change."""
-    base = Path(tempfile.mkdtemp(prefix="sifbox-test-e2e-binds-", dir="/tmp"))
-    base.chmod(0o755)
+    base = new_dir("binds")
     subprocess.run(["cp", "-a", str(e2e_images.sandbox), str(base / "sandbox")], check=True)
     yield base / "sandbox"
-    subprocess.run(["rm", "-rf", str(base)], check=False)
+    remove_dir(base)
 
 
 def make_workspace(work: Path) -> None:
@@ -493,8 +493,7 @@ def bind_images(sifbox_cli) -> Iterator[dict[str, str]]:  # type: ignore[no-unty
     for tool in ("mksquashfs", "mkfs.ext3"):
         if shutil.which(tool) is None:
             pytest.skip(f"`{tool}` is not installed (Debian packages squashfs-tools, e2fsprogs)")
-    base = Path(tempfile.mkdtemp(prefix="sifbox-test-e2e-bindimage-", dir="/tmp"))
-    base.chmod(0o777)
+    base = new_dir("bindimage", 0o777)
     (base / "scratch/bin").mkdir(parents=True)
     for p in (base / "scratch", base / "scratch/bin"):
         p.chmod(0o777)
@@ -519,7 +518,7 @@ def bind_images(sifbox_cli) -> Iterator[dict[str, str]]:  # type: ignore[no-unty
     for name in ("squashfs.simg", "ext3_fs.img", "data_squash.sif", "data_ext3.sif"):
         (base / name).chmod(0o666)
     yield {"@bi@": str(base)}
-    subprocess.run(["rm", "-rf", str(base)], check=False)
+    remove_dir(base)
 
 
 BI = "@bi@"

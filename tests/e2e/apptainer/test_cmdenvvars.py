@@ -10,13 +10,12 @@ own: the cases check that the cache directory is used (or not) at all.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.apptainer.cases import C, check, mark_xfail
+from tests.e2e.apptainer.cases import C, check, mark_xfail, new_dir
 from tests.integration.registry_server import RegistryServer, make_layout, need, push_layout
 
 pytestmark = pytest.mark.integration
@@ -26,7 +25,7 @@ pytestmark = pytest.mark.integration
 def registry_image() -> Iterator[str]:
     """docker://127.0.0.1:PORT/e2e/busybox:1 (one busybox layer); the registry stops after."""
     need("docker-registry", "skopeo")
-    work = Path(tempfile.mkdtemp(prefix="sifbox-test-e2e-registry-", dir="/tmp"))
+    work = new_dir("registry")
     try:
         make_layout(work / "layout", "1", ["amd64"])
         with RegistryServer(work / "registry") as reg:

@@ -13,13 +13,21 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.apptainer.cases import C, Case, check, contains, mark_xfail, params
+from tests.e2e.apptainer.cases import (
+    C,
+    Case,
+    check,
+    contains,
+    mark_xfail,
+    new_dir,
+    params,
+    remove_dir,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -37,11 +45,10 @@ def overlay_root() -> Iterator[Path]:
             pytest.skip(
                 f"`{tool}` is not installed (Debian packages squashfs-tools, e2fsprogs, coreutils)"
             )
-    base = Path(tempfile.mkdtemp(prefix="sifbox-test-e2e-overlay-", dir="/tmp"))
-    base.chmod(0o755)
+    base = new_dir("overlay")
     yield base
     _WORKSPACES.clear()
-    subprocess.run(["rm", "-rf", str(base)], check=False)
+    remove_dir(base)
 
 
 @pytest.fixture

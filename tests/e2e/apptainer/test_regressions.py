@@ -15,7 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.apptainer.cases import C, Case, check, exact, lacks, params, regex, run_case
+from tests.e2e.apptainer.cases import (
+    C,
+    Case,
+    check,
+    exact,
+    lacks,
+    new_dir,
+    params,
+    regex,
+    remove_dir,
+    run_case,
+)
 
 pytestmark = pytest.mark.integration
 DATA = Path(__file__).resolve().parent / "data"
@@ -174,13 +185,12 @@ def test_issue5399_system_xattr() -> None:
 @pytest.fixture(scope="module")
 def perm_sandbox(e2e_images) -> Iterator[Path]:  # type: ignore[no-untyped-def]
     """issue5455: a root-owned sandbox with /perm mode 0777."""
-    base = Path(tempfile.mkdtemp(prefix="sifbox-test-e2e-perm-", dir="/tmp"))
-    base.chmod(0o755)
+    base = new_dir("perm")
     sandbox = copy_sandbox(e2e_images.sandbox, base / "sandbox", (0, 0))
     (sandbox / "perm").mkdir()
     (sandbox / "perm").chmod(0o777)
     yield sandbox
-    subprocess.run(["rm", "-rf", str(base)], check=False)
+    remove_dir(base)
 
 
 def test_issue5455_writable_tmpfs_in_open_dir(request, sb, perm_sandbox: Path) -> None:
@@ -331,8 +341,7 @@ def test_invalid_remote() -> None:
 
 @pytest.fixture(scope="module")
 def issue1097_image(sifbox_cli) -> Iterator[Path]:  # type: ignore[no-untyped-def]
-    base = Path(tempfile.mkdtemp(prefix="sifbox-test-e2e-1097-", dir="/tmp"))
-    base.chmod(0o755)
+    base = new_dir("issue1097")
     shutil.copy(DATA / "issue_1097.def", base / "issue_1097.def")
     proc = subprocess.run([sifbox_cli, "build", str(base / "issue_1097.sif"), str(base / "issue_1097.def")],
                           cwd=base, capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
@@ -340,7 +349,7 @@ def issue1097_image(sifbox_cli) -> Iterator[Path]:  # type: ignore[no-untyped-de
         pytest.fail(f"can't build issue_1097.sif: {proc.stderr[-2000:]}")
     (base / "issue_1097.sif").chmod(0o644)
     yield base / "issue_1097.sif"
-    subprocess.run(["rm", "-rf", str(base)], check=False)
+    remove_dir(base)
 
 
 def test_issue1097_var_tmp_symlink(request, sb, issue1097_image: Path) -> None:
