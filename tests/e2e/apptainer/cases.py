@@ -1,4 +1,4 @@
-"""Apptainer's e2e expectations as table rows: the command, the exit status, the output match.
+r"""Apptainer's e2e expectations as table rows: the command, the exit status, the output match.
 
 A case is named after the Go test it ports, as `FILE:FUNCTION/SUBTEST` (e.g.
 `env.go:apptainerEnvOption/DefaultPath`), so that anyone can find the source in
@@ -17,6 +17,43 @@ case runs as root and as the unprivileged test user (the `as_who` fixture), unle
 assigned by theme); it is strict, so a fix makes the case XPASS and the marker must go. It may
 be a dict {"root": theme, "user": theme} when only one of the users fails. `diverges` says that
 the case asserts what sifbox deliberately does differently from Apptainer, and why.
+
+The themes:
+    env-eval              --env, --env-file, SIFBOXENV_/APPTAINERENV_ values are not evaluated as
+                          Apptainer evaluates them ($VAR, $(cmd); an escaped \$ stays a literal $)
+    ld-library-path       the libs directory twice (image with Apptainer's 99-base.sh), dropped from
+                          a user-set value; no PREPEND_/APPEND_LD_LIBRARY_PATH; no image library
+                          directories before it when something is bound into it
+    host-var-leak         host APPTAINER_*, SINGULARITY_*, SIFBOX_* variables reach the container
+    home-override         APPTAINERENV_HOME / SIFBOXENV_HOME override HOME
+    cleanenv-lang         --cleanenv keeps the host's LANG and LC_ALL instead of setting LANG=C
+    cleanenv-proxy        --cleanenv drops the proxy variables Apptainer always passes
+    contain-cwd           --contain keeps the caller's directory instead of starting in $HOME
+    bind-env-merge        the container's APPTAINER_BIND lists the environment's binds, not --bind's
+    bind-escaped-comma    `\,` in a --bind path; bind-escaped-colon: `\:`
+    bind-image            image binds (`image-src=`, `id=`) of SquashFS, EXT3 and SIF images
+    writable-bind-dest    with --writable, a missing bind destination is made in the image
+    conf-bind-fatal       a failing `bind path` (/etc/hosts, /etc/localtime) bind stops the launch
+    var-tmp-symlink       the host's /var/tmp is mounted through an image's /var/tmp -> /tmp link
+    app-exit-status       --app: a missing app gives 126 (Apptainer 1); an app without the
+                          runscript or test asked for gives 0 (Apptainer 1)
+    legacy-environment    /environment of an image without /.singularity.d is not sourced
+    no-mount-dev-null     with --no-mount dev the launch needs /dev/null from the image
+    fakeroot-contain-home --fakeroot --contain mounts the host home on /root
+    writable-tmpfs-foreign-owner  (user) --writable-tmpfs can't create in a directory of another uid
+    passwd-entry          the caller's /etc/passwd line lacks the host's GECOS field and shell
+    overlay-writable-tmpfs  a writable --overlay is accepted with --writable-tmpfs
+    overlay-min-size      `overlay create` accepts an image too small for an overlay
+    network-cni           --network bridge, ptp, fakeroot
+    inspect-all-json      `inspect --all` lacks Apptainer's JSON (apps' labels, scripts, help)
+    image-labels          labels Apptainer's build writes (`...usage.apptainer.runscript.help`)
+    image-env-script      the environment scripts as Apptainer writes them (image and apps)
+    configdir             APPTAINER_CONFIGDIR is not where instances are kept
+    flag-env              the APPTAINER_/SIFBOX_ variable of a flag is not read
+    readonly-cache        a read-only cache directory fails instead of disabling the cache
+    keyring-init          `key list` does not create the keyrings
+    action-uri            actions on a docker:// URI
+    missing-flag:FLAG, missing-command:COMMAND   not available yet
 """
 
 from __future__ import annotations

@@ -271,7 +271,9 @@ def test_network(request, sb, case: Case) -> None:
 # --- actionBinds ("binds") -----------------------------------------------------------------------
 # On a sandbox of the test image owned by the test user (Apptainer's test builds it with the user
 # profile), shared by the cases of this module. The workspace (canary directory and files, home
-# and work directories) is made fresh for each case, as the Go test does for each profile.
+# and work directories) is made fresh for each case, as the Go test does for each profile. The Go
+# test runs every profile; here root and the user run each case once, without --userns or
+# --fakeroot (actionBasicProfiles covers those).
 
 WS = "@work@"
 CANARY = f"{WS}/canary"
