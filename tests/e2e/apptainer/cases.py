@@ -117,7 +117,12 @@ class Expect:
             ok = re.search(text, stream) is not None
         else:
             raise ValueError(self.kind)
-        return None if ok else f"{name}: expected {self.kind} {text!r}, got {stream!r}"
+        if ok:
+            return None
+        if self.kind == "lacks":
+            lines = [ln for ln in stream.splitlines() if text in ln]
+            return f"{name}: expected no {text!r}, found it in {lines}"
+        return f"{name}: expected {self.kind} {text!r} (the stream is below)"
 
 
 def exact(text: str) -> Expect:
