@@ -218,7 +218,6 @@ class Runner:
         argv: Sequence[str],
         *,
         env: Mapping[str, str] | None = None,
-        replace_env: Mapping[str, str] | None = None,
         cwd: str | Path | None = None,
         stdin: str | None = None,
         umask: int | None = None,
@@ -227,7 +226,7 @@ class Runner:
         """`sifbox ARGV` as this runner's user (no runuser: the status is sifbox's own)."""
         args = [self.cli, *(self.subst(a) for a in argv)]
         kw: dict[str, object] = {
-            "env": dict(replace_env) if replace_env is not None else self.env(env),
+            "env": self.env(env),
             "cwd": self.subst(str(cwd)) if cwd is not None else str(self.work),
             "stdin": subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
             "stdout": subprocess.PIPE,

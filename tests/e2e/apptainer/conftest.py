@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.apptainer.cases import TMP_PREFIX, Result, Runner, new_dir, remove_dir
-from tests.integration.images import _become_subreaper, env_for
+from tests.e2e.apptainer.cases import TMP_PREFIX, Runner, new_dir, remove_dir
+from tests.integration.images import _become_subreaper
 
 DATA = Path(__file__).resolve().parent / "data"
 BUILD_TIMEOUT = 120
@@ -48,10 +48,6 @@ class Images:
     inspector_sif: Path
     inspector_sqfs: Path
     inspector_sandbox: Path
-
-    @property
-    def files(self) -> tuple[Path, ...]:
-        return (self.test, self.busybox, self.debian, self.inspector_sif, self.inspector_sqfs)
 
 
 def _build(cli: str, out: Path, source: str | Path, *flags: str, cwd: Path) -> None:
@@ -268,15 +264,3 @@ def sb(as_who, sifbox_cli: str, e2e_images: Images, work_dir: Path) -> Runner:  
     `sifbox ARGV` as `as_who` and gives (status, stdout, stderr); `sb.subst(text)` fills the
     @...@ placeholders of a case."""
     return Runner(who=as_who, cli=sifbox_cli, images=e2e_images, work=work_dir, timeout=TIMEOUT)
-
-
-def wait_for(predicate, timeout: float = 10.0, step: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
-
-
-__all__ = ["Images", "Result", "Runner", "env_for", "wait_for"]
