@@ -78,11 +78,15 @@ def exec_in(sb, instance: str, *argv: str) -> str:  # type: ignore[no-untyped-de
 
 @pytest.fixture
 def instances(sb):  # type: ignore[no-untyped-def]
-    """Names started by the test; whatever is still running at the end is stopped."""
+    """Names started by the test; whatever is still running at the end is stopped, and the
+    instances' log files are removed."""
     started: list[str] = []
     yield started
+    logs = Path(sb.who.home, ".sifbox/instances/logs", socket.gethostname(), sb.who.name)
     for n in started:
         sb.run(["instance", "stop", "--force", n])
+        for suffix in (".out", ".err"):
+            (logs / (n + suffix)).unlink(missing_ok=True)
 
 
 def test_basic_echo_server(request, sb, instances) -> None:
