@@ -171,11 +171,11 @@ __sifbox_action=$1
 shift
 case $__sifbox_action in
 exec)
-    if ! command -v "$1" >/dev/null 2>&1; then
+    if ! __sifbox_found=$(command -v "$1" 2>&1); then  # no /dev/null needed (--no-mount dev)
         echo "sifbox: error: can't run \`$1\` in the container: command not found" >&2
         exit 127
     fi
-    unset __sifbox_action
+    unset __sifbox_action __sifbox_found
     exec "$@" ;;
 run)
 """

@@ -128,6 +128,7 @@ def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir
             elif isdir(d):
                 mounts.append(Mount("rbind", d, d))
     home_target = spec.home_target or host.home
+    before_home = len(mounts)  # the current directory goes here: below home and binds, never over them
     if "home" not in off and not spec.no_home and home_target and home_target != "/":
         if spec.home_source:
             if not isdir(spec.home_source):
@@ -162,12 +163,14 @@ def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir
         mounts.append(Mount("rbind", b.source, b.target, readonly=b.readonly, file=not isdir(b.source)))
     if "cwd" not in off and not spec.contain and spec.pwd is None:
         cwd = host.cwd
-        # A directory the plan already mounts (a bind, or a private tmpfs such as
-        # a contained container's /tmp) is not bound again from the host.
-        covered = [m.target for m in mounts if m.kind in ("bind", "rbind", "tmpfs") and not m.file]
-        if cwd and cwd != "/" and isdir(cwd) and not any(_under(cwd, t) for t in covered):
+        # A directory the plan binds already is not bound again, nor a private
+        # tmpfs itself (a contained container's /tmp): a directory below one is.
+        covered = [m.target for m in mounts if m.kind in ("bind", "rbind") and not m.file]
+        private = {_norm(m.target) for m in mounts if m.kind == "tmpfs"}
+        if (cwd and cwd != "/" and isdir(cwd) and not any(_under(cwd, t) for t in covered)
+                and _norm(cwd) not in private):  # fmt: skip
             if not _system_path(cwd):
-                mounts.append(Mount("rbind", cwd, cwd, readonly=contained))
+                mounts.insert(before_home, Mount("rbind", cwd, cwd, readonly=contained))
     if contained:
         mounts += containment(mounts)
     return mounts

@@ -41,8 +41,7 @@ RUN = [
     C("actions.go:actionRun/True", "run", "@test@", "true"),
     C("actions.go:actionRun/False", "run", "@test@", "false", exit=1),
     C("actions.go:actionRun/ScifTestAppGood", "run", "--app", "testapp", "@test@"),
-    C("actions.go:actionRun/ScifTestAppBad", "run", "--app", "fakeapp", "@test@", exit=1,
-      xfail="app-exit-status"),
+    C("actions.go:actionRun/ScifTestAppBad", "run", "--app", "fakeapp", "@test@", exit=1),
 ]  # fmt: skip
 
 
@@ -76,8 +75,7 @@ EXEC = [
     C("actions.go:actionExec/False", "exec", "@test@", "false", exit=1),
     C("actions.go:actionExec/FalseAbsPath", "exec", "@test@", "/bin/false", exit=1),
     C("actions.go:actionExec/ScifTestAppGood", "exec", "--app", "testapp", "@test@", "testapp.sh"),
-    C("actions.go:actionExec/ScifTestAppBad", "exec", "--app", "fakeapp", "@test@", "testapp.sh", exit=1,
-      xfail="app-exit-status"),
+    C("actions.go:actionExec/ScifTestAppBad", "exec", "--app", "fakeapp", "@test@", "testapp.sh", exit=1),
     *(C(f"actions.go:actionExec/ScifTestfolderOrg[{flag} {path}]", "exec", "@test@", "test", flag, path)
       for flag, path in (("-d", "/scif"), ("-d", "/scif/apps"), ("-d", "/scif/data"), ("-d", "/scif/apps/foo"),
                          ("-d", "/scif/apps/bar"), ("-f", "/scif/apps/foo/filefoo.exec"),
@@ -143,11 +141,9 @@ def test_contain_cwd(request, sb, case: Case) -> None:
 
 ACTION_SCRIPT = [
     # run --app NAME without a runscript: "no runscript for contained app", exit 1.
-    C("action_script.sh:run/--app without %apprun", "run", "--app", "bar", "@test@", exit=1,
-      xfail="app-exit-status"),
+    C("action_script.sh:run/--app without %apprun", "run", "--app", "bar", "@test@", exit=1),
     # test --app NAME without a test: "No tests for contained app", exit 1.
-    C("action_script.sh:test/--app without %apptest", "test", "--app", "bar", "@test@", exit=1,
-      xfail="app-exit-status"),
+    C("action_script.sh:test/--app without %apptest", "test", "--app", "bar", "@test@", exit=1),
     # test without a test script in the image: "No test script found in container, exiting", 0.
     C("action_script.sh:test/no test script", "test", "@busybox@"),
     # The test script gets the arguments (the test image's %test is `exec "$@"`).
@@ -640,7 +636,7 @@ NO_MOUNT = [
     *no_mount("proc", "proc", "on /proc", exit=1),
     *no_mount("sys", "sys", "on /sys"),
     # As the user, the image's /dev/null (a device node on a nodev mount) can't be opened.
-    *no_mount("dev", "dev", "on /dev", xfail={"user": "no-mount-dev-null"}),
+    *no_mount("dev", "dev", "on /dev"),
     *no_mount("devpts", "devpts", "on /dev/pts", default=False),
     *no_mount("tmp", "tmp", "on /tmp"),
     # run from / to avoid a /home mount through the current directory
@@ -653,7 +649,7 @@ NO_MOUNT = [
     *no_mount("binds-paths-hosts", "bind-paths", "on /etc/hosts"),
     *no_mount("bind-paths-localtime", "bind-paths", "on /etc/localtime"),
     # The same on a Debian image, whose /dev is empty: nothing may need /dev/null from the image.
-    *no_mount("dev[debian image, no /dev/null]", "dev", "on /dev", image="@debian@", xfail="no-mount-dev-null"),
+    *no_mount("dev[debian image, no /dev/null]", "dev", "on /dev", image="@debian@"),
 ]  # fmt: skip
 
 

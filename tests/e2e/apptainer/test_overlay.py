@@ -192,14 +192,24 @@ CREATE = [
 ]  # fmt: skip
 
 # --- run.go: testFuseOverlayfs (user namespace profile) ------------------------------------------
+# Divergence (root): a contained root container sees the host read-only, its current directory
+# included, so root's rows write into the container's own root (the overlay) instead of `file`
+# in the current directory; the users' rows are Apptainer's.
+_ROOT_CWD = "a contained root container's current directory is read-only (sifbox's containment)"
 FUSE = [
     C("run.go:testFuseOverlayfs/overlay create", "overlay", "create", "--size", "64", f"{OW}/overlay.img"),
     C("run.go:testFuseOverlayfs/writable-tmpfs", "exec", "--no-home", "--writable-tmpfs", "@busybox@", "touch",
-      "file", profile="userns", cwd=OW),
+      "file", profile="userns", cwd=OW, only="user"),
+    C("run.go:testFuseOverlayfs/writable-tmpfs[root]", "exec", "--no-home", "--writable-tmpfs", "@busybox@",
+      "touch", "/file", profile="userns", cwd=OW, only="root", diverges=_ROOT_CWD),
     C("run.go:testFuseOverlayfs/overlay image", "exec", "--no-home", "--overlay", f"{OW}/overlay.img",
-      "@busybox@", "touch", "file", profile="userns", cwd=OW),
+      "@busybox@", "touch", "file", profile="userns", cwd=OW, only="user"),
+    C("run.go:testFuseOverlayfs/overlay image[root]", "exec", "--no-home", "--overlay", f"{OW}/overlay.img",
+      "@busybox@", "touch", "/file", profile="userns", cwd=OW, only="root", diverges=_ROOT_CWD),
     C("run.go:testFuseOverlayfs/overlay dir", "exec", "--no-home", "--overlay", f"{OW}/fuse-overlay-dir",
-      "@busybox@", "touch", "file", profile="userns", cwd=OW),
+      "@busybox@", "touch", "file", profile="userns", cwd=OW, only="user"),
+    C("run.go:testFuseOverlayfs/overlay dir[root]", "exec", "--no-home", "--overlay", f"{OW}/fuse-overlay-dir",
+      "@busybox@", "touch", "/file", profile="userns", cwd=OW, only="root", diverges=_ROOT_CWD),
 ]  # fmt: skip
 
 ROWS = PERSISTENT + UNPRIV + CREATE + FUSE
@@ -209,7 +219,7 @@ ROWS = PERSISTENT + UNPRIV + CREATE + FUSE
 def test_overlay(request, sb, ows, case: Case) -> None:  # type: ignore[no-untyped-def]
     if case.only and case.only != sb.kind:
         pytest.skip(f"only as {case.only}")
-    if case.name == "run.go:testFuseOverlayfs/overlay dir":
+    if case.name.startswith("run.go:testFuseOverlayfs/overlay dir"):
         path = Path(ows["@ow@"]) / "fuse-overlay-dir"
         path.mkdir(exist_ok=True)
         os.chown(path, sb.who.uid, sb.who.gid)
