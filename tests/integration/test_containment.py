@@ -337,3 +337,16 @@ def test_root_refuses_an_ecl_another_user_controls(run_as, sifbox_cli, shared_tm
     proc = _run(run_as, ROOT, sifbox_cli, "exec", str(action_images.sif), "true", conf=conf)
     assert proc.returncode == 125, proc.stderr
     assert proc.stderr.startswith(f"sifbox: error: can't read ECL configuration `{ecl}`: it is owned by uid")
+
+
+@pytest.mark.parametrize(("directive", "said"), [("default", "contained: "), ("full", "NOT CONTAINED: ")])
+def test_config_check_says_whether_root_containers_are_contained(run_as, sifbox_cli, shared_tmp, directive,
+                                                                 said) -> None:  # fmt: skip
+    conf = _conf(shared_tmp, f"root default capabilities = {directive}\n")
+    proc = _run(run_as, ROOT, sifbox_cli, "config", "check", conf=conf)
+    assert proc.returncode == 0, proc.stderr
+    assert said in " ".join(proc.stdout.split()), proc.stdout
+    import json
+
+    proc = _run(run_as, ROOT, sifbox_cli, "config", "check", "--json", conf=conf)
+    assert json.loads(proc.stdout)["root containers contained"] is (directive != "full")

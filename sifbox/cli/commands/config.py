@@ -50,12 +50,15 @@ def main(args: argparse.Namespace) -> int:
         rows.append({"directive": s.name, "value": _show(d, s.value), "origin": origin})
     limits = _limits(cfg)
     facts, bypass = _machine()
+    containment = _root_containment(cfg)
     report = {
         "file": cfg.source,
         "directives": rows,
         "image limits": limits,
         "limits active": policy.active(cfg),
         "enforcement": policy.STRENGTH,
+        "root containers contained": cfg.get("root default capabilities") != "full",
+        "root containers": containment,
         "this machine": facts,
         "unprivileged bypass possible": bypass,
     }
@@ -82,9 +85,24 @@ def main(args: argparse.Namespace) -> int:
         verdict = ("So: users here cannot mount images by hand as far as sifbox can tell; "
                    "the limits decide what sifbox runs, and images the users cannot read "
                    "stay out of their reach.")  # fmt: skip
-    out += ["", _wrap(verdict)]
+    out += ["", _wrap(verdict), "", "Root's containers:", _wrap(containment)]
     print("\n".join(out))
     return 0
+
+
+def _root_containment(cfg) -> str:  # type: ignore[no-untyped-def]
+    """What `root default capabilities` makes of a container root starts."""
+    mode = cfg.get("root default capabilities")
+    if mode == "full":
+        return ("NOT CONTAINED: `root default capabilities = full` gives a container started by root "
+                "every capability, the host's /dev, /proc and /sys writable and the host's files "
+                "writable, as Apptainer's root containers: an image run by root can take over this "
+                "machine. `default` contains them (see the README's security section).")  # fmt: skip
+    caps = {"default": "a bounded set (Docker's default without MKNOD)", "file": "those of capability.json",
+            "no": "none"}[mode]  # fmt: skip
+    return (f"contained: capabilities: {caps}; /proc/sys and /sys read-only, sensitive /proc files "
+            "masked, a minimal /dev, the host's files read-only but for what root binds, own PID "
+            "and IPC namespaces; `--keep-privs` (or `full`) gives up containment for one container.")
 
 
 def _read(path: str) -> str:
