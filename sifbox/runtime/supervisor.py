@@ -14,15 +14,19 @@ stopped and reaped: nothing is left for PID 1 to collect.
 from __future__ import annotations
 
 import os
-import _signal as signal  # the C module: `signal` itself imports enum, ~5 ms of every launch
 import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+else:
+    import _signal as signal  # the C module: `signal` itself imports enum, ~5 ms of every launch
 
 from sifbox.runtime.sandbox import rootfs
 from sifbox.runtime.sandbox import syscalls as sc
 from sifbox.runtime.sandbox.process import exec_error
 from sifbox.util.errors import ExitStatus, report
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
@@ -67,9 +71,9 @@ def run(start: Callable[[], None], *, tramp: Trampoline | None = None, name: str
         os._exit(127)
     failed = 0
     if tramp is not None:
-        err = tramp.report()
-        if err:
-            failed = report(exec_error(name, err))
+        errno_ = tramp.report()
+        if errno_:
+            failed = report(exec_error(name, errno_))
     status = _supervise(pid)
     rootfs.stop_helpers(list(helpers))
     return failed or status

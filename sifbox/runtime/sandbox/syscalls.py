@@ -12,32 +12,36 @@ import errno
 import os
 import struct
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 # ctypes' C core, used directly: `import ctypes` builds its whole type zoo
 # first, ~4 ms of every launch (which counts once per MPI rank).
 
 
-class _Int(_ctypes._SimpleCData):
+class _Int(_ctypes._SimpleCData):  # type: ignore[type-arg]
     _type_ = "i"
 
 
-class _UInt32(_ctypes._SimpleCData):
+class _UInt32(_ctypes._SimpleCData):  # type: ignore[type-arg]
     _type_ = "I"
 
 
-class _Long(_ctypes._SimpleCData):
+class _Long(_ctypes._SimpleCData):  # type: ignore[type-arg]
     _type_ = "l"
 
 
-class _ULong(_ctypes._SimpleCData):
+class _ULong(_ctypes._SimpleCData):  # type: ignore[type-arg]
     _type_ = "L"
 
 
-class _CharP(_ctypes._SimpleCData):
+class _CharP(_ctypes._SimpleCData):  # type: ignore[type-arg]
     _type_ = "z"
 
 
 class _Lib:
-    _handle = _ctypes.dlopen(None, 0)
+    _handle = _ctypes.dlopen(None, 0)  # type: ignore[arg-type]
 
 
 class _IntFunction(_ctypes.CFuncPtr):
@@ -52,7 +56,7 @@ class _LongFunction(_ctypes.CFuncPtr):
 
 def _function(name: str, restype=_Int, argtypes=None):  # type: ignore[no-untyped-def]
     # One function class per result type, shared: a class per function costs start-up time.
-    f = (_LongFunction if restype is _Long else _IntFunction)((name, _Lib))
+    f = (_LongFunction if restype is _Long else _IntFunction)((name, _Lib))  # type: ignore[arg-type]
     if argtypes is not None:
         f.argtypes = argtypes
     return f
@@ -214,7 +218,7 @@ class _CapData(_ctypes.Structure):
 _CAP_V3 = 0x20080522
 
 
-def _capget():  # type: ignore[no-untyped-def]
+def _capget() -> tuple[_CapHeader, Any]:
     hdr = _CapHeader(_CAP_V3, 0)
     data = (_CapData * 2)()
     _check(_libc.capget(_ctypes.byref(hdr), data), "capget")
