@@ -465,8 +465,7 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
 
     spec, image = p.spec, p.spec.image
     session = rootfs.Session.open(image=image, size_mib=p.site.session_mib, slave=p.site.mount_slave,
-                                  uid=p.inner.uid, gid=p.inner.gid, userns=p.userns, squashfuse=p.squashfuse,
-                                  log=p.log)  # fmt: skip
+                                  uid=p.inner.uid, gid=p.inner.gid, userns=p.userns, squashfuse=p.squashfuse)  # fmt: skip
     writable_sandbox = spec.writable and p.image.kind == "dir"
     lower = session.mount_image(p.image, writable=writable_sandbox)
     if writable_sandbox:  # written in place: mount points are made in it as needed
@@ -476,6 +475,9 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
         if p.identity:
             points += [("/etc/passwd", True), ("/etc/group", True)]
         root, persistent = session.stack(lower, p.layers, points, p.site.overlay)
+    if p.log:
+        for note in session.notes:
+            p.log("%s", note)
     if p.identity:
         _identity_files(session, root, p.inner, p.cfg)
     rootfs.apply(root, p.mounts, image=image, restrict=p.contained)
@@ -514,7 +516,10 @@ def _join(p: Prepared) -> int:
     if p.host.is_root:
         process.seal_self()
     tramp = process.Trampoline.create(p.keep_fds, p.spec.image)  # before joining: needs the host's /proc
-    join.enter(p.joining.pid, p.joining.name, p.log)
+    joined = join.enter(p.joining.pid, p.joining.name)
+    if p.log:
+        p.log("joined the %s namespaces of instance %s (pid %d)", ", ".join(joined) or "no", p.joining.name,
+              p.joining.pid)  # fmt: skip
     _chdir(p.spec, p.host, "join instance")
     payload = _payload(p, "/")
     process.lock_down(keep_caps=p.caps if p.host.is_root else None)

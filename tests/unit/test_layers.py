@@ -109,3 +109,19 @@ def test_no_cycle_between_packages() -> None:
 @pytest.mark.parametrize("layer", [p for group in LAYERS for p in group])
 def test_layer_table_names_real_packages(layer: str) -> None:
     assert (PACKAGE / layer.replace(".", "/")).is_dir()
+
+
+def test_sandbox_is_handed_data_not_callbacks() -> None:
+    """No function of the sandbox takes a callable: the launcher hands it data (its `ops`
+    records, descriptors, paths) and decides itself what to do with what it returns."""
+    found = []
+    for path in sorted((PACKAGE / "runtime" / "sandbox").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            for a in args:
+                text = ast.unparse(a.annotation) if a.annotation is not None else ""
+                if "Callable" in text or a.arg in ("log", "callback", "payload", "hold", "prepare", "start"):
+                    found.append(f"{path.name}:{node.lineno} {node.name}({a.arg}: {text})")
+    assert not found, "\n".join(found)

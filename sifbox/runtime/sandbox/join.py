@@ -19,9 +19,9 @@ ORDER = (("user", sc.CLONE_NEWUSER), ("ipc", sc.CLONE_NEWIPC), ("uts", sc.CLONE_
          ("net", sc.CLONE_NEWNET), ("pid", sc.CLONE_NEWPID), ("mnt", sc.CLONE_NEWNS))  # fmt: skip
 
 
-def enter(pid: int, name: str, log=None) -> bool:  # type: ignore[no-untyped-def]
+def enter(pid: int, name: str) -> list[str]:
     """Join the namespaces and root of process `pid` (instance `name`).
-    Returns whether a user namespace was joined."""
+    Returns the kinds of namespace joined (user, ipc, uts, net, pid, mnt)."""
     what = f"can't join instance `{name}`"
     fds: list[tuple[str, int, int]] = []
     root_fd = -1
@@ -36,15 +36,13 @@ def enter(pid: int, name: str, log=None) -> bool:  # type: ignore[no-untyped-def
         except OSError as err:
             raise LaunchError(f"{what}: can't open its namespaces: {describe_os_error(err)}",
                               hint="it may have just stopped; `sifbox instance list` shows it") from None  # fmt: skip
-        joined_user = False
+        joined: list[str] = []
         for ns, flag, fd in fds:
             try:
                 sc.setns(fd, flag)
             except OSError as err:
                 raise LaunchError(f"{what}: can't join its {ns} namespace: {describe_os_error(err)}") from None
-            joined_user = joined_user or ns == "user"
-            if log:
-                log("joined the %s namespace of instance %s (pid %d)", ns, name, pid)
+            joined.append(ns)
         try:
             os.fchdir(root_fd)
             os.chroot(".")
@@ -55,4 +53,4 @@ def enter(pid: int, name: str, log=None) -> bool:  # type: ignore[no-untyped-def
             os.close(fd)
         if root_fd >= 0:
             os.close(root_fd)
-    return joined_user
+    return joined

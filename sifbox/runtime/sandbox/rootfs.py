@@ -48,17 +48,18 @@ class Session:
     of the image and layers, the staged files and the helpers' logs; plus the
     helper processes started for the container."""
 
-    __slots__ = ("gid", "helpers", "image", "log", "path", "squashfuse", "uid", "userns")
+    __slots__ = ("gid", "helpers", "image", "notes", "path", "squashfuse", "uid", "userns")
 
-    def __init__(self, path: str, *, image: str, uid: int, gid: int, userns: bool, squashfuse: str | None,
-                 log) -> None:  # type: ignore[no-untyped-def]  # fmt: skip
+    def __init__(self, path: str, *, image: str, uid: int, gid: int, userns: bool, squashfuse: str | None) -> None:
         self.path, self.image, self.uid, self.gid = path, image, uid, gid
-        self.userns, self.squashfuse, self.log = userns, squashfuse, log
+        self.userns, self.squashfuse = userns, squashfuse
         self.helpers: list[Helper] = []
+        #: What was mounted how (drivers), for the caller to report at -v.
+        self.notes: list[str] = []
 
     @classmethod
     def open(cls, *, image: str, size_mib: int, slave: bool, uid: int, gid: int, userns: bool,
-             squashfuse: str | None, log=None) -> Session:  # type: ignore[no-untyped-def]  # fmt: skip
+             squashfuse: str | None) -> Session:  # fmt: skip
         """`slave`: host mounts made later still show inside (`mount slave = yes`)."""
         try:
             sc.mount(None, "/", None, sc.MS_REC | (sc.MS_SLAVE if slave else sc.MS_PRIVATE))
@@ -69,7 +70,7 @@ class Session:
             sc.mount("tmpfs", path, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode=755,size={size}")
         except OSError as err:
             raise fail("can't set up the session directory", err, image) from None
-        return cls(path, image=image, uid=uid, gid=gid, userns=userns, squashfuse=squashfuse, log=log)
+        return cls(path, image=image, uid=uid, gid=gid, userns=userns, squashfuse=squashfuse)
 
     # --- the image and the layers -----------------------------------------------------------
 
@@ -82,8 +83,7 @@ class Session:
             self._bind_fd(image.fd, target, writable=writable, what="the sandbox")
             return target
         driver = self.mount_squashfs(image.fd, image.offset, image.size, target, "the image")
-        if self.log:
-            self.log("image driver: %s, offset %d", driver, image.offset)
+        self.notes.append(f"image driver: {driver}, offset {image.offset}")
         return target
 
     def _bind_fd(self, fd: int, target: str, *, writable: bool, what: str) -> None:
@@ -169,8 +169,7 @@ class Session:
                 driver = self.mount_squashfs(layer.fd, layer.offset, layer.size, top, what)
             else:
                 driver = self.mount_ext3(layer.fd, layer.offset, layer.size, top, layer.writable, what)
-            if self.log:
-                self.log("overlay %s: %s%s", layer.path, driver, "" if layer.writable else ", read-only")
+            self.notes.append(f"overlay {layer.path}: {driver}{'' if layer.writable else ', read-only'}")
             if layer.writable:
                 kernel = not (layer.kind == "ext3" and self.userns)
                 upper, work = os.path.join(top, "upper"), os.path.join(top, "work")
@@ -221,8 +220,7 @@ class Session:
                 raise fail("can't mount the overlay on the image", kernel_error, self.image) from None
             raise LaunchError(f"can't start a container from `{self.image}`: fuse-overlayfs is not installed",
                               hint="install the Debian package `fuse-overlayfs`, or set `enable overlay = yes`")
-        if self.log:
-            self.log("overlay: fuse-overlayfs%s", "" if kernel_error is None else " (the kernel refused overlayfs)")
+        self.notes.append("overlay: fuse-overlayfs" + ("" if kernel_error is None else " (the kernel refused overlayfs)"))
         # noxattrs: squashfuse_ll answers xattr queries with ENOTSUP, which
         # fuse-overlayfs would pass on as errors for every lookup.
         self.fuse_server(tool, ["-o", options + ",noxattrs=1"], root, keep=(), flags=0, what="mount the overlay")
