@@ -215,13 +215,13 @@ def test_root_sees_the_host_read_only_and_a_minimal_dev(run_as, sifbox_cli, shar
     host_file.write_text("host\n")
     probe = ("if touch new-file 2>/dev/null; then echo CWD-WRITABLE; fi; cat host-file; "
              "if touch /root/.sifbox-test 2>/dev/null; then echo HOME-WRITABLE; fi; "
-             "touch /tmp/private && echo tmp-ok; ls /dev | tr '\\n' ' '")  # fmt: skip
+             f"touch /tmp/private-{os.getpid()} && echo tmp-ok; ls /dev | tr '\\n' ' '")  # fmt: skip
     proc = run_as(ROOT, [sifbox_cli, "-c", str(_conf(shared_tmp)), "exec", str(action_images.sif), "sh", "-c", probe],
                   env=env_for(ROOT), cwd=str(host_dir), timeout=LAUNCH_TIMEOUT)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "WRITABLE" not in proc.stdout, proc.stdout
     assert "host\n" in proc.stdout and "tmp-ok" in proc.stdout, proc.stdout
-    assert not (host_dir / "new-file").exists() and not Path("/tmp/private").exists()
+    assert not (host_dir / "new-file").exists() and not Path(f"/tmp/private-{os.getpid()}").exists()
     devices = set(proc.stdout.split("tmp-ok\n")[1].split())
     assert "vda" not in devices and "kmsg" not in devices and "loop-control" not in devices, devices
     assert {"null", "zero", "urandom", "tty"} <= devices
