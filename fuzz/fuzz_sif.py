@@ -1,21 +1,15 @@
-"""Atheris fuzz target for the SIF reader, renderers and writer.
+"""Fuzz target: the SIF reader, renderers and writer (`sifbox.formats.sif`).
 
-Run it (not part of CI; atheris is the `fuzz` extra of pyproject.toml):
+    python fuzz/fuzz_sif.py -max_total_time=60
 
-    /opt/sifbox/venv/bin/pip install atheris==3.0.0 && /opt/sifbox/venv/bin/python fuzz/fuzz_sif.py -max_total_time=60 fuzz/corpus
-
-from the repository root. Any libFuzzer option may be added (`-jobs=2`,
-`-rss_limit_mb=512`, `-timeout=5`, ...). The first directory argument is the
-corpus: when it is empty or missing it is seeded with the images of the
-shared SIF corpus (`../shared/sif-corpus/images`, or `$SIF_CORPUS_IMAGES`).
+(see fuzz/fuzzlib.py for the directories and defaults; any libFuzzer option may be added,
+`-jobs=2`, `-rss_limit_mb=512`, `-timeout=5`, ...; a FILE argument replays one input).
 
 One input is one file. `TestOneInput` loads it with `SifImage.load`, calls
 every read API and renderer, then applies one write operation (chosen by the
 last byte of the input) to a BytesIO copy. A crash is any exception that is
 not a `SifError`, a read larger than the file (a size taken from the file
-on trust), or a failed write that changed the file. Crash inputs land in
-`fuzz/` as `crash-<sha1>` (unless `-artifact_prefix=` says otherwise); replay
-one with `python fuzz/fuzz_sif.py fuzz/crash-<sha1>`.
+on trust), or a failed write that changed the file.
 
 `TestOneInput` does not need atheris (it is imported only when this file is
 run), so `tests/unit/test_fuzz_target.py` runs it on the corpus in CI.
@@ -25,21 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import shutil
-import sys
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import fuzzlib
 
-from sifbox.formats.sif import SifError, SifImage, edit, render
-from sifbox.formats.sif import constants as c
-from sifbox.formats.sif.layout import partition_extra
+with fuzzlib.instrumented(__name__):
+    from sifbox.formats.sif import SifError, SifImage, edit, render
+    from sifbox.formats.sif import constants as c
+    from sifbox.formats.sif.layout import partition_extra
 
-SHARED_IMAGES = REPO.parent / "shared" / "sif-corpus" / "images"
 #: A write may grow the file by the new object plus its alignment at most.
 WRITE_SLACK = 1 << 20
 
@@ -140,28 +128,5 @@ def TestOneInput(data: bytes) -> None:  # the name atheris expects
     _reads(again)
 
 
-def seed_corpus(corpus: Path, images: Path) -> None:
-    """Copy the shared corpus images into an empty (or missing) corpus directory."""
-    corpus.mkdir(parents=True, exist_ok=True)
-    if any(corpus.iterdir()) or not images.is_dir():
-        return
-    for image in sorted(images.glob("*.sif")):
-        shutil.copyfile(image, corpus / image.name)
-
-
-def main(argv: list[str]) -> None:
-    import atheris  # only here: the target itself runs without atheris
-
-    dirs = [a for a in argv[1:] if not a.startswith("-")]
-    if dirs and not Path(dirs[0]).is_file():
-        seed_corpus(Path(dirs[0]), Path(os.environ.get("SIF_CORPUS_IMAGES", SHARED_IMAGES)))
-    if not any(a.startswith("-artifact_prefix=") for a in argv):
-        # crash-* files beside this script (ignored by git), not in the cwd
-        argv = [argv[0], f"-artifact_prefix={Path(__file__).resolve().parent}/", *argv[1:]]
-    atheris.instrument_all()
-    atheris.Setup(argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main(sys.argv)
+    fuzzlib.main(__file__, TestOneInput)

@@ -1,0 +1,70 @@
+"""Inputs that once crashed a fuzz target (fuzz/fuzz_<target>.py) now get a clean answer.
+
+Each file under tests/data/fuzz-regressions/<target>/ is one input, replayed through the
+target's `TestOneInput`: it raises only when the parser answers with something other than
+its documented error. A smoke run then feeds each target its seeds and a few hundred
+deterministic mutations of them (fixed seed), so that no target rots between fuzzing runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+FUZZ = REPO / "fuzz"
+REGRESSIONS = REPO / "tests" / "data" / "fuzz-regressions"
+TARGETS = sorted(p.stem.removeprefix("fuzz_") for p in FUZZ.glob("fuzz_*.py"))
+#: Mutations per target in the smoke run; the slow targets get fewer.
+SMOKE = {"sif": 20, "oci_layers": 60, "oci_archive": 60, "store": 60, "sif_open": 80}
+SMOKE_DEFAULT = 150
+
+
+def load(target: str) -> ModuleType:
+    name = f"fuzz_{target}"
+    if name in sys.modules:
+        return sys.modules[name]
+    if str(FUZZ) not in sys.path:
+        sys.path.append(str(FUZZ))  # the targets import their shared `fuzzlib`
+    spec = importlib.util.spec_from_file_location(name, FUZZ / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[name] = module
+    return module
+
+
+def regression_inputs() -> list[Path]:
+    return sorted(p for p in REGRESSIONS.glob("*/*") if p.is_file())
+
+
+@pytest.mark.parametrize("path", regression_inputs(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_regression(path: Path) -> None:
+    target = path.parent.name
+    assert target in TARGETS, f"no fuzz target fuzz/fuzz_{target}.py for {path}"
+    load(target).TestOneInput(path.read_bytes())
+
+
+def test_every_target_has_seeds_and_imports_atheris_lazily() -> None:
+    had = "atheris" in sys.modules
+    for target in TARGETS:
+        module = load(target)
+        assert callable(module.TestOneInput)
+        assert (FUZZ / "corpus" / target).is_dir(), f"no seeds for {target}"
+        assert f"fuzz/fuzz_{target}.py" in (module.__doc__ or ""), f"{target}: no run command"
+    assert had or "atheris" not in sys.modules
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_smoke(target: str) -> None:
+    module = load(target)
+    fuzzlib = sys.modules["fuzzlib"]
+    start = time.monotonic()
+    for data in fuzzlib.smoke_inputs(target, SMOKE.get(target, SMOKE_DEFAULT)):
+        module.TestOneInput(data)
+    assert time.monotonic() - start < 5, "the smoke run of one target should take well under 5 s"
