@@ -89,6 +89,7 @@ _NO_FROM = frozenset(
 _SECTION_LINE = re.compile(r"%([A-Za-z]+)\b(.*)\Z")
 _TEMPLATE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 _ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class DeffileError(SifboxError):
@@ -229,6 +230,10 @@ def parse_deffile(
         raise DeffileError(
             f"can't parse `{filename}`: it contains NUL bytes, not a definition file"
         )
+    bad = _SURROGATE.search(text)  # bytes that were not UTF-8 (read with surrogateescape)
+    if bad:
+        n = text.count("\n", 0, bad.start()) + 1
+        raise DeffileError(f"can't parse `{filename}:{n}`: not UTF-8 text")
     lines = text.split("\n")
     chunks = _split_stages(lines, filename)
     if not chunks:
