@@ -8,7 +8,7 @@ One input is a list of documents separated by `fuzzlib.SEP`. The first is `index
 N is a blob stored as `blobs/sha256/<its digest>`. So that the fuzzer can keep digests
 right, `@DN`, `@SN` and `@FN` in a document are replaced by the digest, the size and the
 path of document N (for N greater than the document's own number) before digests are taken.
-The last byte picks the reference: no tag, tag `latest`, tag `1.0`, or the digest of document 1.
+The last byte (not part of the last document) picks the reference: no tag, tag `latest`, tag `1.0`, or the digest of document 1.
 The layout is resolved as `open_image` resolves it, for linux/amd64. A `SifboxError` is a clean
 rejection; any other exception is a crash.
 """
@@ -69,7 +69,7 @@ def documents(data: bytes) -> list[bytes]:
 
 
 def TestOneInput(data: bytes) -> None:  # the name atheris expects
-    docs = documents(data)
+    docs = documents(data[:-1])
     docker = docs[0].lstrip()[:1] == b"["
     files = {("manifest.json" if docker else "index.json"): docs[0]}
     for doc in docs[1:]:

@@ -6,8 +6,8 @@ token answers, error bodies, manifests and indexes.
 
 One input is the sequence of HTTP answers a registry gives, separated by `fuzzlib.SEP`; each
 is `STATUS\\r\\nHeader: value\\r\\n...\\r\\n\\r\\nBODY`, headers parsed by `http.client` as from
-a socket. A real `RegistryClient` (its connection replaced by the next answer, no retries
-and no sleeping) runs the manifest half of a pull, `registry._fetch`, for
+a socket. A real `RegistryClient` (each connection it opens answers with the next answer, no
+retries and no sleeping) runs the manifest half of a pull, `registry._fetch`, for
 `registry.fuzz/team/app:1.0` on linux/amd64 with a cache that holds every blob already (so
 nothing is downloaded); an input starting with `@` pulls with credentials. A `SifboxError` is a clean rejection; any other exception is a crash.
 """
@@ -32,6 +32,8 @@ WANTED = Platform("linux", "amd64", None)
 
 
 class _Answer:
+    """An HTTP answer as `http.client.HTTPResponse` gives it: status, headers, body."""
+
     def __init__(self, raw: bytes):
         head, _, body = raw.partition(b"\r\n")
         try:
@@ -52,16 +54,33 @@ class _Answer:
         pass
 
 
+class _Connection:
+    """Stands for `http.client.HTTP(S)Connection`: each request gets the next answer; no
+    answer left is a refused connection."""
+
+    def __init__(self, answers: list[bytes]):
+        self._answers = answers
+
+    def request(self, method: str, url: str, headers: dict[str, str]) -> None:
+        if not self._answers:
+            raise ConnectionRefusedError(111, "Connection refused")
+
+    def getresponse(self) -> _Answer:
+        return _Answer(self._answers.pop(0))
+
+    def close(self) -> None:
+        pass
+
+
 class _Client(registry.RegistryClient):
     def __init__(self, answers: list[bytes], creds: Credentials | None):
         super().__init__(IMAGE, credentials=creds, retries=0)
         self._scheme = "https"
         self._answers = answers
 
-    def _once(self, method: str, url: str, headers: dict[str, str]) -> registry._Response:
-        if not self._answers:
-            raise registry._Transient("connection refused")
-        return _Answer(self._answers.pop(0))  # type: ignore[return-value]
+    def _connect(self, scheme: str, netloc: str) -> tuple[http.client.HTTPConnection, bool]:
+        http.client.HTTPConnection(netloc)  # what the real connection refuses before connecting
+        return _Connection(self._answers), False  # type: ignore[return-value]
 
 
 class _Writer:

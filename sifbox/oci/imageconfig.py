@@ -294,6 +294,12 @@ def args_quoted(args: list[str]) -> str:
     return " ".join(f'"{escape_double(a)}"' for a in args)
 
 
+def _inner(config: dict) -> dict:
+    """The `config` object of an image config ({} when it is missing or not an object)."""
+    inner = config.get("config")
+    return inner if isinstance(inner, dict) else {}
+
+
 def _strings(value: object) -> list[str]:
     if isinstance(value, list):
         return [str(v) for v in value]
@@ -356,9 +362,10 @@ def build_date(epoch: int) -> str:
 
 def labels(config: dict, *, arch: str, source: str, epoch: int, version: str) -> dict[str, str]:
     """labels.json: the image's labels plus the build labels Apptainer adds on pull."""
-    inner = config.get("config") or {}
+    inner = _inner(config)
     out: dict[str, str] = {}
-    for k, v in sorted((inner.get("Labels") or {}).items()):
+    found = inner.get("Labels")
+    for k, v in sorted(found.items() if isinstance(found, dict) else ()):
         out[str(k)] = str(v)
     bootstrap, _, ref = source.partition(":")
     if bootstrap == "docker":
@@ -382,7 +389,7 @@ def deffile(source: str) -> str:
 
 def notes(config: dict) -> list[str]:
     """What the image asks for that the runtime does not apply (said once on pull)."""
-    inner = config.get("config") or {}
+    inner = _inner(config)
     out = []
     user = inner.get("User")
     if user and str(user) not in ("0", "root", "0:0", "root:root"):
@@ -404,7 +411,7 @@ def _info(name: str, type_: bytes, mode: int, mtime: int, linkname: str = "") ->
 
 def entries(config: dict, *, arch: str, source: str, epoch: int, version: str) -> list[Extra]:
     """Every generated entry, to merge on top of the image's layers."""
-    inner = config.get("config") or {}
+    inner = _inner(config)
     files: list[tuple[str, str, int]] = [
         ("etc/hosts", "", 0o644),
         ("etc/resolv.conf", "", 0o644),
