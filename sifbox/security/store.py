@@ -183,7 +183,7 @@ class Store:
                 req = json.loads(msg.decode("utf-8"))
                 if not isinstance(req, dict):
                     raise ValueError("not an object")
-            except ValueError:
+            except (ValueError, RecursionError):
                 for fd in fds:
                     os.close(fd)
                 return _reply(conn, {"ok": False, "error": "malformed request"})
@@ -218,7 +218,7 @@ class Store:
                 return {"ok": False, "error": "only root may act on another user's images"}
             try:
                 uid = pwd.getpwnam(str(other)).pw_uid
-            except KeyError:
+            except (KeyError, ValueError):  # ValueError: a NUL in the name
                 return {"ok": False, "error": f"no user `{other}`"}
             user = str(other)
 
