@@ -35,6 +35,9 @@ from sifbox.util.errors import SifboxError, describe_os_error
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 MAX_LINKS = 40
+#: Path components that following symbolic links may add to one lookup: bounds the work a
+#: layer of long link targets can cause (the kernel bounds it by PATH_MAX per link).
+MAX_LINK_COMPONENTS = 1024
 BLOCK = tarfile.BLOCKSIZE
 
 # node kinds
@@ -314,6 +317,7 @@ class Merger:
         todo = list(reversed(comps))
         cur: list[str] = []
         hops = 0
+        added = 0
         followed = False
         while todo:
             c = todo.pop()
@@ -331,9 +335,15 @@ class Merger:
                     self.warn(f"skipped {what}: too many levels of symbolic links")
                     raise _Skip
                 target = node.info.linkname
+                parts = target.split("/")
+                added += len(parts)
+                if added > MAX_LINK_COMPONENTS:
+                    self.warn(f"skipped {what}: its symbolic links expand to more than "
+                              f"{MAX_LINK_COMPONENTS} path components")  # fmt: skip
+                    raise _Skip
                 if target.startswith("/"):
                     cur = []
-                todo.extend(reversed(target.split("/")))
+                todo.extend(reversed(parts))
                 followed = True
                 continue
             if node is not None and node.kind != DIR:
@@ -470,18 +480,24 @@ class Merger:
             self._remove(path)
 
     def _prune(self, path: str, layer: int) -> None:
-        """Remove what lower layers put below `path` (opaque directory)."""
-        for c in list(self.children.get(path, ())):
-            cp = f"{path}/{c}" if path else c
-            node = self.tree.get(cp)
-            if node is None:  # implicit directory: keep this layer's content below it
-                self._prune(cp, layer)
-                if not self.children.get(cp):
+        """Remove what lower layers put below `path` (opaque directory). Iterative: a
+        layer's directories may nest deeper than Python's recursion limit."""
+        todo = [(path, False)]
+        while todo:
+            p, pruned = todo.pop()
+            if pruned:  # an implicit directory whose content is done: drop it if empty
+                if not self.children.get(p):
+                    self._remove(p)
+                continue
+            for c in list(self.children.get(p, ())):
+                cp = f"{p}/{c}" if p else c
+                node = self.tree.get(cp)
+                if node is None:  # implicit directory: keep this layer's content below it
+                    todo += [(cp, True), (cp, False)]
+                elif node.layer < layer:
                     self._remove(cp)
-            elif node.layer < layer:
-                self._remove(cp)
-            elif node.kind == DIR:
-                self._prune(cp, layer)
+                elif node.kind == DIR:
+                    todo.append((cp, False))
 
     # ---- the plan for pass 2
     def plan(self) -> Plan:
