@@ -388,11 +388,12 @@ def _is_boundary(line: str) -> bool:
 
 def _body_text(body: list[str]) -> str:
     """The section's text: trailing blank lines dropped, ending in a newline."""
-    while body and not body[-1].strip():
-        body = body[:-1]
-    while body and not body[0].strip():
-        body = body[1:]
-    return "\n".join(body) + "\n" if body else ""
+    start, end = 0, len(body)
+    while end > start and not body[end - 1].strip():
+        end -= 1
+    while start < end and not body[start].strip():
+        start += 1
+    return "\n".join(body[start:end]) + "\n" if end > start else ""
 
 
 def _script(arg: str, body: list[str], line: int, filename: str, name: str) -> Script:

@@ -136,8 +136,10 @@ def parse(text: str, path: str = DEFAULT_PATH) -> EclConfig:
         raise bad("`execgroup` must be a list of tables ([[execgroup]])", _line_of(text, "execgroup", 0))
     groups: list[ExecGroup] = []
     seen: set[str] = set()
+    # The line of each [[execgroup]] header, found once (not once per group: that is quadratic).
+    headers = [n for n, ln in enumerate(text.splitlines(), 1) if ln.strip().startswith("[[execgroup]]")]
     for i, g in enumerate(raw_groups):
-        line = _line_of(text, "[[execgroup]]", i)
+        line = headers[i] if i < len(headers) else None
         if not isinstance(g, dict):
             raise bad("`execgroup` must be a list of tables ([[execgroup]])", line)
         for key in g:

@@ -125,22 +125,26 @@ def _distro_qualifier(distro: dict[str, str], fallback: str) -> tuple[str, str]:
 
 def _paragraphs(text: str) -> list[dict[str, str]]:
     """RFC 822-style stanzas (dpkg status): field -> value (continuations folded in)."""
-    out, cur, last = [], {}, None
+    # Lines are collected per field and joined once: `+=` on a dict value copies the whole
+    # value each time, quadratic for a field of many continuation lines.
+    out: list[dict[str, str]] = []
+    cur: dict[str, list[str]] = {}
+    last = None
     for line in text.split("\n"):
         if not line.strip():
             if cur:
-                out.append(cur)
+                out.append({k: "\n".join(v) for k, v in cur.items()})
             cur, last = {}, None
         elif line[0] in " \t":
             if last is not None:
-                cur[last] += "\n" + line.strip()
+                cur[last].append(line.strip())
         else:
             key, sep, value = line.partition(":")
             if sep:
                 last = key.strip().lower()
-                cur[last] = value.strip()
+                cur[last] = [value.strip()]
     if cur:
-        out.append(cur)
+        out.append({k: "\n".join(v) for k, v in cur.items()})
     return out
 
 

@@ -68,3 +68,47 @@ def test_smoke(target: str) -> None:
     for data in fuzzlib.smoke_inputs(target, SMOKE.get(target, SMOKE_DEFAULT)):
         module.TestOneInput(data)
     assert time.monotonic() - start < 5, "the smoke run of one target should take well under 5 s"
+
+
+# -- inputs that once took seconds to minutes (made here: they are large) ----------------------
+def _tar(entries: list[tuple[str, str]]) -> bytes:
+    """A PAX tar of empty files (`("f", name)`) and symbolic links (`("l", name -> target)`)."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for entry in entries:
+            kind, name, *target = entry
+            info = tarfile.TarInfo(name)
+            if kind == "l":
+                info.type, info.linkname = tarfile.SYMTYPE, target[0]
+            tf.addfile(info)
+    return buf.getvalue()
+
+
+SEP = b"\n--8<--\n"
+SLOW = {
+    # a section's leading blank lines were dropped one list copy at a time
+    "deffile-leading-blank-lines": ("deffile", lambda: b"Bootstrap: busybox\n%post\n" + b"\n" * 50_000 + b" x\n"),
+    # every [[execgroup]] looked for its own line from the top of the file
+    "ecl-5000-execgroups": ("ecl", lambda: b"".join(
+        b'[[execgroup]]\nmode="blacklist"\ndirpath="/d%d"\n' % i for i in range(5000))),
+    # difflib suggested a directive for every unknown line
+    "sysconf-10000-unknown-directives": ("sysconf", lambda: b"unknown directive x = 1\n" * 10_000),
+    # a dpkg field of many continuation lines was rebuilt on each line
+    "sbom-200000-continuation-lines": ("sbom", lambda: SEP.join(
+        [b"", b"Package: a\nVersion: 1\nDescription: x\n" + b" more\n" * 200_000])),
+    # each entry under a symbolic link of 50,000 components walked all of them
+    "oci-layers-long-symlink-target": ("oci_layers", lambda: _tar(
+        [("l", "l", "/".join(["a"] * 50_000))] + [("f", f"l/x{i}") for i in range(100)])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SLOW))
+def test_hostile_input_is_fast(case: str) -> None:
+    target, make = SLOW[case]
+    data = make()
+    start = time.monotonic()
+    load(target).TestOneInput(data)
+    assert time.monotonic() - start < 2, f"{case}: {len(data)} bytes took {time.monotonic() - start:.1f} s"
