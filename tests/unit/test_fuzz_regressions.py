@@ -112,3 +112,33 @@ def test_hostile_input_is_fast(case: str) -> None:
     start = time.monotonic()
     load(target).TestOneInput(data)
     assert time.monotonic() - start < 2, f"{case}: {len(data)} bytes took {time.monotonic() - start:.1f} s"
+
+
+def test_inspect_labels_nested_too_deeply(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sifbox inspect` of an image whose labels.json nests deeper than the recursion limit
+    warns that it can't parse the labels (it raised RecursionError)."""
+    import argparse
+
+    from sifbox.cli.commands import inspect
+    from sifbox.image import files
+
+    labels = b"[" * 5000
+    monkeypatch.setattr(files, "read_file", lambda src, path: labels if path.endswith("labels.json") else None)
+    monkeypatch.setattr(files, "list_dir", lambda src, path: [])
+    parser = argparse.ArgumentParser()
+    inspect.add_arguments(parser)
+    args = parser.parse_args(["image.sif"])
+    assert inspect.gather(object(), args) == {"data": {"attributes": {}}, "type": "container"}
+
+
+def test_build_arg_file_not_utf8(tmp_path: Path) -> None:
+    """A --build-arg-file that is not UTF-8 is a usage error (it was a UnicodeDecodeError)."""
+    from sifbox.cli.commands.build import request
+    from sifbox.cli.parser import build_parser
+    from sifbox.util.errors import UsageError
+
+    args_file = tmp_path / "args"
+    args_file.write_bytes(b"A=caf\xe9\n")
+    args = build_parser("build").parse_args(["build", "--build-arg-file", str(args_file), "o.sif", "x.def"])
+    with pytest.raises(UsageError, match="not UTF-8 text"):
+        request(args)

@@ -138,6 +138,8 @@ def request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                 build_args.update(parse_build_arg_file(f.read(), path))
         except OSError as err:
             raise UsageError(f"can't read build-arg file `{path}`: {err.strerror}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"can't read build-arg file `{path}`: not UTF-8 text") from None
     try:
         build_args.update(parse_build_args(args.build_arg))
     except DeffileError as err:

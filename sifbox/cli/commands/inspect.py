@@ -53,7 +53,7 @@ def gather(src, args: argparse.Namespace) -> dict:  # type: ignore[no-untyped-de
             try:
                 labels = json.loads(raw)
                 target["labels"] = {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: JSON nested too deeply
                 from sifbox.util import log
 
                 log.log.warning("Unable to parse labels of %s", args.image)
