@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import math
 import shutil
 import subprocess
 import tarfile
@@ -202,12 +203,33 @@ def open_layer(img: Image, index: int) -> Iterator[LayerStream]:
         stream.close()
 
 
+class _EndsOnce:
+    """A layer's uncompressed data for `tarfile`, which ends the tar at its end.
+
+    To skip a member's data, a tar stream reads on until the end of that data even when
+    the layer ends first: a header that declares 10^20 bytes would keep it reading nothing,
+    forever. A read after the end has been reached is an error here."""
+
+    def __init__(self, raw: io.BufferedReader, what: str):
+        self._raw = raw
+        self._what = what
+        self._ended = False
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        if not data and n != 0:
+            if self._ended:
+                raise LayerError(f"can't read {self._what}: the tar data ends inside a member")
+            self._ended = True
+        return data
+
+
 def open_tar(stream: LayerStream, what: str) -> tarfile.TarFile | None:
     """The layer's tar, read as a stream (None for an empty layer)."""
     if not stream.reader.peek(1):
         return None
     try:
-        return tarfile.open(fileobj=stream.reader, mode="r|")  # type: ignore[call-overload]
+        return tarfile.open(fileobj=_EndsOnce(stream.reader, what), mode="r|")  # type: ignore[call-overload]
     except tarfile.TarError as err:
         raise LayerError(f"can't read {what}: not a tar archive ({err})") from None
 
@@ -534,13 +556,18 @@ class Plan:
         return len(self.headers) + sum(len(v) for v in self.carriers.values())
 
 
+def _seconds(mtime: float) -> int:
+    """A PAX `mtime` as whole seconds: `inf` and `nan` parse as floats, and are 0 here."""
+    return int(mtime) if math.isfinite(mtime) else 0
+
+
 def _strip(m: tarfile.TarInfo) -> tarfile.TarInfo:
     """A compact copy of a header: no buffers, only xattr PAX records."""
     t = tarfile.TarInfo(m.name)
     t.type = m.type
     t.mode = m.mode
     t.uid, t.gid = m.uid, m.gid
-    t.mtime = int(m.mtime)
+    t.mtime = _seconds(m.mtime)
     t.linkname = m.linkname
     t.devmajor, t.devminor = m.devmajor, m.devminor
     t.pax_headers = {k: v for k, v in m.pax_headers.items() if k.startswith("SCHILY.xattr.")}
@@ -562,7 +589,7 @@ class TarWriter:
         t.mode = src.mode & 0o7777
         t.uid, t.gid = src.uid, src.gid
         t.uname = t.gname = ""
-        t.mtime = max(0, int(src.mtime))
+        t.mtime = max(0, _seconds(src.mtime))
         t.size = size
         t.linkname = src.linkname if linkname is None else linkname
         t.devmajor, t.devminor = src.devmajor, src.devminor

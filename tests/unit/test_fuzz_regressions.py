@@ -71,18 +71,21 @@ def test_smoke(target: str) -> None:
 
 
 # -- inputs that once took seconds to minutes (made here: they are large) ----------------------
-def _tar(entries: list[tuple[str, str]]) -> bytes:
-    """A PAX tar of empty files (`("f", name)`) and symbolic links (`("l", name -> target)`)."""
+def _tar(entries: list[tuple[str, ...]]) -> bytes:
+    """A PAX tar of empty files (`("f", name)`), symbolic links (`("l", name, target)`) and
+    files whose PAX header declares a size they do not have (`("s", name, size)`)."""
     import io
     import tarfile
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
         for entry in entries:
-            kind, name, *target = entry
+            kind, name, *arg = entry
             info = tarfile.TarInfo(name)
             if kind == "l":
-                info.type, info.linkname = tarfile.SYMTYPE, target[0]
+                info.type, info.linkname = tarfile.SYMTYPE, arg[0]
+            elif kind == "s":
+                info.pax_headers = {"size": arg[0]}
             tf.addfile(info)
     return buf.getvalue()
 
@@ -102,6 +105,9 @@ SLOW = {
     # each entry under a symbolic link of 50,000 components walked all of them
     "oci-layers-long-symlink-target": ("oci_layers", lambda: _tar(
         [("l", "l", "/".join(["a"] * 50_000))] + [("f", f"l/x{i}") for i in range(100)])),
+    # a member declaring 10^11 bytes in a short layer: the tar stream skipped them 16 KiB of
+    # nothing at a time (10^20: forever)
+    "oci-layers-size-past-the-end": ("oci_layers", lambda: _tar([("s", "f", str(10**11))])),
 }
 
 
