@@ -148,3 +148,23 @@ def test_build_arg_file_not_utf8(tmp_path: Path) -> None:
     args = build_parser("build").parse_args(["build", "--build-arg-file", str(args_file), "o.sif", "x.def"])
     with pytest.raises(UsageError, match="not UTF-8 text"):
         request(args)
+
+
+def test_sif_with_2_to_the_22_descriptors_in_a_sparse_file(tmp_path: Path) -> None:
+    """A sparse file costs nothing to make: a header declaring millions of descriptors made
+    the reader read and parse gigabytes; it is refused from the header."""
+    from sifbox.formats.sif import SifError, SifImage
+    from sifbox.formats.sif import constants as c
+    from sifbox.formats.sif.layout import _HEADER
+
+    total = 1 << 22
+    header = _HEADER.pack(b"", c.MAGIC, c.VERSION, c.ARCH_UNKNOWN, bytes(16), 0, 0, total, total,
+                          4096, total * c.DESCRIPTOR_SIZE, 4096 + total * c.DESCRIPTOR_SIZE, 0)  # fmt: skip
+    path = tmp_path / "sparse.sif"
+    with open(path, "wb") as f:
+        f.write(header)
+        f.truncate(4096 + total * c.DESCRIPTOR_SIZE)
+    start = time.monotonic()
+    with open(path, "rb") as f, pytest.raises(SifError, match="descriptors, sifbox reads at most"):
+        SifImage.load(f)
+    assert time.monotonic() - start < 1

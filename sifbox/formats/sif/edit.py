@@ -160,7 +160,7 @@ def create(
     objects = list(objects)
     if len(launch_script) >= c.LAUNCH_SCRIPT_SIZE:
         raise SifError(f"launch script is {len(launch_script)} bytes, at most 31 fit")
-    if not 0 <= capacity <= c.MAX_CAPACITY:
+    if not 0 <= capacity <= c.MAX_DESCRIPTORS:
         raise SifError(f"invalid descriptor capacity {capacity}")
     if len(objects) > capacity:
         raise SifError(f"{len(objects)} objects do not fit in {capacity} descriptors")
