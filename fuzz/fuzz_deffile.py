@@ -44,9 +44,13 @@ def TestOneInput(data: bytes) -> None:  # the name atheris expects
     try:
         build_args: dict[str, str] = {}
         if len(parts) > 1:
-            build_args.update(deffile.parse_build_arg_file(parts[1].decode("utf-8", "replace"), "args"))
+            build_args.update(
+                deffile.parse_build_arg_file(parts[1].decode("utf-8", "replace"), "args")
+            )
         if len(parts) > 2:
-            build_args.update(deffile.parse_build_args(parts[2].decode("utf-8", "replace").split("\n")))
+            build_args.update(
+                deffile.parse_build_args(parts[2].decode("utf-8", "replace").split("\n"))
+            )
         definition = deffile.parse_deffile(text, "fuzz.def", build_args)
     except DeffileError:
         return

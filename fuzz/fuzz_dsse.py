@@ -3,10 +3,11 @@
 
     python fuzz/fuzz_dsse.py -max_total_time=60
 
-One input is the bytes of a signature object (or of signed metadata alone). `parse_envelope` answers None (not an
-envelope) or an Envelope, never an exception; `verify_envelope` with the public keys under
-fuzz/keys/ answers the keys or a `DsseError`; the payload is then parsed as SIF signature
-metadata (an `IntegrityError` is a clean rejection). Any other exception is a crash.
+One input is the bytes of a signature object (or of signed metadata alone). `parse_envelope`
+answers None (not an envelope) or an Envelope, never an exception; `verify_envelope` with
+the public keys under fuzz/keys/ answers the keys or a `DsseError`; the payload is then
+parsed as SIF signature metadata (an `IntegrityError` is a clean rejection). Any other
+exception is a crash.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ with fuzzlib.instrumented(__name__):
     from sifbox.security import dsse, integrity
     from sifbox.security.integrity import IntegrityError
 
-KEYS = [dsse.load_public_key(p.read_bytes()) for p in sorted((Path(__file__).parent / "keys").glob("*.pem"))]
+KEYS = [
+    dsse.load_public_key(p.read_bytes())
+    for p in sorted((Path(__file__).parent / "keys").glob("*.pem"))
+]
 
 
 def TestOneInput(data: bytes) -> None:  # the name atheris expects

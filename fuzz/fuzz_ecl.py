@@ -27,7 +27,9 @@ def TestOneInput(data: bytes) -> None:  # the name atheris expects
     except EclError:
         return
     for group in cfg.groups:
-        ecl.Decision(False, "fuzz", group, set(group.keyfp[:1]), set(group.keyfp[1:2]), cfg).explain()
+        ecl.Decision(
+            False, "fuzz", group, set(group.keyfp[:1]), set(group.keyfp[1:2]), cfg
+        ).explain()
 
 
 if __name__ == "__main__":

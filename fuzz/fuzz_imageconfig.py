@@ -28,8 +28,9 @@ def TestOneInput(data: bytes) -> None:  # the name atheris expects
     if not isinstance(config, dict):
         return
     try:
-        imageconfig.entries(config, arch=str(config.get("architecture") or ""),
-                            source="docker://registry.fuzz/app:1", epoch=0, version="fuzz")  # fmt: skip
+        arch = str(config.get("architecture") or "")
+        source = "docker://registry.fuzz/app:1"
+        imageconfig.entries(config, arch=arch, source=source, epoch=0, version="fuzz")
         imageconfig.notes(config)
     except SifboxError:
         pass

@@ -51,8 +51,8 @@ def image(blobs: list[bytes]) -> layout.Image:
         name = f"blobs/sha256/{digest[7:]}"
         files[name] = blob
         found.append(layout.Layer(digest, len(blob), MT, locator=name))
-    return layout.Image("oci:fuzz", MemStore(files), {"architecture": "amd64"}, b"{}", "sha256:" + "0" * 64,
-                        found)  # fmt: skip
+    config_digest = "sha256:" + "0" * 64
+    return layout.Image("oci:fuzz", MemStore(files), {}, b"{}", config_digest, found)
 
 
 def check_merged(out: bytes) -> None:
@@ -65,16 +65,23 @@ def check_merged(out: bytes) -> None:
             if name in seen:
                 raise AssertionError(f"merged entry `{m.name}` given twice")
             if m.islnk() and m.linkname not in seen:
-                raise AssertionError(f"hard link `{m.name}` to `{m.linkname}`, not an earlier entry")
+                raise AssertionError(
+                    f"hard link `{m.name}` to `{m.linkname}`, not an earlier entry"
+                )
             seen.add(name)
+
+
+def _quiet(message: str, size: int | None = None) -> None:
+    pass
 
 
 def TestOneInput(data: bytes) -> None:  # the name atheris expects
     img = image(data.split(fuzzlib.SEP)[:8])
     out = io.BytesIO()
     try:
-        merger = convert.merge_plan(img, source="docker://registry.fuzz/app:1", epoch=0,
-                                    warn=lambda message: None, step=lambda message, size=None: None)  # fmt: skip
+        merger = convert.merge_plan(
+            img, source="docker://registry.fuzz/app:1", epoch=0, warn=_quiet, step=_quiet
+        )
         plan = merger.plan()
         layers.write_merged(plan, img, out, extra_layer=merger.layer_count - 1)
     except SifboxError:

@@ -3,14 +3,14 @@
 
     python fuzz/fuzz_oci_layout.py -max_total_time=60
 
-One input is a list of documents separated by `fuzzlib.SEP`. The first is `index.json`
-(or, when it starts with `[`, the `manifest.json` of a docker archive); each other document
-N is a blob stored as `blobs/sha256/<its digest>`. So that the fuzzer can keep digests
-right, `@DN`, `@SN` and `@FN` in a document are replaced by the digest, the size and the
-path of document N (for N greater than the document's own number) before digests are taken.
-The last byte (not part of the last document) picks the reference: no tag, tag `latest`, tag `1.0`, or the digest of document 1.
-The layout is resolved as `open_image` resolves it, for linux/amd64. A `SifboxError` is a clean
-rejection; any other exception is a crash.
+One input is a list of documents separated by `fuzzlib.SEP`. The first is `index.json` (or,
+when it starts with `[`, the `manifest.json` of a docker archive); each other document N is
+a blob stored as `blobs/sha256/<its digest>`. So that the fuzzer can keep digests right,
+`@DN`, `@SN` and `@FN` in a document are replaced by the digest, the size and the path of
+document N (for N greater than the document's own number) before digests are taken. The last
+byte (not part of the last document) picks the reference: no tag, tag `latest`, tag `1.0`,
+or the digest of document 1. The layout is resolved as `open_image` resolves it, for
+linux/amd64. A `SifboxError` is a clean rejection; any other exception is a crash.
 """
 
 from __future__ import annotations
@@ -76,7 +76,9 @@ def TestOneInput(data: bytes) -> None:  # the name atheris expects
         files[f"blobs/sha256/{hashlib.sha256(doc).hexdigest()}"] = doc
     pick = data[-1] % 4 if data else 0
     tag = {1: "latest", 2: "1.0"}.get(pick)
-    digest = f"sha256:{hashlib.sha256(docs[1]).hexdigest()}" if pick == 3 and len(docs) > 1 else None
+    digest = (
+        f"sha256:{hashlib.sha256(docs[1]).hexdigest()}" if pick == 3 and len(docs) > 1 else None
+    )
     ref = layout.SourceRef("docker-archive" if docker else "oci", "/fuzz", tag, digest)
     store = MemStore(files)
     try:
@@ -92,7 +94,7 @@ def TestOneInput(data: bytes) -> None:  # the name atheris expects
             layout.check_digest(layer.digest, "a layer")
         layer.label  # noqa: B018 - a property that formats
     if not isinstance(img.config, dict):
-        raise AssertionError("an image config that is not a JSON object")
+        raise AssertionError("an image config that is not a JSON object")  # noqa: TRY004
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@ token answers, error bodies, manifests and indexes.
     python fuzz/fuzz_registry.py -max_total_time=60
 
 One input is the sequence of HTTP answers a registry gives, separated by `fuzzlib.SEP`; each
-is `STATUS\\r\\nHeader: value\\r\\n...\\r\\n\\r\\nBODY`, headers parsed by `http.client` as from
-a socket. A real `RegistryClient` (each connection it opens answers with the next answer, no
-retries and no sleeping) runs the manifest half of a pull, `registry._fetch`, for
+is `STATUS\\r\\nHeader: value\\r\\n...\\r\\n\\r\\nBODY`, headers parsed by `http.client` as
+from a socket. A real `RegistryClient` (each connection it opens answers with the next
+answer, no retries and no sleeping) runs the manifest half of a pull, `registry._fetch`, for
 `registry.fuzz/team/app:1.0` on linux/amd64 with a cache that holds every blob already (so
-nothing is downloaded); an input starting with `@` pulls with credentials. A `SifboxError` is a clean rejection; any other exception is a crash.
+nothing is downloaded); an input starting with `@` pulls with credentials. A `SifboxError`
+is a clean rejection; any other exception is a crash.
 """
 
 from __future__ import annotations

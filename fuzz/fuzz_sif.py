@@ -36,8 +36,8 @@ def _empty_object_past_slack(img: SifImage) -> bool:
     """New data goes after the last object, as in the reference, even after an empty one
     that an alignment put past the end of the file; `check_writable` allows that up to
     `edit.MAX_ALIGNMENT`, more than this harness lets a BytesIO grow."""
-    return any(d.used and not d.size and img.size + WRITE_SLACK < d.offset <= img.size + edit.MAX_ALIGNMENT
-               for d in img.descriptors)  # fmt: skip
+    near, far = img.size + WRITE_SLACK, img.size + edit.MAX_ALIGNMENT
+    return any(d.used and not d.size and near < d.offset <= far for d in img.descriptors)
 
 
 class GuardedBytesIO(io.BytesIO):

@@ -24,7 +24,10 @@ with fuzzlib.instrumented(__name__):
     from sifbox.security import verify as v
     from sifbox.security.integrity import IntegrityError
 
-KEYS = [dsse.load_public_key(p.read_bytes()) for p in sorted((Path(__file__).parent / "keys").glob("*.pem"))]
+KEYS = [
+    dsse.load_public_key(p.read_bytes())
+    for p in sorted((Path(__file__).parent / "keys").glob("*.pem"))
+]
 
 
 def TestOneInput(data: bytes) -> None:  # the name atheris expects
@@ -34,7 +37,9 @@ def TestOneInput(data: bytes) -> None:  # the name atheris expects
         return
     legacy = bool(data) and data[-1] & 1 == 1
     for run in (
-        lambda: v.verify_image(img, v.KeyMaterial(None, KEYS), legacy=legacy, callback=lambda r: True),
+        lambda: v.verify_image(
+            img, v.KeyMaterial(None, KEYS), legacy=legacy, callback=lambda r: True
+        ),
         lambda: v.signed_by(img, legacy=legacy),
     ):
         try:

@@ -67,8 +67,13 @@ def seeds(name: str) -> list[bytes]:
     return [p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()] if d.is_dir() else []
 
 
-def main(script: str, test_one_input: Callable[[bytes], None], argv: list[str] | None = None,
-         *, dictionary: str | None = None) -> None:
+def main(
+    script: str,
+    test_one_input: Callable[[bytes], None],
+    argv: list[str] | None = None,
+    *,
+    dictionary: str | None = None,
+) -> None:
     """Run libFuzzer (atheris) on `test_one_input` with this repository's directories and,
     unless `-dict=` is given, the token list fuzz/dicts/<dictionary>.dict."""
     import logging
@@ -100,8 +105,29 @@ def main(script: str, test_one_input: Callable[[bytes], None], argv: list[str] |
 
 # -- the smoke runs of the unit tests --------------------------------------------------------
 _INTERESTING = [0, 1, 0x7F, 0x80, 0xFF, 0x7FFFFFFF, 0xFFFFFFFF, 2**63 - 1, 2**64 - 1, 2**31]
-_TOKENS = [b"{", b"}", b"[", b"]", b'"', b":", b",", b"null", b"1e999", b"-1", b"\0", b"\n",
-           b"{{", b"}}", b"%", b"=", b"/", b"..", b".wh.", b"\xff", b"[" * 64]
+_TOKENS = [
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b'"',
+    b":",
+    b",",
+    b"null",
+    b"1e999",
+    b"-1",
+    b"\0",
+    b"\n",
+    b"{{",
+    b"}}",
+    b"%",
+    b"=",
+    b"/",
+    b"..",
+    b".wh.",
+    b"\xff",
+    b"[" * 64,
+]
 
 
 def mutate(data: bytes, rng: random.Random) -> bytes:

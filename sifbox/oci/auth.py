@@ -146,7 +146,9 @@ def read_auth_file(path: Path) -> dict[str, object]:
         reason = describe_os_error(err) if isinstance(err, OSError) else f"not valid JSON: {err}"
         raise AuthError(f"can't read credentials file `{path}`: {reason}") from err
     except RecursionError:
-        raise AuthError(f"can't read credentials file `{path}`: not valid JSON: nested too deeply") from None
+        raise AuthError(
+            f"can't read credentials file `{path}`: not valid JSON: nested too deeply"
+        ) from None
     if not isinstance(data, dict):
         raise AuthError(f"can't read credentials file `{path}`: not a JSON object")
     return data

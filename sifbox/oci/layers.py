@@ -229,7 +229,8 @@ def open_tar(stream: LayerStream, what: str) -> tarfile.TarFile | None:
     if not stream.reader.peek(1):
         return None
     try:
-        return tarfile.open(fileobj=_EndsOnce(stream.reader, what), mode="r|")  # type: ignore[call-overload]
+        data = _EndsOnce(stream.reader, what)
+        return tarfile.open(fileobj=data, mode="r|")  # type: ignore[call-overload]
     except tarfile.TarError as err:
         raise LayerError(f"can't read {what}: not a tar archive ({err})") from None
 

@@ -284,7 +284,8 @@ class BlobStore:
 
     def read_json(self, name: str, digest: str | None, size: int | None, what: str) -> tuple[dict, bytes]:
         if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
-            raise ImageSourceError(f"can't read {what} of `{self.source}`: invalid size `{size}` in its descriptor")
+            raise ImageSourceError(f"can't read {what} of `{self.source}`: invalid size `{size}` "
+                                   "in its descriptor")  # fmt: skip
         if size is not None and size > MAX_JSON:
             raise ImageSourceError(f"can't read {what} of `{self.source}`: {size} bytes is too large")
         try:
@@ -302,7 +303,8 @@ class BlobStore:
         except (ValueError, UnicodeDecodeError) as err:
             raise ImageSourceError(f"can't read {what} of `{self.source}`: invalid JSON ({err})") from None
         except RecursionError:
-            raise ImageSourceError(f"can't read {what} of `{self.source}`: JSON nested too deeply") from None
+            raise ImageSourceError(f"can't read {what} of `{self.source}`: JSON nested too deeply"
+                                   ) from None  # fmt: skip
         if not isinstance(doc, dict):
             raise ImageSourceError(f"can't read {what} of `{self.source}`: not a JSON object")
         return doc, data
@@ -523,7 +525,8 @@ def _docker_archive(store: BlobStore, ref: SourceRef, want: Platform) -> Image:
     except ValueError as err:
         raise ImageSourceError(f"can't read image `{src}`: invalid manifest.json ({err})") from None
     except RecursionError:
-        raise ImageSourceError(f"can't read image `{src}`: invalid manifest.json (nested too deeply)") from None
+        raise ImageSourceError(f"can't read image `{src}`: invalid manifest.json "
+                               "(nested too deeply)") from None  # fmt: skip
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
         raise ImageSourceError(f"can't read image `{src}`: manifest.json lists no image")
     if ref.tag or ref.digest:

@@ -135,7 +135,9 @@ class RegistryClient:
             parts = urllib.parse.urlsplit(url)
             conn, absolute = self._connect(parts.scheme, parts.netloc)
         except (ValueError, http.client.InvalidURL) as err:
-            raise RegistryError(f"can't talk to {self._what()}: invalid URL `{url}` ({err})") from None
+            raise RegistryError(
+                f"can't talk to {self._what()}: invalid URL `{url}` ({err})"
+            ) from None
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         try:
             conn.request(

@@ -137,7 +137,8 @@ def parse(text: str, path: str = DEFAULT_PATH) -> EclConfig:
     groups: list[ExecGroup] = []
     seen: set[str] = set()
     # The line of each [[execgroup]] header, found once (not once per group: that is quadratic).
-    headers = [n for n, ln in enumerate(text.splitlines(), 1) if ln.strip().startswith("[[execgroup]]")]
+    headers = [n for n, ln in enumerate(text.splitlines(), 1)
+               if ln.strip().startswith("[[execgroup]]")]  # fmt: skip
     for i, g in enumerate(raw_groups):
         line = headers[i] if i < len(headers) else None
         if not isinstance(g, dict):

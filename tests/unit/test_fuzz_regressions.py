@@ -93,18 +93,31 @@ def _tar(entries: list[tuple[str, ...]]) -> bytes:
 SEP = b"\n--8<--\n"
 SLOW = {
     # a section's leading blank lines were dropped one list copy at a time
-    "deffile-leading-blank-lines": ("deffile", lambda: b"Bootstrap: busybox\n%post\n" + b"\n" * 50_000 + b" x\n"),
+    "deffile-leading-blank-lines": (
+        "deffile",
+        lambda: b"Bootstrap: busybox\n%post\n" + b"\n" * 50_000 + b" x\n",
+    ),
     # every [[execgroup]] looked for its own line from the top of the file
-    "ecl-5000-execgroups": ("ecl", lambda: b"".join(
-        b'[[execgroup]]\nmode="blacklist"\ndirpath="/d%d"\n' % i for i in range(5000))),
+    "ecl-5000-execgroups": (
+        "ecl",
+        lambda: b"".join(
+            b'[[execgroup]]\nmode="blacklist"\ndirpath="/d%d"\n' % i for i in range(5000)
+        ),
+    ),
     # difflib suggested a directive for every unknown line
     "sysconf-10000-unknown-directives": ("sysconf", lambda: b"unknown directive x = 1\n" * 10_000),
     # a dpkg field of many continuation lines was rebuilt on each line
-    "sbom-200000-continuation-lines": ("sbom", lambda: SEP.join(
-        [b"", b"Package: a\nVersion: 1\nDescription: x\n" + b" more\n" * 200_000])),
+    "sbom-200000-continuation-lines": (
+        "sbom",
+        lambda: SEP.join([b"", b"Package: a\nVersion: 1\nDescription: x\n" + b" more\n" * 200_000]),
+    ),
     # each entry under a symbolic link of 50,000 components walked all of them
-    "oci-layers-long-symlink-target": ("oci_layers", lambda: _tar(
-        [("l", "l", "/".join(["a"] * 50_000))] + [("f", f"l/x{i}") for i in range(100)])),
+    "oci-layers-long-symlink-target": (
+        "oci_layers",
+        lambda: _tar(
+            [("l", "l", "/".join(["a"] * 50_000))] + [("f", f"l/x{i}") for i in range(100)]
+        ),
+    ),
     # a member declaring 10^11 bytes in a short layer: the tar stream skipped them 16 KiB of
     # nothing at a time (10^20: forever)
     "oci-layers-size-past-the-end": ("oci_layers", lambda: _tar([("s", "f", str(10**11))])),
@@ -117,7 +130,9 @@ def test_hostile_input_is_fast(case: str) -> None:
     data = make()
     start = time.monotonic()
     load(target).TestOneInput(data)
-    assert time.monotonic() - start < 2, f"{case}: {len(data)} bytes took {time.monotonic() - start:.1f} s"
+    assert time.monotonic() - start < 2, (
+        f"{case}: {len(data)} bytes took {time.monotonic() - start:.1f} s"
+    )
 
 
 def test_inspect_labels_nested_too_deeply(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,7 +144,9 @@ def test_inspect_labels_nested_too_deeply(monkeypatch: pytest.MonkeyPatch) -> No
     from sifbox.image import files
 
     labels = b"[" * 5000
-    monkeypatch.setattr(files, "read_file", lambda src, path: labels if path.endswith("labels.json") else None)
+    monkeypatch.setattr(
+        files, "read_file", lambda src, path: labels if path.endswith("labels.json") else None
+    )
     monkeypatch.setattr(files, "list_dir", lambda src, path: [])
     parser = argparse.ArgumentParser()
     inspect.add_arguments(parser)
@@ -145,7 +162,9 @@ def test_build_arg_file_not_utf8(tmp_path: Path) -> None:
 
     args_file = tmp_path / "args"
     args_file.write_bytes(b"A=caf\xe9\n")
-    args = build_parser("build").parse_args(["build", "--build-arg-file", str(args_file), "o.sif", "x.def"])
+    args = build_parser("build").parse_args(
+        ["build", "--build-arg-file", str(args_file), "o.sif", "x.def"]
+    )
     with pytest.raises(UsageError, match="not UTF-8 text"):
         request(args)
 
@@ -158,12 +177,13 @@ def test_sif_with_2_to_the_22_descriptors_in_a_sparse_file(tmp_path: Path) -> No
     from sifbox.formats.sif.layout import _HEADER
 
     total = 1 << 22
+    table = total * c.DESCRIPTOR_SIZE
     header = _HEADER.pack(b"", c.MAGIC, c.VERSION, c.ARCH_UNKNOWN, bytes(16), 0, 0, total, total,
-                          4096, total * c.DESCRIPTOR_SIZE, 4096 + total * c.DESCRIPTOR_SIZE, 0)  # fmt: skip
+                          4096, table, 4096 + table, 0)  # fmt: skip
     path = tmp_path / "sparse.sif"
     with open(path, "wb") as f:
         f.write(header)
-        f.truncate(4096 + total * c.DESCRIPTOR_SIZE)
+        f.truncate(4096 + table)
     start = time.monotonic()
     with open(path, "rb") as f, pytest.raises(SifError, match="descriptors, sifbox reads at most"):
         SifImage.load(f)
