@@ -14,6 +14,7 @@ the image config stored in the SIF and reported by `notes()`.
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 import time
 
@@ -300,11 +301,20 @@ def _inner(config: dict) -> dict:
     return inner if isinstance(inner, dict) else {}
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _text(value: object) -> str:
+    """A value of the config as text that can be written out: a lone surrogate (`"\\ud800"`
+    is valid JSON, not valid Unicode) becomes U+FFFD, as Go's JSON decoder makes it."""
+    return _SURROGATE.sub("\ufffd", str(value))
+
+
 def _strings(value: object) -> list[str]:
     if isinstance(value, list):
-        return [str(v) for v in value]
+        return [_text(v) for v in value]
     if isinstance(value, str):
-        return [value]
+        return [_text(value)]
     return []
 
 
@@ -366,12 +376,12 @@ def labels(config: dict, *, arch: str, source: str, epoch: int, version: str) ->
     out: dict[str, str] = {}
     found = inner.get("Labels")
     for k, v in sorted(found.items() if isinstance(found, dict) else ()):
-        out[str(k)] = str(v)
+        out[_text(k)] = _text(v)
     bootstrap, _, ref = source.partition(":")
     if bootstrap == "docker":
         ref = ref.removeprefix("//")
     out.update({
-        "org.label-schema.build-arch": arch,
+        "org.label-schema.build-arch": _text(arch),
         "org.label-schema.build-date": build_date(epoch),
         "org.label-schema.schema-version": "1.0",
         "org.label-schema.usage.singularity.deffile.bootstrap": bootstrap,
