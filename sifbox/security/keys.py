@@ -94,7 +94,10 @@ def describe(data: bytes) -> list[KeyInfo]:
 
 
 def format_time(t: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S %z %Z", time.localtime(t))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S %z %Z", time.localtime(t))
+    except (OverflowError, OSError, ValueError):  # a time no calendar date holds
+        return str(t)
 
 
 def format_key(i: int, k: KeyInfo) -> str:
