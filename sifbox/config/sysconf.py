@@ -60,6 +60,9 @@ FROM_DEFAULT = "default"  # the schema default: the file does not set it, or no 
 ABSENT = "absent"  # a list directive not mentioned by a file that was read: empty
 
 _BOM = b"\xef\xbb\xbf"
+#: Unknown directives that get a "did you mean" suggestion (difflib is slow: a file of
+#: thousands of unknown lines would take seconds).
+_SUGGESTIONS = 20
 
 BY_NAME = schema.BY_NAME
 SCHEMA = schema.SCHEMA
@@ -295,6 +298,7 @@ def parse(data: bytes | str, source: str | None = None) -> Config:
     scalars: dict[str, Setting] = {}
     lists: dict[str, tuple[list[str], int]] = {}
     warnings: list[str] = []
+    unknown = 0
 
     def warn(lineno: int, message: str) -> None:
         warnings.append(f"configuration `{_name(source)}`: line {lineno}: {message}")
@@ -314,7 +318,8 @@ def parse(data: bytes | str, source: str | None = None) -> Config:
             continue
         directive = BY_NAME.get(name)
         if directive is None:
-            warn(lineno, _unknown(name))
+            unknown += 1
+            warn(lineno, _unknown(name, suggest=unknown <= _SUGGESTIONS))
             continue
         raw = raw.strip()
         if not raw:
@@ -374,10 +379,12 @@ def _decode(data: bytes, source: str | None) -> str:
         ) from None
 
 
-def _unknown(name: str) -> str:
+def _unknown(name: str, suggest: bool = True) -> str:
     if name in schema.APPTAINER_ONLY:
         return f"`{name}` is an Apptainer directive that sifbox does not implement, ignored"
     message = f"unknown directive `{schema.clip(name)}`, ignored"
+    if not suggest:
+        return message
     import difflib  # only on this path: it is not needed otherwise
 
     close = difflib.get_close_matches(name, BY_NAME, n=1, cutoff=0.8)

@@ -90,6 +90,7 @@ _NO_FROM = frozenset(
 _SECTION_LINE = re.compile(r"%([A-Za-z]+)\b(.*)\Z")
 _TEMPLATE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 _ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class DeffileError(SifboxError):
@@ -233,6 +234,10 @@ def parse_deffile(
         raise DeffileError(
             f"can't parse `{filename}`: it contains NUL bytes, not a definition file"
         )
+    bad = _SURROGATE.search(text)  # bytes that were not UTF-8 (read with surrogateescape)
+    if bad:
+        n = text.count("\n", 0, bad.start()) + 1
+        raise DeffileError(f"can't parse `{filename}:{n}`: not UTF-8 text")
     lines = text.split("\n")
     chunks = _split_stages(lines, filename)
     if not chunks:
@@ -387,11 +392,12 @@ def _is_boundary(line: str) -> bool:
 
 def _body_text(body: list[str]) -> str:
     """The section's text: trailing blank lines dropped, ending in a newline."""
-    while body and not body[-1].strip():
-        body = body[:-1]
-    while body and not body[0].strip():
-        body = body[1:]
-    return "\n".join(body) + "\n" if body else ""
+    start, end = 0, len(body)
+    while end > start and not body[end - 1].strip():
+        end -= 1
+    while start < end and not body[start].strip():
+        start += 1
+    return "\n".join(body[start:end]) + "\n" if end > start else ""
 
 
 def _script(arg: str, body: list[str], line: int, filename: str, name: str) -> Script:

@@ -34,6 +34,8 @@ MAX_DYNAMIC = 64 << 10
 MAX_STRING = 4096
 #: EI_CLASS (1: ELFCLASS32, 2: ELFCLASS64) -> size of the file header (Elf32_Ehdr, Elf64_Ehdr).
 EHDR_SIZE = {1: 52, 2: 64}
+#: Offsets past this are no file offsets (off_t is signed 64-bit): read as nothing.
+MAX_OFFSET = 2**63 - 1
 
 #: e_machine -> the Debian multiarch directory name of its libraries.
 MULTIARCH = {
@@ -79,7 +81,7 @@ def dependencies(read: Reader) -> Dependencies | None:
         ph_format, dyn_format = end + "IIIIIIII", end + "iI"
     if phnum > MAX_PHNUM or phentsize < struct.calcsize(ph_format):
         return None
-    table = read(phoff, phentsize * phnum)
+    table = _read(read, phoff, phentsize * phnum)
     loads: list[tuple[int, int, int]] = []  # (vaddr, offset, filesz)
     interpreter = None
     dynamic = None
@@ -92,13 +94,13 @@ def dependencies(read: Reader) -> Dependencies | None:
         if p_type == PT_LOAD:
             loads.append((p_vaddr, p_offset, p_filesz))
         elif p_type == PT_INTERP:
-            interpreter = _string(read(p_offset, min(p_filesz, MAX_STRING)), 0)
+            interpreter = _string(_read(read, p_offset, min(p_filesz, MAX_STRING)), 0)
         elif p_type == PT_DYNAMIC:
             dynamic = (p_offset, min(p_filesz, MAX_DYNAMIC))
     needed: list[str] = []
     search: list[str] = []
     if dynamic is not None:
-        needed, search = _dynamic(read, read(*dynamic), dyn_format, loads)
+        needed, search = _dynamic(read, _read(read, *dynamic), dyn_format, loads)
     return Dependencies(interpreter or None, needed, search, machine)
 
 
@@ -124,7 +126,7 @@ def _dynamic(read: Reader, data: bytes, dyn_format: str,
     runpath: list[str] = []
     rpath: list[str] = []
     for tag, value in entries:
-        text = _string(read(base + value, MAX_STRING), 0)
+        text = _string(_read(read, base + value, MAX_STRING), 0)
         if not text:
             continue
         if tag == DT_NEEDED:
@@ -132,6 +134,14 @@ def _dynamic(read: Reader, data: bytes, dyn_format: str,
         else:
             (runpath if tag == DT_RUNPATH else rpath).extend(p for p in text.split(":") if p)
     return needed, runpath or rpath
+
+
+def _read(read: Reader, offset: int, size: int) -> bytes:
+    """`read`, for an offset and size taken from the file: nothing where they lie outside
+    what a file can hold."""
+    if not 0 <= offset <= MAX_OFFSET - size or size <= 0:
+        return b""
+    return read(offset, size)
 
 
 def _string(data: bytes, start: int) -> str:

@@ -120,5 +120,9 @@ def _sif_partition(fd: int, path: str, where: str) -> ImageSource:
         overlay = None
         for d in img.objects():
             if d.data_type == c.DataType.PARTITION and d.partition()[:2] == (c.FsType.EXT3, c.PartType.OVERLAY):
+                try:
+                    img.check_bounds(d)
+                except SifError as err:
+                    raise SifboxError(f"{where}: the overlay partition is damaged: {err}") from None
                 overlay = (d.offset, d.size)
     return ImageSource(_opened(fd, path), ImageKind.SIF, fd, part.offset, part.size, overlay)

@@ -145,6 +145,10 @@ def read_auth_file(path: Path) -> dict[str, object]:
     except (OSError, ValueError) as err:
         reason = describe_os_error(err) if isinstance(err, OSError) else f"not valid JSON: {err}"
         raise AuthError(f"can't read credentials file `{path}`: {reason}") from err
+    except RecursionError:
+        raise AuthError(
+            f"can't read credentials file `{path}`: not valid JSON: nested too deeply"
+        ) from None
     if not isinstance(data, dict):
         raise AuthError(f"can't read credentials file `{path}`: not a JSON object")
     return data
@@ -184,7 +188,9 @@ def _helper(name: str, server: str, source: str) -> Credentials | None:
         return None
     try:
         data = json.loads(proc.stdout)
-    except ValueError:
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
         return None
     user, secret = data.get("Username"), data.get("Secret")
     if not isinstance(secret, str) or not secret:

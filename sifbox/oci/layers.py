@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import math
 import shutil
 import subprocess
 import tarfile
@@ -35,6 +36,9 @@ from sifbox.util.errors import SifboxError, describe_os_error
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 MAX_LINKS = 40
+#: Path components that following symbolic links may add to one lookup: bounds the work a
+#: layer of long link targets can cause (the kernel bounds it by PATH_MAX per link).
+MAX_LINK_COMPONENTS = 1024
 BLOCK = tarfile.BLOCKSIZE
 
 # node kinds
@@ -199,12 +203,34 @@ def open_layer(img: Image, index: int) -> Iterator[LayerStream]:
         stream.close()
 
 
+class _EndsOnce:
+    """A layer's uncompressed data for `tarfile`, which ends the tar at its end.
+
+    To skip a member's data, a tar stream reads on until the end of that data even when
+    the layer ends first: a header that declares 10^20 bytes would keep it reading nothing,
+    forever. A read after the end has been reached is an error here."""
+
+    def __init__(self, raw: io.BufferedReader, what: str):
+        self._raw = raw
+        self._what = what
+        self._ended = False
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        if not data and n != 0:
+            if self._ended:
+                raise LayerError(f"can't read {self._what}: the tar data ends inside a member")
+            self._ended = True
+        return data
+
+
 def open_tar(stream: LayerStream, what: str) -> tarfile.TarFile | None:
     """The layer's tar, read as a stream (None for an empty layer)."""
     if not stream.reader.peek(1):
         return None
     try:
-        return tarfile.open(fileobj=stream.reader, mode="r|")  # type: ignore[call-overload]
+        data = _EndsOnce(stream.reader, what)
+        return tarfile.open(fileobj=data, mode="r|")  # type: ignore[call-overload]
     except tarfile.TarError as err:
         raise LayerError(f"can't read {what}: not a tar archive ({err})") from None
 
@@ -314,6 +340,7 @@ class Merger:
         todo = list(reversed(comps))
         cur: list[str] = []
         hops = 0
+        added = 0
         followed = False
         while todo:
             c = todo.pop()
@@ -331,9 +358,15 @@ class Merger:
                     self.warn(f"skipped {what}: too many levels of symbolic links")
                     raise _Skip
                 target = node.info.linkname
+                parts = target.split("/")
+                added += len(parts)
+                if added > MAX_LINK_COMPONENTS:
+                    self.warn(f"skipped {what}: its symbolic links expand to more than "
+                              f"{MAX_LINK_COMPONENTS} path components")  # fmt: skip
+                    raise _Skip
                 if target.startswith("/"):
                     cur = []
-                todo.extend(reversed(target.split("/")))
+                todo.extend(reversed(parts))
                 followed = True
                 continue
             if node is not None and node.kind != DIR:
@@ -470,18 +503,24 @@ class Merger:
             self._remove(path)
 
     def _prune(self, path: str, layer: int) -> None:
-        """Remove what lower layers put below `path` (opaque directory)."""
-        for c in list(self.children.get(path, ())):
-            cp = f"{path}/{c}" if path else c
-            node = self.tree.get(cp)
-            if node is None:  # implicit directory: keep this layer's content below it
-                self._prune(cp, layer)
-                if not self.children.get(cp):
+        """Remove what lower layers put below `path` (opaque directory). Iterative: a
+        layer's directories may nest deeper than Python's recursion limit."""
+        todo = [(path, False)]
+        while todo:
+            p, pruned = todo.pop()
+            if pruned:  # an implicit directory whose content is done: drop it if empty
+                if not self.children.get(p):
+                    self._remove(p)
+                continue
+            for c in list(self.children.get(p, ())):
+                cp = f"{p}/{c}" if p else c
+                node = self.tree.get(cp)
+                if node is None:  # implicit directory: keep this layer's content below it
+                    todo += [(cp, True), (cp, False)]
+                elif node.layer < layer:
                     self._remove(cp)
-            elif node.layer < layer:
-                self._remove(cp)
-            elif node.kind == DIR:
-                self._prune(cp, layer)
+                elif node.kind == DIR:
+                    todo.append((cp, False))
 
     # ---- the plan for pass 2
     def plan(self) -> Plan:
@@ -518,13 +557,18 @@ class Plan:
         return len(self.headers) + sum(len(v) for v in self.carriers.values())
 
 
+def _seconds(mtime: float) -> int:
+    """A PAX `mtime` as whole seconds: `inf` and `nan` parse as floats, and are 0 here."""
+    return int(mtime) if math.isfinite(mtime) else 0
+
+
 def _strip(m: tarfile.TarInfo) -> tarfile.TarInfo:
     """A compact copy of a header: no buffers, only xattr PAX records."""
     t = tarfile.TarInfo(m.name)
     t.type = m.type
     t.mode = m.mode
     t.uid, t.gid = m.uid, m.gid
-    t.mtime = int(m.mtime)
+    t.mtime = _seconds(m.mtime)
     t.linkname = m.linkname
     t.devmajor, t.devminor = m.devmajor, m.devminor
     t.pax_headers = {k: v for k, v in m.pax_headers.items() if k.startswith("SCHILY.xattr.")}
@@ -546,7 +590,7 @@ class TarWriter:
         t.mode = src.mode & 0o7777
         t.uid, t.gid = src.uid, src.gid
         t.uname = t.gname = ""
-        t.mtime = max(0, int(src.mtime))
+        t.mtime = max(0, _seconds(src.mtime))
         t.size = size
         t.linkname = src.linkname if linkname is None else linkname
         t.devmajor, t.devminor = src.devmajor, src.devminor

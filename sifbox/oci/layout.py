@@ -283,6 +283,9 @@ class BlobStore:
         pass
 
     def read_json(self, name: str, digest: str | None, size: int | None, what: str) -> tuple[dict, bytes]:
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise ImageSourceError(f"can't read {what} of `{self.source}`: invalid size `{size}` "
+                                   "in its descriptor")  # fmt: skip
         if size is not None and size > MAX_JSON:
             raise ImageSourceError(f"can't read {what} of `{self.source}`: {size} bytes is too large")
         try:
@@ -299,6 +302,9 @@ class BlobStore:
             doc = json.loads(data)
         except (ValueError, UnicodeDecodeError) as err:
             raise ImageSourceError(f"can't read {what} of `{self.source}`: invalid JSON ({err})") from None
+        except RecursionError:
+            raise ImageSourceError(f"can't read {what} of `{self.source}`: JSON nested too deeply"
+                                   ) from None  # fmt: skip
         if not isinstance(doc, dict):
             raise ImageSourceError(f"can't read {what} of `{self.source}`: not a JSON object")
         return doc, data
@@ -393,23 +399,22 @@ def _oci_layout(store: BlobStore, ref: SourceRef, want: Platform) -> Image:
         chosen = _find_digest(store, manifests, ref.digest, src)
     else:
         if ref.tag:
-            chosen_list = [d for d in manifests if d.get("annotations", {}).get(REF_NAME) == ref.tag]
+            chosen_list = [d for d in manifests if _ref_name(d) == ref.tag]
             if not chosen_list:
-                tags = sorted({str(d.get("annotations", {}).get(REF_NAME)) for d in manifests
-                               if d.get("annotations", {}).get(REF_NAME)})  # fmt: skip
+                tags = sorted({n for d in manifests if (n := _ref_name(d))})
                 raise ImageSourceError(f"can't read image `{src}`: no image tagged `{ref.tag}`",
                                        hint=("tags: " + ", ".join(tags)) if tags else None)  # fmt: skip
         else:
             chosen_list = manifests
         if len(chosen_list) != 1 and ref.tag is None:
-            names = sorted({str(d.get("annotations", {}).get(REF_NAME, "")) for d in chosen_list} - {""})
+            names = sorted({n for d in chosen_list if (n := _ref_name(d))})
             if len(names) > 1:
                 raise ImageSourceError(f"can't read image `{src}`: the layout holds {len(chosen_list)} images",
                                        hint="name one: " + ", ".join(f"{src}:{n}" for n in names))  # fmt: skip
         if not chosen_list:
             raise ImageSourceError(f"can't read image `{src}`: the index lists no image")
         chosen = _by_platform(store, chosen_list, want, src) if len(chosen_list) > 1 else chosen_list[0]
-    ref_name = chosen.get("annotations", {}).get(REF_NAME) or ref.tag
+    ref_name = _ref_name(chosen) or ref.tag
     # Follow nested indexes (a manifest list tagged in index.json) down to one manifest.
     for _ in range(8):
         mt = chosen.get("mediaType")
@@ -423,6 +428,13 @@ def _oci_layout(store: BlobStore, ref: SourceRef, want: Platform) -> Image:
     else:
         raise ImageSourceError(f"can't read image `{src}`: indexes nested too deeply")
     return _load_manifest(store, chosen, src, ref_name)
+
+
+def _ref_name(descriptor: dict) -> str | None:
+    """The `org.opencontainers.image.ref.name` annotation of a descriptor, if it is a string."""
+    annotations = descriptor.get("annotations")
+    name = annotations.get(REF_NAME) if isinstance(annotations, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _descriptors(index: dict, src: str) -> list[dict]:
@@ -512,11 +524,14 @@ def _docker_archive(store: BlobStore, ref: SourceRef, want: Platform) -> Image:
         entries = json.loads(data)
     except ValueError as err:
         raise ImageSourceError(f"can't read image `{src}`: invalid manifest.json ({err})") from None
+    except RecursionError:
+        raise ImageSourceError(f"can't read image `{src}`: invalid manifest.json "
+                               "(nested too deeply)") from None  # fmt: skip
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
         raise ImageSourceError(f"can't read image `{src}`: manifest.json lists no image")
     if ref.tag or ref.digest:
         wanted = ref.tag if not ref.digest else None
-        picked = [e for e in entries if wanted and _tag_matches(wanted, e.get("RepoTags") or [])]
+        picked = [e for e in entries if wanted and _tag_matches(wanted, _repo_tags(e))]
         if ref.digest:
             picked = [e for e in entries if str(e.get("Config", "")).endswith(ref.digest.split(":")[1])
                       or str(e.get("Config", "")).endswith(ref.digest.split(":")[1] + ".json")]  # fmt: skip
@@ -525,7 +540,7 @@ def _docker_archive(store: BlobStore, ref: SourceRef, want: Platform) -> Image:
         entry = picked[0]
     else:
         if len(entries) > 1:
-            tags = [t for e in entries for t in (e.get("RepoTags") or [])]
+            tags = [t for e in entries for t in _repo_tags(e)]
             raise ImageSourceError(f"can't read image `{src}`: the archive holds {len(entries)} images",
                                    hint=("name one: " + ", ".join(tags)) if tags else None)  # fmt: skip
         entry = entries[0]
@@ -535,9 +550,12 @@ def _docker_archive(store: BlobStore, ref: SourceRef, want: Platform) -> Image:
     config, cbytes = store.read_json(cname, cdigest, None, "the image config")
     if cdigest is None:
         cdigest = "sha256:" + hashlib.sha256(cbytes).hexdigest()
-    diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+    rootfs = config.get("rootfs")
+    diff_ids = (rootfs.get("diff_ids") if isinstance(rootfs, dict) else None) or []
     files = entry.get("Layers") or []
-    if not isinstance(files, list) or len(files) != len(diff_ids):
+    if not isinstance(files, list) or not isinstance(diff_ids, list):
+        raise ImageSourceError(f"can't read image `{src}`: no list of layer files or diff_ids")
+    if len(files) != len(diff_ids):
         raise ImageSourceError(f"can't read image `{src}`: {len(files)} layer files but "
                                f"{len(diff_ids)} diff_ids in the config")  # fmt: skip
     layers = []
@@ -549,9 +567,14 @@ def _docker_archive(store: BlobStore, ref: SourceRef, want: Platform) -> Image:
         if not store.exists(name):
             raise ImageSourceError(f"can't read image `{src}`: layer file `{name}` is missing")
         layers.append(Layer(digest, None, "", str(diff_id), locator=name))
-    tags = entry.get("RepoTags") or []
+    tags = _repo_tags(entry)
     img = Image(src, store, config, cbytes, cdigest, layers, None, None, tags[0] if tags else ref.tag)
     return img
+
+
+def _repo_tags(entry: dict) -> list[str]:
+    tags = entry.get("RepoTags")
+    return [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
 
 
 def _tag_matches(wanted: str, tags: list[str]) -> bool:

@@ -182,10 +182,11 @@ def select_manifest(index: dict[str, object], wanted: Platform) -> dict[str, obj
 def platforms_of(index: dict[str, object]) -> list[str]:
     """The platforms an index offers, for an error message."""
     found = []
-    for m in index.get("manifests") or []:  # type: ignore[attr-defined]
+    manifests = index.get("manifests")
+    for m in manifests if isinstance(manifests, list) else []:
         p = m.get("platform") if isinstance(m, dict) else None
         if isinstance(p, dict) and p.get("os") != "unknown":
-            found.append(
-                str(Platform(str(p.get("os")), str(p.get("architecture")), p.get("variant")))
-            )
+            variant = p.get("variant")
+            variant = None if variant is None else str(variant)
+            found.append(str(Platform(str(p.get("os")), str(p.get("architecture")), variant)))
     return found

@@ -131,9 +131,14 @@ class RegistryClient:
         return http.client.HTTPConnection(netloc, timeout=self.timeout), False
 
     def _once(self, method: str, url: str, headers: dict[str, str]) -> _Response:
-        parts = urllib.parse.urlsplit(url)
+        try:
+            parts = urllib.parse.urlsplit(url)
+            conn, absolute = self._connect(parts.scheme, parts.netloc)
+        except (ValueError, http.client.InvalidURL) as err:
+            raise RegistryError(
+                f"can't talk to {self._what()}: invalid URL `{url}` ({err})"
+            ) from None
         target = parts.path + (f"?{parts.query}" if parts.query else "")
-        conn, absolute = self._connect(parts.scheme, parts.netloc)
         try:
             conn.request(
                 method, url if absolute else target, headers={"User-Agent": USER_AGENT, **headers}
@@ -222,7 +227,13 @@ class RegistryClient:
                 resp.close()
                 if not location:
                     raise RegistryError(f"can't follow a redirect of {self._what()}: no Location")
-                url = urllib.parse.urljoin(url, location)
+                try:
+                    url = urllib.parse.urljoin(url, location)
+                    urllib.parse.urlsplit(url)
+                except ValueError:
+                    raise RegistryError(
+                        f"can't follow a redirect of {self._what()}: invalid Location `{location}`"
+                    ) from None
                 continue
             if resp.status == 401 and same_host and not authenticated:
                 challenge = resp.headers.get("WWW-Authenticate", "")
@@ -307,7 +318,7 @@ class RegistryClient:
         try:
             data = json.loads(body)
             token = data.get("token") or data.get("access_token")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             token = None
         if not isinstance(token, str) or not token:
             raise RegistryError(f"can't get a token from `{realm}`: the answer holds no token")
@@ -458,7 +469,7 @@ class _HTTPError(Exception):
             errors = json.loads(self.body).get("errors") or []
             first = errors[0]
             return str(first.get("code", "")), str(first.get("message", ""))
-        except (ValueError, AttributeError, IndexError, TypeError):
+        except (ValueError, AttributeError, IndexError, TypeError, KeyError, RecursionError):
             return "", ""
 
 
@@ -469,7 +480,7 @@ def _read_limited(resp: _Response, limit: int) -> bytes:
 def _media_type(body: bytes, content_type: str) -> str:
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         doc = {}
     media = doc.get("mediaType") if isinstance(doc, dict) else None
     if isinstance(media, str) and media:
@@ -523,6 +534,8 @@ def _load_json(body: bytes, what: str) -> dict[str, object]:
         doc = json.loads(body)
     except ValueError as err:
         raise RegistryError(f"can't read {what}: not valid JSON ({err})") from err
+    except RecursionError:
+        raise RegistryError(f"can't read {what}: not valid JSON (nested too deeply)") from None
     if not isinstance(doc, dict):
         raise RegistryError(f"can't read {what}: not a JSON object")
     return doc
@@ -639,10 +652,11 @@ def _fetch(client: RegistryClient, cache: Cache, image: ImageRef, wanted: Platfo
     wanted_blobs = [(config_digest, config_size, "config")]
     for layer in layers:
         layer_digest, layer_size, _ = _descriptor(layer, what)
-        if isinstance(layer, dict) and layer.get("urls"):
+        urls = layer.get("urls") if isinstance(layer, dict) else None
+        if urls:
             raise RegistryError(
                 f"can't pull `{image}`: layer `{layer_digest}` is a foreign layer (it lives at "
-                f"{layer['urls'][0]}), which sifbox doesn't download"
+                f"{urls[0] if isinstance(urls, list) else urls}), which sifbox doesn't download"
             )
         wanted_blobs.append((layer_digest, layer_size, "blob"))
     download_all(client, cache, wanted_blobs)

@@ -139,14 +139,17 @@ def dump_state(state: State) -> str:
 
 def parse_state(text: str, path: str = "") -> State:
     """A state file's text -> State; ValueError when it is not one."""
-    doc = json.loads(text)
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")  # noqa: TRY004 - callers treat every bad file alike
     try:
         config = (
             json.loads(base64.b64decode(doc.get("config") or "e30=")) if doc.get("config") else {}
         )
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         config = {}
     try:
         return State(
@@ -158,7 +161,7 @@ def parse_state(text: str, path: str = "") -> State:
             checkpoint=str(doc.get("checkpoint", "")), starttime=int(doc.get("starttime", 0)),
             ppidStarttime=int(doc.get("ppidStarttime", 0)), path=path,
         )  # fmt: skip
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, OverflowError) as err:  # OverflowError: int(Infinity)
         raise ValueError(f"missing or bad field: {err}") from None
 
 

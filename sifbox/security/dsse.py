@@ -118,14 +118,17 @@ def parse_envelope(data: bytes) -> Envelope | None:
     try:
         text = data.decode("utf-8")
         doc, _end = json.JSONDecoder().raw_decode(text.lstrip())
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     if not isinstance(doc, dict) or doc.get("payloadType") != PAYLOAD_TYPE:
         return None
     try:
         payload = _b64(doc.get("payload"))
         sigs = []
-        for s in doc.get("signatures") or []:
+        found = doc.get("signatures") or []
+        if not isinstance(found, list):
+            raise DsseError("signatures is not a list")
+        for s in found:
             if not isinstance(s, dict):
                 raise DsseError("invalid signature entry")
             kid = s.get("keyid") or ""

@@ -115,6 +115,8 @@ def parse(text: str, path: str = DEFAULT_PATH) -> EclConfig:
             msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg)
         where = f"{path}:{line}" if line else path
         raise EclError(f"can't read ECL configuration `{where}`: {msg}") from None
+    except RecursionError:
+        raise EclError(f"can't read ECL configuration `{path}`: nested too deeply") from None
 
     def bad(reason: str, line: int | None) -> EclError:
         where = f"{path}:{line}" if line else path
@@ -134,8 +136,13 @@ def parse(text: str, path: str = DEFAULT_PATH) -> EclConfig:
         raise bad("`execgroup` must be a list of tables ([[execgroup]])", _line_of(text, "execgroup", 0))
     groups: list[ExecGroup] = []
     seen: set[str] = set()
+    # The line of each [[execgroup]] header, found once (not once per group: that is quadratic).
+    headers = [n for n, ln in enumerate(text.splitlines(), 1)
+               if ln.strip().startswith("[[execgroup]]")]  # fmt: skip
     for i, g in enumerate(raw_groups):
-        line = _line_of(text, "[[execgroup]]", i)
+        line = headers[i] if i < len(headers) else None
+        if not isinstance(g, dict):
+            raise bad("`execgroup` must be a list of tables ([[execgroup]])", line)
         for key in g:
             if key not in ("tagname", "mode", "dirpath", "keyfp"):
                 raise bad(f"unknown execgroup setting `{key}`", line)

@@ -197,13 +197,18 @@ def parse_metadata(data: bytes) -> Metadata:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as err:
         raise IntegrityError(f"signed metadata is not JSON: {err}") from None
+    except RecursionError:
+        raise IntegrityError("signed metadata is not JSON: nested too deeply") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("header"), dict):
         raise IntegrityError("signed metadata has no header digest")
     if doc.get("version") != 1:
         raise IntegrityError(f"signed metadata version {doc.get('version')!r} not supported")
     header = parse_digest(doc["header"].get("digest"))
     objects = []
-    for o in doc.get("objects") or []:
+    found = doc.get("objects") or []
+    if not isinstance(found, list):
+        raise IntegrityError("signed metadata has an invalid object list")
+    for o in found:
         if not isinstance(o, dict):
             raise IntegrityError("signed metadata has an invalid object entry")
         rel = o.get("relativeId", 0)

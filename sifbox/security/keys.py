@@ -63,15 +63,19 @@ def _unescape(text: str) -> str:
     return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), text)
 
 
+def _number(field: str) -> int:
+    return int(field) if field.isascii() and field.isdigit() else 0
+
+
 def parse_colons(text: str) -> list[KeyInfo]:
     """Keys from `gpg --with-colons` output (pub/sec, fpr, uid records)."""
     keys: list[KeyInfo] = []
     want_fpr = False
     for line in text.splitlines():
         f = line.split(":")
+        f += [""] * (12 - len(f))  # records are at least 12 fields long; a short one reads as empty
         if f[0] in ("pub", "sec"):
-            created = int(f[5]) if len(f) > 5 and f[5].isdigit() else 0
-            keys.append(KeyInfo("", [], created, int(f[2] or 0), int(f[3] or 0), f[0] == "sec"))
+            keys.append(KeyInfo("", [], _number(f[5]), _number(f[2]), _number(f[3]), f[0] == "sec"))
             want_fpr = True
         elif f[0] == "fpr" and keys and want_fpr:
             keys[-1].fingerprint = f[9].upper()
@@ -97,7 +101,10 @@ def describe(data: bytes) -> list[KeyInfo]:
 
 
 def format_time(t: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S %z %Z", time.localtime(t))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S %z %Z", time.localtime(t))
+    except (OverflowError, OSError, ValueError):  # a time no calendar date holds
+        return str(t)
 
 
 def format_key(i: int, k: KeyInfo) -> str:

@@ -310,6 +310,8 @@ def split_packets(data: bytes) -> list[tuple[int, bytes]]:
             if o < 192:
                 hl, n = 2, o
             elif o < 224:
+                if i + 2 >= len(data):
+                    raise PgpError("truncated OpenPGP packet")
                 hl, n = 3, ((o - 192) << 8) + data[i + 2] + 192
             elif o == 255:
                 hl, n = 6, int.from_bytes(data[i + 2 : i + 6], "big")

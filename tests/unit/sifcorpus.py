@@ -20,6 +20,8 @@ def load_fuzz_target() -> ModuleType:
     """fuzz/fuzz_sif.py as a module (it is a script, not part of the package)."""
     if "fuzz_sif" in sys.modules:
         return sys.modules["fuzz_sif"]
+    if str(FUZZ_TARGET.parent) not in sys.path:
+        sys.path.append(str(FUZZ_TARGET.parent))  # the target imports its shared `fuzzlib`
     spec = importlib.util.spec_from_file_location("fuzz_sif", FUZZ_TARGET)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

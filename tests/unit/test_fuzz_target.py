@@ -29,7 +29,7 @@ def target() -> ModuleType:
 
 
 def test_target_has_a_run_command(target: ModuleType) -> None:
-    assert "fuzz/fuzz_sif.py -max_total_time=60 fuzz/corpus" in (target.__doc__ or "")
+    assert "fuzz/fuzz_sif.py -max_total_time=60" in (target.__doc__ or "")
 
 
 @pytest.mark.parametrize("image", CORPUS, ids=lambda p: p.name)
@@ -72,16 +72,3 @@ def test_damaged_images(target: ModuleType, image: Path) -> None:
 )
 def test_small_inputs(target: ModuleType, data: bytes) -> None:
     target.TestOneInput(data)
-
-
-def test_seed_corpus(target: ModuleType, tmp_path: Path) -> None:
-    images = tmp_path / "images"
-    images.mkdir()
-    (images / "a.sif").write_bytes(b"a")
-    (images / "notes.txt").write_bytes(b"x")
-    corpus = tmp_path / "corpus"
-    target.seed_corpus(corpus, images)
-    assert sorted(p.name for p in corpus.iterdir()) == ["a.sif"]
-    (images / "b.sif").write_bytes(b"b")
-    target.seed_corpus(corpus, images)  # not empty any more: left alone
-    assert sorted(p.name for p in corpus.iterdir()) == ["a.sif"]

@@ -142,10 +142,12 @@ def request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     build_args: dict[str, str] = {}
     for path in args.build_arg_file:
         try:
-            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            with open(path, encoding="utf-8") as f:
                 text = f.read((1 << 20) + 1)
         except OSError as err:
             raise UsageError(f"can't read build-arg file `{path}`: {err.strerror}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"can't read build-arg file `{path}`: not UTF-8 text") from None
         if len(text) > 1 << 20:
             raise UsageError(f"can't read build-arg file `{path}`: over 1 MiB, not a list of arguments")
         build_args.update(parse_build_arg_file(text, path, warn=_warn))

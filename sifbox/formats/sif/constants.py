@@ -24,6 +24,10 @@ ZERO_TIME = -62135596800
 RUN_SINGULARITY = b"#!/usr/bin/env run-singularity\n"
 PARTITION_ALIGNMENT = 4096
 MAX_CAPACITY = 2**32 - 2
+#: The most descriptors sifbox reads or writes (a 38 MB table; images have 48): the format
+#: allows MAX_CAPACITY, and a sparse file could declare that many at no cost to its maker
+#: while the reader would read and parse terabytes.
+MAX_DESCRIPTORS = 1 << 16
 MAX_GROUP = 0x0FFFFFFF
 
 

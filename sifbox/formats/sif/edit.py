@@ -160,7 +160,7 @@ def create(
     objects = list(objects)
     if len(launch_script) >= c.LAUNCH_SCRIPT_SIZE:
         raise SifError(f"launch script is {len(launch_script)} bytes, at most 31 fit")
-    if not 0 <= capacity <= c.MAX_CAPACITY:
+    if not 0 <= capacity <= c.MAX_DESCRIPTORS:
         raise SifError(f"invalid descriptor capacity {capacity}")
     if len(objects) > capacity:
         raise SifError(f"{len(objects)} objects do not fit in {capacity} descriptors")
@@ -511,6 +511,9 @@ def check_writable(img: SifImage) -> None:
             d.offset < h.data_offset
             or d.size < 0
             or (d.size and d.end > img.size)
+            # An empty object may lie past the end by its alignment (a zero-length write);
+            # new data is placed after it, so farther than any alignment is damage.
+            or d.end > img.size + MAX_ALIGNMENT
             or not fits_int64(d.end)
         ):
             raise SifError(f"damaged image: object {d.id} lies outside the data area")

@@ -103,6 +103,9 @@ class SifImage:
         total, offset = header.descriptors_total, header.descriptors_offset
         if total < 0 or total > c.MAX_CAPACITY:
             raise SifError(f"malformed SIF header: invalid descriptor count {total}")
+        if total > c.MAX_DESCRIPTORS:
+            raise SifError(f"unsupported SIF image: {total} descriptors, sifbox reads at most "
+                           f"{c.MAX_DESCRIPTORS}")  # fmt: skip
         if offset < 0:
             raise SifError(f"malformed SIF header: invalid descriptor table offset {offset}")
         table = total * c.DESCRIPTOR_SIZE

@@ -1,0 +1,14 @@
+-----BEGIN PGP SIGNED MESSAGE-----
+Hash: SHA256
+
+{"version":1,"header":{"digest":"sha256:635fa0a14a8ef0c0351ed3e985799ed1d4f75ce973dea3cc76c99710795cc3f1"},"objects":[{"relativeId":0,"descriptorDigest":"sha256:3634ad01db0dd5482ecf685267b53d6201690438ca27c3d7ea91c971a1f41f92","objectDigest":"sha256:004dfc8da678c309de28b5386a1e9efd57f536b150c40d29b31506aa0fb17ec2"},{"relativeId":1,"descriptorDigest":"sha256:04b5f87c9692a54f80d10fb6af00c779763aeca29d610348854bd97cd8bf66fd","objectDigest":"sha256:9f9c4e5e131934969b4ac8f495691c70b8c6c8e3f489c2c9ab5f1af82bce0604"}]}
+-----BEGIN PGP SIGNATURE-----
+
+wsBzBAEBCAAnBYJe+oD0CRCiDCfuf/e6hBYhBBIEXIwLEATQWN5L7aIMJ+5/97qE
+AACtYwf/T68wC5sZbTSWIdI32KwsZ1Aub7zfGdHasWhvRKs4SB9yRsfKs+6m7hVu
+yhIVmiaosxBUA4HvZhYffhSkq7U4GIc9Q3UwDtYlUALHnk1AGRhCbXWGYLTyqMFR
+P360t7E4552ll8DGJ+erLaU7XM1yxqjB+3u4L2DIdmn7KDeG0GJEZf41/L388IDn
+FftIGRuAsazJWqrqkOV42BZeEyPCGpVYfpEQOQmbAgTdP3HktfqtetUTijqfzqDL
+aB1FpePZlEU/0pfbdsiwTBbCJzrjnibuOg3mSgVhFc1oKLjvWFBbV0pAPYECERMX
+HmOLzcKxGAhvlXPrjbw+vuZMw1pXhA==
+-----END PGP SIGNATURE-----
