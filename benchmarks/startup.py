@@ -477,6 +477,13 @@ def main() -> int:
                 rows.append(r)
                 if label.startswith("ch-run img.sqfs"):
                     ref[who] = r
+        # What containing root's containers costs: the same launch with Apptainer's uncontained
+        # root (`root default capabilities = full`) beside the default one above.
+        full_conf = tmp / "uncontained.conf"
+        full_conf.write_text("root default capabilities = full\n")
+        argv, missing = image_cmd(sifbox, "sifbox", images.sif, images.sif_note,
+                                  lambda t, i: [t, "-c", str(full_conf), "exec", i, "/bin/true"])
+        rows.append(row("sifbox exec img.sif /bin/true, root not contained (`full`)", "root", argv, missing))
 
         before = leftovers(tmp, images)
         measure(env, rows, args.runs, args.warmup)
