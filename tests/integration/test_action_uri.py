@@ -140,3 +140,14 @@ def test_unknown_image_is_one_error(registry, run_as, as_who, sifbox_cli, place)
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("sifbox: error:")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert os.listdir(place / "tmp") == []
+
+
+def test_pulled_image_is_executable_with_apptainers_launch_script(registry, run_as, as_who, sifbox_cli,
+                                                                  place) -> None:  # type: ignore[no-untyped-def]  # fmt: skip
+    uri = f"docker://{registry.host}/{REF}"
+    for extra in ([], ["--disable-cache"]):
+        out = place / "cwd" / f"pulled{len(extra)}.sif"
+        proc = _sb(run_as, as_who, sifbox_cli, place, "pull", *extra, out, uri)
+        assert proc.returncode == 0, proc.stderr
+        assert out.read_bytes()[:32] == b"#!/usr/bin/env run-singularity\n".ljust(32, b"\0")
+        assert out.stat().st_mode & 0o777 == 0o755  # the umask of run_as is 022

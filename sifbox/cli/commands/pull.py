@@ -71,7 +71,7 @@ def _copy_atomically(src: str, out: str, uri: str) -> None:
     from sifbox.util.paths import umask
 
     try:
-        with Replacing(os.path.abspath(out), 0o644 & ~umask()) as tmp:
+        with Replacing(os.path.abspath(out), 0o755 & ~umask()) as tmp:  # executable, as Apptainer's
             shutil.copyfile(src, tmp)
     except OSError as err:  # the temporary file is gone: nothing half-written is left
         where = os.path.dirname(os.path.abspath(out))
