@@ -70,9 +70,9 @@ def through_cache(cache_dir: Path, digest: str, convert: Callable[[str], object]
     return cached
 
 
-def convert_to_sif(
+def convert_to_sif(  # type: ignore[no-untyped-def]
     ref, uri: str, out: str, platform, *, explicit: bool, procs: int | None, progress
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """Convert the image at `ref` (a layout.SourceRef) for `platform` into the SIF `out`;
     `progress` has `step`, `warn`, `advance` and `done` (util.progress.Progress)."""
     from sifbox.oci import convert, imageconfig
