@@ -1,6 +1,6 @@
 """`sifbox exec|run|shell|test IMAGE ...`: run an image without extracting it.
 
-    sifbox exec [options] IMAGE COMMAND [ARGS...]
+    sifbox exec [options] IMAGE COMMAND [ARGS...]   IMAGE may be docker://REF (pulled to the cache)
     sifbox run [options] IMAGE [ARGS...]        the image's runscript
     sifbox shell [options] IMAGE                 an interactive shell
     sifbox test [options] IMAGE                  the image's test script
@@ -111,7 +111,7 @@ def add_arguments(p) -> None:  # type: ignore[no-untyped-def]
 
     action = p.get_default("_command").name
     p.add_argument("image", metavar="IMAGE",
-                   help="SIF file, SquashFS file, sandbox directory, or instance://NAME")  # fmt: skip
+                   help="SIF file, SquashFS file, sandbox directory, instance://NAME, or docker://REF")  # fmt: skip
     if action == "exec":
         p.add_argument("command_word", metavar="COMMAND", help="command to run in the container")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments")
