@@ -6,13 +6,15 @@
 #
 # What it does: Debian packages (squashfs-tools, squashfuse, fuse3, uidmap, ...), a venv built on
 # Debian's /usr/bin/python3 at /opt/sifbox/venv with sifbox installed into it (not editable),
-# /usr/local/bin/sifbox, /dev/fuse usable by every user, bash completion, /etc/sifbox/.
+# /usr/local/bin/sifbox (and run-singularity, for ./image.sif), /dev/fuse usable by every user,
+# bash completion, /etc/sifbox/.
 set -euo pipefail
 
 PY=/usr/bin/python3
 PREFIX=/opt/sifbox
 VENV=$PREFIX/venv
 BIN_LINK=/usr/local/bin/sifbox
+RUN_SINGULARITY=/usr/local/bin/run-singularity
 DEMO_DIR=$PREFIX/demo
 UDEV_RULE=/etc/udev/rules.d/99-sifbox-fuse.rules
 COMPLETION=/usr/share/bash-completion/completions/sifbox
@@ -121,6 +123,13 @@ bash "$repo/scripts/write-launcher.sh" "$VENV"
 
 ln -sfn "$VENV/bin/sifbox" "$BIN_LINK"
 chmod -R a+rX "$PREFIX"
+# `./app.sif ARGS`: a SIF's launch script is `#!/usr/bin/env run-singularity`. Apptainer's own
+# run-singularity, if one is installed here, is left as it is.
+if [ -e "$RUN_SINGULARITY" ] && ! grep -qs 'exec sifbox run' "$RUN_SINGULARITY"; then
+    warn "$RUN_SINGULARITY exists and is not sifbox's: left as it is (./image.sif runs with it)"
+else
+    install -m 0755 "$repo/scripts/run-singularity" "$RUN_SINGULARITY"
+fi
 
 "$BIN_LINK" version >/dev/null || die "the installed \`$BIN_LINK version\` does not run"
 say "installed $BIN_LINK ($("$BIN_LINK" version))"

@@ -208,7 +208,7 @@ def write_sif(
                 return edit.create(fp, objects, launch_script=c.RUN_SINGULARITY, image_id=image_id,
                                    time=epoch, sync=True)  # fmt: skip
 
-        write_atomically(out_path, write, verb="write")
+        write_atomically(out_path, write, verb="write", mode=0o777)  # executable, as Apptainer's
 
 
 def write_squashfs(rootfs: str, out_path: str, squash: SquashOptions) -> None:

@@ -78,8 +78,9 @@ def open_sif(path: str, *, verb: str, write: bool = False) -> Iterator[SifImage]
         yield img
 
 
-def write_atomically(path: str, write: Callable[[BinaryIO], T], *, verb: str) -> T:
-    """Write a new file at `path` through a temporary file and rename.
+def write_atomically(path: str, write: Callable[[BinaryIO], T], *, verb: str, mode: int = 0o666) -> T:
+    """Write a new file at `path` through a temporary file and rename; its mode is `mode`
+    narrowed by the umask (0o777 for an image, which Apptainer makes executable: `./app.sif`).
 
     Nothing is left at `path` (nor beside it) unless `write` completes.
     """
@@ -95,7 +96,7 @@ def write_atomically(path: str, write: Callable[[BinaryIO], T], *, verb: str) ->
     try:
         umask = os.umask(0)
         os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+        os.fchmod(fd, mode & ~umask)
         with os.fdopen(fd, "w+b") as fp:
             result = write(fp)
             fp.flush()

@@ -59,6 +59,39 @@ def default_cache_dir() -> Path:
     return Path(home) / ".cache" / "sifbox"
 
 
+#: Variables that disable the cache when true, first set wins (Apptainer reads APPTAINER_DISABLE_CACHE).
+DISABLE_VARS = ("SIFBOX_DISABLE_CACHE", "APPTAINER_DISABLE_CACHE", "SINGULARITY_DISABLE_CACHE")
+
+
+def _true(value: str) -> bool:
+    return value.strip().lower() in ("1", "t", "true", "y", "yes", "on")
+
+
+def cache_in_use(disable: bool = False) -> Path | None:
+    """The cache directory to use, or None when the cache is disabled: by `disable`
+    (--disable-cache), by SIFBOX_DISABLE_CACHE (or APPTAINER_, SINGULARITY_DISABLE_CACHE),
+    or, as in Apptainer, because the directory (or its first existing parent) is not
+    writable, as on grids whose homes are read-only: then with a warning, not an error."""
+    if disable:
+        return None
+    for var in DISABLE_VARS:
+        value = os.environ.get(var)
+        if value is not None and value.strip():
+            if _true(value):
+                return None
+            break
+    root = default_cache_dir()
+    probe = root
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        from sifbox.util.log import log
+
+        log.warning("Cache disabled - cache location %s is not writable.", probe)  # Apptainer's words
+        return None
+    return root
+
+
 def split_digest(digest: str) -> tuple[str, str]:
     """("sha256", hex) for a well-formed digest; anything else is refused (it names a path)."""
     m = _DIGEST.fullmatch(digest)

@@ -278,7 +278,8 @@ def sif_prefix(sqfs_size: int, objects_before: list, *, arch: str, image_id: byt
     part = edit.ObjectInput(c.DataType.PARTITION, data=_Zeros(sqfs_size, chunk),  # type: ignore[arg-type]
                             size=sqfs_size, extra=sl.partition_extra(c.FsType.SQUASHFS, c.PartType.PRIMSYS, arch))  # fmt: skip
     buf = _Layout(chunk)
-    img = edit.create(buf, [*objects_before, part], image_id=image_id, time=when)  # type: ignore[arg-type]
+    img = edit.create(buf, [*objects_before, part], launch_script=c.RUN_SINGULARITY, image_id=image_id,  # type: ignore[arg-type]
+                      time=when)  # fmt: skip
     d = next(d for d in img.descriptors if d.used and d.data_type == c.DataType.PARTITION)
     return bytes(buf.buf[: d.offset]).ljust(d.offset, b"\0"), d.offset
 
@@ -373,7 +374,7 @@ def convert(img: Image, out_path: str, *, source: str, compressor: str = DEFAULT
         tmp = created[0]
         umask = os.umask(0)
         os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+        os.fchmod(fd, 0o777 & ~umask)  # a SIF is executable (its launch script), as Apptainer makes it
         os.close(fd)
         merger = build_squashfs(img, tmp, source=source, epoch=epoch, compressor=compressor, level=level,
                                 procs=procs, warn=warn, step=step, dest=out_path)  # fmt: skip

@@ -126,8 +126,9 @@ def parse_capability_file(text: str, where: str) -> dict[str, dict[str, list[str
     return out
 
 
-def from_capability_file(conf_dir: str, user: str = "root", groups: tuple[str, ...] = ("root",)) -> frozenset[int]:
-    """The capabilities capability.json (beside sifbox.conf) grants `user` and `groups`."""
+def read_capability_file(conf_dir: str) -> dict[str, dict[str, list[str]]]:
+    """capability.json beside sifbox.conf (empty when there is none), checked as root reads
+    what it trusts: owned by root, writable by no one else."""
     import os
 
     from sifbox.util import trusted
@@ -141,10 +142,15 @@ def from_capability_file(conf_dir: str, user: str = "root", groups: tuple[str, .
                 raise SifboxError(f"can't read `{path}`: {reason}", hint=trusted.HINT)
             text = f.read(1 << 20).decode("utf-8", "replace")
     except FileNotFoundError:
-        return frozenset()
+        return {"users": {}, "groups": {}}
     except OSError as err:
         raise SifboxError(f"can't read `{path}`: {err.strerror}") from None
-    doc = parse_capability_file(text, path)
+    return parse_capability_file(text, path)
+
+
+def from_capability_file(conf_dir: str, user: str = "root", groups: tuple[str, ...] = ("root",)) -> frozenset[int]:
+    """The capabilities capability.json (beside sifbox.conf) grants `user` and `groups`."""
+    doc = read_capability_file(conf_dir)
     found = set(doc["users"].get(user, []))
     for g in groups:
         found.update(doc["groups"].get(g, []))

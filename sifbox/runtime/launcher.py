@@ -46,10 +46,12 @@ STARTSCRIPT = "/.singularity.d/startscript"
 #:   devices    the GPU/CDI options (hpc.devices.Request) or None
 #:   config     -c/--config (else SIFBOX_CONFIG_FILE, else /etc/sifbox/sifbox.conf)
 #:   instance   the name, for `instance start|run`; pid_file its --pid-file
+#:   options    sifbox.runtime.options.LaunchOptions (--security uid/gid, --runscript-timeout,
+#:              --ignore-subuid, --ignore-userns, --disable-cache, --no-https), or None
 Launch = record(
     "Launch",
-    "action spec words app env_files env_opts caps devices config instance pid_file",
-    defaults=(None, (), (), (False, False, "", ""), None, None, None, None),
+    "action spec words app env_files env_opts caps devices config instance pid_file options",
+    defaults=(None, (), (), (False, False, "", ""), None, None, None, None, None),
 )
 
 #: What runs in the container: `argv` with `env` (None: nothing to run; `message`
@@ -62,7 +64,7 @@ class Prepared:
 
     __slots__ = ("action", "app", "caps", "cfg", "conf_path", "contained", "env", "fixed", "host",
                  "identity", "image", "inner", "joining", "keep_fds", "launched", "layers", "log",
-                 "mounts", "ns", "overrides", "prepare_root", "source", "spec", "squashfuse", "site",
+                 "mounts", "ns", "options", "overrides", "prepare_root", "source", "spec", "squashfuse", "site",
                  "userns", "words")  # fmt: skip
 
     def __init__(self, **values: object) -> None:
@@ -75,7 +77,16 @@ class Prepared:
 
 def run(launch: Launch) -> int:
     """Launch the container; return the payload's exit status."""
-    p = prepare(launch)
+    temporary = None
+    if "://" in launch.spec.image and not launch.spec.image.startswith("instance://"):
+        launch, temporary = _fetch_uri(launch)  # docker://REF: pulled to the cache, run from there
+    try:
+        p = prepare(launch)
+    finally:
+        if temporary is not None:  # the image is open: its temporary copy can go
+            import shutil
+
+            shutil.rmtree(temporary, ignore_errors=True)
     if p.joining is not None:
         return _join(p)
     if launch.instance is not None:
@@ -86,12 +97,29 @@ def run(launch: Launch) -> int:
     return _launch(p)
 
 
+def _fetch_uri(launch: Launch) -> tuple[Launch, str | None]:
+    """The launch with its image URI replaced by the SIF fetched for it, and the directory
+    of a temporary SIF (cache disabled) to remove once the image is open."""
+    from sifbox.runtime import imageuri
+
+    image, options = launch.spec.image, launch.options
+    if not imageuri.is_uri(image):
+        return launch, None
+    path, temporary = imageuri.fetch(image, verb=launch.action, writable=launch.spec.writable,
+                                     disable_cache=bool(options and options.disable_cache),
+                                     no_https=bool(options and options.no_https), config=launch.config)  # fmt: skip
+    return launch._replace(spec=launch.spec._replace(image=path)), temporary
+
+
 def prepare(launch: Launch) -> Prepared:
     from sifbox.runtime import env as envmod
+    from sifbox.runtime.options import LaunchOptions
     from sifbox.runtime.plan import default_mounts, site_from_config
 
     spec, action = launch.spec, launch.action
     host = _host()
+    options = launch.options or LaunchOptions()
+    spec = _apply_options(spec, options, host)
     if spec.fakeroot and not host.is_root and spec.home_target is None and not spec.no_home:
         # As Apptainer: under --fakeroot the caller's home is root's home.
         spec = spec._replace(home_source=host.home, home_target="/root")
@@ -116,7 +144,7 @@ def prepare(launch: Launch) -> Prepared:
     gate = Gate.from_config(cfg, conf_path, user=host.user, verb=action)
     p = Prepared(action=action, spec=spec, host=host, cfg=cfg, conf_path=conf_path, site=site, log=log,
                  caps=caps, contained=contained, app=launch.app, words=list(launch.words), layers=[],
-                 mounts=[], identity=spec.identity_files)  # fmt: skip
+                 mounts=[], identity=spec.identity_files, options=options)  # fmt: skip
     if spec.image.startswith("instance://"):
         from sifbox.runtime import instances
 
@@ -159,6 +187,17 @@ def prepare(launch: Launch) -> Prepared:
     p.overrides = overrides
     p.keep_fds = _keep_fds(p.env)
     return p
+
+
+def _apply_options(spec: ContainerSpec, options, host: Host) -> ContainerSpec:  # type: ignore[no-untyped-def]
+    """--ignore-userns (root: no user namespace, even with -u); --security uid/gid needs root's
+    own namespace (the IDs are the host's)."""
+    if options.ignore_userns and spec.userns:
+        spec = spec._replace(userns=False)
+    if options.run_as is not None and (spec.userns or spec.fakeroot):
+        raise UsageError("can't use --security uid:/gid: with --userns or --fakeroot: the IDs are the host's",
+                         hint="drop --userns/--fakeroot, or the uid:/gid: security options")  # fmt: skip
+    return spec
 
 
 def _console(spec: ContainerSpec) -> list:  # type: ignore[type-arg]
@@ -373,7 +412,7 @@ def _namespaces_for(p: Prepared) -> None:
     p.inner = host._replace(uid=0, gid=0, user="root", home="/root") if fakeroot else host
     extra = {"pid": spec.pid, "ipc": spec.ipc, "uts": spec.uts, "net": spec.net, "hostname": spec.hostname}
     if fakeroot:
-        p.ns = fakeroot_namespaces(host, **extra)
+        p.ns = fakeroot_namespaces(host, use_subids=p.options.subuid, **extra)
     else:
         p.ns = Namespaces(p.userns, host.uid, host.gid, **extra)
     if p.joining is not None or not p.userns:
@@ -389,16 +428,16 @@ def _namespaces_for(p: Prepared) -> None:
                               exit_status=ExitStatus.CANNOT_LAUNCH)  # fmt: skip
 
 
-def fakeroot_namespaces(host: Host, **extra: object):  # type: ignore[no-untyped-def]
+def fakeroot_namespaces(host: Host, use_subids: bool = True, **extra: object):  # type: ignore[no-untyped-def]
     """A user namespace in which `host`'s user is root: with the caller's
     /etc/subuid and /etc/subgid ranges through newuidmap/newgidmap when
-    configured, else root mapped to the caller alone."""
+    configured (unless not `use_subids`: --ignore-subuid), else root mapped to the caller alone."""
     from sifbox.runtime import idmap
     from sifbox.runtime.sandbox.ops import Namespaces
     from sifbox.util.paths import which
 
-    subuid = idmap.read_subid("/etc/subuid", host.user, host.uid)
-    subgid = idmap.read_subid("/etc/subgid", host.user, host.uid)
+    subuid = idmap.read_subid("/etc/subuid", host.user, host.uid) if use_subids else None
+    subgid = idmap.read_subid("/etc/subgid", host.user, host.uid) if use_subids else None
     tools = which("newuidmap"), which("newgidmap")
     if subuid is None or subgid is None or None in tools:
         return Namespaces(True, host.uid, host.gid, inside=0, **extra)
@@ -494,7 +533,7 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
         _close_images(p)
     if p.squashfuse and payload.argv and payload.argv[0].startswith("/"):
         prefetch.program(payload.argv[0])
-    process.lock_down(keep_caps=p.caps if p.host.is_root else None)
+    process.lock_down(keep_caps=p.caps if p.host.is_root else None, run_as=p.options.run_as)
     if payload.argv is None:
         if hold is not None:  # an instance without a startscript: it holds its namespaces
             return int(hold(None, None, "", session.helpers))
@@ -505,7 +544,8 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
     start = lambda: process.exec_payload(tramp, path, payload.argv, payload.env, p.keep_fds)  # noqa: E731
     if hold is not None:
         return int(hold(start, tramp, payload.argv[0], session.helpers))
-    return supervisor.run(start, tramp=tramp, name=payload.argv[0], helpers=session.helpers)
+    return supervisor.run(start, tramp=tramp, name=payload.argv[0], helpers=session.helpers,
+                          prelude_timeout=_prelude_timeout(p, payload))  # fmt: skip
 
 
 def _join(p: Prepared) -> int:
@@ -522,14 +562,22 @@ def _join(p: Prepared) -> int:
               p.joining.pid)  # fmt: skip
     _chdir(p.spec, p.host, "join instance")
     payload = _payload(p, "/")
-    process.lock_down(keep_caps=p.caps if p.host.is_root else None)
+    process.lock_down(keep_caps=p.caps if p.host.is_root else None, run_as=p.options.run_as)
     if payload.argv is None:
         return _say(payload)
     path = process.find_program(payload.argv[0], payload.env)
     if path is None:
         return report(process.exec_error(payload.argv[0], 2))
     return supervisor.run(lambda: process.exec_payload(tramp, path, payload.argv, payload.env, p.keep_fds),
-                          tramp=tramp, name=payload.argv[0])  # fmt: skip
+                          tramp=tramp, name=payload.argv[0], prelude_timeout=_prelude_timeout(p, payload))  # fmt: skip
+
+
+def _prelude_timeout(p: Prepared, payload: Payload):  # type: ignore[no-untyped-def]
+    """(seconds, the prelude's script, image, shown timeout) for --runscript-timeout: how long
+    the prelude (the image's environment scripts) may run before the payload proper starts."""
+    if p.options.timeout is None or not payload.argv or payload.argv[:2] != ["/bin/sh", "-c"]:
+        return None
+    return (p.options.timeout, payload.argv[2], p.spec.image, p.options.timeout_text)
 
 
 def _payload(p: Prepared, root: str) -> Payload:
@@ -637,6 +685,7 @@ def run_build_container(root: str, argv: list[str], env: dict[str, str], *, bind
     from sifbox.config import sysconf
     from sifbox.image.source import open_image
     from sifbox.runtime import caps
+    from sifbox.runtime.options import LaunchOptions
     from sifbox.runtime.plan import default_mounts, site_from_config
     from sifbox.runtime.sandbox.ops import Namespaces, RootImage
     from sifbox.runtime.spec import ContainerSpec, Host, parse_bind
@@ -658,7 +707,8 @@ def run_build_container(root: str, argv: list[str], env: dict[str, str], *, bind
                  caps=caps.BUILD if real_root else caps.ALL, contained=real_root, userns=False, source=source,
                  image=RootImage("dir", source.fd, 0, 0, source.path), layers=[], identity=False,
                  mounts=default_mounts(spec, host, site=site, contained=real_root), fixed=(list(argv), dict(env)),
-                 keep_fds=frozenset(), ns=Namespaces(False, 0, 0, pid=real_root, ipc=real_root))  # fmt: skip
+                 keep_fds=frozenset(), ns=Namespaces(False, 0, 0, pid=real_root, ipc=real_root),
+                 options=LaunchOptions())  # fmt: skip
     return _launch(p)
 
 

@@ -25,7 +25,7 @@ else:
 from sifbox.runtime.sandbox import rootfs
 from sifbox.runtime.sandbox import syscalls as sc
 from sifbox.runtime.sandbox.process import exec_error
-from sifbox.util.errors import ExitStatus, report
+from sifbox.util.errors import ExitStatus, SifboxError, report
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -43,10 +43,13 @@ _SI_KERNEL = 0x80
 
 
 def run(start: Callable[[], None], *, tramp: Trampoline | None = None, name: str = "",
-        helpers: Sequence[Helper] = ()) -> int:  # fmt: skip
+        helpers: Sequence[Helper] = (), prelude_timeout: tuple[float, str, str, str] | None = None) -> int:  # fmt: skip
     """Fork; the child calls `start()` (which must exec or _exit); the parent
     supervises it and returns its exit status. With `tramp`, the child execs
-    through the trampoline, whose report says whether program `name` started."""
+    through the trampoline, whose report says whether program `name` started.
+    With `prelude_timeout` (seconds, prelude script, image, timeout as shown), a
+    payload still running the prelude (`/bin/sh -c SCRIPT`: the image's environment
+    scripts) after that time is killed, with its children (--runscript-timeout)."""
     supervisor = os.getpid()
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
     sys.stdout.flush()
@@ -74,14 +77,26 @@ def run(start: Callable[[], None], *, tramp: Trampoline | None = None, name: str
         errno_ = tramp.report()
         if errno_:
             failed = report(exec_error(name, errno_))
-    status = _supervise(pid)
+    status = _supervise(pid, prelude_timeout)
     rootfs.stop_helpers(list(helpers))
     return failed or status
 
 
-def _supervise(child: int) -> int:
+def _supervise(child: int, prelude_timeout: tuple[float, str, str, str] | None = None) -> int:
+    import time
+
+    deadline = time.monotonic() + prelude_timeout[0] if prelude_timeout is not None else None
+    timed_out = None
     while True:
-        info = signal.sigwaitinfo(_WATCHED)
+        if deadline is None:
+            info = signal.sigwaitinfo(_WATCHED)
+        else:
+            info = signal.sigtimedwait(_WATCHED, max(0.0, deadline - time.monotonic()))
+            if info is None:
+                assert prelude_timeout is not None
+                deadline = None
+                timed_out = _end_prelude(child, prelude_timeout)
+                continue
         sig = info.si_signo
         if sig != signal.SIGCHLD:
             if info.si_code != _SI_KERNEL or sig in (signal.SIGCONT, signal.SIGALRM):
@@ -100,9 +115,54 @@ def _supervise(child: int) -> int:
                 os.kill(os.getpid(), signal.SIGSTOP)  # resumed by the shell's SIGCONT
                 _send(child, signal.SIGCONT)
                 continue
+            if timed_out is not None:
+                return report(timed_out)
             if os.WIFSIGNALED(status):
                 return 128 + os.WTERMSIG(status)
             return os.WEXITSTATUS(status)
+
+
+def _end_prelude(child: int, prelude_timeout: tuple[float, str, str, str]) -> SifboxError | None:
+    """At the --runscript-timeout deadline: if `child` still runs the prelude, kill it and
+    the commands it runs (an environment script's), and return the error to report.
+    Reads /proc (the container's): without it, nothing can be told and nothing is killed."""
+    _, script, image, shown = prelude_timeout
+    argv = _cmdline(child)
+    if argv is None or argv[:3] != ["/bin/sh", "-c", script]:
+        return None  # the payload proper runs: the timeout no longer applies
+    tree = _descendants(child)
+    running = next((_cmdline(pid) for pid in reversed(tree)), None)
+    for pid in [*reversed(tree), child]:
+        _send(pid, signal.SIGKILL)
+    what = f'command "{" ".join(running)}"' if running else "the environment scripts"
+    return SifboxError(f"can't run `{image}`: {what} was killed after {shown} timeout",
+                       hint="--runscript-timeout bounds the time of the image's environment scripts "
+                       "(/.singularity.d/env/*.sh)")  # fmt: skip
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            data = f.read(1 << 20)
+    except OSError:
+        return None
+    return [a.decode("utf-8", "replace") for a in data.split(b"\0")[:-1]] if data else None
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid`, parents before their children (from /proc's children lists)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo and len(found) < 4096:
+        parent = todo.pop(0)
+        try:
+            with open(f"/proc/{parent}/task/{parent}/children", "rb") as f:
+                kids = [int(k) for k in f.read().split()]
+        except (OSError, ValueError):
+            continue
+        found += kids
+        todo += kids
+    return found
 
 
 def _send(pid: int, sig: int) -> None:

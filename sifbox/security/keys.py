@@ -152,6 +152,22 @@ class Keyring:
         except OSError as err:
             raise SifboxError(f"can't write keyring `{path}`: {err.strerror}") from None
 
+    def ensure(self) -> None:
+        """Create the directory (0700) and both keyrings, empty (0600), where they are missing,
+        as Apptainer's key commands do; existing files are left as they are."""
+        try:
+            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+            for path in (self.public_path, self.secret_path):
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                except FileExistsError:
+                    continue
+                os.close(fd)
+        except OSError as err:
+            where = err.filename or self.dir
+            raise SifboxError(f"can't create keyring `{where}`: {err.strerror}",
+                              hint="set SIFBOX_KEYSDIR (or --keysdir) to a directory of your own") from None
+
     def list_public(self) -> list[KeyInfo]:
         return describe(self.public())
 

@@ -412,6 +412,7 @@ def busybox_files(marker: str) -> dict[str, bytes | str]:
         "bin": "/",
         "bin/busybox": BUSYBOX.read_bytes(),
         "bin/sh": "->busybox",
+        "bin/true": "->busybox",
         "etc": "/",
         "etc/marker": f"{marker}\n".encode(),
     }

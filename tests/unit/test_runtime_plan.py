@@ -591,6 +591,16 @@ def ns(command: str = "exec", **kw: Any) -> argparse.Namespace:
         "add_caps": None,
         "drop_caps": None,
         "app": None,
+        # sifbox.runtime.options
+        "security": [],
+        "allow_setuid": False,
+        "unsquash": False,
+        "runscript_timeout": None,
+        "disable_cache": False,
+        "no_https": False,
+        "ignore_subuid": False,
+        "ignore_fakeroot_command": False,
+        "ignore_userns": False,
     }
     if command == "exec":
         fields["command_word"] = "true"

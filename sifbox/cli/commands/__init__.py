@@ -40,7 +40,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("sif", "Manipulate Singularity Image Format (SIF) images", "sif", ("siftool",)),
     Command("cache", "Manage the local cache", "cache"),
     Command("config", "Check the site configuration (sifbox.conf) in force", "config"),
-    Command("capability", "Manage Linux capabilities for users and groups"),
+    Command("capability", "Manage Linux capabilities for users and groups", "capability", ("caps",)),
     Command("oci", "Manage OCI containers"),
     Command("remote", "Manage sifbox remote endpoints"),
     Command("registry", "Manage authentication to OCI/Docker registries", "registry"),

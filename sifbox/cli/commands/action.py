@@ -1,6 +1,6 @@
 """`sifbox exec|run|shell|test IMAGE ...`: run an image without extracting it.
 
-    sifbox exec [options] IMAGE COMMAND [ARGS...]
+    sifbox exec [options] IMAGE COMMAND [ARGS...]   IMAGE may be docker://REF (pulled to the cache)
     sifbox run [options] IMAGE [ARGS...]        the image's runscript
     sifbox shell [options] IMAGE                 an interactive shell
     sifbox test [options] IMAGE                  the image's test script
@@ -82,13 +82,28 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, str, str | None, str | None, str], ..
     (("--cdi-dirs",), "cdi_dirs", "value", "DIRS", "CDI spec directories (comma list; default /etc/cdi,/var/run/cdi)",
      "GPUs and devices"),
     *((("--" + name,), name, "bool", None, None, "not available yet") for name in NOT_YET),
+    (("--security",), "security", "append", "OPTS",
+     "uid:N,gid:N[:M...]: run as these IDs (root only); seccomp:, apparmor:, selinux: are refused", "isolation"),
+    (("--allow-setuid",), "allow_setuid", "bool", None,
+     "refused: setuid programs never gain privileges in a sifbox container (no_new_privs, nosuid)", "isolation"),
+    (("--unsquash",), "unsquash", "bool", None, "no effect: sifbox runs images without extracting them", "mounts"),
+    (("--runscript-timeout",), "runscript_timeout", "value", "DURATION",
+     "time the image's environment scripts may take, e.g. 30s, 2m (killed after it)", "isolation"),
+    (("--disable-cache",), "disable_cache", "bool", None, "do not use or create cached images (URIs)", "image URIs"),
+    (("--no-https", "--nohttps"), "no_https", "bool", None, "use plain HTTP for docker:// registries", "image URIs"),
+    (("--ignore-subuid",), "ignore_subuid", "bool", None, None, "isolation"),
+    (("--ignore-fakeroot-command",), "ignore_fakeroot_command", "bool", None, None, "isolation"),
+    (("--ignore-userns",), "ignore_userns", "bool", None, None, "isolation"),
 )
 SHELL_OPTION = (("-s", "--shell"), "shell", "value", "PATH", "shell to run (default /bin/bash, else /bin/sh)",
                 "isolation")  # fmt: skip
+#: `instance start|run` only, as in Apptainer.
+BOOT_OPTION = (("--boot",), "boot", "bool", None, "refused: sifbox does not boot /sbin/init in a container",
+               "isolation")  # fmt: skip
 
 
 def _options(action: str):  # type: ignore[no-untyped-def]
-    return OPTIONS + ((SHELL_OPTION,) if action == "shell" else ())
+    return OPTIONS + ((SHELL_OPTION,) if action == "shell" else (BOOT_OPTION,) if action == "start" else ())
 
 
 def add_arguments(p) -> None:  # type: ignore[no-untyped-def]
@@ -96,7 +111,7 @@ def add_arguments(p) -> None:  # type: ignore[no-untyped-def]
 
     action = p.get_default("_command").name
     p.add_argument("image", metavar="IMAGE",
-                   help="SIF file, SquashFS file, sandbox directory, or instance://NAME")  # fmt: skip
+                   help="SIF file, SquashFS file, sandbox directory, instance://NAME, or docker://REF")  # fmt: skip
     if action == "exec":
         p.add_argument("command_word", metavar="COMMAND", help="command to run in the container")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments")
@@ -286,7 +301,51 @@ def build_launch(args, instance: str | None = None, pid_file: str | None = None)
         action=action, spec=spec, words=tuple(words), app=args.app or flag_env("APP") or None,
         env_files=tuple(args.env_file + ([env_file] if env_file else [])), env_opts=tuple(args.env),
         caps=_caps(args), devices=_devices(args), config=getattr(args, "config", None),
-        instance=instance, pid_file=pid_file,
+        instance=instance, pid_file=pid_file, options=_launch_options(args, instance),
+    )  # fmt: skip
+
+
+def _flag(args, name: str, *env: str) -> bool:  # type: ignore[no-untyped-def]
+    return bool(getattr(args, name, False)) or _truthy(flag_env(*env))
+
+
+def _launch_options(args, instance: str | None):  # type: ignore[no-untyped-def]
+    """The privilege, fakeroot-mode, timeout and image-URI options (sifbox.runtime.options)."""
+    from sifbox.runtime import options as ro
+
+    root = os.getuid() == 0
+    if _flag(args, "boot", "BOOT"):
+        raise NotAvailableError("can't use --boot: sifbox does not run /sbin/init as a container's init "
+                                "(Apptainer does only in its setuid mode, which sifbox has none of)",
+                                hint="`instance start` runs the image's %startscript as a service")  # fmt: skip
+    if _flag(args, "allow_setuid", "ALLOW_SETUID"):
+        raise UsageError("can't use --allow-setuid: setuid programs never gain privileges in a sifbox container "
+                         "(every payload runs with no_new_privs, images are mounted nosuid)",
+                         hint="run the program as the user it should run as (`--security uid:N` as root), "
+                         "or give root's container capabilities (--add-caps)")  # fmt: skip
+    ignore_userns = _flag(args, "ignore_userns", "IGNORE_USERNS")
+    if ignore_userns and not root:
+        raise UsageError("can't use --ignore-userns: sifbox runs a user's containers in user namespaces "
+                         "only (it has no setuid mode)")  # fmt: skip
+    security = list(getattr(args, "security", None) or [])
+    env_security = flag_env("SECURITY")
+    if env_security:
+        security.insert(0, env_security)
+    run_as = ro.parse_security(security, is_root=root)
+    timeout_text = getattr(args, "runscript_timeout", None) or flag_env("RUNSCRIPT_TIMEOUT")
+    timeout = ro.parse_duration(timeout_text) if timeout_text else None
+    if timeout is not None and instance is not None:
+        raise NotAvailableError(f"can't use --runscript-timeout with instance `{instance}`: "
+                                "not available for instances in this version")  # fmt: skip
+    if _flag(args, "unsquash", "UNSQUASH"):
+        from sifbox.util.log import log
+
+        log.warning("--unsquash has no effect: sifbox runs images without extracting them")
+    return ro.LaunchOptions(
+        run_as=run_as, timeout=timeout or None, timeout_text=ro.format_duration(timeout) if timeout else "",
+        subuid=not _flag(args, "ignore_subuid", "IGNORE_SUBUID"), ignore_userns=ignore_userns,
+        disable_cache=_flag(args, "disable_cache", "DISABLE_CACHE"),
+        no_https=_flag(args, "no_https", "NOHTTPS", "NO_HTTPS"),
     )  # fmt: skip
 
 

@@ -14,27 +14,55 @@ import argparse
 import json
 import sys
 
-from sifbox.util.errors import NotAvailableError
+from sifbox.util.errors import SifboxError, UsageError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="config_command", metavar="COMMAND")
     c = sub.add_parser("check", help="show every directive in force and how strong the policy is")
     c.add_argument("--json", action="store_true", help="print JSON")
-    for name in ("fakeroot", "global"):
-        sub.add_parser(name, help=argparse.SUPPRESS)
+    g = sub.add_parser("global", help="Edit the site configuration (sifbox.conf)",
+                       description="Set, unset, get or reset one directive of sifbox.conf (the file of "
+                       "-c/--config, else SIFBOX_CONFIG_FILE, else /etc/sifbox/sifbox.conf), keeping its other "
+                       "lines and comments. Changing it is for root.")  # fmt: skip
+    g.add_argument("directive", metavar="DIRECTIVE", help="a directive, e.g. `enable fusemount`")
+    g.add_argument("value", nargs="?", metavar="VALUE", help="its value (comma-separated for a list directive)")
+    ops = g.add_mutually_exclusive_group()
+    ops.add_argument("-s", "--set", action="store_const", const="set", dest="op",
+                     help="set value of the configuration directive (for multi-value directives, it will add it)")
+    ops.add_argument("-u", "--unset", action="store_const", const="unset", dest="op",
+                     help="unset value of the configuration directive (for multi-value directives, it will remove "
+                     "matching values)")  # fmt: skip
+    ops.add_argument("-g", "--get", action="store_const", const="get", dest="op",
+                     help="get value of the configuration directive")
+    ops.add_argument("-r", "--reset", action="store_const", const="reset", dest="op",
+                     help="reset the configuration directive value to its default value")
+    g.add_argument("-d", "--dry-run", action="store_true",
+                   help="dump resulting configuration on stdout but doesn't write it to sifbox.conf")
+    f = sub.add_parser("fakeroot", help="Manage fakeroot user mappings entries (/etc/subuid, /etc/subgid)",
+                       description="Add, remove, enable or disable USER's range of 65536 IDs in /etc/subuid and "
+                       "/etc/subgid, which --fakeroot maps. For root.")  # fmt: skip
+    f.add_argument("user", metavar="USER", help="the user")
+    fops = f.add_mutually_exclusive_group()
+    fakeroot_ops = {
+        "add": "add a fakeroot mapping entry for the user (a free range of 65536 IDs)",
+        "remove": "remove the user's fakeroot mapping entry",
+        "enable": "enable the user's (disabled) fakeroot mapping entry",
+        "disable": "disable the user's fakeroot mapping entry (--fakeroot then maps root alone)",
+    }
+    for name, text in fakeroot_ops.items():
+        short = "-r" if name == "remove" else f"-{name[0]}"
+        fops.add_argument(short, f"--{name}", action="store_const", const=name, dest="op", help=text)
 
 
 def main(args: argparse.Namespace) -> int:
     if args.config_command is None:
-        from sifbox.util.errors import UsageError
-
         raise UsageError("can't run `sifbox config`: a command is needed",
                          hint="`sifbox config check` shows the configuration in force")  # fmt: skip
-    if args.config_command != "check":
-        raise NotAvailableError(
-            f"can't run `sifbox config {args.config_command}`: not available in this version"
-        )
+    if args.config_command == "global":
+        return _global(args)
+    if args.config_command == "fakeroot":
+        return _fakeroot(args)
     from sifbox.config import schema, sysconf
     from sifbox.security import policy
 
@@ -189,3 +217,50 @@ def _wrap(text: str, width: int = 78) -> str:
     import textwrap
 
     return "\n".join(textwrap.wrap(text, width))
+
+
+def _global(args: argparse.Namespace) -> int:
+    """`config global --set|--unset|--get|--reset [--dry-run] DIRECTIVE [VALUE]`."""
+    import os
+
+    from sifbox.config import edit, sysconf
+
+    if args.op is None:
+        raise UsageError("can't run `sifbox config global`: you must specify an option (eg: --set/--unset)",
+                         hint="one of --set, --unset, --get, --reset")  # fmt: skip
+    path = getattr(args, "config", None) or os.environ.get(sysconf.ENV_VAR) or sysconf.DEFAULT_PATH
+    values = [args.value] if args.value is not None else []
+    edit.directive(args.directive)  # an unknown directive is a usage error, whoever asks
+    if args.op == "get":
+        value = edit.get(edit.read_file(path), args.directive)
+        if value:
+            print(value)
+        return 0
+    if os.getuid() != 0 and not args.dry_run:
+        raise SifboxError(f"can't {args.op} `{args.directive}`: only root can change the site configuration",
+                          hint="--dry-run shows the result without writing it")  # fmt: skip
+    real = os.path.realpath(path)  # a link is followed: its target is the configuration
+    with edit.locked(real):
+        text = edit.read_file(real)
+        new = edit.edit(text, args.op, args.directive, values)
+        if args.dry_run:
+            sys.stdout.write(new)
+        elif new != text:
+            edit.write_file(real, new)
+    return 0
+
+
+def _fakeroot(args: argparse.Namespace) -> int:
+    """`config fakeroot --add|--remove|--enable|--disable USER`."""
+    import os
+
+    if args.op is None:
+        raise UsageError("can't run `sifbox config fakeroot`: you must specify an option (eg: --add/--remove)",
+                         hint="one of --add, --remove, --enable, --disable")  # fmt: skip
+    if os.getuid() != 0:
+        raise SifboxError(f"can't {args.op} the fakeroot mapping of `{args.user}`: only root can edit "
+                          "/etc/subuid and /etc/subgid")  # fmt: skip
+    from sifbox.runtime import fakerootconf
+
+    fakerootconf.configure(args.user, args.op)
+    return 0

@@ -162,6 +162,7 @@ def _list(args: argparse.Namespace) -> int:
     from sifbox.security.keys import format_key
 
     kr = _keyring(args)
+    kr.ensure()  # as Apptainer: listing makes the (empty) keyrings
     keys = kr.list_secret() if args.secret else kr.list_public()
     if args.json:
         import json

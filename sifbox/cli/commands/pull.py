@@ -15,7 +15,7 @@ import os
 
 from sifbox.util.errors import SifboxError, UsageError
 
-LOCAL = ("oci", "oci-archive", "docker-archive")
+LOCAL = ("oci", "oci-archive", "docker-archive")  # as sifbox.oci.sifcache.LOCAL
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", help="architecture to pull from an image index (e.g. amd64, arm64, arm/v7)")
     p.add_argument("--platform", help="platform to pull from an image index, OS/ARCH[/VARIANT]")
     p.add_argument("--dir", help="download images to the specific directory")
-    p.add_argument("--disable-cache", action="store_true", help="do not use or create cached images/blobs")
+    p.add_argument("--disable-cache", action="store_true",
+                   help="do not use or create cached images/blobs (also SIFBOX_DISABLE_CACHE=1)")
     p.add_argument("--no-https", "--nohttps", dest="no_https", action="store_true",
                    help="use http instead of https for docker:// URIs (a registry without TLS, or "
                    "one whose certificate is not checked); also SIFBOX_NOHTTPS=1")
@@ -61,27 +62,6 @@ def default_name(uri: str) -> str:
     return f"{base}_{tag}.sif"
 
 
-def _fetch_remote(uri: str, platform: str | None, disable_cache: bool, no_https: bool = False) -> str:
-    """An OCI layout of the image at `uri` (in the cache, or a private directory
-    the caller removes when `disable_cache`)."""
-    from sifbox.oci import cache, registry
-
-    layout = registry.fetch_image(uri, platform=platform, cache_dir=cache.default_cache_dir(),
-                                  disable_cache=disable_cache, insecure=True if no_https else None)  # fmt: skip
-    return str(layout)
-
-
-def _manifest_digest(layout: str) -> str | None:
-    import json
-
-    try:
-        with open(os.path.join(layout, "index.json"), encoding="utf-8") as f:
-            manifests = json.load(f).get("manifests") or []
-        return str(manifests[0]["digest"]) if len(manifests) == 1 else None
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        return None
-
-
 def _copy_atomically(src: str, out: str, uri: str) -> None:
     """`out` becomes a copy of `src` (a cached SIF), whole or not at all."""
     import shutil
@@ -91,7 +71,7 @@ def _copy_atomically(src: str, out: str, uri: str) -> None:
     from sifbox.util.paths import umask
 
     try:
-        with Replacing(os.path.abspath(out), 0o644 & ~umask()) as tmp:
+        with Replacing(os.path.abspath(out), 0o755 & ~umask()) as tmp:  # executable, as Apptainer's
             shutil.copyfile(src, tmp)
     except OSError as err:  # the temporary file is gone: nothing half-written is left
         where = os.path.dirname(os.path.abspath(out))
@@ -122,7 +102,11 @@ def main(args: argparse.Namespace) -> int:
     if transport == "docker":
         if not uri.startswith("docker://"):
             raise UsageError(f"can't pull `{uri}`: write docker://REF")
-        remote_layout = _fetch_remote(uri, str(platform), args.disable_cache, args.no_https)
+        from sifbox.oci import cache, sifcache
+
+        cache_dir = cache.cache_in_use(args.disable_cache)  # None: disabled (or not writable: warned)
+        args.disable_cache = cache_dir is None
+        remote_layout = sifcache.fetch_layout(uri, platform=str(platform), cache_dir=cache_dir, no_https=args.no_https)
         ref = SourceRef("oci", remote_layout)
     else:
         ref = parse_source(uri)
@@ -142,121 +126,26 @@ def main(args: argparse.Namespace) -> int:
 def _convert(args, uri: str, out: str, ref, platform, explicit: bool, remote_layout: str | None) -> int:  # type: ignore[no-untyped-def]
     """Convert the image at `ref` to the SIF `out`; for registry images, through
     the cache of converted SIFs (one conversion however many pulls run at once)."""
-    from sifbox.util.log import log
+    from sifbox.oci import sifcache
 
-    digest = _manifest_digest(remote_layout) if remote_layout is not None and not args.disable_cache else None
+    digest = sifcache.manifest_digest(remote_layout) if remote_layout is not None and not args.disable_cache else None
     if digest is None:
         return _convert_now(args, uri, out, ref, platform, explicit)
     from sifbox.oci import cache as cachemod
 
-    cache = cachemod.Cache(cachemod.default_cache_dir())
-    with cache.sif_lock(digest):
-        cached = cache.cached_sif(digest)
-        if cached is None:
-            cache.sif_path(digest).parent.mkdir(parents=True, exist_ok=True)
-            tmp = str(cache.sif_path(digest)) + f".tmp-{os.getpid()}"
-            try:
-                _convert_now(args, uri, tmp, ref, platform, explicit)
-                cached = cache.store_sif(digest, tmp)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        else:
-            log.info("Using cached SIF image")  # Apptainer's words
-            log.debug("cached SIF of %s: %s", digest, cached)
+    cached = sifcache.through_cache(cachemod.default_cache_dir(), digest,
+                                    lambda tmp: _convert_now(args, uri, tmp, ref, platform, explicit))  # fmt: skip
     _copy_atomically(str(cached), out, uri)
     return 0
 
 
 def _convert_now(args, uri: str, out: str, ref, platform, explicit: bool) -> int:  # type: ignore[no-untyped-def]
-    from sifbox.oci.layout import open_image
-    from sifbox.util.log import log
-
-    progress = Progress(log)
-    step, warn = progress.step, progress.warn
-
     from sifbox.config import sysconf
-    from sifbox.oci import convert, imageconfig
+    from sifbox.oci import sifcache
+    from sifbox.util.log import log
+    from sifbox.util.progress import Progress
 
     # `mksquashfs procs` also bounds the SquashFS writer's compression jobs (0: all CPUs).
     procs = sysconf.load(getattr(args, "config", None)).get_int("mksquashfs procs") or None
-    img = open_image(ref, platform)
-    img.on_read = progress.advance
-    try:
-        have = img.platform
-        if have.architecture and have.architecture != platform.architecture:
-            if explicit:
-                raise SifboxError(f"can't pull `{uri}`: the image is for `{have}`, not `{platform}`")
-            warn(f"the image is for `{have}`, this machine is `{platform}`")
-        for note in imageconfig.notes(img.config):
-            log.info("%s", note)
-        step("Converting OCI blobs to SIF format")  # Apptainer's words
-        log.debug("converting `%s` (%d layers) into `%s`", uri, len(img.layers), out)
-        convert.convert(img, out, source=uri, procs=procs, warn=warn, step=step)
-    finally:
-        progress.done()
-        img.store.close()
+    sifcache.convert_to_sif(ref, uri, out, platform, explicit=explicit, procs=procs, progress=Progress(log))
     return 0
-
-
-class Progress:
-    """Step lines; on a terminal (at the default verbosity) each step that reads a blob
-    shows a bar of the bytes read instead. `-q` shows neither."""
-
-    def __init__(self, log) -> None:  # type: ignore[no-untyped-def]
-        import logging
-        import sys
-
-        self.log = log
-        self.out = sys.stderr
-        self.tty = self.out.isatty() and log.getEffectiveLevel() == logging.INFO
-        self.label = ""
-        self.total: int | None = None
-        self.done_bytes = 0
-        self.shown = 0.0
-        self.active = False
-
-    def step(self, message: str, size: int | None = None) -> None:
-        self._end_line()
-        if not self.tty:
-            self.log.info("%s", message)
-            return
-        self.label, self.total, self.done_bytes = message, size, 0
-        self.active = True
-        self._draw(force=True)
-
-    def warn(self, message: str) -> None:
-        self._end_line()
-        self.log.warning("%s", message)
-
-    def advance(self, n: int) -> None:
-        if self.active:
-            self.done_bytes += n
-            self._draw()
-
-    def done(self) -> None:
-        self._end_line()
-
-    def _draw(self, force: bool = False) -> None:
-        import time
-
-        now = time.monotonic()
-        if not force and now - self.shown < 0.1:
-            return
-        self.shown = now
-        mb = self.done_bytes / (1 << 20)
-        if self.total:
-            frac = min(1.0, self.done_bytes / self.total)
-            bar = "#" * int(frac * 30)
-            text = f"{self.label} [{bar:<30}] {frac:4.0%} {mb:.0f}/{self.total / (1 << 20):.0f} MB"
-        else:
-            text = f"{self.label} {mb:.0f} MB" if self.done_bytes else self.label
-        self.out.write(f"\r\033[K{text}")
-        self.out.flush()
-
-    def _end_line(self) -> None:
-        if self.active:
-            self._draw(force=True)
-            self.out.write("\n")
-            self.out.flush()
-            self.active = False

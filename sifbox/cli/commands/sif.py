@@ -193,7 +193,7 @@ def _new(args: argparse.Namespace) -> int:
 
     write_atomically(
         args.image, lambda fp: edit.create(fp, deterministic=args.deterministic, sync=True),
-        verb="create",
+        verb="create", mode=0o777,  # as siftool's
     )  # fmt: skip
     return 0
 

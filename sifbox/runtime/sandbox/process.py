@@ -138,12 +138,22 @@ def exec_error(name: str, err: int) -> SifboxError:
     return SifboxError(f"can't run `{name}` in the container: {reason}", exit_status=ExitStatus.CANNOT_LAUNCH)
 
 
-def lock_down(*, keep_caps: frozenset[int] | None) -> None:
+def lock_down(*, keep_caps: frozenset[int] | None, run_as: tuple[int, int, tuple[int, ...]] | None = None) -> None:
     """No new privileges from now on (setuid bits, file capabilities); with
-    `keep_caps` (a root container), no capabilities but those."""
+    `keep_caps` (a root container), no capabilities but those. With `run_as`
+    (uid, gid, supplementary gids; root's `--security uid:,gid:`), this process
+    becomes that identity, which leaves it no capability at all."""
     sc.set_no_new_privs()
     if keep_caps is not None:
         sc.drop_all_capabilities(keep_caps)
+    if run_as is not None:
+        uid, gid, groups = run_as
+        try:
+            os.setgroups(list(groups))
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+        except OSError as err:
+            raise LaunchError(f"can't run as uid {uid}, gid {gid}: {describe_os_error(err)}") from None
 
 
 def seal_self() -> None:

@@ -69,7 +69,6 @@ def test_cache_dir(request, sb, registry_image, var: str) -> None:
 def test_disable_cache(request, sb, registry_image, var: str) -> None:
     """cmdenvvars.go:testApptainerDisableCache: with the cache disabled, nothing is written to
     the cache directory."""
-    mark_xfail(request, "flag-env", sb.kind)
     cache = cache_dir(sb)
     pull(sb, registry_image, APPTAINER_CACHEDIR=str(cache), **{var: "1"})
     assert not any(cache.iterdir()), f"the cache was created: {sorted(cache.rglob('*'))}"
@@ -80,7 +79,6 @@ def test_read_only_cache_dir(request, sb, registry_image) -> None:
     with shared, read-only homes) disables caching; the pull still works."""
     if sb.who.is_root:
         pytest.skip("root can write into a 0555 directory: the Go test runs as the user")
-    mark_xfail(request, "readonly-cache", sb.kind)
     cache = cache_dir(sb, 0o555)
     try:
         pull(sb, registry_image, APPTAINER_CACHEDIR=str(cache))
@@ -92,9 +90,6 @@ def test_read_only_cache_dir(request, sb, registry_image) -> None:
 @pytest.mark.parametrize("var", ["APPTAINER_KEYSDIR", "SIFBOX_KEYSDIR"])
 def test_keys_dir(request, sb, var: str) -> None:
     """cmdenvvars.go:testApptainerKeysDir: `key list` makes both keyrings in the directory."""
-    # `key list` makes no keyring (keyring-init); APPTAINER_KEYSDIR is not read either (flag-env),
-    # which that case is filed under: it needs both.
-    mark_xfail(request, "flag-env" if var == "APPTAINER_KEYSDIR" else "keyring-init", sb.kind)
     keys = sb.work / "keys-dir"
     keys.mkdir()
     os.chown(keys, sb.who.uid, sb.who.gid)
@@ -118,7 +113,6 @@ def test_config_dir(request, sb) -> None:
 def test_run_555_cache(request, sb, registry_image) -> None:
     """run.go:testRun555Cache: `run URI /bin/true` with a 0555 cache directory (the grid use
     case). Apptainer runs oras://...alpine; here the docker:// image of the local registry."""
-    mark_xfail(request, "action-uri", sb.kind)
     cache = cache_dir(sb, 0o555)
     try:
         res = sb.run(["run", registry_image, "/bin/true"], env={"APPTAINER_CACHEDIR": str(cache)})

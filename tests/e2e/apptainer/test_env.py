@@ -249,7 +249,6 @@ def test_runscript_timeout(request, sb) -> None:
         "--runscript-timeout", "1s", "@test@", "true",
         # Apptainer's message, without its `FATAL:   ` prefix (sifbox has its own).
         exit=255, err=contains('command "sleep 2s" was killed after 1s timeout'),
-        xfail="missing-flag:--runscript-timeout",
     )  # fmt: skip
     run_case(request, sb, case)
 

@@ -311,7 +311,6 @@ def test_issue5631_config_global_set(request, sb) -> None:
             "--set",
             "enable fusemount",
             "no",
-            xfail="missing-flag:config-global-set",
         ),
     )
     assert "enable fusemount = no" in conf.read_text()
