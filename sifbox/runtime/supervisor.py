@@ -91,12 +91,13 @@ def _supervise(child: int, prelude_timeout: tuple[float, str, str, str] | None =
         if deadline is None:
             info = signal.sigwaitinfo(_WATCHED)
         else:
-            info = signal.sigtimedwait(_WATCHED, max(0.0, deadline - time.monotonic()))
-            if info is None:
+            got = signal.sigtimedwait(_WATCHED, max(0.0, deadline - time.monotonic()))
+            if got is None:
                 assert prelude_timeout is not None
                 deadline = None
                 timed_out = _end_prelude(child, prelude_timeout)
                 continue
+            info = got
         sig = info.si_signo
         if sig != signal.SIGCHLD:
             if info.si_code != _SI_KERNEL or sig in (signal.SIGCONT, signal.SIGALRM):
