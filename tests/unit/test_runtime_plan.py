@@ -591,6 +591,11 @@ def ns(command: str = "exec", **kw: Any) -> argparse.Namespace:
         "add_caps": None,
         "drop_caps": None,
         "app": None,
+        "no_env": [],
+        "no_eval": False,
+        "no_umask": False,
+        "no_init": False,
+        "compat": False,
     }
     if command == "exec":
         fields["command_word"] = "true"
@@ -624,11 +629,11 @@ def test_build_spec_defaults() -> None:
 def test_build_spec_binds_and_mounts_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("APPTAINER_BIND", "/env")
     spec = action.build_spec(ns(bind=["/a:/b:ro,/c", "/d"], mount=["type=bind,src=/m,dst=/n,ro"]))
-    assert spec.binds == (
-        BindMount("/env", "/env"),
+    assert spec.binds == (  # as Apptainer's: --bind, then the variables
         BindMount("/a", "/b", True),
         BindMount("/c", "/c"),
         BindMount("/d", "/d"),
+        BindMount("/env", "/env"),
         BindMount("/m", "/n", True),
     )
 
@@ -636,21 +641,23 @@ def test_build_spec_binds_and_mounts_in_order(monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.parametrize(
     "env,expected",
     [
-        ({"SINGULARITY_BIND": "/s"}, "/s"),
-        ({"SINGULARITY_BINDPATH": "/sp"}, "/sp"),
-        ({"APPTAINER_BIND": "/a", "SINGULARITY_BIND": "/s"}, "/a"),
-        ({"APPTAINER_BINDPATH": "/ap", "SINGULARITY_BIND": "/s"}, "/ap"),
-        ({"SIFBOX_BIND": "/x", "APPTAINER_BIND": "/a", "SINGULARITY_BIND": "/s"}, "/x"),
-        ({"SIFBOX_BINDPATH": "/xp", "APPTAINER_BIND": "/a"}, "/xp"),
-        ({"SIFBOX_BIND": "/x", "SIFBOX_BINDPATH": "/xp"}, "/x"),
+        ({"SINGULARITY_BIND": "/s"}, ["/s"]),
+        ({"SINGULARITY_BINDPATH": "/sp"}, ["/sp"]),
+        ({"APPTAINER_BIND": "/a", "SINGULARITY_BIND": "/s"}, ["/a"]),
+        # BIND and BINDPATH add up (Apptainer appends both); per name, SIFBOX_ before
+        # APPTAINER_ before SINGULARITY_.
+        ({"APPTAINER_BINDPATH": "/ap", "SINGULARITY_BIND": "/s"}, ["/s", "/ap"]),
+        ({"SIFBOX_BIND": "/x", "APPTAINER_BIND": "/a", "SINGULARITY_BIND": "/s"}, ["/x"]),
+        ({"SIFBOX_BINDPATH": "/xp", "APPTAINER_BIND": "/a"}, ["/a", "/xp"]),
+        ({"SIFBOX_BIND": "/x", "SIFBOX_BINDPATH": "/xp"}, ["/x", "/xp"]),
     ],
 )
 def test_bind_env_precedence(
-    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: list[str]
 ) -> None:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    assert action.build_spec(ns()).binds == (BindMount(expected, expected),)
+    assert action.build_spec(ns()).binds == tuple(BindMount(e, e) for e in expected)
 
 
 def test_flag_env(monkeypatch: pytest.MonkeyPatch) -> None:
