@@ -27,9 +27,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterable, Mapping
 
-_NAME_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
-_NAME_CHARS = _NAME_START | frozenset("0123456789")
-
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LIBS = "/.singularity.d/libs"
 ENV_PREFIXES = ("SINGULARITYENV_", "APPTAINERENV_", "SIFBOXENV_")  # lowest first
@@ -58,6 +55,7 @@ CONTROL_VAR = "__SIFBOX_CTL"
 #: The host's values travel under this prefix, out of the image scripts' sight.
 HOST_PREFIX = "__sifbox_h_"
 _OURS = ("__sifbox", "__SIFBOX", OVERRIDES_VAR)
+_NOT_FORWARDED = FLAG_PREFIXES + ENV_PREFIXES + _OURS
 #: Multiarch triplets (Debian's library directories) of the machines sifbox runs on.
 TRIPLETS = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu", "ppc64le": "powerpc64le-linux-gnu",
             "s390x": "s390x-linux-gnu", "riscv64": "riscv64-linux-gnu"}  # fmt: skip
@@ -134,15 +132,10 @@ def container_env(
     env = {"HOME": home, "PATH": DEFAULT_PATH}
     if "PWD" in host_env:
         env["PWD"] = host_env["PWD"]  # the shell keeps it if it names its directory
-    restore: dict[str, str] = {}
-    if cleanenv:
-        restore["LANG"] = "C"
-        passed = {k: v for k, v in host_env.items() if k in CLEANENV_KEEP}
-    else:
-        passed = {k: v for k, v in host_env.items()
-                  if k not in NOT_PASSED and not k.startswith(FLAG_PREFIXES + ENV_PREFIXES + _OURS)}  # fmt: skip
-    for key, value in passed.items():
-        if key not in no_env and key not in overrides and key not in fixed and key not in READONLY:
+    restore: dict[str, str] = {"LANG": "C"} if cleanenv else {}
+    for key, value in host_env.items():
+        if (key in CLEANENV_KEEP if cleanenv else key not in NOT_PASSED and not key.startswith(_NOT_FORWARDED)) \
+                and key not in no_env and key not in overrides and key not in fixed and key not in READONLY:  # fmt: skip
             restore[key] = value
     name = image.rstrip("/").rpartition("/")[2] or image
     dests = ",".join(binds)
@@ -171,7 +164,7 @@ def container_env(
 
 def control_script(names: Iterable[str], ids: tuple[int, int] | None, machine: str | None) -> str:
     """What PRELUDE reads first (shell assignments of sifbox's own values)."""
-    lines = [f"__sifbox_host='{' '.join(n for n in names if _is_name(n))}'"]
+    lines = [f"__sifbox_host='{' '.join(names)}'"]  # names the shell can set (container_env checks)
     if ids is not None:
         lines.append(f"__sifbox_ids='{int(ids[0])} {int(ids[1])}'")
     if machine is not None:
@@ -406,7 +399,7 @@ _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345678
 
 def _is_name(key: str) -> bool:
     """A name the shell can export ([A-Za-z_][A-Za-z0-9_]*), without importing re."""
-    return bool(key) and key[0] in _NAME_START and all(ch in _NAME_CHARS for ch in key)
+    return key.isascii() and key.isidentifier()
 
 
 def _quote(value: str) -> str:

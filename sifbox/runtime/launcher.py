@@ -605,8 +605,8 @@ def _identity_files(session, root: str, host: Host, cfg) -> None:  # type: ignor
     from sifbox.runtime.sandbox.rootfs import read_text
 
     if cfg.get_bool("config passwd"):
-        # The caller's GECOS and shell, as Apptainer writes them (not for --fakeroot's root).
-        entry = _passwd_entry(host.uid) if host.uid == os.getuid() else (None, "/bin/sh")
+        # A user's GECOS and shell, as Apptainer writes them (root's line stays the image's kind).
+        entry = _passwd_entry(host.uid) if host.uid == os.getuid() != 0 else (None, "/bin/sh")
         session.bind_text(root, "/etc/passwd", merge_passwd(read_text(root, "/etc/passwd"), host, *entry))
     if cfg.get_bool("config group"):
         try:
