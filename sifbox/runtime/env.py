@@ -61,6 +61,13 @@ TRIPLETS = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu", "ppc64
             "s390x": "s390x-linux-gnu", "riscv64": "riscv64-linux-gnu"}  # fmt: skip
 
 
+def parse_env_file(text: str, where: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables an --env-file sets (see runtime.envfile; `env`: the host's)."""
+    from sifbox.runtime import envfile
+
+    return envfile.evaluate(text, where, env or {})
+
+
 def parse_env_option(items: list[str]) -> dict[str, str]:
     from sifbox.util.errors import UsageError
 

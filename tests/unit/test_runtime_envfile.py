@@ -147,3 +147,10 @@ def test_property_double_quoted_like_dash(value: str, tmp_path_factory: pytest.T
     if proc.returncode == 0:
         assert got["V"].encode("utf-8", "surrogateescape") == proc.stdout
     assert list(Path(cwd).iterdir()) == []
+
+
+def test_parse_env_file_is_the_evaluator() -> None:
+    from sifbox.runtime import env
+
+    assert env.parse_env_file("A=1\nB=${HOME:-none}\n", "f.env") == {"A": "1", "B": "none"}
+    assert env.parse_env_file("B=$HOME\n", "f.env", HOST) == {"B": "/home/alice"}
