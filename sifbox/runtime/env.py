@@ -212,7 +212,7 @@ def overrides_script(overrides: Mapping[str, str], *, no_eval: bool = False,
                 lines.append(f"{export}{target}={_quote(value)}")
                 continue
             probe = _quote("printf '%s_' \"" + value.replace('"', '\\"') + '"')
-            lines.append(f"if __sifbox_v=$(eval {probe}); then {export}{target}=\"${{__sifbox_v%_}}\"; "
+            lines.append(f"if __sifbox_v=$(set +eu; eval {probe}); then {export}{target}=\"${{__sifbox_v%_}}\"; "
                          f"else echo \"sifbox: warning: can't evaluate the value of \\`{key}\\`: it is not a "
                          f"shell word; it is not set\" >&2; fi")  # fmt: skip
     if lines:
@@ -258,7 +258,7 @@ def apply_overrides_directly(env: Mapping[str, str], overrides: Mapping[str, str
 PRELUDE = (
     r"""eval "${__SIFBOX_CTL:-}"
 __sifbox_ov=${SIFBOX_ENV_OVERRIDES:-}
-unset __SIFBOX_CTL SIFBOX_ENV_OVERRIDES $__sifbox_host
+unset __SIFBOX_CTL SIFBOX_ENV_OVERRIDES ${__sifbox_host:-}
 export PWD
 if [ -n "${__sifbox_ids:-}" ]; then
     [ -n "${UID+x}" ] || { UID=${__sifbox_ids% *}; __sifbox_setids="$__sifbox_setids UID"; }
@@ -361,7 +361,7 @@ __sifbox_runtime_vars
 [ -n "${LD_LIBRARY_PATH+x}" ] || export LD_LIBRARY_PATH=/.singularity.d/libs
 [ -z "${__sifbox_setids:-}" ] || unset $__sifbox_setids
 unset IFS
-for __sifbox_k in $__sifbox_host; do
+for __sifbox_k in ${__sifbox_host:-}; do
     eval "if [ -z \"\${$__sifbox_k+x}\" ]; then export $__sifbox_k=\"\$__sifbox_h_$__sifbox_k\"; \
 elif [ -z \"\$$__sifbox_k\" ]; then unset $__sifbox_k; fi; unset __sifbox_h_$__sifbox_k"
 done

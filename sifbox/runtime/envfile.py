@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 READONLY = frozenset({"EUID", "GID", "HOME", "IFS", "OPTIND", "PWD", "UID"})
 _NAME_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
 _NAME_CHARS = _NAME_START | frozenset("0123456789")
+_DIGITS = "0123456789"
 _BLANK = " \t"
 _OPERATORS = "|&<>()"
 
@@ -202,7 +203,9 @@ class _Evaluator:
                 end += 1
             self.pos = end
             return self._value(text[i:end]) or ""
-        if nxt and (nxt.isdigit() or nxt in "#@*?"):
+        if nxt and nxt in "$!-":
+            raise EnvFileError(self.line, f"`${nxt}` is not supported")
+        if nxt and nxt in _DIGITS + "#@*?":
             self.pos = i + 1
             return self._value(nxt) or ""
         self.pos = i
@@ -290,7 +293,7 @@ class _Evaluator:
         self.pos += 1
 
     def _value(self, name: str) -> str | None:
-        if name.isdigit():
+        if name and all(ch in _DIGITS for ch in name):
             n = int(name)
             return self.args[n - 1] if 0 < n <= len(self.args) else ("sifbox" if n == 0 else None)
         if name in ("@", "*"):

@@ -256,7 +256,7 @@ def test_overrides_script_literal_values() -> None:
 def test_overrides_script_evaluates_only_the_users_values() -> None:
     ov = {"A": "$HOME", "B": "a\\b"}
     evaluated = env.overrides_script(ov)
-    assert evaluated.count("__sifbox_v=$(eval ") == 2
+    assert evaluated.count("__sifbox_v=$(set +eu; eval ") == 2
     assert "eval" not in env.overrides_script(ov, no_eval=True)
     assert "eval" not in env.overrides_script({}, fixed=ov)
 
@@ -371,6 +371,14 @@ def test_prelude_host_variables_the_shell_presets_come_through(image: Path, shel
     host = {"TERM": "xterm-256color", "SHELL": "/bin/zsh", "HOSTNAME": "node1", "OSTYPE": "x"}
     got = run_env(image, shell=shell, host=host)
     assert {k: got.get(k) for k in host} == host
+
+
+def test_prelude_survives_the_images_shell_options(image: Path, shell: list[str]) -> None:
+    write_script(image / "env/50-strict.sh", "set -eu\nIFS=:\n")
+    got = run_env(image, shell=shell, host={"FOO": "host", "BAR": "b"},
+                  overrides={"A": "$FOO", "PREPEND_PATH": "/pre"}, machine="x86_64", libs_bound=True)  # fmt: skip
+    assert (got["FOO"], got["BAR"], got["A"]) == ("host", "b", "")
+    assert got["PATH"] == f"/pre:{env.DEFAULT_PATH}"
 
 
 def test_prelude_an_empty_value_of_the_image_unsets_the_hosts(image: Path, shell: list[str]) -> None:

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sifbox.runtime.envfile import evaluate
@@ -132,7 +132,7 @@ def test_property_single_quoted_values_round_trip(value: str) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(value=SAFE.filter(lambda v: not any(c in v for c in "`")))
+@given(value=SAFE.filter(lambda v: "`" not in v and "$0" not in v and "${0" not in v))  # $0: the shell's name
 def test_property_double_quoted_like_dash(value: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     """A double-quoted value without command substitution: what dash makes of it."""
     escaped = value.replace("$(", "\\$(")
@@ -154,3 +154,16 @@ def test_parse_env_file_is_the_evaluator() -> None:
 
     assert env.parse_env_file("A=1\nB=${HOME:-none}\n", "f.env") == {"A": "1", "B": "none"}
     assert env.parse_env_file("B=$HOME\n", "f.env", HOST) == {"B": "/home/alice"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(st.sampled_from("AB_=$'\"\\`{}()#;:-+?~ \t\n|&<>x1") | st.characters(), max_size=60))
+@example(text="$¹")  # a digit to str.isdigit(), not to the shell
+def test_property_any_file_is_read_or_refused(text: str) -> None:
+    """Whatever a file holds: its variables, or a usage error naming a line; nothing else."""
+    try:
+        got = evaluate(text, "f.env", HOST)
+    except UsageError as err:
+        assert str(err).startswith("can't read env file `f.env`: line ")
+        return
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in got.items())
