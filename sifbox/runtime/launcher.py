@@ -121,7 +121,7 @@ def prepare(launch: Launch) -> Prepared:
     gate = Gate.from_config(cfg, conf_path, user=host.user, verb=action)
     p = Prepared(action=action, spec=spec, host=host, cfg=cfg, conf_path=conf_path, site=site, log=log,
                  caps=caps, contained=contained, app=launch.app, words=list(launch.words), layers=[],
-                 mounts=[], identity=spec.identity_files, no_init=launch.no_init)  # fmt: skip
+                 mounts=[], identity=spec.identity_files)  # fmt: skip
     if spec.image.startswith("instance://"):
         from sifbox.runtime import instances
 
@@ -164,6 +164,7 @@ def prepare(launch: Launch) -> Prepared:
             raise UsageError(f"can't use --app `{p.app}`: not an app name")
         p.env.update(appenv.launch_environment(p.app))
     p.overrides = {**fixed, **overrides}
+    p.no_init = launch.no_init
     p.keep_fds = _keep_fds(p.env)
     return p
 
@@ -517,13 +518,13 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
     if path is None:
         return report(process.exec_error(payload.argv[0], 2))
     start = lambda: process.exec_payload(tramp, path, payload.argv, payload.env, p.keep_fds)  # noqa: E731
-    if hold is not None:
-        return int(hold(start, tramp, payload.argv[0], session.helpers))
-    if p.no_init and p.ns.pid:
+    if p.no_init and p.ns.pid and hold is None:
         # --no-init: the payload itself is PID 1 of its PID namespace (this process); its
         # helpers end with the namespace, and a failed exec with status 127.
         start()
         return 127
+    if hold is not None:
+        return int(hold(start, tramp, payload.argv[0], session.helpers))
     return supervisor.run(start, tramp=tramp, name=payload.argv[0], helpers=session.helpers)
 
 

@@ -572,6 +572,11 @@ def ns(command: str = "exec", **kw: Any) -> argparse.Namespace:
         "cleanenv": False,
         "env": [],
         "env_file": [],
+        "no_env": [],
+        "no_eval": False,
+        "no_umask": False,
+        "no_init": False,
+        "compat": False,
         "pwd": None,
         "userns": False,
         "keep_privs": False,
@@ -591,11 +596,6 @@ def ns(command: str = "exec", **kw: Any) -> argparse.Namespace:
         "add_caps": None,
         "drop_caps": None,
         "app": None,
-        "no_env": [],
-        "no_eval": False,
-        "no_umask": False,
-        "no_init": False,
-        "compat": False,
     }
     if command == "exec":
         fields["command_word"] = "true"

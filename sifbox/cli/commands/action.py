@@ -56,6 +56,16 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, str, str | None, str | None, str], ..
     (("--env",), "env", "append", "K=V", "set an environment variable", "isolation"),
     (("--env-file",), "env_file", "append", "FILE[,FILE]",
      "read environment variables from files (shell assignments, evaluated on the host)", "isolation"),
+    (("--no-env",), "no_env", "append", "VAR[,VAR]", "do not pass these host variables into the container",
+     "isolation"),
+    (("--no-eval",), "no_eval", "bool", None,
+     "do not evaluate the values of --env, --env-file and SIFBOXENV_* in the container's shell", "isolation"),
+    (("--no-umask",), "no_umask", "bool", None, "give the container the default umask 0022, not the caller's",
+     "isolation"),
+    (("--no-init",), "no_init", "bool", None, "with a PID namespace, run the program as its PID 1 (no init)",
+     "isolation"),
+    (("--compat",), "compat", "bool", None,
+     "OCI/Docker-like: --containall --no-init --no-umask --no-eval --writable-tmpfs", "isolation"),
     (("--pwd", "--cwd"), "pwd", "value", "DIR", "initial working directory", "isolation"),
     (("--app",), "app", "value", "NAME", "run an app of a SCIF image (/scif/apps/NAME)", "isolation"),
     (("-u", "--userns"), "userns", "bool", None, "run in a user namespace even as root", "isolation"),
@@ -83,16 +93,6 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, str, str | None, str | None, str], ..
     (("--cdi-dirs",), "cdi_dirs", "value", "DIRS", "CDI spec directories (comma list; default /etc/cdi,/var/run/cdi)",
      "GPUs and devices"),
     *((("--" + name,), name, "bool", None, None, "not available yet") for name in NOT_YET),
-    (("--no-env",), "no_env", "append", "VAR[,VAR]", "do not pass these host variables into the container",
-     "isolation"),
-    (("--no-eval",), "no_eval", "bool", None,
-     "do not evaluate the values of --env, --env-file and SIFBOXENV_* in the container's shell", "isolation"),
-    (("--no-umask",), "no_umask", "bool", None, "give the container the default umask 0022, not the caller's",
-     "isolation"),
-    (("--no-init",), "no_init", "bool", None, "with a PID namespace, run the program as its PID 1 (no init)",
-     "isolation"),
-    (("--compat",), "compat", "bool", None,
-     "OCI/Docker-like: --containall --no-init --no-umask --no-eval --writable-tmpfs", "isolation"),
 )
 SHELL_OPTION = (("-s", "--shell"), "shell", "value", "PATH", "shell to run (default /bin/bash, else /bin/sh)",
                 "isolation")  # fmt: skip
@@ -312,12 +312,13 @@ def build_launch(args, instance: str | None = None, pid_file: str | None = None)
     else:
         words = list(args.args)
     env_files, no_env, no_eval, no_umask, no_init = _env_options(args)
-    return Launch(
+    launch = Launch(
         action=action, spec=spec, words=tuple(words), app=args.app or flag_env("APP", "APPNAME") or None,
         env_files=env_files, env_opts=tuple(args.env),
         caps=_caps(args), devices=_devices(args), config=getattr(args, "config", None),
-        instance=instance, pid_file=pid_file, no_env=no_env, no_eval=no_eval, no_umask=no_umask, no_init=no_init,
+        instance=instance, pid_file=pid_file,
     )  # fmt: skip
+    return launch._replace(no_env=no_env, no_eval=no_eval, no_umask=no_umask, no_init=no_init)
 
 
 def main(args) -> int:  # type: ignore[no-untyped-def]

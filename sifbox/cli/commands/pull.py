@@ -101,11 +101,8 @@ def _copy_atomically(src: str, out: str, uri: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from sifbox.cli.commands.action import _truthy, flag_env
     from sifbox.oci.layout import SourceRef, parse_platform, parse_source
 
-    # As every flag of Apptainer's: --disable-cache is also SIFBOX_/APPTAINER_/SINGULARITY_DISABLE_CACHE.
-    args.disable_cache = args.disable_cache or _truthy(flag_env("DISABLE_CACHE"))
     uri = args.uri
     out = args.out or default_name(uri)
     if args.dir and not os.path.isabs(out):

@@ -69,6 +69,7 @@ def test_cache_dir(request, sb, registry_image, var: str) -> None:
 def test_disable_cache(request, sb, registry_image, var: str) -> None:
     """cmdenvvars.go:testApptainerDisableCache: with the cache disabled, nothing is written to
     the cache directory."""
+    mark_xfail(request, "flag-env", sb.kind)
     cache = cache_dir(sb)
     pull(sb, registry_image, APPTAINER_CACHEDIR=str(cache), **{var: "1"})
     assert not any(cache.iterdir()), f"the cache was created: {sorted(cache.rglob('*'))}"
@@ -91,8 +92,9 @@ def test_read_only_cache_dir(request, sb, registry_image) -> None:
 @pytest.mark.parametrize("var", ["APPTAINER_KEYSDIR", "SIFBOX_KEYSDIR"])
 def test_keys_dir(request, sb, var: str) -> None:
     """cmdenvvars.go:testApptainerKeysDir: `key list` makes both keyrings in the directory."""
-    # `key list` makes no keyring (keyring-init); the variables themselves are read.
-    mark_xfail(request, "keyring-init", sb.kind)
+    # `key list` makes no keyring (keyring-init); APPTAINER_KEYSDIR is not read either (flag-env),
+    # which that case is filed under: it needs both.
+    mark_xfail(request, "flag-env" if var == "APPTAINER_KEYSDIR" else "keyring-init", sb.kind)
     keys = sb.work / "keys-dir"
     keys.mkdir()
     os.chown(keys, sb.who.uid, sb.who.gid)
