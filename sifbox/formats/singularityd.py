@@ -271,8 +271,9 @@ def _is_name(name: str) -> bool:
 
 
 def docker_env_script(env: Sequence[str]) -> str:
-    """10-docker2singularity.sh: the config's Env; the host's value of a variable wins
-    (`${NAME:-value}`), except PATH which is set outright. Bad names are skipped."""
+    """10-docker2singularity.sh: the config's Env, as Apptainer writes it (`${NAME:-value}`;
+    PATH set outright). At run time the image's scripts don't see the host's variables
+    (runtime.env), so these values win over the host's. Bad names are skipped."""
     lines = ["#!/bin/sh"]
     for item in env:
         name, sep, value = item.partition("=")

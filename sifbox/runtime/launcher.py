@@ -48,10 +48,12 @@ STARTSCRIPT = "/.singularity.d/startscript"
 #:   instance   the name, for `instance start|run`; pid_file its --pid-file
 #:   options    sifbox.runtime.options.LaunchOptions (--security uid/gid, --runscript-timeout,
 #:              --ignore-subuid, --ignore-userns, --disable-cache, --no-https), or None
+#:   no_env     host variables not to pass (--no-env); no_eval, no_umask, no_init: those options
 Launch = record(
     "Launch",
-    "action spec words app env_files env_opts caps devices config instance pid_file options",
-    defaults=(None, (), (), (False, False, "", ""), None, None, None, None, None),
+    "action spec words app env_files env_opts caps devices config instance pid_file options no_env no_eval "
+    "no_umask no_init",
+    defaults=(None, (), (), (False, False, "", ""), None, None, None, None, None, (), False, False, False),
 )
 
 #: What runs in the container: `argv` with `env` (None: nothing to run; `message`
@@ -64,7 +66,8 @@ class Prepared:
 
     __slots__ = ("action", "app", "caps", "cfg", "conf_path", "contained", "env", "fixed", "host",
                  "identity", "image", "inner", "joining", "keep_fds", "launched", "layers", "log",
-                 "mounts", "ns", "options", "overrides", "prepare_root", "source", "spec", "squashfuse", "site",
+                 "mounts", "no_init", "ns", "options", "overrides", "prepare_root", "source", "spec", "squashfuse",
+                 "site",
                  "userns", "words")  # fmt: skip
 
     def __init__(self, **values: object) -> None:
@@ -127,8 +130,11 @@ def prepare(launch: Launch) -> Prepared:
     site = site_from_config(cfg)
     _check_allowed(spec, cfg, host, site)
     log = _verbose_log()
-    overrides = envmod.user_overrides(os.environ, _env_files(launch.env_files),
-                                      envmod.parse_env_option(list(launch.env_opts)))  # fmt: skip
+    if launch.no_umask:
+        os.umask(0o022)  # as Apptainer's --no-umask: the container gets the default, not the caller's
+    overrides = envmod.user_overrides(os.environ, _env_files(launch.env_files, spec.image, launch.words),
+                                      envmod.parse_env_option(list(launch.env_opts)), warn=_warn)  # fmt: skip
+    fixed: dict[str, str] = {}  # sifbox's own values (MPI defaults, devices): never evaluated
     caps = _root_caps(launch.caps, cfg, conf_path, spec) if host.is_root else frozenset()
     from sifbox.runtime.caps import ALL
 
@@ -150,14 +156,13 @@ def prepare(launch: Launch) -> Prepared:
 
         p.joining = instances.find_running(spec.image, verb=action)
         _admit_instance(p.joining, gate)
-        overrides = dict(overrides)
     else:
         mounts = default_mounts(spec, host, site=site, contained=contained, shared_memory=launched)
         if contained:
             mounts += _console(spec)
         if launch.devices is not None:
-            mounts, overrides, p.prepare_root = _add_devices(launch.devices, cfg, conf_path, spec, site, host, mounts,
-                                                             overrides, contained)  # fmt: skip
+            mounts, fixed, p.prepare_root = _add_devices(launch.devices, cfg, conf_path, spec, site, host, mounts,
+                                                         overrides, contained)  # fmt: skip
         p.launched = launched
         if p.launched:
             from sifbox.hpc import mpi, slurm
@@ -165,15 +170,18 @@ def prepare(launch: Launch) -> Prepared:
             mounts = mounts + slurm.launcher_mounts(
                 os.environ, mounts, steered_ok=site.user_bind_control or host.is_root, uid=host.uid,
                 warn=_warn)  # fmt: skip
-            overrides = {**mpi.env_defaults(os.environ, own_userns=not host.is_root or spec.userns), **overrides}
+            fixed = {**mpi.env_defaults(os.environ, own_userns=not host.is_root or spec.userns), **fixed}
         p.mounts = mounts
         _open_images(p, gate)
     _namespaces_for(p)
     name = p.joining.name if p.joining is not None else launch.instance
+    libs_bound = any(m.target == envmod.LIBS or m.target.startswith(envmod.LIBS + "/") for m in p.mounts)
     p.env = envmod.container_env(
         os.environ, cleanenv=spec.cleanenv, image=p.joining.image if p.joining is not None else p.source.path,
-        home=spec.home_target or host.home, overrides=overrides,
-        shell_prompt="Sifbox> " if action == "shell" else None, action=action,
+        home=spec.home_target or host.home, overrides=overrides, fixed=fixed, no_env=launch.no_env,
+        no_eval=launch.no_eval, shell_prompt="Sifbox> " if action == "shell" else None, action=action,
+        binds=[b.target for b in spec.binds], ids=(p.inner.uid, p.inner.gid),
+        machine=os.uname().machine, libs_bound=libs_bound,
     )  # fmt: skip
     if name is not None:
         for prefix in ("SIFBOX", "APPTAINER", "SINGULARITY"):
@@ -184,7 +192,8 @@ def prepare(launch: Launch) -> Prepared:
         if "/" in p.app or p.app in (".", ".."):
             raise UsageError(f"can't use --app `{p.app}`: not an app name")
         p.env.update(appenv.launch_environment(p.app))
-    p.overrides = overrides
+    p.overrides = {**fixed, **overrides}
+    p.no_init = launch.no_init
     p.keep_fds = _keep_fds(p.env)
     return p
 
@@ -256,16 +265,22 @@ def _check_allowed(spec: ContainerSpec, cfg, host: Host, site) -> None:  # type:
                           "site's sifbox.conf")  # fmt: skip
 
 
-def _env_files(paths: tuple[str, ...] | list[str]) -> dict[str, str]:
-    from sifbox.runtime import env as envmod
+def _env_files(paths: tuple[str, ...] | list[str], image: str, words: tuple[str, ...]) -> dict[str, str]:
+    """What the --env-file files set, each evaluated as Apptainer does (on the host, with
+    the host's environment and APPTAINER_IMAGE; later files see and win over earlier ones)."""
+    if not paths:
+        return {}
+    from sifbox.runtime import envfile
 
+    host = {**os.environ, "SIFBOX_IMAGE": image, "APPTAINER_IMAGE": image}
     found: dict[str, str] = {}
     for path in paths:
         try:
-            with open(path) as f:
-                found.update(envmod.parse_env_file(f.read(), path))
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read()
         except OSError as err:
             raise UsageError(f"can't read env file `{path}`: {err.strerror}") from None
+        found.update(envfile.evaluate(text, path, host, words, assigned=found))
     return found
 
 
@@ -390,7 +405,7 @@ def _add_devices(request: Request, cfg, conf_path: str, spec: ContainerSpec, sit
                           hint="the CDI specs of /etc/cdi and /var/run/cdi are used without it")  # fmt: skip
     request = devices.with_config(request, cfg)
     if request is None:
-        return mounts, overrides, None
+        return mounts, {}, None
     dev_is_host = site.mount_dev == "yes" and not spec.contain and "dev" not in spec.no_mount and not contained
     env = dict(os.environ)
     env.update(overrides)
@@ -398,7 +413,7 @@ def _add_devices(request: Request, cfg, conf_path: str, spec: ContainerSpec, sit
                          dev_is_host=dev_is_host, env=env)  # fmt: skip
     for warning in extra.warnings:
         _warn(warning)
-    return mounts + extra.mounts, {**extra.env, **overrides}, extra.prepare
+    return mounts + extra.mounts, dict(extra.env), extra.prepare
 
 
 def _namespaces_for(p: Prepared) -> None:
@@ -454,10 +469,13 @@ def enter_fakeroot(host: Host) -> None:
 
 
 def _keep_fds(env: dict[str, str]) -> frozenset[int]:
-    """Descriptors the payload inherits: a launcher's PMI descriptor (PMI_FD)."""
+    """Descriptors the payload inherits: a launcher's PMI descriptor (PMI_FD, when it
+    passes into the container), those SIFBOX_KEEP_FDS names."""
+    from sifbox.runtime.env import host_value
+
     keep = set()
-    for var in ("PMI_FD", "SIFBOX_KEEP_FDS"):
-        for item in env.get(var, "").split(","):
+    for value in (host_value(env, "PMI_FD"), os.environ.get("SIFBOX_KEEP_FDS")):
+        for item in (value or "").split(","):
             if item.strip().isdigit():
                 keep.add(int(item))
     return frozenset(keep)
@@ -480,8 +498,17 @@ def _launch(p: Prepared, hold=None) -> int:  # type: ignore[no-untyped-def]
     if p.ns.pid or hold is not None:
         # The rest runs in PID 1 of the new PID namespace: its /proc can only be
         # mounted from inside it (and, in a user namespace, only while the
-        # host's /proc is still in view).
-        return supervisor.run(lambda: _exit(_as_init(p, hold)))
+        # host's /proc is still in view). The processes of the namespace that
+        # outlive its PID 1 (with --no-init, the payload is PID 1 and the FUSE
+        # helpers its children) come to this process, which reaps them.
+        from sifbox.runtime.sandbox import syscalls
+
+        if p.ns.pid:
+            syscalls.set_child_subreaper()
+        status = supervisor.run(lambda: _exit(_as_init(p, hold)))
+        if p.ns.pid:  # the kernel killed the namespace's processes with its PID 1
+            supervisor.reap_all()
+        return status
     return _container(p, hold)
 
 
@@ -542,6 +569,11 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
     if path is None:
         return report(process.exec_error(payload.argv[0], 2))
     start = lambda: process.exec_payload(tramp, path, payload.argv, payload.env, p.keep_fds)  # noqa: E731
+    if p.no_init and p.ns.pid and hold is None:
+        # --no-init: the payload itself is PID 1 of its PID namespace (this process); its
+        # helpers end with the namespace, and a failed exec with status 127.
+        start()
+        return 127
     if hold is not None:
         return int(hold(start, tramp, payload.argv[0], session.helpers))
     return supervisor.run(start, tramp=tramp, name=payload.argv[0], helpers=session.helpers,
@@ -637,7 +669,9 @@ def _identity_files(session, root: str, host: Host, cfg) -> None:  # type: ignor
     from sifbox.runtime.sandbox.rootfs import read_text
 
     if cfg.get_bool("config passwd"):
-        session.bind_text(root, "/etc/passwd", merge_passwd(read_text(root, "/etc/passwd"), host))
+        # A user's GECOS and shell, as Apptainer writes them (root's line stays the image's kind).
+        entry = _passwd_entry(host.uid) if host.uid == os.getuid() != 0 else (None, "/bin/sh")
+        session.bind_text(root, "/etc/passwd", merge_passwd(read_text(root, "/etc/passwd"), host, *entry))
     if cfg.get_bool("config group"):
         try:
             group_name = grp.getgrgid(host.gid).gr_name
@@ -646,11 +680,22 @@ def _identity_files(session, root: str, host: Host, cfg) -> None:  # type: ignor
         session.bind_text(root, "/etc/group", merge_group(read_text(root, "/etc/group"), host, group_name))
 
 
+def _passwd_entry(uid: int) -> tuple[str | None, str]:
+    import pwd
+
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        return None, "/bin/sh"
+    return entry.pw_gecos, entry.pw_shell or "/bin/sh"
+
+
 def _chdir(spec: ContainerSpec, host: Host, doing: str | None = None) -> None:
-    """Into --pwd (which must exist), else the caller's directory, home or /."""
+    """Into --pwd (which must exist), else the caller's directory (not with --contain),
+    home or /."""
     from sifbox.runtime.sandbox.ops import LaunchError
 
-    for d in (spec.pwd, host.cwd, spec.home_target or host.home, "/"):
+    for d in (spec.pwd, None if spec.contain else host.cwd, spec.home_target or host.home, "/"):
         if d:
             try:
                 os.chdir(d)

@@ -215,14 +215,16 @@ def _system_path(path: str) -> bool:
     return any(_under(path, p) for p in ("/bin", "/sbin", "/lib", "/lib64", "/usr", "/etc", "/proc", "/sys", "/dev"))
 
 
-def passwd_line(host: Host) -> str:
-    return f"{host.user}:x:{host.uid}:{host.gid}:{host.user}:{host.home}:/bin/sh\n"
+def passwd_line(host: Host, gecos: str | None = None, shell: str = "/bin/sh") -> str:
+    """The caller's line: its GECOS field (default: the user name) and shell."""
+    fields = [host.user, "x", str(host.uid), str(host.gid), host.user if gecos is None else gecos, host.home, shell]
+    return ":".join(f.replace(":", " ").replace("\n", " ") for f in fields) + "\n"
 
 
-def merge_passwd(image_text: str, host: Host) -> str:
+def merge_passwd(image_text: str, host: Host, gecos: str | None = None, shell: str = "/bin/sh") -> str:
     """The image's /etc/passwd with the caller appended (or replaced)."""
     lines = [ln for ln in image_text.splitlines() if ln and ln.split(":")[0] != host.user and _uid(ln) != host.uid]
-    return "\n".join(lines) + ("\n" if lines else "") + passwd_line(host)
+    return "\n".join(lines) + ("\n" if lines else "") + passwd_line(host, gecos, shell)
 
 
 def merge_group(image_text: str, host: Host, group_name: str) -> str:

@@ -171,3 +171,15 @@ def _send(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def reap_all() -> None:
+    """Wait for every child left (orphans of a PID namespace whose PID 1 ended, which
+    the kernel has killed): none is left for PID 1 to collect."""
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue

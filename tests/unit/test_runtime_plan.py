@@ -572,6 +572,11 @@ def ns(command: str = "exec", **kw: Any) -> argparse.Namespace:
         "cleanenv": False,
         "env": [],
         "env_file": [],
+        "no_env": [],
+        "no_eval": False,
+        "no_umask": False,
+        "no_init": False,
+        "compat": False,
         "pwd": None,
         "userns": False,
         "keep_privs": False,
@@ -634,11 +639,11 @@ def test_build_spec_defaults() -> None:
 def test_build_spec_binds_and_mounts_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("APPTAINER_BIND", "/env")
     spec = action.build_spec(ns(bind=["/a:/b:ro,/c", "/d"], mount=["type=bind,src=/m,dst=/n,ro"]))
-    assert spec.binds == (
-        BindMount("/env", "/env"),
+    assert spec.binds == (  # as Apptainer's: --bind, then the variables
         BindMount("/a", "/b", True),
         BindMount("/c", "/c"),
         BindMount("/d", "/d"),
+        BindMount("/env", "/env"),
         BindMount("/m", "/n", True),
     )
 
@@ -646,21 +651,23 @@ def test_build_spec_binds_and_mounts_in_order(monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.parametrize(
     "env,expected",
     [
-        ({"SINGULARITY_BIND": "/s"}, "/s"),
-        ({"SINGULARITY_BINDPATH": "/sp"}, "/sp"),
-        ({"APPTAINER_BIND": "/a", "SINGULARITY_BIND": "/s"}, "/a"),
-        ({"APPTAINER_BINDPATH": "/ap", "SINGULARITY_BIND": "/s"}, "/ap"),
-        ({"SIFBOX_BIND": "/x", "APPTAINER_BIND": "/a", "SINGULARITY_BIND": "/s"}, "/x"),
-        ({"SIFBOX_BINDPATH": "/xp", "APPTAINER_BIND": "/a"}, "/xp"),
-        ({"SIFBOX_BIND": "/x", "SIFBOX_BINDPATH": "/xp"}, "/x"),
+        ({"SINGULARITY_BIND": "/s"}, ["/s"]),
+        ({"SINGULARITY_BINDPATH": "/sp"}, ["/sp"]),
+        ({"APPTAINER_BIND": "/a", "SINGULARITY_BIND": "/s"}, ["/a"]),
+        # BIND and BINDPATH add up (Apptainer appends both); per name, SIFBOX_ before
+        # APPTAINER_ before SINGULARITY_.
+        ({"APPTAINER_BINDPATH": "/ap", "SINGULARITY_BIND": "/s"}, ["/s", "/ap"]),
+        ({"SIFBOX_BIND": "/x", "APPTAINER_BIND": "/a", "SINGULARITY_BIND": "/s"}, ["/x"]),
+        ({"SIFBOX_BINDPATH": "/xp", "APPTAINER_BIND": "/a"}, ["/a", "/xp"]),
+        ({"SIFBOX_BIND": "/x", "SIFBOX_BINDPATH": "/xp"}, ["/x", "/xp"]),
     ],
 )
 def test_bind_env_precedence(
-    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: list[str]
 ) -> None:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    assert action.build_spec(ns()).binds == (BindMount(expected, expected),)
+    assert action.build_spec(ns()).binds == tuple(BindMount(e, e) for e in expected)
 
 
 def test_flag_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -841,3 +848,53 @@ def test_mount_hostfs_adds_binds_unless_no_mount() -> None:
     assert any(m.source == "/lustre" and m.target == "/lustre" for m in mounts)
     spec = ContainerSpec("i.sif", "exec", no_mount=frozenset({"hostfs"}))
     assert not any(m.target == "/lustre" for m in default_mounts(spec, host, site=site, mountinfo=lambda: info))
+
+
+# -- the environment options (action._env_options, --compat) -------------------------------------
+def test_env_options_defaults() -> None:
+    assert action._env_options(ns()) == ((), (), False, False, False)
+
+
+def test_env_files_are_comma_separated_and_read_from_the_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APPTAINER_ENV_FILE", "/v1,/v2")
+    got = action._env_options(ns(env_file=["/a,/b", "/c", ""]))
+    assert got[0] == ("/a", "/b", "/c", "/v1", "/v2")
+
+
+@pytest.mark.parametrize("var", ["SIFBOX_NOENV", "APPTAINER_NOENV", "SINGULARITY_NOENV"])
+def test_no_env_option_and_variable(monkeypatch: pytest.MonkeyPatch, var: str) -> None:
+    monkeypatch.setenv(var, "X,Y")
+    assert action._env_options(ns(no_env=["A", "B,C"]))[1] == ("A", "B", "C", "X", "Y")
+
+
+@pytest.mark.parametrize("var,index", [("NO_EVAL", 2), ("NO_UMASK", 3), ("NOSHIMINIT", 4)])
+def test_env_flags_from_variables(monkeypatch: pytest.MonkeyPatch, var: str, index: int) -> None:
+    assert not action._env_options(ns())[index]
+    monkeypatch.setenv("APPTAINER_" + var, "1")
+    assert action._env_options(ns())[index]
+
+
+@pytest.mark.parametrize("how", ["option", "variable"])
+def test_compat_is_containall_no_init_no_umask_no_eval_writable_tmpfs(monkeypatch: pytest.MonkeyPatch,
+                                                                      how: str) -> None:  # fmt: skip
+    if how == "variable":
+        monkeypatch.setenv("APPTAINER_COMPAT", "true")
+    args = ns(compat=how == "option")
+    spec = action.build_spec(args)
+    assert (spec.contain, spec.cleanenv, spec.pid, spec.ipc, spec.writable_tmpfs) == (True,) * 5
+    assert action._env_options(args)[2:] == (True, True, True)
+
+
+def test_mount_and_cwd_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIFBOX_MOUNT", "type=bind,src=/m,dst=/n")
+    monkeypatch.setenv("APPTAINER_CWD", "/work")
+    spec = action.build_spec(ns(mount=["type=bind,src=/a,dst=/b"]))
+    assert spec.binds == (BindMount("/a", "/b"), BindMount("/m", "/n"))
+    assert spec.pwd == "/work"
+
+
+def test_passwd_line_with_the_hosts_gecos_and_shell() -> None:
+    assert merge_passwd("", HOST, "Alice A,,,", "/bin/zsh") == "alice:x:1000:1000:Alice A,,,:/home/alice:/bin/zsh\n"
+    assert merge_passwd("", HOST, "", "/bin/sh") == "alice:x:1000:1000::/home/alice:/bin/sh\n"
+    # a field can't add one: colons and newlines are blanked
+    assert merge_passwd("", HOST, "a:b\nroot::0:0", "/bin/sh") == "alice:x:1000:1000:a b root  0 0:/home/alice:/bin/sh\n"

@@ -54,7 +54,18 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, str, str | None, str | None, str], ..
      "isolation"),
     (("-e", "--cleanenv"), "cleanenv", "bool", None, "do not pass the host environment", "isolation"),
     (("--env",), "env", "append", "K=V", "set an environment variable", "isolation"),
-    (("--env-file",), "env_file", "append", "FILE", "read environment variables from a file", "isolation"),
+    (("--env-file",), "env_file", "append", "FILE[,FILE]",
+     "read environment variables from files (shell assignments, evaluated on the host)", "isolation"),
+    (("--no-env",), "no_env", "append", "VAR[,VAR]", "do not pass these host variables into the container",
+     "isolation"),
+    (("--no-eval",), "no_eval", "bool", None,
+     "do not evaluate the values of --env, --env-file and SIFBOXENV_* in the container's shell", "isolation"),
+    (("--no-umask",), "no_umask", "bool", None, "give the container the default umask 0022, not the caller's",
+     "isolation"),
+    (("--no-init",), "no_init", "bool", None, "with a PID namespace, run the program as its PID 1 (no init)",
+     "isolation"),
+    (("--compat",), "compat", "bool", None,
+     "OCI/Docker-like: --containall --no-init --no-umask --no-eval --writable-tmpfs", "isolation"),
     (("--pwd", "--cwd"), "pwd", "value", "DIR", "initial working directory", "isolation"),
     (("--app",), "app", "value", "NAME", "run an app of a SCIF image (/scif/apps/NAME)", "isolation"),
     (("-u", "--userns"), "userns", "bool", None, "run in a user namespace even as root", "isolation"),
@@ -196,10 +207,11 @@ def build_spec(args):  # type: ignore[no-untyped-def]
         if getattr(args, name, None):
             raise NotAvailableError(f"can't use --{name}: not available in this version of sifbox yet")
     binds = []
-    env_binds = flag_env("BIND", "BINDPATH")
-    for text in ([env_binds] if env_binds else []) + args.bind:
+    # As Apptainer's: --bind first, then SIFBOX_BIND (else APPTAINER_BIND, SINGULARITY_BIND),
+    # then SIFBOX_BINDPATH (else ...); --mount, then SIFBOX_MOUNT (else ...).
+    for text in args.bind + [v for v in (flag_env("BIND"), flag_env("BINDPATH")) if v]:
         binds += parse_bind(text)
-    binds += [parse_mount(m) for m in args.mount]
+    binds += [parse_mount(m) for m in args.mount + ([flag_env("MOUNT")] if flag_env("MOUNT") else [])]
     no_mount = set()
     for item in args.no_mount + ([flag_env("NO_MOUNT")] if flag_env("NO_MOUNT") else []):
         for name in filter(None, item.split(",")):
@@ -216,7 +228,8 @@ def build_spec(args):  # type: ignore[no-untyped-def]
             raise UsageError(f"can't use --home `{home}`: expected SRC[:DEST]")
         home_source = parts[0]
         home_target = parts[1] if len(parts) == 2 and parts[1] else home_source
-    containall = args.containall or _truthy(flag_env("CONTAINALL"))
+    compat = _compat(args)
+    containall = args.containall or compat or _truthy(flag_env("CONTAINALL"))
     return ContainerSpec(
         image=args.image,
         action=args.command,
@@ -227,11 +240,11 @@ def build_spec(args):  # type: ignore[no-untyped-def]
         no_home=args.no_home or _truthy(flag_env("NO_HOME")),
         contain=args.contain or containall or _truthy(flag_env("CONTAIN")),
         cleanenv=args.cleanenv or containall or _truthy(flag_env("CLEANENV")),
-        writable_tmpfs=args.writable_tmpfs or _truthy(flag_env("WRITABLE_TMPFS")),
+        writable_tmpfs=args.writable_tmpfs or compat or _truthy(flag_env("WRITABLE_TMPFS")),
         writable=args.writable or _truthy(flag_env("WRITABLE")),
         overlays=tuple(args.overlay + ([flag_env("OVERLAY", "OVERLAYIMAGE")] if flag_env("OVERLAY", "OVERLAYIMAGE") else [])),
-        userns=args.userns or _truthy(flag_env("USERNS")),
-        pwd=args.pwd or flag_env("PWD", "TARGET_PWD") or None,
+        userns=args.userns or _truthy(flag_env("USERNS", "UNSHARE_USERNS")),
+        pwd=args.pwd or flag_env("CWD", "TARGET_CWD", "PWD", "TARGET_PWD") or None,
         no_mount=frozenset(no_mount),
         shell=getattr(args, "shell", None) or flag_env("SHELL") if args.command == "shell" else None,
         fakeroot=fakeroot,
@@ -241,6 +254,23 @@ def build_spec(args):  # type: ignore[no-untyped-def]
         hostname=args.hostname or flag_env("HOSTNAME") or None,
         net=_net(args),
     )
+
+
+def _compat(args) -> bool:  # type: ignore[no-untyped-def]
+    return bool(getattr(args, "compat", False)) or _truthy(flag_env("COMPAT"))
+
+
+def _env_options(args):  # type: ignore[no-untyped-def]
+    """(env_files, no_env, no_eval, no_umask, no_init) of the options and variables."""
+    compat = _compat(args)
+    files = [f for item in args.env_file + ([flag_env("ENV_FILE")] if flag_env("ENV_FILE") else [])
+             for f in item.split(",") if f]  # fmt: skip
+    no_env = [n for item in getattr(args, "no_env", []) + ([flag_env("NOENV")] if flag_env("NOENV") else [])
+              for n in item.split(",") if n]  # fmt: skip
+    no_eval = bool(getattr(args, "no_eval", False)) or compat or _truthy(flag_env("NO_EVAL"))
+    no_umask = bool(getattr(args, "no_umask", False)) or compat or _truthy(flag_env("NO_UMASK"))
+    no_init = bool(getattr(args, "no_init", False)) or compat or _truthy(flag_env("NOSHIMINIT"))
+    return tuple(files), tuple(no_env), no_eval, no_umask, no_init
 
 
 def _caps(args):  # type: ignore[no-untyped-def]
@@ -296,13 +326,15 @@ def build_launch(args, instance: str | None = None, pid_file: str | None = None)
         words = [spec.shell or "", *args.args]
     else:
         words = list(args.args)
-    env_file = flag_env("ENV_FILE")
-    return Launch(
-        action=action, spec=spec, words=tuple(words), app=args.app or flag_env("APP") or None,
-        env_files=tuple(args.env_file + ([env_file] if env_file else [])), env_opts=tuple(args.env),
+    env_files, no_env, no_eval, no_umask, no_init = _env_options(args)
+    launch = Launch(
+        action=action, spec=spec, words=tuple(words), app=args.app or flag_env("APP", "APPNAME") or None,
+        env_files=env_files, env_opts=tuple(args.env),
         caps=_caps(args), devices=_devices(args), config=getattr(args, "config", None),
-        instance=instance, pid_file=pid_file, options=_launch_options(args, instance),
+        instance=instance, pid_file=pid_file, options=_launch_options(args, instance), no_env=no_env,
+        no_eval=no_eval, no_umask=no_umask, no_init=no_init,
     )  # fmt: skip
+    return launch
 
 
 def _flag(args, name: str, *env: str) -> bool:  # type: ignore[no-untyped-def]

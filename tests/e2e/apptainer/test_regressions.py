@@ -62,7 +62,7 @@ SIMPLE = [
     # The line added to /etc/passwd for the caller (Apptainer runs docker://rockylinux:8; any image
     # with an /etc/passwd does). Root is in the image's /etc/passwd already: user profile only.
     C("regressions.go:issue1848", "exec", "@test@", "tail", "-1", "/etc/passwd",
-      out=exact("@user@:x:@uid@:@gid@:@gecos@:@home@:@shell@"), only="user", xfail="passwd-entry"),
+      out=exact("@user@:x:@uid@:@gid@:@gecos@:@home@:@shell@"), only="user"),
     # The host's TZ does not shift times in the container (Apptainer runs GNU date in
     # docker://ghcr.io/apptainer/centos_base:7; busybox's date takes -d 'YYYY-MM-DD hh:mm:ss').
     C("regressions.go:issue1868", "exec", "@test@", "sh", "-c", "TZ=UTC date -d '2020-01-01 12:00:00' +%s",
@@ -244,7 +244,6 @@ def test_issue5599_bind_env_and_flag(request, sb, variant: str) -> None:
             "/usr/bin/env",
             env={"APPTAINER_BIND": f"{tmp}:/srv"},
             out=regex(listed),
-            xfail="bind-env-merge",
         )
     elif variant == "both mounted":
         case = C(
@@ -270,7 +269,6 @@ def test_issue5599_bind_env_and_flag(request, sb, variant: str) -> None:
             "-c",
             "test -e /mnt/marker && test -e /srv/marker && test -d /media/other",
             env={"APPTAINER_BIND": f"{tmp}:/srv", "APPTAINER_BINDPATH": f"{tmp}:/media"},
-            xfail="bind-env-merge",
         )
     else:
         case = C(
