@@ -6,12 +6,13 @@ join an instance (`instance://NAME`), and a build's %post/%test
 (`run_build_container`). The CLI parses the command line into a `Launch`; the
 rest reads top to bottom:
 
-    prepare        site configuration, identity, environment, image and
-                   overlays opened and admitted (one admission path), devices,
+    prepare        site configuration, identity, environment, image, overlays
+                   and bound images opened and admitted (one admission path), devices,
                    Slurm, the mount plan, the capabilities -> `Prepared`
     namespaces     user+mount (or mount) namespace, then PID/IPC/UTS/net; with a
                    PID namespace the rest runs in its PID 1
-    root           session tmpfs, image, overlay stack, identity files, mounts
+    root           session tmpfs, image, bound images, overlay stack, identity
+                   files, mounts
     payload        what to run, decided by looking at the finished root
     lock-down      root read-only and nosuid,nodev (checked), pivot_root,
                    no_new_privs, capabilities
@@ -60,7 +61,7 @@ Payload = record("Payload", "argv env message status", defaults=(None, None, "",
 class Prepared:
     """Everything the container needs, decided before any namespace exists."""
 
-    __slots__ = ("action", "app", "caps", "cfg", "conf_path", "contained", "env", "fixed", "host",
+    __slots__ = ("action", "app", "caps", "cfg", "conf_path", "contained", "data", "env", "fixed", "host",
                  "identity", "image", "inner", "joining", "keep_fds", "launched", "layers", "log",
                  "mounts", "ns", "overrides", "prepare_root", "source", "spec", "squashfuse", "site",
                  "userns", "words")  # fmt: skip
@@ -93,8 +94,9 @@ def prepare(launch: Launch) -> Prepared:
     spec, action = launch.spec, launch.action
     host = _host()
     if spec.fakeroot and not host.is_root and spec.home_target is None and not spec.no_home:
-        # As Apptainer: under --fakeroot the caller's home is root's home.
-        spec = spec._replace(home_source=host.home, home_target="/root")
+        # As Apptainer: under --fakeroot the caller's home is root's home
+        # (with --contain, root's home is an empty one, as anyone's).
+        spec = spec._replace(home_source=None if spec.contain else host.home, home_target="/root")
     cfg, conf_path = _config(launch.config)
     site = site_from_config(cfg)
     _check_allowed(spec, cfg, host, site)
@@ -115,7 +117,7 @@ def prepare(launch: Launch) -> Prepared:
 
     gate = Gate.from_config(cfg, conf_path, user=host.user, verb=action)
     p = Prepared(action=action, spec=spec, host=host, cfg=cfg, conf_path=conf_path, site=site, log=log,
-                 caps=caps, contained=contained, app=launch.app, words=list(launch.words), layers=[],
+                 caps=caps, contained=contained, app=launch.app, words=list(launch.words), layers=[], data=[],
                  mounts=[], identity=spec.identity_files)  # fmt: skip
     if spec.image.startswith("instance://"):
         from sifbox.runtime import instances
@@ -125,6 +127,7 @@ def prepare(launch: Launch) -> Prepared:
         overrides = dict(overrides)
     else:
         mounts = default_mounts(spec, host, site=site, contained=contained, shared_memory=launched)
+        _workdir(spec, host)
         if contained:
             mounts += _console(spec)
         if launch.devices is not None:
@@ -255,8 +258,12 @@ def _open_images(p: Prepared, gate) -> None:  # type: ignore[no-untyped-def]
         p.image = RootImage("dir" if source.kind is ImageKind.SANDBOX else "squashfs", source.fd, source.offset,
                             source.size, source.path)  # fmt: skip
         p.layers = _open_overlays(p, source, gate)
+        p.data = _open_data_images(p, gate)
     except BaseException:
         source.close()
+        for layer in p.layers:
+            if layer.fd is not None:
+                os.close(layer.fd)
         raise
 
 
@@ -276,6 +283,10 @@ def _open_overlays(p: Prepared, source, gate) -> list:  # type: ignore[no-untype
                          "changes vanish")  # fmt: skip
     found = overlay.open_overlays(list(spec.overlays), verb=action)
     try:
+        if spec.writable_tmpfs and not spec.writable and any(o.writable for o in found):
+            # As Apptainer: the changes go to one place, the overlay or the tmpfs.
+            raise UsageError(f"can't {action} `{spec.image}` with --writable-tmpfs and a writable --overlay",
+                             hint="add `:ro` to the overlay, or keep the changes in it without --writable-tmpfs")
         for o in found:
             if gate.active:
                 gate.admit(o.fd, kind=overlay.policy_kind(o), image=o.path, role="overlay")
@@ -294,6 +305,49 @@ def _open_overlays(p: Prepared, source, gate) -> list:  # type: ignore[no-untype
         overlay.close(found)
         raise
     return [Layer(o.path, o.kind, o.fd, o.offset, o.size, o.writable) for o in found]
+
+
+def _open_data_images(p: Prepared, gate) -> list:  # type: ignore[no-untyped-def,type-arg]
+    """The images bound with `image-src=` or `id=`, in the order of the plan's
+    "image" mounts; each admitted like the image."""
+    from sifbox.runtime.plan import image_binds
+
+    binds = image_binds(p.spec)
+    if not binds:
+        return []
+    from sifbox.image import dataimage, overlay
+    from sifbox.runtime.sandbox.ops import Layer
+
+    found = []
+    try:
+        for b in binds:
+            source = os.path.join(p.host.cwd, b.source)
+            found.append(dataimage.open_data_image(source, b.target, readonly=b.readonly, part_id=b.part_id))
+            if gate.active:
+                gate.admit(found[-1].fd, kind=dataimage.policy_kind(found[-1]), image=b.source, role="bind")
+    except BaseException:
+        overlay.close(found)
+        raise
+    return [Layer(d.path, d.kind, d.fd, d.offset, d.size, d.writable) for d in found]
+
+
+def _workdir(spec: ContainerSpec, host: Host) -> None:
+    """Make the directories of --workdir the container needs, as the caller."""
+    from sifbox.runtime.plan import workdir_dirs
+
+    for path, mode in workdir_dirs(spec, host):
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                continue  # as it is (as Apptainer)
+            os.chmod(path, mode)  # not masked by the umask
+        except OSError as err:
+            from sifbox.util.errors import describe_os_error
+
+            raise SifboxError(f"can't use --workdir `{spec.workdir}`: can't make `{path}`: "
+                              f"{describe_os_error(err)}") from None  # fmt: skip
 
 
 def _admit_instance(instance, gate) -> None:  # type: ignore[no-untyped-def]
@@ -325,6 +379,7 @@ def _instance_config(p: Prepared) -> dict[str, object]:
     images = [[p.image.fd, "dir" if p.image.kind == "dir" else _kind_of(p.source), p.source.path, "image"]]
     images += [[layer.fd, "dir" if layer.kind == "dir" else "extfs" if layer.kind == "ext3" else "squashfs",
                 layer.path, "overlay"] for layer in p.layers]  # fmt: skip
+    images += [[d.fd, "extfs" if d.kind == "ext3" else "squashfs", d.path, "bind"] for d in p.data]
     return {
         "engineName": "sifbox",
         "containerID": "",
@@ -378,7 +433,7 @@ def _namespaces_for(p: Prepared) -> None:
         p.ns = Namespaces(p.userns, host.uid, host.gid, **extra)
     if p.joining is not None or not p.userns:
         return
-    if p.image.kind != "dir" or any(layer.kind == "squashfs" for layer in p.layers):
+    if p.image.kind != "dir" or any(layer.kind == "squashfs" for layer in [*p.layers, *p.data]):
         p.squashfuse = which("squashfuse_ll")
         if p.squashfuse is None:
             raise SifboxError(f"can't start a container from `{spec.image}`: squashfuse_ll is not installed",
@@ -469,16 +524,18 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
                                   log=p.log)  # fmt: skip
     writable_sandbox = spec.writable and p.image.kind == "dir"
     lower = session.mount_image(p.image, writable=writable_sandbox)
-    if writable_sandbox:  # written in place: mount points are made in it as needed
+    mounts = rootfs.image_binds(p.mounts, session.mount_data(p.data)) if p.data else p.mounts
+    if writable_sandbox:  # written in place: only mount points in place of the plan's own are made
         root, persistent = lower, True
     else:
-        points = [(m.target, m.file) for m in p.mounts if m.kind not in ("mask", "readonly")]
+        points = [(m.target, m.file) for m in mounts if m.kind not in ("mask", "readonly")]
         if p.identity:
             points += [("/etc/passwd", True), ("/etc/group", True)]
         root, persistent = session.stack(lower, p.layers, points, p.site.overlay)
     if p.identity:
         _identity_files(session, root, p.inner, p.cfg)
-    rootfs.apply(root, p.mounts, image=image, restrict=p.contained)
+    for warning in rootfs.apply(root, mounts, image=image, restrict=p.contained, in_place=writable_sandbox):
+        _warn(warning)
     payload = _payload(p, root)
     if p.prepare_root is not None:
         p.prepare_root(root)
@@ -611,8 +668,8 @@ def _chdir(spec: ContainerSpec, host: Host, doing: str | None = None) -> None:
 def _close_images(p: Prepared) -> None:
     if p.source is not None:
         p.source.close()
-    for layer in p.layers:
-        if layer.fd is not None and not layer.writable:
+    for layer in [*p.layers, *(p.data or ())]:
+        if layer.fd is not None and not layer.writable:  # a writable one holds its lock
             try:
                 os.close(layer.fd)
             except OSError:
@@ -640,6 +697,9 @@ def run_build_container(root: str, argv: list[str], env: dict[str, str], *, bind
     bind_list = []
     for text in binds:
         bind_list += parse_bind(text)
+    if any(b.image_src is not None or b.part_id is not None for b in bind_list):
+        raise UsageError("can't bind an image (image-src=, id=) into a build's container",
+                         hint="bind the image's files as a directory")
     spec = ContainerSpec(
         image=root, action="exec", command=list(argv), binds=tuple(bind_list), no_home=True, contain=True,
         writable=writable, writable_tmpfs=writable_tmpfs and not writable, pwd="/",
@@ -651,7 +711,7 @@ def run_build_container(root: str, argv: list[str], env: dict[str, str], *, bind
     source = open_image(root, verb="build")
     p = Prepared(action="exec", spec=spec, host=host, inner=host, cfg=cfg, site=site, log=_verbose_log(),
                  caps=caps.BUILD if real_root else caps.ALL, contained=real_root, userns=False, source=source,
-                 image=RootImage("dir", source.fd, 0, 0, source.path), layers=[], identity=False,
+                 image=RootImage("dir", source.fd, 0, 0, source.path), layers=[], data=[], identity=False,
                  mounts=default_mounts(spec, host, site=site, contained=real_root), fixed=(list(argv), dict(env)),
                  keep_fds=frozenset(), ns=Namespaces(False, 0, 0, pid=real_root, ipc=real_root))  # fmt: skip
     return _launch(p)

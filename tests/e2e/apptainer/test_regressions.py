@@ -151,7 +151,6 @@ def test_issue5211_fakeroot_contain_home(request, sb) -> None:
                 f"/root/{canary.name}",
                 profile="fakeroot",
                 cwd="@home@",
-                xfail={"user": "fakeroot-contain-home"},
             ),
         )
         run_case(
@@ -210,7 +209,7 @@ def test_issue5465_hosts_localtime_not_fatal(request, sb, e2e_images, contain: b
         (sandbox / "etc" / name).unlink(missing_ok=True)
         (sandbox / "etc" / name).symlink_to("/dir")
     case = C(f"regressions.go:issue5465/{'Contain' if contain else 'Standard'}", "exec",
-             *(("--contain",) if contain else ()), str(sandbox), "true", xfail="conf-bind-fatal")  # fmt: skip
+             *(("--contain",) if contain else ()), str(sandbox), "true")  # fmt: skip
     run_case(request, sb, case)
 
 
@@ -394,7 +393,6 @@ def test_issue1097_var_tmp_symlink(request, sb, issue1097_image: Path) -> None:
                 canary,
                 exit=1,
                 # A contained root container's /var/tmp is its own tmpfs: nothing of the host's.
-                xfail={"user": "var-tmp-symlink"},
             ),
         )
     finally:
