@@ -60,11 +60,12 @@ def open_data_image(path: str, target: str, *, readonly: bool, part_id: int | No
         raise
 
 
-def policy_kind(o: Overlay) -> str:
-    """The `allow container` kind of an opened data image: sif, squashfs or extfs."""
-    if os.pread(o.fd, 10, 32) == c.MAGIC:
+def policy_kind(fd: int, kind: str) -> str:
+    """The `allow container` kind of the data image open at `fd` (its file system
+    `kind`): sif, squashfs or extfs."""
+    if os.pread(fd, 10, 32) == c.MAGIC:
         return "sif"
-    return "extfs" if o.kind == "ext3" else "squashfs"
+    return "extfs" if kind == "ext3" else "squashfs"
 
 
 def _probe(fd: int, file_size: int, where: str, part_id: int | None) -> tuple[str, int, int]:

@@ -324,7 +324,8 @@ def _open_data_images(p: Prepared, gate) -> list:  # type: ignore[no-untyped-def
             source = os.path.join(p.host.cwd, b.source)
             found.append(dataimage.open_data_image(source, b.target, readonly=b.readonly, part_id=b.part_id))
             if gate.active:
-                gate.admit(found[-1].fd, kind=dataimage.policy_kind(found[-1]), image=b.source, role="bind")
+                d = found[-1]
+                gate.admit(d.fd, kind=dataimage.policy_kind(d.fd, d.kind), image=b.source, role="bind")
     except BaseException:
         overlay.close(found)
         raise
@@ -379,7 +380,10 @@ def _instance_config(p: Prepared) -> dict[str, object]:
     images = [[p.image.fd, "dir" if p.image.kind == "dir" else _kind_of(p.source), p.source.path, "image"]]
     images += [[layer.fd, "dir" if layer.kind == "dir" else "extfs" if layer.kind == "ext3" else "squashfs",
                 layer.path, "overlay"] for layer in p.layers]  # fmt: skip
-    images += [[d.fd, "extfs" if d.kind == "ext3" else "squashfs", d.path, "bind"] for d in p.data]
+    if p.data:
+        from sifbox.image import dataimage
+
+        images += [[d.fd, dataimage.policy_kind(d.fd, d.kind), d.path, "bind"] for d in p.data]
     return {
         "engineName": "sifbox",
         "containerID": "",
@@ -524,7 +528,7 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
                                   log=p.log)  # fmt: skip
     writable_sandbox = spec.writable and p.image.kind == "dir"
     lower = session.mount_image(p.image, writable=writable_sandbox)
-    mounts = rootfs.image_binds(p.mounts, session.mount_data(p.data)) if p.data else p.mounts
+    mounts = rootfs.image_binds(p.mounts, session.mount_data(p.data), p.data) if p.data else p.mounts
     if writable_sandbox:  # written in place: only mount points in place of the plan's own are made
         root, persistent = lower, True
     else:

@@ -23,7 +23,7 @@ from sifbox.util.records import record as namedtuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable
     from typing import NamedTuple
 
     from sifbox.runtime.spec import BindMount
@@ -230,7 +230,7 @@ def default_mounts(spec: ContainerSpec, host: Host, exists: Callable[[str], bool
         if (cwd and cwd != "/" and isdir(cwd) and not any(_under(cwd, t) for t in covered)
                 and _norm(cwd) not in private):  # fmt: skip
             if not _system_path(cwd):
-                mounts.insert(before_home, Mount("rbind", cwd, cwd, readonly=contained))
+                mounts.insert(before_home, Mount("rbind", cwd, cwd, readonly=contained, policy="if-present"))
     if contained:
         mounts += containment(mounts)
     return mounts

@@ -47,6 +47,24 @@ def test_directory_overlay_keeps_changes(run_as, as_who, sifbox_cli, shared_tmp,
     assert not (ov / "upper" / "proc").exists()
 
 
+def test_directory_overlay_under_fakeroot_removes_and_moves_image_directories(run_as, as_who, sifbox_cli, shared_tmp,
+                                                                              action_images: ActionImages) -> None:  # fmt: skip
+    """In a user namespace the kernel's overlayfs keeps its opaque directories in user.overlay.*
+    attributes (`userxattr`): `rm -rf` of an image directory works, and `mv` of one too (rename(2)
+    of a lower directory is EXDEV in a user namespace, as Linux's overlayfs has it there; mv
+    copies, then removes). The changes last."""
+    ov = shared_tmp / "ov"
+    ov.mkdir()
+    _own(ov, as_who)
+    proc = _sifbox(run_as, as_who, sifbox_cli, "exec", "--fakeroot", "--overlay", ov, action_images.sif, "sh", "-c",
+                   "mv /data /moved && rm -rf /.singularity.d/env && cat /moved/hello.txt")  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (0, images.HELLO), proc.stderr
+    proc = _sifbox(run_as, as_who, sifbox_cli, "exec", "--fakeroot", "--overlay", ov, action_images.sif, "sh", "-c",
+                   "ls -d /data /.singularity.d/env 2>&1; cat /moved/hello.txt")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("No such file or directory") == 2 and proc.stdout.endswith(images.HELLO), proc.stdout
+
+
 def test_ext3_overlay_image(run_as, as_who, sifbox_cli, shared_tmp, action_images: ActionImages) -> None:
     img = shared_tmp / "overlay.img"
     proc = _sifbox(run_as, as_who, sifbox_cli, "overlay", "create", "--size", "64", "--create-dir", "/data", img)

@@ -256,14 +256,14 @@ def test_defaults_skip_what_the_host_lacks() -> None:
 def test_cwd_outside_covered_paths_is_bound_before_home_and_binds() -> None:
     # Below home and the binds: a bind into the current directory stays visible.
     got = plan(HOST._replace(cwd="/data/proj"))
-    cwd = Mount("rbind", "/data/proj", "/data/proj")
+    cwd = Mount("rbind", "/data/proj", "/data/proj", policy="if-present")
     assert cwd in got and got.index(cwd) < got.index(DEFAULTS[5])
     assert sorted(got, key=repr) == sorted([*DEFAULTS, cwd], key=repr)
 
 
 def test_a_bind_into_the_current_directory_is_not_hidden_by_it() -> None:
     got = plan(HOST._replace(cwd="/data/proj"), binds=(BindMount("/srv/in", "/data/proj/in"),), dirs=DIRS | {"/srv/in"})
-    assert got.index(Mount("rbind", "/data/proj", "/data/proj")) < got.index(asked("/srv/in", "/data/proj/in"))
+    assert got.index(Mount("rbind", "/data/proj", "/data/proj", policy="if-present")) < got.index(asked("/srv/in", "/data/proj/in"))
 
 
 @pytest.mark.parametrize(
@@ -291,7 +291,7 @@ def test_cwd_bound_when_only_a_prefix_matches() -> None:
     # /usrlocal is not under /usr, /home/alicex is not under /home/alice
     for cwd in ("/usrlocal", "/home/alicex"):
         got = plan(HOST._replace(cwd=cwd), dirs=DIRS | {cwd})
-        assert Mount("rbind", cwd, cwd) in got
+        assert Mount("rbind", cwd, cwd, policy="if-present") in got
 
 
 def test_cwd_under_a_user_bind_is_covered() -> None:
@@ -302,7 +302,7 @@ def test_cwd_under_a_user_bind_is_covered() -> None:
 def test_cwd_not_bound_under_a_file_bind_alone() -> None:
     # file binds do not cover a directory
     got = plan(HOST._replace(cwd="/data/proj"), binds=(BindMount("/data/file.txt", "/data"),))
-    assert Mount("rbind", "/data/proj", "/data/proj") in got
+    assert Mount("rbind", "/data/proj", "/data/proj", policy="if-present") in got
 
 
 def test_cwd_not_bound_with_pwd_or_contain() -> None:
@@ -350,7 +350,7 @@ def test_no_home() -> None:
 
 def test_no_home_binds_the_cwd_under_home() -> None:
     got = plan(no_home=True)
-    assert Mount("rbind", "/home/alice/work", "/home/alice/work") in got
+    assert Mount("rbind", "/home/alice/work", "/home/alice/work", policy="if-present") in got
 
 
 @pytest.mark.parametrize("home", ["", "/"])
@@ -893,3 +893,106 @@ def test_mount_hostfs_adds_binds_unless_no_mount() -> None:
     assert any(m.source == "/lustre" and m.target == "/lustre" for m in mounts)
     spec = ContainerSpec("i.sif", "exec", no_mount=frozenset({"hostfs"}))
     assert not any(m.target == "/lustre" for m in default_mounts(spec, host, site=site, mountinfo=lambda: info))
+
+
+# -- image binds, --workdir, --scratch --------------------------------------------------------
+IMAGES = {"/img/data.sqfs", "/img/data.sif"}
+
+
+def test_image_binds_are_image_mounts_in_bind_order() -> None:
+    binds = (
+        BindMount("/img/data.sqfs", "/a", image_src="/sub"),
+        BindMount("/data", "/b"),
+        BindMount("/img/data.sif", "/c", True, part_id=3),
+    )
+    got = plan(binds=binds, files=FILES | IMAGES)
+    assert got[-3:] == [
+        Mount("image", "0", "/a", options="/sub", policy="asked"),
+        asked("/data", "/b"),
+        Mount("image", "1", "/c", readonly=True, options="/", policy="asked"),
+    ]
+    from sifbox.runtime.plan import image_binds
+
+    spec = ContainerSpec(image="/i.sif", action="exec", binds=binds)
+    assert image_binds(spec) == [binds[0], binds[2]]
+
+
+def test_an_image_bind_of_a_directory_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="image-src and id are for image files, and this is a directory"):
+        plan(binds=(BindMount("/data", "/a", image_src="/"),))
+
+
+def test_relative_bind_sources_are_the_callers() -> None:
+    got = plan(HOST._replace(cwd="/data"), binds=(BindMount("file.txt", "/f"), BindMount("proj", "/p")),
+               files=FILES | {"/data/file.txt"})  # fmt: skip
+    assert got[-2:] == [asked("/data/file.txt", "/f", file=True), asked("/data/proj", "/p")]
+
+
+def test_workdir_backs_tmp_and_home_with_contain() -> None:
+    got = plan(contain=True, workdir="/w")
+    assert Mount("rbind", "/w/tmp", "/tmp", policy="optional") in got
+    assert Mount("rbind", "/w/var_tmp", "/var/tmp", policy="optional") in got
+    assert Mount("rbind", "/w/home", "/home/alice", policy="home") in got
+    assert not [m for m in got if m.kind == "tmpfs" and m.target in ("/tmp", "/var/tmp", "/home/alice")]
+
+
+def test_workdir_without_contain_changes_nothing_but_scratch() -> None:
+    assert plan(workdir="/w") == DEFAULTS
+    got = plan(workdir="w", scratch=("/s1,/s2", "/s3"), host=HOST._replace(cwd="/"))  # relative to the caller's
+    # after home, before the site's binds (as Apptainer)
+    assert got == [*DEFAULTS[:6], asked("/w/scratch/s1", "/s1"), asked("/w/scratch/s2", "/s2"),
+                   asked("/w/scratch/s3", "/s3"), *DEFAULTS[6:]]  # fmt: skip
+
+
+def test_scratch_is_an_empty_tmpfs_before_the_binds() -> None:
+    got = plan(scratch=("/scratch",), binds=(BindMount("/data", "/scratch/dir"),))
+    scratch = Mount("tmpfs", None, "/scratch", options="mode=755", policy="asked")
+    assert got.index(scratch) < got.index(asked("/data", "/scratch/dir"))
+
+
+@pytest.mark.parametrize("bad", ["rel", "/", "/proc", "/dev/x", "/sys/../proc"])
+def test_scratch_refuses_relative_and_system_directories(bad: str) -> None:
+    with pytest.raises(UsageError, match="--scratch"):
+        plan(scratch=(bad,))
+
+
+def test_workdir_dirs() -> None:
+    from sifbox.runtime.plan import workdir_dirs
+
+    spec = ContainerSpec(image="/i.sif", action="exec", contain=True, workdir="w/../w2", scratch=("/s",))
+    assert workdir_dirs(spec, HOST) == [
+        ("/home/alice/work/w2/tmp", 0o1777),
+        ("/home/alice/work/w2/var_tmp", 0o1777),
+        ("/home/alice/work/w2/home", 0o700),
+        ("/home/alice/work/w2/scratch/s", 0o750),
+    ]
+    assert workdir_dirs(spec._replace(contain=False), HOST) == [("/home/alice/work/w2/scratch/s", 0o750)]
+    assert workdir_dirs(spec._replace(workdir=None), HOST) == []
+
+
+@pytest.mark.parametrize("what", [{"workdir": "/w"}, {"scratch": ("/s",)}])
+def test_workdir_and_scratch_obey_user_bind_control(what: dict[str, Any]) -> None:
+    from sifbox.runtime.plan import Site
+
+    spec = ContainerSpec(image="/img.sif", action="exec", **what)
+    with pytest.raises(SifboxError, match="user bind control is disabled"):
+        default_mounts(spec, HOST, site=Site(user_bind_control=False), **fs())
+    default_mounts(spec, HOST._replace(is_root=True), site=Site(user_bind_control=False), **fs())
+
+
+def test_build_spec_reads_workdir_scratch_and_mounts_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APPTAINER_WORKDIR", "/w")
+    monkeypatch.setenv("SINGULARITY_SCRATCH", "/s1,/s2")
+    monkeypatch.setenv("SIFBOX_MOUNT", "src=/a,dst=/b\nsrc=/c,dst=/d,nonested")
+    spec = action.build_spec(ns(scratch=["/s0"], mount=["src=/e,dst=/f"]))
+    assert spec.workdir == "/w" and spec.scratch == ("/s0", "/s1,/s2")
+    assert spec.binds == (BindMount("/a", "/b"), BindMount("/c", "/d", nested=False), BindMount("/e", "/f"))
+    assert action.build_spec(ns(workdir="/x")).workdir == "/x"
+
+
+def test_underlay_is_accepted() -> None:
+    from sifbox.cli.parser import build_parser
+
+    parsed = build_parser(full="exec").parse_args(["exec", "--underlay", "-W", "/w", "-S", "/s", "/i.sif", "true"])
+    assert parsed.underlay and parsed.workdir == "/w" and parsed.scratch == ["/s"]
+    assert action.fast_parse("exec", ["--underlay", "-S", "/s", "/i.sif", "true"])["scratch"] == ["/s"]

@@ -37,6 +37,8 @@ from sifbox.util.records import record
 #:   "optional" a mount of the site's (`bind path`, /tmp, /var/tmp): skipped, with
 #:              a warning, when it fails, or when a symlink of the image leads it
 #:              onto a place that another mount of the plan has taken
+#:   "if-present"  (the current directory) skipped when the root is written in
+#:              place and its mount point is missing from the image
 Mount = record("Mount", "kind source target readonly options file policy", defaults=(False, None, False, ""))
 
 #: The image that becomes the container's root file system.

@@ -11,7 +11,7 @@ process. The steps, in the order the launcher calls them:
                                         namespace); a sandbox through its descriptor
     data = session.mount_data(images)   the images bound with image-src= (read-only
                                         unless asked writable, EXT3 only)
-    mounts = image_binds(mounts, data)  their "image" mounts made binds
+    mounts = image_binds(mounts, data, images)  their "image" mounts made binds
     root, persistent = session.stack(lower, layers, points)   the overlay stack
     apply(root, mounts, restrict=...)   binds, tmpfs, devpts, proc, masks
     session.bind_text(root, "/etc/passwd", text)
@@ -28,13 +28,14 @@ lowers (so that they don't litter the user's overlay).
 
 from __future__ import annotations
 
+# The C module: `signal` itself imports enum, ~5 ms of every launch.
+import _signal as signal  # type: ignore[import-not-found]
 import errno
 import os
-import _signal as signal  # type: ignore[import-not-found]  # the C module: `signal` imports enum, ~5 ms a launch
 import time
 
 from sifbox.runtime.sandbox import syscalls as sc
-from sifbox.runtime.sandbox.ops import Helper, Layer, LaunchError, Mount, RootImage, fail
+from sifbox.runtime.sandbox.ops import Helper, LaunchError, Layer, Mount, RootImage, fail
 from sifbox.util.errors import SifboxError, describe_os_error
 from sifbox.util.paths import chase, chase_existing, which
 
@@ -230,18 +231,22 @@ class Session:
     def _mount_overlay(self, root: str, options: str, mode: str, *, kernel: bool, work: str) -> None:
         kernel_error: OSError | None = None
         if mode != "driver" and kernel:  # `enable overlay = yes|try`: the kernel's overlayfs first
-            try:
-                sc.mount("overlay", root, "overlay", sc.MS_NOSUID | sc.MS_NODEV, options)
-                return
-            except OSError as err:
-                kernel_error = err
-            # A refused mount may leave its own work/work (mode 000) behind,
-            # which fuse-overlayfs could not open.
-            for d in ("work", "index"):
+            # In a user namespace the kernel keeps its own data (opaque directories,
+            # whiteouts of directories) in user.overlay.* attributes (Linux 5.11):
+            # without them, removing a directory of a lower layer fails.
+            for extra in (",userxattr", "") if self.userns else ("",):
                 try:
-                    os.rmdir(os.path.join(work, d))
-                except OSError:
-                    pass
+                    sc.mount("overlay", root, "overlay", sc.MS_NOSUID | sc.MS_NODEV, options + extra)
+                    return
+                except OSError as err:
+                    kernel_error = err
+                # A refused mount may leave its own work/work (mode 000) behind,
+                # which another attempt could not open.
+                for d in ("work", "index"):
+                    try:
+                        os.rmdir(os.path.join(work, d))
+                    except OSError:
+                        pass
         tool = which("fuse-overlayfs")
         if tool is None:
             if kernel_error is not None:
@@ -472,20 +477,21 @@ def read_text(root: str, path: str, limit: int = 1 << 20) -> str:
 # --- the mount plan ------------------------------------------------------------------------------
 
 
-def image_binds(mounts: list[Mount], data: list[str]) -> list[Mount]:
+def image_binds(mounts: list[Mount], data: list[str], images: list[Layer] | tuple[Layer, ...]) -> list[Mount]:
     """`mounts` with each "image" mount made a bind of its path (`options`) in
-    the data image mounted at `data[int(source)]`, resolved inside that image."""
+    the data image mounted at `data[int(source)]` (`images[int(source)]`),
+    resolved inside that image."""
     out = []
     for m in mounts:
         if m.kind != "image":
             out.append(m)
             continue
-        top = data[int(m.source)]
+        top, image = data[int(m.source)], images[int(m.source)].path
         try:
             source = chase(top, m.options or "/")
             is_dir = os.path.isdir(source)
         except OSError as err:
-            raise SifboxError(f"can't bind `{m.options}` of an image to `{m.target}`: "
+            raise SifboxError(f"can't bind `{m.options}` of image `{image}` to `{m.target}`: "
                               f"{describe_os_error(err)} in the image") from None  # fmt: skip
         out.append(m._replace(kind="bind", source=source, options=None, file=not is_dir))
     return out
@@ -529,8 +535,8 @@ def _apply(root: str, m: Mount, image: str, restrict: bool, done: list[str], in_
         except OSError as err:
             raise fail(f"can't make `{m.target}` read-only", err, image) from None
         return None
-    if in_place:
-        _place(root, m, image, done)
+    if in_place and not _place(root, m, image, done):
+        return None
     try:
         target = chase(root, m.target, create="file" if m.file else "dir")
     except OSError as err:
@@ -570,19 +576,22 @@ def _apply(root: str, m: Mount, image: str, restrict: bool, done: list[str], in_
     return target
 
 
-def _place(root: str, m: Mount, image: str, done: list[str]) -> None:
-    """On a root that is the image itself: check that the mount point of `m`
-    exists or may be made. A mount point missing from the image is made in a
-    place a mount of the plan brought (a host directory, a tmpfs); the home
-    directory gets a tmpfs over its deepest existing parent; a mount the caller
-    asked for fails; a mount of the site's is skipped (a LaunchError, which
-    `apply` turns into a warning); others are made in the image."""
+def _place(root: str, m: Mount, image: str, done: list[str]) -> bool:
+    """On a root that is the image itself: whether the mount point of `m`
+    exists or may be made (False: skip the mount). A mount point missing from
+    the image is made in a place a mount of the plan brought (a host
+    directory, a tmpfs); the home directory gets a tmpfs over its deepest
+    existing parent; a mount the caller asked for fails; a mount of the site's
+    is skipped (a LaunchError, which `apply` turns into a warning), the current
+    directory too (silently); others are made in the image."""
     try:
         found, missing = chase_existing(root, m.target)
     except OSError as err:
         raise fail(f"can't create the mount point `{m.target}`", err, image) from None
     if not missing or any(found == d or found.startswith(d.rstrip("/") + "/") for d in done):
-        return
+        return True
+    if m.policy == "if-present":
+        return False
     if m.policy == "optional":
         raise LaunchError(f"can't start a container from `{image}`: it does not exist in the image")
     if m.policy == "home" and found != root.rstrip("/"):
@@ -591,10 +600,11 @@ def _place(root: str, m: Mount, image: str, done: list[str]) -> None:
         except OSError as err:
             raise fail(f"can't make a place for the home directory `{m.target}`", err, image) from None
         done.append(found)
-        return
+        return True
     if m.policy in ("asked", "home"):
         raise SifboxError(f"can't mount on `{m.target}` in `{image}`: it does not exist in the image, and "
                           "--writable does not create it", hint="make it in the sandbox, or mount elsewhere")  # fmt: skip
+    return True
 
 
 def _is_device(path: str) -> bool:
