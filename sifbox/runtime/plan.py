@@ -161,14 +161,14 @@ def default_mounts(spec: ContainerSpec, host: Host, exists: Callable[[str], bool
     if site.mount_hostfs and "hostfs" not in off:
         mounts += [Mount("rbind", p, p, readonly=contained) for p in host_file_systems(mountinfo()) if p not in off]
     if "tmp" not in off:
-        # /var/tmp of an image may lead to /tmp: "optional" skips it there.
+        # /var/tmp of an image may lead to /tmp: "site" skips it there.
         for d, backing in (("/tmp", "tmp"), ("/var/tmp", "var_tmp")):
             if spec.contain and workdir:
-                mounts.append(Mount("rbind", os.path.join(workdir, backing), d, policy="optional"))
+                mounts.append(Mount("rbind", os.path.join(workdir, backing), d, policy="site"))
             elif spec.contain or (contained and not shared_memory):
-                mounts.append(Mount("tmpfs", None, d, options="mode=1777", policy="optional"))
+                mounts.append(Mount("tmpfs", None, d, options="mode=1777", policy="site"))
             elif isdir(d):
-                mounts.append(Mount("rbind", d, d, policy="optional"))
+                mounts.append(Mount("rbind", d, d, policy="site"))
     home_target = spec.home_target or host.home
     before_home = len(mounts)  # the current directory goes here: below home and binds, never over them
     if "home" not in off and not spec.no_home and home_target and home_target != "/":
@@ -191,17 +191,19 @@ def default_mounts(spec: ContainerSpec, host: Host, exists: Callable[[str], bool
         else:
             mounts.append(Mount("tmpfs", None, d, options="mode=755", policy="asked"))
     # `bind path` of sifbox.conf; `--no-mount bind-paths` and `--no-mount
-    # /dest` turn these off, never the user's own --bind options. One that
-    # can't be mounted (the image's /etc/hosts a link to a directory) is skipped.
+    # /dest` turn these off, never the user's own --bind options. /etc/hosts
+    # and /etc/localtime are skipped when they can't be mounted (the image's
+    # /etc/hosts a link to a directory), as Apptainer does.
     if "bind-paths" not in off:
         for entry in site.bind_paths:
             src, _, dst = entry.partition(":")
             dst = dst.split(":")[0] or src
             if dst not in off and exists(src):
-                mounts.append(Mount("bind", src, dst, readonly=True, file=not isdir(src), policy="optional"))
+                policy = "optional" if src in ("/etc/hosts", "/etc/localtime") else "site"
+                mounts.append(Mount("bind", src, dst, readonly=True, file=not isdir(src), policy=policy))
     if site.resolv_conf and "/etc/resolv.conf" not in off and exists("/etc/resolv.conf"):
         mounts.append(Mount("bind", "/etc/resolv.conf", "/etc/resolv.conf", readonly=True, file=True,
-                            policy="optional"))  # fmt: skip
+                            policy="site"))  # fmt: skip
     index = 0
     for b in spec.binds:
         check_bind(b)

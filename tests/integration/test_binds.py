@@ -168,9 +168,13 @@ def test_a_site_bind_that_cant_be_made_is_skipped(run_as, as_who, sifbox_cli, sh
     proc = _sifbox(run_as, as_who, sifbox_cli, "exec", sandbox, "echo", "ran", conf=conf)
     assert (proc.returncode, proc.stdout) == (0, "ran\n"), proc.stderr
     assert "`/etc/hosts` is not mounted" in proc.stderr, proc.stderr
-    # A bind the caller asks for is not skipped.
+    # A bind the caller asks for is not skipped, nor another `bind path` (as Apptainer).
     proc = _sifbox(run_as, as_who, sifbox_cli, "exec", "--bind", "/etc/hosts", sandbox, "true", conf=conf)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 126 and "can't bind `/etc/hosts` to `/etc/hosts`" in proc.stderr, proc.stderr
+    (sandbox / "etc/pw-link").symlink_to("/dir")
+    conf.write_text("bind path = /etc/passwd:/etc/pw-link\n")
+    proc = _sifbox(run_as, as_who, sifbox_cli, "exec", sandbox, "true", conf=conf)
+    assert proc.returncode == 126 and "can't bind `/etc/passwd` to `/etc/pw-link`" in proc.stderr, proc.stderr
 
 
 def test_escaped_commas_and_colons(run_as, as_who, sifbox_cli, shared_tmp: Path, action_images: ActionImages) -> None:

@@ -203,18 +203,19 @@ FILES = {"/etc/hosts", "/etc/resolv.conf", "/etc/localtime", "/data/file.txt"} |
     f"/dev/{n}" for n in DEV_NODES
 }
 
-# The site's mounts are "optional" (skipped when they can't be made), the home
-# directory "home", what the caller asks for "asked" (see ops.Mount).
+# The site's mounts are "site" ones, /etc/hosts and /etc/localtime of `bind path` "optional"
+# (skipped when they can't be made, as Apptainer), the home directory "home", what the caller
+# asks for "asked" (see ops.Mount).
 ETC_FILES = [
-    Mount("bind", f, f, readonly=True, file=True, policy="optional")
+    Mount("bind", f, f, readonly=True, file=True, policy="site" if f == "/etc/resolv.conf" else "optional")
     for f in ("/etc/localtime", "/etc/hosts", "/etc/resolv.conf")  # `bind path`, then resolv.conf
 ]
 DEFAULTS = [
     Mount("rbind", "/proc", "/proc"),
     Mount("rbind", "/sys", "/sys"),
     Mount("rbind", "/dev", "/dev"),
-    Mount("rbind", "/tmp", "/tmp", policy="optional"),
-    Mount("rbind", "/var/tmp", "/var/tmp", policy="optional"),
+    Mount("rbind", "/tmp", "/tmp", policy="site"),
+    Mount("rbind", "/var/tmp", "/var/tmp", policy="site"),
     Mount("rbind", "/home/alice", "/home/alice", policy="home"),
     *ETC_FILES,
 ]
@@ -320,8 +321,8 @@ def test_contain() -> None:
         *[Mount("bind", f"/dev/{n}", f"/dev/{n}", file=True) for n in DEV_NODES],
         Mount("devpts", None, "/dev/pts", options="newinstance,ptmxmode=0666,mode=0620"),
         Mount("tmpfs", None, "/dev/shm", options="mode=1777"),
-        Mount("tmpfs", None, "/tmp", options="mode=1777", policy="optional"),
-        Mount("tmpfs", None, "/var/tmp", options="mode=1777", policy="optional"),
+        Mount("tmpfs", None, "/tmp", options="mode=1777", policy="site"),
+        Mount("tmpfs", None, "/var/tmp", options="mode=1777", policy="site"),
         Mount("tmpfs", None, "/home/alice", options="mode=700", policy="home"),
         *ETC_FILES,
     ]
@@ -338,7 +339,7 @@ def test_contain_binds_only_the_device_nodes_that_exist() -> None:
 
 def test_contain_tmp_is_tmpfs_even_without_host_tmp() -> None:
     got = plan(contain=True, dirs={"/"})
-    assert Mount("tmpfs", None, "/tmp", options="mode=1777", policy="optional") in got
+    assert Mount("tmpfs", None, "/tmp", options="mode=1777", policy="site") in got
     assert Mount("tmpfs", None, "/home/alice", options="mode=700", policy="home") in got  # home need not exist
 
 
@@ -479,12 +480,13 @@ def test_site_configuration() -> None:
 
     assert site_from_config(sysconf.defaults()) == Site()
     spec = ContainerSpec(image="/img.sif", action="exec", command=["true"])
-    site = Site(mount_proc=False, mount_dev="minimal", mount_home=False, bind_paths=("/etc/hosts:/etc/h2",),
+    site = Site(mount_proc=False, mount_dev="minimal", mount_home=False, bind_paths=("/etc/hosts:/etc/h2", "/data"),
                 resolv_conf=False)  # fmt: skip
     got = default_mounts(spec, HOST, site=site, **fs())
     assert "/proc" not in targets(got) and "/home/alice" not in targets(got)
     assert ("tmpfs", "/dev") in [(m.kind, m.target) for m in got]
     assert Mount("bind", "/etc/hosts", "/etc/h2", readonly=True, file=True, policy="optional") in got
+    assert Mount("bind", "/data", "/data", readonly=True, policy="site") in got  # a failure stops the launch
     assert "/etc/resolv.conf" not in targets(got)
     with pytest.raises(SifboxError, match="user bind control"):
         default_mounts(spec._replace(binds=(BindMount("/data", "/mnt"),)), HOST,
@@ -930,8 +932,8 @@ def test_relative_bind_sources_are_the_callers() -> None:
 
 def test_workdir_backs_tmp_and_home_with_contain() -> None:
     got = plan(contain=True, workdir="/w")
-    assert Mount("rbind", "/w/tmp", "/tmp", policy="optional") in got
-    assert Mount("rbind", "/w/var_tmp", "/var/tmp", policy="optional") in got
+    assert Mount("rbind", "/w/tmp", "/tmp", policy="site") in got
+    assert Mount("rbind", "/w/var_tmp", "/var/tmp", policy="site") in got
     assert Mount("rbind", "/w/home", "/home/alice", policy="home") in got
     assert not [m for m in got if m.kind == "tmpfs" and m.target in ("/tmp", "/var/tmp", "/home/alice")]
 

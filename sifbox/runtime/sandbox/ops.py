@@ -34,9 +34,12 @@ from sifbox.util.records import record
 #:              exist in the image, or lie in a host directory mounted before it
 #:   "home"     the home directory: when the root is written in place and it is
 #:              missing, it is made in a tmpfs over its deepest existing parent
-#:   "optional" a mount of the site's (`bind path`, /tmp, /var/tmp): skipped, with
-#:              a warning, when it fails, or when a symlink of the image leads it
-#:              onto a place that another mount of the plan has taken
+#:   "site"     a mount of the site's (`bind path`, /tmp, /var/tmp, /etc/resolv.conf):
+#:              skipped when a symlink of the image leads it onto a place that
+#:              another mount of the plan has taken (/var/tmp -> /tmp), and, with a
+#:              warning, when the root is written in place and it is missing there
+#:   "optional" as "site", and also skipped, with a warning, when the mount fails
+#:              (`bind path` /etc/hosts and /etc/localtime, as Apptainer)
 #:   "if-present"  (the current directory) skipped when the root is written in
 #:              place and its mount point is missing from the image
 Mount = record("Mount", "kind source target readonly options file policy", defaults=(False, None, False, ""))

@@ -508,6 +508,9 @@ def apply(root: str, mounts: list[Mount], *, image: str, restrict: bool, in_plac
     for m in mounts:
         try:
             where = _apply(root, m, image, restrict, done, in_place)
+        except _Skipped:
+            warnings.append(f"`{m.target}` is not mounted: it does not exist in the image")
+            continue
         except LaunchError as err:
             if m.policy != "optional":
                 raise
@@ -541,7 +544,7 @@ def _apply(root: str, m: Mount, image: str, restrict: bool, done: list[str], in_
         target = chase(root, m.target, create="file" if m.file else "dir")
     except OSError as err:
         raise fail(f"can't create the mount point `{m.target}`", err, image) from None
-    if m.policy == "optional" and target in done:
+    if m.policy in ("site", "optional") and target in done:
         return None  # led by a symlink of the image onto a mount of the plan (/var/tmp -> /tmp)
     if m.kind == "proc":  # this process is PID 1 of the container's PID namespace
         try:
@@ -576,13 +579,17 @@ def _apply(root: str, m: Mount, image: str, restrict: bool, done: list[str], in_
     return target
 
 
+class _Skipped(Exception):
+    """A mount of the site's whose mount point is missing from a root written in place."""
+
+
 def _place(root: str, m: Mount, image: str, done: list[str]) -> bool:
     """On a root that is the image itself: whether the mount point of `m`
     exists or may be made (False: skip the mount). A mount point missing from
     the image is made in a place a mount of the plan brought (a host
     directory, a tmpfs); the home directory gets a tmpfs over its deepest
     existing parent; a mount the caller asked for fails; a mount of the site's
-    is skipped (a LaunchError, which `apply` turns into a warning), the current
+    is skipped (`_Skipped`, which `apply` turns into a warning), the current
     directory too (silently); others are made in the image."""
     try:
         found, missing = chase_existing(root, m.target)
@@ -592,8 +599,8 @@ def _place(root: str, m: Mount, image: str, done: list[str]) -> bool:
         return True
     if m.policy == "if-present":
         return False
-    if m.policy == "optional":
-        raise LaunchError(f"can't start a container from `{image}`: it does not exist in the image")
+    if m.policy in ("site", "optional"):
+        raise _Skipped
     if m.policy == "home" and found != root.rstrip("/"):
         try:
             sc.mount("tmpfs", found, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=755")
