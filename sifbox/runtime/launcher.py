@@ -263,7 +263,10 @@ def _open_images(p: Prepared, gate) -> None:  # type: ignore[no-untyped-def]
         source.close()
         for layer in p.layers:
             if layer.fd is not None:
-                os.close(layer.fd)
+                try:
+                    os.close(layer.fd)
+                except OSError:
+                    pass
         raise
 
 
@@ -333,20 +336,25 @@ def _open_data_images(p: Prepared, gate) -> list:  # type: ignore[no-untyped-def
 
 
 def _workdir(spec: ContainerSpec, host: Host) -> None:
-    """Make the directories of --workdir the container needs, as the caller."""
+    """Make the directories of --workdir the container needs, as the caller;
+    one that exists is used as it is (as Apptainer), unless it is no directory
+    (a link planted there would lead the bind elsewhere)."""
+    import stat
+
     from sifbox.runtime.plan import workdir_dirs
+    from sifbox.util.errors import describe_os_error
 
     for path, mode in workdir_dirs(spec, host):
         try:
             os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
             try:
                 os.mkdir(path, 0o700)
+                os.chmod(path, mode)  # not masked by the umask
             except FileExistsError:
-                continue  # as it is (as Apptainer)
-            os.chmod(path, mode)  # not masked by the umask
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    raise SifboxError(f"can't use --workdir `{spec.workdir}`: `{path}` is not a directory",
+                                      hint="remove it, or choose another --workdir") from None  # fmt: skip
         except OSError as err:
-            from sifbox.util.errors import describe_os_error
-
             raise SifboxError(f"can't use --workdir `{spec.workdir}`: can't make `{path}`: "
                               f"{describe_os_error(err)}") from None  # fmt: skip
 

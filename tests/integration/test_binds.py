@@ -189,3 +189,15 @@ def test_escaped_commas_and_colons(run_as, as_who, sifbox_cli, shared_tmp: Path,
                    "cat", "/mnt/f")  # fmt: skip
     assert (proc.returncode, proc.stdout) == (0, "ESCAPED\n"), proc.stderr
     shutil.rmtree(d)
+
+
+def test_a_workdir_entry_that_is_a_link_is_refused(run_as, as_who, sifbox_cli, shared_tmp: Path,
+                                                   action_images: ActionImages) -> None:  # fmt: skip
+    """A link planted as WORKDIR/tmp would make the host directory it leads to the container's /tmp."""
+    work = shared_tmp / "w"
+    work.mkdir()
+    os.chmod(work, 0o777)
+    (work / "tmp").symlink_to("/etc")
+    proc = _sifbox(run_as, as_who, sifbox_cli, "exec", "--contain", "-W", work, action_images.sif, "ls", "/tmp/passwd")
+    assert proc.returncode == 255 and proc.stdout == "", proc.stderr
+    assert proc.stderr.startswith(f"sifbox: error: can't use --workdir `{work}`: `{work}/tmp` is not a directory")
