@@ -536,7 +536,7 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
                                   log=p.log)  # fmt: skip
     writable_sandbox = spec.writable and p.image.kind == "dir"
     lower = session.mount_image(p.image, writable=writable_sandbox)
-    mounts = rootfs.image_binds(p.mounts, session.mount_data(p.data), p.data) if p.data else p.mounts
+    mounts = _bound_images(p, session) if p.data else p.mounts
     if writable_sandbox:  # written in place: only mount points in place of the plan's own are made
         root, persistent = lower, True
     else:
@@ -573,6 +573,18 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
     if hold is not None:
         return int(hold(start, tramp, payload.argv[0], session.helpers))
     return supervisor.run(start, tramp=tramp, name=payload.argv[0], helpers=session.helpers)
+
+
+def _bound_images(p: Prepared, session) -> list:  # type: ignore[no-untyped-def,type-arg]
+    """Mount the images bound with image-src= in the session; the plan's mounts
+    with their "image" mounts made binds of their directories."""
+    from sifbox.runtime.sandbox import rootfs
+
+    mounted = session.mount_data(p.data)
+    if p.log:
+        for d, (_, driver) in zip(p.data, mounted):
+            p.log("bound image %s: %s%s", d.path, driver, "" if d.writable else ", read-only")
+    return rootfs.image_binds(p.mounts, [where for where, _ in mounted], p.data)
 
 
 def _join(p: Prepared) -> int:

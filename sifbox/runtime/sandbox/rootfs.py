@@ -28,22 +28,15 @@ lowers (so that they don't litter the user's overlay).
 
 from __future__ import annotations
 
-# The C module: `signal` itself imports enum, ~5 ms of every launch.
-import _signal as signal  # type: ignore[import-not-found]
 import errno
 import os
+import _signal as signal  # the C module: `signal` itself imports enum, ~5 ms of every launch
 import time
 
 from sifbox.runtime.sandbox import syscalls as sc
 from sifbox.runtime.sandbox.ops import Helper, LaunchError, Layer, Mount, RootImage, fail
 from sifbox.util.errors import SifboxError, describe_os_error
 from sifbox.util.paths import chase, chase_existing, which
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    Log = Callable[..., None] | None
 
 SESSION_DIRS = ("/var/lib/sifbox/mnt/session", "/mnt", "/media")
 _RESTRICT = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
@@ -62,14 +55,14 @@ class Session:
     __slots__ = ("gid", "helpers", "image", "log", "path", "squashfuse", "uid", "userns")
 
     def __init__(self, path: str, *, image: str, uid: int, gid: int, userns: bool, squashfuse: str | None,
-                 log: Log) -> None:  # fmt: skip
+                 log) -> None:  # type: ignore[no-untyped-def]  # fmt: skip
         self.path, self.image, self.uid, self.gid = path, image, uid, gid
         self.userns, self.squashfuse, self.log = userns, squashfuse, log
         self.helpers: list[Helper] = []
 
     @classmethod
     def open(cls, *, image: str, size_mib: int, slave: bool, uid: int, gid: int, userns: bool,
-             squashfuse: str | None, log: Log = None) -> Session:  # fmt: skip
+             squashfuse: str | None, log=None) -> Session:  # type: ignore[no-untyped-def]  # fmt: skip
         """`slave`: host mounts made later still show inside (`mount slave = yes`)."""
         try:
             sc.mount(None, "/", None, sc.MS_REC | (sc.MS_SLAVE if slave else sc.MS_PRIVATE))
@@ -158,9 +151,10 @@ class Session:
             raise fail(f"can't mount the EXT3 file system of {what}", err, self.image) from None
         return f"kernel ext3 on {dev}"
 
-    def mount_data(self, images: list[Layer] | tuple[Layer, ...]) -> list[str]:
+    def mount_data(self, images: list[Layer] | tuple[Layer, ...]) -> list[tuple[str, str]]:
         """Mount the data images (`--bind IMAGE:DEST:image-src=...`) in the
-        session: SquashFS read-only, EXT3 read-write when `writable`; return where."""
+        session: SquashFS read-only, EXT3 read-write when `writable`; return
+        where each went, and the driver that mounted it."""
         found = []
         for i, d in enumerate(images):
             target = os.path.join(self.path, f"data{i}")
@@ -170,9 +164,7 @@ class Session:
                 driver = self.mount_squashfs(d.fd, d.offset, d.size, target, what)
             else:
                 driver = self.mount_ext3(d.fd, d.offset, d.size, target, d.writable, what)
-            if self.log:
-                self.log("bound image %s: %s%s", d.path, driver, "" if d.writable else ", read-only")
-            found.append(target)
+            found.append((target, driver))
         return found
 
     def stack(self, lower: str, layers: list[Layer] | tuple[Layer, ...], points: list[tuple[str, bool]],
