@@ -546,7 +546,10 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
         root, persistent = session.stack(lower, p.layers, points, p.site.overlay)
     if p.identity:
         _identity_files(session, root, p.inner, p.cfg)
-    for warning in rootfs.apply(root, mounts, image=image, restrict=p.contained, in_place=writable_sandbox):
+    # A build's root is written in place too, and its mount points are made in
+    # it, as a build makes them; a --writable run has the mounts that fit.
+    in_place = writable_sandbox and p.fixed is None
+    for warning in rootfs.apply(root, mounts, image=image, restrict=p.contained, in_place=in_place):
         _warn(warning)
     payload = _payload(p, root)
     if p.prepare_root is not None:
