@@ -134,7 +134,7 @@ def _open(path: str, ro: bool, verb: str, want_overlay_partition: bool = False, 
             fd = wfd
         if kind == "ext3":
             # One writer, or any number of readers: never a reader beside a writer.
-            if not _lock(fd, fcntl.LOCK_EX if writable else fcntl.LOCK_SH):
+            if not lock(fd, fcntl.LOCK_EX if writable else fcntl.LOCK_SH):
                 raise SifboxError(f"{where}: it is in use by another container",
                                   hint="an EXT3 overlay is used by one writer, or by readers only (`:ro`)")  # fmt: skip
         return Overlay(real, kind, fd, offset, size, writable)
@@ -143,7 +143,7 @@ def _open(path: str, ro: bool, verb: str, want_overlay_partition: bool = False, 
         raise
 
 
-def _lock(fd: int, how: int, wait: float = LOCK_WAIT) -> bool:
+def lock(fd: int, how: int, wait: float = LOCK_WAIT) -> bool:
     """flock, waiting a little: the helper of a container that just ended
     may still be writing the file system back."""
     import time

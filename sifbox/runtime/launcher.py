@@ -6,12 +6,13 @@ join an instance (`instance://NAME`), and a build's %post/%test
 (`run_build_container`). The CLI parses the command line into a `Launch`; the
 rest reads top to bottom:
 
-    prepare        site configuration, identity, environment, image and
-                   overlays opened and admitted (one admission path), devices,
+    prepare        site configuration, identity, environment, image, overlays
+                   and bound images opened and admitted (one admission path), devices,
                    Slurm, the mount plan, the capabilities -> `Prepared`
     namespaces     user+mount (or mount) namespace, then PID/IPC/UTS/net; with a
                    PID namespace the rest runs in its PID 1
-    root           session tmpfs, image, overlay stack, identity files, mounts
+    root           session tmpfs, image, bound images, overlay stack, identity
+                   files, mounts
     payload        what to run, decided by looking at the finished root
     lock-down      root read-only and nosuid,nodev (checked), pivot_root,
                    no_new_privs, capabilities
@@ -64,7 +65,7 @@ Payload = record("Payload", "argv env message status", defaults=(None, None, "",
 class Prepared:
     """Everything the container needs, decided before any namespace exists."""
 
-    __slots__ = ("action", "app", "caps", "cfg", "conf_path", "contained", "env", "fixed", "host",
+    __slots__ = ("action", "app", "caps", "cfg", "conf_path", "contained", "data", "env", "fixed", "host",
                  "identity", "image", "inner", "joining", "keep_fds", "launched", "layers", "log",
                  "mounts", "no_init", "ns", "options", "overrides", "prepare_root", "source", "spec", "squashfuse",
                  "site",
@@ -124,8 +125,9 @@ def prepare(launch: Launch) -> Prepared:
     options = launch.options or LaunchOptions()
     spec = _apply_options(spec, options, host)
     if spec.fakeroot and not host.is_root and spec.home_target is None and not spec.no_home:
-        # As Apptainer: under --fakeroot the caller's home is root's home.
-        spec = spec._replace(home_source=host.home, home_target="/root")
+        # As Apptainer: under --fakeroot the caller's home is root's home
+        # (with --contain, root's home is an empty one, as anyone's).
+        spec = spec._replace(home_source=None if spec.contain else host.home, home_target="/root")
     cfg, conf_path = _config(launch.config)
     site = site_from_config(cfg)
     _check_allowed(spec, cfg, host, site)
@@ -149,7 +151,7 @@ def prepare(launch: Launch) -> Prepared:
 
     gate = Gate.from_config(cfg, conf_path, user=host.user, verb=action)
     p = Prepared(action=action, spec=spec, host=host, cfg=cfg, conf_path=conf_path, site=site, log=log,
-                 caps=caps, contained=contained, app=launch.app, words=list(launch.words), layers=[],
+                 caps=caps, contained=contained, app=launch.app, words=list(launch.words), layers=[], data=[],
                  mounts=[], identity=spec.identity_files, options=options)  # fmt: skip
     if spec.image.startswith("instance://"):
         from sifbox.runtime import instances
@@ -158,6 +160,7 @@ def prepare(launch: Launch) -> Prepared:
         _admit_instance(p.joining, gate)
     else:
         mounts = default_mounts(spec, host, site=site, contained=contained, shared_memory=launched)
+        _workdir(spec, host)
         if contained:
             mounts += _console(spec)
         if launch.devices is not None:
@@ -309,8 +312,15 @@ def _open_images(p: Prepared, gate) -> None:  # type: ignore[no-untyped-def]
         p.image = RootImage("dir" if source.kind is ImageKind.SANDBOX else "squashfs", source.fd, source.offset,
                             source.size, source.path)  # fmt: skip
         p.layers = _open_overlays(p, source, gate)
+        p.data = _open_data_images(p, gate)
     except BaseException:
         source.close()
+        for layer in p.layers:
+            if layer.fd is not None:
+                try:
+                    os.close(layer.fd)
+                except OSError:
+                    pass
         raise
 
 
@@ -330,6 +340,10 @@ def _open_overlays(p: Prepared, source, gate) -> list:  # type: ignore[no-untype
                          "changes vanish")  # fmt: skip
     found = overlay.open_overlays(list(spec.overlays), verb=action)
     try:
+        if spec.writable_tmpfs and not spec.writable and any(o.writable for o in found):
+            # As Apptainer: the changes go to one place, the overlay or the tmpfs.
+            raise UsageError(f"can't {action} `{spec.image}` with --writable-tmpfs and a writable --overlay",
+                             hint="add `:ro` to the overlay, or keep the changes in it without --writable-tmpfs")
         for o in found:
             if gate.active:
                 gate.admit(o.fd, kind=overlay.policy_kind(o), image=o.path, role="overlay")
@@ -348,6 +362,55 @@ def _open_overlays(p: Prepared, source, gate) -> list:  # type: ignore[no-untype
         overlay.close(found)
         raise
     return [Layer(o.path, o.kind, o.fd, o.offset, o.size, o.writable) for o in found]
+
+
+def _open_data_images(p: Prepared, gate) -> list:  # type: ignore[no-untyped-def,type-arg]
+    """The images bound with `image-src=` or `id=`, in the order of the plan's
+    "image" mounts; each admitted like the image."""
+    from sifbox.runtime.plan import image_binds
+
+    binds = image_binds(p.spec)
+    if not binds:
+        return []
+    from sifbox.image import dataimage, overlay
+    from sifbox.runtime.sandbox.ops import Layer
+
+    found = []
+    try:
+        for b in binds:
+            source = os.path.join(p.host.cwd, b.source)
+            found.append(dataimage.open_data_image(source, b.target, readonly=b.readonly, part_id=b.part_id))
+            if gate.active:
+                d = found[-1]
+                gate.admit(d.fd, kind=dataimage.policy_kind(d.fd, d.kind), image=b.source, role="bind")
+    except BaseException:
+        overlay.close(found)
+        raise
+    return [Layer(d.path, d.kind, d.fd, d.offset, d.size, d.writable) for d in found]
+
+
+def _workdir(spec: ContainerSpec, host: Host) -> None:
+    """Make the directories of --workdir the container needs, as the caller;
+    one that exists is used as it is (as Apptainer), unless it is no directory
+    (a link planted there would lead the bind elsewhere)."""
+    import stat
+
+    from sifbox.runtime.plan import workdir_dirs
+    from sifbox.util.errors import describe_os_error
+
+    for path, mode in workdir_dirs(spec, host):
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            try:
+                os.mkdir(path, 0o700)
+                os.chmod(path, mode)  # not masked by the umask
+            except FileExistsError:
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    raise SifboxError(f"can't use --workdir `{spec.workdir}`: `{path}` is not a directory",
+                                      hint="remove it, or choose another --workdir") from None  # fmt: skip
+        except OSError as err:
+            raise SifboxError(f"can't use --workdir `{spec.workdir}`: can't make `{path}`: "
+                              f"{describe_os_error(err)}") from None  # fmt: skip
 
 
 def _admit_instance(instance, gate) -> None:  # type: ignore[no-untyped-def]
@@ -379,6 +442,10 @@ def _instance_config(p: Prepared) -> dict[str, object]:
     images = [[p.image.fd, "dir" if p.image.kind == "dir" else _kind_of(p.source), p.source.path, "image"]]
     images += [[layer.fd, "dir" if layer.kind == "dir" else "extfs" if layer.kind == "ext3" else "squashfs",
                 layer.path, "overlay"] for layer in p.layers]  # fmt: skip
+    if p.data:
+        from sifbox.image import dataimage
+
+        images += [[d.fd, dataimage.policy_kind(d.fd, d.kind), d.path, "bind"] for d in p.data]
     return {
         "engineName": "sifbox",
         "containerID": "",
@@ -432,7 +499,7 @@ def _namespaces_for(p: Prepared) -> None:
         p.ns = Namespaces(p.userns, host.uid, host.gid, **extra)
     if p.joining is not None or not p.userns:
         return
-    if p.image.kind != "dir" or any(layer.kind == "squashfs" for layer in p.layers):
+    if p.image.kind != "dir" or any(layer.kind == "squashfs" for layer in [*p.layers, *p.data]):
         p.squashfuse = which("squashfuse_ll")
         if p.squashfuse is None:
             raise SifboxError(f"can't start a container from `{spec.image}`: squashfuse_ll is not installed",
@@ -534,10 +601,11 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
                                   uid=p.inner.uid, gid=p.inner.gid, userns=p.userns, squashfuse=p.squashfuse)  # fmt: skip
     writable_sandbox = spec.writable and p.image.kind == "dir"
     lower = session.mount_image(p.image, writable=writable_sandbox)
-    if writable_sandbox:  # written in place: mount points are made in it as needed
+    mounts = _bound_images(p, session) if p.data else p.mounts
+    if writable_sandbox:  # written in place: only mount points in place of the plan's own are made
         root, persistent = lower, True
     else:
-        points = [(m.target, m.file) for m in p.mounts if m.kind not in ("mask", "readonly")]
+        points = [(m.target, m.file) for m in mounts if m.kind not in ("mask", "readonly")]
         if p.identity:
             points += [("/etc/passwd", True), ("/etc/group", True)]
         root, persistent = session.stack(lower, p.layers, points, p.site.overlay)
@@ -546,7 +614,11 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
             p.log("%s", note)
     if p.identity:
         _identity_files(session, root, p.inner, p.cfg)
-    rootfs.apply(root, p.mounts, image=image, restrict=p.contained)
+    # A build's root is written in place too, and its mount points are made in
+    # it, as a build makes them; a --writable run has the mounts that fit.
+    in_place = writable_sandbox and p.fixed is None
+    for warning in rootfs.apply(root, mounts, image=image, restrict=p.contained, in_place=in_place):
+        _warn(warning)
     payload = _payload(p, root)
     if p.prepare_root is not None:
         p.prepare_root(root)
@@ -578,6 +650,18 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
         return int(hold(start, tramp, payload.argv[0], session.helpers))
     return supervisor.run(start, tramp=tramp, name=payload.argv[0], helpers=session.helpers,
                           prelude_timeout=_prelude_timeout(p, payload))  # fmt: skip
+
+
+def _bound_images(p: Prepared, session) -> list:  # type: ignore[no-untyped-def,type-arg]
+    """Mount the images bound with image-src= in the session; the plan's mounts
+    with their "image" mounts made binds of their directories."""
+    from sifbox.runtime.sandbox import rootfs
+
+    mounted = session.mount_data(p.data)
+    if p.log:
+        for d, (_, driver) in zip(p.data, mounted):
+            p.log("bound image %s: %s%s", d.path, driver, "" if d.writable else ", read-only")
+    return rootfs.image_binds(p.mounts, [where for where, _ in mounted], p.data)
 
 
 def _join(p: Prepared) -> int:
@@ -709,8 +793,8 @@ def _chdir(spec: ContainerSpec, host: Host, doing: str | None = None) -> None:
 def _close_images(p: Prepared) -> None:
     if p.source is not None:
         p.source.close()
-    for layer in p.layers:
-        if layer.fd is not None and not layer.writable:
+    for layer in [*p.layers, *(p.data or ())]:
+        if layer.fd is not None and not layer.writable:  # a writable one holds its lock
             try:
                 os.close(layer.fd)
             except OSError:
@@ -739,6 +823,9 @@ def run_build_container(root: str, argv: list[str], env: dict[str, str], *, bind
     bind_list = []
     for text in binds:
         bind_list += parse_bind(text)
+    if any(b.image_src is not None or b.part_id is not None for b in bind_list):
+        raise UsageError("can't bind an image (image-src=, id=) into a build's container",
+                         hint="bind the image's files as a directory")
     spec = ContainerSpec(
         image=root, action="exec", command=list(argv), binds=tuple(bind_list), no_home=True, contain=True,
         writable=writable, writable_tmpfs=writable_tmpfs and not writable, pwd="/",
@@ -750,7 +837,7 @@ def run_build_container(root: str, argv: list[str], env: dict[str, str], *, bind
     source = open_image(root, verb="build")
     p = Prepared(action="exec", spec=spec, host=host, inner=host, cfg=cfg, site=site, log=_verbose_log(),
                  caps=caps.BUILD if real_root else caps.ALL, contained=real_root, userns=False, source=source,
-                 image=RootImage("dir", source.fd, 0, 0, source.path), layers=[], identity=False,
+                 image=RootImage("dir", source.fd, 0, 0, source.path), layers=[], data=[], identity=False,
                  mounts=default_mounts(spec, host, site=site, contained=real_root), fixed=(list(argv), dict(env)),
                  keep_fds=frozenset(), ns=Namespaces(False, 0, 0, pid=real_root, ipc=real_root),
                  options=LaunchOptions())  # fmt: skip

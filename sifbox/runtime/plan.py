@@ -4,6 +4,12 @@ container's root (pure: no system calls; tested without privileges).
 Mount targets are container paths; `sandbox.rootfs` resolves them inside the
 root without following symlinks out of it, and creates missing mount
 points in the root's tmpfs overlay.
+
+The order, as Apptainer mounts them: /proc, /sys, /dev, the host's file
+systems (`mount hostfs`), /tmp and /var/tmp, the current directory, the home
+directory, the --scratch directories, `bind path` of sifbox.conf,
+/etc/resolv.conf, then the caller's --bind and --mount in their order (an
+image bound with `image-src=` as a "image" mount of its directory).
 """
 
 from __future__ import annotations
@@ -12,8 +18,15 @@ import os
 
 from sifbox.runtime.sandbox.ops import Mount
 from sifbox.runtime.spec import ContainerSpec, Host
-from sifbox.util.errors import SifboxError
+from sifbox.util.errors import SifboxError, UsageError
 from sifbox.util.records import record as namedtuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import NamedTuple
+
+    from sifbox.runtime.spec import BindMount
 
 __all__ = ["Mount", "Site", "containment", "default_mounts"]
 
@@ -26,8 +39,28 @@ SYS_MASKED = ("/sys/firmware", "/sys/devices/virtual/powercap")
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 
-#: What the site's sifbox.conf says about mounts (see `site_from_config`).
-Site = namedtuple(
+if TYPE_CHECKING:
+
+    class Site(NamedTuple):
+        """What the site's sifbox.conf says about mounts (see `site_from_config`)."""
+
+        mount_proc: bool = True
+        mount_sys: bool = True
+        mount_dev: str = "yes"
+        mount_devpts: bool = True
+        mount_home: bool = True
+        mount_tmp: bool = True
+        bind_paths: tuple[str, ...] = ("/etc/localtime", "/etc/hosts")
+        resolv_conf: bool = True
+        user_bind_control: bool = True
+        mount_slave: bool = True
+        session_mib: int = 64
+        overlay: str = "yes"
+        mount_hostfs: bool = False
+
+
+# A plain record at run time: `typing` costs start-up time on every launch.
+Site = namedtuple(  # type: ignore[misc]
     "Site",
     "mount_proc mount_sys mount_dev mount_devpts mount_home mount_tmp bind_paths resolv_conf user_bind_control "
     "mount_slave session_mib overlay mount_hostfs",
@@ -84,22 +117,28 @@ def _read_mountinfo() -> str:
         return ""
 
 
-def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir=os.path.isdir,  # type: ignore[no-untyped-def]
-                   site: Site = DEFAULT_SITE, mountinfo=_read_mountinfo, contained: bool = False,
+def default_mounts(spec: ContainerSpec, host: Host, exists: Callable[[str], bool] = os.path.exists,
+                   isdir: Callable[[str], bool] = os.path.isdir, site: Site = DEFAULT_SITE,
+                   mountinfo: Callable[[], str] = _read_mountinfo, contained: bool = False,
                    shared_memory: bool = False) -> list[Mount]:  # fmt: skip
     """The container's mounts, in order.
 
     `contained` (a root container short of full capabilities): the host is seen
     read-only, through a minimal /dev, with private /tmp and /var/tmp, and /proc
     and /sys as `containment` leaves them; binds the caller asks for (`--bind`,
-    `--home SRC`) are as asked. `shared_memory` (a rank of a parallel job): the
-    host's /dev/shm and /tmp, where MPI ranks share memory, stay shared.
+    `--home SRC`, `--workdir`, `--scratch`) are as asked. `shared_memory` (a rank
+    of a parallel job): the host's /dev/shm and /tmp, where MPI ranks share
+    memory, stay shared.
     """
     off = set(spec.no_mount)
     for key, on in (("proc", site.mount_proc), ("sys", site.mount_sys), ("dev", site.mount_dev != "no"),
                     ("devpts", site.mount_devpts), ("home", site.mount_home), ("tmp", site.mount_tmp)):  # fmt: skip
         if not on:
             off.add(key)
+    if (spec.binds or spec.workdir or spec.scratch) and not site.user_bind_control and not host.is_root:
+        what = "--bind" if spec.binds else "--workdir" if spec.workdir else "--scratch"
+        raise SifboxError(f"can't use {what}: user bind control is disabled by the site's sifbox.conf")
+    workdir = _absolute(spec.workdir, host.cwd) if spec.workdir else None
     mounts: list[Mount] = []
     if "proc" not in off:
         # A PID namespace needs its own proc, mounted from inside it (kind
@@ -122,11 +161,14 @@ def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir
     if site.mount_hostfs and "hostfs" not in off:
         mounts += [Mount("rbind", p, p, readonly=contained) for p in host_file_systems(mountinfo()) if p not in off]
     if "tmp" not in off:
-        for d in ("/tmp", "/var/tmp"):
-            if spec.contain or (contained and not shared_memory):
-                mounts.append(Mount("tmpfs", None, d, options="mode=1777"))
+        # /var/tmp of an image may lead to /tmp: "site" skips it there.
+        for d, backing in (("/tmp", "tmp"), ("/var/tmp", "var_tmp")):
+            if spec.contain and workdir:
+                mounts.append(Mount("rbind", os.path.join(workdir, backing), d, policy="site"))
+            elif spec.contain or (contained and not shared_memory):
+                mounts.append(Mount("tmpfs", None, d, options="mode=1777", policy="site"))
             elif isdir(d):
-                mounts.append(Mount("rbind", d, d))
+                mounts.append(Mount("rbind", d, d, policy="site"))
     home_target = spec.home_target or host.home
     before_home = len(mounts)  # the current directory goes here: below home and binds, never over them
     if "home" not in off and not spec.no_home and home_target and home_target != "/":
@@ -136,31 +178,51 @@ def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir
                     f"can't use `{spec.home_source}` as the home directory: it is not a directory",
                     hint="fix the -H/--home option",
                 )
-            mounts.append(Mount("rbind", spec.home_source, home_target))
+            mounts.append(Mount("rbind", spec.home_source, home_target, policy="home"))
+        elif spec.contain and workdir:
+            mounts.append(Mount("rbind", os.path.join(workdir, "home"), home_target, policy="home"))
         elif spec.contain:
-            mounts.append(Mount("tmpfs", None, home_target, options="mode=700"))
+            mounts.append(Mount("tmpfs", None, home_target, options="mode=700", policy="home"))
         elif isdir(host.home):
-            mounts.append(Mount("rbind", host.home, home_target, readonly=contained))
+            mounts.append(Mount("rbind", host.home, home_target, readonly=contained, policy="home"))
+    for d in scratch_dirs(spec):
+        if workdir:
+            mounts.append(Mount("rbind", scratch_source(workdir, d), d, policy="asked"))
+        else:
+            mounts.append(Mount("tmpfs", None, d, options="mode=755", policy="asked"))
     # `bind path` of sifbox.conf; `--no-mount bind-paths` and `--no-mount
-    # /dest` turn these off, never the user's own --bind options.
+    # /dest` turn these off, never the user's own --bind options. /etc/hosts
+    # and /etc/localtime are skipped when they can't be mounted (the image's
+    # /etc/hosts a link to a directory), as Apptainer does.
     if "bind-paths" not in off:
         for entry in site.bind_paths:
             src, _, dst = entry.partition(":")
             dst = dst.split(":")[0] or src
             if dst not in off and exists(src):
-                mounts.append(Mount("bind", src, dst, readonly=True, file=not isdir(src)))
+                policy = "optional" if src in ("/etc/hosts", "/etc/localtime") else "site"
+                mounts.append(Mount("bind", src, dst, readonly=True, file=not isdir(src), policy=policy))
     if site.resolv_conf and "/etc/resolv.conf" not in off and exists("/etc/resolv.conf"):
-        mounts.append(Mount("bind", "/etc/resolv.conf", "/etc/resolv.conf", readonly=True, file=True))
-    if spec.binds and not site.user_bind_control and not host.is_root:
-        raise SifboxError("can't use --bind: user bind control is disabled by the site's sifbox.conf")
+        mounts.append(Mount("bind", "/etc/resolv.conf", "/etc/resolv.conf", readonly=True, file=True,
+                            policy="site"))  # fmt: skip
+    index = 0
     for b in spec.binds:
         check_bind(b)
-        if not exists(b.source):
+        source = b.source if b.source.startswith("/") else os.path.join(host.cwd, b.source)
+        if not exists(source):
             raise SifboxError(
                 f"can't bind `{b.source}` to `{b.target}`: the source does not exist",
                 hint="create it, or fix the --bind option",
             )
-        mounts.append(Mount("rbind", b.source, b.target, readonly=b.readonly, file=not isdir(b.source)))
+        if is_image_bind(b):
+            if isdir(source):
+                raise UsageError(f"can't bind `{b.source}` to `{b.target}`: image-src and id are for image files, "
+                                 "and this is a directory", hint="bind the directory without image-src")  # fmt: skip
+            mounts.append(Mount("image", str(index), b.target, readonly=b.readonly, options=b.image_src or "/",
+                                policy="asked"))  # fmt: skip
+            index += 1
+        else:
+            mounts.append(Mount("rbind", source, b.target, readonly=b.readonly, file=not isdir(source),
+                                policy="asked"))  # fmt: skip
     if "cwd" not in off and not spec.contain and spec.pwd is None:
         cwd = host.cwd
         # A directory the plan binds already is not bound again, nor a private
@@ -170,10 +232,59 @@ def default_mounts(spec: ContainerSpec, host: Host, exists=os.path.exists, isdir
         if (cwd and cwd != "/" and isdir(cwd) and not any(_under(cwd, t) for t in covered)
                 and _norm(cwd) not in private):  # fmt: skip
             if not _system_path(cwd):
-                mounts.insert(before_home, Mount("rbind", cwd, cwd, readonly=contained))
+                mounts.insert(before_home, Mount("rbind", cwd, cwd, readonly=contained, policy="if-present"))
     if contained:
         mounts += containment(mounts)
     return mounts
+
+
+def is_image_bind(b: BindMount) -> bool:
+    """A bind of a directory in an image file (`image-src=`, `id=`)."""
+    return b.image_src is not None or b.part_id is not None
+
+
+def image_binds(spec: ContainerSpec) -> list[BindMount]:
+    """The image binds of `spec`, in the order of the "image" mounts' indexes."""
+    return [b for b in spec.binds if is_image_bind(b)]
+
+
+def scratch_dirs(spec: ContainerSpec) -> list[str]:
+    """The --scratch directories (each option may list several, comma-separated)."""
+    found: list[str] = []
+    for item in spec.scratch:
+        for d in filter(None, (p.strip() for p in item.split(","))):
+            if not d.startswith("/"):
+                raise UsageError(f"can't use --scratch `{d}`: it must be an absolute container path")
+            d = _norm(d)
+            if d == "/" or any(_under(d, p) for p in ("/proc", "/sys", "/dev")):
+                raise UsageError(f"can't use --scratch `{d}`: it would hide a system directory")
+            if d not in found:
+                found.append(d)
+    return found
+
+
+def scratch_source(workdir: str, d: str) -> str:
+    """Where a --scratch directory lives on the host with --workdir (as Apptainer: WORKDIR/scratch/DIR)."""
+    return os.path.join(workdir, "scratch", d.lstrip("/"))
+
+
+def workdir_dirs(spec: ContainerSpec, host: Host) -> list[tuple[str, int]]:
+    """The directories of --workdir the container needs, and their modes: made
+    (by the caller, on the host) before it starts."""
+    if not spec.workdir:
+        return []
+    workdir = _absolute(spec.workdir, host.cwd)
+    found: list[tuple[str, int]] = []
+    if spec.contain and "tmp" not in spec.no_mount:
+        found += [(os.path.join(workdir, "tmp"), 0o1777), (os.path.join(workdir, "var_tmp"), 0o1777)]
+    if spec.contain and not spec.home_source and not spec.no_home and "home" not in spec.no_mount:
+        found.append((os.path.join(workdir, "home"), 0o700))
+    found += [(scratch_source(workdir, d), 0o750) for d in scratch_dirs(spec)]
+    return found
+
+
+def _absolute(path: str, cwd: str) -> str:
+    return os.path.normpath(os.path.join(cwd, path))
 
 
 def containment(mounts: list[Mount]) -> list[Mount]:
@@ -189,7 +300,7 @@ def containment(mounts: list[Mount]) -> list[Mount]:
     return out
 
 
-def check_bind(b) -> None:  # type: ignore[no-untyped-def]
+def check_bind(b: BindMount) -> None:
     target = _norm(b.target)
     for forbidden in ("/proc", "/sys", "/dev"):
         if _under(target, forbidden) and target != "/dev/shm" and not target.startswith("/dev/shm/"):

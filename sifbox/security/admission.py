@@ -1,7 +1,8 @@
 """One admission path for every image a container sees.
 
 The main image, each `--overlay` (and SIFBOX_OVERLAY), a SIF's overlay
-partition and the images of an instance a command joins are all judged here,
+partition, each image bound with `image-src=`/`id=` and the images of an
+instance a command joins are all judged here,
 the same way: the site's limits of sifbox.conf (`limit container paths|owners|
 groups`, `allow container sif|squashfs|extfs|dir|encrypted`, `limit container
 store`) and the execution control list (ecl.toml beside sifbox.conf). Each is
@@ -24,7 +25,7 @@ from sifbox.util.errors import ExitStatus, SifboxError
 
 #: The object of the message for each role: "can't VERB <object>: <reason>".
 OBJECTS = {"image": "`{path}`", "overlay": "with overlay `{path}`", "partition": "`{path}`: its overlay partition",
-           "instance": "the instance's image `{path}`"}  # fmt: skip
+           "instance": "the instance's image `{path}`", "bind": "with the bound image `{path}`"}  # fmt: skip
 
 
 class AdmissionError(SifboxError):

@@ -1,9 +1,10 @@
 """One admission path for every image a container sees, and no way around it.
 
 The site's limits (`limit container paths`, `allow container KIND`) and the ECL judge the
-main image, each `--overlay` (and SIFBOX_OVERLAY), a SIF's overlay partition and the images
-of an instance a command joins, on their open descriptors; what is judged is what is mounted
-(a sandbox swapped for another while the container starts never runs). `user bind control =
+main image, each `--overlay` (and SIFBOX_OVERLAY), a SIF's overlay partition, each image bound
+with `image-src=`/`id=` and the images of an instance a command joins, on their open
+descriptors; what is judged is what is mounted (a sandbox, or a bound image, swapped for
+another while the container starts never runs). `user bind control =
 no` admits no bind the caller can steer through the environment. As root and as the test user.
 """
 
@@ -192,6 +193,119 @@ def test_joining_an_instance_judges_its_image_again(run_as, as_who, sifbox_cli, 
         run_as(as_who, [sifbox_cli, "instance", "stop", name], env=env_for(as_who), timeout=LAUNCH_TIMEOUT)
 
 
+# --- images bound with image-src= / id= ------------------------------------------------------------
+
+
+@pytest.fixture
+def bound(places: Path) -> Path:
+    """allowed/data.sqfs (ALLOWED-DATA) and outside/data.sqfs (FORBIDDEN-DATA), SquashFS images of
+    a directory holding `data`."""
+    for where, text in (("allowed", "ALLOWED-DATA\n"), ("outside", "FORBIDDEN-DATA\n")):
+        src = places / f"{where}-data"
+        src.mkdir()
+        (src / "data").write_text(text)
+        images.mksquashfs(src, places / where / "data.sqfs")
+    return places
+
+
+@pytest.mark.parametrize(("directive", "words"), [
+    ("limit container paths = {allowed}", ("with the bound image `", "image is not in an allowed configured path")),
+    ("allow container squashfs = no", ("with the bound image `", "image type squashfs is not allowed")),
+])  # fmt: skip
+@pytest.mark.parametrize("how", ["--bind", "--mount", "SIFBOX_BIND"])
+def test_bound_images_obey_the_site_limits(run_as, as_who, sifbox_cli, bound: Path, directive, words,
+                                           how: str) -> None:  # fmt: skip
+    allowed = bound / "allowed"
+    conf = _conf(bound / "etc", directive.format(allowed=allowed) + "\n")
+    image, data = str(allowed / "img.sif"), bound / "outside/data.sqfs"
+    cmd = (image, "cat", "/mnt/data")
+    if how == "--bind":
+        proc = _exec(run_as, as_who, sifbox_cli, conf, "--bind", f"{data}:/mnt:image-src=/", *cmd)
+    elif how == "--mount":
+        proc = _exec(run_as, as_who, sifbox_cli, conf, "--mount", f"type=bind,src={data},dst=/mnt,image-src=/", *cmd)
+    else:
+        proc = _exec(run_as, as_who, sifbox_cli, conf, *cmd, SIFBOX_BIND=f"{data}:/mnt:image-src=/")
+    _refused(proc, *words)
+    assert "FORBIDDEN-DATA" not in proc.stdout
+    # A link from an allowed place to the image is judged by what it leads to.
+    link = allowed / "link.sqfs"
+    link.symlink_to(data)
+    proc = _exec(run_as, as_who, sifbox_cli, conf, "--bind", f"{link}:/mnt:image-src=/", *cmd)
+    _refused(proc, *words)
+    # Without the limit, the image's files are what the container sees.
+    ok = _exec(run_as, as_who, sifbox_cli, _conf(bound / "open", ""), "--bind", f"{data}:/mnt:image-src=/", *cmd)
+    assert ok.returncode == 0 and ok.stdout == "FORBIDDEN-DATA\n", ok.stderr
+
+
+def test_ecl_judges_bound_images(run_as, as_who, sifbox_cli, bound: Path) -> None:
+    conf = _conf(bound / "etc", "", ecl=ECL_WHITELIST)
+    proc = _exec(run_as, as_who, sifbox_cli, conf, "--bind", f"{bound}/allowed/data.sqfs:/mnt:image-src=/",
+                 str(bound / "allowed/img.sif"), "cat", "/mnt/data")  # fmt: skip
+    _refused(proc, "execution control list")
+    assert "DATA" not in proc.stdout
+
+
+def test_a_bound_image_swapped_while_starting_never_shows(run_as, as_who, sifbox_cli, bound: Path) -> None:
+    """The bind names a link that flips between an allowed image and a forbidden one: the image
+    judged is the one mounted (its descriptor), so the forbidden one is never seen."""
+    allowed = bound / "allowed"
+    conf = _conf(bound / "etc", f"limit container paths = {allowed}\n")
+    link = allowed / "flip.sqfs"
+    link.symlink_to(allowed / "data.sqfs")
+    swapper = subprocess.Popen([sys.executable, "-c", f"""
+import os, time
+link, a, f = {str(link)!r}, {str(allowed / "data.sqfs")!r}, {str(bound / "outside/data.sqfs")!r}
+while True:
+    for target in (f, a):
+        os.symlink(target, link + ".new"); os.rename(link + ".new", link); time.sleep(0.0005)
+"""])  # fmt: skip
+    try:
+        outcomes = []
+        for _ in range(30):
+            proc = _exec(run_as, as_who, sifbox_cli, conf, "--bind", f"{link}:/mnt:image-src=/",
+                         str(allowed / "img.sif"), "cat", "/mnt/data")  # fmt: skip
+            assert "FORBIDDEN" not in proc.stdout, proc.stderr
+            assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+            outcomes.append((proc.returncode, proc.stdout))
+    finally:
+        swapper.kill()
+        swapper.wait()
+    assert {o for o, _ in outcomes} <= {0, 126, 255}, outcomes
+    assert all(out == "ALLOWED-DATA\n" for status, out in outcomes if status == 0), outcomes
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "superblock", "sif-without-data", "sif-bad-id",
+                                    "directory", "missing-path"])  # fmt: skip
+def test_a_damaged_or_wrong_bound_image_is_one_line(run_as, as_who, sifbox_cli, bound: Path, damage: str) -> None:
+    good = (bound / "allowed/data.sqfs").read_bytes()
+    bad = bound / "bad.img"
+    opt = "image-src=/"
+    if damage == "truncated":
+        bad.write_bytes(good[:128])  # the superblock and a little
+    elif damage == "garbage":
+        bad.write_bytes(os.urandom(64 << 10))
+    elif damage == "superblock":  # the magic, then nonsense
+        bad.write_bytes(good[:4] + b"\xff" * 92 + good[96:])
+    elif damage == "sif-without-data":
+        shutil.copy(bound / "allowed/img.sif", bad)  # a SIF without a data partition
+    elif damage == "sif-bad-id":
+        shutil.copy(bound / "allowed/img.sif", bad)
+        opt = "id=99"
+    elif damage == "directory":
+        bad = bound / "allowed-data"
+    else:
+        shutil.copy(bound / "allowed/data.sqfs", bad)
+        opt = "image-src=/no/such/dir"
+    if bad.is_file():
+        bad.chmod(0o644)
+    proc = _exec(run_as, as_who, sifbox_cli, _conf(bound / "open", ""), "--bind", f"{bad}:/mnt:{opt}",
+                 str(bound / "allowed/img.sif"), "cat", "/mnt/data")  # fmt: skip
+    assert proc.returncode in (125, 126, 255) and proc.stdout == "", (proc.returncode, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert lines and lines[0].startswith("sifbox: error: can't "), proc.stderr
+    assert "Traceback" not in proc.stderr and len([ln for ln in lines if not ln.startswith("hint:")]) == 1, proc.stderr
+
+
 # --- user bind control ------------------------------------------------------------------------------
 
 
@@ -233,7 +347,9 @@ def test_user_bind_control_admits_no_bind_steered_through_the_environment(run_as
                  PMIX_SERVER_TMPDIR=str(real))  # fmt: skip
     assert proc.returncode == 0 and proc.stdout == "STEP-DIR\n", proc.stderr
     # And the options that bind host paths are refused with one line.
-    for opts in (("-B", "/etc:/mnt"), ("--home", f"{shared_tmp}:/home/x"), ("--cdi-dirs", str(shared_tmp))):
+    for opts in (("-B", "/etc:/mnt"), ("--home", f"{shared_tmp}:/home/x"), ("--cdi-dirs", str(shared_tmp)),
+                 ("-W", str(shared_tmp)), ("-S", "/scratch"),
+                 ("--mount", f"type=bind,src={action_images.sqfs},dst=/mnt,image-src=/")):
         proc = _exec(run_as, test_user, sifbox_cli, conf, *opts, image, "true")
         assert proc.returncode == 255 and "user bind control is disabled" in proc.stderr, proc.stderr
 

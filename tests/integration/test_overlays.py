@@ -47,11 +47,29 @@ def test_directory_overlay_keeps_changes(run_as, as_who, sifbox_cli, shared_tmp,
     assert not (ov / "upper" / "proc").exists()
 
 
+def test_directory_overlay_under_fakeroot_removes_and_moves_image_directories(run_as, as_who, sifbox_cli, shared_tmp,
+                                                                              action_images: ActionImages) -> None:  # fmt: skip
+    """In a user namespace the kernel's overlayfs keeps its opaque directories in user.overlay.*
+    attributes (`userxattr`): `rm -rf` of an image directory works, and `mv` of one too (rename(2)
+    of a lower directory is EXDEV in a user namespace, as Linux's overlayfs has it there; mv
+    copies, then removes). The changes last."""
+    ov = shared_tmp / "ov"
+    ov.mkdir()
+    _own(ov, as_who)
+    proc = _sifbox(run_as, as_who, sifbox_cli, "exec", "--fakeroot", "--overlay", ov, action_images.sif, "sh", "-c",
+                   "mv /data /moved && rm -rf /.singularity.d/env && cat /moved/hello.txt")  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (0, images.HELLO), proc.stderr
+    proc = _sifbox(run_as, as_who, sifbox_cli, "exec", "--fakeroot", "--overlay", ov, action_images.sif, "sh", "-c",
+                   "ls -d /data /.singularity.d/env 2>&1; cat /moved/hello.txt")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("No such file or directory") == 2 and proc.stdout.endswith(images.HELLO), proc.stdout
+
+
 def test_ext3_overlay_image(run_as, as_who, sifbox_cli, shared_tmp, action_images: ActionImages) -> None:
     img = shared_tmp / "overlay.img"
-    proc = _sifbox(run_as, as_who, sifbox_cli, "overlay", "create", "--size", "16", "--create-dir", "/data", img)
+    proc = _sifbox(run_as, as_who, sifbox_cli, "overlay", "create", "--size", "64", "--create-dir", "/data", img)
     assert proc.returncode == 0, proc.stderr
-    assert img.stat().st_size == 16 << 20 and img.stat().st_uid == as_who.uid
+    assert img.stat().st_size == 64 << 20 and img.stat().st_uid == as_who.uid
     proc = _sifbox(run_as, as_who, sifbox_cli, "-v", "exec", "--overlay", img, action_images.sif,
                    "sh", "-c", "echo in-ext3 > /data/f && cat /data/f")
     assert (proc.returncode, proc.stdout) == (0, "in-ext3\n"), proc.stderr
@@ -65,7 +83,7 @@ def test_ext3_overlay_image(run_as, as_who, sifbox_cli, shared_tmp, action_image
 
 def test_writable_ext3_overlay_is_locked(run_as, as_who, sifbox_cli, shared_tmp, action_images: ActionImages) -> None:
     img = shared_tmp / "busy.img"
-    assert _sifbox(run_as, as_who, sifbox_cli, "overlay", "create", "-s", "8", img).returncode == 0
+    assert _sifbox(run_as, as_who, sifbox_cli, "overlay", "create", "-s", "64", img).returncode == 0
     holder = images.popen_as(as_who, [sifbox_cli, "exec", "--overlay", str(img), str(action_images.sif),
                                       "sh", "-c", "echo up; exec sleep 30"],  # fmt: skip
                              env=env_for(as_who), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -99,7 +117,7 @@ def test_sif_overlay_partition(run_as, as_who, sifbox_cli, shared_tmp, action_im
     proc = _sifbox(run_as, as_who, sifbox_cli, "exec", "--writable", sif, "true")
     assert proc.returncode == 255 and "has no writable overlay partition" in proc.stderr
     assert "sifbox overlay create" in proc.stderr
-    assert _sifbox(run_as, as_who, sifbox_cli, "overlay", "create", "--size", "8", sif).returncode == 0
+    assert _sifbox(run_as, as_who, sifbox_cli, "overlay", "create", "--size", "64", sif).returncode == 0
     listing = subprocess.run(["siftool", "list", str(sif)], capture_output=True, text=True, check=True).stdout
     assert "Ext3/Overlay" in listing
     proc = _sifbox(run_as, as_who, sifbox_cli, "exec", "--writable", sif, "sh", "-c", "echo w > /written")

@@ -60,20 +60,57 @@ def test_parse_bind(text: str, expected: list[BindMount]) -> None:
 @pytest.mark.parametrize(
     "text,item,reason",
     [
-        ("/a:/b:xx", "/a:/b:xx", "unknown option `xx` (use ro or rw)"),
-        ("/a:/b:RO", "/a:/b:RO", "unknown option `RO` (use ro or rw)"),
-        ("/ok,/a:/b:nosuid", "/a:/b:nosuid", "unknown option `nosuid` (use ro or rw)"),
+        ("/a:/b:xx", "/a:/b:xx", "unknown option `xx` (use ro, rw, image-src=PATH or id=N)"),
+        ("/a:/b:RO", "/a:/b:RO", "unknown option `RO` (use ro, rw, image-src=PATH or id=N)"),
+        ("/ok,/a:/b:nosuid", "/a:/b:nosuid", "unknown option `nosuid` (use ro, rw, image-src=PATH or id=N)"),
         ("/a:b", "/a:b", "the destination must be an absolute path"),
         ("/a:relative/dir:ro", "/a:relative/dir:ro", "the destination must be an absolute path"),
         ("relative", "relative", "the destination must be an absolute path"),
-        (":/mnt", ":/mnt", "expected src[:dest[:ro|rw]]"),
-        ("/a:/b:ro:x", "/a:/b:ro:x", "expected src[:dest[:ro|rw]]"),
+        (":/mnt", ":/mnt", "expected src[:dest[:options]]"),
+        ("/a:/b:ro:x", "/a:/b:ro:x", "expected src[:dest[:options]]"),
+        ("/a:/b:id=0", "/a:/b:id=0", "`id=0`: the descriptor ID is a number from 1"),
+        ("/a:/b:id=x", "/a:/b:id=x", "`id=x`: the descriptor ID is a number from 1"),
     ],
 )
 def test_parse_bind_errors(text: str, item: str, reason: str) -> None:
     with pytest.raises(UsageError) as exc:
         parse_bind(text)
     assert str(exc.value) == f"can't use bind `{item}`: {reason}"
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        # Apptainer's escapes: a comma or a colon of a path (tests actionBinds BindFileWithComma/ColonOK)
+        ("/d/file\\,comma:/canary/file", [BindMount("/d/file,comma", "/canary/file")]),
+        ("/d/file\\:colon:/canary/file", [BindMount("/d/file:colon", "/canary/file")]),
+        ("/d/a\\,b\\:c", [BindMount("/d/a,b:c", "/d/a,b:c")]),
+        ("/d/a\\b:/x", [BindMount("/d/a\\b", "/x")]),  # other backslashes are the path's own
+        # image binds: the options of a bind are comma-separated too
+        ("/i.sqfs:/bind:image-src=/", [BindMount("/i.sqfs", "/bind", False, "/")]),
+        ("/i.img:/bind:image-src=/data,ro", [BindMount("/i.img", "/bind", True, "/data")]),
+        ("/i.sif:/rootfs:id=4", [BindMount("/i.sif", "/rootfs", False, None, 4)]),
+        ("/i.sif:/b:id=2,image-src=/x,rw,/c", [BindMount("/i.sif", "/b", False, "/x", 2), BindMount("/c", "/c")]),
+        ("/i.sqfs:/bind:image-src=", [BindMount("/i.sqfs", "/bind", False, "/")]),  # empty: the image's root
+        (" /a:/b , /c ", [BindMount("/a", "/b"), BindMount("/c", "/c")]),  # items are stripped
+    ],
+)
+def test_parse_bind_apptainer_syntax(text: str, expected: list[BindMount]) -> None:
+    assert parse_bind(text) == expected
+
+
+def test_parse_bind_options_end_at_a_non_option() -> None:
+    # As Apptainer: after src:dst:opts, an item that is not an option is the next bind.
+    assert parse_bind("/a:/b:ro,/c:/d:image-src=/") == [BindMount("/a", "/b", True),
+                                                         BindMount("/c", "/d", False, "/")]  # fmt: skip
+    with pytest.raises(UsageError, match="destination must be an absolute path"):
+        parse_bind("/a:/b:image-src=/,bogus=1")  # `bogus=1` is a source without a destination
+
+
+def test_parse_bind_unescaped_comma_splits() -> None:
+    # actionBinds BindFileWithCommaKO: the two halves are two binds
+    assert parse_bind("/d/file,comma:/canary/file") == [BindMount("/d/file", "/d/file"),
+                                                         BindMount("comma", "/canary/file")]  # fmt: skip
 
 
 # -- spec.parse_mount ---------------------------------------------------------------------------
@@ -85,13 +122,24 @@ def test_parse_bind_errors(text: str, item: str, reason: str) -> None:
         ("type=bind,src=/a,dst=/b,readonly", BindMount("/a", "/b", True)),
         ("type=bind,src=/a,target=/b,ro=true", BindMount("/a", "/b", True)),
         ("type=bind,src=/a,target=/b,readonly=1", BindMount("/a", "/b", True)),
+        ("type=bind,src=/a,target=/b,ro=false", BindMount("/a", "/b", False)),
         ("src=/a,dst=/b", BindMount("/a", "/b", False)),  # type defaults to bind
         ("TYPE=bind, Source=/a,DST=/b", BindMount("/a", "/b", False)),  # keys are case-insensitive
-        ("type=bind,src=/a,dst=/b,bind-propagation=rprivate", BindMount("/a", "/b", False)),
+        ("type=bind,source=/data,dest=/mnt,ro", BindMount("/data", "/mnt", True)),  # the user guide's `dest`
+        ("type=bind,src=/a,dst=/b,nonested", BindMount("/a", "/b", nested=False)),
+        ('type=bind,"src=/comma,dir",dst=/mnt', BindMount("/comma,dir", "/mnt")),  # CSV quoting
+        ("type=bind,src=/my:path,dst=/mnt", BindMount("/my:path", "/mnt")),  # a colon needs no escape
+        ("type=bind,src=/i.sif,dst=/rootfs,id=4", BindMount("/i.sif", "/rootfs", part_id=4)),
+        ("type=bind,src=/i.img,dst=/d,image-src=/x,ro", BindMount("/i.img", "/d", True, "/x")),
     ],
 )
 def test_parse_mount(text: str, expected: BindMount) -> None:
-    assert parse_mount(text) == expected
+    assert parse_mount(text) == [expected]
+
+
+def test_parse_mount_one_mount_a_line() -> None:
+    # SIFBOX_MOUNT / APPTAINER_MOUNT hold several, newline-separated
+    assert parse_mount("src=/a,dst=/b\n\nsrc=/c,dst=/d,ro\n") == [BindMount("/a", "/b"), BindMount("/c", "/d", True)]
 
 
 @pytest.mark.parametrize(
@@ -103,8 +151,13 @@ def test_parse_mount(text: str, expected: BindMount) -> None:
         ("type=bind,source=/a", "source and destination are required"),
         ("type=bind", "source and destination are required"),
         ("type=bind,src=/a,dst=/b,nosuid", "unknown field `nosuid`"),
-        ("type=bind,src=/a,dst=/b,ro=false", "unknown field `ro`"),
+        ("type=bind,src=/a,dst=/b,ro=maybe", "`ro=maybe`: expected ro, ro=true or ro=false"),
         ("type=bind,,src=/a,dst=/b", "unknown field ``"),
+        ("type=bind,src=/a,dst=/b,bind-propagation=rprivate", "bind-propagation is not set per mount"),
+        ("type=bind,src=/a,dst=/b,id=0", "`id=0`: the descriptor ID is a number from 1"),
+        ("type=bind,src=/a,dst=/b,image-src=", "image-src can't be empty"),
+        ('type=bind,"src=/a,dst=/b', "bad quoting (unexpected end of data)"),
+        ("", "source and destination are required"),
     ],
 )
 def test_parse_mount_errors(text: str, reason: str) -> None:
@@ -150,19 +203,26 @@ FILES = {"/etc/hosts", "/etc/resolv.conf", "/etc/localtime", "/data/file.txt"} |
     f"/dev/{n}" for n in DEV_NODES
 }
 
+# The site's mounts are "site" ones, /etc/hosts and /etc/localtime of `bind path` "optional"
+# (skipped when they can't be made, as Apptainer), the home directory "home", what the caller
+# asks for "asked" (see ops.Mount).
 ETC_FILES = [
-    Mount("bind", f, f, readonly=True, file=True)
+    Mount("bind", f, f, readonly=True, file=True, policy="site" if f == "/etc/resolv.conf" else "optional")
     for f in ("/etc/localtime", "/etc/hosts", "/etc/resolv.conf")  # `bind path`, then resolv.conf
 ]
 DEFAULTS = [
     Mount("rbind", "/proc", "/proc"),
     Mount("rbind", "/sys", "/sys"),
     Mount("rbind", "/dev", "/dev"),
-    Mount("rbind", "/tmp", "/tmp"),
-    Mount("rbind", "/var/tmp", "/var/tmp"),
-    Mount("rbind", "/home/alice", "/home/alice"),
+    Mount("rbind", "/tmp", "/tmp", policy="site"),
+    Mount("rbind", "/var/tmp", "/var/tmp", policy="site"),
+    Mount("rbind", "/home/alice", "/home/alice", policy="home"),
     *ETC_FILES,
 ]
+
+
+def asked(source: str, target: str, readonly: bool = False, file: bool = False) -> Mount:
+    return Mount("rbind", source, target, readonly=readonly, file=file, policy="asked")
 
 
 def fs(
@@ -197,14 +257,14 @@ def test_defaults_skip_what_the_host_lacks() -> None:
 def test_cwd_outside_covered_paths_is_bound_before_home_and_binds() -> None:
     # Below home and the binds: a bind into the current directory stays visible.
     got = plan(HOST._replace(cwd="/data/proj"))
-    cwd = Mount("rbind", "/data/proj", "/data/proj")
-    assert cwd in got and got.index(cwd) < got.index(Mount("rbind", "/home/alice", "/home/alice"))
+    cwd = Mount("rbind", "/data/proj", "/data/proj", policy="if-present")
+    assert cwd in got and got.index(cwd) < got.index(DEFAULTS[5])
     assert sorted(got, key=repr) == sorted([*DEFAULTS, cwd], key=repr)
 
 
 def test_a_bind_into_the_current_directory_is_not_hidden_by_it() -> None:
     got = plan(HOST._replace(cwd="/data/proj"), binds=(BindMount("/srv/in", "/data/proj/in"),), dirs=DIRS | {"/srv/in"})
-    assert got.index(Mount("rbind", "/data/proj", "/data/proj")) < got.index(Mount("rbind", "/srv/in", "/data/proj/in"))
+    assert got.index(Mount("rbind", "/data/proj", "/data/proj", policy="if-present")) < got.index(asked("/srv/in", "/data/proj/in"))
 
 
 @pytest.mark.parametrize(
@@ -232,18 +292,18 @@ def test_cwd_bound_when_only_a_prefix_matches() -> None:
     # /usrlocal is not under /usr, /home/alicex is not under /home/alice
     for cwd in ("/usrlocal", "/home/alicex"):
         got = plan(HOST._replace(cwd=cwd), dirs=DIRS | {cwd})
-        assert Mount("rbind", cwd, cwd) in got
+        assert Mount("rbind", cwd, cwd, policy="if-present") in got
 
 
 def test_cwd_under_a_user_bind_is_covered() -> None:
     got = plan(HOST._replace(cwd="/data/proj"), binds=(BindMount("/data", "/data"),))
-    assert got[-1] == Mount("rbind", "/data", "/data")
+    assert got[-1] == asked("/data", "/data")
 
 
 def test_cwd_not_bound_under_a_file_bind_alone() -> None:
     # file binds do not cover a directory
     got = plan(HOST._replace(cwd="/data/proj"), binds=(BindMount("/data/file.txt", "/data"),))
-    assert Mount("rbind", "/data/proj", "/data/proj") in got
+    assert Mount("rbind", "/data/proj", "/data/proj", policy="if-present") in got
 
 
 def test_cwd_not_bound_with_pwd_or_contain() -> None:
@@ -261,9 +321,9 @@ def test_contain() -> None:
         *[Mount("bind", f"/dev/{n}", f"/dev/{n}", file=True) for n in DEV_NODES],
         Mount("devpts", None, "/dev/pts", options="newinstance,ptmxmode=0666,mode=0620"),
         Mount("tmpfs", None, "/dev/shm", options="mode=1777"),
-        Mount("tmpfs", None, "/tmp", options="mode=1777"),
-        Mount("tmpfs", None, "/var/tmp", options="mode=1777"),
-        Mount("tmpfs", None, "/home/alice", options="mode=700"),
+        Mount("tmpfs", None, "/tmp", options="mode=1777", policy="site"),
+        Mount("tmpfs", None, "/var/tmp", options="mode=1777", policy="site"),
+        Mount("tmpfs", None, "/home/alice", options="mode=700", policy="home"),
         *ETC_FILES,
     ]
     assert set(DEV_NODES) == {"null", "zero", "full", "random", "urandom", "tty"}
@@ -279,8 +339,8 @@ def test_contain_binds_only_the_device_nodes_that_exist() -> None:
 
 def test_contain_tmp_is_tmpfs_even_without_host_tmp() -> None:
     got = plan(contain=True, dirs={"/"})
-    assert Mount("tmpfs", None, "/tmp", options="mode=1777") in got
-    assert Mount("tmpfs", None, "/home/alice", options="mode=700") in got  # home need not exist
+    assert Mount("tmpfs", None, "/tmp", options="mode=1777", policy="site") in got
+    assert Mount("tmpfs", None, "/home/alice", options="mode=700", policy="home") in got  # home need not exist
 
 
 def test_no_home() -> None:
@@ -291,7 +351,7 @@ def test_no_home() -> None:
 
 def test_no_home_binds_the_cwd_under_home() -> None:
     got = plan(no_home=True)
-    assert Mount("rbind", "/home/alice/work", "/home/alice/work") in got
+    assert Mount("rbind", "/home/alice/work", "/home/alice/work", policy="if-present") in got
 
 
 @pytest.mark.parametrize("home", ["", "/"])
@@ -302,13 +362,13 @@ def test_no_home_bind_for_an_empty_or_root_home(home: str) -> None:
 
 def test_home_source_and_target() -> None:
     got = plan(home_source="/srv/h", home_target="/home/alice")
-    assert Mount("rbind", "/srv/h", "/home/alice") in got
-    assert Mount("rbind", "/home/alice", "/home/alice") not in got
+    assert Mount("rbind", "/srv/h", "/home/alice", policy="home") in got
+    assert DEFAULTS[5] not in got
     got = plan(home_source="/srv/h", home_target="/myhome")
-    assert Mount("rbind", "/srv/h", "/myhome") in got
+    assert Mount("rbind", "/srv/h", "/myhome", policy="home") in got
     # -H wins over --contain's tmpfs home
     got = plan(home_source="/srv/h", home_target="/myhome", contain=True)
-    assert Mount("rbind", "/srv/h", "/myhome") in got
+    assert Mount("rbind", "/srv/h", "/myhome", policy="home") in got
     assert not [m for m in got if m.kind == "tmpfs" and m.target in ("/myhome", "/home/alice")]
     # --no-home wins over -H
     assert "/myhome" not in targets(plan(home_source="/srv/h", home_target="/myhome", no_home=True))
@@ -316,7 +376,7 @@ def test_home_source_and_target() -> None:
 
 def test_home_target_alone_binds_the_host_home_there() -> None:
     got = plan(home_target="/myhome")
-    assert Mount("rbind", "/home/alice", "/myhome") in got
+    assert Mount("rbind", "/home/alice", "/myhome", policy="home") in got
 
 
 @pytest.mark.parametrize(
@@ -379,7 +439,7 @@ def test_no_mount_everything() -> None:
     every = NO_MOUNT_NAMES
     got = plan(HOST._replace(cwd="/data/proj"), no_mount=every, binds=(BindMount("/data", "/mnt"),))
     # --no-mount turns off what sifbox mounts by itself, never the user's --bind.
-    assert got == [Mount("rbind", "/data", "/mnt", readonly=False, file=False)]
+    assert got == [asked("/data", "/mnt")]
 
 
 # user binds
@@ -392,9 +452,9 @@ def test_user_binds_come_after_the_defaults_in_order() -> None:
     got = plan(binds=binds)
     assert got == [
         *DEFAULTS,
-        Mount("rbind", "/data", "/mnt/data", readonly=True, file=False),
-        Mount("rbind", "/data/file.txt", "/etc/file.txt", readonly=False, file=True),
-        Mount("rbind", "/scratch", "/scratch", readonly=False, file=False),
+        asked("/data", "/mnt/data", readonly=True),
+        asked("/data/file.txt", "/etc/file.txt", file=True),
+        asked("/scratch", "/scratch"),
     ]
 
 
@@ -411,7 +471,7 @@ def test_no_mount_destination_keeps_user_binds() -> None:
 def test_bind_paths_keeps_user_binds() -> None:
     got = plan(binds=(BindMount("/data", "/mnt"),), no_mount=frozenset({"bind-paths"}))
     without_conf_binds = [m for m in DEFAULTS if m.target not in ("/etc/localtime", "/etc/hosts")]
-    assert got == [*without_conf_binds, Mount("rbind", "/data", "/mnt", readonly=False, file=False)]
+    assert got == [*without_conf_binds, asked("/data", "/mnt")]
 
 
 def test_site_configuration() -> None:
@@ -420,12 +480,13 @@ def test_site_configuration() -> None:
 
     assert site_from_config(sysconf.defaults()) == Site()
     spec = ContainerSpec(image="/img.sif", action="exec", command=["true"])
-    site = Site(mount_proc=False, mount_dev="minimal", mount_home=False, bind_paths=("/etc/hosts:/etc/h2",),
+    site = Site(mount_proc=False, mount_dev="minimal", mount_home=False, bind_paths=("/etc/hosts:/etc/h2", "/data"),
                 resolv_conf=False)  # fmt: skip
     got = default_mounts(spec, HOST, site=site, **fs())
     assert "/proc" not in targets(got) and "/home/alice" not in targets(got)
     assert ("tmpfs", "/dev") in [(m.kind, m.target) for m in got]
-    assert Mount("bind", "/etc/hosts", "/etc/h2", readonly=True, file=True) in got
+    assert Mount("bind", "/etc/hosts", "/etc/h2", readonly=True, file=True, policy="optional") in got
+    assert Mount("bind", "/data", "/data", readonly=True, policy="site") in got  # a failure stops the launch
     assert "/etc/resolv.conf" not in targets(got)
     with pytest.raises(SifboxError, match="user bind control"):
         default_mounts(spec._replace(binds=(BindMount("/data", "/mnt"),)), HOST,
@@ -476,7 +537,7 @@ def test_bind_onto_the_root_is_refused(target: str) -> None:
 )
 def test_bind_allowed_targets(target: str) -> None:
     got = plan(binds=(BindMount("/data", target),))
-    assert got[-1] == Mount("rbind", "/data", target)
+    assert got[-1] == asked("/data", target)
 
 
 @pytest.mark.parametrize("target", ["//proc", "//sys/kernel", "//dev/pts", "//"])
@@ -561,6 +622,9 @@ def ns(command: str = "exec", **kw: Any) -> argparse.Namespace:
         "args": [],
         "bind": [],
         "mount": [],
+        "workdir": None,
+        "scratch": [],
+        "underlay": False,
         "home": None,
         "no_home": False,
         "no_mount": [],
@@ -785,7 +849,7 @@ def test_build_spec_feeds_default_mounts(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("SIFBOX_BIND", "/data:/mnt:ro")
     spec = action.build_spec(ns(no_mount=["tmp"], contain=True))
     got = default_mounts(spec, HOST, **fs())
-    assert got[-1] == Mount("rbind", "/data", "/mnt", readonly=True)
+    assert got[-1] == asked("/data", "/mnt", readonly=True)
     assert (
         "/tmp" not in targets(got)
         and Mount("tmpfs", None, "/dev", options="mode=755,size=1m") in got
@@ -898,3 +962,107 @@ def test_passwd_line_with_the_hosts_gecos_and_shell() -> None:
     assert merge_passwd("", HOST, "", "/bin/sh") == "alice:x:1000:1000::/home/alice:/bin/sh\n"
     # a field can't add one: colons and newlines are blanked
     assert merge_passwd("", HOST, "a:b\nroot::0:0", "/bin/sh") == "alice:x:1000:1000:a b root  0 0:/home/alice:/bin/sh\n"
+
+
+# -- image binds, --workdir, --scratch --------------------------------------------------------
+IMAGES = {"/img/data.sqfs", "/img/data.sif"}
+
+
+def test_image_binds_are_image_mounts_in_bind_order() -> None:
+    binds = (
+        BindMount("/img/data.sqfs", "/a", image_src="/sub"),
+        BindMount("/data", "/b"),
+        BindMount("/img/data.sif", "/c", True, part_id=3),
+    )
+    got = plan(binds=binds, files=FILES | IMAGES)
+    assert got[-3:] == [
+        Mount("image", "0", "/a", options="/sub", policy="asked"),
+        asked("/data", "/b"),
+        Mount("image", "1", "/c", readonly=True, options="/", policy="asked"),
+    ]
+    from sifbox.runtime.plan import image_binds
+
+    spec = ContainerSpec(image="/i.sif", action="exec", binds=binds)
+    assert image_binds(spec) == [binds[0], binds[2]]
+
+
+def test_an_image_bind_of_a_directory_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="image-src and id are for image files, and this is a directory"):
+        plan(binds=(BindMount("/data", "/a", image_src="/"),))
+
+
+def test_relative_bind_sources_are_the_callers() -> None:
+    got = plan(HOST._replace(cwd="/data"), binds=(BindMount("file.txt", "/f"), BindMount("proj", "/p")),
+               files=FILES | {"/data/file.txt"})  # fmt: skip
+    assert got[-2:] == [asked("/data/file.txt", "/f", file=True), asked("/data/proj", "/p")]
+
+
+def test_workdir_backs_tmp_and_home_with_contain() -> None:
+    got = plan(contain=True, workdir="/w")
+    assert Mount("rbind", "/w/tmp", "/tmp", policy="site") in got
+    assert Mount("rbind", "/w/var_tmp", "/var/tmp", policy="site") in got
+    assert Mount("rbind", "/w/home", "/home/alice", policy="home") in got
+    assert not [m for m in got if m.kind == "tmpfs" and m.target in ("/tmp", "/var/tmp", "/home/alice")]
+
+
+def test_workdir_without_contain_changes_nothing_but_scratch() -> None:
+    assert plan(workdir="/w") == DEFAULTS
+    got = plan(workdir="w", scratch=("/s1,/s2", "/s3"), host=HOST._replace(cwd="/"))  # relative to the caller's
+    # after home, before the site's binds (as Apptainer)
+    assert got == [*DEFAULTS[:6], asked("/w/scratch/s1", "/s1"), asked("/w/scratch/s2", "/s2"),
+                   asked("/w/scratch/s3", "/s3"), *DEFAULTS[6:]]  # fmt: skip
+
+
+def test_scratch_is_an_empty_tmpfs_before_the_binds() -> None:
+    got = plan(scratch=("/scratch",), binds=(BindMount("/data", "/scratch/dir"),))
+    scratch = Mount("tmpfs", None, "/scratch", options="mode=755", policy="asked")
+    assert got.index(scratch) < got.index(asked("/data", "/scratch/dir"))
+
+
+@pytest.mark.parametrize("bad", ["rel", "/", "/proc", "/dev/x", "/sys/../proc"])
+def test_scratch_refuses_relative_and_system_directories(bad: str) -> None:
+    with pytest.raises(UsageError, match="--scratch"):
+        plan(scratch=(bad,))
+
+
+def test_workdir_dirs() -> None:
+    from sifbox.runtime.plan import workdir_dirs
+
+    spec = ContainerSpec(image="/i.sif", action="exec", contain=True, workdir="w/../w2", scratch=("/s",))
+    assert workdir_dirs(spec, HOST) == [
+        ("/home/alice/work/w2/tmp", 0o1777),
+        ("/home/alice/work/w2/var_tmp", 0o1777),
+        ("/home/alice/work/w2/home", 0o700),
+        ("/home/alice/work/w2/scratch/s", 0o750),
+    ]
+    assert workdir_dirs(spec._replace(contain=False), HOST) == [("/home/alice/work/w2/scratch/s", 0o750)]
+    assert workdir_dirs(spec._replace(workdir=None), HOST) == []
+
+
+@pytest.mark.parametrize("what", [{"workdir": "/w"}, {"scratch": ("/s",)}])
+def test_workdir_and_scratch_obey_user_bind_control(what: dict[str, Any]) -> None:
+    from sifbox.runtime.plan import Site
+
+    spec = ContainerSpec(image="/img.sif", action="exec", **what)
+    with pytest.raises(SifboxError, match="user bind control is disabled"):
+        default_mounts(spec, HOST, site=Site(user_bind_control=False), **fs())
+    default_mounts(spec, HOST._replace(is_root=True), site=Site(user_bind_control=False), **fs())
+
+
+def test_build_spec_reads_workdir_scratch_and_mounts_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APPTAINER_WORKDIR", "/w")
+    monkeypatch.setenv("SINGULARITY_SCRATCH", "/s1,/s2")
+    monkeypatch.setenv("SIFBOX_MOUNT", "src=/a,dst=/b\nsrc=/c,dst=/d,nonested")
+    spec = action.build_spec(ns(scratch=["/s0"], mount=["src=/e,dst=/f"]))
+    assert spec.workdir == "/w" and spec.scratch == ("/s0", "/s1,/s2")
+    # As Apptainer's EnvAppendValue: the option's values first, then the variable's.
+    assert spec.binds == (BindMount("/e", "/f"), BindMount("/a", "/b"), BindMount("/c", "/d", nested=False))
+    assert action.build_spec(ns(workdir="/x")).workdir == "/x"
+
+
+def test_underlay_is_accepted() -> None:
+    from sifbox.cli.parser import build_parser
+
+    parsed = build_parser(full="exec").parse_args(["exec", "--underlay", "-W", "/w", "-S", "/s", "/i.sif", "true"])
+    assert parsed.underlay and parsed.workdir == "/w" and parsed.scratch == ["/s"]
+    assert action.fast_parse("exec", ["--underlay", "-S", "/s", "/i.sif", "true"])["scratch"] == ["/s"]

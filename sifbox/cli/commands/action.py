@@ -38,8 +38,10 @@ def _truthy(value: str | None) -> bool:
 #: "bool" (store_true), "value" or "append". One table serves argparse (help,
 #: unusual command lines) and `fast_parse` (the common case, without argparse).
 OPTIONS: tuple[tuple[tuple[str, ...], str, str, str | None, str | None, str], ...] = (
-    (("-B", "--bind"), "bind", "append", "SPEC", "bind mount src[:dest[:ro|rw]], comma-separated, repeatable", "mounts"),
-    (("--mount",), "mount", "append", "SPEC", "type=bind,source=...,destination=...[,ro]", "mounts"),
+    (("-B", "--bind"), "bind", "append", "SPEC",
+     "bind mount src[:dest[:opts]], comma-separated, repeatable; opts: ro, rw, image-src=PATH, id=N", "mounts"),
+    (("--mount",), "mount", "append", "SPEC",
+     "type=bind,src=...,dst=...[,ro][,image-src=PATH][,id=N][,nonested] (CSV quoting)", "mounts"),
     (("-H", "--home"), "home", "value", "SRC[:DST]", "home directory to bind", "mounts"),
     (("--no-home",), "no_home", "bool", None, "do not mount the home directory", "mounts"),
     (("--no-mount",), "no_mount", "append", "LIST",
@@ -92,6 +94,13 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, str, str | None, str | None, str], ..
      "GPUs and devices"),
     (("--cdi-dirs",), "cdi_dirs", "value", "DIRS", "CDI spec directories (comma list; default /etc/cdi,/var/run/cdi)",
      "GPUs and devices"),
+    (("-W", "--workdir"), "workdir", "value", "DIR",
+     "host directory behind /tmp, /var/tmp and the home directory with --contain, and behind --scratch",
+     "mounts"),
+    (("-S", "--scratch"), "scratch", "append", "DIR",
+     "an empty directory at DIR in the container (in --workdir if given), comma-separated, repeatable", "mounts"),
+    (("--underlay",), "underlay", "bool", None,
+     "accepted for Apptainer's command lines: missing mount points are always made", "mounts"),
     *((("--" + name,), name, "bool", None, None, "not available yet") for name in NOT_YET),
     (("--security",), "security", "append", "OPTS",
      "uid:N,gid:N[:M...]: run as these IDs (root only); seccomp:, apparmor:, selinux: are refused", "isolation"),
@@ -211,7 +220,8 @@ def build_spec(args):  # type: ignore[no-untyped-def]
     # then SIFBOX_BINDPATH (else ...); --mount, then SIFBOX_MOUNT (else ...).
     for text in args.bind + [v for v in (flag_env("BIND"), flag_env("BINDPATH")) if v]:
         binds += parse_bind(text)
-    binds += [parse_mount(m) for m in args.mount + ([flag_env("MOUNT")] if flag_env("MOUNT") else [])]
+    for text in args.mount + ([flag_env("MOUNT")] if flag_env("MOUNT") else []):
+        binds += parse_mount(text)
     no_mount = set()
     for item in args.no_mount + ([flag_env("NO_MOUNT")] if flag_env("NO_MOUNT") else []):
         for name in filter(None, item.split(",")):
@@ -253,6 +263,8 @@ def build_spec(args):  # type: ignore[no-untyped-def]
         uts=args.uts or _truthy(flag_env("UTS", "UNSHARE_UTS")),
         hostname=args.hostname or flag_env("HOSTNAME") or None,
         net=_net(args),
+        workdir=args.workdir or flag_env("WORKDIR") or None,
+        scratch=tuple(args.scratch + ([flag_env("SCRATCH", "SCRATCHDIR")] if flag_env("SCRATCH", "SCRATCHDIR") else [])),
     )
 
 

@@ -14,7 +14,8 @@ import os
 
 from sifbox.util.errors import SifboxError, UsageError
 
-MIN_SIZE_MIB = 1
+#: As Apptainer: smaller EXT3 file systems leave little room once the journal is in.
+MIN_SIZE_MIB = 64
 DEFAULT_SIZE_MIB = 64
 
 

@@ -22,17 +22,38 @@ from sifbox.util.records import record
 #:   "mask"     hide `target`: /dev/null over a file, an empty read-only tmpfs
 #:              over a directory; nothing when the target does not exist
 #:   "readonly" make the existing tree at `target` read-only (bound on itself)
+#:   "image"    the directory `options` of a data image (`image-src=`): `source`
+#:              is the image's index among the data images (Session.mount_data,
+#:              image_binds make it a "bind" before the mounts are applied)
 #: file      the mount point is a file (created as one when missing)
-Mount = record("Mount", "kind source target readonly options file", defaults=(False, None, False))
+#: policy    when the mount point is missing, or the mount fails:
+#:   ""         the mount point is made (in the container's own layer; in the
+#:              image itself when the root is written in place); failures are errors
+#:   "asked"    asked for by the caller (--bind, --mount, --scratch): when the root
+#:              is written in place (a --writable sandbox), its mount point must
+#:              exist in the image, or lie in a host directory mounted before it
+#:   "home"     the home directory: when the root is written in place and it is
+#:              missing, it is made in a tmpfs over its deepest existing parent
+#:   "site"     a mount of the site's (`bind path`, /tmp, /var/tmp, /etc/resolv.conf):
+#:              skipped when a symlink of the image leads it onto a place that
+#:              another mount of the plan has taken (/var/tmp -> /tmp), and, with a
+#:              warning, when the root is written in place and it is missing there
+#:   "optional" as "site", and also skipped, with a warning, when the mount fails
+#:              (`bind path` /etc/hosts and /etc/localtime, as Apptainer)
+#:   "if-present"  (the current directory) skipped when the root is written in
+#:              place and its mount point is missing from the image
+Mount = record("Mount", "kind source target readonly options file policy", defaults=(False, None, False, ""))
 
 #: The image that becomes the container's root file system.
 #: kind "squashfs": the SquashFS at `offset` (`size` bytes) of the open file `fd`;
 #: kind "dir": the directory open at `fd` (O_PATH), a sandbox.
 RootImage = record("RootImage", "kind fd offset size path", defaults=(0, 0, ""))
 
-#: A layer of the overlay stack (`--overlay`, a SIF's overlay partition).
+#: A layer of the overlay stack (`--overlay`, a SIF's overlay partition), or a
+#: data image bound into the container (`--bind IMAGE:DEST:image-src=PATH`).
 #: kind "dir" (open at `fd`, O_PATH), "ext3" or "squashfs" (at `offset`, `size`
-#: bytes of the open file `fd`); `writable` takes the changes (one at most).
+#: bytes of the open file `fd`); `writable`: the overlay layer that takes the
+#: changes (one at most), or a data image mounted read-write.
 Layer = record("Layer", "path kind fd offset size writable")
 
 #: The namespaces to create.

@@ -9,15 +9,18 @@ process. The steps, in the order the launcher calls them:
     lower = session.mount_image(image)  read-only: kernel squashfs on a loop
                                         device (root) or squashfuse_ll (user
                                         namespace); a sandbox through its descriptor
+    data = session.mount_data(images)   the images bound with image-src= (read-only
+                                        unless asked writable, EXT3 only)
+    mounts = image_binds(mounts, data, images)  their "image" mounts made binds
     root, persistent = session.stack(lower, layers, points)   the overlay stack
     apply(root, mounts, restrict=...)   binds, tmpfs, devpts, proc, masks
     session.bind_text(root, "/etc/passwd", text)
     finish(root, readonly=..., image=...)   read-only root, flags checked
     pivot(root)
 
-Every image, overlay and sandbox mount is nosuid,nodev. The images (main and
-overlays) are mounted through the descriptors that were judged by the site's
-policy, never looked up again by path. Mount points missing from every layer
+Every image, overlay and sandbox mount is nosuid,nodev. The images (main,
+overlays and data images) are mounted through the descriptors that were judged
+by the site's policy, never looked up again by path. Mount points missing from every layer
 are made before the overlay is mounted: in the tmpfs upper, or, when the
 upper is a persistent overlay, in a tmpfs layer of their own on top of the
 lowers (so that they don't litter the user's overlay).
@@ -31,7 +34,8 @@ import _signal as signal  # the C module: `signal` itself imports enum, ~5 ms of
 import time
 
 from sifbox.runtime.sandbox import syscalls as sc
-from sifbox.runtime.sandbox.ops import Helper, Layer, LaunchError, Mount, RootImage, fail
+from sifbox.runtime.sandbox.ops import Helper, LaunchError, Layer, Mount, RootImage, fail
+from sifbox.util.errors import SifboxError, describe_os_error
 from sifbox.util.paths import chase, chase_existing, which
 
 SESSION_DIRS = ("/var/lib/sifbox/mnt/session", "/mnt", "/media")
@@ -147,6 +151,22 @@ class Session:
             raise fail(f"can't mount the EXT3 file system of {what}", err, self.image) from None
         return f"kernel ext3 on {dev}"
 
+    def mount_data(self, images: list[Layer] | tuple[Layer, ...]) -> list[tuple[str, str]]:
+        """Mount the data images (`--bind IMAGE:DEST:image-src=...`) in the
+        session: SquashFS read-only, EXT3 read-write when `writable`; return
+        where each went, and the driver that mounted it."""
+        found = []
+        for i, d in enumerate(images):
+            target = os.path.join(self.path, f"data{i}")
+            os.mkdir(target)
+            what = f"the bound image `{d.path}`"
+            if d.kind == "squashfs":
+                driver = self.mount_squashfs(d.fd, d.offset, d.size, target, what)
+            else:
+                driver = self.mount_ext3(d.fd, d.offset, d.size, target, d.writable, what)
+            found.append((target, driver))
+        return found
+
     def stack(self, lower: str, layers: list[Layer] | tuple[Layer, ...], points: list[tuple[str, bool]],
               overlay_mode: str) -> tuple[str, bool]:  # fmt: skip
         """Mount the layers and the overlay stack on `session/root`.
@@ -202,18 +222,22 @@ class Session:
     def _mount_overlay(self, root: str, options: str, mode: str, *, kernel: bool, work: str) -> None:
         kernel_error: OSError | None = None
         if mode != "driver" and kernel:  # `enable overlay = yes|try`: the kernel's overlayfs first
-            try:
-                sc.mount("overlay", root, "overlay", sc.MS_NOSUID | sc.MS_NODEV, options)
-                return
-            except OSError as err:
-                kernel_error = err
-            # A refused mount may leave its own work/work (mode 000) behind,
-            # which fuse-overlayfs could not open.
-            for d in ("work", "index"):
+            # In a user namespace the kernel keeps its own data (opaque directories,
+            # whiteouts of directories) in user.overlay.* attributes (Linux 5.11):
+            # without them, removing a directory of a lower layer fails.
+            for extra in (",userxattr", "") if self.userns else ("",):
                 try:
-                    os.rmdir(os.path.join(work, d))
-                except OSError:
-                    pass
+                    sc.mount("overlay", root, "overlay", sc.MS_NOSUID | sc.MS_NODEV, options + extra)
+                    return
+                except OSError as err:
+                    kernel_error = err
+                # A refused mount may leave its own work/work (mode 000) behind,
+                # which another attempt could not open.
+                for d in ("work", "index"):
+                    try:
+                        os.rmdir(os.path.join(work, d))
+                    except OSError:
+                        pass
         tool = which("fuse-overlayfs")
         if tool is None:
             if kernel_error is not None:
@@ -443,38 +467,81 @@ def read_text(root: str, path: str, limit: int = 1 << 20) -> str:
 # --- the mount plan ------------------------------------------------------------------------------
 
 
-def apply(root: str, mounts: list[Mount], *, image: str, restrict: bool) -> None:
-    """Apply the plan's mounts in order. `restrict`: every bind also nosuid,nodev
-    (a root container: files of the host can't lend it privileges)."""
+def image_binds(mounts: list[Mount], data: list[str], images: list[Layer] | tuple[Layer, ...]) -> list[Mount]:
+    """`mounts` with each "image" mount made a bind of its path (`options`) in
+    the data image mounted at `data[int(source)]` (`images[int(source)]`),
+    resolved inside that image."""
+    out = []
     for m in mounts:
-        _apply(root, m, image, restrict)
+        if m.kind != "image":
+            out.append(m)
+            continue
+        top, image = data[int(m.source)], images[int(m.source)].path
+        try:
+            source = chase(top, m.options or "/")
+            is_dir = os.path.isdir(source)
+        except OSError as err:
+            raise SifboxError(f"can't bind `{m.options}` of image `{image}` to `{m.target}`: "
+                              f"{describe_os_error(err)} in the image") from None  # fmt: skip
+        out.append(m._replace(kind="bind", source=source, options=None, file=not is_dir))
+    return out
 
 
-def _apply(root: str, m: Mount, image: str, restrict: bool) -> None:
+def apply(root: str, mounts: list[Mount], *, image: str, restrict: bool, in_place: bool = False) -> list[str]:
+    """Apply the plan's mounts in order; return the warnings of the mounts it
+    skipped (see Mount's `policy`). `restrict`: every bind also nosuid,nodev (a
+    root container: files of the host can't lend it privileges). `in_place`:
+    the root is the image itself (a --writable sandbox), where no mount point
+    the caller asked for is made."""
+    done: list[str] = []  # where the mounts went (host paths), in order
+    warnings = []
+    for m in mounts:
+        try:
+            where = _apply(root, m, image, restrict, done, in_place)
+        except _Skipped:
+            warnings.append(f"`{m.target}` is not mounted: it does not exist in the image")
+            continue
+        except LaunchError as err:
+            if m.policy != "optional":
+                raise
+            warnings.append(f"`{m.target}` is not mounted: {err.message.partition(': ')[2]}")
+            continue
+        if where is not None:
+            done.append(where)
+    return warnings
+
+
+def _apply(root: str, m: Mount, image: str, restrict: bool, done: list[str], in_place: bool) -> str | None:
+    """Apply one mount; return where it went (None: skipped). `done`: where
+    the mounts before it went."""
     if m.kind == "mask":
         _mask(root, m.target, image)
-        return
+        return None
     if m.kind == "readonly":
         try:
             target = chase(root, m.target)
         except OSError:
-            return
+            return None
         try:
             sc.mount(target, target, None, sc.MS_BIND | sc.MS_REC)
             set_flags(target, sc.MOUNT_ATTR_RDONLY | _RESTRICT, recursive=True)
         except OSError as err:
             raise fail(f"can't make `{m.target}` read-only", err, image) from None
-        return
+        return None
+    if in_place and not _place(root, m, image, done):
+        return None
     try:
         target = chase(root, m.target, create="file" if m.file else "dir")
     except OSError as err:
         raise fail(f"can't create the mount point `{m.target}`", err, image) from None
+    if m.policy in ("site", "optional") and target in done:
+        return None  # led by a symlink of the image onto a mount of the plan (/var/tmp -> /tmp)
     if m.kind == "proc":  # this process is PID 1 of the container's PID namespace
         try:
             sc.mount("proc", target, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
         except OSError as err:
             raise fail("can't mount /proc of the PID namespace", err, image) from None
-        return
+        return target
     try:
         if m.kind in ("bind", "rbind"):
             recursive = m.kind == "rbind"
@@ -499,6 +566,42 @@ def _apply(root: str, m: Mount, image: str, restrict: bool) -> None:
     except OSError as err:
         what = f"can't bind `{m.source}` to `{m.target}`" if m.source else f"can't mount {m.kind} on `{m.target}`"
         raise fail(what, err, image) from None
+    return target
+
+
+class _Skipped(Exception):
+    """A mount of the site's whose mount point is missing from a root written in place."""
+
+
+def _place(root: str, m: Mount, image: str, done: list[str]) -> bool:
+    """On a root that is the image itself: whether the mount point of `m`
+    exists or may be made (False: skip the mount). A mount point missing from
+    the image is made in a place a mount of the plan brought (a host
+    directory, a tmpfs); the home directory gets a tmpfs over its deepest
+    existing parent; a mount the caller asked for fails; a mount of the site's
+    is skipped (`_Skipped`, which `apply` turns into a warning), the current
+    directory too (silently); others are made in the image."""
+    try:
+        found, missing = chase_existing(root, m.target)
+    except OSError as err:
+        raise fail(f"can't create the mount point `{m.target}`", err, image) from None
+    if not missing or any(found == d or found.startswith(d.rstrip("/") + "/") for d in done):
+        return True
+    if m.policy == "if-present":
+        return False
+    if m.policy in ("site", "optional"):
+        raise _Skipped
+    if m.policy == "home" and found != root.rstrip("/"):
+        try:
+            sc.mount("tmpfs", found, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=755")
+        except OSError as err:
+            raise fail(f"can't make a place for the home directory `{m.target}`", err, image) from None
+        done.append(found)
+        return True
+    if m.policy in ("asked", "home"):
+        raise SifboxError(f"can't mount on `{m.target}` in `{image}`: it does not exist in the image, and "
+                          "--writable does not create it", hint="make it in the sandbox, or mount elsewhere")  # fmt: skip
+    return True
 
 
 def _is_device(path: str) -> bool:

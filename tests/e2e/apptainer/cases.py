@@ -30,20 +30,11 @@ The themes:
     cleanenv-proxy        --cleanenv drops the proxy variables Apptainer always passes
     contain-cwd           --contain keeps the caller's directory instead of starting in $HOME
     bind-env-merge        the container's APPTAINER_BIND lists the environment's binds, not --bind's
-    bind-escaped-comma    `\,` in a --bind path; bind-escaped-colon: `\:`
-    bind-image            image binds (`image-src=`, `id=`) of SquashFS, EXT3 and SIF images
-    writable-bind-dest    with --writable, a missing bind destination is made in the image
-    conf-bind-fatal       a failing `bind path` (/etc/hosts, /etc/localtime) bind stops the launch
-    var-tmp-symlink       the host's /var/tmp is mounted through an image's /var/tmp -> /tmp link
     app-exit-status       --app: a missing app gives 126 (Apptainer 1); an app without the
                           runscript or test asked for gives 0 (Apptainer 1)
     legacy-environment    /environment of an image without /.singularity.d is not sourced
     no-mount-dev-null     with --no-mount dev the launch needs /dev/null from the image
-    fakeroot-contain-home --fakeroot --contain mounts the host home on /root
-    writable-tmpfs-foreign-owner  (user) --writable-tmpfs can't create in a directory of another uid
     passwd-entry          the caller's /etc/passwd line lacks the host's GECOS field and shell
-    overlay-writable-tmpfs  a writable --overlay is accepted with --writable-tmpfs
-    overlay-min-size      `overlay create` accepts an image too small for an overlay
     network-cni           --network bridge, ptp, fakeroot
     inspect-all-json      `inspect --all` lacks Apptainer's JSON (apps' labels, scripts, help)
     image-labels          labels Apptainer's build writes (`...usage.apptainer.runscript.help`)

@@ -125,7 +125,6 @@ def test_basic_options(request, sb, instances, verb: str) -> None:
 @pytest.mark.parametrize("verb", ["start", "run"])
 def test_contain(request, sb, instances, verb: str) -> None:
     """instance.go:testContain: -c -W DIR: /tmp inside is DIR/tmp on the host."""
-    mark_xfail(request, "missing-flag:--workdir", sb.kind)
     inst = name("testcontain")
     instances.append(inst)
     res = sb.run(["instance", verb, "-c", "-W", str(sb.work), "@test@", inst, str(free_port())])

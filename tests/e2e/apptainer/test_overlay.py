@@ -109,6 +109,14 @@ WRITABLE_OVERLAY = (
     "--writable with a writable --overlay is refused as bad usage, 125 (DESIGN: exit statuses), "
     "before anything is mounted; Apptainer fails with its generic 255"
 )
+WRITABLE_TMPFS_OVERLAY = (
+    "--writable-tmpfs with a writable --overlay is refused as bad usage, 125 (DESIGN: exit statuses), "
+    "before anything is mounted; Apptainer fails with its generic 255"
+)
+SMALL_OVERLAY = (
+    "a size under 64 MiB is refused as bad usage, 125 (DESIGN: exit statuses); Apptainer fails with "
+    "its generic 255"
+)
 NOROOT = (
     "an unprivileged user may use an overlay directory (fuse-overlayfs, as Apptainer does in its "
     "user namespace mode: PersistentOverlayUnpriv/overlay_create); Apptainer's setuid mode refuses"
@@ -127,7 +135,7 @@ PERSISTENT = [
     C("actions.go:PersistentOverlay/overlay_find_with_writable_tmpfs", "exec", "--overlay", f"{DIR}:ro",
       "--writable-tmpfs", "@test@", "test", "-f", "/dir_overlay"),
     C("actions.go:PersistentOverlay/overlay_find_with_writable_tmpfs_fail", "exec", "--overlay", DIR,
-      "--writable-tmpfs", "@test@", "true", exit=255, xfail="overlay-writable-tmpfs"),
+      "--writable-tmpfs", "@test@", "true", exit=125, diverges=WRITABLE_TMPFS_OVERLAY),
     C("actions.go:PersistentOverlay/overlay_ext3_find", "exec", "--overlay", EXT3, "@test@", "test", "-f",
       "/ext3_overlay"),
     C("actions.go:PersistentOverlay/overlay_multiple_writable_fail", "exec", "--overlay", EXT3, "--overlay", EXT3,
@@ -161,7 +169,7 @@ UNPRIV = [
     C("actions.go:PersistentOverlayUnpriv/overlay_find_with_writable_tmpfs", "exec", "--overlay", f"{UDIR}:ro",
       "--writable-tmpfs", "@test@", "test", "-f", "/dir_overlay", profile="userns"),
     C("actions.go:PersistentOverlayUnpriv/overlay_find_with_writable_tmpfs_fail", "exec", "--overlay", UDIR,
-      "--writable-tmpfs", "@test@", "true", exit=255, profile="userns", xfail="overlay-writable-tmpfs"),
+      "--writable-tmpfs", "@test@", "true", exit=125, profile="userns", diverges=WRITABLE_TMPFS_OVERLAY),
 ]  # fmt: skip
 
 # --- overlay.go: testOverlayCreate ("create") -----------------------------------------------------
@@ -169,7 +177,7 @@ CREATE = [
     # Apptainer names the same file as the next cases; a file of its own here, so that an
     # overlay accepted by mistake does not fail the cases after it.
     C("overlay.go:testOverlayCreate/create ext3 overlay with small size", "overlay", "create", "--size", "1",
-      f"{OW}/image.small.ext3", exit=255, xfail="overlay-min-size"),
+      f"{OW}/image.small.ext3", exit=125, diverges=SMALL_OVERLAY),
     C("overlay.go:testOverlayCreate/create ext3 sparse overlay image", "overlay", "create", "--size", "128",
       "--sparse", f"{OW}/image.sparse.ext3"),
     C("overlay.go:testOverlayCreate/create ext3 overlay image", "overlay", "create", "--size", "128",
@@ -242,9 +250,10 @@ def test_fuse_image_mount(request, sb, fs: str) -> None:
     else:
         _run("mkfs.ext3", "-q", "-d", str(data), str(image), "64M")
     image.chmod(0o644)
+    os.chown(image, sb.who.uid, sb.who.gid)  # the user's, as the Go test makes it (EXT3: bound read-write)
     name = "run.go:testFuseSquashMount" if fs == "squashfs" else "run.go:testFuseExt3Mount"
     case = C(name, "exec", "--no-home", "--mount", f"type=bind,src={image},dst=/input-data,image-src=/",
-             "@busybox@", "ls", "/input-data", out=contains("datafile"), xfail="bind-image")  # fmt: skip
+             "@busybox@", "ls", "/input-data", out=contains("datafile"))  # fmt: skip
     mark_xfail(request, case.xfail, sb.kind)
     check(sb, case, sb.run(case.argv))
 
