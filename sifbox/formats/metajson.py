@@ -4,6 +4,7 @@ reads it (pure; light to import: `inspect` needs it on every call)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 
 __all__ = ["go_json", "labels_json", "parse_label_lines", "parse_labels"]
@@ -19,9 +20,12 @@ def go_json(obj: object) -> str:
     return text
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _clean(obj: object) -> object:
-    if isinstance(obj, str):
-        return obj.encode("utf-8", "replace").decode("utf-8") if not obj.isascii() else obj
+    if isinstance(obj, str):  # surrogates: bytes that were not UTF-8, or lone `\ud800` escapes
+        return _SURROGATE.sub("\ufffd", obj) if not obj.isascii() else obj
     if isinstance(obj, dict):
         return {_clean(k): _clean(v) for k, v in sorted(obj.items())}
     if isinstance(obj, list):
@@ -42,6 +46,8 @@ def parse_labels(data: bytes | None) -> tuple[dict[str, str], str | None]:
         obj = json.loads(data.decode("utf-8", "replace"))
     except ValueError as err:
         return {}, f"not JSON ({err})"
+    except RecursionError:
+        return {}, "not JSON (nested too deeply)"
     if obj is None:  # Apptainer writes `null` for an OCI image without labels
         return {}, None
     if not isinstance(obj, dict):
