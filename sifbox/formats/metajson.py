@@ -7,7 +7,7 @@ import json
 import re
 from collections.abc import Mapping
 
-__all__ = ["go_json", "labels_json", "parse_label_lines", "parse_labels"]
+__all__ = ["go_json", "labels_json", "parse_label_lines", "parse_labels", "valid_text"]
 
 
 def go_json(obj: object) -> str:
@@ -23,9 +23,16 @@ def go_json(obj: object) -> str:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def valid_text(text: str) -> str:
+    """`text` with each surrogate (a byte that was not UTF-8, or a lone `\\ud800` escape,
+    which is valid JSON but not Unicode) as U+FFFD, as Go's JSON decoder and encoder make
+    them: text that can be written out as UTF-8."""
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
+
+
 def _clean(obj: object) -> object:
-    if isinstance(obj, str):  # surrogates: bytes that were not UTF-8, or lone `\ud800` escapes
-        return _SURROGATE.sub("\ufffd", obj) if not obj.isascii() else obj
+    if isinstance(obj, str):
+        return valid_text(obj)
     if isinstance(obj, dict):
         return {_clean(k): _clean(v) for k, v in sorted(obj.items())}
     if isinstance(obj, list):
@@ -52,7 +59,8 @@ def parse_labels(data: bytes | None) -> tuple[dict[str, str], str | None]:
         return {}, None
     if not isinstance(obj, dict):
         return {}, "not a JSON object"
-    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in obj.items()}, None
+    return {valid_text(str(k)): valid_text(v) if isinstance(v, str) else json.dumps(v)
+            for k, v in obj.items()}, None  # fmt: skip
 
 
 def parse_label_lines(text: str) -> dict[str, str]:
