@@ -3,16 +3,16 @@ parse_request`, and `sifbox.security.store.Store.handle` around it).
 
     python fuzz/fuzz_store.py -max_total_time=60
 
-One input is the bytes a client sends on the store's socket. `parse_request` decodes them:
-a `ProtocolError` is a clean rejection, a request must hold what the daemon relies on (a
-known operation, a valid name for the operations that take one, a bounded `source`). Then
-the daemon's request path runs on one end of a Unix socket pair, as root and as an
-ordinary user would reach it, with a store root in a temporary directory and no descriptor
-passed (no image is admitted): the request is decoded and dispatched (`ls`, `info`, `rm`,
-`cp`, unknown operations, another user's name), and the answer read back. The daemon must
-answer every request with one JSON object and write one audit record; an `internal error`
-answer (an exception that `handle` caught as the daemon's own fault) or an exception out
-of `handle` is a crash.
+One input is the bytes a client sends on the store's socket. `parse_request` decodes them: a
+`ProtocolError` is a clean rejection, a request must hold what the daemon relies on (a known
+operation, a valid name for the operations that take one, a bounded `source`). Then the
+daemon's request path runs on one end of a Unix socket pair, as root and as an ordinary user
+would reach it, with a store root in a temporary directory and no descriptor passed (no image
+is admitted): the request is decoded and dispatched (`ls`, `info`, `rm`, `cp`, unknown
+operations, another user's name), and the answer read back. The daemon must answer every
+request with one JSON object (no bytes at all: no answer) and write one audit record; an
+`internal error` answer (an exception that `handle` caught as the daemon's own fault) or an
+exception out of `handle` is a crash.
 """
 
 from __future__ import annotations
@@ -73,13 +73,17 @@ def _handle(data: bytes, peer: Peer) -> None:
     finally:
         client.close()
         server.close()
+    if len(AUDIT.records) != 1:
+        raise AssertionError(f"{len(AUDIT.records)} audit records for one request")
+    if not data:  # no request: logged, and the connection closed without a word
+        if answer or AUDIT.records[0].get("reason") != "the client sent no request":
+            raise AssertionError(f"answer {answer[:200]!r} to no request")
+        return
     reply = json.loads(answer)
     if not isinstance(reply, dict) or "ok" not in reply:
         raise AssertionError(f"answer {answer[:200]!r}")
     if FAULTS or "internal error" in str(reply.get("error", "")):
         raise AssertionError(f"the daemon failed on its own: {FAULTS or reply}")
-    if len(AUDIT.records) != 1:
-        raise AssertionError(f"{len(AUDIT.records)} audit records for one request")
 
 
 def TestOneInput(data: bytes) -> None:  # the name atheris expects
