@@ -7,7 +7,7 @@ One input is the bytes a client sends on the store's socket. `parse_request` dec
 `ProtocolError` is a clean rejection, a request must hold what the daemon relies on (a known
 operation, a valid name for the operations that take one, a bounded `source`). Then the
 daemon's request path runs on one end of a Unix socket pair, as root and as an ordinary user
-would reach it, with a store root in a temporary directory and no descriptor passed (no image
+would reach it, with a store root that does not exist and no descriptor passed (no image
 is admitted): the request is decoded and dispatched (`ls`, `info`, `rm`, `cp`, unknown
 operations, another user's name), and the answer read back. The daemon must answer every
 request with one JSON object (no bytes at all: no answer) and write one audit record; an
@@ -20,7 +20,6 @@ from __future__ import annotations
 import itertools
 import json
 import socket
-import tempfile
 from types import SimpleNamespace
 
 import fuzzlib
@@ -30,7 +29,9 @@ with fuzzlib.instrumented(__name__):
     from sifbox.security.store import Peer, Store
     from sifbox.security.store_audit import AuditLog
 
-ROOT = tempfile.mkdtemp(prefix="sifbox-fuzz-store-")
+#: A store root that does not exist and that nobody can make (procfs takes no directories):
+#: without a descriptor no request writes anything, and nothing is left behind.
+ROOT = "/proc/self/sifbox-fuzz-store"
 #: What `Store` reads of sifbox.conf, for a store under a temporary directory.
 SETTINGS = SimpleNamespace(
     root=ROOT, client_timeout=5, max_images=10, max_size=1 << 20, max_total=1 << 20,
