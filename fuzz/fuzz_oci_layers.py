@@ -4,13 +4,14 @@ directories, symlinked parents, hard links; gzip layers.
 
     python fuzz/fuzz_oci_layers.py -max_total_time=60
 
-One input is a list of layer blobs separated by `fuzzlib.SEP`, each a tar stream (or a gzip
-of one), of an image whose blobs are verified as they stream. Pass 1 (`merge_plan`: headers
-only, plus the generated /.singularity.d entries) and pass 2 (`write_merged`, the one tar
-stream fed to tar2sqfs) run as `sifbox pull` runs them; the merged stream is then read back:
-it must be a well-formed tar whose names are relative, without `..`, each given once, and
-whose hard links name an earlier entry. A `SifboxError` is a clean rejection; any other
-exception is a crash, and so is a merged stream that breaks those rules.
+One input is a list of layer blobs separated by `fuzzlib.SEP`, each a tar stream (or a gzip of
+one), of an image whose blobs are verified as they stream. Pass 1 (`merge_plan`: headers only,
+plus the generated /.singularity.d entries) and pass 2 (`write_merged`, the one tar stream fed
+to tar2sqfs) run as `sifbox pull` runs them, with the `inspect-metadata.json` object a pull
+stores (`convert.inspect_metadata`, which looks for metadata files in the layers); the merged
+stream is then read back: it must be a well-formed tar whose names are relative, without `..`,
+each given once, and whose hard links name an earlier entry. A `SifboxError` is a clean
+rejection; any other exception is a crash, and so is a merged stream that breaks those rules.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import fuzzlib
 with fuzzlib.instrumented(__name__, ("tarfile",)):
     import tarfile
 
-    from sifbox.oci import convert, layers, layout
+    from sifbox.oci import convert, imageconfig, layers, layout
     from sifbox.util.errors import SifboxError
 
 MT = "application/vnd.oci.image.layer.v1.tar"
@@ -75,13 +76,17 @@ def _quiet(message: str, size: int | None = None) -> None:
     pass
 
 
+SOURCE = "docker://registry.fuzz/app:1"
+
+
 def TestOneInput(data: bytes) -> None:  # the name atheris expects
     img = image(data.split(fuzzlib.SEP)[:8])
     out = io.BytesIO()
     try:
-        merger = convert.merge_plan(
-            img, source="docker://registry.fuzz/app:1", epoch=0, warn=_quiet, step=_quiet
-        )
+        merger = convert.merge_plan(img, source=SOURCE, epoch=0, warn=_quiet, step=_quiet)
+        # The SIF's inspect-metadata.json object, unless the layers bring metadata files.
+        tree = convert.generated(img, source=SOURCE, epoch=0)
+        convert.inspect_metadata(merger, tree, imageconfig.deffile(SOURCE))
         plan = merger.plan()
         layers.write_merged(plan, img, out, extra_layer=merger.layer_count - 1)
     except SifboxError:

@@ -18,7 +18,7 @@ import fnmatch
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sifbox.formats.metajson import go_json, parse_labels
+from sifbox.formats.metajson import go_json, parse_labels, valid_text
 
 SD = "/.singularity.d"
 
@@ -129,19 +129,21 @@ def parse(obj: object) -> Metadata | None:
         return None
 
     def strings(value: object) -> dict[str, str]:
-        return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+        if not isinstance(value, dict):
+            return {}
+        return {valid_text(str(k)): valid_text(str(v)) for k, v in value.items()}
 
     def one(src: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key in keys:
             value = src.get(key)
             out[key] = strings(value) if key in ("labels", "environment") else (
-                value if isinstance(value, str) else "")  # fmt: skip
+                valid_text(value) if isinstance(value, str) else "")  # fmt: skip
         return out
 
     out = one(attrs, [k for k in ATTRIBUTE_ORDER if k != "apps"])
     apps = attrs.get("apps")
-    out["apps"] = {str(k): one(v, APP_ORDER) for k, v in apps.items() if isinstance(v, dict)} \
+    out["apps"] = {valid_text(str(k)): one(v, APP_ORDER) for k, v in apps.items() if isinstance(v, dict)} \
         if isinstance(apps, dict) else {}  # fmt: skip
     return {"data": {"attributes": out}, "type": CONTAINER}
 

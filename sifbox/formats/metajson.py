@@ -4,9 +4,10 @@ reads it (pure; light to import: `inspect` needs it on every call)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 
-__all__ = ["go_json", "labels_json", "parse_label_lines", "parse_labels"]
+__all__ = ["go_json", "labels_json", "parse_label_lines", "parse_labels", "valid_text"]
 
 
 def go_json(obj: object) -> str:
@@ -19,9 +20,19 @@ def go_json(obj: object) -> str:
     return text
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """`text` with each surrogate (a byte that was not UTF-8, or a lone `\\ud800` escape,
+    which is valid JSON but not Unicode) as U+FFFD, as Go's JSON decoder and encoder make
+    them: text that can be written out as UTF-8."""
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
+
+
 def _clean(obj: object) -> object:
     if isinstance(obj, str):
-        return obj.encode("utf-8", "replace").decode("utf-8") if not obj.isascii() else obj
+        return valid_text(obj)
     if isinstance(obj, dict):
         return {_clean(k): _clean(v) for k, v in sorted(obj.items())}
     if isinstance(obj, list):
@@ -42,11 +53,14 @@ def parse_labels(data: bytes | None) -> tuple[dict[str, str], str | None]:
         obj = json.loads(data.decode("utf-8", "replace"))
     except ValueError as err:
         return {}, f"not JSON ({err})"
+    except RecursionError:
+        return {}, "not JSON (nested too deeply)"
     if obj is None:  # Apptainer writes `null` for an OCI image without labels
         return {}, None
     if not isinstance(obj, dict):
         return {}, "not a JSON object"
-    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in obj.items()}, None
+    return {valid_text(str(k)): valid_text(v) if isinstance(v, str) else json.dumps(v)
+            for k, v in obj.items()}, None  # fmt: skip
 
 
 def parse_label_lines(text: str) -> dict[str, str]:

@@ -33,6 +33,7 @@ from sifbox.formats.metajson import go_json, labels_json, parse_label_lines, par
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from sifbox.formats import deffile
+    from sifbox.formats.deffile import Stage
 
 SD = "/.singularity.d"
 ENV_DIR = f"{SD}/env"
@@ -244,15 +245,25 @@ class OciConfig:
         labels = inner.get("Labels")
         return cls(
             _strings(inner.get("Entrypoint")), _strings(inner.get("Cmd")), _strings(inner.get("Env")),
-            {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+            {_text(k): _text(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
         )
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _text(value: object) -> str:
+    """A value of an image config as text that can be written out: a lone surrogate
+    (`"\\ud800"` is valid JSON, not valid Unicode) becomes U+FFFD, as Go's JSON decoder
+    makes it."""
+    return _SURROGATE.sub("\ufffd", str(value))
 
 
 def _strings(value: object) -> tuple[str, ...]:
     if isinstance(value, list):
-        return tuple(str(v) for v in value)
+        return tuple(_text(v) for v in value)
     if isinstance(value, str):
-        return (value,)
+        return (_text(value),)
     return ()
 
 
@@ -413,7 +424,7 @@ class ImageMeta:
     apps: tuple[App, ...] = ()
 
     @classmethod
-    def from_stage(cls, stage: deffile.Stage, deffile: str,
+    def from_stage(cls, stage: Stage, deffile: str,
                    sections: frozenset[str] = frozenset({"all"})) -> ImageMeta:  # fmt: skip
         """The metadata of `stage` (a parsed definition's final stage); `sections` as
         `build --section` (`all`, `none`, or names) says which of them are written."""

@@ -39,7 +39,9 @@ def deffile(source: str) -> str:
 
 def notes(config: dict) -> list[str]:
     """What the image asks for that the runtime does not apply (said once on pull)."""
-    inner = config.get("config") or {}
+    inner = config.get("config")
+    if not isinstance(inner, dict):  # untrusted: a wrong type counts as absent
+        return []
     out = []
     user = inner.get("User")
     if user and str(user) not in ("0", "root", "0:0", "root:root"):

@@ -231,7 +231,7 @@ def open_tar(stream: LayerStream, what: str) -> tarfile.TarFile | None:
     try:
         data = _EndsOnce(stream.reader, what)
         return tarfile.open(fileobj=data, mode="r|")  # type: ignore[call-overload]
-    except tarfile.TarError as err:
+    except (tarfile.TarError, ValueError) as err:  # ValueError: a PAX number that is not one
         raise LayerError(f"can't read {what}: not a tar archive ({err})") from None
 
 
@@ -242,7 +242,7 @@ def iter_members(tf: tarfile.TarFile | None, what: str) -> Iterator[tarfile.TarI
     while True:
         try:
             m = tf.next()
-        except tarfile.TarError as err:
+        except (tarfile.TarError, ValueError) as err:  # ValueError: a PAX number that is not one
             raise LayerError(f"can't read {what}: corrupt tar data ({err})") from None
         if m is None:
             return

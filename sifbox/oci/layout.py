@@ -341,7 +341,7 @@ class TarStore(BlobStore):
                 self.tar.members = []  # keep memory flat for big archives
         except FileNotFoundError:
             raise ImageSourceError(f"can't read image `{source}`: `{path}` does not exist") from None
-        except (tarfile.TarError, EOFError) as err:
+        except (tarfile.TarError, EOFError, ValueError) as err:  # ValueError: a PAX number that is not one
             raise ImageSourceError(f"can't read image `{source}`: `{path}` is not a tar archive ({err})") from None
         except OSError as err:
             raise ImageSourceError(f"can't read image `{source}`: {describe_os_error(err)}") from err

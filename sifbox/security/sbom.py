@@ -311,7 +311,9 @@ def parse_python_metadata(data: bytes, where: str) -> Component | None:
 def parse_conda_meta(data: bytes, where: str) -> Component | None:
     try:
         meta = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(meta, dict):
         return None
     name, version = meta.get("name"), meta.get("version")
     if not isinstance(name, str) or not isinstance(version, str):
@@ -429,23 +431,29 @@ def purls_of_document(data: bytes) -> list[str]:
         doc = json.loads(data)
     except ValueError as err:
         raise SbomError(f"can't read the image's SBOM: not JSON: {err}") from None
+    except RecursionError:
+        raise SbomError("can't read the image's SBOM: not JSON: nested too deeply") from None
     out = []
     if isinstance(doc, dict) and doc.get("bomFormat") == "CycloneDX":
-        stack = list(doc.get("components") or ())
+        stack = _dicts(doc.get("components"))
         while stack:
             c = stack.pop()
-            if isinstance(c, dict):
-                if isinstance(c.get("purl"), str):
-                    out.append(c["purl"])
-                stack += c.get("components") or ()
+            if isinstance(c.get("purl"), str):
+                out.append(c["purl"])
+            stack += _dicts(c.get("components"))
     elif isinstance(doc, dict) and "spdxVersion" in doc:
-        for p in doc.get("packages") or ():
-            for ref in p.get("externalRefs") or ():
+        for p in _dicts(doc.get("packages")):
+            for ref in _dicts(p.get("externalRefs")):
                 if ref.get("referenceType") == "purl" and isinstance(ref.get("referenceLocator"), str):
                     out.append(ref["referenceLocator"])
     else:
         raise SbomError("can't read the image's SBOM: neither CycloneDX nor SPDX JSON")
     return out
+
+
+def _dicts(value: object) -> list[dict]:  # type: ignore[type-arg]
+    """The objects of a JSON array (nothing when `value` is not an array)."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
 # -- images -------------------------------------------------------------------------------------

@@ -270,7 +270,7 @@ class Store:
                 raise refuse("only root may act on another user's images")
             try:
                 uid = pwd.getpwnam(req.user).pw_uid
-            except KeyError:
+            except (KeyError, ValueError):  # ValueError: a NUL in the name
                 raise refuse(f"no user `{shown(req.user, 64)}`") from None
             user = req.user
             record["user"], record["uid"] = user, uid

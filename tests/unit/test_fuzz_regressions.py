@@ -135,23 +135,43 @@ def test_hostile_input_is_fast(case: str) -> None:
     )
 
 
-def test_inspect_labels_nested_too_deeply(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`sifbox inspect` of an image whose labels.json nests deeper than the recursion limit
-    warns that it can't parse the labels (it raised RecursionError)."""
-    import argparse
+def test_labels_nested_too_deeply() -> None:
+    """A labels.json nested deeper than the recursion limit is the usual warning, both for
+    `inspect` and for a build over the image (it raised RecursionError)."""
+    from sifbox.formats import inspectmeta
+    from sifbox.formats import singularityd as sd
 
-    from sifbox.cli.commands import inspect
-    from sifbox.image import files
+    files = {sd.LABELS_JSON: b"[" * 5000}
+    warnings: list[str] = []
+    meta = inspectmeta.collect(files, [], None, warnings)
+    assert meta["data"]["attributes"]["labels"] == {}
+    assert warnings == ["Unable to parse labels of the image: not JSON (nested too deeply)"]
+    entries, warnings = sd.finish(sd.ImageMeta(), sd.Existing(files), sd.BuildInfo("amd64", 0, "1"))
+    assert warnings == [
+        f"Ignoring the labels of the base image: {sd.LABELS_JSON} is not JSON (nested too deeply)"
+    ]
+    assert sd.LABELS_JSON in sd.files_of(entries)
 
-    labels = b"[" * 5000
-    monkeypatch.setattr(
-        files, "read_file", lambda src, path: labels if path.endswith("labels.json") else None
+
+def test_lone_surrogates_of_an_image_config_become_u_fffd() -> None:
+    """`"\\ud800"` is valid JSON, not valid Unicode: Go's decoder makes it U+FFFD, and so does
+    a pull (it raised UnicodeEncodeError writing the runscript, env script and labels)."""
+    import json
+
+    from sifbox.formats import singularityd as sd
+    from sifbox.oci import imageconfig
+
+    config = json.loads(
+        r'{"architecture": "amd\ud800", "config": {"Cmd": ["a\ud800"], "Env": ["X=\udfff"],'
+        r' "Labels": {"k\udc00": "v\ud800"}}}'
     )
-    monkeypatch.setattr(files, "list_dir", lambda src, path: [])
-    parser = argparse.ArgumentParser()
-    inspect.add_arguments(parser)
-    args = parser.parse_args(["image.sif"])
-    assert inspect.gather(object(), args) == {"data": {"attributes": {}}, "type": "container"}
+    files = sd.files_of(imageconfig.tree(config, arch=config["architecture"],
+                                         source="docker://x", epoch=0, version="1"))  # fmt: skip
+    labels = json.loads(files[sd.LABELS_JSON])
+    assert labels["k\ufffd"] == "v\ufffd"
+    assert labels["org.label-schema.build-arch"] == "amd\ufffd"
+    assert "'a\ufffd'".encode() in files[sd.RUNSCRIPT]
+    assert 'X="${X:-"\ufffd"}"'.encode() in files[sd.ENV_DOCKER]
 
 
 def test_build_arg_file_not_utf8(tmp_path: Path) -> None:
