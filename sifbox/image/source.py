@@ -26,7 +26,7 @@ class ImageSource:
 
     __slots__ = ("fd", "kind", "offset", "overlay", "path", "size")
 
-    def __init__(self, path: str, kind: ImageKind, fd: int | None, offset: int = 0, size: int = 0,
+    def __init__(self, path: str, kind: str, fd: int | None, offset: int = 0, size: int = 0,
                  overlay: tuple[int, int] | None = None):  # fmt: skip
         self.path = path
         self.kind = kind

@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import sys
 
+from sifbox.runtime import images
 from sifbox.util.errors import ExitStatus, SifboxError, UsageError, report
 from sifbox.util.records import record
 
@@ -50,26 +51,89 @@ STARTSCRIPT = "/.singularity.d/startscript"
 #:   options    sifbox.runtime.options.LaunchOptions (--security uid/gid, --runscript-timeout,
 #:              --ignore-subuid, --ignore-userns, --disable-cache, --no-https), or None
 #:   no_env     host variables not to pass (--no-env); no_eval, no_umask, no_init: those options
-Launch = record(
-    "Launch",
-    "action spec words app env_files env_opts caps devices config instance pid_file options no_env no_eval "
-    "no_umask no_init",
-    defaults=(None, (), (), (False, False, "", ""), None, None, None, None, None, (), False, False, False),
-)
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
 
-#: What runs in the container: `argv` with `env` (None: nothing to run; `message`
-#: says why, `status` is the exit status).
-Payload = record("Payload", "argv env message status", defaults=(None, None, "", 0))
+    from sifbox.config.sysconf import Config
+    from sifbox.image.source import ImageSource
+    from sifbox.runtime.instances import State
+    from sifbox.runtime.options import LaunchOptions
+    from sifbox.runtime.plan import Site
+
+    class Launch(NamedTuple):
+        action: str
+        spec: ContainerSpec
+        words: tuple[str, ...] = ()
+        app: str | None = None
+        env_files: tuple[str, ...] = ()
+        env_opts: tuple[str, ...] = ()
+        caps: tuple[bool, bool, str, str] = (False, False, "", "")
+        devices: Request | None = None
+        config: str | None = None
+        instance: str | None = None
+        pid_file: str | None = None
+        options: LaunchOptions | None = None
+        no_env: tuple[str, ...] = ()
+        no_eval: bool = False
+        no_umask: bool = False
+        no_init: bool = False
+
+    class Payload(NamedTuple):
+        argv: list[str] | None = None
+        env: dict[str, str] | None = None
+        message: str = ""
+        status: int = 0
+
+else:
+    Launch = record(
+        "Launch",
+        "action spec words app env_files env_opts caps devices config instance pid_file options no_env no_eval "
+        "no_umask no_init",
+        defaults=((), None, (), (), (False, False, "", ""), None, None, None, None, None, (), False, False, False),
+    )
+    #: What runs in the container: `argv` with `env` (None: nothing to run; `message`
+    #: says why, `status` is the exit status).
+    Payload = record("Payload", "argv env message status", defaults=(None, None, "", 0))
 
 
 class Prepared:
     """Everything the container needs, decided before any namespace exists."""
 
     __slots__ = ("action", "app", "caps", "cfg", "conf_path", "contained", "data", "env", "fixed", "host",
-                 "identity", "image", "inner", "joining", "keep_fds", "launched", "layers", "log",
-                 "mounts", "no_init", "ns", "options", "overrides", "prepare_root", "source", "spec", "squashfuse",
-                 "site",
-                 "userns", "words")  # fmt: skip
+                 "identity", "image", "inner", "joining", "keep_fds", "launched", "layers", "log", "mounts",
+                 "no_init", "ns", "opened", "options", "overrides", "prepare_root", "source", "spec",
+                 "squashfuse", "site", "userns", "words")  # fmt: skip
+    action: str
+    app: str | None
+    caps: frozenset[int]
+    cfg: Config
+    conf_path: str
+    contained: bool
+    data: list[Any]
+    env: dict[str, str]
+    fixed: tuple[list[str], dict[str, str]] | None
+    host: Host
+    identity: bool
+    image: Any
+    inner: Host
+    joining: State | None
+    keep_fds: frozenset[int]
+    launched: bool
+    layers: list[Any]
+    log: Callable[..., None] | None
+    mounts: list[Any]
+    no_init: bool
+    ns: Any
+    opened: images.Opened
+    options: LaunchOptions | None
+    overrides: dict[str, str]
+    prepare_root: Callable[[str], None] | None
+    source: ImageSource | None
+    spec: ContainerSpec
+    squashfuse: str | None
+    site: Site
+    userns: bool
+    words: list[str]
 
     def __init__(self, **values: object) -> None:
         for name in self.__slots__:
@@ -96,7 +160,7 @@ def run(launch: Launch) -> int:
     if launch.instance is not None:
         from sifbox.runtime import holder
 
-        return holder.start_instance(p, launch.instance, launch.pid_file, _instance_config(p),
+        return holder.start_instance(p, launch.instance, launch.pid_file, images.instance_record(p.spec, p.opened),
                                      launch=lambda hold: _launch(p, hold))  # fmt: skip
     return _launch(p)
 
@@ -157,7 +221,7 @@ def prepare(launch: Launch) -> Prepared:
         from sifbox.runtime import instances
 
         p.joining = instances.find_running(spec.image, verb=action)
-        _admit_instance(p.joining, gate)
+        images.admit_instance(p.joining, gate)
     else:
         mounts = default_mounts(spec, host, site=site, contained=contained, shared_memory=launched)
         _workdir(spec, host)
@@ -175,12 +239,13 @@ def prepare(launch: Launch) -> Prepared:
                 warn=_warn)  # fmt: skip
             fixed = {**mpi.env_defaults(os.environ, own_userns=not host.is_root or spec.userns), **fixed}
         p.mounts = mounts
-        _open_images(p, gate)
+        p.opened = opened = images.open_all(spec, host, action, gate)
+        p.source, p.image, p.layers, p.data = opened.source, opened.image, opened.layers, opened.data
     _namespaces_for(p)
     name = p.joining.name if p.joining is not None else launch.instance
     libs_bound = any(m.target == envmod.LIBS or m.target.startswith(envmod.LIBS + "/") for m in p.mounts)
     p.env = envmod.container_env(
-        os.environ, cleanenv=spec.cleanenv, image=p.joining.image if p.joining is not None else p.source.path,
+        os.environ, cleanenv=spec.cleanenv, image=p.joining.image if p.joining is not None else p.opened.source.path,
         home=spec.home_target or host.home, overrides=overrides, fixed=fixed, no_env=launch.no_env,
         no_eval=launch.no_eval, shell_prompt="Sifbox> " if action == "shell" else None, action=action,
         binds=[b.target for b in spec.binds], ids=(p.inner.uid, p.inner.gid),
@@ -297,98 +362,6 @@ def _root_caps(request, cfg, conf_path: str, spec: ContainerSpec) -> frozenset[i
                          drop=caps.parse(drop or ""), own_net=bool(spec.net), from_file=from_file)  # fmt: skip
 
 
-def _open_images(p: Prepared, gate) -> None:  # type: ignore[no-untyped-def]
-    """Open the image and the overlays; admit each on its descriptor."""
-    from sifbox.image.source import ImageKind, open_image
-    from sifbox.runtime.sandbox.ops import RootImage
-
-    spec = p.spec
-    source = open_image(spec.image, verb=p.action)
-    p.source = source
-    try:
-        kind = {ImageKind.SANDBOX: "dir", ImageKind.SQUASHFS: "squashfs"}.get(source.kind, "sif")
-        if gate.active:
-            gate.admit(source.fd, kind=kind, image=spec.image)
-        p.image = RootImage("dir" if source.kind is ImageKind.SANDBOX else "squashfs", source.fd, source.offset,
-                            source.size, source.path)  # fmt: skip
-        p.layers = _open_overlays(p, source, gate)
-        p.data = _open_data_images(p, gate)
-    except BaseException:
-        source.close()
-        for layer in p.layers:
-            if layer.fd is not None:
-                try:
-                    os.close(layer.fd)
-                except OSError:
-                    pass
-        raise
-
-
-def _open_overlays(p: Prepared, source, gate) -> list:  # type: ignore[no-untyped-def]
-    """The --overlay images, plus the SIF's own overlay partition (read-only, or
-    the writable layer with --writable); each admitted like the image."""
-    spec, action = p.spec, p.action
-    if not spec.overlays and not spec.writable and source.overlay is None:
-        return []
-    from sifbox.image import overlay
-    from sifbox.image.source import ImageKind
-    from sifbox.runtime.sandbox.ops import Layer
-
-    if spec.writable and source.kind is ImageKind.SQUASHFS:
-        raise UsageError(f"can't {action} `{spec.image}` with --writable: a SquashFS image is read-only",
-                         hint="--overlay DIR keeps changes in DIR; --writable-tmpfs gives a writable root whose "
-                         "changes vanish")  # fmt: skip
-    found = overlay.open_overlays(list(spec.overlays), verb=action)
-    try:
-        if spec.writable_tmpfs and not spec.writable and any(o.writable for o in found):
-            # As Apptainer: the changes go to one place, the overlay or the tmpfs.
-            raise UsageError(f"can't {action} `{spec.image}` with --writable-tmpfs and a writable --overlay",
-                             hint="add `:ro` to the overlay, or keep the changes in it without --writable-tmpfs")
-        for o in found:
-            if gate.active:
-                gate.admit(o.fd, kind=overlay.policy_kind(o), image=o.path, role="overlay")
-        if spec.writable and source.kind is ImageKind.SIF:
-            if any(o.writable for o in found):
-                raise UsageError(f"can't {action} `{spec.image}` with --writable and a writable --overlay",
-                                 hint="add `:ro` to the overlay")  # fmt: skip
-            found.insert(0, overlay.sif_overlay_partition(spec.image, verb=action, fd=source.fd))
-        elif source.overlay is not None:
-            # As Apptainer: a SIF's overlay partition is a read-only layer unless --writable.
-            offset, size = source.overlay
-            found.append(overlay.Overlay(source.path, "ext3", os.dup(source.fd), offset, size, False))
-        if source.overlay is not None and gate.active:
-            gate.admit_partition(source.fd, image=spec.image)
-    except BaseException:
-        overlay.close(found)
-        raise
-    return [Layer(o.path, o.kind, o.fd, o.offset, o.size, o.writable) for o in found]
-
-
-def _open_data_images(p: Prepared, gate) -> list:  # type: ignore[no-untyped-def,type-arg]
-    """The images bound with `image-src=` or `id=`, in the order of the plan's
-    "image" mounts; each admitted like the image."""
-    from sifbox.runtime.plan import image_binds
-
-    binds = image_binds(p.spec)
-    if not binds:
-        return []
-    from sifbox.image import dataimage, overlay
-    from sifbox.runtime.sandbox.ops import Layer
-
-    found = []
-    try:
-        for b in binds:
-            source = os.path.join(p.host.cwd, b.source)
-            found.append(dataimage.open_data_image(source, b.target, readonly=b.readonly, part_id=b.part_id))
-            if gate.active:
-                d = found[-1]
-                gate.admit(d.fd, kind=dataimage.policy_kind(d.fd, d.kind), image=b.source, role="bind")
-    except BaseException:
-        overlay.close(found)
-        raise
-    return [Layer(d.path, d.kind, d.fd, d.offset, d.size, d.writable) for d in found]
-
-
 def _workdir(spec: ContainerSpec, host: Host) -> None:
     """Make the directories of --workdir the container needs, as the caller;
     one that exists is used as it is (as Apptainer), unless it is no directory
@@ -413,58 +386,9 @@ def _workdir(spec: ContainerSpec, host: Host) -> None:
                               f"{describe_os_error(err)}") from None  # fmt: skip
 
 
-def _admit_instance(instance, gate) -> None:  # type: ignore[no-untyped-def]
-    """Judge the images of a running instance again, through the descriptors its
-    holder keeps open: the site's rules are those of now, not of its start."""
-    if not gate.active:
-        return
-    held = (instance.config.get("sifbox") or {}).get("images") if isinstance(instance.config, dict) else None
-    if not held:
-        raise SifboxError(f"can't join instance `{instance.name}`: its images can't be checked against the "
-                          "site's policy", hint=f"restart it: `sifbox instance stop {instance.name}`")  # fmt: skip
-    for fd, kind, path, role in held:
-        try:
-            opened = os.open(f"/proc/{instance.pid}/fd/{int(fd)}",
-                             (os.O_PATH | os.O_DIRECTORY if kind == "dir" else os.O_RDONLY) | os.O_CLOEXEC)
-        except (OSError, ValueError) as err:
-            raise SifboxError(f"can't join instance `{instance.name}`: can't open its image `{path}`: {err}") from None
-        try:
-            gate.admit(opened, kind=str(kind), image=str(path), role="instance" if role == "image" else role)
-        finally:
-            os.close(opened)
-
-
-def _instance_config(p: Prepared) -> dict[str, object]:
-    """What the instance was started with (stored base64-encoded, as Apptainer's
-    engine configuration), and the descriptors of its images in its holder."""
-    spec = p.spec
-    namespaces = (("pid", spec.pid), ("ipc", spec.ipc), ("uts", spec.uts or bool(spec.hostname)), ("net", spec.net))
-    images = [[p.image.fd, "dir" if p.image.kind == "dir" else _kind_of(p.source), p.source.path, "image"]]
-    images += [[layer.fd, "dir" if layer.kind == "dir" else "extfs" if layer.kind == "ext3" else "squashfs",
-                layer.path, "overlay"] for layer in p.layers]  # fmt: skip
-    if p.data:
-        from sifbox.image import dataimage
-
-        images += [[d.fd, dataimage.policy_kind(d.fd, d.kind), d.path, "bind"] for d in p.data]
-    return {
-        "engineName": "sifbox",
-        "containerID": "",
-        "sifbox": {
-            "image": spec.image, "contain": spec.contain, "writableTmpfs": spec.writable_tmpfs,
-            "fakeroot": spec.fakeroot, "binds": [list(b) for b in spec.binds],
-            "namespaces": [n for n, on in namespaces if on], "images": images,
-        },
-    }  # fmt: skip
-
-
-def _kind_of(source) -> str:  # type: ignore[no-untyped-def]
-    from sifbox.image.source import ImageKind
-
-    return {ImageKind.SANDBOX: "dir", ImageKind.SQUASHFS: "squashfs"}.get(source.kind, "sif")
-
-
-def _add_devices(request: Request, cfg, conf_path: str, spec: ContainerSpec, site, host: Host, mounts, overrides,
-                 contained: bool):  # type: ignore[no-untyped-def]  # fmt: skip
+def _add_devices(request: Request, cfg: Config, conf_path: str, spec: ContainerSpec, site: Site, host: Host,
+                 mounts: list[Any], overrides: dict[str, str],
+                 contained: bool) -> tuple[list[Any], dict[str, str], Callable[[str], None] | None]:  # fmt: skip
     from sifbox.hpc import devices
 
     if request.cdi_dirs and not site.user_bind_control and not host.is_root:
@@ -478,9 +402,10 @@ def _add_devices(request: Request, cfg, conf_path: str, spec: ContainerSpec, sit
     env.update(overrides)
     extra = devices.plan(request, cfg=cfg, conf_dir=os.path.dirname(os.path.abspath(conf_path)),
                          dev_is_host=dev_is_host, env=env)  # fmt: skip
-    for warning in extra.warnings:
+    found: Any = extra
+    for warning in found.warnings:
         _warn(warning)
-    return mounts + extra.mounts, dict(extra.env), extra.prepare
+    return mounts + list(found.mounts), dict(found.env), found.prepare
 
 
 def _namespaces_for(p: Prepared) -> None:
@@ -494,7 +419,7 @@ def _namespaces_for(p: Prepared) -> None:
     p.inner = host._replace(uid=0, gid=0, user="root", home="/root") if fakeroot else host
     extra = {"pid": spec.pid, "ipc": spec.ipc, "uts": spec.uts, "net": spec.net, "hostname": spec.hostname}
     if fakeroot:
-        p.ns = fakeroot_namespaces(host, use_subids=p.options.subuid, **extra)
+        p.ns = fakeroot_namespaces(host, use_subids=p.options is None or p.options.subuid, **extra)
     else:
         p.ns = Namespaces(p.userns, host.uid, host.gid, **extra)
     if p.joining is not None or not p.userns:
@@ -629,26 +554,31 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
     rootfs.pivot(root, image)
     _chdir(spec, p.host)
     if hold is None:
-        _close_images(p)
+        p.opened.close(keep_writable=True)  # a writable layer holds its lock
     if p.squashfuse and payload.argv and payload.argv[0].startswith("/"):
         prefetch.program(payload.argv[0])
-    process.lock_down(keep_caps=p.caps if p.host.is_root else None, run_as=p.options.run_as)
-    if payload.argv is None:
+    process.lock_down(keep_caps=p.caps if p.host.is_root else None, run_as=p.options.run_as if p.options else None)
+    argv, env = payload.argv, payload.env
+    if argv is None or env is None or tramp is None:
         if hold is not None:  # an instance without a startscript: it holds its namespaces
             return int(hold(None, None, "", session.helpers))
         return _say(payload)
-    path = process.find_program(payload.argv[0], payload.env)
+    path = process.find_program(argv[0], env)
     if path is None:
-        return report(process.exec_error(payload.argv[0], 2))
-    start = lambda: process.exec_payload(tramp, path, payload.argv, payload.env, p.keep_fds)  # noqa: E731
+        return report(process.exec_error(argv[0], 2))
+    exec_with = tramp
+
+    def start() -> None:
+        process.exec_payload(exec_with, path, argv, env, p.keep_fds)
+
     if p.no_init and p.ns.pid and hold is None:
         # --no-init: the payload itself is PID 1 of its PID namespace (this process); its
         # helpers end with the namespace, and a failed exec with status 127.
         start()
         return 127
     if hold is not None:
-        return int(hold(start, tramp, payload.argv[0], session.helpers))
-    return supervisor.run(start, tramp=tramp, name=payload.argv[0], helpers=session.helpers,
+        return int(hold(start, tramp, argv[0], session.helpers))
+    return supervisor.run(start, tramp=tramp, name=argv[0], helpers=session.helpers,
                           prelude_timeout=_prelude_timeout(p, payload))  # fmt: skip
 
 
@@ -672,26 +602,29 @@ def _join(p: Prepared) -> int:
     if p.host.is_root:
         process.seal_self()
     tramp = process.Trampoline.create(p.keep_fds, p.spec.image)  # before joining: needs the host's /proc
-    joined = join.enter(p.joining.pid, p.joining.name)
+    joining = p.joining
+    assert joining is not None
+    joined = join.enter(joining.pid, joining.name)
     if p.log:
-        p.log("joined the %s namespaces of instance %s (pid %d)", ", ".join(joined) or "no", p.joining.name,
-              p.joining.pid)  # fmt: skip
+        p.log("joined the %s namespaces of instance %s (pid %d)", ", ".join(joined) or "no", joining.name,
+              joining.pid)  # fmt: skip
     _chdir(p.spec, p.host, "join instance")
     payload = _payload(p, "/")
-    process.lock_down(keep_caps=p.caps if p.host.is_root else None, run_as=p.options.run_as)
-    if payload.argv is None:
+    process.lock_down(keep_caps=p.caps if p.host.is_root else None, run_as=p.options.run_as if p.options else None)
+    argv, env = payload.argv, payload.env
+    if argv is None or env is None:
         return _say(payload)
-    path = process.find_program(payload.argv[0], payload.env)
+    path = process.find_program(argv[0], env)
     if path is None:
-        return report(process.exec_error(payload.argv[0], 2))
-    return supervisor.run(lambda: process.exec_payload(tramp, path, payload.argv, payload.env, p.keep_fds),
-                          tramp=tramp, name=payload.argv[0], prelude_timeout=_prelude_timeout(p, payload))  # fmt: skip
+        return report(process.exec_error(argv[0], 2))
+    return supervisor.run(lambda: process.exec_payload(tramp, path, argv, env, p.keep_fds),
+                          tramp=tramp, name=argv[0], prelude_timeout=_prelude_timeout(p, payload))  # fmt: skip
 
 
 def _prelude_timeout(p: Prepared, payload: Payload):  # type: ignore[no-untyped-def]
     """(seconds, the prelude's script, image, shown timeout) for --runscript-timeout: how long
     the prelude (the image's environment scripts) may run before the payload proper starts."""
-    if p.options.timeout is None or not payload.argv or payload.argv[:2] != ["/bin/sh", "-c"]:
+    if p.options is None or p.options.timeout is None or not payload.argv or payload.argv[:2] != ["/bin/sh", "-c"]:
         return None
     return (p.options.timeout, payload.argv[2], p.spec.image, p.options.timeout_text)
 
@@ -728,7 +661,7 @@ def _payload(p: Prepared, root: str) -> Payload:
     if action == "start":
         return Payload([STARTSCRIPT, *words], direct)
     script = {"run": "/.singularity.d/runscript", "test": "/.singularity.d/test"}.get(action)
-    if action == "test" and not present(script):
+    if script is not None and action == "test" and not present(script):
         from sifbox.formats import appenv
 
         return Payload(None, None, appenv.NO_TEST, 0)
@@ -790,17 +723,6 @@ def _chdir(spec: ContainerSpec, host: Host, doing: str | None = None) -> None:
                     raise LaunchError(f"can't {doing}: --pwd `{d}` does not exist in the container") from None
 
 
-def _close_images(p: Prepared) -> None:
-    if p.source is not None:
-        p.source.close()
-    for layer in [*p.layers, *(p.data or ())]:
-        if layer.fd is not None and not layer.writable:  # a writable one holds its lock
-            try:
-                os.close(layer.fd)
-            except OSError:
-                pass
-
-
 # --- builds ---------------------------------------------------------------------------------------
 
 
@@ -835,9 +757,10 @@ def run_build_container(root: str, argv: list[str], env: dict[str, str], *, bind
     cfg = sysconf.load(config_path)
     site = site_from_config(cfg)
     source = open_image(root, verb="build")
+    image = RootImage("dir", source.fd, 0, 0, source.path)
     p = Prepared(action="exec", spec=spec, host=host, inner=host, cfg=cfg, site=site, log=_verbose_log(),
                  caps=caps.BUILD if real_root else caps.ALL, contained=real_root, userns=False, source=source,
-                 image=RootImage("dir", source.fd, 0, 0, source.path), layers=[], data=[], identity=False,
+                 opened=images.Opened(source, image, [], []), image=image, layers=[], data=[], identity=False,
                  mounts=default_mounts(spec, host, site=site, contained=real_root), fixed=(list(argv), dict(env)),
                  keep_fds=frozenset(), ns=Namespaces(False, 0, 0, pid=real_root, ipc=real_root),
                  options=LaunchOptions())  # fmt: skip
@@ -872,4 +795,4 @@ def _verbose_log() -> Callable[..., None] | None:
         return None
     from sifbox.util import log
 
-    return log.verbose  # type: ignore[no-any-return]
+    return log.verbose

@@ -30,7 +30,11 @@ from __future__ import annotations
 
 import errno
 import os
-import _signal as signal  # the C module: `signal` itself imports enum, ~5 ms of every launch
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+else:
+    import _signal as signal  # the C module: `signal` itself imports enum, ~5 ms of every launch
 import time
 
 from sifbox.runtime.sandbox import syscalls as sc

@@ -1,0 +1,185 @@
+"""The images a container sees, opened once and admitted on their descriptors.
+
+The main image, each `--overlay` (and SIFBOX_OVERLAY), a SIF's overlay partition and the
+images bound with `image-src=`/`id=` are opened here, each judged by the site's admission
+(sifbox.security.admission) on the descriptor that the sandbox then mounts. A command that
+joins an instance has the images its holder keeps open judged again (`admit_instance`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from sifbox.util.errors import SifboxError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from sifbox.image.source import ImageSource
+    from sifbox.runtime.instances import State
+    from sifbox.runtime.spec import ContainerSpec, Host
+    from sifbox.security.admission import Gate
+
+
+class Opened:
+    """The open images of one container: `source` (the main image), `image` (what the
+    sandbox mounts as root), `layers` (overlays, top first) and `data` (bound images)."""
+
+    __slots__ = ("data", "image", "layers", "source")
+
+    def __init__(self, source: ImageSource, image: Any, layers: list[Any], data: list[Any]) -> None:
+        self.source, self.image, self.layers, self.data = source, image, layers, data
+
+    def close(self, *, keep_writable: bool = False) -> None:
+        """Close the descriptors (an ext3 overlay's lock goes with its descriptor:
+        `keep_writable` keeps the writable layer's for as long as this process runs)."""
+        self.source.close()
+        for layer in [*self.layers, *self.data]:
+            if layer.fd is None or (keep_writable and layer.writable):
+                continue
+            try:
+                os.close(layer.fd)
+            except OSError:
+                pass
+
+
+def kind_of(source: ImageSource) -> str:
+    """The `allow container` kind of the main image."""
+    from sifbox.image.source import ImageKind
+
+    if source.kind == ImageKind.SANDBOX:
+        return "dir"
+    return "squashfs" if source.kind == ImageKind.SQUASHFS else "sif"
+
+
+def open_all(spec: ContainerSpec, host: Host, action: str, gate: Gate) -> Opened:
+    """Open the image, the overlays and the bound images; admit each on its descriptor."""
+    from sifbox.image.source import ImageKind, open_image
+    from sifbox.runtime.sandbox.ops import RootImage
+
+    source = open_image(spec.image, verb=action)
+    layers: list[Any] = []
+    try:
+        assert source.fd is not None
+        if gate.active:
+            gate.admit(source.fd, kind=kind_of(source), image=spec.image)
+        image = RootImage("dir" if source.kind == ImageKind.SANDBOX else "squashfs", source.fd, source.offset,
+                          source.size, source.path)  # fmt: skip
+        layers = _overlays(spec, action, source, gate)
+        data = _bound(spec, host, gate)
+    except BaseException:
+        Opened(source, None, layers, []).close()
+        raise
+    return Opened(source, image, layers, data)
+
+
+def _overlays(spec: ContainerSpec, action: str, source: ImageSource, gate: Gate) -> list[Any]:
+    """The --overlay images, plus the SIF's own overlay partition (read-only, or
+    the writable layer with --writable); each admitted like the image."""
+    if not spec.overlays and not spec.writable and source.overlay is None:
+        return []
+    from sifbox.image import overlay
+    from sifbox.image.source import ImageKind
+    from sifbox.runtime.sandbox.ops import Layer
+
+    if spec.writable and source.kind == ImageKind.SQUASHFS:
+        raise UsageError(f"can't {action} `{spec.image}` with --writable: a SquashFS image is read-only",
+                         hint="--overlay DIR keeps changes in DIR; --writable-tmpfs gives a writable root whose "
+                         "changes vanish")  # fmt: skip
+    found: list[Any] = overlay.open_overlays(list(spec.overlays), verb=action)
+    try:
+        if spec.writable_tmpfs and not spec.writable and any(o.writable for o in found):
+            # As Apptainer: the changes go to one place, the overlay or the tmpfs.
+            raise UsageError(f"can't {action} `{spec.image}` with --writable-tmpfs and a writable --overlay",
+                             hint="add `:ro` to the overlay, or keep the changes in it without --writable-tmpfs")
+        for o in found:
+            if gate.active:
+                gate.admit(o.fd, kind=overlay.policy_kind(o), image=o.path, role="overlay")
+        if spec.writable and source.kind == ImageKind.SIF:
+            if any(o.writable for o in found):
+                raise UsageError(f"can't {action} `{spec.image}` with --writable and a writable --overlay",
+                                 hint="add `:ro` to the overlay")  # fmt: skip
+            found.insert(0, overlay.sif_overlay_partition(spec.image, verb=action, fd=source.fd))
+        elif source.overlay is not None and source.fd is not None:
+            # As Apptainer: a SIF's overlay partition is a read-only layer unless --writable.
+            offset, size = source.overlay
+            found.append(overlay.Overlay(source.path, "ext3", os.dup(source.fd), offset, size, False))
+        if source.overlay is not None and source.fd is not None and gate.active:
+            gate.admit_partition(source.fd, image=spec.image)
+    except BaseException:
+        overlay.close(found)
+        raise
+    return [Layer(o.path, o.kind, o.fd, o.offset, o.size, o.writable) for o in found]
+
+
+def _bound(spec: ContainerSpec, host: Host, gate: Gate) -> list[Any]:
+    """The images bound with `image-src=` or `id=`, in the order of the plan's
+    "image" mounts; each admitted like the image."""
+    from sifbox.runtime.plan import image_binds
+
+    binds = image_binds(spec)
+    if not binds:
+        return []
+    from sifbox.image import dataimage, overlay
+    from sifbox.runtime.sandbox.ops import Layer
+
+    found: list[Any] = []
+    try:
+        for b in binds:
+            source = os.path.join(host.cwd, b.source)
+            found.append(dataimage.open_data_image(source, b.target, readonly=b.readonly, part_id=b.part_id))
+            if gate.active:
+                d = found[-1]
+                gate.admit(d.fd, kind=dataimage.policy_kind(d.fd, d.kind), image=b.source, role="bind")
+    except BaseException:
+        overlay.close(found)
+        raise
+    return [Layer(d.path, d.kind, d.fd, d.offset, d.size, d.writable) for d in found]
+
+
+def admit_instance(instance: State, gate: Gate) -> None:
+    """Judge the images of a running instance again, through the descriptors its
+    holder keeps open: the site's rules are those of now, not of its start."""
+    if not gate.active:
+        return
+    config = instance.config if isinstance(instance.config, dict) else {}
+    own = config.get("sifbox")
+    held = own.get("images") if isinstance(own, dict) else None
+    if not held or not isinstance(held, list):
+        raise SifboxError(f"can't join instance `{instance.name}`: its images can't be checked against the "
+                          "site's policy", hint=f"restart it: `sifbox instance stop {instance.name}`")  # fmt: skip
+    for entry in held:
+        try:
+            fd, kind, path, role = entry
+            flags = (os.O_PATH | os.O_DIRECTORY if kind == "dir" else os.O_RDONLY) | os.O_CLOEXEC
+            opened = os.open(f"/proc/{instance.pid}/fd/{int(fd)}", flags)
+        except (OSError, ValueError, TypeError) as err:
+            raise SifboxError(f"can't join instance `{instance.name}`: can't open its image: {err}") from None
+        try:
+            gate.admit(opened, kind=str(kind), image=str(path), role="instance" if role == "image" else str(role))
+        finally:
+            os.close(opened)
+
+
+def instance_record(spec: ContainerSpec, opened: Opened) -> dict[str, object]:
+    """What an instance was started with (stored base64-encoded, as Apptainer's engine
+    configuration), and the descriptors of its images in its holder (`admit_instance`)."""
+    namespaces = (("pid", spec.pid), ("ipc", spec.ipc), ("uts", spec.uts or bool(spec.hostname)), ("net", spec.net))
+    source, image = opened.source, opened.image
+    images: list[list[object]] = [[image.fd, "dir" if image.kind == "dir" else kind_of(source), source.path, "image"]]
+    images += [[layer.fd, "dir" if layer.kind == "dir" else "extfs" if layer.kind == "ext3" else "squashfs",
+                layer.path, "overlay"] for layer in opened.layers]  # fmt: skip
+    if opened.data:
+        from sifbox.image import dataimage
+
+        images += [[d.fd, dataimage.policy_kind(d.fd, d.kind), d.path, "bind"] for d in opened.data]
+    return {
+        "engineName": "sifbox",
+        "containerID": "",
+        "sifbox": {
+            "image": spec.image, "contain": spec.contain, "writableTmpfs": spec.writable_tmpfs,
+            "fakeroot": spec.fakeroot, "binds": [list(b) for b in spec.binds],
+            "namespaces": [n for n, on in namespaces if on], "images": images,
+        },
+    }  # fmt: skip
