@@ -88,7 +88,9 @@ def _home() -> Path:
 
 
 def sifbox_config_dir() -> Path:
-    return Path(os.environ.get("SIFBOX_CONFIGDIR") or _home() / ".sifbox")
+    from sifbox.util.paths import config_dir
+
+    return Path(config_dir())
 
 
 def login_file() -> Path:

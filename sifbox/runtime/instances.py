@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from sifbox.util.errors import SifboxError, UsageError
+from sifbox.util.paths import config_dir
 
 URI = "instance://"
 _NAME = re.compile(r"[a-zA-Z0-9._-]+\Z")
@@ -84,10 +85,11 @@ class Paths:
     host: str
     user: str
     uid: int = -1  # the owner: only its processes count as its instances (-1: any)
+    config: str = ""  # the configuration directory (default: HOME/.sifbox)
 
     @property
     def base(self) -> str:
-        return os.path.join(self.home, ".sifbox", "instances")
+        return os.path.join(self.config or os.path.join(self.home, ".sifbox"), "instances")
 
     @property
     def app_dir(self) -> str:
@@ -118,8 +120,10 @@ def paths_for(user: str | None = None) -> Paths:
     except KeyError:
         if user:
             raise UsageError(f"can't find the instances of `{user}`: no such user") from None
-        return Paths(os.environ.get("HOME", "/"), host, f"uid{os.getuid()}", os.getuid())
-    return Paths(entry.pw_dir, host, entry.pw_name, entry.pw_uid)
+        return Paths(os.environ.get("HOME", "/"), host, f"uid{os.getuid()}", os.getuid(), config_dir())
+    # The caller's own: SIFBOX_CONFIGDIR/APPTAINER_CONFIGDIR may move them; another user's (root's
+    # `--user`) are in that user's ~/.sifbox.
+    return Paths(entry.pw_dir, host, entry.pw_name, entry.pw_uid, "" if user else config_dir())
 
 
 # --- the state file ------------------------------------------------------------------------------

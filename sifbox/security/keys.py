@@ -27,12 +27,15 @@ KEYSDIR_VARS = ("SIFBOX_KEYSDIR", "APPTAINER_KEYSDIR", "SINGULARITY_KEYSDIR")
 
 def keys_dir() -> str:
     """The local keyring directory: $SIFBOX_KEYSDIR, else $APPTAINER_KEYSDIR (then
-    $SINGULARITY_KEYSDIR), else ~/.sifbox/keys."""
+    $SINGULARITY_KEYSDIR), else the `keys` directory of the configuration directory
+    ($SIFBOX_CONFIGDIR, $APPTAINER_CONFIGDIR, else ~/.sifbox)."""
     for var in KEYSDIR_VARS:
         d = os.environ.get(var)
         if d:
             return d
-    return os.path.join(os.path.expanduser("~"), ".sifbox", "keys")
+    from sifbox.util.paths import config_dir
+
+    return os.path.join(config_dir(), "keys")
 
 
 class KeyInfo:

@@ -91,3 +91,21 @@ def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+#: Variables naming the user's configuration directory, first set wins (Apptainer reads
+#: APPTAINER_CONFIGDIR): keys, instances, registry logins live below it.
+CONFIGDIR_VARS = ("SIFBOX_CONFIGDIR", "APPTAINER_CONFIGDIR", "SINGULARITY_CONFIGDIR")
+
+
+def config_dir(home: str | None = None) -> str:
+    """The user's configuration directory: $SIFBOX_CONFIGDIR, else $APPTAINER_CONFIGDIR (then
+    $SINGULARITY_CONFIGDIR), else ~/.sifbox. With `home` (root looking at another user's),
+    that user's ~/.sifbox."""
+    if home is not None:
+        return os.path.join(home, ".sifbox")
+    for var in CONFIGDIR_VARS:
+        d = os.environ.get(var)
+        if d:
+            return d
+    return os.path.join(os.environ.get("HOME") or os.path.expanduser("~"), ".sifbox")

@@ -39,7 +39,6 @@ The themes:
     inspect-all-json      `inspect --all` lacks Apptainer's JSON (apps' labels, scripts, help)
     image-labels          labels Apptainer's build writes (`...usage.apptainer.runscript.help`)
     image-env-script      the environment scripts as Apptainer writes them (image and apps)
-    configdir             APPTAINER_CONFIGDIR is not where instances are kept
     flag-env              the APPTAINER_/SIFBOX_ variable of a flag is not read
     readonly-cache        a read-only cache directory fails instead of disabling the cache
     keyring-init          `key list` does not create the keyrings

@@ -211,7 +211,6 @@ def test_checkpoint_instance() -> None:
 def test_instance_with_config_dir(request, sb, instances) -> None:
     """instance.go:testInstanceWithConfigDir: with APPTAINER_CONFIGDIR=DIR the instance's files
     are under DIR/instances/app."""
-    mark_xfail(request, "configdir", sb.kind)
     confdir = sb.work / "config"
     confdir.mkdir()
     os.chown(confdir, sb.who.uid, sb.who.gid)
