@@ -2,7 +2,8 @@ r"""Apptainer's e2e expectations as table rows: the command, the exit status, th
 
 A case is named after the Go test it ports, as `FILE:FUNCTION/SUBTEST` (e.g.
 `env.go:apptainerEnvOption/DefaultPath`), so that anyone can find the source in
-apptainer/apptainer's e2e/ directory. Its command line is Apptainer's with `apptainer` replaced
+apptainer/apptainer's e2e/ directory. tests/e2e/userguide ports the examples of Apptainer's user
+guide with the same table, named `PAGE.rst:Section` (its conftest.py says how). Its command line is Apptainer's with `apptainer` replaced
 by the sifbox CLI; placeholders are filled per test:
 
     @test@ @busybox@ @debian@ @sandbox@   the images (see conftest.py)
@@ -43,6 +44,20 @@ The themes:
     readonly-cache        a read-only cache directory fails instead of disabling the cache
     keyring-init          `key list` does not create the keyrings
     action-uri            actions on a docker:// URI
+    sif-executable        a built SIF is not executable (mode 0644; no `run-singularity` for its
+                          `#!/usr/bin/env run-singularity` line)
+    build-arch            `build --arch` of another architecture is refused
+    build-prompt          building over an existing image is an error, not Apptainer's question
+    build-args-unused     a --build-arg the definition does not use only warns (Apptainer: fatal)
+    build-fingerprints    the `Fingerprints:` header of a definition file is refused
+    env-allexport         a variable %environment sets without `export` is not in the environment
+    docker-env-host       a host variable overrides the image's Docker ENV of the same name
+    compat-warning        no DEPRECATED USAGE / Skipping warning for SINGULARITYENV_ variables
+    fakeroot-umask        --fakeroot keeps the caller's umask instead of setting 0022
+    mount-csv             --mount and APPTAINER_MOUNT are not CSV (quoted fields, a mount a line)
+    overlay-allocate      `overlay create` without --sparse does not take its size on disk
+    key-import-passphrase `key import` of a secret key asks for no passphrase (old, new)
+    message-text          a message's words differ from the ones the user guide quotes
     missing-flag:FLAG, missing-command:COMMAND   not available yet
 """
 
@@ -180,6 +195,9 @@ class Runner:
     images: object
     work: Path
     timeout: int = 60
+    #: more placeholders ("@name@" -> value) of a suite or test; the images' own come from
+    #: `images.placeholders()` where it has one (else @test@ @busybox@ @debian@ @sandbox@)
+    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -190,12 +208,17 @@ class Runner:
 
         im = self.images
         pw = pwd.getpwnam(self.who.name)
-        values = {
+        own = getattr(im, "placeholders", None)
+        values = dict(own()) if callable(own) else {
             "@test@": str(im.test), "@busybox@": str(im.busybox), "@debian@": str(im.debian),  # type: ignore[attr-defined]
-            "@sandbox@": str(im.sandbox), "@work@": str(self.work), "@home@": self.who.home,  # type: ignore[attr-defined]
+            "@sandbox@": str(im.sandbox),  # type: ignore[attr-defined]
+        }  # fmt: skip
+        values.update(self.extra)
+        values.update({
+            "@work@": str(self.work), "@home@": self.who.home,
             "@user@": self.who.name, "@uid@": str(self.who.uid), "@gid@": str(self.who.gid),
             "@gecos@": pw.pw_gecos, "@shell@": pw.pw_shell,
-        }  # fmt: skip
+        })  # fmt: skip
         for key, value in values.items():
             text = text.replace(key, value)
         return text
@@ -229,7 +252,9 @@ class Runner:
             kw.update(user=self.who.uid, group=self.who.gid, extra_groups=[])
         proc = subprocess.Popen(args, **kw)  # type: ignore[call-overload]
         try:
-            out, err = proc.communicate(stdin, timeout=timeout or self.timeout)
+            out, err = proc.communicate(
+                self.subst(stdin) if stdin is not None else None, timeout=timeout or self.timeout
+            )
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
@@ -287,11 +312,16 @@ def check(sb: Runner, case: Case, res: Result) -> None:
 
 
 def console(
-    sb: Runner, argv: Sequence[str], ops: Sequence[tuple[str, str]], timeout: float = 20
+    sb: Runner,
+    argv: Sequence[str],
+    ops: Sequence[tuple[str, str]],
+    timeout: float = 20,
+    env: Mapping[str, str] | None = None,
 ) -> Result:
     """Run `sifbox ARGV` on a new terminal and play `ops` on it, as e2e.ConsoleRun does:
     ("send", LINE) types LINE and Enter; ("expect", TEXT) reads until TEXT shows. Returns the
-    exit status and everything the terminal showed (as stdout)."""
+    exit status and everything the terminal showed (as stdout). `env` is added to the user's
+    environment, as a case's."""
     import select
     import time
 
@@ -299,12 +329,12 @@ def console(
     kw: dict[str, object] = {}
     if not sb.who.is_root:
         kw.update(user=sb.who.uid, group=sb.who.gid, extra_groups=[])
-    env = sb.env({"TERM": "xterm"})
+    environ = sb.env({"TERM": "xterm", **(env or {})})
     # setsid --ctty: a new session whose controlling terminal is this one (stdin); --wait: its
     # status is the command's.
     proc = subprocess.Popen(
         ["setsid", "--ctty", "--wait", sb.cli, *(sb.subst(a) for a in argv)], stdin=slave, stdout=slave,
-        stderr=slave, env=env, cwd=str(sb.work), **kw,  # type: ignore[call-overload]
+        stderr=slave, env=environ, cwd=str(sb.work), **kw,  # type: ignore[call-overload]
     )  # fmt: skip
     os.close(slave)
     seen = b""
