@@ -16,6 +16,7 @@ import signal
 from collections.abc import Callable
 
 from sifbox.util.errors import ExitStatus, SifboxError
+from sifbox.util.paths import in_user_namespace as in_user_namespace  # used by build.agents
 
 
 def is_root() -> bool:
@@ -42,16 +43,6 @@ def wait_child(pid: int) -> tuple[int, BaseException | None]:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-
-
-def in_user_namespace() -> bool:
-    """Whether this process runs in a user namespace other than the host's."""
-    try:
-        with open("/proc/self/uid_map") as f:
-            lines = f.read().split()
-    except OSError:
-        return False
-    return lines[:3] != ["0", "0", "4294967295"]
 
 
 def run_as_root(work: Callable[[], None], *, log: Callable[..., None] | None = None) -> None:

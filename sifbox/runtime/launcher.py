@@ -741,7 +741,9 @@ def run_build_container(root: str, argv: list[str], env: dict[str, str], *, bind
     from sifbox.runtime.sandbox.ops import Namespaces, RootImage
     from sifbox.runtime.spec import ContainerSpec, Host, parse_bind
 
-    real_root = not _in_user_namespace()
+    from sifbox.util.paths import in_user_namespace
+
+    real_root = not in_user_namespace()
     bind_list = []
     for text in binds:
         bind_list += parse_bind(text)
@@ -766,13 +768,6 @@ def run_build_container(root: str, argv: list[str], env: dict[str, str], *, bind
                  options=LaunchOptions())  # fmt: skip
     return _launch(p)
 
-
-def _in_user_namespace() -> bool:
-    try:
-        with open("/proc/self/uid_map") as f:
-            return f.read().split()[:3] != ["0", "0", "4294967295"]
-    except OSError:
-        return False
 
 
 # --- messages -------------------------------------------------------------------------------------

@@ -109,3 +109,13 @@ def config_dir(home: str | None = None) -> str:
         if d:
             return d
     return os.path.join(os.environ.get("HOME") or os.path.expanduser("~"), ".sifbox")
+
+
+def in_user_namespace() -> bool:
+    """Whether this process runs in a user namespace other than the host's (root of a
+    fakeroot build is a user outside it)."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split()[:3] != ["0", "0", "4294967295"]
+    except OSError:
+        return False

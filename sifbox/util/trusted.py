@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 
+from sifbox.util.paths import in_user_namespace
+
 
 def untrusted_reason(fd: int) -> str | None:
     """Why root must not trust the file open at `fd` (None: it may)."""
-    if os.geteuid() != 0 or _in_user_namespace():
+    if os.geteuid() != 0 or in_user_namespace():
         return None  # root of a user namespace (a fakeroot build) is a user outside it
     st = os.fstat(fd)
     if st.st_uid != 0:
@@ -25,10 +27,3 @@ def untrusted_reason(fd: int) -> str | None:
 
 HINT = "as root, sifbox reads only files owned by root and writable by no one else: `chown root:root FILE; chmod go-w FILE`"
 
-
-def _in_user_namespace() -> bool:
-    try:
-        with open("/proc/self/uid_map") as f:
-            return f.read().split()[:3] != ["0", "0", "4294967295"]
-    except OSError:
-        return False
