@@ -93,14 +93,28 @@ def _split_commas(text: str) -> list[str]:
 
 
 def user_overrides(host_env: Mapping[str, str], env_files: Mapping[str, str], env_opts: Mapping[str, str],
-                   warn: Callable[[str], None] | None = None) -> dict[str, str]:  # fmt: skip
+                   warn: Callable[[str], None] | None = None,
+                   note: Callable[[str], None] | None = None) -> dict[str, str]:  # fmt: skip
     """The user's values, lowest precedence first; those that may not be set are left out
-    (with a warning)."""
+    (with a warning). As Apptainer, `note` says when a SINGULARITYENV_ variable is used (its
+    newer prefix is preferred), `warn` when a higher prefix sets another value."""
     out: dict[str, str] = {}
     for prefix in ENV_PREFIXES:
         for key, value in host_env.items():
             if key.startswith(prefix) and len(key) > len(prefix):
                 out[key[len(prefix) :]] = value
+    for prefix in ENV_PREFIXES[:-1]:
+        for key, value in host_env.items():
+            if not key.startswith(prefix) or len(key) == len(prefix):
+                continue
+            name = key[len(prefix) :]
+            if out[name] != value:
+                if warn is not None:
+                    warn(f"Skipping environment variable [{key}={value}], {name} is already overridden with "
+                         f"different value [{out[name]}]")  # fmt: skip
+            elif prefix == ENV_PREFIXES[0] and note is not None \
+                    and not any(p + name in host_env for p in ENV_PREFIXES[1:]):  # fmt: skip
+                note(f"Environment variable {key} is set, but {ENV_PREFIXES[1]}{name} is preferred")
     out.update(env_files)
     out.update(env_opts)
     for key in [k for k in out if k in REFUSED]:

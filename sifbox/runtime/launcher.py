@@ -199,7 +199,8 @@ def prepare(launch: Launch) -> Prepared:
     if launch.no_umask:
         os.umask(0o022)  # as Apptainer's --no-umask: the container gets the default, not the caller's
     overrides = envmod.user_overrides(os.environ, _env_files(launch.env_files, spec.image, launch.words),
-                                      envmod.parse_env_option(list(launch.env_opts)), warn=_warn)  # fmt: skip
+                                      envmod.parse_env_option(list(launch.env_opts)),
+                                      warn=_warn, note=_note)  # fmt: skip
     fixed: dict[str, str] = {}  # sifbox's own values (MPI defaults, devices): never evaluated
     caps = _root_caps(launch.caps, cfg, conf_path, spec) if host.is_root else frozenset()
     from sifbox.runtime.caps import ALL
@@ -777,6 +778,12 @@ def _warn(message: str) -> None:
     from sifbox.util import log
 
     log.log.warning("%s", message)
+
+
+def _note(message: str) -> None:
+    from sifbox.util import log
+
+    log.log.info("%s", message)
 
 
 def _verbose_log() -> Callable[..., None] | None:

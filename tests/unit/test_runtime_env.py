@@ -71,6 +71,30 @@ def test_user_overrides_prefix_precedence(host: dict[str, str], expected: str) -
     assert env.user_overrides(host, {}, {}) == {"X": expected}
 
 
+@pytest.mark.parametrize(
+    "host,warned,noted",
+    [
+        ({"SINGULARITYENV_X": "s"}, [], ["Environment variable SINGULARITYENV_X is set, but APPTAINERENV_X is preferred"]),
+        ({"SINGULARITYENV_X": "a", "APPTAINERENV_X": "a"}, [], []),
+        ({"SINGULARITYENV_X": "s", "APPTAINERENV_X": "a"},
+         ["Skipping environment variable [SINGULARITYENV_X=s], X is already overridden with different value [a]"], []),
+        ({"SINGULARITYENV_X": "s", "APPTAINERENV_X": "a", "SIFBOXENV_X": "x"},
+         ["Skipping environment variable [SINGULARITYENV_X=s], X is already overridden with different value [x]",
+          "Skipping environment variable [APPTAINERENV_X=a], X is already overridden with different value [x]"], []),
+        ({"APPTAINERENV_X": "a"}, [], []),
+        ({"SINGULARITYENV_": "s", "APPTAINERENV_": "a"}, [], []),
+    ],
+)  # fmt: skip
+def test_user_overrides_say_what_singularityenv_does(host: dict[str, str], warned: list[str], noted: list[str]) -> None:
+    """Apptainer's messages: a SINGULARITYENV_ variable used is noted (INFO), one a higher
+    prefix overrides with another value is said to be skipped (WARNING)."""
+    warnings: list[str] = []
+    notes: list[str] = []
+    env.user_overrides(host, {}, {}, warn=warnings.append, note=notes.append)
+    assert sorted(warnings) == sorted(warned)
+    assert notes == noted
+
+
 def test_user_overrides_env_file_then_env_option() -> None:
     host = {"SIFBOXENV_X": "x", "SIFBOXENV_Y": "y", "SIFBOXENV_Z": "z", "X": "host"}
     got = env.user_overrides(host, {"Y": "file", "Z": "file"}, {"Z": "opt"})

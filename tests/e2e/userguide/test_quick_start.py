@@ -78,15 +78,15 @@ def test_interface(request, sb, case: Case) -> None:
 
 #: debugging messages: lines with the [U=UID,P=PID] of Apptainer's debug format
 DEBUG = regex(r"\[U=\d+,P=\d+\]")
-# The global option and --containall with docker://alpine (action-uri), and the same with the
-# image pulled first (`pull docker://alpine`).
+# The global option and --containall with docker://alpine, and the same with the image pulled
+# first (`pull docker://alpine`).
 URI_OPTIONS = [
     C(f"{QS}:Overview of the Apptainer Interface[--debug run docker://alpine]", "--debug", "run",
-      "docker://@registry@/library/alpine", env=HOME, err=DEBUG, xfail="action-uri"),
+      "docker://@registry@/library/alpine", env=HOME, err=DEBUG),
     C(f"{QS}:Overview of the Apptainer Interface[--debug run alpine_latest.sif]", "--debug", "run",
       "@pulled_alpine@", err=DEBUG),
     C(f"{QS}:Overview of the Apptainer Interface[run --containall docker://alpine]", "run", "--containall",
-      "docker://@registry@/library/alpine", env=HOME, xfail="action-uri"),
+      "docker://@registry@/library/alpine", env=HOME),
     C(f"{QS}:Overview of the Apptainer Interface[run --containall alpine_latest.sif]", "run",
       "--containall", "@pulled_alpine@"),
 ]  # fmt: skip
@@ -131,14 +131,14 @@ INTERACT = [
     C(f"{QS}:Running a container", "run", "@lolcow@", out=DATE_COW),
 ]  # fmt: skip
 
-# The same with the image's URI: an ephemeral container (action-uri).
+# The same with the image's URI: an ephemeral container.
 INTERACT_URI = [
     C(f"{QS}:Shell[docker://]", "shell", "docker://@registry@/apptainer/lolcow", env=HOME,
-      stdin="whoami\n", out=regex(r"(?m)^@user@$"), xfail="action-uri"),
+      stdin="whoami\n", out=regex(r"(?m)^@user@$")),
     C(f"{QS}:Executing Commands[docker://]", "exec", "docker://@registry@/apptainer/lolcow", "cowsay",
-      "Fresh from the internet", env=HOME, out=exact(cow("Fresh from the internet")), xfail="action-uri"),
+      "Fresh from the internet", env=HOME, out=exact(cow("Fresh from the internet"))),
     C(f"{QS}:Running a container[docker://]", "run", "docker://@registry@/apptainer/lolcow", env=HOME,
-      out=DATE_COW, xfail="action-uri"),
+      out=DATE_COW),
 ]  # fmt: skip
 
 
@@ -152,13 +152,10 @@ def test_interact_uri(request, sb, reg, case: Case) -> None:
     guide.run(request, sb, case)
 
 
-def test_run_sif_as_executable(request, sb) -> None:
+def test_run_sif_as_executable(sb) -> None:
     """Running a container: `./lolcow_latest.sif` runs the runscript, as `run` does (the SIF
     starts with `#!/usr/bin/env run-singularity`). The image is built here, so that its mode is
     the one sifbox gives."""
-    from tests.e2e.apptainer.cases import mark_xfail
-
-    mark_xfail(request, "sif-executable", sb.kind)
     staged("lolcow.def", "cowsay", "lolcat")(sb)
     res = sb.run(["build", "lolcow_latest.sif", "lolcow.def"])
     assert res.status == 0, res
@@ -171,27 +168,23 @@ def test_run_sif_as_executable(request, sb) -> None:
 
 # --- Arguments to run --------------------------------------------------------------------------
 # The host's HOSTNAME is p700, as on the guide's machine. `run` evaluates its arguments once (the
-# runscript of an OCI image is a shell script), `exec` does not. The URI forms are the guide's
-# (action-uri); `[alpine_latest.sif]` are the same with the pulled image.
+# runscript of an OCI image is a shell script), `exec` does not. The URI forms are the guide's;
+# `[alpine_latest.sif]` are the same with the pulled image.
 
 P700 = {"HOSTNAME": "p700", **HOME}
 ARGUMENTS = []
-for target, theme in (
-    ("docker://@registry@/library/alpine", "action-uri"),
-    ("@pulled_alpine@", None),
-):
-    tag = "" if theme else "[alpine_latest.sif]"
+for target, tag in (("docker://@registry@/library/alpine", ""), ("@pulled_alpine@", "[alpine_latest.sif]")):
     ARGUMENTS += [
         C(f"{QS}:Arguments to run[echo hello]{tag}", "run", target, "echo", "hello", env=P700,
-          out=exact("hello"), xfail=theme),
+          out=exact("hello")),
         C(f"{QS}:Arguments to run[run \\$HOSTNAME]{tag}", "run", target, "echo", "$HOSTNAME", env=P700,
-          out=exact("p700"), xfail=theme),
+          out=exact("p700")),
         C(f"{QS}:Arguments to run[run \\\\\\$HOSTNAME]{tag}", "run", target, "echo", "\\$HOSTNAME",
-          env=P700, out=exact("$HOSTNAME"), xfail=theme),
+          env=P700, out=exact("$HOSTNAME")),
         C(f"{QS}:Arguments to run[exec \\$HOSTNAME]{tag}", "exec", target, "echo", "$HOSTNAME", env=P700,
-          out=exact("$HOSTNAME"), xfail=theme),
+          out=exact("$HOSTNAME")),
         C(f"{QS}:Arguments to run[exec \\\\\\$HOSTNAME]{tag}", "exec", target, "echo", "\\$HOSTNAME",
-          env=P700, out=exact("\\$HOSTNAME"), xfail=theme),
+          env=P700, out=exact("\\$HOSTNAME")),
     ]  # fmt: skip
 
 
