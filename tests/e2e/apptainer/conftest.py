@@ -93,16 +93,21 @@ def build_images(cli: str, base: Path) -> Images:
                   inspector_sandbox)  # fmt: skip
 
 
-@pytest.fixture(scope="session")
-def e2e_images(sifbox_cli: str) -> Iterator[Images]:
-    """The images of the ported tests, built once per session as root; removed at the end."""
+def need_image_tools(what: str) -> None:
+    """Skip (saying why) unless this runs as root with mksquashfs and busybox to build `what`."""
     if os.geteuid() != 0:
-        pytest.skip("building the e2e images needs root")
+        pytest.skip(f"building {what} needs root")
     for tool in ("mksquashfs", "busybox"):
         if shutil.which(tool) is None:
             pytest.skip(
                 f"`{tool}` is not installed (Debian packages squashfs-tools, busybox-static)"
             )
+
+
+@pytest.fixture(scope="session")
+def e2e_images(sifbox_cli: str) -> Iterator[Images]:
+    """The images of the ported tests, built once per session as root; removed at the end."""
+    need_image_tools("the e2e images")
     base = new_dir("images")
     try:
         yield build_images(sifbox_cli, base)
