@@ -16,7 +16,9 @@ Options also read SIFBOX_<OPTION> (then APPTAINER_, SINGULARITY_).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import sys
 
 from sifbox.util.errors import NotAvailableError, UsageError
 
@@ -41,6 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="LIST",
         help="run only these sections: setup, files, post, environment, runscript, startscript, "
         "test, labels, help, none (comma-separated)",
+    )
+    p.add_argument(
+        "--ignore-fakeroot-command",
+        action="store_true",
+        help="do not use the fakeroot command (sifbox never does: its fakeroot is a user namespace)",
     )
     p.add_argument(
         "--fix-perms",
@@ -70,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--warn-unused-build-args",
         action="store_true",
-        help="only warn about build arguments the definition does not use (the default)",
+        help="only warn about build arguments the definition does not use (default: an error)",
     )
     p.add_argument(
         "-B",
@@ -100,7 +107,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--disable-cache", action="store_true", help="do not use the image cache")
     p.add_argument("--no-https", "--nohttps", dest="no_https", action="store_true",
                    help="use http instead of https for `Bootstrap: docker` registries; also SIFBOX_NOHTTPS=1")
-    p.add_argument("--arch", metavar="ARCH", help=argparse.SUPPRESS)
+    p.add_argument("--arch", metavar="ARCH", help="architecture of an image from a registry or OCI source (e.g. arm64)")
     p.add_argument("-e", "--encrypt", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--nv", action="store_true", help=argparse.SUPPRESS)
 
@@ -133,12 +140,21 @@ def request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         raise NotAvailableError(
             "can't use --nv with build: not available in this version of sifbox"
         )
+    arch = None
     if args.arch:
         from sifbox.build.assemble import machine_arch
+        from sifbox.formats.sif.constants import ARCH_CODES
 
+        if args.arch not in ARCH_CODES:
+            raise UsageError(f"can't build for `{args.arch}`: unknown architecture",
+                             hint="one of " + ", ".join(ARCH_CODES))  # fmt: skip
         if args.arch != machine_arch():
-            raise NotAvailableError(f"can't build for `{args.arch}`: only this machine's architecture "
-                                    f"(`{machine_arch()}`) can be built")  # fmt: skip
+            if "://" not in args.spec and args.spec.split(":", 1)[0] not in ("oci", "oci-archive", "docker-archive"):
+                raise NotAvailableError(f"can't build `{args.spec}` for `{args.arch}`: only an image from a "
+                                        f"registry or an OCI source can be for another architecture than this "
+                                        f"machine's (`{machine_arch()}`)",
+                                        hint=f"build on a `{args.arch}` machine")  # fmt: skip
+            arch = args.arch
     build_args: dict[str, str] = {}
     for path in args.build_arg_file:
         try:
@@ -193,13 +209,31 @@ def request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         quiet=level > 20,
         config_path=getattr(args, "config", None),
         disable_cache=args.disable_cache or _truthy(_flag("DISABLE_CACHE")),
+        warn_unused_args=args.warn_unused_build_args,
+        arch=arch,
     )
+
+
+def _overwrite_agreed(out: str) -> bool:
+    """Apptainer's question before a build replaces an existing image; yes only for `y`."""
+    sys.stdout.write(f"Build target '{os.path.basename(out.rstrip('/')) or out}' already exists and will be "
+                     "deleted during the build process. Do you want to continue? [y/N] ")  # fmt: skip
+    sys.stdout.flush()
+    try:
+        answer = sys.stdin.readline()
+    except (OSError, ValueError):
+        answer = ""
+    if not answer.endswith("\n"):
+        sys.stdout.write("\n")
+    return answer.strip() in ("y", "Y")
 
 
 def main(args: argparse.Namespace) -> int:
     from sifbox.build.pipeline import build
 
     req = request(args)
+    if not (req.force or req.update) and os.path.lexists(req.output) and _overwrite_agreed(req.output):
+        req = dataclasses.replace(req, force=True)
     if args.no_https:
         # read where registries are reached (sifbox.oci.registry.fetch_image), in the build's
         # process and its fakeroot child alike, as the variable itself would be

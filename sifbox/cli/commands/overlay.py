@@ -70,7 +70,10 @@ def main(args: argparse.Namespace) -> int:
             if not args.sparse and not into_sif:
                 os.posix_fallocate(f.fileno(), 0, args.size << 20)
         owner = f"{os.getuid()}:{os.getgid()}"
-        cmd = [mkfs, "-q", "-F", "-t", "ext3", "-E", f"root_owner={owner}", "-d", tree, fs]
+        # mkfs discards (punches holes in) a file's blocks unless told not to: an allocated
+        # image keeps them, as Apptainer's takes its whole size on disk.
+        extended = f"root_owner={owner}" + ("" if args.sparse or into_sif else ",nodiscard")
+        cmd = [mkfs, "-q", "-F", "-t", "ext3", "-E", extended, "-d", tree, fs]
         if os.path.basename(mkfs) == "mkfs.ext3":
             cmd.remove("-t")
             cmd.remove("ext3")
