@@ -50,7 +50,6 @@ The themes:
     docker-env-host       a host variable overrides the image's Docker ENV of the same name
     compat-warning        no DEPRECATED USAGE / Skipping warning for SINGULARITYENV_ variables
     mount-csv             --mount and APPTAINER_MOUNT are not CSV (quoted fields, a mount a line)
-    key-import-passphrase `key import` of a secret key asks for no passphrase (old, new)
     missing-flag:FLAG, missing-command:COMMAND   not available yet
 """
 
