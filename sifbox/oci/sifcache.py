@@ -71,10 +71,11 @@ def through_cache(cache_dir: Path, digest: str, convert: Callable[[str], object]
 
 
 def convert_to_sif(  # type: ignore[no-untyped-def]
-    ref, uri: str, out: str, platform, *, explicit: bool, procs: int | None, progress
+    ref, uri: str, out: str, platform, *, explicit: bool, procs: int | None, progress, oci_sif: bool = False
 ) -> None:
-    """Convert the image at `ref` (a layout.SourceRef) for `platform` into the SIF `out`;
-    `progress` has `step`, `warn`, `advance` and `done` (util.progress.Progress)."""
+    """Convert the image at `ref` (a layout.SourceRef) for `platform` into the SIF `out` (an
+    OCI-SIF with `oci_sif`); `progress` has `step`, `warn`, `advance` and `done`
+    (util.progress.Progress)."""
     from sifbox.oci import convert, imageconfig
     from sifbox.oci.layout import open_image
     from sifbox.util.log import log
@@ -90,6 +91,10 @@ def convert_to_sif(  # type: ignore[no-untyped-def]
                     f"can't pull `{uri}`: the image is for `{have}`, not `{platform}`"
                 )
             warn(f"the image is for `{have}`, this machine is `{platform}`")
+        if oci_sif:
+            log.debug("squashing `%s` (%d layers) into the OCI-SIF `%s`", uri, len(img.layers), out)
+            convert.convert_oci_sif(img, out, source=uri, procs=procs, warn=warn, step=step)
+            return
         for note in imageconfig.notes(img.config):
             log.info("%s", note)
         step("Converting OCI blobs to SIF format")  # Apptainer's words

@@ -6,6 +6,7 @@ unbounded read).
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import struct
 from pathlib import Path
@@ -77,7 +78,7 @@ def test_written_layout_is_singularityce_s() -> None:
         assert d.oci_digest() == oci.sha256(img.read(d))
     # no alignment: each object starts where the previous one ends
     assert objs[0].offset == h.data_offset
-    assert all(a.offset + a.size == b.offset for a, b in zip(objs, objs[1:]))
+    assert all(a.offset + a.size == b.offset for a, b in itertools.pairwise(objs))
     index = json.loads(img.read(objs[-1]))
     assert index == {"schemaVersion": 2, "mediaType": oci.OCI_INDEX,
                      "manifests": [{"mediaType": oci.OCI_MANIFEST, "size": objs[2].size,
@@ -105,10 +106,24 @@ def test_streamed_layer_and_spare_descriptors() -> None:
     config = _cfg()
     manifest = oci.manifest_for(config, [(oci.sha256(SQUASHFS), len(SQUASHFS))])
     f = io.BytesIO()
-    oci.write(f, [(io.BytesIO(SQUASHFS), len(SQUASHFS)), config, manifest], oci.index_for([manifest]), spare=2)
+    oci.write(f, [(io.BytesIO(SQUASHFS), len(SQUASHFS), oci.sha256(SQUASHFS)), config, manifest],
+              oci.index_for([manifest]), spare=2)
     img = SifImage.from_bytes(f.getvalue())
     assert img.header.descriptors_total == 6 and img.header.descriptors_free == 2
     assert load(f.getvalue()).layers[0].digest == oci.sha256(SQUASHFS)
+    with pytest.raises(oci.OciSifError):
+        oci.write(io.BytesIO(), [(io.BytesIO(SQUASHFS), len(SQUASHFS), "sha256:bad")], b"{}")
+
+
+def test_squashed_config() -> None:
+    got = json.loads(oci.squashed_config({**CONFIG, "history": [{"created_by": "x"}], "junk": 1}, "sha256:" + "1" * 64,
+                                         created="2023-11-14T22:13:20Z", created_by="sifbox t",
+                                         source_digest="sha256:" + "2" * 64))  # fmt: skip
+    assert list(got) == ["architecture", "history", "os", "rootfs", "config"]
+    assert got["rootfs"] == {"type": "layers", "diff_ids": ["sha256:" + "1" * 64]}
+    assert got["history"] == [{"created_by": "x"}, {"created": "2023-11-14T22:13:20Z", "created_by": "sifbox t",
+                                                    "comment": "oci-sif created from " + "2" * 64}]  # fmt: skip
+    assert got["config"] == CONFIG["config"]
 
 
 def test_generated_singularity_files_follow_the_config() -> None:
@@ -132,8 +147,8 @@ def test_corpus_single_object_images_are_refused_in_one_line() -> None:
     (b"{not json", "not valid JSON"),
     (b"[]", "not a JSON object"),
     (b'{"manifests": 3}', "no list of `manifests`"),
-    (b'{"manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:../..",'
-     b' "size": 1}]}', "invalid digest"),
+    ((b'{"manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:../..",'
+     b' "size": 1}]}'), "invalid digest"),
     (b'{"manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:'
      + b"0" * 64 + b'", "size": -1}]}', "invalid size"),
     (b'{"manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:'

@@ -272,22 +272,51 @@ def manifest_for(config: bytes, layers: Sequence[tuple[str, int]], annotations: 
     return _json(doc)
 
 
+#: The top-level fields of an image config, in the order go-containerregistry writes them.
+CONFIG_ORDER = ("architecture", "author", "container", "created", "docker_version", "history", "os", "rootfs",
+                "config", "os.version", "variant", "os.features")  # fmt: skip
+
+
+def squashed_config(config: dict[str, Any], layer_digest: str, *, created: str, created_by: str,
+                    source_digest: str | None) -> bytes:  # fmt: skip
+    """The image config of an image squashed to the one SquashFS layer `layer_digest`: its
+    diff_ids that layer, a history entry saying so (as SingularityCE's OCI-SIF writer)."""
+    doc = {k: config[k] for k in CONFIG_ORDER if k in config}
+    history = [h for h in config.get("history") or [] if isinstance(h, dict)]
+    entry: dict[str, Any] = {"created": created, "created_by": created_by}
+    if source_digest:
+        entry["comment"] = "oci-sif created from " + source_digest.removeprefix("sha256:")
+    doc["history"] = [*history, entry]
+    doc["rootfs"] = {"type": "layers", "diff_ids": [layer_digest]}
+    ordered = {k: doc[k] for k in CONFIG_ORDER if k in doc}
+    ordered.setdefault("os", "linux")
+    return _json(ordered)
+
+
 def index_for(manifests: Iterable[bytes]) -> bytes:
     """The root index of image `manifests` (as an empty index with them appended)."""
     return _json({"schemaVersion": 2, "mediaType": OCI_INDEX,
                   "manifests": [descriptor(OCI_MANIFEST, sha256(m), len(m)) for m in manifests]})  # fmt: skip
 
 
-def write(fp: BinaryIO, blobs: Sequence[bytes | tuple[BinaryIO, int]], root_index: bytes, *, spare: int = 0) -> SifImage:
-    """Create an OCI-SIF in the empty file `fp`: `blobs` in order (bytes, or an open file
-    and its size: a layer is streamed, never held in memory), then `root_index`."""
+#: SingularityCE's spare descriptors in a new OCI-SIF (for signatures and an overlay).
+SPARE_DESCRIPTORS = 8
+
+
+def write(fp: BinaryIO, blobs: Sequence[bytes | tuple[BinaryIO, int, str]], root_index: bytes, *,
+          spare: int = 0) -> SifImage:  # fmt: skip
+    """Create an OCI-SIF in the empty file `fp`: `blobs` in order (bytes, or an open file,
+    its size and digest: a layer is streamed, never held in memory), then `root_index`."""
     from sifbox.formats.sif.edit import ObjectInput, create
+    from sifbox.formats.sif.layout import oci_digest_extra
 
     objects = []
     for b in blobs:
         if isinstance(b, bytes):
             objects.append(ObjectInput(c.DataType.OCI_BLOB, b))
         else:
-            objects.append(ObjectInput(c.DataType.OCI_BLOB, b[0], size=b[1]))
+            if not _digest_ok(b[2]):
+                raise OciSifError(f"invalid digest `{_show(b[2])}`")
+            objects.append(ObjectInput(c.DataType.OCI_BLOB, b[0], size=b[1], extra=oci_digest_extra(b[2])))
     objects.append(ObjectInput(c.DataType.OCI_ROOT_INDEX, root_index))
     return create(fp, objects, deterministic=True, capacity=len(objects) + spare)

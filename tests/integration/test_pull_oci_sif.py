@@ -1,0 +1,95 @@
+"""`sifbox pull --oci`: an OCI image (a local layout, or a registry on 127.0.0.1) to an OCI-SIF
+in SingularityCE's layout: one SquashFS layer holding the merged tree `umoci unpack` gives
+(nothing of sifbox's own in it), the config pointing at that layer, a manifest, the root index
+last; deterministic SIF header, 8 spare descriptors. The OCI-SIF runs; SOURCE_DATE_EPOCH makes
+it byte for byte reproducible. As root and as the test user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sifbox.formats.sif import SifImage, oci
+from sifbox.formats.sif import constants as c
+from tests.integration.test_pull import SOURCES, TAG, _run, compare, images, registry
+
+__all__ = ["images", "registry"]  # the fixtures of test_pull, for this module too
+
+pytestmark = pytest.mark.integration
+
+
+def _env(who, shared_tmp: Path, **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIFBOX_", "APPTAINER_", "SINGULARITY_"))}
+    env.update(HOME=who.home, SIFBOX_CACHEDIR=str(shared_tmp / "cache"), **extra)
+    return env
+
+
+def _layer(path: Path) -> tuple[oci.OciImage, SifImage]:
+    with open(path, "rb") as f:
+        img = SifImage.load(f)
+        return oci.load_image(img, "amd64"), img
+
+
+def test_pull_oci_from_layout(images, run_as, as_who, sifbox_cli, shared_tmp) -> None:  # type: ignore[no-untyped-def]
+    out = shared_tmp / "img.oci.sif"
+    proc = run_as(as_who, [sifbox_cli, "pull", "--oci", str(out), SOURCES["oci"](images)], env=_env(as_who, shared_tmp))
+    assert proc.returncode == 0, proc.stderr
+    assert "WARNING" not in proc.stderr and proc.stderr.rstrip().endswith(f"Wrote `{out}`"), proc.stderr
+    got, img = _layer(out)
+    h = img.header
+    assert h.image_id == bytes(16) and h.created_at == c.ZERO_TIME and h.launch_script_text == ""
+    assert (h.descriptors_total, h.descriptors_free) == (4 + oci.SPARE_DESCRIPTORS, oci.SPARE_DESCRIPTORS)
+    types = [d.data_type for d in img.objects()]
+    assert types == [c.DataType.OCI_BLOB] * 3 + [c.DataType.OCI_ROOT_INDEX]
+    [layer] = got.layers
+    assert layer.media_type == oci.SQUASHFS_LAYER
+    assert got.config["rootfs"] == {"type": "layers", "diff_ids": [layer.digest]}
+    assert got.config["config"]["WorkingDir"] == "/data"
+    assert got.config["history"][-1]["comment"].startswith("oci-sif created from ")
+    dest = shared_tmp / "extracted"
+    _run("unsquashfs", "-no-progress", "-o", str(layer.offset), "-d", str(dest), str(out))
+    assert not (dest / ".singularity.d").exists()  # the image's files alone
+    compare(images / "reference" / "rootfs", dest)
+    shutil.rmtree(dest)
+    run = run_as(as_who, [sifbox_cli, "run", str(out)], cwd="/")
+    assert (run.returncode, run.stdout) == (0, "default-cmd\n"), run.stderr
+    ex = run_as(as_who, [sifbox_cli, "exec", str(out), "/bin/sh", "-c", 'pwd; echo "$GREETING"'], cwd="/")
+    assert (ex.returncode, ex.stdout) == (0, "/data\nhello from oci\n"), ex.stderr
+
+
+def test_pull_oci_from_registry(images, registry, run_as, as_who, sifbox_cli, shared_tmp) -> None:  # type: ignore[no-untyped-def]
+    env = _env(as_who, shared_tmp, SIFBOX_DOCKER_USERNAME="puller", SIFBOX_DOCKER_PASSWORD="pull-Pw1")
+    proc = run_as(as_who, [sifbox_cli, "pull", "--oci", "--no-https", f"docker://{registry}"], env=env,
+                  cwd=str(shared_tmp))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = shared_tmp / f"image_{TAG}.oci.sif"  # SingularityCE's default name
+    assert out.is_file() and out.stat().st_uid == as_who.uid
+    got, _ = _layer(out)
+    raw = _run("skopeo", "inspect", "--raw", "--tls-verify=false", "--creds", "puller:pull-Pw1",
+               f"docker://{registry}").stdout.encode()  # fmt: skip
+    assert got.config["history"][-1]["comment"] == "oci-sif created from " + hashlib.sha256(raw).hexdigest()
+    run = run_as(as_who, [sifbox_cli, "run", str(out)], cwd="/")
+    assert (run.returncode, run.stdout) == (0, "default-cmd\n"), run.stderr
+    # nothing half-written when the pull fails
+    env.pop("SIFBOX_DOCKER_PASSWORD")
+    env["SIFBOX_CACHEDIR"] = str(shared_tmp / "cache2")
+    bad = shared_tmp / "no.oci.sif"
+    proc = run_as(as_who, [sifbox_cli, "pull", "--oci", "--no-https", str(bad), f"docker://{registry}"], env=env)
+    assert proc.returncode == 255 and "sifbox: error: can't authenticate" in proc.stderr, proc.stderr
+    assert not bad.exists() and not [p for p in os.listdir(shared_tmp) if p.startswith(".no.oci.sif")]
+
+
+def test_pull_oci_is_reproducible(images, run_as, as_who, sifbox_cli, shared_tmp) -> None:  # type: ignore[no-untyped-def]
+    env = _env(as_who, shared_tmp, SOURCE_DATE_EPOCH="1700000000")
+    outs = [shared_tmp / "a.oci.sif", shared_tmp / "b.oci.sif"]
+    for out in outs:
+        proc = run_as(as_who, [sifbox_cli, "pull", "--oci", str(out), SOURCES["oci"](images)], env=env)
+        assert proc.returncode == 0, proc.stderr
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    got, _ = _layer(outs[0])
+    assert got.config["history"][-1]["created"] == "2023-11-14T22:13:20Z"
