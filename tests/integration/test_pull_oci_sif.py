@@ -93,3 +93,18 @@ def test_pull_oci_is_reproducible(images, run_as, as_who, sifbox_cli, shared_tmp
     assert outs[0].read_bytes() == outs[1].read_bytes()
     got, _ = _layer(outs[0])
     assert got.config["history"][-1]["created"] == "2023-11-14T22:13:20Z"
+
+
+def test_build_oci_is_pull_oci(images, run_as, as_who, sifbox_cli, shared_tmp) -> None:  # type: ignore[no-untyped-def]
+    env = _env(as_who, shared_tmp, SOURCE_DATE_EPOCH="1700000000")
+    pulled, built = shared_tmp / "pulled.oci.sif", shared_tmp / "built.oci.sif"
+    assert run_as(as_who, [sifbox_cli, "pull", "--oci", str(pulled), SOURCES["oci"](images)], env=env).returncode == 0
+    proc = run_as(as_who, [sifbox_cli, "build", "--oci", str(built), SOURCES["oci"](images)], env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert built.read_bytes() == pulled.read_bytes()
+    deffile = shared_tmp / "app.def"
+    deffile.write_text("Bootstrap: scratch\n")
+    proc = run_as(as_who, [sifbox_cli, "build", "--oci", str(shared_tmp / "def.oci.sif"), str(deffile)], env=env)
+    assert proc.returncode == 125
+    assert proc.stderr.startswith(f"sifbox: error: can't build `{shared_tmp}/def.oci.sif` with --oci from ")
+    assert not (shared_tmp / "def.oci.sif").exists()
