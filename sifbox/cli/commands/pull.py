@@ -2,7 +2,8 @@
 
     sifbox pull [--force] [--oci] [--arch ARCH] [--platform OS/ARCH[/VARIANT]] [OUT.sif] URI
 
-URI: `docker://REF`, `oci:DIR[:TAG|@DIGEST]`, `oci-archive:FILE[:TAG]`, `docker-archive:FILE[:REF]`.
+URI: `docker://REF`, `oci:DIR[:TAG|@DIGEST]`, `oci-archive:FILE[:TAG]`, `docker-archive:FILE[:REF]`,
+or `oras://REF`: a SIF kept in an OCI registry (`sifbox push`), downloaded as it is.
 The output name defaults to NAME_TAG.sif, as Apptainer names it. The layers are merged and
 streamed into SquashFS: no root file system is unpacked on disk. With --oci the output is an
 OCI-SIF (SingularityCE's `pull --oci`): the layers squashed into one SquashFS layer, kept with
@@ -39,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="use http instead of https for docker:// URIs (a registry without TLS, or "
                    "one whose certificate is not checked); also SIFBOX_NOHTTPS=1")
     p.add_argument("out", nargs="?", metavar="OUT.sif", help="the SIF file to write (default: NAME_TAG.sif)")
-    p.add_argument("uri", metavar="URI", help="docker://REF, oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE")
+    p.add_argument("uri", metavar="URI", help="docker://REF, oras://REF, oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE")
 
 
 def default_name(uri: str, oci_sif: bool = False) -> str:
@@ -50,7 +51,7 @@ def default_name(uri: str, oci_sif: bool = False) -> str:
 
 def _default_name(uri: str) -> str:
     transport, _, rest = uri.partition(":")
-    if transport == "docker":
+    if transport in ("docker", "oras"):
         ref = rest.removeprefix("//")
         name_part, at, digest = ref.partition("@")
         last = name_part.rsplit("/", 1)[-1]
@@ -96,6 +97,8 @@ def main(args: argparse.Namespace) -> int:
     if args.dir and not os.path.isabs(out):
         out = os.path.join(args.dir, out)
     transport = uri.partition(":")[0]
+    if transport == "oras":
+        return _oras(args, uri, out)
     if transport not in (*LOCAL, "docker"):
         raise UsageError(f"can't pull `{uri}`: unsupported URI",
                          hint="use docker://REF, oci:DIR, oci-archive:FILE or docker-archive:FILE")  # fmt: skip
@@ -129,6 +132,24 @@ def main(args: argparse.Namespace) -> int:
             import shutil
 
             shutil.rmtree(remote_layout, ignore_errors=True)
+
+
+def _oras(args: argparse.Namespace, uri: str, out: str) -> int:
+    """A SIF from an OCI registry, as it was pushed (digest-checked, written atomically)."""
+    from sifbox.oci import oras
+    from sifbox.oci.netconf import env_flag
+    from sifbox.util.log import log
+
+    if args.oci:
+        raise UsageError(f"can't pull `{uri}` with --oci: an oras:// image is a SIF, pulled as it is")
+    if os.path.isdir(out):
+        raise SifboxError(f"can't pull `{uri}` to `{out}`: it is a directory")
+    if os.path.lexists(out) and not args.force:
+        raise SifboxError(f"can't pull `{uri}` to `{out}`: the file exists, will not overwrite it",
+                          hint="use --force to overwrite it")  # fmt: skip
+    oras.pull(uri, out, insecure=args.no_https or env_flag("NOHTTPS") or env_flag("NO_HTTPS"))
+    log.info("Wrote `%s`", out)
+    return 0
 
 
 def _convert(args, uri: str, out: str, ref, platform, explicit: bool, remote_layout: str | None) -> int:  # type: ignore[no-untyped-def]
