@@ -108,3 +108,28 @@ def test_build_oci_is_pull_oci(images, run_as, as_who, sifbox_cli, shared_tmp) -
     assert proc.returncode == 125
     assert proc.stderr.startswith(f"sifbox: error: can't build `{shared_tmp}/def.oci.sif` with --oci from ")
     assert not (shared_tmp / "def.oci.sif").exists()
+
+
+def test_signed_oci_sif_verifies_and_runs(images, run_as, as_who, sifbox_cli, shared_tmp) -> None:  # type: ignore[no-untyped-def]
+    """The spare descriptors take a signature of group 1 (every blob and the root index)."""
+    env = _env(as_who, shared_tmp)
+    out = shared_tmp / "signed.oci.sif"
+    assert run_as(as_who, [sifbox_cli, "pull", "--oci", str(out), SOURCES["oci"](images)], env=env).returncode == 0
+    key, pub = shared_tmp / "key.pem", shared_tmp / "key.pub"
+    _run("openssl", "genpkey", "-algorithm", "ed25519", "-out", str(key))
+    _run("openssl", "pkey", "-in", str(key), "-pubout", "-out", str(pub))
+    os.chmod(key, 0o644)
+    proc = run_as(as_who, [sifbox_cli, "sign", "--key", str(key), str(out)], env=env)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_as(as_who, [sifbox_cli, "verify", "--key", str(pub), str(out)], env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split("|")[3] for line in proc.stdout.splitlines() if line[:1].isdigit()] == \
+        ["OCI.Blob", "OCI.Blob", "OCI.Blob", "OCI.RootIndex"]  # fmt: skip
+    run = run_as(as_who, [sifbox_cli, "run", str(out)], cwd="/")
+    assert (run.returncode, run.stdout) == (0, "default-cmd\n"), run.stderr
+    got, _ = _layer(out)
+    data = bytearray(out.read_bytes())
+    data[got.layers[0].offset + 100] ^= 0xFF
+    out.write_bytes(bytes(data))
+    proc = run_as(as_who, [sifbox_cli, "verify", "--key", str(pub), str(out)], env=env)
+    assert proc.returncode == 255 and "data object integrity compromised: 1" in proc.stderr, proc.stderr
