@@ -34,7 +34,7 @@ from typing import BinaryIO, Protocol
 
 from sifbox.oci import imageconfig
 from sifbox.oci.layers import DIR, LayerError, Merger, iter_members, open_layer, open_tar, write_merged
-from sifbox.oci.layout import Image
+from sifbox.oci.layout import SQUASHFS_LAYER, Image
 from sifbox.util.errors import SifboxError, describe_os_error
 
 TYPE_CHECKING = False
@@ -413,6 +413,9 @@ def convert_oci_sif(img: Image, out_path: str, *, source: str, compressor: str =
     from sifbox.formats.sif import oci
     from sifbox.image.sif_file import write_atomically
 
+    if img.layers and all(layer.media_type == SQUASHFS_LAYER for layer in img.layers):
+        _copy_oci_sif(img, out_path, step)  # an OCI-SIF pushed to a registry: its blobs as they are
+        return
     epoch = source_date_epoch()
     when = time.gmtime(epoch if epoch is not None else time.time())
     directory = os.path.dirname(os.path.abspath(out_path))
@@ -448,3 +451,34 @@ def convert_oci_sif(img: Image, out_path: str, *, source: str, compressor: str =
         for path in created:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+
+
+def _copy_oci_sif(img: Image, out_path: str, step: Step) -> None:
+    """The OCI-SIF of an image whose layers are SquashFS already: its blobs, config and
+    manifest as the source has them (each digest checked while it is copied)."""
+    from sifbox.formats.sif import oci
+    from sifbox.image.sif_file import write_atomically
+
+    manifest = img.manifest_bytes
+    if manifest is None or any(layer.digest is None or layer.size is None for layer in img.layers):
+        raise ConvertError(f"can't write `{out_path}`: the layers of `{img.source}` have no digest or size")
+    step("Copying SquashFS layers into the OCI-SIF file...")
+
+    def write(fp: BinaryIO) -> None:
+        readers = [img.open_layer(layer) for layer in img.layers]
+        try:
+            blobs: list[bytes | tuple[BinaryIO, int, str]] = [
+                (r, int(layer.size or 0), str(layer.digest)) for r, layer in zip(readers, img.layers)  # type: ignore[misc]
+            ]
+            oci.write(fp, [*blobs, img.config_bytes, manifest], oci.index_for([manifest]),
+                      spare=oci.SPARE_DESCRIPTORS)  # fmt: skip
+            for r in readers:
+                r.finish()  # the size and digest, checked
+        finally:
+            for r in readers:
+                r.close()
+
+    try:
+        write_atomically(out_path, write, verb="write", mode=0o666)
+    except OSError as err:
+        raise ConvertError(f"can't write `{out_path}`: {describe_os_error(err)}") from err

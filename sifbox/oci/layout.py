@@ -502,7 +502,13 @@ def _load_manifest(store: BlobStore, desc: dict, src: str, ref_name: str | None)
     return Image(src, store, config, cbytes, cdigest, out, digest, raw, ref_name)
 
 
+#: The layer of an OCI image SingularityCE pushed from an OCI-SIF (`pull --oci` copies it).
+SQUASHFS_LAYER = "application/vnd.sylabs.image.layer.v1.squashfs"
+
+
 def _check_layer_types(layers: list[Layer], src: str) -> None:
+    if layers and all(layer.media_type == SQUASHFS_LAYER for layer in layers):
+        return  # an OCI-SIF's image: for `pull --oci` alone (sifcache.convert_to_sif)
     for layer in layers:
         mt = layer.media_type
         if "nondistributable" in mt or "foreign" in mt:

@@ -1,7 +1,9 @@
-"""SIF images in OCI registries, as Apptainer and SingularityCE keep them (`oras://`).
+"""SIF images in OCI registries, as Apptainer and SingularityCE keep them (`oras://`), and
+OCI-SIF images pushed as the OCI images they hold (`docker://`).
 
     digest = push("app.sif", "oras://registry.example:5000/group/app:1.0")
     pull("oras://registry.example:5000/group/app:1.0", "app.sif")
+    digest = push_image("app.oci.sif", "docker://registry.example:5000/group/app:1.0")
 
 An image is an OCI artifact: a manifest whose config is `{}` of the media type
 `application/vnd.sylabs.sif.config.v1+json` and whose one layer is the SIF file itself,
@@ -18,6 +20,7 @@ before it is renamed into place (nothing is left on failure).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -135,6 +138,84 @@ def _upload(client: RegistryClient, data: bytes | BinaryIO, digest: str, size: i
         client.request("PUT", f"{location}{sep}digest={digest}", headers, ok=(201, 204), body=data).close()
     except _HTTPError as err:
         raise RegistryError(f"can't upload blob `{digest}` to `{client.ref}`: {_said(err)}") from None
+
+
+# -- an OCI-SIF as an OCI image ------------------------------------------------------------------
+class _Slice(io.RawIOBase):
+    """`size` bytes of `fp` from `offset`: a blob of an OCI-SIF, uploaded from the file."""
+
+    def __init__(self, fp: BinaryIO, offset: int, size: int) -> None:
+        self.fp, self.offset, self.size, self.pos = fp, offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = max(0, min(self.size, pos if whence == 0 else self.pos + pos if whence == 1 else self.size + pos))
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buf: Any) -> int:
+        n = min(len(buf), self.size - self.pos)
+        if n <= 0:
+            return 0
+        self.fp.seek(self.offset + self.pos)
+        data = self.fp.read(n)
+        buf[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def push_image(path: str, uri: str, *, insecure: bool = False) -> str:
+    """Upload the image of the OCI-SIF `path` (for this machine) to `docker://REF`: its
+    SquashFS layers, config and manifest as the file holds them; returns the manifest digest."""
+    from sifbox.formats.sif import SifImage, oci
+    from sifbox.formats.sif import constants as c
+    from sifbox.formats.sif.image import SifError
+
+    where = f"can't push `{path}` to `{uri}`"
+    try:
+        ref = parse_reference(uri.removeprefix("docker://"))
+    except ReferenceError as err:
+        raise UsageError(f"{where}: {err}") from None
+    try:
+        fp = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as err:
+        raise SifboxError(f"{where}: {describe_os_error(err)}") from None
+    with fp:
+        try:
+            img = SifImage.load(fp)
+            if not oci.is_oci_sif(img):
+                raise SifboxError(f"{where}: not an OCI-SIF image",
+                                  hint=f"push a SIF with oras://{uri.removeprefix('docker://')}, or make an OCI-SIF "
+                                  "with `sifbox pull --oci`")  # fmt: skip
+            machine = os.uname().machine
+            image = oci.load_image(img, c.MACHINE_ARCH.get(machine, machine))
+            if image.overlay is not None:
+                raise SifboxError(f"{where}: the image has a writable overlay layer, which OCI tools can't use")
+            raw = {d.oci_digest(): d for d in img.objects() if d.data_type == c.DataType.OCI_BLOB}
+            config = img.read(raw[image.config_digest], limit=oci.MAX_DOCUMENT)
+            manifest = img.read(raw[image.manifest_digest], limit=oci.MAX_DOCUMENT)
+        except SifError as err:
+            raise SifboxError(f"{where}: {err}") from None
+        client = client_for(ref, insecure)
+        for layer in image.layers:
+            _upload(client, _Slice(fp, layer.offset, layer.size), layer.digest, layer.size)  # type: ignore[arg-type]
+        _upload(client, config, image.config_digest, len(config))
+    media = json.loads(manifest).get("mediaType") or OCI_MANIFEST
+    tag = ref.digest or ref.tag or "latest"
+    try:
+        resp = client.request("PUT", f"/v2/{ref.repository}/manifests/{tag}", {"Content-Type": str(media)},
+                              ok=(200, 201), body=manifest)  # fmt: skip
+    except _HTTPError as err:
+        raise RegistryError(f"{where}: the registry refused the manifest: {_said(err)}") from None
+    resp.close()
+    return image.manifest_digest
 
 
 # -- pull -------------------------------------------------------------------------------------

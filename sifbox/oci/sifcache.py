@@ -91,6 +91,9 @@ def convert_to_sif(  # type: ignore[no-untyped-def]
                     f"can't pull `{uri}`: the image is for `{have}`, not `{platform}`"
                 )
             warn(f"the image is for `{have}`, this machine is `{platform}`")
+        if not oci_sif and any(layer.media_type == convert.SQUASHFS_LAYER for layer in img.layers):
+            raise SifboxError(f"can't pull `{uri}`: its layers are SquashFS (an image pushed from an OCI-SIF)",
+                              hint="pull it with --oci")  # fmt: skip
         if oci_sif:
             log.debug("squashing `%s` (%d layers) into the OCI-SIF `%s`", uri, len(img.layers), out)
             convert.convert_oci_sif(img, out, source=uri, procs=procs, warn=warn, step=step)

@@ -133,3 +133,35 @@ def test_signed_oci_sif_verifies_and_runs(images, run_as, as_who, sifbox_cli, sh
     out.write_bytes(bytes(data))
     proc = run_as(as_who, [sifbox_cli, "verify", "--key", str(pub), str(out)], env=env)
     assert proc.returncode == 255 and "data object integrity compromised: 1" in proc.stderr, proc.stderr
+
+
+def test_push_docker_then_pull_oci_round_trips(images, registry, run_as, as_who, sifbox_cli, shared_tmp) -> None:  # type: ignore[no-untyped-def]
+    """An OCI-SIF pushed to docker:// is the OCI image it holds (skopeo, an independent client,
+    copies it); `pull --oci` of it gives the same OCI-SIF byte for byte; a classic pull says
+    to use --oci."""
+    env = _env(as_who, shared_tmp, SIFBOX_DOCKER_USERNAME="puller", SIFBOX_DOCKER_PASSWORD="pull-Pw1")
+    first = shared_tmp / "first.oci.sif"
+    assert run_as(as_who, [sifbox_cli, "pull", "--oci", str(first), SOURCES["oci"](images)], env=env).returncode == 0
+    ref = f"{registry.rsplit('/', 1)[0]}/{as_who.name}-ocisif:1"
+    proc = run_as(as_who, [sifbox_cli, "push", str(first), f"docker://{ref}"], env=env)
+    assert proc.returncode == 0, proc.stderr
+    got, _ = _layer(first)
+    raw = _run("skopeo", "inspect", "--raw", "--tls-verify=false", "--creds", "puller:pull-Pw1", f"docker://{ref}")
+    assert "sha256:" + hashlib.sha256(raw.stdout.encode()).hexdigest() == got.manifest_digest
+    copied = shared_tmp / "skopeo-layout"
+    _run("skopeo", "copy", "--quiet", "--src-tls-verify=false", "--src-creds", "puller:pull-Pw1", f"docker://{ref}",
+         f"oci:{copied}:1")  # fmt: skip
+    assert (copied / "blobs/sha256" / got.layers[0].digest.split(":")[1]).stat().st_size == got.layers[0].size
+    again = shared_tmp / "again.oci.sif"
+    proc = run_as(as_who, [sifbox_cli, "pull", "--oci", str(again), f"docker://{ref}"], env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert again.read_bytes() == first.read_bytes()
+    proc = run_as(as_who, [sifbox_cli, "pull", str(shared_tmp / "classic.sif"), f"docker://{ref}"], env=env)
+    assert proc.returncode == 255 and "its layers are SquashFS" in proc.stderr and "hint: pull it with --oci" in proc.stderr
+    assert not (shared_tmp / "classic.sif").exists()
+    # a SIF that is no OCI-SIF is refused in one line
+    plain = shared_tmp / "plain.sif"
+    assert run_as(as_who, [sifbox_cli, "pull", str(plain), SOURCES["oci"](images)], env=env).returncode == 0
+    proc = run_as(as_who, [sifbox_cli, "push", str(plain), f"docker://{ref}"], env=env)
+    assert proc.returncode == 255 and proc.stderr.startswith(f"sifbox: error: can't push `{plain}` to "), proc.stderr
+    assert "not an OCI-SIF image" in proc.stderr
