@@ -260,6 +260,12 @@ def sif_layer(manifest: dict[str, Any], where: str) -> tuple[str, int]:
     return digest, size
 
 
+def manifest_digest(uri: str, *, insecure: bool = False) -> str:
+    """The digest of the manifest `uri` names now (what the cache keeps its SIF by)."""
+    ref = parse_uri(uri, "pull")
+    return client_for(ref, insecure).get_manifest(ref.digest or ref.tag or "latest")[2]
+
+
 def pull(uri: str, out: str, *, insecure: bool = False) -> str:
     """Download the SIF of `uri` to `out` (replaced atomically); returns its digest."""
     ref = parse_uri(uri, "pull")

@@ -121,6 +121,8 @@ def sif_for_uri(uri: str, *, cache_dir: Path | None, no_https: bool, procs: int 
     from sifbox.util.progress import Progress
 
     transport = uri.partition(":")[0]
+    if transport == "oras" and uri.startswith("oras://"):
+        return _oras_for_uri(uri, cache_dir=cache_dir, no_https=no_https, tmpdir=tmpdir)
     if transport not in TRANSPORTS or (transport == "docker" and not uri.startswith("docker://")):
         raise UsageError(f"can't {verb} `{uri}`: unsupported URI",
                          hint="sifbox runs docker://REF, oci:DIR, oci-archive:FILE, docker-archive:FILE, "
@@ -154,3 +156,24 @@ def sif_for_uri(uri: str, *, cache_dir: Path | None, no_https: bool, procs: int 
     finally:
         if layout is not None and cache_dir is None:
             shutil.rmtree(layout, ignore_errors=True)
+
+
+def _oras_for_uri(uri: str, *, cache_dir: Path | None, no_https: bool, tmpdir: str | None) -> tuple[str, str | None]:
+    """The SIF of `oras://REF` to run: in the cache by its manifest digest, or downloaded into a
+    new directory under `tmpdir` (returned) for this run alone."""
+    import shutil
+    import tempfile
+
+    from sifbox.oci import oras
+
+    if cache_dir is not None:
+        digest = oras.manifest_digest(uri, insecure=no_https)
+        return str(through_cache(cache_dir, digest, lambda out: oras.pull(uri, out, insecure=no_https))), None
+    work = tempfile.mkdtemp(prefix="sifbox-uri-", dir=tmpdir)
+    try:
+        out = os.path.join(work, "image.sif")
+        oras.pull(uri, out, insecure=no_https)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return out, work

@@ -64,6 +64,11 @@ def test_push_then_pull_round_trips(registry, action_images, run_as, as_who, sif
     assert pulled.read_bytes() == data and pulled.stat().st_uid == as_who.uid
     run = run_as(as_who, [sifbox_cli, "exec", str(pulled), "cat", "/data/hello.txt"], env=env, cwd="/")
     assert (run.returncode, run.stdout) == (0, images.HELLO), run.stderr
+    # actions run oras:// images from the cache (a second run uses it), or once without it
+    for extra, cached in (([], False), ([], True), (["--disable-cache"], False)):
+        run = run_as(as_who, [sifbox_cli, "exec", *extra, uri, "cat", "/data/hello.txt"], env=env, cwd="/")
+        assert (run.returncode, run.stdout) == (0, images.HELLO), run.stderr
+        assert ("Using cached SIF image" in run.stderr) == cached, run.stderr
     # no password: a clear refusal, nothing written
     env.pop("SIFBOX_DOCKER_PASSWORD")
     proc = run_as(as_who, [sifbox_cli, "pull", str(shared_tmp / "anon.sif"), uri], env=env)
