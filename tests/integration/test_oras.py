@@ -4,7 +4,8 @@ Against Debian's docker-registry on 127.0.0.1 (password auth): `push` then `pull
 bytes, skopeo (an independent client) sees Apptainer's media types. Against a hostile registry
 (a small server in this process): a wrong digest, a size larger than the disk, more or fewer
 bytes than declared, a redirect loop, a huge manifest, a layer that is no SIF, the wrong media
-type: each one error line, and nothing left where the SIF would have gone.
+type: each one error line, and nothing left where the SIF would have gone; a push refused
+(manifest invalid, no upload location, denied, server errors past the retries): one line.
 As root and as the test user.
 """
 
@@ -119,6 +120,22 @@ class Hostile(http.server.BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self.do_GET()
 
+    def do_POST(self) -> None:
+        self._drain()
+        self.do_GET()
+
+    def do_PUT(self) -> None:
+        self._drain()
+        self.do_GET()
+
+    def _drain(self) -> None:
+        left = int(self.headers.get("Content-Length") or 0)
+        while left > 0:
+            chunk = self.rfile.read(min(left, 1 << 16))
+            if not chunk:
+                break
+            left -= len(chunk)
+
     def do_GET(self) -> None:
         scenario: Callable[[Hostile], None] = self.server.scenario  # type: ignore[attr-defined]
         if self.path == "/v2/":
@@ -188,3 +205,44 @@ def test_hostile_registry(name, hostile, run_as, as_who, sifbox_cli, shared_tmp)
     assert all(line.startswith("hint: ") for line in lines[1:]), proc.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(os.listdir(shared_tmp)) == [], os.listdir(shared_tmp)  # nothing half-written
+
+
+def _push_scenario(post: Callable[[Hostile], None], manifest_put: Callable[[Hostile], None]) -> Callable[[Hostile], None]:
+    def scenario(h: Hostile) -> None:
+        if h.command == "HEAD":
+            h._send(404, b"")
+        elif h.command == "POST":
+            post(h)
+        elif "/manifests/" in h.path:
+            manifest_put(h)
+        else:
+            h._send(201, b"")
+
+    return scenario
+
+
+def _upload_here(h: Hostile) -> None:
+    h._send(202, b"", {"Location": "/v2/evil/image/blobs/uploads/1"})
+
+
+PUSH_SCENARIOS = {
+    "manifest-refused": (_push_scenario(_upload_here, lambda h: h._send(
+        400, b'{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid"}]}')),
+        "the registry refused the manifest: HTTP 400 MANIFEST_INVALID: manifest invalid"),
+    "no-upload-location": (_push_scenario(lambda h: h._send(202, b""), lambda h: h._send(201, b"")),
+                           "the registry gave no upload location"),
+    "upload-denied": (_push_scenario(lambda h: h._send(403, b'{"errors":[{"code":"DENIED","message":"no"}]}'),
+                                     lambda h: h._send(201, b"")), "HTTP 403 DENIED: no"),
+    "server-error": (_push_scenario(lambda h: h._send(503, b""), lambda h: h._send(201, b"")), "HTTP 503"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(PUSH_SCENARIOS))
+def test_hostile_registry_push(name, hostile, action_images, run_as, as_who, sifbox_cli, shared_tmp) -> None:  # type: ignore[no-untyped-def]
+    hostile.scenario, reason = PUSH_SCENARIOS[name]
+    uri = f"oras://127.0.0.1:{hostile.server_address[1]}/evil/image:1"
+    proc = run_as(as_who, [sifbox_cli, "push", str(action_images.sif), uri], env=_env(as_who, shared_tmp), timeout=120)
+    assert proc.returncode == 255, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("sifbox: error: can't ") and reason in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
