@@ -66,9 +66,10 @@ def open_all(spec: ContainerSpec, host: Host, action: str, gate: Gate) -> Opened
             gate.admit(source.fd, kind=kind_of(source), image=spec.image)
         image = RootImage("dir" if source.kind == ImageKind.SANDBOX else "squashfs", source.fd, source.offset,
                           source.size, source.path)  # fmt: skip
-        if source.oci is not None and spec.writable:
-            raise UsageError(f"can't {action} `{spec.image}` with --writable: the layers of an OCI-SIF image "
-                             "are read-only", hint="--writable-tmpfs gives a writable root whose changes vanish; "
+        if source.oci is not None and spec.writable and source.overlay is None:
+            raise UsageError(f"can't {action} `{spec.image}` with --writable: the OCI-SIF image has no writable "
+                             "overlay layer, and its SquashFS layers are read-only",
+                             hint="--writable-tmpfs gives a writable root whose changes vanish; "
                              "--overlay DIR keeps them in DIR")  # fmt: skip
         layers = _overlays(spec, action, source, gate) + _oci_layers(source)
         data = _bound(spec, host, gate)

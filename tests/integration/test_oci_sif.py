@@ -34,12 +34,18 @@ CONFIG = {
 }  # fmt: skip
 
 
-def write_oci_sif(out: Path, layers: list[Path], config: dict[str, object]) -> Path:
-    """An OCI-SIF of SquashFS `layers` (bottom first), written by sifbox's formats writer."""
+def write_oci_sif(out: Path, layers: list[Path], config: dict[str, object], overlay: Path | None = None) -> Path:
+    """An OCI-SIF of SquashFS `layers` (bottom first), written by sifbox's formats writer; with
+    `overlay`, an EXT3 layer on top (SingularityCE's `overlay create` of an OCI-SIF)."""
     blobs = [p.read_bytes() for p in layers]
     doc = dict(config, rootfs={"type": "layers", "diff_ids": [oci.sha256(b) for b in blobs]})
     cfg = json.dumps(doc).encode()
     manifest = oci.manifest_for(cfg, [(oci.sha256(b), len(b)) for b in blobs])
+    if overlay is not None:
+        blobs.append(overlay.read_bytes())
+        doc = json.loads(manifest)
+        doc["layers"].append(oci.descriptor(oci.EXT3_LAYER, oci.sha256(blobs[-1]), len(blobs[-1])))
+        manifest = json.dumps(doc, separators=(",", ":")).encode()
     with open(out, "wb") as f:
         oci.write(f, [*blobs, cfg, manifest], oci.index_for([manifest]))
     out.chmod(0o644)
@@ -62,6 +68,7 @@ def oci_images() -> Iterator[dict[str, Path]]:
         os.mknod(upper_dir / "data/hello.txt", 0o600 | 0o020000, os.makedev(0, 0))
         upper = images.mksquashfs(upper_dir, base / "upper.sqfs")
         made = {
+            "bottom": bottom,
             "one": write_oci_sif(base / "one.oci.sif", [bottom], CONFIG),
             "two": write_oci_sif(base / "two.oci.sif", [bottom, upper], {"config": {"Cmd": ["/bin/cat", "/data/upper.txt"]}}),
         }  # fmt: skip
@@ -155,3 +162,24 @@ def test_site_policy_applies(run_as, as_who, sifbox_cli, oci_images, shared_tmp)
     assert proc.returncode == 126, proc.stderr
     assert proc.stderr.startswith(f"sifbox: error: can't exec `{oci_images['one']}`: ")
     assert "Traceback" not in proc.stderr
+
+
+def test_ext3_overlay_layer(run_as, as_who, sifbox_cli, oci_images, shared_tmp) -> None:  # type: ignore[no-untyped-def]
+    """The EXT3 layer SingularityCE's `overlay create` puts on top of an OCI-SIF: a read-only
+    layer of the container, written with --writable (by its owner)."""
+    img = shared_tmp / "ov.img"
+    assert sifbox(run_as, as_who, sifbox_cli, "overlay", "create", "--size", "64", str(img)).returncode == 0
+    proc = sifbox(run_as, as_who, sifbox_cli, "exec", "--overlay", str(img), str(oci_images["one"]),
+                  "/bin/sh", "-c", "echo in-the-overlay > /ov.txt")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = write_oci_sif(shared_tmp / "ov.oci.sif", [oci_images["bottom"]], {"config": {"Cmd": ["/bin/cat", "/ov.txt"]}},
+                        overlay=img)  # fmt: skip
+    os.chown(out, as_who.uid, as_who.gid)
+    proc = sifbox(run_as, as_who, sifbox_cli, "run", str(out))
+    assert (proc.returncode, proc.stdout) == (0, "in-the-overlay\n"), proc.stderr
+    proc = sifbox(run_as, as_who, sifbox_cli, "exec", str(out), "/bin/sh", "-c", "echo x > /ov.txt")
+    assert proc.returncode != 0 and "Read-only file system" in proc.stderr
+    proc = sifbox(run_as, as_who, sifbox_cli, "exec", "--writable", str(out), "/bin/sh", "-c", "echo changed > /ov.txt")
+    assert proc.returncode == 0, proc.stderr
+    proc = sifbox(run_as, as_who, sifbox_cli, "run", str(out))
+    assert (proc.returncode, proc.stdout) == (0, "changed\n"), proc.stderr
