@@ -204,8 +204,10 @@ def instance_record(spec: ContainerSpec, opened: Opened) -> dict[str, object]:
     namespaces = (("pid", spec.pid), ("ipc", spec.ipc), ("uts", spec.uts or bool(spec.hostname)), ("net", spec.net))
     source, image = opened.source, opened.image
     images: list[list[object]] = [[image.fd, "dir" if image.kind == "dir" else kind_of(source), source.path, "image"]]
-    images += [[layer.fd, "dir" if layer.kind == "dir" else "extfs" if layer.kind == "ext3" else "squashfs",
-                layer.path, "overlay"] for layer in opened.layers]  # fmt: skip
+    own = source.path if source.oci is not None else None  # an OCI-SIF's upper layers: the SIF's own file
+    images += [[layer.fd, "dir" if layer.kind == "dir" else "sif" if layer.path == own and layer.kind == "squashfs"
+                else "extfs" if layer.kind == "ext3" else "squashfs", layer.path, "overlay"]
+               for layer in opened.layers]  # fmt: skip
     if opened.data:
         from sifbox.image import dataimage
 

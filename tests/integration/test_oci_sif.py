@@ -183,3 +183,19 @@ def test_ext3_overlay_layer(run_as, as_who, sifbox_cli, oci_images, shared_tmp) 
     assert proc.returncode == 0, proc.stderr
     proc = sifbox(run_as, as_who, sifbox_cli, "run", str(out))
     assert (proc.returncode, proc.stdout) == (0, "changed\n"), proc.stderr
+
+
+def test_instance_of_layers_is_judged_as_a_sif(run_as, as_who, sifbox_cli, oci_images, shared_tmp) -> None:  # type: ignore[no-untyped-def]
+    """The upper layers of an OCI-SIF come from the SIF itself: joining an instance judges
+    them as `allow container sif`, not as bare SquashFS images."""
+    conf = shared_tmp / "sifbox.conf"
+    conf.write_text("allow container squashfs = no\n")
+    conf.chmod(0o644)
+    name = f"ocisif{os.getpid()}{as_who.uid}"
+    proc = sifbox(run_as, as_who, sifbox_cli, "-c", str(conf), "instance", "start", str(oci_images["two"]), name)
+    assert proc.returncode == 0, proc.stderr
+    try:
+        proc = sifbox(run_as, as_who, sifbox_cli, "-c", str(conf), "exec", f"instance://{name}", "cat", "/data/upper.txt")
+        assert (proc.returncode, proc.stdout) == (0, "from the upper layer\n"), proc.stderr
+    finally:
+        sifbox(run_as, as_who, sifbox_cli, "instance", "stop", name)
