@@ -210,25 +210,6 @@ def test_stdpipe(request, sb, case: Case) -> None:
     run_case(request, sb, case)
 
 
-@pytest.fixture(scope="module")
-def oras_image(sifbox_cli: str, e2e_images) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """e2e.PrepRegistry/EnsureORASImage: the test image pushed (`sifbox push`) to a
-    docker-registry on 127.0.0.1 that this module starts and stops; its oras:// URI."""
-    from tests.integration.registry_server import RegistryServer, need
-
-    need("docker-registry")
-    work = new_dir("oras-registry")
-    try:
-        with RegistryServer(work / "registry") as reg:
-            uri = f"oras://{reg.host}/e2e/test_sif:latest"
-            proc = subprocess.run([sifbox_cli, "push", str(e2e_images.test), uri], capture_output=True, text=True,
-                                  timeout=300, check=False)  # fmt: skip
-            assert proc.returncode == 0, proc.stderr
-            yield uri
-    finally:
-        remove_dir(work)
-
-
 #: testdata/runscript.sh of the Go test: succeeds when its argument is its own size.
 URI_RUNSCRIPT = '#!/bin/sh\n[ "$(wc -c < /.singularity.d/runscript)" -eq "$1" ]\n'
 # RunFromDocker/Library/Shub cases need the network (library://, shub:// are not available in
