@@ -79,6 +79,21 @@ def test_push_then_pull_round_trips(registry, action_images, run_as, as_who, sif
     assert proc.returncode == 255 and proc.stderr.startswith("sifbox: error: can't push `"), proc.stderr
 
 
+def test_push_and_pull_with_docker_tokens(action_images, run_as, as_who, sifbox_cli, shared_tmp,
+                                          tmp_path_factory) -> None:  # type: ignore[no-untyped-def]  # fmt: skip
+    """Docker's token protocol: the pull token a first request gets is traded for a push one."""
+    need("docker-registry", "openssl")
+    with RegistryServer(tmp_path_factory.mktemp("oras-token"), auth="token", users={"tok": "tok-Pw1"}) as reg:
+        env = _env(as_who, shared_tmp, SIFBOX_DOCKER_USERNAME="tok", SIFBOX_DOCKER_PASSWORD="tok-Pw1")
+        uri = f"oras://{reg.host}/team/app:1"
+        proc = run_as(as_who, [sifbox_cli, "push", str(action_images.sif), uri], env=env)
+        assert proc.returncode == 0, proc.stderr
+        out = shared_tmp / "back.sif"
+        proc = run_as(as_who, [sifbox_cli, "pull", str(out), uri], env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert out.read_bytes() == action_images.sif.read_bytes()
+
+
 # -- a registry that lies -----------------------------------------------------------------------
 SIF = (b"#!/usr/bin/env run-singularity\n".ljust(32, b"\0") + b"SIF_MAGIC\0" + b"01\0").ljust(4096, b"\0")
 
