@@ -207,12 +207,12 @@ def _oci_sif_overlay(img: SifImage, where: str) -> tuple[int, int] | None:
     """(offset, size) of the EXT3 overlay layer of the OCI-SIF `img`, if it is one and has one."""
     from sifbox.formats.sif import oci
     from sifbox.formats.sif.image import SifError
+    from sifbox.image.source import oci_image
 
     if not oci.is_oci_sif(img):
         return None
-    machine = os.uname().machine
     try:
-        top = oci.load_image(img, c.MACHINE_ARCH.get(machine, machine)).overlay
+        top = oci_image(img).overlay
     except SifError as err:
         raise SifboxError(f"{where}: {err}") from None
     return None if top is None else (top.offset, top.size)

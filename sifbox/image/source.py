@@ -142,14 +142,20 @@ def _sif_partition(fd: int, path: str, where: str) -> ImageSource:
 
 def _oci_sif(img: SifImage, fd: int, path: str, where: str) -> ImageSource:
     """An OCI-SIF (SingularityCE 4): the image for this machine, its bottom layer the root."""
-    from sifbox.formats.sif import oci
     from sifbox.formats.sif.image import SifError
 
-    machine = os.uname().machine
     try:
-        image = oci.load_image(img, c.MACHINE_ARCH.get(machine, machine))
+        image = oci_image(img)
     except SifError as err:
         raise SifboxError(f"{where}: {err}", hint=f"`sifbox sif list {path}` shows what it holds") from None
     bottom, top = image.layers[0], image.overlay
     return ImageSource(_opened(fd, path), ImageKind.SIF, fd, bottom.offset, bottom.size,
                        None if top is None else (top.offset, top.size), image)  # fmt: skip
+
+
+def oci_image(img: SifImage) -> OciImage:
+    """The image of the OCI-SIF `img` for this machine (raises SifError)."""
+    from sifbox.formats.sif import oci
+
+    machine = os.uname().machine
+    return oci.load_image(img, c.MACHINE_ARCH.get(machine, machine))

@@ -177,6 +177,7 @@ def push_image(path: str, uri: str, *, insecure: bool = False) -> str:
     from sifbox.formats.sif import SifImage, oci
     from sifbox.formats.sif import constants as c
     from sifbox.formats.sif.image import SifError
+    from sifbox.image.source import oci_image
 
     where = f"can't push `{path}` to `{uri}`"
     try:
@@ -194,8 +195,7 @@ def push_image(path: str, uri: str, *, insecure: bool = False) -> str:
                 raise SifboxError(f"{where}: not an OCI-SIF image",
                                   hint=f"push a SIF with oras://{uri.removeprefix('docker://')}, or make an OCI-SIF "
                                   "with `sifbox pull --oci`")  # fmt: skip
-            machine = os.uname().machine
-            image = oci.load_image(img, c.MACHINE_ARCH.get(machine, machine))
+            image = oci_image(img)
             if image.overlay is not None:
                 raise SifboxError(f"{where}: the image has a writable overlay layer, which OCI tools can't use")
             raw = {d.oci_digest(): d for d in img.objects() if d.data_type == c.DataType.OCI_BLOB}
