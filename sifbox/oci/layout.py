@@ -25,16 +25,14 @@ import re
 import tarfile
 from collections.abc import Callable
 
+# The media types as the pure formats name them (an OCI-SIF holds the same documents).
+from sifbox.formats.sif.oci import INDEX_TYPES, MANIFEST_TYPES, SQUASHFS_LAYER
+from sifbox.formats.sif.oci import OCI_INDEX as MT_OCI_INDEX
+from sifbox.formats.sif.oci import OCI_MANIFEST as MT_OCI_MANIFEST
 from sifbox.util.errors import SifboxError, UsageError, describe_os_error
 
 TRANSPORTS = ("oci", "oci-archive", "docker-archive")
 
-MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-INDEX_TYPES = (MT_OCI_INDEX, MT_DOCKER_LIST)
-MANIFEST_TYPES = (MT_OCI_MANIFEST, MT_DOCKER_MANIFEST)
 REF_NAME = "org.opencontainers.image.ref.name"
 
 _DIGEST = re.compile(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
@@ -500,10 +498,6 @@ def _load_manifest(store: BlobStore, desc: dict, src: str, ref_name: str | None)
                          locator=store.blob_name(ldg)))  # fmt: skip
     _check_layer_types(out, src)
     return Image(src, store, config, cbytes, cdigest, out, digest, raw, ref_name)
-
-
-#: The layer of an OCI image SingularityCE pushed from an OCI-SIF (`pull --oci` copies it).
-SQUASHFS_LAYER = "application/vnd.sylabs.image.layer.v1.squashfs"
 
 
 def _check_layer_types(layers: list[Layer], src: str) -> None:
