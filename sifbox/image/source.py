@@ -159,3 +159,14 @@ def oci_image(img: SifImage) -> OciImage:
 
     machine = os.uname().machine
     return oci.load_image(img, c.MACHINE_ARCH.get(machine, machine))
+
+
+def one_layer(src: ImageSource, verb: str) -> None:
+    """Refuse an OCI-SIF whose root is more than its bottom layer, where the caller reads the
+    root file system from one SquashFS (bootstrap, SBOM): only a container stacks the layers."""
+    if src.oci is not None and (len(src.oci.layers) > 1 or src.oci.overlay is not None):
+        count = len(src.oci.layers) + (src.oci.overlay is not None)
+        src.close()
+        raise SifboxError(f"can't {verb} `{src.path}`: an OCI-SIF image of {count} layers; sifbox reads the "
+                          "files of single-layer OCI-SIF images only",
+                          hint="`sifbox pull --oci` squashes an OCI image into one layer")  # fmt: skip

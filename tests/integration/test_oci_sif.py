@@ -199,3 +199,20 @@ def test_instance_of_layers_is_judged_as_a_sif(run_as, as_who, sifbox_cli, oci_i
         assert (proc.returncode, proc.stdout) == (0, "from the upper layer\n"), proc.stderr
     finally:
         sifbox(run_as, as_who, sifbox_cli, "instance", "stop", name)
+
+
+def test_files_of_many_layers_are_not_read_from_one(run_as, as_who, sifbox_cli, oci_images, shared_tmp) -> None:  # type: ignore[no-untyped-def]
+    """What reads an image's files from one SquashFS (SBOM, a localimage bootstrap) refuses an
+    OCI-SIF of several layers instead of reading its bottom one alone."""
+    two = oci_images["two"]
+    proc = sifbox(run_as, as_who, sifbox_cli, "sbom", str(two))
+    assert proc.returncode == 255
+    assert proc.stderr.splitlines()[0] == (f"sifbox: error: can't read the SBOM of `{two}`: an OCI-SIF image of 2 "
+                                           "layers; sifbox reads the files of single-layer OCI-SIF images only")  # fmt: skip
+    deffile = shared_tmp / "two.def"
+    deffile.write_text(f"Bootstrap: localimage\nFrom: {two}\n")
+    proc = sifbox(run_as, as_who, sifbox_cli, "build", str(shared_tmp / "x.sif"), str(deffile), cwd=str(shared_tmp))
+    assert proc.returncode != 0 and "an OCI-SIF image of 2 layers" in proc.stderr, proc.stderr
+    assert not (shared_tmp / "x.sif").exists()
+    proc = sifbox(run_as, as_who, sifbox_cli, "sbom", str(oci_images["one"]))
+    assert proc.returncode == 0 and '"bomFormat": "CycloneDX"' in proc.stdout, proc.stderr
