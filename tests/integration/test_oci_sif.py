@@ -34,7 +34,8 @@ CONFIG = {
 }  # fmt: skip
 
 
-def write_oci_sif(out: Path, layers: list[Path], config: dict[str, object], overlay: Path | None = None) -> Path:
+def write_oci_sif(out: Path, layers: list[Path], config: dict[str, object], overlay: Path | None = None,
+                  spare: int = 0) -> Path:  # fmt: skip
     """An OCI-SIF of SquashFS `layers` (bottom first), written by sifbox's formats writer; with
     `overlay`, an EXT3 layer on top (SingularityCE's `overlay create` of an OCI-SIF)."""
     blobs = [p.read_bytes() for p in layers]
@@ -47,7 +48,7 @@ def write_oci_sif(out: Path, layers: list[Path], config: dict[str, object], over
         doc["layers"].append(oci.descriptor(oci.EXT3_LAYER, oci.sha256(blobs[-1]), len(blobs[-1])))
         manifest = json.dumps(doc, separators=(",", ":")).encode()
     with open(out, "wb") as f:
-        oci.write(f, [*blobs, cfg, manifest], oci.index_for([manifest]))
+        oci.write(f, [*blobs, cfg, manifest], oci.index_for([manifest]), spare=spare)
     out.chmod(0o644)
     return out
 
@@ -216,3 +217,22 @@ def test_files_of_many_layers_are_not_read_from_one(run_as, as_who, sifbox_cli, 
     assert not (shared_tmp / "x.sif").exists()
     proc = sifbox(run_as, as_who, sifbox_cli, "sbom", str(oci_images["one"]))
     assert proc.returncode == 0 and '"bomFormat": "CycloneDX"' in proc.stdout, proc.stderr
+
+
+def test_ecl_admits_a_signed_oci_sif(run_as, as_who, sifbox_cli, oci_images, shared_tmp, sif_corpus) -> None:  # type: ignore[no-untyped-def]
+    """An activated ECL judges an OCI-SIF as any SIF: signed by a listed key (every blob and the
+    root index, group 1), it runs; unsigned, it is refused in one line."""
+    from tests.integration.test_admission import ECL_WHITELIST, _conf, _signed
+
+    conf = _conf(shared_tmp / "etc", "", ecl=ECL_WHITELIST)
+    signed = write_oci_sif(shared_tmp / "signed.oci.sif", [oci_images["bottom"]], CONFIG, spare=oci.SPARE_DESCRIPTORS)
+    unsigned = shared_tmp / "unsigned.oci.sif"
+    shutil.copyfile(signed, unsigned)
+    unsigned.chmod(0o644)
+    _signed(sifbox_cli, sif_corpus, signed, shared_tmp / "etc")
+    signed.chmod(0o644)
+    proc = sifbox(run_as, as_who, sifbox_cli, "-c", str(conf), "run", str(signed))
+    assert (proc.returncode, proc.stdout) == (0, "EP default cmd\n"), proc.stderr
+    proc = sifbox(run_as, as_who, sifbox_cli, "-c", str(conf), "run", str(unsigned))
+    assert proc.returncode == 126, proc.stderr
+    assert proc.stderr.startswith(f"sifbox: error: can't run `{unsigned}`: the execution control list refuses it")
