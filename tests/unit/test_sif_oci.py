@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sifbox.formats.sif import SifImage, oci
 from sifbox.formats.sif import constants as c
@@ -265,3 +267,40 @@ def test_container_files_stay_in_their_layer(tmp_path: Path) -> None:
     (tmp_path / "link").symlink_to("/etc/passwd")
     with pytest.raises(OSError):
         _write_file(str(tmp_path), "/link", b"x", 0o644)
+
+
+# -- properties: any damage is an OciSifError (or the SIF reader's SifError), nothing else ----
+PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=8)
+    | st.sampled_from([oci.OCI_MANIFEST, oci.OCI_INDEX, oci.SQUASHFS_LAYER, "sha256:" + "0" * 64]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["manifests", "layers", "config", "digest", "size", "mediaType", "platform", "x"]),
+        inner, max_size=5),
+    max_leaves=20,
+)  # fmt: skip
+
+
+@PROPERTY
+@given(doc=JSON)
+def test_any_root_index_document(doc: object) -> None:
+    data = image(index=json.dumps(doc).encode())
+    try:
+        load(data)
+    except oci.OciSifError as err:
+        assert "\n" not in str(err)
+
+
+GOOD = image()
+
+
+@PROPERTY
+@given(flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=8))
+def test_damaged_bytes(flips: list[tuple[int, int]]) -> None:
+    buf = bytearray(GOOD)
+    for at, xor in flips:
+        buf[at % len(buf)] ^= xor
+    try:
+        load(bytes(buf))
+    except SifError as err:
+        assert "\n" not in str(err)
