@@ -279,11 +279,12 @@ def localimage(stage: Stage, root: str, ctx: BootstrapContext) -> None:
 
 def copy_image(source: str, root: str, ctx: BootstrapContext) -> None:
     """Fill `root` with the root file system of the image `source`."""
-    from sifbox.image.source import ImageKind, open_image
+    from sifbox.image.source import ImageKind, one_layer, open_image
 
     if not os.path.exists(source):
         raise BootstrapError(f"can't bootstrap from `{source}`: no such file or directory")
     src = open_image(source, verb="bootstrap from")
+    one_layer(src, "bootstrap from")
     try:
         if src.kind is ImageKind.SANDBOX:
             _run(

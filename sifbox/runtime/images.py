@@ -66,7 +66,12 @@ def open_all(spec: ContainerSpec, host: Host, action: str, gate: Gate) -> Opened
             gate.admit(source.fd, kind=kind_of(source), image=spec.image)
         image = RootImage("dir" if source.kind == ImageKind.SANDBOX else "squashfs", source.fd, source.offset,
                           source.size, source.path)  # fmt: skip
-        layers = _overlays(spec, action, source, gate)
+        if source.oci is not None and spec.writable and source.overlay is None:
+            raise UsageError(f"can't {action} `{spec.image}` with --writable: the OCI-SIF image has no writable "
+                             "overlay layer, and its SquashFS layers are read-only",
+                             hint="--writable-tmpfs gives a writable root whose changes vanish; "
+                             "--overlay DIR keeps them in DIR")  # fmt: skip
+        layers = _overlays(spec, action, source, gate) + _oci_layers(source)
         data = _bound(spec, host, gate)
     except BaseException:
         Opened(source, None, layers, []).close()
@@ -111,6 +116,37 @@ def _overlays(spec: ContainerSpec, action: str, source: ImageSource, gate: Gate)
         overlay.close(found)
         raise
     return [Layer(o.path, o.kind, o.fd, o.offset, o.size, o.writable) for o in found]
+
+
+def _oci_layers(source: ImageSource) -> list[Any]:
+    """An OCI-SIF's SquashFS layers above its bottom one (the root), top first: read-only
+    layers under the overlays, mounted through the image's descriptor (admitted with it)."""
+    if source.oci is None or len(source.oci.layers) < 2 or source.fd is None:
+        return []
+    from sifbox.runtime.sandbox.ops import Layer
+
+    return [Layer(source.path, "squashfs", os.dup(source.fd), x.offset, x.size, False)
+            for x in reversed(source.oci.layers[1:])]  # fmt: skip
+
+
+def oci_files(source: ImageSource) -> list[tuple[str, bytes, int]]:
+    """What the image config of an OCI-SIF gives the container, as a Docker image pulled
+    to SIF has it in `/.singularity.d` (runscript from ENTRYPOINT/CMD, env script from ENV,
+    labels): (path, bytes, mode) for the container's own layer; none for other images."""
+    if source.oci is None:
+        return []
+    from sifbox.formats.sif import oci
+
+    return oci.singularity_files(source.oci.config)
+
+
+def oci_workdir(source: ImageSource | None) -> str | None:
+    """The WORKDIR of an OCI-SIF's image config, where its container starts."""
+    if source is None or source.oci is None:
+        return None
+    inner = source.oci.config.get("config")
+    workdir = inner.get("WorkingDir") if isinstance(inner, dict) else None
+    return workdir if isinstance(workdir, str) and workdir.startswith("/") else None
 
 
 def _bound(spec: ContainerSpec, host: Host, gate: Gate) -> list[Any]:
@@ -168,8 +204,10 @@ def instance_record(spec: ContainerSpec, opened: Opened) -> dict[str, object]:
     namespaces = (("pid", spec.pid), ("ipc", spec.ipc), ("uts", spec.uts or bool(spec.hostname)), ("net", spec.net))
     source, image = opened.source, opened.image
     images: list[list[object]] = [[image.fd, "dir" if image.kind == "dir" else kind_of(source), source.path, "image"]]
-    images += [[layer.fd, "dir" if layer.kind == "dir" else "extfs" if layer.kind == "ext3" else "squashfs",
-                layer.path, "overlay"] for layer in opened.layers]  # fmt: skip
+    own = source.path if source.oci is not None else None  # an OCI-SIF's upper layers: the SIF's own file
+    images += [[layer.fd, "dir" if layer.kind == "dir" else "sif" if layer.path == own and layer.kind == "squashfs"
+                else "extfs" if layer.kind == "ext3" else "squashfs", layer.path, "overlay"]
+               for layer in opened.layers]  # fmt: skip
     if opened.data:
         from sifbox.image import dataimage
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import os
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal
@@ -172,8 +173,10 @@ class Session:
         return found
 
     def stack(self, lower: str, layers: list[Layer] | tuple[Layer, ...], points: list[tuple[str, bool]],
-              overlay_mode: str) -> tuple[str, bool]:  # fmt: skip
-        """Mount the layers and the overlay stack on `session/root`.
+              overlay_mode: str, files: list[tuple[str, bytes, int]] | None = None) -> tuple[str, bool]:  # fmt: skip
+        """Mount the layers and the overlay stack on `session/root`; `files` (path, bytes,
+        mode) are put in the container's own layer, over the image's (an OCI-SIF's
+        `/.singularity.d`).
 
         Returns the root and whether it is persistently writable (a writable
         layer). `overlay_mode` is `enable overlay` of sifbox.conf.
@@ -215,6 +218,8 @@ class Session:
             made_in = os.path.join(session, "points")
             os.mkdir(made_in)
         _make_points(points, made_in, [upper, *lowers, lower] if persistent else [*lowers, lower])
+        for path, data, mode in files or ():
+            _write_file(made_in, path, data, mode)
         root = os.path.join(session, "root")
         os.mkdir(root)
         stack_lowers = ([made_in] if persistent else []) + lowers + [lower]
@@ -659,6 +664,20 @@ def _make_points(points: list[tuple[str, bool]], made_in: str, layers: list[str]
             os.close(os.open(last, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
         else:
             os.makedirs(last, exist_ok=True)
+
+
+def _write_file(base: str, path: str, data: bytes, mode: int) -> None:
+    """A new file at `path` below `base` (a directory of the session, sifbox's own)."""
+    parts = [p for p in path.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise ValueError(f"not a path for a file of the container: {path!r}")
+    where = os.path.join(base, *parts[:-1])
+    os.makedirs(where, mode=0o755, exist_ok=True)
+    fd = os.open(os.path.join(where, parts[-1]), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                 | os.O_CLOEXEC, mode & 0o777)  # fmt: skip
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        os.fchmod(f.fileno(), mode & 0o777)
 
 
 def _escape(path: str) -> str:

@@ -269,3 +269,22 @@ def sb(as_who, sifbox_cli: str, e2e_images: Images, work_dir: Path) -> Runner:  
     `sifbox ARGV` as `as_who` and gives (status, stdout, stderr); `sb.subst(text)` fills the
     @...@ placeholders of a case."""
     return Runner(who=as_who, cli=sifbox_cli, images=e2e_images, work=work_dir, timeout=TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def oras_image(sifbox_cli: str, e2e_images) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """e2e.PrepRegistry/EnsureORASImage: the test image pushed (`sifbox push`) to a
+    docker-registry on 127.0.0.1 that the module using it starts and stops; its oras:// URI."""
+    from tests.integration.registry_server import RegistryServer, need
+
+    need("docker-registry")
+    work = new_dir("oras-registry")
+    try:
+        with RegistryServer(work / "registry") as reg:
+            uri = f"oras://{reg.host}/e2e/test_sif:latest"
+            proc = subprocess.run([sifbox_cli, "push", str(e2e_images.test), uri], capture_output=True, text=True,
+                                  timeout=300, check=False)  # fmt: skip
+            assert proc.returncode == 0, proc.stderr
+            yield uri
+    finally:
+        remove_dir(work)
