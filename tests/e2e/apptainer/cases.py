@@ -30,7 +30,6 @@ The themes:
     cleanenv-lang         --cleanenv keeps the host's LANG and LC_ALL instead of setting LANG=C
     cleanenv-proxy        --cleanenv drops the proxy variables Apptainer always passes
     contain-cwd           --contain keeps the caller's directory instead of starting in $HOME
-    bind-env-merge        the container's APPTAINER_BIND lists the environment's binds, not --bind's
     app-exit-status       --app: a missing app gives 126 (Apptainer 1); an app without the
                           runscript or test asked for gives 0 (Apptainer 1)
     legacy-environment    /environment of an image without /.singularity.d is not sourced

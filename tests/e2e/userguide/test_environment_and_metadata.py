@@ -84,7 +84,9 @@ ENVIRONMENT = [
     C(f"{EM}:Environment From the Apptainer Runtime[shell]", "shell", "@env@",
       stdin="echo $APPTAINER_COMMAND\n", out=exact("shell")),
     C(f"{EM}:Environment From the Apptainer Runtime[APPTAINER_BIND]", "exec", "--bind", "@work@:/mnt", "@env@",
-      "sh", "-c", "echo $APPTAINER_BIND", out=exact("@work@:/mnt"), xfail="bind-env-merge"),
+      "sh", "-c", "echo $APPTAINER_BIND", out=exact("/mnt"),
+      diverges="the guide shows SRC:DEST; Apptainer's launcher passes only the destinations to nested "
+               "containers (setBinds: `Pass only the destinations to nested binds`), and so does sifbox"),
     # Overriding Environment Variables
     C(f"{EM}:--env option", "run", "--env", "MYVAR=Goodbye", "@env@", out=exact("Goodbye")),
     C(f"{EM}:--env option[two]", "run", "--env", "MYVAR=A,MYVAR2=B", "@mycontainer@",
