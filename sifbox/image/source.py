@@ -24,7 +24,7 @@ class ImageKind:
 class ImageSource:
     """An opened image: where its root file system lies."""
 
-    __slots__ = ("fd", "kind", "offset", "overlay", "path", "size")
+    __slots__ = ("encryption", "fd", "key_message", "kind", "offset", "overlay", "path", "size")
 
     def __init__(self, path: str, kind: str, fd: int | None, offset: int = 0, size: int = 0,
                  overlay: tuple[int, int] | None = None):  # fmt: skip
@@ -35,6 +35,10 @@ class ImageSource:
         self.size = size
         #: (offset, size) of a SIF's EXT3 overlay partition, if it has one
         self.overlay = overlay
+        #: "gocryptfs" (SIF fstype 6) or "luks" (fstype 5) for an encrypted root file system
+        self.encryption: str | None = None
+        #: the CryptoMessage (PEM key message) linked to an encrypted partition, if any
+        self.key_message: bytes | None = None
 
     def close(self) -> None:
         if self.fd is not None:
@@ -68,6 +72,8 @@ def open_image(path: str, verb: str = "run") -> ImageSource:
                 f"{where}: not a SIF, SquashFS or sandbox image",
                 hint="images are .sif files, bare SquashFS files, or directories",
             )
+        if src.encryption == "luks":  # a LUKS2 header, not a SquashFS, comes first
+            return src
         sb = os.pread(fd, squashfs.SUPERBLOCK_SIZE, src.offset)
         try:
             info = squashfs.parse_superblock(sb)
@@ -109,14 +115,25 @@ def _sif_partition(fd: int, path: str, where: str) -> ImageSource:
         if part is None:
             raise SifboxError(f"{where}: the SIF image has no root file system partition",
                               hint=f"`sifbox sif list {path}` shows what it holds")  # fmt: skip
+        from sifbox.formats.sif import crypt
+
         fs = part.partition()[0]
-        if fs != c.FsType.SQUASHFS:
+        encryption = crypt.encryption_of(part)
+        if fs != c.FsType.SQUASHFS and encryption is None:
             name = c.display(c.FS_TYPE_NAMES, fs)
             raise SifboxError(f"{where}: the root file system is {name}, sifbox runs SquashFS images")
         try:
             img.check_bounds(part)
         except SifError as err:
             raise SifboxError(f"{where}: {err}") from None
+        message = None
+        if encryption is not None:
+            found = crypt.key_message(img, part)
+            if found is not None:
+                try:
+                    message = img.read(found, limit=crypt.MAX_MESSAGE)
+                except SifError as err:
+                    raise SifboxError(f"{where}: its key message is damaged: {err}") from None
         overlay = None
         for d in img.objects():
             if d.data_type == c.DataType.PARTITION and d.partition()[:2] == (c.FsType.EXT3, c.PartType.OVERLAY):
@@ -125,4 +142,6 @@ def _sif_partition(fd: int, path: str, where: str) -> ImageSource:
                 except SifError as err:
                     raise SifboxError(f"{where}: the overlay partition is damaged: {err}") from None
                 overlay = (d.offset, d.size)
-    return ImageSource(_opened(fd, path), ImageKind.SIF, fd, part.offset, part.size, overlay)
+    src = ImageSource(_opened(fd, path), ImageKind.SIF, fd, part.offset, part.size, overlay)
+    src.encryption, src.key_message = encryption, message
+    return src

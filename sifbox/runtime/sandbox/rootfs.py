@@ -90,6 +90,18 @@ class Session:
         if image.kind == "dir":
             self._bind_fd(image.fd, target, writable=writable, what="the sandbox")
             return target
+        if image.kind == "gocryptfs":
+            from sifbox.runtime.sandbox import crypt
+
+            first = len(self.helpers)
+            try:
+                self.notes.append(f"image driver: {crypt.mount_root(self, image, target)}, offset {image.offset}")
+            except BaseException:
+                # A wrong key is an error the caller reports and exits on: its helpers go first, reaped.
+                stop_helpers(self.helpers[first:])
+                del self.helpers[first:]
+                raise
+            return target
         driver = self.mount_squashfs(image.fd, image.offset, image.size, target, "the image")
         self.notes.append(f"image driver: {driver}, offset {image.offset}")
         return target
@@ -318,9 +330,11 @@ class Session:
             sc.mount(None, self.path, None, sc.MS_PRIVATE)
 
     def _spawn(self, binary: str, argv: list[str], keep: tuple[int, ...], ambient_admin: bool = False,
-               stop: int = signal.SIGKILL, root: str | None = None, wait: float = 2.0) -> str:  # fmt: skip
+               stop: int = signal.SIGKILL, root: str | None = None, wait: float = 2.0,
+               stdin: int | None = None) -> str:  # fmt: skip
         """Start a helper that gets `stop` when its parent dies, and is stopped
-        with it (and waited for) by `stop_helpers`."""
+        with it (and waited for) by `stop_helpers`; `stdin`: a descriptor for its
+        standard input (a pipe holding a key), else /dev/null."""
         name = os.path.basename(binary)
         logfile = os.path.join(self.path, f"{name}.{len(os.listdir(self.path))}.log")
         pid = os.fork()
@@ -331,7 +345,7 @@ class Session:
                     sc.raise_ambient(sc.CAP_SYS_ADMIN)
                 log = os.open(logfile, os.O_WRONLY | os.O_CREAT, 0o600)
                 devnull = os.open(os.devnull, os.O_RDWR)
-                os.dup2(devnull, 0)
+                os.dup2(devnull if stdin is None else stdin, 0)
                 os.dup2(devnull, 1)
                 os.dup2(log, 2)
                 low = 3
