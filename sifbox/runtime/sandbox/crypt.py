@@ -104,6 +104,8 @@ def find_inner(names: list[str]) -> str:
 
 
 def _read_regular(dirfd: int, name: str, limit: int) -> bytes:
+    if not stat.S_ISREG(os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode):
+        raise ValueError(f"{name} is not a regular file")  # a link to a file of the host, say
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dirfd)
     try:
         st = os.fstat(fd)

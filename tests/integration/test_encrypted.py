@@ -1,0 +1,272 @@
+"""Encrypted images with gocryptfs (SIF fstype 6), as root and as the test user: built by
+`sifbox build --encrypt`, and built by hand the way Apptainer's build does it (gocryptfs
+-init, mksquashfs through a gocryptfs mount, the outer SquashFS of the cipher directory,
+an RSA-OAEP key message framed by openssl), then run, with the right key, a wrong one and
+none; hostile partitions; and nothing left afterwards (gocryptfs and squashfuse reaped).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.images import _processes, action_images, env_for, user_named  # noqa: F401 - a fixture
+
+pytestmark = pytest.mark.integration
+
+PASS = "correct horse battery staple"
+RUNSCRIPT_OUT = "runscript args: a b"
+
+
+@pytest.fixture(autouse=True)
+def _tools() -> None:
+    for tool in ("gocryptfs", "mksquashfs", "openssl"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+
+
+def _helpers() -> set[int]:
+    """gocryptfs processes, zombies included (PID 1 here reaps nothing)."""
+    return {pid for pid, _state, _parent, comm in _processes() if comm == "gocryptfs"}
+
+
+@pytest.fixture
+def no_leaks() -> object:
+    before = _helpers()
+    yield None
+    left = _helpers() - before
+    assert not left, f"gocryptfs left behind: {sorted(left)}"
+
+
+@pytest.fixture(scope="module")
+def public_dir() -> object:
+    """A directory under /tmp the test user can read (pytest's own is root's alone)."""
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="sifbox-enc-", dir="/tmp"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def keys(public_dir: Path) -> tuple[Path, Path, Path]:
+    d = public_dir
+    priv, pub, other = d / "key.pem", d / "pub.pem", d / "other.pem"
+    subprocess.run(["openssl", "genrsa", "-traditional", "-out", str(priv), "2048"], check=True, capture_output=True)
+    subprocess.run(["openssl", "rsa", "-in", str(priv), "-RSAPublicKey_out", "-out", str(pub)], check=True,
+                   capture_output=True)  # fmt: skip
+    subprocess.run(["openssl", "genrsa", "-out", str(other), "2048"], check=True, capture_output=True)
+    for p in (priv, pub, other):
+        p.chmod(0o644)
+    return priv, pub, other
+
+
+def _sifbox(run_as, who, cli, *args: str, cwd: Path, **env: str):  # type: ignore[no-untyped-def]
+    return run_as(who, [cli, *args], env=env_for(who, **env), cwd=str(cwd), timeout=240)
+
+
+def test_build_and_run_with_a_passphrase(run_as, as_who, sifbox_cli, action_images, shared_tmp,
+                                         no_leaks) -> None:  # fmt: skip
+    out = "enc.sif"
+    built = _sifbox(run_as, as_who, sifbox_cli, "-q", "build", "--encrypt", out, str(action_images.sandbox),
+                    cwd=shared_tmp, SIFBOX_ENCRYPTION_PASSPHRASE=PASS)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    listing = _sifbox(run_as, as_who, sifbox_cli, "sif", "list", out, cwd=shared_tmp)
+    assert "FS (Gocryptfs squashfs/*System/" in listing.stdout, listing.stdout
+    assert "Cryptographic Message" not in listing.stdout  # a passphrase: no key message
+    # nothing of the root file system in the clear
+    assert b"hello from image" not in (shared_tmp / out).read_bytes()
+    run = _sifbox(run_as, as_who, sifbox_cli, "run", out, "a", "b", cwd=shared_tmp, APPTAINER_ENCRYPTION_PASSPHRASE=PASS)
+    assert (run.returncode, run.stdout.strip()) == (0, RUNSCRIPT_OUT), run.stderr
+    cat = _sifbox(run_as, as_who, sifbox_cli, "exec", out, "cat", "/data/hello.txt", cwd=shared_tmp,
+                  SIFBOX_ENCRYPTION_PASSPHRASE=PASS)  # fmt: skip
+    assert (cat.returncode, cat.stdout) == (0, "hello from image\n"), cat.stderr
+    wrong = _sifbox(run_as, as_who, sifbox_cli, "exec", out, "true", cwd=shared_tmp,
+                    SIFBOX_ENCRYPTION_PASSPHRASE="not it")  # fmt: skip
+    assert wrong.returncode == 255, wrong.stderr
+    assert wrong.stderr.splitlines()[0].startswith("sifbox: error: can't start a container from")
+    assert "does not decrypt it" in wrong.stderr and "Traceback" not in wrong.stderr
+    none = _sifbox(run_as, as_who, sifbox_cli, "exec", out, "true", cwd=shared_tmp)
+    assert none.returncode == 125 and "is encrypted and no key was given" in none.stderr, none.stderr
+    shell = run_as(as_who, [sifbox_cli, "shell", out], env=env_for(as_who, SIFBOX_ENCRYPTION_PASSPHRASE=PASS),
+                   cwd=str(shared_tmp), input="echo in-shell\nexit 3\n", timeout=120)  # fmt: skip
+    assert shell.returncode == 3 and "in-shell" in shell.stdout, shell.stderr
+    inspect = _sifbox(run_as, as_who, sifbox_cli, "inspect", "--json", out, cwd=shared_tmp)
+    assert inspect.returncode == 0 and '"labels"' in inspect.stdout, inspect.stderr
+
+
+def test_pem_key_pair(run_as, as_who, sifbox_cli, action_images, shared_tmp, keys, no_leaks) -> None:
+    priv, pub, other = keys
+    built = _sifbox(run_as, as_who, sifbox_cli, "-q", "build", "--pem-path", str(pub), "pem.sif",
+                    str(action_images.sandbox), cwd=shared_tmp)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    listing = _sifbox(run_as, as_who, sifbox_cli, "sif", "list", "pem.sif", cwd=shared_tmp).stdout
+    rows = [[field.strip() for field in line.split("|")] for line in listing.splitlines() if "|" in line][1:]
+    part = next(r[0] for r in rows if "Gocryptfs squashfs/*System" in r[4])
+    msg = next(r for r in rows if r[4] == "Cryptographic Message (PEM/RSA-OAEP)")
+    assert msg[2] == part, listing  # linked to the partition, as Apptainer's reader looks it up
+    # the key message is what openssl decrypts with RSA-OAEP/SHA-256: 32 hex digits, the gocryptfs password
+    message = _dump(run_as, as_who, sifbox_cli, shared_tmp / "pem.sif", int(msg[0]))
+    secret = _openssl_unwrap(message, priv)
+    assert len(secret) == 32 and all(ch in b"0123456789abcdef" for ch in secret)
+    run = _sifbox(run_as, as_who, sifbox_cli, "run", "--pem-path", str(priv), "pem.sif", "a", "b", cwd=shared_tmp)
+    assert (run.returncode, run.stdout.strip()) == (0, RUNSCRIPT_OUT), run.stderr
+    env_run = _sifbox(run_as, as_who, sifbox_cli, "run", "pem.sif", cwd=shared_tmp,
+                      SIFBOX_ENCRYPTION_PEM_PATH=str(priv))  # fmt: skip
+    assert env_run.returncode == 0, env_run.stderr
+    wrong = _sifbox(run_as, as_who, sifbox_cli, "run", "--pem-path", str(other), "pem.sif", cwd=shared_tmp)
+    assert wrong.returncode == 255 and "does not decrypt its key message" in wrong.stderr, wrong.stderr
+    public = _sifbox(run_as, as_who, sifbox_cli, "run", "--pem-path", str(pub), "pem.sif", cwd=shared_tmp)
+    assert public.returncode == 255 and "not a PEM private key" in public.stderr, public.stderr
+
+
+def test_site_refuses_encrypted_images(run_as, as_who, sifbox_cli, action_images, shared_tmp) -> None:
+    built = _sifbox(run_as, user_named("root"), sifbox_cli, "-q", "build", "--encrypt", "e.sif", str(action_images.sandbox),
+                    cwd=shared_tmp, SIFBOX_ENCRYPTION_PASSPHRASE=PASS)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    (shared_tmp / "e.sif").chmod(0o644)
+    conf = shared_tmp / "sifbox.conf"
+    conf.write_text("allow container encrypted = no\n")
+    conf.chmod(0o644)
+    run = _sifbox(run_as, as_who, sifbox_cli, "-c", str(conf), "run", "e.sif", cwd=shared_tmp,
+                  SIFBOX_ENCRYPTION_PASSPHRASE=PASS)  # fmt: skip
+    assert run.returncode == 126 and "allow container encrypted = no" in run.stderr, run.stderr
+
+
+# --- images laid out by hand, as Apptainer's build lays them out ----------------------------------
+
+APPTAINER_LAYOUT = r"""
+import os, subprocess, sys, tempfile
+from sifbox.build.assemble import write_sif
+from sifbox.formats.sif.constants import FsType
+
+# As Apptainer's packer/gocryptfs.go and assemblers/sif.go: gocryptfs -init -deterministic-names
+# -plaintextnames, mksquashfs through the mount into squashfs-<digits>, then the outer
+# SquashFS of that file and gocryptfs.conf (gzip, -all-root), fstype 6.
+sandbox, out, password, msgfile = sys.argv[1:5]
+top = tempfile.mkdtemp(dir=os.getcwd())
+cipher, plain = os.path.join(top, "cipher"), os.path.join(top, "plain")
+os.mkdir(cipher, 0o700); os.mkdir(plain, 0o700)
+line = (password + "\n").encode()
+subprocess.run(["gocryptfs", "-init", "-deterministic-names", "-plaintextnames", cipher], input=line * 2,
+               check=True, capture_output=True)
+subprocess.run(["gocryptfs", "-q", cipher, plain], input=line, check=True)
+try:
+    subprocess.run(["mksquashfs", sandbox, os.path.join(plain, "squashfs-1234567890"), "-noappend", "-all-root",
+                    "-comp", "gzip", "-quiet", "-no-progress"], check=True)
+finally:
+    subprocess.run(["fusermount3", "-u", plain], check=True)
+outer = os.path.join(top, "outer.sqfs")
+subprocess.run(["mksquashfs", os.path.join(cipher, "squashfs-1234567890"), os.path.join(cipher, "gocryptfs.conf"),
+                outer, "-noappend", "-all-root", "-comp", "gzip", "-quiet", "-no-progress"], check=True)
+message = open(msgfile, "rb").read() if msgfile != "-" else None
+write_sif(outer, out, "Bootstrap: scratch\n", fstype=FsType.GOCRYPTFS_SQUASHFS, key_message=message)
+"""
+
+
+def _dump(run_as, who, cli, image: Path, object_id: int) -> bytes:  # type: ignore[no-untyped-def]
+    proc = run_as(who, [cli, "sif", "dump", str(object_id), str(image)], env=env_for(who), text=False)
+    assert proc.returncode == 0, proc.stderr
+    return bytes(proc.stdout)
+
+
+def _openssl_unwrap(message: bytes, priv: Path) -> bytes:
+    """RSA-OAEP/SHA-256 decryption of a PEM MESSAGE by openssl alone (no sifbox code)."""
+    der = subprocess.run(["openssl", "base64", "-d"], input=b"".join(
+        line + b"\n" for line in message.splitlines() if not line.startswith(b"-----")), capture_output=True,
+        check=True).stdout  # fmt: skip
+    assert der[0] == 0x04  # an ASN.1 OCTET STRING: its body follows its DER length
+    body = der[2:] if der[1] < 0x80 else der[2 + (der[1] & 0x7F) :]
+    return subprocess.run(["openssl", "pkeyutl", "-decrypt", "-inkey", str(priv), "-pkeyopt",
+                           "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:sha256", "-pkeyopt",
+                           "rsa_mgf1_md:sha256"], input=body, capture_output=True, check=True).stdout  # fmt: skip
+
+
+def _openssl_wrap(secret: bytes, pub: Path, out: Path) -> None:
+    """A PEM MESSAGE as Go's cryptkey writes it, made by openssl and base64 alone."""
+    ct = subprocess.run(["openssl", "pkeyutl", "-encrypt", "-pubin", "-inkey", str(pub), "-pkeyopt",
+                         "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:sha256", "-pkeyopt",
+                         "rsa_mgf1_md:sha256"], input=secret, capture_output=True, check=True).stdout  # fmt: skip
+    assert len(ct) == 256
+    der = b"\x04\x82\x01\x00" + ct
+    b64 = subprocess.run(["openssl", "base64", "-e"], input=der, capture_output=True, check=True).stdout
+    out.write_bytes(b"-----BEGIN MESSAGE-----\n" + b64 + b"-----END MESSAGE-----\n")
+    out.chmod(0o644)
+
+
+@pytest.fixture(scope="module")
+def apptainer_made(action_images, keys, public_dir: Path) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
+    """Two images laid out by hand as Apptainer's build lays them out: passphrase and PEM."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    d = public_dir / "apptainer-layout"
+    d.mkdir()
+    d.chmod(0o755)
+    repo = str(Path(__file__).resolve().parents[2])
+    secret = b"0123456789abcdef0123456789abcdef"
+    _openssl_wrap(secret, keys[1], d / "msg.pem")
+    made = []
+    for name, password, msg in (("pass.sif", PASS, "-"), ("pem.sif", secret.decode(), str(d / "msg.pem"))):
+        proc = subprocess.run([sys.executable, "-c", APPTAINER_LAYOUT, str(action_images.sandbox), str(d / name),
+                               password, msg], cwd=str(d), env={**os.environ, "PYTHONPATH": repo},
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        (d / name).chmod(0o644)
+        made.append(d / name)
+    return made[0], made[1]
+
+
+def test_images_in_apptainers_layout_run(run_as, as_who, sifbox_cli, apptainer_made, keys, shared_tmp,
+                                         no_leaks) -> None:  # fmt: skip
+    passphrase_image, pem_image = apptainer_made
+    run = _sifbox(run_as, as_who, sifbox_cli, "run", str(passphrase_image), "a", "b", cwd=shared_tmp,
+                  SINGULARITY_ENCRYPTION_PASSPHRASE=PASS)  # fmt: skip
+    assert (run.returncode, run.stdout.strip()) == (0, RUNSCRIPT_OUT), run.stderr
+    run = _sifbox(run_as, as_who, sifbox_cli, "run", "--pem-path", str(keys[0]), str(pem_image), "a", "b", cwd=shared_tmp)
+    assert (run.returncode, run.stdout.strip()) == (0, RUNSCRIPT_OUT), run.stderr
+
+
+HOSTILE = r"""
+import json, os, subprocess, sys
+from sifbox.build.assemble import write_sif
+from sifbox.formats.sif.constants import FsType
+
+kind, out = sys.argv[1:3]
+d = os.path.join(os.getcwd(), kind)
+os.mkdir(d)
+open(os.path.join(d, "squashfs-1"), "wb").write(b"x" * 8192)
+conf = {"Version": 2, "EncryptedKey": "AAAA", "FeatureFlags": ["HKDF", "GCMIV128", "PlaintextNames"],
+        "ScryptObject": {"Salt": "AAAA", "N": 65536, "R": 8, "P": 1, "KeyLen": 32}}
+if kind == "link":      # a gocryptfs.conf that points at a file of the host
+    os.symlink("/etc/passwd", os.path.join(d, "gocryptfs.conf"))
+elif kind == "scrypt":  # a cost that would stall every launch
+    conf["ScryptObject"]["N"] = 1 << 30
+elif kind == "missing":
+    pass
+if kind in ("scrypt",):
+    open(os.path.join(d, "gocryptfs.conf"), "w").write(json.dumps(conf))
+outer = out + ".sqfs"
+subprocess.run(["mksquashfs", d, outer, "-noappend", "-quiet", "-no-progress"], check=True)
+write_sif(outer, out, "Bootstrap: scratch\n", fstype=FsType.GOCRYPTFS_SQUASHFS)
+"""
+
+
+@pytest.mark.parametrize("kind, reason", [("link", "gocryptfs.conf is not a regular file"),
+                                          ("scrypt", "scrypt N=1073741824"),
+                                          ("missing", "no gocryptfs.conf")])  # fmt: skip
+def test_hostile_partitions_are_refused(run_as, as_who, sifbox_cli, shared_tmp, kind: str, reason: str,
+                                        no_leaks) -> None:  # fmt: skip
+    repo = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.run([sys.executable, "-c", HOSTILE, kind, f"{kind}.sif"], cwd=str(shared_tmp),
+                          env={**os.environ, "PYTHONPATH": repo}, capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (shared_tmp / f"{kind}.sif").chmod(0o644)
+    run = _sifbox(run_as, as_who, sifbox_cli, "run", f"{kind}.sif", cwd=shared_tmp, SIFBOX_ENCRYPTION_PASSPHRASE=PASS)
+    assert run.returncode == 126, run.stderr
+    assert reason in run.stderr and "damaged" in run.stderr and "Traceback" not in run.stderr, run.stderr
