@@ -72,6 +72,13 @@ def from_options(*, ask: bool, pem_path: str | None, env: Mapping[str, str], ver
     return None
 
 
+def forget_environment(env: "os._Environ[str] | dict[str, str]") -> None:
+    """Drop the passphrase variables once read: the helpers sifbox starts (gocryptfs,
+    squashfuse, mksquashfs) inherit its environment, and none needs them."""
+    for var in PASSPHRASE_VARS:
+        env.pop(var, None)
+
+
 def _ask(prompt: Callable[[str], str] | None, verb: str, what: str, confirm: bool) -> bytearray:
     if prompt is None:
         import getpass

@@ -270,3 +270,35 @@ def test_hostile_partitions_are_refused(run_as, as_who, sifbox_cli, shared_tmp, 
     run = _sifbox(run_as, as_who, sifbox_cli, "run", f"{kind}.sif", cwd=shared_tmp, SIFBOX_ENCRYPTION_PASSPHRASE=PASS)
     assert run.returncode == 126, run.stderr
     assert reason in run.stderr and "damaged" in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+def test_the_passphrase_reaches_no_helper_argv_or_environment(run_as, as_who, sifbox_cli, action_images,
+                                                              shared_tmp, no_leaks) -> None:  # fmt: skip
+    import time
+
+    from tests.integration.images import descendants, popen_as
+
+    built = _sifbox(run_as, as_who, sifbox_cli, "-q", "build", "--encrypt", "e.sif", str(action_images.sandbox),
+                    cwd=shared_tmp, SIFBOX_ENCRYPTION_PASSPHRASE=PASS)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    proc = popen_as(as_who, [sifbox_cli, "exec", "e.sif", "sleep", "30"], cwd=str(shared_tmp),
+                    env=env_for(as_who, SIFBOX_ENCRYPTION_PASSPHRASE=PASS))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "sleep" not in descendants(proc.pid).values():
+            time.sleep(0.05)
+        found = descendants(proc.pid)
+        assert "gocryptfs" in found.values() and "sleep" in found.values(), found
+        secret = PASS.encode()
+        # sifbox's own processes keep the environment they were started with (/proc shows
+        # it as it was at exec); what they exec must not see it.
+        for pid in [p for p, comm in found.items() if comm in ("gocryptfs", "squashfuse_ll", "sleep")]:
+            for what in ("cmdline", "environ"):
+                try:
+                    data = Path(f"/proc/{pid}/{what}").read_bytes()
+                except OSError:
+                    continue
+                assert secret not in data, f"the passphrase is in /proc/{pid}/{what} ({found[pid]})"
+    finally:
+        proc.terminate()  # forwarded to the payload; sifbox then stops and reaps its helpers
+        proc.communicate(timeout=30)

@@ -406,8 +406,9 @@ def _key(args):  # type: ignore[no-untyped-def]
         return None
     from sifbox.security import cryptkey
 
-    return cryptkey.from_options(ask=ask, pem_path=pem, env=os.environ, verb=args.command,
-                                 what=f"`{args.image}`")  # fmt: skip
+    key = cryptkey.from_options(ask=ask, pem_path=pem, env=os.environ, verb=args.command, what=f"`{args.image}`")
+    cryptkey.forget_environment(os.environ)
+    return key
 
 
 def main(args) -> int:  # type: ignore[no-untyped-def]

@@ -211,6 +211,7 @@ def _key(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     what = f"`{args.image}`"
     key = cryptkey.from_options(ask=args.passphrase, pem_path=args.pem_path, env=os.environ, verb="build",
                                 what=what, confirm=True)  # fmt: skip
+    cryptkey.forget_environment(os.environ)
     if key is None:
         raise UsageError(f"can't build {what} encrypted: no key was given",
                          hint="--passphrase (asked), --pem-path PUBLIC.pem, or SIFBOX_ENCRYPTION_PASSPHRASE / "
