@@ -302,3 +302,38 @@ def test_the_passphrase_reaches_no_helper_argv_or_environment(run_as, as_who, si
     finally:
         proc.terminate()  # forwarded to the payload; sifbox then stops and reaps its helpers
         proc.communicate(timeout=30)
+
+
+def test_sign_and_verify_cover_the_encrypted_partition(run_as, as_who, sifbox_cli, action_images, shared_tmp,
+                                                       keys) -> None:  # fmt: skip
+    built = _sifbox(run_as, as_who, sifbox_cli, "-q", "build", "--pem-path", str(keys[1]), "s.sif",
+                    str(action_images.sandbox), cwd=shared_tmp)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    home = shared_tmp / f"home-{as_who.name}"
+    home.mkdir()
+    if not as_who.is_root:
+        os.chown(home, as_who.uid, as_who.gid)
+    made = run_as(as_who, [sifbox_cli, "key", "newpair", "--pem", "ecdsa", "-o", str(home / "k")],
+                  env=env_for(as_who), cwd=str(shared_tmp))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    signed = _sifbox(run_as, as_who, sifbox_cli, "sign", "--key", str(home / "k"), "s.sif", cwd=shared_tmp)
+    assert signed.returncode == 0, signed.stderr
+    verified = _sifbox(run_as, as_who, sifbox_cli, "verify", "--key", str(home / "k.pub"), "s.sif", cwd=shared_tmp)
+    assert verified.returncode == 0 and "Cryptographic Message" in verified.stdout, verified.stderr
+    run = _sifbox(run_as, as_who, sifbox_cli, "run", "--pem-path", str(keys[0]), "s.sif", "a", "b", cwd=shared_tmp)
+    assert (run.returncode, run.stdout.strip()) == (0, RUNSCRIPT_OUT), run.stderr
+    with open(shared_tmp / "s.sif", "r+b") as f:  # one byte of the ciphertext
+        f.seek(40000)
+        byte = f.read(1)
+        f.seek(40000)
+        f.write(bytes([byte[0] ^ 1]))
+    tampered = _sifbox(run_as, as_who, sifbox_cli, "verify", "--key", str(home / "k.pub"), "s.sif", cwd=shared_tmp)
+    assert tampered.returncode == 255 and "integrity compromised" in tampered.stderr, tampered.stderr
+
+
+def test_inspect_without_the_key(run_as, as_who, sifbox_cli, apptainer_made, shared_tmp) -> None:
+    # Apptainer's encrypted images keep the definition and the metadata JSON unencrypted; one
+    # without the JSON can't be inspected without its key, and inspect says so.
+    proc = _sifbox(run_as, as_who, sifbox_cli, "inspect", str(apptainer_made[0]), cwd=shared_tmp)
+    assert proc.returncode == 255, proc.stderr
+    assert "is encrypted and holds no inspect-metadata.json" in proc.stderr and "Traceback" not in proc.stderr
