@@ -96,7 +96,8 @@ def _encrypted_root(spec: ContainerSpec, host: Host, action: str, source: ImageS
                               "can open", hint="build the image as a user with --encrypt: sifbox and Apptainer "
                               "then encrypt it with gocryptfs, which any user can run")  # fmt: skip
         raise SifboxError(f"can't {action} {what}: LUKS2-encrypted images are not available in this version "
-                          "of sifbox", hint="build it again with --encrypt as a user (gocryptfs)")  # fmt: skip
+                          "of sifbox (they need dm-crypt)", hint="build it again with `sifbox build --encrypt`, "
+                          "which encrypts with gocryptfs for root and users alike")  # fmt: skip
     if key is None:
         raise UsageError(f"can't {action} {what}: the image is encrypted and no key was given",
                          hint="give its passphrase (--passphrase, or SIFBOX_ENCRYPTION_PASSPHRASE) or its "

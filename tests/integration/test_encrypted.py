@@ -337,3 +337,32 @@ def test_inspect_without_the_key(run_as, as_who, sifbox_cli, apptainer_made, sha
     proc = _sifbox(run_as, as_who, sifbox_cli, "inspect", str(apptainer_made[0]), cwd=shared_tmp)
     assert proc.returncode == 255, proc.stderr
     assert "is encrypted and holds no inspect-metadata.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+LUKS = r"""
+import sys
+from sifbox.build import assemble
+from sifbox.formats.sif.constants import FsType
+
+# A partition marked LUKS2-wrapped SquashFS (SingularityCE's and Apptainer's root builds); its
+# bytes are never read, the refusal comes first. write_sif takes SquashFS files: this one passes.
+open(sys.argv[1] + ".part", "wb").write(b"LUKS\xba\xbe\x00\x02" + bytes(16 << 10))
+assemble._is_squashfs = lambda path: True
+assemble.write_sif(sys.argv[1] + ".part", sys.argv[1], "Bootstrap: scratch\n", fstype=FsType.ENCRYPTED_SQUASHFS)
+"""
+
+
+def test_luks_images_are_refused_with_a_hint(run_as, as_who, sifbox_cli, shared_tmp) -> None:
+    repo = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.run([sys.executable, "-c", LUKS, "luks.sif"], cwd=str(shared_tmp),
+                          env={**os.environ, "PYTHONPATH": repo}, capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (shared_tmp / "luks.sif").chmod(0o644)
+    listing = _sifbox(run_as, as_who, sifbox_cli, "sif", "list", "luks.sif", cwd=shared_tmp)
+    assert "FS (Encrypted squashfs/*System/" in listing.stdout, listing.stdout
+    run = _sifbox(run_as, as_who, sifbox_cli, "run", "luks.sif", cwd=shared_tmp, SIFBOX_ENCRYPTION_PASSPHRASE=PASS)
+    assert run.returncode == 255 and "Traceback" not in run.stderr, run.stderr
+    first, hint = run.stderr.splitlines()[:2]
+    assert first.startswith("sifbox: error: can't run `luks.sif`: it is encrypted with LUKS2" if not as_who.is_root
+                            else "sifbox: error: can't run `luks.sif`: LUKS2-encrypted images are not available")
+    assert hint.startswith("hint:") and "gocryptfs" in hint
