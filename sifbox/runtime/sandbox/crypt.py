@@ -32,8 +32,12 @@ from sifbox.util.errors import ExitStatus, SifboxError, describe_os_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal as _sig
+
     from sifbox.runtime.sandbox.ops import RootImage
     from sifbox.runtime.sandbox.rootfs import Session
+else:
+    import _signal as _sig  # the C module, as sifbox.runtime.sandbox.rootfs
 
 CONF_NAME = "gocryptfs.conf"
 INNER_PREFIX = "squashfs-"
@@ -241,6 +245,9 @@ def seal(gocryptfs: str, cipher: str, plain: str, key_fd: int, argv: list[str], 
     if pid == 0:
         code = 70
         try:
+            # Ctrl-C reaches the whole process group: gocryptfs and mksquashfs stop on it, and
+            # this child reaps them and goes; the caller raises KeyboardInterrupt then.
+            _sig.signal(_sig.SIGINT, _sig.SIG_IGN)
             log = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
             os.dup2(log, 2)
             code = _seal_child(gocryptfs, cipher, plain, key_fd, argv)
@@ -250,7 +257,10 @@ def seal(gocryptfs: str, cipher: str, plain: str, key_fd: int, argv: list[str], 
             except OSError:
                 pass
         os._exit(code)
-    status = _wait(pid)
+    interrupted: list[bool] = []
+    status = _wait(pid, interrupted)
+    if interrupted:
+        raise KeyboardInterrupt
     if status != 0:
         try:
             with open(logfile, errors="replace") as f:
@@ -264,13 +274,15 @@ def seal(gocryptfs: str, cipher: str, plain: str, key_fd: int, argv: list[str], 
                         hint="the fault originates from gocryptfs or mksquashfs")  # fmt: skip
 
 
-def _wait(pid: int) -> int:
+def _wait(pid: int, interrupted: list[bool] | None = None) -> int:
     while True:
         try:
             return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
         except ChildProcessError:
             return 0
         except KeyboardInterrupt:
+            if interrupted is not None:
+                interrupted.append(True)
             continue  # the child got it too, and cleans up
 
 
@@ -281,30 +293,42 @@ def _seal_child(gocryptfs: str, cipher: str, plain: str, key_fd: int, argv: list
     fuse = os.open("/dev/fuse", os.O_RDWR)
     sc.mount("gocryptfs", plain, "fuse.gocryptfs", sc.MS_NOSUID | sc.MS_NODEV,
              f"fd={fuse},rootmode=40000,user_id={os.getuid()},group_id={os.getgid()}")  # fmt: skip
-    helper = _spawn([gocryptfs, "-fg", "-q", "--", cipher, f"/dev/fd/{fuse}"], stdin=key_fd, keep=fuse)
-    os.close(fuse)
+    running: list[int] = []
     try:
-        os.stat(plain)
-    except OSError:
-        code = _wait(helper)
-        os.write(2, f"gocryptfs could not mount the encrypted directory (exit status {code})\n".encode())
-        return 71
-    worker = _spawn(argv, stdin=None, keep=-1)
-    code = _wait(worker)
-    # gocryptfs has every block once the file is closed (no write-back cache); it exits when unmounted.
-    for _ in range(100):
+        running.append(_spawn([gocryptfs, "-fg", "-q", "--", cipher, f"/dev/fd/{fuse}"], stdin=key_fd, keep=fuse))
+        os.close(fuse)
+        helper = running[0]
         try:
-            sc.umount(plain)
-            break
+            os.stat(plain)
         except OSError:
-            time.sleep(0.05)
-    else:
-        sc.umount(plain, sc.MNT_DETACH)
-        os.kill(helper, 9)
-    if _wait(helper) != 0 and code == 0:
-        os.write(2, b"gocryptfs stopped with an error\n")
-        code = 72
-    return code
+            code = _wait(running.pop())
+            os.write(2, f"gocryptfs could not mount the encrypted directory (exit status {code})\n".encode())
+            return 71
+        running.append(_spawn(argv, stdin=None, keep=-1))
+        code = _wait(running.pop())
+        # gocryptfs has every block once the file is closed (no write-back cache); it exits when unmounted.
+        for _ in range(100):
+            try:
+                sc.umount(plain)
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            sc.umount(plain, sc.MNT_DETACH)
+            os.kill(helper, 9)
+        if _wait(running.pop()) != 0 and code == 0:
+            os.write(2, b"gocryptfs stopped with an error\n")
+            code = 72
+        return code
+    finally:
+        # Interrupted (Ctrl-C reaches the whole process group): what still runs is stopped
+        # and reaped here, not left to PID 1.
+        for pid in running:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+            _wait(pid)
 
 
 def _spawn(argv: list[str], *, stdin: int | None, keep: int) -> int:
@@ -312,6 +336,7 @@ def _spawn(argv: list[str], *, stdin: int | None, keep: int) -> int:
     if pid == 0:
         try:
             sc.set_parent_death_signal(9)
+            _sig.signal(_sig.SIGINT, _sig.SIG_DFL)
             if stdin is None:
                 stdin = os.open(os.devnull, os.O_RDONLY)
             os.dup2(stdin, 0)
