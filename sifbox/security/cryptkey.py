@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 
 from sifbox.util.errors import SifboxError, UsageError
 
@@ -72,7 +72,7 @@ def from_options(*, ask: bool, pem_path: str | None, env: Mapping[str, str], ver
     return None
 
 
-def forget_environment(env: "os._Environ[str] | dict[str, str]") -> None:
+def forget_environment(env: MutableMapping[str, str]) -> None:
     """Drop the passphrase variables once read: the helpers sifbox starts (gocryptfs,
     squashfuse, mksquashfs) inherit its environment, and none needs them."""
     for var in PASSPHRASE_VARS:

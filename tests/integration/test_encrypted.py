@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.images import _processes, action_images, env_for, user_named  # noqa: F401 - a fixture
+from tests.integration.images import _processes, action_images, env_for, no_leaks, user_named  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
@@ -35,8 +35,9 @@ def _helpers() -> set[int]:
     return {pid for pid, _state, _parent, comm in _processes() if comm == "gocryptfs"}
 
 
-@pytest.fixture
-def no_leaks() -> object:
+@pytest.fixture(autouse=True)
+def no_stray_gocryptfs() -> object:
+    """No gocryptfs left, not even a zombie (PID 1 reaps nothing here; no_leaks sees live ones)."""
     before = _helpers()
     yield None
     left = _helpers() - before
@@ -71,8 +72,7 @@ def _sifbox(run_as, who, cli, *args: str, cwd: Path, **env: str):  # type: ignor
     return run_as(who, [cli, *args], env=env_for(who, **env), cwd=str(cwd), timeout=240)
 
 
-def test_build_and_run_with_a_passphrase(run_as, as_who, sifbox_cli, action_images, shared_tmp,
-                                         no_leaks) -> None:  # fmt: skip
+def test_build_and_run_with_a_passphrase(run_as, as_who, sifbox_cli, action_images, shared_tmp) -> None:
     out = "enc.sif"
     built = _sifbox(run_as, as_who, sifbox_cli, "-q", "build", "--encrypt", out, str(action_images.sandbox),
                     cwd=shared_tmp, SIFBOX_ENCRYPTION_PASSPHRASE=PASS)  # fmt: skip
@@ -101,7 +101,7 @@ def test_build_and_run_with_a_passphrase(run_as, as_who, sifbox_cli, action_imag
     assert inspect.returncode == 0 and '"labels"' in inspect.stdout, inspect.stderr
 
 
-def test_pem_key_pair(run_as, as_who, sifbox_cli, action_images, shared_tmp, keys, no_leaks) -> None:
+def test_pem_key_pair(run_as, as_who, sifbox_cli, action_images, shared_tmp, keys) -> None:
     priv, pub, other = keys
     built = _sifbox(run_as, as_who, sifbox_cli, "-q", "build", "--pem-path", str(pub), "pem.sif",
                     str(action_images.sandbox), cwd=shared_tmp)  # fmt: skip
@@ -222,8 +222,7 @@ def apptainer_made(action_images, keys, public_dir: Path) -> tuple[Path, Path]: 
     return made[0], made[1]
 
 
-def test_images_in_apptainers_layout_run(run_as, as_who, sifbox_cli, apptainer_made, keys, shared_tmp,
-                                         no_leaks) -> None:  # fmt: skip
+def test_images_in_apptainers_layout_run(run_as, as_who, sifbox_cli, apptainer_made, keys, shared_tmp) -> None:
     passphrase_image, pem_image = apptainer_made
     run = _sifbox(run_as, as_who, sifbox_cli, "run", str(passphrase_image), "a", "b", cwd=shared_tmp,
                   SINGULARITY_ENCRYPTION_PASSPHRASE=PASS)  # fmt: skip
@@ -260,8 +259,8 @@ write_sif(outer, out, "Bootstrap: scratch\n", fstype=FsType.GOCRYPTFS_SQUASHFS)
 @pytest.mark.parametrize("kind, reason", [("link", "gocryptfs.conf is not a regular file"),
                                           ("scrypt", "scrypt N=1073741824"),
                                           ("missing", "no gocryptfs.conf")])  # fmt: skip
-def test_hostile_partitions_are_refused(run_as, as_who, sifbox_cli, shared_tmp, kind: str, reason: str,
-                                        no_leaks) -> None:  # fmt: skip
+def test_hostile_partitions_are_refused(run_as, as_who, sifbox_cli, shared_tmp, kind: str,
+                                        reason: str) -> None:  # fmt: skip
     repo = str(Path(__file__).resolve().parents[2])
     proc = subprocess.run([sys.executable, "-c", HOSTILE, kind, f"{kind}.sif"], cwd=str(shared_tmp),
                           env={**os.environ, "PYTHONPATH": repo}, capture_output=True, text=True, check=False)  # fmt: skip
@@ -273,7 +272,7 @@ def test_hostile_partitions_are_refused(run_as, as_who, sifbox_cli, shared_tmp, 
 
 
 def test_the_passphrase_reaches_no_helper_argv_or_environment(run_as, as_who, sifbox_cli, action_images,
-                                                              shared_tmp, no_leaks) -> None:  # fmt: skip
+                                                              shared_tmp) -> None:  # fmt: skip
     import time
 
     from tests.integration.images import descendants, popen_as

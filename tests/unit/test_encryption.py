@@ -110,7 +110,8 @@ def test_wrap_unwrap_round_trip_pkcs1_and_spki(rsa_pair: tuple[str, str], tmp_pa
     msg = cryptkey.wrap(pub, secret, verb="build", what="x")
     assert cryptkey.unwrap(priv, msg, verb="run", what="x") == secret
     # a SubjectPublicKeyInfo public key, and the private key itself, work to build too
-    key = serialization.load_pem_private_key(open(priv, "rb").read(), password=None)
+    with open(priv, "rb") as f:
+        key = serialization.load_pem_private_key(f.read(), password=None)
     spki = tmp_path / "spki.pem"
     spki.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
                                                    serialization.PublicFormat.SubjectPublicKeyInfo))
@@ -123,7 +124,7 @@ def test_wrong_key_and_public_key_are_one_line_errors(rsa_pair: tuple[str, str],
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    priv, pub = rsa_pair
+    _, pub = rsa_pair
     msg = cryptkey.wrap(pub, bytearray(b"s" * 32), verb="build", what="x")
     other = tmp_path / "other.pem"
     other.write_bytes(rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(

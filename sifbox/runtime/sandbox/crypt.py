@@ -74,7 +74,7 @@ def check_conf(data: bytes) -> None:
     except (ValueError, UnicodeDecodeError):
         raise ValueError("gocryptfs.conf is not JSON") from None
     if not isinstance(conf, dict):
-        raise ValueError("gocryptfs.conf is not a JSON object")
+        raise ValueError("gocryptfs.conf is not a JSON object")  # noqa: TRY004 - "damaged", as the rest
     if conf.get("Version") != 2:
         raise ValueError(f"gocryptfs.conf has version {conf.get('Version')!r}, not 2")
     flags = conf.get("FeatureFlags")
@@ -87,7 +87,7 @@ def check_conf(data: bytes) -> None:
         raise ValueError("gocryptfs.conf has no encrypted key")
     scrypt = conf.get("ScryptObject")
     if not isinstance(scrypt, dict):
-        raise ValueError("gocryptfs.conf has no scrypt parameters")
+        raise ValueError("gocryptfs.conf has no scrypt parameters")  # noqa: TRY004
     n, r, p = scrypt.get("N"), scrypt.get("R"), scrypt.get("P")
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, r, p)):
         raise ValueError("gocryptfs.conf has bad scrypt parameters")
