@@ -291,6 +291,14 @@ def test_the_passphrase_reaches_no_helper_argv_or_environment(run_as, as_who, si
         secret = PASS.encode()
         # sifbox's own processes keep the environment they were started with (/proc shows
         # it as it was at exec); what they exec must not see it.
+        for pid in [p for p, comm in found.items() if comm == "gocryptfs"]:
+            # it reads what the image holds: root's runs as nobody, without capabilities
+            status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                          if ":\t" in line)  # fmt: skip
+            uid = status["Uid"].split()[0]
+            assert uid == ("65534" if as_who.is_root else str(as_who.uid)), status["Uid"]
+            if as_who.is_root:
+                assert int(status["CapEff"], 16) == 0 and status["NoNewPrivs"].strip() == "1", status
         for pid in [p for p, comm in found.items() if comm in ("gocryptfs", "squashfuse_ll", "sleep")]:
             for what in ("cmdline", "environ"):
                 try:

@@ -42,6 +42,8 @@ else:
 CONF_NAME = "gocryptfs.conf"
 INNER_PREFIX = "squashfs-"
 MAX_CONF = 64 * 1024
+#: The IDs root's gocryptfs runs as (Debian's nobody and nogroup).
+NOBODY = 65534
 #: gocryptfs's own exit codes (gocryptfs/internal/exitcodes)
 EXIT_PASSWORD = 12
 EXIT_LOADCONF = 23
@@ -173,7 +175,10 @@ def mount_root(session: Session, image: RootImage, target: str) -> str:
         os.close(conf_fd)
         raise fail("can't mount FUSE for gocryptfs", err, session.image) from None
     argv = [image.tool, "-fg", "-ro", "-q", "-config", f"/dev/fd/{conf_fd}", "--", cipher, f"/dev/fd/{fuse}"]
-    logfile = session._spawn(image.tool, argv, (fuse, conf_fd), stdin=image.key_fd)
+    # gocryptfs reads what the image holds: for root it runs as nobody, with no capability
+    # (it needs none: the FUSE descriptor and its configuration are handed to it).
+    as_ids = (NOBODY, NOBODY) if os.getuid() == 0 and not session.userns else None
+    logfile = session._spawn(image.tool, argv, (fuse, conf_fd), stdin=image.key_fd, as_ids=as_ids)
     os.close(fuse)
     os.close(conf_fd)
     try:

@@ -331,10 +331,11 @@ class Session:
 
     def _spawn(self, binary: str, argv: list[str], keep: tuple[int, ...], ambient_admin: bool = False,
                stop: int = signal.SIGKILL, root: str | None = None, wait: float = 2.0,
-               stdin: int | None = None) -> str:  # fmt: skip
+               stdin: int | None = None, as_ids: tuple[int, int] | None = None) -> str:  # fmt: skip
         """Start a helper that gets `stop` when its parent dies, and is stopped
         with it (and waited for) by `stop_helpers`; `stdin`: a descriptor for its
-        standard input (a pipe holding a key), else /dev/null."""
+        standard input (a pipe holding a key), else /dev/null; `as_ids`: (uid, gid)
+        it runs as, without any capability (root's gocryptfs), else this process's."""
         name = os.path.basename(binary)
         logfile = os.path.join(self.path, f"{name}.{len(os.listdir(self.path))}.log")
         pid = os.fork()
@@ -344,6 +345,11 @@ class Session:
                 if ambient_admin:
                     sc.raise_ambient(sc.CAP_SYS_ADMIN)
                 log = os.open(logfile, os.O_WRONLY | os.O_CREAT, 0o600)
+                if as_ids is not None:  # the log is open: the IDs go, and every capability with them
+                    os.setgroups([])
+                    os.setresgid(as_ids[1], as_ids[1], as_ids[1])
+                    os.setresuid(as_ids[0], as_ids[0], as_ids[0])
+                    sc.set_no_new_privs()
                 devnull = os.open(os.devnull, os.O_RDWR)
                 os.dup2(devnull if stdin is None else stdin, 0)
                 os.dup2(devnull, 1)
