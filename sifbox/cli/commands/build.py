@@ -210,7 +210,7 @@ def _key(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     what = f"`{args.image}`"
     key = cryptkey.from_options(ask=args.passphrase, pem_path=args.pem_path, env=os.environ, verb="build",
-                                what=what, confirm=True)  # fmt: skip
+                                what=what)  # one prompt, as Apptainer's build
     cryptkey.forget_environment(os.environ)
     if key is None:
         raise UsageError(f"can't build {what} encrypted: no key was given",
