@@ -373,3 +373,29 @@ def test_luks_images_are_refused_with_a_hint(run_as, as_who, sifbox_cli, shared_
     assert first.startswith("sifbox: error: can't run `luks.sif`: it is encrypted with LUKS2" if not as_who.is_root
                             else "sifbox: error: can't run `luks.sif`: LUKS2-encrypted images are not available")
     assert hint.startswith("hint:") and "gocryptfs" in hint
+
+
+def test_instance_of_an_encrypted_image(run_as, as_who, sifbox_cli, action_images, shared_tmp) -> None:
+    """The key opens the image once, when the instance starts; what joins it needs none."""
+    built = _sifbox(run_as, as_who, sifbox_cli, "-q", "build", "--encrypt", "i.sif", str(action_images.sandbox),
+                    cwd=shared_tmp, SIFBOX_ENCRYPTION_PASSPHRASE=PASS)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    name = f"enc{os.getpid()}"
+    home = shared_tmp / f"ihome-{as_who.name}"
+    home.mkdir()
+    if not as_who.is_root:
+        os.chown(home, as_who.uid, as_who.gid)
+    env = {"HOME": str(home)}  # instance records go to the caller's ~/.sifbox
+    try:
+        wrong = _sifbox(run_as, as_who, sifbox_cli, "instance", "start", "i.sif", name, cwd=shared_tmp,
+                        SIFBOX_ENCRYPTION_PASSPHRASE="nope", **env)  # fmt: skip
+        assert wrong.returncode != 0 and "does not decrypt it" in wrong.stderr, wrong.stderr
+        started = _sifbox(run_as, as_who, sifbox_cli, "instance", "start", "i.sif", name, cwd=shared_tmp,
+                          SIFBOX_ENCRYPTION_PASSPHRASE=PASS, **env)  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        joined = _sifbox(run_as, as_who, sifbox_cli, "exec", f"instance://{name}", "cat", "/data/hello.txt",
+                         cwd=shared_tmp, **env)  # fmt: skip
+        assert (joined.returncode, joined.stdout) == (0, "hello from image\n"), joined.stderr
+    finally:
+        stopped = _sifbox(run_as, as_who, sifbox_cli, "instance", "stop", name, cwd=shared_tmp, **env)
+    assert stopped.returncode == 0, stopped.stderr
