@@ -399,3 +399,12 @@ def test_instance_of_an_encrypted_image(run_as, as_who, sifbox_cli, action_image
     finally:
         stopped = _sifbox(run_as, as_who, sifbox_cli, "instance", "stop", name, cwd=shared_tmp, **env)
     assert stopped.returncode == 0, stopped.stderr
+
+
+def test_sbom_says_the_packages_cant_be_read(run_as, as_who, sifbox_cli, action_images, shared_tmp) -> None:
+    built = _sifbox(run_as, as_who, sifbox_cli, "-q", "build", "--encrypt", "b.sif", str(action_images.sandbox),
+                    cwd=shared_tmp, SIFBOX_ENCRYPTION_PASSPHRASE=PASS)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    proc = _sifbox(run_as, as_who, sifbox_cli, "sbom", "b.sif", cwd=shared_tmp)
+    assert proc.returncode == 255 and proc.stdout == "", proc.stdout
+    assert "it is encrypted, and its packages can't be read without its key" in proc.stderr, proc.stderr
