@@ -52,6 +52,7 @@ class BuildRequest:
     warn_unused_args: bool = False
     disable_cache: bool = False  # registry images: no cache read or written
     arch: str | None = None  # another architecture's image (registry and OCI sources only)
+    key: object | None = None  # --encrypt: sifbox.security.cryptkey.Key
 
 
 class Steps:
@@ -658,9 +659,19 @@ def _write_output(
         raw = _read_in_root(root, "/.singularity.d/Singularity")
         deffile_text = raw.decode("utf-8", "surrogateescape") if raw else ""
     sqfs = os.path.join(work, "root.sqfs")
-    assemble.make_squashfs(root, sqfs, squash)
+    fstype = message = None
+    if req.key is not None:
+        from sifbox.build import encrypt
+        from sifbox.formats.sif.constants import FsType
+
+        steps("encrypting the root file system with gocryptfs")
+        message = encrypt.gocryptfs_squashfs(root, sqfs, squash, req.key, work)  # type: ignore[arg-type]
+        fstype = FsType.GOCRYPTFS_SQUASHFS
+    else:
+        assemble.make_squashfs(root, sqfs, squash)
     meta = _inspect_metadata(root, deffile_text)
-    assemble.write_sif(sqfs, req.output, deffile_text, inspect_metadata=meta, epoch=req.epoch, arch=req.arch)
+    assemble.write_sif(sqfs, req.output, deffile_text, inspect_metadata=meta, epoch=req.epoch, fstype=fstype,
+                       key_message=message, arch=req.arch)  # fmt: skip
 
 
 def _inspect_metadata(root: str, deffile_text: str) -> bytes:

@@ -29,7 +29,7 @@ class ImageKind:
 class ImageSource:
     """An opened image: where its root file system lies."""
 
-    __slots__ = ("fd", "kind", "oci", "offset", "overlay", "path", "size")
+    __slots__ = ("encryption", "fd", "key_message", "kind", "oci", "offset", "overlay", "path", "size")
 
     def __init__(self, path: str, kind: str, fd: int | None, offset: int = 0, size: int = 0,
                  overlay: tuple[int, int] | None = None, oci: OciImage | None = None):  # fmt: skip
@@ -42,6 +42,10 @@ class ImageSource:
         self.overlay = overlay
         #: an OCI-SIF's image (config, layers): the root file system is its bottom layer
         self.oci = oci
+        #: "gocryptfs" (SIF fstype 6) or "luks" (fstype 5) for an encrypted root file system
+        self.encryption: str | None = None
+        #: the CryptoMessage (PEM key message) linked to an encrypted partition, if any
+        self.key_message: bytes | None = None
 
     def close(self) -> None:
         if self.fd is not None:
@@ -75,6 +79,8 @@ def open_image(path: str, verb: str = "run") -> ImageSource:
                 f"{where}: not a SIF, SquashFS or sandbox image",
                 hint="images are .sif files, bare SquashFS files, or directories",
             )
+        if src.encryption == "luks":  # a LUKS2 header, not a SquashFS, comes first
+            return src
         parts = [(src.offset, src.size)] if src.oci is None else [(x.offset, x.size) for x in src.oci.layers]
         for n, (offset, size) in enumerate(parts):
             what = "the root file system" if n == 0 else f"layer {n + 1} of the image"
@@ -121,14 +127,25 @@ def _sif_partition(fd: int, path: str, where: str) -> ImageSource:
         if part is None:
             raise SifboxError(f"{where}: the SIF image has no root file system partition",
                               hint=f"`sifbox sif list {path}` shows what it holds")  # fmt: skip
+        from sifbox.formats.sif import crypt
+
         fs = part.partition()[0]
-        if fs != c.FsType.SQUASHFS:
+        encryption = crypt.encryption_of(part)
+        if fs != c.FsType.SQUASHFS and encryption is None:
             name = c.display(c.FS_TYPE_NAMES, fs)
             raise SifboxError(f"{where}: the root file system is {name}, sifbox runs SquashFS images")
         try:
             img.check_bounds(part)
         except SifError as err:
             raise SifboxError(f"{where}: {err}") from None
+        message = None
+        if encryption is not None:
+            found = crypt.key_message(img, part)
+            if found is not None:
+                try:
+                    message = img.read(found, limit=crypt.MAX_MESSAGE)
+                except SifError as err:
+                    raise SifboxError(f"{where}: its key message is damaged: {err}") from None
         overlay = None
         for d in img.objects():
             if d.data_type == c.DataType.PARTITION and d.partition()[:2] == (c.FsType.EXT3, c.PartType.OVERLAY):
@@ -137,7 +154,9 @@ def _sif_partition(fd: int, path: str, where: str) -> ImageSource:
                 except SifError as err:
                     raise SifboxError(f"{where}: the overlay partition is damaged: {err}") from None
                 overlay = (d.offset, d.size)
-    return ImageSource(_opened(fd, path), ImageKind.SIF, fd, part.offset, part.size, overlay)
+    src = ImageSource(_opened(fd, path), ImageKind.SIF, fd, part.offset, part.size, overlay)
+    src.encryption, src.key_message = encryption, message
+    return src
 
 
 def _oci_sif(img: SifImage, fd: int, path: str, where: str) -> ImageSource:

@@ -48,13 +48,16 @@ def kind_of(source: ImageSource) -> str:
     """The `allow container` kind of the main image."""
     from sifbox.image.source import ImageKind
 
+    if getattr(source, "encryption", None):
+        return "encrypted"
     if source.kind == ImageKind.SANDBOX:
         return "dir"
     return "squashfs" if source.kind == ImageKind.SQUASHFS else "sif"
 
 
-def open_all(spec: ContainerSpec, host: Host, action: str, gate: Gate) -> Opened:
-    """Open the image, the overlays and the bound images; admit each on its descriptor."""
+def open_all(spec: ContainerSpec, host: Host, action: str, gate: Gate, key: Any = None) -> Opened:
+    """Open the image, the overlays and the bound images; admit each on its descriptor.
+    `key` (sifbox.security.cryptkey.Key) opens an encrypted image."""
     from sifbox.image.source import ImageKind, open_image
     from sifbox.runtime.sandbox.ops import RootImage
 
@@ -62,10 +65,15 @@ def open_all(spec: ContainerSpec, host: Host, action: str, gate: Gate) -> Opened
     layers: list[Any] = []
     try:
         assert source.fd is not None
+        if source.encryption is not None and not gate.allows_encrypted():
+            gate.refuse_encrypted(spec.image)
         if gate.active:
             gate.admit(source.fd, kind=kind_of(source), image=spec.image)
-        image = RootImage("dir" if source.kind == ImageKind.SANDBOX else "squashfs", source.fd, source.offset,
-                          source.size, source.path)  # fmt: skip
+        if source.encryption is not None:
+            image = _encrypted_root(spec, host, action, source, key)
+        else:
+            image = RootImage("dir" if source.kind == ImageKind.SANDBOX else "squashfs", source.fd, source.offset,
+                              source.size, source.path)  # fmt: skip
         if source.oci is not None and spec.writable and source.overlay is None:
             raise UsageError(f"can't {action} `{spec.image}` with --writable: the OCI-SIF image has no writable "
                              "overlay layer, and its SquashFS layers are read-only",
@@ -77,6 +85,45 @@ def open_all(spec: ContainerSpec, host: Host, action: str, gate: Gate) -> Opened
         Opened(source, None, layers, []).close()
         raise
     return Opened(source, image, layers, data)
+
+
+def _encrypted_root(spec: ContainerSpec, host: Host, action: str, source: ImageSource, key: Any) -> Any:
+    """The RootImage of an encrypted image: gocryptfs (SIF fstype 6), with the key in a
+    pipe for gocryptfs's stdin. LUKS2 (fstype 5) needs root and dm-crypt."""
+    from sifbox.runtime.sandbox.ops import RootImage
+    from sifbox.security import cryptkey
+    from sifbox.util.paths import which
+
+    what = f"`{spec.image}`"
+    if source.encryption == "luks":
+        if not host.is_root:
+            raise SifboxError(f"can't {action} {what}: it is encrypted with LUKS2 (dm-crypt), which only root "
+                              "can open", hint="build the image as a user with --encrypt: sifbox and Apptainer "
+                              "then encrypt it with gocryptfs, which any user can run")  # fmt: skip
+        raise SifboxError(f"can't {action} {what}: LUKS2-encrypted images are not available in this version "
+                          "of sifbox (they need dm-crypt)", hint="build it again with `sifbox build --encrypt`, "
+                          "which encrypts with gocryptfs for root and users alike")  # fmt: skip
+    if key is None:
+        raise UsageError(f"can't {action} {what}: the image is encrypted and no key was given",
+                         hint="give its passphrase (--passphrase, or SIFBOX_ENCRYPTION_PASSPHRASE) or its "
+                         "private PEM key (--pem-path, or SIFBOX_ENCRYPTION_PEM_PATH)")  # fmt: skip
+    tool = which("gocryptfs")
+    if tool is None:
+        raise SifboxError(f"can't {action} {what}: gocryptfs is not installed",
+                          hint="install the Debian package `gocryptfs`")  # fmt: skip
+    if key.pem_path:
+        if source.key_message is None:
+            raise SifboxError(f"can't {action} {what}: the image holds no PEM key message",
+                              hint="it was encrypted with a passphrase: give it with --passphrase")  # fmt: skip
+        secret = cryptkey.unwrap(key.pem_path, source.key_message, verb=action, what=what)
+    else:
+        secret = bytearray(key.passphrase)
+    try:
+        key_fd = cryptkey.key_pipe(secret)
+    finally:
+        cryptkey.wipe(secret)
+        key.wipe()
+    return RootImage("gocryptfs", source.fd, source.offset, source.size, source.path, key_fd, tool)
 
 
 def _overlays(spec: ContainerSpec, action: str, source: ImageSource, gate: Gate) -> list[Any]:

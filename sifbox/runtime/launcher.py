@@ -240,7 +240,7 @@ def prepare(launch: Launch) -> Prepared:
                 warn=_warn)  # fmt: skip
             fixed = {**mpi.env_defaults(os.environ, own_userns=not host.is_root or spec.userns), **fixed}
         p.mounts = mounts
-        p.opened = opened = images.open_all(spec, host, action, gate)
+        p.opened = opened = images.open_all(spec, host, action, gate, key=options.key)
         p.source, p.image, p.layers, p.data = opened.source, opened.image, opened.layers, opened.data
     _namespaces_for(p)
     name = p.joining.name if p.joining is not None else launch.instance

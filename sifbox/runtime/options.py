@@ -24,10 +24,12 @@ from sifbox.util.records import record
 #:   ignore_userns   --ignore-userns (root)
 #:   disable_cache   --disable-cache: an image URI is converted for this launch alone
 #:   no_https        --no-https: registries of docker:// URIs over plain HTTP
+#:   key             the key of an encrypted image (sifbox.security.cryptkey.Key), from
+#:                   --passphrase, --pem-path or SIFBOX_ENCRYPTION_*; None: none given
 LaunchOptions = record(
     "LaunchOptions",
-    "run_as timeout timeout_text subuid ignore_userns disable_cache no_https",
-    defaults=(None, None, "", True, False, False, False),
+    "run_as timeout timeout_text subuid ignore_userns disable_cache no_https key",
+    defaults=(None, None, "", True, False, False, False, None),
 )
 
 #: `--security` kinds that sifbox does not apply, and why.

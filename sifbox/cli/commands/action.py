@@ -111,6 +111,10 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, str, str | None, str | None, str], ..
      "time the image's environment scripts may take, e.g. 30s, 2m (killed after it)", "isolation"),
     (("--disable-cache",), "disable_cache", "bool", None, "do not use or create cached images (URIs)", "image URIs"),
     (("--no-https", "--nohttps"), "no_https", "bool", None, "use plain HTTP for docker:// registries", "image URIs"),
+    (("--passphrase",), "passphrase", "bool", None,
+     "ask for the passphrase of an encrypted image (or SIFBOX_ENCRYPTION_PASSPHRASE)", "encrypted images"),
+    (("--pem-path",), "pem_path", "value", "PATH",
+     "the RSA private key (PEM) of an encrypted image (or SIFBOX_ENCRYPTION_PEM_PATH)", "encrypted images"),
     (("--ignore-subuid",), "ignore_subuid", "bool", None, None, "isolation"),
     (("--ignore-fakeroot-command",), "ignore_fakeroot_command", "bool", None, None, "isolation"),
     (("--ignore-userns",), "ignore_userns", "bool", None, None, "isolation"),
@@ -389,8 +393,22 @@ def _launch_options(args, instance: str | None):  # type: ignore[no-untyped-def]
         run_as=run_as, timeout=timeout or None, timeout_text=ro.format_duration(timeout) if timeout else "",
         subuid=not _flag(args, "ignore_subuid", "IGNORE_SUBUID"), ignore_userns=ignore_userns,
         disable_cache=_flag(args, "disable_cache", "DISABLE_CACHE"),
-        no_https=_flag(args, "no_https", "NOHTTPS", "NO_HTTPS"),
+        no_https=_flag(args, "no_https", "NOHTTPS", "NO_HTTPS"), key=_key(args),
     )  # fmt: skip
+
+
+def _key(args):  # type: ignore[no-untyped-def]
+    """The key of an encrypted image: --passphrase (asked), --pem-path, or the
+    SIFBOX_/APPTAINER_/SINGULARITY_ENCRYPTION_* variables; None when none is given."""
+    ask, pem = bool(getattr(args, "passphrase", False)), getattr(args, "pem_path", None)
+    if not ask and not pem and not any(k.endswith(("_ENCRYPTION_PASSPHRASE", "_ENCRYPTION_PEM_PATH"))
+                                       for k in os.environ):  # fmt: skip
+        return None
+    from sifbox.security import cryptkey
+
+    key = cryptkey.from_options(ask=ask, pem_path=pem, env=os.environ, verb=args.command, what=f"`{args.image}`")
+    cryptkey.forget_environment(os.environ)
+    return key
 
 
 def main(args) -> int:  # type: ignore[no-untyped-def]

@@ -112,7 +112,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-https", "--nohttps", dest="no_https", action="store_true",
                    help="use http instead of https for `Bootstrap: docker` registries; also SIFBOX_NOHTTPS=1")
     p.add_argument("--arch", metavar="ARCH", help="architecture of an image from a registry or OCI source (e.g. arm64)")
-    p.add_argument("-e", "--encrypt", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("-e", "--encrypt", action="store_true",
+                   help="encrypt the root file system (gocryptfs, as Apptainer); the key from --passphrase, "
+                   "--pem-path or SIFBOX_ENCRYPTION_PASSPHRASE / SIFBOX_ENCRYPTION_PEM_PATH")
+    p.add_argument("--passphrase", action="store_true", help="ask for the passphrase to encrypt with (implies -e)")
+    p.add_argument("--pem-path", metavar="PATH", help="encrypt with this RSA public key, PEM (implies -e)")
     p.add_argument("--nv", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -136,10 +140,7 @@ def request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from sifbox.build.pipeline import SECTION_NAMES, BuildRequest, output_format
     from sifbox.formats.deffile import DeffileError, parse_build_arg_file, parse_build_args
 
-    if args.encrypt:
-        raise NotAvailableError(
-            "can't use --encrypt: encrypted images are not available in this version of sifbox"
-        )
+    key = _key(args)
     if args.nv:
         raise NotAvailableError(
             "can't use --nv with build: not available in this version of sifbox"
@@ -195,6 +196,10 @@ def request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     elif args.reproducible or _truthy(_flag("REPRODUCIBLE")):
         epoch = 0
     level = int(os.environ.get("SIFBOX_MESSAGELEVEL", "20") or 20)
+    if key is not None and output_format(args.image, sandbox) != "sif":
+        key.wipe()
+        raise UsageError(f"can't build `{args.image}` encrypted: only SIF images are encrypted",
+                         hint="leave out --sandbox, or build a .sif")  # fmt: skip
     return BuildRequest(
         output=args.image.rstrip("/") or args.image,
         source=args.spec,
@@ -215,6 +220,7 @@ def request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         disable_cache=args.disable_cache or _truthy(_flag("DISABLE_CACHE")),
         warn_unused_args=args.warn_unused_build_args,
         arch=arch,
+        key=key,
     )
 
 
@@ -230,6 +236,29 @@ def _overwrite_agreed(out: str) -> bool:
     if not answer.endswith("\n"):
         sys.stdout.write("\n")
     return answer.strip() in ("y", "Y")
+
+
+def _key(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The key of `build --encrypt` (--passphrase and --pem-path imply it), or None."""
+    if not (args.encrypt or args.passphrase or args.pem_path):
+        return None
+    from sifbox.security import cryptkey
+
+    what = f"`{args.image}`"
+    key = cryptkey.from_options(ask=args.passphrase, pem_path=args.pem_path, env=os.environ, verb="build",
+                                what=what)  # one prompt, as Apptainer's build
+    cryptkey.forget_environment(os.environ)
+    if key is None:
+        raise UsageError(f"can't build {what} encrypted: no key was given",
+                         hint="--passphrase (asked), --pem-path PUBLIC.pem, or SIFBOX_ENCRYPTION_PASSPHRASE / "
+                         "SIFBOX_ENCRYPTION_PEM_PATH")  # fmt: skip
+    if key.pem_path:  # read now: a wrong path fails before the build, not after it
+        try:
+            with open(key.pem_path, "rb"):
+                pass
+        except OSError as err:
+            raise UsageError(f"can't build {what} encrypted: can't read `{key.pem_path}`: {err.strerror}") from None
+    return key
 
 
 def main(args: argparse.Namespace) -> int:

@@ -60,10 +60,23 @@ def gather(src: ImageSource, warnings: list[str]) -> Metadata:
                  if any(fnmatchcase(p, pat) for pat in inspectmeta.PATTERNS)}  # fmt: skip
         return inspectmeta.collect(files, [], None, warnings)
     stored, deffile = _sif_objects(src, warnings)
+    encryption = getattr(src, "encryption", None)
+    if encryption is not None:
+        from sifbox.util import log
+
+        log.log.info("`%s` is encrypted (%s): its metadata is read from its unencrypted objects", src.path,
+                     "gocryptfs" if encryption == "gocryptfs" else "LUKS2")  # fmt: skip
     if stored is not None:
         if deffile is not None:
             stored["data"]["attributes"]["deffile"] = deffile.rstrip("\n")
         return stored
+    if encryption is not None:
+        from sifbox.util.errors import SifboxError
+
+        raise SifboxError(f"can't inspect `{src.path}`: it is encrypted and holds no inspect-metadata.json "
+                          "object, so its metadata can't be read without decrypting it",
+                          hint="`sifbox exec --passphrase IMAGE cat /.singularity.d/labels.json` reads it "
+                          "with the key")  # fmt: skip
     files, dirs = read_glob(src, list(inspectmeta.PATTERNS), [inspectmeta.APP_PATTERN])
     return inspectmeta.collect(files, inspectmeta.apps_of(dirs), deffile, warnings)
 

@@ -112,6 +112,13 @@ def _check_sif(image: str, verb: str) -> None:
         if any(d.data_type == c.DataType.SIGNATURE for d in img.objects()):
             raise SifboxError(f"can't {verb}: the SIF image is signed, and an overlay would change it",
                               hint="use a separate overlay image file with --overlay")  # fmt: skip
+        from sifbox.formats.sif.crypt import encryption_of
+
+        part = img.primary_partition()
+        if part is not None and encryption_of(part) is not None:
+            # As Apptainer: what the container writes would lie beside the encrypted root, in the clear.
+            raise SifboxError(f"can't {verb}: the SIF image is encrypted, and its overlay would not be",
+                              hint="use a separate overlay image file with --overlay")  # fmt: skip
 
 
 def _add_partition(image: str, fs: str, verb: str) -> None:

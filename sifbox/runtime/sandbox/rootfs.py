@@ -91,6 +91,18 @@ class Session:
         if image.kind == "dir":
             self._bind_fd(image.fd, target, writable=writable, what="the sandbox")
             return target
+        if image.kind == "gocryptfs":
+            from sifbox.runtime.sandbox import crypt
+
+            first = len(self.helpers)
+            try:
+                self.notes.append(f"image driver: {crypt.mount_root(self, image, target)}, offset {image.offset}")
+            except BaseException:
+                # A wrong key is an error the caller reports and exits on: its helpers go first, reaped.
+                stop_helpers(self.helpers[first:])
+                del self.helpers[first:]
+                raise
+            return target
         driver = self.mount_squashfs(image.fd, image.offset, image.size, target, "the image")
         self.notes.append(f"image driver: {driver}, offset {image.offset}")
         return target
@@ -323,9 +335,12 @@ class Session:
             sc.mount(None, self.path, None, sc.MS_PRIVATE)
 
     def _spawn(self, binary: str, argv: list[str], keep: tuple[int, ...], ambient_admin: bool = False,
-               stop: int = signal.SIGKILL, root: str | None = None, wait: float = 2.0) -> str:  # fmt: skip
+               stop: int = signal.SIGKILL, root: str | None = None, wait: float = 2.0,
+               stdin: int | None = None, as_ids: tuple[int, int] | None = None) -> str:  # fmt: skip
         """Start a helper that gets `stop` when its parent dies, and is stopped
-        with it (and waited for) by `stop_helpers`."""
+        with it (and waited for) by `stop_helpers`; `stdin`: a descriptor for its
+        standard input (a pipe holding a key), else /dev/null; `as_ids`: (uid, gid)
+        it runs as, without any capability (root's gocryptfs), else this process's."""
         name = os.path.basename(binary)
         logfile = os.path.join(self.path, f"{name}.{len(os.listdir(self.path))}.log")
         pid = os.fork()
@@ -335,8 +350,13 @@ class Session:
                 if ambient_admin:
                     sc.raise_ambient(sc.CAP_SYS_ADMIN)
                 log = os.open(logfile, os.O_WRONLY | os.O_CREAT, 0o600)
+                if as_ids is not None:  # the log is open: the IDs go, and every capability with them
+                    os.setgroups([])
+                    os.setresgid(as_ids[1], as_ids[1], as_ids[1])
+                    os.setresuid(as_ids[0], as_ids[0], as_ids[0])
+                    sc.set_no_new_privs()
                 devnull = os.open(os.devnull, os.O_RDWR)
-                os.dup2(devnull, 0)
+                os.dup2(devnull if stdin is None else stdin, 0)
                 os.dup2(devnull, 1)
                 os.dup2(log, 2)
                 low = 3

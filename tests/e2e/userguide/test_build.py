@@ -376,7 +376,7 @@ SKIPPED = {
     f"{BC}:--library": "needs a Library API registry",
     f"{BC}:--nv / --nvccli / --rocm": "bind the host's GPU driver files into %post and %test: no GPU here",
     f"{BC}:--json": "the guide shows no JSON definition file to build",
-    f"{BC}:--encrypt / --passphrase / --pem-path": "the encryption work (see test_other_chapters.py)",
+    f"{BC}:--encrypt / --passphrase / --pem-path": "encryption.rst's examples test them (test_encryption.py)",
 }  # fmt: skip
 
 
