@@ -558,7 +558,7 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
         p.opened.close(keep_writable=True)  # a writable layer holds its lock
     if p.squashfuse and payload.argv and payload.argv[0].startswith("/"):
         prefetch.program(payload.argv[0])
-    process.lock_down(keep_caps=p.caps if p.host.is_root else None, run_as=p.options.run_as if p.options else None)
+    process.lock_down(keep_caps=p.caps if p.host.is_root or p.contained else None, run_as=p.options.run_as if p.options else None)
     argv, env = payload.argv, payload.env
     if argv is None or env is None or tramp is None:
         if hold is not None:  # an instance without a startscript: it holds its namespaces
@@ -611,7 +611,7 @@ def _join(p: Prepared) -> int:
               joining.pid)  # fmt: skip
     _chdir(p.spec, p.host, "join instance")
     payload = _payload(p, "/")
-    process.lock_down(keep_caps=p.caps if p.host.is_root else None, run_as=p.options.run_as if p.options else None)
+    process.lock_down(keep_caps=p.caps if p.host.is_root or p.contained else None, run_as=p.options.run_as if p.options else None)
     argv, env = payload.argv, payload.env
     if argv is None or env is None:
         return _say(payload)

@@ -19,6 +19,9 @@ from sifbox.util.records import record
 #:   "tmpfs"    a new tmpfs (`options`: its mount data)
 #:   "devpts"   a new devpts instance, with the /dev/ptmx, fd, stdin... links
 #:   "proc"     a new proc (done by PID 1 of a new PID namespace)
+#:   "sysfs"    a new sysfs (in a user namespace without a network namespace of its
+#:              own, which can't have one: the host's /sys, read-only)
+#:   "mqueue"   a new mqueue file system (of the container's IPC namespace)
 #:   "mask"     hide `target`: /dev/null over a file, an empty read-only tmpfs
 #:              over a directory; nothing when the target does not exist
 #:   "readonly" make the existing tree at `target` read-only (bound on itself)

@@ -149,7 +149,11 @@ def lock_down(*, keep_caps: frozenset[int] | None, run_as: tuple[int, int, tuple
     if run_as is not None:
         uid, gid, groups = run_as
         try:
-            os.setgroups(list(groups))
+            try:
+                os.setgroups(list(groups))
+            except PermissionError:
+                if groups:  # none to set: a user namespace that denies setgroups has none to clear
+                    raise
             os.setresgid(gid, gid, gid)
             os.setresuid(uid, uid, uid)
         except OSError as err:
