@@ -8,14 +8,16 @@ of a supervisor, which gives runc's create/start split:
 
     sifbox oci create            (exits once the container is created)
       watcher   (detached; the launcher's namespaces; waits, then cleans up)
-        init    (PID 1 with a PID namespace: pivoted, locked down; reaps)
-          payload  parked on ROOT/ID/exec.sock until `start` connects,
-                   then exec'd through the sealed trampoline
+        init    (PID 1 with a PID namespace: pivoted, locked down), parked on
+                ROOT/ID/exec.sock until `start` connects, then the payload
+                itself, exec'd through the sealed trampoline (as runc's init)
 
-The payload's pid is the container's pid (`state`, `kill`, `--pid-file`); it
-says "ready" on a socket pair whose SCM_CREDENTIALS give that pid as the
-caller sees it. With `process.terminal`, the payload makes a pty in the
-container's devpts and sends its master to `--console-socket` (SCM_RIGHTS).
+The watcher's pid is the container's (`state`, `--pid-file`): it ends with the
+payload's status, so a subreaper that ran `create` (containerd's shim) sees the
+container end. The init's pid (`kill`, `exec`, `ps`) comes from its "ready" on
+a socket pair, whose SCM_CREDENTIALS give it as the caller sees it. With
+`process.terminal`, the init makes a pty in the container's devpts and sends its
+master to `--console-socket` (SCM_RIGHTS).
 
 Everything `park` uses runs after pivot_root: imported at the top.
 """
@@ -34,7 +36,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sifbox.runtime import ocispec, ocistate
-from sifbox.runtime.holder import WATCHED
 from sifbox.runtime.ocistate import OciError
 from sifbox.runtime.sandbox import rootfs
 from sifbox.runtime.sandbox import syscalls as sc
@@ -325,8 +326,20 @@ def _watcher(p: Any, chans: Channels, log_fd: int, proc_fd: int, detach: bool) -
     finally:
         try:
             sys.stderr.flush()
+            if 128 < status < 160:
+                _die_by(status - 128)
         finally:
             os._exit(status)
+
+
+def _die_by(sig: int) -> None:
+    """End as the payload ended, by signal `sig` (128+N: a payload that exits with
+    such a status itself can't be told apart), as runc's init does for its waiter."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if sig not in (signal.SIGKILL, signal.SIGSTOP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
+    os.kill(os.getpid(), sig)
 
 
 # --- in the container ---------------------------------------------------------------------------
@@ -334,9 +347,8 @@ def _watcher(p: Any, chans: Channels, log_fd: int, proc_fd: int, detach: bool) -
 
 def park(start: Callable[[], None] | None, tramp: Trampoline | None, name: str, helpers: Sequence[Helper],
          chans: Channels) -> int:  # fmt: skip
-    """The container's init (pivoted, locked down): fork the payload, which parks
-    until `start` connects to exec.sock (not with `chans.immediate`), then execs;
-    reap, pass signals on, return the payload's exit status."""
+    """The container's init (pivoted, locked down) parks until `start` connects to
+    exec.sock (not with `chans.immediate`), then execs the payload."""
     try:
         return _park(start, tramp, name, chans)
     finally:
@@ -344,50 +356,16 @@ def park(start: Callable[[], None] | None, tramp: Trampoline | None, name: str, 
 
 
 def _park(start: Callable[[], None] | None, tramp: Trampoline | None, name: str, chans: Channels) -> int:
+    """This process becomes the payload (PID 1 of its PID namespace, as with runc):
+    it returns only if the trampoline could not be exec'd."""
     if start is None:
         return 0
-    sc.set_child_subreaper()
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    child = os.fork()
-    if child == 0:
-        try:
-            sc.set_parent_death_signal(signal.SIGKILL)
-            for default in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ):
-                signal.signal(default, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            _payload(start, chans)
-        except BaseException as err:  # noqa: BLE001 - the forked payload must end here
-            try:
-                os.write(2, f"sifbox: error: can't start the container's process: {err}\n".encode())
-            finally:
-                os._exit(126)
-        os._exit(127)
-    for fd in (chans.listen, chans.console, chans.notify):
-        if fd >= 0:
-            os.close(fd)
-    if tramp is not None:
-        errno_ = tramp.report()  # returns once the payload is exec'd (after `start`), or could not be
-        if errno_:
-            report(exec_error(name, errno_))
-    while True:
-        info = signal.sigwaitinfo(WATCHED)
-        if info.si_signo != signal.SIGCHLD:
-            try:
-                os.kill(child, info.si_signo)
-            except ProcessLookupError:
-                pass
-            continue
-        while True:
-            try:
-                pid, st = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return 255
-            if pid == 0:
-                break
-            if pid == child:
-                return os.waitstatus_to_exitcode(st) if os.WIFEXITED(st) else 128 + os.WTERMSIG(st)
+    if "/" in name and not os.access(name, os.X_OK):
+        err = 2 if not os.path.exists(name) else 13
+        raise exec_error(name, err)  # found now, at create, as runc finds it
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _payload(start, chans)
+    return 127
 
 
 def _payload(start: Callable[[], None], chans: Channels) -> None:

@@ -1,0 +1,363 @@
+"""`sifbox oci`: runc's command line on OCI bundles, checked as runc's own integration tests
+(tests/integration/{create,start,state,kill,delete,run,exec,tty}.bats) check runc, as root and
+as the unprivileged user (rootless: a user namespace mapping the user to root), and side by
+side with runc itself where it is installed (Debian's `runc`): same statuses, same outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration import oci_bundle
+
+CLI = os.environ.get("SIFBOX_CLI", "/usr/local/bin/sifbox")
+RUNC = shutil.which("runc")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _subreaper() -> None:
+    oci_bundle.become_subreaper()
+
+
+class Runtime:
+    """`sifbox oci` or `runc`, with its own state root, run as `who`."""
+
+    def __init__(self, name: str, who: Any, run_as: Any, base: Path) -> None:
+        self.name, self.who, self.run_as = name, who, run_as
+        self.root = base / f"state-{name}"
+        self.argv = [CLI, "oci"] if name == "sifbox" else [RUNC or "runc"]
+
+    def __call__(self, *args: Any, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return self.run_as(self.who, [*self.argv, "--root", self.root, *args], **kw)
+
+    def detached(self, *args: Any, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """create/run -d: the container keeps the command's stdout, so no pipe for it."""
+        err = self.root.parent / f"{self.name}.err"
+        with open(err, "w") as f:
+            os.chmod(err, 0o666)
+            r = self(*args, capture_output=False, stdout=subprocess.DEVNULL, stderr=f, cwd=cwd)
+        r.stderr = err.read_text()
+        return r
+
+    def state(self, cid: str) -> dict[str, Any] | None:
+        r = self("state", cid)
+        return json.loads(r.stdout) if r.returncode == 0 else None
+
+    def wait_status(self, cid: str, want: str, timeout: float = 10) -> str | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.state(cid)
+            status = st["status"] if st else None
+            if status == want or time.monotonic() > deadline:
+                return status
+            time.sleep(0.05)
+
+
+@pytest.fixture(params=["sifbox", "runc"])
+def runtime_name(request: pytest.FixtureRequest) -> str:
+    if request.param == "runc" and RUNC is None:
+        pytest.skip("runc is not installed (Debian package `runc`)")
+    return str(request.param)
+
+
+def _bundle(base: Path, who: Any, args: list[str], name: str = "bundle", **kw: Any) -> Path:
+    return oci_bundle.make(base / name, args, uid=who.uid, gid=who.gid, **kw)
+
+
+def _runtimes(who: Any, run_as: Any, base: Path) -> list[Runtime]:
+    names = ["sifbox"] + (["runc"] if RUNC else [])
+    return [Runtime(n, who, run_as, base) for n in names]
+
+
+# --- create / start / state / kill / delete ------------------------------------------------------
+
+
+def _lifecycle(rt: Runtime, bundle: Path, base: Path) -> list[object]:
+    """create.bats, start.bats, state.bats, kill.bats, delete.bats: what each step reports."""
+    seen: list[object] = []
+    cid = f"life-{rt.name}"
+    pid_file = base / f"{rt.name}.pid"
+    r = rt.detached("create", "--bundle", bundle, "--pid-file", pid_file, cid)
+    assert r.returncode == 0, r.stderr
+    st = rt.state(cid)
+    assert st is not None
+    pid = int(pid_file.read_text())
+    seen += [st["status"], st["pid"] == pid, sorted(st), st["bundle"] == str(bundle), st["id"]]
+    seen.append(rt("create", "--bundle", bundle, cid, stdin=subprocess.DEVNULL).returncode != 0)  # id in use
+    seen.append(rt("start", cid).returncode)
+    seen.append(rt.wait_status(cid, "running"))
+    seen.append(rt("start", cid).returncode != 0)  # already running
+    seen.append(rt("delete", cid).returncode != 0)  # running: refused without --force
+    seen.append(rt("kill", cid, "KILL").returncode)
+    seen.append(oci_bundle.reap(pid))  # the container's process ends with SIGKILL's status
+    seen.append(rt.wait_status(cid, "stopped"))
+    seen.append(rt.state(cid)["pid"])  # type: ignore[index]
+    seen.append(rt("kill", cid, "KILL").returncode != 0)  # not running
+    seen.append(rt("start", cid).returncode != 0)  # stopped
+    seen.append(rt("delete", cid).returncode)
+    seen.append(rt.state(cid))
+    seen.append(rt("delete", cid).returncode != 0)  # gone
+    seen.append(rt("delete", "--force", cid).returncode)  # gone, but --force: fine
+    return seen
+
+
+def test_lifecycle(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
+    bundle = _bundle(shared_tmp, as_who, ["sleep", "100"])
+    results = {rt.name: _lifecycle(rt, bundle, shared_tmp) for rt in _runtimes(as_who, run_as, shared_tmp)}
+    ours = results["sifbox"]
+    assert ours[:5] == ["created", True, ["bundle", "created", "id", "ociVersion", "owner", "pid", "rootfs",
+                                           "status"], True, "life-sifbox"]  # fmt: skip
+    assert ours[5:] == [True, 0, "running", True, True, 0, -9, "stopped", 0, True, True, 0, None, True, 0]
+    if "runc" in results:
+        theirs = results["runc"]
+        assert ours[:4] == theirs[:4] and ours[5:] == theirs[5:], (ours, theirs)
+    left = [p for n in results for p in (shared_tmp / f"state-{n}").glob("life-*")]
+    assert left == [], "state left behind"
+
+
+def test_kill_sigterm_and_delete_force(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
+    """kill.bats: the default signal is SIGTERM (the payload here handles it); delete --force
+    kills a running container."""
+    bundle = _bundle(shared_tmp, as_who, ["sh", "-c", "trap 'exit 7' TERM; while true; do sleep 0.1; done"])
+    for rt in _runtimes(as_who, run_as, shared_tmp):
+        pid_file = shared_tmp / f"{rt.name}.pid"
+        assert rt.detached("run", "-d", "--pid-file", pid_file, "t1", cwd=bundle).returncode == 0
+        assert rt.wait_status("t1", "running") == "running"
+        assert rt("kill", "t1").returncode == 0
+        assert oci_bundle.reap(int(pid_file.read_text())) == 7, rt.name
+        assert rt.wait_status("t1", "stopped") == "stopped"
+        assert rt("delete", "t1").returncode == 0
+        assert rt.detached("run", "-d", "--pid-file", pid_file, "t2", cwd=bundle).returncode == 0
+        assert rt("delete", "--force", "t2").returncode == 0, rt.name
+        oci_bundle.reap(int(pid_file.read_text()))
+        assert rt.state("t2") is None
+
+
+# --- run: exit statuses and what the process sees ------------------------------------------------
+
+PROBE = ("id; hostname; grep -E '^(Cap|NoNewPrivs|Seccomp:)' /proc/self/status | grep -v CapAmb; ls /dev; "
+         "cat /proc/self/uid_map; ls /proc/self/fd; readlink /proc/self/cwd; readlink /proc/self/exe; "
+         "touch /proc/sys/kernel/x 2>/dev/null || echo proc-sys-ro; cat /proc/kcore 2>&1 | wc -c; "
+         "echo x > /sys/x 2>/dev/null || echo sys-ro; grep -c . /proc/self/mountinfo >/dev/null && echo ok")
+
+
+@pytest.mark.parametrize("args, status", [(["sh", "-c", "exit 42"], 42), (["sh", "-c", "kill -9 $$; exit 5"], 5),
+                                          (["true"], 0), (["/bin/nonexistent"], None)])  # fmt: skip
+def test_run_exit_status(as_who: Any, run_as: Any, shared_tmp: Path, args: list[str], status: int | None) -> None:
+    """run.bats: the container's status is `run`'s; a missing program is an error of the runtime.
+    The process is PID 1 of its PID namespace: its own SIGKILL can't end it."""
+    bundle = _bundle(shared_tmp, as_who, args)
+    for rt in _runtimes(as_who, run_as, shared_tmp):
+        r = rt("run", f"x-{rt.name}", cwd=bundle)
+        if status is None:
+            assert r.returncode != 0 and "nonexistent" in r.stderr, (rt.name, r.stderr)
+        else:
+            assert r.returncode == status, (rt.name, r.stderr)
+        assert rt.state(f"x-{rt.name}") is None  # run deletes what it created
+
+
+def test_run_sees_what_runc_gives(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
+    """The same bundle, the same view from inside: identity, hostname, capabilities, no new
+    privileges, the devices, the uid map, no leaked descriptor, cwd, /proc/sys and /sys read-only,
+    /proc/kcore masked."""
+    def edit(doc: dict[str, Any]) -> None:
+        doc["hostname"] = "oci-probe"
+
+    bundle = _bundle(shared_tmp, as_who, ["sh", "-c", PROBE], edit=edit)
+    extra = os.open("/dev/null", os.O_RDONLY)  # an open descriptor of the caller must not leak in
+    try:
+        out = {rt.name: rt("run", "probe", cwd=bundle, pass_fds=(extra,)) for rt in _runtimes(as_who, run_as, shared_tmp)}
+    finally:
+        os.close(extra)
+    ours = out["sifbox"]
+    assert ours.returncode == 0, ours.stderr
+    lines = ours.stdout.splitlines()
+    assert lines[0].startswith("uid=0 gid=0") and lines[1] == "oci-probe"
+    assert "CapBnd:\t00000000200004" + "20" in ours.stdout and "NoNewPrivs:\t1" in ours.stdout
+    assert "proc-sys-ro" in lines and "sys-ro" in lines and lines[-1] == "ok"
+    assert "/bin/busybox" in lines  # /proc/self/exe: the program, never a host binary
+    fds = lines[lines.index("/") - 4 : lines.index("/")]
+    assert fds == ["0", "1", "2", "3"], ours.stdout  # 3: ls's own
+    if "runc" in out:
+        assert out["runc"].returncode == 0, out["runc"].stderr
+        assert ours.stdout == out["runc"].stdout
+
+
+# --- console socket ---------------------------------------------------------------------------------
+
+
+def _console(rt: Runtime, bundle: Path, base: Path) -> str:
+    """tty.bats / recvtty: the pty master comes through the console socket (SCM_RIGHTS)."""
+    path = base / f"console-{rt.name}.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    os.chmod(path, 0o777)
+    server.listen(1)
+    err = base / f"{rt.name}.err"
+    with open(err, "w") as f:
+        os.chmod(err, 0o666)
+        user = [] if rt.who.is_root else ["runuser", "-u", rt.who.name, "--"]
+        create = subprocess.Popen([*user, *rt.argv, "--root", str(rt.root), "create", "--bundle", str(bundle),
+                                   "--console-socket", str(path), "--pid-file", str(base / "c.pid"), "tty1"],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=f)  # fmt: skip
+    server.settimeout(30)
+    conn, _ = server.accept()
+    _, fds, _, _ = socket.recv_fds(conn, 1024, 1)
+    conn.close()
+    server.close()
+    assert create.wait(30) == 0, err.read_text()
+    assert len(fds) == 1
+    master = fds[0]
+    assert rt("start", "tty1").returncode == 0
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the pty's other side is closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    oci_bundle.reap(int((base / "c.pid").read_text()))
+    assert rt("delete", "--force", "tty1").returncode == 0
+    return out.decode()
+
+
+def test_console_socket(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
+    bundle = _bundle(shared_tmp, as_who, ["sh", "-c", "tty; test -t 0 && test -t 1 && echo both-ttys"],
+                     terminal=True)  # fmt: skip
+    outs = {rt.name: _console(rt, bundle, shared_tmp) for rt in _runtimes(as_who, run_as, shared_tmp)}
+    assert outs["sifbox"].split() == ["/dev/pts/0", "both-ttys"], outs
+    if "runc" in outs:
+        assert outs["sifbox"] == outs["runc"]
+
+
+def test_terminal_needs_console_socket(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
+    bundle = _bundle(shared_tmp, as_who, ["true"], terminal=True)
+    rt = Runtime("sifbox", as_who, run_as, shared_tmp)
+    r = rt.detached("create", "--bundle", bundle, "c1")
+    assert r.returncode != 0 and "--console-socket" in r.stderr
+    assert rt.state("c1") is None
+
+
+# --- exec, ps, list ---------------------------------------------------------------------------------
+
+
+def test_exec_ps_list(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
+    """exec.bats: a process joins the running container (its PID namespace: it sees the payload),
+    its status passes through; ps.bats, list.bats."""
+    bundle = _bundle(shared_tmp, as_who, ["sleep", "100"])
+    for rt in _runtimes(as_who, run_as, shared_tmp):
+        pid_file = shared_tmp / f"{rt.name}.pid"
+        assert rt.detached("run", "-d", "--pid-file", pid_file, "e1", cwd=bundle).returncode == 0
+        r = rt("exec", "e1", "sh", "-c", "ps -o comm | grep -c sleep; id -u; exit 3")
+        assert (r.returncode, r.stdout.split()) == (3, ["1", "0"]), (rt.name, r.stdout, r.stderr)
+        r = rt("exec", "e1", "/bin/nonexistent")
+        assert r.returncode != 0, rt.name
+        if rt.name == "sifbox" or as_who.is_root:  # runc's ps reads cgroups, which rootless runc has none of
+            ps = rt("ps", "--format", "json", "e1")
+            assert ps.returncode == 0 and len(json.loads(ps.stdout)) == 1, (rt.name, ps.stdout)
+        listed = json.loads(rt("list", "--format", "json").stdout)
+        assert [(c["id"], c["status"]) for c in listed] == [("e1", "running")]
+        assert rt("list", "-q").stdout.split() == ["e1"]
+        assert rt("delete", "--force", "e1").returncode == 0
+        oci_bundle.reap(int(pid_file.read_text()))
+
+
+# --- hostile bundles ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mount", [
+    {"destination": "/proc/self/attr", "type": "tmpfs", "source": "tmpfs"},
+    {"destination": "/proc/sys", "type": "bind", "source": "/tmp", "options": ["rbind"]},
+    {"destination": "/proc/../proc/sysrq-trigger", "type": "bind", "source": "/dev/null", "options": ["bind"]},
+])  # fmt: skip
+def test_mount_into_proc_refused(as_who: Any, run_as: Any, shared_tmp: Path, mount: dict[str, Any]) -> None:
+    """CVE-2019-19921's family: nothing may be mounted over /proc's files (a fake /proc/self/attr
+    would defeat LSM labels). Refused before any namespace exists, and logged as runc logs."""
+    bundle = _bundle(shared_tmp, as_who, ["true"], edit=lambda doc: doc["mounts"].append(mount))
+    rt = Runtime("sifbox", as_who, run_as, shared_tmp)
+    log = shared_tmp / "log.json"
+    r = rt("--log", log, "--log-format", "json", "run", "p1", cwd=bundle)
+    assert r.returncode != 0 and "inside /proc" in r.stderr and r.stderr.startswith("sifbox: error: can't ")
+    entry = json.loads(log.read_text().splitlines()[-1])
+    assert entry["level"] == "error" and "inside /proc" in entry["msg"]
+    assert rt.state("p1") is None
+
+
+def test_symlinked_destination_stays_inside(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
+    """A mount whose destination runs through a symlink of the rootfs pointing out of it (absolute,
+    or `..` past the root) lands inside the root, as runc's securejoin makes it."""
+    outside = shared_tmp / "outside"
+    outside.mkdir(mode=0o777)
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["mounts"].append({"destination": "/escape/m", "type": "tmpfs", "source": "tmpfs"})
+        doc["mounts"].append({"destination": "/up/m2", "type": "tmpfs", "source": "tmpfs"})
+
+    for rt in _runtimes(as_who, run_as, shared_tmp):
+        bundle = _bundle(shared_tmp, as_who, ["sh", "-c", "touch /escape/m/a /up/m2/b && echo done"],
+                         name=f"b-{rt.name}", edit=edit)  # fmt: skip
+        (bundle / "rootfs" / "escape").symlink_to(outside)
+        (bundle / "rootfs" / "up").symlink_to("../../../../../../" + str(outside))
+        r = rt("run", "s1", cwd=bundle)
+        assert (r.returncode, r.stdout) == (0, "done\n"), (rt.name, r.stderr)
+        assert list(outside.iterdir()) == [], rt.name
+
+
+def test_host_binaries_unreachable(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
+    """CVE-2019-5736: no process of the container can write a host binary through /proc/PID/exe
+    (the payload runs through sifbox's sealed trampoline; sifbox's own processes in the container
+    are not dumpable as root, and root-owned host files to a user)."""
+    script = ("for p in /proc/[0-9]*; do (echo x >> $p/exe) 2>/dev/null && echo WROTE $p; "
+              "readlink $p/exe; done; true")
+    bundle = _bundle(shared_tmp, as_who, ["sh", "-c", script])
+    rt = Runtime("sifbox", as_who, run_as, shared_tmp)
+    r = rt("run", "h1", cwd=bundle)
+    assert r.returncode == 0, r.stderr
+    assert "WROTE" not in r.stdout
+    assert "python" not in r.stdout if as_who.is_root else True
+
+
+@pytest.mark.parametrize("device, reason", [
+    ({"path": "/etc/shadow", "type": "c", "major": 1, "minor": 3}, "not a device path under /dev"),
+    ({"path": "/dev/../etc/x", "type": "c", "major": 1, "minor": 3}, "not a device path under /dev"),
+    ({"path": "/dev/fifo", "type": "p", "major": 0, "minor": 0}, "only c, u and b devices"),
+    ({"path": "/dev/nothing", "type": "c", "major": 4095, "minor": 4095}, "the host has no such device"),
+])  # fmt: skip
+def test_bad_devices_refused(as_who: Any, run_as: Any, shared_tmp: Path, device: dict[str, Any], reason: str) -> None:
+    bundle = _bundle(shared_tmp, as_who, ["true"], edit=lambda doc: doc["linux"].setdefault("devices", []).append(device))
+    r = Runtime("sifbox", as_who, run_as, shared_tmp)("run", "d1", cwd=bundle)
+    assert r.returncode != 0 and reason in r.stderr, r.stderr
+
+
+def test_device_is_bound(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
+    """linux.devices: the host's node of that major:minor appears at the path given."""
+    device = {"path": "/dev/mynull", "type": "c", "major": 1, "minor": 3, "fileMode": 438}
+    bundle = _bundle(shared_tmp, as_who, ["sh", "-c", "echo x > /dev/mynull && stat -c %t:%T /dev/mynull"],
+                     edit=lambda doc: doc["linux"].setdefault("devices", []).append(device))  # fmt: skip
+    r = Runtime("sifbox", as_who, run_as, shared_tmp)("run", "d2", cwd=bundle)
+    assert (r.returncode, r.stdout) == (0, "1:3\n"), r.stderr
+
+
+def test_rootless_needs_user_namespace(test_user: Any, run_as: Any, shared_tmp: Path) -> None:
+    bundle = oci_bundle.make(shared_tmp / "b", ["true"], edit=None)
+    for path in [bundle, *bundle.rglob("*")]:
+        os.lchown(path, test_user.uid, test_user.gid)
+    r = Runtime("sifbox", test_user, run_as, shared_tmp)("run", "r1", cwd=bundle)
+    assert r.returncode != 0 and "no user namespace" in r.stderr, r.stderr
+
+
+def test_features(run_as: Any) -> None:
+    r = run_as(None, [CLI, "oci", "features"])
+    doc = json.loads(r.stdout)
+    assert "mount" in doc["linux"]["namespaces"] and "CAP_SYS_ADMIN" in doc["linux"]["capabilities"]
