@@ -509,3 +509,42 @@ def exec_process(root: str, cid: str, proc: ocispec.Process) -> int:
     p.joining = record("Joining", "pid name")(int(doc["init"]), cid)
     os.close(p.image.fd)
     return int(launcher._join(p))
+
+
+def exec_detached(root: str, cid: str, proc: ocispec.Process, pid_file: str | None) -> int:
+    """`exec --detach`: run `proc` in container `cid` from a detached process (setsid,
+    second fork) whose pid goes to `pid_file` and which ends as `proc` ends (a subreaper
+    that ran `exec`, containerd's shim, reaps it). Returns that pid."""
+    ocistate.load(root, cid)
+    r, w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = os.fork()
+    if child == 0:
+        status = 126
+        try:
+            os.close(r)
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            os.write(w, str(os.getpid()).encode())
+            os.close(w)
+            try:
+                status = exec_process(root, cid, proc)
+            except SifboxError as err:
+                status = report(err)
+            sys.stderr.flush()
+            if 128 < status < 160:
+                _die_by(status - 128)
+        finally:
+            os._exit(status)
+    os.close(w)
+    _reap(child)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    if not data.isdigit():
+        raise OciError(f"can't exec in container `{cid}`: the process did not start")
+    pid = int(data)
+    if pid_file:
+        _write_pid_file(pid_file, pid)
+    return pid
