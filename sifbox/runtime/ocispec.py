@@ -106,6 +106,9 @@ def parse_process(doc: Any, *, default_cwd: str = "/") -> Process:
         name, _, value = item.partition("=")
         env[name] = value
     cwd = clean_path(_obj(doc, "cwd", str, default_cwd), "`process.cwd`")
+    if cwd == "/proc" or cwd.startswith("/proc/"):
+        raise _fail(f"`process.cwd` `{cwd}` is inside /proc", hint="a working directory in /proc could be a "
+                    "descriptor of the runtime's (CVE-2024-21626); use a directory of the container")  # fmt: skip
     user = _obj(doc, "user", dict, {})
     uid, gid = _obj(user, "uid", int, 0), _obj(user, "gid", int, 0)
     groups = _obj(user, "additionalGids", list, [])

@@ -361,3 +361,29 @@ def test_features(run_as: Any) -> None:
     r = run_as(None, [CLI, "oci", "features"])
     doc = json.loads(r.stdout)
     assert "mount" in doc["linux"]["namespaces"] and "CAP_SYS_ADMIN" in doc["linux"]["capabilities"]
+
+
+@pytest.mark.parametrize("fd", range(3, 13))
+def test_cwd_through_a_leaked_descriptor(as_who: Any, run_as: Any, shared_tmp: Path, fd: int) -> None:
+    """CVE-2024-21626: a working directory that is a link to /proc/self/fd/N, where N is a
+    descriptor of the runtime's (the bundle's rootfs, the state directory...), must not put the
+    process in a directory of the host: refused, or a directory of the container."""
+    (shared_tmp / "HOST-MARKER").touch()
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["process"]["cwd"] = "/work"
+
+    bundle = _bundle(shared_tmp, as_who, ["sh", "-c", "ls -a . .. ../.. ../../.."], edit=edit)
+    (bundle / "HOST-MARKER").touch()
+    (bundle / "rootfs" / "work").symlink_to(f"/proc/self/fd/{fd}")
+    r = Runtime("sifbox", as_who, run_as, shared_tmp)("run", "w1", cwd=bundle)
+    for name in ("HOST-MARKER", "config.json", "rootfs", "state-sifbox", "etc/passwd"):
+        assert name not in r.stdout, (r.stdout, r.stderr)
+    assert r.returncode == 0 or "outside the container" in r.stderr or "working directory" in r.stderr, r.stderr
+    direct = Runtime("sifbox", as_who, run_as, shared_tmp)
+    with open(bundle / "config.json") as f:
+        doc = json.load(f)
+    doc["process"]["cwd"] = f"/proc/self/fd/{fd}"
+    (bundle / "config.json").write_text(json.dumps(doc))
+    r = direct("run", "w2", cwd=bundle)
+    assert r.returncode != 0 and "inside /proc" in r.stderr

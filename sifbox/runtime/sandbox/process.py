@@ -139,10 +139,17 @@ def exec_error(name: str, err: int) -> SifboxError:
 
 
 def lock_down(*, keep_caps: frozenset[int] | None, run_as: tuple[int, int, tuple[int, ...]] | None = None) -> None:
-    """No new privileges from now on (setuid bits, file capabilities); with
+    """The working directory must be inside the root (not one reached through a
+    descriptor of the host's). No new privileges from now on (setuid bits, file capabilities); with
     `keep_caps` (a root container), no capabilities but those. With `run_as`
     (uid, gid, supplementary gids; root's `--security uid:,gid:`), this process
     becomes that identity, which leaves it no capability at all."""
+    try:
+        os.getcwd()  # ENOENT: "(unreachable)", a directory outside the root (runc's CVE-2024-21626)
+    except OSError:
+        raise LaunchError("can't start the container's process: its working directory is outside the "
+                          "container", hint="a working directory through /proc/self/fd or a link to it "
+                          "leads out of the container; use a path of the container") from None  # fmt: skip
     sc.set_no_new_privs()
     if keep_caps is not None:
         sc.drop_all_capabilities(keep_caps)
