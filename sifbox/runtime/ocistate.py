@@ -24,7 +24,7 @@ from sifbox.util.errors import SifboxError
 VERSION = 1
 EXEC_SOCKET = "exec.sock"
 STATE_FILE = "state.json"
-_ID = re.compile(r"^[\w+\-.]+$")
+_ID = re.compile(r"[\w+\-.]+", re.ASCII)
 
 
 class OciError(SifboxError):
@@ -43,7 +43,7 @@ def default_root() -> str:
 
 
 def check_id(cid: str) -> str:
-    if not cid or cid in (".", "..") or not _ID.match(cid) or len(cid) > 1024:
+    if not cid or cid in (".", "..") or not _ID.fullmatch(cid) or len(cid) > 1024:
         raise OciError(f"can't use container id `{cid}`: invalid id format",
                        hint="an id is letters, digits and `_+-.`")  # fmt: skip
     return cid
@@ -97,7 +97,7 @@ def listing(root: str) -> list[str]:
         names = sorted(os.listdir(root))
     except FileNotFoundError:
         return []
-    return [n for n in names if _ID.match(n) and os.path.exists(os.path.join(root, n, STATE_FILE))]
+    return [n for n in names if _ID.fullmatch(n) and os.path.exists(os.path.join(root, n, STATE_FILE))]
 
 
 def start_time(pid: int) -> int | None:
