@@ -101,7 +101,7 @@ class Prepared:
 
     __slots__ = ("action", "app", "caps", "cfg", "conf_path", "contained", "data", "env", "fixed", "host",
                  "identity", "image", "inner", "joining", "keep_fds", "launched", "layers", "log", "mounts",
-                 "no_init", "ns", "opened", "options", "overrides", "prepare_root", "source", "spec",
+                 "no_init", "ns", "opened", "options", "overrides", "prepare_root", "seccomp", "source", "spec",
                  "squashfuse", "site", "userns", "words")  # fmt: skip
     action: str
     app: str | None
@@ -128,6 +128,7 @@ class Prepared:
     options: LaunchOptions | None
     overrides: dict[str, str]
     prepare_root: Callable[[str], None] | None
+    seccomp: bytes | None  # a BPF program loaded before the payload's exec
     source: ImageSource | None
     spec: ContainerSpec
     squashfuse: str | None
@@ -181,7 +182,7 @@ def _fetch_uri(launch: Launch) -> tuple[Launch, str | None]:
 
 def prepare(launch: Launch) -> Prepared:
     from sifbox.runtime import env as envmod
-    from sifbox.runtime.options import LaunchOptions
+    from sifbox.runtime.options import LaunchOptions, seccomp_program
     from sifbox.runtime.plan import default_mounts, site_from_config
 
     spec, action = launch.spec, launch.action
@@ -217,7 +218,7 @@ def prepare(launch: Launch) -> Prepared:
     gate = Gate.from_config(cfg, conf_path, user=host.user, verb=action)
     p = Prepared(action=action, spec=spec, host=host, cfg=cfg, conf_path=conf_path, site=site, log=log,
                  caps=caps, contained=contained, app=launch.app, words=list(launch.words), layers=[], data=[],
-                 mounts=[], identity=spec.identity_files, options=options)  # fmt: skip
+                 mounts=[], identity=spec.identity_files, options=options, seccomp=seccomp_program(options, caps))  # fmt: skip
     if spec.image.startswith("instance://"):
         from sifbox.runtime import instances
 
@@ -570,7 +571,7 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
     exec_with = tramp
 
     def start() -> None:
-        process.exec_payload(exec_with, path, argv, env, p.keep_fds)
+        process.exec_payload(exec_with, path, argv, env, p.keep_fds, p.seccomp)
 
     if p.no_init and p.ns.pid and hold is None:
         # --no-init: the payload itself is PID 1 of its PID namespace (this process); its
@@ -618,7 +619,7 @@ def _join(p: Prepared) -> int:
     path = process.find_program(argv[0], env)
     if path is None:
         return report(process.exec_error(argv[0], 2))
-    return supervisor.run(lambda: process.exec_payload(tramp, path, argv, env, p.keep_fds),
+    return supervisor.run(lambda: process.exec_payload(tramp, path, argv, env, p.keep_fds, p.seccomp),
                           tramp=tramp, name=argv[0], prelude_timeout=_prelude_timeout(p, payload))  # fmt: skip
 
 
@@ -768,7 +769,6 @@ def run_build_container(root: str, argv: list[str], env: dict[str, str], *, bind
                  keep_fds=frozenset(), ns=Namespaces(False, 0, 0, pid=real_root, ipc=real_root),
                  options=LaunchOptions())  # fmt: skip
     return _launch(p)
-
 
 
 # --- messages -------------------------------------------------------------------------------------

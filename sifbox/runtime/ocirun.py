@@ -99,8 +99,14 @@ def plan(b: ocispec.Bundle, cid: str) -> Any:
     elif userns and proc.groups and ns.maps is None:
         raise OciError(f"can't create container `{cid}`: additionalGids need a user namespace with "
                        "several gids mapped", hint="map a gid range (gidMappings), or drop additionalGids")
+    seccomp = None
+    if b.seccomp is not None:
+        from sifbox.runtime.caps import names
+        from sifbox.security.seccomp import compile_profile
+
+        seccomp = compile_profile(b.seccomp, caps=frozenset(names(proc.caps)), what="linux.seccomp of config.json")
     return launcher.Prepared(
-        action="exec", spec=spec, host=host, inner=inner, cfg=cfg, site=site_from_config(cfg),
+        seccomp=seccomp, action="exec", spec=spec, host=host, inner=inner, cfg=cfg, site=site_from_config(cfg),
         log=launcher._verbose_log(), caps=proc.caps, contained=True, userns=userns, squashfuse=None,
         source=None, opened=images.Opened(ImageSource(rootfs_path, "sandbox", None), image, [], []), image=image,
         layers=[], data=[], identity=False, mounts=mounts, fixed=(list(proc.args), dict(proc.env)),

@@ -68,6 +68,7 @@ class Bundle(NamedTuple):
     uid_maps: tuple[tuple[int, int, int], ...]
     gid_maps: tuple[tuple[int, int, int], ...]
     annotations: dict[str, str]
+    seccomp: dict[str, Any] | None = None
 
 
 def _fail(what: str, hint: str | None = None) -> ConfigError:
@@ -191,8 +192,10 @@ def parse(doc: Any, bundle: str) -> Bundle:
     for p in _obj(linux, "readonlyPaths", list, []):
         mounts.append(Mount("readonly", None, clean_path(p, "read-only path")))
     annotations = {str(k): str(v) for k, v in _obj(doc, "annotations", dict, {}).items()}
+    seccomp = _obj(linux, "seccomp", dict, None)
     return Bundle(bundle, _obj(doc, "ociVersion", str, "1.0.2"), rootfs, bool(root.get("readonly", False)),
-                  process, hostname, tuple(mounts), frozenset(namespaces), uid_maps, gid_maps, annotations)  # fmt: skip
+                  process, hostname, tuple(mounts), frozenset(namespaces), uid_maps, gid_maps, annotations,
+                  seccomp)  # fmt: skip
 
 
 def _mount(item: Any, bundle: str, namespaces: set[str]) -> list[Any]:

@@ -387,3 +387,41 @@ def test_cwd_through_a_leaked_descriptor(as_who: Any, run_as: Any, shared_tmp: P
     (bundle / "config.json").write_text(json.dumps(doc))
     r = direct("run", "w2", cwd=bundle)
     assert r.returncode != 0 and "inside /proc" in r.stderr
+
+
+def test_seccomp_profile_as_runc(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
+    """linux.seccomp of config.json (seccomp.bats): compiled with libseccomp, loaded before the
+    process's exec; the same errors as under runc, and exec'd processes are filtered too."""
+    pytest.importorskip("sifbox.security.seccomp").binding()
+    profile = {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"],
+               "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"},
+                            {"names": ["chmod", "fchmodat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
+                            {"names": ["no_such_syscall_here"], "action": "SCMP_ACT_KILL"}]}  # fmt: skip
+    script = "mkdir /tmp/x; chmod 600 /bin; grep -E '^Seccomp(_filters)?:' /proc/self/status; sleep 100"
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["linux"]["seccomp"] = profile
+
+    bundle = _bundle(shared_tmp, as_who, ["sh", "-c", script], edit=edit)
+    seen = {}
+    for rt in _runtimes(as_who, run_as, shared_tmp):
+        pid_file = shared_tmp / f"{rt.name}.pid"
+        err = shared_tmp / f"{rt.name}.out"
+        with open(err, "w") as f:
+            os.chmod(err, 0o666)
+            r = rt("run", "-d", "--pid-file", pid_file, "sc1", cwd=bundle, capture_output=False,
+                   stdout=f, stderr=subprocess.STDOUT)  # fmt: skip
+        assert r.returncode == 0, (rt.name, err.read_text())
+        x = rt("exec", "sc1", "sh", "-c", "mkdir /tmp/y")
+        deadline = time.monotonic() + 10
+        while "Seccomp" not in err.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert rt("delete", "--force", "sc1").returncode == 0
+        oci_bundle.reap(int(pid_file.read_text()))
+        seen[rt.name] = (err.read_text(), x.returncode, x.stderr)
+    out, status, stderr = seen["sifbox"]
+    assert "Operation not permitted" in out and "Function not implemented" in out and "Seccomp:\t2" in out
+    assert status != 0 and "Operation not permitted" in stderr
+    if "runc" in seen:
+        assert out == seen["runc"][0]
+        assert status == seen["runc"][1]

@@ -163,3 +163,35 @@ def test_load_errors(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ocispec.ConfigError, match="not JSON"):
         ocispec.load(str(tmp_path))
+
+
+def test_seccomp_profiles_compile() -> None:
+    seccomp = pytest.importorskip("sifbox.security.seccomp")
+    try:
+        seccomp.binding()
+    except seccomp.SeccompError:
+        pytest.skip("python3-seccomp is not installed")
+    base = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"}]}
+    program = seccomp.compile_profile(base)
+    assert program and len(program) % 8 == 0
+    cond = copy.deepcopy(base)
+    cond["syscalls"].append({"names": ["mount"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_SYS_ADMIN"]}})
+    assert seccomp.compile_profile(cond) == program  # the condition does not hold: no rule
+    assert seccomp.compile_profile(cond, caps=frozenset({"CAP_SYS_ADMIN"})) != program
+    args = copy.deepcopy(base)
+    args["syscalls"].append({"names": ["personality"], "action": "SCMP_ACT_ALLOW",
+                             "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]})  # fmt: skip
+    assert seccomp.compile_profile(args) != program
+    for bad, reason in (({"defaultAction": "SCMP_ACT_NOPE"}, "unknown action"),
+                        ({**base, "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW",
+                                                "args": [{"index": 0, "op": "SCMP_CMP_ABOUT"}]}]}, "unknown operator"),
+                        ([], "not a JSON object")):  # fmt: skip
+        with pytest.raises(seccomp.SeccompError, match=reason):
+            seccomp.compile_profile(bad)
+
+
+def test_seccomp_in_config() -> None:
+    d = doc()
+    d["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW"}
+    assert ocispec.parse(d, "/b").seccomp == {"defaultAction": "SCMP_ACT_ALLOW"}
+    assert ocispec.parse(doc(), "/b").seccomp is None

@@ -103,7 +103,8 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, str, str | None, str | None, str], ..
      "accepted for Apptainer's command lines: missing mount points are always made", "mounts"),
     *((("--" + name,), name, "bool", None, None, "not available yet") for name in NOT_YET),
     (("--security",), "security", "append", "OPTS",
-     "uid:N,gid:N[:M...]: run as these IDs (root only); seccomp:, apparmor:, selinux: are refused", "isolation"),
+     "uid:N,gid:N[:M...]: run as these IDs (root only); seccomp:FILE: a seccomp profile (OCI/Docker JSON); "
+     "apparmor:, selinux: are refused", "isolation"),
     (("--allow-setuid",), "allow_setuid", "bool", None,
      "refused: setuid programs never gain privileges in a sifbox container (no_new_privs, nosuid)", "isolation"),
     (("--unsquash",), "unsquash", "bool", None, "no effect: sifbox runs images without extracting them", "mounts"),
@@ -389,7 +390,7 @@ def _launch_options(args, instance: str | None):  # type: ignore[no-untyped-def]
         run_as=run_as, timeout=timeout or None, timeout_text=ro.format_duration(timeout) if timeout else "",
         subuid=not _flag(args, "ignore_subuid", "IGNORE_SUBUID"), ignore_userns=ignore_userns,
         disable_cache=_flag(args, "disable_cache", "DISABLE_CACHE"),
-        no_https=_flag(args, "no_https", "NOHTTPS", "NO_HTTPS"),
+        no_https=_flag(args, "no_https", "NOHTTPS", "NO_HTTPS"), seccomp=ro.parse_seccomp(security),
     )  # fmt: skip
 
 

@@ -269,6 +269,7 @@ def _ps_table(pids: list[int]) -> None:
 def _features() -> dict[str, object]:
     from sifbox.runtime.caps import NAMES
     from sifbox.runtime.ocispec import SUPPORTED_NAMESPACES
+    from sifbox.security import seccomp
 
     return {
         "ociVersionMin": "1.0.0",
@@ -279,7 +280,7 @@ def _features() -> dict[str, object]:
             "namespaces": [ns for ns in SUPPORTED_NAMESPACES if ns != "cgroup"],
             "capabilities": list(NAMES),
             "cgroup": {"v1": False, "v2": False, "systemd": False, "systemdUser": False},
-            "seccomp": {"enabled": False},
+            "seccomp": {"enabled": seccomp.available()},
             "apparmor": {"enabled": False},
             "selinux": {"enabled": False},
         },

@@ -91,10 +91,12 @@ class Trampoline:
         return struct.unpack("<i", data)[0] if len(data) == 4 else 0
 
 
-def exec_payload(tramp: Trampoline, path: str, argv: list[str], env: dict[str, str], keep: frozenset[int]) -> None:
+def exec_payload(tramp: Trampoline, path: str, argv: list[str], env: dict[str, str], keep: frozenset[int],
+                 seccomp: bytes | None = None) -> None:  # fmt: skip
     """In the payload process: every descriptor but stdio, `keep` and the
-    trampoline's is closed; then the trampoline execs `path` with `argv`.
-    Returns only if the trampoline itself could not be exec'd."""
+    trampoline's is closed; the `seccomp` BPF program is loaded; then the
+    trampoline execs `path` with `argv`. Returns only if the trampoline itself
+    could not be exec'd."""
     os.close(tramp.read_end)
     fd = tramp.fd
     if fd == tramp.errfd or fd in keep:
@@ -108,6 +110,8 @@ def exec_payload(tramp: Trampoline, path: str, argv: list[str], env: dict[str, s
         if n >= low:
             os.closerange(low, n)
             low = n + 1
+    if seccomp:
+        sc.set_seccomp_filter(seccomp)
     os.execve(fd, [NAME, path, *argv], env)
 
 
