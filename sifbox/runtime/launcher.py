@@ -99,7 +99,7 @@ else:
 class Prepared:
     """Everything the container needs, decided before any namespace exists."""
 
-    __slots__ = ("action", "app", "caps", "cfg", "conf_path", "contained", "data", "env", "fixed", "host",
+    __slots__ = ("action", "app", "caps", "cfg", "cgroups", "conf_path", "contained", "data", "env", "fixed", "host",
                  "identity", "image", "inner", "joining", "keep_fds", "launched", "layers", "log", "mounts",
                  "no_init", "ns", "opened", "options", "overrides", "prepare_root", "seccomp", "source", "spec",
                  "squashfuse", "site", "userns", "words")  # fmt: skip
@@ -107,6 +107,7 @@ class Prepared:
     app: str | None
     caps: frozenset[int]
     cfg: Config
+    cgroups: Any  # sifbox.hpc.cgroups.Cgroups of --memory, --cpus...: joined before pivot_root
     conf_path: str
     contained: bool
     data: list[Any]
@@ -163,7 +164,11 @@ def run(launch: Launch) -> int:
 
         return holder.start_instance(p, launch.instance, launch.pid_file, images.instance_record(p.spec, p.opened),
                                      launch=lambda hold: _launch(p, hold))  # fmt: skip
-    return _launch(p)
+    try:
+        return _launch(p)
+    finally:
+        if p.cgroups is not None:
+            p.cgroups.remove()
 
 
 def _fetch_uri(launch: Launch) -> tuple[Launch, str | None]:
@@ -265,6 +270,10 @@ def prepare(launch: Launch) -> Prepared:
     p.overrides = {**fixed, **overrides}
     p.no_init = launch.no_init
     p.keep_fds = _keep_fds(p.env)
+    if options.limits is not None and p.joining is None:
+        from sifbox.hpc.cgroups import Cgroups
+
+        p.cgroups = Cgroups.create(f"sifbox-{os.getpid()}", options.limits, what=f"`{spec.image}`")
     return p
 
 
@@ -550,6 +559,8 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
     if p.prepare_root is not None:
         p.prepare_root(root)
     tramp = process.Trampoline.create(p.keep_fds, image) if payload.argv else None
+    if p.cgroups is not None:
+        p.cgroups.join()
     rootfs.finish(root, readonly=not spec.writable_tmpfs and not persistent, image=image)
     if p.squashfuse:
         from sifbox.runtime import prefetch  # noqa: F401 - used after pivot_root

@@ -106,7 +106,7 @@ def plan(b: ocispec.Bundle, cid: str) -> Any:
 
         seccomp = compile_profile(b.seccomp, caps=frozenset(names(proc.caps)), what="linux.seccomp of config.json")
     return launcher.Prepared(
-        seccomp=seccomp, action="exec", spec=spec, host=host, inner=inner, cfg=cfg, site=site_from_config(cfg),
+        seccomp=seccomp, cgroups=None, action="exec", spec=spec, host=host, inner=inner, cfg=cfg, site=site_from_config(cfg),
         log=launcher._verbose_log(), caps=proc.caps, contained=True, userns=userns, squashfuse=None,
         source=None, opened=images.Opened(ImageSource(rootfs_path, "sandbox", None), image, [], []), image=image,
         layers=[], data=[], identity=False, mounts=mounts, fixed=(list(proc.args), dict(proc.env)),
@@ -191,6 +191,10 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
     here = f"/proc/self/fd/{dir_fd}"
     created = False
     try:
+        if b.limits is not None:  # linux.resources: joined by the container's process before pivot_root
+            from sifbox.hpc.cgroups import Cgroups
+
+            p.cgroups = Cgroups.create(f"sifbox-oci-{cid}", b.limits, what=f"container `{cid}`")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         listener.bind(f"{here}/{ocistate.EXEC_SOCKET}")
         listener.listen(1)
@@ -249,6 +253,8 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
         os.close(dir_fd)
         if not created:
             ocistate.remove(root, cid)
+            if p.cgroups is not None:
+                p.cgroups.remove()
 
 
 def _create_error(cid: str, here: str, status: int) -> SifboxError:
@@ -312,6 +318,9 @@ def _watcher(p: Any, chans: Channels, log_fd: int, proc_fd: int, detach: bool) -
             status = launcher._launch(p, hold)
         except SifboxError as err:
             status = report(err)
+        finally:
+            if p.cgroups is not None:
+                p.cgroups.remove()
         try:
             os.write(chans.notify, f"exit {status}".encode())
         except OSError:

@@ -69,6 +69,7 @@ class Bundle(NamedTuple):
     gid_maps: tuple[tuple[int, int, int], ...]
     annotations: dict[str, str]
     seccomp: dict[str, Any] | None = None
+    limits: Any = None  # sifbox.hpc.cgroups.Limits of linux.resources
 
 
 def _fail(what: str, hint: str | None = None) -> ConfigError:
@@ -193,9 +194,11 @@ def parse(doc: Any, bundle: str) -> Bundle:
         mounts.append(Mount("readonly", None, clean_path(p, "read-only path")))
     annotations = {str(k): str(v) for k, v in _obj(doc, "annotations", dict, {}).items()}
     seccomp = _obj(linux, "seccomp", dict, None)
+    from sifbox.hpc.cgroups import from_oci
+
     return Bundle(bundle, _obj(doc, "ociVersion", str, "1.0.2"), rootfs, bool(root.get("readonly", False)),
                   process, hostname, tuple(mounts), frozenset(namespaces), uid_maps, gid_maps, annotations,
-                  seccomp)  # fmt: skip
+                  seccomp, from_oci(linux.get("resources")))  # fmt: skip
 
 
 def _mount(item: Any, bundle: str, namespaces: set[str]) -> list[Any]:

@@ -26,10 +26,11 @@ from sifbox.util.records import record
 #:   disable_cache   --disable-cache: an image URI is converted for this launch alone
 #:   no_https        --no-https: registries of docker:// URIs over plain HTTP
 #:   seccomp         the profile of `--security seccomp:FILE`, or None
+#:   limits          sifbox.hpc.cgroups.Limits of --memory, --cpus, ... or None
 LaunchOptions = record(
     "LaunchOptions",
-    "run_as timeout timeout_text subuid ignore_userns disable_cache no_https seccomp",
-    defaults=(None, None, "", True, False, False, False, None),
+    "run_as timeout timeout_text subuid ignore_userns disable_cache no_https seccomp limits",
+    defaults=(None, None, "", True, False, False, False, None, None),
 )
 
 #: `--security` kinds that sifbox does not apply, and why.

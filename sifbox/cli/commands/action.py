@@ -112,6 +112,11 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, str, str | None, str | None, str], ..
      "time the image's environment scripts may take, e.g. 30s, 2m (killed after it)", "isolation"),
     (("--disable-cache",), "disable_cache", "bool", None, "do not use or create cached images (URIs)", "image URIs"),
     (("--no-https", "--nohttps"), "no_https", "bool", None, "use plain HTTP for docker:// registries", "image URIs"),
+    (("--memory",), "memory", "value", "BYTES", "memory limit (cgroups), e.g. 512m, 2g", "resources"),
+    (("--memory-swap",), "memory_swap", "value", "BYTES", "memory and swap limit (cgroups); -1: unlimited swap",
+     "resources"),
+    (("--cpus",), "cpus", "value", "N", "CPU time limit in CPUs (cgroups), e.g. 1.5", "resources"),
+    (("--pids-limit",), "pids_limit", "value", "N", "limit on the number of processes (cgroups)", "resources"),
     (("--ignore-subuid",), "ignore_subuid", "bool", None, None, "isolation"),
     (("--ignore-fakeroot-command",), "ignore_fakeroot_command", "bool", None, None, "isolation"),
     (("--ignore-userns",), "ignore_userns", "bool", None, None, "isolation"),
@@ -391,7 +396,19 @@ def _launch_options(args, instance: str | None):  # type: ignore[no-untyped-def]
         subuid=not _flag(args, "ignore_subuid", "IGNORE_SUBUID"), ignore_userns=ignore_userns,
         disable_cache=_flag(args, "disable_cache", "DISABLE_CACHE"),
         no_https=_flag(args, "no_https", "NOHTTPS", "NO_HTTPS"), seccomp=ro.parse_seccomp(security),
+        limits=_limits(args, instance),
     )  # fmt: skip
+
+
+def _limits(args, instance: str | None):  # type: ignore[no-untyped-def]
+    """--memory, --memory-swap, --cpus, --pids-limit (cgroups), or None."""
+    from sifbox.hpc import cgroups
+
+    limits = cgroups.from_options(*(getattr(args, n, None) for n in ("memory", "memory_swap", "cpus", "pids_limit")))
+    if limits is not None and instance is not None:
+        raise NotAvailableError(f"can't limit the resources of instance `{instance}`: not available for instances "
+                                "in this version")  # fmt: skip
+    return limits
 
 
 def main(args) -> int:  # type: ignore[no-untyped-def]

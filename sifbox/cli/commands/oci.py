@@ -279,7 +279,7 @@ def _features() -> dict[str, object]:
         "linux": {
             "namespaces": [ns for ns in SUPPORTED_NAMESPACES if ns != "cgroup"],
             "capabilities": list(NAMES),
-            "cgroup": {"v1": False, "v2": False, "systemd": False, "systemdUser": False},
+            "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False},
             "seccomp": {"enabled": seccomp.available()},
             "apparmor": {"enabled": False},
             "selinux": {"enabled": False},
