@@ -33,13 +33,30 @@ class OciError(SifboxError):
 
 
 def default_root() -> str:
-    """runc's choice: /run/sifbox-oci for root, $XDG_RUNTIME_DIR/sifbox-oci for a user."""
+    """runc's choice: /run/sifbox-oci for root, $XDG_RUNTIME_DIR/sifbox-oci for a user
+    (~/.sifbox/oci without one: never a guessable place in /tmp that another user could make first)."""
     if os.geteuid() == 0:
         return "/run/sifbox-oci"
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
         return os.path.join(runtime, "sifbox-oci")
-    return f"/tmp/sifbox-oci-{os.geteuid()}"
+    from sifbox.util.paths import config_dir
+
+    return os.path.join(config_dir(), "oci")
+
+
+def check_root(root: str) -> None:
+    """The state directory must be the caller's (or root's) and writable by nobody else:
+    state written there decides which processes `kill` and `delete` signal."""
+    import stat
+
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o022:
+        raise OciError(f"can't use the state directory `{root}`: it is not a directory of the caller's that "
+                       "only the caller can write", hint="choose another --root, or fix its owner and mode")  # fmt: skip
 
 
 def check_id(cid: str) -> str:
@@ -56,7 +73,9 @@ def container_dir(root: str, cid: str) -> str:
 def make_dir(root: str, cid: str) -> int:
     """Create ROOT/ID (0700; the root 0700 too, as runc makes it); an O_PATH
     descriptor of it. Fails if the container exists."""
+    check_root(root)
     os.makedirs(root, mode=0o700, exist_ok=True)
+    check_root(root)
     path = container_dir(root, cid)
     try:
         os.mkdir(path, 0o700)
@@ -79,6 +98,7 @@ def write(root: str, cid: str, doc: dict[str, Any]) -> None:
 
 def load(root: str, cid: str) -> dict[str, Any]:
     path = container_dir(root, cid)
+    check_root(root)
     try:
         with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
             doc = json.load(f)

@@ -425,3 +425,17 @@ def test_seccomp_profile_as_runc(as_who: Any, run_as: Any, shared_tmp: Path) -> 
     if "runc" in seen:
         assert out == seen["runc"][0]
         assert status == seen["runc"][1]
+
+
+def test_state_directory_planted_by_another(test_user: Any, run_as: Any, shared_tmp: Path) -> None:
+    """A --root that others can write (or a link to one) is refused: its state decides which
+    processes kill and delete signal."""
+    bundle = _bundle(shared_tmp, test_user, ["true"])
+    planted = shared_tmp / "planted"
+    planted.mkdir(mode=0o777)
+    planted.chmod(0o777)
+    (shared_tmp / "link").symlink_to(planted)
+    for root in (planted, shared_tmp / "link"):
+        r = run_as(test_user, [CLI, "oci", "--root", root, "run", "p1"], cwd=bundle)
+        assert r.returncode != 0 and "can't use the state directory" in r.stderr, r.stderr
+        assert list(planted.iterdir()) == []
