@@ -439,3 +439,23 @@ def test_state_directory_planted_by_another(test_user: Any, run_as: Any, shared_
         r = run_as(test_user, [CLI, "oci", "--root", root, "run", "p1"], cwd=bundle)
         assert r.returncode != 0 and "can't use the state directory" in r.stderr, r.stderr
         assert list(planted.iterdir()) == []
+
+
+@pytest.mark.parametrize("link", ["/proc", "proc/self", "../proc/sys"])
+def test_mount_led_into_proc_by_a_symlink(as_who: Any, run_as: Any, shared_tmp: Path, link: str) -> None:
+    """CVE-2019-19921: a destination that is no /proc path, but a symlink of the rootfs leading
+    into /proc, would let a bind cover /proc (a fake procfs, LSM attributes): refused."""
+    source = shared_tmp / "fake"
+    source.mkdir(mode=0o755)
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["mounts"].append({"destination": "/vol", "type": "bind", "source": str(source), "options": ["rbind"]})
+
+    for rt in _runtimes(as_who, run_as, shared_tmp):
+        bundle = _bundle(shared_tmp, as_who, ["true"], name=f"b-{rt.name}", edit=edit)
+        (bundle / "rootfs" / "vol").symlink_to(link)
+        r = rt("run", "v1", cwd=bundle)
+        if rt.name == "sifbox":
+            assert r.returncode != 0 and "leads it into /proc" in r.stderr, r.stderr
+        else:
+            assert r.returncode != 0, (rt.name, r.stderr)  # runc refuses it too

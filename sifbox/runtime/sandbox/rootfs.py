@@ -540,11 +540,23 @@ def _apply(root: str, m: Mount, image: str, restrict: bool, done: list[str], in_
         raise fail(f"can't create the mount point `{m.target}`", err, image) from None
     if m.policy in ("site", "optional") and target in done:
         return None  # led by a symlink of the image onto a mount of the plan (/var/tmp -> /tmp)
+    if m.kind != "proc" and m.target != "/proc" and not m.target.startswith("/proc/") and _in_proc(root, target):
+        # runc's CVE-2019-19921: a fake /proc (or a file over /proc/self/attr) through a symlink
+        raise LaunchError(f"can't start a container from `{image}`: can't mount on `{m.target}`: a symlink "
+                          "of the image leads it into /proc")  # fmt: skip
     pinned = _pin(root, target, m.target, image)
     try:
         return _mount_one(root, m, target, f"/proc/self/fd/{pinned}", image, restrict)
     finally:
         os.close(pinned)
+
+
+def _in_proc(root: str, target: str) -> bool:
+    try:
+        proc = chase(root, "/proc")
+    except OSError:
+        return False
+    return target == proc or target.startswith(proc.rstrip("/") + "/")
 
 
 def _pin(root: str, target: str, shown: str, image: str) -> int:
