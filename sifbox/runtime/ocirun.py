@@ -59,8 +59,9 @@ class Channels:
 # --- the plan -----------------------------------------------------------------------------------
 
 
-def plan(b: ocispec.Bundle, cid: str) -> Any:
-    """The launcher's `Prepared` for bundle `b` (container `cid`)."""
+def plan(b: ocispec.Bundle, cid: str, image: Any = None) -> Any:
+    """The launcher's `Prepared` for bundle `b` (container `cid`). With `image` (a RootImage
+    opened and admitted by the caller: `--oci`), that is the root, never written in place."""
     import pwd
 
     from sifbox.config import sysconf
@@ -80,15 +81,27 @@ def plan(b: ocispec.Bundle, cid: str) -> Any:
     proc = b.process
     ns, inner = _namespaces(b, host)
     userns = bool(ns.user)
-    rootfs_path = os.path.realpath(b.rootfs)
-    try:
-        fd = os.open(rootfs_path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as err:
-        raise OciError(f"can't create container `{cid}`: can't open the root file system `{b.rootfs}`: "
-                       f"{err.strerror}") from None  # fmt: skip
-    image = RootImage("dir", fd, 0, 0, rootfs_path)
-    spec = ContainerSpec(image=b.path, action="exec", command=list(proc.args), no_home=True, contain=True,
-                         writable=not b.readonly, pwd=proc.cwd, identity_files=False, userns=userns,
+    in_place, squashfuse = image is None, None
+    if image is None:
+        rootfs_path = os.path.realpath(b.rootfs)
+        try:
+            fd = os.open(rootfs_path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as err:
+            raise OciError(f"can't create container `{cid}`: can't open the root file system `{b.rootfs}`: "
+                           f"{err.strerror}") from None  # fmt: skip
+        image = RootImage("dir", fd, 0, 0, rootfs_path)
+    else:
+        rootfs_path = image.path
+        if userns and image.kind != "dir":
+            from sifbox.util.paths import which
+
+            squashfuse = which("squashfuse_ll")
+            if squashfuse is None:
+                raise OciError(f"can't run `{rootfs_path}`: squashfuse_ll is not installed",
+                               hint="install the Debian package `squashfuse`")  # fmt: skip
+    spec = ContainerSpec(image=b.path if in_place else rootfs_path, action="exec", command=list(proc.args),
+                         no_home=True, contain=True, writable=in_place and not b.readonly,
+                         writable_tmpfs=not in_place and not b.readonly, pwd=proc.cwd, identity_files=False, userns=userns,
                          pid="pid" in b.namespaces, ipc="ipc" in b.namespaces, uts="uts" in b.namespaces,
                          net="network" in b.namespaces, hostname=b.hostname)  # fmt: skip
     mounts = [m._replace(source=ocispec.host_device(m.source, m.target)) if _is_device(m) else m for m in b.mounts]
@@ -107,7 +120,7 @@ def plan(b: ocispec.Bundle, cid: str) -> Any:
         seccomp = compile_profile(b.seccomp, caps=frozenset(names(proc.caps)), what="linux.seccomp of config.json")
     return launcher.Prepared(
         seccomp=seccomp, cgroups=None, action="exec", spec=spec, host=host, inner=inner, cfg=cfg, site=site_from_config(cfg),
-        log=launcher._verbose_log(), caps=proc.caps, contained=True, userns=userns, squashfuse=None,
+        log=launcher._verbose_log(), caps=proc.caps, contained=True, userns=userns, squashfuse=squashfuse,
         source=None, opened=images.Opened(ImageSource(rootfs_path, "sandbox", None), image, [], []), image=image,
         layers=[], data=[], identity=False, mounts=mounts, fixed=(list(proc.args), dict(proc.env)),
         keep_fds=frozenset(), ns=ns, options=LaunchOptions(run_as=run_as), no_init=False,

@@ -74,7 +74,8 @@ def reap(pid: int) -> int | None:
     return os.waitstatus_to_exitcode(status)
 
 
-def oci_image_tar(dest: Path, name: str, cmd: list[str]) -> Path:
+def oci_image_tar(dest: Path, name: str, cmd: list[str], *, entrypoint: list[str] | None = None,
+                  env: tuple[str, ...] = ("PATH=/bin",), workdir: str = "/") -> Path:  # fmt: skip
     """An OCI image layout tarball (one layer: the busybox-static root file system), named
     `name` for `ctr images import`. Built from the host's busybox, byte for byte the same each time."""
     import gzip
@@ -102,7 +103,8 @@ def oci_image_tar(dest: Path, name: str, cmd: list[str]) -> Path:
     raw = layer.getvalue()
     packed = gzip.compress(raw, mtime=0)
     config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "config": {"Env": ["PATH=/bin"], "Cmd": cmd, "WorkingDir": "/"},
+                         "config": {"Env": list(env), "Cmd": cmd, "WorkingDir": workdir,
+                                    **({"Entrypoint": entrypoint} if entrypoint else {})},
                          "rootfs": {"type": "layers", "diff_ids": [blob(raw)[0]]}}).encode()  # fmt: skip
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",

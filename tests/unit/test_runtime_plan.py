@@ -670,6 +670,7 @@ def ns(command: str = "exec", **kw: Any) -> argparse.Namespace:
         "ignore_subuid": False,
         "ignore_fakeroot_command": False,
         "ignore_userns": False,
+        "oci": False,
         # sifbox.hpc.cgroups
         "memory": None,
         "memory_swap": None,

@@ -112,6 +112,8 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, str, str | None, str | None, str], ..
      "time the image's environment scripts may take, e.g. 30s, 2m (killed after it)", "isolation"),
     (("--disable-cache",), "disable_cache", "bool", None, "do not use or create cached images (URIs)", "image URIs"),
     (("--no-https", "--nohttps"), "no_https", "bool", None, "use plain HTTP for docker:// registries", "image URIs"),
+    (("--oci",), "oci", "bool", None, "OCI semantics: runc's namespaces, mounts and capabilities, the image's "
+     "OCI config (Env, Entrypoint, Cmd, WorkingDir), no host environment", "isolation"),
     (("--memory",), "memory", "value", "BYTES", "memory limit (cgroups), e.g. 512m, 2g", "resources"),
     (("--memory-swap",), "memory_swap", "value", "BYTES", "memory and swap limit (cgroups); -1: unlimited swap",
      "resources"),
@@ -415,7 +417,12 @@ def main(args) -> int:  # type: ignore[no-untyped-def]
     """Run the action in a container; exit with the payload's status."""
     from sifbox.runtime import launcher
 
-    status = launcher.run(build_launch(args))
+    if _flag(args, "oci", "OCI"):
+        from sifbox.runtime import ocimode
+
+        status = ocimode.run(build_launch(args))
+    else:
+        status = launcher.run(build_launch(args))
     # The payload is gone and its status known: skip the interpreter's
     # teardown (~10 ms on every launch, which counts once per MPI rank).
     sys.stdout.flush()
