@@ -536,7 +536,31 @@ def exec_process(root: str, cid: str, proc: ocispec.Process) -> int:
 
     p.joining = record("Joining", "pid name")(int(doc["init"]), cid)
     os.close(p.image.fd)
+    _join_cgroups(int(doc["init"]), cid)
     return int(launcher._join(p))
+
+
+def _join_cgroups(init: int, cid: str) -> None:
+    """Put this process (and so what it execs) in the cgroups sifbox made for container `cid`
+    (its linux.resources), as the container's own process is."""
+    from sifbox.hpc.cgroups import CGROUP_ROOT, own_paths
+
+    try:
+        with open(f"/proc/{init}/cgroup") as f:
+            paths = own_paths(f.read())
+    except OSError:
+        return
+    for controller, path in paths.items():
+        if not path.rstrip("/").endswith(f"/sifbox-oci-{cid}"):
+            continue
+        tops = [os.path.join(CGROUP_ROOT, controller)] if controller else [CGROUP_ROOT, f"{CGROUP_ROOT}/unified"]
+        for top in tops:
+            try:
+                with open(os.path.join(top, path.lstrip("/"), "cgroup.procs"), "w") as f:
+                    f.write("0")
+                break
+            except OSError:
+                continue
 
 
 def exec_detached(root: str, cid: str, proc: ocispec.Process, pid_file: str | None) -> int:

@@ -138,3 +138,27 @@ def test_oci_resources_as_runc(as_who: Any, run_as: Any, shared_tmp: Path) -> No
     if "runc" in outs:
         assert outs["runc"] == outs["sifbox"]
     assert _leftovers() == []
+
+
+def test_oci_exec_joins_the_containers_cgroup(shared_tmp: Path, run_as: Any) -> None:
+    """A process exec'd in a container with linux.resources is limited as the container is."""
+    oci_bundle.become_subreaper()
+    root = images.user_named("root")
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["linux"]["resources"] = {"memory": {"limit": 48 << 20}}
+
+    bundle = oci_bundle.make(shared_tmp / "b", ["sleep", "100"], edit=edit)
+    state = shared_tmp / "state"
+    pid_file = shared_tmp / "pid"
+    with open(shared_tmp / "out", "w") as out:
+        r = run_as(root, [CLI, "oci", "--root", state, "run", "-d", "--pid-file", pid_file, "c1"], cwd=bundle,
+                   capture_output=False, stdout=out, stderr=out)  # fmt: skip
+    assert r.returncode == 0, (shared_tmp / "out").read_text()
+    try:
+        r = run_as(root, [CLI, "oci", "--root", state, "exec", "c1", "sh", "-c", HOG])
+        assert r.stdout == "hog=137\n", r.stderr
+    finally:
+        run_as(root, [CLI, "oci", "--root", state, "delete", "--force", "c1"])
+        oci_bundle.reap(int(pid_file.read_text()))
+    assert _leftovers() == []
