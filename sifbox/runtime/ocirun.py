@@ -112,6 +112,7 @@ def plan(b: ocispec.Bundle, cid: str, image: Any = None) -> Any:
     elif userns and proc.groups and ns.maps is None:
         raise OciError(f"can't create container `{cid}`: additionalGids need a user namespace with "
                        "several gids mapped", hint="map a gid range (gidMappings), or drop additionalGids")
+    env = dict(proc.env)  # HOME added by prepare_root when missing, as runc adds it
     seccomp = None
     if b.seccomp is not None:
         from sifbox.runtime.caps import names
@@ -122,9 +123,9 @@ def plan(b: ocispec.Bundle, cid: str, image: Any = None) -> Any:
         seccomp=seccomp, cgroups=None, action="exec", spec=spec, host=host, inner=inner, cfg=cfg, site=site_from_config(cfg),
         log=launcher._verbose_log(), caps=proc.caps, contained=True, userns=userns, squashfuse=squashfuse,
         source=None, opened=images.Opened(ImageSource(rootfs_path, "sandbox", None), image, [], []), image=image,
-        layers=[], data=[], identity=False, mounts=mounts, fixed=(list(proc.args), dict(proc.env)),
+        layers=[], data=[], identity=False, mounts=mounts, fixed=(list(proc.args), env),
         keep_fds=frozenset(), ns=ns, options=LaunchOptions(run_as=run_as), no_init=False,
-        prepare_root=lambda root: _prepare_root(root, proc),
+        prepare_root=lambda root: _prepare_root(root, proc, env),
     )  # fmt: skip
 
 
@@ -168,9 +169,22 @@ def _namespaces(b: ocispec.Bundle, host: Any) -> tuple[Any, Any]:
     return ns, host._replace(uid=inside_uid, gid=inside_gid)
 
 
-def _prepare_root(root: str, proc: ocispec.Process) -> None:
-    """In the container's init, before pivot_root: the working directory made (as
-    runc makes it) and the rlimits set (the payload inherits them)."""
+def home_of(root: str, uid: int) -> str:
+    """The home directory of `uid` in the /etc/passwd of `root` ("/" if none), as runc finds HOME."""
+    from sifbox.runtime.sandbox.rootfs import read_text
+
+    for line in read_text(root, "/etc/passwd").splitlines():
+        fields = line.split(":")
+        if len(fields) >= 6 and fields[2] == str(uid) and fields[5].startswith("/"):
+            return fields[5]
+    return "/"
+
+
+def _prepare_root(root: str, proc: ocispec.Process, env: dict[str, str]) -> None:
+    """In the container's init, before pivot_root: HOME when the process has none, the
+    working directory made (as runc makes it), the rlimits set (the payload inherits them)."""
+    if "HOME" not in env:
+        env["HOME"] = home_of(root, proc.uid)
     try:
         chase(root, proc.cwd, create="dir")
     except OSError as err:
@@ -531,6 +545,8 @@ def exec_process(root: str, cid: str, proc: ocispec.Process) -> int:
         raise OciError(f"can't exec in container `{cid}`: cannot exec in a stopped or not started container",
                        hint=f"`sifbox oci start {cid}` starts a created container")  # fmt: skip
     b = ocispec.load(doc["bundle"])
+    if "HOME" not in proc.env:
+        proc = proc._replace(env={**proc.env, "HOME": home_of(f"/proc/{int(doc['init'])}/root", proc.uid)})
     p = plan(b._replace(process=proc), cid)
     from sifbox.util.records import record
 

@@ -48,6 +48,7 @@ def make(where: Path, args: list[str], *, uid: int = 0, gid: int = 0, terminal: 
     shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
     for applet in APPLETS:
         (rootfs / "bin" / applet).symlink_to("busybox")
+    (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     doc = config(args, uid=uid, gid=gid, terminal=terminal)
     if edit is not None:
         edit(doc)

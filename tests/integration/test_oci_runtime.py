@@ -146,7 +146,8 @@ def test_kill_sigterm_and_delete_force(as_who: Any, run_as: Any, shared_tmp: Pat
 PROBE = ("id; hostname; grep -E '^(Cap|NoNewPrivs|Seccomp:)' /proc/self/status | grep -v CapAmb; ls /dev; "
          "cat /proc/self/uid_map; ls /proc/self/fd; readlink /proc/self/cwd; readlink /proc/self/exe; "
          "touch /proc/sys/kernel/x 2>/dev/null || echo proc-sys-ro; cat /proc/kcore 2>&1 | wc -c; "
-         "echo x > /sys/x 2>/dev/null || echo sys-ro; grep -c . /proc/self/mountinfo >/dev/null && echo ok")
+         "echo x > /sys/x 2>/dev/null || echo sys-ro; ulimit -n; umask; env | sort; "
+         "grep -c . /proc/self/mountinfo >/dev/null && echo ok")
 
 
 @pytest.mark.parametrize("args, status", [(["sh", "-c", "exit 42"], 42), (["sh", "-c", "kill -9 $$; exit 5"], 5),
@@ -180,7 +181,7 @@ def test_run_sees_what_runc_gives(as_who: Any, run_as: Any, shared_tmp: Path) ->
     ours = out["sifbox"]
     assert ours.returncode == 0, ours.stderr
     lines = ours.stdout.splitlines()
-    assert lines[0].startswith("uid=0 gid=0") and lines[1] == "oci-probe"
+    assert lines[0].startswith("uid=0(root) gid=0") and lines[1] == "oci-probe" and "HOME=/root" in lines
     assert "CapBnd:\t00000000200004" + "20" in ours.stdout and "NoNewPrivs:\t1" in ours.stdout
     assert "proc-sys-ro" in lines and "sys-ro" in lines and lines[-1] == "ok"
     assert "/bin/busybox" in lines  # /proc/self/exe: the program, never a host binary
@@ -259,8 +260,8 @@ def test_exec_ps_list(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
     for rt in _runtimes(as_who, run_as, shared_tmp):
         pid_file = shared_tmp / f"{rt.name}.pid"
         assert rt.detached("run", "-d", "--pid-file", pid_file, "e1", cwd=bundle).returncode == 0
-        r = rt("exec", "e1", "sh", "-c", "ps -o comm | grep -c sleep; id -u; exit 3")
-        assert (r.returncode, r.stdout.split()) == (3, ["1", "0"]), (rt.name, r.stdout, r.stderr)
+        r = rt("exec", "e1", "sh", "-c", "ps -o comm | grep -c sleep; id -u; echo $HOME; exit 3")
+        assert (r.returncode, r.stdout.split()) == (3, ["1", "0", "/root"]), (rt.name, r.stdout, r.stderr)
         r = rt("exec", "e1", "/bin/nonexistent")
         assert r.returncode != 0, rt.name
         if rt.name == "sifbox" or as_who.is_root:  # runc's ps reads cgroups, which rootless runc has none of
