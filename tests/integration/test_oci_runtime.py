@@ -460,3 +460,23 @@ def test_mount_led_into_proc_by_a_symlink(as_who: Any, run_as: Any, shared_tmp: 
             assert r.returncode != 0 and "leads it into /proc" in r.stderr, r.stderr
         else:
             assert r.returncode != 0, (rt.name, r.stderr)  # runc refuses it too
+
+
+def test_process_user_and_capabilities_as_runc(run_as: Any, shared_tmp: Path) -> None:
+    """process.user (uid, gid, additionalGids) and process.capabilities, as root: the same
+    identity and capability sets as under runc."""
+    from tests.integration.images import user_named
+
+    root = user_named("root")
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["process"]["user"] = {"uid": 1000, "gid": 1001, "additionalGids": [10, 20]}
+        doc["process"]["capabilities"]["bounding"] = ["CAP_CHOWN", "CAP_KILL"]
+
+    bundle = _bundle(shared_tmp, root, ["sh", "-c", "id; grep -E '^Cap(Prm|Eff|Bnd)' /proc/self/status"], edit=edit)
+    outs = {rt.name: rt("run", "u1", cwd=bundle) for rt in _runtimes(root, run_as, shared_tmp)}
+    assert outs["sifbox"].returncode == 0, outs["sifbox"].stderr
+    assert outs["sifbox"].stdout.splitlines()[0] == "uid=1000 gid=1001 groups=10,20"
+    assert "CapBnd:\t0000000000000021" in outs["sifbox"].stdout
+    if "runc" in outs:
+        assert outs["sifbox"].stdout == outs["runc"].stdout
