@@ -622,6 +622,8 @@ def _join(p: Prepared) -> int:
         p.log("joined the %s namespaces of instance %s (pid %d)", ", ".join(joined) or "no", joining.name,
               joining.pid)  # fmt: skip
     _chdir(p.spec, p.host, "join instance")
+    if p.prepare_root is not None:  # in the joined root (sifbox oci exec --tty: its pty)
+        p.prepare_root("/")
     payload = _payload(p, "/")
     process.lock_down(keep_caps=p.caps if p.host.is_root or p.contained else None, run_as=p.options.run_as if p.options else None)
     argv, env = payload.argv, payload.env

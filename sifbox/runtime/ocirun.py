@@ -536,8 +536,9 @@ def delete(root: str, cid: str, *, force: bool = False) -> None:
 # --- exec ---------------------------------------------------------------------------------------
 
 
-def exec_process(root: str, cid: str, proc: ocispec.Process) -> int:
-    """Run `proc` in the running container `cid` (its namespaces and root); its exit status."""
+def exec_process(root: str, cid: str, proc: ocispec.Process, console_socket: str | None = None) -> int:
+    """Run `proc` in the running container `cid` (its namespaces and root); its exit status.
+    With `proc.terminal`, on a pty of the container whose master goes to `console_socket`."""
     from sifbox.runtime import env, launcher  # noqa: F401 - env: used once in the container's root
 
     doc = ocistate.load(root, cid)
@@ -552,8 +553,35 @@ def exec_process(root: str, cid: str, proc: ocispec.Process) -> int:
 
     p.joining = record("Joining", "pid name")(int(doc["init"]), cid)
     os.close(p.image.fd)
+    p.prepare_root = None
+    if proc.terminal:
+        if not console_socket:
+            raise OciError(f"can't exec in container `{cid}`: a terminal needs --console-socket")
+        console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            console.connect(console_socket)
+        except OSError as err:
+            raise OciError(f"can't exec in container `{cid}`: can't connect to the console socket "
+                           f"`{console_socket}`: {err.strerror}") from None  # fmt: skip
+        p.prepare_root = lambda _root: _exec_terminal(console)
     _join_cgroups(int(doc["init"]), cid)
     return int(launcher._join(p))
+
+
+def _exec_terminal(console: socket.socket) -> None:
+    """In the joined process, before it forks the exec'd one: a pty of the container's devpts,
+    its master sent to the console socket, its slave this process's controlling terminal and
+    stdio (the exec'd process inherits them)."""
+    master, slave = os.openpty()
+    socket.send_fds(console, [os.ttyname(slave).encode()], [master])
+    os.close(master)
+    console.close()
+    os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
 
 
 def _join_cgroups(init: int, cid: str) -> None:
@@ -579,7 +607,8 @@ def _join_cgroups(init: int, cid: str) -> None:
                 continue
 
 
-def exec_detached(root: str, cid: str, proc: ocispec.Process, pid_file: str | None) -> int:
+def exec_detached(root: str, cid: str, proc: ocispec.Process, pid_file: str | None,
+                  console_socket: str | None = None) -> int:  # fmt: skip
     """`exec --detach`: run `proc` in container `cid` from a detached process (setsid,
     second fork) whose pid goes to `pid_file` and which ends as `proc` ends (a subreaper
     that ran `exec`, containerd's shim, reaps it). Returns that pid."""
@@ -598,7 +627,7 @@ def exec_detached(root: str, cid: str, proc: ocispec.Process, pid_file: str | No
             os.write(w, str(os.getpid()).encode())
             os.close(w)
             try:
-                status = exec_process(root, cid, proc)
+                status = exec_process(root, cid, proc, console_socket)
             except SifboxError as err:
                 status = report(err)
             sys.stderr.flush()

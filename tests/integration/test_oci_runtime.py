@@ -480,3 +480,52 @@ def test_process_user_and_capabilities_as_runc(run_as: Any, shared_tmp: Path) ->
     assert "CapBnd:\t0000000000000021" in outs["sifbox"].stdout
     if "runc" in outs:
         assert outs["sifbox"].stdout == outs["runc"].stdout
+
+
+def test_exec_tty_console_socket(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
+    """exec --detach --tty --console-socket (tty.bats, containerd's `ctr task exec -t`): the exec'd
+    process runs on a pty of the container whose master comes through the socket; its status is
+    that of the process named in --pid-file."""
+    bundle = _bundle(shared_tmp, as_who, ["sleep", "100"])
+    outs = {}
+    for rt in _runtimes(as_who, run_as, shared_tmp):
+        pid_file = shared_tmp / f"{rt.name}.pid"
+        assert rt.detached("run", "-d", "--pid-file", pid_file, "t1", cwd=bundle).returncode == 0
+        path = shared_tmp / f"exec-{rt.name}.sock"
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(path))
+        os.chmod(path, 0o777)
+        server.listen(1)
+        user = [] if as_who.is_root else ["runuser", "-u", as_who.name, "--"]
+        exec_pid = shared_tmp / f"{rt.name}-exec.pid"
+        proc = subprocess.Popen([*user, *rt.argv, "--root", str(rt.root), "exec", "--detach", "--pid-file",
+                                 str(exec_pid), "--tty", "--console-socket", str(path), "t1", "sh", "-c",
+                                 "tty; test -t 1 && echo on-a-tty; exit 5"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        server.settimeout(30)
+        try:
+            conn, _ = server.accept()
+        except TimeoutError:
+            proc.kill()
+            pytest.fail(f"{rt.name} exec did not connect: {proc.communicate()}")
+        _, fds, _, _ = socket.recv_fds(conn, 1024, 1)
+        conn.close()
+        server.close()
+        out = b""
+        while True:
+            try:
+                chunk = os.read(fds[0], 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        os.close(fds[0])
+        assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else ""
+        assert oci_bundle.reap(int(exec_pid.read_text())) == 5, rt.name  # runc's exec -d: as containerd runs it
+        outs[rt.name] = out.decode().split()
+        assert rt("delete", "--force", "t1").returncode == 0
+        oci_bundle.reap(int(pid_file.read_text()))
+    assert outs["sifbox"][1:] == ["on-a-tty"] and outs["sifbox"][0].startswith("/dev/pts/"), outs
+    if "runc" in outs:
+        assert outs["sifbox"] == outs["runc"]

@@ -60,8 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     s.add_argument("--cwd", metavar="DIR")
     s.add_argument("-u", "--user", metavar="UID[:GID]")
-    s.add_argument("-t", "--tty", action="store_true", help="not supported yet")
-    s.add_argument("--console-socket", metavar="PATH", help="not supported yet")
+    s.add_argument("-t", "--tty", action="store_true", help="on a terminal (its master to --console-socket)")
+    s.add_argument("--console-socket", metavar="PATH", help="send the pty master to this AF_UNIX socket")
     s.add_argument("-d", "--detach", action="store_true", help="run it in the background")
     s.add_argument("--pid-file", metavar="FILE", help="with --detach, write its pid to FILE")
     s.add_argument("id", metavar="ID")
@@ -185,9 +185,6 @@ def _create(root: str, args: argparse.Namespace) -> int:
 def _exec(root: str, args: argparse.Namespace) -> int:
     from sifbox.runtime import ocirun, ocispec
 
-    if args.tty or args.console_socket:
-        raise UsageError("can't use `sifbox oci exec --tty`: a terminal for exec is not supported yet",
-                         hint="run the process without a terminal")  # fmt: skip
     if args.process:
         try:
             with open(args.process, encoding="utf-8") as f:
@@ -195,9 +192,6 @@ def _exec(root: str, args: argparse.Namespace) -> int:
         except (OSError, ValueError) as err:
             raise UsageError(f"can't read the process file `{args.process}`: {err}") from None
         proc = ocispec.parse_process(doc)
-        if proc.terminal:
-            raise UsageError("can't use `sifbox oci exec` with process.terminal: a terminal for exec is not "
-                             "supported yet", hint="set process.terminal to false")  # fmt: skip
     else:
         args_ = [a for a in args.args if a != "--"] if args.args[:1] == ["--"] else list(args.args)
         if not args_:
@@ -217,14 +211,17 @@ def _exec(root: str, args: argparse.Namespace) -> int:
 
         proc = ocispec.parse_process({
             "args": args_, "env": env, "cwd": args.cwd or bundle.process.cwd, "user": user,
-            "capabilities": {"bounding": names(bundle.process.caps)},
+            "capabilities": {"bounding": names(bundle.process.caps)}, "terminal": bool(args.tty),
         })  # fmt: skip
+    if proc.terminal and not args.console_socket:
+        raise UsageError("can't use `sifbox oci exec` with a terminal without --console-socket",
+                         hint="pass --console-socket, or run the process without a terminal")  # fmt: skip
     if args.detach:
-        ocirun.exec_detached(root, args.id, proc, args.pid_file)
+        ocirun.exec_detached(root, args.id, proc, args.pid_file, args.console_socket)
         return 0
     if args.pid_file:
         raise UsageError("can't use `sifbox oci exec --pid-file` without --detach")
-    return ocirun.exec_process(root, args.id, proc)
+    return ocirun.exec_process(root, args.id, proc, args.console_socket)
 
 
 def _list(root: str, args: argparse.Namespace) -> int:
