@@ -20,8 +20,9 @@ and stopped at the end; `--source layout` reads the local layout instead). Then:
 Wall time is measured per step; peak scratch disk is the largest disk use of the run's scratch
 directory at the end of any step (everything a step leaves is still there then), minus the output
 SIF. For sifbox that is its cache (the compressed blobs and the converted SIF it keeps for the
-next pull); a third row pulls with --disable-cache, whose only scratch is the blobs. Prints a table with the ratios; never
-asserts. Standard library only.
+next pull); a third row pulls with --disable-cache, whose only scratch is the blobs, and a fourth
+with --oci (an OCI-SIF: the same stream into one SquashFS layer, wrapped as SingularityCE's layout;
+blobs cached, the OCI-SIF not). Prints a table with the ratios; never asserts. Standard library only.
 """
 
 from __future__ import annotations
@@ -186,6 +187,10 @@ def bench_sifbox_nocache(sifbox: str, src: str, scratch: Path) -> dict[str, floa
     return bench_sifbox(sifbox, src, scratch, "--disable-cache")
 
 
+def bench_sifbox_oci(sifbox: str, src: str, scratch: Path) -> dict[str, float]:
+    return bench_sifbox(sifbox, src, scratch, "--oci")
+
+
 def bench_incumbent(sifbox: str, src: str, scratch: Path) -> dict[str, float]:
     steps: dict[str, float] = {}
     peak = 0
@@ -278,10 +283,10 @@ def main() -> int:
             src = f"{registry.host}/bench:{TAG}"
             log(f"pushing the image to the registry at {registry.host}")
             run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{lay}:{TAG}", f"docker://{src}"])
-        results: dict[str, list[dict[str, float]]] = {"sifbox": [], "nocache": [], "incumbent": []}
+        results: dict[str, list[dict[str, float]]] = {"sifbox": [], "nocache": [], "oci": [], "incumbent": []}
         for r in range(args.runs):
             for name, fn in (("incumbent", bench_incumbent), ("sifbox", bench_sifbox),
-                             ("nocache", bench_sifbox_nocache)):  # fmt: skip
+                             ("nocache", bench_sifbox_nocache), ("oci", bench_sifbox_oci)):  # fmt: skip
                 scratch = workdir / f"scratch-{name}"
                 shutil.rmtree(scratch, ignore_errors=True)
                 scratch.mkdir()
@@ -295,7 +300,7 @@ def main() -> int:
                 finally:
                     shutil.rmtree(scratch, ignore_errors=True)
         best = {k: min(v, key=lambda x: x["total"]) for k, v in results.items()}
-        s, inc, nc = best["sifbox"], best["incumbent"], best["nocache"]
+        s, inc, nc, oc = best["sifbox"], best["incumbent"], best["nocache"], best["oci"]
         mb = 1 << 20
         print(f"\nOCI image -> SIF from the {args.source}, {args.size_mb} MB uncompressed, {args.layers} layers, "
               f"{compressed / mb:.0f} MB compressed (gzip); {os.cpu_count()} CPUs; best of {args.runs}\n")  # fmt: skip
@@ -309,11 +314,15 @@ def main() -> int:
               f"{s['out'] / mb:>8.0f}")  # fmt: skip
         print(f"{'sifbox pull --disable-cache':<42} {nc['total']:>8.1f} {nc['peak'] / mb:>16.0f} "
               f"{nc['out'] / mb:>8.0f}")  # fmt: skip
+        print(f"{'sifbox pull --oci (OCI-SIF)':<42} {oc['total']:>8.1f} {oc['peak'] / mb:>16.0f} "
+              f"{oc['out'] / mb:>8.0f}")  # fmt: skip
         print("-" * 78)
         print(f"{'ratio incumbent / sifbox':<42} {inc['total'] / s['total']:>7.2f}x "
               f"{inc['peak'] / max(1, s['peak']):>15.2f}x")  # fmt: skip
         print(f"{'ratio incumbent / sifbox --disable-cache':<42} {inc['total'] / nc['total']:>7.2f}x "
               f"{inc['peak'] / max(1, nc['peak']):>15.2f}x")  # fmt: skip
+        print(f"{'ratio incumbent / sifbox --oci':<42} {inc['total'] / oc['total']:>7.2f}x "
+              f"{inc['peak'] / max(1, oc['peak']):>15.2f}x")  # fmt: skip
         print(f"{'sifbox peak scratch / compressed image':<42} {'':>8} {s['peak'] / compressed:>15.2f}x")
         print(f"{'  with --disable-cache':<42} {'':>8} {nc['peak'] / compressed:>15.2f}x")
     finally:

@@ -62,7 +62,7 @@ class _Connection:
     def __init__(self, answers: list[bytes]):
         self._answers = answers
 
-    def request(self, method: str, url: str, headers: dict[str, str]) -> None:
+    def request(self, method: str, url: str, body: object = None, headers: dict[str, str] | None = None) -> None:
         if not self._answers:
             raise ConnectionRefusedError(111, "Connection refused")
 

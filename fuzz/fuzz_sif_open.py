@@ -4,9 +4,10 @@
 
 One input is one image file (a SIF, a bare SquashFS, or anything else), held in an anonymous
 memory file and opened by its /proc/self/fd path, as `sifbox run FILE` opens it: header and
-descriptor table, the root file system partition, its SquashFS superblock. A `SifboxError`
-is a clean rejection; any other exception is a crash, and so is an answer that places the
-root file system outside the file.
+descriptor table, the root file system partition (or an OCI-SIF's index, manifest, config and
+SquashFS layers), its SquashFS superblock. A `SifboxError` is a clean rejection; any other
+exception is a crash, and so is an answer that places the root file system, or a layer,
+outside the file.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def TestOneInput(data: bytes) -> None:  # the name atheris expects
                 off, size = src.overlay
                 if off < 0 or size < 0:
                     raise AssertionError(f"overlay partition at {off}+{size}")
+            for layer in src.oci.layers if src.oci is not None else ():
+                if layer.offset < 0 or layer.size < 0 or layer.offset + layer.size > len(data):
+                    raise AssertionError(f"OCI-SIF layer at {layer.offset}+{layer.size} lies outside the file")
         finally:
             src.close()
     finally:

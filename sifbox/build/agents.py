@@ -58,6 +58,7 @@ class BootstrapContext:
     quiet: bool = False
     extract: Callable[[str, str], None] | None = None  # (image path, dest dir)
     disable_cache: bool = False  # images from registries: no cache read or written
+    arch: str | None = None  # `build --arch`: that architecture's image of an index
 
 
 def bootstrap(stage: Stage, root: str, ctx: BootstrapContext) -> None:
@@ -272,23 +273,18 @@ def _write_if_missing(path: str, text: str) -> None:
 # -- localimage ------------------------------------------------------------------
 def localimage(stage: Stage, root: str, ctx: BootstrapContext) -> None:
     """From: a SIF, bare SquashFS or sandbox directory on this host."""
-    source = stage.get("from")
-    if stage.get("fingerprints"):
-        raise NotAvailableError(
-            f"can't bootstrap from `{source}`: `Fingerprints:` needs signature verification, not available "
-            "in this version of sifbox",
-            hint="remove the `Fingerprints:` line to build from the image unverified",
-        )
+    source = stage.get("from")  # its `Fingerprints:` are checked before the build (pipeline)
     copy_image(source, root, ctx)
 
 
 def copy_image(source: str, root: str, ctx: BootstrapContext) -> None:
     """Fill `root` with the root file system of the image `source`."""
-    from sifbox.image.source import ImageKind, open_image
+    from sifbox.image.source import ImageKind, one_layer, open_image
 
     if not os.path.exists(source):
         raise BootstrapError(f"can't bootstrap from `{source}`: no such file or directory")
     src = open_image(source, verb="bootstrap from")
+    one_layer(src, "bootstrap from")
     try:
         if src.kind is ImageKind.SANDBOX:
             _run(

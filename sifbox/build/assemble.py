@@ -91,9 +91,11 @@ def machine_arch() -> str:
     return MACHINE_ARCH.get(platform.machine(), platform.machine())
 
 
-def make_squashfs(root: str, out: str, opts: SquashOptions) -> None:
-    """mksquashfs `root` into the file `out` (which is replaced)."""
+def make_squashfs(root: str, out: str, opts: SquashOptions, *, more: tuple[str, ...] = ()) -> None:
+    """mksquashfs `root` (and the files or directories `more`, at its top) into
+    the file `out` (which is replaced)."""
     argv = opts.argv(root, out)
+    argv[2:2] = more
     try:
         # mksquashfs refuses SOURCE_DATE_EPOCH next to -mkfs-time/-all-time, which say the same.
         env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
@@ -158,6 +160,8 @@ def write_sif(
     epoch: int | None = None,
     arch: str | None = None,
     tmpdir: str | None = None,
+    fstype: int | None = None,
+    key_message: bytes | None = None,
 ) -> None:
     """Write the SIF image `out_path` from `rootfs`.
 
@@ -167,7 +171,9 @@ def write_sif(
     any), the `inspect_metadata` JSON (if any), then the primary system
     partition for `arch` (default: this machine). With `epoch` (reproducible
     builds) every time in the SIF is `epoch` and the image ID derives from
-    the content, so equal inputs give equal bytes. Atomic: a temporary file
+    the content, so equal inputs give equal bytes. `fstype` marks an encrypted
+    partition (sifbox.build.encrypt); `key_message` is then its CryptoMessage,
+    linked to it (PEM, RSA-OAEP) as Apptainer stores it. Atomic: a temporary file
     beside `out_path` is renamed over it when complete.
     """
     from sifbox.formats.sif import constants as c
@@ -203,8 +209,13 @@ def write_sif(
                                                     name=b"inspect-metadata.json"))  # fmt: skip
                 objects.append(edit.ObjectInput(
                     c.DataType.PARTITION, part,
-                    extra=layout.partition_extra(c.FsType.SQUASHFS, c.PartType.PRIMSYS, arch),
+                    extra=layout.partition_extra(fstype or c.FsType.SQUASHFS, c.PartType.PRIMSYS, arch),
                 ))  # fmt: skip
+                if key_message is not None:  # IDs are slot numbers + 1: the partition's is len(objects)
+                    objects.append(edit.ObjectInput(
+                        c.DataType.CRYPTO_MESSAGE, key_message, link=edit.link_object(len(objects)),
+                        extra=layout.crypto_message_extra(c.FormatType.PEM, c.MessageType.RSA_OAEP),
+                    ))  # fmt: skip
                 return edit.create(fp, objects, launch_script=c.RUN_SINGULARITY, image_id=image_id,
                                    time=epoch, sync=True)  # fmt: skip
 

@@ -92,10 +92,10 @@ def oci_image(stage: Stage, root: str, ctx: BootstrapContext) -> None:
     """Fill `root` with the image a `Bootstrap: oci|oci-archive|docker-archive|docker` names."""
     import shutil
 
-    from sifbox.oci.layout import SourceRef, host_platform, open_image, parse_source
+    from sifbox.oci.layout import SourceRef, open_image, parse_platform, parse_source
 
     uri = image_uri(stage)
-    platform = host_platform()
+    platform = parse_platform(None, ctx.arch)
     private = None  # a layout fetched without the cache, removed when done
     if stage.bootstrap == "docker":
         layout = _fetch_remote(uri, str(platform), ctx)

@@ -51,6 +51,8 @@ class BuildRequest:
     config_path: str | None = None
     warn_unused_args: bool = False
     disable_cache: bool = False  # registry images: no cache read or written
+    arch: str | None = None  # another architecture's image (registry and OCI sources only)
+    key: object | None = None  # --encrypt: sifbox.security.cryptkey.Key
 
 
 class Steps:
@@ -132,6 +134,30 @@ def check_output(req: BuildRequest) -> None:
         raise UsageError(f"can't build `{out}`: the directory `{parent}` does not exist")
 
 
+def check_fingerprints(source: str, header: str) -> None:
+    """`Fingerprints: FPR[, FPR...]` of a localimage stage: the SIF `source` must carry a valid
+    signature of each key, checked against the caller's keyrings (before any fakeroot)."""
+    from sifbox.formats.sif.image import SifError
+    from sifbox.image.sif_file import open_sif
+    from sifbox.security import keys
+    from sifbox.security.verify import signed_by_all
+    from sifbox.util import log
+
+    wanted = [f.replace(" ", "").upper() for f in header.split(",") if f.strip()]
+    log.log.info("Checking bootstrap image verifies with fingerprint(s): [%s]", " ".join(wanted))
+    if not os.path.isfile(source):
+        raise BuildError(f"can't bootstrap from `{source}`: `Fingerprints:` needs a SIF image")
+    try:
+        with open_sif(source, verb="bootstrap from") as img:
+            missing = signed_by_all(img, keys.verification_keyring(), wanted)
+    except SifError as err:
+        raise BuildError(f"can't bootstrap from `{source}`: `Fingerprints:` needs a SIF image: {err}") from None
+    if missing:
+        raise BuildError(f"can't bootstrap from `{source}`: it is not signed by {', '.join(missing)}",
+                         hint="`sifbox verify` shows who signed it; `sifbox key import` adds a signer's "
+                              "public key")  # fmt: skip
+
+
 def build(req: BuildRequest) -> None:
     """Build as described by `req`, as root or in a fakeroot user namespace."""
     from sifbox.build.fakeroot import run_as_root
@@ -140,8 +166,15 @@ def build(req: BuildRequest) -> None:
     if definition.unused_args and not converted:
         from sifbox.util import log
 
-        log.log.warning("unused build arguments: %s", ", ".join(definition.unused_args))
+        names = " ".join(definition.unused_args)
+        if not req.warn_unused_args:  # as Apptainer: fatal unless --warn-unused-build-args
+            raise BuildError(f"can't build `{req.output}`: unused build args: {names}",
+                             hint="use --warn-unused-build-args to show a warning instead")  # fmt: skip
+        log.log.warning("Unused build args: %s", names)
     check_output(req)
+    for stage in definition.stages:
+        if stage.bootstrap == "localimage" and stage.get("fingerprints"):
+            check_fingerprints(stage.get("from") or "", stage.get("fingerprints") or "")
     tmp_base = req.tmpdir or _scratch_base()
     if not os.path.isdir(tmp_base):
         raise UsageError(
@@ -218,7 +251,8 @@ def _wants(req: BuildRequest, section: str) -> bool:
 def _build_stage(req, definition, stage, root, roots, work, steps, label, last, converted) -> None:  # type: ignore[no-untyped-def]
     from sifbox.build.agents import BootstrapContext, bootstrap
 
-    ctx = BootstrapContext(definition.filename, work, steps, quiet=req.quiet, disable_cache=req.disable_cache)
+    ctx = BootstrapContext(definition.filename, work, steps, quiet=req.quiet, disable_cache=req.disable_cache,
+                           arch=req.arch)  # fmt: skip
     if not (last and req.update):
         steps(
             f"bootstrapping {stage.bootstrap}{' from ' + stage.get('from') if stage.get('from') else ''}{label}"
@@ -367,7 +401,7 @@ def _stage_metadata(req: BuildRequest, definition, stage, root: str) -> None:  #
     meta = sd.ImageMeta.from_stage(stage, definition.text, req.sections)
     if req.update and not req.force:  # as Apptainer: the header labels only when this build bootstrapped
         meta = dataclasses.replace(meta, header={})
-    entries, warnings = sd.finish(meta, existing, sd.BuildInfo(machine_arch(), epoch, __version__), force=req.force)
+    entries, warnings = sd.finish(meta, existing, sd.BuildInfo(req.arch or machine_arch(), epoch, __version__), force=req.force)
     for warning in warnings:
         log.log.warning("%s", warning)
     _write_tree(root, entries)
@@ -625,9 +659,19 @@ def _write_output(
         raw = _read_in_root(root, "/.singularity.d/Singularity")
         deffile_text = raw.decode("utf-8", "surrogateescape") if raw else ""
     sqfs = os.path.join(work, "root.sqfs")
-    assemble.make_squashfs(root, sqfs, squash)
+    fstype = message = None
+    if req.key is not None:
+        from sifbox.build import encrypt
+        from sifbox.formats.sif.constants import FsType
+
+        steps("encrypting the root file system with gocryptfs")
+        message = encrypt.gocryptfs_squashfs(root, sqfs, squash, req.key, work)  # type: ignore[arg-type]
+        fstype = FsType.GOCRYPTFS_SQUASHFS
+    else:
+        assemble.make_squashfs(root, sqfs, squash)
     meta = _inspect_metadata(root, deffile_text)
-    assemble.write_sif(sqfs, req.output, deffile_text, inspect_metadata=meta, epoch=req.epoch)
+    assemble.write_sif(sqfs, req.output, deffile_text, inspect_metadata=meta, epoch=req.epoch, fstype=fstype,
+                       key_message=message, arch=req.arch)  # fmt: skip
 
 
 def _inspect_metadata(root: str, deffile_text: str) -> bytes:

@@ -24,6 +24,10 @@ from sifbox.formats import squashfs
 from sifbox.formats.sif import constants as c
 from sifbox.util.errors import SifboxError, UsageError, describe_os_error
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from sifbox.formats.sif.image import SifImage
+
 #: kind: "dir", "ext3" or "squashfs"; `path` the host path (the directory
 #: itself for "dir"); `fd` the open image (None for "dir"); `offset`/`size`
 #: the file system's bytes in the file.
@@ -184,6 +188,10 @@ def _sif_overlay(fd: int, where: str, want_overlay_partition: bool) -> tuple[str
             fs, part, _ = d.partition()
             if part == c.PartType.OVERLAY and fs == c.FsType.EXT3:
                 return "ext3", d.offset, d.size
+        if not parts and want_overlay_partition:
+            top = _oci_sif_overlay(img, where)  # an OCI-SIF's EXT3 overlay layer (SingularityCE 4)
+            if top is not None:
+                return "ext3", top[0], top[1]
         if not want_overlay_partition:
             # An image given as an overlay: its SquashFS partitions are read-only layers.
             for d in parts:
@@ -193,3 +201,18 @@ def _sif_overlay(fd: int, where: str, want_overlay_partition: bool) -> tuple[str
     if want_overlay_partition:
         return "none", 0, 0
     raise SifboxError(f"{where}: the SIF image has no overlay or SquashFS partition")
+
+
+def _oci_sif_overlay(img: SifImage, where: str) -> tuple[int, int] | None:
+    """(offset, size) of the EXT3 overlay layer of the OCI-SIF `img`, if it is one and has one."""
+    from sifbox.formats.sif import oci
+    from sifbox.formats.sif.image import SifError
+    from sifbox.image.source import oci_image
+
+    if not oci.is_oci_sif(img):
+        return None
+    try:
+        top = oci_image(img).overlay
+    except SifError as err:
+        raise SifboxError(f"{where}: {err}") from None
+    return None if top is None else (top.offset, top.size)

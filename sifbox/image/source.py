@@ -14,6 +14,11 @@ from sifbox.formats import squashfs
 from sifbox.formats.sif import constants as c
 from sifbox.util.errors import SifboxError, describe_os_error
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from sifbox.formats.sif.image import SifImage
+    from sifbox.formats.sif.oci import OciImage
+
 
 class ImageKind:
     SIF = "sif"
@@ -24,10 +29,10 @@ class ImageKind:
 class ImageSource:
     """An opened image: where its root file system lies."""
 
-    __slots__ = ("fd", "kind", "offset", "overlay", "path", "size")
+    __slots__ = ("encryption", "fd", "key_message", "kind", "oci", "offset", "overlay", "path", "size")
 
     def __init__(self, path: str, kind: str, fd: int | None, offset: int = 0, size: int = 0,
-                 overlay: tuple[int, int] | None = None):  # fmt: skip
+                 overlay: tuple[int, int] | None = None, oci: OciImage | None = None):  # fmt: skip
         self.path = path
         self.kind = kind
         self.fd = fd
@@ -35,6 +40,12 @@ class ImageSource:
         self.size = size
         #: (offset, size) of a SIF's EXT3 overlay partition, if it has one
         self.overlay = overlay
+        #: an OCI-SIF's image (config, layers): the root file system is its bottom layer
+        self.oci = oci
+        #: "gocryptfs" (SIF fstype 6) or "luks" (fstype 5) for an encrypted root file system
+        self.encryption: str | None = None
+        #: the CryptoMessage (PEM key message) linked to an encrypted partition, if any
+        self.key_message: bytes | None = None
 
     def close(self) -> None:
         if self.fd is not None:
@@ -68,20 +79,25 @@ def open_image(path: str, verb: str = "run") -> ImageSource:
                 f"{where}: not a SIF, SquashFS or sandbox image",
                 hint="images are .sif files, bare SquashFS files, or directories",
             )
-        sb = os.pread(fd, squashfs.SUPERBLOCK_SIZE, src.offset)
-        try:
-            info = squashfs.parse_superblock(sb)
-        except squashfs.SquashfsError as err:
-            raise SifboxError(f"{where}: the root file system is damaged: {err}") from None
-        if int(info["bytes_used"]) > src.size:
-            raise SifboxError(
-                f"{where}: the root file system is damaged: SquashFS of {info['bytes_used']} bytes "
-                f"in a partition of {src.size}"
-            )
+        if src.encryption == "luks":  # a LUKS2 header, not a SquashFS, comes first
+            return src
+        parts = [(src.offset, src.size)] if src.oci is None else [(x.offset, x.size) for x in src.oci.layers]
+        for n, (offset, size) in enumerate(parts):
+            what = "the root file system" if n == 0 else f"layer {n + 1} of the image"
+            _check_squashfs(fd, offset, size, f"{where}: {what} is damaged")
         return src
     except BaseException:
         os.close(fd)
         raise
+
+
+def _check_squashfs(fd: int, offset: int, size: int, damaged: str) -> None:
+    try:
+        info = squashfs.parse_superblock(os.pread(fd, squashfs.SUPERBLOCK_SIZE, offset))
+    except squashfs.SquashfsError as err:
+        raise SifboxError(f"{damaged}: {err}") from None
+    if int(info["bytes_used"]) > size:
+        raise SifboxError(f"{damaged}: SquashFS of {info['bytes_used']} bytes in a partition of {size}")
 
 
 def _opened(fd: int, path: str) -> str:
@@ -106,17 +122,30 @@ def _sif_partition(fd: int, path: str, where: str) -> ImageSource:
         if part is None:
             parts = [d for d in img.objects() if d.data_type == c.DataType.PARTITION]
             part = next((d for d in parts if d.partition()[1] == c.PartType.SYSTEM), None)
+        if part is None and img.find(lambda d: d.data_type == c.DataType.OCI_ROOT_INDEX):
+            return _oci_sif(img, fd, path, where)
         if part is None:
             raise SifboxError(f"{where}: the SIF image has no root file system partition",
                               hint=f"`sifbox sif list {path}` shows what it holds")  # fmt: skip
+        from sifbox.formats.sif import crypt
+
         fs = part.partition()[0]
-        if fs != c.FsType.SQUASHFS:
+        encryption = crypt.encryption_of(part)
+        if fs != c.FsType.SQUASHFS and encryption is None:
             name = c.display(c.FS_TYPE_NAMES, fs)
             raise SifboxError(f"{where}: the root file system is {name}, sifbox runs SquashFS images")
         try:
             img.check_bounds(part)
         except SifError as err:
             raise SifboxError(f"{where}: {err}") from None
+        message = None
+        if encryption is not None:
+            found = crypt.key_message(img, part)
+            if found is not None:
+                try:
+                    message = img.read(found, limit=crypt.MAX_MESSAGE)
+                except SifError as err:
+                    raise SifboxError(f"{where}: its key message is damaged: {err}") from None
         overlay = None
         for d in img.objects():
             if d.data_type == c.DataType.PARTITION and d.partition()[:2] == (c.FsType.EXT3, c.PartType.OVERLAY):
@@ -125,4 +154,38 @@ def _sif_partition(fd: int, path: str, where: str) -> ImageSource:
                 except SifError as err:
                     raise SifboxError(f"{where}: the overlay partition is damaged: {err}") from None
                 overlay = (d.offset, d.size)
-    return ImageSource(_opened(fd, path), ImageKind.SIF, fd, part.offset, part.size, overlay)
+    src = ImageSource(_opened(fd, path), ImageKind.SIF, fd, part.offset, part.size, overlay)
+    src.encryption, src.key_message = encryption, message
+    return src
+
+
+def _oci_sif(img: SifImage, fd: int, path: str, where: str) -> ImageSource:
+    """An OCI-SIF (SingularityCE 4): the image for this machine, its bottom layer the root."""
+    from sifbox.formats.sif.image import SifError
+
+    try:
+        image = oci_image(img)
+    except SifError as err:
+        raise SifboxError(f"{where}: {err}", hint=f"`sifbox sif list {path}` shows what it holds") from None
+    bottom, top = image.layers[0], image.overlay
+    return ImageSource(_opened(fd, path), ImageKind.SIF, fd, bottom.offset, bottom.size,
+                       None if top is None else (top.offset, top.size), image)  # fmt: skip
+
+
+def oci_image(img: SifImage) -> OciImage:
+    """The image of the OCI-SIF `img` for this machine (raises SifError)."""
+    from sifbox.formats.sif import oci
+
+    machine = os.uname().machine
+    return oci.load_image(img, c.MACHINE_ARCH.get(machine, machine))
+
+
+def one_layer(src: ImageSource, verb: str) -> None:
+    """Refuse an OCI-SIF whose root is more than its bottom layer, where the caller reads the
+    root file system from one SquashFS (bootstrap, SBOM): only a container stacks the layers."""
+    if src.oci is not None and (len(src.oci.layers) > 1 or src.oci.overlay is not None):
+        count = len(src.oci.layers) + (src.oci.overlay is not None)
+        src.close()
+        raise SifboxError(f"can't {verb} `{src.path}`: an OCI-SIF image of {count} layers; sifbox reads the "
+                          "files of single-layer OCI-SIF images only",
+                          hint="`sifbox pull --oci` squashes an OCI image into one layer")  # fmt: skip

@@ -34,7 +34,7 @@ from typing import BinaryIO, Protocol
 
 from sifbox.oci import imageconfig
 from sifbox.oci.layers import DIR, LayerError, Merger, iter_members, open_layer, open_tar, write_merged
-from sifbox.oci.layout import Image
+from sifbox.oci.layout import SQUASHFS_LAYER, Image
 from sifbox.util.errors import SifboxError, describe_os_error
 
 TYPE_CHECKING = False
@@ -87,9 +87,10 @@ def tar2sqfs_argv(out: str, *, compressor: str, level: int | None, procs: int, e
 
 
 def merge_plan(img: Image, *, source: str, epoch: int, warn: Callable[[str], None],
-               step: Step, finish: bool = True):  # type: ignore[no-untyped-def]  # fmt: skip
+               step: Step, finish: bool = True, generate: bool = True):  # type: ignore[no-untyped-def]  # fmt: skip
     """Pass 1 over every layer (headers only, digests verified) plus the generated entries
-    (`finish`: a pull's whole /.singularity.d tree; else an OCI bootstrap's part of it)."""
+    (`finish`: a pull's whole /.singularity.d tree; else an OCI bootstrap's part of it;
+    none without `generate`: an OCI-SIF's layer holds the image's files alone)."""
 
     merger = Merger(warn)
     n = len(img.layers)
@@ -99,7 +100,8 @@ def merge_plan(img: Image, *, source: str, epoch: int, warn: Callable[[str], Non
         with open_layer(img, i) as stream:
             merger.add_layer(i, iter_members(open_tar(stream, what), what), f"layer {i + 1}")
             stream.finish()
-    merger.add_extra(imageconfig.extras(generated(img, source=source, epoch=epoch, finish=finish), epoch))
+    tree = generated(img, source=source, epoch=epoch, finish=finish) if generate else []
+    merger.add_extra(imageconfig.extras(tree, epoch))
     return merger
 
 
@@ -144,10 +146,10 @@ def inspect_metadata(merger: Merger, tree: list[Entry], deffile: str) -> bytes |
 def build_squashfs(img: Image, out: str, *, source: str, epoch: int, compressor: str = DEFAULT_COMPRESSOR,
                    level: int | None = DEFAULT_LEVEL, procs: int | None = None,
                    warn: Callable[[str], None], step: Step,
-                   dest: str | None = None) -> Merger:  # fmt: skip
+                   dest: str | None = None, generate: bool = True) -> Merger:  # fmt: skip
     """Write the image's merged root file system as SquashFS at `out` (overwritten);
     `dest` names the final file in messages. Returns the merge (what came from where)."""
-    merger = merge_plan(img, source=source, epoch=epoch, warn=warn, step=step)
+    merger = merge_plan(img, source=source, epoch=epoch, warn=warn, step=step, generate=generate)
     plan = merger.plan()
     argv = tar2sqfs_argv(out, compressor=compressor, level=level, procs=procs or os.cpu_count() or 1,
                          epoch=epoch)  # fmt: skip
@@ -399,3 +401,84 @@ def convert(img: Image, out_path: str, *, source: str, compressor: str = DEFAULT
         for path in created:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+
+
+def convert_oci_sif(img: Image, out_path: str, *, source: str, compressor: str = DEFAULT_COMPRESSOR,
+                    level: int | None = DEFAULT_LEVEL, procs: int | None = None,
+                    warn: Callable[[str], None], step: Step) -> None:  # fmt: skip
+    """Convert `img` to the OCI-SIF `out_path` (SingularityCE's `pull --oci` layout): its layers
+    squashed into one SquashFS layer, its config and a manifest naming that layer, a root
+    index; atomically, streamed as a classic pull (no root file system on disk)."""
+    from sifbox import __version__
+    from sifbox.formats.sif import oci
+    from sifbox.image.sif_file import write_atomically
+
+    if img.layers and all(layer.media_type == SQUASHFS_LAYER for layer in img.layers):
+        _copy_oci_sif(img, out_path, step)  # an OCI-SIF pushed to a registry: its blobs as they are
+        return
+    epoch = source_date_epoch()
+    when = time.gmtime(epoch if epoch is not None else time.time())
+    directory = os.path.dirname(os.path.abspath(out_path))
+    created: list[str] = []
+    try:
+        os.close(_mkstemp_into(created, directory, os.path.basename(out_path)))
+        sqfs = created[0]
+        build_squashfs(img, sqfs, source=source, epoch=epoch if epoch is not None else int(time.time()),
+                       compressor=compressor, level=level, procs=procs, warn=warn, step=step, dest=out_path,
+                       generate=False)  # fmt: skip
+        step("Writing OCI-SIF file...")
+        with open(sqfs, "rb") as layer:
+            h = hashlib.sha256()
+            for chunk in iter(lambda: layer.read(1 << 20), b""):
+                h.update(chunk)
+            size, digest = layer.tell(), "sha256:" + h.hexdigest()
+            config = oci.squashed_config(img.config, digest, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", when),
+                                         created_by=f"sifbox {__version__}",
+                                         source_digest=img.manifest_digest)  # fmt: skip
+            manifest = oci.manifest_for(config, [(digest, size)])
+
+            def write(fp: BinaryIO) -> None:
+                layer.seek(0)
+                oci.write(fp, [(layer, size, digest), config, manifest], oci.index_for([manifest]),
+                          spare=oci.SPARE_DESCRIPTORS)  # fmt: skip
+
+            write_atomically(out_path, write, verb="write", mode=0o666)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise ConvertError(f"can't write `{out_path}`: no space left on device") from err
+        raise ConvertError(f"can't write `{out_path}`: {describe_os_error(err)}") from err
+    finally:
+        for path in created:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def _copy_oci_sif(img: Image, out_path: str, step: Step) -> None:
+    """The OCI-SIF of an image whose layers are SquashFS already: its blobs, config and
+    manifest as the source has them (each digest checked while it is copied)."""
+    from sifbox.formats.sif import oci
+    from sifbox.image.sif_file import write_atomically
+
+    manifest = img.manifest_bytes
+    if manifest is None or any(layer.digest is None or layer.size is None for layer in img.layers):
+        raise ConvertError(f"can't write `{out_path}`: the layers of `{img.source}` have no digest or size")
+    step("Copying SquashFS layers into the OCI-SIF file...")
+
+    def write(fp: BinaryIO) -> None:
+        readers = [img.open_layer(layer) for layer in img.layers]
+        try:
+            blobs: list[bytes | tuple[BinaryIO, int, str]] = [
+                (r, int(layer.size or 0), str(layer.digest)) for r, layer in zip(readers, img.layers)  # type: ignore[misc]
+            ]
+            oci.write(fp, [*blobs, img.config_bytes, manifest], oci.index_for([manifest]),
+                      spare=oci.SPARE_DESCRIPTORS)  # fmt: skip
+            for r in readers:
+                r.finish()  # the size and digest, checked
+        finally:
+            for r in readers:
+                r.close()
+
+    try:
+        write_atomically(out_path, write, verb="write", mode=0o666)
+    except OSError as err:
+        raise ConvertError(f"can't write `{out_path}`: {describe_os_error(err)}") from err

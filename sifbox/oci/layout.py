@@ -25,16 +25,14 @@ import re
 import tarfile
 from collections.abc import Callable
 
+# The media types as the pure formats name them (an OCI-SIF holds the same documents).
+from sifbox.formats.sif.oci import INDEX_TYPES, MANIFEST_TYPES, SQUASHFS_LAYER
+from sifbox.formats.sif.oci import OCI_INDEX as MT_OCI_INDEX
+from sifbox.formats.sif.oci import OCI_MANIFEST as MT_OCI_MANIFEST
 from sifbox.util.errors import SifboxError, UsageError, describe_os_error
 
 TRANSPORTS = ("oci", "oci-archive", "docker-archive")
 
-MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-INDEX_TYPES = (MT_OCI_INDEX, MT_DOCKER_LIST)
-MANIFEST_TYPES = (MT_OCI_MANIFEST, MT_DOCKER_MANIFEST)
 REF_NAME = "org.opencontainers.image.ref.name"
 
 _DIGEST = re.compile(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
@@ -503,6 +501,8 @@ def _load_manifest(store: BlobStore, desc: dict, src: str, ref_name: str | None)
 
 
 def _check_layer_types(layers: list[Layer], src: str) -> None:
+    if layers and all(layer.media_type == SQUASHFS_LAYER for layer in layers):
+        return  # an OCI-SIF's image: for `pull --oci` alone (sifcache.convert_to_sif)
     for layer in layers:
         mt = layer.media_type
         if "nondistributable" in mt or "foreign" in mt:

@@ -26,6 +26,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from sifbox.oci.auth import Credentials, parse_challenge, resolve_credentials
 from sifbox.oci.cache import BlobWriter, Cache, CacheError, split_digest
@@ -60,6 +61,10 @@ CHUNK = 1 << 20
 USER_AGENT = "sifbox"
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _CORRUPT_HINT = "the registry's copy is corrupt or was altered on the way; nothing of it was stored"
+
+
+#: What a request sends: nothing, bytes, or a file read from its start.
+Body = bytes | BinaryIO | None
 
 
 class RegistryError(SifboxError):
@@ -130,7 +135,7 @@ class RegistryClient:
             return http.client.HTTPConnection(proxy, timeout=self.timeout), True
         return http.client.HTTPConnection(netloc, timeout=self.timeout), False
 
-    def _once(self, method: str, url: str, headers: dict[str, str]) -> _Response:
+    def _once(self, method: str, url: str, headers: dict[str, str], body: Body = None) -> _Response:
         try:
             parts = urllib.parse.urlsplit(url)
             conn, absolute = self._connect(parts.scheme, parts.netloc)
@@ -139,10 +144,14 @@ class RegistryClient:
                 f"can't talk to {self._what()}: invalid URL `{url}` ({err})"
             ) from None
         target = parts.path + (f"?{parts.query}" if parts.query else "")
+        if body is not None and not isinstance(body, bytes):
+            body.seek(0)  # an upload sent again (retry, redirect, authentication) starts over
+            conn.blocksize = CHUNK
         try:
             conn.request(
-                method, url if absolute else target, headers={"User-Agent": USER_AGENT, **headers}
-            )
+                method, url if absolute else target, body=body,
+                headers={"User-Agent": USER_AGENT, **headers},
+            )  # fmt: skip
             resp = conn.getresponse()
         except ssl.SSLError:
             conn.close()
@@ -182,14 +191,16 @@ class RegistryClient:
         headers: dict[str, str] | None = None,
         *,
         ok: tuple[int, ...] = (200,),
+        body: Body = None,
     ) -> _Response:
         """`method` on the registry `path` (or an absolute URL), with authentication, redirects
-        and retries; returns a response with a status in `ok` or raises RegistryError."""
+        and retries; returns a response with a status in `ok` or raises RegistryError. `body`:
+        bytes, or a file sent from its start (uploads)."""
         headers = dict(headers or {})
         delay = 0.25
         for attempt in range(self.retries + 1):
             try:
-                resp = self._request_once(method, path, headers, ok)
+                resp = self._request_once(method, path, headers, ok, body)
                 if resp.status in _TRANSIENT_STATUS:
                     resp.close()
                     raise _Transient(f"{self._what()} answered HTTP {resp.status}")
@@ -211,7 +222,7 @@ class RegistryClient:
         raise AssertionError("unreachable")
 
     def _request_once(
-        self, method: str, path: str, headers: dict[str, str], ok: tuple[int, ...]
+        self, method: str, path: str, headers: dict[str, str], ok: tuple[int, ...], body: Body = None
     ) -> _Response:
         url = path if "://" in path else self.base_url() + path
         authenticated = False  # one (re)authentication per request: tokens expire
@@ -221,7 +232,7 @@ class RegistryClient:
             if self._authorization and same_host:
                 send["Authorization"] = self._authorization
             self.requests.append(f"{method} {url}")
-            resp = self._once(method, url, send)
+            resp = self._once(method, url, send, body)
             if resp.status in (301, 302, 303, 307, 308):
                 location = resp.headers.get("Location")
                 resp.close()

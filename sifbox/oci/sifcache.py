@@ -71,10 +71,11 @@ def through_cache(cache_dir: Path, digest: str, convert: Callable[[str], object]
 
 
 def convert_to_sif(  # type: ignore[no-untyped-def]
-    ref, uri: str, out: str, platform, *, explicit: bool, procs: int | None, progress
+    ref, uri: str, out: str, platform, *, explicit: bool, procs: int | None, progress, oci_sif: bool = False
 ) -> None:
-    """Convert the image at `ref` (a layout.SourceRef) for `platform` into the SIF `out`;
-    `progress` has `step`, `warn`, `advance` and `done` (util.progress.Progress)."""
+    """Convert the image at `ref` (a layout.SourceRef) for `platform` into the SIF `out` (an
+    OCI-SIF with `oci_sif`); `progress` has `step`, `warn`, `advance` and `done`
+    (util.progress.Progress)."""
     from sifbox.oci import convert, imageconfig
     from sifbox.oci.layout import open_image
     from sifbox.util.log import log
@@ -90,6 +91,13 @@ def convert_to_sif(  # type: ignore[no-untyped-def]
                     f"can't pull `{uri}`: the image is for `{have}`, not `{platform}`"
                 )
             warn(f"the image is for `{have}`, this machine is `{platform}`")
+        if not oci_sif and any(layer.media_type == convert.SQUASHFS_LAYER for layer in img.layers):
+            raise SifboxError(f"can't pull `{uri}`: its layers are SquashFS (an image pushed from an OCI-SIF)",
+                              hint="pull it with --oci")  # fmt: skip
+        if oci_sif:
+            log.debug("squashing `%s` (%d layers) into the OCI-SIF `%s`", uri, len(img.layers), out)
+            convert.convert_oci_sif(img, out, source=uri, procs=procs, warn=warn, step=step)
+            return
         for note in imageconfig.notes(img.config):
             log.info("%s", note)
         step("Converting OCI blobs to SIF format")  # Apptainer's words
@@ -113,6 +121,8 @@ def sif_for_uri(uri: str, *, cache_dir: Path | None, no_https: bool, procs: int 
     from sifbox.util.progress import Progress
 
     transport = uri.partition(":")[0]
+    if transport == "oras" and uri.startswith("oras://"):
+        return _oras_for_uri(uri, cache_dir=cache_dir, no_https=no_https, tmpdir=tmpdir)
     if transport not in TRANSPORTS or (transport == "docker" and not uri.startswith("docker://")):
         raise UsageError(f"can't {verb} `{uri}`: unsupported URI",
                          hint="sifbox runs docker://REF, oci:DIR, oci-archive:FILE, docker-archive:FILE, "
@@ -146,3 +156,24 @@ def sif_for_uri(uri: str, *, cache_dir: Path | None, no_https: bool, procs: int 
     finally:
         if layout is not None and cache_dir is None:
             shutil.rmtree(layout, ignore_errors=True)
+
+
+def _oras_for_uri(uri: str, *, cache_dir: Path | None, no_https: bool, tmpdir: str | None) -> tuple[str, str | None]:
+    """The SIF of `oras://REF` to run: in the cache by its manifest digest, or downloaded into a
+    new directory under `tmpdir` (returned) for this run alone."""
+    import shutil
+    import tempfile
+
+    from sifbox.oci import oras
+
+    if cache_dir is not None:
+        digest = oras.manifest_digest(uri, insecure=no_https)
+        return str(through_cache(cache_dir, digest, lambda out: oras.pull(uri, out, insecure=no_https))), None
+    work = tempfile.mkdtemp(prefix="sifbox-uri-", dir=tmpdir)
+    try:
+        out = os.path.join(work, "image.sif")
+        oras.pull(uri, out, insecure=no_https)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return out, work

@@ -48,13 +48,16 @@ def kind_of(source: ImageSource) -> str:
     """The `allow container` kind of the main image."""
     from sifbox.image.source import ImageKind
 
+    if getattr(source, "encryption", None):
+        return "encrypted"
     if source.kind == ImageKind.SANDBOX:
         return "dir"
     return "squashfs" if source.kind == ImageKind.SQUASHFS else "sif"
 
 
-def open_all(spec: ContainerSpec, host: Host, action: str, gate: Gate) -> Opened:
-    """Open the image, the overlays and the bound images; admit each on its descriptor."""
+def open_all(spec: ContainerSpec, host: Host, action: str, gate: Gate, key: Any = None) -> Opened:
+    """Open the image, the overlays and the bound images; admit each on its descriptor.
+    `key` (sifbox.security.cryptkey.Key) opens an encrypted image."""
     from sifbox.image.source import ImageKind, open_image
     from sifbox.runtime.sandbox.ops import RootImage
 
@@ -62,16 +65,65 @@ def open_all(spec: ContainerSpec, host: Host, action: str, gate: Gate) -> Opened
     layers: list[Any] = []
     try:
         assert source.fd is not None
+        if source.encryption is not None and not gate.allows_encrypted():
+            gate.refuse_encrypted(spec.image)
         if gate.active:
             gate.admit(source.fd, kind=kind_of(source), image=spec.image)
-        image = RootImage("dir" if source.kind == ImageKind.SANDBOX else "squashfs", source.fd, source.offset,
-                          source.size, source.path)  # fmt: skip
-        layers = _overlays(spec, action, source, gate)
+        if source.encryption is not None:
+            image = _encrypted_root(spec, host, action, source, key)
+        else:
+            image = RootImage("dir" if source.kind == ImageKind.SANDBOX else "squashfs", source.fd, source.offset,
+                              source.size, source.path)  # fmt: skip
+        if source.oci is not None and spec.writable and source.overlay is None:
+            raise UsageError(f"can't {action} `{spec.image}` with --writable: the OCI-SIF image has no writable "
+                             "overlay layer, and its SquashFS layers are read-only",
+                             hint="--writable-tmpfs gives a writable root whose changes vanish; "
+                             "--overlay DIR keeps them in DIR")  # fmt: skip
+        layers = _overlays(spec, action, source, gate) + _oci_layers(source)
         data = _bound(spec, host, gate)
     except BaseException:
         Opened(source, None, layers, []).close()
         raise
     return Opened(source, image, layers, data)
+
+
+def _encrypted_root(spec: ContainerSpec, host: Host, action: str, source: ImageSource, key: Any) -> Any:
+    """The RootImage of an encrypted image: gocryptfs (SIF fstype 6), with the key in a
+    pipe for gocryptfs's stdin. LUKS2 (fstype 5) needs root and dm-crypt."""
+    from sifbox.runtime.sandbox.ops import RootImage
+    from sifbox.security import cryptkey
+    from sifbox.util.paths import which
+
+    what = f"`{spec.image}`"
+    if source.encryption == "luks":
+        if not host.is_root:
+            raise SifboxError(f"can't {action} {what}: it is encrypted with LUKS2 (dm-crypt), which only root "
+                              "can open", hint="build the image as a user with --encrypt: sifbox and Apptainer "
+                              "then encrypt it with gocryptfs, which any user can run")  # fmt: skip
+        raise SifboxError(f"can't {action} {what}: LUKS2-encrypted images are not available in this version "
+                          "of sifbox (they need dm-crypt)", hint="build it again with `sifbox build --encrypt`, "
+                          "which encrypts with gocryptfs for root and users alike")  # fmt: skip
+    if key is None:
+        raise UsageError(f"can't {action} {what}: the image is encrypted and no key was given",
+                         hint="give its passphrase (--passphrase, or SIFBOX_ENCRYPTION_PASSPHRASE) or its "
+                         "private PEM key (--pem-path, or SIFBOX_ENCRYPTION_PEM_PATH)")  # fmt: skip
+    tool = which("gocryptfs")
+    if tool is None:
+        raise SifboxError(f"can't {action} {what}: gocryptfs is not installed",
+                          hint="install the Debian package `gocryptfs`")  # fmt: skip
+    if key.pem_path:
+        if source.key_message is None:
+            raise SifboxError(f"can't {action} {what}: the image holds no PEM key message",
+                              hint="it was encrypted with a passphrase: give it with --passphrase")  # fmt: skip
+        secret = cryptkey.unwrap(key.pem_path, source.key_message, verb=action, what=what)
+    else:
+        secret = bytearray(key.passphrase)
+    try:
+        key_fd = cryptkey.key_pipe(secret)
+    finally:
+        cryptkey.wipe(secret)
+        key.wipe()
+    return RootImage("gocryptfs", source.fd, source.offset, source.size, source.path, key_fd, tool)
 
 
 def _overlays(spec: ContainerSpec, action: str, source: ImageSource, gate: Gate) -> list[Any]:
@@ -111,6 +163,37 @@ def _overlays(spec: ContainerSpec, action: str, source: ImageSource, gate: Gate)
         overlay.close(found)
         raise
     return [Layer(o.path, o.kind, o.fd, o.offset, o.size, o.writable) for o in found]
+
+
+def _oci_layers(source: ImageSource) -> list[Any]:
+    """An OCI-SIF's SquashFS layers above its bottom one (the root), top first: read-only
+    layers under the overlays, mounted through the image's descriptor (admitted with it)."""
+    if source.oci is None or len(source.oci.layers) < 2 or source.fd is None:
+        return []
+    from sifbox.runtime.sandbox.ops import Layer
+
+    return [Layer(source.path, "squashfs", os.dup(source.fd), x.offset, x.size, False)
+            for x in reversed(source.oci.layers[1:])]  # fmt: skip
+
+
+def oci_files(source: ImageSource) -> list[tuple[str, bytes, int]]:
+    """What the image config of an OCI-SIF gives the container, as a Docker image pulled
+    to SIF has it in `/.singularity.d` (runscript from ENTRYPOINT/CMD, env script from ENV,
+    labels): (path, bytes, mode) for the container's own layer; none for other images."""
+    if source.oci is None:
+        return []
+    from sifbox.formats.sif import oci
+
+    return oci.singularity_files(source.oci.config)
+
+
+def oci_workdir(source: ImageSource | None) -> str | None:
+    """The WORKDIR of an OCI-SIF's image config, where its container starts."""
+    if source is None or source.oci is None:
+        return None
+    inner = source.oci.config.get("config")
+    workdir = inner.get("WorkingDir") if isinstance(inner, dict) else None
+    return workdir if isinstance(workdir, str) and workdir.startswith("/") else None
 
 
 def _bound(spec: ContainerSpec, host: Host, gate: Gate) -> list[Any]:
@@ -168,8 +251,10 @@ def instance_record(spec: ContainerSpec, opened: Opened) -> dict[str, object]:
     namespaces = (("pid", spec.pid), ("ipc", spec.ipc), ("uts", spec.uts or bool(spec.hostname)), ("net", spec.net))
     source, image = opened.source, opened.image
     images: list[list[object]] = [[image.fd, "dir" if image.kind == "dir" else kind_of(source), source.path, "image"]]
-    images += [[layer.fd, "dir" if layer.kind == "dir" else "extfs" if layer.kind == "ext3" else "squashfs",
-                layer.path, "overlay"] for layer in opened.layers]  # fmt: skip
+    own = source.path if source.oci is not None else None  # an OCI-SIF's upper layers: the SIF's own file
+    images += [[layer.fd, "dir" if layer.kind == "dir" else "sif" if layer.path == own and layer.kind == "squashfs"
+                else "extfs" if layer.kind == "ext3" else "squashfs", layer.path, "overlay"]
+               for layer in opened.layers]  # fmt: skip
     if opened.data:
         from sifbox.image import dataimage
 

@@ -1,7 +1,7 @@
 """Images named by a URI, as Apptainer's actions take them: `sifbox run docker://alpine`.
 
 The image is pulled into the cache as `sifbox pull` does (blobs by digest, the converted SIF
-by manifest digest; a second run uses the cached SIF), nothing is written in the current
+by manifest digest; a second run uses the cached SIF; an `oras://` SIF by its manifest digest), nothing is written in the current
 directory, and the container runs from the cached SIF. With the cache disabled
 (--disable-cache, SIFBOX_DISABLE_CACHE, or a cache directory that is not writable), the SIF is
 converted into a new directory under SIFBOX_TMPDIR (else TMPDIR, /tmp), which is removed as
@@ -19,11 +19,10 @@ import os
 from sifbox.util.errors import NotAvailableError, SifboxError, UsageError
 
 #: Transports sifbox runs, by the scheme of `SCHEME://REST`.
-RUNNABLE = ("docker",)
+RUNNABLE = ("docker", "oras")
 #: Apptainer's other transports: refused with a clear line.
 OTHERS = (
     "library",
-    "oras",
     "shub",
     "http",
     "https",
@@ -48,10 +47,10 @@ def fetch(uri: str, *, verb: str, disable_cache: bool, no_https: bool, writable:
     if scheme not in RUNNABLE:
         if scheme in OTHERS:
             raise NotAvailableError(f"can't {verb} `{uri}`: {scheme}:// images are not available in this version "
-                                    "of sifbox", hint="docker:// images run directly; others: pull or build a SIF "
+                                    "of sifbox", hint="docker:// and oras:// images run directly; others: pull or build a SIF "
                                     "first")  # fmt: skip
         raise UsageError(f"can't {verb} `{uri}`: unsupported URI",
-                         hint="an image file or directory, instance://NAME, or docker://REF")  # fmt: skip
+                         hint="an image file or directory, instance://NAME, docker://REF or oras://REF")  # fmt: skip
     if writable:
         raise UsageError(
             f"can't {verb} `{uri}` with --writable: the image is a converted copy",

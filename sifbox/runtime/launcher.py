@@ -246,7 +246,7 @@ def prepare(launch: Launch) -> Prepared:
                 warn=_warn)  # fmt: skip
             fixed = {**mpi.env_defaults(os.environ, own_userns=not host.is_root or spec.userns), **fixed}
         p.mounts = mounts
-        p.opened = opened = images.open_all(spec, host, action, gate)
+        p.opened = opened = images.open_all(spec, host, action, gate, key=options.key)
         p.source, p.image, p.layers, p.data = opened.source, opened.image, opened.layers, opened.data
     _namespaces_for(p)
     name = p.joining.name if p.joining is not None else launch.instance
@@ -544,7 +544,7 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
         points = [(m.target, m.file) for m in mounts if m.kind not in ("mask", "readonly")]
         if p.identity:
             points += [("/etc/passwd", True), ("/etc/group", True)]
-        root, persistent = session.stack(lower, p.layers, points, p.site.overlay)
+        root, persistent = session.stack(lower, p.layers, points, p.site.overlay, images.oci_files(p.opened.source))
     if p.log:
         for note in session.notes:
             p.log("%s", note)
@@ -565,7 +565,7 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
     if p.squashfuse:
         from sifbox.runtime import prefetch  # noqa: F401 - used after pivot_root
     rootfs.pivot(root, image)
-    _chdir(spec, p.host)
+    _chdir(spec, p.host, workdir=images.oci_workdir(p.source))
     if hold is None:
         p.opened.close(keep_writable=True)  # a writable layer holds its lock
     if p.squashfuse and payload.argv and payload.argv[0].startswith("/"):
@@ -722,12 +722,12 @@ def _passwd_entry(uid: int) -> tuple[str | None, str]:
     return entry.pw_gecos, entry.pw_shell or "/bin/sh"
 
 
-def _chdir(spec: ContainerSpec, host: Host, doing: str | None = None) -> None:
-    """Into --pwd (which must exist), else the caller's directory (not with --contain),
-    home or /."""
+def _chdir(spec: ContainerSpec, host: Host, doing: str | None = None, workdir: str | None = None) -> None:
+    """Into --pwd (which must exist), else an OCI image's WORKDIR, the caller's directory
+    (not with --contain), home or /."""
     from sifbox.runtime.sandbox.ops import LaunchError
 
-    for d in (spec.pwd, None if spec.contain else host.cwd, spec.home_target or host.home, "/"):
+    for d in (spec.pwd, workdir, None if spec.contain else host.cwd, spec.home_target or host.home, "/"):
         if d:
             try:
                 os.chdir(d)
@@ -755,7 +755,6 @@ def run_build_container(root: str, argv: list[str], env: dict[str, str], *, bind
     from sifbox.runtime.plan import default_mounts, site_from_config
     from sifbox.runtime.sandbox.ops import Namespaces, RootImage
     from sifbox.runtime.spec import ContainerSpec, Host, parse_bind
-
     from sifbox.util.paths import in_user_namespace
 
     real_root = not in_user_namespace()

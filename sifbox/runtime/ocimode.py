@@ -44,11 +44,16 @@ FAKEROOT_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "C
 
 
 def image_config(source: Any) -> dict[str, Any]:
-    """The OCI image config (`config` object) a SIF carries as `oci-config.json`; {} if none."""
+    """The OCI image config (`config` object) of an OCI-SIF, or the one a SIF pulled from an
+    OCI image carries as `oci-config.json`; {} if none."""
     from sifbox.formats.sif import constants as c
     from sifbox.formats.sif.image import SifError, SifImage
     from sifbox.image.source import ImageKind
 
+    oci = getattr(source, "oci", None)
+    if oci is not None:
+        inner = oci.config.get("config") if isinstance(oci.config, dict) else None
+        return inner if isinstance(inner, dict) else {}
     if source.kind is not ImageKind.SIF or source.fd is None:
         return {}
     with os.fdopen(os.dup(source.fd), "rb") as fp:
@@ -156,7 +161,8 @@ def run(launch: Any) -> int:
         raise UsageError(f"can't run `{launch.spec.image}`: `allow user ns = no` in the site's sifbox.conf")
     gate = Gate.from_config(cfg, conf_path, user=host.user, verb=launch.action)
     try:
-        opened = images.open_all(launch.spec._replace(binds=()), host, launch.action, gate)
+        key = launch.options.key if launch.options is not None else None
+        opened = images.open_all(launch.spec._replace(binds=()), host, launch.action, gate, key=key)
     finally:
         if temporary is not None:  # open: its temporary copy can go
             import shutil

@@ -27,10 +27,12 @@ from sifbox.util.records import record
 #:   no_https        --no-https: registries of docker:// URIs over plain HTTP
 #:   seccomp         the profile of `--security seccomp:FILE`, or None
 #:   limits          sifbox.hpc.cgroups.Limits of --memory, --cpus, ... or None
+#:   key             the key of an encrypted image (sifbox.security.cryptkey.Key), from
+#:                   --passphrase, --pem-path or SIFBOX_ENCRYPTION_*; None: none given
 LaunchOptions = record(
     "LaunchOptions",
-    "run_as timeout timeout_text subuid ignore_userns disable_cache no_https seccomp limits",
-    defaults=(None, None, "", True, False, False, False, None, None),
+    "run_as timeout timeout_text subuid ignore_userns disable_cache no_https seccomp limits key",
+    defaults=(None, None, "", True, False, False, False, None, None, None),
 )
 
 #: `--security` kinds that sifbox does not apply, and why.

@@ -86,6 +86,15 @@ class Gate:
                                      hint=f"`sifbox ecl check {image}` explains the decision")  # fmt: skip
 
 
+    def allows_encrypted(self) -> bool:
+        """`allow container encrypted` (decided before any key is asked for or used)."""
+        return self.limits is None or "encrypted" in self.limits.kinds
+
+    def refuse_encrypted(self, image: str) -> None:
+        raise AdmissionError(f"can't {self.verb} `{image}`: encrypted images are not allowed by the site's "
+                             "sifbox.conf (`allow container encrypted = no`)",
+                             hint="`sifbox config check` shows the limits of the site's sifbox.conf")  # fmt: skip
+
     def admit_partition(self, fd: int, *, image: str) -> None:
         """The EXT3 overlay partition of SIF image `fd`, already admitted as an
         image: `allow container extfs`, and no ECL (it vouches for signed

@@ -207,6 +207,31 @@ class GnuPG:
         raise PgpError("can't sign: gpg gave no signature", hint="run again; check that gpg-agent can start")
 
 
+    def is_protected(self, fingerprint: str) -> bool:
+        """Whether the secret key needs a passphrase (it does not sign with an empty one)."""
+        try:
+            self.sign_detached_text(b"", fingerprint, "")
+        except BadPassphrase:
+            return True
+        return False
+
+    def change_passphrase(self, fingerprint: str, old: str | None, new: str) -> None:
+        """Protect the secret key with `new` (`old`: its passphrase, None if it has none); the
+        passphrases go to gpg on a pipe, never on its command line."""
+        answers = ("" if old is None else old + "\n") + new + "\n"
+        proc = self.run(["--command-fd", "0", "--passwd", fingerprint], input=answers.encode(), check=False)
+        err = proc.stderr.decode("utf-8", "replace")
+        if "Bad passphrase" in err:
+            raise BadPassphrase("the old passphrase is wrong")
+        if proc.returncode != 0 or "error changing" in err:
+            raise PgpError(f"can't change the passphrase: {_gpg_reason(proc.stderr)}")
+
+    def export_secret(self, fingerprint: str, passphrase: str) -> bytes:
+        """The secret key, as protected now, in OpenPGP's binary form."""
+        return self.run(["--passphrase-fd", "0", "--export-secret-keys", fingerprint],
+                        input=passphrase.encode() + b"\n", what="export the secret key").stdout  # fmt: skip
+
+
 class BadPassphrase(PgpError):
     pass
 

@@ -466,6 +466,12 @@ def components_of_image(source, budget=None) -> list[Component]:  # type: ignore
     cut database would hide the packages after the cut)."""
     from sifbox.image import files
 
+    if getattr(source, "encryption", None):
+        from sifbox.util.errors import SifboxError
+
+        raise SifboxError(f"can't list the packages of `{source.path}`: it is encrypted, and its packages "
+                          "can't be read without its key",
+                          hint="an SBOM stored in the image at build time is shown as it is")  # fmt: skip
     budget = budget or files.ReadBudget()
     wanted = wanted_entries(files.iter_entries(source, budget))
     # The listing gives the sizes: a bomb is refused before anything is extracted.

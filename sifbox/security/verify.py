@@ -256,3 +256,23 @@ def signed_by(img: SifImage, groups: list[int] = (), objects: list[int] = (),  #
         anyone |= fps
         every = fps if every is None else every & fps
     return every or set(), anyone
+
+
+
+def signed_by_all(img: SifImage, keyring: bytes, wanted: list[str]) -> list[str]:
+    """The fingerprints of `wanted` (upper-case hex) without a signature of `img` that verifies
+    against `keyring` (empty: every one has one), as a definition file's `Fingerprints:`
+    header asks of its base image. An image with an unsigned object group or a broken object
+    misses them all."""
+    good: set[str] = set()
+
+    def note(r: Result) -> bool:
+        if r.error is None and r.fingerprint:
+            good.add(r.fingerprint.upper())
+        return True  # look at every signature: a bad one only does not count
+
+    try:
+        verify_image(img, KeyMaterial(keyring), callback=note)
+    except IntegrityError:
+        return list(wanted)
+    return [fp for fp in wanted if fp not in good]

@@ -375,6 +375,14 @@ def _all_loops() -> set[str]:
     return {ln for ln in out.stdout.splitlines() if ln.strip()}
 
 
+def _dm_mappings() -> set[str]:
+    """The device-mapper mappings (dm-crypt of encrypted images), by name."""
+    try:
+        return {name for name in os.listdir("/dev/mapper") if name != "control"}
+    except OSError:
+        return set()
+
+
 class LeakGuard:
     """Snapshot of the host before a test; `leaks()` lists what the test left behind."""
 
@@ -386,6 +394,7 @@ class LeakGuard:
         self.mounts = _mounts()
         self.procs = set(_live_processes())
         self.loops = _all_loops()
+        self.mappings = _dm_mappings()
 
     def _ours(self, text: str) -> bool:
         return any(prefix in text for prefix in self.OURS) or any(
@@ -410,7 +419,8 @@ class LeakGuard:
             if pid not in self.procs
             and pid in mine
             and pid != os.getpid()
-            and (comm.startswith(("squashfuse", "fuse2fs", "fuse-overlayfs")) or comm == "sifbox-instance"
+            and (comm.startswith(("squashfuse", "fuse2fs", "fuse-overlayfs", "gocryptfs"))
+                 or comm == "sifbox-instance"
                  or self._ours(cmdline) or b"\0SIFBOX_INSTANCE=" in _environ(pid))
         }
 
@@ -423,6 +433,7 @@ class LeakGuard:
             [f"mount {m}" for m in self.leaked_mounts()]
             + [f"process {pid} {what}" for pid, what in self.leaked_processes().items()]
             + [f"loop device {ln}" for ln in self.leaked_loops()]
+            + [f"device-mapper mapping /dev/mapper/{name}" for name in sorted(_dm_mappings() - self.mappings)]
         )
 
     def wait_clean(self, grace: float = TEARDOWN_GRACE) -> list[str]:

@@ -13,6 +13,7 @@ written here from busybox-static (gzip layers, config, manifest, optional multi-
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hashlib
 import http.server
@@ -24,10 +25,12 @@ import shutil
 import socket
 import subprocess
 import tarfile
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -522,3 +525,19 @@ def push_layout(
     argv += [f"oci:{layout}:{tag}", f"docker://{dest}"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{' '.join(argv)}: {proc.stderr}"
+
+
+@contextlib.contextmanager
+def busybox_registry(prefix: str, ref: str) -> Iterator[RegistryServer]:
+    """A registry on 127.0.0.1 holding the busybox test image (one amd64 layer) as REF, in a
+    0755 scratch directory under /tmp named PREFIX…; everything removed afterwards."""
+    need("docker-registry", "skopeo")
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    work.chmod(0o755)
+    try:
+        make_layout(work / "layout", "1", ["amd64"])
+        with RegistryServer(work / "reg") as reg:
+            push_layout(work / "layout", "1", f"{reg.host}/{ref}")
+            yield reg
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -16,7 +16,11 @@ import pytest
 
 from tests.conftest import User
 from tests.integration.images import env_for
-from tests.integration.registry_server import FlakyRelay, RegistryServer, make_layout, need, push_layout
+from tests.integration.registry_server import (
+    FlakyRelay,
+    RegistryServer,
+    busybox_registry,
+)
 
 pytestmark = pytest.mark.integration
 REF = "test/busybox:1"
@@ -24,16 +28,8 @@ REF = "test/busybox:1"
 
 @pytest.fixture(scope="module")
 def registry() -> Iterator[RegistryServer]:
-    need("docker-registry", "skopeo")
-    work = Path(tempfile.mkdtemp(prefix="sifbox-pullcompat-", dir="/tmp"))
-    work.chmod(0o755)
-    try:
-        make_layout(work / "layout", "1", ["amd64"])
-        with RegistryServer(work / "reg") as reg:
-            push_layout(work / "layout", "1", f"{reg.host}/{REF}")
-            yield reg
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with busybox_registry("sifbox-pullcompat-", REF) as reg:
+        yield reg
 
 
 @pytest.fixture

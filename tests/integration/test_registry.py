@@ -676,7 +676,7 @@ def test_cache_list_and_clean(
     assert proc.stdout.count("Would remove oci cache entry:") == 1
     assert len(_cache_blobs(shared_tmp / "cache")) == n_blobs
     proc = cli("clean", stdin="n\n")
-    assert "Do you want to continue? [y/N]" in proc.stdout
+    assert "Do you want to continue? [N/y]" in proc.stdout
     assert len(_cache_blobs(shared_tmp / "cache")) == n_blobs
     proc = cli("clean", "-f", "--days", "1")
     assert len(_cache_blobs(shared_tmp / "cache")) == n_blobs  # all younger than a day

@@ -156,7 +156,8 @@ def _copy(tmp_path: Path, name: str = "one-group.sif") -> Path:
         (["sif", "add", "{image}", "{missing}", "--datatype", "7"], 255, "can't add `{missing}` to `{image}`: no such file or directory"),
         (["sif", "add", "{image}", "{input}", "--datatype", "7", "--filename", "x" * 129], 125, "can't add `{input}` to `{image}`: the name is 129 bytes, at most 128 fit"),
         (["sif", "new", "{dir}"], 255, "can't create `{dir}`: is a directory"),
-        (["push", "x.sif", "oras://x"], 125, "can't run `sifbox push`: this command is not available in sifbox"),
+        (["push", "x.sif", "library://x"], 125, "can't push to `library://x`: library:// pushes are not available in sifbox"),
+        (["push", "x.sif", "x.sif"], 125, "can't push to `x.sif`: unsupported URI"),
         (["nonsense"], 125, "can't run `sifbox`: argument COMMAND: invalid choice: 'nonsense'"),
     ],
 )

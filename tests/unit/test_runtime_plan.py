@@ -667,6 +667,9 @@ def ns(command: str = "exec", **kw: Any) -> argparse.Namespace:
         "runscript_timeout": None,
         "disable_cache": False,
         "no_https": False,
+        # encrypted images (sifbox.security.cryptkey)
+        "passphrase": False,
+        "pem_path": None,
         "ignore_subuid": False,
         "ignore_fakeroot_command": False,
         "ignore_userns": False,

@@ -19,69 +19,13 @@ import pytest
 from sifbox.formats import appenv
 from sifbox.formats import singularityd as sd
 from sifbox.formats.deffile import parse_deffile
+from tests.inspect_e2e import INSPECTOR_DEF as INSPECTOR_TEMPLATE
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden" / "singularityd"
 BUILD = sd.BuildInfo(arch="amd64", epoch=1700000000, version="1.2.3")
 
 #: Apptainer's e2e/testdata/inspector_container.def, on busybox instead of `oras`.
-INSPECTOR_DEF = r"""Bootstrap: busybox
-MirrorURL: /bin/busybox
-
-%help
-This is a e2e test container used for testing the 'inspect'
-command. This container "inspector_container.sif" should be placed
-in the "e2e/testdata" directory of Apptainer.
-
-%labels
-MAINTAINER "WestleyK <westley@sylabs.io>"
-e2e awesome
-E2E AWESOME
-hi "hello world"
-HI "HELLO WORLD"
-
-%post
-echo "export hello=\"world\"" >> $APPTAINER_ENVIRONMENT
-# add labels from post section
-k=first; echo "$k.build.labels  $k" >> $APPTAINER_LABELS
-k=second; echo "$k.build.labels $k" >> $APPTAINER_LABELS
-
-%test
-ls /
-test -d /
-test -d /etc
-
-%environment
-export test="testing"
-export e2e="e2e testing"
-
-%runscript
-cat /.singularity.d/runscript.help
-
-%startscript
-exec "$@"
-
-%apprun hello
-echo "hello"
-
-%appstart hello
-exec "$@"
-
-%apphelp hello
-This is the help for hello!
-
-%applabels hello
-HELLOTHISIS hello
-
-%appenv hello
-HELLOTHISIS=hello
-export HELLOTHISIS
-
-%apptest hello
-echo "THIS IS A HELLO TEST"
-
-%apprun world
-echo "world"
-"""
+INSPECTOR_DEF = INSPECTOR_TEMPLATE.format(busybox="/bin/busybox")
 #: What the inspector's %post leaves behind.
 POST_LABELS = "first.build.labels  first\nsecond.build.labels second\n"
 

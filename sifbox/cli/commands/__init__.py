@@ -30,7 +30,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("run-help", "Show the user-defined help for an image", "run_help"),
     Command("inspect", "Show metadata for an image", "inspect"),
     Command("pull", "Pull an image from a URI", "pull"),
-    Command("push", "Upload an image to a registry"),
+    Command("push", "Upload an image to a registry", "push"),
     Command("sign", "Add digital signature(s) to an image", "sign"),
     Command("verify", "Verify digital signature(s) within an image", "verify"),
     Command("key", "Manage OpenPGP keys", "key", ("keys",)),

@@ -119,6 +119,10 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, str, str | None, str | None, str], ..
      "resources"),
     (("--cpus",), "cpus", "value", "N", "CPU time limit in CPUs (cgroups), e.g. 1.5", "resources"),
     (("--pids-limit",), "pids_limit", "value", "N", "limit on the number of processes (cgroups)", "resources"),
+    (("--passphrase",), "passphrase", "bool", None,
+     "ask for the passphrase of an encrypted image (or SIFBOX_ENCRYPTION_PASSPHRASE)", "encrypted images"),
+    (("--pem-path",), "pem_path", "value", "PATH",
+     "the RSA private key (PEM) of an encrypted image (or SIFBOX_ENCRYPTION_PEM_PATH)", "encrypted images"),
     (("--ignore-subuid",), "ignore_subuid", "bool", None, None, "isolation"),
     (("--ignore-fakeroot-command",), "ignore_fakeroot_command", "bool", None, None, "isolation"),
     (("--ignore-userns",), "ignore_userns", "bool", None, None, "isolation"),
@@ -398,7 +402,7 @@ def _launch_options(args, instance: str | None):  # type: ignore[no-untyped-def]
         subuid=not _flag(args, "ignore_subuid", "IGNORE_SUBUID"), ignore_userns=ignore_userns,
         disable_cache=_flag(args, "disable_cache", "DISABLE_CACHE"),
         no_https=_flag(args, "no_https", "NOHTTPS", "NO_HTTPS"), seccomp=ro.parse_seccomp(security),
-        limits=_limits(args, instance),
+        limits=_limits(args, instance), key=_key(args),
     )  # fmt: skip
 
 
@@ -411,6 +415,20 @@ def _limits(args, instance: str | None):  # type: ignore[no-untyped-def]
         raise NotAvailableError(f"can't limit the resources of instance `{instance}`: not available for instances "
                                 "in this version")  # fmt: skip
     return limits
+
+
+def _key(args):  # type: ignore[no-untyped-def]
+    """The key of an encrypted image: --passphrase (asked), --pem-path, or the
+    SIFBOX_/APPTAINER_/SINGULARITY_ENCRYPTION_* variables; None when none is given."""
+    ask, pem = bool(getattr(args, "passphrase", False)), getattr(args, "pem_path", None)
+    if not ask and not pem and not any(k.endswith(("_ENCRYPTION_PASSPHRASE", "_ENCRYPTION_PEM_PATH"))
+                                       for k in os.environ):  # fmt: skip
+        return None
+    from sifbox.security import cryptkey
+
+    key = cryptkey.from_options(ask=ask, pem_path=pem, env=os.environ, verb=args.command, what=f"`{args.image}`")
+    cryptkey.forget_environment(os.environ)
+    return key
 
 
 def main(args) -> int:  # type: ignore[no-untyped-def]

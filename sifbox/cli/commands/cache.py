@@ -122,7 +122,7 @@ def _confirm(types: tuple[str, ...]) -> bool:
     sys.stdout.write(
         f"This will delete {what}. \n"
         "Hint: You can see exactly what would be deleted by canceling and using the --dry-run option.\n"
-        "Do you want to continue? [y/N] "
+        "Do you want to continue? [N/y] "
     )
     sys.stdout.flush()
     answer = sys.stdin.readline().strip().lower()
@@ -136,7 +136,7 @@ def _clean(args: argparse.Namespace) -> int:
     if args.days < 0:
         raise UsageError(f"can't clean the cache: --days must be 0 or more, not {args.days}")
     if not (args.force or args.dry_run) and not _confirm(types):
-        log.info("Cache cleanup canceled")
+        log.info("Handle cleanup canceled")
         return 0
     cache = _cache()
     if cache is None:

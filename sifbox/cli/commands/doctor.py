@@ -29,6 +29,7 @@ TOOLS = (
     ("fuse2fs", "fuse2fs", WARN),
     ("mkfs.ext3", "e2fsprogs", WARN),
     ("gpg", "gnupg", WARN),
+    ("gocryptfs", "gocryptfs", WARN),
     ("debootstrap", "debootstrap", WARN),
 )
 

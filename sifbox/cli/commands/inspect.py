@@ -4,7 +4,8 @@ Labels by default; --deffile, --runscript, --startscript, --test, --environment,
 --helpfile, --list-apps, each for one app with --app NAME; --json for Apptainer's JSON
 shape; --all for everything (JSON). A SIF's `inspect-metadata.json` object is used
 when it has one (as Apptainer does); otherwise the metadata files are read from the
-image without mounting it (one unsquashfs run).
+image without mounting it (one unsquashfs run). An OCI-SIF shows what its image config
+gives (labels, ENV, the ENTRYPOINT/CMD runscript), as a pull of the image to SIF has it.
 """
 
 from __future__ import annotations
@@ -50,11 +51,32 @@ def gather(src: ImageSource, warnings: list[str]) -> Metadata:
     from sifbox.formats import inspectmeta
     from sifbox.image.files import read_glob
 
+    if src.oci is not None:  # an OCI-SIF: what its image config gives, as a pull to SIF has it
+        from fnmatch import fnmatchcase
+
+        from sifbox.formats.sif.oci import singularity_files
+
+        files = {p: d for p, d, _ in singularity_files(src.oci.config)
+                 if any(fnmatchcase(p, pat) for pat in inspectmeta.PATTERNS)}  # fmt: skip
+        return inspectmeta.collect(files, [], None, warnings)
     stored, deffile = _sif_objects(src, warnings)
+    encryption = getattr(src, "encryption", None)
+    if encryption is not None:
+        from sifbox.util import log
+
+        log.log.info("`%s` is encrypted (%s): its metadata is read from its unencrypted objects", src.path,
+                     "gocryptfs" if encryption == "gocryptfs" else "LUKS2")  # fmt: skip
     if stored is not None:
         if deffile is not None:
             stored["data"]["attributes"]["deffile"] = deffile.rstrip("\n")
         return stored
+    if encryption is not None:
+        from sifbox.util.errors import SifboxError
+
+        raise SifboxError(f"can't inspect `{src.path}`: it is encrypted and holds no inspect-metadata.json "
+                          "object, so its metadata can't be read without decrypting it",
+                          hint="`sifbox exec --passphrase IMAGE cat /.singularity.d/labels.json` reads it "
+                          "with the key")  # fmt: skip
     files, dirs = read_glob(src, list(inspectmeta.PATTERNS), [inspectmeta.APP_PATTERN])
     return inspectmeta.collect(files, inspectmeta.apps_of(dirs), deffile, warnings)
 

@@ -194,10 +194,41 @@ def _import(args: argparse.Namespace) -> int:
     if not keys:
         raise SifboxError(f"can't import `{args.file}`: no OpenPGP key found in it")
     kr = _keyring(args)
+    if any(k.secret for k in keys):
+        binary = _protect_anew(binary, [k.fingerprint for k in keys if k.secret], args.file)
     added = kr.add_secret(binary) if any(k.secret for k in keys) else kr.add_public(binary)
     for k in added:
         sys.stdout.write(f"Key with fingerprint {k.fingerprint} successfully added to the keyring\n")
     return 0
+
+
+def _protect_anew(binary: bytes, fingerprints: list[str], path: str) -> bytes:
+    """As Apptainer imports a secret key at a terminal: its old passphrase (if it has one), then
+    a new one for the local keyring, twice. Without a terminal the key is kept as it is."""
+    import getpass
+    import os
+
+    from sifbox.cli.commands import _keyprompt
+    from sifbox.security import pgp
+
+    if not _keyprompt.interactive() or _keyprompt.PASSPHRASE_ENV in os.environ:
+        return binary
+    what = f"import `{path}`"
+    out = b""
+    with pgp.GnuPG(secret=binary) as g:
+        for fpr in fingerprints:
+            old = getpass.getpass("Enter your old password : ") if g.is_protected(fpr) else None
+            new = getpass.getpass("Enter a new password for this key : ")
+            if getpass.getpass("Retype your passphrase : ") != new:
+                raise SifboxError(f"can't {what}: the passphrases do not match")
+            try:
+                g.change_passphrase(fpr, old, new)
+                out += g.export_secret(fpr, new)
+            except pgp.BadPassphrase:
+                raise SifboxError(f"can't {what}: wrong passphrase for key {fpr}") from None
+            except pgp.PgpError as err:
+                raise SifboxError(f"can't {what}: {err}") from None
+    return out
 
 
 def _select(args: argparse.Namespace, keys: list, what: str) -> int:  # type: ignore[type-arg]

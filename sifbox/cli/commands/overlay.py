@@ -70,7 +70,10 @@ def main(args: argparse.Namespace) -> int:
             if not args.sparse and not into_sif:
                 os.posix_fallocate(f.fileno(), 0, args.size << 20)
         owner = f"{os.getuid()}:{os.getgid()}"
-        cmd = [mkfs, "-q", "-F", "-t", "ext3", "-E", f"root_owner={owner}", "-d", tree, fs]
+        # mkfs discards (punches holes in) a file's blocks unless told not to: an allocated
+        # image keeps them, as Apptainer's takes its whole size on disk.
+        extended = f"root_owner={owner}" + ("" if args.sparse or into_sif else ",nodiscard")
+        cmd = [mkfs, "-q", "-F", "-t", "ext3", "-E", extended, "-d", tree, fs]
         if os.path.basename(mkfs) == "mkfs.ext3":
             cmd.remove("-t")
             cmd.remove("ext3")
@@ -108,6 +111,13 @@ def _check_sif(image: str, verb: str) -> None:
                 raise SifboxError(f"can't {verb}: the SIF image already has an overlay partition")
         if any(d.data_type == c.DataType.SIGNATURE for d in img.objects()):
             raise SifboxError(f"can't {verb}: the SIF image is signed, and an overlay would change it",
+                              hint="use a separate overlay image file with --overlay")  # fmt: skip
+        from sifbox.formats.sif.crypt import encryption_of
+
+        part = img.primary_partition()
+        if part is not None and encryption_of(part) is not None:
+            # As Apptainer: what the container writes would lie beside the encrypted root, in the clear.
+            raise SifboxError(f"can't {verb}: the SIF image is encrypted, and its overlay would not be",
                               hint="use a separate overlay image file with --overlay")  # fmt: skip
 
 

@@ -1,10 +1,13 @@
 """`sifbox pull`: fetch an OCI/Docker image and convert it to a SIF file.
 
-    sifbox pull [--force] [--arch ARCH] [--platform OS/ARCH[/VARIANT]] [OUT.sif] URI
+    sifbox pull [--force] [--oci] [--arch ARCH] [--platform OS/ARCH[/VARIANT]] [OUT.sif] URI
 
-URI: `docker://REF`, `oci:DIR[:TAG|@DIGEST]`, `oci-archive:FILE[:TAG]`, `docker-archive:FILE[:REF]`.
+URI: `docker://REF`, `oci:DIR[:TAG|@DIGEST]`, `oci-archive:FILE[:TAG]`, `docker-archive:FILE[:REF]`,
+or `oras://REF`: a SIF kept in an OCI registry (`sifbox push`), downloaded as it is.
 The output name defaults to NAME_TAG.sif, as Apptainer names it. The layers are merged and
-streamed into SquashFS: no root file system is unpacked on disk.
+streamed into SquashFS: no root file system is unpacked on disk. With --oci the output is an
+OCI-SIF (SingularityCE's `pull --oci`): the layers squashed into one SquashFS layer, kept with
+the image config, a manifest and an index in the SIF; the default name is NAME_TAG.oci.sif.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("-F", "--force", action="store_true", help="overwrite an image file if it exists")
+    p.add_argument("--oci", action="store_true", help="pull to an OCI-SIF image (SingularityCE's OCI-SIF layout)")
     p.add_argument("--arch", help="architecture to pull from an image index (e.g. amd64, arm64, arm/v7)")
     p.add_argument("--platform", help="platform to pull from an image index, OS/ARCH[/VARIANT]")
     p.add_argument("--dir", help="download images to the specific directory")
@@ -36,13 +40,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="use http instead of https for docker:// URIs (a registry without TLS, or "
                    "one whose certificate is not checked); also SIFBOX_NOHTTPS=1")
     p.add_argument("out", nargs="?", metavar="OUT.sif", help="the SIF file to write (default: NAME_TAG.sif)")
-    p.add_argument("uri", metavar="URI", help="docker://REF, oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE")
+    p.add_argument("uri", metavar="URI", help="docker://REF, oras://REF, oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE")
 
 
-def default_name(uri: str) -> str:
-    """NAME_TAG.sif for an image URI (Apptainer's naming)."""
+def default_name(uri: str, oci_sif: bool = False) -> str:
+    """NAME_TAG.sif for an image URI (Apptainer's naming); NAME_TAG.oci.sif for an OCI-SIF."""
+    name = _default_name(uri)
+    return name.removesuffix(".sif") + ".oci.sif" if oci_sif else name
+
+
+def _default_name(uri: str) -> str:
     transport, _, rest = uri.partition(":")
-    if transport == "docker":
+    if transport in ("docker", "oras"):
         ref = rest.removeprefix("//")
         name_part, at, digest = ref.partition("@")
         last = name_part.rsplit("/", 1)[-1]
@@ -84,10 +93,12 @@ def main(args: argparse.Namespace) -> int:
     from sifbox.oci.layout import SourceRef, parse_platform, parse_source
 
     uri = args.uri
-    out = args.out or default_name(uri)
+    out = args.out or default_name(uri, args.oci)
     if args.dir and not os.path.isabs(out):
         out = os.path.join(args.dir, out)
     transport = uri.partition(":")[0]
+    if transport == "oras":
+        return _oras(args, uri, out)
     if transport not in (*LOCAL, "docker"):
         raise UsageError(f"can't pull `{uri}`: unsupported URI",
                          hint="use docker://REF, oci:DIR, oci-archive:FILE or docker-archive:FILE")  # fmt: skip
@@ -123,12 +134,31 @@ def main(args: argparse.Namespace) -> int:
             shutil.rmtree(remote_layout, ignore_errors=True)
 
 
+def _oras(args: argparse.Namespace, uri: str, out: str) -> int:
+    """A SIF from an OCI registry, as it was pushed (digest-checked, written atomically)."""
+    from sifbox.oci import oras
+    from sifbox.oci.netconf import env_flag
+    from sifbox.util.log import log
+
+    if args.oci:
+        raise UsageError(f"can't pull `{uri}` with --oci: an oras:// image is a SIF, pulled as it is")
+    if os.path.isdir(out):
+        raise SifboxError(f"can't pull `{uri}` to `{out}`: it is a directory")
+    if os.path.lexists(out) and not args.force:
+        raise SifboxError(f"can't pull `{uri}` to `{out}`: the file exists, will not overwrite it",
+                          hint="use --force to overwrite it")  # fmt: skip
+    oras.pull(uri, out, insecure=args.no_https or env_flag("NOHTTPS") or env_flag("NO_HTTPS"))
+    log.info("Wrote `%s`", out)
+    return 0
+
+
 def _convert(args, uri: str, out: str, ref, platform, explicit: bool, remote_layout: str | None) -> int:  # type: ignore[no-untyped-def]
     """Convert the image at `ref` to the SIF `out`; for registry images, through
     the cache of converted SIFs (one conversion however many pulls run at once)."""
     from sifbox.oci import sifcache
 
-    digest = sifcache.manifest_digest(remote_layout) if remote_layout is not None and not args.disable_cache else None
+    cached = remote_layout is not None and not args.disable_cache and not args.oci  # OCI-SIFs: blobs cached only
+    digest = sifcache.manifest_digest(remote_layout) if cached and remote_layout is not None else None
     if digest is None:
         return _convert_now(args, uri, out, ref, platform, explicit)
     from sifbox.oci import cache as cachemod
@@ -147,5 +177,6 @@ def _convert_now(args, uri: str, out: str, ref, platform, explicit: bool) -> int
 
     # `mksquashfs procs` also bounds the SquashFS writer's compression jobs (0: all CPUs).
     procs = sysconf.load(getattr(args, "config", None)).get_int("mksquashfs procs") or None
-    sifcache.convert_to_sif(ref, uri, out, platform, explicit=explicit, procs=procs, progress=Progress(log))
+    sifcache.convert_to_sif(ref, uri, out, platform, explicit=explicit, procs=procs, progress=Progress(log),
+                            oci_sif=bool(getattr(args, "oci", False)))  # fmt: skip
     return 0

@@ -29,10 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def document(path: str, fmt: str | None, generate: bool, verb: str = "read the SBOM of") -> bytes:
     """The SBOM of image `path` (stored one, else generated) as bytes."""
-    from sifbox.image.source import ImageKind, open_image
+    from sifbox.image.source import ImageKind, one_layer, open_image
     from sifbox.security import sbom
 
     source = open_image(path, verb=verb)
+    one_layer(source, verb)
     try:
         if source.kind is ImageKind.SIF and not generate:
             stored = sbom.stored_sbom(path, source.fd)

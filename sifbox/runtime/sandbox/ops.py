@@ -49,8 +49,10 @@ Mount = record("Mount", "kind source target readonly options file policy", defau
 
 #: The image that becomes the container's root file system.
 #: kind "squashfs": the SquashFS at `offset` (`size` bytes) of the open file `fd`;
-#: kind "dir": the directory open at `fd` (O_PATH), a sandbox.
-RootImage = record("RootImage", "kind fd offset size path", defaults=(0, 0, ""))
+#: kind "dir": the directory open at `fd` (O_PATH), a sandbox;
+#: kind "gocryptfs": Apptainer's encrypted SquashFS (SIF fstype 6) at `offset` of `fd`,
+#: decrypted by gocryptfs (`tool`) with the key read from the pipe `key_fd` (sandbox.crypt).
+RootImage = record("RootImage", "kind fd offset size path key_fd tool", defaults=(0, 0, "", None, None))
 
 #: A layer of the overlay stack (`--overlay`, a SIF's overlay partition), or a
 #: data image bound into the container (`--bind IMAGE:DEST:image-src=PATH`).

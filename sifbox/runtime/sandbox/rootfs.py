@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import os
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal
@@ -89,6 +90,18 @@ class Session:
         os.mkdir(target)
         if image.kind == "dir":
             self._bind_fd(image.fd, target, writable=writable, what="the sandbox")
+            return target
+        if image.kind == "gocryptfs":
+            from sifbox.runtime.sandbox import crypt
+
+            first = len(self.helpers)
+            try:
+                self.notes.append(f"image driver: {crypt.mount_root(self, image, target)}, offset {image.offset}")
+            except BaseException:
+                # A wrong key is an error the caller reports and exits on: its helpers go first, reaped.
+                stop_helpers(self.helpers[first:])
+                del self.helpers[first:]
+                raise
             return target
         driver = self.mount_squashfs(image.fd, image.offset, image.size, target, "the image")
         self.notes.append(f"image driver: {driver}, offset {image.offset}")
@@ -172,8 +185,10 @@ class Session:
         return found
 
     def stack(self, lower: str, layers: list[Layer] | tuple[Layer, ...], points: list[tuple[str, bool]],
-              overlay_mode: str) -> tuple[str, bool]:  # fmt: skip
-        """Mount the layers and the overlay stack on `session/root`.
+              overlay_mode: str, files: list[tuple[str, bytes, int]] | None = None) -> tuple[str, bool]:  # fmt: skip
+        """Mount the layers and the overlay stack on `session/root`; `files` (path, bytes,
+        mode) are put in the container's own layer, over the image's (an OCI-SIF's
+        `/.singularity.d`).
 
         Returns the root and whether it is persistently writable (a writable
         layer). `overlay_mode` is `enable overlay` of sifbox.conf.
@@ -215,6 +230,8 @@ class Session:
             made_in = os.path.join(session, "points")
             os.mkdir(made_in)
         _make_points(points, made_in, [upper, *lowers, lower] if persistent else [*lowers, lower])
+        for path, data, mode in files or ():
+            _write_file(made_in, path, data, mode)
         root = os.path.join(session, "root")
         os.mkdir(root)
         stack_lowers = ([made_in] if persistent else []) + lowers + [lower]
@@ -318,9 +335,12 @@ class Session:
             sc.mount(None, self.path, None, sc.MS_PRIVATE)
 
     def _spawn(self, binary: str, argv: list[str], keep: tuple[int, ...], ambient_admin: bool = False,
-               stop: int = signal.SIGKILL, root: str | None = None, wait: float = 2.0) -> str:  # fmt: skip
+               stop: int = signal.SIGKILL, root: str | None = None, wait: float = 2.0,
+               stdin: int | None = None, as_ids: tuple[int, int] | None = None) -> str:  # fmt: skip
         """Start a helper that gets `stop` when its parent dies, and is stopped
-        with it (and waited for) by `stop_helpers`."""
+        with it (and waited for) by `stop_helpers`; `stdin`: a descriptor for its
+        standard input (a pipe holding a key), else /dev/null; `as_ids`: (uid, gid)
+        it runs as, without any capability (root's gocryptfs), else this process's."""
         name = os.path.basename(binary)
         logfile = os.path.join(self.path, f"{name}.{len(os.listdir(self.path))}.log")
         pid = os.fork()
@@ -330,8 +350,13 @@ class Session:
                 if ambient_admin:
                     sc.raise_ambient(sc.CAP_SYS_ADMIN)
                 log = os.open(logfile, os.O_WRONLY | os.O_CREAT, 0o600)
+                if as_ids is not None:  # the log is open: the IDs go, and every capability with them
+                    os.setgroups([])
+                    os.setresgid(as_ids[1], as_ids[1], as_ids[1])
+                    os.setresuid(as_ids[0], as_ids[0], as_ids[0])
+                    sc.set_no_new_privs()
                 devnull = os.open(os.devnull, os.O_RDWR)
-                os.dup2(devnull, 0)
+                os.dup2(devnull if stdin is None else stdin, 0)
                 os.dup2(devnull, 1)
                 os.dup2(log, 2)
                 low = 3
@@ -708,6 +733,20 @@ def _make_points(points: list[tuple[str, bool]], made_in: str, layers: list[str]
             os.close(os.open(last, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
         else:
             os.makedirs(last, exist_ok=True)
+
+
+def _write_file(base: str, path: str, data: bytes, mode: int) -> None:
+    """A new file at `path` below `base` (a directory of the session, sifbox's own)."""
+    parts = [p for p in path.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise ValueError(f"not a path for a file of the container: {path!r}")
+    where = os.path.join(base, *parts[:-1])
+    os.makedirs(where, mode=0o755, exist_ok=True)
+    fd = os.open(os.path.join(where, parts[-1]), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                 | os.O_CLOEXEC, mode & 0o777)  # fmt: skip
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        os.fchmod(f.fileno(), mode & 0o777)
 
 
 def _escape(path: str) -> str:

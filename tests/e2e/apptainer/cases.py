@@ -30,7 +30,6 @@ The themes:
     cleanenv-lang         --cleanenv keeps the host's LANG and LC_ALL instead of setting LANG=C
     cleanenv-proxy        --cleanenv drops the proxy variables Apptainer always passes
     contain-cwd           --contain keeps the caller's directory instead of starting in $HOME
-    bind-env-merge        the container's APPTAINER_BIND lists the environment's binds, not --bind's
     app-exit-status       --app: a missing app gives 126 (Apptainer 1); an app without the
                           runscript or test asked for gives 0 (Apptainer 1)
     legacy-environment    /environment of an image without /.singularity.d is not sourced
@@ -46,18 +45,10 @@ The themes:
     action-uri            actions on a docker:// URI
     sif-executable        a built SIF is not executable (mode 0644; no `run-singularity` for its
                           `#!/usr/bin/env run-singularity` line)
-    build-arch            `build --arch` of another architecture is refused
-    build-prompt          building over an existing image is an error, not Apptainer's question
-    build-args-unused     a --build-arg the definition does not use only warns (Apptainer: fatal)
-    build-fingerprints    the `Fingerprints:` header of a definition file is refused
     env-allexport         a variable %environment sets without `export` is not in the environment
     docker-env-host       a host variable overrides the image's Docker ENV of the same name
     compat-warning        no DEPRECATED USAGE / Skipping warning for SINGULARITYENV_ variables
-    fakeroot-umask        --fakeroot keeps the caller's umask instead of setting 0022
     mount-csv             --mount and APPTAINER_MOUNT are not CSV (quoted fields, a mount a line)
-    overlay-allocate      `overlay create` without --sparse does not take its size on disk
-    key-import-passphrase `key import` of a secret key asks for no passphrase (old, new)
-    message-text          a message's words differ from the ones the user guide quotes
     missing-flag:FLAG, missing-command:COMMAND   not available yet
 """
 

@@ -93,16 +93,21 @@ def build_images(cli: str, base: Path) -> Images:
                   inspector_sandbox)  # fmt: skip
 
 
-@pytest.fixture(scope="session")
-def e2e_images(sifbox_cli: str) -> Iterator[Images]:
-    """The images of the ported tests, built once per session as root; removed at the end."""
+def need_image_tools(what: str) -> None:
+    """Skip (saying why) unless this runs as root with mksquashfs and busybox to build `what`."""
     if os.geteuid() != 0:
-        pytest.skip("building the e2e images needs root")
+        pytest.skip(f"building {what} needs root")
     for tool in ("mksquashfs", "busybox"):
         if shutil.which(tool) is None:
             pytest.skip(
                 f"`{tool}` is not installed (Debian packages squashfs-tools, busybox-static)"
             )
+
+
+@pytest.fixture(scope="session")
+def e2e_images(sifbox_cli: str) -> Iterator[Images]:
+    """The images of the ported tests, built once per session as root; removed at the end."""
+    need_image_tools("the e2e images")
     base = new_dir("images")
     try:
         yield build_images(sifbox_cli, base)
@@ -264,3 +269,22 @@ def sb(as_who, sifbox_cli: str, e2e_images: Images, work_dir: Path) -> Runner:  
     `sifbox ARGV` as `as_who` and gives (status, stdout, stderr); `sb.subst(text)` fills the
     @...@ placeholders of a case."""
     return Runner(who=as_who, cli=sifbox_cli, images=e2e_images, work=work_dir, timeout=TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def oras_image(sifbox_cli: str, e2e_images) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """e2e.PrepRegistry/EnsureORASImage: the test image pushed (`sifbox push`) to a
+    docker-registry on 127.0.0.1 that the module using it starts and stops; its oras:// URI."""
+    from tests.integration.registry_server import RegistryServer, need
+
+    need("docker-registry")
+    work = new_dir("oras-registry")
+    try:
+        with RegistryServer(work / "registry") as reg:
+            uri = f"oras://{reg.host}/e2e/test_sif:latest"
+            proc = subprocess.run([sifbox_cli, "push", str(e2e_images.test), uri], capture_output=True, text=True,
+                                  timeout=300, check=False)  # fmt: skip
+            assert proc.returncode == 0, proc.stderr
+            yield uri
+    finally:
+        remove_dir(work)

@@ -134,12 +134,15 @@ def test_contain(request, sb, instances, verb: str) -> None:
     stop(sb, inst)
 
 
-@pytest.mark.skip(
-    reason="instance.go:testInstanceFromURI starts an oras:// image: sifbox has no oras:// "
-    "transport yet and this machine has no `oras` client to push one"
-)
-def test_instance_from_uri() -> None:
-    pass
+@pytest.mark.parametrize("verb", ["start", "run"])
+def test_instance_from_uri(sb, instances, oras_image: str, verb: str) -> None:  # type: ignore[no-untyped-def]
+    """instance.go:testInstanceFromURI: `instance start|run oras://... NAME`, `id` in it, stop."""
+    inst = name("fromuri")
+    instances.append(inst)
+    res = sb.run(["instance", verb, oras_image, inst])
+    assert res.status == 0, res
+    exec_in(sb, inst, "id")
+    stop(sb, inst)
 
 
 def test_create_many_instances_run_and_stop_all(request, sb, instances) -> None:

@@ -60,7 +60,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.apptainer.cases import Runner, new_dir, remove_dir
-from tests.e2e.apptainer.conftest import Guard, _reap
+from tests.e2e.apptainer.conftest import Guard, _reap, need_image_tools
 from tests.e2e.userguide.guide import DATA, stage
 from tests.integration.images import _become_subreaper
 
@@ -109,13 +109,7 @@ FILE_NAMES = {"lolcow": "lolcow_latest.sif", "labels": "ubuntu.sif", "alpine": "
 @pytest.fixture(scope="session")
 def guide_images(sifbox_cli: str) -> Iterator[Images]:
     """The images of the guide's examples, built once per session as root; removed after."""
-    if os.geteuid() != 0:
-        pytest.skip("building the user guide's images needs root")
-    for tool in ("mksquashfs", "busybox"):
-        if shutil.which(tool) is None:
-            pytest.skip(
-                f"`{tool}` is not installed (Debian packages squashfs-tools, busybox-static)"
-            )
+    need_image_tools("the user guide's images")
     base = new_dir("guide-images")
     try:
         work = base / "work"

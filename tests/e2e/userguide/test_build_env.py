@@ -55,7 +55,7 @@ ROWS = [
     # Cleaning the Cache: asks first (here: no), --dry-run, --days, --type, --force
     C(f"{BE}:Cleaning the Cache", "cache", "clean", env=HOME, stdin="n\n", out=(contains(ASK), contains(HINT))),
     C(f"{BE}:Cleaning the Cache[prompt]", "cache", "clean", env=HOME, stdin="n\n",
-      out=contains("Do you want to continue? [N/y]"), xfail="message-text"),
+      out=contains("Do you want to continue? [N/y]")),
     C(f"{BE}:Cleaning the Cache[kept]", "cache", "list", env=HOME, out=NOT_EMPTY),
     C(f"{BE}:Cleaning the Cache[--dry-run]", "cache", "clean", "--dry-run", env=HOME, out=contains("@ws@/home/.cache")),
     C(f"{BE}:Cleaning the Cache[--days 30]", "cache", "clean", "--days", "30", env=HOME, stdin="y\n"),

@@ -94,7 +94,7 @@ EXAMPLES = [
     C(f"{FR}:Build from a definition file", "build", "@work@/test.sif", "@work@/test.def"),
     C(f"{FR}:Build from a definition file[--fakeroot]", "build", "--fakeroot", "@work@/test.sif", "@work@/test.def"),
     C(f"{FR}:Using fakeroot command inside definition file", "build", "--ignore-fakeroot-command", "@work@/test.sif",
-      "@work@/test.def", xfail="missing-flag:--ignore-fakeroot-command"),
+      "@work@/test.def"),
 ]  # fmt: skip
 
 

@@ -21,11 +21,6 @@ SKIPS = {
         '`run --fakeroot --net --network-args="portmap=8080:80/tcp"`: the network work (CNI networks; '
         "tests/e2e/apptainer's `network-cni` theme; sifbox has --network none only)"
     ),
-    "encryption.rst": (
-        "Encrypted containers (build --encrypt with --passphrase, --pem-path, "
-        "APPTAINER_ENCRYPTION_PASSPHRASE / _PEM_PATH; running them) and build_a_container.rst's "
-        "--encrypt/--passphrase/--pem-path: the encryption work (DESIGN decision 6: gocryptfs/cryptsetup)"
-    ),
 }
 
 

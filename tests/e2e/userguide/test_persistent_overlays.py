@@ -15,7 +15,7 @@ import os
 
 import pytest
 
-from tests.e2e.apptainer.cases import C, Case, check, contains, exact, mark_xfail, params, regex
+from tests.e2e.apptainer.cases import C, Case, check, contains, exact, params, regex
 from tests.e2e.userguide import guide
 
 pytestmark = pytest.mark.integration
@@ -127,7 +127,6 @@ def test_sparse(request, sb, ws) -> None:
                              "1024", "@ws@/sparse.img"))  # fmt: skip
     st = os.stat(sb.subst("@ws@/sparse.img"))
     assert st.st_size == 1 << 30 and st.st_blocks * 512 < 256 << 20, (st.st_size, st.st_blocks)
-    mark_xfail(request, "overlay-allocate", sb.kind)
     res = sb.run(["overlay", "create", "--size", "64", "@ws@/standard.img"])
     check(sb, C(f"{PO}:Sparse overlay images[standard]"), res)
     st = os.stat(sb.subst("@ws@/standard.img"))

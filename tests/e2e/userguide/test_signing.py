@@ -27,7 +27,6 @@ from tests.e2e.apptainer.cases import (
     console,
     contains,
     lacks,
-    mark_xfail,
     new_dir,
     regex,
     remove_dir,
@@ -162,7 +161,6 @@ def test_key_import(request, sb, ws, keys) -> None:
     """Key import command: `key import $HOME/pinkie-pie.asc` of a secret key asks for its
     passphrase and a new one for the local keyring, then adds it; `key list -s` shows it last."""
     guide.as_user(sb, ["cp", "@keys@/pinkie-pie.asc", "@ws@/home/pinkie-pie.asc"])
-    mark_xfail(request, "key-import-passphrase", sb.kind)
     res = console(sb, ["key", "import", "@ws@/home/pinkie-pie.asc"], [
         ("expect", "Enter your old password :"), ("send", "pinkie"),
         ("expect", "Enter a new password for this key :"), ("send", "guide"),
@@ -170,6 +168,15 @@ def test_key_import(request, sb, ws, keys) -> None:
         ("expect", "Key with fingerprint @pinkie_fp@ successfully added to the keyring"),
     ], timeout=5, env=HOME)  # fmt: skip
     check(sb, C(f"{KC}:Key import command"), res)
+    # The key in the keyring is protected by the new passphrase, no longer by the old one.
+    guide.as_user(sb, ["cp", "@lolcow@", "@ws@/home/pinkie.sif"])
+    listing = sb.run(["key", "list", "-s"], env=HOME).stdout
+    index = re.search(r"(?m)^(\d+)\) U: Pinkie Pie", listing)
+    assert index, listing
+    for word, status in (("pinkie", 255), ("guide", 0)):
+        res = sb.run(["sign", "--keyidx", index[1], "@ws@/home/pinkie.sif"],
+                     env={**HOME, "SIFBOX_KEY_PASSPHRASE": word})  # fmt: skip
+        assert res.status == status, (word, res)
 
 
 def test_key_import_listed(request, sb, ws, keys) -> None:

@@ -1,0 +1,44 @@
+"""`sifbox push IMAGE oras://REGISTRY/REPOSITORY[:TAG]`: upload a SIF to an OCI registry, as
+Apptainer's `push` does (an OCI artifact: the SIF as its one layer,
+`application/vnd.sylabs.sif.layer.v1.sif`, and the config `application/vnd.sylabs.sif.config.v1+json`).
+`sifbox pull oras://...` fetches it back, byte for byte.
+
+`sifbox push IMAGE.oci.sif docker://REGISTRY/REPOSITORY[:TAG]` uploads the OCI image an OCI-SIF
+holds (its SquashFS layers, config and manifest, as SingularityCE pushes them); `sifbox pull --oci
+docker://...` makes the same OCI-SIF of it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from sifbox.util.errors import NotAvailableError, UsageError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = "examples:\n  sifbox push app.sif oras://registry.example.org:5000/group/app:1.0"
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("image", metavar="IMAGE", help="the SIF image to upload")
+    p.add_argument("uri", metavar="URI", help="oras://REGISTRY/REPOSITORY[:TAG], or docker://... for an OCI-SIF")
+    p.add_argument("--no-https", "--nohttps", dest="no_https", action="store_true",
+                   help="use http instead of https (a registry without TLS); also SIFBOX_NOHTTPS=1")  # fmt: skip
+
+
+def main(args: argparse.Namespace) -> int:
+    from sifbox.oci.netconf import env_flag
+    from sifbox.util.log import log
+
+    uri = args.uri
+    scheme = uri.partition("://")[0] if "://" in uri else ""
+    if scheme in ("library", "shub"):
+        raise NotAvailableError(f"can't push to `{uri}`: {scheme}:// pushes are not available in sifbox",
+                                hint="push SIF images to an OCI registry with oras://REGISTRY/REPOSITORY:TAG")  # fmt: skip
+    if scheme not in ("oras", "docker"):
+        raise UsageError(f"can't push to `{uri}`: unsupported URI", hint="use oras://REGISTRY/REPOSITORY[:TAG]")
+    from sifbox.oci import oras
+
+    insecure = args.no_https or env_flag("NOHTTPS") or env_flag("NO_HTTPS")
+    push = oras.push if scheme == "oras" else oras.push_image
+    digest = push(args.image, uri, insecure=insecure)
+    log.info("Upload complete: `%s` (%s)", uri, digest)
+    return 0
