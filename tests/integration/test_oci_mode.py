@@ -34,6 +34,11 @@ def oci_sif() -> Iterator[Path]:
                        env={**os.environ, "SIFBOX_CACHEDIR": str(base / "cache")})  # fmt: skip
     assert r.returncode == 0, r.stderr
     sif.chmod(0o644)
+    ocisif = base / "img.oci.sif"
+    r = subprocess.run([CLI, "pull", "--oci", str(ocisif), f"oci-archive:{tar}"], capture_output=True, text=True,
+                       check=False, env={**os.environ, "SIFBOX_CACHEDIR": str(base / "cache")})  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    ocisif.chmod(0o644)
     yield sif
     shutil.rmtree(base, ignore_errors=True)
 
@@ -73,3 +78,12 @@ def test_writable_tmpfs_binds_and_fakeroot(run_as: Any, as_who: Any, oci_sif: Pa
 def test_refused_in_oci_mode(run_as: Any, as_who: Any, oci_sif: Path, flag: list[str]) -> None:
     r = _sb(run_as, as_who, "exec", "--oci", *flag, oci_sif, "true")
     assert r.returncode == 125 and r.stderr.startswith("sifbox: error: can't use ") and "--oci" in r.stderr, r.stderr
+
+
+def test_oci_sif_runs_with_its_image_config(run_as: Any, as_who: Any, oci_sif: Path) -> None:
+    """An OCI-SIF (pull --oci): its image config's Entrypoint, Cmd, Env and WorkingDir."""
+    ocisif = oci_sif.with_name("img.oci.sif")
+    r = _sb(run_as, as_who, "run", "--oci", ocisif)
+    assert (r.returncode, r.stdout) == (3, "from-cmd\n"), r.stderr
+    r = _sb(run_as, as_who, "exec", "--oci", ocisif, "sh", "-c", "echo $$ $FOO; pwd")
+    assert (r.returncode, r.stdout) == (0, "1 bar\n/tmp\n"), r.stderr
