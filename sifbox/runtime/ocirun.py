@@ -258,6 +258,15 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
         seen: dict[str, int] = {}
         try:
             pid, status = wait_ready(ours, seen)
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM): take the half-created container down.
+            try:
+                os.kill(seen.get("watcher", child), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            if not detach:
+                _reap(child)
+            raise
         finally:
             ours.close()
         watcher = seen.get("watcher", child)
