@@ -218,14 +218,15 @@ def _mount(item: Any, bundle: str, namespaces: set[str]) -> list[Any]:
             raise _fail(f"mounting `{kind or 'bind'}` on `{dest}` is not allowed: it is inside /proc",
                         hint="only /proc itself (type proc) and a few files (/proc/cpuinfo, /proc/meminfo...) "
                         "may be mount destinations")  # fmt: skip
+    noexec = "noexec" in options
     if bind:
         if not source:
             raise _fail(f"the bind mount on `{dest}` has no source")
         source = source if source.startswith("/") else os.path.join(bundle, source)
         is_file = os.path.exists(source) and not os.path.isdir(source)
-        return [Mount("rbind" if "rbind" in options else "bind", source, dest, readonly, file=is_file)]
+        return [Mount("rbind" if "rbind" in options else "bind", source, dest, readonly, file=is_file, noexec=noexec)]
     if kind == "tmpfs":
-        return [Mount("tmpfs", None, dest, readonly, data)]
+        return [Mount("tmpfs", None, dest, readonly, data, noexec=noexec)]
     if kind == "devpts":
         return [Mount("devpts", None, dest, False, data)]
     if kind in ("sysfs", "mqueue"):

@@ -529,3 +529,32 @@ def test_exec_tty_console_socket(as_who: Any, run_as: Any, shared_tmp: Path) -> 
     assert outs["sifbox"][1:] == ["on-a-tty"] and outs["sifbox"][0].startswith("/dev/pts/"), outs
     if "runc" in outs:
         assert outs["sifbox"] == outs["runc"]
+
+
+def test_mount_options_as_runc(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
+    """Mount options: ro and noexec on tmpfs and binds, the tmpfs's mode and size (mounts.bats)."""
+    data = shared_tmp / "data"
+    data.mkdir(mode=0o777)
+    data.chmod(0o777)
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["mounts"] += [
+            {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["noexec", "mode=700", "size=4m"]},
+            {"destination": "/data", "type": "bind", "source": str(data), "options": ["rbind", "noexec"]},
+            {"destination": "/ro", "type": "bind", "source": str(data), "options": ["rbind", "ro"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["size=4m"]},
+        ]  # fmt: skip
+
+    script = ("cp /bin/busybox /scratch/true && (/scratch/true 2>/dev/null || echo scratch-noexec); "
+              "stat -c %a /scratch; cp /bin/busybox /data/true && (/data/true 2>/dev/null || echo data-noexec); "
+              "cp /bin/busybox /tmp/true && /tmp/true && echo tmp-exec; "
+              "touch /ro/x 2>/dev/null || echo ro; head -c 5m /dev/zero > /scratch/big 2>/dev/null || echo full")
+    bundle = _bundle(shared_tmp, as_who, ["sh", "-c", script], edit=edit)
+    outs = {}
+    for rt in _runtimes(as_who, run_as, shared_tmp):
+        r = rt("run", "m1", cwd=bundle)
+        outs[rt.name] = (r.returncode, r.stdout)
+        (data / "true").unlink(missing_ok=True)
+    assert outs["sifbox"] == (0, "scratch-noexec\n700\ndata-noexec\ntmp-exec\nro\nfull\n"), outs
+    if "runc" in outs:
+        assert outs["sifbox"] == outs["runc"]

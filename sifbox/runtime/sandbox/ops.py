@@ -45,7 +45,9 @@ from sifbox.util.records import record
 #:              (`bind path` /etc/hosts and /etc/localtime, as Apptainer)
 #:   "if-present"  (the current directory) skipped when the root is written in
 #:              place and its mount point is missing from the image
-Mount = record("Mount", "kind source target readonly options file policy", defaults=(False, None, False, ""))
+#: noexec    no program of the mount may be exec'd (bind, rbind, tmpfs; the others always are)
+Mount = record("Mount", "kind source target readonly options file policy noexec",
+               defaults=(False, None, False, "", False))  # fmt: skip
 
 #: The image that becomes the container's root file system.
 #: kind "squashfs": the SquashFS at `offset` (`size` bytes) of the open file `fd`;

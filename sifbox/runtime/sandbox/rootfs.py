@@ -615,12 +615,13 @@ def _mount_one(root: str, m: Mount, target: str, at: str, image: str, restrict: 
             sc.mount(m.source, at, None, sc.MS_BIND | (sc.MS_REC if recursive else 0))
             # A device node the plan binds (/dev/null, a GPU) stays a device; nothing else may be one.
             restrict_this = restrict and not (m.kind == "bind" and _is_device(target))
-            attrs = (sc.MOUNT_ATTR_RDONLY if m.readonly else 0) | (_RESTRICT if restrict_this else 0)
+            attrs = ((sc.MOUNT_ATTR_RDONLY if m.readonly else 0) | (_RESTRICT if restrict_this else 0)
+                     | (sc.MOUNT_ATTR_NOEXEC if m.noexec else 0))  # fmt: skip
             if attrs:
                 set_flags(target, attrs, recursive=recursive)
         elif m.kind == "tmpfs":
-            sc.mount("tmpfs", at, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | (sc.MS_RDONLY if m.readonly else 0),
-                     m.options)  # fmt: skip
+            sc.mount("tmpfs", at, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | (sc.MS_RDONLY if m.readonly else 0)
+                     | (sc.MS_NOEXEC if m.noexec else 0), m.options)  # fmt: skip
         elif m.kind in ("sysfs", "mqueue"):
             flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | (sc.MS_RDONLY if m.readonly else 0)
             try:
