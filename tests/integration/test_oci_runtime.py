@@ -558,3 +558,27 @@ def test_mount_options_as_runc(as_who: Any, run_as: Any, shared_tmp: Path) -> No
     assert outs["sifbox"] == (0, "scratch-noexec\n700\ndata-noexec\ntmp-exec\nro\nfull\n"), outs
     if "runc" in outs:
         assert outs["sifbox"] == outs["runc"]
+
+
+def test_mknod_gives_no_device(run_as: Any, shared_tmp: Path) -> None:
+    """Without a device cgroup, a root container given CAP_MKNOD (containerd's default set has
+    it) could make a node of the host's disk: every mount of the container is nodev, so a node it
+    makes opens nothing. Only the devices of the config (bound) work."""
+    from tests.integration.images import user_named
+
+    root = user_named("root")
+    st = os.stat("/dev/null")
+    disk = next((d for d in ("/dev/vda", "/dev/sda", "/dev/nvme0n1", "/dev/loop0") if os.path.exists(d)), None)
+    major, minor = (os.major(os.stat(disk).st_rdev), os.minor(os.stat(disk).st_rdev)) if disk else (7, 0)
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["process"]["capabilities"]["bounding"] += ["CAP_MKNOD", "CAP_SYS_ADMIN"]
+        doc["root"]["readonly"] = False
+
+    script = (f"for d in /dev/x /tmp/x /x; do mknod $d b {major} {minor} && "
+              f"(head -c 1 $d >/dev/null 2>&1 && echo OPENED $d || echo refused $d); done; "
+              f"mknod /dev/n c {os.major(st.st_rdev)} {os.minor(st.st_rdev)} && (echo > /dev/n) 2>/dev/null || echo null-refused")
+    bundle = _bundle(shared_tmp, root, ["sh", "-c", script], edit=edit)
+    r = Runtime("sifbox", root, run_as, shared_tmp)("run", "k1", cwd=bundle)
+    assert "OPENED" not in r.stdout, r.stdout
+    assert r.stdout.split().count("refused") == 3 and "null-refused" in r.stdout, (r.stdout, r.stderr)
