@@ -237,8 +237,20 @@ def _write(dfd: int, name: str, value: str, what: str) -> None:
         os.close(fd)
 
 
-def _choose(root: str, own: dict[str, str], wanted: list[str]) -> tuple[int, dict[str, str], str]:
-    """(version, {controller: parent directory}, why not) for the controllers `wanted`."""
+def probe(wanted: tuple[str, ...] = ("memory", "cpu", "pids"), root: str = CGROUP_ROOT) -> tuple[int, str]:
+    """(cgroup version the caller's limits would use, 0: none; why not), changing nothing."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            own = own_paths(f.read())
+    except OSError as err:
+        return 0, f"can't read /proc/self/cgroup: {err.strerror}"
+    version, _, reason = _choose(root, own, list(wanted), enable=False)
+    return version, reason
+
+
+def _choose(root: str, own: dict[str, str], wanted: list[str], enable: bool = True) -> tuple[int, dict[str, str], str]:
+    """(version, {controller: parent directory}, why not) for the controllers `wanted`; with
+    `enable`, they are enabled for the children of the caller's v2 cgroup."""
     unified = next((p for p in (root, os.path.join(root, "unified")) if os.path.exists(os.path.join(p, "cgroup.controllers"))), None)  # fmt: skip
     v2_reason = "no cgroup v2 hierarchy"
     if unified is not None and "" in own:
@@ -251,8 +263,9 @@ def _choose(root: str, own: dict[str, str], wanted: list[str]) -> tuple[int, dic
         missing = [c for c in wanted if c not in available]
         if not missing and os.access(base, os.W_OK):
             try:
-                with open(os.path.join(base, "cgroup.subtree_control"), "w") as f:
-                    f.write(" ".join("+" + c for c in wanted))
+                if enable:
+                    with open(os.path.join(base, "cgroup.subtree_control"), "w") as f:
+                        f.write(" ".join("+" + c for c in wanted))
                 return 2, {"": base}, ""
             except OSError as err:
                 v2_reason = f"can't enable the {', '.join(wanted)} controllers below `{base}`: {err.strerror}"

@@ -81,3 +81,16 @@ def test_v2_chosen_when_its_controllers_are_there(tmp_path: Path) -> None:
     version, _, reason = cgroups._choose(str(tmp_path), {"": "/user.slice"}, ["memory", "pids"])
     assert version == 0  # as root: no v1 hierarchy in this tree either
     assert "controllers memory, pids are not available" in reason
+
+
+def test_probe_changes_nothing(tmp_path: Path) -> None:
+    """What `sifbox doctor` reports: the layout the limits would use, without enabling anything."""
+    base = tmp_path / "u"
+    base.mkdir()
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    (base / "cgroup.controllers").write_text("cpu memory pids\n")
+    (base / "cgroup.subtree_control").write_text("")
+    assert cgroups._choose(str(tmp_path), {"": "/u"}, ["memory"], enable=False)[0] == 2
+    assert (base / "cgroup.subtree_control").read_text() == ""
+    version, reason = cgroups.probe()  # this machine: some answer, and a reason when none
+    assert version in (0, 1, 2) and (version or reason)
