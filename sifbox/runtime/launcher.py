@@ -187,7 +187,7 @@ def _fetch_uri(launch: Launch) -> tuple[Launch, str | None]:
 
 def prepare(launch: Launch) -> Prepared:
     from sifbox.runtime import env as envmod
-    from sifbox.runtime.options import LaunchOptions, seccomp_program
+    from sifbox.runtime.options import LaunchOptions, limits_cgroup, seccomp_program
     from sifbox.runtime.plan import default_mounts, site_from_config
 
     spec, action = launch.spec, launch.action
@@ -270,10 +270,7 @@ def prepare(launch: Launch) -> Prepared:
     p.overrides = {**fixed, **overrides}
     p.no_init = launch.no_init
     p.keep_fds = _keep_fds(p.env)
-    if options.limits is not None and p.joining is None:
-        from sifbox.hpc.cgroups import Cgroups
-
-        p.cgroups = Cgroups.create(f"sifbox-{os.getpid()}", options.limits, what=f"`{spec.image}`")
+    p.cgroups = limits_cgroup(options, spec.image) if p.joining is None else None
     return p
 
 

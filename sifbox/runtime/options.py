@@ -14,6 +14,8 @@ timeout and image-source options, parsed and checked (pure: no system calls).
 
 from __future__ import annotations
 
+import os
+
 from sifbox.util.errors import NotAvailableError, UsageError
 from sifbox.util.records import record
 
@@ -110,6 +112,17 @@ def seccomp_program(options: object, caps: frozenset[int]) -> bytes | None:
     except SeccompError as err:
         raise UsageError(f"can't use --security `seccomp:{path}`: {err.message.partition(': ')[2]}",
                          hint=err.hint) from None  # fmt: skip
+
+
+def limits_cgroup(options: object, image: str) -> object | None:
+    """The container's cgroup (sifbox.hpc.cgroups.Cgroups) of --memory, --cpus, ... in
+    `options` (LaunchOptions); None without limits."""
+    limits = getattr(options, "limits", None)
+    if limits is None:
+        return None
+    from sifbox.hpc.cgroups import Cgroups
+
+    return Cgroups.create(f"sifbox-{os.getpid()}", limits, what=f"`{image}`")
 
 
 _UNITS = {
