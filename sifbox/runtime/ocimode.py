@@ -43,6 +43,35 @@ FAKEROOT_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "C
                  "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"]  # fmt: skip
 
 
+def runc_spec(*, rootless: bool = False) -> dict[str, Any]:
+    """config.json as `runc spec` (or `runc spec --rootless`, for the caller) writes it."""
+    caps = {k: list(CAPS) for k in ("bounding", "effective", "permitted", "ambient")}
+    mounts = [dict(m) for m in MOUNTS]
+    mounts[2]["options"] = [*mounts[2]["options"], *([] if rootless else ["gid=5"])]
+    mounts.append({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                   "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]})  # fmt: skip
+    linux: dict[str, Any] = {"namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+                             "maskedPaths": list(MASKED), "readonlyPaths": list(READONLY)}  # fmt: skip
+    if rootless:
+        linux["uidMappings"] = [{"containerID": 0, "hostID": os.getuid(), "size": 1}]
+        linux["gidMappings"] = [{"containerID": 0, "hostID": os.getgid(), "size": 1}]
+        linux["namespaces"] = [n for n in linux["namespaces"] if n["type"] != "network"] + [{"type": "user"}]
+        mounts[5] = {"destination": "/sys", "type": "none", "source": "/sys",
+                     "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}  # fmt: skip
+    else:
+        linux["resources"] = {"devices": [{"allow": False, "access": "rwm"}]}
+    return {
+        "ociVersion": "1.0.2",
+        "process": {"terminal": True, "user": {"uid": 0, "gid": 0}, "args": ["sh"],
+                    "env": [f"PATH={DEFAULT_PATH}", "TERM=xterm"], "cwd": "/", "capabilities": caps,
+                    "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}], "noNewPrivileges": True},
+        "root": {"path": "rootfs", "readonly": True},
+        "hostname": "sifbox",
+        "mounts": mounts,
+        "linux": linux,
+    }  # fmt: skip
+
+
 def image_config(source: Any) -> dict[str, Any]:
     """The OCI image config (`config` object) of an OCI-SIF, or the one a SIF pulled from an
     OCI image carries as `oci-config.json`; {} if none."""

@@ -582,3 +582,26 @@ def test_mknod_gives_no_device(run_as: Any, shared_tmp: Path) -> None:
     r = Runtime("sifbox", root, run_as, shared_tmp)("run", "k1", cwd=bundle)
     assert "OPENED" not in r.stdout, r.stdout
     assert r.stdout.split().count("refused") == 3 and "null-refused" in r.stdout, (r.stdout, r.stderr)
+
+
+def test_spec_then_run(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
+    """`sifbox oci spec [--rootless]` writes what `runc spec [--rootless]` writes (but the
+    hostname); a bundle made with it runs."""
+    bundle = _bundle(shared_tmp, as_who, ["true"])
+    (bundle / "config.json").unlink()
+    rootless = [] if as_who.is_root else ["--rootless"]
+    r = run_as(as_who, [CLI, "oci", "spec", "--bundle", bundle, *rootless])
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((bundle / "config.json").read_text())
+    doc["process"].update(terminal=False, args=["sh", "-c", "hostname; id -u"])
+    (bundle / "config.json").write_text(json.dumps(doc))
+    r = Runtime("sifbox", as_who, run_as, shared_tmp)("run", "s1", cwd=bundle)
+    assert (r.returncode, r.stdout) == (0, "sifbox\n0\n"), r.stderr
+    if RUNC:
+        theirs = shared_tmp / "runc-spec"
+        theirs.mkdir(mode=0o777)
+        theirs.chmod(0o777)
+        assert run_as(as_who, [RUNC, "spec", "--bundle", theirs, *rootless]).returncode == 0
+        expected = json.loads((theirs / "config.json").read_text())
+        doc["process"].update(terminal=True, args=["sh"])
+        assert {**doc, "hostname": "runc", "ociVersion": expected["ociVersion"]} == expected

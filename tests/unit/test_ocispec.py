@@ -195,3 +195,14 @@ def test_seccomp_in_config() -> None:
     d["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW"}
     assert ocispec.parse(d, "/b").seccomp == {"defaultAction": "SCMP_ACT_ALLOW"}
     assert ocispec.parse(doc(), "/b").seccomp is None
+
+
+def test_spec_is_runcs() -> None:
+    """`sifbox oci spec` writes runc spec's config.json (but the hostname), and it parses."""
+    from sifbox.runtime.ocimode import runc_spec
+
+    ours = runc_spec()
+    assert {**ours, "hostname": "runc", "ociVersion": SPEC["ociVersion"]} == SPEC
+    rootless = runc_spec(rootless=True)
+    assert {"type": "user"} in rootless["linux"]["namespaces"] and "resources" not in rootless["linux"]
+    assert ocispec.parse(rootless, "/b").uid_maps and ocispec.parse(ours, "/b").hostname == "sifbox"

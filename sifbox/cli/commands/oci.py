@@ -6,6 +6,7 @@
       run [--bundle B] [--pid-file F] [--console-socket S] [--detach] ID
       exec [--process process.json | [--env K=V] [--cwd D] [--user U[:G]] ARGS...] ID
       list [--format table|json] [-q] | ps [--format table|json] ID | features
+      spec [--bundle B] [--rootless]
 
 The state lives under --root (/run/sifbox-oci for root, $XDG_RUNTIME_DIR/sifbox-oci
 for a user). Errors are logged to --log as runc logs them (logrus text, or JSON
@@ -73,6 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("-f", "--format", choices=("table", "json"), default="table")
     s.add_argument("id", metavar="ID")
     sub.add_parser("features", help="print what this runtime supports, as JSON")
+    s = sub.add_parser("spec", help="write a config.json to start a bundle from (runc's defaults)")
+    s.add_argument("-b", "--bundle", default=".", help="the bundle directory (default: the current one)")
+    s.add_argument("--rootless", dest="spec_rootless", action="store_true", help="for an unprivileged user")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -108,6 +112,8 @@ def _main(args: argparse.Namespace) -> int:
     if verb == "features":
         print(json.dumps(_features(), indent=2))
         return 0
+    if verb == "spec":
+        return _spec(args.bundle, args.spec_rootless)
     if verb == "list":
         return _list(root, args)
     if verb in ("create", "run"):
@@ -222,6 +228,22 @@ def _exec(root: str, args: argparse.Namespace) -> int:
     if args.pid_file:
         raise UsageError("can't use `sifbox oci exec --pid-file` without --detach")
     return ocirun.exec_process(root, args.id, proc, args.console_socket)
+
+
+def _spec(bundle: str, rootless: bool) -> int:
+    from sifbox.runtime.ocimode import runc_spec
+
+    path = os.path.join(bundle, "config.json")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except FileExistsError:
+        raise SifboxError(f"can't write `{path}`: it exists", hint="remove it first") from None
+    except OSError as err:
+        raise SifboxError(f"can't write `{path}`: {err.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        json.dump(runc_spec(rootless=rootless), f, indent="\t")
+        f.write("\n")
+    return 0
 
 
 def _list(root: str, args: argparse.Namespace) -> int:
