@@ -24,7 +24,6 @@ Everything `park` uses runs after pivot_root: imported at the top.
 
 from __future__ import annotations
 
-import array
 import fcntl
 import os
 import resource

@@ -213,11 +213,10 @@ def _mount(item: Any, bundle: str, namespaces: set[str]) -> list[Any]:
         return [Mount("proc", None, dest)]
     if dest == "/":
         raise _fail("a mount over the container's root `/` is not allowed")
-    if dest == "/proc" or dest.startswith("/proc/"):
-        if not (bind and dest in PROC_ALLOWED):
-            raise _fail(f"mounting `{kind or 'bind'}` on `{dest}` is not allowed: it is inside /proc",
-                        hint="only /proc itself (type proc) and a few files (/proc/cpuinfo, /proc/meminfo...) "
-                        "may be mount destinations")  # fmt: skip
+    if (dest == "/proc" or dest.startswith("/proc/")) and not (bind and dest in PROC_ALLOWED):
+        raise _fail(f"mounting `{kind or 'bind'}` on `{dest}` is not allowed: it is inside /proc",
+                    hint="only /proc itself (type proc) and a few files (/proc/cpuinfo, /proc/meminfo...) "
+                    "may be mount destinations")  # fmt: skip
     noexec = "noexec" in options
     if bind:
         if not source:

@@ -103,8 +103,8 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, str, str | None, str | None, str], ..
      "accepted for Apptainer's command lines: missing mount points are always made", "mounts"),
     *((("--" + name,), name, "bool", None, None, "not available yet") for name in NOT_YET),
     (("--security",), "security", "append", "OPTS",
-     "uid:N,gid:N[:M...]: run as these IDs (root only); seccomp:FILE: a seccomp profile (OCI/Docker JSON); "
-     "apparmor:, selinux: are refused", "isolation"),
+     ("uid:N,gid:N[:M...]: run as these IDs (root only); seccomp:FILE: a seccomp profile (OCI/Docker JSON); "
+      "apparmor:, selinux: are refused"), "isolation"),
     (("--allow-setuid",), "allow_setuid", "bool", None,
      "refused: setuid programs never gain privileges in a sifbox container (no_new_privs, nosuid)", "isolation"),
     (("--unsquash",), "unsquash", "bool", None, "no effect: sifbox runs images without extracting them", "mounts"),
@@ -112,8 +112,9 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, str, str | None, str | None, str], ..
      "time the image's environment scripts may take, e.g. 30s, 2m (killed after it)", "isolation"),
     (("--disable-cache",), "disable_cache", "bool", None, "do not use or create cached images (URIs)", "image URIs"),
     (("--no-https", "--nohttps"), "no_https", "bool", None, "use plain HTTP for docker:// registries", "image URIs"),
-    (("--oci",), "oci", "bool", None, "OCI semantics: runc's namespaces, mounts and capabilities, the image's "
-     "OCI config (Env, Entrypoint, Cmd, WorkingDir), no host environment", "isolation"),
+    (("--oci",), "oci", "bool", None, ("OCI semantics: runc's namespaces, mounts and capabilities, the image's "
+                                       "OCI config (Env, Entrypoint, Cmd, WorkingDir), no host environment"),
+     "isolation"),
     (("--memory",), "memory", "value", "BYTES", "memory limit (cgroups), e.g. 512m, 2g", "resources"),
     (("--memory-swap",), "memory_swap", "value", "BYTES", "memory and swap limit (cgroups); -1: unlimited swap",
      "resources"),
