@@ -153,13 +153,14 @@ class Cgroups:
 
     @classmethod
     def create(cls, name: str, limits: Limits, *, root: str = CGROUP_ROOT, proc_self: str | None = None,
-               what: str = "the container") -> Cgroups:  # fmt: skip
-        """Make cgroup `name` below the caller's, with `limits` written."""
+               what: str = "the container", extra: tuple[str, ...] = ()) -> Cgroups:  # fmt: skip
+        """Make cgroup `name` below the caller's, with `limits` written; `extra`: more
+        controllers it must be in (the freezer, for `sifbox oci pause`)."""
         if proc_self is None:
             with open("/proc/self/cgroup") as f:
                 proc_self = f.read()
         own = own_paths(proc_self)
-        wanted = limits.controllers()
+        wanted = limits.controllers() + [c for c in extra if c not in limits.controllers()]
         version, places, reason = _choose(root, own, wanted)
         if version == 0:
             raise CgroupError(f"can't limit the resources of {what}: {reason}",
@@ -260,10 +261,11 @@ def _choose(root: str, own: dict[str, str], wanted: list[str], enable: bool = Tr
                 available = set(f.read().split())
         except OSError:
             available = set()
+        wanted = [c for c in wanted if c != "freezer"]  # v2: cgroup.freeze, in every cgroup
         missing = [c for c in wanted if c not in available]
         if not missing and os.access(base, os.W_OK):
             try:
-                if enable:
+                if enable and wanted:
                     with open(os.path.join(base, "cgroup.subtree_control"), "w") as f:
                         f.write(" ".join("+" + c for c in wanted))
                 return 2, {"": base}, ""
@@ -283,3 +285,54 @@ def _choose(root: str, own: dict[str, str], wanted: list[str], enable: bool = Tr
             return 0, {}, f"{v2_reason}, and no cgroup v1 `{c}` hierarchy is mounted at `{mount}`"
         places[c] = os.path.join(mount, own[c].lstrip("/"))
     return 1, places, ""
+
+
+# --- the freezer (sifbox oci pause/resume) -----------------------------------------------------
+
+
+def freezer_file(pid: int, name: str, root: str = CGROUP_ROOT) -> str | None:
+    """The freezer file (v1 freezer.state, v2 cgroup.freeze) of the cgroup `name` that process
+    `pid` is in; None when it is in none of that name."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            paths = own_paths(f.read())
+    except OSError:
+        return None
+    for controller, top, fname in (("freezer", os.path.join(root, "freezer"), "freezer.state"),
+                                   ("", root, "cgroup.freeze"), ("", os.path.join(root, "unified"), "cgroup.freeze")):  # fmt: skip
+        path = paths.get(controller)
+        if path is None or not path.rstrip("/").endswith("/" + name):
+            continue
+        candidate = os.path.join(top, path.lstrip("/"), fname)
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def frozen(path: str) -> bool:
+    try:
+        with open(path) as f:
+            value = f.read().strip()
+    except OSError:
+        return False
+    return value in ("FROZEN", "FREEZING", "1")
+
+
+def freeze(path: str, on: bool) -> None:
+    """Freeze (or thaw) the cgroup of freezer file `path`, and wait until it is."""
+    import time
+
+    v1 = path.endswith("freezer.state")
+    with open(path, "w") as f:
+        f.write(("FROZEN" if on else "THAWED") if v1 else ("1" if on else "0"))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if v1:
+            with open(path) as f:
+                if f.read().strip() == ("FROZEN" if on else "THAWED"):
+                    return
+        else:
+            with open(os.path.join(os.path.dirname(path), "cgroup.events")) as f:
+                if f"frozen {int(on)}" in f.read():
+                    return
+        time.sleep(0.005)

@@ -217,10 +217,17 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
     here = f"/proc/self/fd/{dir_fd}"
     created = False
     try:
-        if b.limits is not None:  # linux.resources: joined by the container's process before pivot_root
-            from sifbox.hpc.cgroups import Cgroups
+        # linux.resources, and the freezer of `pause` (when this caller can have cgroups): joined
+        # by the container's process before pivot_root
+        from sifbox.hpc.cgroups import CgroupError, Cgroups, Limits
 
-            p.cgroups = Cgroups.create(f"sifbox-oci-{cid}", b.limits, what=f"container `{cid}`")
+        if b.limits is not None:
+            p.cgroups = Cgroups.create(f"sifbox-oci-{cid}", b.limits, what=f"container `{cid}`", extra=("freezer",))
+        else:
+            try:
+                p.cgroups = Cgroups.create(f"sifbox-oci-{cid}", Limits(), what=f"container `{cid}`", extra=("freezer",))
+            except (CgroupError, OSError):
+                p.cgroups = None  # no pause/resume for this container
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         listener.bind(f"{here}/{ocistate.EXEC_SOCKET}")
         listener.listen(1)
@@ -470,6 +477,25 @@ def start(root: str, cid: str) -> None:
         os.close(dir_fd)
 
 
+def pause(root: str, cid: str, on: bool = True) -> None:
+    """Freeze (`pause`) or thaw (`resume`) every process of the container."""
+    from sifbox.hpc.cgroups import freeze, freezer_file
+
+    doc = ocistate.load(root, cid)
+    st = ocistate.status(root, cid, doc)
+    verb = "pause" if on else "resume"
+    if st != ("running" if on else "paused"):
+        raise OciError(f"can't {verb} container `{cid}`: container not " + ("running" if on else "paused"))
+    path = freezer_file(int(doc["init"]), f"sifbox-oci-{cid}")
+    if path is None:
+        raise OciError(f"can't {verb} container `{cid}`: it has no freezer cgroup",
+                       hint="`sifbox doctor` says whether this user can have cgroups")  # fmt: skip
+    try:
+        freeze(path, on)
+    except OSError as err:
+        raise OciError(f"can't {verb} container `{cid}`: {err.strerror}") from None
+
+
 def parse_signal(text: str) -> int:
     name = text.upper()
     if name.isdigit():
@@ -524,11 +550,13 @@ def delete(root: str, cid: str, *, force: bool = False) -> None:
             return
         raise
     st = ocistate.status(root, cid, doc)
-    if st == "running" and not force:
-        raise OciError(f"can't delete container `{cid}`: cannot delete container {cid} that is not stopped: running",
+    if st in ("running", "paused") and not force:
+        raise OciError(f"can't delete container `{cid}`: cannot delete container {cid} that is not stopped: {st}",
                        hint=f"`sifbox oci kill {cid} KILL` first, or `sifbox oci delete --force {cid}`")  # fmt: skip
     pid, started = int(doc["init"]), int(doc.get("initStart", -1))
     watcher, wstarted = int(doc.get("pid", 0)), int(doc.get("pidStart", -1))
+    if st == "paused":
+        pause(root, cid, on=False)  # a frozen process can't end, not even by SIGKILL
     if st != "stopped":
         for target in [pid, *ocistate.peers(pid, {watcher})]:
             try:
@@ -550,9 +578,11 @@ def exec_process(root: str, cid: str, proc: ocispec.Process, console_socket: str
     from sifbox.runtime import env, launcher  # noqa: F401 - env: used once in the container's root
 
     doc = ocistate.load(root, cid)
-    if ocistate.status(root, cid, doc) != "running":
-        raise OciError(f"can't exec in container `{cid}`: cannot exec in a stopped or not started container",
-                       hint=f"`sifbox oci start {cid}` starts a created container")  # fmt: skip
+    st = ocistate.status(root, cid, doc)
+    if st != "running":
+        raise OciError(f"can't exec in container `{cid}`: the container is {st}",
+                       hint={"created": f"`sifbox oci start {cid}` starts it",
+                             "paused": f"`sifbox oci resume {cid}` resumes it"}.get(st))  # fmt: skip
     b = ocispec.load(doc["bundle"])
     if "HOME" not in proc.env:
         proc = proc._replace(env={**proc.env, "HOME": home_of(f"/proc/{int(doc['init'])}/root", proc.uid)})

@@ -142,7 +142,10 @@ def status(root: str, cid: str, doc: dict[str, Any]) -> str:
         return "stopped"
     if os.path.exists(os.path.join(container_dir(root, cid), EXEC_SOCKET)):
         return "created"
-    return "running"
+    from sifbox.hpc.cgroups import freezer_file, frozen
+
+    path = freezer_file(int(doc["init"]), f"sifbox-oci-{cid}")
+    return "paused" if path is not None and frozen(path) else "running"
 
 
 def oci_state(root: str, cid: str, doc: dict[str, Any]) -> dict[str, Any]:

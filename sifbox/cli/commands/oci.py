@@ -2,7 +2,7 @@
 
     sifbox oci [--root DIR] [--log FILE] [--log-format text|json] COMMAND ...
       create --bundle B [--pid-file F] [--console-socket S] ID
-      start ID | state ID | kill [--all] ID [SIGNAL] | delete [--force] ID
+      start ID | state ID | kill [--all] ID [SIGNAL] | delete [--force] ID | pause ID | resume ID
       run [--bundle B] [--pid-file F] [--console-socket S] [--detach] ID
       exec [--process process.json | [--env K=V] [--cwd D] [--user U[:G]] ARGS...] ID
       list [--format table|json] [-q] | ps [--format table|json] ID | features
@@ -46,7 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         if verb == "run":
             s.add_argument("-d", "--detach", action="store_true", help="create and start, then return")
         s.add_argument("id", metavar="ID")
-    for verb, what in (("start", "start a created container"), ("state", "print the state of a container")):
+    for verb, what in (("start", "start a created container"), ("state", "print the state of a container"),
+                       ("pause", "freeze every process of a container (cgroup freezer)"),
+                       ("resume", "thaw a paused container")):  # fmt: skip
         s = sub.add_parser(verb, help=what)
         s.add_argument("id", metavar="ID")
     s = sub.add_parser("kill", help="send a signal to the container's process (default SIGTERM)")
@@ -120,6 +122,9 @@ def _main(args: argparse.Namespace) -> int:
         return _create(root, args)
     if verb == "start":
         ocirun.start(root, args.id)
+        return 0
+    if verb in ("pause", "resume"):
+        ocirun.pause(root, args.id, on=verb == "pause")
         return 0
     if verb == "state":
         doc = ocistate.load(root, args.id)
