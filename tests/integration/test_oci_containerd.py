@@ -117,7 +117,8 @@ def test_ctr_run(containerd: Containerd) -> None:
 
 
 def test_ctr_detached_exec_kill(containerd: Containerd) -> None:
-    """`ctr run -d`, `ctr task exec` (runc exec --detach --pid-file), `ctr task ps`, `ctr task kill`:
+    """`ctr run -d`, `ctr task exec` (runc exec --detach --pid-file), `ctr task ps`, `ctr task
+    pause|resume`, `ctr task kill`:
     the task's status is SIGKILL's, and once deleted nothing of it is left."""
     assert containerd.run(IMAGE, "bg1", "sleep", "100", detach=True).returncode == 0
     tasks = containerd.ctr("task", "ls").stdout
@@ -125,6 +126,10 @@ def test_ctr_detached_exec_kill(containerd: Containerd) -> None:
     r = containerd.ctr("task", "exec", "--exec-id", "e1", "bg1", "sh", "-c", "ps -o comm | grep -c sleep; exit 4")
     assert (r.returncode, r.stdout.split()) == (4, ["1"]), r.stderr
     assert len(containerd.ctr("task", "ps", "bg1").stdout.splitlines()) == 2  # header, the sleep
+    assert containerd.ctr("task", "pause", "bg1").returncode == 0
+    assert "PAUSED" in containerd.ctr("task", "ls").stdout
+    assert containerd.ctr("task", "resume", "bg1").returncode == 0
+    assert "RUNNING" in containerd.ctr("task", "ls").stdout
     assert containerd.ctr("task", "kill", "-s", "SIGKILL", "bg1").returncode == 0
     deadline = time.monotonic() + 20
     while "STOPPED" not in containerd.ctr("task", "ls").stdout and time.monotonic() < deadline:
