@@ -645,3 +645,25 @@ def test_pause_resume(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
             assert rt("delete", "--force", "p1").returncode == 0, rt.name
             oci_bundle.reap(int(pid_file.read_text()))
         assert rt.state("p1") is None
+
+
+def test_sifbox_runc_entry_point(run_as: Any, shared_tmp: Path) -> None:
+    """`sifbox-runc ARGS` is `sifbox oci ARGS` (sifbox.cli.main:runc_main): the installed one
+    next to the CLI, or this CLI's launcher calling runc_main instead of main."""
+    installed = Path(CLI).with_name("sifbox-runc")
+    if installed.exists():
+        runc_cli = installed
+    else:
+        text = Path(CLI).read_text()
+        if "from sifbox.cli.main import main" not in text:
+            pytest.skip(f"{CLI} is not a Python launcher to derive sifbox-runc from")
+        runc_cli = shared_tmp / "sifbox-runc"
+        runc_cli.write_text(text.replace("from sifbox.cli.main import main", "from sifbox.cli.main import runc_main")
+                            .replace("sys.exit(main())", "sys.exit(runc_main())"))  # fmt: skip
+        runc_cli.chmod(0o755)
+    r = run_as(None, [runc_cli, "--root", shared_tmp / "st", "features"])
+    assert r.returncode == 0 and "namespaces" in json.loads(r.stdout)["linux"], r.stderr
+    r = run_as(None, [runc_cli, "--root", shared_tmp / "st", "--log", shared_tmp / "log.json", "--log-format", "json",
+                      "state", "nothing"])  # fmt: skip
+    assert r.returncode == 1 and "container does not exist" in r.stderr
+    assert json.loads((shared_tmp / "log.json").read_text())["msg"].endswith("container does not exist")
