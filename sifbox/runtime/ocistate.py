@@ -174,9 +174,25 @@ def now_rfc3339() -> str:
 
 
 def remove(root: str, cid: str) -> None:
-    import shutil
-
-    shutil.rmtree(container_dir(root, cid), ignore_errors=True)
+    """Remove ROOT/ID and its files (state, socket, log: no subdirectory; not `shutil`,
+    whose import costs every `oci run` ~5 ms)."""
+    path = container_dir(root, cid)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        for name in os.listdir(fd):
+            try:
+                os.unlink(name, dir_fd=fd)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 def peers(pid: int, exclude: set[int]) -> list[int]:
