@@ -1,4 +1,5 @@
-"""Container start-up time: `sifbox exec` next to Charliecloud's ch-run and bubblewrap.
+"""Container start-up time: `sifbox exec` next to Charliecloud's ch-run and bubblewrap, and
+`sifbox oci run` next to `runc run` on one OCI bundle.
 
     /usr/bin/python3 benchmarks/startup.py [--runs 30] [--warmup 3] [--batch 64] [--user sifbox-test]
 
@@ -348,6 +349,43 @@ def table(items: list[Row] | list[Batch], columns: str) -> list[tuple[str, Any]]
     return out
 
 
+SPEC = Path(__file__).resolve().parents[1] / "tests" / "data" / "oci" / "runc-spec.json"
+
+
+def oci_bundle(tmp: Path, root: Path, who: str) -> Path:
+    """An OCI bundle on the benchmark's root directory running /bin/true: runc's default
+    config.json (read-only root), made rootless as `runc spec --rootless` makes it for a user."""
+    import json
+    import pwd
+
+    doc = json.loads(SPEC.read_text())
+    doc["root"] = {"path": str(root), "readonly": True}
+    doc["process"].update(args=["/bin/true"], terminal=False)
+    bundle = tmp / f"bundle-{who}"
+    bundle.mkdir()
+    states = [tmp / f"oci-state-{who}", tmp / f"oci-state-{who}-runc"]  # sifbox's, runc's
+    for state in states:
+        state.mkdir()
+    if who != "root":
+        pw = pwd.getpwnam(who)
+        doc["linux"].pop("resources", None)
+        doc["linux"]["uidMappings"] = [{"containerID": 0, "hostID": pw.pw_uid, "size": 1}]
+        doc["linux"]["gidMappings"] = [{"containerID": 0, "hostID": pw.pw_gid, "size": 1}]
+        doc["linux"]["namespaces"] = [n for n in doc["linux"]["namespaces"] if n["type"] != "network"]
+        doc["linux"]["namespaces"].append({"type": "user"})
+        for m in doc["mounts"]:
+            if m["type"] == "devpts":
+                m["options"] = [o for o in m["options"] if o != "gid=5"]
+            if m["type"] == "sysfs":
+                m.update(type="none", source="/sys", options=["rbind", "nosuid", "noexec", "nodev", "ro"])
+        for state in states:
+            os.chown(state, pw.pw_uid, pw.pw_gid)
+    (bundle / "config.json").write_text(json.dumps(doc))
+    os.chmod(bundle, 0o755)
+    os.chmod(bundle / "config.json", 0o644)
+    return bundle
+
+
 def print_rows(rows: list[Row], ref: dict[str, Row], wrapper: Row, runs_note: str) -> None:
     wrap_ms = wrapper.median
     columns = (f"{'N':>3}  {'median':>8}  {'min':>8}  "
@@ -484,6 +522,28 @@ def main() -> int:
         argv, missing = image_cmd(sifbox, "sifbox", images.sif, images.sif_note,
                                   lambda t, i: [t, "-c", str(full_conf), "exec", i, "/bin/true"])
         rows.append(row("sifbox exec img.sif /bin/true, root not contained (`full`)", "root", argv, missing))
+        # OCI runtime mode: `sifbox oci run` next to `runc run` on the same bundle (runc's default
+        # config.json on the root directory; rootless for the user).
+        runc = shutil.which("runc")
+        oci_rows: dict[tuple[str, str], Row] = {}
+        for who in whos:
+            try:
+                bundle = oci_bundle(tmp, images.root, who) if root_ok else None
+            except (KeyError, OSError) as err:
+                bundle, note = None, str(err)
+            else:
+                note = images.root_note or "image not built"
+            state = str(tmp / f"oci-state-{who}")
+            for tool, name, label, build in (
+                (sifbox, "sifbox", "sifbox oci run BUNDLE (/bin/true)",
+                 lambda t, b: [t, "oci", "--root", state, "run", "--bundle", b, "bench"]),
+                (runc, "runc", "runc run BUNDLE (/bin/true)",
+                 lambda t, b: [t, "--root", state + "-runc", "run", "--bundle", b, "bench"]),
+            ):  # fmt: skip
+                argv = build(tool, str(bundle)) if tool and bundle else None
+                r = row(label, who, argv, note if bundle is None else f"{name} not installed")
+                rows.append(r)
+                oci_rows[(name, who)] = r
 
         before = leftovers(tmp, images)
         measure(env, rows, args.runs, args.warmup)
@@ -491,6 +551,10 @@ def main() -> int:
         print("net = minus the runuser wrapper's median (user rows only; `=` means same as raw for root).")
         print()
         print_rows(rows, ref, wrapper, "")
+        for who in whos:
+            ours, theirs = oci_rows.get(("sifbox", who)), oci_rows.get(("runc", who))
+            if ours is not None and theirs is not None:
+                print(f"sifbox oci run / runc run, {who}: {fmt_ratio(ours.median, theirs.median).strip()}")
         single_done = leftovers(tmp, images)
         print(f"leftovers before the single launches: {before}")
         print(f"leftovers after the single launches:  {single_done}")

@@ -23,6 +23,7 @@ PACKAGES=(
     squashfs-tools-ng bash-completion fuse-overlayfs gnupg gpgv sqv fuse2fs zstd skopeo umoci
     docker-registry apache2-utils openssl charliecloud-runtime bubblewrap gocryptfs
     slurm-wlm munge openmpi-bin libopenmpi-dev mpich libmpich-dev gcc
+    runc containerd python3-seccomp
 )
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -122,6 +123,8 @@ bash "$repo/scripts/write-launcher.sh" "$VENV"
 "$VENV/bin/python" -m compileall -q "$site/sifbox" >/dev/null
 
 ln -sfn "$VENV/bin/sifbox" "$BIN_LINK"
+# runc's command line for containerd's runc shim (BinaryName = "/usr/local/bin/sifbox-runc").
+ln -sfn "$VENV/bin/sifbox-runc" /usr/local/bin/sifbox-runc
 chmod -R a+rX "$PREFIX"
 # `./app.sif ARGS`: a SIF's launch script is `#!/usr/bin/env run-singularity`. Apptainer's own
 # run-singularity, if one is installed here, is left as it is.

@@ -286,5 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return render_error(wrapped, False, fmt)
 
 
+def runc_main() -> int:
+    """`sifbox-runc ARGS`: `sifbox oci ARGS`, for what runs a runc binary by its
+    command line (containerd's runc shim with BinaryName, Slurm's oci.conf)."""
+    return main(["oci", *sys.argv[1:]])
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -243,7 +243,7 @@ def start_instance(p, name: str, pid_file: str | None, config: dict[str, object]
         os.waitpid(child, 0)
         seen: dict[str, int] = {}
         try:
-            holder, status = _wait_ready(ours, seen)
+            holder, status = wait_ready(ours, seen)
         except BaseException:
             # Interrupted (Ctrl-C, SIGTERM): take the half-started instance down.
             if seen.get("watcher"):
@@ -325,7 +325,7 @@ def _watcher(name, paths, sock, err_fd: int, out_fd: int, launch) -> None:  # ty
             os._exit(status)
 
 
-def _wait_ready(sock, seen: dict[str, int]) -> tuple[int | None, int]:  # type: ignore[no-untyped-def]
+def wait_ready(sock, seen: dict[str, int]) -> tuple[int | None, int]:  # type: ignore[no-untyped-def]
     """(holder pid, 0) once the holder says it is ready; (None, status) if
     the instance ended first. The watcher's pid goes into `seen`."""
     import socket

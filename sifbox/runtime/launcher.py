@@ -99,14 +99,15 @@ else:
 class Prepared:
     """Everything the container needs, decided before any namespace exists."""
 
-    __slots__ = ("action", "app", "caps", "cfg", "conf_path", "contained", "data", "env", "fixed", "host",
+    __slots__ = ("action", "app", "caps", "cfg", "cgroups", "conf_path", "contained", "data", "env", "fixed", "host",
                  "identity", "image", "inner", "joining", "keep_fds", "launched", "layers", "log", "mounts",
-                 "no_init", "ns", "opened", "options", "overrides", "prepare_root", "source", "spec",
+                 "no_init", "ns", "opened", "options", "overrides", "prepare_root", "seccomp", "source", "spec",
                  "squashfuse", "site", "userns", "words")  # fmt: skip
     action: str
     app: str | None
     caps: frozenset[int]
     cfg: Config
+    cgroups: Any  # sifbox.hpc.cgroups.Cgroups of --memory, --cpus...: joined before pivot_root
     conf_path: str
     contained: bool
     data: list[Any]
@@ -128,6 +129,7 @@ class Prepared:
     options: LaunchOptions | None
     overrides: dict[str, str]
     prepare_root: Callable[[str], None] | None
+    seccomp: bytes | None  # a BPF program loaded before the payload's exec
     source: ImageSource | None
     spec: ContainerSpec
     squashfuse: str | None
@@ -162,7 +164,11 @@ def run(launch: Launch) -> int:
 
         return holder.start_instance(p, launch.instance, launch.pid_file, images.instance_record(p.spec, p.opened),
                                      launch=lambda hold: _launch(p, hold))  # fmt: skip
-    return _launch(p)
+    try:
+        return _launch(p)
+    finally:
+        if p.cgroups is not None:
+            p.cgroups.remove()
 
 
 def _fetch_uri(launch: Launch) -> tuple[Launch, str | None]:
@@ -181,7 +187,7 @@ def _fetch_uri(launch: Launch) -> tuple[Launch, str | None]:
 
 def prepare(launch: Launch) -> Prepared:
     from sifbox.runtime import env as envmod
-    from sifbox.runtime.options import LaunchOptions
+    from sifbox.runtime.options import LaunchOptions, limits_cgroup, seccomp_program
     from sifbox.runtime.plan import default_mounts, site_from_config
 
     spec, action = launch.spec, launch.action
@@ -217,7 +223,7 @@ def prepare(launch: Launch) -> Prepared:
     gate = Gate.from_config(cfg, conf_path, user=host.user, verb=action)
     p = Prepared(action=action, spec=spec, host=host, cfg=cfg, conf_path=conf_path, site=site, log=log,
                  caps=caps, contained=contained, app=launch.app, words=list(launch.words), layers=[], data=[],
-                 mounts=[], identity=spec.identity_files, options=options)  # fmt: skip
+                 mounts=[], identity=spec.identity_files, options=options, seccomp=seccomp_program(options, caps))  # fmt: skip
     if spec.image.startswith("instance://"):
         from sifbox.runtime import instances
 
@@ -264,6 +270,7 @@ def prepare(launch: Launch) -> Prepared:
     p.overrides = {**fixed, **overrides}
     p.no_init = launch.no_init
     p.keep_fds = _keep_fds(p.env)
+    p.cgroups = limits_cgroup(options, spec.image) if p.joining is None else None
     return p
 
 
@@ -549,6 +556,8 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
     if p.prepare_root is not None:
         p.prepare_root(root)
     tramp = process.Trampoline.create(p.keep_fds, image) if payload.argv else None
+    if p.cgroups is not None:
+        p.cgroups.join()
     rootfs.finish(root, readonly=not spec.writable_tmpfs and not persistent, image=image)
     if p.squashfuse:
         from sifbox.runtime import prefetch  # noqa: F401 - used after pivot_root
@@ -558,7 +567,7 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
         p.opened.close(keep_writable=True)  # a writable layer holds its lock
     if p.squashfuse and payload.argv and payload.argv[0].startswith("/"):
         prefetch.program(payload.argv[0])
-    process.lock_down(keep_caps=p.caps if p.host.is_root else None, run_as=p.options.run_as if p.options else None)
+    process.lock_down(keep_caps=p.caps if p.host.is_root or p.contained else None, run_as=p.options.run_as if p.options else None)
     argv, env = payload.argv, payload.env
     if argv is None or env is None or tramp is None:
         if hold is not None:  # an instance without a startscript: it holds its namespaces
@@ -570,7 +579,7 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
     exec_with = tramp
 
     def start() -> None:
-        process.exec_payload(exec_with, path, argv, env, p.keep_fds)
+        process.exec_payload(exec_with, path, argv, env, p.keep_fds, p.seccomp)
 
     if p.no_init and p.ns.pid and hold is None:
         # --no-init: the payload itself is PID 1 of its PID namespace (this process); its
@@ -610,15 +619,17 @@ def _join(p: Prepared) -> int:
         p.log("joined the %s namespaces of instance %s (pid %d)", ", ".join(joined) or "no", joining.name,
               joining.pid)  # fmt: skip
     _chdir(p.spec, p.host, "join instance")
+    if p.prepare_root is not None:  # in the joined root (sifbox oci exec --tty: its pty)
+        p.prepare_root("/")
     payload = _payload(p, "/")
-    process.lock_down(keep_caps=p.caps if p.host.is_root else None, run_as=p.options.run_as if p.options else None)
+    process.lock_down(keep_caps=p.caps if p.host.is_root or p.contained else None, run_as=p.options.run_as if p.options else None)
     argv, env = payload.argv, payload.env
     if argv is None or env is None:
         return _say(payload)
     path = process.find_program(argv[0], env)
     if path is None:
         return report(process.exec_error(argv[0], 2))
-    return supervisor.run(lambda: process.exec_payload(tramp, path, argv, env, p.keep_fds),
+    return supervisor.run(lambda: process.exec_payload(tramp, path, argv, env, p.keep_fds, p.seccomp),
                           tramp=tramp, name=argv[0], prelude_timeout=_prelude_timeout(p, payload))  # fmt: skip
 
 
@@ -767,7 +778,6 @@ def run_build_container(root: str, argv: list[str], env: dict[str, str], *, bind
                  keep_fds=frozenset(), ns=Namespaces(False, 0, 0, pid=real_root, ipc=real_root),
                  options=LaunchOptions())  # fmt: skip
     return _launch(p)
-
 
 
 # --- messages -------------------------------------------------------------------------------------

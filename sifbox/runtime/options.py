@@ -3,7 +3,8 @@ timeout and image-source options, parsed and checked (pure: no system calls).
 
     --security uid:N,gid:N[:M...]   root only: the payload runs as uid N, gid N (and the
                                     supplementary groups M...), as Apptainer's
-    --security seccomp:|apparmor:|selinux:   refused (not available in this version)
+    --security seccomp:FILE                  a seccomp profile (OCI/Docker JSON), compiled with libseccomp
+    --security apparmor:|selinux:            refused
     --runscript-timeout DURATION    Go's duration syntax (`30s`, `1m30s`, `500ms`): the
                                     image's environment scripts must be done within it
     --ignore-subuid                 --fakeroot maps root alone, whatever /etc/subuid says
@@ -12,6 +13,8 @@ timeout and image-source options, parsed and checked (pure: no system calls).
 """
 
 from __future__ import annotations
+
+import os
 
 from sifbox.util.errors import NotAvailableError, UsageError
 from sifbox.util.records import record
@@ -24,17 +27,18 @@ from sifbox.util.records import record
 #:   ignore_userns   --ignore-userns (root)
 #:   disable_cache   --disable-cache: an image URI is converted for this launch alone
 #:   no_https        --no-https: registries of docker:// URIs over plain HTTP
+#:   seccomp         the profile of `--security seccomp:FILE`, or None
+#:   limits          sifbox.hpc.cgroups.Limits of --memory, --cpus, ... or None
 #:   key             the key of an encrypted image (sifbox.security.cryptkey.Key), from
 #:                   --passphrase, --pem-path or SIFBOX_ENCRYPTION_*; None: none given
 LaunchOptions = record(
     "LaunchOptions",
-    "run_as timeout timeout_text subuid ignore_userns disable_cache no_https key",
-    defaults=(None, None, "", True, False, False, False, None),
+    "run_as timeout timeout_text subuid ignore_userns disable_cache no_https seccomp limits key",
+    defaults=(None, None, "", True, False, False, False, None, None, None),
 )
 
 #: `--security` kinds that sifbox does not apply, and why.
 _REFUSED = {
-    "seccomp": "seccomp profiles are not available in this version of sifbox yet",
     "apparmor": "sifbox does not apply AppArmor profiles (the host's policy for sifbox applies)",
     "selinux": "sifbox does not apply SELinux contexts (the host's policy for sifbox applies)",
 }
@@ -53,8 +57,8 @@ def parse_security(
 ) -> tuple[int, int, tuple[int, ...]] | None:
     """(uid, gid, groups) of the `--security` values (comma-separated, repeatable), or None
     when they name no identity: `gid:N:M...` makes N the group and N, M... the groups. Only
-    root may name one; seccomp, AppArmor and SELinux are refused. A uid alone keeps gid 0, a
-    gid alone keeps uid 0 (root's), as Apptainer."""
+    root may name one; AppArmor and SELinux are refused. A uid alone keeps gid 0, a
+    gid alone keeps uid 0 (root's), as Apptainer. (`seccomp:FILE` is parse_seccomp's.)"""
     uid: int | None = None
     gids: list[int] | None = None
     for value in values:
@@ -63,6 +67,8 @@ def parse_security(
             kind = kind.lower()
             if kind in _REFUSED:
                 raise NotAvailableError(f"can't use --security `{item}`: {_REFUSED[kind]}")
+            if kind == "seccomp" and sep and rest:
+                continue  # parse_seccomp's
             if kind not in ("uid", "gid") or not sep or not rest:
                 raise UsageError(f"can't use --security `{item}`: not one of uid:N, gid:N[:M...], seccomp:FILE, "
                                  "apparmor:PROFILE, selinux:CONTEXT")  # fmt: skip
@@ -79,6 +85,44 @@ def parse_security(
                          "with --fakeroot)")  # fmt: skip
     groups = tuple(dict.fromkeys(gids or ()))
     return (uid or 0, (gids or [0])[0], groups)
+
+
+def parse_seccomp(values: list[str] | tuple[str, ...]) -> str | None:
+    """The profile of the last `seccomp:FILE` of the `--security` values, or None."""
+    found = None
+    for value in values:
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            kind, _, rest = item.partition(":")
+            if kind.lower() == "seccomp" and rest:
+                found = rest
+    return found
+
+
+def seccomp_program(options: object, caps: frozenset[int]) -> bytes | None:
+    """The BPF program of `--security seccomp:FILE` (`options`: LaunchOptions), for a payload
+    keeping `caps`; None without one."""
+    path = getattr(options, "seccomp", None)
+    if not path:
+        return None
+    from sifbox.runtime.caps import names
+    from sifbox.security.seccomp import SeccompError, load_file
+
+    try:
+        return load_file(path, caps=frozenset(names(caps)))
+    except SeccompError as err:
+        raise UsageError(f"can't use --security `seccomp:{path}`: {err.message.partition(': ')[2]}",
+                         hint=err.hint) from None  # fmt: skip
+
+
+def limits_cgroup(options: object, image: str) -> object | None:
+    """The container's cgroup (sifbox.hpc.cgroups.Cgroups) of --memory, --cpus, ... in
+    `options` (LaunchOptions); None without limits."""
+    limits = getattr(options, "limits", None)
+    if limits is None:
+        return None
+    from sifbox.hpc.cgroups import Cgroups
+
+    return Cgroups.create(f"sifbox-{os.getpid()}", limits, what=f"`{image}`")
 
 
 _UNITS = {

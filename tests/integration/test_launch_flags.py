@@ -59,9 +59,34 @@ def test_security_uid_from_the_environment(run_as, sifbox_cli, action_images: Ac
 
 
 @pytest.mark.parametrize("value", ["seccomp:/nonexistent.json", "apparmor:unconfined", "selinux:x"])
-def test_security_seccomp_apparmor_selinux_are_refused(run_as, as_who, sifbox_cli, action_images, value) -> None:  # type: ignore[no-untyped-def]
+def test_security_apparmor_selinux_and_missing_seccomp_are_refused(run_as, as_who, sifbox_cli, action_images, value) -> None:  # type: ignore[no-untyped-def]
     proc = _sb(run_as, as_who, sifbox_cli, "exec", "--security", value, action_images.sif, "true")
     _one_error(proc, f"--security `{value}`")
+
+
+SECCOMP_PROFILE = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+    {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"},
+    {"names": ["chmod", "fchmodat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
+    {"names": ["uname"], "action": "SCMP_ACT_ERRNO", "includes": {"caps": ["CAP_SYS_ADMIN"]}},
+]}  # fmt: skip
+
+
+def test_security_seccomp_profile(run_as, as_who, sifbox_cli, action_images, shared_tmp) -> None:  # type: ignore[no-untyped-def]
+    """--security seccomp:FILE: the OCI/Docker JSON profile, compiled with libseccomp, filters the
+    payload (and what it starts): EPERM by default, errnoRet when given; an entry whose `includes`
+    capabilities the payload lacks does not apply."""
+    import json
+
+    pytest.importorskip("sifbox.security.seccomp").binding()
+    profile = shared_tmp / "profile.json"
+    profile.write_text(json.dumps(SECCOMP_PROFILE))
+    profile.chmod(0o644)
+    script = "mkdir /tmp/x; chmod 600 /bin/sh; uname >/dev/null && echo uname-ok; grep Seccomp: /proc/self/status"
+    proc = _sb(run_as, as_who, sifbox_cli, "exec", "--security", f"seccomp:{profile}", action_images.sif,
+               "sh", "-c", script)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Operation not permitted" in proc.stderr and "Function not implemented" in proc.stderr
+    assert proc.stdout.split() == ["uname-ok", "Seccomp:", "2"]
 
 
 def test_security_ids_are_the_hosts(run_as, sifbox_cli, action_images: ActionImages) -> None:

@@ -39,8 +39,17 @@ def test_security_bad_values_are_usage_errors(value: str) -> None:
     assert f"`{value}`" in err.value.message or "`uid:`" in err.value.message
 
 
-@pytest.mark.parametrize("value", ["seccomp:/tmp/p.json", "apparmor:unconfined", "selinux:user_u:role_r:type_t"])
-def test_security_lsm_and_seccomp_are_refused(value: str) -> None:
+def test_security_seccomp_is_a_profile() -> None:
+    from sifbox.runtime.options import parse_seccomp
+
+    assert parse_security(["uid:1,seccomp:/tmp/p.json"], is_root=True) == (1, 0, ())
+    assert parse_security(["seccomp:/tmp/p.json"], is_root=False) is None
+    assert parse_seccomp(["uid:1,seccomp:/tmp/a.json", "SECCOMP:/b.json"]) == "/b.json"
+    assert parse_seccomp(["uid:1"]) is None
+
+
+@pytest.mark.parametrize("value", ["apparmor:unconfined", "selinux:user_u:role_r:type_t"])
+def test_security_lsm_are_refused(value: str) -> None:
     with pytest.raises(NotAvailableError) as err:
         parse_security([f"uid:1,{value}"], is_root=True)
     assert err.value.exit_status == ExitStatus.USAGE

@@ -673,6 +673,12 @@ def ns(command: str = "exec", **kw: Any) -> argparse.Namespace:
         "ignore_subuid": False,
         "ignore_fakeroot_command": False,
         "ignore_userns": False,
+        "oci": False,
+        # sifbox.hpc.cgroups
+        "memory": None,
+        "memory_swap": None,
+        "cpus": None,
+        "pids_limit": None,
     }
     if command == "exec":
         fields["command_word"] = "true"

@@ -41,7 +41,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("cache", "Manage the local cache", "cache"),
     Command("config", "Check the site configuration (sifbox.conf) in force", "config"),
     Command("capability", "Manage Linux capabilities for users and groups", "capability", ("caps",)),
-    Command("oci", "Manage OCI containers"),
+    Command("oci", "Run OCI runtime bundles with runc's command line (create, start, state, kill, delete...)", "oci"),
     Command("remote", "Manage sifbox remote endpoints"),
     Command("registry", "Manage authentication to OCI/Docker registries", "registry"),
     Command("keyserver", "Manage sifbox keyservers"),

@@ -103,7 +103,8 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, str, str | None, str | None, str], ..
      "accepted for Apptainer's command lines: missing mount points are always made", "mounts"),
     *((("--" + name,), name, "bool", None, None, "not available yet") for name in NOT_YET),
     (("--security",), "security", "append", "OPTS",
-     "uid:N,gid:N[:M...]: run as these IDs (root only); seccomp:, apparmor:, selinux: are refused", "isolation"),
+     ("uid:N,gid:N[:M...]: run as these IDs (root only); seccomp:FILE: a seccomp profile (OCI/Docker JSON); "
+      "apparmor:, selinux: are refused"), "isolation"),
     (("--allow-setuid",), "allow_setuid", "bool", None,
      "refused: setuid programs never gain privileges in a sifbox container (no_new_privs, nosuid)", "isolation"),
     (("--unsquash",), "unsquash", "bool", None, "no effect: sifbox runs images without extracting them", "mounts"),
@@ -111,6 +112,14 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, str, str | None, str | None, str], ..
      "time the image's environment scripts may take, e.g. 30s, 2m (killed after it)", "isolation"),
     (("--disable-cache",), "disable_cache", "bool", None, "do not use or create cached images (URIs)", "image URIs"),
     (("--no-https", "--nohttps"), "no_https", "bool", None, "use plain HTTP for docker:// registries", "image URIs"),
+    (("--oci",), "oci", "bool", None, ("OCI semantics: runc's namespaces, mounts and capabilities, the image's "
+                                       "OCI config (Env, Entrypoint, Cmd, WorkingDir), no host environment"),
+     "isolation"),
+    (("--memory",), "memory", "value", "BYTES", "memory limit (cgroups), e.g. 512m, 2g", "resources"),
+    (("--memory-swap",), "memory_swap", "value", "BYTES", "memory and swap limit (cgroups); -1: unlimited swap",
+     "resources"),
+    (("--cpus",), "cpus", "value", "N", "CPU time limit in CPUs (cgroups), e.g. 1.5", "resources"),
+    (("--pids-limit",), "pids_limit", "value", "N", "limit on the number of processes (cgroups)", "resources"),
     (("--passphrase",), "passphrase", "bool", None,
      "ask for the passphrase of an encrypted image (or SIFBOX_ENCRYPTION_PASSPHRASE)", "encrypted images"),
     (("--pem-path",), "pem_path", "value", "PATH",
@@ -393,8 +402,20 @@ def _launch_options(args, instance: str | None):  # type: ignore[no-untyped-def]
         run_as=run_as, timeout=timeout or None, timeout_text=ro.format_duration(timeout) if timeout else "",
         subuid=not _flag(args, "ignore_subuid", "IGNORE_SUBUID"), ignore_userns=ignore_userns,
         disable_cache=_flag(args, "disable_cache", "DISABLE_CACHE"),
-        no_https=_flag(args, "no_https", "NOHTTPS", "NO_HTTPS"), key=_key(args),
+        no_https=_flag(args, "no_https", "NOHTTPS", "NO_HTTPS"), seccomp=ro.parse_seccomp(security),
+        limits=_limits(args, instance), key=_key(args),
     )  # fmt: skip
+
+
+def _limits(args, instance: str | None):  # type: ignore[no-untyped-def]
+    """--memory, --memory-swap, --cpus, --pids-limit (cgroups), or None."""
+    from sifbox.hpc import cgroups
+
+    limits = cgroups.from_options(*(getattr(args, n, None) for n in ("memory", "memory_swap", "cpus", "pids_limit")))
+    if limits is not None and instance is not None:
+        raise NotAvailableError(f"can't limit the resources of instance `{instance}`: not available for instances "
+                                "in this version")  # fmt: skip
+    return limits
 
 
 def _key(args):  # type: ignore[no-untyped-def]
@@ -415,7 +436,12 @@ def main(args) -> int:  # type: ignore[no-untyped-def]
     """Run the action in a container; exit with the payload's status."""
     from sifbox.runtime import launcher
 
-    status = launcher.run(build_launch(args))
+    if _flag(args, "oci", "OCI"):
+        from sifbox.runtime import ocimode
+
+        status = ocimode.run(build_launch(args))
+    else:
+        status = launcher.run(build_launch(args))
     # The payload is gone and its status known: skip the interpreter's
     # teardown (~10 ms on every launch, which counts once per MPI rank).
     sys.stdout.flush()

@@ -129,11 +129,17 @@ def check_config() -> tuple[str, str, str]:
 
 
 def check_cgroups() -> tuple[str, str, str]:
-    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
-        return OK, "cgroups v2 (unified)", ""
-    if os.path.exists("/sys/fs/cgroup/unified/cgroup.controllers"):
-        return WARN, "cgroups v1/v2 hybrid: resource limits need the v2 hierarchy", ""
-    return WARN, "cgroups v1 only: resource limits are not available", ""
+    """Whether --memory, --cpus, --pids-limit (and OCI linux.resources) work for this caller."""
+    from sifbox.hpc import cgroups
+
+    layout = ("cgroups v2 (unified)" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else
+              "cgroups v1/v2 hybrid" if os.path.exists("/sys/fs/cgroup/unified/cgroup.controllers") else
+              "cgroups v1")  # fmt: skip
+    version, reason = cgroups.probe()
+    if version:
+        return OK, f"{layout}: resource limits (--memory, --cpus, --pids-limit) through cgroups v{version}", ""
+    return WARN, f"{layout}: resource limits are not available to this user: {reason}", (
+        "a site delegates a cgroups v2 subtree to each user (README: Resource limits)")
 
 
 def run_checks() -> list[tuple[str, str, str, str]]:

@@ -19,6 +19,9 @@ from sifbox.util.records import record
 #:   "tmpfs"    a new tmpfs (`options`: its mount data)
 #:   "devpts"   a new devpts instance, with the /dev/ptmx, fd, stdin... links
 #:   "proc"     a new proc (done by PID 1 of a new PID namespace)
+#:   "sysfs"    a new sysfs (in a user namespace without a network namespace of its
+#:              own, which can't have one: the host's /sys, read-only)
+#:   "mqueue"   a new mqueue file system (of the container's IPC namespace)
 #:   "mask"     hide `target`: /dev/null over a file, an empty read-only tmpfs
 #:              over a directory; nothing when the target does not exist
 #:   "readonly" make the existing tree at `target` read-only (bound on itself)
@@ -42,7 +45,9 @@ from sifbox.util.records import record
 #:              (`bind path` /etc/hosts and /etc/localtime, as Apptainer)
 #:   "if-present"  (the current directory) skipped when the root is written in
 #:              place and its mount point is missing from the image
-Mount = record("Mount", "kind source target readonly options file policy", defaults=(False, None, False, ""))
+#: noexec    no program of the mount may be exec'd (bind, rbind, tmpfs; the others always are)
+Mount = record("Mount", "kind source target readonly options file policy noexec",
+               defaults=(False, None, False, "", False))  # fmt: skip
 
 #: The image that becomes the container's root file system.
 #: kind "squashfs": the SquashFS at `offset` (`size` bytes) of the open file `fd`;

@@ -91,10 +91,12 @@ class Trampoline:
         return struct.unpack("<i", data)[0] if len(data) == 4 else 0
 
 
-def exec_payload(tramp: Trampoline, path: str, argv: list[str], env: dict[str, str], keep: frozenset[int]) -> None:
+def exec_payload(tramp: Trampoline, path: str, argv: list[str], env: dict[str, str], keep: frozenset[int],
+                 seccomp: bytes | None = None) -> None:  # fmt: skip
     """In the payload process: every descriptor but stdio, `keep` and the
-    trampoline's is closed; then the trampoline execs `path` with `argv`.
-    Returns only if the trampoline itself could not be exec'd."""
+    trampoline's is closed; the `seccomp` BPF program is loaded; then the
+    trampoline execs `path` with `argv`. Returns only if the trampoline itself
+    could not be exec'd."""
     os.close(tramp.read_end)
     fd = tramp.fd
     if fd == tramp.errfd or fd in keep:
@@ -108,6 +110,8 @@ def exec_payload(tramp: Trampoline, path: str, argv: list[str], env: dict[str, s
         if n >= low:
             os.closerange(low, n)
             low = n + 1
+    if seccomp:
+        sc.set_seccomp_filter(seccomp)
     os.execve(fd, [NAME, path, *argv], env)
 
 
@@ -139,17 +143,28 @@ def exec_error(name: str, err: int) -> SifboxError:
 
 
 def lock_down(*, keep_caps: frozenset[int] | None, run_as: tuple[int, int, tuple[int, ...]] | None = None) -> None:
-    """No new privileges from now on (setuid bits, file capabilities); with
+    """The working directory must be inside the root (not one reached through a
+    descriptor of the host's). No new privileges from now on (setuid bits, file capabilities); with
     `keep_caps` (a root container), no capabilities but those. With `run_as`
     (uid, gid, supplementary gids; root's `--security uid:,gid:`), this process
     becomes that identity, which leaves it no capability at all."""
+    try:
+        os.getcwd()  # ENOENT: "(unreachable)", a directory outside the root (runc's CVE-2024-21626)
+    except OSError:
+        raise LaunchError("can't start the container's process: its working directory is outside the "
+                          "container", hint="a working directory through /proc/self/fd or a link to it "
+                          "leads out of the container; use a path of the container") from None  # fmt: skip
     sc.set_no_new_privs()
     if keep_caps is not None:
         sc.drop_all_capabilities(keep_caps)
     if run_as is not None:
         uid, gid, groups = run_as
         try:
-            os.setgroups(list(groups))
+            try:
+                os.setgroups(list(groups))
+            except PermissionError:
+                if groups:  # none to set: a user namespace that denies setgroups has none to clear
+                    raise
             os.setresgid(gid, gid, gid)
             os.setresuid(uid, uid, uid)
         except OSError as err:

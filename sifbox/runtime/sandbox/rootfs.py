@@ -565,26 +565,76 @@ def _apply(root: str, m: Mount, image: str, restrict: bool, done: list[str], in_
         raise fail(f"can't create the mount point `{m.target}`", err, image) from None
     if m.policy in ("site", "optional") and target in done:
         return None  # led by a symlink of the image onto a mount of the plan (/var/tmp -> /tmp)
+    if m.kind != "proc" and m.target != "/proc" and not m.target.startswith("/proc/") and _in_proc(root, target):
+        # runc's CVE-2019-19921: a fake /proc (or a file over /proc/self/attr) through a symlink
+        raise LaunchError(f"can't start a container from `{image}`: can't mount on `{m.target}`: a symlink "
+                          "of the image leads it into /proc")  # fmt: skip
+    pinned = _pin(root, target, m.target, image)
+    try:
+        return _mount_one(root, m, target, f"/proc/self/fd/{pinned}", image, restrict)
+    finally:
+        os.close(pinned)
+
+
+def _in_proc(root: str, target: str) -> bool:
+    try:
+        proc = chase(root, "/proc")
+    except OSError:
+        return False
+    return target == proc or target.startswith(proc.rstrip("/") + "/")
+
+
+def _pin(root: str, target: str, shown: str, image: str) -> int:
+    """An O_PATH descriptor of the mount point `target`, which must still be inside
+    `root`: a component swapped for a symlink since `chase` resolved it (runc's
+    CVE-2021-30465) would lead the mount out of the container."""
+    try:
+        fd = os.open(target, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        raise fail(f"can't open the mount point `{shown}`", err, image) from None
+    where = os.readlink(f"/proc/self/fd/{fd}")
+    top = os.path.realpath(root).rstrip("/") + "/"
+    if not (where + "/").startswith(top):
+        os.close(fd)
+        raise LaunchError(f"can't start a container from `{image}`: the mount point `{shown}` moved out of "
+                          "the container root while it was being mounted")  # fmt: skip
+    return fd
+
+
+def _mount_one(root: str, m: Mount, target: str, at: str, image: str, restrict: bool) -> str:
+    """Mount `m` on the pinned mount point `at` (`target`)."""
     if m.kind == "proc":  # this process is PID 1 of the container's PID namespace
         try:
-            sc.mount("proc", target, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+            sc.mount("proc", at, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
         except OSError as err:
             raise fail("can't mount /proc of the PID namespace", err, image) from None
         return target
     try:
         if m.kind in ("bind", "rbind"):
             recursive = m.kind == "rbind"
-            sc.mount(m.source, target, None, sc.MS_BIND | (sc.MS_REC if recursive else 0))
+            sc.mount(m.source, at, None, sc.MS_BIND | (sc.MS_REC if recursive else 0))
             # A device node the plan binds (/dev/null, a GPU) stays a device; nothing else may be one.
             restrict_this = restrict and not (m.kind == "bind" and _is_device(target))
-            attrs = (sc.MOUNT_ATTR_RDONLY if m.readonly else 0) | (_RESTRICT if restrict_this else 0)
+            attrs = ((sc.MOUNT_ATTR_RDONLY if m.readonly else 0) | (_RESTRICT if restrict_this else 0)
+                     | (sc.MOUNT_ATTR_NOEXEC if m.noexec else 0))  # fmt: skip
             if attrs:
                 set_flags(target, attrs, recursive=recursive)
         elif m.kind == "tmpfs":
-            sc.mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | (sc.MS_RDONLY if m.readonly else 0),
-                     m.options)  # fmt: skip
+            sc.mount("tmpfs", at, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | (sc.MS_RDONLY if m.readonly else 0)
+                     | (sc.MS_NOEXEC if m.noexec else 0), m.options)  # fmt: skip
+        elif m.kind in ("sysfs", "mqueue"):
+            flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | (sc.MS_RDONLY if m.readonly else 0)
+            try:
+                sc.mount(m.kind, at, m.kind, flags)
+            except PermissionError:
+                if m.kind == "mqueue":
+                    raise
+                # A user namespace without a network namespace of its own can't
+                # mount sysfs: the host's, read-only (as runc does rootless).
+                sc.mount("/sys", at, None, sc.MS_BIND | sc.MS_REC)
+                set_flags(target, _RESTRICT | sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOEXEC, recursive=True)
         elif m.kind == "devpts":
-            sc.mount("devpts", target, "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, m.options)
+            sc.mount("devpts", at, "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, m.options)
             dev = os.path.dirname(target)
             for link, to in (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):  # fmt: skip

@@ -181,6 +181,28 @@ def set_no_new_privs() -> None:
     prctl(PR_SET_NO_NEW_PRIVS, 1)
 
 
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+
+
+class _UShort(_ctypes._SimpleCData):  # type: ignore[type-arg]
+    _type_ = "H"
+
+
+class _SockFprog(_ctypes.Structure):
+    # `filter` points into the bytes object the structure keeps a reference to
+    _fields_ = [("len", _UShort), ("filter", _CharP)]
+
+
+def set_seccomp_filter(program: bytes) -> None:
+    """Load a seccomp BPF program (struct sock_filter entries, 8 bytes each) for this
+    process and what it execs; no_new_privs must be set."""
+    if not program or len(program) % 8:
+        raise OSError(errno.EINVAL, "not a BPF program")
+    prog = _SockFprog(len(program) // 8, program)
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, _ctypes.addressof(prog), 0, 0), "prctl(PR_SET_SECCOMP)")
+
+
 def set_dumpable(on: bool) -> None:
     """A process that is not dumpable has its /proc/PID files owned by root and
     closed to ptrace-mode access (its `exe`, `mem`, `fd`) without CAP_SYS_PTRACE;

@@ -1,0 +1,312 @@
+"""`sifbox oci`: runc's command line, so that tools that drive runc drive sifbox.
+
+    sifbox oci [--root DIR] [--log FILE] [--log-format text|json] COMMAND ...
+      create --bundle B [--pid-file F] [--console-socket S] ID
+      start ID | state ID | kill [--all] ID [SIGNAL] | delete [--force] ID | pause ID | resume ID
+      run [--bundle B] [--pid-file F] [--console-socket S] [--detach] ID
+      exec [--process process.json | [--env K=V] [--cwd D] [--user U[:G]] ARGS...] ID
+      list [--format table|json] [-q] | ps [--format table|json] ID | features
+      spec [--bundle B] [--rootless]
+
+The state lives under --root (/run/sifbox-oci for root, $XDG_RUNTIME_DIR/sifbox-oci
+for a user). Errors are logged to --log as runc logs them (logrus text, or JSON
+lines with --log-format json), besides the usual one-line error on stderr.
+`sifbox-runc ARGS` is `sifbox oci ARGS` (containerd's runc shim: BinaryName).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from sifbox.util.errors import SifboxError, UsageError
+
+OCI_VERSION = "1.0.2"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", metavar="DIR", help="the state directory (default: /run/sifbox-oci for root, "
+                   "$XDG_RUNTIME_DIR/sifbox-oci for a user)")  # fmt: skip
+    p.add_argument("--log", metavar="FILE", help="log errors to FILE (as runc's --log)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text", help="the format of --log")
+    p.add_argument("--systemd-cgroup", action="store_true", help="accepted for runc compatibility; no effect")
+    p.add_argument("--debug", dest="oci_debug", action="store_true", help="accepted for runc compatibility")
+    p.add_argument("--rootless", default="auto", help="accepted for runc compatibility (auto, true, false)")
+    sub = p.add_subparsers(dest="oci_command", metavar="COMMAND", parser_class=type(p))
+    for verb in ("create", "run"):
+        s = sub.add_parser(verb, help=f"{verb} a container from an OCI bundle")
+        s.add_argument("-b", "--bundle", default=".", help="the bundle directory (default: the current one)")
+        s.add_argument("--pid-file", metavar="FILE", help="write the container's pid to FILE")
+        s.add_argument("--console-socket", metavar="PATH", help="send the pty master to this AF_UNIX socket")
+        s.add_argument("--no-pivot", action="store_true", help="accepted for runc compatibility")
+        s.add_argument("--no-new-keyring", action="store_true", help="accepted for runc compatibility")
+        s.add_argument("--preserve-fds", type=int, default=0, help="not supported (must be 0)")
+        if verb == "run":
+            s.add_argument("-d", "--detach", action="store_true", help="create and start, then return")
+        s.add_argument("id", metavar="ID")
+    for verb, what in (("start", "start a created container"), ("state", "print the state of a container"),
+                       ("pause", "freeze every process of a container (cgroup freezer)"),
+                       ("resume", "thaw a paused container")):  # fmt: skip
+        s = sub.add_parser(verb, help=what)
+        s.add_argument("id", metavar="ID")
+    s = sub.add_parser("kill", help="send a signal to the container's process (default SIGTERM)")
+    s.add_argument("-a", "--all", action="store_true", help="send it to every process of the container")
+    s.add_argument("id", metavar="ID")
+    s.add_argument("signal", nargs="?", default="TERM", metavar="SIGNAL")
+    s = sub.add_parser("delete", help="delete a container (stopped, or created; running with --force)")
+    s.add_argument("-f", "--force", action="store_true", help="kill it first if it runs")
+    s.add_argument("id", metavar="ID")
+    s = sub.add_parser("exec", help="run a process in a running container")
+    s.add_argument("-p", "--process", metavar="FILE", help="the process, as config.json's `process` object")
+    s.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
+    s.add_argument("--cwd", metavar="DIR")
+    s.add_argument("-u", "--user", metavar="UID[:GID]")
+    s.add_argument("-t", "--tty", action="store_true", help="on a terminal (its master to --console-socket)")
+    s.add_argument("--console-socket", metavar="PATH", help="send the pty master to this AF_UNIX socket")
+    s.add_argument("-d", "--detach", action="store_true", help="run it in the background")
+    s.add_argument("--pid-file", metavar="FILE", help="with --detach, write its pid to FILE")
+    s.add_argument("id", metavar="ID")
+    s.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
+    s = sub.add_parser("list", help="list the containers")
+    s.add_argument("-f", "--format", choices=("table", "json"), default="table")
+    s.add_argument("-q", "--quiet", action="store_true", help="only the ids")
+    s = sub.add_parser("ps", help="list the processes of a container")
+    s.add_argument("-f", "--format", choices=("table", "json"), default="table")
+    s.add_argument("id", metavar="ID")
+    sub.add_parser("features", help="print what this runtime supports, as JSON")
+    s = sub.add_parser("spec", help="write a config.json to start a bundle from (runc's defaults)")
+    s.add_argument("-b", "--bundle", default=".", help="the bundle directory (default: the current one)")
+    s.add_argument("--rootless", dest="spec_rootless", action="store_true", help="for an unprivileged user")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return _main(args)
+    except SifboxError as err:
+        if args.log:
+            _log_error(args.log, args.log_format, err)
+        raise
+
+
+def _log_error(path: str, fmt: str, err: SifboxError) -> None:
+    from sifbox.runtime.ocistate import now_rfc3339
+
+    if fmt == "json":
+        line = json.dumps({"level": "error", "msg": err.message, "time": now_rfc3339()})
+    else:
+        line = f'time="{now_rfc3339()}" level=error msg={json.dumps(err.message)}'
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError:
+        pass
+
+
+def _main(args: argparse.Namespace) -> int:
+    from sifbox.runtime import ocirun, ocistate
+
+    verb = args.oci_command
+    if verb is None:
+        raise UsageError("can't run `sifbox oci`: a command is needed", hint="see `sifbox oci --help`")
+    root = os.path.abspath(args.root or ocistate.default_root())
+    if verb == "features":
+        print(json.dumps(_features(), indent=2))
+        return 0
+    if verb == "spec":
+        return _spec(args.bundle, args.spec_rootless)
+    if verb == "list":
+        return _list(root, args)
+    if verb in ("create", "run"):
+        return _create(root, args)
+    if verb == "start":
+        ocirun.start(root, args.id)
+        return 0
+    if verb in ("pause", "resume"):
+        ocirun.pause(root, args.id, on=verb == "pause")
+        return 0
+    if verb == "state":
+        doc = ocistate.load(root, args.id)
+        print(json.dumps(ocistate.oci_state(root, args.id, doc), indent=2))
+        return 0
+    if verb == "kill":
+        ocirun.kill(root, args.id, ocirun.parse_signal(args.signal), all_processes=args.all)
+        return 0
+    if verb == "delete":
+        ocirun.delete(root, args.id, force=args.force)
+        return 0
+    if verb == "ps":
+        pids = ocirun.processes(root, args.id)
+        if args.format == "json":
+            print(json.dumps(pids))
+        else:
+            _ps_table(pids)
+        return 0
+    if verb == "exec":
+        return _exec(root, args)
+    raise UsageError(f"can't run `sifbox oci {verb}`: unknown command")
+
+
+def _create(root: str, args: argparse.Namespace) -> int:
+    from sifbox.runtime import ocirun, ocispec, ocistate
+
+    if args.preserve_fds:
+        raise UsageError("can't use --preserve-fds: not supported by sifbox yet")
+    bundle = ocispec.load(args.bundle)
+    detach = args.oci_command == "create" or args.detach
+    if args.oci_command == "create":
+        ocirun.create(bundle, args.id, root, pid_file=args.pid_file, console_socket=args.console_socket)
+        return 0
+    if detach:
+        ocirun.create(bundle, args.id, root, pid_file=args.pid_file, console_socket=args.console_socket)
+        ocirun.start(root, args.id)
+        return 0
+    import signal
+
+    init, watcher = ocirun.create(bundle, args.id, root, pid_file=args.pid_file,
+                                  console_socket=args.console_socket, detach=False)  # fmt: skip
+    try:
+        os.unlink(os.path.join(ocistate.container_dir(root, args.id), ocistate.EXEC_SOCKET))
+    except OSError:
+        pass
+
+    def forward(sig: int, frame: object) -> None:
+        try:
+            os.kill(init, sig)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+                signal.SIGWINCH):  # fmt: skip
+        signal.signal(sig, forward)
+    try:
+        while True:
+            try:
+                _, st = os.waitpid(watcher, 0)
+                break
+            except ChildProcessError:
+                st = 255 << 8
+                break
+    finally:
+        ocirun.delete(root, args.id, force=True)
+    return os.waitstatus_to_exitcode(st) if os.WIFEXITED(st) else 128 + os.WTERMSIG(st)
+
+
+def _exec(root: str, args: argparse.Namespace) -> int:
+    from sifbox.runtime import ocirun, ocispec
+
+    if args.process:
+        try:
+            with open(args.process, encoding="utf-8") as f:
+                doc = json.load(f)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"can't read the process file `{args.process}`: {err}") from None
+        proc = ocispec.parse_process(doc)
+    else:
+        args_ = [a for a in args.args if a != "--"] if args.args[:1] == ["--"] else list(args.args)
+        if not args_:
+            raise UsageError("can't run `sifbox oci exec`: no process given",
+                             hint="`sifbox oci exec ID COMMAND [ARGS...]`, or --process FILE")  # fmt: skip
+        from sifbox.runtime import ocistate
+
+        bundle = ocispec.load(ocistate.load(root, args.id)["bundle"])
+        user: dict[str, int] = {"uid": bundle.process.uid, "gid": bundle.process.gid}
+        if args.user:
+            uid, _, gid = args.user.partition(":")
+            if not uid.isdigit() or (gid and not gid.isdigit()):
+                raise UsageError(f"can't use --user `{args.user}`: not UID[:GID]")
+            user = {"uid": int(uid), "gid": int(gid or 0)}
+        env = [f"{k}={v}" for k, v in bundle.process.env.items()] + list(args.env)
+        from sifbox.runtime.caps import names
+
+        proc = ocispec.parse_process({
+            "args": args_, "env": env, "cwd": args.cwd or bundle.process.cwd, "user": user,
+            "capabilities": {"bounding": names(bundle.process.caps)}, "terminal": bool(args.tty),
+        })  # fmt: skip
+    if proc.terminal and not args.console_socket:
+        raise UsageError("can't use `sifbox oci exec` with a terminal without --console-socket",
+                         hint="pass --console-socket, or run the process without a terminal")  # fmt: skip
+    if args.detach:
+        ocirun.exec_detached(root, args.id, proc, args.pid_file, args.console_socket)
+        return 0
+    if args.pid_file:
+        raise UsageError("can't use `sifbox oci exec --pid-file` without --detach")
+    return ocirun.exec_process(root, args.id, proc, args.console_socket)
+
+
+def _spec(bundle: str, rootless: bool) -> int:
+    from sifbox.runtime.ocimode import runc_spec
+
+    path = os.path.join(bundle, "config.json")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except FileExistsError:
+        raise SifboxError(f"can't write `{path}`: it exists", hint="remove it first") from None
+    except OSError as err:
+        raise SifboxError(f"can't write `{path}`: {err.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        json.dump(runc_spec(rootless=rootless), f, indent="\t")
+        f.write("\n")
+    return 0
+
+
+def _list(root: str, args: argparse.Namespace) -> int:
+    from sifbox.runtime import ocistate
+
+    states = []
+    for cid in ocistate.listing(root):
+        try:
+            states.append(ocistate.oci_state(root, cid, ocistate.load(root, cid)))
+        except SifboxError:
+            continue
+    if args.quiet:
+        for st in states:
+            print(st["id"])
+    elif args.format == "json":
+        print(json.dumps(states))
+    else:
+        rows = [("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER")]
+        rows += [(s["id"], str(s["pid"]), s["status"], s["bundle"], s["created"], s["owner"]) for s in states]
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        for r in rows:
+            print("   ".join(c.ljust(w) for c, w in zip(r, widths)) + "   " + r[5])
+    return 0
+
+
+def _ps_table(pids: list[int]) -> None:
+    print("UID          PID    PPID  CMD")
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                data = f.read()
+            ppid = data[data.rfind(b")") + 2 :].split()[1].decode()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            uid = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            continue
+        print(f"{uid:<8} {pid:>7} {ppid:>7}  {cmd}")
+    sys.stdout.flush()
+
+
+def _features() -> dict[str, object]:
+    from sifbox.runtime.caps import NAMES
+    from sifbox.runtime.ocispec import SUPPORTED_NAMESPACES
+    from sifbox.security import seccomp
+
+    return {
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": "1.1.0",
+        "hooks": [],
+        "mountOptions": ["ro", "rw", "bind", "rbind", "nosuid", "nodev", "noexec"],
+        "linux": {
+            "namespaces": [ns for ns in SUPPORTED_NAMESPACES if ns != "cgroup"],
+            "capabilities": list(NAMES),
+            "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False},
+            "seccomp": {"enabled": seccomp.available()},
+            "apparmor": {"enabled": False},
+            "selinux": {"enabled": False},
+        },
+        "annotations": {"org.sifbox.runtime": "native"},
+    }

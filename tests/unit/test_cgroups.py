@@ -1,0 +1,96 @@
+"""cgroup limits as data (sifbox.hpc.cgroups): options and linux.resources into limits, limits into
+the files of cgroups v1 and v2, the layout chosen. The cgroups themselves are exercised in
+tests/integration/test_cgroups.py; v2's file names are checked here because this machine's v2
+hierarchy has no memory, cpu or pids controller to write them to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sifbox.hpc import cgroups
+from sifbox.hpc.cgroups import Limits
+from sifbox.util.errors import UsageError
+
+
+@pytest.mark.parametrize("text, value", [("512m", 512 << 20), ("2g", 2 << 30), ("2GiB", 2 << 30), ("1048576", 1 << 20),
+                                         ("64k", 64 << 10), ("1.5g", 3 << 29), ("100b", 100)])  # fmt: skip
+def test_sizes(text: str, value: int) -> None:
+    assert cgroups.parse_size(text, "--memory") == value
+
+
+@pytest.mark.parametrize("text", ["lots", "", "-1m", "0", "12q"])
+def test_bad_sizes(text: str) -> None:
+    with pytest.raises(UsageError):
+        cgroups.parse_size(text, "--memory")
+
+
+def test_options() -> None:
+    assert cgroups.from_options() is None
+    assert cgroups.from_options("1g", "2g", "1.5", "100") == Limits(1 << 30, 2 << 30, 1.5, 100)
+    assert cgroups.from_options("1g", "-1") == Limits(1 << 30, -1, None, None)
+    for args, part in ((("1g", "512m"), "less than --memory"), ((None, "1g"), "without --memory"),
+                       ((None, None, "x"), "not a number"), ((None, None, "5000"), "out of range"),
+                       ((None, None, None, "0"), "positive")):  # fmt: skip
+        with pytest.raises(UsageError, match=part):
+            cgroups.from_options(*args)
+
+
+def test_oci_resources() -> None:
+    assert cgroups.from_oci(None) is None
+    assert cgroups.from_oci({"devices": [{"allow": False, "access": "rwm"}]}) is None
+    assert cgroups.from_oci({"memory": {"limit": 1 << 20, "swap": 2 << 20}, "cpu": {"quota": 50000, "period": 100000},
+                             "pids": {"limit": 10}}) == Limits(1 << 20, 2 << 20, 0.5, 10)  # fmt: skip
+    assert cgroups.from_oci({"cpu": {"quota": 200000}}) == Limits(None, None, 2.0, None)
+
+
+def test_files_v1_and_v2() -> None:
+    limits = Limits(1 << 30, 3 << 30, 1.5, 64)
+    assert cgroups.files(limits, 1) == {
+        "memory": [("memory.limit_in_bytes", str(1 << 30)), ("memory.memsw.limit_in_bytes", str(3 << 30))],
+        "cpu": [("cpu.cfs_period_us", "100000"), ("cpu.cfs_quota_us", "150000")],
+        "pids": [("pids.max", "64")],
+    }
+    assert cgroups.files(limits, 2) == {
+        "memory": [("memory.max", str(1 << 30)), ("memory.swap.max", str(2 << 30))],
+        "cpu": [("cpu.max", "150000 100000")],
+        "pids": [("pids.max", "64")],
+    }
+    assert cgroups.files(Limits(1 << 20, -1), 2)["memory"][1] == ("memory.swap.max", "max")
+
+
+def test_own_paths() -> None:
+    text = "12:pids:/user.slice\n4:memory:/a/b\n1:name=systemd:/x\n2:cpu,cpuacct:/c\n0::/user.slice/u.scope\n"
+    assert cgroups.own_paths(text) == {"pids": "/user.slice", "memory": "/a/b", "systemd": "/x", "cpu": "/c",
+                                       "cpuacct": "/c", "": "/user.slice/u.scope"}  # fmt: skip
+
+
+def test_v2_chosen_when_its_controllers_are_there(tmp_path: Path) -> None:
+    """A v2 hierarchy whose caller's cgroup has the controllers is used (its subtree_control
+    enabled); without them, v1 for root, or the reason."""
+    base = tmp_path / "user.slice"
+    base.mkdir()
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    (base / "cgroup.controllers").write_text("cpu memory pids\n")
+    (base / "cgroup.subtree_control").write_text("")
+    version, places, _ = cgroups._choose(str(tmp_path), {"": "/user.slice"}, ["memory", "pids"])
+    assert (version, places) == (2, {"": str(base)})
+    assert (base / "cgroup.subtree_control").read_text() == "+memory +pids"
+    (base / "cgroup.controllers").write_text("cpu\n")
+    version, _, reason = cgroups._choose(str(tmp_path), {"": "/user.slice"}, ["memory", "pids"])
+    assert version == 0  # as root: no v1 hierarchy in this tree either
+    assert "controllers memory, pids are not available" in reason
+
+
+def test_probe_changes_nothing(tmp_path: Path) -> None:
+    """What `sifbox doctor` reports: the layout the limits would use, without enabling anything."""
+    base = tmp_path / "u"
+    base.mkdir()
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    (base / "cgroup.controllers").write_text("cpu memory pids\n")
+    (base / "cgroup.subtree_control").write_text("")
+    assert cgroups._choose(str(tmp_path), {"": "/u"}, ["memory"], enable=False)[0] == 2
+    assert (base / "cgroup.subtree_control").read_text() == ""
+    version, reason = cgroups.probe()  # this machine: some answer, and a reason when none
+    assert version in (0, 1, 2) and (version or reason)
