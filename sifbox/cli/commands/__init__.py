@@ -44,7 +44,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("oci", "Manage OCI containers"),
     Command("remote", "Manage sifbox remote endpoints"),
     Command("registry", "Manage authentication to OCI/Docker registries", "registry"),
-    Command("keyserver", "Manage sifbox keyservers"),
+    Command("keyserver", "Manage sifbox keyservers", "keyserver"),
     Command("plugin", "Manage sifbox plugins"),
     Command("delete", "Delete a remote image"),
     Command("search", "Search a library for images"),
