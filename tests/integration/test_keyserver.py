@@ -40,8 +40,9 @@ class Key:
         self.uid = uid
 
 
-def make_key(directory: Path, name: str) -> Key:
-    """An Ed25519 key made by gpg (fast), its public key armored in `directory`."""
+def make_key(directory: Path, name: str, secret: bool = False) -> Key:
+    """An Ed25519 key made by gpg (fast), its public key armored in `directory` (and with
+    `secret`, the secret key, without passphrase, in FPR.secret.asc)."""
     home = tempfile.mkdtemp(prefix="sifbox-gpg-", dir="/tmp")
     try:
         env = {**os.environ, "GNUPGHOME": home}
@@ -54,6 +55,12 @@ def make_key(directory: Path, name: str) -> Key:
         armored.write_bytes(subprocess.run(["gpg", "--armor", "--export", fpr], env=env, check=True,
                                            capture_output=True).stdout)  # fmt: skip
         armored.chmod(0o644)
+        if secret:
+            sec = directory / f"{fpr}.secret.asc"
+            sec.write_bytes(subprocess.run(["gpg", "--batch", "--pinentry-mode", "loopback", "--passphrase", "",
+                                            "--armor", "--export-secret-keys", fpr], env=env, check=True,
+                                           capture_output=True).stdout)  # fmt: skip
+            sec.chmod(0o644)
         return Key(fpr, armored, uid)
     finally:
         subprocess.run(["gpgconf", "--homedir", home, "--kill", "all"], capture_output=True, check=False)
@@ -239,3 +246,43 @@ def test_keyserver_config(cli: Cli, sks: SksServer, shared_tmp: Path) -> None:
     one_error(cli("keyserver", "add", sks.url), "already configured")
     assert cli("keyserver", "remove", sks.url).returncode == 0
     assert sks.url not in cli("keyserver", "list").stdout
+
+
+def test_verify_fetches_signer_key(cli: Cli, sks: SksServer, shared_tmp: Path, sif_corpus: Path) -> None:
+    """verify fetches a signer's key the keyrings lack from the keyserver (--url, or the
+    default remote's), shows it [REMOTE] and keeps nothing; --local does not fetch."""
+    key = make_key(shared_tmp, f"Signer {cli.who.name}", secret=True)
+    (shared_tmp / "signer").mkdir(mode=0o777)
+    (shared_tmp / "signer").chmod(0o777)
+    signer = Cli(cli.run_as, cli.who, cli.cli, shared_tmp / "signer")
+    assert signer("key", "import", str(shared_tmp / f"{key.fingerprint}.secret.asc")).returncode == 0
+    img = shared_tmp / f"signed-{cli.who.name}.sif"
+    cli.run_as(cli.who, ["install", "-m", "644", str(sif_corpus / "images" / "one-group.sif"), str(img)], check=True)
+    proc = signer("sign", str(img), env={"SIFBOX_KEY_PASSPHRASE": ""})
+    assert proc.returncode == 0, proc
+    assert signer("key", "push", "-u", sks.url, key.fingerprint).returncode == 0
+
+    proc = cli("verify", "--url", sks.url, str(img))
+    assert proc.returncode == 0, proc
+    assert f"[REMOTE]  Signing entity: {key.uid}" in proc.stdout, proc.stdout
+    assert f"[REMOTE]  Fingerprint: {key.fingerprint}" in proc.stdout
+    assert "WARNING" not in proc.stderr, proc.stderr
+    assert key.fingerprint not in cli("key", "list").stdout
+    proc = cli("verify", "--json", str(img), env={"SIFBOX_URL": sks.url})
+    assert proc.returncode == 0 and '"KeyLocal": false' in proc.stdout, proc
+
+    proc = cli("verify", "--local", "--url", sks.url, str(img))
+    assert proc.returncode == 255 and "unknown entity" in proc.stderr, proc
+    # a keyserver that can't be reached: a warning says so, and the signature is unknown
+    from tests.integration.registry_server import free_port
+
+    proc = cli("verify", "--url", f"http://127.0.0.1:{free_port()}", str(img))
+    assert proc.returncode == 255 and "unknown entity" in proc.stderr and "can't reach keyserver" in proc.stderr, proc
+    # a keyserver answering with another key: refused, nothing verified
+    signer_other = make_key(shared_tmp, "Someone Else")
+    server = HostileServer(lambda path: (200, signer_other.armored.read_bytes()))
+    try:
+        proc = cli("verify", "--url", server.url, str(img))
+        assert proc.returncode == 255 and "not the one asked for" in proc.stderr, proc
+    finally:
+        server.close()
