@@ -79,7 +79,7 @@ HEX = frozenset("0123456789ABCDEF")
 def key_selector(text: str, lengths: tuple[int, ...] = (8, 16, 40)) -> str:
     """A fingerprint or key ID (`0x` prefix and spaces allowed) in upper case, or HkpError."""
     sel = text.replace(" ", "").upper()
-    sel = sel[2:] if sel.startswith("0X") else sel
+    sel = sel.removeprefix("0X")
     if not sel or not set(sel) <= HEX or len(sel) not in lengths:
         want = ", ".join(str(n) for n in lengths[:-1]) + f" or {lengths[-1]}" if len(lengths) > 1 else str(lengths[0])
         raise HkpError(f"`{text}` is not a key fingerprint or key ID ({want} hexadecimal digits)")

@@ -152,7 +152,7 @@ def parse(data: bytes) -> RemoteConfig:
     except UnicodeDecodeError:
         raise RemoteConfError("not UTF-8 text") from None
     try:
-        doc = yaml.load(text, Loader=yaml.BaseLoader)  # noqa: S506 - BaseLoader builds only str/list/dict
+        doc = yaml.load(text, Loader=yaml.BaseLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

@@ -42,7 +42,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("config", "Check the site configuration (sifbox.conf) in force", "config"),
     Command("capability", "Manage Linux capabilities for users and groups", "capability", ("caps",)),
     Command("oci", "Manage OCI containers"),
-    Command("remote", "Manage sifbox remote endpoints"),
+    Command("remote", "Manage sifbox remote endpoints", "remote"),
     Command("registry", "Manage authentication to OCI/Docker registries", "registry"),
     Command("keyserver", "Manage sifbox keyservers", "keyserver"),
     Command("plugin", "Manage sifbox plugins"),

@@ -346,10 +346,9 @@ def _selector(text: str, what: str, lengths: tuple[int, ...]) -> str:
 
 
 def _search(args: argparse.Namespace) -> int:
+    from sifbox.formats import hkp
     from sifbox.security import keyserver
     from sifbox.security.keys import format_time
-
-    from sifbox.formats import hkp
 
     try:
         index = keyserver.search(_keyservers(args), args.query)
