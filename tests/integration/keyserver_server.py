@@ -94,11 +94,13 @@ class HostileServer:
     def __init__(self, answer: Answer, *, tls: tuple[str, str] | None = None) -> None:
         self.answer = answer
         self.requests: list[str] = []
+        self.authorization: list[str] = []
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def _reply(self) -> None:
                 outer.requests.append(f"{self.command} {self.path}")
+                outer.authorization.append(self.headers.get("Authorization") or "")
                 length = int(self.headers.get("Content-Length") or 0)
                 if length:
                     self.rfile.read(length)

@@ -228,6 +228,8 @@ def test_keyserver_config(cli: Cli, sks: SksServer, shared_tmp: Path) -> None:
         proc = cli("keyserver", "add", sks.url)
         assert proc.returncode == 0, proc
         assert (cli.etc / "remote.yaml").stat().st_mode & 0o777 == 0o644
+        assert cli("keyserver", "remove", "https://keys.openpgp.org").returncode == 0  # no test reaches the internet
+        assert cli("keyserver", "add", "http://127.0.0.1:9", "--order", "1").returncode == 0
     else:
         one_error(cli("keyserver", "add", sks.url), "`DefaultRemote` is a system endpoint")
         assert cli("remote", "add", "--no-login", "site", "https://site.example.invalid").returncode == 0
@@ -284,5 +286,45 @@ def test_verify_fetches_signer_key(cli: Cli, sks: SksServer, shared_tmp: Path, s
     try:
         proc = cli("verify", "--url", server.url, str(img))
         assert proc.returncode == 255 and "not the one asked for" in proc.stderr, proc
+    finally:
+        server.close()
+
+
+def test_keyserver_login(cli: Cli, shared_tmp: Path) -> None:
+    """keyserver login checks the credentials (GET of the URI), keeps them in the user's
+    remote.yaml (0600) and sends them to that keyserver only; logout forgets them."""
+    key = make_key(shared_tmp, f"Login {cli.who.name}")
+    cli.env.pop("SIFBOX_URL", None)
+    ok = {"login": True}
+    server = HostileServer(lambda path: (200, key.armored.read_bytes()) if path.startswith("/pks/")
+                           else ((200, b"hello") if ok["login"] else (401, b"no")))  # fmt: skip
+    try:
+        url = server.url
+        one_error(cli("keyserver", "login", "-u", "bob", "--password-stdin", url, input="pw\n"),
+                  "no external keyserver configuration found")  # fmt: skip
+        if not cli.who.is_root:
+            assert cli("remote", "add", "--no-login", "site", "https://site.example.invalid").returncode == 0
+        assert cli("keyserver", "add", url).returncode == 0
+        if cli.who.is_root:  # no test reaches the internet
+            assert cli("keyserver", "remove", "https://keys.openpgp.org").returncode == 0
+        ok["login"] = False
+        one_error(cli("keyserver", "login", "-u", "bob", "--password-stdin", url, input="pw\n"), "refused the request")
+        ok["login"] = True
+        proc = cli("keyserver", "login", "-u", "bob", "--password-stdin", url, input="s3cret\n")
+        assert proc.returncode == 0, proc
+        conf = cli.home / ".sifbox/remote.yaml"
+        assert conf.stat().st_mode & 0o777 == 0o600
+        assert "Authorization" not in proc.stderr and "s3cret" not in proc.stdout + proc.stderr
+        assert server.authorization[-1] == "Basic Ym9iOnMzY3JldA=="
+        assert cli("key", "pull", key.fingerprint).returncode == 0
+        assert server.authorization[-1] == "Basic Ym9iOnMzY3JldA=="
+        assert re.search(rf"(?m)^Authenticated Logins\n=+\n\nURI\s+INSECURE\n{re.escape(url)}\s+NO$",
+                         cli("remote", "list").stdout)  # fmt: skip
+        # another keyserver never sees them
+        assert cli("key", "pull", "-u", f"http://localhost:{server.port}", key.fingerprint).returncode == 0
+        assert server.authorization[-1] == ""
+        assert cli("keyserver", "logout", url).returncode == 0
+        assert "Authenticated Logins" not in cli("remote", "list").stdout
+        one_error(cli("keyserver", "logout", url), "not logged in")
     finally:
         server.close()

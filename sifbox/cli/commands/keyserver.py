@@ -33,13 +33,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        description="List the keyservers of every endpoint (or of NAME).")
     s.add_argument("name", metavar="NAME", nargs="?")
     s = sub.add_parser("login", help="Log in to a keyserver", description="Log in to an (external) keyserver.")
-    s.add_argument("-u", "--username", default=None, help="username to authenticate with")
-    s.add_argument("-p", "--password", default=None, help="password / token to authenticate with")
-    s.add_argument("--password-stdin", action="store_true", help="take password from standard input")
-    s.add_argument("-i", "--insecure", action="store_true", help=argparse.SUPPRESS)
+    add_login_arguments(s, argparse.SUPPRESS)
     s.add_argument("uri", metavar="URI")
     s = sub.add_parser("logout", help="Log out from a keyserver", description="Forget the login to a keyserver.")
     s.add_argument("uri", metavar="URI")
+
+
+def add_login_arguments(s: argparse.ArgumentParser, insecure_help: str) -> None:
+    """The options of `keyserver login` and `remote login` (Apptainer's)."""
+    s.add_argument("-u", "--username", default=None, help="username to authenticate with")
+    s.add_argument("-p", "--password", default=None, help="password / token to authenticate with")
+    s.add_argument("--password-stdin", action="store_true", help="take password from standard input")
+    s.add_argument("-i", "--insecure", action="store_true", help=insecure_help)
 
 
 def _operands(args: argparse.Namespace) -> tuple[str, str]:

@@ -48,10 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    description="List the remote endpoints, the default one's keyservers, and the logins.")
     s = sub.add_parser("login", help="Login to a registry or keyserver",
                        description="Log in to an OCI registry (docker://HOST, oras://HOST) or a keyserver.")
-    s.add_argument("-u", "--username", default=None, help="username to authenticate with")
-    s.add_argument("-p", "--password", default=None, help="password / token to authenticate with")
-    s.add_argument("--password-stdin", action="store_true", help="take password from standard input")
-    s.add_argument("-i", "--insecure", action="store_true", help="allow insecure login (plain HTTP registry)")
+    from sifbox.cli.commands.keyserver import add_login_arguments
+
+    add_login_arguments(s, "allow insecure login (plain HTTP registry)")
     s.add_argument("--tokenfile", default=None, help=argparse.SUPPRESS)
     s.add_argument("target", metavar="NAME|URI", nargs="?")
     s = sub.add_parser("logout", help="Log out from a registry or keyserver", description="Forget a login.")
