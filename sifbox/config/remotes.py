@@ -84,21 +84,3 @@ def merged(sifbox_conf: str | None = None, *, create: bool = False) -> rc.Remote
     for name in rc.sync_from(user, system_config(sifbox_conf)):
         log.info("%s defined both globally and individually, using individual", name)
     return user
-
-
-def keyservers(conf: rc.RemoteConfig, url: str | None = None, insecure: bool = False) -> list:  # type: ignore[type-arg]
-    """The keyservers to ask, in order: `url` alone if given, else the default endpoint's;
-    each with the login remote.yaml holds for it."""
-    from sifbox.formats.hkp import same_keyserver
-    from sifbox.security.keyserver import Keyserver
-
-    if url:
-        services = [rc.ServiceConfig(url, insecure=insecure)]
-    else:
-        ep = conf.remotes.get(conf.active)
-        services = ep.active_keyservers() if ep is not None else []
-    out = []
-    for s in services:
-        cred = next((c for c in conf.credentials if same_keyserver(c.uri, s.uri)), None)
-        out.append(Keyserver(s.uri, s.insecure or bool(cred and cred.insecure), cred.auth if cred else ""))
-    return out

@@ -27,6 +27,10 @@ MAX_OTHER = 64 << 10
 TIMEOUT = 30.0
 USER_AGENT = "sifbox (keyserver client)"
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from sifbox.formats.remoteconf import RemoteConfig
+
 
 class KeyserverError(SifboxError):
     reference = "keyserver"
@@ -172,3 +176,20 @@ def push_key(servers: list[Keyserver], armored: bytes, fingerprint: str) -> None
 def check_login(server: Keyserver) -> None:
     """As Apptainer's keyserver login: GET the URI with the credentials; 200 is a yes."""
     request([server], "GET", "/", None, limit=MAX_OTHER, what=f"log in to `{server.uri}`")
+
+
+def configured(conf: RemoteConfig, url: str | None = None, insecure: bool = False) -> list[Keyserver]:
+    """The keyservers to ask, in order: `url` alone if given, else the default endpoint's
+    (remote.yaml); each with the login remote.yaml holds for it."""
+    from sifbox.formats import remoteconf as rc
+
+    if url:
+        services = [rc.ServiceConfig(url, insecure=insecure)]
+    else:
+        ep = conf.remotes.get(conf.active)
+        services = ep.active_keyservers() if ep is not None else []
+    out = []
+    for s in services:
+        cred = next((c for c in conf.credentials if hkp.same_keyserver(c.uri, s.uri)), None)
+        out.append(Keyserver(s.uri, s.insecure or bool(cred and cred.insecure), cred.auth if cred else ""))
+    return out

@@ -331,9 +331,10 @@ def _keyservers(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     import os
 
     from sifbox.config import remotes
+    from sifbox.security import keyserver
 
     url = args.url or os.environ.get("SIFBOX_URL") or os.environ.get("APPTAINER_URL") or None
-    return remotes.keyservers(remotes.merged(getattr(args, "config", None)), url)
+    return keyserver.configured(remotes.merged(getattr(args, "config", None)), url)
 
 
 def _selector(text: str, what: str, lengths: tuple[int, ...]) -> str:

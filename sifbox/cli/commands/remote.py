@@ -262,7 +262,7 @@ def _status(args: argparse.Namespace) -> int:
     sys.stdout.write(f"Checking status of remote: {name}\n\n")
     rows = [["SERVICE", "STATUS", "URI"]]
     failed = 0
-    for ks in remotes.keyservers(conf) if name == conf.active else [keyserver.Keyserver(k.uri, k.insecure)
+    for ks in keyserver.configured(conf) if name == conf.active else [keyserver.Keyserver(k.uri, k.insecure)
                                                                     for k in ep.active_keyservers()]:  # fmt: skip
         try:
             keyserver.request([ks], "GET", "/pks/lookup", {"op": "stats"}, limit=keyserver.MAX_OTHER,

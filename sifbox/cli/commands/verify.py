@@ -131,7 +131,7 @@ def _remote_keys(args: argparse.Namespace, img, groups: list[int], objects: list
     if not missing:
         return b""
     url = args.url or os.environ.get("SIFBOX_URL") or os.environ.get("APPTAINER_URL") or None
-    servers = remotes.keyservers(remotes.merged(getattr(args, "config", None)), url)
+    servers = keyserver.configured(remotes.merged(getattr(args, "config", None)), url)
     fetched = b""
     for fpr in missing:
         try:
