@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
+import time
 import urllib.parse
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ MAX_INDEX = 2 << 20
 #: Any other answer (push, login check) read at most.
 MAX_OTHER = 64 << 10
 TIMEOUT = 30.0
+#: One request (connection, answer) takes at most this long, however the server trickles.
+DEADLINE = 120.0
 USER_AGENT = "sifbox (keyserver client)"
 
 TYPE_CHECKING = False
@@ -55,14 +58,23 @@ class Keyserver:
         return f"Keyserver({self.uri!r}, insecure={self.insecure})"
 
 
-def _read(resp: http.client.HTTPResponse, limit: int, what: str) -> bytes:
+def _read(resp: http.client.HTTPResponse, limit: int, what: str, deadline: float) -> bytes:
+    """The body, at most `limit` bytes, by `deadline` (a server that trickles is cut off)."""
     length = resp.getheader("Content-Length")
     if length and length.isdigit() and int(length) > limit:
         raise KeyserverError(f"can't {what}: the keyserver's answer is too large ({length} bytes, at most {limit})")
-    data = resp.read(limit + 1)
-    if len(data) > limit:
-        raise KeyserverError(f"can't {what}: the keyserver's answer is too large (more than {limit} bytes)")
-    return data
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        if time.monotonic() > deadline:
+            raise KeyserverError(f"can't {what}: the keyserver took more than {DEADLINE:.0f} s to answer")
+        chunk = resp.read1(min(65536, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise KeyserverError(f"can't {what}: the keyserver's answer is too large (more than {limit} bytes)")
 
 
 def request(servers: list[Keyserver], method: str, path: str, query: dict[str, str] | None, *,
@@ -87,6 +99,7 @@ def request(servers: list[Keyserver], method: str, path: str, query: dict[str, s
         if body is not None:
             headers["Content-Type"] = "application/x-www-form-urlencoded"
         where = f"keyserver `{uri.base}`"
+        deadline = time.monotonic() + DEADLINE
         try:
             conn, absolute = connection(uri.scheme, uri.host, timeout=TIMEOUT, verify=not ks.insecure)
             try:
@@ -94,7 +107,7 @@ def request(servers: list[Keyserver], method: str, path: str, query: dict[str, s
                              body=body, headers=headers)  # fmt: skip
                 resp = conn.getresponse()
                 status = resp.status
-                data = _read(resp, limit, what) if 200 <= status < 300 else b""
+                data = _read(resp, limit, what, deadline) if 200 <= status < 300 else b""
             finally:
                 conn.close()
         except KeyserverError as err:
