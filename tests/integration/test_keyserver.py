@@ -213,6 +213,19 @@ def test_hkps(cli: Cli, shared_tmp: Path) -> None:
         assert proc.returncode == 0, proc
         assert proc.stdout.startswith("1 key(s) added"), proc
         one_error(cli("key", "pull", "-u", url, key.fingerprint, env={"SSL_CERT_FILE": "/dev/null"}), "TLS")
+        # a keyserver configured insecure (`keyserver add -i`) is used without checking its certificate
+        assert cli("key", "remove", key.fingerprint).returncode == 0
+        cli.env.pop("SIFBOX_URL", None)
+        if cli.who.is_root:
+            assert cli("keyserver", "remove", "https://keys.openpgp.org").returncode != 0  # the only one
+        else:
+            assert cli("remote", "add", "--no-login", "site", "https://site.example.invalid").returncode == 0
+        assert cli("keyserver", "add", "--insecure", url).returncode == 0
+        if cli.who.is_root:  # no test reaches the internet
+            assert cli("keyserver", "remove", "https://keys.openpgp.org").returncode == 0
+        assert url in cli("keyserver", "list").stdout
+        proc = cli("key", "pull", key.fingerprint, env={"SSL_CERT_FILE": "/dev/null"})
+        assert proc.returncode == 0 and proc.stdout.startswith("1 key(s) added"), proc
     finally:
         server.close()
 
