@@ -76,11 +76,12 @@ def system_config(sifbox_conf: str | None = None) -> rc.RemoteConfig:
     return found if found is not None else rc.default_config()
 
 
-def merged(sifbox_conf: str | None = None, *, create: bool = False) -> rc.RemoteConfig:
-    """The user's configuration with the system's endpoints synced in (what commands use)."""
+def merged(sifbox_conf: str | None = None, *, create: bool = False, user_file: str | None = None) -> rc.RemoteConfig:
+    """The user's configuration (`user_file`, default user_path()) with the system's endpoints
+    synced in (what commands use)."""
     from sifbox.util.log import log
 
-    user = read(user_path(), create=create) or rc.RemoteConfig()
+    user = read(user_file or user_path(), create=create) or rc.RemoteConfig()
     for name in rc.sync_from(user, system_config(sifbox_conf)):
         log.info("%s defined both globally and individually, using individual", name)
     return user

@@ -19,16 +19,28 @@ import sys
 from sifbox.util.errors import SifboxError, UsageError
 
 
+def add_config_argument(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("-c", "--config", dest="remote_config", default=None, metavar="FILE",
+                   help=f"{what} (default: remote.yaml in ~/.sifbox, $SIFBOX_CONFIGDIR or $APPTAINER_CONFIGDIR)")
+
+
+def add_change_arguments(s: argparse.ArgumentParser, add: bool) -> None:
+    """The options and operands of `keyserver add|remove` (and `remote add-|remove-keyserver`)."""
+    if add:
+        s.add_argument("-o", "--order", type=int, default=None, help="define the keyserver order")
+        s.add_argument("-i", "--insecure", action="store_true", help="allow insecure connection to keyserver")
+    s.add_argument("operands", metavar="[NAME] URI", nargs="+")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_argument(p, "path to the file holding keyserver configurations")
     sub = p.add_subparsers(dest="keyserver_command", metavar="SUBCOMMAND", title="subcommands")
     sub.required = True
     s = sub.add_parser("add", help="Add a keyserver (root user only, for system endpoints)",
                        description="Add a keyserver to an endpoint (the default one without NAME).")
-    s.add_argument("-o", "--order", type=int, default=None, help="define the keyserver order")
-    s.add_argument("-i", "--insecure", action="store_true", help="allow insecure connection to keyserver")
-    s.add_argument("operands", metavar="[NAME] URI", nargs="+")
+    add_change_arguments(s, add=True)
     s = sub.add_parser("remove", help="Remove a keyserver", description="Remove a keyserver from an endpoint.")
-    s.add_argument("operands", metavar="[NAME] URI", nargs="+")
+    add_change_arguments(s, add=False)
     s = sub.add_parser("list", help="List all keyservers that are configured",
                        description="List the keyservers of every endpoint (or of NAME).")
     s.add_argument("name", metavar="NAME", nargs="?")
@@ -63,7 +75,14 @@ def _operands(args: argparse.Namespace) -> tuple[str, str]:
     return (ops[0] if len(ops) == 2 else ""), uri
 
 
-def _change(args: argparse.Namespace) -> int:
+def user_file(args: argparse.Namespace) -> str:
+    """The user's remote.yaml: -c/--config FILE, else the configuration directory's."""
+    from sifbox.config import remotes
+
+    return getattr(args, "remote_config", None) or remotes.user_path()
+
+
+def change(args: argparse.Namespace) -> int:
     from sifbox.config import remotes
     from sifbox.formats import hkp
     from sifbox.formats import remoteconf as rc
@@ -76,9 +95,9 @@ def _change(args: argparse.Namespace) -> int:
         path, mode = remotes.system_path(getattr(args, "config", None)), 0o644
         conf = remotes.read(path) or rc.default_config()
     else:
-        path, mode = remotes.user_path(), 0o600
+        path, mode = user_file(args), 0o600
         conf = remotes.read(path) or rc.RemoteConfig()
-        remotes_all = remotes.merged(getattr(args, "config", None))
+        remotes_all = remotes.merged(getattr(args, "config", None), user_file=path)
         if not name:
             name = remotes_all.active
     target = name or conf.active
@@ -110,7 +129,7 @@ def _change(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from sifbox.config import remotes
 
-    conf = remotes.merged(getattr(args, "config", None))
+    conf = remotes.merged(getattr(args, "config", None), user_file=user_file(args))
     if args.name and args.name not in conf.remotes:
         raise SifboxError(f"can't list keyservers: `{args.name}` is not a remote")
     out = sys.stdout
@@ -150,7 +169,7 @@ def read_password(args: argparse.Namespace, what: str) -> str:
     return password
 
 
-def keyserver_login(args: argparse.Namespace, uri: str, sifbox_conf: str | None) -> None:
+def keyserver_login(args: argparse.Namespace, uri: str, sifbox_conf: str | None, path: str) -> None:
     """Check a login to a configured keyserver and keep it in the user's remote.yaml."""
     import base64
 
@@ -161,7 +180,7 @@ def keyserver_login(args: argparse.Namespace, uri: str, sifbox_conf: str | None)
     from sifbox.util.log import log
 
     what = f"log in to keyserver `{uri}`"
-    conf = remotes.merged(sifbox_conf)
+    conf = remotes.merged(sifbox_conf, user_file=path)
     ks = next((k for ep in conf.remotes.values() for k in ep.keyservers
                if k.external and hkp.same_keyserver(k.uri, uri)), None)  # fmt: skip
     if ks is None:
@@ -174,7 +193,6 @@ def keyserver_login(args: argparse.Namespace, uri: str, sifbox_conf: str | None)
     else:
         auth = "Bearer " + password
     keyserver.check_login(keyserver.Keyserver(uri, insecure, auth))
-    path = remotes.user_path()
     user = remotes.read(path, create=True) or rc.RemoteConfig()
     user.credentials = [c for c in user.credentials if not hkp.same_keyserver(c.uri, uri)]
     user.credentials.append(rc.Credential(uri, auth, insecure))
@@ -182,11 +200,10 @@ def keyserver_login(args: argparse.Namespace, uri: str, sifbox_conf: str | None)
     log.info("Token stored in %s", path)
 
 
-def keyserver_logout(uri: str) -> bool:
+def keyserver_logout(uri: str, path: str) -> bool:
     from sifbox.config import remotes
     from sifbox.formats import hkp
 
-    path = remotes.user_path()
     user = remotes.read(path)
     if user is None:
         return False
@@ -199,19 +216,19 @@ def keyserver_logout(uri: str) -> bool:
 
 
 def _login(args: argparse.Namespace) -> int:
-    keyserver_login(args, args.uri, getattr(args, "config", None))
+    keyserver_login(args, args.uri, getattr(args, "config", None), user_file(args))
     return 0
 
 
 def _logout(args: argparse.Namespace) -> int:
     from sifbox.util.log import log
 
-    if not keyserver_logout(args.uri):
+    if not keyserver_logout(args.uri, user_file(args)):
         raise SifboxError(f"can't log out from keyserver `{args.uri}`: not logged in")
     log.info("Logout succeeded")
     return 0
 
 
 def main(args: argparse.Namespace) -> int:
-    handlers = {"add": _change, "remove": _change, "list": _list, "login": _login, "logout": _logout}
+    handlers = {"add": change, "remove": change, "list": _list, "login": _login, "logout": _logout}
     return handlers[args.keyserver_command](args)

@@ -26,28 +26,35 @@ REGISTRY_SCHEMES = ("docker://", "oras://")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from sifbox.cli.commands.keyserver import add_change_arguments, add_config_argument
+
+    add_config_argument(p, "path to the file holding remote endpoint configurations")
     sub = p.add_subparsers(dest="remote_command", metavar="SUBCOMMAND", title="subcommands")
     sub.required = True
-    s = sub.add_parser("add", help="Add a new remote endpoint", description="Add a remote endpoint.")
+    s = sub.add_parser("add", help="Add a new sifbox remote endpoint", description="Add a new sifbox remote endpoint.")
     s.add_argument("-i", "--insecure", action="store_true", help="allow connection to an insecure http remote.")
     s.add_argument("--no-login", action="store_true", help="skip automatic login step")
     s.add_argument("-n", "--no-default", action="store_true", help="do not make the new remote the default one")
     s.add_argument("--tokenfile", default=None, help=argparse.SUPPRESS)
     s.add_argument("name", metavar="NAME")
     s.add_argument("uri", metavar="URI")
-    s = sub.add_parser("remove", help="Remove an existing remote endpoint", description="Remove a remote endpoint.")
+    s = sub.add_parser("remove", help="Remove an existing sifbox remote endpoint",
+                       description="Remove an existing sifbox remote endpoint.")
     s.add_argument("name", metavar="NAME")
-    s = sub.add_parser("use", help="Set remote endpoint to use", description="Make NAME the default remote endpoint.")
+    s = sub.add_parser("use", help="Set a sifbox remote endpoint to be actively used",
+                       description="Set a sifbox remote endpoint to be actively used (the default one).")
     s.add_argument("-e", "--exclusive", action="store_true", help="set the endpoint as exclusive (root user only, "
                    "implies --global)")
     s.add_argument("name", metavar="NAME")
     for name in ("add", "remove", "use"):
         sub.choices[name].add_argument("-g", "--global", dest="global_", action="store_true",
                                        help="edit the list of globally configured remote endpoints (root)")
-    sub.add_parser("list", help="List all remote endpoints that are configured",
-                   description="List the remote endpoints, the default one's keyservers, and the logins.")
-    s = sub.add_parser("login", help="Login to a registry or keyserver",
-                       description="Log in to an OCI registry (docker://HOST, oras://HOST) or a keyserver.")
+    sub.add_parser("list", help="List all sifbox remote endpoints, keyservers, and OCI credentials that are configured",
+                   description="List all sifbox remote endpoints, keyservers, and OCI credentials that are "
+                   "configured.")  # fmt: skip
+    s = sub.add_parser("login", help="Login to a sifbox remote endpoint, an OCI/Docker registry or a keyserver "
+                       "using credentials", description="Login to a sifbox remote endpoint, an OCI/Docker registry "
+                       "or a keyserver using credentials (docker://HOST, oras://HOST, or a keyserver URI).")  # fmt: skip
     from sifbox.cli.commands.keyserver import add_login_arguments
 
     add_login_arguments(s, "allow insecure login (plain HTTP registry)")
@@ -55,13 +62,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("target", metavar="NAME|URI", nargs="?")
     s = sub.add_parser("logout", help="Log out from a registry or keyserver", description="Forget a login.")
     s.add_argument("target", metavar="NAME|URI", nargs="?")
-    s = sub.add_parser("status", help="Check the status of the keyservers of an endpoint",
-                       description="Check that the keyservers of an endpoint (the default one) answer.")
+    s = sub.add_parser("status", help="Check the status of the sifbox services at an endpoint",
+                       description="Check the status of the sifbox services at an endpoint (its keyservers).")
     s.add_argument("name", metavar="NAME", nargs="?")
+    s = sub.add_parser("add-keyserver", help="Add a keyserver (as `keyserver add`)",
+                       description="Add a keyserver to an endpoint, as `sifbox keyserver add`.")
+    add_change_arguments(s, add=True)
+    s = sub.add_parser("remove-keyserver", help="Remove a keyserver (as `keyserver remove`)",
+                       description="Remove a keyserver from an endpoint, as `sifbox keyserver remove`.")
+    add_change_arguments(s, add=False)
 
 
 def _conf(args: argparse.Namespace) -> str | None:
     return getattr(args, "config", None)
+
+
+def _user(args: argparse.Namespace) -> str:
+    from sifbox.cli.commands.keyserver import user_file
+
+    return user_file(args)
 
 
 def _file(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -75,7 +94,7 @@ def _file(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                               hint="leave out --global (and --exclusive) to change your own")  # fmt: skip
         path = remotes.system_path(_conf(args))
         return path, 0o644, remotes.read(path) or rc.default_config()
-    path = remotes.user_path()
+    path = _user(args)
     return path, 0o600, remotes.read(path, create=True) or rc.RemoteConfig()
 
 
@@ -101,7 +120,7 @@ def _add(args: argparse.Namespace) -> int:
     if not uri or any(c.isspace() for c in uri):
         raise UsageError(f"can't add remote `{args.name}`: invalid URI `{args.uri}`")
     path, mode, conf = _file(args)
-    if args.name in conf.remotes or args.name in remotes.merged(_conf(args)).remotes:
+    if args.name in conf.remotes or args.name in remotes.merged(_conf(args), user_file=_user(args)).remotes:
         raise SifboxError(f"can't add remote `{args.name}`: {args.name} is already a remote")
     conf.remotes[args.name] = rc.Endpoint(uri, system=bool(args.global_))
     if not args.no_default and not any(e.exclusive for e in remotes.system_config(_conf(args)).remotes.values()):
@@ -118,7 +137,7 @@ def _remove(args: argparse.Namespace) -> int:
     path, mode, conf = _file(args)
     ep = conf.remotes.get(args.name)
     if ep is None:
-        if not args.global_ and args.name in remotes.merged(_conf(args)).remotes:
+        if not args.global_ and args.name in remotes.merged(_conf(args), user_file=_user(args)).remotes:
             raise SifboxError(f"can't remove remote `{args.name}`: {args.name} is global and can't be removed")
         raise SifboxError(f"can't remove remote `{args.name}`: {args.name} is not a remote")
     if ep.system and not args.global_:
@@ -137,7 +156,7 @@ def _use(args: argparse.Namespace) -> int:
 
     path, mode, conf = _file(args)
     system = args.global_ or args.exclusive
-    known = conf.remotes if system else remotes.merged(_conf(args)).remotes
+    known = conf.remotes if system else remotes.merged(_conf(args), user_file=_user(args)).remotes
     if args.name not in known:
         raise SifboxError(f"can't use remote `{args.name}`: {args.name} is not a remote")
     if not system:
@@ -160,7 +179,7 @@ def _list(args: argparse.Namespace) -> int:
     from sifbox.config import remotes
     from sifbox.formats.hkp import tabwrite
 
-    conf = remotes.merged(_conf(args), create=True)
+    conf = remotes.merged(_conf(args), create=True, user_file=_user(args))
     yes = {True: "YES", False: "NO"}
     out = sys.stdout
     out.write("Cloud Services Endpoints\n========================\n\n")
@@ -184,12 +203,11 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _record(uri: str, insecure: bool, keep: bool) -> None:
+def _record(path: str, uri: str, insecure: bool, keep: bool) -> None:
     """Add (keep) or drop the login record of a registry in the user's remote.yaml."""
     from sifbox.config import remotes
     from sifbox.formats import remoteconf as rc
 
-    path = remotes.user_path()
     user = remotes.read(path, create=keep) or rc.RemoteConfig()
     user.credentials = [c for c in user.credentials if c.uri.rstrip("/") != uri.rstrip("/")]
     if keep:
@@ -217,11 +235,11 @@ def _login(args: argparse.Namespace) -> int:
         creds = Credentials(args.username, read_password(args, f"log in to `{target}`"), source="command line")
         check_login(key, creds, insecure=args.insecure)
         path = store_login(key, creds)
-        _record(target, args.insecure, keep=True)
+        _record(_user(args), target, args.insecure, keep=True)
         log.info("Token stored in %s", path)
         return 0
     if target.startswith(("hkp://", "hkps://", "http://", "https://")):
-        keyserver_login(args, target, _conf(args))
+        keyserver_login(args, target, _conf(args), _user(args))
         return 0
     raise NotAvailableError(f"can't log in to remote `{target or 'the default remote'}`: sifbox has no library "
                             "service; log in to a registry (docker://HOST, oras://HOST) or a keyserver URI",
@@ -238,9 +256,9 @@ def _logout(args: argparse.Namespace) -> int:
 
         if not remove_login(login_key(target)):
             raise SifboxError(f"can't log out from `{target}`: not logged in")
-        _record(target, False, keep=False)
+        _record(_user(args), target, False, keep=False)
     elif target.startswith(("hkp://", "hkps://", "http://", "https://")):
-        if not keyserver_logout(target):
+        if not keyserver_logout(target, _user(args)):
             raise SifboxError(f"can't log out from `{target}`: not logged in")
     else:
         raise NotAvailableError(f"can't log out from remote `{target or 'the default remote'}`: sifbox has no "
@@ -254,11 +272,14 @@ def _status(args: argparse.Namespace) -> int:
     from sifbox.formats.hkp import tabwrite
     from sifbox.security import keyserver
 
-    conf = remotes.merged(_conf(args))
+    conf = remotes.merged(_conf(args), user_file=_user(args))
     name = args.name or conf.active
     ep = conf.remotes.get(name)
     if ep is None:
         raise SifboxError(f"can't check the status of remote `{name}`: {name or 'no default remote'} is not a remote")
+    if not ep.active_keyservers():
+        raise SifboxError(f"can't check the status of remote `{name}`: it has no keyserver, and sifbox has no "
+                          "library service to ask")  # fmt: skip
     sys.stdout.write(f"Checking status of remote: {name}\n\n")
     rows = [["SERVICE", "STATUS", "URI"]]
     failed = 0
@@ -278,7 +299,14 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keyserver_change(args: argparse.Namespace) -> int:
+    from sifbox.cli.commands.keyserver import change
+
+    args.keyserver_command = "add" if args.remote_command == "add-keyserver" else "remove"
+    return change(args)
+
+
 def main(args: argparse.Namespace) -> int:
     handlers = {"add": _add, "remove": _remove, "use": _use, "list": _list, "login": _login, "logout": _logout,
-                "status": _status}  # fmt: skip
+                "status": _status, "add-keyserver": _keyserver_change, "remove-keyserver": _keyserver_change}
     return handlers[args.remote_command](args)
