@@ -341,3 +341,18 @@ def test_keyserver_login(cli: Cli, shared_tmp: Path) -> None:
         one_error(cli("keyserver", "logout", url), "not logged in")
     finally:
         server.close()
+
+
+def test_newpair_push(cli: Cli, sks: SksServer) -> None:
+    """key newpair --push sends the new key to the default endpoint's keyserver (SIFBOX_URL
+    here); a keyserver that can't be reached leaves the key made, and says so."""
+    proc = cli("key", "newpair", "-N", f"New {cli.who.name}", "-E", "new@example.org", "-P", "", "-b", "1024",
+               "--push", env={"SIFBOX_URL": sks.url})  # fmt: skip
+    assert proc.returncode == 0, proc
+    assert proc.stdout.endswith("Key successfully pushed to keystore\n"), proc.stdout
+    fpr = proc.stdout.split("Key fingerprint: ")[1].split()[0]
+    found = cli("key", "search", "-u", sks.url, fpr)
+    assert found.returncode == 0 and "New " in found.stdout, found
+    proc = cli("key", "newpair", "-N", "Other", "-E", "o@example.org", "-P", "", "-b", "1024", "-U",
+               env={"SIFBOX_URL": "http://127.0.0.1:9"})  # fmt: skip
+    assert proc.returncode == 0 and "Failed to push newly created key to keystore: can't push key" in proc.stdout, proc

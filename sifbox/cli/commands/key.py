@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("-C", "--comment", default="", help="key comment")
     s.add_argument("-P", "--password", default=None, help="key passphrase (default: asked; empty = none)")
     s.add_argument("-b", "--bit-length", type=int, default=4096, help="RSA key length (default 4096)")
-    s.add_argument("--push", action="store_true", help=argparse.SUPPRESS)
+    s.add_argument("-U", "--push", action="store_true", help="specify to push the public key to the remote keystore")
     s.add_argument("--pem", choices=("ed25519", "rsa", "ecdsa"), help="make a PEM key pair for DSSE signing instead")
     s.add_argument("-o", "--output", help="with --pem: private key file (the public key goes to FILE.pub)")
     s = sub.add_parser("list", help="List keys in the local keyrings", description="List the keys in the local keyrings.")
@@ -142,7 +142,23 @@ def _newpair(args: argparse.Namespace) -> int:
     info = _keyring(args).newpair(uid, password, args.bit_length)
     sys.stdout.write("done\n")
     sys.stdout.write(f"Key fingerprint: {info.fingerprint}\n")
+    if args.push:
+        _push_new(args, info.fingerprint)
     return 0
+
+
+def _push_new(args: argparse.Namespace, fingerprint: str) -> None:
+    """As Apptainer's newpair --push: the key stays made whatever the keyserver says."""
+    from sifbox.security import keyserver, pgp
+
+    with pgp.GnuPG(public=_keyring(args).public()) as g:
+        armored = g.export_public([fingerprint], armor=True)
+    try:
+        keyserver.push_key(_keyservers(args), armored, fingerprint)
+    except SifboxError as err:
+        sys.stdout.write(f"Failed to push newly created key to keystore: {err.message}\n")
+    else:
+        sys.stdout.write("Key successfully pushed to keystore\n")
 
 
 def _newpair_pem(args: argparse.Namespace) -> int:
@@ -333,7 +349,7 @@ def _keyservers(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from sifbox.config import remotes
     from sifbox.security import keyserver
 
-    url = args.url or os.environ.get("SIFBOX_URL") or os.environ.get("APPTAINER_URL") or None
+    url = getattr(args, "url", None) or os.environ.get("SIFBOX_URL") or os.environ.get("APPTAINER_URL") or None
     return keyserver.configured(remotes.merged(getattr(args, "config", None)), url)
 
 
