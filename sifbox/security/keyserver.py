@@ -142,12 +142,12 @@ def _reason(text: str) -> str:
     return "".join(c for c in text[:80] if c.isprintable())
 
 
-def fetch_key(servers: list[Keyserver], selector: str) -> bytes:
+def fetch_key(servers: list[Keyserver], selector: str, verb: str = "pull") -> bytes:
     """The binary public key of `selector` (a fingerprint or key ID, as hkp.key_selector
     checks it): exactly one key, whose fingerprint is or ends with `selector`."""
     from sifbox.security import keys, pgp
 
-    what = f"pull key `{selector}`"
+    what = f"{verb} key `{selector}`"
     data = request(servers, "GET", "/pks/lookup", {"op": "get", "options": "mr", "search": "0x" + selector},
                    limit=MAX_KEY, what=what)  # fmt: skip
     if b"-----BEGIN PGP PUBLIC KEY BLOCK-----" not in data[:4096]:

@@ -135,7 +135,7 @@ def _remote_keys(args: argparse.Namespace, img, groups: list[int], objects: list
     fetched = b""
     for fpr in missing:
         try:
-            fetched += keyserver.fetch_key(servers, fpr)
+            fetched += keyserver.fetch_key(servers, fpr, verb="fetch the signer's")
             log.verbose("Key %s fetched from the keyserver", fpr)
         except SifboxError as err:
             log.log.warning("%s", err.message)
