@@ -21,7 +21,7 @@ COMPLETION=/usr/share/bash-completion/completions/sifbox
 PACKAGES=(
     python3 python3-venv squashfs-tools squashfuse fuse3 busybox-static uidmap siftool debootstrap
     squashfs-tools-ng bash-completion fuse-overlayfs gnupg gpgv sqv fuse2fs zstd skopeo umoci
-    docker-registry apache2-utils openssl charliecloud-runtime bubblewrap gocryptfs
+    docker-registry apache2-utils openssl charliecloud-runtime bubblewrap gocryptfs sks
     slurm-wlm munge openmpi-bin libopenmpi-dev mpich libmpich-dev gcc
     runc containerd python3-seccomp
 )

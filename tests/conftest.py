@@ -53,6 +53,10 @@ DATA = REPO / "tests" / "data"
 CORPUS = DATA / "sif-corpus"
 INSTALLED_CLI = Path(os.environ.get("SIFBOX_CLI", "/usr/local/bin/sifbox"))
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# No test reaches the internet: keyserver lookups (`key pull`, `verify` of a signer the keyrings
+# lack) go to a closed loopback port unless a test names its keyserver (tests/integration/
+# test_keyserver.py starts sks, and drops this for the tests of the default endpoint).
+os.environ.setdefault("SIFBOX_URL", "http://127.0.0.1:9")
 
 #: How many times its own examples a property runs under the `long` profile.
 LONG_FACTOR = 20

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import ssl
 import urllib.parse
@@ -61,6 +62,25 @@ def tls_context(netloc: str, *, verify: bool = True) -> ssl.SSLContext:
             except (OSError, ssl.SSLError) as err:
                 raise SifboxError(f"can't load certificate `{path}`: {err}") from err
     return ctx
+
+
+def connection(
+    scheme: str, netloc: str, *, timeout: float, verify: bool = True
+) -> tuple[http.client.HTTPConnection, bool]:
+    """A connection for `scheme://netloc`, through HTTP(S)_PROXY unless NO_PROXY says
+    otherwise; True when requests must name the absolute URL (plain HTTP via a proxy)."""
+    proxy = proxy_for(scheme, netloc)
+    if scheme == "https":
+        ctx = tls_context(netloc, verify=verify)
+        if proxy:
+            conn = http.client.HTTPSConnection(proxy, timeout=timeout, context=ctx)
+            host, _, port = netloc.rpartition(":") if netloc.count(":") == 1 else (netloc, "", "")
+            conn.set_tunnel(host or netloc, int(port) if port else 443)
+            return conn, False
+        return http.client.HTTPSConnection(netloc, timeout=timeout, context=ctx), False
+    if proxy:
+        return http.client.HTTPConnection(proxy, timeout=timeout), True
+    return http.client.HTTPConnection(netloc, timeout=timeout), False
 
 
 def registries_conf_files() -> list[Path]:

@@ -31,7 +31,7 @@ from typing import BinaryIO
 from sifbox.oci.auth import Credentials, parse_challenge, resolve_credentials
 from sifbox.oci.cache import BlobWriter, Cache, CacheError, split_digest
 from sifbox.oci.download import download_all
-from sifbox.oci.netconf import env_flag, insecure_by_config, is_loopback, proxy_for, tls_context
+from sifbox.oci.netconf import connection, env_flag, insecure_by_config, is_loopback
 from sifbox.oci.reference import (
     ImageRef,
     Platform,
@@ -118,22 +118,8 @@ class RegistryClient:
     # --- transport --------------------------------------------------------------------------
 
     def _connect(self, scheme: str, netloc: str) -> tuple[http.client.HTTPConnection, bool]:
-        """A connection for `scheme://netloc`, through HTTP(S)_PROXY unless NO_PROXY says
-        otherwise; True when requests must name the absolute URL (plain HTTP via a proxy)."""
-        proxy = proxy_for(scheme, netloc)
-        if scheme == "https":
-            ctx = tls_context(netloc, verify=self._verify)
-            if proxy:
-                conn = http.client.HTTPSConnection(proxy, timeout=self.timeout, context=ctx)
-                host, _, port = (
-                    netloc.rpartition(":") if netloc.count(":") == 1 else (netloc, "", "")
-                )
-                conn.set_tunnel(host or netloc, int(port) if port else 443)
-                return conn, False
-            return http.client.HTTPSConnection(netloc, timeout=self.timeout, context=ctx), False
-        if proxy:
-            return http.client.HTTPConnection(proxy, timeout=self.timeout), True
-        return http.client.HTTPConnection(netloc, timeout=self.timeout), False
+        """A connection for `scheme://netloc` (netconf.connection: proxies, TLS trust)."""
+        return connection(scheme, netloc, timeout=self.timeout, verify=self._verify)
 
     def _once(self, method: str, url: str, headers: dict[str, str], body: Body = None) -> _Response:
         try:

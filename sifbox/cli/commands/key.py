@@ -7,6 +7,9 @@
     sifbox key export [--secret] [--armor] [--keyidx N | --fingerprint FPR] FILE
     sifbox key export [--secret] [--armor] FINGERPRINT FILE
     sifbox key remove [--secret] FINGERPRINT
+    sifbox key search [-l] [-u URL] NAME|EMAIL|FINGERPRINT
+    sifbox key pull [-u URL] FINGERPRINT
+    sifbox key push [-u URL] FINGERPRINT
 
 Every subcommand takes `-d/--keysdir DIR`, the keyring directory (default: $SIFBOX_KEYSDIR,
 else $APPTAINER_KEYSDIR, else ~/.sifbox/keys), as Apptainer's.
@@ -30,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("-C", "--comment", default="", help="key comment")
     s.add_argument("-P", "--password", default=None, help="key passphrase (default: asked; empty = none)")
     s.add_argument("-b", "--bit-length", type=int, default=4096, help="RSA key length (default 4096)")
-    s.add_argument("--push", action="store_true", help=argparse.SUPPRESS)
+    s.add_argument("-U", "--push", action="store_true", help="specify to push the public key to the remote keystore")
     s.add_argument("--pem", choices=("ed25519", "rsa", "ecdsa"), help="make a PEM key pair for DSSE signing instead")
     s.add_argument("-o", "--output", help="with --pem: private key file (the public key goes to FILE.pub)")
     s = sub.add_parser("list", help="List keys in the local keyrings", description="List the keys in the local keyrings.")
@@ -52,7 +55,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s = sub.add_parser("remove", help="Remove a key from the local keyrings", description="Remove a key from the local keyrings.")
     s.add_argument("-s", "--secret", action="store_true", help="also remove the private key")
     s.add_argument("fingerprint", metavar="FINGERPRINT")
-    for name in ("newpair", "list", "import", "export", "remove"):
+    s = sub.add_parser("search", help="Search for keys on a keyserver",
+                       description="Search a keyserver (HKP) for keys matching a name, email address or fingerprint.")
+    s.add_argument("-l", "--long-list", action="store_true", help="output long list when searching for keys")
+    s.add_argument("query", metavar="NAME|EMAIL|FINGERPRINT")
+    s = sub.add_parser("pull", help="Download a public key from a keyserver",
+                       description="Download the public key of a fingerprint (or key ID) from a keyserver into "
+                       "the local public keyring.")
+    s.add_argument("fingerprint", metavar="FINGERPRINT")
+    s = sub.add_parser("push", help="Upload a public key to a keyserver",
+                       description="Upload a public key of the local keyring to a keyserver.")
+    s.add_argument("fingerprint", metavar="FINGERPRINT")
+    for name in ("search", "pull", "push"):
+        sub.choices[name].add_argument(
+            "-u", "--url", default=None, metavar="URL",
+            help="specify the key server URL (default: $SIFBOX_URL, $APPTAINER_URL, the default remote's keyservers)")
+    for name in ("newpair", "list", "import", "export", "remove", "pull", "push"):
         sub.choices[name].add_argument(
             "-d", "--keysdir", default=None, metavar="DIR",
             help="the local keyring directory (default: $SIFBOX_KEYSDIR, $APPTAINER_KEYSDIR, ~/.sifbox/keys)")
@@ -124,7 +142,23 @@ def _newpair(args: argparse.Namespace) -> int:
     info = _keyring(args).newpair(uid, password, args.bit_length)
     sys.stdout.write("done\n")
     sys.stdout.write(f"Key fingerprint: {info.fingerprint}\n")
+    if args.push:
+        _push_new(args, info.fingerprint)
     return 0
+
+
+def _push_new(args: argparse.Namespace, fingerprint: str) -> None:
+    """As Apptainer's newpair --push: the key stays made whatever the keyserver says."""
+    from sifbox.security import keyserver, pgp
+
+    with pgp.GnuPG(public=_keyring(args).public()) as g:
+        armored = g.export_public([fingerprint], armor=True)
+    try:
+        keyserver.push_key(_keyservers(args), armored, fingerprint)
+    except SifboxError as err:
+        sys.stdout.write(f"Failed to push newly created key to keystore: {err.message}\n")
+    else:
+        sys.stdout.write("Key successfully pushed to keystore\n")
 
 
 def _newpair_pem(args: argparse.Namespace) -> int:
@@ -309,4 +343,78 @@ def _remove(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"newpair": _newpair, "list": _list, "import": _import, "export": _export, "remove": _remove}
+def _keyservers(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    import os
+
+    from sifbox.config import remotes
+    from sifbox.security import keyserver
+
+    url = getattr(args, "url", None) or os.environ.get("SIFBOX_URL") or os.environ.get("APPTAINER_URL") or None
+    return keyserver.configured(remotes.merged(getattr(args, "config", None)), url)
+
+
+def _selector(text: str, what: str, lengths: tuple[int, ...]) -> str:
+    from sifbox.formats import hkp
+
+    try:
+        return hkp.key_selector(text, lengths)
+    except hkp.HkpError as err:
+        raise UsageError(f"can't {what}: {err}") from None
+
+
+def _search(args: argparse.Namespace) -> int:
+    from sifbox.formats import hkp
+    from sifbox.security import keyserver
+    from sifbox.security.keys import format_time
+
+    try:
+        index = keyserver.search(_keyservers(args), args.query)
+    except keyserver.NotFound:
+        raise SifboxError(f"can't search for `{args.query}`: no matching keys found") from None
+    try:
+        table = hkp.format_index(index, args.long_list, format_time)
+    except hkp.HkpError as err:
+        raise SifboxError(f"can't search for `{args.query}`: {err}") from None
+    sys.stdout.write(f"Showing {len(index.keys)} results\n\n{table}")
+    if index.declared is not None and index.declared != len(index.keys) + index.dropped:
+        raise SifboxError(f"can't search for `{args.query}`: the keyserver announced {index.declared} keys "
+                          f"and listed {len(index.keys) + index.dropped}")  # fmt: skip
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from sifbox.security import keyserver
+
+    sel = _selector(args.fingerprint, f"pull key `{args.fingerprint}`", (8, 16, 40))
+    kr = _keyring(args)
+    kr.ensure()
+    have = {k.fingerprint for k in kr.list_public()}
+    binary = keyserver.fetch_key(_keyservers(args), sel)
+    from sifbox.security.keys import describe
+
+    new = [k for k in describe(binary) if k.fingerprint not in have]
+    if new:
+        kr.add_public(binary)
+    sys.stdout.write(f"{len(new)} key(s) added to keyring of trust {kr.public_path}\n")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from sifbox.security import keyserver, pgp
+
+    what = f"push key `{args.fingerprint}`"
+    sel = _selector(args.fingerprint, what, (16, 40))
+    kr = _keyring(args)
+    found = [k for k in kr.list_public() if k.fingerprint.endswith(sel)]
+    if len(found) != 1:
+        raise SifboxError(f"can't {what}: " + ("no such key in the local public keyring" if not found
+                                               else f"it names {len(found)} keys"),
+                          hint="`sifbox key list` shows the keys")  # fmt: skip
+    with pgp.GnuPG(public=kr.public()) as g:
+        armored = g.export_public([found[0].fingerprint], armor=True)
+    keyserver.push_key(_keyservers(args), armored, args.fingerprint)
+    sys.stdout.write(f"public key `{args.fingerprint}' pushed to server successfully\n")
+    return 0
+
+
+HANDLERS = {"search": _search, "pull": _pull, "push": _push, "newpair": _newpair, "list": _list, "import": _import, "export": _export, "remove": _remove}

@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from sifbox.cli.commands.sign import _id
 
     p.add_argument("image", metavar="IMAGE")
-    p.add_argument("-l", "--local", action="store_true", help="only verify with local key(s) in keyring (always so here)")
+    p.add_argument("-l", "--local", action="store_true", help="only verify with local key(s) in keyring")
     p.add_argument("--key", metavar="PEM", default=None, help="path to the public key file")
     p.add_argument("--certificate", default=None, help="path to the certificate")
     p.add_argument("--certificate-intermediates", default=None, help="path to pool of intermediate certificates")
@@ -29,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-a", "--all", action="store_true", help="verify all objects")
     p.add_argument("--legacy-insecure", action="store_true", help="enable verification of (insecure) legacy signatures")
     p.add_argument("-j", "--json", action="store_true", help="output json")
-    p.add_argument("-u", "--url", default=None, help=argparse.SUPPRESS)
+    p.add_argument("-u", "--url", default=None, metavar="URL",
+                   help="specify a URL for a key server (default: $SIFBOX_URL, the default remote's keyservers)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -94,6 +95,8 @@ def main(args: argparse.Namespace) -> int:
             out.flush()
             return False
 
+        if keys.keyring is not None and not args.local:
+            keys.keyring += _remote_keys(args, img, groups, objects, local_ring | global_ring)
         error: IntegrityError | None = None
         try:
             v.verify_image(img, keys, groups=groups, objects=objects, legacy=args.legacy_insecure,
@@ -108,6 +111,35 @@ def main(args: argparse.Namespace) -> int:
         raise SifboxError(f"can't verify `{args.image}`: {error}")
     log.log.info("Verified signature(s) from image '%s'", args.image)
     return 0
+
+
+def _remote_keys(args: argparse.Namespace, img, groups: list[int], objects: list[int],  # type: ignore[no-untyped-def]
+                 have: set[str]) -> bytes:  # fmt: skip
+    """The public keys of signers the keyrings lack, fetched from the keyserver(s) (--url, else
+    the default remote's), as Apptainer's verify does unless --local. They serve this
+    verification only (shown as [REMOTE]); `sifbox key pull` keeps one. A key that can't be
+    fetched is left out: its signature then fails as made by an unknown entity."""
+    import os
+
+    from sifbox.config import remotes
+    from sifbox.security import keyserver
+    from sifbox.security import verify as v
+    from sifbox.util import log
+
+    _, signers = v.signed_by(img, groups, objects, args.legacy_insecure)
+    missing = sorted(signers - have)
+    if not missing:
+        return b""
+    url = args.url or os.environ.get("SIFBOX_URL") or os.environ.get("APPTAINER_URL") or None
+    servers = keyserver.configured(remotes.merged(getattr(args, "config", None)), url)
+    fetched = b""
+    for fpr in missing:
+        try:
+            fetched += keyserver.fetch_key(servers, fpr, verb="fetch the signer's")
+            log.verbose("Key %s fetched from the keyserver", fpr)
+        except SifboxError as err:
+            log.log.warning("%s", err.message)
+    return fetched
 
 
 def _read(path: str, what: str) -> bytes:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.apptainer.cases import C, check, mark_xfail, new_dir
+from tests.e2e.apptainer.cases import C, check, new_dir
 from tests.integration.registry_server import RegistryServer, make_layout, need, push_layout
 
 pytestmark = pytest.mark.integration
@@ -101,7 +101,6 @@ def test_keys_dir(request, sb, var: str) -> None:
 
 def test_config_dir(request, sb) -> None:
     """cmdenvvars.go:testApptainerConfigDir: `remote list` writes remote.yaml in APPTAINER_CONFIGDIR."""
-    mark_xfail(request, "missing-command:remote", sb.kind)
     conf = sb.work / "config-dir"
     conf.mkdir()
     os.chown(conf, sb.who.uid, sb.who.gid)

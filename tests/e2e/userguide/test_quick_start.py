@@ -61,7 +61,7 @@ INTERFACE = [
           ("a", "all"), ("g", "group-id"), ("j", "json"), ("l", "local"), ("i", "sif-id"))) + (
           contains("--legacy-insecure"),)),
     C(f"{QS}:Overview of the Apptainer Interface[help verify --url]", "help", "verify",
-      out=contains("--url"), xfail="missing-flag:--url"),
+      out=contains("--url")),
     C(f"{QS}:Overview of the Apptainer Interface[capability list]", "capability", "list", "@user@",
       exit={"root": 0, "user": 255},
       diverges="the guide lists as a user; Apptainer's CapabilityList refuses anyone but root "

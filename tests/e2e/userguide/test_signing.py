@@ -84,7 +84,7 @@ def test_key_list(request, sb, ws) -> None:
 def test_remote_list(request, sb, ws) -> None:
     """`remote list` shows the key server that `key push` would use."""
     guide.run(request, sb, C(f"{SV}:Generating and managing PGP keys[remote list]", "remote", "list", env=HOME,
-                             out=contains("Keyservers"), xfail="missing-command:remote"))  # fmt: skip
+                             out=contains("Keyservers")))  # fmt: skip
 
 
 @pytest.mark.skip(reason=f"{SV}:Generating and managing PGP keys / Searching for keys: `key push`, "
