@@ -7,28 +7,22 @@ venv=$1
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 bundle="$venv/sifbox-modules.bundle"
 "$venv/bin/python" -I -m sifbox._boot build "$site/sifbox" "$bundle" >/dev/null
-tmp=$(mktemp "$venv/bin/.sifbox.XXXXXX")
-cat >"$tmp" <<LAUNCHER
+# write_launcher NAME MAIN: VENV/bin/NAME runs sifbox.cli.main.MAIN(), written atomically.
+write_launcher() {
+    local tmp
+    tmp=$(mktemp "$venv/bin/.$1.XXXXXX")
+    cat >"$tmp" <<LAUNCHER
 #!$venv/bin/python3 -IS
 import sys
 sys.path.append("$site")
 import sifbox._boot
 sifbox._boot.install("$bundle", "$site/sifbox")
-from sifbox.cli.main import main
-sys.exit(main())
+from sifbox.cli.main import $2
+sys.exit($2())
 LAUNCHER
-chmod 0755 "$tmp"
-mv -f "$tmp" "$venv/bin/sifbox"
+    chmod 0755 "$tmp"
+    mv -f "$tmp" "$venv/bin/$1"
+}
+write_launcher sifbox main
 # sifbox-runc: runc's command line (`sifbox oci ARGS`), for containerd's runc shim (BinaryName).
-tmp=$(mktemp "$venv/bin/.sifbox-runc.XXXXXX")
-cat >"$tmp" <<LAUNCHER
-#!$venv/bin/python3 -IS
-import sys
-sys.path.append("$site")
-import sifbox._boot
-sifbox._boot.install("$bundle", "$site/sifbox")
-from sifbox.cli.main import runc_main
-sys.exit(runc_main())
-LAUNCHER
-chmod 0755 "$tmp"
-mv -f "$tmp" "$venv/bin/sifbox-runc"
+write_launcher sifbox-runc runc_main

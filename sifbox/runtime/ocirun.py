@@ -233,12 +233,7 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
         listener.listen(1)
         console = None
         if b.process.terminal and console_socket:
-            console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            try:
-                console.connect(console_socket)
-            except OSError as err:
-                raise OciError(f"can't create container `{cid}`: can't connect to the console socket "
-                               f"`{console_socket}`: {err.strerror}") from None  # fmt: skip
+            console = _console(console_socket, f"create container `{cid}`")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         log_fd = os.open(f"{here}/{CREATE_LOG}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -595,15 +590,21 @@ def exec_process(root: str, cid: str, proc: ocispec.Process, console_socket: str
     if proc.terminal:
         if not console_socket:
             raise OciError(f"can't exec in container `{cid}`: a terminal needs --console-socket")
-        console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            console.connect(console_socket)
-        except OSError as err:
-            raise OciError(f"can't exec in container `{cid}`: can't connect to the console socket "
-                           f"`{console_socket}`: {err.strerror}") from None  # fmt: skip
+        console = _console(console_socket, f"exec in container `{cid}`")
         p.prepare_root = lambda _root: _exec_terminal(console)
     _join_cgroups(int(doc["init"]), cid)
     return int(launcher._join(p))
+
+
+def _console(path: str, what: str) -> socket.socket:
+    """A connection to the caller's --console-socket, which receives the terminal's master."""
+    console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        console.connect(path)
+    except OSError as err:
+        console.close()
+        raise OciError(f"can't {what}: can't connect to the console socket `{path}`: {err.strerror}") from None
+    return console
 
 
 def _exec_terminal(console: socket.socket) -> None:
