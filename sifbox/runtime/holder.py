@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sifbox.runtime.sandbox import rootfs
 from sifbox.runtime.sandbox import syscalls as sc
@@ -388,3 +389,180 @@ def _kill(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+# --- node mount holders (sifbox.runtime.nodemount) -------------------------------------------------
+
+
+def start_node_mount(image, *, dir_fd: int, key: str, uid: int, gid: int, userns: bool,  # type: ignore[no-untyped-def]
+                     squashfuse: str | None, slave: bool, idle: int) -> dict[str, object]:  # fmt: skip
+    """Start the holder of `image` (a RootImage: the admitted descriptor) and return its
+    state once its mount answers: pid, start time, the descriptor of the image in it,
+    where the image is mounted in its namespace, the mount's device and its FUSE server
+    (pid, start time), if any. The holder reports on a socket pair (its pid in
+    SCM_CREDENTIALS), as an instance's does.
+
+    The holder is a fresh interpreter started as a sibling of this process
+    (CLONE_PARENT): the caller's parent (the shell, slurmstepd, the job script) reaps
+    it when it ends, as it reaps this process; a detached orphan would be left to PID 1,
+    which may never reap it."""
+    import socket
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    params = {"path": [p for p in sys.path if p], "fd": image.fd, "offset": image.offset, "size": image.size,
+              "image": image.path, "notify": theirs.fileno(), "dir": dir_fd, "key": key, "uid": uid, "gid": gid,
+              "userns": userns, "squashfuse": squashfuse, "slave": slave, "idle": idle}  # fmt: skip
+    argv = [sys.executable, "-I", "-S", "-c", _NODE_MAIN, json.dumps(params)]
+    passed = (image.fd, theirs.fileno(), dir_fd)
+    for fd in passed:
+        os.set_inheritable(fd, True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        try:
+            child = sc.clone_parent()
+        except OSError:
+            child = os.fork()  # (an unknown architecture) reaped by PID 1, then
+        if child == 0:
+            try:
+                os.execv(sys.executable, argv)
+            finally:
+                os._exit(127)
+    finally:
+        for fd in passed:
+            os.set_inheritable(fd, False)
+    theirs.close()
+    try:
+        data, pid = _message(ours)
+    finally:
+        ours.close()
+    words = data.split()
+    if pid <= 0 or len(words) != 6 or words[0] != b"ready":
+        detail = data.decode(errors="replace").partition(" ")[2] or "it stopped while starting"
+        raise SifboxError(f"can't start the node mount holder of `{image.path}`: {detail}")
+    from sifbox.runtime import nodemount
+
+    seen = nodemount._proc(pid)
+    helper = (int(words[4]), int(words[5])) if int(words[4]) else None
+    return {"pid": pid, "starttime": seen[1] if seen else 0, "dev": int(words[1]),
+            "mount": words[2].decode(), "fd": int(words[3]), "helper": helper}  # fmt: skip
+
+
+_NODE_MAIN = (
+    "import json, sys\n"
+    "p = json.loads(sys.argv[1])\n"
+    "sys.path[:] = p['path']\n"
+    "from sifbox.runtime.holder import node_main\n"
+    "node_main(p)\n"
+)
+
+
+def node_main(params: dict[str, object]) -> None:
+    """The holder process (see `start_node_mount`); never returns."""
+    from sifbox.runtime.sandbox.ops import RootImage
+
+    status = int(ExitStatus.CANNOT_LAUNCH)
+    try:
+        os.setsid()
+        p: dict[str, Any] = params
+        image = RootImage("squashfs", int(p["fd"]), int(p["offset"]), int(p["size"]), str(p["image"]))
+        status = _node_holder(image, int(p["notify"]), int(p["dir"]), str(p["key"]), int(p["uid"]), int(p["gid"]),
+                              bool(p["userns"]), p["squashfuse"], bool(p["slave"]), int(p["idle"]))  # fmt: skip
+    except BaseException:  # noqa: BLE001 - into the holder's log, never the caller's terminal
+        import contextlib
+        import traceback
+
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+    finally:
+        os._exit(status)
+
+
+def _message(sock) -> tuple[bytes, int]:  # type: ignore[no-untyped-def]
+    """The first message on `sock` and its sender's pid (0: none, or the peer is gone)."""
+    import socket
+    import struct
+
+    while True:
+        try:
+            data, anc, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(12))
+            break
+        except InterruptedError:
+            continue
+    pid = 0
+    for level, kind, raw in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(raw) >= 12:
+            pid = struct.unpack("iII", raw[:12])[0]
+    return bytes(data), pid
+
+
+def _node_holder(image, notify: int, dir_fd: int, key: str, uid: int, gid: int, userns: bool,  # type: ignore[no-untyped-def]
+                 squashfuse: str | None, slave: bool, idle: int) -> int:  # fmt: skip
+    """The holder: its namespaces with the image mounted, kept until it is idle for
+    `idle` seconds (no container holds KEY.refs), it gets a signal, or its FUSE server ends."""
+    import time
+
+    from sifbox.runtime import nodemount
+    from sifbox.runtime.sandbox import namespaces, process
+    from sifbox.runtime.sandbox.ops import Namespaces
+
+    log = os.open(f"{key}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for n, fd in ((0, devnull), (1, devnull), (2, log)):
+        os.dup2(fd, n)
+    low = 3
+    for fd in sorted({image.fd, notify, dir_fd}):  # nothing else of the launch: its locks least of all
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
+    sc.set_process_name(nodemount.PROCESS_NAME)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
+    helpers: list[Helper] = []
+    try:
+        try:
+            namespaces.enter(Namespaces(userns, uid, gid), image=image.path)
+            if not userns:
+                process.seal_self()
+            session = rootfs.Session.open(image=image.path, size_mib=1, slave=slave, uid=uid, gid=gid,
+                                          userns=userns, squashfuse=squashfuse)  # fmt: skip
+            helpers = session.helpers
+            where = session.mount_image(image)
+            dev = os.stat(where).st_dev  # answered: the FUSE server runs
+        except SifboxError as err:
+            os.write(notify, f"failed {err.message}".encode())
+            return int(err.exit_status)
+        served = helpers[0].pid if helpers else 0
+        seen = nodemount._proc(served) if served else None
+        os.write(notify, f"ready {dev} {where} {image.fd} {served} {seen[1] if seen else 0}".encode())
+        os.close(notify)
+        period = max(0.05, idle / 4)
+        idle_since: float | None = None
+        while True:
+            info = signal.sigtimedwait(WATCHED, period)
+            if info is None:
+                lock = nodemount.idle_now(dir_fd, key)
+                if lock is None:
+                    idle_since = None
+                    continue
+                now = time.monotonic()
+                idle_since = now if idle_since is None else idle_since
+                if now - idle_since >= idle:
+                    nodemount.forget(dir_fd, key, os.getpid())
+                    os.close(lock)
+                    return 0
+                os.close(lock)
+                continue
+            if info.si_signo == signal.SIGCHLD:
+                _reap()
+                if served and nodemount._proc(served) is None:
+                    break  # its FUSE server died: the mount is of no use any more
+            elif info.si_signo not in NOT_STOPPING:
+                break
+        lock = nodemount._lock(dir_fd, f"{key}.lock")
+        nodemount.forget(dir_fd, key, os.getpid())
+        os.close(lock)
+        return 0
+    finally:
+        rootfs.stop_helpers(list(helpers))
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)

@@ -9,6 +9,7 @@ timeout and image-source options, parsed and checked (pure: no system calls).
     --ignore-subuid                 --fakeroot maps root alone, whatever /etc/subuid says
     --ignore-userns                 root: no user namespace, even with -u
     --disable-cache, --no-https     for images named by a URI (docker://...)
+    --no-share                      mount the image for this container alone
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from sifbox.util.records import record
 #:   ignore_userns   --ignore-userns (root)
 #:   disable_cache   --disable-cache: an image URI is converted for this launch alone
 #:   no_https        --no-https: registries of docker:// URIs over plain HTTP
+#:   share           False with --no-share: the image is mounted for this container alone,
+#:                   not joined from the node's mount of it (sifbox.runtime.nodemount)
 LaunchOptions = record(
     "LaunchOptions",
-    "run_as timeout timeout_text subuid ignore_userns disable_cache no_https",
-    defaults=(None, None, "", True, False, False, False),
+    "run_as timeout timeout_text subuid ignore_userns disable_cache no_https share",
+    defaults=(None, None, "", True, False, False, False, True),
 )
 
 #: `--security` kinds that sifbox does not apply, and why.

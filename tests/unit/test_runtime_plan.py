@@ -667,6 +667,7 @@ def ns(command: str = "exec", **kw: Any) -> argparse.Namespace:
         "runscript_timeout": None,
         "disable_cache": False,
         "no_https": False,
+        "no_share": False,
         "ignore_subuid": False,
         "ignore_fakeroot_command": False,
         "ignore_userns": False,

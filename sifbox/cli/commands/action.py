@@ -111,6 +111,8 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, str, str | None, str | None, str], ..
      "time the image's environment scripts may take, e.g. 30s, 2m (killed after it)", "isolation"),
     (("--disable-cache",), "disable_cache", "bool", None, "do not use or create cached images (URIs)", "image URIs"),
     (("--no-https", "--nohttps"), "no_https", "bool", None, "use plain HTTP for docker:// registries", "image URIs"),
+    (("--no-share",), "no_share", "bool", None,
+     "mount the image for this container alone, not through the node's shared mount of it", "mounts"),
     (("--ignore-subuid",), "ignore_subuid", "bool", None, None, "isolation"),
     (("--ignore-fakeroot-command",), "ignore_fakeroot_command", "bool", None, None, "isolation"),
     (("--ignore-userns",), "ignore_userns", "bool", None, None, "isolation"),
@@ -389,7 +391,7 @@ def _launch_options(args, instance: str | None):  # type: ignore[no-untyped-def]
         run_as=run_as, timeout=timeout or None, timeout_text=ro.format_duration(timeout) if timeout else "",
         subuid=not _flag(args, "ignore_subuid", "IGNORE_SUBUID"), ignore_userns=ignore_userns,
         disable_cache=_flag(args, "disable_cache", "DISABLE_CACHE"),
-        no_https=_flag(args, "no_https", "NOHTTPS", "NO_HTTPS"),
+        no_https=_flag(args, "no_https", "NOHTTPS", "NO_HTTPS"), share=not _flag(args, "no_share", "NO_SHARE"),
     )  # fmt: skip
 
 

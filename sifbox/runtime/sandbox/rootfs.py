@@ -82,14 +82,30 @@ class Session:
 
     # --- the image and the layers -----------------------------------------------------------
 
-    def mount_image(self, image: RootImage, *, writable: bool = False) -> str:
+    def mount_image(self, image: RootImage, *, writable: bool = False, shared: int | None = None) -> str:
         """Mount the root image read-only (a sandbox: writable if asked) in the
-        session; return where."""
+        session; return where. `shared`: an O_PATH descriptor of the image already
+        mounted by a node mount holder (`join.open_mounted`), bound instead of
+        mounting it again; if that mount no longer answers (its FUSE server died),
+        the image is mounted here, as without it."""
         target = os.path.join(self.path, "image")
         os.mkdir(target)
         if image.kind == "dir":
             self._bind_fd(image.fd, target, writable=writable, what="the sandbox")
             return target
+        if shared is not None:
+            try:
+                sc.mount(f"/proc/self/fd/{shared}", target, None, sc.MS_BIND)
+                try:
+                    set_flags(target, sc.MOUNT_ATTR_RDONLY | _RESTRICT)
+                    os.stat(os.path.join(target, "."))  # ENOTCONN when its server is gone
+                except OSError:
+                    sc.umount(target, sc.MNT_DETACH)
+                    raise
+                self.notes.append(f"image driver: shared node mount, offset {image.offset}")
+                return target
+            except OSError as err:
+                self.notes.append(f"shared node mount unusable ({describe_os_error(err)}): mounting the image here")
         driver = self.mount_squashfs(image.fd, image.offset, image.size, target, "the image")
         self.notes.append(f"image driver: {driver}, offset {image.offset}")
         return target
