@@ -374,3 +374,136 @@ def _why_not(p: Any, instance: str | None) -> str | None:
     if p.userns != (not p.host.is_root):
         return "root with a user namespace"
     return None
+
+
+# --- sifbox mounts list|prune ---------------------------------------------------------------------------
+
+
+def _in_use(dir_fd: int, key: str) -> bool:
+    try:
+        refs = os.open(f"{key}.refs", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(refs, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(refs)
+
+
+def _own_dirs(uid: int) -> list[tuple[str, int]]:
+    """The existing state directories of `uid` (their descriptors: close them)."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR") if uid == os.getuid() else None
+    found = []
+    for path in state_dirs(uid, xdg):
+        try:
+            found.append((path, open_state_dir(path, uid, create=False)))
+        except Unshared:
+            continue
+    return found
+
+
+def holder_pids(uid: int | None) -> dict[int, int]:
+    """pid -> uid of every live holder process (of `uid` only, unless None)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            seen = _proc(int(entry))
+            if seen is not None and seen[0] == PROCESS_NAME and (uid is None or seen[2] == uid):
+                found[int(entry)] = seen[2]
+    return found
+
+
+def listing(uid: int) -> list[dict[str, Any]]:
+    """The holders of `uid`: their state, with `state` running|stale and `in_use`;
+    holders whose state is gone are listed with `state` unreachable."""
+    rows: list[dict[str, Any]] = []
+    known = set()
+    for path, dir_fd in _own_dirs(uid):
+        try:
+            for name in sorted(os.listdir(dir_fd)):
+                if not name.endswith(".json") or name.startswith("."):
+                    continue
+                key = name[: -len(".json")]
+                doc = load(dir_fd, key)
+                if doc is None:
+                    continue
+                alive = holder_alive(doc, uid) and _helper_alive(doc, uid)
+                known.add(doc.get("pid"))
+                rows.append({"pid": doc.get("pid"), "uid": uid, "image": doc.get("image", ""), "key": key,
+                             "state": "running" if alive else "stale", "in_use": alive and _in_use(dir_fd, key),
+                             "dir": path, "mount": doc.get("mount", "")})  # fmt: skip
+        finally:
+            os.close(dir_fd)
+    for pid in sorted(holder_pids(uid)):
+        if pid not in known:
+            rows.append({"pid": pid, "uid": uid, "image": "", "key": "", "state": "unreachable", "in_use": None,
+                         "dir": "", "mount": ""})  # fmt: skip
+    return rows
+
+
+def prune(uid: int, *, force: bool = False, wait: float = 5.0) -> list[dict[str, Any]]:
+    """Stop the holders of `uid` that no container uses (every one with `force`), and
+    those whose state is gone; remove stale state. Returns what was stopped or removed."""
+    import time
+
+    done: list[dict[str, Any]] = []
+    stopping: list[int] = []
+    known = set()
+    for path, dir_fd in _own_dirs(uid):
+        try:
+            keys = {n.rsplit(".", 1)[0] for n in os.listdir(dir_fd) if not n.startswith(".") and "." in n}
+            for key in sorted(keys):
+                lock = _lock(dir_fd, f"{key}.lock")
+                try:
+                    doc = load(dir_fd, key)
+                    alive = doc is not None and holder_alive(doc, uid)
+                    if alive:
+                        assert doc is not None
+                        known.add(doc["pid"])
+                        if not force and _in_use(dir_fd, key):
+                            continue
+                        os.kill(int(doc["pid"]), 15)
+                        stopping.append(int(doc["pid"]))
+                    if doc is not None:
+                        done.append({"pid": doc.get("pid"), "image": doc.get("image", ""),
+                                     "state": "stopped" if alive else "stale"})  # fmt: skip
+                    for suffix in ("json", "refs", "log", "lock"):  # the lock last: waiters then retry
+                        _unlink(dir_fd, f"{key}.{suffix}")
+                finally:
+                    os.close(lock)
+        finally:
+            os.close(dir_fd)
+    for pid in holder_pids(uid):
+        if pid not in known and (force or not _holder_in_use(pid, uid)):
+            os.kill(pid, 15)
+            stopping.append(pid)
+            done.append({"pid": pid, "image": "", "state": "stopped"})
+    deadline = time.monotonic() + wait
+    for pid in stopping:
+        while _proc(pid) is not None:
+            if time.monotonic() > deadline:
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+                break
+            time.sleep(0.01)
+    return done
+
+
+def _holder_in_use(pid: int, uid: int) -> bool:
+    """Whether a holder whose state is gone is still used: its own refs file (named by
+    the parameters it was started with) is locked."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            params = json.loads(f.read().split(b"\0")[-2])
+        dir_fd = os.open(f"/proc/{pid}/fd/{int(params['dir'])}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return False
+    try:
+        return os.fstat(dir_fd).st_uid == uid and _in_use(dir_fd, str(params["key"]))
+    finally:
+        os.close(dir_fd)
