@@ -465,6 +465,7 @@ def node_main(params: dict[str, object]) -> None:
     status = int(ExitStatus.CANNOT_LAUNCH)
     try:
         os.setsid()
+        os.chdir("/")  # no directory of the caller's kept busy
         p: dict[str, Any] = params
         image = RootImage("squashfs", int(p["fd"]), int(p["offset"]), int(p["size"]), str(p["image"]))
         status = _node_holder(image, int(p["notify"]), int(p["dir"]), str(p["key"]), int(p["uid"]), int(p["gid"]),
