@@ -13,12 +13,13 @@ State, per user, in a directory only that user may use (0700, owned, never a lin
     KEY.lock    flock'ed (exclusive) while a launch looks for, or starts, the holder
     KEY.refs    flock'ed shared by every container using the holder, for its lifetime:
                 the holder ends once it gets it exclusively for the idle timeout
-    KEY.json    the holder: pid, start time, image, its mount and the descriptor of
-                the image it holds (versioned JSON)
+    KEY.state   the holder: pid, start time, image, its mount and the descriptor of
+                the image it holds (versioned; one `name value` a line, not JSON: the
+                json module costs some 8 ms of every launch to import)
     KEY.log     the holder's stderr
 
-KEY is a digest of the image's identity: device, inode, size and modification time of
-the opened (and admitted) file, and the offset and size of its SquashFS partition. A
+KEY is the image's identity: device, inode, size and modification time of the opened
+(and admitted) file, and the offset and size of its SquashFS partition. A
 launch joins a holder only if it is that user's process (pid + start time, its uid,
 named `sifbox-holder`), if the file it holds is the very file this launch opened and
 admitted, and if the mount it joins is the holder's mount of it (its device). Any
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 
 from sifbox.util.errors import SifboxError
@@ -131,11 +131,8 @@ def _usable_dir(uid: int) -> tuple[str, int]:
 
 def identity(fd: int, offset: int, size: int) -> str:
     """The key of the SquashFS at `offset` (`size` bytes) of the open file `fd`."""
-    import hashlib
-
     st = os.fstat(fd)
-    text = f"{VERSION}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{offset}:{size}"
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return "-".join(f"{n:x}" for n in (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, offset, size))
 
 
 def _lock(dir_fd: int, name: str, how: int = fcntl.LOCK_EX) -> int:
@@ -175,28 +172,52 @@ def _proc(pid: int) -> tuple[str, int, int] | None:
     return stat[stat.index("(") + 1 : close], int(fields[19]), uid
 
 
+_INTS = ("version", "pid", "starttime", "dev", "fd", "uid")
+_TEXTS = ("key", "mount", "image")
+STATE = "state"  # the state file's suffix
+
+
 def load(dir_fd: int, key: str) -> dict[str, Any] | None:
+    """The state of KEY's holder; None if missing, malformed or of another version."""
     try:
-        fd = os.open(f"{key}.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        fd = os.open(f"{key}.{STATE}", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return None
     try:
-        doc = json.loads(os.read(fd, 1 << 16))
-    except ValueError:
-        return None
+        text = os.read(fd, 1 << 16).decode("utf-8", "surrogateescape")
     finally:
         os.close(fd)
-    return doc if isinstance(doc, dict) and doc.get("version") == VERSION else None
+    doc: dict[str, Any] = {}
+    try:
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in _INTS:
+                doc[name] = int(value)
+            elif name in _TEXTS:
+                doc[name] = value
+            elif name == "helper":
+                pid, start = (int(n) for n in value.split())
+                doc[name] = [pid, start] if pid else None
+    except ValueError:
+        return None
+    if doc.get("version") != VERSION or any(n not in doc for n in (*_INTS, *_TEXTS, "helper")):
+        return None
+    return doc
 
 
 def _write(dir_fd: int, key: str, doc: dict[str, Any]) -> None:
-    tmp = f".{key}.json.{os.getpid()}"
+    helper = doc.get("helper") or (0, 0)
+    lines = [f"{n} {int(doc[n])}" for n in _INTS] + [f"{n} {doc[n]}" for n in _TEXTS]
+    text = "\n".join([*lines, f"helper {int(helper[0])} {int(helper[1])}"]) + "\n"
+    if any("\n" in str(doc[n]) for n in _TEXTS):
+        raise Unshared("a path holds a newline")
+    tmp = f".{key}.{STATE}.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     try:
-        os.write(fd, json.dumps(doc).encode())
+        os.write(fd, text.encode("utf-8", "surrogateescape"))
     finally:
         os.close(fd)
-    os.rename(tmp, f"{key}.json", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    os.rename(tmp, f"{key}.{STATE}", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
 def holder_alive(doc: dict[str, Any], uid: int) -> bool:
@@ -272,7 +293,7 @@ def acquire(image: Any, *, uid: int, gid: int, userns: bool, squashfuse: str | N
             if pidfd is None:
                 if doc is not None:
                     _stop(doc, uid)
-                _unlink(dir_fd, f"{key}.json")
+                _unlink(dir_fd, f"{key}.{STATE}")
                 from sifbox.runtime import holder
 
                 doc = holder.start_node_mount(image, dir_fd=dir_fd, key=key, uid=uid, gid=gid, userns=userns,
@@ -330,10 +351,10 @@ def idle_now(dir_fd: int, key: str) -> int | None:
 
 
 def forget(dir_fd: int, key: str, pid: int) -> None:
-    """Remove KEY.json if it still names holder `pid` (the caller holds KEY.lock)."""
+    """Remove KEY.state if it still names holder `pid` (the caller holds KEY.lock)."""
     doc = load(dir_fd, key)
     if doc is not None and doc.get("pid") == pid:
-        _unlink(dir_fd, f"{key}.json")
+        _unlink(dir_fd, f"{key}.{STATE}")
 
 
 def for_launch(p: Any, *, instance: str | None) -> Joinable | None:
@@ -424,9 +445,9 @@ def listing(uid: int) -> list[dict[str, Any]]:
     for path, dir_fd in _own_dirs(uid):
         try:
             for name in sorted(os.listdir(dir_fd)):
-                if not name.endswith(".json") or name.startswith("."):
+                if not name.endswith(f".{STATE}") or name.startswith("."):
                     continue
-                key = name[: -len(".json")]
+                key = name[: -len(STATE) - 1]
                 doc = load(dir_fd, key)
                 if doc is None:
                     continue
@@ -470,7 +491,7 @@ def prune(uid: int, *, force: bool = False, wait: float = 5.0) -> list[dict[str,
                     if doc is not None:
                         done.append({"pid": doc.get("pid"), "image": doc.get("image", ""),
                                      "state": "stopped" if alive else "stale"})  # fmt: skip
-                    for suffix in ("json", "refs", "log", "lock"):  # the lock last: waiters then retry
+                    for suffix in (STATE, "refs", "log", "lock"):  # the lock last: waiters then retry
                         _unlink(dir_fd, f"{key}.{suffix}")
                 finally:
                     os.close(lock)
@@ -497,6 +518,8 @@ def prune(uid: int, *, force: bool = False, wait: float = 5.0) -> list[dict[str,
 def _holder_in_use(pid: int, uid: int) -> bool:
     """Whether a holder whose state is gone is still used: its own refs file (named by
     the parameters it was started with) is locked."""
+    import json
+
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             params = json.loads(f.read().split(b"\0")[-2])

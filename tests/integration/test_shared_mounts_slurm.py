@@ -29,7 +29,7 @@ def _state_files(uid: int) -> list[str]:
     found = []
     for d in (Path(f"/tmp/sifbox-{uid}"), Path("/run/sifbox") if uid == 0 else Path(f"/run/user/{uid}/sifbox")):
         if d.is_dir():
-            found += [str(p) for p in d.glob("*.json")]
+            found += [str(p) for p in d.glob("*.state")]
     return found
 
 
