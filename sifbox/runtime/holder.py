@@ -23,7 +23,6 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from sifbox.runtime.sandbox import rootfs
 from sifbox.runtime.sandbox import syscalls as sc
@@ -396,43 +395,46 @@ def _kill(pid: int, sig: int) -> None:
 
 def start_node_mount(image, *, dir_fd: int, key: str, uid: int, gid: int, userns: bool,  # type: ignore[no-untyped-def]
                      squashfuse: str | None, slave: bool, idle: int) -> dict[str, object]:  # fmt: skip
-    """Start the holder of `image` (a RootImage: the admitted descriptor) and return its
-    state once its mount answers: pid, start time, the descriptor of the image in it,
-    where the image is mounted in its namespace, the mount's device and its FUSE server
-    (pid, start time), if any. The holder reports on a socket pair (its pid in
-    SCM_CREDENTIALS), as an instance's does.
+    """Start the holder of `image` (a RootImage: the admitted descriptor) detached (setsid,
+    second fork, as an instance's watcher) and return its state once its mount answers:
+    pid, start time, the descriptor of the image in it, where the image is mounted in its
+    namespace, the mount's device and its FUSE server (pid, start time), if any. The holder
+    reports on a socket pair (its pid in SCM_CREDENTIALS), as an instance's does.
 
-    The holder is a fresh interpreter started as a sibling of this process
-    (CLONE_PARENT): the caller's parent (the shell, slurmstepd, the job script) reaps
-    it when it ends, as it reaps this process; a detached orphan would be left to PID 1,
-    which may never reap it."""
+    Detached, it is no child of the caller's parent (a `script` or a CI runner that waits
+    for every child of its own would wait for it): it goes to the nearest child subreaper
+    (systemd --user, a test session), else to PID 1, which reaps it when it ends. It reaps
+    its FUSE server itself."""
     import socket
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-    params = {"path": [p for p in sys.path if p], "fd": image.fd, "offset": image.offset, "size": image.size,
-              "image": image.path, "notify": theirs.fileno(), "dir": dir_fd, "key": key, "uid": uid, "gid": gid,
-              "userns": userns, "squashfuse": squashfuse, "slave": slave, "idle": idle}  # fmt: skip
-    argv = [sys.executable, "-I", "-S", "-c", _NODE_MAIN, json.dumps(params)]
-    passed = (image.fd, theirs.fileno(), dir_fd)
-    for fd in passed:
-        os.set_inheritable(fd, True)
     sys.stdout.flush()
     sys.stderr.flush()
-    try:
+    child = os.fork()
+    if child == 0:
+        status = int(ExitStatus.CANNOT_LAUNCH)
         try:
-            child = sc.clone_parent()
-        except OSError:
-            child = os.fork()  # (an unknown architecture) reaped by PID 1, then
-        if child == 0:
+            ours.close()
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            os.chdir("/")  # no directory of the caller's kept busy
+            status = _node_holder(image, theirs.fileno(), dir_fd, key, uid, gid, userns, squashfuse, slave, idle)
+        except BaseException:  # noqa: BLE001 - into the holder's log, never the caller's terminal
+            import contextlib
+            import traceback
+
+            with contextlib.suppress(BaseException):
+                traceback.print_exc()
+        finally:
             try:
-                os.execv(sys.executable, argv)
+                sys.stdout.flush()
+                sys.stderr.flush()
             finally:
-                os._exit(127)
-    finally:
-        for fd in passed:
-            os.set_inheritable(fd, False)
+                os._exit(status)
     theirs.close()
+    os.waitpid(child, 0)
     try:
         data, pid = _message(ours)
     finally:
@@ -447,37 +449,6 @@ def start_node_mount(image, *, dir_fd: int, key: str, uid: int, gid: int, userns
     helper = (int(words[4]), int(words[5])) if int(words[4]) else None
     return {"pid": pid, "starttime": seen[1] if seen else 0, "dev": int(words[1]),
             "mount": words[2].decode(), "fd": int(words[3]), "helper": helper}  # fmt: skip
-
-
-_NODE_MAIN = (
-    "import json, sys\n"
-    "p = json.loads(sys.argv[1])\n"
-    "sys.path[:] = p['path']\n"
-    "from sifbox.runtime.holder import node_main\n"
-    "node_main(p)\n"
-)
-
-
-def node_main(params: dict[str, object]) -> None:
-    """The holder process (see `start_node_mount`); never returns."""
-    from sifbox.runtime.sandbox.ops import RootImage
-
-    status = int(ExitStatus.CANNOT_LAUNCH)
-    try:
-        os.setsid()
-        os.chdir("/")  # no directory of the caller's kept busy
-        p: dict[str, Any] = params
-        image = RootImage("squashfs", int(p["fd"]), int(p["offset"]), int(p["size"]), str(p["image"]))
-        status = _node_holder(image, int(p["notify"]), int(p["dir"]), str(p["key"]), int(p["uid"]), int(p["gid"]),
-                              bool(p["userns"]), p["squashfuse"], bool(p["slave"]), int(p["idle"]))  # fmt: skip
-    except BaseException:  # noqa: BLE001 - into the holder's log, never the caller's terminal
-        import contextlib
-        import traceback
-
-        with contextlib.suppress(BaseException):
-            traceback.print_exc()
-    finally:
-        os._exit(status)
 
 
 def _message(sock) -> tuple[bytes, int]:  # type: ignore[no-untyped-def]

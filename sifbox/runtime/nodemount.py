@@ -516,17 +516,15 @@ def prune(uid: int, *, force: bool = False, wait: float = 5.0) -> list[dict[str,
 
 
 def _holder_in_use(pid: int, uid: int) -> bool:
-    """Whether a holder whose state is gone is still used: its own refs file (named by
-    the parameters it was started with) is locked."""
-    import json
-
+    """Whether a holder whose state is gone is still used: its own refs file (its stderr
+    is DIR/KEY.log) is locked."""
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            params = json.loads(f.read().split(b"\0")[-2])
-        dir_fd = os.open(f"/proc/{pid}/fd/{int(params['dir'])}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        log = os.readlink(f"/proc/{pid}/fd/2")
+        dir_fd = os.open(os.path.dirname(log), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
         return False
     try:
-        return os.fstat(dir_fd).st_uid == uid and _in_use(dir_fd, str(params["key"]))
+        key = os.path.basename(log).removesuffix(".log")
+        return os.fstat(dir_fd).st_uid == uid and _in_use(dir_fd, key)
     finally:
         os.close(dir_fd)

@@ -85,8 +85,8 @@ def test_helpers_are_reaped_by_sifbox(run_as, as_who, sifbox_cli, action_images:
 @pytest.mark.parametrize("overlay", [None, "squashfs", "ext3", "dir"])
 def test_shared_mounts_leave_only_their_holder(run_as, as_who, sifbox_cli, action_images: ActionImages, overlays,
                                                overlay) -> None:  # fmt: skip
-    """With the node's shared mount: the launch leaves its image's holder alone, a child of
-    the launch's own parent (which reaps it), never an orphan FUSE server; `mounts prune` ends it."""
+    """With the node's shared mount: the launch leaves its image's holder alone (detached, it
+    goes to the subreaper), never an orphan FUSE server; `mounts prune` ends it."""
     run_as(as_who, [sifbox_cli, "mounts", "prune", "--force"], env=env_for(as_who))
     opts = ["--overlay", str(overlays[overlay])] if overlay else []
     proc = _under_subreaper(run_as, as_who, [sifbox_cli, "exec", *opts, str(action_images.sif), "cat",

@@ -71,7 +71,6 @@ class _Libc:
     prctl_name = _function("prctl", argtypes=[_Int, _CharP, _ULong, _ULong, _ULong])
     syscall = _function("syscall", restype=_Long, argtypes=[_Long, _CharP, _CharP])
     syscall_at = _function("syscall", restype=_Long, argtypes=[_Long, _Int, _CharP, _UInt32, _CharP, _ULong])
-    syscall_clone = _function("syscall", restype=_Long, argtypes=[_Long, _ULong, _ULong, _ULong, _ULong, _ULong])
     sethostname = _function("sethostname")
     capget = _function("capget")
     capset = _function("capset")
@@ -158,24 +157,6 @@ def loopback_up() -> None:
         req = struct.pack("16sh14x", b"lo", 0)
         flags = struct.unpack("16sh14x", fcntl.ioctl(s.fileno(), siocgifflags, req))[1]
         fcntl.ioctl(s.fileno(), siocsifflags, struct.pack("16sh14x", b"lo", flags | iff_up))
-
-
-CLONE_PARENT = 0x00008000
-_SYS_CLONE = {"x86_64": 56, "aarch64": 220, "ppc64le": 120, "riscv64": 220}
-
-
-def clone_parent() -> int:
-    """fork(), but the child is a child of the caller's parent (CLONE_PARENT), which
-    reaps it when it ends. 0 in the child, which must only exec (or _exit): the C
-    library's fork handlers did not run in it."""
-    import signal
-
-    number = _SYS_CLONE.get(os.uname().machine)
-    if number is None:
-        raise OSError(errno.ENOSYS, "clone: unknown system call number")
-    pid = _libc.syscall_clone(number, CLONE_PARENT | signal.SIGCHLD, 0, 0, 0, 0)
-    _check(pid, "clone")
-    return int(pid)
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0) -> None:
