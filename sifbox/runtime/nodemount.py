@@ -394,6 +394,10 @@ def _why_not(p: Any, instance: str | None) -> str | None:
         return "--fakeroot"
     if p.userns != (not p.host.is_root):
         return "root with a user namespace"
+    if not p.site.mount_slave:
+        # The holder's copy of the host's mounts is as old as the holder: only as a slave
+        # does it see what the host mounted since (an automounted /scratch).
+        return "`mount slave = no` in sifbox.conf"
     return None
 
 

@@ -141,7 +141,7 @@ def _prepared(**kw: object) -> SimpleNamespace:
     values: dict[str, object] = {
         "options": LaunchOptions(), "cfg": Cfg(True), "joining": None, "fixed": None,
         "image": RootImage("squashfs", 3, 0, 10, "/a.sif"), "ns": Namespaces(True, 1000, 1000),
-        "userns": True, "host": SimpleNamespace(is_root=False),
+        "userns": True, "host": SimpleNamespace(is_root=False), "site": SimpleNamespace(mount_slave=True),
     }  # fmt: skip
     values.update(kw)
     return SimpleNamespace(**values)
@@ -157,6 +157,7 @@ def _prepared(**kw: object) -> SimpleNamespace:
     ({"ns": Namespaces(False, 0, 0), "userns": True, "host": SimpleNamespace(is_root=True)},
      "root with a user namespace"),
     ({"ns": Namespaces(False, 0, 0), "userns": False, "host": SimpleNamespace(is_root=True)}, None),
+    ({"site": SimpleNamespace(mount_slave=False)}, "`mount slave = no` in sifbox.conf"),
 ])  # fmt: skip
 def test_when_the_mount_is_shared(change: dict[str, object], reason: str | None) -> None:
     assert nodemount._why_not(_prepared(**change), None) == reason
