@@ -491,6 +491,7 @@ def _node_holder(image, notify: int, dir_fd: int, key: str, uid: int, gid: int, 
     sc.set_process_name(nodemount.PROCESS_NAME)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
     helpers: list[Helper] = []
+    where = ""
     try:
         try:
             namespaces.enter(Namespaces(userns, uid, gid), image=image.path)
@@ -536,5 +537,7 @@ def _node_holder(image, notify: int, dir_fd: int, key: str, uid: int, gid: int, 
         os.close(lock)
         return 0
     finally:
+        if where:
+            rootfs.release(where)
         rootfs.stop_helpers(list(helpers))
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)

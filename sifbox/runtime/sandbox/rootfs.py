@@ -406,6 +406,15 @@ def reopen_dir(fd: int) -> int | None:
     return here
 
 
+def release(path: str) -> None:
+    """Unmount `path` now (a node mount holder's image, as it ends), so that a loop device
+    is detached before the holder is seen gone; nothing if it can't be."""
+    try:
+        sc.umount(path, sc.MNT_DETACH)
+    except OSError:
+        pass
+
+
 def stop_helpers(helpers: list[Helper]) -> None:
     """Stop the helpers (FUSE servers) and reap them: none is left to PID 1."""
     for h in helpers:
