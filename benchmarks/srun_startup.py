@@ -1,5 +1,6 @@
 """Start-up under Slurm: `srun -n N sifbox exec IMG /bin/true` next to bare `srun -n N /bin/true`
-and Charliecloud's `srun -n N ch-run IMG.sqfs -- /bin/true`, for N ranks on one node.
+and Charliecloud's `srun -n N ch-run IMG.sqfs -- /bin/true`, for N ranks on one node; sifbox
+through the node's shared mount of the image (its default) and with --no-share (per rank).
 
     /opt/sifbox/venv/bin/python benchmarks/srun_startup.py [--ranks 1,8,32,64] [--runs 3] [--user sifbox-test]
                                                            [--sifbox /usr/local/bin/sifbox]
@@ -66,7 +67,10 @@ def main() -> int:
         cluster = slurm.start_cluster()
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "SLURM_CONF": str(cluster.conf)}
         runtimes = [("srun /bin/true", ["/bin/true"])]
+        # Shared: the step's ranks join one holder of the image (the first rank starts it, the
+        # step's end takes it down); --no-share: every rank mounts the image itself.
         runtimes.append(("srun sifbox exec", [args.sifbox, "exec", str(sif), "/bin/true"]))
+        runtimes.append(("  --no-share", [args.sifbox, "exec", "--no-share", str(sif), "/bin/true"]))
         if shutil.which("ch-run"):
             runtimes.append(("srun ch-run", ["ch-run", str(sqfs), "--", "/bin/true"]))
         print(f"# srun -O -n N ... on one node ({os.cpu_count()} cores), median of {args.runs} runs, seconds")

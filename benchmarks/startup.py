@@ -9,8 +9,14 @@ unprivileged user (through `runuser -u USER --`, whose own cost is timed as a ro
 in the "net" columns). Each row: median and minimum wall time over --runs runs after --warmup
 warm-up runs, taken round-robin (one run of every row per round, so that load from elsewhere on
 the machine weighs on all rows alike), and the ratio of the median to `ch-run` on the same SquashFS for the same user.
-Then --batch concurrent launches of the SIF (sifbox) and of the SquashFS (ch-run), as root and as
-the user, followed by a check for left-over squashfuse processes, loop devices and mounts.
+Then --batch concurrent launches of the SIF (sifbox, through the node's shared mount and with
+--no-share) and of the SquashFS (ch-run), as root and as the user, followed by a check for
+left-over squashfuse processes, loop devices and mounts once `sifbox mounts prune --all` has
+stopped the idle holders of the shared mounts (which outlive launches by design).
+
+sifbox's rows without --no-share join the node's shared mount of the image (one holder per
+user and image): after the warm-up runs, a warm launch. The --no-share rows mount the image
+for each container, as sifbox did before.
 
 Prints a table and never asserts timings. A row whose tool or image is missing prints
 "n/a (reason)"; a row whose command fails prints "failed (reason)". Standard library only.
@@ -257,8 +263,13 @@ class Leftovers:
         return "; ".join(self.lines) + ("   <-- NOT CLEAN" if self.dirty else "")
 
 
+PRUNE: list[str] = []  # `sifbox mounts prune --all`, when sifbox is there
+
+
 def leftovers(tmp: Path, images: Images) -> Leftovers:
     lines, dirty = [], False
+    if PRUNE:
+        subprocess.run(PRUNE, stdin=subprocess.DEVNULL, capture_output=True, check=False)
     procs = squashfuse_processes()
     dirty |= bool(procs)
     lines.append(f"live squashfuse processes: {len(procs)}" + (f" {procs}" if procs else ""))
@@ -424,6 +435,8 @@ def main() -> int:
         return 2
 
     sifbox = args.sifbox if os.access(args.sifbox, os.X_OK) else None
+    if sifbox is not None:
+        PRUNE[:] = [sifbox, "mounts", "prune", "--all"]
     chrun = shutil.which("ch-run")
     bwrap = shutil.which("bwrap")
     python3 = PY if os.access(PY, os.X_OK) else None
@@ -493,8 +506,10 @@ def main() -> int:
         wrapper = row("runuser -u USER -- /bin/true (wrapper)", args.user, ["/bin/true"])
         rows += [floor, wrapper]
         specs = [
-            ("sifbox exec img.sif /bin/true", sifbox, "sifbox", images.sif, images.sif_note,
+            ("sifbox exec img.sif /bin/true (shared)", sifbox, "sifbox", images.sif, images.sif_note,
              lambda t, i: [t, "exec", i, "/bin/true"]),
+            ("sifbox exec --no-share img.sif /bin/true", sifbox, "sifbox", images.sif, images.sif_note,
+             lambda t, i: [t, "exec", "--no-share", i, "/bin/true"]),
             ("sifbox exec img.sqfs /bin/true", sifbox, "sifbox", images.sqfs, images.sqfs_note,
              lambda t, i: [t, "exec", i, "/bin/true"]),
             ("sifbox exec DIR /bin/true", sifbox, "sifbox", images.root, images.root_note,
@@ -563,7 +578,7 @@ def main() -> int:
 
         # ----------------------------------------------------------------- batches ---
         batches: list[Batch] = []
-        for label, tool, tool_name, image, note, build in (specs[0], specs[3]):
+        for label, tool, tool_name, image, note, build in (specs[0], specs[1], specs[4]):
             argv, missing = image_cmd(tool, tool_name, image, note, build)
             for who in whos:
                 if argv is None:

@@ -388,3 +388,156 @@ def _kill(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+# --- node mount holders (sifbox.runtime.nodemount) -------------------------------------------------
+
+
+def start_node_mount(image, *, dir_fd: int, key: str, uid: int, gid: int, userns: bool,  # type: ignore[no-untyped-def]
+                     squashfuse: str | None, slave: bool, idle: int) -> dict[str, object]:  # fmt: skip
+    """Start the holder of `image` (a RootImage: the admitted descriptor) detached (setsid,
+    second fork, as an instance's watcher) and return its state once its mount answers:
+    pid, start time, the descriptor of the image in it, where the image is mounted in its
+    namespace, the mount's device and its FUSE server (pid, start time), if any. The holder
+    reports on a socket pair (its pid in SCM_CREDENTIALS), as an instance's does.
+
+    Detached, it is no child of the caller's parent (a `script` or a CI runner that waits
+    for every child of its own would wait for it): it goes to the nearest child subreaper
+    (systemd --user, a test session), else to PID 1, which reaps it when it ends. It reaps
+    its FUSE server itself."""
+    import socket
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = os.fork()
+    if child == 0:
+        status = int(ExitStatus.CANNOT_LAUNCH)
+        try:
+            ours.close()
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            os.chdir("/")  # no directory of the caller's kept busy
+            status = _node_holder(image, theirs.fileno(), dir_fd, key, uid, gid, userns, squashfuse, slave, idle)
+        except BaseException:  # noqa: BLE001 - into the holder's log, never the caller's terminal
+            import contextlib
+            import traceback
+
+            with contextlib.suppress(BaseException):
+                traceback.print_exc()
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(status)
+    theirs.close()
+    os.waitpid(child, 0)
+    try:
+        data, pid = _message(ours)
+    finally:
+        ours.close()
+    words = data.split()
+    if pid <= 0 or len(words) != 6 or words[0] != b"ready":
+        detail = data.decode(errors="replace").partition(" ")[2] or "it stopped while starting"
+        raise SifboxError(f"can't start the node mount holder of `{image.path}`: {detail}")
+    from sifbox.runtime import nodemount
+
+    seen = nodemount._proc(pid)
+    helper = (int(words[4]), int(words[5])) if int(words[4]) else None
+    return {"pid": pid, "starttime": seen[1] if seen else 0, "dev": int(words[1]),
+            "mount": words[2].decode(), "fd": int(words[3]), "helper": helper}  # fmt: skip
+
+
+def _message(sock) -> tuple[bytes, int]:  # type: ignore[no-untyped-def]
+    """The first message on `sock` and its sender's pid (0: none, or the peer is gone)."""
+    import socket
+    import struct
+
+    while True:
+        try:
+            data, anc, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(12))
+            break
+        except InterruptedError:
+            continue
+    pid = 0
+    for level, kind, raw in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(raw) >= 12:
+            pid = struct.unpack("iII", raw[:12])[0]
+    return bytes(data), pid
+
+
+def _node_holder(image, notify: int, dir_fd: int, key: str, uid: int, gid: int, userns: bool,  # type: ignore[no-untyped-def]
+                 squashfuse: str | None, slave: bool, idle: int) -> int:  # fmt: skip
+    """The holder: its namespaces with the image mounted, kept until it is idle for
+    `idle` seconds (no container holds KEY.refs), it gets a signal, or its FUSE server ends."""
+    import time
+
+    from sifbox.runtime import nodemount
+    from sifbox.runtime.sandbox import namespaces, process
+    from sifbox.runtime.sandbox.ops import Namespaces
+
+    log = os.open(f"{key}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for n, fd in ((0, devnull), (1, devnull), (2, log)):
+        os.dup2(fd, n)
+    low = 3
+    for fd in sorted({image.fd, notify, dir_fd}):  # nothing else of the launch: its locks least of all
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
+    sc.set_process_name(nodemount.PROCESS_NAME)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
+    helpers: list[Helper] = []
+    where = ""
+    try:
+        try:
+            namespaces.enter(Namespaces(userns, uid, gid), image=image.path)
+            if not userns:
+                process.seal_self()
+            session = rootfs.Session.open(image=image.path, size_mib=1, slave=slave, uid=uid, gid=gid,
+                                          userns=userns, squashfuse=squashfuse)  # fmt: skip
+            helpers = session.helpers
+            where = session.mount_image(image)
+            dev = os.stat(where).st_dev  # answered: the FUSE server runs
+        except SifboxError as err:
+            os.write(notify, f"failed {err.message}".encode())
+            return int(err.exit_status)
+        served = helpers[0].pid if helpers else 0
+        seen = nodemount._proc(served) if served else None
+        os.write(notify, f"ready {dev} {where} {image.fd} {served} {seen[1] if seen else 0}".encode())
+        os.close(notify)
+        period = max(0.05, idle / 4)
+        idle_since: float | None = None
+        while True:
+            info = signal.sigtimedwait(WATCHED, period)
+            if info is None:
+                lock = nodemount.idle_now(dir_fd, key)
+                if lock is None:
+                    idle_since = None
+                    continue
+                now = time.monotonic()
+                idle_since = now if idle_since is None else idle_since
+                if now - idle_since >= idle:
+                    nodemount.forget(dir_fd, key, os.getpid())
+                    os.close(lock)
+                    return 0
+                os.close(lock)
+                continue
+            if info.si_signo == signal.SIGCHLD:
+                _reap()
+                if served and nodemount._proc(served) is None:
+                    break  # its FUSE server died: the mount is of no use any more
+            elif info.si_signo not in NOT_STOPPING:
+                break
+        lock = nodemount._lock(dir_fd, f"{key}.lock")
+        nodemount.forget(dir_fd, key, os.getpid())
+        os.close(lock)
+        return 0
+    finally:
+        if where:
+            rootfs.release(where)
+        rootfs.stop_helpers(list(helpers))
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)

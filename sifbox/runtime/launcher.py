@@ -101,8 +101,8 @@ class Prepared:
 
     __slots__ = ("action", "app", "caps", "cfg", "cgroups", "conf_path", "contained", "data", "env", "fixed", "host",
                  "identity", "image", "inner", "joining", "keep_fds", "launched", "layers", "log", "mounts",
-                 "no_init", "ns", "opened", "options", "overrides", "prepare_root", "seccomp", "source", "spec",
-                 "squashfuse", "site", "userns", "words")  # fmt: skip
+                 "no_init", "ns", "opened", "options", "overrides", "prepare_root", "seccomp", "share", "shared_fd",
+                 "source", "spec", "squashfuse", "site", "userns", "words")  # fmt: skip
     action: str
     app: str | None
     caps: frozenset[int]
@@ -130,6 +130,8 @@ class Prepared:
     overrides: dict[str, str]
     prepare_root: Callable[[str], None] | None
     seccomp: bytes | None  # a BPF program loaded before the payload's exec
+    share: Any
+    shared_fd: int | None
     source: ImageSource | None
     spec: ContainerSpec
     squashfuse: str | None
@@ -159,6 +161,10 @@ def run(launch: Launch) -> int:
             shutil.rmtree(temporary, ignore_errors=True)
     if p.joining is not None:
         return _join(p)
+    if p.image is not None and p.image.kind == "squashfs":
+        from sifbox.runtime import nodemount
+
+        p.share = nodemount.for_launch(p, instance=launch.instance)
     if launch.instance is not None:
         from sifbox.runtime import holder
 
@@ -490,7 +496,18 @@ def _launch(p: Prepared, hold=None) -> int:  # type: ignore[no-untyped-def]
     from sifbox.runtime import supervisor
     from sifbox.runtime.sandbox import namespaces, process
 
-    namespaces.enter(p.ns, image=p.spec.image)
+    if p.share is not None:  # one mount per node: into the holder's namespaces, then a mount namespace of our own
+        from sifbox.runtime.sandbox import join
+
+        join.enter_holder(p.share.pidfd, userns=p.userns)
+        p.share.close_pidfd()
+        namespaces.enter(p.ns._replace(user=False), image=p.spec.image)
+        try:
+            p.shared_fd = join.open_mounted(p.share.mount, p.share.dev)
+        except OSError:
+            p.shared_fd = None  # mounted here instead
+    else:
+        namespaces.enter(p.ns, image=p.spec.image)
     if p.host.is_root:
         # Not before: newuidmap and the id maps need this process's /proc files.
         # (A user's container runs as the user, who may open their own processes'.)
@@ -533,7 +550,9 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
     session = rootfs.Session.open(image=image, size_mib=p.site.session_mib, slave=p.site.mount_slave,
                                   uid=p.inner.uid, gid=p.inner.gid, userns=p.userns, squashfuse=p.squashfuse)  # fmt: skip
     writable_sandbox = spec.writable and p.image.kind == "dir"
-    lower = session.mount_image(p.image, writable=writable_sandbox)
+    lower = session.mount_image(p.image, writable=writable_sandbox, shared=p.shared_fd)
+    if p.shared_fd is not None:
+        os.close(p.shared_fd)
     mounts = _bound_images(p, session) if p.data else p.mounts
     if writable_sandbox:  # written in place: only mount points in place of the plan's own are made
         root, persistent = lower, True

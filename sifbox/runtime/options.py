@@ -10,6 +10,7 @@ timeout and image-source options, parsed and checked (pure: no system calls).
     --ignore-subuid                 --fakeroot maps root alone, whatever /etc/subuid says
     --ignore-userns                 root: no user namespace, even with -u
     --disable-cache, --no-https     for images named by a URI (docker://...)
+    --no-share                      mount the image for this container alone
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ from sifbox.util.records import record
 #:   limits          sifbox.hpc.cgroups.Limits of --memory, --cpus, ... or None
 #:   key             the key of an encrypted image (sifbox.security.cryptkey.Key), from
 #:                   --passphrase, --pem-path or SIFBOX_ENCRYPTION_*; None: none given
+#:   share           False with --no-share: the image is mounted for this container alone,
+#:                   not joined from the node's mount of it (sifbox.runtime.nodemount)
 LaunchOptions = record(
     "LaunchOptions",
-    "run_as timeout timeout_text subuid ignore_userns disable_cache no_https seccomp limits key",
-    defaults=(None, None, "", True, False, False, False, None, None, None),
+    "run_as timeout timeout_text subuid ignore_userns disable_cache no_https seccomp limits key share",
+    defaults=(None, None, "", True, False, False, False, None, None, None, True),
 )
 
 #: `--security` kinds that sifbox does not apply, and why.

@@ -420,7 +420,7 @@ class LeakGuard:
             and pid in mine
             and pid != os.getpid()
             and (comm.startswith(("squashfuse", "fuse2fs", "fuse-overlayfs", "gocryptfs"))
-                 or comm == "sifbox-instance"
+                 or comm in ("sifbox-instance", "sifbox-holder")
                  or self._ours(cmdline) or b"\0SIFBOX_INSTANCE=" in _environ(pid))
         }
 
@@ -480,11 +480,15 @@ def _reap_orphans() -> None:
 # Images made by single tests (in shared_tmp) are matched by the shared_tmp prefix; pass extra
 # paths only for images elsewhere.
 @pytest.fixture(autouse=True)
-def no_leaks(action_images: ActionImages) -> Iterator[LeakGuard]:
-    """Fail a test that leaves a mount, a squashfuse process or a loop device behind."""
+def no_leaks(action_images: ActionImages, sifbox_cli: str) -> Iterator[LeakGuard]:
+    """Fail a test that leaves a mount, a squashfuse process or a loop device behind
+    (shared image mount holders are stopped first: they outlive launches by design)."""
+    from tests.conftest import prune_holders
+
     _become_subreaper()
     guard = LeakGuard(action_images.files)
     yield guard
+    prune_holders(sifbox_cli)
     _reap_orphans()
     leaks = guard.wait_clean()
     if leaks:

@@ -5,7 +5,8 @@ Everything (configuration, munge key and socket, state, logs) lives in a fresh d
 each step's server socket) is under /var/lib, which a container does not see unless sifbox binds
 it. `ProctrackType=proctrack/linuxproc` and `TaskPlugin=task/none` need no cgroups, so `srun -O`
 can start more ranks than the 2 cores. The daemons run as root; any user submits with
-``SLURM_CONF`` set (``cluster.env(user)``). Stopped and removed at the end of the session::
+``SLURM_CONF`` set (``cluster.env(user)``). The epilog is sifbox's (sifbox/data/slurm-epilog.sh:
+it prunes the job user's shared image mounts). Stopped and removed at the end of the session::
 
     from tests.integration.slurm import slurm_cluster  # noqa: F401
 
@@ -135,6 +136,14 @@ def start_cluster() -> SlurmCluster:
         check=True, capture_output=True,
     )  # fmt: skip
     node = socket.gethostname().split(".")[0]
+    # The epilog sifbox ships, run with the CLI under test: it prunes the job user's shared
+    # image mounts once a job is over (tests/integration/test_shared_mounts_slurm.py).
+    from tests.conftest import INSTALLED_CLI
+
+    epilog = base / "epilog"
+    shipped = Path(__file__).resolve().parents[2] / "sifbox" / "data" / "slurm-epilog.sh"
+    epilog.write_text(f"#!/bin/sh\nSIFBOX={INSTALLED_CLI} exec /bin/sh {shipped} \"$@\"\n")
+    epilog.chmod(0o755)
     conf = base / "slurm.conf"
     conf.write_text(
         f"""ClusterName=sifboxtest
@@ -152,6 +161,7 @@ SlurmctldPidFile={base / "slurmctld.pid"}
 SlurmdPidFile={base / "slurmd.pid"}
 SlurmctldLogFile={base / "log" / "slurmctld.log"}
 SlurmdLogFile={base / "log" / "slurmd.log"}
+Epilog={epilog}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=pmix

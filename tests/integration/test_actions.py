@@ -221,10 +221,11 @@ def test_sif_is_mounted_not_extracted(sifbox_cli, test_user, action_images, who,
     """Root: kernel squashfs on a loop device; unprivileged or --userns: squashfuse_ll.
 
     Looked at from the host while the payload waits on its stdin: a loop device backed by the
-    image, or a squashfuse_ll process under the sifbox process.
+    image, or a squashfuse_ll process under the sifbox process (mounted for this container:
+    --no-share; tests/integration/test_shared_mounts.py has the node's shared mount).
     """
     user = user_named("root") if who == "root" else test_user
-    argv = [sifbox_cli, "exec", *flags, str(action_images.sif), "sh", "-c", "echo ready; read x"]
+    argv = [sifbox_cli, "exec", "--no-share", *flags, str(action_images.sif), "sh", "-c", "echo ready; read x"]
     proc = popen_as(
         user, argv, stdin=subprocess.PIPE, cwd=str(action_images.root), env=env_for(user)
     )

@@ -74,11 +74,28 @@ def overlays(shared_tmp: Path, action_images: ActionImages) -> dict[str, Path]:
 @pytest.mark.parametrize("overlay", [None, "squashfs", "ext3", "dir"])
 def test_helpers_are_reaped_by_sifbox(run_as, as_who, sifbox_cli, action_images: ActionImages, overlays,
                                       overlay) -> None:  # fmt: skip
+    """Per container (--no-share): nothing outlives the launch."""
+    opts = ["--overlay", str(overlays[overlay])] if overlay else []
+    proc = _under_subreaper(run_as, as_who, [sifbox_cli, "exec", "--no-share", *opts, str(action_images.sif), "cat",
+                                             "/data/hello.txt"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "ADOPTED none", proc.stdout
+
+
+@pytest.mark.parametrize("overlay", [None, "squashfs", "ext3", "dir"])
+def test_shared_mounts_leave_only_their_holder(run_as, as_who, sifbox_cli, action_images: ActionImages, overlays,
+                                               overlay) -> None:  # fmt: skip
+    """With the node's shared mount: the launch leaves its image's holder alone (detached, it
+    goes to the subreaper), never an orphan FUSE server; `mounts prune` ends it."""
+    run_as(as_who, [sifbox_cli, "mounts", "prune", "--force"], env=env_for(as_who))
     opts = ["--overlay", str(overlays[overlay])] if overlay else []
     proc = _under_subreaper(run_as, as_who, [sifbox_cli, "exec", *opts, str(action_images.sif), "cat",
                                              "/data/hello.txt"])  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[-1] == "ADOPTED none", proc.stdout
+    left = proc.stdout.splitlines()[-1].split()[1:]
+    assert [name.split(":")[0] for name in left] in (["sifbox-holder"], ["none"]), proc.stdout
+    prune = run_as(as_who, [sifbox_cli, "mounts", "prune"], env=env_for(as_who))
+    assert prune.returncode == 0, prune.stderr
 
 
 def test_instance_helpers_are_reaped(run_as, as_who, sifbox_cli, action_images: ActionImages) -> None:

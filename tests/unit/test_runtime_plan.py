@@ -670,6 +670,7 @@ def ns(command: str = "exec", **kw: Any) -> argparse.Namespace:
         # encrypted images (sifbox.security.cryptkey)
         "passphrase": False,
         "pem_path": None,
+        "no_share": False,
         "ignore_subuid": False,
         "ignore_fakeroot_command": False,
         "ignore_userns": False,

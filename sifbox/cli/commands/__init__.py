@@ -37,6 +37,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("ecl", "Check images against the execution control list (ecl.toml)", "ecl"),
     Command("instance", "Manage containers running as services", "instance"),
     Command("overlay", "Manage an EXT3 writable overlay image", "overlay"),
+    Command("mounts", "List or prune the node's shared image mounts", "mounts"),
     Command("sif", "Manipulate Singularity Image Format (SIF) images", "sif", ("siftool",)),
     Command("cache", "Manage the local cache", "cache"),
     Command("config", "Check the site configuration (sifbox.conf) in force", "config"),

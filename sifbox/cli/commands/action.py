@@ -124,6 +124,8 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, str, str | None, str | None, str], ..
      "ask for the passphrase of an encrypted image (or SIFBOX_ENCRYPTION_PASSPHRASE)", "encrypted images"),
     (("--pem-path",), "pem_path", "value", "PATH",
      "the RSA private key (PEM) of an encrypted image (or SIFBOX_ENCRYPTION_PEM_PATH)", "encrypted images"),
+    (("--no-share",), "no_share", "bool", None,
+     "mount the image for this container alone, not through the node's shared mount of it", "mounts"),
     (("--ignore-subuid",), "ignore_subuid", "bool", None, None, "isolation"),
     (("--ignore-fakeroot-command",), "ignore_fakeroot_command", "bool", None, None, "isolation"),
     (("--ignore-userns",), "ignore_userns", "bool", None, None, "isolation"),
@@ -404,6 +406,7 @@ def _launch_options(args, instance: str | None):  # type: ignore[no-untyped-def]
         disable_cache=_flag(args, "disable_cache", "DISABLE_CACHE"),
         no_https=_flag(args, "no_https", "NOHTTPS", "NO_HTTPS"), seccomp=ro.parse_seccomp(security),
         limits=_limits(args, instance), key=_key(args),
+        share=not _flag(args, "no_share", "NO_SHARE"),
     )  # fmt: skip
 
 

@@ -54,3 +54,33 @@ def enter(pid: int, name: str) -> list[str]:
         if root_fd >= 0:
             os.close(root_fd)
     return joined
+
+
+def enter_holder(pidfd: int, *, userns: bool) -> None:
+    """Join the mount namespace (and, with `userns`, first the user namespace) of the
+    node mount holder that `pidfd` (a pidfd: that very process, never a reused pid)
+    refers to; the caller then unshares a mount namespace of its own
+    (`namespaces.enter` with no user namespace)."""
+    flags = sc.CLONE_NEWNS | (sc.CLONE_NEWUSER if userns else 0)
+    try:
+        sc.setns(pidfd, flags)
+    except OSError as err:
+        raise LaunchError(f"can't join the node mount holder: {describe_os_error(err)}") from None
+
+
+def open_mounted(path: str, dev: int) -> int:
+    """An O_PATH descriptor of the directory `path` of this mount namespace, which must
+    be the root of a mount of device `dev` (the held image), not merely a directory
+    of that name. Raises OSError otherwise."""
+    import errno
+
+    fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        here = os.fstat(fd)
+        parent = os.stat(os.path.dirname(path))
+        if here.st_dev != dev or parent.st_dev == dev:
+            raise OSError(errno.ESTALE, "not the held image's mount", path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

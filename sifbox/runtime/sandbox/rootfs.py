@@ -83,9 +83,12 @@ class Session:
 
     # --- the image and the layers -----------------------------------------------------------
 
-    def mount_image(self, image: RootImage, *, writable: bool = False) -> str:
+    def mount_image(self, image: RootImage, *, writable: bool = False, shared: int | None = None) -> str:
         """Mount the root image read-only (a sandbox: writable if asked) in the
-        session; return where."""
+        session; return where. `shared`: an O_PATH descriptor of the image already
+        mounted by a node mount holder (`join.open_mounted`), bound instead of
+        mounting it again; if that mount no longer answers (its FUSE server died),
+        the image is mounted here, as without it."""
         target = os.path.join(self.path, "image")
         os.mkdir(target)
         if image.kind == "dir":
@@ -103,6 +106,19 @@ class Session:
                 del self.helpers[first:]
                 raise
             return target
+        if shared is not None:
+            try:
+                sc.mount(f"/proc/self/fd/{shared}", target, None, sc.MS_BIND)
+                try:
+                    set_flags(target, sc.MOUNT_ATTR_RDONLY | _RESTRICT)
+                    os.stat(os.path.join(target, "."))  # ENOTCONN when its server is gone
+                except OSError:
+                    sc.umount(target, sc.MNT_DETACH)
+                    raise
+                self.notes.append(f"image driver: shared node mount, offset {image.offset}")
+                return target
+            except OSError as err:
+                self.notes.append(f"shared node mount unusable ({describe_os_error(err)}): mounting the image here")
         driver = self.mount_squashfs(image.fd, image.offset, image.size, target, "the image")
         self.notes.append(f"image driver: {driver}, offset {image.offset}")
         return target
@@ -413,6 +429,15 @@ def reopen_dir(fd: int) -> int | None:
         os.close(here)
         return None
     return here
+
+
+def release(path: str) -> None:
+    """Unmount `path` now (a node mount holder's image, as it ends), so that a loop device
+    is detached before the holder is seen gone; nothing if it can't be."""
+    try:
+        sc.umount(path, sc.MNT_DETACH)
+    except OSError:
+        pass
 
 
 def stop_helpers(helpers: list[Helper]) -> None:

@@ -189,7 +189,7 @@ def _suspect(pid: int) -> str | None:
             environ = b"\0" + f.read()
     except OSError:
         environ = b""
-    if comm.startswith(HELPERS) or comm == "sifbox-instance" or any(o in cmdline for o in OURS) \
+    if comm.startswith(HELPERS) or comm in ("sifbox-instance", "sifbox-holder") or any(o in cmdline for o in OURS) \
             or b"\0SIFBOX_INSTANCE=" in environ:  # fmt: skip
         return f"{comm}: {cmdline}"
     return None
@@ -251,11 +251,14 @@ def _reap() -> None:
 
 
 @pytest.fixture(autouse=True)
-def no_leaks(e2e_images: Images) -> Iterator[None]:
+def no_leaks(e2e_images: Images, sifbox_cli: str) -> Iterator[None]:
     """Fail a test that leaves a mount, a FUSE helper, a loop device or an instance behind."""
     _become_subreaper()
     guard = Guard()
     yield
+    from tests.conftest import prune_holders
+
+    prune_holders(sifbox_cli)
     _reap()
     leaks = guard.wait_clean()
     if leaks:

@@ -338,12 +338,15 @@ def keys(sb: Runner, pgp_keys: PgpKeys) -> PgpKeys:
 
 
 @pytest.fixture(autouse=True)
-def no_leaks(guide_images: Images) -> Iterator[None]:
+def no_leaks(guide_images: Images, sifbox_cli: str) -> Iterator[None]:
     """Fail a test that leaves a mount, a FUSE helper, a loop device or an instance behind
     (the leak guard of tests/e2e/apptainer)."""
     _become_subreaper()
     guard = Guard()
     yield
+    from tests.conftest import prune_holders
+
+    prune_holders(sifbox_cli)
     _reap()
     leaks = guard.wait_clean()
     if leaks:

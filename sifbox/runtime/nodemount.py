@@ -1,0 +1,534 @@
+"""One image mount per user, image and node, that every launch joins.
+
+The first launch of a user for an image on a node starts a holder: a detached process
+that keeps a user+mount namespace (a mount namespace for root) with the image mounted
+(squashfuse_ll for users, kernel SquashFS on a loop device for root). Later launches
+find it and join it (`sandbox.join.enter_holder`), then unshare a mount namespace of
+their own for their binds and overlays, as without it. So 64 ranks on a node share one
+mount, one FUSE server and one page cache of the image.
+
+State, per user, in a directory only that user may use (0700, owned, never a link):
+`$XDG_RUNTIME_DIR/sifbox`, else `/run/sifbox` for root, else `/tmp/sifbox-UID`:
+
+    KEY.lock    flock'ed (exclusive) while a launch looks for, or starts, the holder
+    KEY.refs    flock'ed shared by every container using the holder, for its lifetime:
+                the holder ends once it gets it exclusively for the idle timeout
+    KEY.state   the holder: pid, start time, image, its mount and the descriptor of
+                the image it holds (versioned; one `name value` a line, not JSON: the
+                json module costs some 8 ms of every launch to import)
+    KEY.log     the holder's stderr
+
+KEY is the image's identity: device, inode, size and modification time of the opened
+(and admitted) file, and the offset and size of its SquashFS partition. A
+launch joins a holder only if it is that user's process (pid + start time, its uid,
+named `sifbox-holder`), if the file it holds is the very file this launch opened and
+admitted, and if the mount it joins is the holder's mount of it (its device). Any
+doubt, or any failure, and the launch mounts the image itself (the per-process path),
+as it does with `--no-share` or `share image mounts = no`.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+
+from sifbox.util.errors import SifboxError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+VERSION = 1
+PROCESS_NAME = "sifbox-holder"
+DEFAULT_IDLE = 60
+
+
+class Unshared(Exception):
+    """The image can't be shared this time; the reason says why (shown at -v)."""
+
+
+class Joinable:
+    """A holder found (or started) for this launch: `pidfd` to join, the mount to bind
+    (`mount` in its namespace, of device `dev`), and `refs`, the descriptor whose shared
+    lock keeps it from ending while this container runs."""
+
+    __slots__ = ("dev", "mount", "pid", "pidfd", "refs", "started")
+
+    def __init__(self, pid: int, pidfd: int, mount: str, dev: int, refs: int, started: bool) -> None:
+        self.pid, self.pidfd, self.mount, self.dev, self.refs, self.started = pid, pidfd, mount, dev, refs, started
+
+    def close_pidfd(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+# --- where, and who -------------------------------------------------------------------------------
+
+
+def state_dirs(uid: int, xdg: str | None = None) -> list[str]:
+    """The state directories of `uid`, the preferred one first."""
+    found = []
+    if xdg and os.path.isabs(xdg):
+        found.append(os.path.join(xdg, "sifbox"))
+    if uid == 0:
+        found.append("/run/sifbox")
+    else:
+        found.append(f"/run/user/{uid}/sifbox")
+    found.append(f"/tmp/sifbox-{uid}")
+    return list(dict.fromkeys(found))
+
+
+def open_state_dir(path: str, uid: int, *, create: bool) -> int:
+    """A descriptor of the state directory `path`, made 0700 if missing (`create`); it
+    must be a directory (never a link) that `uid` owns and no one else may use."""
+    if create:
+        parent = os.path.dirname(path)
+        try:
+            pst = os.stat(parent)
+        except OSError as err:
+            raise Unshared(f"`{parent}`: {err.strerror}") from None
+        # /tmp and /run are the system's; a parent the user owns (XDG_RUNTIME_DIR) is theirs.
+        if not (pst.st_uid in (0, uid)):
+            raise Unshared(f"`{parent}` belongs to uid {pst.st_uid}")
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise Unshared(f"can't make `{path}`: {err.strerror}") from None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        raise Unshared(f"can't open `{path}`: {err.strerror}") from None
+    st = os.fstat(fd)
+    if st.st_uid != uid or st.st_mode & 0o077:
+        os.close(fd)
+        raise Unshared(f"`{path}` is not a private directory of uid {uid} (owner {st.st_uid}, mode "
+                       f"{st.st_mode & 0o7777:o})")  # fmt: skip
+    return fd
+
+
+def _usable_dir(uid: int) -> tuple[str, int]:
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        try:
+            if os.stat(xdg).st_uid != uid:
+                xdg = None
+        except OSError:
+            xdg = None
+    reasons = []
+    for path in state_dirs(uid, xdg):
+        if path.startswith("/run/user/") and not os.path.isdir(os.path.dirname(path)):
+            continue
+        try:
+            return path, open_state_dir(path, uid, create=True)
+        except Unshared as err:
+            reasons.append(str(err))
+    raise Unshared("no state directory: " + "; ".join(reasons))
+
+
+def identity(fd: int, offset: int, size: int) -> str:
+    """The key of the SquashFS at `offset` (`size` bytes) of the open file `fd`."""
+    st = os.fstat(fd)
+    return "-".join(f"{n:x}" for n in (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, offset, size))
+
+
+def _lock(dir_fd: int, name: str, how: int = fcntl.LOCK_EX) -> int:
+    """Open and flock `name` of the state directory; the file locked is the one the
+    directory names (`prune` may unlink it meanwhile: then the new one is locked)."""
+    while True:
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        try:
+            fcntl.flock(fd, how)
+            try:
+                now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                now = None
+            here = os.fstat(fd)
+            if now is not None and (now.st_dev, now.st_ino) == (here.st_dev, here.st_ino):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _proc(pid: int) -> tuple[str, int, int] | None:
+    """(name, start time, real uid) of a live process; None if gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    close = stat.rindex(")")
+    fields = stat[close + 2 :].split()
+    if not fields or fields[0] in ("Z", "X"):
+        return None
+    uid = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("Uid:")), -1)
+    return stat[stat.index("(") + 1 : close], int(fields[19]), uid
+
+
+_INTS = ("version", "pid", "starttime", "dev", "fd", "uid")
+_TEXTS = ("key", "mount", "image")
+STATE = "state"  # the state file's suffix
+
+
+def load(dir_fd: int, key: str) -> dict[str, Any] | None:
+    """The state of KEY's holder; None if missing, malformed or of another version."""
+    try:
+        fd = os.open(f"{key}.{STATE}", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        text = os.read(fd, 1 << 16).decode("utf-8", "surrogateescape")
+    finally:
+        os.close(fd)
+    doc: dict[str, Any] = {}
+    try:
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in _INTS:
+                doc[name] = int(value)
+            elif name in _TEXTS:
+                doc[name] = value
+            elif name == "helper":
+                pid, start = (int(n) for n in value.split())
+                doc[name] = [pid, start] if pid else None
+    except ValueError:
+        return None
+    if doc.get("version") != VERSION or any(n not in doc for n in (*_INTS, *_TEXTS, "helper")):
+        return None
+    return doc
+
+
+def _write(dir_fd: int, key: str, doc: dict[str, Any]) -> None:
+    helper = doc.get("helper") or (0, 0)
+    lines = [f"{n} {int(doc[n])}" for n in _INTS] + [f"{n} {doc[n]}" for n in _TEXTS]
+    text = "\n".join([*lines, f"helper {int(helper[0])} {int(helper[1])}"]) + "\n"
+    if any("\n" in str(doc[n]) for n in _TEXTS):
+        raise Unshared("a path holds a newline")
+    tmp = f".{key}.{STATE}.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    try:
+        os.write(fd, text.encode("utf-8", "surrogateescape"))
+    finally:
+        os.close(fd)
+    os.rename(tmp, f"{key}.{STATE}", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def holder_alive(doc: dict[str, Any], uid: int) -> bool:
+    """`doc` names a holder that still runs: same pid and start time, `uid`'s, named as one."""
+    try:
+        pid, start = int(doc["pid"]), int(doc["starttime"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    seen = _proc(pid)
+    return seen is not None and seen == (PROCESS_NAME, start, uid)
+
+
+def _helper_alive(doc: dict[str, Any], uid: int) -> bool:
+    helper = doc.get("helper")
+    if not helper:
+        return True  # a kernel mount: nothing serves it
+    try:
+        pid, start = int(helper[0]), int(helper[1])
+    except (TypeError, ValueError, IndexError):
+        return False
+    seen = _proc(pid)
+    return seen is not None and seen[1:] == (start, uid)
+
+
+def _verify(doc: dict[str, Any], key: str, uid: int, image_fd: int) -> int | None:
+    """A pidfd of the holder `doc` names, if it is one to join (see the module's doc)."""
+    if doc.get("key") != key or doc.get("uid") != uid:
+        return None
+    try:
+        pid = int(doc["pid"])
+        pidfd = os.pidfd_open(pid)
+    except (KeyError, TypeError, ValueError, OSError):
+        return None
+    ok = False
+    try:
+        # Checked after the pidfd was opened: the process it refers to is this one.
+        if holder_alive(doc, uid) and _helper_alive(doc, uid):
+            held = os.stat(f"/proc/{pid}/fd/{int(doc['fd'])}")
+            mine = os.fstat(image_fd)
+            ok = (held.st_dev, held.st_ino) == (mine.st_dev, mine.st_ino)
+    except (OSError, KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
+def _stop(doc: dict[str, Any], uid: int) -> None:
+    """Ask a holder that can't be joined (its FUSE server died) to end."""
+    if holder_alive(doc, uid):
+        try:
+            os.kill(int(doc["pid"]), 15)
+        except OSError:
+            pass
+
+
+# --- a launch ---------------------------------------------------------------------------------------
+
+
+def acquire(image: Any, *, uid: int, gid: int, userns: bool, squashfuse: str | None, slave: bool,
+            idle: int) -> Joinable:  # fmt: skip
+    """The holder of `image` (a RootImage: the admitted descriptor, offset, size) for this
+    user, started if there is none; its refs lock taken. Raises Unshared."""
+    path, dir_fd = _usable_dir(uid)
+    try:
+        key = identity(image.fd, image.offset, image.size)
+        lock = _lock(dir_fd, f"{key}.lock")
+        try:
+            doc = load(dir_fd, key)
+            pidfd = _verify(doc, key, uid, image.fd) if doc is not None else None
+            started = False
+            if pidfd is None:
+                if doc is not None:
+                    _stop(doc, uid)
+                _unlink(dir_fd, f"{key}.{STATE}")
+                from sifbox.runtime import holder
+
+                doc = holder.start_node_mount(image, dir_fd=dir_fd, key=key, uid=uid, gid=gid, userns=userns,
+                                              squashfuse=squashfuse, slave=slave, idle=idle)  # fmt: skip
+                doc.update(version=VERSION, key=key, uid=uid, image=image.path)
+                _write(dir_fd, key, doc)
+                started = True
+                pidfd = _verify(doc, key, uid, image.fd)
+                if pidfd is None:
+                    raise Unshared("the holder it started can't be joined")
+            refs = os.open(f"{key}.refs", os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                           dir_fd=dir_fd)  # fmt: skip
+            fcntl.flock(refs, fcntl.LOCK_SH)
+        finally:
+            os.close(lock)
+    except OSError as err:
+        raise Unshared(f"in `{path}`: {err.strerror or err}") from None
+    except SifboxError as err:
+        raise Unshared(err.message) from None
+    finally:
+        os.close(dir_fd)
+    assert doc is not None
+    return Joinable(int(doc["pid"]), pidfd, str(doc["mount"]), int(doc["dev"]), refs, started)
+
+
+def _unlink(dir_fd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+
+
+# --- the holder's own side ----------------------------------------------------------------------------
+
+
+def idle_now(dir_fd: int, key: str) -> int | None:
+    """In the holder: the exclusive lock of KEY.lock if no container uses the holder
+    (KEY.refs free), else None. The caller removes its state, then unlocks."""
+    lock = _lock(dir_fd, f"{key}.lock")
+    try:
+        refs = os.open(f"{key}.refs", os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        try:
+            fcntl.flock(refs, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            os.close(lock)
+            return None
+        finally:
+            os.close(refs)
+    except BaseException:
+        os.close(lock)
+        raise
+    return lock
+
+
+def forget(dir_fd: int, key: str, pid: int) -> None:
+    """Remove KEY.state if it still names holder `pid` (the caller holds KEY.lock)."""
+    doc = load(dir_fd, key)
+    if doc is not None and doc.get("pid") == pid:
+        _unlink(dir_fd, f"{key}.{STATE}")
+
+
+def for_launch(p: Any, *, instance: str | None) -> Joinable | None:
+    """The holder a prepared launch (`launcher.Prepared`) joins, or None: it mounts the
+    image itself (sharing is off, or doesn't apply, or failed: said at -v)."""
+    reason = _why_not(p, instance)
+    if reason is None:
+        try:
+            idle = int(os.environ.get("SIFBOX_SHARE_IDLE_TIMEOUT", "") or p.cfg.get_int("share image idle timeout"))
+        except ValueError:
+            idle = DEFAULT_IDLE
+        try:
+            found = acquire(p.image, uid=p.host.uid, gid=p.host.gid, userns=p.userns, squashfuse=p.squashfuse,
+                            slave=p.site.mount_slave, idle=max(0, idle))  # fmt: skip
+        except Unshared as err:
+            reason = f"can't share its mount: {err}"
+        else:
+            if p.log:
+                p.log("image %s: %s node mount holder (pid %d)", p.image.path,
+                      "started the" if found.started else "joining the", found.pid)  # fmt: skip
+            return found
+    if p.log and reason:
+        p.log("image %s mounted for this container alone: %s", p.image.path, reason)
+    return None
+
+
+def _why_not(p: Any, instance: str | None) -> str | None:
+    if p.options is not None and not p.options.share:
+        return "--no-share"
+    if not p.cfg.get_bool("share image mounts"):
+        return "`share image mounts = no` in sifbox.conf"
+    if instance is not None or p.joining is not None or p.fixed is not None:
+        return ""  # an instance keeps its own mounts (not yet shared)
+    if p.image is None or p.image.kind != "squashfs":
+        return ""
+    if p.ns.maps is not None or p.ns.inside is not None:
+        return "--fakeroot"
+    if p.userns != (not p.host.is_root):
+        return "root with a user namespace"
+    if not p.site.mount_slave:
+        # The holder's copy of the host's mounts is as old as the holder: only as a slave
+        # does it see what the host mounted since (an automounted /scratch).
+        return "`mount slave = no` in sifbox.conf"
+    return None
+
+
+# --- sifbox mounts list|prune ---------------------------------------------------------------------------
+
+
+def _in_use(dir_fd: int, key: str) -> bool:
+    try:
+        refs = os.open(f"{key}.refs", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(refs, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(refs)
+
+
+def _own_dirs(uid: int) -> list[tuple[str, int]]:
+    """The existing state directories of `uid` (their descriptors: close them)."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR") if uid == os.getuid() else None
+    found = []
+    for path in state_dirs(uid, xdg):
+        try:
+            found.append((path, open_state_dir(path, uid, create=False)))
+        except Unshared:
+            continue
+    return found
+
+
+def holder_pids(uid: int | None) -> dict[int, int]:
+    """pid -> uid of every live holder process (of `uid` only, unless None)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            seen = _proc(int(entry))
+            if seen is not None and seen[0] == PROCESS_NAME and (uid is None or seen[2] == uid):
+                found[int(entry)] = seen[2]
+    return found
+
+
+def listing(uid: int) -> list[dict[str, Any]]:
+    """The holders of `uid`: their state, with `state` running|stale and `in_use`;
+    holders whose state is gone are listed with `state` unreachable."""
+    rows: list[dict[str, Any]] = []
+    known = set()
+    for path, dir_fd in _own_dirs(uid):
+        try:
+            for name in sorted(os.listdir(dir_fd)):
+                if not name.endswith(f".{STATE}") or name.startswith("."):
+                    continue
+                key = name[: -len(STATE) - 1]
+                doc = load(dir_fd, key)
+                if doc is None:
+                    continue
+                alive = holder_alive(doc, uid) and _helper_alive(doc, uid)
+                known.add(doc.get("pid"))
+                rows.append({"pid": doc.get("pid"), "uid": uid, "image": doc.get("image", ""), "key": key,
+                             "state": "running" if alive else "stale", "in_use": alive and _in_use(dir_fd, key),
+                             "dir": path, "mount": doc.get("mount", "")})  # fmt: skip
+        finally:
+            os.close(dir_fd)
+    for pid in sorted(holder_pids(uid)):
+        if pid not in known:
+            rows.append({"pid": pid, "uid": uid, "image": "", "key": "", "state": "unreachable", "in_use": None,
+                         "dir": "", "mount": ""})  # fmt: skip
+    return rows
+
+
+def prune(uid: int, *, force: bool = False, wait: float = 5.0) -> list[dict[str, Any]]:
+    """Stop the holders of `uid` that no container uses (every one with `force`), and
+    those whose state is gone; remove stale state. Returns what was stopped or removed."""
+    import time
+
+    done: list[dict[str, Any]] = []
+    stopping: list[int] = []
+    known = set()
+    for path, dir_fd in _own_dirs(uid):
+        try:
+            keys = {n.rsplit(".", 1)[0] for n in os.listdir(dir_fd) if not n.startswith(".") and "." in n}
+            for key in sorted(keys):
+                lock = _lock(dir_fd, f"{key}.lock")
+                try:
+                    doc = load(dir_fd, key)
+                    alive = doc is not None and holder_alive(doc, uid)
+                    if alive:
+                        assert doc is not None
+                        known.add(doc["pid"])
+                        if not force and _in_use(dir_fd, key):
+                            continue
+                        os.kill(int(doc["pid"]), 15)
+                        stopping.append(int(doc["pid"]))
+                    if doc is not None:
+                        done.append({"pid": doc.get("pid"), "image": doc.get("image", ""),
+                                     "state": "stopped" if alive else "stale"})  # fmt: skip
+                    for suffix in (STATE, "refs", "log", "lock"):  # the lock last: waiters then retry
+                        _unlink(dir_fd, f"{key}.{suffix}")
+                finally:
+                    os.close(lock)
+        finally:
+            os.close(dir_fd)
+    for pid in holder_pids(uid):
+        if pid not in known and (force or not _holder_in_use(pid, uid)):
+            os.kill(pid, 15)
+            stopping.append(pid)
+            done.append({"pid": pid, "image": "", "state": "stopped"})
+    deadline = time.monotonic() + wait
+    for pid in stopping:
+        while _proc(pid) is not None:
+            if time.monotonic() > deadline:
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+                break
+            time.sleep(0.01)
+    return done
+
+
+def _holder_in_use(pid: int, uid: int) -> bool:
+    """Whether a holder whose state is gone is still used: its own refs file (its stderr
+    is DIR/KEY.log) is locked."""
+    try:
+        log = os.readlink(f"/proc/{pid}/fd/2")
+        dir_fd = os.open(os.path.dirname(log), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        key = os.path.basename(log).removesuffix(".log")
+        return os.fstat(dir_fd).st_uid == uid and _in_use(dir_fd, key)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,165 @@
+"""The shared image mounts' state (sifbox.runtime.nodemount), without namespaces or holders:
+the key, the state file, the private state directory, the lock, the reasons not to share."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from sifbox.runtime import nodemount
+from sifbox.runtime.options import LaunchOptions
+from sifbox.runtime.sandbox.ops import Namespaces, RootImage
+
+
+def _doc(**kw: object) -> dict[str, object]:
+    doc: dict[str, object] = {"version": nodemount.VERSION, "pid": 123, "starttime": 456, "dev": 42, "fd": 3,
+                              "uid": os.getuid(), "key": "k", "mount": "/var/lib/sifbox/mnt/session/image",
+                              "image": "/data/app.sif", "helper": [124, 457]}  # fmt: skip
+    doc.update(kw)
+    return doc
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> int:
+    d = tmp_path / "sifbox"
+    d.mkdir(mode=0o700)
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    yield fd
+    os.close(fd)
+
+
+def test_the_key_is_the_file_and_partition(tmp_path: Path) -> None:
+    image = tmp_path / "a.sif"
+    image.write_bytes(b"x" * 100)
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        key = nodemount.identity(fd, 4096, 8192)
+        assert key == nodemount.identity(fd, 4096, 8192)
+        assert key != nodemount.identity(fd, 0, 8192)  # another partition
+        os.utime(image, ns=(1, 2))
+        assert key != nodemount.identity(fd, 4096, 8192)  # changed since
+        assert "/" not in key and not key.startswith(".")
+    finally:
+        os.close(fd)
+
+
+def test_state_round_trip(state_dir: int) -> None:
+    nodemount._write(state_dir, "k", _doc())
+    assert nodemount.load(state_dir, "k") == _doc()
+    nodemount._write(state_dir, "k", _doc(helper=None))
+    assert nodemount.load(state_dir, "k")["helper"] is None  # type: ignore[index]
+    assert not [n for n in os.listdir(state_dir) if n.startswith(".")]  # written atomically
+
+
+@pytest.mark.parametrize("text", ["", "version 99\n", "version 1\npid x\n", "version 1\npid 1\n"])
+def test_malformed_or_other_state_is_none(state_dir: int, text: str) -> None:
+    fd = os.open("k.state", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=state_dir)
+    os.write(fd, text.encode())
+    os.close(fd)
+    assert nodemount.load(state_dir, "k") is None
+
+
+def test_a_path_with_a_newline_is_not_stored(state_dir: int) -> None:
+    with pytest.raises(nodemount.Unshared):
+        nodemount._write(state_dir, "k", _doc(image="/a\nversion 2"))
+
+
+def test_state_dir_is_made_private(tmp_path: Path) -> None:
+    fd = nodemount.open_state_dir(str(tmp_path / "sifbox"), os.getuid(), create=True)
+    try:
+        assert os.fstat(fd).st_mode & 0o777 == 0o700
+    finally:
+        os.close(fd)
+
+
+def test_a_planted_state_dir_is_refused(tmp_path: Path) -> None:
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    with pytest.raises(nodemount.Unshared, match="not a private directory"):
+        nodemount.open_state_dir(str(open_dir), os.getuid(), create=False)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    with pytest.raises(nodemount.Unshared, match="can't open"):
+        nodemount.open_state_dir(str(link), os.getuid(), create=True)
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o700)
+    with pytest.raises(nodemount.Unshared, match="not a private directory of uid"):
+        nodemount.open_state_dir(str(mine), os.getuid() + 1, create=False)
+
+
+def test_state_dirs_prefer_the_runtime_dir() -> None:
+    assert nodemount.state_dirs(1000, "/run/user/1000") == ["/run/user/1000/sifbox", "/tmp/sifbox-1000"]
+    assert nodemount.state_dirs(0, None) == ["/run/sifbox", "/tmp/sifbox-0"]
+    assert nodemount.state_dirs(1000, "relative") == ["/run/user/1000/sifbox", "/tmp/sifbox-1000"]
+
+
+def test_the_lock_is_the_file_the_directory_names(state_dir: int) -> None:
+    first = nodemount._lock(state_dir, "k.lock")
+    os.unlink("k.lock", dir_fd=state_dir)  # as prune does, under the lock
+    os.close(first)
+    second = nodemount._lock(state_dir, "k.lock")
+    try:
+        assert os.fstat(second).st_ino == os.stat("k.lock", dir_fd=state_dir).st_ino
+    finally:
+        os.close(second)
+
+
+def test_idle_only_when_no_container_holds_refs(state_dir: int) -> None:
+    refs = os.open("k.refs", os.O_RDONLY | os.O_CREAT, 0o600, dir_fd=state_dir)
+    fcntl.flock(refs, fcntl.LOCK_SH)
+    assert nodemount.idle_now(state_dir, "k") is None
+    assert nodemount._in_use(state_dir, "k")
+    os.close(refs)
+    lock = nodemount.idle_now(state_dir, "k")
+    assert lock is not None
+    os.close(lock)
+    assert not nodemount._in_use(state_dir, "k")
+
+
+def test_a_dead_holder_is_not_alive() -> None:
+    assert not nodemount.holder_alive(_doc(pid=2**22 + 12345), os.getuid())
+    me = nodemount._proc(os.getpid())
+    assert me is not None
+    assert not nodemount.holder_alive(_doc(pid=os.getpid(), starttime=me[1]), os.getuid())  # not named so
+
+
+def _prepared(**kw: object) -> SimpleNamespace:
+    class Cfg:
+        def __init__(self, share: bool) -> None:
+            self.share = share
+
+        def get_bool(self, name: str) -> bool:
+            assert name == "share image mounts"
+            return self.share
+
+    values: dict[str, object] = {
+        "options": LaunchOptions(), "cfg": Cfg(True), "joining": None, "fixed": None,
+        "image": RootImage("squashfs", 3, 0, 10, "/a.sif"), "ns": Namespaces(True, 1000, 1000),
+        "userns": True, "host": SimpleNamespace(is_root=False), "site": SimpleNamespace(mount_slave=True),
+    }  # fmt: skip
+    values.update(kw)
+    return SimpleNamespace(**values)
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({}, None),
+    ({"options": LaunchOptions(share=False)}, "--no-share"),
+    ({"cfg": type("C", (), {"get_bool": lambda self, n: False})()}, "`share image mounts = no` in sifbox.conf"),
+    ({"image": RootImage("dir", 3, 0, 0, "/sandbox")}, ""),
+    ({"fixed": (["true"], {})}, ""),
+    ({"ns": Namespaces(True, 1000, 1000, inside=0)}, "--fakeroot"),
+    ({"ns": Namespaces(False, 0, 0), "userns": True, "host": SimpleNamespace(is_root=True)},
+     "root with a user namespace"),
+    ({"ns": Namespaces(False, 0, 0), "userns": False, "host": SimpleNamespace(is_root=True)}, None),
+    ({"site": SimpleNamespace(mount_slave=False)}, "`mount slave = no` in sifbox.conf"),
+])  # fmt: skip
+def test_when_the_mount_is_shared(change: dict[str, object], reason: str | None) -> None:
+    assert nodemount._why_not(_prepared(**change), None) == reason
+    if reason is None:
+        assert nodemount._why_not(_prepared(**change), "an-instance") == ""
