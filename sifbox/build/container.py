@@ -1,7 +1,7 @@
 """Run a build script inside the image root being built (%post, %test).
 
 Called as root (real root, or root of the build's fakeroot user namespace),
-in a forked child: the launcher (`sifbox.runtime.launcher.run_build_container`)
+in a forked child: the launcher (`sifbox.runtime.buildrun.run_build_container`)
 builds the container there, so that nothing of it touches this process.
 Nothing is mounted on the host: everything goes away with the child's mount
 namespace.
@@ -34,7 +34,7 @@ def run_in_root(
     if pid == 0:  # pragma: no cover - the child becomes the container
         status = 255
         try:
-            from sifbox.runtime.launcher import run_build_container
+            from sifbox.runtime.buildrun import run_build_container
 
             status = run_build_container(root, list(argv), dict(env), binds=tuple(binds), writable=writable,
                                          writable_tmpfs=writable_tmpfs, config_path=config_path)  # fmt: skip

@@ -99,10 +99,43 @@ else:
 class Prepared:
     """Everything the container needs, decided before any namespace exists."""
 
-    __slots__ = ("action", "app", "caps", "cfg", "cgroups", "conf_path", "contained", "data", "env", "fixed", "host",
-                 "identity", "image", "inner", "joining", "keep_fds", "launched", "layers", "log", "mounts",
-                 "no_init", "ns", "opened", "options", "overrides", "prepare_root", "seccomp", "share", "shared_fd",
-                 "source", "spec", "squashfuse", "site", "userns", "words")  # fmt: skip
+    __slots__ = (
+        "action",
+        "app",
+        "caps",
+        "cfg",
+        "cgroups",
+        "conf_path",
+        "contained",
+        "data",
+        "env",
+        "fixed",
+        "host",
+        "identity",
+        "image",
+        "inner",
+        "joining",
+        "keep_fds",
+        "launched",
+        "layers",
+        "log",
+        "mounts",
+        "no_init",
+        "ns",
+        "opened",
+        "options",
+        "overrides",
+        "prepare_root",
+        "seccomp",
+        "share",
+        "shared_fd",
+        "site",
+        "source",
+        "spec",
+        "squashfuse",
+        "userns",
+        "words",
+    )  # fmt: skip
     action: str
     app: str | None
     caps: frozenset[int]
@@ -169,9 +202,9 @@ def run(launch: Launch) -> int:
         from sifbox.runtime import holder
 
         return holder.start_instance(p, launch.instance, launch.pid_file, images.instance_record(p.spec, p.opened),
-                                     launch=lambda hold: _launch(p, hold))  # fmt: skip
+                                     launch=lambda hold: launch_prepared(p, hold))  # fmt: skip
     try:
-        return _launch(p)
+        return launch_prepared(p)
     finally:
         if p.cgroups is not None:
             p.cgroups.remove()
@@ -207,7 +240,7 @@ def prepare(launch: Launch) -> Prepared:
     cfg, conf_path = _config(launch.config)
     site = site_from_config(cfg)
     _check_allowed(spec, cfg, host, site)
-    log = _verbose_log()
+    log = verbose_log()
     if launch.no_umask:
         os.umask(0o022)  # as Apptainer's --no-umask: the container gets the default, not the caller's
     overrides = envmod.user_overrides(os.environ, _env_files(launch.env_files, spec.image, launch.words),
@@ -490,7 +523,7 @@ def _keep_fds(env: dict[str, str]) -> frozenset[int]:
 # --- the container ------------------------------------------------------------------------------
 
 
-def _launch(p: Prepared, hold=None) -> int:  # type: ignore[no-untyped-def]
+def launch_prepared(p: Prepared, hold=None) -> int:  # type: ignore[no-untyped-def]
     """Create the namespaces, then build and run the container. With `hold`
     (an instance), `hold(payload, trampoline, helpers)` keeps it."""
     from sifbox.runtime import supervisor
@@ -579,7 +612,7 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
         p.cgroups.join()
     rootfs.finish(root, readonly=not spec.writable_tmpfs and not persistent, image=image)
     if p.squashfuse:
-        from sifbox.runtime import prefetch  # noqa: F401 - used after pivot_root
+        from sifbox.runtime import prefetch
     rootfs.pivot(root, image)
     _chdir(spec, p.host, workdir=images.oci_workdir(p.source))
     if hold is None:
@@ -754,51 +787,6 @@ def _chdir(spec: ContainerSpec, host: Host, doing: str | None = None, workdir: s
                     raise LaunchError(f"can't {doing}: --pwd `{d}` does not exist in the container") from None
 
 
-# --- builds ---------------------------------------------------------------------------------------
-
-
-def run_build_container(root: str, argv: list[str], env: dict[str, str], *, binds: tuple[str, ...] = (),
-                        writable: bool = True, writable_tmpfs: bool = False, config_path: str | None = None) -> int:  # fmt: skip
-    """Run a build script (%post, %test) in the image root being built: called as
-    root (real root, or root of the build's fakeroot user namespace); the root
-    directory gets /proc, /sys, a minimal /dev, private /tmp, /etc/resolv.conf
-    and /etc/hosts, and the script Docker's default capabilities (all of them
-    in a fakeroot build, whose namespace owns nothing of the host)."""
-    from sifbox.config import sysconf
-    from sifbox.image.source import open_image
-    from sifbox.runtime import caps
-    from sifbox.runtime.options import LaunchOptions
-    from sifbox.runtime.plan import default_mounts, site_from_config
-    from sifbox.runtime.sandbox.ops import Namespaces, RootImage
-    from sifbox.runtime.spec import ContainerSpec, Host, parse_bind
-    from sifbox.util.paths import in_user_namespace
-
-    real_root = not in_user_namespace()
-    bind_list = []
-    for text in binds:
-        bind_list += parse_bind(text)
-    if any(b.image_src is not None or b.part_id is not None for b in bind_list):
-        raise UsageError("can't bind an image (image-src=, id=) into a build's container",
-                         hint="bind the image's files as a directory")
-    spec = ContainerSpec(
-        image=root, action="exec", command=list(argv), binds=tuple(bind_list), no_home=True, contain=True,
-        writable=writable, writable_tmpfs=writable_tmpfs and not writable, pwd="/",
-        no_mount=frozenset({"home", "cwd"}), identity_files=False, pid=real_root, ipc=real_root,
-    )  # fmt: skip
-    host = Host(0, 0, "root", "/root", "/", True)
-    cfg = sysconf.load(config_path)
-    site = site_from_config(cfg)
-    source = open_image(root, verb="build")
-    image = RootImage("dir", source.fd, 0, 0, source.path)
-    p = Prepared(action="exec", spec=spec, host=host, inner=host, cfg=cfg, site=site, log=_verbose_log(),
-                 caps=caps.BUILD if real_root else caps.ALL, contained=real_root, userns=False, source=source,
-                 opened=images.Opened(source, image, [], []), image=image, layers=[], data=[], identity=False,
-                 mounts=default_mounts(spec, host, site=site, contained=real_root), fixed=(list(argv), dict(env)),
-                 keep_fds=frozenset(), ns=Namespaces(False, 0, 0, pid=real_root, ipc=real_root),
-                 options=LaunchOptions())  # fmt: skip
-    return _launch(p)
-
-
 # --- messages -------------------------------------------------------------------------------------
 
 
@@ -814,7 +802,7 @@ def _note(message: str) -> None:
     log.log.info("%s", message)
 
 
-def _verbose_log() -> Callable[..., None] | None:
+def verbose_log() -> Callable[..., None] | None:
     """log.verbose when -v/-d asked for it; else None, so that a plain run
     does not pay for importing `logging` (launch time counts per MPI rank)."""
     try:

@@ -212,7 +212,7 @@ def run(launch: Any) -> int:
 
         p.cgroups = Cgroups.create(f"sifbox-{os.getpid()}", options.limits, what=f"`{launch.spec.image}`")
     try:
-        return int(launcher._launch(p))
+        return int(launcher.launch_prepared(p))
     finally:
         if p.cgroups is not None:
             p.cgroups.remove()

@@ -2,7 +2,7 @@
 
 A thin planner: config.json (`ocispec.Bundle`) becomes the launcher's
 `Prepared` (namespaces, mounts, payload, identity), and the launcher's one
-orchestration (`launcher._launch`) builds the container, as for every other
+orchestration (`launcher.launch_prepared`) builds the container, as for every other
 sifbox container. The container ends in `park` (the launcher's `hold`) instead
 of a supervisor, which gives runc's create/start split:
 
@@ -120,7 +120,7 @@ def plan(b: ocispec.Bundle, cid: str, image: Any = None) -> Any:
         seccomp = compile_profile(b.seccomp, caps=frozenset(names(proc.caps)), what="linux.seccomp of config.json")
     return launcher.Prepared(
         seccomp=seccomp, cgroups=None, action="exec", spec=spec, host=host, inner=inner, cfg=cfg, site=site_from_config(cfg),
-        log=launcher._verbose_log(), caps=proc.caps, contained=True, userns=userns, squashfuse=squashfuse,
+        log=launcher.verbose_log(), caps=proc.caps, contained=True, userns=userns, squashfuse=squashfuse,
         source=None, opened=images.Opened(ImageSource(rootfs_path, "sandbox", None), image, [], []), image=image,
         layers=[], data=[], identity=False, mounts=mounts, fixed=(list(proc.args), env),
         keep_fds=frozenset(), ns=ns, options=LaunchOptions(run_as=run_as), no_init=False,
@@ -352,7 +352,7 @@ def _watcher(p: Any, chans: Channels, log_fd: int, proc_fd: int, detach: bool) -
             return park(start, tramp, name, helpers, chans)
 
         try:
-            status = launcher._launch(p, hold)
+            status = launcher.launch_prepared(p, hold)
         except SifboxError as err:
             status = report(err)
         finally:
