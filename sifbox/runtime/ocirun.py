@@ -426,16 +426,7 @@ def _payload(start: Callable[[], None], chans: Channels) -> None:
     os.dup2(chans.stderr, 2)
     os.close(chans.stderr)
     if chans.console >= 0:
-        master, slave = os.openpty()
-        name = os.ttyname(slave)
-        socket.send_fds(socket.socket(fileno=chans.console), [name.encode()], [master])
-        os.close(master)
-        os.setsid()
-        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
-        for fd in (0, 1, 2):
-            os.dup2(slave, fd)
-        if slave > 2:
-            os.close(slave)
+        _terminal_to(socket.socket(fileno=chans.console))
     os.write(chans.notify, b"ready")
     os.close(chans.notify)
     if not chans.immediate:
@@ -611,6 +602,12 @@ def _exec_terminal(console: socket.socket) -> None:
     """In the joined process, before it forks the exec'd one: a pty of the container's devpts,
     its master sent to the console socket, its slave this process's controlling terminal and
     stdio (the exec'd process inherits them)."""
+    _terminal_to(console)
+
+
+def _terminal_to(console: socket.socket) -> None:
+    """A new pty: its master sent to the console socket (runc's protocol: the pty's name and the
+    master as SCM_RIGHTS), its slave this process's controlling terminal and stdio."""
     master, slave = os.openpty()
     socket.send_fds(console, [os.ttyname(slave).encode()], [master])
     os.close(master)
