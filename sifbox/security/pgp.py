@@ -142,6 +142,11 @@ class GnuPG:
     """gpg in a temporary home seeded with binary keyrings; use as a context manager."""
 
     def __init__(self, public: bytes = b"", secret: bytes = b""):
+        from sifbox.runtime.sandbox import syscalls
+
+        # gpg starts gpg-agent as a daemon: orphaned, it becomes our child (not PID 1's, which
+        # may never reap it), and close() reaps it.
+        syscalls.set_child_subreaper()
         self.home = tempfile.mkdtemp(prefix="sifbox-gpg-", dir=_scratch_base())
         self.agent = False
         with open(os.path.join(self.home, "pubring.gpg"), "wb") as f:
@@ -166,6 +171,7 @@ class GnuPG:
             with contextlib.suppress(OSError, subprocess.SubprocessError):
                 subprocess.run(["gpgconf", "--homedir", self.home, "--kill", "all"],
                                capture_output=True, timeout=30, check=False)  # fmt: skip
+            _reap_agents()
         shutil.rmtree(self.home, ignore_errors=True)
 
     def run(self, args: list[str], input: bytes | None = None, what: str = "run gpg",
@@ -234,6 +240,36 @@ class GnuPG:
 
 class BadPassphrase(PgpError):
     pass
+
+
+def _reap_agents(wait: float = 5.0) -> None:
+    """Reap the gpg-agents that became this process's children (it is their subreaper) once
+    they have been told to end; give up on one that outlives `wait` seconds."""
+    import time
+
+    me = str(os.getpid())
+    deadline = time.monotonic() + wait
+    while True:
+        agents = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read().decode("utf-8", "replace")
+            except OSError:
+                continue
+            name, rest = stat[stat.find("(") + 1 : stat.rfind(")")], stat[stat.rfind(")") + 2 :].split()
+            if name == "gpg-agent" and len(rest) > 1 and rest[1] == me:
+                agents.append(int(entry))
+        if not agents:
+            return
+        for pid in agents:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.01)
 
 
 def _gpg_env(home: str) -> dict[str, str]:

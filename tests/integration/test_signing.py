@@ -264,3 +264,30 @@ def test_malformed_ecl_is_a_usage_error(run_as, as_who, sifbox_cli, scratch, sif
     assert "Traceback" not in p.stderr
     p = run_as(as_who, [sifbox_cli, "ecl", "check", str(img)], env=env)
     assert p.returncode == 125 and "ecl.toml:2" in p.stderr
+
+
+def _gpg_agents() -> set[int]:
+    """The pids of gpg-agent processes on the machine, running or zombie."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "gpg-agent":
+                    found.add(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_gpg_agents_are_reaped(run_as, as_who, sifbox_cli, scratch, sif_corpus) -> None:  # type: ignore[no-untyped-def]
+    """gpg starts its agent as a daemon; sifbox stops it and reaps it itself (this machine's
+    PID 1 does not reap orphans): after key and sign commands, no agent of theirs is left, not
+    even as a zombie."""
+    before = _gpg_agents()
+    home = _home(run_as, as_who, scratch, "home")
+    assert _sifbox(run_as, as_who, sifbox_cli, home, "key", "newpair", "-N", "A", "-P", "pw", "-b", "1024").returncode == 0
+    img = _copy_for(run_as, as_who, sif_corpus / "images" / "one-group.sif", scratch / "img.sif")
+    p = _sifbox(run_as, as_who, sifbox_cli, home, "sign", img, SIFBOX_KEY_PASSPHRASE="pw")
+    assert p.returncode == 0, p.stderr
+    left = _gpg_agents() - before
+    assert not left, f"gpg-agent processes left behind: {sorted(left)}"
