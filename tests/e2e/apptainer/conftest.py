@@ -253,6 +253,12 @@ def _reap() -> None:
 @pytest.fixture(autouse=True)
 def no_leaks(e2e_images: Images, sifbox_cli: str) -> Iterator[None]:
     """Fail a test that leaves a mount, a FUSE helper, a loop device or an instance behind."""
+    yield from leak_guard(sifbox_cli)
+
+
+def leak_guard(sifbox_cli: str) -> Iterator[None]:
+    """The body of a leak-guard fixture: after the test, idle node mount holders stopped and
+    children reaped, the test fails if a mount, FUSE helper, loop device or instance is left."""
     _become_subreaper()
     guard = Guard()
     yield

@@ -60,9 +60,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.apptainer.cases import Runner, new_dir, remove_dir
-from tests.e2e.apptainer.conftest import Guard, _reap, need_image_tools
+from tests.e2e.apptainer.conftest import leak_guard, need_image_tools
 from tests.e2e.userguide.guide import DATA, stage
-from tests.integration.images import _become_subreaper
 
 BUILD_TIMEOUT = 120
 #: How long one command may take.
@@ -341,17 +340,7 @@ def keys(sb: Runner, pgp_keys: PgpKeys) -> PgpKeys:
 def no_leaks(guide_images: Images, sifbox_cli: str) -> Iterator[None]:
     """Fail a test that leaves a mount, a FUSE helper, a loop device or an instance behind
     (the leak guard of tests/e2e/apptainer)."""
-    _become_subreaper()
-    guard = Guard()
-    yield
-    from tests.conftest import prune_holders
-
-    prune_holders(sifbox_cli)
-    _reap()
-    leaks = guard.wait_clean()
-    if leaks:
-        guard.clean_up(leaks)
-        pytest.fail("left behind after the test:\n  " + "\n  ".join(leaks), pytrace=False)
+    yield from leak_guard(sifbox_cli)
 
 
 @pytest.fixture
