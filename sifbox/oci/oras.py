@@ -1,15 +1,14 @@
-"""SIF images in OCI registries, as Apptainer and SingularityCE keep them (`oras://`), and
-OCI-SIF images pushed as the OCI images they hold (`docker://`).
+"""SIF images in OCI registries, as Apptainer and SingularityCE keep them (`oras://`).
+(OCI-SIF images pushed as the OCI images they hold, `docker://`: `sifbox.oci.push`.)
 
     digest = push("app.sif", "oras://registry.example:5000/group/app:1.0")
     pull("oras://registry.example:5000/group/app:1.0", "app.sif")
-    digest = push_image("app.oci.sif", "docker://registry.example:5000/group/app:1.0")
 
 An image is an OCI artifact: a manifest whose config is `{}` of the media type
 `application/vnd.sylabs.sif.config.v1+json` and whose one layer is the SIF file itself,
 `application/vnd.sylabs.sif.layer.v1.sif`, titled with its file name. Both ways go through
 `sifbox.oci.registry.RegistryClient` (authentication, redirects bounded, retries, HTTPS or the
-insecure registries it allows).
+insecure registries it allows); uploads through `sifbox.oci.upload` (chunks, resume, mounts).
 
 Nothing from the registry is trusted: the manifest is read within 4 MiB and checked against
 its digest; the layer's size must be a number the destination's free space can hold; the
@@ -27,13 +26,13 @@ import tempfile
 from typing import Any, BinaryIO
 
 from sifbox.oci.auth import resolve_credentials
+from sifbox.oci.push import put_manifest, uploader_for
 from sifbox.oci.reference import ImageRef, ReferenceError, parse_reference
 from sifbox.oci.registry import (
     DOCKER_MANIFEST,
     OCI_MANIFEST,
     RegistryClient,
     RegistryError,
-    _HTTPError,
 )
 from sifbox.util.errors import SifboxError, UsageError, describe_os_error
 
@@ -86,7 +85,7 @@ def manifest_for(layer_digest: str, layer_size: int, title: str) -> bytes:
 
 
 # -- push -------------------------------------------------------------------------------------
-def push(path: str, uri: str, *, insecure: bool = False) -> str:
+def push(path: str, uri: str, *, insecure: bool = False, progress: Any = None, chunk_size: int | None = None) -> str:
     """Upload the SIF `path` as `uri`; returns the manifest's digest."""
     ref = parse_uri(uri, "push")
     where = f"can't push `{path}` to `{uri}`"
@@ -98,124 +97,13 @@ def push(path: str, uri: str, *, insecure: bool = False) -> str:
         if fp.read(64)[32:41] != SIF_MAGIC:
             raise SifboxError(f"{where}: not a SIF image", hint="`sifbox build` or `sifbox pull` makes one")
         digest, size = _sha256_of(fp)
-        client = client_for(ref, insecure)
-        _upload(client, EMPTY_CONFIG, "sha256:" + hashlib.sha256(EMPTY_CONFIG).hexdigest(), len(EMPTY_CONFIG))
-        _upload(client, fp, digest, size)
+        up = uploader_for(ref, insecure, progress=progress, chunk_size=chunk_size)
+        up.blob(lambda: io.BytesIO(EMPTY_CONFIG), "sha256:" + hashlib.sha256(EMPTY_CONFIG).hexdigest(),
+                len(EMPTY_CONFIG), label="config")  # fmt: skip
+        up.blob(lambda: open(path, "rb"), digest, size, label=os.path.basename(path))  # noqa: SIM115
     manifest = manifest_for(digest, size, os.path.basename(path))
-    tag = ref.digest or ref.tag or "latest"
-    try:
-        resp = client.request("PUT", f"/v2/{ref.repository}/manifests/{tag}",
-                              {"Content-Type": OCI_MANIFEST}, ok=(200, 201), body=manifest)  # fmt: skip
-    except _HTTPError as err:
-        raise RegistryError(f"{where}: the registry refused the manifest: {_said(err)}") from None
-    resp.close()
+    put_manifest(up, ref.digest or ref.tag or "latest", manifest, OCI_MANIFEST, where)
     return "sha256:" + hashlib.sha256(manifest).hexdigest()
-
-
-def _said(err: _HTTPError) -> str:
-    code, message = err.registry_error()
-    return f"HTTP {err.status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
-
-
-def _upload(client: RegistryClient, data: bytes | BinaryIO, digest: str, size: int) -> None:
-    """One blob, unless the repository has it already: POST then a monolithic PUT."""
-    repo = client.ref.repository
-    try:
-        client.request("HEAD", f"/v2/{repo}/blobs/{digest}").close()
-        return
-    except _HTTPError:
-        pass
-    try:
-        resp = client.request("POST", f"/v2/{repo}/blobs/uploads/", {"Content-Length": "0"}, ok=(202,), body=b"")
-        location = resp.headers.get("Location")
-        resp.close()
-        if not location:
-            raise RegistryError(f"can't upload blob `{digest}` to `{client.ref}`: the registry gave no upload location")
-        if "://" not in location:
-            location = client.base_url() + (location if location.startswith("/") else "/" + location)
-        sep = "&" if "?" in location else "?"
-        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
-        client.request("PUT", f"{location}{sep}digest={digest}", headers, ok=(201, 204), body=data).close()
-    except _HTTPError as err:
-        raise RegistryError(f"can't upload blob `{digest}` to `{client.ref}`: {_said(err)}") from None
-
-
-# -- an OCI-SIF as an OCI image ------------------------------------------------------------------
-class _Slice(io.RawIOBase):
-    """`size` bytes of `fp` from `offset`: a blob of an OCI-SIF, uploaded from the file."""
-
-    def __init__(self, fp: BinaryIO, offset: int, size: int) -> None:
-        self.fp, self.offset, self.size, self.pos = fp, offset, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        self.pos = max(0, min(self.size, pos if whence == 0 else self.pos + pos if whence == 1 else self.size + pos))
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def readinto(self, buf: Any) -> int:
-        n = min(len(buf), self.size - self.pos)
-        if n <= 0:
-            return 0
-        self.fp.seek(self.offset + self.pos)
-        data = self.fp.read(n)
-        buf[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
-
-
-def push_image(path: str, uri: str, *, insecure: bool = False) -> str:
-    """Upload the image of the OCI-SIF `path` (for this machine) to `docker://REF`: its
-    SquashFS layers, config and manifest as the file holds them; returns the manifest digest."""
-    from sifbox.formats.sif import SifImage, oci
-    from sifbox.formats.sif import constants as c
-    from sifbox.formats.sif.image import SifError
-    from sifbox.image.source import oci_image
-
-    where = f"can't push `{path}` to `{uri}`"
-    try:
-        ref = parse_reference(uri.removeprefix("docker://"))
-    except ReferenceError as err:
-        raise UsageError(f"{where}: {err}") from None
-    try:
-        fp = open(path, "rb")  # noqa: SIM115 - closed below
-    except OSError as err:
-        raise SifboxError(f"{where}: {describe_os_error(err)}") from None
-    with fp:
-        try:
-            img = SifImage.load(fp)
-            if not oci.is_oci_sif(img):
-                raise SifboxError(f"{where}: not an OCI-SIF image",
-                                  hint=f"push a SIF with oras://{uri.removeprefix('docker://')}, or make an OCI-SIF "
-                                  "with `sifbox pull --oci`")  # fmt: skip
-            image = oci_image(img)
-            if image.overlay is not None:
-                raise SifboxError(f"{where}: the image has a writable overlay layer, which OCI tools can't use")
-            raw = {d.oci_digest(): d for d in img.objects() if d.data_type == c.DataType.OCI_BLOB}
-            config = img.read(raw[image.config_digest], limit=oci.MAX_DOCUMENT)
-            manifest = img.read(raw[image.manifest_digest], limit=oci.MAX_DOCUMENT)
-        except SifError as err:
-            raise SifboxError(f"{where}: {err}") from None
-        client = client_for(ref, insecure)
-        for layer in image.layers:
-            _upload(client, _Slice(fp, layer.offset, layer.size), layer.digest, layer.size)  # type: ignore[arg-type]
-        _upload(client, config, image.config_digest, len(config))
-    media = json.loads(manifest).get("mediaType") or OCI_MANIFEST
-    tag = ref.digest or ref.tag or "latest"
-    try:
-        resp = client.request("PUT", f"/v2/{ref.repository}/manifests/{tag}", {"Content-Type": str(media)},
-                              ok=(200, 201), body=manifest)  # fmt: skip
-    except _HTTPError as err:
-        raise RegistryError(f"{where}: the registry refused the manifest: {_said(err)}") from None
-    resp.close()
-    return image.manifest_digest
 
 
 # -- pull -------------------------------------------------------------------------------------
