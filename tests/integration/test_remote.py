@@ -108,7 +108,16 @@ def test_login_registry(cli: Cli, tmp_path: Path) -> None:
         listing = cli("remote", "list").stdout
         assert re.search(rf"(?m)^Authenticated Logins\n=+\n\nURI\s+INSECURE\n{re.escape(uri)}\s+NO$", listing), listing
         assert reg.host in cli("registry", "list").stdout
+        # get-login-password: the stored password, for the registry named or the active endpoint's host
+        proc = cli("remote", "get-login-password", uri)
+        assert proc.returncode == 0 and proc.stdout == "s3cret-Pw\n", proc
+        assert cli("remote", "add", "--insecure", "--no-login", "reg", f"http://{reg.host}").returncode == 0
+        assert cli("remote", "use", "reg").returncode == 0
+        proc = cli("remote", "get-login-password")
+        assert proc.returncode == 0 and proc.stdout == "s3cret-Pw\n", proc
+        one_error(cli("remote", "get-login-password", "hkp://keys.example"), "not a docker:// or oras:// URI")
         assert cli("remote", "logout", uri).returncode == 0
+        one_error(cli("remote", "get-login-password"), f"not logged in to `{reg.host}`")
         assert reg.host not in json.loads(creds.read_text())["auths"]
         assert "Authenticated Logins" not in cli("remote", "list").stdout
         one_error(cli("remote", "logout", uri), "not logged in")

@@ -7,6 +7,7 @@
     sifbox remote login [-u USER] [-p PASSWORD | --password-stdin] [-i] docker://HOST | oras://HOST | KEYSERVER-URI
     sifbox remote logout docker://HOST | oras://HOST | KEYSERVER-URI
     sifbox remote status [NAME]
+    sifbox remote get-login-password [docker://HOST | oras://HOST]
 
 Endpoints live in the user's remote.yaml (sifbox.config.remotes) and, with --global (root),
 in the system one beside sifbox.conf. Registry logins go where `sifbox registry login` keeps
@@ -65,6 +66,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s = sub.add_parser("status", help="Check the status of the sifbox services at an endpoint",
                        description="Check the status of the sifbox services at an endpoint (its keyservers).")
     s.add_argument("name", metavar="NAME", nargs="?")
+    s = sub.add_parser("get-login-password", help="Retrieves the cli secret for the currently logged in user",
+                       description="Print the password of the registry login stored for the active remote "
+                       "endpoint's host (or for the registry named), for `docker login --password-stdin`.")  # fmt: skip
+    s.add_argument("target", metavar="URI", nargs="?")
     s = sub.add_parser("add-keyserver", help="Add a keyserver (as `keyserver add`)",
                        description="Add a keyserver to an endpoint, as `sifbox keyserver add`.")
     add_change_arguments(s, add=True)
@@ -299,6 +304,39 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _get_login_password(args: argparse.Namespace) -> int:
+    """The password of the stored registry login for the active endpoint's host (Apptainer asks
+    the endpoint's library service for a CLI secret; sifbox has none, its logins are the
+    registry logins `remote login docker://HOST` stores)."""
+    from sifbox.config import remotes
+    from sifbox.oci.auth import auth_files, login_key, lookup_file
+
+    target = args.target or ""
+    if target and not target.startswith(REGISTRY_SCHEMES):
+        raise UsageError(f"can't get the login password of `{target}`: not a docker:// or oras:// URI")
+    if not target:
+        conf = remotes.merged(_conf(args), user_file=_user(args))
+        ep = conf.remotes.get(conf.active)
+        if ep is None or not ep.uri:
+            raise SifboxError("can't get the login password: no active remote endpoint",
+                              hint="`sifbox remote use NAME`, or name the registry: "
+                              "sifbox remote get-login-password docker://HOST")  # fmt: skip
+        target = ep.uri
+        what = f"remote `{conf.active}`"
+    else:
+        what = f"`{target}`"
+    host = login_key(target if "://" in target else "https://" + target)
+    if not host:
+        raise UsageError(f"can't get the login password of {what}: no host name")
+    for path in auth_files():
+        found = lookup_file(path, host, "")
+        if found is not None and found.password:
+            sys.stdout.write(found.password + "\n")
+            return 0
+    raise SifboxError(f"can't get the login password of {what}: not logged in to `{host}`",
+                      hint=f"sifbox remote login -u USER --password-stdin docker://{host}")  # fmt: skip
+
+
 def _keyserver_change(args: argparse.Namespace) -> int:
     from sifbox.cli.commands.keyserver import change
 
@@ -308,5 +346,5 @@ def _keyserver_change(args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     handlers = {"add": _add, "remove": _remove, "use": _use, "list": _list, "login": _login, "logout": _logout,
-                "status": _status, "add-keyserver": _keyserver_change, "remove-keyserver": _keyserver_change}
+                "status": _status, "get-login-password": _get_login_password, "add-keyserver": _keyserver_change, "remove-keyserver": _keyserver_change}
     return handlers[args.remote_command](args)
