@@ -91,7 +91,7 @@ class Uploader:
         self.client = client
         self.repo = client.ref.repository
         self.chunk_size = max(1, chunk_size)
-        self.progress = progress
+        self.progress = progress if progress is not None and getattr(progress, "tty", False) else None  # a bar only
         self.locations = locations
         self.mounted: list[str] = []
         self.resumed = 0

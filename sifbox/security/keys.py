@@ -243,6 +243,48 @@ class Keyring:
         return info
 
 
+class GlobalKeyring(Keyring):
+    """The site's public keyring, `global-pgp-public` beside sifbox.conf (`key --global`, as
+    Apptainer's): public keys only, 0644, changed by root only; the ECL and the admission
+    store trust it."""
+
+    def __init__(self, path: str):
+        super().__init__(os.path.dirname(path))
+        self.path = path
+
+    @property
+    def public_path(self) -> str:
+        return self.path
+
+    @property
+    def secret_path(self) -> str:
+        raise SifboxError("can't use the global keyring's private keys: it holds public keys only")
+
+    def secret(self) -> bytes:
+        return b""
+
+    def _write(self, path: str, data: bytes, mode: int) -> None:
+        from sifbox.util.atomic import write_file
+
+        if os.geteuid() != 0:
+            raise SifboxError(f"can't change the global keyring `{path}`: not root user",
+                              hint="leave out --global to change your own keyring")  # fmt: skip
+        try:
+            write_file(path, data, 0o644)
+        except OSError as err:
+            raise SifboxError(f"can't write keyring `{path}`: {err.strerror}") from None
+
+    def ensure(self) -> None:
+        """Nothing to create: a missing global keyring is an empty one."""
+
+
+def global_keyring_path(sifbox_conf: str | None = None) -> str:
+    from sifbox.config.sysconf import DEFAULT_PATH, ENV_VAR
+
+    conf = sifbox_conf or os.environ.get(ENV_VAR) or DEFAULT_PATH
+    return os.path.join(os.path.dirname(os.path.abspath(conf)), "global-pgp-public")
+
+
 def verification_keyring(directory: str | None = None) -> bytes:
     """The user's public keyring followed by the global one (binary keyrings concatenate)."""
     ring = Keyring(directory).public()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable
+from typing import Self
 
 Rule = Callable[[str, str, int], tuple[str, int] | None]
 
@@ -33,7 +34,7 @@ class FaultyProxy:
         self.threads: list[threading.Thread] = []
         self.stopping = False
 
-    def __enter__(self) -> FaultyProxy:
+    def __enter__(self) -> Self:
         t = threading.Thread(target=self._serve, daemon=True)
         t.start()
         self.threads.append(t)

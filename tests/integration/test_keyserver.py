@@ -135,6 +135,34 @@ def test_push_search_pull(cli: Cli, sks: SksServer, shared_tmp: Path) -> None:
     assert proc.stdout == f"0 key(s) added to keyring of trust {cli.public_ring}\n", proc
 
 
+def test_global_keyring(cli: Cli, sks: SksServer, shared_tmp: Path) -> None:
+    """`key pull|import|list|export|remove --global`: the site's public keyring beside
+    sifbox.conf (global-pgp-public, 0644), changed by root only; the user's keyring untouched."""
+    key = make_key(shared_tmp, f"Global {cli.who.name}")
+    ring = cli.etc / "global-pgp-public"
+    assert cli("key", "import", str(key.armored)).returncode == 0
+    assert cli("key", "push", "--url", sks.url, key.fingerprint).returncode == 0
+    assert cli("key", "remove", key.fingerprint).returncode == 0
+    proc = cli("key", "list", "--global")
+    assert proc.returncode == 0 and proc.stdout == f"Public key listing ({ring}):\n\n", proc
+    if cli.who.uid != 0:
+        one_error(cli("key", "pull", "--global", "--url", sks.url, key.fingerprint), "not root user")
+        one_error(cli("key", "import", "-g", str(key.armored)), "not root user")
+        assert not ring.exists()
+        return
+    proc = cli("key", "pull", "--global", "--url", sks.url, key.fingerprint)
+    assert proc.returncode == 0 and proc.stdout == f"1 key(s) added to keyring of trust {ring}\n", proc
+    assert ring.stat().st_mode & 0o777 == 0o644
+    assert key.fingerprint in cli("key", "list", "-g").stdout
+    assert key.fingerprint not in cli("key", "list").stdout
+    out = shared_tmp / "exported.asc"
+    assert cli("key", "export", "--global", "-a", key.fingerprint, str(out)).returncode == 0
+    assert out.read_text().startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+    one_error(cli("key", "list", "--global", "--secret"), "holds public keys only")
+    assert cli("key", "remove", "--global", key.fingerprint).returncode == 0
+    assert key.fingerprint not in cli("key", "list", "-g").stdout
+
+
 def test_missing_key(cli: Cli, sks: SksServer) -> None:
     proc = cli("key", "pull", "--url", sks.url, "0" * 40)
     one_error(proc, r"pull key `0{40}`: no matching key on keyserver `http://127\.0\.0\.1:\d+`")

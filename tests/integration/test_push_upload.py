@@ -160,3 +160,38 @@ def test_cross_repository_mount(registry, ocisif, run_as, as_who, sifbox_cli, sh
         assert not any(r.startswith("PATCH") for r in proxy.requests), proxy.requests
     assert _manifest_exists(_host(registry), f"{as_who.name}/second:1")
     shutil.rmtree(shared_tmp / "cache", ignore_errors=True)
+
+
+def test_progress_bar_on_a_terminal_only(registry, ocisif, sifbox_cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """On a terminal, push draws a bar per blob uploaded; not with -q, not into a pipe."""
+    import pty
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIFBOX_")}
+    env.update(SIFBOX_CACHEDIR=str(tmp_path / "cache"), SIFBOX_DOCKER_USERNAME="puller",
+               SIFBOX_DOCKER_PASSWORD="pull-Pw1", SIFBOX_PUSH_CHUNK_SIZE=str(CHUNK))  # fmt: skip
+
+    def on_tty(*flags: str, tag: str) -> str:
+        master, slave = pty.openpty()
+        argv = [sifbox_cli, *flags, "push", str(ocisif), f"docker://{_host(registry)}/progress/{tag}:1"]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, env=env)
+        os.close(slave)
+        out = b""
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            out += data
+        os.close(master)
+        assert proc.wait(timeout=120) == 0, out
+        return out.decode(errors="replace")
+
+    shown = on_tty(tag="a")
+    assert "\rUploading layer 1/1" in shown.replace("\x1b[K", "") and "100%" in shown, shown
+    assert on_tty("-q", tag="b") == ""
+    piped = subprocess.run([sifbox_cli, "push", str(ocisif), f"docker://{_host(registry)}/progress/c:1"], env=env,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert piped.returncode == 0 and "Uploading" not in piped.stderr, piped.stderr

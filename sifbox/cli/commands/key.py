@@ -70,6 +70,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         sub.choices[name].add_argument(
             "-u", "--url", default=None, metavar="URL",
             help="specify the key server URL (default: $SIFBOX_URL, $APPTAINER_URL, the default remote's keyservers)")
+    for name in ("import", "export", "list", "pull", "push", "remove"):
+        sub.choices[name].add_argument(
+            "-g", "--global", dest="global_", action="store_true",
+            help="manage the global public keyring (global-pgp-public beside sifbox.conf; changing it needs root)")
     for name in ("newpair", "list", "import", "export", "remove", "pull", "push"):
         sub.choices[name].add_argument(
             "-d", "--keysdir", default=None, metavar="DIR",
@@ -93,8 +97,14 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _keyring(args: argparse.Namespace | None = None):  # type: ignore[no-untyped-def]
-    from sifbox.security.keys import Keyring
+    from sifbox.security.keys import GlobalKeyring, Keyring, global_keyring_path
 
+    if getattr(args, "global_", False):
+        if getattr(args, "secret", False):
+            raise UsageError("can't use --secret with --global: the global keyring holds public keys only")
+        if getattr(args, "keysdir", None):
+            raise UsageError("can't use --keysdir with --global")
+        return GlobalKeyring(global_keyring_path(getattr(args, "config", None)))
     return Keyring(getattr(args, "keysdir", None) or None)
 
 
@@ -228,6 +238,9 @@ def _import(args: argparse.Namespace) -> int:
     if not keys:
         raise SifboxError(f"can't import `{args.file}`: no OpenPGP key found in it")
     kr = _keyring(args)
+    if any(k.secret for k in keys) and args.global_:
+        raise SifboxError(f"can't import `{args.file}` into the global keyring: it holds a private key",
+                          hint="export the public key (`sifbox key export`) and import that")  # fmt: skip
     if any(k.secret for k in keys):
         binary = _protect_anew(binary, [k.fingerprint for k in keys if k.secret], args.file)
     added = kr.add_secret(binary) if any(k.secret for k in keys) else kr.add_public(binary)
