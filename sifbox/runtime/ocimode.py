@@ -5,7 +5,8 @@ runtime configuration made here: runc's defaults (PID, IPC, UTS and mount namesp
 namespace for a user, mapping them to themselves, or to root with --fakeroot; /proc, a
 minimal /dev, /sys; masked and read-only /proc paths; runc's capability set), the image's OCI
 config when the SIF has one (a pulled image's `oci-config.json`: Env, Entrypoint, Cmd,
-WorkingDir), and Apptainer's options mapped: -B/--bind and --mount, --env, --home/--no-home,
+WorkingDir, User: the process runs as the image's USER, resolved in its /etc/passwd and
+/etc/group as runc does, the caller mapped to it; --fakeroot runs as root instead), and Apptainer's options mapped: -B/--bind and --mount, --env, --home/--no-home,
 --pwd, --fakeroot, --writable-tmpfs, --hostname, --security seccomp:, --memory/--cpus/--pids-limit.
 The process is PID 1 of its PID namespace; the host's environment is not passed (OCI: the
 image's, then --env); the root is read-only unless --writable-tmpfs. Then the launcher runs it
@@ -114,8 +115,70 @@ def _check(launch: Any) -> None:
                                     hint="run without --oci")  # fmt: skip
 
 
-def config(launch: Any, host: Any, oci: dict[str, Any]) -> dict[str, Any]:
-    """The OCI runtime configuration of the launch (`oci`: the image's OCI config)."""
+MAX_ID = (1 << 32) - 2
+
+
+def parse_user(user: str, passwd: str, group: str) -> tuple[int, int]:
+    """(uid, gid) of an image config's `User` (`name|uid[:group|gid]`), names looked up in
+    the image's /etc/passwd and /etc/group text, as runc resolves a Docker USER: a uid not
+    in passwd keeps gid 0 unless one is given. Raises UsageError for a name the image lacks
+    or an ID out of range."""
+    where = f"can't use the image's USER `{user[:80]}`"
+    name, _, grp = user.strip().partition(":")
+    if not name:
+        raise UsageError(f"{where}: no user")
+
+    def number(text: str) -> int | None:
+        if not text.isascii() or not text.isdigit():
+            return None
+        value = int(text)
+        if value > MAX_ID:
+            raise UsageError(f"{where}: ID `{text[:20]}` out of range")
+        return value
+
+    entries = [line.split(":") for line in passwd.splitlines() if line.count(":") >= 3]
+    uid = number(name)
+    entry = next((e for e in entries if (e[2] == name if uid is not None else e[0] == name)), None)
+    if uid is None:
+        uid = number(entry[2]) if entry is not None else None
+        if uid is None:
+            raise UsageError(f"{where}: no user `{name[:40]}` in the image's /etc/passwd")
+    gid = (number(entry[3]) if entry is not None else None) or 0
+    if grp:
+        given = number(grp)
+        if given is None:
+            found = next((g for g in (line.split(":") for line in group.splitlines()) if len(g) >= 3 and g[0] == grp),
+                         None)  # fmt: skip
+            given = number(found[2]) if found is not None else None
+            if given is None:
+                raise UsageError(f"{where}: no group `{grp[:40]}` in the image's /etc/group")
+        gid = given
+    return uid, gid
+
+
+def image_user(oci: dict[str, Any], source: Any) -> tuple[int, int] | None:
+    """The (uid, gid) the image's USER names, or None without one (or USER root)."""
+    user = oci.get("User")
+    if not isinstance(user, str) or not user.strip() or user.strip() in ("root", "0", "0:0", "root:root"):
+        return None
+    from sifbox.image import files
+
+    def text(path: str) -> str:
+        try:
+            data = files.read_file(source, path)
+        except Exception:  # noqa: BLE001 - an unreadable file is an empty one, as runc treats a missing one
+            return ""
+        return (data or b"")[: 1 << 20].decode("utf-8", "replace")
+
+    grp = user.strip().partition(":")[2]
+    passwd = text("/etc/passwd")
+    group = text("/etc/group") if grp and not grp.isdigit() else ""
+    return parse_user(user, passwd, group)
+
+
+def config(launch: Any, host: Any, oci: dict[str, Any], user: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The OCI runtime configuration of the launch (`oci`: the image's OCI config; `user`:
+    the uid and gid its USER names, or None)."""
     from sifbox.runtime import env as envmod
 
     spec, action, words = launch.spec, launch.action, list(launch.words)
@@ -149,6 +212,8 @@ def config(launch: Any, host: Any, oci: dict[str, Any]) -> dict[str, Any]:
                        "options": ["rbind"] + (["ro"] if b.readonly else [])})  # fmt: skip
     inside = 0 if fakeroot or host.is_root else host.uid
     inside_gid = 0 if fakeroot or host.is_root else host.gid
+    if user is not None and not spec.fakeroot:  # the image's USER, the caller mapped to it
+        inside, inside_gid = user
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
     linux: dict[str, Any] = {"namespaces": namespaces, "maskedPaths": MASKED, "readonlyPaths": READONLY}
     if not host.is_root or spec.userns:
@@ -198,7 +263,8 @@ def run(launch: Any) -> int:
 
             shutil.rmtree(temporary, ignore_errors=True)
     try:
-        doc = config(launch, host, image_config(opened.source))
+        oci = image_config(opened.source)
+        doc = config(launch, host, oci, image_user(oci, opened.source))
         bundle = ocispec.parse(doc, os.path.dirname(os.path.abspath(opened.source.path)))
         p = ocirun.plan(bundle, "oci-mode", image=opened.image)
     except BaseException:

@@ -76,7 +76,8 @@ def reap(pid: int) -> int | None:
 
 
 def oci_image_tar(dest: Path, name: str, cmd: list[str], *, entrypoint: list[str] | None = None,
-                  env: tuple[str, ...] = ("PATH=/bin",), workdir: str = "/") -> Path:  # fmt: skip
+                  env: tuple[str, ...] = ("PATH=/bin",), workdir: str = "/", user: str | None = None,
+                  files: dict[str, bytes] | None = None) -> Path:  # fmt: skip
     """An OCI image layout tarball (one layer: the busybox-static root file system), named
     `name` for `ctr images import`. Built from the host's busybox, byte for byte the same each time."""
     import gzip
@@ -101,11 +102,16 @@ def oci_image_tar(dest: Path, name: str, cmd: list[str], *, entrypoint: list[str
             info = tarfile.TarInfo(f"bin/{applet}")
             info.type, info.linkname = tarfile.SYMTYPE, "busybox"
             tar.addfile(info)
+        for path, data in (files or {}).items():
+            info = tarfile.TarInfo(path)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
     raw = layer.getvalue()
     packed = gzip.compress(raw, mtime=0)
     config = json.dumps({"architecture": "amd64", "os": "linux",
                          "config": {"Env": list(env), "Cmd": cmd, "WorkingDir": workdir,
-                                    **({"Entrypoint": entrypoint} if entrypoint else {})},
+                                    **({"Entrypoint": entrypoint} if entrypoint else {}),
+                                    **({"User": user} if user else {})},
                          "rootfs": {"type": "layers", "diff_ids": [blob(raw)[0]]}}).encode()  # fmt: skip
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",

@@ -87,3 +87,38 @@ def test_oci_sif_runs_with_its_image_config(run_as: Any, as_who: Any, oci_sif: P
     assert (r.returncode, r.stdout) == (3, "from-cmd\n"), r.stderr
     r = _sb(run_as, as_who, "exec", "--oci", ocisif, "sh", "-c", "echo $$ $FOO; pwd")
     assert (r.returncode, r.stdout) == (0, "1 bar\n/tmp\n"), r.stderr
+
+
+@pytest.fixture(scope="module")
+def user_images() -> Iterator[tuple[Path, Path]]:
+    """A SIF and an OCI-SIF of an image whose config says USER alice (1234:5678 in its passwd)."""
+    if os.geteuid() != 0:
+        pytest.skip("the test image is pulled as root")
+    base = Path(tempfile.mkdtemp(prefix="sifbox-ocimode-user-", dir="/tmp"))
+    base.chmod(0o755)
+    passwd = b"root:x:0:0::/root:/bin/sh\nalice:x:1234:5678::/home/alice:/bin/sh\n"
+    tar = oci_bundle.oci_image_tar(base / "img.tar", "docker.io/library/ocimode-user:1", ["id -u; id -g"],
+                                   entrypoint=["sh", "-c"], user="alice",
+                                   files={"etc/passwd": passwd, "etc/group": b"root:x:0:\n"})  # fmt: skip
+    out = []
+    for name, flags in (("img.sif", []), ("img.oci.sif", ["--oci"])):
+        r = subprocess.run([CLI, "pull", *flags, str(base / name), f"oci-archive:{tar}"], capture_output=True,
+                           text=True, check=False, env={**os.environ, "SIFBOX_CACHEDIR": str(base / "cache")})  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        (base / name).chmod(0o644)
+        out.append(base / name)
+    yield out[0], out[1]
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_oci_mode_applies_the_image_user(run_as: Any, as_who: Any, user_images: tuple[Path, Path]) -> None:
+    """--oci runs as the image's USER (the caller mapped to it); --fakeroot as root; native
+    mode, of a SIF or an OCI-SIF, as the caller (Apptainer's native mode ignores USER)."""
+    for image in user_images:
+        r = _sb(run_as, as_who, "run", "--oci", image)
+        assert (r.returncode, r.stdout) == (0, "1234\n5678\n"), r.stderr
+        r = _sb(run_as, as_who, "exec", image, "id", "-u")
+        assert (r.returncode, r.stdout) == (0, f"{as_who.uid}\n"), r.stderr
+    if as_who.uid != 0:
+        r = _sb(run_as, as_who, "exec", "--oci", "--fakeroot", user_images[1], "id", "-u")
+        assert (r.returncode, r.stdout) == (0, "0\n"), r.stderr
