@@ -53,6 +53,7 @@ class BuildRequest:
     disable_cache: bool = False  # registry images: no cache read or written
     arch: str | None = None  # another architecture's image (registry and OCI sources only)
     key: object | None = None  # --encrypt: sifbox.security.cryptkey.Key
+    shown_as: str | None = None  # the name step lines give the output (an OCI-SIF's layer: the OCI-SIF)
 
 
 class Steps:
@@ -190,7 +191,7 @@ def build(req: BuildRequest) -> None:
             )
     steps = Steps(req.quiet)
     run_as_root(lambda: _build_as_root(req, definition, converted, tmp_base, steps))
-    steps(f"built {req.output}")
+    steps(f"built {req.shown_as or req.output}")
 
 
 def _scratch_base() -> str:
@@ -650,7 +651,7 @@ def _write_output(
     if not req.quiet and sys.stderr.isatty():
         squash = dataclasses.replace(squash, progress=True)
     if req.fmt == "squashfs":
-        steps(f"creating SquashFS image {req.output}")
+        steps(f"creating SquashFS image {req.shown_as or req.output}")
         assemble.write_squashfs(root, req.output, squash)
         return
     steps(f"creating SIF image {req.output}")

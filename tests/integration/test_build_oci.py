@@ -301,3 +301,47 @@ def test_corrupt_layer_is_refused(images, run_as, as_who, sifbox_cli, shared_tmp
     assert "digest mismatch" in err[0]
     assert "running %post" not in proc.stderr
     assert not out.exists()
+
+
+def test_build_oci_sif_from_definition(images, run_as, as_who, sifbox_cli, shared_tmp) -> None:  # noqa: F811
+    """`build --oci OUT.oci.sif app.def`: the built root (its /.singularity.d too) as the one
+    SquashFS layer of an OCI-SIF whose config says ENTRYPOINT Apptainer's run action, the
+    plain %environment assignments as Env, the labels; it runs (natively and --oci), inspects,
+    and SOURCE_DATE_EPOCH makes it byte for byte reproducible."""
+    from sifbox.formats.sif import SifImage, oci
+
+    deffile = _def(shared_tmp, "oci", FROM["oci"](images))
+    outs = []
+    for name in ("a.oci.sif", "b.oci.sif"):
+        out = shared_tmp / name
+        scratch = shared_tmp / "scratch"
+        scratch.mkdir(exist_ok=True)
+        scratch.chmod(0o777)
+        proc = _sifbox(run_as, as_who, sifbox_cli, "build", "--oci", str(out), str(deffile), cwd=shared_tmp,
+                       SIFBOX_TMPDIR=str(scratch), SOURCE_DATE_EPOCH="1700000000")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert f"wrote OCI-SIF {out}" in proc.stderr and ".sqfs" not in proc.stderr, proc.stderr
+        assert sorted(p.name for p in shared_tmp.iterdir() if p.name.startswith(".")) == [], "temporary files left"
+        outs.append(out)
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    with open(outs[0], "rb") as f:
+        img = SifImage.load(f)
+        got = oci.load_image(img, "amd64")
+    assert len(got.layers) == 1
+    inner = got.config["config"]
+    assert inner["Entrypoint"] == ["/.singularity.d/actions/run"] and "FROM_DEF=def env" in inner["Env"]
+    assert inner["Labels"]["org.example.def"] == "yes" and got.config["created"] == "2023-11-14T22:13:20Z"
+    run = _sifbox(run_as, as_who, sifbox_cli, "run", str(outs[0]), "a", "b c")
+    assert (run.returncode, run.stdout) == (0, "runscript: hello from oci, def env, a b c\n"), run.stderr
+    run = _sifbox(run_as, as_who, sifbox_cli, "run", "--oci", str(outs[0]), "x")
+    assert (run.returncode, run.stdout) == (0, "runscript: hello from oci, def env, x\n"), run.stderr
+    ex = _sifbox(run_as, as_who, sifbox_cli, "exec", str(outs[0]), "cat", "/post-file")
+    assert (ex.returncode, ex.stdout) == (0, "made in %post\n"), ex.stderr
+    ins = _sifbox(run_as, as_who, sifbox_cli, "inspect", "--json", "--labels", "--runscript", str(outs[0]))
+    assert ins.returncode == 0, ins.stderr
+    attrs = json.loads(ins.stdout)["data"]["attributes"]
+    assert attrs["labels"]["org.example.def"] == "yes" and "runscript: $GREETING" in attrs["runscript"]
+    # a URI that is no OCI source, or a missing file, is one clear error
+    proc = _sifbox(run_as, as_who, sifbox_cli, "build", "--oci", str(shared_tmp / "c.oci.sif"), "library://x/y",
+                   cwd=shared_tmp)  # fmt: skip
+    assert proc.returncode == 125 and "definition files" in proc.stderr, proc.stderr

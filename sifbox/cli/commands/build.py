@@ -7,6 +7,7 @@ convert between image kinds (SIF, sandbox directory, bare SquashFS).
     sifbox build app.sif app/                    SIF from a sandbox (or SquashFS)
     sifbox build --sandbox app/ app.sif          sandbox from a SIF
     sifbox build --oci app.oci.sif docker://REF  OCI-SIF from an OCI image (as `pull --oci`)
+    sifbox build --oci app.oci.sif app.def       OCI-SIF from a definition file
 
 Unprivileged users build as root of a user namespace (fakeroot), with their
 /etc/subuid and /etc/subgid ranges when configured. With SOURCE_DATE_EPOCH
@@ -106,8 +107,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="directory for the build's scratch files (default: SIFBOX_TMPDIR, TMPDIR, /tmp)",
     )
     p.add_argument("--oci", action="store_true",
-                   help="build an OCI-SIF image (SingularityCE's layout) from an OCI source: docker://, oci:, "
-                   "oci-archive:, docker-archive:")  # fmt: skip
+                   help="build an OCI-SIF image (SingularityCE's layout) from an OCI source (docker://, oci:, "
+                   "oci-archive:, docker-archive:) or a definition file")  # fmt: skip
     p.add_argument("--disable-cache", action="store_true", help="do not use the image cache")
     p.add_argument("--no-https", "--nohttps", dest="no_https", action="store_true",
                    help="use http instead of https for `Bootstrap: docker` registries; also SIFBOX_NOHTTPS=1")
@@ -277,17 +278,37 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _oci_sif_from_definition(args: argparse.Namespace) -> int:
+    """`build --oci OUT app.def`: the definition built as any image, kept as an OCI-SIF."""
+    from sifbox.build.ocisif import build_oci_sif
+
+    if args.encrypt or args.passphrase or args.pem_path:
+        raise UsageError(f"can't build `{args.image}` encrypted with --oci: OCI-SIF images are not encrypted")
+    req = request(args)
+    if not req.force and os.path.lexists(req.output):
+        if not _overwrite_agreed(req.output):
+            return 0
+        req = dataclasses.replace(req, force=True)
+    if args.no_https:
+        os.environ["SIFBOX_NOHTTPS"] = "1"
+    build_oci_sif(req)
+    return 0
+
+
 def _oci_sif(args: argparse.Namespace) -> int:
     """`build --oci OUT SOURCE`: an OCI-SIF of an OCI image, as `pull --oci OUT SOURCE` makes it."""
     from sifbox.cli.commands import pull
 
-    if args.spec.partition(":")[0] not in (*pull.LOCAL, "docker"):
-        raise NotAvailableError(f"can't build `{args.image}` with --oci from `{args.spec}`: sifbox builds OCI-SIF "
-                                "images from OCI sources only (docker://, oci:, oci-archive:, docker-archive:)",
-                                hint=f"build a SIF (`sifbox build {args.image.removesuffix('.oci.sif')}.sif "
-                                f"{args.spec}`), or an OCI image with another tool, then `build --oci`")  # fmt: skip
     if args.sandbox:
         raise UsageError("can't use --oci with --sandbox: an OCI-SIF is a file")
+    if args.spec.partition(":")[0] not in (*pull.LOCAL, "docker"):
+        if "://" in args.spec or not os.path.isfile(args.spec):
+            raise NotAvailableError(f"can't build `{args.image}` with --oci from `{args.spec}`: sifbox builds OCI-SIF "
+                                    "images from OCI sources (docker://, oci:, oci-archive:, docker-archive:) and "
+                                    "definition files",
+                                    hint=f"build a SIF (`sifbox build {args.image.removesuffix('.oci.sif')}.sif "
+                                    f"{args.spec}`)")  # fmt: skip
+        return _oci_sif_from_definition(args)
     pulled = argparse.Namespace(uri=args.spec, out=args.image, dir=None, force=args.force, oci=True, platform=None,
                                 arch=args.arch, disable_cache=args.disable_cache, no_https=args.no_https,
                                 config=getattr(args, "config", None))  # fmt: skip

@@ -49,9 +49,10 @@ def request(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def gather(src: ImageSource, warnings: list[str]) -> Metadata:
     """Everything `inspect --all` shows of the opened image `src`."""
     from sifbox.formats import inspectmeta
+    from sifbox.formats.sif.oci import own_metadata
     from sifbox.image.files import read_glob
 
-    if src.oci is not None:  # an OCI-SIF: what its image config gives, as a pull to SIF has it
+    if src.oci is not None and not own_metadata(src.oci.config):  # what its image config gives, as a SIF has it
         from fnmatch import fnmatchcase
 
         from sifbox.formats.sif.oci import singularity_files

@@ -46,6 +46,10 @@ EXT3_LAYER = "application/vnd.sylabs.image.layer.v1.ext3"
 #: The artifact type of SingularityCE's data containers (not runnable).
 DATA_CONTAINER = "application/vnd.sylabs.data-container.v1"
 
+#: The ENTRYPOINT of an OCI-SIF built from a definition file: the image carries its own
+#: `/.singularity.d` (runscript, environment, labels, startscript, apps), which it keeps.
+DEFFILE_ENTRYPOINT = ["/.singularity.d/actions/run"]
+
 #: Largest index, manifest or image config read (bytes); deepest nesting of indexes.
 MAX_DOCUMENT = 4 << 20
 MAX_DEPTH = 4
@@ -239,11 +243,21 @@ def load_image(img: SifImage, arch: str) -> OciImage:
     return OciImage(manifest_digest, config_digest, config, tuple(layers), overlay)
 
 
+def own_metadata(config: dict[str, Any]) -> bool:
+    """Whether the image (a definition-file build) carries its own `/.singularity.d`."""
+    inner = config.get("config")
+    return isinstance(inner, dict) and inner.get("Entrypoint") == DEFFILE_ENTRYPOINT
+
+
 def singularity_files(config: dict[str, Any]) -> list[tuple[str, bytes, int]]:
     """The `/.singularity.d` files an image config gives (path, bytes, mode): what a pull
     of the same image to SIF writes there (runscript from ENTRYPOINT/CMD, env scripts from
-    ENV, labels), so that OCI-SIF and SIF of one image run alike."""
+    ENV, labels), so that OCI-SIF and SIF of one image run alike. None for an image built
+    from a definition file, whose layer has its own."""
     from sifbox.formats import singularityd as sd
+
+    if own_metadata(config):
+        return []
 
     tree = sd.replacing(sd.merge(sd.base_tree(), sd.oci_tree(sd.OciConfig.from_config(config))))
     return [(e.path, e.data, e.mode) for e in tree if e.kind is sd.Kind.FILE and e.path.startswith(sd.SD + "/")]
