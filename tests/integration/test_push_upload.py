@@ -195,3 +195,31 @@ def test_progress_bar_on_a_terminal_only(registry, ocisif, sifbox_cli, tmp_path)
     piped = subprocess.run([sifbox_cli, "push", str(ocisif), f"docker://{_host(registry)}/progress/c:1"], env=env,
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert piped.returncode == 0 and "Uploading" not in piped.stderr, piped.stderr
+
+
+@pytest.mark.parametrize("damaged", ["root-index", "config"])
+def test_damaged_oci_sif_is_not_pushed(damaged, registry, ocisif, run_as, as_who, sifbox_cli, shared_tmp) -> None:  # type: ignore[no-untyped-def]
+    """An OCI-SIF whose root index or config no longer matches its digest: one error line, and
+    nothing reaches the registry (not a blob, not a manifest)."""
+    from sifbox.formats.sif import SifImage
+    from sifbox.formats.sif import constants as c
+
+    bad = shared_tmp / "bad.oci.sif"
+    data = bytearray(ocisif.read_bytes())
+    with open(ocisif, "rb") as f:
+        img = SifImage.load(f)
+        objs = list(img.objects())
+    if damaged == "root-index":
+        d = next(o for o in objs if o.data_type == c.DataType.OCI_ROOT_INDEX)
+    else:  # the config: the smallest blob
+        d = min((o for o in objs if o.data_type == c.DataType.OCI_BLOB), key=lambda o: o.size)
+    data[d.offset + 2] ^= 0x01
+    bad.write_bytes(bytes(data))
+    bad.chmod(0o644)
+    with FaultyProxy(_host(registry), lambda m, p, i: None) as proxy:
+        ref = f"{proxy.host}/{as_who.name}/damaged:1"
+        proc = run_as(as_who, [sifbox_cli, "push", str(bad), f"docker://{ref}"], env=_env(as_who, shared_tmp))
+    assert proc.returncode == 255, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if not ln.startswith("hint:")]
+    assert len(lines) == 1 and lines[0].startswith(f"sifbox: error: can't push `{bad}`"), proc.stderr
+    assert not any(r.startswith(("POST", "PUT", "PATCH")) for r in proxy.requests), proxy.requests

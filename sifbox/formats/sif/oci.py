@@ -209,7 +209,8 @@ class _NoImage(OciSifError):
 def load_image(img: SifImage, arch: str) -> OciImage:
     """The image of the OCI-SIF `img` for linux/`arch` (Go's names: amd64, arm64, ...)."""
     blobs = _Blobs(img)
-    root = blobs.document(blobs.root, "the root index", None)
+    stored = blobs.root.oci_digest()  # the digest its descriptor records, when it records one
+    root = blobs.document(blobs.root, "the root index", stored if stored.startswith("sha256:") else None)
     try:
         manifest_digest, manifest = _choose(blobs, root, arch, 0)
     except _NoImage as err:
