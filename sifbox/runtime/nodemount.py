@@ -386,8 +386,8 @@ def _why_not(p: Any, instance: str | None) -> str | None:
         return "--no-share"
     if not p.cfg.get_bool("share image mounts"):
         return "`share image mounts = no` in sifbox.conf"
-    if instance is not None or p.joining is not None or p.fixed is not None:
-        return ""  # an instance keeps its own mounts (not yet shared)
+    if p.joining is not None or p.fixed is not None:
+        return ""
     if p.image is None or p.image.kind != "squashfs":
         return ""
     if p.ns.maps is not None or p.ns.inside is not None:
