@@ -357,11 +357,103 @@ def forget(dir_fd: int, key: str, pid: int) -> None:
         _unlink(dir_fd, f"{key}.{STATE}")
 
 
-def for_launch(p: Any, *, instance: str | None) -> Joinable | None:
-    """The holder a prepared launch (`launcher.Prepared`) joins, or None: it mounts the
-    image itself (sharing is off, or doesn't apply, or failed: said at -v)."""
+class ServiceMount:
+    """The mount service's mount of the image (`sifbox.runtime.mountsvc`): `path` in the
+    host's mount namespace, the root of a mount of device `dev`."""
+
+    __slots__ = ("dev", "path")
+
+    def __init__(self, path: str, dev: int) -> None:
+        self.path, self.dev = path, dev
+
+
+def ask_service(sock_path: str, op: str, fd: int | None = None, timeout: float = 60.0) -> dict[str, Any]:
+    """One request to the mount service; its reply. Raises Unshared if it can't be asked."""
+    import socket
+
+    from sifbox.runtime import mountsvc_protocol as proto
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.settimeout(timeout)
+        chunks, total = [], 0
+        try:
+            s.connect(sock_path)
+            data = proto.encode_request(op)
+            if fd is None:
+                s.sendall(data)
+            else:
+                socket.send_fds(s, [data], [fd])
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > proto.MAX_REPLY:
+                    break
+        except OSError as err:
+            raise Unshared(f"no mount service at `{sock_path}`: {os.strerror(err.errno) if err.errno else err}") from None
+    finally:
+        s.close()
+    try:
+        return proto.parse_reply(b"".join(chunks))
+    except proto.ProtocolError as err:
+        raise Unshared(err.reason) from None
+
+
+def _from_service(p: Any) -> ServiceMount | None:
+    """The mount service's mount of the image, if `mount service = yes` and it serves it."""
+    if not p.cfg.get_bool("mount service") or p.opened is None:
+        return None
+    source = p.opened.source
+    if source.kind != "sif" or source.oci is not None or source.encryption is not None:
+        reason = "it is not a SIF image"
+    else:
+        try:
+            reply = ask_service(p.cfg.get_str("mount service socket"), "mount", p.image.fd)
+        except Unshared as err:
+            reason = str(err)
+        else:
+            if reply.get("ok") and isinstance(reply.get("path"), str) and isinstance(reply.get("dev"), int):
+                if p.log:
+                    p.log("image %s: joining the mount service's mount of it", p.image.path)
+                return ServiceMount(str(reply["path"]), int(reply["dev"]))
+            reason = str(reply.get("error", "refused"))
+    if p.log:
+        p.log("image %s: not from the mount service: %s", p.image.path, reason)
+    return None
+
+
+def enter(p: Any) -> int | None:
+    """Enter the container's namespaces, by way of the shared mount `p.share` (a holder's,
+    or the service's); an O_PATH descriptor of that mount, or None: mount the image here."""
+    from sifbox.runtime.sandbox import join, namespaces
+
+    if isinstance(p.share, ServiceMount):
+        namespaces.enter(p.ns, image=p.spec.image)
+        try:
+            return join.open_mounted(p.share.path, p.share.dev)
+        except OSError as err:
+            if p.log:
+                p.log("image %s: the mount service's mount is gone (%s): mounting it here", p.image.path,
+                      os.strerror(err.errno or 0))  # fmt: skip
+            return None
+    join.enter_holder(p.share.pidfd, userns=p.userns)
+    p.share.close_pidfd()
+    namespaces.enter(p.ns._replace(user=False), image=p.spec.image)
+    try:
+        return join.open_mounted(p.share.mount, p.share.dev)
+    except OSError:
+        return None  # mounted here instead
+
+
+def for_launch(p: Any, *, instance: str | None) -> Joinable | ServiceMount | None:
+    """The shared mount a prepared launch (`launcher.Prepared`) joins: the mount service's
+    (`mount service = yes`), else its holder; or None: it mounts the image itself (sharing
+    is off, or doesn't apply, or failed: said at -v)."""
     reason = _why_not(p, instance)
     if reason is None:
+        served = _from_service(p)
+        if served is not None:
+            return served
         try:
             idle = int(os.environ.get("SIFBOX_SHARE_IDLE_TIMEOUT", "") or p.cfg.get_int("share image idle timeout"))
         except ValueError:
