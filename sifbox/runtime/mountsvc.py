@@ -222,7 +222,7 @@ class Service:
                 os.close(rfd)
             digest = doc["stored_digest"]
             if not isinstance(digest, str):
-                raise ValueError(digest)
+                raise TypeError(digest)
         except (OSError, ValueError, KeyError, TypeError):
             raise Refused("the admission store has no record of this image") from None
         return digest
@@ -419,7 +419,13 @@ def serve(cfg: Any, conf_path: str | None, *, log: Any = print) -> int:
 
     from sifbox.runtime.sandbox import servicemount
     from sifbox.security.store_server import Gate, clients_within
-    from sifbox.security.store_setup import MAX_SOCKET_PATH, StartError, bind_socket, open_dir, raise_descriptor_limit
+    from sifbox.security.store_setup import (
+        MAX_SOCKET_PATH,
+        StartError,
+        bind_socket,
+        open_dir,
+        raise_descriptor_limit,
+    )
 
     s = Settings(cfg, conf_path)
     if os.geteuid() != 0:
@@ -437,7 +443,7 @@ def serve(cfg: Any, conf_path: str | None, *, log: Any = print) -> int:
                 raise StartError(f"`{s.dir}` leads elsewhere (`{top.path}`)", hint="use the real path in sifbox.conf")
             os.fchmod(top.fd, 0o711)
             _mkdir(os.path.join(s.dir, IMAGES), 0o700)
-            servicemount.make_private(s.dir)
+            bound = servicemount.make_private(s.dir)
             service = Service(s, log)
             service.clean_leftovers()
             limits = raise_descriptor_limit(64 + 8 * s.max_clients)
@@ -469,8 +475,9 @@ def serve(cfg: Any, conf_path: str | None, *, log: Any = print) -> int:
         with contextlib.suppress(OSError):
             os.unlink(s.socket)
         service.stop_all()
-        with contextlib.suppress(OSError):
-            servicemount.detach(s.dir)
+        if bound:  # a mount of the directory made by the site stays
+            with contextlib.suppress(OSError):
+                servicemount.detach(s.dir)
     log("sifbox mount service: stopped")
     return 0
 

@@ -19,12 +19,23 @@ from sifbox.runtime.sandbox.rootfs import set_flags
 _LOCKED = sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
 
 
-def make_private(path: str) -> None:
+def make_private(path: str) -> bool:
     """Bind the directory `path` on itself (unless it is a mount point already) and make
-    it a private mount."""
-    if os.stat(path).st_dev == os.stat(os.path.dirname(path.rstrip("/")) or "/").st_dev:
+    it a private mount; whether it was bound here."""
+    bound = not is_mount_point(path)
+    if bound:
         sc.mount(path, path, None, sc.MS_BIND)
     sc.mount(None, path, None, sc.MS_PRIVATE)
+    return bound
+
+
+def is_mount_point(path: str) -> bool:
+    """Whether a mount of this namespace is at `path` (a bind of a directory of the same file
+    system included, which device numbers can't tell)."""
+    with open("/proc/self/mountinfo", "rb") as f:
+        points = {line.split(b" ", 5)[4] for line in f.read().splitlines() if line.count(b" ") >= 5}
+    encoded = os.fsencode(path).replace(b"\\", b"\\134").replace(b" ", b"\\040").replace(b"\n", b"\\012")
+    return encoded.replace(b"\t", b"\\011") in points
 
 
 def mount_squashfs(fd: int, offset: int, size: int, target: str) -> str:
