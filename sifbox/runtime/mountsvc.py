@@ -22,11 +22,12 @@ root's, 0700, with a POSIX ACL that lets UID alone through). The caller's launch
 user+mount namespace, where the kernel locks those flags, and binds that tree as the
 container's image: every container of every user shares one mount and one page cache.
 
-Reference counting is the kernel's: a container's bind keeps the superblock (and the loop
-device) alive. The service unmounts an image no request asked for in `mount service idle
-timeout` seconds once no mount namespace but its own (and copies under DIR, taken by a
-namespace unshared while it was there) mounts it; the loop device goes with the last
-mount. On SIGTERM it detaches every mount it made. It starts no helper process.
+Reference counting: each launch takes a shared lock of DIR/UID/DIGEST.refs (root's, 0644)
+for its container's lifetime, as a node holder's launches do. The service unmounts an image
+no request asked for in `mount service idle timeout` seconds once nobody holds such a lock;
+a container that still runs keeps the superblock (the kernel counts its bind), and the
+auto-clearing loop device goes with the last mount. On SIGTERM it detaches every mount it
+made. It starts no helper process.
 
 Connections are bounded as the store's (`store_server.Gate`): at most `mount service max
 clients` at once, `... per user` of one user, callers without a user name turned away,
@@ -276,10 +277,12 @@ class Service:
                     _mkdir(mine, 0o700)
                     servicemount.bind_locked(held.path, mine)
                     held.users.add(uid)
+                refs = self._refs(uid, key)
+                os.close(os.open(refs, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
             except OSError as err:
                 raise Refused(f"can't mount `{image}`: {describe_os_error(err)}") from None
             held.last = time.monotonic()
-            return {"ok": True, "path": mine, "dev": held.dev, "digest": digest}
+            return {"ok": True, "path": mine, "dev": held.dev, "digest": digest, "refs": refs}
 
     def _user_dir(self, uid: int) -> str:
         from sifbox.security.store import acl_bytes
@@ -306,9 +309,15 @@ class Service:
         now = time.monotonic() if now is None else now
         with self.lock:
             for held in list(self.held.values()):
-                if now - held.last >= self.s.idle and not mount_in_use(held.dev, self.s.dir):
+                if now - held.last >= self.s.idle and not self._in_use(held):
                     self.log(f"sifbox mount service: unmounted idle {held.image} ({held.digest})")
                     self._drop(held)
+
+    def _in_use(self, held: Held) -> bool:
+        return any(_refs_held(self._refs(uid, held.key)) for uid in held.users)
+
+    def _refs(self, uid: int, key: str) -> str:
+        return os.path.join(self.s.dir, str(uid), key + ".refs")
 
     def _drop(self, held: Held) -> None:
         from sifbox.runtime.sandbox import servicemount
@@ -318,6 +327,8 @@ class Service:
             with contextlib.suppress(OSError):
                 servicemount.detach(mine)
             _rmdir(mine)
+            with contextlib.suppress(OSError):
+                os.unlink(self._refs(uid, held.key))
         with contextlib.suppress(OSError):
             servicemount.detach(held.path)
         _rmdir(held.path)
@@ -333,7 +344,7 @@ class Service:
                 rows.append({"digest": held.digest, "image": held.image, "dev": held.dev,
                              "path": os.path.join(self.s.dir, str(uid), held.key) if uid else held.path,
                              "users": sorted(held.users) if uid == 0 else [uid],
-                             "in_use": mount_in_use(held.dev, self.s.dir), "idle": round(now - held.last, 1)})  # fmt: skip
+                             "in_use": self._in_use(held), "idle": round(now - held.last, 1)})  # fmt: skip
         return rows
 
     def stop_all(self) -> None:
@@ -380,34 +391,20 @@ def _is_mount_of(path: str, dev: int) -> bool:
         return False
 
 
-def mount_in_use(dev: int, own_dir: str) -> bool:
-    """Whether a mount namespace other than this process's mounts device `dev` anywhere
-    but under `own_dir` (the copies of the service's own mounts that a namespace took when
-    it was made do not count)."""
-    wanted = f"{os.major(dev)}:{os.minor(dev)}"
-    prefix = own_dir.rstrip("/") + "/"
+def _refs_held(path: str) -> bool:
+    """Whether a container holds a shared lock of the file at `path` (its launch took it
+    when the service answered, and keeps it for the container's lifetime)."""
     try:
-        own = os.readlink("/proc/self/ns/mnt")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
     except OSError:
         return True
-    seen = {own}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            ns = os.readlink(f"/proc/{entry}/ns/mnt")
-            if ns in seen:
-                continue
-            seen.add(ns)
-            with open(f"/proc/{entry}/mountinfo", "rb") as f:
-                text = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        for line in text.splitlines():
-            fields = line.split(" ", 5)
-            if len(fields) > 4 and fields[2] == wanted and not fields[4].startswith(prefix):
-                return True
-    return False
+    finally:
+        os.close(fd)
 
 
 # --- the daemon ----------------------------------------------------------------------------------
@@ -523,6 +520,7 @@ def _accept_loop(server: socket.socket, service: Service, gate: Any, stopping: t
         why = why.replace("the image store", "the mount service")
         with contextlib.suppress(OSError):
             conn.send(encode_reply({"ok": False, "error": why, "busy": peer.name is not None}), socket.MSG_DONTWAIT)
+            conn.recv(MAX_REQUEST, socket.MSG_DONTWAIT)  # a request read is no reset that loses the reply
         conn.close()
 
 

@@ -359,12 +359,13 @@ def forget(dir_fd: int, key: str, pid: int) -> None:
 
 class ServiceMount:
     """The mount service's mount of the image (`sifbox.runtime.mountsvc`): `path` in the
-    host's mount namespace, the root of a mount of device `dev`."""
+    host's mount namespace, the root of a mount of device `dev`; `refs`, the descriptor
+    whose shared lock keeps the service from unmounting it while this container runs."""
 
-    __slots__ = ("dev", "path")
+    __slots__ = ("dev", "path", "refs")
 
-    def __init__(self, path: str, dev: int) -> None:
-        self.path, self.dev = path, dev
+    def __init__(self, path: str, dev: int, refs: int) -> None:
+        self.path, self.dev, self.refs = path, dev, refs
 
 
 def ask_service(sock_path: str, op: str, fd: int | None = None, timeout: float = 60.0) -> dict[str, Any]:
@@ -412,11 +413,23 @@ def _from_service(p: Any) -> ServiceMount | None:
         except Unshared as err:
             reason = str(err)
         else:
-            if reply.get("ok") and isinstance(reply.get("path"), str) and isinstance(reply.get("dev"), int):
-                if p.log:
-                    p.log("image %s: joining the mount service's mount of it", p.image.path)
-                return ServiceMount(str(reply["path"]), int(reply["dev"]))
-            reason = str(reply.get("error", "refused"))
+            fields = (reply.get("path"), reply.get("dev"), reply.get("refs"))
+            if reply.get("ok") and isinstance(fields[0], str) and isinstance(fields[1], int) and isinstance(fields[2], str):
+                try:
+                    refs = os.open(fields[2], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+                    try:
+                        fcntl.flock(refs, fcntl.LOCK_SH)
+                    except OSError:
+                        os.close(refs)
+                        raise
+                except OSError as err:
+                    reason = f"can't hold its mount: {err.strerror}"
+                else:
+                    if p.log:
+                        p.log("image %s: joining the mount service's mount of it", p.image.path)
+                    return ServiceMount(fields[0], fields[1], refs)
+            else:
+                reason = str(reply.get("error", "refused"))
     if p.log:
         p.log("image %s: not from the mount service: %s", p.image.path, reason)
     return None

@@ -58,7 +58,9 @@ if path:
         fds.append(os.open(path, os.O_RDONLY))
 try:
     try:
-        if fds:
+        if how == "silent":
+            pass  # connects, says nothing, reads
+        elif fds:
             socket.send_fds(s, [data], fds)
         else:
             s.sendall(data)
@@ -192,12 +194,26 @@ def test_containers_of_every_user_join_one_service_mount(run_as, test_user, serv
     root = images.user_named("root")
     mine = service.store / "root" / "app.sif"
     theirs = service.store / test_user.name / "app.sif"
-    first = _launch(run_as, root, service, mine)
-    assert first.returncode == 0, first.stderr
-    assert first.stdout == "hello from image\n"
-    assert "joining the mount service's mount" in first.stderr, first.stderr
-    assert "image driver: shared node mount" in first.stderr
-    assert "node mount holder" not in first.stderr
+    # Root's container runs (and holds the mount) while the user's come and go.
+    holding = subprocess.Popen([service.cli, "-c", str(service.client_conf), "-v", "exec", str(mine), "sh", "-c",
+                                "cat /data/hello.txt; read line"], env=env_for(root), stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holding.stdout is not None and holding.stdout.readline() == "hello from image\n"
+        _while_root_holds_it(run_as, test_user, service, theirs)
+    finally:
+        _, err = holding.communicate("\n", timeout=LAUNCH_TIMEOUT)
+    assert holding.returncode == 0, err
+    assert "joining the mount service's mount" in err, err
+    assert "image driver: shared node mount" in err
+    assert "node mount holder" not in err
+    # Idle, and no container uses it: unmounted, its loop device gone.
+    assert _wait_unmounted(service) == []
+    assert _loops_of([service.store], wait=10) == []
+
+
+def _while_root_holds_it(run_as, test_user, service: Service, theirs: Path) -> None:  # type: ignore[no-untyped-def]
+    root = images.user_named("root")
     # The test user's container, of the user's own admitted copy (same bytes): the same mount.
     probe = "cat /data/hello.txt; ls /bin/sh >/dev/null && grep ' / ' /proc/self/mountinfo | head -n 1"
     second = _launch(run_as, test_user, service, theirs, "sh", "-c", probe)
@@ -215,7 +231,7 @@ def test_containers_of_every_user_join_one_service_mount(run_as, test_user, serv
     listed = run_as(test_user, [service.cli, "-c", str(service.client_conf), "mounts", "list", "--json"],
                     env=env_for(test_user))  # fmt: skip
     rows = [r for r in json.loads(listed.stdout) if r["state"] == "service"]
-    assert [(r["uid"], r["key"]) for r in rows] == [(test_user.uid, service.digest)], listed.stdout
+    assert [(r["uid"], r["key"], r["in_use"]) for r in rows] == [(test_user.uid, service.digest, True)], listed.stdout
     listed = run_as(root, [service.cli, "-c", str(service.client_conf), "mounts", "list", "--all"], env=env_for(root))
     assert listed.stdout.count(" service ") == 2, listed.stdout
     # Another user can't reach the user's bind of it.
@@ -224,9 +240,6 @@ def test_containers_of_every_user_join_one_service_mount(run_as, test_user, serv
     peek = subprocess.run(["runuser", "-u", "nobody", "--", "ls", str(theirs_dir)], capture_output=True, text=True,
                           check=False)  # fmt: skip
     assert peek.returncode != 0 and "Permission denied" in peek.stderr, peek
-    # Idle, and no container uses it: unmounted, its loop device gone.
-    assert _wait_unmounted(service) == []
-    assert _loops_of([service.store], wait=10) == []
 
 
 def test_doctor_says_whether_the_service_answers(run_as, as_who, service: Service) -> None:
@@ -341,7 +354,7 @@ def test_a_flood_of_one_user_leaves_the_others_served(run_as, test_user, service
         assert int(flood.stdout.readline()) >= 8  # 12 connections, 4 served at once at most
         reply = service.ask(run_as, images.user_named("root"), "ping")
         assert reply["ok"] is True, reply
-        busy = service.ask(run_as, test_user, "ping")
+        busy = service.ask(run_as, test_user, "ping", None, "silent")
         assert busy["ok"] is False and busy.get("busy") is True, busy
     finally:
         flood.communicate("\n", timeout=30)
@@ -412,3 +425,29 @@ def test_a_killed_service_is_cleaned_up(run_as, sifbox_cli: str, action_images: 
         left = svc.mounts()
         shutil.rmtree(base, ignore_errors=True)
     assert left == [] and _loops_of([svc.store], wait=10) == []
+
+
+def test_a_running_container_or_instance_keeps_the_mount(run_as, as_who, service: Service) -> None:
+    """Past the idle timeout, the image stays mounted while a container (an instance) of it
+    runs, and is shown in use; once the instance is stopped it goes, and nothing is left."""
+    image = service.store / ("root" if as_who.is_root else as_who.name) / "app.sif"
+    name = f"msvc{os.getpid()}"
+    env = env_for(as_who)
+    argv = [service.cli, "-c", str(service.client_conf), "-v", "instance", "start", str(image), name]
+    start = run_as(as_who, argv, env=env, timeout=LAUNCH_TIMEOUT)
+    try:
+        assert start.returncode == 0, start.stderr
+        assert "joining the mount service's mount" in start.stderr, start.stderr
+        time.sleep(2.5)  # the idle timeout is 1 s
+        assert len(service.mounts()) == 2
+        joined = run_as(as_who, [service.cli, "-c", str(service.client_conf), "exec", f"instance://{name}", "cat",
+                                 "/data/hello.txt"], env=env, timeout=LAUNCH_TIMEOUT)  # fmt: skip
+        assert joined.stdout == "hello from image\n", joined.stderr
+        listed = run_as(as_who, [service.cli, "-c", str(service.client_conf), "mounts", "list", "--json"], env=env)
+        rows = [r for r in json.loads(listed.stdout) if r["state"] == "service"]
+        assert [r["in_use"] for r in rows] == [True], listed.stdout
+    finally:
+        stop = run_as(as_who, [service.cli, "instance", "stop", name], env=env, timeout=LAUNCH_TIMEOUT)
+    assert stop.returncode == 0, stop.stderr
+    assert _wait_unmounted(service) == []
+    assert _loops_of([service.store], wait=10) == []
