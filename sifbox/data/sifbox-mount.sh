@@ -17,5 +17,5 @@ awk -v d="$dir" '$5 == d || index($5, d "/") == 1 { print length($5), $5 }' /pro
     sort -rn | while read -r _ point; do
         umount -l "$point" 2>/dev/null
     done
-rm -f "$dir/mount.sock" 2>/dev/null
+rm -f "$dir/mount.sock" "$dir/.bound" 2>/dev/null
 exit 0

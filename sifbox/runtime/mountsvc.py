@@ -440,7 +440,12 @@ def serve(cfg: Any, conf_path: str | None, *, log: Any = print) -> int:
                 raise StartError(f"`{s.dir}` leads elsewhere (`{top.path}`)", hint="use the real path in sifbox.conf")
             os.fchmod(top.fd, 0o711)
             _mkdir(os.path.join(s.dir, IMAGES), 0o700)
-            bound = servicemount.make_private(s.dir)
+            # Whether the directory's bind is the service's (made now, or by a killed run of
+            # it: the marker says so), to undo on stop; a mount the site made there stays.
+            marker = os.path.join(s.dir, ".bound")
+            bound = servicemount.make_private(s.dir) or os.path.exists(marker)
+            if bound:
+                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
             service = Service(s, log)
             service.clean_leftovers()
             limits = raise_descriptor_limit(64 + 8 * s.max_clients)
@@ -472,9 +477,10 @@ def serve(cfg: Any, conf_path: str | None, *, log: Any = print) -> int:
         with contextlib.suppress(OSError):
             os.unlink(s.socket)
         service.stop_all()
-        if bound:  # a mount of the directory made by the site stays
+        if bound:
             with contextlib.suppress(OSError):
                 servicemount.detach(s.dir)
+                os.unlink(marker)
     log("sifbox mount service: stopped")
     return 0
 

@@ -462,11 +462,12 @@ def for_launch(p: Any, *, instance: str | None) -> Joinable | ServiceMount | Non
     """The shared mount a prepared launch (`launcher.Prepared`) joins: the mount service's
     (`mount service = yes`), else its holder; or None: it mounts the image itself (sharing
     is off, or doesn't apply, or failed: said at -v)."""
-    reason = _why_not(p, instance)
-    if reason is None:
+    if _why_not(p, instance, service=True) is None:
         served = _from_service(p)
         if served is not None:
             return served
+    reason = _why_not(p, instance)
+    if reason is None:
         try:
             idle = int(os.environ.get("SIFBOX_SHARE_IDLE_TIMEOUT", "") or p.cfg.get_int("share image idle timeout"))
         except ValueError:
@@ -486,10 +487,12 @@ def for_launch(p: Any, *, instance: str | None) -> Joinable | ServiceMount | Non
     return None
 
 
-def _why_not(p: Any, instance: str | None) -> str | None:
+def _why_not(p: Any, instance: str | None, *, service: bool = False) -> str | None:
+    """Why the launch mounts the image itself, not a holder's (`service`: the mount
+    service's, whose mount is the host's, and asked for unless `mount service = no`)."""
     if p.options is not None and not p.options.share:
         return "--no-share"
-    if not p.cfg.get_bool("share image mounts"):
+    if not service and not p.cfg.get_bool("share image mounts"):
         return "`share image mounts = no` in sifbox.conf"
     if p.joining is not None or p.fixed is not None:
         return ""
@@ -499,7 +502,7 @@ def _why_not(p: Any, instance: str | None) -> str | None:
         return "--fakeroot"
     if p.userns != (not p.host.is_root):
         return "root with a user namespace"
-    if not p.site.mount_slave:
+    if not p.site.mount_slave and not service:
         # The holder's copy of the host's mounts is as old as the holder: only as a slave
         # does it see what the host mounted since (an automounted /scratch).
         return "`mount slave = no` in sifbox.conf"

@@ -89,7 +89,8 @@ class Service:
         common = f"store path = {self.store}\nmount service = yes\nmount service socket = {self.socket}\n"
         self.conf.write_text(common + "mount service idle timeout = 1\nmount service max clients per user = 4\n"
                              "limit container owners = root\n")  # fmt: skip
-        self.client_conf.write_text(common)
+        # Without the service, a launch mounts the image itself (no node mount holder).
+        self.client_conf.write_text(common + "share image mounts = no\n")
         for c in (self.conf, self.client_conf):
             c.chmod(0o644)
         self.digest = self.admit("root", "app", sif)
@@ -139,10 +140,12 @@ class Service:
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
-    def mounts(self) -> list[str]:
-        """This namespace's mounts under the service's directory (its own bind of it aside)."""
+    def mounts(self, *, own: bool = False) -> list[str]:
+        """This namespace's mounts under the service's directory (and, with `own`, its bind
+        of the directory itself)."""
         with open("/proc/self/mountinfo") as f:
-            return [line.split()[4] for line in f if line.split()[4].startswith(f"{self.run}/")]
+            points = [line.split()[4] for line in f]
+        return [p for p in points if p.startswith(f"{self.run}/") or (own and p == str(self.run))]
 
 
 def _loops_of(paths: list[Path], wait: float = 0.0) -> list[str]:
@@ -172,7 +175,7 @@ def service(sifbox_cli: str, action_images: ActionImages) -> Iterator[Service]:
         yield svc
     finally:
         svc.stop()
-        left = svc.mounts()
+        left = svc.mounts(own=True)
         loops = _loops_of([svc.store], wait=10)
         shutil.rmtree(base, ignore_errors=True)
     assert left == [] and loops == [], f"left by the mount service: {left} {loops}"
@@ -324,6 +327,7 @@ def test_the_site_policy_of_the_service_is_judged(run_as, test_user, service: Se
     proc = _launch(run_as, test_user, service, path)
     assert proc.returncode == 0 and proc.stdout == "hello from image\n", proc.stderr
     assert "not from the mount service: can't mount" in proc.stderr, proc.stderr
+    assert "mounted for this container alone" in proc.stderr, proc.stderr
 
 
 def test_a_flood_of_one_user_leaves_the_others_served(run_as, test_user, service: Service) -> None:
@@ -422,7 +426,7 @@ def test_a_killed_service_is_cleaned_up(run_as, sifbox_cli: str, action_images: 
         assert svc.ask(run_as, root, "mount", str(svc.store / "root" / "app.sif"))["ok"] is True
     finally:
         svc.stop()
-        left = svc.mounts()
+        left = svc.mounts(own=True)
         shutil.rmtree(base, ignore_errors=True)
     assert left == [] and _loops_of([svc.store], wait=10) == []
 
