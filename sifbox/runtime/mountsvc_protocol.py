@@ -14,11 +14,13 @@ reads one JSON reply line, up to the end of the stream::
 
 Who asks is what the kernel says (`SO_PEERCRED`); which image, what the descriptor is:
 never a path or a name of the request.
+
+A launch asks, so its side (`encode_request`, `parse_reply`) imports neither `json` nor
+`re`: they would cost every launch several milliseconds; the reply is read by the C scanner
+`json` itself uses.
 """
 
 from __future__ import annotations
-
-import json
 
 #: Longest request accepted, in bytes (a request holds one short word).
 MAX_REQUEST = 4096
@@ -44,6 +46,8 @@ def shown(value: object, width: int = 40) -> str:
 
 def parse_request(data: bytes) -> str:
     """The operation asked for in `data` (one message as received)."""
+    import json
+
     if len(data) > MAX_REQUEST:
         raise ProtocolError(f"request too large (more than {MAX_REQUEST} bytes)")
     try:
@@ -60,20 +64,41 @@ def parse_request(data: bytes) -> str:
 
 
 def encode_request(op: str) -> bytes:
-    return json.dumps({"op": op}).encode()
+    if op not in OPS:
+        raise ValueError(op)
+    return b'{"op": "' + op.encode() + b'"}'
 
 
 def encode_reply(reply: dict[str, object]) -> bytes:
     """A reply as sent: one JSON line."""
+    import json
+
     return (json.dumps(reply) + "\n").encode()
 
 
+class _Strict:
+    """What the C JSON scanner asks of its decoder: no hooks, plain numbers, no NaN."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+
+    @staticmethod
+    def parse_constant(name: str) -> float:
+        raise ValueError(name)
+
+
 def parse_reply(data: bytes) -> dict[str, object]:
-    """The reply in `data`; ProtocolError if it is none."""
+    """The reply in `data` (one JSON object, blanks around it); ProtocolError if it is none."""
+    import _json
+
     try:
-        reply = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError):
+        text = data.decode("utf-8").strip()
+        reply, end = _json.make_scanner(_Strict())(text, 0)  # type: ignore[arg-type]
+    except (ValueError, RecursionError, StopIteration):
         raise ProtocolError("the mount service gave no answer") from None
-    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+    if end != len(text) or not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
         raise ProtocolError("the mount service gave no answer")
     return reply

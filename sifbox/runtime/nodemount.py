@@ -369,29 +369,29 @@ class ServiceMount:
 
 
 def ask_service(sock_path: str, op: str, fd: int | None = None, timeout: float = 60.0) -> dict[str, Any]:
-    """One request to the mount service; its reply. Raises Unshared if it can't be asked."""
-    import socket
+    """One request to the mount service; its reply. Raises Unshared if it can't be asked.
+    (`_socket`, not `socket`: the module costs a launch some milliseconds to import.)"""
+    import _socket
+    import struct
 
     from sifbox.runtime import mountsvc_protocol as proto
 
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    chunks, total = [], 0
     try:
         s.settimeout(timeout)
-        chunks, total = [], 0
-        try:
-            s.connect(sock_path)
-            data = proto.encode_request(op)
-            if fd is None:
-                s.sendall(data)
-            else:
-                socket.send_fds(s, [data], [fd])
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
-                total += len(chunk)
-                if total > proto.MAX_REPLY:
-                    break
-        except OSError as err:
-            raise Unshared(f"no mount service at `{sock_path}`: {os.strerror(err.errno) if err.errno else err}") from None
+        s.connect(sock_path)
+        data = proto.encode_request(op)
+        rights = [] if fd is None else [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack("i", fd))]
+        if s.sendmsg([data], rights) != len(data):
+            raise OSError(0, "the request was cut")
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > proto.MAX_REPLY:
+                break
+    except OSError as err:
+        raise Unshared(f"no mount service at `{sock_path}`: {os.strerror(err.errno) if err.errno else err}") from None
     finally:
         s.close()
     try:

@@ -62,3 +62,23 @@ def test_the_unit_keeps_the_host_mount_namespace() -> None:
         assert option not in settings, option
     assert "ExecStart=/usr/local/bin/sifbox mounts serve" in unit
     assert "ExecStopPost=/bin/sh /usr/local/libexec/sifbox/sifbox-mount.sh" in unit
+
+
+@pytest.mark.parametrize("data", [b'{"ok": true} junk', b'{"ok": NaN}', b'{"ok": true, "n": Infinity}', b"  ",
+                                  b'{"ok": true, "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"])  # fmt: skip
+def test_the_launch_side_reader_is_strict(data: bytes) -> None:
+    """The launch reads replies with the C scanner alone (no `json`, no `re` to import)."""
+    with pytest.raises(proto.ProtocolError, match="gave no answer"):
+        proto.parse_reply(data)
+
+
+def test_the_launch_side_imports_no_json() -> None:
+    import subprocess
+    import sys
+
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from sifbox.runtime import mountsvc_protocol as p; "
+            "p.parse_reply(b'{\"ok\": true}'); p.encode_request('mount'); "
+            "print(sorted(m for m in ('json', 're', 'socket') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True,
+                         cwd=REPO).stdout  # fmt: skip
+    assert out.strip() == "[]"
