@@ -218,7 +218,9 @@ def test_containers_of_every_user_join_one_service_mount(run_as, test_user, serv
 def _while_root_holds_it(run_as, test_user, service: Service, theirs: Path) -> None:  # type: ignore[no-untyped-def]
     root = images.user_named("root")
     # The test user's container, of the user's own admitted copy (same bytes): the same mount.
-    probe = "cat /data/hello.txt; ls /bin/sh >/dev/null && grep ' / ' /proc/self/mountinfo | head -n 1"
+    # Reads of every file, as an interpreter's imports do, then the root's mount flags.
+    probe = ("cat /data/hello.txt; for f in /bin/* /data/*; do cat \"$f\" >/dev/null || exit 9; done; "
+             "grep ' / ' /proc/self/mountinfo | head -n 1")  # fmt: skip
     second = _launch(run_as, test_user, service, theirs, "sh", "-c", probe)
     assert second.returncode == 0, second.stderr
     lines = second.stdout.splitlines()
