@@ -457,3 +457,39 @@ def test_a_running_container_or_instance_keeps_the_mount(run_as, as_who, service
     assert stop.returncode == 0, stop.stderr
     assert _wait_unmounted(service) == []
     assert _loops_of([service.store], wait=10) == []
+
+
+LOCKED = r"""
+import ctypes, os, sys
+sys.path.insert(0, sys.argv[1])
+from sifbox.runtime import nodemount
+reply = nodemount.ask_service(sys.argv[2], "mount", os.open(sys.argv[3], os.O_RDONLY))
+assert reply["ok"], reply
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x10000000 | 0x00020000) == 0  # CLONE_NEWUSER | CLONE_NEWNS
+assert libc.mount(reply["path"].encode(), sys.argv[4].encode(), None, 4096, None) == 0, os.strerror(ctypes.get_errno())
+class Attr(ctypes.Structure):
+    _fields_ = [("set", ctypes.c_uint64), ("clr", ctypes.c_uint64), ("prop", ctypes.c_uint64), ("ns", ctypes.c_uint64)]
+for name, bit in (("rdonly", 1), ("nosuid", 2), ("nodev", 4)):
+    attr = Attr(0, bit, 0, 0)
+    done = libc.syscall(442, -100, sys.argv[4].encode(), 0, ctypes.byref(attr), ctypes.sizeof(attr))  # mount_setattr
+    print(name, "cleared" if done == 0 else os.strerror(ctypes.get_errno()))
+"""
+
+
+def test_a_user_cannot_clear_the_locked_flags(run_as, test_user, service: Service, shared_tmp: Path) -> None:
+    """The user's own user+mount namespace binds the service's mount (as a launch does): the
+    kernel keeps it read-only, nosuid, nodev there. (A detached mount, `open_tree`, handed over
+    SCM_RIGHTS would not be: its flags could be cleared. The service never hands one out.)"""
+    script = shared_tmp / "locked.py"
+    script.write_text(LOCKED)
+    target = shared_tmp / "here"
+    target.mkdir()
+    os.chown(target, test_user.uid, test_user.gid)
+    repo = Path(__file__).resolve().parents[2]
+    image = service.store / test_user.name / "app.sif"
+    proc = run_as(test_user, [sys.executable, "-I", str(script), str(repo), str(service.socket), str(image),
+                              str(target)], env=env_for(test_user), timeout=LAUNCH_TIMEOUT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:3] == ["rdonly Operation not permitted", "nosuid Operation not permitted",
+                                           "nodev Operation not permitted"], proc.stdout  # fmt: skip
