@@ -449,7 +449,17 @@ def enter(p: Any) -> int | None:
                 p.log("image %s: the mount service's mount is gone (%s): mounting it here", p.image.path,
                       os.strerror(err.errno or 0))  # fmt: skip
             return None
-    join.enter_holder(p.share.pidfd, userns=p.userns)
+    from sifbox.runtime.sandbox.ops import LaunchError
+
+    try:
+        join.enter_holder(p.share.pidfd, userns=p.userns)  # all or nothing: a pidfd's setns
+    except LaunchError as err:
+        # It ended since it was found (pruned, killed): this container mounts the image itself.
+        p.share.close_pidfd()
+        if p.log:
+            p.log("image %s mounted for this container alone: %s", p.image.path, err.message)
+        namespaces.enter(p.ns, image=p.spec.image)
+        return None
     p.share.close_pidfd()
     namespaces.enter(p.ns._replace(user=False), image=p.spec.image)
     try:
