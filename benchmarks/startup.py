@@ -16,7 +16,10 @@ stopped the idle holders of the shared mounts (which outlive launches by design)
 
 sifbox's rows without --no-share join the node's shared mount of the image (one holder per
 user and image): after the warm-up runs, a warm launch. The --no-share rows mount the image
-for each container, as sifbox did before.
+for each container, as sifbox did before. The "mount service" rows run the same SIF from a
+store laid out as the admission store's (root's and the user's copy), with a mount service
+(`sifbox mounts serve`) started for them on a socket of the temporary directory: one kernel
+mount that root's and the user's containers bind; the service is stopped after those rows.
 
 Prints a table and never asserts timings. A row whose tool or image is missing prints
 "n/a (reason)"; a row whose command fails prints "failed (reason)". Standard library only.
@@ -208,6 +211,52 @@ def build_images(tmp: Path, sifbox: str | None) -> Images:
     except Unavailable as err:
         images.sif_note = str(err)
     return images
+
+
+# ----------------------------------------------------------------------- mount service ---
+
+class MountService:
+    """`sifbox mounts serve` on a socket of `tmp`, serving a store with `sif` as root's and
+    `user`'s admitted image (the layout the admission store writes, with the digest record)."""
+
+    def __init__(self, tmp: Path, sifbox: str, sif: Path, user: str) -> None:
+        import hashlib
+        import json
+
+        self.base = tmp / "msvc"
+        self.conf = self.base / "sifbox.conf"
+        self.images: dict[str, Path] = {}
+        digest = "sha256:" + hashlib.sha256(sif.read_bytes()).hexdigest()
+        for who in ("root", user):
+            (self.base / "store" / who).mkdir(parents=True, exist_ok=True)
+            (self.base / "store" / ".meta" / who).mkdir(parents=True, exist_ok=True)
+            dest = self.base / "store" / who / "img.sif"
+            shutil.copyfile(sif, dest)
+            os.chmod(dest, 0o644)
+            (self.base / "store" / ".meta" / who / "img.json").write_text(json.dumps({"stored_digest": digest}))
+            self.images[who] = dest
+        for d in [self.base, *self.base.rglob("*")]:
+            if d.is_dir():
+                os.chmod(d, 0o755)
+        sock = self.base / "run" / "mount.sock"
+        self.conf.write_text(f"store path = {self.base / 'store'}\nmount service = yes\n"
+                             f"mount service socket = {sock}\nmount service idle timeout = 600\n")
+        os.chmod(self.conf, 0o644)
+        self.log = self.base / "service.log"
+        with open(self.log, "w") as err:
+            self.proc = subprocess.Popen([sifbox, "-c", str(self.conf), "mounts", "serve"],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 20
+        while "serving" not in self.log.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise Unavailable(f"the mount service did not start: {last_line(self.log.read_bytes())}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
 
 
 # ---------------------------------------------------------------------------- leftovers -----
@@ -530,6 +579,18 @@ def main() -> int:
                 rows.append(r)
                 if label.startswith("ch-run img.sqfs"):
                     ref[who] = r
+        # The mount service: one kernel mount for every user's containers.
+        service: MountService | None = None
+        service_note = images.sif_note or ("sifbox not installed" if sifbox is None else "")
+        if sifbox is not None and images.sif is not None:
+            try:
+                service = MountService(tmp, sifbox, images.sif, args.user)
+            except (Unavailable, OSError) as err:
+                service_note = str(err)
+        for who in whos:
+            argv = ([sifbox, "-c", str(service.conf), "exec", str(service.images[who]), "/bin/true"]
+                    if service is not None and sifbox is not None else None)  # fmt: skip
+            rows.append(row("sifbox exec STORE/img.sif /bin/true (mount service)", who, argv, service_note))
         # What containing root's containers costs: the same launch with Apptainer's uncontained
         # root (`root default capabilities = full`) beside the default one above.
         full_conf = tmp / "uncontained.conf"
@@ -561,7 +622,11 @@ def main() -> int:
                 oci_rows[(name, who)] = r
 
         before = leftovers(tmp, images)
-        measure(env, rows, args.runs, args.warmup)
+        try:
+            measure(env, rows, args.runs, args.warmup)
+        finally:
+            if service is not None:
+                service.stop()
         print("Single launches (ms). ratio = median / median of `ch-run img.sqfs` for the same user;")
         print("net = minus the runuser wrapper's median (user rows only; `=` means same as raw for root).")
         print()

@@ -188,10 +188,16 @@ install -m 0644 "$repo/sifbox/data/sifbox-store.sh" /etc/profile.d/sifbox-store.
 if [ -d /etc/systemd/system ]; then
     install -m 0644 "$repo/sifbox/data/sifbox-store.service" /etc/systemd/system/sifbox-store.service
 fi
+# The mount service (`sifbox mounts serve`, root): its unit is installed, not enabled
+# (`systemctl enable --now sifbox-mount` starts it; `mount service = yes` makes launches use it).
+if [ -d /etc/systemd/system ]; then
+    install -m 0644 "$repo/sifbox/data/sifbox-mount.service" /etc/systemd/system/sifbox-mount.service
+fi
 # The Slurm epilog that stops a job user's shared image mounts once the job is over
 # (`Epilog=/usr/local/libexec/sifbox/slurm-epilog.sh` in slurm.conf; not configured here).
 install -d -m 0755 /usr/local/libexec/sifbox
 install -m 0755 "$repo/sifbox/data/slurm-epilog.sh" /usr/local/libexec/sifbox/slurm-epilog.sh
+install -m 0755 "$repo/sifbox/data/sifbox-mount.sh" /usr/local/libexec/sifbox/sifbox-mount.sh
 # Containers mount their session tmpfs over this directory, inside their own mount namespace.
 mkdir -p /var/lib/sifbox/mnt/session
 chmod 0755 /var/lib/sifbox /var/lib/sifbox/mnt /var/lib/sifbox/mnt/session

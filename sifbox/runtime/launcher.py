@@ -529,16 +529,10 @@ def launch_prepared(p: Prepared, hold=None) -> int:  # type: ignore[no-untyped-d
     from sifbox.runtime import supervisor
     from sifbox.runtime.sandbox import namespaces, process
 
-    if p.share is not None:  # one mount per node: into the holder's namespaces, then a mount namespace of our own
-        from sifbox.runtime.sandbox import join
+    if p.share is not None:  # one mount per node (a holder's, or the mount service's), bound here
+        from sifbox.runtime import nodemount
 
-        join.enter_holder(p.share.pidfd, userns=p.userns)
-        p.share.close_pidfd()
-        namespaces.enter(p.ns._replace(user=False), image=p.spec.image)
-        try:
-            p.shared_fd = join.open_mounted(p.share.mount, p.share.dev)
-        except OSError:
-            p.shared_fd = None  # mounted here instead
+        p.shared_fd = nodemount.enter(p)
     else:
         namespaces.enter(p.ns, image=p.spec.image)
     if p.host.is_root:

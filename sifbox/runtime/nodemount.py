@@ -357,9 +357,125 @@ def forget(dir_fd: int, key: str, pid: int) -> None:
         _unlink(dir_fd, f"{key}.{STATE}")
 
 
-def for_launch(p: Any, *, instance: str | None) -> Joinable | None:
-    """The holder a prepared launch (`launcher.Prepared`) joins, or None: it mounts the
-    image itself (sharing is off, or doesn't apply, or failed: said at -v)."""
+class ServiceMount:
+    """The mount service's mount of the image (`sifbox.runtime.mountsvc`): `path` in the
+    host's mount namespace, the root of a mount of device `dev`; `refs`, the descriptor
+    whose shared lock keeps the service from unmounting it while this container runs."""
+
+    __slots__ = ("dev", "path", "refs")
+
+    def __init__(self, path: str, dev: int, refs: int) -> None:
+        self.path, self.dev, self.refs = path, dev, refs
+
+
+def ask_service(sock_path: str, op: str, fd: int | None = None, timeout: float = 60.0) -> dict[str, Any]:
+    """One request to the mount service; its reply. Raises Unshared if it can't be asked.
+    (`_socket`, not `socket`: the module costs a launch some milliseconds to import.)"""
+    import _socket
+    import struct
+
+    from sifbox.runtime import mountsvc_protocol as proto
+
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    chunks, total = [], 0
+    try:
+        s.settimeout(timeout)
+        s.connect(sock_path)
+        data = proto.encode_request(op)
+        rights = [] if fd is None else [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack("i", fd))]
+        if s.sendmsg([data], rights) != len(data):
+            raise OSError(0, "the request was cut")
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > proto.MAX_REPLY:
+                break
+    except OSError as err:
+        raise Unshared(f"no mount service at `{sock_path}`: {os.strerror(err.errno) if err.errno else err}") from None
+    finally:
+        s.close()
+    try:
+        return proto.parse_reply(b"".join(chunks))
+    except proto.ProtocolError as err:
+        raise Unshared(err.reason) from None
+
+
+def _from_service(p: Any) -> ServiceMount | None:
+    """The mount service's mount of the image, if `mount service = yes` and it serves it."""
+    if not p.cfg.get_bool("mount service") or p.opened is None:
+        return None
+    source = p.opened.source
+    if source.kind != "sif" or source.oci is not None or source.encryption is not None:
+        reason = "it is not a SIF image"
+    else:
+        try:
+            reply = ask_service(p.cfg.get_str("mount service socket"), "mount", p.image.fd)
+        except Unshared as err:
+            reason = str(err)
+        else:
+            fields = (reply.get("path"), reply.get("dev"), reply.get("refs"))
+            if reply.get("ok") and isinstance(fields[0], str) and isinstance(fields[1], int) and isinstance(fields[2], str):
+                try:
+                    refs = os.open(fields[2], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+                    try:
+                        fcntl.flock(refs, fcntl.LOCK_SH)
+                    except OSError:
+                        os.close(refs)
+                        raise
+                except OSError as err:
+                    reason = f"can't hold its mount: {err.strerror}"
+                else:
+                    if p.log:
+                        p.log("image %s: joining the mount service's mount of it", p.image.path)
+                    return ServiceMount(fields[0], fields[1], refs)
+            else:
+                reason = str(reply.get("error", "refused"))
+    if p.log:
+        p.log("image %s: not from the mount service: %s", p.image.path, reason)
+    return None
+
+
+def enter(p: Any) -> int | None:
+    """Enter the container's namespaces, by way of the shared mount `p.share` (a holder's,
+    or the service's); an O_PATH descriptor of that mount, or None: mount the image here."""
+    from sifbox.runtime.sandbox import join, namespaces
+
+    if isinstance(p.share, ServiceMount):
+        namespaces.enter(p.ns, image=p.spec.image)
+        try:
+            return join.open_mounted(p.share.path, p.share.dev)
+        except OSError as err:
+            if p.log:
+                p.log("image %s: the mount service's mount is gone (%s): mounting it here", p.image.path,
+                      os.strerror(err.errno or 0))  # fmt: skip
+            return None
+    from sifbox.runtime.sandbox.ops import LaunchError
+
+    try:
+        join.enter_holder(p.share.pidfd, userns=p.userns)  # all or nothing: a pidfd's setns
+    except LaunchError as err:
+        # It ended since it was found (pruned, killed): this container mounts the image itself.
+        p.share.close_pidfd()
+        if p.log:
+            p.log("image %s mounted for this container alone: %s", p.image.path, err.message)
+        namespaces.enter(p.ns, image=p.spec.image)
+        return None
+    p.share.close_pidfd()
+    namespaces.enter(p.ns._replace(user=False), image=p.spec.image)
+    try:
+        return join.open_mounted(p.share.mount, p.share.dev)
+    except OSError:
+        return None  # mounted here instead
+
+
+def for_launch(p: Any, *, instance: str | None) -> Joinable | ServiceMount | None:
+    """The shared mount a prepared launch (`launcher.Prepared`) joins: the mount service's
+    (`mount service = yes`), else its holder; or None: it mounts the image itself (sharing
+    is off, or doesn't apply, or failed: said at -v)."""
+    if _why_not(p, instance, service=True) is None:
+        served = _from_service(p)
+        if served is not None:
+            return served
     reason = _why_not(p, instance)
     if reason is None:
         try:
@@ -381,20 +497,22 @@ def for_launch(p: Any, *, instance: str | None) -> Joinable | None:
     return None
 
 
-def _why_not(p: Any, instance: str | None) -> str | None:
+def _why_not(p: Any, instance: str | None, *, service: bool = False) -> str | None:
+    """Why the launch mounts the image itself, not a holder's (`service`: the mount
+    service's, whose mount is the host's, and asked for unless `mount service = no`)."""
     if p.options is not None and not p.options.share:
         return "--no-share"
-    if not p.cfg.get_bool("share image mounts"):
+    if not service and not p.cfg.get_bool("share image mounts"):
         return "`share image mounts = no` in sifbox.conf"
-    if instance is not None or p.joining is not None or p.fixed is not None:
-        return ""  # an instance keeps its own mounts (not yet shared)
+    if p.joining is not None or p.fixed is not None:
+        return ""
     if p.image is None or p.image.kind != "squashfs":
         return ""
     if p.ns.maps is not None or p.ns.inside is not None:
         return "--fakeroot"
     if p.userns != (not p.host.is_root):
         return "root with a user namespace"
-    if not p.site.mount_slave:
+    if not p.site.mount_slave and not service:
         # The holder's copy of the host's mounts is as old as the holder: only as a slave
         # does it see what the host mounted since (an automounted /scratch).
         return "`mount slave = no` in sifbox.conf"

@@ -255,3 +255,31 @@ def test_only_root_prunes_for_others(run_as, test_user, sifbox_cli) -> None:
     proc = run_as(test_user, [sifbox_cli, "mounts", "prune", "--user", "root"], env=env_for(test_user))
     assert proc.returncode != 0
     assert proc.stderr.startswith("sifbox: error: can't prune the shared mounts of other users: only root can")
+
+
+def test_an_instance_and_an_exec_share_one_holder(run_as, as_who, sifbox_cli, action_images: ActionImages,
+                                                   clean_holders, no_leaks) -> None:  # fmt: skip
+    """`instance start` starts (or joins) the node mount holder as a launch does; an exec of
+    the same image joins it; once the instance is stopped, nothing is left."""
+    env = env_for(as_who, SIFBOX_SHARE_IDLE_TIMEOUT="0")
+    name = f"share{os.getpid()}"
+    try:
+        start = run_as(as_who, [sifbox_cli, "-v", "instance", "start", str(action_images.sif), name], env=env,
+                       timeout=LAUNCH_TIMEOUT)  # fmt: skip
+        assert start.returncode == 0, start.stderr
+        assert "started the node mount holder" in start.stderr, start.stderr
+        proc = _exec(run_as, as_who, sifbox_cli, action_images.sif, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "hello from image\n"
+        assert "joining the node mount holder" in proc.stderr, proc.stderr
+        joined = run_as(as_who, [sifbox_cli, "exec", f"instance://{name}", "cat", "/data/hello.txt"], env=env,
+                        timeout=LAUNCH_TIMEOUT)  # fmt: skip
+        assert joined.stdout == "hello from image\n", joined.stderr
+        # (Other test sessions of the node may have holders of their own images.)
+        rows = [r for r in _holders(run_as, as_who, sifbox_cli) if r["image"] == str(action_images.sif)]
+        assert len(rows) == 1 and rows[0]["in_use"] is True, rows
+        assert rows[0]["pid"] in _holder_processes(as_who.uid)
+    finally:
+        stop = run_as(as_who, [sifbox_cli, "instance", "stop", name], env=env, timeout=LAUNCH_TIMEOUT)
+    assert stop.returncode == 0, stop.stderr
+    assert _wait_gone(rows[0]["pid"]), "the holder outlived the instance (idle timeout 0)"

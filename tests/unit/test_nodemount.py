@@ -161,5 +161,27 @@ def _prepared(**kw: object) -> SimpleNamespace:
 ])  # fmt: skip
 def test_when_the_mount_is_shared(change: dict[str, object], reason: str | None) -> None:
     assert nodemount._why_not(_prepared(**change), None) == reason
-    if reason is None:
-        assert nodemount._why_not(_prepared(**change), "an-instance") == ""
+    # An instance starts (or joins) the holder as any launch does.
+    assert nodemount._why_not(_prepared(**change), "an-instance") == reason
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({}, None),
+    ({"options": LaunchOptions(share=False)}, "--no-share"),
+    # The mount service's mount is the host's: holders' settings don't apply to it.
+    ({"cfg": type("C", (), {"get_bool": lambda self, n: False})()}, None),
+    ({"site": SimpleNamespace(mount_slave=False)}, None),
+    ({"image": RootImage("dir", 3, 0, 0, "/sandbox")}, ""),
+    ({"ns": Namespaces(True, 1000, 1000, inside=0)}, "--fakeroot"),
+])  # fmt: skip
+def test_when_the_mount_service_is_asked(change: dict[str, object], reason: str | None) -> None:
+    assert nodemount._why_not(_prepared(**change), None, service=True) == reason
+
+
+def test_the_service_is_not_asked_unless_configured() -> None:
+    class Cfg:
+        def get_bool(self, name: str) -> bool:
+            assert name == "mount service"
+            return False
+
+    assert nodemount._from_service(SimpleNamespace(cfg=Cfg())) is None

@@ -142,6 +142,29 @@ def check_cgroups() -> tuple[str, str, str]:
         "a site delegates a cgroups v2 subtree to each user (README: Resource limits)")
 
 
+def check_mount_service() -> tuple[str, str, str]:
+    """Whether the mount service (`mount service = yes`) answers."""
+    from sifbox.config import sysconf
+    from sifbox.runtime import nodemount
+    from sifbox.util.errors import SifboxError
+
+    try:
+        cfg = sysconf.load()
+    except SifboxError:
+        return WARN, "mount service: unknown (the configuration does not load)", ""
+    if not cfg.get_bool("mount service"):
+        return OK, "mount service: not used (`mount service = no`)", ""
+    where = cfg.get_str("mount service socket")
+    try:
+        reply = nodemount.ask_service(where, "ping", timeout=5)
+    except nodemount.Unshared as err:
+        return WARN, f"mount service: not reachable: {err}; launches mount images themselves", (
+            "start it: `systemctl start sifbox-mount`, or as root `sifbox mounts serve &`")
+    if not reply.get("ok"):
+        return WARN, f"mount service at `{where}`: {reply.get('error', 'refused')}", ""
+    return OK, f"mount service: reachable at `{where}` (pid {reply.get('pid')})", ""
+
+
 def run_checks() -> list[tuple[str, str, str, str]]:
     results = [
         ("fuse", *check_fuse()),
@@ -150,6 +173,7 @@ def run_checks() -> list[tuple[str, str, str, str]]:
         ("cgroups", *check_cgroups()),
         ("filesystems", *check_filesystems()),
         ("config", *check_config()),
+        ("mount-service", *check_mount_service()),
     ]
     results += [(f"tool:{name}", *check_tool(name, pkg, sev)) for name, pkg, sev in TOOLS]
     return results

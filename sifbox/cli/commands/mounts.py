@@ -2,11 +2,14 @@
 
     sifbox mounts list [--json] [--user USER | --all]
     sifbox mounts prune [--force] [--user USER | --all]
+    sifbox mounts serve                  run the mount service (root; `mount service` in sifbox.conf)
 
 `list` shows the holders of the caller's shared image mounts on this node: their pid,
 whether a container uses them, the image. `prune` stops those no container uses (every
 one with `--force`: running containers of that image then lose their files) and removes
 stale state. Root may name another user (`--user`, as the Slurm epilog does) or `--all`.
+`list` also shows the mount service's mounts the caller uses (root: all of them), as
+state `service` (sifbox.runtime.mountsvc).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     prune = sub.add_parser("prune", help="Stop the shared image mounts no container uses",
                            description="Stop the shared image mounts no container uses, remove stale state")  # fmt: skip
     prune.add_argument("-f", "--force", action="store_true", help="stop them even if containers use them")
+    sub.add_parser("serve", help="Run the mount service (root)",
+                   description="Run the mount service: one kernel mount per node of each admitted image")  # fmt: skip
     for p in (listing, prune):
         who = p.add_mutually_exclusive_group()
         who.add_argument("-u", "--user", metavar="USER", help="(root) those of USER (a name or a uid)")
@@ -67,8 +72,17 @@ def _user(uid: int) -> str:
 def main(args: argparse.Namespace) -> int:
     from sifbox.runtime import nodemount
 
+    if args.mounts_command == "serve":
+        import sys
+
+        from sifbox.config import sysconf
+        from sifbox.runtime import mountsvc
+
+        cfg = sysconf.load(getattr(args, "config", None))
+        return mountsvc.serve(cfg, getattr(cfg, "path", None), log=lambda m: print(m, file=sys.stderr, flush=True))
     if args.mounts_command == "list":
-        rows = [row for uid in _uids(args, "list") for row in nodemount.listing(uid)]
+        uids = _uids(args, "list")
+        rows = [row for uid in uids for row in nodemount.listing(uid)] + _service_rows(args, uids)
         if args.json:
             import json
 
@@ -84,3 +98,27 @@ def main(args: argparse.Namespace) -> int:
             what = f"holder {row['pid']}" + (f" of {row['image']}" if row["image"] else "")
             print(f"{'removed the stale state of' if row['state'] == 'stale' else 'stopped'} {what}")
     return 0
+
+
+def _service_rows(args: argparse.Namespace, uids: list[int]) -> list[dict[str, object]]:
+    """The mount service's mounts (of `uids`), when `mount service = yes` and it answers."""
+    from sifbox.config import sysconf
+    from sifbox.runtime import nodemount
+
+    cfg = sysconf.load(getattr(args, "config", None))
+    if not cfg.get_bool("mount service"):
+        return []
+    try:
+        reply = nodemount.ask_service(cfg.get_str("mount service socket"), "list", timeout=10)
+        pid = nodemount.ask_service(cfg.get_str("mount service socket"), "ping", timeout=10).get("pid")
+    except nodemount.Unshared:
+        return []
+    rows: list[dict[str, object]] = []
+    for m in reply.get("mounts") or []:
+        if not isinstance(m, dict):
+            continue
+        for uid in m.get("users") or []:
+            if uid in uids or args.all:
+                rows.append({"pid": pid, "uid": uid, "image": m.get("image", ""), "key": m.get("digest", ""),
+                             "state": "service", "in_use": m.get("in_use"), "dir": "", "mount": m.get("path", "")})  # fmt: skip
+    return rows
