@@ -27,6 +27,7 @@ Prints a table, never asserts. Standard library only.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import statistics
@@ -72,7 +73,7 @@ def parse(trace: str, cli: str, payload: str) -> list[float]:
     assert pexit is not None and end is not None
     sh = sh if sh is not None else run
     marks = [start, ns, pivot, sh, run, pexit, end]
-    return [(b - a) * 1000 for a, b in zip(marks, marks[1:])]
+    return [(b - a) * 1000 for a, b in itertools.pairwise(marks)]
 
 
 def main() -> int:
