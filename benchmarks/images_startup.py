@@ -109,9 +109,6 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.chmod(work, 0o755)
     env = Env(args.user, "/")
-    # The node's shared mounts stay up between the interleaved runs (not only the 60 s default).
-    for who_env in env.env.values():
-        who_env["SIFBOX_SHARE_IDLE_TIMEOUT"] = "600"
     chrun, unshare = shutil.which("ch-run"), shutil.which("unshare")
     try:
         images = build(args.sifbox, work, args.debian_root)
