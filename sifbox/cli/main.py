@@ -250,7 +250,20 @@ def run(argv: Sequence[str]) -> int:
     return int(load_command(cmd).main(args))
 
 
+def _exit_now(status: int) -> NoReturn:
+    """End the process with `status` at once: the container has ended and everything of
+    the launch is closed, so the interpreter's own finalization (a few ms of every launch,
+    freeing every module) is skipped. Output still buffered is written first."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    entry = argv is None  # the process's own command line: the launcher script's call
     argv = list(sys.argv[1:] if argv is None else argv)
     lead = leading_globals(argv)
     debug = _wants_debug(lead)
@@ -258,7 +271,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     fmt = None
     try:
         fmt = message_format(lead)
-        return run(argv)
+        status = run(argv)
+        word = command_word(argv)
+        if entry and word in BY_NAME and BY_NAME[word].module == "action":
+            _exit_now(status)
+        return status
     except SifboxError as err:
         return render_error(err, debug, fmt)
     except KeyboardInterrupt:

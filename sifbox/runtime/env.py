@@ -387,11 +387,29 @@ __sifbox_action=$1
 shift
 case $__sifbox_action in
 exec)
-    if ! __sifbox_found=$(command -v "$1" 2>&1); then  # no /dev/null needed (--no-mount dev)
+    # An executable file the shell's exec finds (a path, or the first in PATH's absolute
+    # directories) runs at once; anything else is judged by `command -v`, in a subshell.
+    __sifbox_found=
+    case $1 in
+    '') ;;
+    */*) [ ! -f "$1" ] || [ ! -x "$1" ] || __sifbox_found=$1 ;;
+    *)
+        __sifbox_p=${PATH-}:
+        while [ -n "$__sifbox_p" ]; do
+            __sifbox_d=${__sifbox_p%%:*}
+            __sifbox_p=${__sifbox_p#*:}
+            case $__sifbox_d in /*) ;; *) break ;; esac
+            if [ -f "$__sifbox_d/$1" ] && [ -x "$__sifbox_d/$1" ]; then
+                __sifbox_found=$__sifbox_d/$1
+                break
+            fi
+        done ;;
+    esac
+    if [ -z "$__sifbox_found" ] && ! __sifbox_found=$(command -v "$1" 2>&1); then  # no /dev/null needed (--no-mount dev)
         echo "sifbox: error: can't run \`$1\` in the container: command not found" >&2
         exit 127
     fi
-    unset __sifbox_action __sifbox_found
+    unset __sifbox_action __sifbox_found __sifbox_p __sifbox_d
     exec "$@" ;;
 run)
 """

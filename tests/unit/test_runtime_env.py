@@ -593,6 +593,38 @@ def test_prelude_exec_finds_commands_on_the_image_path(image: Path, tmp_path: Pa
     assert (proc.returncode, proc.stdout) == (0, "hello world\n")
 
 
+def test_prelude_exec_runs_an_executable_without_command_v(image: Path, tmp_path: Path, shell: list[str]) -> None:
+    # An executable found in PATH (or given by path) is exec'd at once: no `command -v`
+    # and no subshell for it (an image's shell function of that name shows whether it ran).
+    bindir = tmp_path / "imgbin"
+    bindir.mkdir()
+    write_script(bindir / "hello-sifbox", '#!/bin/sh\necho hello "$@"\n')
+    write_script(image / "env/90-environment.sh",
+                 f'export PATH="{bindir}:$PATH"\ncommand() {{ echo "command -v ran" >&2; return 1; }}\n')  # fmt: skip
+    for argv in (["hello-sifbox", "world"], [str(bindir / "hello-sifbox"), "world"]):
+        proc = prelude(image, "exec", *argv, shell=shell)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, "hello world\n", "")
+
+
+def test_prelude_exec_path_lookup_as_the_shell_does(image: Path, tmp_path: Path, shell: list[str]) -> None:
+    # PATH's first executable regular file wins (a directory or a file without x of the
+    # same name earlier is passed over); a relative entry leaves the choice to the shell.
+    first, second, here = tmp_path / "first", tmp_path / "second", tmp_path / "here"
+    for d in (first, second, here):
+        d.mkdir()
+    (first / "prog-sifbox").mkdir()
+    write_script(second / "prog-sifbox", "#!/bin/sh\necho not executable\n", mode=0o644)
+    write_script(here / "prog-sifbox", "#!/bin/sh\necho from here\n")
+    write_script(image / "env/90-environment.sh", f'export PATH="{first}:{second}:{here}:$PATH"\n')
+    proc = prelude(image, "exec", "prog-sifbox", shell=shell)
+    assert (proc.returncode, proc.stdout) == (0, "from here\n")
+    write_script(image / "env/90-environment.sh", f'export PATH="{first}:.:/usr/bin:/bin"\n')
+    proc = prelude(image, "exec", "prog-sifbox", shell=shell, cwd=here)
+    assert (proc.returncode, proc.stdout) == (0, "from here\n")
+    proc = prelude(image, "exec", "prog-sifbox", shell=shell, cwd=second)
+    assert proc.returncode in (126, 127) and proc.stdout == ""
+
+
 def test_prelude_exec_passes_the_exit_status(image: Path) -> None:
     assert prelude(image, "exec", "/bin/sh", "-c", "exit 42").returncode == 42
 

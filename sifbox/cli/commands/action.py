@@ -412,9 +412,12 @@ def _launch_options(args, instance: str | None):  # type: ignore[no-untyped-def]
 
 def _limits(args, instance: str | None):  # type: ignore[no-untyped-def]
     """--memory, --memory-swap, --cpus, --pids-limit (cgroups), or None."""
+    values = [getattr(args, n, None) for n in ("memory", "memory_swap", "cpus", "pids_limit")]
+    if not any(values):
+        return None  # (no import of cgroups, and of `typing` with it, on a launch without limits)
     from sifbox.hpc import cgroups
 
-    limits = cgroups.from_options(*(getattr(args, n, None) for n in ("memory", "memory_swap", "cpus", "pids_limit")))
+    limits = cgroups.from_options(*values)
     if limits is not None and instance is not None:
         raise NotAvailableError(f"can't limit the resources of instance `{instance}`: not available for instances "
                                 "in this version")  # fmt: skip

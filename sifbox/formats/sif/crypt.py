@@ -18,7 +18,6 @@ file named `squashfs-*`: the inner SquashFS, encrypted by gocryptfs
 
 from __future__ import annotations
 
-import base64
 import binascii
 
 from sifbox.formats.sif import constants as c
@@ -46,6 +45,8 @@ class CryptoMessageError(ValueError):
 def dump_pem_message(ciphertext: bytes) -> bytes:
     """The PEM `MESSAGE` block of `ciphertext` as Go's pem.Encode writes it
     (64-column base64 lines, final newline)."""
+    import base64  # (here: base64 imports re, which a launch otherwise never needs)
+
     body = base64.b64encode(_der_octet_string(ciphertext))
     lines = [body[i : i + 64] for i in range(0, len(body), 64)]
     return b"\n".join([_BEGIN, *lines, _END]) + b"\n"
@@ -63,6 +64,8 @@ def parse_pem_message(data: bytes) -> bytes:
         raise CryptoMessageError("the key message is truncated: no END line")
     lines = data[start + len(_BEGIN) : end].split(b"\n")
     body = b"".join(line.strip() for line in lines if b":" not in line)  # PEM headers: none are used
+    import base64
+
     try:
         der = base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError):

@@ -1,0 +1,67 @@
+"""The modules of a launch's path import none of the heavy standard-library modules
+(`typing`, `re`, `enum`, `collections`, `base64`): each costs milliseconds of every launch,
+once per MPI rank. Only the options that need them (resource limits, a key message) do."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ("typing", "re", "enum", "collections", "base64", "sifbox.hpc.cgroups")
+EXEC_PATH = (
+    "sifbox.cli.main",
+    "sifbox.cli.commands.action",
+    "sifbox.runtime.launcher",
+    "sifbox.runtime.supervisor",
+    "sifbox.runtime.nodemount",
+    "sifbox.runtime.env",
+    "sifbox.runtime.plan",
+    "sifbox.image.source",
+    "sifbox.formats.sif.crypt",
+)
+
+
+def _loaded_after(body: str) -> list[str]:
+    script = f"""
+import sys
+sys.path[:0] = [{str(ROOT)!r}]
+import importlib
+for name in {EXEC_PATH!r}:
+    importlib.import_module(name)
+{body}
+print(" ".join(m for m in {HEAVY!r} if m in sys.modules))
+"""
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True,
+                          check=False, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return (proc.stdout.splitlines() or [""])[-1].split()
+
+
+def test_the_exec_path_imports_no_heavy_module() -> None:
+    body = """
+from sifbox.cli.commands import action
+class Args:
+    pass
+assert action._limits(Args(), None) is None
+"""
+    assert _loaded_after(body) == []
+
+
+def test_limits_still_parse_when_asked_for() -> None:
+    body = """
+from sifbox.cli.commands import action
+class Args:
+    memory = "512m"
+limits = action._limits(Args(), None)
+assert limits.memory == 512 << 20, limits
+"""
+    assert "sifbox.hpc.cgroups" in _loaded_after(body)
+
+
+def test_a_key_message_still_round_trips() -> None:
+    from sifbox.formats.sif import crypt
+
+    data = bytes(range(256)) * 3
+    assert crypt.parse_pem_message(crypt.dump_pem_message(data)) == data
