@@ -248,6 +248,11 @@ SCHEMA: tuple[Directive, ...] = (
     _D("allow net users", LIST, (), "users who may join the networks of `allow net networks`"),
     _D("allow net groups", LIST, (), "groups whose members may join those networks"),
     _D("allow net networks", LIST, (), "administrator's networks those users and groups may join"),
+    _D("cni configuration path", STRING, None,
+       "directory of the CNI network configurations (unset: `network` beside sifbox.conf, else those sifbox "
+       "ships)", absolute=True),
+    _D("cni plugin path", LIST, (), "directories of the CNI plugins (unset: /usr/lib/cni, /opt/cni/bin)",
+       absolute=True),
     # Tools
     _D("mksquashfs procs", INT, 0, "processors mksquashfs may use (0: all)"),
     _D("mksquashfs mem", STRING, None, "memory limit for mksquashfs, such as 1G (unset: none)"),
@@ -283,8 +288,6 @@ APPTAINER_ONLY = frozenset(
         "allow kernel extfs",
         "sync writable extfs",
         "allow netns paths",
-        "cni configuration path",
-        "cni plugin path",
         "download concurrency",
         "download part size",
         "download buffer size",
