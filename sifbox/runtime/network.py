@@ -54,8 +54,9 @@ def plan(spec: Any, cfg: Any, conf_path: str, is_root: bool, user: str,
     """The CNI networks of `spec` (None: loopback only, or no network namespace of its own)."""
     if not spec.net:
         return None
-    names = tuple(spec.network) or (("bridge",) if is_root else (cni.NONE,))
-    if spec.fakeroot and names != (cni.NONE,):
+    asked = tuple(spec.network)
+    names = asked or (("bridge",) if is_root else (cni.NONE,))
+    if spec.fakeroot and asked != (cni.NONE,):  # as Apptainer: --fakeroot joins the `fakeroot` network
         if not is_root:
             warn("fakeroot without a privileged installation can't use the `fakeroot` network: "
                  "falling back to the `none` network (loopback only)")  # fmt: skip

@@ -286,7 +286,7 @@ def build_spec(args):  # type: ignore[no-untyped-def]
         net=net,
         network=network,
         network_args=tuple(getattr(args, "network_args", None) or ([flag_env("NETWORK_ARGS")] if flag_env("NETWORK_ARGS") else [])),
-        dns=tuple(d.strip() for d in (getattr(args, "dns", None) or flag_env("DNS") or "").split(",") if d.strip()),
+        dns=_dns(args),
         workdir=args.workdir or flag_env("WORKDIR") or None,
         scratch=tuple(args.scratch + ([flag_env("SCRATCH", "SCRATCHDIR")] if flag_env("SCRATCH", "SCRATCHDIR") else [])),
     )
@@ -339,6 +339,18 @@ def _net(args) -> tuple[bool, tuple[str, ...]]:  # type: ignore[no-untyped-def]
         return net, parse_networks(network)
     except NetworkError as err:
         raise UsageError(f"can't use --network `{network}`: {err}", hint=err.hint) from None
+
+
+def _dns(args) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
+    from sifbox.runtime.cni import NetworkError, resolv_conf
+
+    text = getattr(args, "dns", None) or flag_env("DNS") or ""
+    servers = tuple(d.strip() for d in text.split(",") if d.strip())
+    try:
+        resolv_conf(servers)
+    except NetworkError as err:
+        raise UsageError(f"can't use --dns `{text}`: {err}") from None
+    return servers
 
 
 def _devices(args):  # type: ignore[no-untyped-def]
