@@ -249,8 +249,7 @@ SCHEMA: tuple[Directive, ...] = (
     _D("allow net groups", LIST, (), "groups whose members may join those networks"),
     _D("allow net networks", LIST, (), "administrator's networks those users and groups may join"),
     _D("cni configuration path", STRING, None,
-       "directory of the CNI network configurations (unset: `network` beside sifbox.conf, else those sifbox "
-       "ships)", absolute=True),
+       "CNI network configurations (unset: `network` beside sifbox.conf, else those shipped)", absolute=True),
     _D("cni plugin path", LIST, (), "directories of the CNI plugins (unset: /usr/lib/cni, /opt/cni/bin)",
        absolute=True),
     # Tools

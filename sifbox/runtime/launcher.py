@@ -539,14 +539,7 @@ def launch_prepared(p: Prepared, hold=None) -> int:  # type: ignore[no-untyped-d
         return _launch(p, hold)
     from sifbox.runtime import network
 
-    p.attached = network.attach(p.network, p.spec.image)
-    p.ns = p.ns._replace(net_fd=p.attached.fd)
-    if hold is not None and hasattr(hold, "addresses"):
-        hold.addresses(p.attached.addresses)  # for `instance list`
-    try:
-        return _launch(p, hold)
-    finally:
-        p.attached.detach()
+    return network.launch_with(p, hold, _launch)
 
 
 def _launch(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]

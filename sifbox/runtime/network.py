@@ -173,6 +173,20 @@ def find_plugin(kind: str, dirs: tuple[str, ...], net: str) -> str:
 # --- ADD, and the keeper that runs DEL --------------------------------------------------------
 
 
+def launch_with(p: Any, hold: Any, launch: Callable[[Any, Any], int]) -> int:
+    """`launch(p, hold)` (the launcher's) in the namespace of `p.network`'s networks: joined
+    before it, left to the keeper after it (which runs DEL). An instance's `hold` is told the
+    addresses (`instance list` shows them)."""
+    p.attached = attach(p.network, p.spec.image)
+    p.ns = p.ns._replace(net_fd=p.attached.fd)
+    if hold is not None and hasattr(hold, "addresses"):
+        hold.addresses(p.attached.addresses)
+    try:
+        return launch(p, hold)
+    finally:
+        p.attached.detach()
+
+
 class Attached:
     """A network namespace with its networks: `fd` (to setns into), the addresses."""
 
