@@ -31,7 +31,7 @@ from sifbox.runtime.spec import (
     parse_bind,
     parse_mount,
 )
-from sifbox.util.errors import NotAvailableError, SifboxError, UsageError
+from sifbox.util.errors import SifboxError, UsageError
 
 
 # -- spec.parse_bind --------------------------------------------------------------------------
