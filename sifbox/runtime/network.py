@@ -56,13 +56,14 @@ def plan(spec: Any, cfg: Any, conf_path: str, is_root: bool, user: str,
         return None
     asked = tuple(spec.network)
     names = asked or (("bridge",) if is_root else (cni.NONE,))
-    if spec.fakeroot and asked != (cni.NONE,):  # as Apptainer: --fakeroot joins the `fakeroot` network
-        if not is_root:
-            warn("fakeroot without a privileged installation can't use the `fakeroot` network: "
-                 "falling back to the `none` network (loopback only)")  # fmt: skip
-            names = (cni.NONE,)
-        else:
-            names = ("fakeroot",)
+    if spec.fakeroot and not is_root and asked != (cni.NONE,):
+        # As Apptainer: a user's --fakeroot joins the `fakeroot` network, whatever was asked;
+        # without a setuid installation, the `none` network instead.
+        if asked not in ((), ("fakeroot",)):
+            warn(f"only --network=fakeroot is permitted in --fakeroot mode; you requested `{','.join(asked)}`")
+        warn("fakeroot without a privileged installation can't use the `fakeroot` network: "
+             "falling back to the `none` network (loopback only)")  # fmt: skip
+        names = (cni.NONE,)
     try:
         request = cni.parse_args(tuple(spec.network_args), names)
     except cni.NetworkError as err:
@@ -72,7 +73,7 @@ def plan(spec: Any, cfg: Any, conf_path: str, is_root: bool, user: str,
                       networks_ok=cfg.get_list("allow net networks"))  # fmt: skip
     if why is not None:
         raise UsageError(f"can't use --network `{','.join(names)}`: {why}",
-                         hint="unprivileged users can use `--network none` (loopback only)")  # fmt: skip
+                         hint="non-root users can only use --network=none unless permitted by the administrator")  # fmt: skip
     if names == (cni.NONE,):
         if request.ports or request.args:
             raise UsageError("can't use --network-args with the `none` network")
@@ -285,7 +286,7 @@ def _delete_all(p: Plan, done: list[tuple[cni.Network, str, dict[str, Any] | Non
             try:
                 _call(p, net, plugin, "DEL", ifname, netns, result if net.version != "0.3.0" else None)
             except SifboxError as err:
-                sys.stderr.write(f"sifbox: warning: can't remove network `{net.name}` of the container: {err}\n")
+                sys.stderr.write(f"sifbox: warning: {err}\n")
         try:
             os.unlink(cache)
         except OSError:
@@ -333,11 +334,12 @@ def _call(p: Plan, net: cni.Network, plugin: dict[str, Any], command: str, ifnam
         proc = subprocess.run([program], input=stdin, env=env, capture_output=True, timeout=TIMEOUT, check=False,
                               cwd="/")  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as err:
-        raise _error(net, f"plugin `{plugin['type']}`: {err}") from None
+        raise _error(net, f"plugin `{plugin['type']}`: {err}", command) from None
     if proc.returncode != 0:
-        raise _error(net, cni.error_message(proc.stdout, plugin["type"], proc.returncode))
+        raise _error(net, cni.error_message(proc.stdout, plugin["type"], proc.returncode), command)
     return proc.stdout
 
 
-def _error(net: cni.Network, reason: str) -> SifboxError:
-    return SifboxError(f"can't join network `{net.name}`: {reason}", exit_status=ExitStatus.CANNOT_LAUNCH)
+def _error(net: cni.Network, reason: str, command: str = "ADD") -> SifboxError:
+    verb = "leave" if command == "DEL" else "join"
+    return SifboxError(f"can't {verb} network `{net.name}`: {reason}", exit_status=ExitStatus.CANNOT_LAUNCH)
