@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,10 +52,12 @@ def veths() -> set[str]:
 
 
 @contextlib.contextmanager
-def restored(bridges: tuple[str, ...]) -> Iterator[list[str]]:
-    """Yield a list to which the caller may add problems; restore the host afterwards."""
+def restored(bridges: tuple[str, ...], ipam: tuple[Path, ...] = ()) -> Iterator[list[str]]:
+    """Yield a list to which the caller may add problems; restore the host afterwards (the
+    `ipam` directories of host-local too, when they are new: its bookkeeping, never a lease)."""
     forward, before_tables, before_rules, before_links = FORWARD.read_text(), tables(), rules(), links()
     before_chains = chains()
+    new_ipam = [d for d in ipam if not d.exists()]
     problems: list[str] = []
     try:
         yield problems
@@ -75,6 +78,10 @@ def restored(bridges: tuple[str, ...]) -> Iterator[list[str]]:
             subprocess.run(["nft", "flush", "chain", family, table, chain], check=False)
             subprocess.run(["nft", "delete", "chain", family, table, chain], check=False)
         FORWARD.write_text(forward)
+        for d in new_ipam:
+            if leases(d):
+                problems.append(f"IPAM leases left in {d}: {leases(d)}")
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def leases(data_dir: Path) -> list[str]:

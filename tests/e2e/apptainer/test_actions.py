@@ -284,7 +284,8 @@ def host_network() -> Iterator[None]:
     """The host as it was before the networks' plugins ran (bridge, iptables, ip_forward)."""
     from tests.integration import netstate
 
-    with netstate.restored(("sbr0",)) as problems:
+    networks = Path("/var/lib/cni/networks")
+    with netstate.restored(("sbr0",), tuple(networks / n for n in ("bridge", "ptp", "fakeroot"))) as problems:
         yield
     assert not problems, problems
 
