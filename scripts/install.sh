@@ -23,7 +23,7 @@ PACKAGES=(
     squashfs-tools-ng bash-completion fuse-overlayfs gnupg gpgv sqv fuse2fs zstd skopeo umoci
     docker-registry apache2-utils openssl charliecloud-runtime bubblewrap gocryptfs sks
     slurm-wlm munge openmpi-bin libopenmpi-dev mpich libmpich-dev gcc
-    runc containerd python3-seccomp
+    runc containerd python3-seccomp containernetworking-plugins nftables
 )
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -166,6 +166,7 @@ SHIPPED_CONF_SHA256=(
     b55a990ce36d7f8bf00b041ce382125b229666e9fa0754a24f7199d7d5477651
     c80ec00fff5e47fea7901aa22f54d911d7455a3883c950765bf3b59e6e71db1e
     ea088c5649747664a981c77e950def3e7c83b705ae889ba65623d15ac15b5449
+    633a40719d6c21d0290ae5c43903b9491b9051f4197ef9103c81b99ab7369d0c
 )
 if [ -e /etc/sifbox/sifbox.conf ]; then
     current=$(sha256sum </etc/sifbox/sifbox.conf | cut -c1-64)
@@ -179,6 +180,11 @@ if [ -e /etc/sifbox/sifbox.conf ]; then
 else
     install -m 0644 "$repo/sifbox/data/sifbox.conf" /etc/sifbox/sifbox.conf
 fi
+# The CNI networks of --net/--network (Apptainer's set): each file installed once, kept once edited.
+install -d -m 0755 /etc/sifbox/network
+for conf in "$repo"/sifbox/data/network/*.conflist; do
+    [ -e "/etc/sifbox/network/$(basename "$conf")" ] || install -m 0644 "$conf" /etc/sifbox/network/
+done
 # The admission store daemon (`sifbox store serve`) runs as this system user; its unit file is
 # installed, not enabled (`systemctl enable --now sifbox-store` starts it).
 id sifbox-store >/dev/null 2>&1 ||

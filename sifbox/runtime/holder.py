@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sifbox.runtime.sandbox import rootfs
 from sifbox.runtime.sandbox import syscalls as sc
@@ -241,7 +242,7 @@ def start_instance(p, name: str, pid_file: str | None, config: dict[str, object]
         os.close(err_fd)
         os.close(out_fd)
         os.waitpid(child, 0)
-        seen: dict[str, int] = {}
+        seen: dict[str, Any] = {}
         try:
             holder, status = wait_ready(ours, seen)
         except BaseException:
@@ -260,7 +261,7 @@ def start_instance(p, name: str, pid_file: str | None, config: dict[str, object]
         wst = instances.proc_stat(watcher) if watcher else None
         state = instances.State(
             pid=holder, ppid=watcher, name=name, user=paths.user, image=p.source.path,
-            config=config, userns=bool(p.userns), logErrPath=err_log, logOutPath=out_log,
+            config=config, userns=bool(p.userns), logErrPath=err_log, logOutPath=out_log, ip=seen.get("ip", ""),
             starttime=st[1] if st else 0, ppidStarttime=wst[1] if wst else 0,
             path=paths.state_file(name),
         )  # fmt: skip
@@ -298,6 +299,11 @@ def _watcher(name, paths, sock, err_fd: int, out_fd: int, launch) -> None:  # ty
         def keep(start, tramp, payload_name: str, helpers) -> int:  # type: ignore[no-untyped-def]
             return hold(start, notify, tramp=tramp, name=payload_name, helpers=helpers)
 
+        def addresses(found: list[str]) -> None:  # the CNI networks' addresses, for `instance list`
+            sock.send(("ip " + ",".join(found)).encode())
+
+        keep.addresses = addresses  # type: ignore[attr-defined]
+
         try:
             status = launch(keep)
         except SifboxError as err:
@@ -325,9 +331,10 @@ def _watcher(name, paths, sock, err_fd: int, out_fd: int, launch) -> None:  # ty
             os._exit(status)
 
 
-def wait_ready(sock, seen: dict[str, int]) -> tuple[int | None, int]:  # type: ignore[no-untyped-def]
+def wait_ready(sock, seen: dict[str, Any]) -> tuple[int | None, int]:  # type: ignore[no-untyped-def]
     """(holder pid, 0) once the holder says it is ready; (None, status) if
-    the instance ended first. The watcher's pid goes into `seen`."""
+    the instance ended first. The watcher's pid goes into `seen`, and the
+    addresses of its networks (`ip`)."""
     import socket
     import struct
 
@@ -347,6 +354,8 @@ def wait_ready(sock, seen: dict[str, int]) -> tuple[int | None, int]:  # type: i
             return pid, 0
         if data == b"watcher" and pid > 0:
             seen["watcher"] = pid
+        if data.startswith(b"ip "):
+            seen["ip"] = data[3:].decode("ascii", "replace")
         if data.startswith(b"exit "):
             try:
                 status = int(data[5:])

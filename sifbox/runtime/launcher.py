@@ -102,6 +102,7 @@ class Prepared:
     __slots__ = (
         "action",
         "app",
+        "attached",
         "caps",
         "cfg",
         "cgroups",
@@ -120,6 +121,7 @@ class Prepared:
         "layers",
         "log",
         "mounts",
+        "network",
         "no_init",
         "ns",
         "opened",
@@ -138,6 +140,7 @@ class Prepared:
     )  # fmt: skip
     action: str
     app: str | None
+    attached: Any  # sifbox.runtime.network.Attached: the namespace of CNI networks, with its keeper
     caps: frozenset[int]
     cfg: Config
     cgroups: Any  # sifbox.hpc.cgroups.Cgroups of --memory, --cpus...: joined before pivot_root
@@ -156,6 +159,7 @@ class Prepared:
     layers: list[Any]
     log: Callable[..., None] | None
     mounts: list[Any]
+    network: Any  # sifbox.runtime.network.Plan of --net/--network, or None
     no_init: bool
     ns: Any
     opened: images.Opened
@@ -263,6 +267,10 @@ def prepare(launch: Launch) -> Prepared:
     p = Prepared(action=action, spec=spec, host=host, cfg=cfg, conf_path=conf_path, site=site, log=log,
                  caps=caps, contained=contained, app=launch.app, words=list(launch.words), layers=[], data=[],
                  mounts=[], identity=spec.identity_files, options=options, seccomp=seccomp_program(options, caps))  # fmt: skip
+    if spec.net and not spec.image.startswith("instance://"):
+        from sifbox.runtime import network
+
+        p.network = network.plan(spec, cfg, conf_path, host.is_root, host.user, _warn)
     if spec.image.startswith("instance://"):
         from sifbox.runtime import instances
 
@@ -525,7 +533,16 @@ def _keep_fds(env: dict[str, str]) -> frozenset[int]:
 
 def launch_prepared(p: Prepared, hold=None) -> int:  # type: ignore[no-untyped-def]
     """Create the namespaces, then build and run the container. With `hold`
-    (an instance), `hold(payload, trampoline, helpers)` keeps it."""
+    (an instance), `hold(payload, trampoline, helpers)` keeps it. The CNI networks
+    are joined first (the keeper of their namespace runs DEL once the launch ends)."""
+    if p.network is None:
+        return _launch(p, hold)
+    from sifbox.runtime import network
+
+    return network.launch_with(p, hold, _launch)
+
+
+def _launch(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
     from sifbox.runtime import supervisor
     from sifbox.runtime.sandbox import namespaces, process
 
@@ -535,6 +552,8 @@ def launch_prepared(p: Prepared, hold=None) -> int:  # type: ignore[no-untyped-d
         p.shared_fd = nodemount.enter(p)
     else:
         namespaces.enter(p.ns, image=p.spec.image)
+    if p.attached is not None:
+        p.attached.close_fd()
     if p.host.is_root:
         # Not before: newuidmap and the id maps need this process's /proc files.
         # (A user's container runs as the user, who may open their own processes'.)
@@ -550,6 +569,8 @@ def launch_prepared(p: Prepared, hold=None) -> int:  # type: ignore[no-untyped-d
         if p.ns.pid:
             syscalls.set_child_subreaper()
         status = supervisor.run(lambda: _exit(_as_init(p, hold)))
+        if p.attached is not None:
+            p.attached.release()  # the keeper runs DEL, and is reaped below
         if p.ns.pid:  # the kernel killed the namespace's processes with its PID 1
             supervisor.reap_all()
         return status
@@ -587,12 +608,18 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
         points = [(m.target, m.file) for m in mounts if m.kind not in ("mask", "readonly")]
         if p.identity:
             points += [("/etc/passwd", True), ("/etc/group", True)]
+        if spec.dns:
+            points.append(("/etc/resolv.conf", True))
         root, persistent = session.stack(lower, p.layers, points, p.site.overlay, images.oci_files(p.opened.source))
     if p.log:
         for note in session.notes:
             p.log("%s", note)
     if p.identity:
         _identity_files(session, root, p.inner, p.cfg)
+    if spec.dns:  # --dns: the container's own resolv.conf
+        from sifbox.runtime.cni import resolv_conf
+
+        session.bind_text(root, "/etc/resolv.conf", resolv_conf(spec.dns))
     # A build's root is written in place too, and its mount points are made in
     # it, as a build makes them; a --writable run has the mounts that fit.
     in_place = writable_sandbox and p.fixed is None

@@ -145,7 +145,9 @@ def default_mounts(spec: ContainerSpec, host: Host, exists: Callable[[str], bool
         # "proc", done by the container's init); else the host's.
         mounts.append(Mount("proc", None, "/proc") if spec.pid else Mount("rbind", "/proc", "/proc"))
     if "sys" not in off:
-        mounts.append(Mount("rbind", "/sys", "/sys", readonly=contained))
+        # A network namespace of its own: a sysfs of its own (its /sys/class/net).
+        mounts.append(Mount("sysfs", None, "/sys", readonly=contained) if spec.net
+                      else Mount("rbind", "/sys", "/sys", readonly=contained))  # fmt: skip
     if "dev" not in off:
         if spec.contain or site.mount_dev == "minimal" or contained:
             mounts.append(Mount("tmpfs", None, "/dev", options="mode=755,size=1m"))
@@ -201,7 +203,7 @@ def default_mounts(spec: ContainerSpec, host: Host, exists: Callable[[str], bool
             if dst not in off and exists(src):
                 policy = "optional" if src in ("/etc/hosts", "/etc/localtime") else "site"
                 mounts.append(Mount("bind", src, dst, readonly=True, file=not isdir(src), policy=policy))
-    if site.resolv_conf and "/etc/resolv.conf" not in off and exists("/etc/resolv.conf"):
+    if site.resolv_conf and "/etc/resolv.conf" not in off and exists("/etc/resolv.conf") and not spec.dns:
         mounts.append(Mount("bind", "/etc/resolv.conf", "/etc/resolv.conf", readonly=True, file=True,
                             policy="site"))  # fmt: skip
     index = 0

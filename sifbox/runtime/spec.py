@@ -76,6 +76,10 @@ if TYPE_CHECKING:
         workdir: str | None = None
         #: -S/--scratch: container directories that start empty
         scratch: tuple[str, ...] = ()
+        #: --network names (empty: the default, bridge for root, none for users), --network-args, --dns
+        network: tuple[str, ...] = ()
+        network_args: tuple[str, ...] = ()
+        dns: tuple[str, ...] = ()
 
 
 # Plain records at run time: `typing` costs start-up time on every launch.
@@ -87,9 +91,9 @@ ContainerSpec = namedtuple(  # type: ignore[misc]
     "ContainerSpec",
     "image action command binds home_source home_target no_home contain cleanenv "
     "writable_tmpfs userns pwd env_overrides no_mount shell fakeroot pid ipc uts hostname net writable overlays "
-    "identity_files workdir scratch",
+    "identity_files workdir scratch network network_args dns",
     defaults=((), (), None, None, False, False, False, False, False, None, (), frozenset(), None, False,
-              False, False, False, None, False, False, (), True, None, ()),
+              False, False, False, None, False, False, (), True, None, (), (), (), ()),
 )  # fmt: skip
 
 ACTIONS = ("exec", "run", "shell", "test")

@@ -31,7 +31,7 @@ from sifbox.runtime.spec import (
     parse_bind,
     parse_mount,
 )
-from sifbox.util.errors import NotAvailableError, SifboxError, UsageError
+from sifbox.util.errors import SifboxError, UsageError
 
 
 # -- spec.parse_bind --------------------------------------------------------------------------
@@ -657,6 +657,8 @@ def ns(command: str = "exec", **kw: Any) -> argparse.Namespace:
         "uts": False,
         "hostname": None,
         "network": None,
+        "network_args": [],
+        "dns": None,
         "add_caps": None,
         "drop_caps": None,
         "app": None,
@@ -883,8 +885,12 @@ def test_namespace_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = action.build_spec(ns(containall=True))
     assert spec.pid and spec.ipc and spec.contain and spec.cleanenv and not spec.net
     assert action.build_spec(ns(network="none")).net
-    with pytest.raises(NotAvailableError):
-        action.build_spec(ns(network="bridge"))
+    spec = action.build_spec(ns(network="bridge,ptp", network_args=["portmap=8080:80/tcp"], dns="1.1.1.1, 9.9.9.9"))
+    assert (spec.net, spec.network, spec.network_args, spec.dns) == (
+        True, ("bridge", "ptp"), ("portmap=8080:80/tcp",), ("1.1.1.1", "9.9.9.9"))
+    for bad in ({"network": "../x"}, {"network": "none,bridge"}, {"dns": "1.1.1.1;x"}):
+        with pytest.raises(UsageError):
+            action.build_spec(ns(**bad))
     monkeypatch.setenv("APPTAINER_UNSHARE_PID", "true")
     assert action.build_spec(ns()).pid
 
@@ -1076,3 +1082,10 @@ def test_underlay_is_accepted() -> None:
     parsed = build_parser(full="exec").parse_args(["exec", "--underlay", "-W", "/w", "-S", "/s", "/i.sif", "true"])
     assert parsed.underlay and parsed.workdir == "/w" and parsed.scratch == ["/s"]
     assert action.fast_parse("exec", ["--underlay", "-S", "/s", "/i.sif", "true"])["scratch"] == ["/s"]
+
+
+def test_own_network_namespace_gets_its_own_sysfs_and_dns_its_resolv_conf() -> None:
+    assert Mount("sysfs", None, "/sys") in plan(net=True)
+    assert Mount("rbind", "/sys", "/sys") in plan()
+    assert "/etc/resolv.conf" in targets(plan(files=[*FILES, "/etc/resolv.conf"]))
+    assert "/etc/resolv.conf" not in targets(plan(files=[*FILES, "/etc/resolv.conf"], dns=("1.1.1.1",)))

@@ -76,7 +76,12 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, str, str | None, str | None, str], ..
     (("--uts",), "uts", "bool", None, "run in a new UTS namespace", "isolation"),
     (("--hostname",), "hostname", "value", "NAME", "set the container hostname (implies --uts)", "isolation"),
     (("-n", "--net"), "net", "bool", None, "run in a new network namespace", "isolation"),
-    (("--network",), "network", "value", "TYPES", "network types with --net (only `none`: loopback only)",
+    (("--network",), "network", "value", "NAMES",
+     "networks with --net, comma-separated (CNI configurations; default bridge for root; none: loopback only)",
+     "isolation"),
+    (("--network-args",), "network_args", "append", "ARGS",
+     "arguments of the networks: portmap=HOST:CONTAINER/PROTO, IP=ADDRESS, [NETWORK:]KEY=VALUE", "isolation"),
+    (("--dns",), "dns", "value", "SERVERS", "DNS servers of the container's /etc/resolv.conf (comma list)",
      "isolation"),
     (("-f", "--fakeroot"), "fakeroot", "bool", None,
      "run as root in a user namespace (subuid/subgid ranges when configured)", "isolation"),
@@ -255,6 +260,7 @@ def build_spec(args):  # type: ignore[no-untyped-def]
         home_target = parts[1] if len(parts) == 2 and parts[1] else home_source
     compat = _compat(args)
     containall = args.containall or compat or _truthy(flag_env("CONTAINALL"))
+    net, network = _net(args)
     return ContainerSpec(
         image=args.image,
         action=args.command,
@@ -277,7 +283,10 @@ def build_spec(args):  # type: ignore[no-untyped-def]
         ipc=args.ipc or containall or _truthy(flag_env("IPC", "UNSHARE_IPC")),
         uts=args.uts or _truthy(flag_env("UTS", "UNSHARE_UTS")),
         hostname=args.hostname or flag_env("HOSTNAME") or None,
-        net=_net(args),
+        net=net,
+        network=network,
+        network_args=tuple(getattr(args, "network_args", None) or ([flag_env("NETWORK_ARGS")] if flag_env("NETWORK_ARGS") else [])),
+        dns=_dns(args),
         workdir=args.workdir or flag_env("WORKDIR") or None,
         scratch=tuple(args.scratch + ([flag_env("SCRATCH", "SCRATCHDIR")] if flag_env("SCRATCH", "SCRATCHDIR") else [])),
     )
@@ -318,14 +327,30 @@ def _caps(args):  # type: ignore[no-untyped-def]
     return (keep_privs, no_privs, add, drop)
 
 
-def _net(args) -> bool:  # type: ignore[no-untyped-def]
+def _net(args) -> tuple[bool, tuple[str, ...]]:  # type: ignore[no-untyped-def]
+    """(--net, the --network names) of the options and variables."""
+    from sifbox.runtime.cni import NetworkError, parse_networks
+
     network = args.network or flag_env("NETWORK")
     net = args.net or _truthy(flag_env("NET", "UNSHARE_NET")) or bool(network)
-    if network and network != "none":
-        raise NotAvailableError(
-            f"can't use --network `{network}`: only `none` (loopback only) is available in this version",
-        )
-    return net
+    if not network:
+        return net, ()
+    try:
+        return net, parse_networks(network)
+    except NetworkError as err:
+        raise UsageError(f"can't use --network `{network}`: {err}", hint=err.hint) from None
+
+
+def _dns(args) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
+    from sifbox.runtime.cni import NetworkError, resolv_conf
+
+    text = getattr(args, "dns", None) or flag_env("DNS") or ""
+    servers = tuple(d.strip() for d in text.split(",") if d.strip())
+    try:
+        resolv_conf(servers)
+    except NetworkError as err:
+        raise UsageError(f"can't use --dns `{text}`: {err}") from None
+    return servers
 
 
 def _devices(args):  # type: ignore[no-untyped-def]

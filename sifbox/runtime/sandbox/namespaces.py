@@ -24,9 +24,11 @@ def enter(ns: Namespaces, *, image: str) -> None:
         (sc.CLONE_NEWPID if ns.pid else 0)
         | (sc.CLONE_NEWIPC if ns.ipc else 0)
         | (sc.CLONE_NEWUTS if ns.uts or ns.hostname else 0)
-        | (sc.CLONE_NEWNET if ns.net else 0)
+        | (sc.CLONE_NEWNET if ns.net and ns.net_fd is None else 0)
     )
     try:
+        if ns.net_fd is not None:  # first: it belongs to the host's user namespace
+            sc.setns(ns.net_fd, sc.CLONE_NEWNET)
         if ns.user and ns.maps is not None:
             _unshare_with_helpers(ns)
         elif ns.user:
@@ -38,7 +40,7 @@ def enter(ns: Namespaces, *, image: str) -> None:
             sc.unshare(extra)
         if ns.hostname:
             sc.sethostname(ns.hostname)
-        if ns.net:
+        if ns.net and ns.net_fd is None:
             sc.loopback_up()
     except LaunchError:
         raise
@@ -47,6 +49,42 @@ def enter(ns: Namespaces, *, image: str) -> None:
             f"can't start a container from `{image}`: can't create namespaces: {describe_os_error(err)}",
             hint="unprivileged user namespaces may be disabled; `sifbox doctor` checks this",
         ) from None
+
+
+def new_network(*, image: str) -> int:
+    """A new network namespace with its loopback up, open (read-only, close-on-exec) at the
+    descriptor returned. A forked child makes it and ends; this process stays where it is."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            try:
+                sc.unshare(sc.CLONE_NEWNET)
+                sc.loopback_up()
+                os.write(ready_w, b"\0")
+            except OSError as err:
+                os.write(ready_w, bytes([err.errno or 1]))
+            os.read(done_r, 1)  # until the parent has it open
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        answer = os.read(ready_r, 1)
+        if answer != b"\0":
+            code = answer[0] if answer else 0
+            raise LaunchError(f"can't start a container from `{image}`: can't create a network namespace: "
+                              f"{os.strerror(code) if code else 'the helper died'}")  # fmt: skip
+        return os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(done_w)
+        os.close(ready_r)
+        os.waitpid(pid, 0)
 
 
 def write_own_maps(uid: int, gid: int, inside: int | None = None) -> None:

@@ -35,7 +35,6 @@ The themes:
     legacy-environment    /environment of an image without /.singularity.d is not sourced
     no-mount-dev-null     with --no-mount dev the launch needs /dev/null from the image
     passwd-entry          the caller's /etc/passwd line lacks the host's GECOS field and shell
-    network-cni           --network bridge, ptp, fakeroot
     inspect-all-json      `inspect --all` lacks Apptainer's JSON (apps' labels, scripts, help)
     image-labels          labels Apptainer's build writes (`...usage.apptainer.runscript.help`)
     image-env-script      the environment scripts as Apptainer writes them (image and apps)

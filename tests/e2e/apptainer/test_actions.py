@@ -266,21 +266,32 @@ REFUSED_NETWORK = (
 )
 NETWORK = [
     C("actions.go:actionNetwork/BridgeNetwork", "exec", "--net", "--network", "bridge", "@test@", "id",
-      only="root", xfail="network-cni"),
+      only="root"),
     C("actions.go:actionNetwork/PtpNetwork", "exec", "--net", "--network", "ptp", "@test@", "id",
-      only="root", xfail="network-cni"),
+      only="root"),
     C("actions.go:actionNetwork/UnknownNetwork", "exec", "--net", "--network", "unknown", "@test@", "id",
       exit=125, diverges=REFUSED_NETWORK),
     C("actions.go:actionNetwork/FakerootNetwork", "exec", "--net", "--network", "fakeroot", "@test@", "id",
-      profile="fakeroot", xfail="network-cni"),
+      profile="fakeroot"),
     C("actions.go:actionNetwork/NoneNetwork", "exec", "--net", "--network", "none", "@test@", "id"),
     C("actions.go:actionNetwork/UserBridgeNetwork", "exec", "--net", "--network", "bridge", "@test@", "id",
       only="user", exit=125, diverges=REFUSED_NETWORK),
 ]  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def host_network() -> Iterator[None]:
+    """The host as it was before the networks' plugins ran (bridge, iptables, ip_forward)."""
+    from tests.integration import netstate
+
+    networks = Path("/var/lib/cni/networks")
+    with netstate.restored(("sbr0",), tuple(networks / n for n in ("bridge", "ptp", "fakeroot"))) as problems:
+        yield
+    assert not problems, problems
+
+
 @pytest.mark.parametrize("case", params(NETWORK))
-def test_network(request, sb, case: Case) -> None:
+def test_network(request, sb, case: Case, host_network) -> None:
     run_case(request, sb, case)
 
 
