@@ -279,7 +279,7 @@ def _stop(doc: dict[str, Any], uid: int) -> None:
 
 
 def acquire(image: Any, *, uid: int, gid: int, userns: bool, squashfuse: str | None, slave: bool,
-            idle: int) -> Joinable:  # fmt: skip
+            idle: int, fuse_threads: bool = False) -> Joinable:  # fmt: skip
     """The holder of `image` (a RootImage: the admitted descriptor, offset, size) for this
     user, started if there is none; its refs lock taken. Raises Unshared."""
     path, dir_fd = _usable_dir(uid)
@@ -297,7 +297,8 @@ def acquire(image: Any, *, uid: int, gid: int, userns: bool, squashfuse: str | N
                 from sifbox.runtime import holder
 
                 doc = holder.start_node_mount(image, dir_fd=dir_fd, key=key, uid=uid, gid=gid, userns=userns,
-                                              squashfuse=squashfuse, slave=slave, idle=idle)  # fmt: skip
+                                              squashfuse=squashfuse, slave=slave, idle=idle,
+                                              fuse_threads=fuse_threads)  # fmt: skip
                 doc.update(version=VERSION, key=key, uid=uid, image=image.path)
                 _write(dir_fd, key, doc)
                 started = True
@@ -368,7 +369,8 @@ def for_launch(p: Any, *, instance: str | None) -> Joinable | None:
             idle = DEFAULT_IDLE
         try:
             found = acquire(p.image, uid=p.host.uid, gid=p.host.gid, userns=p.userns, squashfuse=p.squashfuse,
-                            slave=p.site.mount_slave, idle=max(0, idle))  # fmt: skip
+                            slave=p.site.mount_slave, idle=max(0, idle),
+                            fuse_threads=squashfuse_threads(p, shared=True))  # fmt: skip
         except Unshared as err:
             reason = f"can't share its mount: {err}"
         else:
@@ -381,24 +383,31 @@ def for_launch(p: Any, *, instance: str | None) -> Joinable | None:
     return None
 
 
+def squashfuse_threads(p: Any, *, shared: bool) -> bool:
+    """Whether the squashfuse_ll of a prepared launch serves its mount (a node holder's:
+    `shared`) with the multithreaded server (`squashfuse threads` of sifbox.conf, the
+    binary's capability); said at -v."""
+    if not p.squashfuse:
+        return False
+    from sifbox.image.squashfuse import probe
+    from sifbox.runtime.mountpath import fuse_threads
+
+    setting = str(os.environ.get("SIFBOX_SQUASHFUSE_THREADS") or p.cfg.get("squashfuse threads")).lower()
+    threads, why = fuse_threads(setting, probe(p.squashfuse).multithreaded, shared=shared)
+    if p.log:
+        p.log("squashfuse_ll %s: %s", "multithreaded" if threads else "single-threaded", why)
+    return threads
+
+
 def _why_not(p: Any, instance: str | None) -> str | None:
-    if p.options is not None and not p.options.share:
-        return "--no-share"
-    if not p.cfg.get_bool("share image mounts"):
-        return "`share image mounts = no` in sifbox.conf"
-    if instance is not None or p.joining is not None or p.fixed is not None:
-        return ""  # an instance keeps its own mounts (not yet shared)
-    if p.image is None or p.image.kind != "squashfs":
-        return ""
-    if p.ns.maps is not None or p.ns.inside is not None:
-        return "--fakeroot"
-    if p.userns != (not p.host.is_root):
-        return "root with a user namespace"
-    if not p.site.mount_slave:
-        # The holder's copy of the host's mounts is as old as the holder: only as a slave
-        # does it see what the host mounted since (an automounted /scratch).
-        return "`mount slave = no` in sifbox.conf"
-    return None
+    from sifbox.runtime.mountpath import share_refusal
+
+    kind = p.image.kind if p.image is not None else ""
+    return share_refusal(kind=kind, no_share=p.options is not None and not p.options.share,
+                         share_conf=p.cfg.get_bool("share image mounts"),
+                         instance=instance is not None or p.joining is not None or p.fixed is not None,
+                         fakeroot=p.ns.maps is not None or p.ns.inside is not None,
+                         root_userns=p.userns != (not p.host.is_root), mount_slave=p.site.mount_slave)  # fmt: skip
 
 
 # --- sifbox mounts list|prune ---------------------------------------------------------------------------
