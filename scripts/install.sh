@@ -23,7 +23,7 @@ PACKAGES=(
     squashfs-tools-ng bash-completion fuse-overlayfs gnupg gpgv sqv fuse2fs zstd skopeo umoci
     docker-registry apache2-utils openssl charliecloud-runtime bubblewrap gocryptfs sks
     slurm-wlm munge openmpi-bin libopenmpi-dev mpich libmpich-dev gcc
-    runc containerd python3-seccomp
+    runc containerd python3-seccomp python3-pyfuse3
 )
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
