@@ -7,7 +7,8 @@
 Run as root, after benchmarks/read.py --keep has built WORKDIR. For each row and N in (1,
 --ranks): holders stopped, `sync; echo 3 > /proc/sys/vm/drop_caches`, a fresh memory cgroup
 (v2 `memory.stat` file, or v1 total_cache) that the N ranks start in (so does a holder one of
-them starts), the ranks run at once, then the page cache charged to the cgroup is read. The
+them starts), the ranks start at once and, once every one has imported numpy (and while all
+of them still run, their mounts with them), the page cache charged to the cgroup is read. The
 kernel charges a page to the cgroup that first brings it in, so other work on the machine
 does not count; /proc/meminfo's Cached delta is printed too, as a noisier cross-check.
 
@@ -29,7 +30,9 @@ from pathlib import Path
 
 from benchlib import Unavailable, UserEnv
 
-NUMPY = ["/usr/bin/python3", "-c", "import numpy"]
+#: Each rank imports numpy, says so, and stays (its mount with it) until its stdin closes:
+#: the page cache is measured while all N run (a --no-share mount's cache goes with its mount).
+NUMPY = ["/usr/bin/python3", "-c", "import sys, numpy; print('ready', flush=True); sys.stdin.read()"]
 
 
 def log(msg: str) -> None:
@@ -101,15 +104,16 @@ def measure(env: UserEnv, sifbox: str | None, parent: Path, kind: str, who: str,
     try:
         before = cached_kib()
         enter = ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(cg.path), *env.wrap(who, argv)]
-        procs = [subprocess.Popen(enter, env=env.env[who], cwd="/", stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(n)]  # fmt: skip
-        failed = 0
+        procs = [subprocess.Popen(enter, env=env.env[who], cwd="/", stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(n)]  # fmt: skip
+        ready = sum(1 for p in procs if p.stdout is not None and p.stdout.readline() == b"ready\n")
+        charged, delta = cg.cache(), (cached_kib() - before) * 1024
+        failed = n - ready
         for p in procs:
-            _, err = p.communicate(timeout=900)
+            _, err = p.communicate(b"", timeout=900)
             if p.returncode:
                 failed += 1
                 log(f"  rank failed: {err.decode(errors='replace').strip()[-300:]}")
-        charged, delta = cg.cache(), (cached_kib() - before) * 1024
     finally:
         prune_holders(env, sifbox)
         cg.remove()
