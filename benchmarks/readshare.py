@@ -4,12 +4,15 @@ user (squashfuse_ll), next to `chroot` into the same tree as a local directory.
 
 Interleaved rounds (every row once per round, in turn), medians: the machine is shared, and
 a slow moment then costs every row alike. The holder stays between runs (its idle timeout),
-so the shared rows measure what rank 2..N of a job pays: join, bind, run. Goals (issue 15):
-shared <= 1.25x chroot as root, <= 1.4x as a user. Standard library only.
+so the shared rows measure what rank 2..N of a job pays: join, bind, run. Each round also runs
+/bin/true in every runner: "net" is numpy minus true (the runner's start-up taken out), the
+cost of reading through the mount. Goals (issue 15): shared <= 1.25x chroot as root, <= 1.4x
+as a user. Standard library only.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import time
@@ -18,6 +21,7 @@ from collections.abc import Callable
 from benchlib import Failed, Unavailable, UserEnv
 
 NUMPY = ["/usr/bin/python3", "-c", "import numpy"]
+TRUE = ["/bin/true"]
 GOALS = {"root": 1.25, "user": 1.4}
 
 
@@ -37,64 +41,73 @@ def sharing_table(env: UserEnv, *, sifbox: str | None, sif: str | None, root_dir
                   log: Callable[[str], None]) -> list[str]:  # fmt: skip
     """The table's lines."""
     user = env.user
-    rows: list[tuple[str, str, list[str] | None, str]] = [  # label, who, argv, note
-        ("chroot root/ (dir) [ref]", "root", [chroot, root_dir, *NUMPY] if chroot and root_dir else None,
+    rows: list[tuple[str, str, list[str] | None, str]] = [  # label, who, argv prefix, note
+        ("chroot root/ (dir) [ref]", "root", [chroot, root_dir] if chroot and root_dir else None,
          "chroot or the tree missing"),
     ]
     for who in ("root", user):
         for label, opts in (("sifbox exec, shared holder", []), ("sifbox exec --no-share", ["--no-share"])):
-            argv = [sifbox, "exec", *opts, sif, *NUMPY] if sifbox and sif else None
-            rows.append((f"{label} img-gzip.sif", who, argv, "sifbox or the image missing"))
-    rows.append(("ch-run root/ (dir)", user, [chrun, root_dir, "--", *NUMPY] if chrun and root_dir else None,
+            prefix = [sifbox, "exec", *opts, sif] if sifbox and sif else None
+            rows.append((f"{label} img-gzip.sif", who, prefix, "sifbox or the image missing"))
+    rows.append(("ch-run root/ (dir)", user, [chrun, root_dir, "--"] if chrun and root_dir else None,
                  "ch-run not installed"))
-    wrapped: list[list[str] | None] = []
-    notes: list[str] = []
-    for _, who, argv, note in rows:
+    runs: list[tuple[int, str, list[str]]] = []  # row, workload, argv
+    notes = [note for *_, note in rows]
+    usable = [False] * len(rows)
+    for i, (_, who, prefix, _) in enumerate(rows):
+        if prefix is None:
+            continue
         try:
-            wrapped.append(env.wrap(who, argv) if argv else None)
-            notes.append(note)
+            runs += [(i, "numpy", env.wrap(who, [*prefix, *NUMPY])), (i, "true", env.wrap(who, [*prefix, *TRUE]))]
+            usable[i] = True
         except Unavailable as err:
-            wrapped.append(None)
-            notes.append(str(err))
-    times: list[list[float]] = [[] for _ in rows]
+            notes[i] = str(err)
+    times: dict[tuple[int, str], list[float]] = {(i, w): [] for i, w, _ in runs}
     errors = ["" for _ in rows]
-    for i, argv in enumerate(wrapped):  # warm-up: page cache, the holders
-        if argv:
+    for r in range(rounds + 1):  # round 0: the warm-up (page cache, the holders)
+        if r:
+            log(f"sharing: round {r}/{rounds}")
+        for i, workload, argv in runs:
+            if errors[i]:
+                continue
             try:
-                _once(env, rows[i][1], argv)
+                elapsed = _once(env, rows[i][1], argv)
             except (Failed, OSError, subprocess.TimeoutExpired) as err:
-                errors[i] = str(err)
-    for r in range(rounds):
-        log(f"sharing: round {r + 1}/{rounds}")
-        for i, argv in enumerate(wrapped):
-            if argv and not errors[i]:
-                try:
-                    times[i].append(_once(env, rows[i][1], argv))
-                except (Failed, OSError, subprocess.TimeoutExpired) as err:
-                    errors[i] = str(err)
-    ref = statistics.median(times[0]) * 1000 if times[0] else None
+                errors[i] = f"{workload}: {err}"
+                continue
+            if r:
+                times[(i, workload)].append(elapsed * 1000)
+
+    def med(i: int, workload: str) -> float | None:
+        got = times.get((i, workload))
+        return statistics.median(got) if got else None
+
+    ref, ref_true = med(0, "numpy"), med(0, "true")
+    ref_net = ref - ref_true if ref is not None and ref_true is not None else None
     width = max(len(label) for label, *_ in rows)
     uw = max(len(who) for _, who, *_ in rows)
-    head = f"{'runner':<{width}}  {'user':<{uw}}  {'warm ms':>8}  {'min ms':>7}  {'/chroot':>7}  goal"
+    head = (f"{'runner':<{width}}  {'user':<{uw}}  {'numpy ms':>8}  {'/chroot':>7}  {'true ms':>7}  "
+            f"{'net ms':>6}  {'net/chroot':>10}  goal (numpy/chroot)")
     lines = [head, "-" * len(head)]
     for i, (label, who, _, _) in enumerate(rows):
         prefix = f"{label:<{width}}  {who:<{uw}}"
-        if wrapped[i] is None:
+        numpy_ms, true_ms = med(i, "numpy"), med(i, "true")
+        if not usable[i]:
             lines.append(f"{prefix}  n/a ({notes[i]})")
             continue
-        if not times[i]:
+        if numpy_ms is None or true_ms is None:
             lines.append(f"{prefix}  failed ({errors[i]})")
             continue
-        med = statistics.median(times[i]) * 1000
-        rel = med / ref if ref else None
+        net = numpy_ms - true_ms
+        rel = numpy_ms / ref if ref else None
         goal = ""
         if "shared holder" in label:
             limit = GOALS["root" if who == "root" else "user"]
             goal = f"<= {limit}x: " + ("met" if rel is not None and rel <= limit else "NOT met")
-        lines.append(f"{prefix}  {med:8.1f}  {min(times[i]) * 1000:7.1f}  "
-                     f"{(f'{rel:7.2f}' if rel is not None else '      -')}  {goal}")  # fmt: skip
+        lines.append(f"{prefix}  {numpy_ms:8.1f}  {(f'{rel:7.2f}' if rel else '      -')}  {true_ms:7.1f}  "
+                     f"{net:6.1f}  {(f'{net / ref_net:10.2f}' if ref_net and ref_net > 0 else '         -')}  {goal}")  # fmt: skip
         if errors[i]:
             lines.append(f"{'':<{width}}  (then failed: {errors[i]})")
-    lines.append(f"median of {rounds} interleaved rounds after one warm-up run per row; "
-                 f"workload: {' '.join(NUMPY)}")
+    lines.append(f"medians of {rounds} interleaved rounds after a warm-up round; numpy: {' '.join(NUMPY)}; "
+                 f"true: {' '.join(TRUE)}; load average now {os.getloadavg()[0]:.1f}")
     return lines
