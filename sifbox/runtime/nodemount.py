@@ -370,23 +370,25 @@ def for_launch(p: Any, *, instance: str | None) -> Joinable | None:
         try:
             found = acquire(p.image, uid=p.host.uid, gid=p.host.gid, userns=p.userns, squashfuse=p.squashfuse,
                             slave=p.site.mount_slave, idle=max(0, idle),
-                            fuse_threads=squashfuse_threads(p, shared=True))  # fmt: skip
+                            fuse_threads=squashfuse_threads(p, shared=True, say=False))  # fmt: skip
         except Unshared as err:
             reason = f"can't share its mount: {err}"
         else:
             if p.log:
                 p.log("image %s: %s node mount holder (pid %d)", p.image.path,
                       "started the" if found.started else "joining the", found.pid)  # fmt: skip
+                if found.started:
+                    squashfuse_threads(p, shared=True)  # said once: the probe is cached
             return found
     if p.log and reason:
         p.log("image %s mounted for this container alone: %s", p.image.path, reason)
     return None
 
 
-def squashfuse_threads(p: Any, *, shared: bool) -> bool:
+def squashfuse_threads(p: Any, *, shared: bool, say: bool = True) -> bool:
     """Whether the squashfuse_ll of a prepared launch serves its mount (a node holder's:
     `shared`) with the multithreaded server (`squashfuse threads` of sifbox.conf, the
-    binary's capability); said at -v."""
+    binary's capability); said at -v (if `say`)."""
     if not p.squashfuse:
         return False
     from sifbox.image.squashfuse import probe
@@ -394,7 +396,7 @@ def squashfuse_threads(p: Any, *, shared: bool) -> bool:
 
     setting = str(os.environ.get("SIFBOX_SQUASHFUSE_THREADS") or p.cfg.get("squashfuse threads")).lower()
     threads, why = fuse_threads(setting, probe(p.squashfuse).multithreaded, shared=shared)
-    if p.log:
+    if p.log and say:
         p.log("squashfuse_ll %s: %s", "multithreaded" if threads else "single-threaded", why)
     return threads
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
+
+from tests.integration import images
+from tests.integration.images import LAUNCH_TIMEOUT, ActionImages, env_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,9 +44,6 @@ def test_doctor_catches_dev_fuse_0600(run_as, as_who, sifbox_cli, fuse_0600) -> 
 
 
 # --- which path an image's mount takes (sifbox.runtime.mountpath), said by doctor and at -v ----------
-
-from tests.integration import images  # noqa: E402
-from tests.integration.images import LAUNCH_TIMEOUT, ActionImages, env_for  # noqa: E402
 
 action_images = images.action_images
 
@@ -87,12 +88,12 @@ def test_squashfuse_threads_setting_reaches_the_server(run_as, test_user, sifbox
     conf = shared_tmp / "sifbox.conf"
     conf.write_text(f"squashfuse threads = {setting}\n")
     conf.chmod(0o644)
-    argv = [sifbox_cli, "-c", str(conf), "-v", "exec", "--no-share", str(action_images.sif), "sh", "-c",
-            # The container sees the host's processes (no PID namespace): the squashfuse_ll
-            # whose parent is one of this shell's ancestors is its own.
-            "a=; p=$$; while [ $p -gt 1 ]; do a=\"$a $p \"; p=$(cut -d' ' -f4 /proc/$p/stat); done; "
-            "for p in /proc/[0-9]*; do grep -qx squashfuse_ll $p/comm 2>/dev/null || continue; "
-            "case \"$a\" in *\" $(cut -d' ' -f4 $p/stat) \"*) tr '\\0' ' ' < $p/cmdline; echo;; esac; done"]
+    # The container sees the host's processes (no PID namespace): the squashfuse_ll whose
+    # parent is one of this shell's ancestors is its own.
+    script = ("a=; p=$$; while [ $p -gt 1 ]; do a=\"$a $p \"; p=$(cut -d' ' -f4 /proc/$p/stat); done; "
+              "for p in /proc/[0-9]*; do grep -qx squashfuse_ll $p/comm 2>/dev/null || continue; "
+              "case \"$a\" in *\" $(cut -d' ' -f4 $p/stat) \"*) tr '\\0' ' ' < $p/cmdline; echo;; esac; done")
+    argv = [sifbox_cli, "-c", str(conf), "-v", "exec", "--no-share", str(action_images.sif), "sh", "-c", script]
     proc = run_as(test_user, argv, env=env_for(test_user), timeout=LAUNCH_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     capable = _multithreaded()
@@ -110,3 +111,29 @@ def test_squashfuse_threads_setting_reaches_the_server(run_as, test_user, sifbox
     image = next(ln for ln in doctor.stdout.splitlines() if "image `" in ln)
     # doctor speaks of the default (a node holder): multithreaded with auto or yes where the binary has it.
     assert ("multithreaded" if setting != "no" and capable else "single-threaded") in image, image
+
+
+def test_a_node_holders_server_gets_the_threads_when_it_has_them(run_as, as_who, sifbox_cli,
+                                                                 action_images: ActionImages) -> None:  # fmt: skip
+    """`squashfuse threads = auto`: a holder's squashfuse_ll runs multithreaded (no `-s`)
+    where the binary has the server, on one thread (`-s`) where it has not."""
+    import re
+
+    if as_who.is_root:
+        pytest.skip("root's holder mounts the kernel's SquashFS: no squashfuse_ll")
+    proc = run_as(as_who, [sifbox_cli, "-v", "exec", str(action_images.sif), "true"], env=env_for(as_who),
+                  timeout=LAUNCH_TIMEOUT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    found = re.search(r"node mount holder \(pid (\d+)\)", proc.stderr)
+    assert found, proc.stderr
+    holder = int(found.group(1))
+    servers = []
+    for entry in os.listdir("/proc"):
+        try:
+            proc_dir = Path("/proc", entry)
+            if entry.isdigit() and (proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(holder):
+                servers.append((proc_dir / "cmdline").read_bytes().split(b"\0"))
+        except (OSError, IndexError):
+            continue
+    assert len(servers) == 1 and servers[0][0].endswith(b"squashfuse_ll"), servers
+    assert (b"-s" in servers[0]) is (_multithreaded() is not True), servers
