@@ -25,7 +25,7 @@ TRUE = ["/bin/true"]
 GOALS = {"root": 1.25, "user": 1.4}
 
 
-def _once(env: UserEnv, who: str, argv: list[str]) -> float:
+def _once(env: UserEnv, who: str, argv: list[str]) -> tuple[float, bytes]:
     start = time.perf_counter()
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, cwd="/", env=env.env[who],
                           timeout=600, check=False)  # fmt: skip
@@ -33,7 +33,7 @@ def _once(env: UserEnv, who: str, argv: list[str]) -> float:
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()
         raise Failed(f"exit {proc.returncode}: {tail[-1] if tail else ''}")
-    return elapsed
+    return elapsed, proc.stderr
 
 
 def sharing_table(env: UserEnv, *, sifbox: str | None, sif: str | None, root_dir: str | None,
@@ -46,8 +46,10 @@ def sharing_table(env: UserEnv, *, sifbox: str | None, sif: str | None, root_dir
          "chroot or the tree missing"),
     ]
     for who in ("root", user):
-        for label, opts in (("sifbox exec, shared holder", []), ("sifbox exec --no-share", ["--no-share"])):
-            prefix = [sifbox, "exec", *opts, sif] if sifbox and sif else None
+        # -v: a shared run says whether it joined the holder or (re)started it.
+        for label, opts in (("sifbox exec, shared holder", ["-v", "exec"]),
+                            ("sifbox exec --no-share", ["exec", "--no-share"])):  # fmt: skip
+            prefix = [sifbox, *opts, sif] if sifbox and sif else None
             rows.append((f"{label} img-gzip.sif", who, prefix, "sifbox or the image missing"))
     rows.append(("ch-run root/ (dir)", user, [chrun, root_dir, "--"] if chrun and root_dir else None,
                  "ch-run not installed"))
@@ -64,6 +66,7 @@ def sharing_table(env: UserEnv, *, sifbox: str | None, sif: str | None, root_dir
             notes[i] = str(err)
     times: dict[tuple[int, str], list[float]] = {(i, w): [] for i, w, _ in runs}
     errors = ["" for _ in rows]
+    restarts = [0 for _ in rows]
     for r in range(rounds + 1):  # round 0: the warm-up (page cache, the holders)
         if r:
             log(f"sharing: round {r}/{rounds}")
@@ -71,11 +74,15 @@ def sharing_table(env: UserEnv, *, sifbox: str | None, sif: str | None, root_dir
             if errors[i]:
                 continue
             try:
-                elapsed = _once(env, rows[i][1], argv)
+                elapsed, err_out = _once(env, rows[i][1], argv)
             except (Failed, OSError, subprocess.TimeoutExpired) as err:
                 errors[i] = f"{workload}: {err}"
                 continue
-            if r:
+            if r and b"started the node mount holder" in err_out:
+                # Its holder was gone (ended by `sifbox mounts prune --force` of other work on
+                # this machine, or its idle timeout): this run paid the mount; not counted.
+                restarts[i] += 1
+            elif r:
                 times[(i, workload)].append(elapsed * 1000)
 
     def med(i: int, workload: str) -> float | None:
@@ -108,6 +115,8 @@ def sharing_table(env: UserEnv, *, sifbox: str | None, sif: str | None, root_dir
                      f"{net:6.1f}  {(f'{net / ref_net:10.2f}' if ref_net and ref_net > 0 else '         -')}  {goal}")  # fmt: skip
         if errors[i]:
             lines.append(f"{'':<{width}}  (then failed: {errors[i]})")
+        if restarts[i]:
+            lines.append(f"{'':<{width}}  ({restarts[i]} run(s) found no holder and started one: not counted)")
     lines.append(f"medians of {rounds} interleaved rounds after a warm-up round; numpy: {' '.join(NUMPY)}; "
                  f"true: {' '.join(TRUE)}; load average now {os.getloadavg()[0]:.1f}")
     return lines
