@@ -512,9 +512,14 @@ def _node_holder(image, notify: int, dir_fd: int, key: str, uid: int, gid: int, 
         os.close(notify)
         period = max(0.05, idle / 4)
         idle_since: float | None = None
+        joined = nodemount.last_join(dir_fd, key)
         while True:
             info = signal.sigtimedwait(WATCHED, period)
             if info is None:
+                before, joined = joined, nodemount.last_join(dir_fd, key)
+                if joined != before:  # used since the last look, if only briefly
+                    idle_since = None
+                    continue
                 lock = nodemount.idle_now(dir_fd, key)
                 if lock is None:
                     idle_since = None

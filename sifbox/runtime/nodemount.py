@@ -308,6 +308,9 @@ def acquire(image: Any, *, uid: int, gid: int, userns: bool, squashfuse: str | N
             refs = os.open(f"{key}.refs", os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                            dir_fd=dir_fd)  # fmt: skip
             fcntl.flock(refs, fcntl.LOCK_SH)
+            # The holder's idle clock: a container shorter than its look period would
+            # otherwise go unseen (`last_join`).
+            os.utime(refs)
         finally:
             os.close(lock)
     except OSError as err:
@@ -349,6 +352,16 @@ def idle_now(dir_fd: int, key: str) -> int | None:
         os.close(lock)
         raise
     return lock
+
+
+def last_join(dir_fd: int, key: str) -> int:
+    """When a container last joined the holder of KEY (KEY.refs' modification time, ns; 0
+    if unknown): the holder looks every quarter of its idle timeout, and a container that
+    came and went between two looks still counts as use."""
+    try:
+        return os.stat(f"{key}.refs", dir_fd=dir_fd, follow_symlinks=False).st_mtime_ns
+    except OSError:
+        return 0
 
 
 def forget(dir_fd: int, key: str, pid: int) -> None:
