@@ -309,8 +309,11 @@ def acquire(image: Any, *, uid: int, gid: int, userns: bool, squashfuse: str | N
                            dir_fd=dir_fd)  # fmt: skip
             fcntl.flock(refs, fcntl.LOCK_SH)
             # The holder's idle clock: a container shorter than its look period would
-            # otherwise go unseen (`last_join`).
-            os.utime(refs)
+            # otherwise go unseen (`last_join`). Not worth failing the join over.
+            try:
+                os.utime(refs)
+            except OSError:
+                pass
         finally:
             os.close(lock)
     except OSError as err:
