@@ -126,7 +126,10 @@ class CountFS(pyfuse3.Operations):
 
     async def read(self, fh, off, size):  # type: ignore[no-untyped-def]
         self.counts["read"] += 1
-        data = os.pread(fh, size, off)
+        try:
+            data = os.pread(fh, size, off)
+        except OSError as err:
+            raise pyfuse3.FUSEError(err.errno) from None
         self.counts["read_bytes"] += len(data)
         return data
 
@@ -135,11 +138,17 @@ class CountFS(pyfuse3.Operations):
 
     async def release(self, fh):  # type: ignore[no-untyped-def]
         self.counts["release"] += 1
-        os.close(fh)
+        try:
+            os.close(fh)
+        except OSError:
+            pass
 
     async def statfs(self, ctx):  # type: ignore[no-untyped-def]
         self.counts["statfs"] += 1
-        st = os.statvfs(self.source)
+        try:
+            st = os.statvfs(self.source)
+        except OSError as err:
+            raise pyfuse3.FUSEError(err.errno) from None
         s = pyfuse3.StatvfsData()
         for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
                      "f_favail", "f_namemax"):  # fmt: skip

@@ -81,12 +81,14 @@ class CountFS:
         """The counts since the last take (and reset them)."""
         self.stats.unlink(missing_ok=True)
         self.proc.send_signal(signal.SIGUSR1)
-        for _ in range(500):
+        deadline = time.monotonic() + 120  # a loaded machine: the server may be busy a while
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 return dict(json.loads(self.stats.read_text()))
             except (OSError, ValueError):
-                time.sleep(0.01)
-        raise RuntimeError("countfs wrote no counts")
+                time.sleep(0.02)
+        log_text = (self.mnt.parent / "countfs.log").read_text()[-2000:]
+        raise RuntimeError(f"countfs wrote no counts (exit {self.proc.poll()}): {log_text}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -170,6 +172,7 @@ def main() -> int:
     if not (served / "root").exists():
         subprocess.run(["cp", "-al", str(tree), str(served / "root")], check=True)
     fs = CountFS(served, mnt, args.timeout)
+    restarts = 0
     image, root = str(mnt / "img-gzip.sif"), str(mnt / "root")
     rows: list[tuple[str, str, list[str] | None, str]] = [
         ("unpacked tree, chroot", "root", ["chroot", root, *NUMPY], ""),
@@ -196,17 +199,27 @@ def main() -> int:
             for i, (label, who, argv, _) in enumerate(rows):
                 if argv is None:
                     continue
-                log(f"{label} as {who}: {n} rank(s)")
-                prune_holders(env, sifbox)
-                drop_caches()
-                fs.take()
-                try:
-                    wall, failed = run_ranks(env, who, argv, n)
-                except Unavailable as err:
-                    log(f"  n/a: {err}")
-                    continue
-                prune_holders(env, sifbox)  # a holder's FUSE server ends: its last requests counted
-                results[(i, n)] = (fs.take(), wall, failed)
+                for attempt in range(3):
+                    log(f"{label} as {who}: {n} rank(s)" + (f" (again: {attempt + 1})" if attempt else ""))
+                    prune_holders(env, sifbox)
+                    drop_caches()
+                    try:
+                        fs.take()
+                        try:
+                            wall, failed = run_ranks(env, who, argv, n)
+                        except Unavailable as err:
+                            log(f"  n/a: {err}")
+                            break
+                        prune_holders(env, sifbox)  # a holder's FUSE server ends: its last requests counted
+                        results[(i, n)] = (fs.take(), wall, failed)
+                        break
+                    except RuntimeError as err:
+                        # The counting server ended under the row (on a shared machine, other
+                        # work's clean-up may unmount FUSE mounts it did not make): start it again.
+                        log(f"  {err}; restarting countfs")
+                        restarts += 1
+                        fs.stop()
+                        fs = CountFS(served, mnt, args.timeout)
     finally:
         prune_holders(env, sifbox)
         fs.stop()
@@ -221,6 +234,9 @@ def main() -> int:
           f"attr/entry cache {args.timeout:g} s)")
     print(f"  machine: {os.cpu_count()} CPUs, load average {load[0]:.1f} at start, {load_end[0]:.1f} at end "
           "(shared with other work: wall times are indicative only)")
+    if restarts:
+        print(f"  countfs ended under a row {restarts} time(s) (unmounted from outside) and was restarted; "
+              "those rows were run again")
     print()
     width = max(len(r[0]) for r in rows)
     uw = max(len(r[1]) for r in rows)
