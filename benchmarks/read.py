@@ -3,6 +3,7 @@ next to Charliecloud's ch-run and a plain chroot, cold and warm.
 
     /usr/bin/python3 benchmarks/read.py [--workdir /var/tmp/sifbox-bench] [--keep]
                                         [--runs 5] [--cold-runs 3] [--user sifbox-test] [--no-diag]
+                                        [--sharing-rounds 9] [--only-sharing]
 
 Run as root. Builds (once; reused from WORKDIR when present) a Debian bookworm root with
 `debootstrap --variant=minbase --include=python3,python3-numpy` from the machine's configured
@@ -16,15 +17,19 @@ every runner, as root and as an unprivileged user (through `runuser -u USER --`)
                                              skips reading the files when it writes to /dev/null)
 
 cold = `sync; echo 3 > /proc/sys/vm/drop_caches` before each run (median of --cold-runs);
-warm = repeated runs without dropping (median of --runs after one warm-up). Every container
-mounts its image afresh (a new loop device and squashfs superblock, or a new squashfuse_ll), so
-"warm" keeps only the image *file* in the page cache: decompression is paid on every run. For a
-directory it keeps the files themselves.
+warm = repeated runs without dropping (median of --runs after one warm-up). The `sifbox exec`
+rows join the node mount holder the first run started (the default), so "warm" keeps the
+decompressed files in the page cache, as for a directory; with `--no-share` every container
+mounts its image afresh and pays decompression again (the sharing table below has both).
 
 A second table ("file system only") takes the container runtimes out: the script mounts each
 SquashFS itself (kernel `mount -o loop` or `squashfuse_ll`, with option variants), times only
 `chroot MNT ...`, and unmounts; fresh mount every run, like a container. Then it lists the
 options squashfuse_ll offers and which extra `-o` options it accepts.
+
+A third table ("sharing", benchmarks/readshare.py) times warm `import numpy` through the node
+mount holder (the default) and with `--no-share`, root and user, against `chroot` into the
+directory, in interleaved rounds (`--only-sharing` prints just the header and it).
 
 Prints tables and never asserts timings. A row whose tool or image is missing prints
 "n/a (reason)"; a row whose command fails prints "failed (reason)". Without --keep the image
@@ -596,6 +601,8 @@ def main() -> int:
     parser.add_argument("--user", default="sifbox-test", help="unprivileged user (default sifbox-test)")
     parser.add_argument("--sifbox", default=shutil.which("sifbox") or "/usr/local/bin/sifbox")
     parser.add_argument("--no-diag", action="store_true", help="skip the file-system-only table")
+    parser.add_argument("--sharing-rounds", type=int, default=9, help="interleaved rounds of the sharing table")
+    parser.add_argument("--only-sharing", action="store_true", help="only the sharing table")
     args = parser.parse_args()
 
     if os.geteuid() != 0:
@@ -674,6 +681,21 @@ def main() -> int:
         print("  workloads:   " + "; ".join(f"{k}: {shlex.join(v)}" for k, v in WORKLOADS.items()))
         print()
         sys.stdout.flush()
+
+        # ---------------------------------------------------------------------- sharing ---
+        from readshare import sharing_table
+
+        sif_gzip = images.sif.get("gzip")
+        print("Sharing (ms): warm `import numpy`, node mount holder vs --no-share, ratio to chroot into the dir")
+        print()
+        for line in sharing_table(env, sifbox=sifbox, sif=str(sif_gzip) if sif_gzip else None,
+                                  root_dir=str(images.root) if images.root_ok else None, chroot=chroot,
+                                  chrun=chrun, rounds=args.sharing_rounds, log=log):  # fmt: skip
+            print(line)
+        print()
+        sys.stdout.flush()
+        if args.only_sharing:
+            return 0
 
         # ------------------------------------------------------------------------ rows ---
         def row(runner: str, who: str, image: str, workload: str, argv: list[str] | None, note: str = "") -> Row:

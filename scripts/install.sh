@@ -23,7 +23,7 @@ PACKAGES=(
     squashfs-tools-ng bash-completion fuse-overlayfs gnupg gpgv sqv fuse2fs zstd skopeo umoci
     docker-registry apache2-utils openssl charliecloud-runtime bubblewrap gocryptfs sks
     slurm-wlm munge openmpi-bin libopenmpi-dev mpich libmpich-dev gcc
-    runc containerd python3-seccomp containernetworking-plugins nftables
+    runc containerd python3-seccomp containernetworking-plugins nftables python3-pyfuse3
 )
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -167,6 +167,15 @@ SHIPPED_CONF_SHA256=(
     c80ec00fff5e47fea7901aa22f54d911d7455a3883c950765bf3b59e6e71db1e
     ea088c5649747664a981c77e950def3e7c83b705ae889ba65623d15ac15b5449
     633a40719d6c21d0290ae5c43903b9491b9051f4197ef9103c81b99ab7369d0c
+    1d574754125640a9721959c273e9ddeceae2a2c6e169e625eea215b881f6f6b4
+    f16f9c4ea5dd48a1610695a7a27e922369acf4ee4aef31d522fedc21f83f33cd
+    f086bed2034aab37eb1a02873b500425596792d8d04d1209b918c5c1ae5b950f
+    6240a6db3a3b16a8c6e7a45cb060e5c21109c34f32cc0994efbf48649a481598
+    a1571e0cbb17269f38b83f8a743cb3e16a06d93140a054ce06f58c24175095b3
+    34ff9d23e36d45a71e9bd04288a8323f61f7462f3d8b54de974a848620764844
+    4053dd3527385ddbd77121b044de873e137ab10b74bb79c7fc2b743caebe78f9
+    2199327f6587663e3e54bce5ad9d04e1f04cee20127fe16ed04794ccbebe9dfc
+    569f2869ed69ed4093cae6ffca98dc199f379aa129454dae6e83b6a6499bd541
 )
 if [ -e /etc/sifbox/sifbox.conf ]; then
     current=$(sha256sum </etc/sifbox/sifbox.conf | cut -c1-64)

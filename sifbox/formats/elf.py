@@ -4,7 +4,9 @@ shared libraries it names (DT_NEEDED), with its own search path
 `read(offset, size) -> bytes`, so that the caller chooses how (and the
 tests need no files).
 
-Only what prefetching needs; no relocation, no symbol tables. Malformed
+Also the dynamic string table (`dynamic_strings`): the names of the symbols the file
+imports, which tell what a tool was built with (squashfuse_ll's multithreaded server).
+Only what those need; no relocation, no symbol tables. Malformed
 input gives an empty answer, never an exception other than OSError from
 `read`.
 """
@@ -26,12 +28,14 @@ PT_INTERP = 3
 DT_NULL = 0
 DT_NEEDED = 1
 DT_STRTAB = 5
+DT_STRSZ = 10
 DT_RPATH = 15
 DT_RUNPATH = 29
 #: Bounds that keep a hostile file from making us read much.
 MAX_PHNUM = 256
 MAX_DYNAMIC = 64 << 10
 MAX_STRING = 4096
+MAX_STRTAB = 1 << 20
 #: EI_CLASS (1: ELFCLASS32, 2: ELFCLASS64) -> size of the file header (Elf32_Ehdr, Elf64_Ehdr).
 EHDR_SIZE = {1: 52, 2: 64}
 #: Offsets past this are no file offsets (off_t is signed 64-bit): read as nothing.
@@ -63,6 +67,39 @@ class Dependencies:
 
 def dependencies(read: Reader) -> Dependencies | None:
     """The interpreter, needed libraries and run path of an ELF file, or None if it isn't one."""
+    found = _program(read)
+    if found is None:
+        return None
+    machine, loads, interpreter, entries = found
+    needed: list[str] = []
+    search: list[str] = []
+    if entries is not None:
+        needed, search = _dynamic(read, entries, loads)
+    return Dependencies(interpreter or None, needed, search, machine)
+
+
+def dynamic_strings(read: Reader) -> list[str] | None:
+    """The strings of an ELF file's dynamic string table (imported symbol names, needed
+    libraries, version names), or None if it isn't an ELF file or has no such table
+    (a static executable)."""
+    found = _program(read)
+    if found is None:
+        return None
+    _, loads, _, entries = found
+    if entries is None:
+        return None
+    tags = {tag: value for tag, value in entries if tag in (DT_STRTAB, DT_STRSZ)}
+    if DT_STRTAB not in tags or DT_STRSZ not in tags:
+        return None
+    base = _file_offset(tags[DT_STRTAB], loads)
+    if base is None:
+        return None
+    data = _read(read, base, min(tags[DT_STRSZ], MAX_STRTAB))
+    return [s.decode("utf-8", "replace") for s in data.split(b"\0") if s]
+
+
+def _program(read: Reader) -> tuple[int, list[tuple[int, int, int]], str | None, list[tuple[int, int]] | None] | None:
+    """(machine, loads, interpreter, dynamic entries) of an ELF file."""
     ident = read(0, EHDR_SIZE[2])
     if len(ident) < 6 or ident[:4] != MAGIC or ident[4] not in EHDR_SIZE or ident[5] not in (1, 2):
         return None
@@ -97,29 +134,32 @@ def dependencies(read: Reader) -> Dependencies | None:
             interpreter = _string(_read(read, p_offset, min(p_filesz, MAX_STRING)), 0)
         elif p_type == PT_DYNAMIC:
             dynamic = (p_offset, min(p_filesz, MAX_DYNAMIC))
-    needed: list[str] = []
-    search: list[str] = []
-    if dynamic is not None:
-        needed, search = _dynamic(read, _read(read, *dynamic), dyn_format, loads)
-    return Dependencies(interpreter or None, needed, search, machine)
+    entries = None if dynamic is None else _entries(_read(read, *dynamic), dyn_format)
+    return machine, loads, interpreter, entries
 
 
-def _dynamic(read: Reader, data: bytes, dyn_format: str,
-             loads: list[tuple[int, int, int]]) -> tuple[list[str], list[str]]:  # fmt: skip
+def _entries(data: bytes, dyn_format: str) -> list[tuple[int, int]]:
     size = struct.calcsize(dyn_format)
     entries = []
-    strtab = None
     for i in range(len(data) // size):
         tag, value = struct.unpack_from(dyn_format, data, i * size)
         if tag == DT_NULL:
             break
-        if tag == DT_STRTAB:
-            strtab = value
-        elif tag in (DT_NEEDED, DT_RPATH, DT_RUNPATH):
-            entries.append((tag, value))
+        entries.append((tag, value))
+    return entries
+
+
+def _file_offset(vaddr: int, loads: list[tuple[int, int, int]]) -> int | None:
+    return next((off + vaddr - start for start, off, filesz in loads if start <= vaddr < start + filesz), None)
+
+
+def _dynamic(read: Reader, entries: list[tuple[int, int]],
+             loads: list[tuple[int, int, int]]) -> tuple[list[str], list[str]]:  # fmt: skip
+    strtab = next((value for tag, value in entries if tag == DT_STRTAB), None)
+    entries = [(tag, value) for tag, value in entries if tag in (DT_NEEDED, DT_RPATH, DT_RUNPATH)]
     if strtab is None:
         return [], []
-    base = next((off + strtab - vaddr for vaddr, off, filesz in loads if vaddr <= strtab < vaddr + filesz), None)
+    base = _file_offset(strtab, loads)
     if base is None:
         return [], []
     needed: list[str] = []

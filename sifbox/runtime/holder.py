@@ -403,7 +403,7 @@ def _kill(pid: int, sig: int) -> None:
 
 
 def start_node_mount(image, *, dir_fd: int, key: str, uid: int, gid: int, userns: bool,  # type: ignore[no-untyped-def]
-                     squashfuse: str | None, slave: bool, idle: int) -> dict[str, object]:  # fmt: skip
+                     squashfuse: str | None, slave: bool, idle: int, fuse_threads: bool = False) -> dict[str, object]:  # fmt: skip
     """Start the holder of `image` (a RootImage: the admitted descriptor) detached (setsid,
     second fork, as an instance's watcher) and return its state once its mount answers:
     pid, start time, the descriptor of the image in it, where the image is mounted in its
@@ -429,7 +429,8 @@ def start_node_mount(image, *, dir_fd: int, key: str, uid: int, gid: int, userns
             if os.fork() != 0:
                 os._exit(0)
             os.chdir("/")  # no directory of the caller's kept busy
-            status = _node_holder(image, theirs.fileno(), dir_fd, key, uid, gid, userns, squashfuse, slave, idle)
+            status = _node_holder(image, theirs.fileno(), dir_fd, key, uid, gid, userns, squashfuse, slave, idle,
+                                  fuse_threads)  # fmt: skip
         except BaseException:  # noqa: BLE001 - into the holder's log, never the caller's terminal
             import contextlib
             import traceback
@@ -479,7 +480,7 @@ def _message(sock) -> tuple[bytes, int]:  # type: ignore[no-untyped-def]
 
 
 def _node_holder(image, notify: int, dir_fd: int, key: str, uid: int, gid: int, userns: bool,  # type: ignore[no-untyped-def]
-                 squashfuse: str | None, slave: bool, idle: int) -> int:  # fmt: skip
+                 squashfuse: str | None, slave: bool, idle: int, fuse_threads: bool) -> int:  # fmt: skip
     """The holder: its namespaces with the image mounted, kept until it is idle for
     `idle` seconds (no container holds KEY.refs), it gets a signal, or its FUSE server ends."""
     import time
@@ -507,7 +508,7 @@ def _node_holder(image, notify: int, dir_fd: int, key: str, uid: int, gid: int, 
             if not userns:
                 process.seal_self()
             session = rootfs.Session.open(image=image.path, size_mib=1, slave=slave, uid=uid, gid=gid,
-                                          userns=userns, squashfuse=squashfuse)  # fmt: skip
+                                          userns=userns, squashfuse=squashfuse, fuse_threads=fuse_threads)  # fmt: skip
             helpers = session.helpers
             where = session.mount_image(image)
             dev = os.stat(where).st_dev  # answered: the FUSE server runs
@@ -520,9 +521,14 @@ def _node_holder(image, notify: int, dir_fd: int, key: str, uid: int, gid: int, 
         os.close(notify)
         period = max(0.05, idle / 4)
         idle_since: float | None = None
+        joined = nodemount.last_join(dir_fd, key)
         while True:
             info = signal.sigtimedwait(WATCHED, period)
             if info is None:
+                before, joined = joined, nodemount.last_join(dir_fd, key)
+                if joined != before:  # used since the last look, if only briefly
+                    idle_since = None
+                    continue
                 lock = nodemount.idle_now(dir_fd, key)
                 if lock is None:
                     idle_since = None

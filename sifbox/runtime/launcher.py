@@ -591,12 +591,13 @@ def _exit(status: int) -> None:
 
 
 def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
-    from sifbox.runtime import supervisor
+    from sifbox.runtime import nodemount, supervisor
     from sifbox.runtime.sandbox import process, rootfs
 
     spec, image = p.spec, p.spec.image
     session = rootfs.Session.open(image=image, size_mib=p.site.session_mib, slave=p.site.mount_slave,
-                                  uid=p.inner.uid, gid=p.inner.gid, userns=p.userns, squashfuse=p.squashfuse)  # fmt: skip
+                                  uid=p.inner.uid, gid=p.inner.gid, userns=p.userns, squashfuse=p.squashfuse,
+                                  fuse_threads=p.shared_fd is None and nodemount.squashfuse_threads(p, shared=False))  # fmt: skip
     writable_sandbox = spec.writable and p.image.kind == "dir"
     lower = session.mount_image(p.image, writable=writable_sandbox, shared=p.shared_fd)
     if p.shared_fd is not None:

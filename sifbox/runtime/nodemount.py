@@ -279,7 +279,7 @@ def _stop(doc: dict[str, Any], uid: int) -> None:
 
 
 def acquire(image: Any, *, uid: int, gid: int, userns: bool, squashfuse: str | None, slave: bool,
-            idle: int) -> Joinable:  # fmt: skip
+            idle: int, fuse_threads: bool = False) -> Joinable:  # fmt: skip
     """The holder of `image` (a RootImage: the admitted descriptor, offset, size) for this
     user, started if there is none; its refs lock taken. Raises Unshared."""
     path, dir_fd = _usable_dir(uid)
@@ -297,7 +297,8 @@ def acquire(image: Any, *, uid: int, gid: int, userns: bool, squashfuse: str | N
                 from sifbox.runtime import holder
 
                 doc = holder.start_node_mount(image, dir_fd=dir_fd, key=key, uid=uid, gid=gid, userns=userns,
-                                              squashfuse=squashfuse, slave=slave, idle=idle)  # fmt: skip
+                                              squashfuse=squashfuse, slave=slave, idle=idle,
+                                              fuse_threads=fuse_threads)  # fmt: skip
                 doc.update(version=VERSION, key=key, uid=uid, image=image.path)
                 _write(dir_fd, key, doc)
                 started = True
@@ -307,6 +308,12 @@ def acquire(image: Any, *, uid: int, gid: int, userns: bool, squashfuse: str | N
             refs = os.open(f"{key}.refs", os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                            dir_fd=dir_fd)  # fmt: skip
             fcntl.flock(refs, fcntl.LOCK_SH)
+            # The holder's idle clock: a container shorter than its look period would
+            # otherwise go unseen (`last_join`). Not worth failing the join over.
+            try:
+                os.utime(refs)
+            except OSError:
+                pass
         finally:
             os.close(lock)
     except OSError as err:
@@ -348,6 +355,16 @@ def idle_now(dir_fd: int, key: str) -> int | None:
         os.close(lock)
         raise
     return lock
+
+
+def last_join(dir_fd: int, key: str) -> int:
+    """When a container last joined the holder of KEY (KEY.refs' modification time, ns; 0
+    if unknown): the holder looks every quarter of its idle timeout, and a container that
+    came and went between two looks still counts as use."""
+    try:
+        return os.stat(f"{key}.refs", dir_fd=dir_fd, follow_symlinks=False).st_mtime_ns
+    except OSError:
+        return 0
 
 
 def forget(dir_fd: int, key: str, pid: int) -> None:
@@ -484,39 +501,49 @@ def for_launch(p: Any, *, instance: str | None) -> Joinable | ServiceMount | Non
             idle = DEFAULT_IDLE
         try:
             found = acquire(p.image, uid=p.host.uid, gid=p.host.gid, userns=p.userns, squashfuse=p.squashfuse,
-                            slave=p.site.mount_slave, idle=max(0, idle))  # fmt: skip
+                            slave=p.site.mount_slave, idle=max(0, idle),
+                            fuse_threads=squashfuse_threads(p, shared=True, say=False))  # fmt: skip
         except Unshared as err:
             reason = f"can't share its mount: {err}"
         else:
             if p.log:
                 p.log("image %s: %s node mount holder (pid %d)", p.image.path,
                       "started the" if found.started else "joining the", found.pid)  # fmt: skip
+                if found.started:
+                    squashfuse_threads(p, shared=True)  # said once: the probe is cached
             return found
     if p.log and reason:
         p.log("image %s mounted for this container alone: %s", p.image.path, reason)
     return None
 
 
+def squashfuse_threads(p: Any, *, shared: bool, say: bool = True) -> bool:
+    """Whether the squashfuse_ll of a prepared launch serves its mount (a node holder's:
+    `shared`) with the multithreaded server (`squashfuse threads` of sifbox.conf, the
+    binary's capability); said at -v (if `say`)."""
+    if not p.squashfuse:
+        return False
+    from sifbox.image.squashfuse import probe
+    from sifbox.runtime.mountpath import fuse_threads
+
+    setting = str(os.environ.get("SIFBOX_SQUASHFUSE_THREADS") or p.cfg.get("squashfuse threads")).lower()
+    threads, why = fuse_threads(setting, probe(p.squashfuse).multithreaded, shared=shared)
+    if p.log and say:
+        p.log("squashfuse_ll %s: %s", "multithreaded" if threads else "single-threaded", why)
+    return threads
+
+
 def _why_not(p: Any, instance: str | None, *, service: bool = False) -> str | None:
     """Why the launch mounts the image itself, not a holder's (`service`: the mount
     service's, whose mount is the host's, and asked for unless `mount service = no`)."""
-    if p.options is not None and not p.options.share:
-        return "--no-share"
-    if not service and not p.cfg.get_bool("share image mounts"):
-        return "`share image mounts = no` in sifbox.conf"
-    if p.joining is not None or p.fixed is not None:
-        return ""
-    if p.image is None or p.image.kind != "squashfs":
-        return ""
-    if p.ns.maps is not None or p.ns.inside is not None:
-        return "--fakeroot"
-    if p.userns != (not p.host.is_root):
-        return "root with a user namespace"
-    if not p.site.mount_slave and not service:
-        # The holder's copy of the host's mounts is as old as the holder: only as a slave
-        # does it see what the host mounted since (an automounted /scratch).
-        return "`mount slave = no` in sifbox.conf"
-    return None
+    from sifbox.runtime.mountpath import share_refusal
+
+    kind = p.image.kind if p.image is not None else ""
+    return share_refusal(kind=kind, no_share=p.options is not None and not p.options.share,
+                         share_conf=p.cfg.get_bool("share image mounts"),
+                         instance=p.joining is not None or p.fixed is not None, service=service,
+                         fakeroot=p.ns.maps is not None or p.ns.inside is not None,
+                         root_userns=p.userns != (not p.host.is_root), mount_slave=p.site.mount_slave)  # fmt: skip
 
 
 # --- sifbox mounts list|prune ---------------------------------------------------------------------------

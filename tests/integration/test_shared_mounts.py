@@ -6,7 +6,8 @@ as root (kernel SquashFS) and as the test user (squashfuse_ll in a user namespac
 * 64 launches at once: all succeed, exactly one holder;
 * a dead FUSE server or a dead holder never reaches a container: a new holder is started;
 * --no-share, SIFBOX_NO_SHARE and `share image mounts = no` mount per container;
-* a holder that no container uses ends by itself after the idle timeout;
+* a holder that no container uses ends by itself after the idle timeout, and one that short
+  containers keep using does not;
 * the site's policy judges every launch, joins included;
 * a state directory planted by another user is never used.
 """
@@ -211,6 +212,25 @@ def test_an_idle_holder_ends_by_itself(run_as, as_who, sifbox_cli, action_images
         time.sleep(0.05)
     assert _holder_processes(as_who.uid) == [], "the idle holder did not end"
     assert _holders(run_as, as_who, sifbox_cli) == []
+
+
+def test_short_containers_keep_their_holder(run_as, test_user, sifbox_cli, action_images: ActionImages) -> None:
+    """The holder looks at its use every quarter of its idle timeout: a container that comes
+    and goes between two looks is use all the same. Launches every ~0.5 s keep a holder whose
+    idle timeout is 3 s (it once ended 3 s after its start, in use or not)."""
+    _prune(run_as, test_user, sifbox_cli, "--force")
+    env = env_for(test_user, SIFBOX_SHARE_IDLE_TIMEOUT="3")
+    try:
+        first = _exec(run_as, test_user, sifbox_cli, action_images.sif, "true", env=env)
+        assert first.returncode == 0 and "started the node mount holder" in first.stderr, first.stderr
+        deadline = time.monotonic() + 7
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            proc = _exec(run_as, test_user, sifbox_cli, action_images.sif, "true", env=env)
+            assert proc.returncode == 0, proc.stderr
+            assert "joining the node mount holder" in proc.stderr, proc.stderr
+    finally:
+        _prune(run_as, test_user, sifbox_cli, "--force")
 
 
 def test_policy_judges_joins(run_as, sifbox_cli, shared_tmp: Path, action_images: ActionImages) -> None:

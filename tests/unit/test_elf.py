@@ -16,14 +16,15 @@ from sifbox.formats import elf
 
 def _elf(*, wide: bool = True, big: bool = False, machine: int = 62, interp: str | None = "/lib/ld.so",
          needed: tuple[str, ...] = ("libc.so.6",), runpath: str | None = None, rpath: str | None = None,
-         vaddr: int = 0x400000) -> bytes:  # fmt: skip
+         vaddr: int = 0x400000, symbols: tuple[str, ...] = (), strsz: int | None = -1) -> bytes:  # fmt: skip
     """A minimal ELF file: header, program headers (LOAD over the whole file, INTERP, DYNAMIC),
-    the interpreter string, a string table and the dynamic section."""
+    the interpreter string, a string table (with `symbols`, and DT_STRSZ: its size when -1,
+    `strsz` otherwise, none when None) and the dynamic section."""
     end = ">" if big else "<"
     ehsize, phentsize = (64, 56) if wide else (52, 32)
     strings = b"\0"
     offsets = {}
-    for text in (*needed, runpath, rpath):
+    for text in (*needed, runpath, rpath, *symbols):
         if text is not None and text not in offsets:
             offsets[text] = len(strings)
             strings += text.encode() + b"\0"
@@ -40,6 +41,8 @@ def _elf(*, wide: bool = True, big: bool = False, machine: int = 62, interp: str
     strtab_off = interp_off + len(interp_bytes)
     dyn_off = strtab_off + len(strings)
     dyn.insert(0, (elf.DT_STRTAB, vaddr + strtab_off))
+    if strsz is not None:
+        dyn.insert(1, (elf.DT_STRSZ, len(strings) if strsz == -1 else strsz))
     dyn.append((elf.DT_NULL, 0))
     dyn_format = end + ("qQ" if wide else "iI")
     dynamic = b"".join(struct.pack(dyn_format, t, v) for t, v in dyn)
@@ -148,3 +151,42 @@ def test_the_hosts_dash_needs_libc_through_its_interpreter() -> None:
     assert "libc.so.6" in deps.needed
     ldd = subprocess.run(["ldd", path], capture_output=True, text=True, check=False).stdout
     assert all(name in ldd for name in deps.needed)
+
+
+# --- dynamic_strings: what a binary imports (squashfuse_ll's multithreaded server) ---------------
+
+
+@pytest.mark.parametrize("wide", [True, False])
+@pytest.mark.parametrize("big", [False, True])
+def test_dynamic_strings_lists_the_imported_names(wide: bool, big: bool) -> None:
+    data = _elf(wide=wide, big=big, needed=("libfuse3.so.3",), symbols=("fuse_session_loop_mt_32", "FUSE_3.2"))
+    names = elf.dynamic_strings(_reader(data))
+    assert names is not None
+    assert {"libfuse3.so.3", "fuse_session_loop_mt_32", "FUSE_3.2"} <= set(names)
+
+
+def test_dynamic_strings_of_what_has_no_table_is_none() -> None:
+    assert elf.dynamic_strings(_reader(b"#!/bin/sh\nexec squashfuse_ll.real \"$@\"\n")) is None
+    assert elf.dynamic_strings(_reader(_elf(strsz=None, symbols=("fuse_session_loop_mt",)))) is None
+
+
+def test_dynamic_strings_stays_in_bounds_of_a_hostile_size() -> None:
+    asked: list[int] = []
+    data = _elf(symbols=("fuse_session_loop",), strsz=2**62)
+
+    def read(offset: int, size: int) -> bytes:
+        asked.append(size)
+        return data[offset : offset + size]
+
+    names = elf.dynamic_strings(read)
+    assert max(asked) <= elf.MAX_STRTAB
+    assert names is not None and "fuse_session_loop" in names  # the rest of the file, read as strings
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=399), st.binary(max_size=8))
+def test_dynamic_strings_of_damaged_files_never_raise(at: int, junk: bytes) -> None:
+    data = bytearray(_elf(symbols=("fuse_session_loop_mt",)))
+    data[at : at + len(junk)] = junk
+    names = elf.dynamic_strings(_reader(bytes(data)))
+    assert names is None or isinstance(names, list)

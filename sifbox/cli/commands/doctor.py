@@ -36,6 +36,7 @@ TOOLS = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("image", nargs="?", help="also say how this image would be mounted, and why")
 
 
 def _read(path: str) -> str | None:
@@ -165,7 +166,78 @@ def check_mount_service() -> tuple[str, str, str]:
     return OK, f"mount service: reachable at `{where}` (pid {reply.get('pid')})", ""
 
 
-def run_checks() -> list[tuple[str, str, str, str]]:
+def check_squashfuse() -> tuple[str, str, str]:
+    """Which squashfuse_ll launches run, and whether it has the multithreaded server."""
+    from sifbox.image import squashfuse
+
+    path = shutil.which("squashfuse_ll")
+    if path is None:
+        return WARN, "squashfuse_ll not found: users can't mount SIF or SquashFS images", \
+            "install the Debian package `squashfuse`"
+    caps = squashfuse.probe(path)
+    kind = {True: "multithreaded", False: "single-threaded", None: "threading unknown"}[caps.multithreaded]
+    version = squashfuse.version(path) or "version unknown"
+    return OK, f"squashfuse_ll: {path} ({version}): {kind}: {caps.reason}", ""
+
+
+def _mount_facts(conf: str | None) -> tuple[bool, str, bool | None, bool, bool]:
+    """(kernel mounts, squashfuse threads setting, the binary's threading, share image
+    mounts, mount slave) for this caller."""
+    from sifbox.config import sysconf
+    from sifbox.image import squashfuse
+    from sifbox.util.errors import SifboxError
+
+    try:
+        cfg = sysconf.load(conf)
+        share, slave = cfg.get_bool("share image mounts"), cfg.get_bool("mount slave")
+        setting = str(cfg.get("squashfuse threads"))
+    except (SifboxError, KeyError):
+        share, slave, setting = True, True, "auto"
+    setting = (os.environ.get("SIFBOX_SQUASHFUSE_THREADS") or setting).lower()
+    path = shutil.which("squashfuse_ll")
+    multithreaded = squashfuse.probe(path).multithreaded if path else None
+    return os.geteuid() == 0, setting, multithreaded, share, slave
+
+
+def _plan(kind: str, conf: str | None, *, no_share: bool = False) -> str:
+    from sifbox.runtime import mountpath
+
+    kernel, setting, multithreaded, share, slave = _mount_facts(conf)
+    refusal = mountpath.share_refusal(kind=kind, no_share=no_share, share_conf=share, instance=False, fakeroot=False,
+                                      root_userns=False, mount_slave=slave)  # fmt: skip
+    return mountpath.plan(kind, kernel=kernel, refusal=refusal, threads_setting=setting,
+                          multithreaded=multithreaded).describe()  # fmt: skip
+
+
+def check_mount_paths(conf: str | None = None) -> tuple[str, str, str]:
+    """How this caller's images are mounted: SIF/SquashFS by default and with --no-share."""
+    who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+    detail = f"image mounts ({who}): SIF/SquashFS: {_plan('squashfs', conf)}; with --no-share: " \
+        f"{_plan('squashfs', conf, no_share=True)}"
+    return OK, detail, ""
+
+
+def check_image(path: str, conf: str | None = None) -> tuple[str, str, str]:
+    """How `path` would be mounted for this caller (its main image; overlays and bound
+    images are mounted per container)."""
+    from sifbox.image.source import ImageKind, open_image
+    from sifbox.util.errors import SifboxError
+
+    try:
+        source = open_image(path, verb="check")
+    except SifboxError as err:
+        return FAIL, err.message, err.hint or ""
+    try:
+        kind = ("gocryptfs" if source.encryption is not None else "dir" if source.kind == ImageKind.SANDBOX
+                else "squashfs")  # fmt: skip
+        what = ("encrypted SIF" if kind == "gocryptfs" else "directory" if kind == "dir" else
+                "OCI-SIF" if source.oci is not None else "SIF" if source.kind == ImageKind.SIF else "SquashFS")  # fmt: skip
+    finally:
+        source.close()
+    return OK, f"image `{path}` ({what}): {_plan(kind, conf)}", ""
+
+
+def run_checks(conf: str | None = None) -> list[tuple[str, str, str, str]]:
     results = [
         ("fuse", *check_fuse()),
         ("userns", *check_userns()),
@@ -176,11 +248,15 @@ def run_checks() -> list[tuple[str, str, str, str]]:
         ("mount-service", *check_mount_service()),
     ]
     results += [(f"tool:{name}", *check_tool(name, pkg, sev)) for name, pkg, sev in TOOLS]
+    results += [("squashfuse", *check_squashfuse()), ("mounts", *check_mount_paths(conf))]
     return results
 
 
 def main(args: argparse.Namespace) -> int:
-    results = run_checks()
+    conf = getattr(args, "config", None)
+    results = run_checks(conf)
+    if getattr(args, "image", None):
+        results.append(("image", *check_image(args.image, conf)))
     if args.json:
         import json
 

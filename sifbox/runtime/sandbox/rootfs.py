@@ -57,18 +57,20 @@ class Session:
     of the image and layers, the staged files and the helpers' logs; plus the
     helper processes started for the container."""
 
-    __slots__ = ("gid", "helpers", "image", "notes", "path", "squashfuse", "uid", "userns")
+    __slots__ = ("fuse_threads", "gid", "helpers", "image", "notes", "path", "squashfuse", "uid", "userns")
 
-    def __init__(self, path: str, *, image: str, uid: int, gid: int, userns: bool, squashfuse: str | None) -> None:
+    def __init__(self, path: str, *, image: str, uid: int, gid: int, userns: bool, squashfuse: str | None,
+                 fuse_threads: bool = False) -> None:  # fmt: skip
         self.path, self.image, self.uid, self.gid = path, image, uid, gid
-        self.userns, self.squashfuse = userns, squashfuse
+        #: squashfuse_ll serves with its multithreaded server (if it has one) when `fuse_threads`.
+        self.userns, self.squashfuse, self.fuse_threads = userns, squashfuse, fuse_threads
         self.helpers: list[Helper] = []
         #: What was mounted how (drivers), for the caller to report at -v.
         self.notes: list[str] = []
 
     @classmethod
     def open(cls, *, image: str, size_mib: int, slave: bool, uid: int, gid: int, userns: bool,
-             squashfuse: str | None) -> Session:  # fmt: skip
+             squashfuse: str | None, fuse_threads: bool = False) -> Session:  # fmt: skip
         """`slave`: host mounts made later still show inside (`mount slave = yes`)."""
         try:
             sc.mount(None, "/", None, sc.MS_REC | (sc.MS_SLAVE if slave else sc.MS_PRIVATE))
@@ -79,7 +81,7 @@ class Session:
             sc.mount("tmpfs", path, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode=755,size={size}")
         except OSError as err:
             raise fail("can't set up the session directory", err, image) from None
-        return cls(path, image=image, uid=uid, gid=gid, userns=userns, squashfuse=squashfuse)
+        return cls(path, image=image, uid=uid, gid=gid, userns=userns, squashfuse=squashfuse, fuse_threads=fuse_threads)
 
     # --- the image and the layers -----------------------------------------------------------
 
@@ -148,9 +150,12 @@ class Session:
     def mount_squashfs(self, fd: int, offset: int, size: int, target: str, what: str) -> str:
         """Mount the SquashFS at `offset` of `fd` read-only on `target`; return the driver's name."""
         if self.squashfuse:
-            self.fuse_server(self.squashfuse, ["-o", f"offset={offset}", f"/proc/self/fd/{fd}"], target,
+            # -s (libfuse's own option) keeps a multithreaded build on one thread; a
+            # single-threaded build ignores it (sifbox.runtime.mountpath.fuse_args).
+            args = [] if self.fuse_threads else ["-s"]
+            self.fuse_server(self.squashfuse, [*args, "-o", f"offset={offset}", f"/proc/self/fd/{fd}"], target,
                              keep=(fd,), flags=sc.MS_RDONLY, what=f"read {what}")  # fmt: skip
-            return "squashfuse_ll (user namespace)"
+            return f"squashfuse_ll{', multithreaded' if self.fuse_threads else ''} (user namespace)"
         try:
             dev, loop_fd = sc.attach_loop(fd, offset, size)
             try:
