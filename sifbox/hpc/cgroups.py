@@ -249,6 +249,41 @@ def probe(wanted: tuple[str, ...] = ("memory", "cpu", "pids"), root: str = CGROU
     return version, reason
 
 
+#: What `sifbox doctor` reports, one line each: a name, the options, the controllers they need.
+FEATURES = (("memory", "--memory, --memory-swap", ("memory",)), ("cpus", "--cpus", ("cpu",)),
+            ("pids", "--pids-limit", ("pids",)), ("freezer", "sifbox oci pause/resume", ("freezer",)))  # fmt: skip
+
+
+def report(root: str = CGROUP_ROOT, proc_self: str | None = None) -> tuple[str, list[tuple[str, str, int, str]]]:
+    """(the layout, with the v2 controllers of the caller's cgroup; for each of FEATURES: its name,
+    options, the cgroup version they would use for this caller (0: none), why not), changing nothing."""
+    try:
+        if proc_self is None:
+            with open("/proc/self/cgroup") as f:
+                proc_self = f.read()
+    except OSError as err:
+        return f"can't read /proc/self/cgroup: {err.strerror}", [(n, o, 0, "") for n, o, _ in FEATURES]
+    own = own_paths(proc_self)
+    if os.path.exists(os.path.join(root, "cgroup.controllers")):
+        layout, unified = "cgroups v2 (unified)", root
+    elif os.path.exists(os.path.join(root, "unified", "cgroup.controllers")):
+        layout, unified = "cgroups v1/v2 hybrid", os.path.join(root, "unified")
+    else:
+        layout, unified = "cgroups v1", None
+    if unified is not None and "" in own:
+        try:
+            with open(os.path.join(unified, own[""].lstrip("/"), "cgroup.controllers")) as f:
+                available = f.read().split()
+        except OSError:
+            available = []
+        layout += f", v2 controllers here: {' '.join(available) or 'none'}"
+    rows = []
+    for name, options, wanted in FEATURES:
+        version, _, reason = _choose(root, own, list(wanted), enable=False)
+        rows.append((name, options, version, reason))
+    return layout, rows
+
+
 def _choose(root: str, own: dict[str, str], wanted: list[str], enable: bool = True) -> tuple[int, dict[str, str], str]:
     """(version, {controller: parent directory}, why not) for the controllers `wanted`; with
     `enable`, they are enabled for the children of the caller's v2 cgroup."""

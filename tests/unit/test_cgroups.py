@@ -94,3 +94,32 @@ def test_probe_changes_nothing(tmp_path: Path) -> None:
     assert (base / "cgroup.subtree_control").read_text() == ""
     version, reason = cgroups.probe()  # this machine: some answer, and a reason when none
     assert version in (0, 1, 2) and (version or reason)
+
+
+def test_report_says_which_limits_work_and_why_not(tmp_path: Path) -> None:
+    """`sifbox doctor`'s cgroup lines: a v2 cgroup with memory and pids but no cpu gives
+    --memory and --pids-limit through v2, the freezer (cgroup.freeze, in every v2 cgroup) too,
+    and --cpus not, with the reason; nothing is enabled."""
+    base = tmp_path / "user.slice"
+    base.mkdir()
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    (base / "cgroup.controllers").write_text("memory pids\n")
+    (base / "cgroup.subtree_control").write_text("")
+    layout, rows = cgroups.report(str(tmp_path), "0::/user.slice\n")
+    assert layout == "cgroups v2 (unified), v2 controllers here: memory pids"
+    got = {name: (version, reason) for name, _, version, reason in rows}
+    assert list(got) == [n for n, _, _ in cgroups.FEATURES] == ["memory", "cpus", "pids", "freezer"]
+    assert got["memory"] == (2, "")
+    assert got["pids"] == (2, "")
+    assert got["freezer"] == (2, "")
+    version, reason = got["cpus"]
+    assert version == 0 and "the cgroup v2 controller cpu is not available in" in reason
+    assert (base / "cgroup.subtree_control").read_text() == ""
+
+
+def test_report_hybrid_lists_the_v2_controllers(tmp_path: Path) -> None:
+    (tmp_path / "unified").mkdir()
+    (tmp_path / "unified" / "cgroup.controllers").write_text("hugetlb\n")
+    layout, rows = cgroups.report(str(tmp_path), "4:memory:/\n0::/\n")
+    assert layout == "cgroups v1/v2 hybrid, v2 controllers here: hugetlb"
+    assert all(version == 0 and reason for name, _, version, reason in rows if name != "freezer")
