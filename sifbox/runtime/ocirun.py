@@ -58,9 +58,19 @@ class Channels:
 # --- the plan -----------------------------------------------------------------------------------
 
 
-def plan(b: ocispec.Bundle, cid: str, image: Any = None) -> Any:
+def preserved_fds(count: int) -> frozenset[int]:
+    """`--preserve-fds N`: descriptors 3 to 3+N-1, which the container's process inherits (as
+    runc passes them); N within the open-files limit."""
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if count < 0 or count > limit - 3:
+        raise OciError(f"can't use --preserve-fds `{count}`: not between 0 and {limit - 3} (the open files limit)")
+    return frozenset(range(3, 3 + count))
+
+
+def plan(b: ocispec.Bundle, cid: str, image: Any = None, keep_fds: frozenset[int] = frozenset()) -> Any:
     """The launcher's `Prepared` for bundle `b` (container `cid`). With `image` (a RootImage
-    opened and admitted by the caller: `--oci`), that is the root, never written in place."""
+    opened and admitted by the caller: `--oci`), that is the root, never written in place.
+    `keep_fds`: the caller's descriptors the process inherits (`--preserve-fds`)."""
     import pwd
 
     from sifbox.config import sysconf
@@ -123,7 +133,7 @@ def plan(b: ocispec.Bundle, cid: str, image: Any = None) -> Any:
         log=launcher.verbose_log(), caps=proc.caps, contained=True, userns=userns, squashfuse=squashfuse,
         source=None, opened=images.Opened(ImageSource(rootfs_path, "sandbox", None), image, [], []), image=image,
         layers=[], data=[], identity=False, mounts=mounts, fixed=(list(proc.args), env),
-        keep_fds=frozenset(), ns=ns, options=LaunchOptions(run_as=run_as), no_init=False,
+        keep_fds=keep_fds, ns=ns, options=LaunchOptions(run_as=run_as), no_init=False,
         prepare_root=lambda root: _prepare_root(root, proc, env),
     )  # fmt: skip
 
@@ -199,7 +209,7 @@ def _prepare_root(root: str, proc: ocispec.Process, env: dict[str, str]) -> None
 
 
 def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = None,
-           console_socket: str | None = None, detach: bool = True) -> tuple[int, int]:  # fmt: skip
+           console_socket: str | None = None, detach: bool = True, preserve_fds: int = 0) -> tuple[int, int]:  # fmt: skip
     """Create container `cid` from bundle `b`; return (the payload's pid, the watcher's pid).
 
     The watcher's pid is the container's (`state`, `--pid-file`): it ends when the
@@ -209,7 +219,7 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
     With `detach` (create), the watcher leaves this process (setsid, second fork)
     and the payload waits for `start`; without (run), the watcher stays this
     process's child and the payload starts at once."""
-    p = plan(b, cid)
+    p = plan(b, cid, keep_fds=preserved_fds(preserve_fds))
     if b.process.terminal and not console_socket and detach:
         raise OciError(f"can't create container `{cid}`: process.terminal is set but no --console-socket was given",
                        hint="pass --console-socket, or set process.terminal to false")  # fmt: skip
@@ -558,7 +568,8 @@ def delete(root: str, cid: str, *, force: bool = False) -> None:
 # --- exec ---------------------------------------------------------------------------------------
 
 
-def exec_process(root: str, cid: str, proc: ocispec.Process, console_socket: str | None = None) -> int:
+def exec_process(root: str, cid: str, proc: ocispec.Process, console_socket: str | None = None,
+                 preserve_fds: int = 0) -> int:  # fmt: skip
     """Run `proc` in the running container `cid` (its namespaces and root); its exit status.
     With `proc.terminal`, on a pty of the container whose master goes to `console_socket`."""
     from sifbox.runtime import env, launcher  # noqa: F401 - env: used once in the container's root
@@ -572,7 +583,7 @@ def exec_process(root: str, cid: str, proc: ocispec.Process, console_socket: str
     b = ocispec.load(doc["bundle"])
     if "HOME" not in proc.env:
         proc = proc._replace(env={**proc.env, "HOME": home_of(f"/proc/{int(doc['init'])}/root", proc.uid)})
-    p = plan(b._replace(process=proc), cid)
+    p = plan(b._replace(process=proc), cid, keep_fds=preserved_fds(preserve_fds))
     from sifbox.util.records import record
 
     p.joining = record("Joining", "pid name")(int(doc["init"]), cid)
@@ -644,7 +655,7 @@ def _join_cgroups(init: int, cid: str) -> None:
 
 
 def exec_detached(root: str, cid: str, proc: ocispec.Process, pid_file: str | None,
-                  console_socket: str | None = None) -> int:  # fmt: skip
+                  console_socket: str | None = None, preserve_fds: int = 0) -> int:  # fmt: skip
     """`exec --detach`: run `proc` in container `cid` from a detached process (setsid,
     second fork) whose pid goes to `pid_file` and which ends as `proc` ends (a subreaper
     that ran `exec`, containerd's shim, reaps it). Returns that pid."""
@@ -663,7 +674,7 @@ def exec_detached(root: str, cid: str, proc: ocispec.Process, pid_file: str | No
             os.write(w, str(os.getpid()).encode())
             os.close(w)
             try:
-                status = exec_process(root, cid, proc, console_socket)
+                status = exec_process(root, cid, proc, console_socket, preserve_fds)
             except SifboxError as err:
                 status = report(err)
             sys.stderr.flush()

@@ -667,3 +667,40 @@ def test_sifbox_runc_entry_point(run_as: Any, shared_tmp: Path) -> None:
                       "state", "nothing"])  # fmt: skip
     assert r.returncode == 1 and "container does not exist" in r.stderr
     assert json.loads((shared_tmp / "log.json").read_text())["msg"].endswith("container does not exist")
+
+
+def test_preserve_fds(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
+    """run.bats/exec.bats `--preserve-fds`: descriptors 3 to 3+N-1 of the caller are the
+    process's (here 4 is a pipe the test reads); the others are closed; the same as runc."""
+    bundle = _bundle(shared_tmp, as_who, ["sh", "-c", "echo run >&4; ls /proc/self/fd; sleep 100"])
+    results = {}
+    for rt in _runtimes(as_who, run_as, shared_tmp):
+        r_fd, w_fd = os.pipe()
+        try:
+            # the caller's 3 is /dev/null, its 4 the pipe's write end, its 5 something not passed
+            wrap = ["bash", "-c", f'exec "$@" 3</dev/null 4>&{w_fd} 5</dev/null {w_fd}>&-', "bash"]
+            cid = f"fds-{rt.name}"
+            r = run_as(as_who, [*wrap, *rt.argv, "--root", rt.root, "run", "-d", "--preserve-fds", "2",
+                                "--bundle", bundle, cid], pass_fds=(w_fd,), capture_output=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            assert r.returncode == 0, rt.name
+            r = run_as(as_who, [*wrap, *rt.argv, "--root", rt.root, "exec", "--preserve-fds", "2", cid,
+                                "sh", "-c", "echo exec >&4; ls /proc/self/fd >&4"], pass_fds=(w_fd,))  # fmt: skip
+            assert r.returncode == 0, (rt.name, r.stderr)
+            os.close(w_fd)
+            w_fd = -1
+            assert rt("delete", "--force", cid).returncode == 0
+            with os.fdopen(r_fd, "r") as f:
+                r_fd = -1
+                results[rt.name] = f.read().split()
+        finally:
+            for fd in (r_fd, w_fd):
+                if fd >= 0:
+                    os.close(fd)
+    # 5: the directory `ls` reads (a leaked 5 would make it 6)
+    assert results["sifbox"] == ["run", "exec", "0", "1", "2", "3", "4", "5"], results
+    if "runc" in results:
+        assert results["sifbox"] == results["runc"], results
+    r = run_as(as_who, [CLI, "oci", "--root", shared_tmp / "st", "run", "--preserve-fds", "99999999", "--bundle",
+                        bundle, "x"])  # fmt: skip
+    assert r.returncode == 1 and "can't use --preserve-fds `99999999`" in r.stderr, r.stderr

@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         s.add_argument("--console-socket", metavar="PATH", help="send the pty master to this AF_UNIX socket")
         s.add_argument("--no-pivot", action="store_true", help="accepted for runc compatibility")
         s.add_argument("--no-new-keyring", action="store_true", help="accepted for runc compatibility")
-        s.add_argument("--preserve-fds", type=int, default=0, help="not supported (must be 0)")
+        s.add_argument("--preserve-fds", type=int, default=0, metavar="N",
+                       help="pass descriptors 3 to 3+N-1 to the container's process")
         if verb == "run":
             s.add_argument("-d", "--detach", action="store_true", help="create and start, then return")
         s.add_argument("id", metavar="ID")
@@ -67,6 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--console-socket", metavar="PATH", help="send the pty master to this AF_UNIX socket")
     s.add_argument("-d", "--detach", action="store_true", help="run it in the background")
     s.add_argument("--pid-file", metavar="FILE", help="with --detach, write its pid to FILE")
+    s.add_argument("--preserve-fds", type=int, default=0, metavar="N",
+                   help="pass descriptors 3 to 3+N-1 to the process")
     s.add_argument("id", metavar="ID")
     s.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
     s = sub.add_parser("list", help="list the containers")
@@ -151,21 +154,19 @@ def _main(args: argparse.Namespace) -> int:
 def _create(root: str, args: argparse.Namespace) -> int:
     from sifbox.runtime import ocirun, ocispec, ocistate
 
-    if args.preserve_fds:
-        raise UsageError("can't use --preserve-fds: not supported by sifbox yet")
     bundle = ocispec.load(args.bundle)
     detach = args.oci_command == "create" or args.detach
+    kw = {"pid_file": args.pid_file, "console_socket": args.console_socket, "preserve_fds": args.preserve_fds}
     if args.oci_command == "create":
-        ocirun.create(bundle, args.id, root, pid_file=args.pid_file, console_socket=args.console_socket)
+        ocirun.create(bundle, args.id, root, **kw)
         return 0
     if detach:
-        ocirun.create(bundle, args.id, root, pid_file=args.pid_file, console_socket=args.console_socket)
+        ocirun.create(bundle, args.id, root, **kw)
         ocirun.start(root, args.id)
         return 0
     import signal
 
-    init, watcher = ocirun.create(bundle, args.id, root, pid_file=args.pid_file,
-                                  console_socket=args.console_socket, detach=False)  # fmt: skip
+    init, watcher = ocirun.create(bundle, args.id, root, detach=False, **kw)
     try:
         os.unlink(os.path.join(ocistate.container_dir(root, args.id), ocistate.EXEC_SOCKET))
     except OSError:
@@ -228,11 +229,11 @@ def _exec(root: str, args: argparse.Namespace) -> int:
         raise UsageError("can't use `sifbox oci exec` with a terminal without --console-socket",
                          hint="pass --console-socket, or run the process without a terminal")  # fmt: skip
     if args.detach:
-        ocirun.exec_detached(root, args.id, proc, args.pid_file, args.console_socket)
+        ocirun.exec_detached(root, args.id, proc, args.pid_file, args.console_socket, args.preserve_fds)
         return 0
     if args.pid_file:
         raise UsageError("can't use `sifbox oci exec --pid-file` without --detach")
-    return ocirun.exec_process(root, args.id, proc, args.console_socket)
+    return ocirun.exec_process(root, args.id, proc, args.console_socket, args.preserve_fds)
 
 
 def _spec(bundle: str, rootless: bool) -> int:
