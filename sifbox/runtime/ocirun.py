@@ -34,7 +34,7 @@ import termios
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sifbox.runtime import ocispec, ocistate
+from sifbox.runtime import ocihooks, ocispec, ocistate
 from sifbox.runtime.ocistate import OciError
 from sifbox.runtime.sandbox import rootfs
 from sifbox.runtime.sandbox import syscalls as sc
@@ -49,10 +49,12 @@ CREATE_LOG = "create.log"
 class Channels:
     """The descriptors the container's processes inherit from `create`."""
 
-    __slots__ = ("console", "immediate", "listen", "notify", "stderr")
+    __slots__ = ("console", "hooks", "immediate", "listen", "notify", "stderr")
 
-    def __init__(self, listen: int, notify: int, console: int, stderr: int, immediate: bool) -> None:
+    def __init__(self, listen: int, notify: int, console: int, stderr: int, immediate: bool,
+                 hooks: list[tuple[str, ocihooks.Hook]]) -> None:  # fmt: skip
         self.listen, self.notify, self.console, self.stderr, self.immediate = listen, notify, console, stderr, immediate
+        self.hooks = hooks  # startContainer: run in the container once `start` comes
 
 
 # --- the plan -----------------------------------------------------------------------------------
@@ -208,8 +210,31 @@ def _prepare_root(root: str, proc: ocispec.Process, env: dict[str, str]) -> None
 # --- create, run --------------------------------------------------------------------------------
 
 
+def hook_state(doc: dict[str, Any], status: str, *, inside: bool = False) -> bytes:
+    """The state a hook reads on its stdin; its `pid` is the container's process (in the
+    container's namespaces: /proc/PID/ns/net of a network hook), as the container sees it for
+    a hook `inside` it (1 with a PID namespace), none once stopped (as runc)."""
+    import json
+
+    state: dict[str, Any] = {"ociVersion": doc.get("ociVersion", "1.0.2"), "id": doc["id"], "status": status}
+    pid = int(doc["init"])
+    if inside:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                pid = int(next(ln for ln in f if ln.startswith("NSpid:")).split()[-1])
+        except (OSError, StopIteration, ValueError):
+            pass
+    if status != "stopped":
+        state["pid"] = pid
+    state["bundle"] = doc.get("bundle", "")
+    if doc.get("annotations"):
+        state["annotations"] = doc["annotations"]
+    return json.dumps(state).encode()
+
+
 def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = None,
-           console_socket: str | None = None, detach: bool = True, preserve_fds: int = 0) -> tuple[int, int]:  # fmt: skip
+           console_socket: str | None = None, detach: bool = True, preserve_fds: int = 0,
+           parked: bool | None = None) -> tuple[int, int]:  # fmt: skip
     """Create container `cid` from bundle `b`; return (the payload's pid, the watcher's pid).
 
     The watcher's pid is the container's (`state`, `--pid-file`): it ends when the
@@ -218,7 +243,9 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
 
     With `detach` (create), the watcher leaves this process (setsid, second fork)
     and the payload waits for `start`; without (run), the watcher stays this
-    process's child and the payload starts at once."""
+    process's child and the payload starts at once, unless `parked` (then it waits for
+    `start` too: a run with hooks). The create hooks run before this returns."""
+    parked = detach if parked is None else parked
     p = plan(b, cid, keep_fds=preserved_fds(preserve_fds))
     if b.process.terminal and not console_socket and detach:
         raise OciError(f"can't create container `{cid}`: process.terminal is set but no --console-socket was given",
@@ -254,7 +281,7 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
         if child == 0:
             ours.close()
             chans = Channels(listener.fileno(), theirs.fileno(), console.fileno() if console else -1,
-                             os.dup(2), immediate=not detach)  # fmt: skip
+                             os.dup(2), immediate=not parked, hooks=ocihooks.of_kind(b.hooks, "startContainer"))  # fmt: skip
             _watcher(p, chans, log_fd, proc_fd, detach)
         theirs.close()
         listener.close()
@@ -286,12 +313,24 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
                 _reap(child)
             raise _create_error(cid, here, status)
         started, wstarted = ocistate.start_time(pid), ocistate.start_time(watcher)
-        ocistate.write(root, cid, {
+        doc = {
             "id": cid, "init": pid, "initStart": started if started is not None else -1, "pid": watcher,
             "pidStart": wstarted if wstarted is not None else -1, "bundle": b.path, "rootfs": b.rootfs,
             "created": ocistate.now_rfc3339(), "ociVersion": b.oci_version, "annotations": b.annotations,
-            "owner": "",
-        })  # fmt: skip
+            "owner": "", "hooks": ocihooks.to_json(b.hooks),
+        }  # fmt: skip
+        ocistate.write(root, cid, doc)
+        try:
+            ocihooks.run(ocihooks.of_kind(b.hooks, *ocihooks.CREATE_KINDS), hook_state(doc, "creating"))
+        except ocihooks.HookFailed as err:
+            for target in (watcher, pid):
+                try:
+                    os.kill(target, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if not detach:
+                _reap(child)
+            raise OciError(f"can't create container `{cid}`: {err}") from None
         created = True
         if pid_file:
             _write_pid_file(pid_file, watcher)
@@ -443,9 +482,16 @@ def _payload(start: Callable[[], None], chans: Channels) -> None:
         listener = socket.socket(fileno=chans.listen)
         while True:
             conn, _ = listener.accept()
-            if conn.recv(16) == b"start":
+            message = conn.recv(1 << 16)
+            if message.startswith(b"start"):
                 break  # `conn` closes with the exec: `start` then knows the process runs
             conn.close()
+        if chans.hooks:
+            try:
+                ocihooks.run(chans.hooks, message[len(b"start"):])
+            except ocihooks.HookFailed as err:
+                conn.sendall(str(err).encode(errors="replace"))
+                os._exit(1)
     start()
 
 
@@ -460,17 +506,25 @@ def start(root: str, cid: str) -> None:
             "cannot start an already running container" if st == "running" else
             "cannot start a container that has stopped"),
             hint=f"`sifbox oci delete {cid}` removes it" if st == "stopped" else None)  # fmt: skip
+    hooks = ocihooks.from_json(doc.get("hooks"))
     dir_fd = os.open(ocistate.container_dir(root, cid), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
             s.connect(f"/proc/self/fd/{dir_fd}/{ocistate.EXEC_SOCKET}")
-            s.sendall(b"start")
-            s.recv(1)  # EOF: exec'd (the connection closed with it)
+            s.sendall(b"start" + (hook_state(doc, "created", inside=True) if ocihooks.of_kind(hooks, "startContainer") else b""))
+            failed = s.recv(4096)  # EOF: exec'd (the connection closed with it); else a hook's failure
         os.unlink(ocistate.EXEC_SOCKET, dir_fd=dir_fd)
     except OSError as err:
         raise OciError(f"can't start container `{cid}`: {err.strerror}") from None
     finally:
         os.close(dir_fd)
+    if failed:
+        raise OciError(f"can't start container `{cid}`: {failed.decode(errors='replace')}")
+    try:
+        ocihooks.run(ocihooks.of_kind(hooks, "poststart"), hook_state(doc, "running"))
+    except ocihooks.HookFailed as err:
+        kill(root, cid, signal.SIGKILL, all_processes=True)
+        raise OciError(f"can't start container `{cid}`: {err}") from None
 
 
 def pause(root: str, cid: str, on: bool = True) -> None:
@@ -562,6 +616,14 @@ def delete(root: str, cid: str, *, force: bool = False) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and (ocistate.alive(pid, started) or ocistate.alive(watcher, wstarted)):
         time.sleep(0.01)
+    poststop = ocihooks.of_kind(ocihooks.from_json(doc.get("hooks")), "poststop")
+    if poststop:
+        try:
+            ocihooks.run(poststop, hook_state(doc, "stopped"))
+        except ocihooks.HookFailed as err:
+            from sifbox.util import log
+
+            log.log.warning("container `%s`: %s", cid, err)
     ocistate.remove(root, cid)
 
 

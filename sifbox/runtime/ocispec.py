@@ -70,6 +70,7 @@ class Bundle(NamedTuple):
     annotations: dict[str, str]
     seccomp: dict[str, Any] | None = None
     limits: Any = None  # sifbox.hpc.cgroups.Limits of linux.resources
+    hooks: tuple[tuple[str, Any], ...] = ()  # (kind, ocihooks.Hook), in order
 
 
 def _fail(what: str, hint: str | None = None) -> ConfigError:
@@ -195,10 +196,11 @@ def parse(doc: Any, bundle: str) -> Bundle:
     annotations = {str(k): str(v) for k, v in _obj(doc, "annotations", dict, {}).items()}
     seccomp = _obj(linux, "seccomp", dict, None)
     from sifbox.hpc.cgroups import from_oci
+    from sifbox.runtime import ocihooks
 
     return Bundle(bundle, _obj(doc, "ociVersion", str, "1.0.2"), rootfs, bool(root.get("readonly", False)),
                   process, hostname, tuple(mounts), frozenset(namespaces), uid_maps, gid_maps, annotations,
-                  seccomp, from_oci(linux.get("resources")))  # fmt: skip
+                  seccomp, from_oci(linux.get("resources")), ocihooks.parse(doc.get("hooks"), _fail))  # fmt: skip
 
 
 def _mount(item: Any, bundle: str, namespaces: set[str]) -> list[Any]:

@@ -704,3 +704,83 @@ def test_preserve_fds(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
     r = run_as(as_who, [CLI, "oci", "--root", shared_tmp / "st", "run", "--preserve-fds", "99999999", "--bundle",
                         bundle, "x"])  # fmt: skip
     assert r.returncode == 1 and "can't use --preserve-fds `99999999`" in r.stderr, r.stderr
+
+
+# --- hooks ---------------------------------------------------------------------------------------
+
+
+def _hooks_bundle(base: Path, who: Any, hooks: dict[str, Any], args: list[str], name: str) -> Path:
+    def edit(doc: dict[str, Any]) -> None:
+        doc["hooks"] = hooks
+        doc["mounts"].append({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["mode=1777"]})
+
+    return _bundle(base, who, args, name=name, edit=edit)
+
+
+def test_hooks_order_state_and_place(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
+    """hooks.bats: every kind runs once, in the spec's order, with the state on its stdin (the
+    container's id, its pid, the status of that moment); startContainer in the container
+    (its path is the container's), the others on the host; poststop at delete. As runc."""
+    log = shared_tmp / "hooks.log"
+    log.touch(mode=0o666)
+    log.chmod(0o666)
+    host_hook = shared_tmp / "hook.sh"
+    host_hook.write_text(f'#!/bin/sh\nprintf "%s %s %s\\n" "$1" "$HOOKVAR" "$(cat)" >> {log}\n')
+    host_hook.chmod(0o755)
+    kinds = ["prestart", "createRuntime", "createContainer", "poststart", "poststop"]
+    hooks: dict[str, Any] = {k: [{"path": str(host_hook), "args": ["hook.sh", k], "env": [f"HOOKVAR=v-{k}"]}]
+                             for k in kinds}  # fmt: skip
+    hooks["startContainer"] = [{"path": "/bin/sh", "args": ["sh", "-c", "cat > /tmp/start-state"]}]
+    bundle = _hooks_bundle(shared_tmp, as_who, hooks, ["cat", "/tmp/start-state"], "hooked")
+    seen = {}
+    for rt in _runtimes(as_who, run_as, shared_tmp):
+        log.write_text("")
+        r = rt("run", "--bundle", bundle, f"h-{rt.name}")
+        assert r.returncode == 0, (rt.name, r.stderr)
+        started = json.loads(r.stdout)
+        lines = [ln.split(" ", 2) for ln in log.read_text().splitlines()]
+        states = [json.loads(state) for _, _, state in lines]
+        assert [(k, v) for k, v, _ in lines] == [(k, f"v-{k}") for k in kinds], (rt.name, lines)
+        assert {s["id"] for s in states} | {started["id"]} == {f"h-{rt.name}"}
+        pids = [s.get("pid") for s in states] + [started["pid"]]
+        assert pids[0] > 1 and pids[1] == pids[3] == pids[0] and pids[4:] == [None, 1], (rt.name, pids)  # 1: inside
+        assert states[0]["bundle"] == str(bundle)
+        seen[rt.name] = [s["status"] for s in states] + [started["status"]] + [pids[2] == pids[0]]
+        assert rt.state(f"h-{rt.name}") is None  # run deletes it
+    # createContainer runs on the host, with the host's pid (runc: in the container, pid 1);
+    # poststart says `running` (runc: `created`, though the process runs)
+    assert seen["sifbox"] == ["creating", "creating", "creating", "running", "stopped", "created", True], seen
+    if "runc" in seen:
+        assert seen["runc"] == ["creating", "creating", "creating", "created", "stopped", "created", False], seen
+
+
+@pytest.mark.parametrize("case", ["fails", "timeout", "startContainer-fails"])
+def test_hooks_that_fail(as_who: Any, run_as: Any, shared_tmp: Path, case: str) -> None:
+    """hooks.bats: a create hook that fails, or outlives its timeout (killed), fails create:
+    nothing runs, no state is left; a startContainer hook that fails fails start. As runc."""
+    if case == "fails":
+        hooks = {"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]}]}
+    elif case == "timeout":
+        hooks = {"prestart": [{"path": "/bin/sleep", "args": ["sleep", "30"], "timeout": 1}]}
+    else:
+        hooks = {"startContainer": [{"path": "/bin/false", "args": ["false"]}]}
+    bundle = _hooks_bundle(shared_tmp, as_who, hooks, ["echo", "the process ran"], "bad")
+    for rt in _runtimes(as_who, run_as, shared_tmp):
+        r = rt("run", "--bundle", bundle, f"bad-{rt.name}")
+        assert r.returncode != 0 and "the process ran" not in r.stdout, (rt.name, r.stdout)
+        assert rt.state(f"bad-{rt.name}") is None, rt.name
+        if rt.name == "sifbox":
+            want = {"fails": "the createRuntime hook `/bin/sh` failed with exit status 3",
+                    "timeout": "the prestart hook `/bin/sleep` did not end within its timeout (1 s)",
+                    "startContainer-fails": "the startContainer hook `/bin/false` failed with exit status 1"}[case]
+            assert want in r.stderr, r.stderr
+
+
+def test_hooks_refused_in_config(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
+    for bad, why in (({"prestart": [{"path": "relative/hook"}]}, "no absolute `path`"),
+                     ({"poststart": [{"path": "/bin/true", "timeout": -1}]}, "must be a positive number"),
+                     ({"prestart": [{"path": "/bin/true", "env": ["NOEQUALS"]}]}, "NAME=VALUE"),
+                     ({"prestart": {"path": "/bin/true"}}, "must be a list")):  # fmt: skip
+        bundle = _hooks_bundle(shared_tmp, as_who, bad, ["true"], f"cfg{len(why)}")
+        r = run_as(as_who, [CLI, "oci", "--root", shared_tmp / "st", "run", "--bundle", bundle, "c"])
+        assert r.returncode != 0 and why in r.stderr, (bad, r.stderr)

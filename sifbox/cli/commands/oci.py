@@ -166,7 +166,15 @@ def _create(root: str, args: argparse.Namespace) -> int:
         return 0
     import signal
 
-    init, watcher = ocirun.create(bundle, args.id, root, detach=False, **kw)
+    # with hooks, the process is parked until their turn (startContainer runs at start)
+    init, watcher = ocirun.create(bundle, args.id, root, detach=False, parked=bool(bundle.hooks), **kw)
+    if bundle.hooks:
+        try:
+            ocirun.start(root, args.id)
+        except BaseException:
+            ocirun.delete(root, args.id, force=True)
+            ocirun._reap(watcher)
+            raise
     try:
         os.unlink(os.path.join(ocistate.container_dir(root, args.id), ocistate.EXEC_SOCKET))
     except OSError:
@@ -299,7 +307,7 @@ def _features() -> dict[str, object]:
     return {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.1.0",
-        "hooks": [],
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
         "mountOptions": ["ro", "rw", "bind", "rbind", "nosuid", "nodev", "noexec"],
         "linux": {
             "namespaces": [ns for ns in SUPPORTED_NAMESPACES if ns != "cgroup"],
