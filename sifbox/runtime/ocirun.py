@@ -261,10 +261,13 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
         if b.limits is not None:
             p.cgroups = Cgroups.create(f"sifbox-oci-{cid}", b.limits, what=f"container `{cid}`", extra=("freezer",))
         else:
-            try:
-                p.cgroups = Cgroups.create(f"sifbox-oci-{cid}", Limits(), what=f"container `{cid}`", extra=("freezer",))
-            except (CgroupError, OSError):
-                p.cgroups = None  # no pause/resume for this container
+            # no limits yet: the controllers `update` may set, when this caller can have them
+            for extra in (("freezer", "memory", "cpu", "pids", "cpuacct"), ("freezer",)):
+                try:
+                    p.cgroups = Cgroups.create(f"sifbox-oci-{cid}", Limits(), what=f"container `{cid}`", extra=extra)
+                    break
+                except (CgroupError, OSError):
+                    p.cgroups = None  # no pause/resume (or no update) for this container
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         listener.bind(f"{here}/{ocistate.EXEC_SOCKET}")
         listener.listen(1)
@@ -544,6 +547,26 @@ def pause(root: str, cid: str, on: bool = True) -> None:
         freeze(path, on)
     except OSError as err:
         raise OciError(f"can't {verb} container `{cid}`: {err.strerror}") from None
+
+
+def update(root: str, cid: str, limits: Any) -> None:
+    """`update`: new resource limits for the running container `cid`."""
+    from sifbox.hpc.cgroups import update as write
+
+    doc = ocistate.load(root, cid)
+    if ocistate.status(root, cid, doc) == "stopped":
+        raise OciError(f"can't update container `{cid}`: container not running")
+    write(int(doc["init"]), f"sifbox-oci-{cid}", limits, f"container `{cid}`")
+
+
+def stats(root: str, cid: str) -> dict[str, Any]:
+    """`events --stats`: runc's stats event of the running container `cid`."""
+    from sifbox.hpc.cgroups import stats as read
+
+    doc = ocistate.load(root, cid)
+    if ocistate.status(root, cid, doc) == "stopped":
+        raise OciError(f"can't read the stats of container `{cid}`: container not running")
+    return {"type": "stats", "id": cid, "data": read(int(doc["init"]), f"sifbox-oci-{cid}")}
 
 
 def parse_signal(text: str) -> int:

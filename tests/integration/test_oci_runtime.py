@@ -784,3 +784,43 @@ def test_hooks_refused_in_config(as_who: Any, run_as: Any, shared_tmp: Path) -> 
         bundle = _hooks_bundle(shared_tmp, as_who, bad, ["true"], f"cfg{len(why)}")
         r = run_as(as_who, [CLI, "oci", "--root", shared_tmp / "st", "run", "--bundle", bundle, "c"])
         assert r.returncode != 0 and why in r.stderr, (bad, r.stderr)
+
+
+# --- update, events ------------------------------------------------------------------------------
+
+
+def test_update_and_events(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
+    """update.bats, events.bats: `update` changes the limits of a running container (options,
+    or linux.resources from a file), `events --stats` reads them back with the usage; as runc.
+    A user without delegated cgroup controllers is refused with the reason."""
+    bundle = _bundle(shared_tmp, as_who, ["sleep", "100"])
+    resources = shared_tmp / "resources.json"
+    resources.write_text(json.dumps({"memory": {"limit": 100 << 20}, "pids": {"limit": 30}}))
+    resources.chmod(0o644)
+    seen = {}
+    runtimes = _runtimes(as_who, run_as, shared_tmp) if as_who.is_root else [Runtime("sifbox", as_who, run_as, shared_tmp)]
+    for rt in runtimes:
+        cid = f"up-{rt.name}"
+        assert rt.detached("run", "-d", "--bundle", bundle, cid).returncode == 0
+        try:
+            r = rt("update", "--memory", "64m", "--pids-limit", "50", "--cpu-quota", "50000", cid)
+            if not as_who.is_root:
+                assert r.returncode != 0 and "can't update the resources of container" in r.stderr, r.stderr
+                assert "controller" in r.stderr
+                return
+            assert r.returncode == 0, (rt.name, r.stderr)
+            ev = json.loads(rt("events", "--stats", cid).stdout)
+            got = [ev["type"], ev["id"] == cid, ev["data"]["memory"]["usage"]["limit"], ev["data"]["pids"]["limit"],
+                   ev["data"]["pids"]["current"], ev["data"]["cpu"]["usage"]["total"] > 0]  # fmt: skip
+            assert rt("update", "-r", resources, cid).returncode == 0
+            ev = json.loads(rt("events", "--stats", cid).stdout)
+            got += [ev["data"]["memory"]["usage"]["limit"], ev["data"]["pids"]["limit"]]
+            seen[rt.name] = got
+        finally:
+            assert rt("delete", "--force", cid).returncode == 0
+        assert rt("update", "--memory", "64m", cid).returncode != 0  # gone
+    assert seen["sifbox"] == ["stats", True, 64 << 20, 50, 1, True, 100 << 20, 30], seen
+    if "runc" in seen:
+        assert seen["sifbox"] == seen["runc"], seen
+    r = run_as(as_who, [CLI, "oci", "--root", shared_tmp / "st", "update", "--cpu-share", "5", "x"])
+    assert r.returncode != 0 and "--cpu-share`: not supported" in r.stderr, r.stderr

@@ -5,6 +5,7 @@ hierarchy has no memory, cpu or pids controller to write them to."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,17 @@ def test_report_hybrid_lists_the_v2_controllers(tmp_path: Path) -> None:
     layout, rows = cgroups.report(str(tmp_path), "4:memory:/\n0::/\n")
     assert layout == "cgroups v1/v2 hybrid, v2 controllers here: hugetlb"
     assert all(version == 0 and reason for name, _, version, reason in rows if name != "freezer")
+
+
+def test_v1_keeps_the_freezer_when_v2_lacks_the_limits(tmp_path: Path) -> None:
+    """A hybrid whose v2 half has no controllers: root's limits go to v1, the freezer with them
+    (it was dropped along with v2's cgroup.freeze)."""
+    (tmp_path / "unified").mkdir()
+    (tmp_path / "unified" / "cgroup.controllers").write_text("")
+    for c in ("memory", "freezer"):
+        (tmp_path / c).mkdir()
+        (tmp_path / c / "cgroup.procs").write_text("")
+    version, places, _ = cgroups._choose(str(tmp_path), {"": "/", "memory": "/", "freezer": "/"}, ["memory", "freezer"],
+                                         enable=False)  # fmt: skip
+    if os.geteuid() == 0:
+        assert (version, sorted(places)) == (1, ["freezer", "memory"])

@@ -6,6 +6,7 @@
       run [--bundle B] [--pid-file F] [--console-socket S] [--detach] ID
       exec [--process process.json | [--env K=V] [--cwd D] [--user U[:G]] ARGS...] ID
       list [--format table|json] [-q] | ps [--format table|json] ID | features
+      update [--memory M] [--pids-limit N] [--cpu-quota Q] [-r FILE] ID | events [--stats] ID
       spec [--bundle B] [--rootless]
 
 The state lives under --root (/run/sifbox-oci for root, $XDG_RUNTIME_DIR/sifbox-oci
@@ -78,6 +79,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s = sub.add_parser("ps", help="list the processes of a container")
     s.add_argument("-f", "--format", choices=("table", "json"), default="table")
     s.add_argument("id", metavar="ID")
+    s = sub.add_parser("update", help="change the resource limits of a running container")
+    s.add_argument("-r", "--resources", metavar="FILE", help="linux.resources as JSON (`-`: stdin)")
+    s.add_argument("--memory", help="memory limit (bytes, or 512m, 2g)")
+    s.add_argument("--memory-swap", help="memory and swap limit (-1: unlimited swap)")
+    s.add_argument("--cpu-quota", type=int, help="CPU time per period (microseconds)")
+    s.add_argument("--cpu-period", type=int, help="the period of --cpu-quota (microseconds, default 100000)")
+    s.add_argument("--pids-limit", type=int, help="the most processes")
+    for flag in ("--cpu-share", "--cpuset-cpus", "--cpuset-mems", "--memory-reservation", "--kernel-memory",
+                 "--kernel-memory-tcp", "--blkio-weight", "--l3-cache-schema", "--mem-bw-schema"):  # fmt: skip
+        s.add_argument(flag, dest="unsupported_" + flag[2:].replace("-", "_"), help=argparse.SUPPRESS)
+    s.add_argument("id", metavar="ID")
+    s = sub.add_parser("events", help="print the container's resource usage (cgroups) as JSON")
+    s.add_argument("--stats", action="store_true", help="once, then exit")
+    s.add_argument("--interval", type=float, default=5.0, help="seconds between two (default 5)")
+    s.add_argument("id", metavar="ID")
     sub.add_parser("features", help="print what this runtime supports, as JSON")
     s = sub.add_parser("spec", help="write a config.json to start a bundle from (runc's defaults)")
     s.add_argument("-b", "--bundle", default=".", help="the bundle directory (default: the current one)")
@@ -148,6 +164,11 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     if verb == "exec":
         return _exec(root, args)
+    if verb == "update":
+        ocirun.update(root, args.id, _update_limits(args))
+        return 0
+    if verb == "events":
+        return _events(root, args)
     raise UsageError(f"can't run `sifbox oci {verb}`: unknown command")
 
 
@@ -200,6 +221,61 @@ def _create(root: str, args: argparse.Namespace) -> int:
     finally:
         ocirun.delete(root, args.id, force=True)
     return os.waitstatus_to_exitcode(st) if os.WIFEXITED(st) else 128 + os.WTERMSIG(st)
+
+
+def _update_limits(args: argparse.Namespace) -> object:
+    """The limits of `update`'s options, or of its --resources document (linux.resources)."""
+    from sifbox.hpc import cgroups
+
+    for name, value in vars(args).items():
+        if name.startswith("unsupported_") and value is not None:
+            raise UsageError(f"can't use `sifbox oci update --{name[12:].replace('_', '-')}`: not supported",
+                             hint="sifbox updates --memory, --memory-swap, --cpu-quota/--cpu-period, --pids-limit")  # fmt: skip
+    if args.resources:
+        try:
+            if args.resources == "-":
+                doc = json.loads(sys.stdin.read(1 << 20))
+            else:
+                with open(args.resources, encoding="utf-8") as f:
+                    doc = json.loads(f.read(1 << 20))
+        except (OSError, ValueError) as err:
+            raise UsageError(f"can't read the resources `{args.resources}`: {err}") from None
+        limits = cgroups.from_oci(doc)
+    else:
+        limits = cgroups.from_options(memory=args.memory, memory_swap=args.memory_swap, pids_limit=(
+            str(args.pids_limit) if args.pids_limit is not None else None))  # fmt: skip
+        if args.cpu_quota is not None:
+            period = args.cpu_period or cgroups.CPU_PERIOD
+            if args.cpu_quota <= 0 or period <= 0:
+                raise UsageError("can't use --cpu-quota/--cpu-period: they must be positive")
+            limits = (limits or cgroups.Limits())._replace(cpus=args.cpu_quota / period)
+    if limits is None:
+        raise UsageError("can't update the container: no limit given",
+                         hint="e.g. --memory 512m, --pids-limit 100, --cpu-quota 50000")  # fmt: skip
+    return limits
+
+
+def _events(root: str, args: argparse.Namespace) -> int:
+    """runc's `events`: a stats event now (--stats), or one every --interval until the container stops."""
+    import time
+
+    from sifbox.runtime import ocirun
+
+    if args.interval <= 0:
+        raise UsageError(f"can't use --interval `{args.interval}`: it must be positive")
+    first = True
+    while True:
+        try:
+            event = ocirun.stats(root, args.id)
+        except SifboxError:
+            if first:
+                raise
+            return 0  # it stopped
+        print(json.dumps(event), flush=True)
+        if args.stats:
+            return 0
+        first = False
+        time.sleep(args.interval)
 
 
 def _exec(root: str, args: argparse.Namespace) -> int:
