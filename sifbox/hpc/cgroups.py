@@ -23,7 +23,6 @@ also through descriptors, so it works after pivot_root.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
 
 from sifbox.util.errors import ExitStatus, SifboxError, UsageError
 
@@ -32,11 +31,24 @@ CPU_PERIOD = 100000  # microseconds, as runc and Docker
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
-class Limits(NamedTuple):
-    memory: int | None = None  # bytes
-    memory_swap: int | None = None  # bytes of memory + swap; -1: unlimited swap
-    cpus: float | None = None
-    pids: int | None = None
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NamedTuple
+
+    class _LimitsBase(NamedTuple):
+        memory: int | None = None  # bytes
+        memory_swap: int | None = None  # bytes of memory + swap; -1: unlimited swap
+        cpus: float | None = None
+        pids: int | None = None
+
+else:
+    from sifbox.util.records import record
+
+    _LimitsBase = record("Limits", "memory memory_swap cpus pids", defaults=(None, None, None, None))
+
+
+class Limits(_LimitsBase):
+    __slots__ = ()
 
     def controllers(self) -> list[str]:
         return [c for c, v in (("memory", self.memory), ("cpu", self.cpus), ("pids", self.pids)) if v is not None]

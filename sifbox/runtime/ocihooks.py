@@ -18,18 +18,28 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, NamedTuple
+
+from sifbox.util.records import record as namedtuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
 
 KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
 #: Run by `create` (the container's process parked), before anything of the container runs.
 CREATE_KINDS = ("prestart", "createRuntime", "createContainer")
 
 
-class Hook(NamedTuple):
-    path: str
-    args: tuple[str, ...]
-    env: tuple[str, ...]
-    timeout: int | None
+if TYPE_CHECKING:
+
+    class Hook(NamedTuple):
+        path: str
+        args: tuple[str, ...]
+        env: tuple[str, ...]
+        timeout: int | None
+
+else:
+    Hook = namedtuple("Hook", "path args env timeout")
 
 
 class HookFailed(Exception):

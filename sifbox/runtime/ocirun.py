@@ -31,8 +31,6 @@ import signal
 import socket
 import sys
 import termios
-from collections.abc import Callable, Sequence
-from typing import Any
 
 from sifbox.runtime import ocihooks, ocispec, ocistate
 from sifbox.runtime.ocistate import OciError
@@ -42,6 +40,11 @@ from sifbox.runtime.sandbox.ops import Helper
 from sifbox.runtime.sandbox.process import Trampoline, exec_error
 from sifbox.util.errors import SifboxError, report
 from sifbox.util.paths import chase
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
 CREATE_LOG = "create.log"
 

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import os
 import posixpath
-from typing import Any, NamedTuple
 
 from sifbox.runtime.caps import NUMBERS as CAP_NUMBERS
 from sifbox.runtime.sandbox.ops import Mount
 from sifbox.util.errors import SifboxError
+from sifbox.util.records import record as namedtuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
 
 SUPPORTED_NAMESPACES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup")
 #: /proc files a bind may cover (lxcfs and the like), as runc's checkProcMount allows.
@@ -43,34 +47,41 @@ class ConfigError(SifboxError):
     reference = "oci-config"
 
 
-class Process(NamedTuple):
-    args: tuple[str, ...]
-    env: dict[str, str]
-    cwd: str
-    uid: int = 0
-    gid: int = 0
-    groups: tuple[int, ...] = ()
-    terminal: bool = False
-    caps: frozenset[int] = frozenset()
-    rlimits: tuple[tuple[str, int, int], ...] = ()
-    no_new_privs: bool = True
+if TYPE_CHECKING:
 
+    class Process(NamedTuple):
+        args: tuple[str, ...]
+        env: dict[str, str]
+        cwd: str
+        uid: int = 0
+        gid: int = 0
+        groups: tuple[int, ...] = ()
+        terminal: bool = False
+        caps: frozenset[int] = frozenset()
+        rlimits: tuple[tuple[str, int, int], ...] = ()
+        no_new_privs: bool = True
 
-class Bundle(NamedTuple):
-    path: str
-    oci_version: str
-    rootfs: str
-    readonly: bool
-    process: Process
-    hostname: str | None
-    mounts: tuple[Any, ...]
-    namespaces: frozenset[str]
-    uid_maps: tuple[tuple[int, int, int], ...]
-    gid_maps: tuple[tuple[int, int, int], ...]
-    annotations: dict[str, str]
-    seccomp: dict[str, Any] | None = None
-    limits: Any = None  # sifbox.hpc.cgroups.Limits of linux.resources
-    hooks: tuple[tuple[str, Any], ...] = ()  # (kind, ocihooks.Hook), in order
+    class Bundle(NamedTuple):
+        path: str
+        oci_version: str
+        rootfs: str
+        readonly: bool
+        process: Process
+        hostname: str | None
+        mounts: tuple[Any, ...]
+        namespaces: frozenset[str]
+        uid_maps: tuple[tuple[int, int, int], ...]
+        gid_maps: tuple[tuple[int, int, int], ...]
+        annotations: dict[str, str]
+        seccomp: dict[str, Any] | None = None
+        limits: Any = None  # sifbox.hpc.cgroups.Limits of linux.resources
+        hooks: tuple[tuple[str, Any], ...] = ()  # (kind, ocihooks.Hook), in order
+
+else:
+    Process = namedtuple("Process", "args env cwd uid gid groups terminal caps rlimits no_new_privs",
+                         defaults=(0, 0, (), False, frozenset(), (), True))
+    Bundle = namedtuple("Bundle", "path oci_version rootfs readonly process hostname mounts namespaces uid_maps "
+                        "gid_maps annotations seccomp limits hooks", defaults=(None, None, ()))
 
 
 def _fail(what: str, hint: str | None = None) -> ConfigError:

@@ -226,7 +226,8 @@ def test_user_on_a_delegated_v2_subtree(run_as: Any, test_user: Any, shared_tmp:
         assert r.returncode == 0
         try:
             pids = json.loads(in_sub("oci", "--root", state, "ps", "--format", "json", "d1").stdout)
-            assert pids and set(pids) <= set(map(int, (sub / "sifbox-oci-d1" / "cgroup.procs").read_text().split()))
+            # the container's shell (its sleeps come and go)
+            assert pids and min(pids) in map(int, (sub / "sifbox-oci-d1" / "cgroup.procs").read_text().split())
             assert in_sub("oci", "--root", state, "pause", "d1").returncode == 0
             assert json.loads(in_sub("oci", "--root", state, "state", "d1").stdout)["status"] == "paused"
             assert (sub / "sifbox-oci-d1" / "cgroup.freeze").read_text().strip() == "1"
