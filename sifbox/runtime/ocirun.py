@@ -113,11 +113,12 @@ def plan(b: ocispec.Bundle, cid: str, image: Any = None, keep_fds: frozenset[int
             if squashfuse is None:
                 raise OciError(f"can't run `{rootfs_path}`: squashfuse_ll is not installed",
                                hint="install the Debian package `squashfuse`")  # fmt: skip
+    new = _new_namespaces(b)
     spec = ContainerSpec(image=b.path if in_place else rootfs_path, action="exec", command=list(proc.args),
                          no_home=True, contain=True, writable=in_place and not b.readonly,
                          writable_tmpfs=not in_place and not b.readonly, pwd=proc.cwd, identity_files=False, userns=userns,
-                         pid="pid" in b.namespaces, ipc="ipc" in b.namespaces, uts="uts" in b.namespaces,
-                         net="network" in b.namespaces, hostname=b.hostname)  # fmt: skip
+                         pid="pid" in new, ipc="ipc" in new, uts="uts" in new, net="network" in new,
+                         hostname=b.hostname)  # fmt: skip
     mounts = [m._replace(source=ocispec.host_device(m.source, m.target)) if _is_device(m) else m for m in b.mounts]
     cfg = sysconf.load(None)
     run_as: tuple[int, int, tuple[int, ...]] | None = (proc.uid, proc.gid, proc.groups)
@@ -147,13 +148,35 @@ def _is_device(m: Any) -> bool:
     return bool(m.kind == "bind" and m.source and m.source[:2] in ("c:", "b:"))
 
 
+def _new_namespaces(b: ocispec.Bundle) -> frozenset[str]:
+    """The namespace kinds the container gets new (the others of config.json are joined by path)."""
+    return frozenset(b.namespaces) - frozenset(b.ns_paths or ())
+
+
+def _join(b: ocispec.Bundle) -> tuple[tuple[int, int], ...]:
+    """The existing namespaces of config.json (`path`): (CLONE_NEW* flag, open descriptor)."""
+    flags = {"pid": sc.CLONE_NEWPID, "network": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS,
+             "cgroup": sc.CLONE_NEWCGROUP}  # fmt: skip
+    out: list[tuple[int, int]] = []
+    for kind, path in sorted((b.ns_paths or {}).items()):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            for _, opened in out:
+                os.close(opened)
+            raise OciError(f"can't join the {kind} namespace `{path}`: {err.strerror}") from None
+        out.append((flags[kind], fd))
+    return tuple(out)
+
+
 def _namespaces(b: ocispec.Bundle, host: Any) -> tuple[Any, Any]:
     """The sandbox's Namespaces for the bundle, and the identity the container starts with."""
     from sifbox.runtime.sandbox.ops import Namespaces
     from sifbox.util.paths import which
 
-    extra = {"pid": "pid" in b.namespaces, "ipc": "ipc" in b.namespaces, "uts": "uts" in b.namespaces,
-             "net": "network" in b.namespaces, "hostname": b.hostname}  # fmt: skip
+    new = _new_namespaces(b)
+    extra = {"pid": "pid" in new, "ipc": "ipc" in new, "uts": "uts" in new, "net": "network" in new,
+             "hostname": b.hostname, "join": _join(b)}  # fmt: skip
     if "user" not in b.namespaces:
         if not host.is_root:
             raise OciError("can't create a rootless container: config.json has no user namespace",

@@ -824,3 +824,55 @@ def test_update_and_events(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
         assert seen["sifbox"] == seen["runc"], seen
     r = run_as(as_who, [CLI, "oci", "--root", shared_tmp / "st", "update", "--cpu-share", "5", "x"])
     assert r.returncode != 0 and "--cpu-share`: not supported" in r.stderr, r.stderr
+
+
+# --- namespaces by path --------------------------------------------------------------------------
+
+
+def test_join_namespaces_by_path(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
+    """run.bats/netns tests: `linux.namespaces[].path` joins an existing network, IPC and UTS
+    namespace (here a root process's) instead of making new ones; the PID namespace stays the
+    container's own. A user can't join root's namespaces: refused before anything runs, as by
+    runc. Not a namespace file, or a mount/user namespace by path: refused."""
+    holder = subprocess.Popen(["unshare", "--net", "--ipc", "--uts", "sleep", "300"])
+    try:
+        time.sleep(0.2)
+        theirs = {n: os.readlink(f"/proc/{holder.pid}/ns/{n}") for n in ("net", "ipc", "uts")}
+
+        def edit(doc: dict[str, Any]) -> None:
+            doc.pop("hostname", None)
+            doc["linux"]["namespaces"] = [
+                {"type": n["type"], "path": f"/proc/{holder.pid}/ns/" + {"network": "net"}.get(n["type"], n["type"])}
+                if n["type"] in ("network", "ipc", "uts") else n for n in doc["linux"]["namespaces"]]  # fmt: skip
+            if not as_who.is_root:  # a user's config.json: the same namespaces (no network one of its own)
+                doc["linux"]["namespaces"].append({"type": "network", "path": f"/proc/{holder.pid}/ns/net"})
+
+        script = "for n in net ipc uts pid; do readlink /proc/self/ns/$n; done"
+        bundle = _bundle(shared_tmp, as_who, ["sh", "-c", script], name="joined", edit=edit)
+        seen = {}
+        for rt in _runtimes(as_who, run_as, shared_tmp):
+            r = rt("run", "--bundle", bundle, f"j-{rt.name}")
+            seen[rt.name] = r.returncode == 0
+            if as_who.is_root:
+                assert r.returncode == 0, (rt.name, r.stderr)
+                lines = r.stdout.split()
+                assert lines[:3] == [theirs["net"], theirs["ipc"], theirs["uts"]], (rt.name, lines)
+                assert lines[3] != os.readlink(f"/proc/{holder.pid}/ns/pid")
+            else:
+                assert r.returncode != 0 and r.stdout == "", (rt.name, r.stdout)
+                if rt.name == "sifbox":  # can't even open them
+                    assert f"can't join the ipc namespace `/proc/{holder.pid}/ns/ipc`: Permission denied" in r.stderr
+            assert rt.state(f"j-{rt.name}") is None
+        assert len(set(seen.values())) == 1, seen  # sifbox and runc agree
+    finally:
+        holder.kill()
+        holder.wait()
+    for path, kind, why in (("/etc/passwd", "network", "can't create namespaces"),
+                            ("/proc/1/ns/mnt", "mount", "joining an existing mount namespace")):  # fmt: skip
+        def bad(doc: dict[str, Any], path: str = path, kind: str = kind) -> None:
+            doc["linux"]["namespaces"] = [n for n in doc["linux"]["namespaces"] if n["type"] != kind] + [
+                {"type": kind, "path": path}]  # fmt: skip
+
+        bundle = _bundle(shared_tmp, as_who, ["true"], name=f"bad-{kind}", edit=bad)
+        r = run_as(as_who, [CLI, "oci", "--root", shared_tmp / "st", "run", "--bundle", bundle, "b"])
+        assert r.returncode != 0 and why in r.stderr, r.stderr

@@ -71,10 +71,11 @@ Layer = record("Layer", "path kind fd offset size writable")
 #:   inside     the uid/gid the caller has inside when mapped alone
 #:   tools      (newuidmap, newgidmap) paths for `maps`
 #:   pid ipc uts net   new namespaces of those kinds; hostname for the UTS one
+#:   join       existing namespaces to enter after those: ((CLONE_NEW* flag, open fd), ...)
 Namespaces = record(
     "Namespaces",
-    "user uid gid maps inside tools pid ipc uts net hostname",
-    defaults=(None, None, None, False, False, False, False, None),
+    "user uid gid maps inside tools pid ipc uts net hostname join",
+    defaults=(None, None, None, False, False, False, False, None, ()),
 )
 
 #: A helper process the sandbox started (a FUSE server): stopped with `signal`
