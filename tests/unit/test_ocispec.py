@@ -93,7 +93,7 @@ def test_bad_cwd(cwd: str) -> None:
     ({"namespaces": [{"type": "pid"}]}, "mount namespace is required"),
     ({"namespaces": [{"type": "mount"}, {"type": "time"}]}, "unknown namespace"),
     ({"namespaces": [{"type": "mount"}, {"type": "net", "path": "/proc/1/ns/net"}]}, "unknown namespace"),
-    ({"namespaces": [{"type": "mount", "path": "/proc/1/ns/mnt"}]}, "mount namespace (`path`) is not supported"),
+    ({"namespaces": [{"type": "mount", "path": "/proc/1/ns/mnt"}]}, "joining an existing mount namespace"),
     ({"namespaces": [{"type": "mount"}], "uidMappings": [{"containerID": 0, "hostID": 1, "size": 1}]},
      "need a user namespace"),
     ({"namespaces": [{"type": "mount"}, {"type": "user"}], "uidMappings": [{"containerID": 0, "hostID": 1}]},
