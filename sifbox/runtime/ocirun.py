@@ -144,6 +144,45 @@ def plan(b: ocispec.Bundle, cid: str, image: Any = None, keep_fds: frozenset[int
     )  # fmt: skip
 
 
+def _plan_root(b: ocispec.Bundle, cid: str, keep_fds: frozenset[int]) -> Any:
+    """`plan` for `create`: a root file system that is an image file (`root.path`, or the
+    bundle's `rootfs` linked to a SIF or SquashFS image) is opened, admitted by the site's
+    policy and mounted as sifbox mounts any image (never extracted; read-only, a tmpfs over
+    it unless root.readonly); a directory is the root itself."""
+    import stat
+
+    try:
+        is_file = stat.S_ISREG(os.stat(b.rootfs).st_mode)
+    except OSError:
+        is_file = False
+    if not is_file:
+        return plan(b, cid, keep_fds=keep_fds)
+    from sifbox.config import sysconf
+    from sifbox.runtime import images
+    from sifbox.runtime.spec import ContainerSpec, Host
+    from sifbox.security.admission import Gate
+
+    uid = os.getuid()
+    import pwd
+
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"uid{uid}"
+    cfg = sysconf.load(None)
+    conf_path = os.environ.get(sysconf.ENV_VAR) or sysconf.DEFAULT_PATH
+    gate = Gate.from_config(cfg, conf_path, user=name, verb="exec")
+    host = Host(uid, os.getgid(), name, "/", "/", uid == 0)
+    opened = images.open_all(ContainerSpec(image=os.path.realpath(b.rootfs), action="exec"), host, "exec", gate)
+    try:
+        p = plan(b, cid, image=opened.image, keep_fds=keep_fds)
+    except BaseException:
+        opened.close()
+        raise
+    p.opened, p.source = opened, opened.source
+    return p
+
+
 def _is_device(m: Any) -> bool:
     return bool(m.kind == "bind" and m.source and m.source[:2] in ("c:", "b:"))
 
@@ -272,7 +311,7 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
     process's child and the payload starts at once, unless `parked` (then it waits for
     `start` too: a run with hooks). The create hooks run before this returns."""
     parked = detach if parked is None else parked
-    p = plan(b, cid, keep_fds=preserved_fds(preserve_fds))
+    p = _plan_root(b, cid, preserved_fds(preserve_fds))
     if b.process.terminal and not console_socket and detach:
         raise OciError(f"can't create container `{cid}`: process.terminal is set but no --console-socket was given",
                        hint="pass --console-socket, or set process.terminal to false")  # fmt: skip

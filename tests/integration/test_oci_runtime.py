@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from tests.integration import oci_bundle
+from tests.integration import images, oci_bundle
 
 CLI = os.environ.get("SIFBOX_CLI", "/usr/local/bin/sifbox")
+action_images = images.action_images
 RUNC = shutil.which("runc")
 
 
@@ -876,3 +877,52 @@ def test_join_namespaces_by_path(as_who: Any, run_as: Any, shared_tmp: Path) -> 
         bundle = _bundle(shared_tmp, as_who, ["true"], name=f"bad-{kind}", edit=bad)
         r = run_as(as_who, [CLI, "oci", "--root", shared_tmp / "st", "run", "--bundle", bundle, "b"])
         assert r.returncode != 0 and why in r.stderr, r.stderr
+
+
+# --- an image as the root file system ------------------------------------------------------------
+
+
+def _helpers_of(user: Any, image: Path) -> list[int]:
+    """squashfuse servers of `user` serving `image` (other sessions' serve theirs)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if (entry.isdigit() and Path(f"/proc/{entry}/comm").read_text().startswith("squashfuse")
+                    and os.stat(f"/proc/{entry}").st_uid == user.uid
+                    and any(os.readlink(f"/proc/{entry}/fd/{fd}") == str(image)
+                            for fd in os.listdir(f"/proc/{entry}/fd"))):  # fmt: skip
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def test_sif_as_the_root_file_system(as_who: Any, run_as: Any, shared_tmp: Path, action_images: Any) -> None:
+    """`root.path` (or `rootfs`) that is a SIF: mounted as sifbox mounts images (kernel SquashFS
+    for root, squashfuse for a user), never extracted, the container's writes on a tmpfs; the
+    whole create/start/delete life of runc's; nothing left mounted or running afterwards. A file
+    that is not an image is refused."""
+    before = _helpers_of(as_who, action_images.sif)
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["root"] = {"path": "image.sif", "readonly": False}
+
+    script = "echo written > /tmp/x; cat /tmp/x; ls /.singularity.d >/dev/null && echo image"
+    bundle = _bundle(shared_tmp, as_who, ["sh", "-c", script], name="sifroot", edit=edit)
+    (bundle / "image.sif").symlink_to(action_images.sif)
+    rt = Runtime("sifbox", as_who, run_as, shared_tmp)
+    r = rt("run", "--bundle", bundle, "s1")
+    assert (r.returncode, r.stdout) == (0, "written\nimage\n"), r.stderr
+    assert rt.detached("create", "--bundle", bundle, "s2").returncode == 0
+    assert rt.state("s2")["status"] == "created"  # type: ignore[index]
+    assert rt("delete", "--force", "s2").returncode == 0
+    assert rt.state("s2") is None
+    assert not (bundle / "image.sif").is_dir() and os.path.isfile(action_images.sif)
+    deadline = time.monotonic() + 5
+    while _helpers_of(as_who, action_images.sif) != before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _helpers_of(as_who, action_images.sif) == before, "a squashfuse server was left running"
+    (bundle / "image.sif").unlink()
+    (bundle / "image.sif").write_text("not an image\n")
+    r = rt("run", "--bundle", bundle, "s3")
+    assert r.returncode != 0 and "sifbox: error: " in r.stderr and r.stdout == "", r.stderr

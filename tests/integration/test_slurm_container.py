@@ -1,7 +1,8 @@
 """`srun --container=BUNDLE` with sifbox as Slurm's OCI runtime (sifbox/data/oci.conf), on the
 real single-node Slurm of the tests, as root and as the unprivileged test user.
 
-The bundle's root file system is the MPI test image's (tests/integration/mpi_images.py); the
+The bundle's root file system is the MPI test image (tests/integration/mpi_images.py), a SIF
+that `rootfs` links to (or, for root, the image extracted to a directory); the
 task runs `mpirun` inside its container (Slurm 22.05 starts one task per node with
 --container), whose 4 ranks complete the ring. Slurm's step environment reaches the
 container, the exit status passes through, the container's state is gone once the step ends,
@@ -58,26 +59,26 @@ def _config(uid: int | None) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def bundles(mpi_images: MpiImages, test_user: Any) -> Iterator[dict[str, Path]]:
-    """Bundles with the MPI image's root file system: `root`'s, the test user's, and a hostile
-    one of the user's that maps host root into its user namespace."""
+    """Bundles whose root file system is the MPI test image, a SIF (`rootfs` links to it:
+    mounted, never extracted): `root`'s, the test user's, and a hostile one of the user's that
+    maps host root into its user namespace; and root's with the image extracted (`dir`)."""
     from sifbox.formats.sif.image import SifImage
 
     base = Path(tempfile.mkdtemp(prefix="sifbox-ocislurm-", dir="/tmp"))
     base.chmod(0o755)
     try:
-        with open(mpi_images.hybrid, "rb") as f:
-            part = SifImage.load(f).primary_partition()
-        assert part is not None
-        rootfs = base / "root" / "rootfs"
-        rootfs.parent.mkdir()
-        subprocess.run(["unsquashfs", "-q", "-n", "-d", str(rootfs), "-o", str(part.offset), str(mpi_images.hybrid)],
-                       check=True, capture_output=True)  # fmt: skip
-        found = {"root": base / "root", "user": base / "user", "hostile": base / "hostile"}
-        for name, uid in (("root", None), ("user", test_user.uid), ("hostile", 0)):
+        found = {name: base / name for name in ("root", "user", "hostile", "dir")}
+        for name, uid in (("root", None), ("user", test_user.uid), ("hostile", 0), ("dir", None)):
             b = found[name]
-            b.mkdir(exist_ok=True)
-            if name != "root":
-                (b / "rootfs").symlink_to("../root/rootfs")
+            b.mkdir()
+            if name == "dir":
+                with open(mpi_images.hybrid, "rb") as f:
+                    part = SifImage.load(f).primary_partition()
+                assert part is not None
+                subprocess.run(["unsquashfs", "-q", "-n", "-d", str(b / "rootfs"), "-o", str(part.offset),
+                                str(mpi_images.hybrid)], check=True, capture_output=True)  # fmt: skip
+            else:
+                (b / "rootfs").symlink_to(mpi_images.hybrid)
             (b / "config.json").write_text(json.dumps(_config(uid)))  # hostile: host uid 0 mapped
             b.chmod(0o755)
         yield found
@@ -102,8 +103,12 @@ def _states(who: Any) -> list[str]:
     return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
 
 
-def test_srun_container_mpi_ring(oci_slurm: SlurmCluster, bundles: dict[str, Path], run_as, as_who) -> None:
-    bundle = bundles["root" if as_who.is_root else "user"]
+@pytest.mark.parametrize("rootfs", ["sif", "dir"])
+def test_srun_container_mpi_ring(oci_slurm: SlurmCluster, bundles: dict[str, Path], run_as, as_who,
+                                 rootfs: str) -> None:  # fmt: skip
+    if rootfs == "dir" and not as_who.is_root:
+        pytest.skip("the extracted root file system is root's bundle")
+    bundle = bundles["root" if as_who.is_root else "user"] if rootfs == "sif" else bundles["dir"]
     script = ('echo "uid $(id -u) job $SLURM_JOB_ID pid1 $(tr "\\0" " " </proc/1/cmdline)"; '
               "exec mpirun --oversubscribe -n 4 /opt/mpitest/ring")  # fmt: skip
     proc = _srun(oci_slurm, run_as, as_who, bundle, ["sh", "-c", script], **MPIRUN_ENV)
