@@ -338,7 +338,7 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
         listener.listen(1)
         console = None
         if b.process.terminal and console_socket:
-            console = _console(console_socket, f"create container `{cid}`")
+            console = connect_console(console_socket, f"create container `{cid}`")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         log_fd = os.open(f"{here}/{CREATE_LOG}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -371,14 +371,14 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
             except ProcessLookupError:
                 pass
             if not detach:
-                _reap(child)
+                reap(child)
             raise
         finally:
             ours.close()
         watcher = seen.get("watcher", child)
         if pid is None:
             if not detach:
-                _reap(child)
+                reap(child)
             raise _create_error(cid, here, status)
         started, wstarted = ocistate.start_time(pid), ocistate.start_time(watcher)
         doc = {
@@ -397,11 +397,11 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
                 except ProcessLookupError:
                     pass
             if not detach:
-                _reap(child)
+                reap(child)
             raise OciError(f"can't create container `{cid}`: {err}") from None
         created = True
         if pid_file:
-            _write_pid_file(pid_file, watcher)
+            write_pid_file(pid_file, watcher)
         return pid, watcher
     finally:
         os.close(dir_fd)
@@ -426,7 +426,7 @@ def _create_error(cid: str, here: str, status: int) -> SifboxError:
     return OciError(f"can't create container `{cid}`: it stopped while starting (status {status}){detail}")
 
 
-def _write_pid_file(path: str, pid: int) -> None:
+def write_pid_file(path: str, pid: int) -> None:
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp")
     try:
         with open(tmp, "w") as f:
@@ -436,7 +436,7 @@ def _write_pid_file(path: str, pid: int) -> None:
         raise OciError(f"can't write the pid file `{path}`: {err.strerror}") from None
 
 
-def _reap(pid: int) -> int:
+def reap(pid: int) -> int:
     while True:
         try:
             _, st = os.waitpid(pid, 0)
@@ -496,12 +496,12 @@ def _watcher(p: Any, chans: Channels, log_fd: int, proc_fd: int, detach: bool) -
         try:
             sys.stderr.flush()
             if 128 < status < 160:
-                _die_by(status - 128)
+                die_by(status - 128)
         finally:
             os._exit(status)
 
 
-def _die_by(sig: int) -> None:
+def die_by(sig: int) -> None:
     """End as the payload ended, by signal `sig` (128+N: a payload that exits with
     such a status itself can't be told apart), as runc's init does for its waiter."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -543,7 +543,7 @@ def _payload(start: Callable[[], None], chans: Channels) -> None:
     os.dup2(chans.stderr, 2)
     os.close(chans.stderr)
     if chans.console >= 0:
-        _terminal_to(socket.socket(fileno=chans.console))
+        terminal_to(socket.socket(fileno=chans.console))
     os.write(chans.notify, b"ready")
     os.close(chans.notify)
     if not chans.immediate:
@@ -715,40 +715,10 @@ def delete(root: str, cid: str, *, force: bool = False) -> None:
     ocistate.remove(root, cid)
 
 
-# --- exec ---------------------------------------------------------------------------------------
+# --- terminals ----------------------------------------------------------------------------------
 
 
-def exec_process(root: str, cid: str, proc: ocispec.Process, console_socket: str | None = None,
-                 preserve_fds: int = 0) -> int:  # fmt: skip
-    """Run `proc` in the running container `cid` (its namespaces and root); its exit status.
-    With `proc.terminal`, on a pty of the container whose master goes to `console_socket`."""
-    from sifbox.runtime import env, launcher  # noqa: F401 - env: used once in the container's root
-
-    doc = ocistate.load(root, cid)
-    st = ocistate.status(root, cid, doc)
-    if st != "running":
-        raise OciError(f"can't exec in container `{cid}`: the container is {st}",
-                       hint={"created": f"`sifbox oci start {cid}` starts it",
-                             "paused": f"`sifbox oci resume {cid}` resumes it"}.get(st))  # fmt: skip
-    b = ocispec.load(doc["bundle"])
-    if "HOME" not in proc.env:
-        proc = proc._replace(env={**proc.env, "HOME": home_of(f"/proc/{int(doc['init'])}/root", proc.uid)})
-    p = plan(b._replace(process=proc), cid, keep_fds=preserved_fds(preserve_fds))
-    from sifbox.util.records import record
-
-    p.joining = record("Joining", "pid name")(int(doc["init"]), cid)
-    os.close(p.image.fd)
-    p.prepare_root = None
-    if proc.terminal:
-        if not console_socket:
-            raise OciError(f"can't exec in container `{cid}`: a terminal needs --console-socket")
-        console = _console(console_socket, f"exec in container `{cid}`")
-        p.prepare_root = lambda _root: _exec_terminal(console)
-    _join_cgroups(int(doc["init"]), cid)
-    return int(launcher._join(p))
-
-
-def _console(path: str, what: str) -> socket.socket:
+def connect_console(path: str, what: str) -> socket.socket:
     """A connection to the caller's --console-socket, which receives the terminal's master."""
     console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
@@ -759,14 +729,8 @@ def _console(path: str, what: str) -> socket.socket:
     return console
 
 
-def _exec_terminal(console: socket.socket) -> None:
-    """In the joined process, before it forks the exec'd one: a pty of the container's devpts,
-    its master sent to the console socket, its slave this process's controlling terminal and
-    stdio (the exec'd process inherits them)."""
-    _terminal_to(console)
 
-
-def _terminal_to(console: socket.socket) -> None:
+def terminal_to(console: socket.socket) -> None:
     """A new pty: its master sent to the console socket (runc's protocol: the pty's name and the
     master as SCM_RIGHTS), its slave this process's controlling terminal and stdio."""
     master, slave = os.openpty()
@@ -779,66 +743,3 @@ def _terminal_to(console: socket.socket) -> None:
         os.dup2(slave, fd)
     if slave > 2:
         os.close(slave)
-
-
-def _join_cgroups(init: int, cid: str) -> None:
-    """Put this process (and so what it execs) in the cgroups sifbox made for container `cid`
-    (its linux.resources), as the container's own process is."""
-    from sifbox.hpc.cgroups import CGROUP_ROOT, own_paths
-
-    try:
-        with open(f"/proc/{init}/cgroup") as f:
-            paths = own_paths(f.read())
-    except OSError:
-        return
-    for controller, path in paths.items():
-        if not path.rstrip("/").endswith(f"/sifbox-oci-{cid}"):
-            continue
-        tops = [os.path.join(CGROUP_ROOT, controller)] if controller else [CGROUP_ROOT, f"{CGROUP_ROOT}/unified"]
-        for top in tops:
-            try:
-                with open(os.path.join(top, path.lstrip("/"), "cgroup.procs"), "w") as f:
-                    f.write("0")
-                break
-            except OSError:
-                continue
-
-
-def exec_detached(root: str, cid: str, proc: ocispec.Process, pid_file: str | None,
-                  console_socket: str | None = None, preserve_fds: int = 0) -> int:  # fmt: skip
-    """`exec --detach`: run `proc` in container `cid` from a detached process (setsid,
-    second fork) whose pid goes to `pid_file` and which ends as `proc` ends (a subreaper
-    that ran `exec`, containerd's shim, reaps it). Returns that pid."""
-    ocistate.load(root, cid)
-    r, w = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    child = os.fork()
-    if child == 0:
-        status = 126
-        try:
-            os.close(r)
-            os.setsid()
-            if os.fork() != 0:
-                os._exit(0)
-            os.write(w, str(os.getpid()).encode())
-            os.close(w)
-            try:
-                status = exec_process(root, cid, proc, console_socket, preserve_fds)
-            except SifboxError as err:
-                status = report(err)
-            sys.stderr.flush()
-            if 128 < status < 160:
-                _die_by(status - 128)
-        finally:
-            os._exit(status)
-    os.close(w)
-    _reap(child)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    if not data.isdigit():
-        raise OciError(f"can't exec in container `{cid}`: the process did not start")
-    pid = int(data)
-    if pid_file:
-        _write_pid_file(pid_file, pid)
-    return pid

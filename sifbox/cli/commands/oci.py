@@ -276,7 +276,7 @@ def _create(root: str, args: argparse.Namespace) -> int:
             ocirun.start(root, args.id)
         except BaseException:
             ocirun.delete(root, args.id, force=True)
-            ocirun._reap(watcher)
+            ocirun.reap(watcher)
             raise
     try:
         os.unlink(os.path.join(ocistate.container_dir(root, args.id), ocistate.EXEC_SOCKET))
@@ -361,7 +361,7 @@ def _events(root: str, args: argparse.Namespace) -> int:
 
 
 def _exec(root: str, args: argparse.Namespace) -> int:
-    from sifbox.runtime import ocirun, ocispec
+    from sifbox.runtime import ociexec, ocispec
 
     if args.process:
         try:
@@ -395,11 +395,11 @@ def _exec(root: str, args: argparse.Namespace) -> int:
         raise UsageError("can't use `sifbox oci exec` with a terminal without --console-socket",
                          hint="pass --console-socket, or run the process without a terminal")  # fmt: skip
     if args.detach:
-        ocirun.exec_detached(root, args.id, proc, args.pid_file, args.console_socket, args.preserve_fds)
+        ociexec.exec_detached(root, args.id, proc, args.pid_file, args.console_socket, args.preserve_fds)
         return 0
     if args.pid_file:
         raise UsageError("can't use `sifbox oci exec --pid-file` without --detach")
-    return ocirun.exec_process(root, args.id, proc, args.console_socket, args.preserve_fds)
+    return ociexec.exec_process(root, args.id, proc, args.console_socket, args.preserve_fds)
 
 
 def _spec(bundle: str, rootless: bool) -> int:
