@@ -213,6 +213,10 @@ fi
 install -d -m 0755 /usr/local/libexec/sifbox
 install -m 0755 "$repo/sifbox/data/slurm-epilog.sh" /usr/local/libexec/sifbox/slurm-epilog.sh
 install -m 0755 "$repo/sifbox/data/sifbox-mount.sh" /usr/local/libexec/sifbox/sifbox-mount.sh
+# Slurm's oci.conf recipe for `srun --container` with sifbox as the runtime (copied next to
+# slurm.conf by the site; not configured here).
+install -d -m 0755 /usr/local/share/sifbox
+install -m 0644 "$repo/sifbox/data/oci.conf" /usr/local/share/sifbox/oci.conf
 # Containers mount their session tmpfs over this directory, inside their own mount namespace.
 mkdir -p /var/lib/sifbox/mnt/session
 chmod 0755 /var/lib/sifbox /var/lib/sifbox/mnt /var/lib/sifbox/mnt/session

@@ -172,6 +172,12 @@ def fast_args(argv: Sequence[str], cmd: Command):  # type: ignore[no-untyped-def
             return None
     if i >= len(argv) or argv[i] != cmd.name:
         return None
+    if cmd.module == "oci":
+        found = load_command(cmd).fast_parse(list(argv[i + 1 :]))
+        if found is None:
+            return None
+        values.update(found)
+        return Args(command=cmd.name, _command=cmd, **values)
     from sifbox.cli.commands import action
 
     found = action.fast_parse(cmd.name, list(argv[i + 1 :]))
@@ -223,7 +229,7 @@ def _os_error(err: OSError, argv: Sequence[str]) -> SifboxError:
 def run(argv: Sequence[str]) -> int:
     word = command_word(argv)
     cmd = BY_NAME.get(word) if word else None
-    if cmd is not None and cmd.module == "action":
+    if cmd is not None and cmd.module in ("action", "oci"):
         args = fast_args(argv, cmd)
         if args is not None:
             _setup_logging(args)

@@ -23,7 +23,6 @@ also through descriptors, so it works after pivot_root.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
 
 from sifbox.util.errors import ExitStatus, SifboxError, UsageError
 
@@ -32,11 +31,24 @@ CPU_PERIOD = 100000  # microseconds, as runc and Docker
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
-class Limits(NamedTuple):
-    memory: int | None = None  # bytes
-    memory_swap: int | None = None  # bytes of memory + swap; -1: unlimited swap
-    cpus: float | None = None
-    pids: int | None = None
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NamedTuple
+
+    class _LimitsBase(NamedTuple):
+        memory: int | None = None  # bytes
+        memory_swap: int | None = None  # bytes of memory + swap; -1: unlimited swap
+        cpus: float | None = None
+        pids: int | None = None
+
+else:
+    from sifbox.util.records import record
+
+    _LimitsBase = record("Limits", "memory memory_swap cpus pids", defaults=(None, None, None, None))
+
+
+class Limits(_LimitsBase):
+    __slots__ = ()
 
     def controllers(self) -> list[str]:
         return [c for c, v in (("memory", self.memory), ("cpu", self.cpus), ("pids", self.pids)) if v is not None]
@@ -249,6 +261,41 @@ def probe(wanted: tuple[str, ...] = ("memory", "cpu", "pids"), root: str = CGROU
     return version, reason
 
 
+#: What `sifbox doctor` reports, one line each: a name, the options, the controllers they need.
+FEATURES = (("memory", "--memory, --memory-swap", ("memory",)), ("cpus", "--cpus", ("cpu",)),
+            ("pids", "--pids-limit", ("pids",)), ("freezer", "sifbox oci pause/resume", ("freezer",)))  # fmt: skip
+
+
+def report(root: str = CGROUP_ROOT, proc_self: str | None = None) -> tuple[str, list[tuple[str, str, int, str]]]:
+    """(the layout, with the v2 controllers of the caller's cgroup; for each of FEATURES: its name,
+    options, the cgroup version they would use for this caller (0: none), why not), changing nothing."""
+    try:
+        if proc_self is None:
+            with open("/proc/self/cgroup") as f:
+                proc_self = f.read()
+    except OSError as err:
+        return f"can't read /proc/self/cgroup: {err.strerror}", [(n, o, 0, "") for n, o, _ in FEATURES]
+    own = own_paths(proc_self)
+    if os.path.exists(os.path.join(root, "cgroup.controllers")):
+        layout, unified = "cgroups v2 (unified)", root
+    elif os.path.exists(os.path.join(root, "unified", "cgroup.controllers")):
+        layout, unified = "cgroups v1/v2 hybrid", os.path.join(root, "unified")
+    else:
+        layout, unified = "cgroups v1", None
+    if unified is not None and "" in own:
+        try:
+            with open(os.path.join(unified, own[""].lstrip("/"), "cgroup.controllers")) as f:
+                available = f.read().split()
+        except OSError:
+            available = []
+        layout += f", v2 controllers here: {' '.join(available) or 'none'}"
+    rows = []
+    for name, options, wanted in FEATURES:
+        version, _, reason = _choose(root, own, list(wanted), enable=False)
+        rows.append((name, options, version, reason))
+    return layout, rows
+
+
 def _choose(root: str, own: dict[str, str], wanted: list[str], enable: bool = True) -> tuple[int, dict[str, str], str]:
     """(version, {controller: parent directory}, why not) for the controllers `wanted`; with
     `enable`, they are enabled for the children of the caller's v2 cgroup."""
@@ -261,16 +308,17 @@ def _choose(root: str, own: dict[str, str], wanted: list[str], enable: bool = Tr
                 available = set(f.read().split())
         except OSError:
             available = set()
-        wanted = [c for c in wanted if c != "freezer"]  # v2: cgroup.freeze, in every cgroup
-        missing = [c for c in wanted if c not in available]
+        # v2: cgroup.freeze and cpu.stat, in every cgroup
+        needed = [c for c in wanted if c not in ("freezer", "cpuacct")]
+        missing = [c for c in needed if c not in available]
         if not missing and os.access(base, os.W_OK):
             try:
-                if enable and wanted:
+                if enable and needed:
                     with open(os.path.join(base, "cgroup.subtree_control"), "w") as f:
-                        f.write(" ".join("+" + c for c in wanted))
+                        f.write(" ".join("+" + c for c in needed))
                 return 2, {"": base}, ""
             except OSError as err:
-                v2_reason = f"can't enable the {', '.join(wanted)} controllers below `{base}`: {err.strerror}"
+                v2_reason = f"can't enable the {', '.join(needed)} controllers below `{base}`: {err.strerror}"
         elif missing:
             v2_reason = (f"the cgroup v2 controller{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
                          f"{'are' if len(missing) > 1 else 'is'} not available in `{base}` (bound to cgroup v1)")  # fmt: skip
@@ -285,6 +333,95 @@ def _choose(root: str, own: dict[str, str], wanted: list[str], enable: bool = Tr
             return 0, {}, f"{v2_reason}, and no cgroup v1 `{c}` hierarchy is mounted at `{mount}`"
         places[c] = os.path.join(mount, own[c].lstrip("/"))
     return 1, places, ""
+
+
+# --- a running container's cgroups (sifbox oci update, events) -------------------------------------
+
+
+def container_dirs(pid: int, name: str, root: str = CGROUP_ROOT) -> tuple[str | None, dict[str, str]]:
+    """(its v2 directory, {v1 controller: directory}) of the cgroups named `name` that process
+    `pid` is in (sifbox made them: `sifbox-oci-ID`)."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            paths = own_paths(f.read())
+    except OSError:
+        return None, {}
+    v2, v1 = None, {}
+    for controller, path in paths.items():
+        if not path.rstrip("/").endswith("/" + name):
+            continue
+        if controller:
+            d = os.path.join(root, controller, path.lstrip("/"))
+            if os.path.exists(os.path.join(d, "cgroup.procs")):
+                v1[controller] = d
+        else:
+            for top in (root, os.path.join(root, "unified")):
+                d = os.path.join(top, path.lstrip("/"))
+                if os.path.exists(os.path.join(d, "cgroup.controllers")):
+                    v2 = d
+                    break
+    return v2, v1
+
+
+def update(pid: int, name: str, limits: Limits, what: str, root: str = CGROUP_ROOT) -> None:
+    """Write `limits` to the cgroups `name` of process `pid` (v2 when its v2 cgroup has the
+    controllers, else its v1 ones)."""
+    v2, v1 = container_dirs(pid, name, root)
+    wanted = limits.controllers()
+    version, places = 0, {}
+    if v2 is not None:
+        with open(os.path.join(v2, "cgroup.controllers")) as f:
+            if set(wanted) <= set(f.read().split()):
+                version, places = 2, {"": v2}
+    if not version and v1 and all(c in v1 for c in wanted):
+        version, places = 1, {c: v1[c] for c in wanted}
+    if not version:
+        missing = [c for c in wanted if c not in v1]
+        raise CgroupError(f"can't update the resources of {what}: it has no cgroup with the "
+                          f"{', '.join(missing or wanted)} controller{'s' if len(missing or wanted) > 1 else ''}",
+                          hint="`sifbox doctor` says which cgroup limits this user can have")  # fmt: skip
+    for controller, entries in files(limits, version).items():
+        d = places[""] if version == 2 else places[controller]
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for fname, value in entries:
+                _write(dfd, fname, value, what)
+        finally:
+            os.close(dfd)
+
+
+def stats(pid: int, name: str, root: str = CGROUP_ROOT) -> dict[str, dict[str, object]]:
+    """runc's `events --stats` data of the cgroups `name` of process `pid`: cpu (ns), memory
+    (bytes), pids; what the cgroups do not account is left out."""
+    v2, v1 = container_dirs(pid, name, root)
+
+    def read(d: str | None, fname: str) -> str | None:
+        try:
+            with open(os.path.join(d, fname)) as f:  # type: ignore[arg-type]
+                return f.read().strip()
+        except (OSError, TypeError):
+            return None
+
+    def number(text: str | None) -> int | None:
+        return int(text) if text and text.isdigit() else None
+
+    out: dict[str, dict[str, object]] = {}
+    cpu_stat = read(v2, "cpu.stat")
+    usec = next((int(ln.split()[1]) for ln in (cpu_stat or "").splitlines() if ln.startswith("usage_usec ")), None)
+    total = usec * 1000 if usec is not None else number(read(v1.get("cpuacct") or v1.get("cpu"), "cpuacct.usage"))
+    if total is not None:
+        out["cpu"] = {"usage": {"total": total}}
+    usage = number(read(v2, "memory.current"))
+    limit = read(v2, "memory.max")
+    if usage is None:
+        usage, limit = number(read(v1.get("memory"), "memory.usage_in_bytes")), read(v1.get("memory"), "memory.limit_in_bytes")
+    if usage is not None:
+        out["memory"] = {"usage": {"usage": usage, "limit": number(limit) or 0}}
+    current = number(read(v2, "pids.current")) if v2 and read(v2, "pids.current") else number(read(v1.get("pids"), "pids.current"))
+    if current is not None:
+        pids_max = read(v2, "pids.max") if v2 and read(v2, "pids.max") else read(v1.get("pids"), "pids.max")
+        out["pids"] = {"current": current, "limit": number(pids_max) or 0}
+    return out
 
 
 # --- the freezer (sifbox oci pause/resume) -----------------------------------------------------

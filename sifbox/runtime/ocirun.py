@@ -31,10 +31,8 @@ import signal
 import socket
 import sys
 import termios
-from collections.abc import Callable, Sequence
-from typing import Any
 
-from sifbox.runtime import ocispec, ocistate
+from sifbox.runtime import ocihooks, ocispec, ocistate
 from sifbox.runtime.ocistate import OciError
 from sifbox.runtime.sandbox import rootfs
 from sifbox.runtime.sandbox import syscalls as sc
@@ -43,24 +41,41 @@ from sifbox.runtime.sandbox.process import Trampoline, exec_error
 from sifbox.util.errors import SifboxError, report
 from sifbox.util.paths import chase
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
 CREATE_LOG = "create.log"
 
 
 class Channels:
     """The descriptors the container's processes inherit from `create`."""
 
-    __slots__ = ("console", "immediate", "listen", "notify", "stderr")
+    __slots__ = ("console", "hooks", "immediate", "listen", "notify", "stderr")
 
-    def __init__(self, listen: int, notify: int, console: int, stderr: int, immediate: bool) -> None:
+    def __init__(self, listen: int, notify: int, console: int, stderr: int, immediate: bool,
+                 hooks: list[tuple[str, ocihooks.Hook]]) -> None:  # fmt: skip
         self.listen, self.notify, self.console, self.stderr, self.immediate = listen, notify, console, stderr, immediate
+        self.hooks = hooks  # startContainer: run in the container once `start` comes
 
 
 # --- the plan -----------------------------------------------------------------------------------
 
 
-def plan(b: ocispec.Bundle, cid: str, image: Any = None) -> Any:
+def preserved_fds(count: int) -> frozenset[int]:
+    """`--preserve-fds N`: descriptors 3 to 3+N-1, which the container's process inherits (as
+    runc passes them); N within the open-files limit."""
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if count < 0 or count > limit - 3:
+        raise OciError(f"can't use --preserve-fds `{count}`: not between 0 and {limit - 3} (the open files limit)")
+    return frozenset(range(3, 3 + count))
+
+
+def plan(b: ocispec.Bundle, cid: str, image: Any = None, keep_fds: frozenset[int] = frozenset()) -> Any:
     """The launcher's `Prepared` for bundle `b` (container `cid`). With `image` (a RootImage
-    opened and admitted by the caller: `--oci`), that is the root, never written in place."""
+    opened and admitted by the caller: `--oci`), that is the root, never written in place.
+    `keep_fds`: the caller's descriptors the process inherits (`--preserve-fds`)."""
     import pwd
 
     from sifbox.config import sysconf
@@ -98,11 +113,12 @@ def plan(b: ocispec.Bundle, cid: str, image: Any = None) -> Any:
             if squashfuse is None:
                 raise OciError(f"can't run `{rootfs_path}`: squashfuse_ll is not installed",
                                hint="install the Debian package `squashfuse`")  # fmt: skip
+    new = _new_namespaces(b)
     spec = ContainerSpec(image=b.path if in_place else rootfs_path, action="exec", command=list(proc.args),
                          no_home=True, contain=True, writable=in_place and not b.readonly,
                          writable_tmpfs=not in_place and not b.readonly, pwd=proc.cwd, identity_files=False, userns=userns,
-                         pid="pid" in b.namespaces, ipc="ipc" in b.namespaces, uts="uts" in b.namespaces,
-                         net="network" in b.namespaces, hostname=b.hostname)  # fmt: skip
+                         pid="pid" in new, ipc="ipc" in new, uts="uts" in new, net="network" in new,
+                         hostname=b.hostname)  # fmt: skip
     mounts = [m._replace(source=ocispec.host_device(m.source, m.target)) if _is_device(m) else m for m in b.mounts]
     cfg = sysconf.load(None)
     run_as: tuple[int, int, tuple[int, ...]] | None = (proc.uid, proc.gid, proc.groups)
@@ -123,13 +139,73 @@ def plan(b: ocispec.Bundle, cid: str, image: Any = None) -> Any:
         log=launcher.verbose_log(), caps=proc.caps, contained=True, userns=userns, squashfuse=squashfuse,
         source=None, opened=images.Opened(ImageSource(rootfs_path, "sandbox", None), image, [], []), image=image,
         layers=[], data=[], identity=False, mounts=mounts, fixed=(list(proc.args), env),
-        keep_fds=frozenset(), ns=ns, options=LaunchOptions(run_as=run_as), no_init=False,
+        keep_fds=keep_fds, ns=ns, options=LaunchOptions(run_as=run_as), no_init=False,
         prepare_root=lambda root: _prepare_root(root, proc, env),
     )  # fmt: skip
 
 
+def _plan_root(b: ocispec.Bundle, cid: str, keep_fds: frozenset[int]) -> Any:
+    """`plan` for `create`: a root file system that is an image file (`root.path`, or the
+    bundle's `rootfs` linked to a SIF or SquashFS image) is opened, admitted by the site's
+    policy and mounted as sifbox mounts any image (never extracted; read-only, a tmpfs over
+    it unless root.readonly); a directory is the root itself."""
+    import stat
+
+    try:
+        is_file = stat.S_ISREG(os.stat(b.rootfs).st_mode)
+    except OSError:
+        is_file = False
+    if not is_file:
+        return plan(b, cid, keep_fds=keep_fds)
+    from sifbox.config import sysconf
+    from sifbox.runtime import images
+    from sifbox.runtime.spec import ContainerSpec, Host
+    from sifbox.security.admission import Gate
+
+    uid = os.getuid()
+    import pwd
+
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"uid{uid}"
+    cfg = sysconf.load(None)
+    conf_path = os.environ.get(sysconf.ENV_VAR) or sysconf.DEFAULT_PATH
+    gate = Gate.from_config(cfg, conf_path, user=name, verb="exec")
+    host = Host(uid, os.getgid(), name, "/", "/", uid == 0)
+    opened = images.open_all(ContainerSpec(image=os.path.realpath(b.rootfs), action="exec"), host, "exec", gate)
+    try:
+        p = plan(b, cid, image=opened.image, keep_fds=keep_fds)
+    except BaseException:
+        opened.close()
+        raise
+    p.opened, p.source = opened, opened.source
+    return p
+
+
 def _is_device(m: Any) -> bool:
     return bool(m.kind == "bind" and m.source and m.source[:2] in ("c:", "b:"))
+
+
+def _new_namespaces(b: ocispec.Bundle) -> frozenset[str]:
+    """The namespace kinds the container gets new (the others of config.json are joined by path)."""
+    return frozenset(b.namespaces) - frozenset(b.ns_paths or ())
+
+
+def _join(b: ocispec.Bundle) -> tuple[tuple[int, int], ...]:
+    """The existing namespaces of config.json (`path`): (CLONE_NEW* flag, open descriptor)."""
+    flags = {"pid": sc.CLONE_NEWPID, "network": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS,
+             "cgroup": sc.CLONE_NEWCGROUP}  # fmt: skip
+    out: list[tuple[int, int]] = []
+    for kind, path in sorted((b.ns_paths or {}).items()):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            for _, opened in out:
+                os.close(opened)
+            raise OciError(f"can't join the {kind} namespace `{path}`: {err.strerror}") from None
+        out.append((flags[kind], fd))
+    return tuple(out)
 
 
 def _namespaces(b: ocispec.Bundle, host: Any) -> tuple[Any, Any]:
@@ -137,8 +213,9 @@ def _namespaces(b: ocispec.Bundle, host: Any) -> tuple[Any, Any]:
     from sifbox.runtime.sandbox.ops import Namespaces
     from sifbox.util.paths import which
 
-    extra = {"pid": "pid" in b.namespaces, "ipc": "ipc" in b.namespaces, "uts": "uts" in b.namespaces,
-             "net": "network" in b.namespaces, "hostname": b.hostname}  # fmt: skip
+    new = _new_namespaces(b)
+    extra = {"pid": "pid" in new, "ipc": "ipc" in new, "uts": "uts" in new, "net": "network" in new,
+             "hostname": b.hostname, "join": _join(b)}  # fmt: skip
     if "user" not in b.namespaces:
         if not host.is_root:
             raise OciError("can't create a rootless container: config.json has no user namespace",
@@ -198,8 +275,31 @@ def _prepare_root(root: str, proc: ocispec.Process, env: dict[str, str]) -> None
 # --- create, run --------------------------------------------------------------------------------
 
 
+def hook_state(doc: dict[str, Any], status: str, *, inside: bool = False) -> bytes:
+    """The state a hook reads on its stdin; its `pid` is the container's process (in the
+    container's namespaces: /proc/PID/ns/net of a network hook), as the container sees it for
+    a hook `inside` it (1 with a PID namespace), none once stopped (as runc)."""
+    import json
+
+    state: dict[str, Any] = {"ociVersion": doc.get("ociVersion", "1.0.2"), "id": doc["id"], "status": status}
+    pid = int(doc["init"])
+    if inside:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                pid = int(next(ln for ln in f if ln.startswith("NSpid:")).split()[-1])
+        except (OSError, StopIteration, ValueError):
+            pass
+    if status != "stopped":
+        state["pid"] = pid
+    state["bundle"] = doc.get("bundle", "")
+    if doc.get("annotations"):
+        state["annotations"] = doc["annotations"]
+    return json.dumps(state).encode()
+
+
 def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = None,
-           console_socket: str | None = None, detach: bool = True) -> tuple[int, int]:  # fmt: skip
+           console_socket: str | None = None, detach: bool = True, preserve_fds: int = 0,
+           parked: bool | None = None) -> tuple[int, int]:  # fmt: skip
     """Create container `cid` from bundle `b`; return (the payload's pid, the watcher's pid).
 
     The watcher's pid is the container's (`state`, `--pid-file`): it ends when the
@@ -208,8 +308,10 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
 
     With `detach` (create), the watcher leaves this process (setsid, second fork)
     and the payload waits for `start`; without (run), the watcher stays this
-    process's child and the payload starts at once."""
-    p = plan(b, cid)
+    process's child and the payload starts at once, unless `parked` (then it waits for
+    `start` too: a run with hooks). The create hooks run before this returns."""
+    parked = detach if parked is None else parked
+    p = _plan_root(b, cid, preserved_fds(preserve_fds))
     if b.process.terminal and not console_socket and detach:
         raise OciError(f"can't create container `{cid}`: process.terminal is set but no --console-socket was given",
                        hint="pass --console-socket, or set process.terminal to false")  # fmt: skip
@@ -224,16 +326,19 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
         if b.limits is not None:
             p.cgroups = Cgroups.create(f"sifbox-oci-{cid}", b.limits, what=f"container `{cid}`", extra=("freezer",))
         else:
-            try:
-                p.cgroups = Cgroups.create(f"sifbox-oci-{cid}", Limits(), what=f"container `{cid}`", extra=("freezer",))
-            except (CgroupError, OSError):
-                p.cgroups = None  # no pause/resume for this container
+            # no limits yet: the controllers `update` may set, when this caller can have them
+            for extra in (("freezer", "memory", "cpu", "pids", "cpuacct"), ("freezer",)):
+                try:
+                    p.cgroups = Cgroups.create(f"sifbox-oci-{cid}", Limits(), what=f"container `{cid}`", extra=extra)
+                    break
+                except (CgroupError, OSError):
+                    p.cgroups = None  # no pause/resume (or no update) for this container
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         listener.bind(f"{here}/{ocistate.EXEC_SOCKET}")
         listener.listen(1)
         console = None
         if b.process.terminal and console_socket:
-            console = _console(console_socket, f"create container `{cid}`")
+            console = connect_console(console_socket, f"create container `{cid}`")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         log_fd = os.open(f"{here}/{CREATE_LOG}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -244,7 +349,7 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
         if child == 0:
             ours.close()
             chans = Channels(listener.fileno(), theirs.fileno(), console.fileno() if console else -1,
-                             os.dup(2), immediate=not detach)  # fmt: skip
+                             os.dup(2), immediate=not parked, hooks=ocihooks.of_kind(b.hooks, "startContainer"))  # fmt: skip
             _watcher(p, chans, log_fd, proc_fd, detach)
         theirs.close()
         listener.close()
@@ -266,25 +371,37 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
             except ProcessLookupError:
                 pass
             if not detach:
-                _reap(child)
+                reap(child)
             raise
         finally:
             ours.close()
         watcher = seen.get("watcher", child)
         if pid is None:
             if not detach:
-                _reap(child)
+                reap(child)
             raise _create_error(cid, here, status)
         started, wstarted = ocistate.start_time(pid), ocistate.start_time(watcher)
-        ocistate.write(root, cid, {
+        doc = {
             "id": cid, "init": pid, "initStart": started if started is not None else -1, "pid": watcher,
             "pidStart": wstarted if wstarted is not None else -1, "bundle": b.path, "rootfs": b.rootfs,
             "created": ocistate.now_rfc3339(), "ociVersion": b.oci_version, "annotations": b.annotations,
-            "owner": "",
-        })  # fmt: skip
+            "owner": "", "hooks": ocihooks.to_json(b.hooks),
+        }  # fmt: skip
+        ocistate.write(root, cid, doc)
+        try:
+            ocihooks.run(ocihooks.of_kind(b.hooks, *ocihooks.CREATE_KINDS), hook_state(doc, "creating"))
+        except ocihooks.HookFailed as err:
+            for target in (watcher, pid):
+                try:
+                    os.kill(target, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if not detach:
+                reap(child)
+            raise OciError(f"can't create container `{cid}`: {err}") from None
         created = True
         if pid_file:
-            _write_pid_file(pid_file, watcher)
+            write_pid_file(pid_file, watcher)
         return pid, watcher
     finally:
         os.close(dir_fd)
@@ -309,7 +426,7 @@ def _create_error(cid: str, here: str, status: int) -> SifboxError:
     return OciError(f"can't create container `{cid}`: it stopped while starting (status {status}){detail}")
 
 
-def _write_pid_file(path: str, pid: int) -> None:
+def write_pid_file(path: str, pid: int) -> None:
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp")
     try:
         with open(tmp, "w") as f:
@@ -319,7 +436,7 @@ def _write_pid_file(path: str, pid: int) -> None:
         raise OciError(f"can't write the pid file `{path}`: {err.strerror}") from None
 
 
-def _reap(pid: int) -> int:
+def reap(pid: int) -> int:
     while True:
         try:
             _, st = os.waitpid(pid, 0)
@@ -379,12 +496,12 @@ def _watcher(p: Any, chans: Channels, log_fd: int, proc_fd: int, detach: bool) -
         try:
             sys.stderr.flush()
             if 128 < status < 160:
-                _die_by(status - 128)
+                die_by(status - 128)
         finally:
             os._exit(status)
 
 
-def _die_by(sig: int) -> None:
+def die_by(sig: int) -> None:
     """End as the payload ended, by signal `sig` (128+N: a payload that exits with
     such a status itself can't be told apart), as runc's init does for its waiter."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -426,16 +543,23 @@ def _payload(start: Callable[[], None], chans: Channels) -> None:
     os.dup2(chans.stderr, 2)
     os.close(chans.stderr)
     if chans.console >= 0:
-        _terminal_to(socket.socket(fileno=chans.console))
+        terminal_to(socket.socket(fileno=chans.console))
     os.write(chans.notify, b"ready")
     os.close(chans.notify)
     if not chans.immediate:
         listener = socket.socket(fileno=chans.listen)
         while True:
             conn, _ = listener.accept()
-            if conn.recv(16) == b"start":
+            message = conn.recv(1 << 16)
+            if message.startswith(b"start"):
                 break  # `conn` closes with the exec: `start` then knows the process runs
             conn.close()
+        if chans.hooks:
+            try:
+                ocihooks.run(chans.hooks, message[len(b"start"):])
+            except ocihooks.HookFailed as err:
+                conn.sendall(str(err).encode(errors="replace"))
+                os._exit(1)
     start()
 
 
@@ -450,17 +574,25 @@ def start(root: str, cid: str) -> None:
             "cannot start an already running container" if st == "running" else
             "cannot start a container that has stopped"),
             hint=f"`sifbox oci delete {cid}` removes it" if st == "stopped" else None)  # fmt: skip
+    hooks = ocihooks.from_json(doc.get("hooks"))
     dir_fd = os.open(ocistate.container_dir(root, cid), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
             s.connect(f"/proc/self/fd/{dir_fd}/{ocistate.EXEC_SOCKET}")
-            s.sendall(b"start")
-            s.recv(1)  # EOF: exec'd (the connection closed with it)
+            s.sendall(b"start" + (hook_state(doc, "created", inside=True) if ocihooks.of_kind(hooks, "startContainer") else b""))
+            failed = s.recv(4096)  # EOF: exec'd (the connection closed with it); else a hook's failure
         os.unlink(ocistate.EXEC_SOCKET, dir_fd=dir_fd)
     except OSError as err:
         raise OciError(f"can't start container `{cid}`: {err.strerror}") from None
     finally:
         os.close(dir_fd)
+    if failed:
+        raise OciError(f"can't start container `{cid}`: {failed.decode(errors='replace')}")
+    try:
+        ocihooks.run(ocihooks.of_kind(hooks, "poststart"), hook_state(doc, "running"))
+    except ocihooks.HookFailed as err:
+        kill(root, cid, signal.SIGKILL, all_processes=True)
+        raise OciError(f"can't start container `{cid}`: {err}") from None
 
 
 def pause(root: str, cid: str, on: bool = True) -> None:
@@ -480,6 +612,26 @@ def pause(root: str, cid: str, on: bool = True) -> None:
         freeze(path, on)
     except OSError as err:
         raise OciError(f"can't {verb} container `{cid}`: {err.strerror}") from None
+
+
+def update(root: str, cid: str, limits: Any) -> None:
+    """`update`: new resource limits for the running container `cid`."""
+    from sifbox.hpc.cgroups import update as write
+
+    doc = ocistate.load(root, cid)
+    if ocistate.status(root, cid, doc) == "stopped":
+        raise OciError(f"can't update container `{cid}`: container not running")
+    write(int(doc["init"]), f"sifbox-oci-{cid}", limits, f"container `{cid}`")
+
+
+def stats(root: str, cid: str) -> dict[str, Any]:
+    """`events --stats`: runc's stats event of the running container `cid`."""
+    from sifbox.hpc.cgroups import stats as read
+
+    doc = ocistate.load(root, cid)
+    if ocistate.status(root, cid, doc) == "stopped":
+        raise OciError(f"can't read the stats of container `{cid}`: container not running")
+    return {"type": "stats", "id": cid, "data": read(int(doc["init"]), f"sifbox-oci-{cid}")}
 
 
 def parse_signal(text: str) -> int:
@@ -552,42 +704,21 @@ def delete(root: str, cid: str, *, force: bool = False) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and (ocistate.alive(pid, started) or ocistate.alive(watcher, wstarted)):
         time.sleep(0.01)
+    poststop = ocihooks.of_kind(ocihooks.from_json(doc.get("hooks")), "poststop")
+    if poststop:
+        try:
+            ocihooks.run(poststop, hook_state(doc, "stopped"))
+        except ocihooks.HookFailed as err:
+            from sifbox.util import log
+
+            log.log.warning("container `%s`: %s", cid, err)
     ocistate.remove(root, cid)
 
 
-# --- exec ---------------------------------------------------------------------------------------
+# --- terminals ----------------------------------------------------------------------------------
 
 
-def exec_process(root: str, cid: str, proc: ocispec.Process, console_socket: str | None = None) -> int:
-    """Run `proc` in the running container `cid` (its namespaces and root); its exit status.
-    With `proc.terminal`, on a pty of the container whose master goes to `console_socket`."""
-    from sifbox.runtime import env, launcher  # noqa: F401 - env: used once in the container's root
-
-    doc = ocistate.load(root, cid)
-    st = ocistate.status(root, cid, doc)
-    if st != "running":
-        raise OciError(f"can't exec in container `{cid}`: the container is {st}",
-                       hint={"created": f"`sifbox oci start {cid}` starts it",
-                             "paused": f"`sifbox oci resume {cid}` resumes it"}.get(st))  # fmt: skip
-    b = ocispec.load(doc["bundle"])
-    if "HOME" not in proc.env:
-        proc = proc._replace(env={**proc.env, "HOME": home_of(f"/proc/{int(doc['init'])}/root", proc.uid)})
-    p = plan(b._replace(process=proc), cid)
-    from sifbox.util.records import record
-
-    p.joining = record("Joining", "pid name")(int(doc["init"]), cid)
-    os.close(p.image.fd)
-    p.prepare_root = None
-    if proc.terminal:
-        if not console_socket:
-            raise OciError(f"can't exec in container `{cid}`: a terminal needs --console-socket")
-        console = _console(console_socket, f"exec in container `{cid}`")
-        p.prepare_root = lambda _root: _exec_terminal(console)
-    _join_cgroups(int(doc["init"]), cid)
-    return int(launcher._join(p))
-
-
-def _console(path: str, what: str) -> socket.socket:
+def connect_console(path: str, what: str) -> socket.socket:
     """A connection to the caller's --console-socket, which receives the terminal's master."""
     console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
@@ -598,14 +729,8 @@ def _console(path: str, what: str) -> socket.socket:
     return console
 
 
-def _exec_terminal(console: socket.socket) -> None:
-    """In the joined process, before it forks the exec'd one: a pty of the container's devpts,
-    its master sent to the console socket, its slave this process's controlling terminal and
-    stdio (the exec'd process inherits them)."""
-    _terminal_to(console)
 
-
-def _terminal_to(console: socket.socket) -> None:
+def terminal_to(console: socket.socket) -> None:
     """A new pty: its master sent to the console socket (runc's protocol: the pty's name and the
     master as SCM_RIGHTS), its slave this process's controlling terminal and stdio."""
     master, slave = os.openpty()
@@ -618,66 +743,3 @@ def _terminal_to(console: socket.socket) -> None:
         os.dup2(slave, fd)
     if slave > 2:
         os.close(slave)
-
-
-def _join_cgroups(init: int, cid: str) -> None:
-    """Put this process (and so what it execs) in the cgroups sifbox made for container `cid`
-    (its linux.resources), as the container's own process is."""
-    from sifbox.hpc.cgroups import CGROUP_ROOT, own_paths
-
-    try:
-        with open(f"/proc/{init}/cgroup") as f:
-            paths = own_paths(f.read())
-    except OSError:
-        return
-    for controller, path in paths.items():
-        if not path.rstrip("/").endswith(f"/sifbox-oci-{cid}"):
-            continue
-        tops = [os.path.join(CGROUP_ROOT, controller)] if controller else [CGROUP_ROOT, f"{CGROUP_ROOT}/unified"]
-        for top in tops:
-            try:
-                with open(os.path.join(top, path.lstrip("/"), "cgroup.procs"), "w") as f:
-                    f.write("0")
-                break
-            except OSError:
-                continue
-
-
-def exec_detached(root: str, cid: str, proc: ocispec.Process, pid_file: str | None,
-                  console_socket: str | None = None) -> int:  # fmt: skip
-    """`exec --detach`: run `proc` in container `cid` from a detached process (setsid,
-    second fork) whose pid goes to `pid_file` and which ends as `proc` ends (a subreaper
-    that ran `exec`, containerd's shim, reaps it). Returns that pid."""
-    ocistate.load(root, cid)
-    r, w = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    child = os.fork()
-    if child == 0:
-        status = 126
-        try:
-            os.close(r)
-            os.setsid()
-            if os.fork() != 0:
-                os._exit(0)
-            os.write(w, str(os.getpid()).encode())
-            os.close(w)
-            try:
-                status = exec_process(root, cid, proc, console_socket)
-            except SifboxError as err:
-                status = report(err)
-            sys.stderr.flush()
-            if 128 < status < 160:
-                _die_by(status - 128)
-        finally:
-            os._exit(status)
-    os.close(w)
-    _reap(child)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    if not data.isdigit():
-        raise OciError(f"can't exec in container `{cid}`: the process did not start")
-    pid = int(data)
-    if pid_file:
-        _write_pid_file(pid_file, pid)
-    return pid

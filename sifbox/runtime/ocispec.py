@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import os
 import posixpath
-from typing import Any, NamedTuple
 
 from sifbox.runtime.caps import NUMBERS as CAP_NUMBERS
 from sifbox.runtime.sandbox.ops import Mount
 from sifbox.util.errors import SifboxError
+from sifbox.util.records import record as namedtuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
 
 SUPPORTED_NAMESPACES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup")
 #: /proc files a bind may cover (lxcfs and the like), as runc's checkProcMount allows.
@@ -43,33 +47,42 @@ class ConfigError(SifboxError):
     reference = "oci-config"
 
 
-class Process(NamedTuple):
-    args: tuple[str, ...]
-    env: dict[str, str]
-    cwd: str
-    uid: int = 0
-    gid: int = 0
-    groups: tuple[int, ...] = ()
-    terminal: bool = False
-    caps: frozenset[int] = frozenset()
-    rlimits: tuple[tuple[str, int, int], ...] = ()
-    no_new_privs: bool = True
+if TYPE_CHECKING:
 
+    class Process(NamedTuple):
+        args: tuple[str, ...]
+        env: dict[str, str]
+        cwd: str
+        uid: int = 0
+        gid: int = 0
+        groups: tuple[int, ...] = ()
+        terminal: bool = False
+        caps: frozenset[int] = frozenset()
+        rlimits: tuple[tuple[str, int, int], ...] = ()
+        no_new_privs: bool = True
 
-class Bundle(NamedTuple):
-    path: str
-    oci_version: str
-    rootfs: str
-    readonly: bool
-    process: Process
-    hostname: str | None
-    mounts: tuple[Any, ...]
-    namespaces: frozenset[str]
-    uid_maps: tuple[tuple[int, int, int], ...]
-    gid_maps: tuple[tuple[int, int, int], ...]
-    annotations: dict[str, str]
-    seccomp: dict[str, Any] | None = None
-    limits: Any = None  # sifbox.hpc.cgroups.Limits of linux.resources
+    class Bundle(NamedTuple):
+        path: str
+        oci_version: str
+        rootfs: str
+        readonly: bool
+        process: Process
+        hostname: str | None
+        mounts: tuple[Any, ...]
+        namespaces: frozenset[str]
+        uid_maps: tuple[tuple[int, int, int], ...]
+        gid_maps: tuple[tuple[int, int, int], ...]
+        annotations: dict[str, str]
+        seccomp: dict[str, Any] | None = None
+        limits: Any = None  # sifbox.hpc.cgroups.Limits of linux.resources
+        hooks: tuple[tuple[str, Any], ...] = ()  # (kind, ocihooks.Hook), in order
+        ns_paths: dict[str, str] | None = None  # kind: the path of an existing namespace to join
+
+else:
+    Process = namedtuple("Process", "args env cwd uid gid groups terminal caps rlimits no_new_privs",
+                         defaults=(0, 0, (), False, frozenset(), (), True))
+    Bundle = namedtuple("Bundle", "path oci_version rootfs readonly process hostname mounts namespaces uid_maps "
+                        "gid_maps annotations seccomp limits hooks ns_paths", defaults=(None, None, (), None))
 
 
 def _fail(what: str, hint: str | None = None) -> ConfigError:
@@ -170,13 +183,19 @@ def parse(doc: Any, bundle: str) -> Bundle:
     process = parse_process(doc.get("process"))
     linux = _obj(doc, "linux", dict, {})
     namespaces = set()
+    ns_paths: dict[str, str] = {}
     for ns in _obj(linux, "namespaces", list, []):
         kind = _obj(ns, "type", str, "")
         if kind not in SUPPORTED_NAMESPACES:
             raise _fail(f"unknown namespace type `{kind}`")
-        if _obj(ns, "path", str, ""):
-            raise _fail(f"joining an existing {kind} namespace (`path`) is not supported yet",
-                        hint="remove the `path` of the namespace from config.json")  # fmt: skip
+        path = _obj(ns, "path", str, "")
+        if path:
+            if kind in ("mount", "user"):
+                raise _fail(f"joining an existing {kind} namespace (`path`) is not supported",
+                            hint="sifbox joins existing pid, network, ipc, uts and cgroup namespaces")  # fmt: skip
+            if not path.startswith("/") or "\0" in path:
+                raise _fail(f"the path `{path}` of the {kind} namespace is not an absolute path")
+            ns_paths[kind] = path
         namespaces.add(kind)
     if "mount" not in namespaces:
         raise _fail("a mount namespace is required", hint='add {"type": "mount"} to linux.namespaces')
@@ -184,8 +203,9 @@ def parse(doc: Any, bundle: str) -> Bundle:
     if (uid_maps or gid_maps) and "user" not in namespaces:
         raise _fail("uidMappings/gidMappings need a user namespace", hint='add {"type": "user"} to linux.namespaces')
     hostname = _obj(doc, "hostname", str, "") or None
-    if hostname is not None and "uts" not in namespaces:
-        raise _fail("a hostname needs a UTS namespace", hint='add {"type": "uts"} to linux.namespaces')
+    if hostname is not None and ("uts" not in namespaces or "uts" in ns_paths):
+        raise _fail("a hostname needs a UTS namespace of the container's own",
+                    hint='add {"type": "uts"} (without a path) to linux.namespaces, or drop the hostname')  # fmt: skip
     mounts = [m for item in _obj(doc, "mounts", list, []) for m in _mount(item, bundle, namespaces)]
     mounts += devices(_obj(linux, "devices", list, []))
     for p in _obj(linux, "maskedPaths", list, []):
@@ -195,10 +215,12 @@ def parse(doc: Any, bundle: str) -> Bundle:
     annotations = {str(k): str(v) for k, v in _obj(doc, "annotations", dict, {}).items()}
     seccomp = _obj(linux, "seccomp", dict, None)
     from sifbox.hpc.cgroups import from_oci
+    from sifbox.runtime import ocihooks
 
     return Bundle(bundle, _obj(doc, "ociVersion", str, "1.0.2"), rootfs, bool(root.get("readonly", False)),
                   process, hostname, tuple(mounts), frozenset(namespaces), uid_maps, gid_maps, annotations,
-                  seccomp, from_oci(linux.get("resources")))  # fmt: skip
+                  seccomp, from_oci(linux.get("resources")), ocihooks.parse(doc.get("hooks"), _fail),
+                  ns_paths or None)  # fmt: skip
 
 
 def _mount(item: Any, bundle: str, namespaces: set[str]) -> list[Any]:

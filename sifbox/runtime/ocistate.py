@@ -16,15 +16,22 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from typing import Any
 
 from sifbox.util.errors import SifboxError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 VERSION = 1
 EXEC_SOCKET = "exec.sock"
 STATE_FILE = "state.json"
-_ID = re.compile(r"[\w+\-.]+", re.ASCII)
+#: The characters of a container id (runc's `^[\w+-\.]+$`), without importing `re`.
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
+
+
+def _is_id(name: str) -> bool:
+    return bool(name) and all(c in _ID_CHARS for c in name)
 
 
 class OciError(SifboxError):
@@ -60,7 +67,7 @@ def check_root(root: str) -> None:
 
 
 def check_id(cid: str) -> str:
-    if not cid or cid in (".", "..") or not _ID.fullmatch(cid) or len(cid) > 1024:
+    if not cid or cid in (".", "..") or not _is_id(cid) or len(cid) > 1024:
         raise OciError(f"can't use container id `{cid}`: invalid id format",
                        hint="an id is letters, digits and `_+-.`")  # fmt: skip
     return cid
@@ -117,7 +124,7 @@ def listing(root: str) -> list[str]:
         names = sorted(os.listdir(root))
     except FileNotFoundError:
         return []
-    return [n for n in names if _ID.fullmatch(n) and os.path.exists(os.path.join(root, n, STATE_FILE))]
+    return [n for n in names if _is_id(n) and os.path.exists(os.path.join(root, n, STATE_FILE))]
 
 
 def start_time(pid: int) -> int | None:

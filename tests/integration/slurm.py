@@ -12,6 +12,8 @@ it prunes the job user's shared image mounts). Stopped and removed at the end of
 
     def test_x(slurm_cluster, run_as, as_who):
         run_as(as_who, ["srun", "-n", "2", "hostname"], env=slurm_cluster.env(as_who))
+
+`cluster.oci_conf(text)` gives it an oci.conf for a `with` block (`srun --container`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +55,18 @@ class SlurmCluster:
             if k.startswith(("SLURM_", "PMI", "OMPI_", "PMIX_")) and k != "SLURM_CONF" and k not in extra:
                 del env[k]
         return env
+
+    @contextmanager
+    def oci_conf(self, text: str) -> Iterator[Path]:
+        """`oci.conf` next to slurm.conf (`srun --container`) for the duration of the `with`:
+        slurmstepd reads it at each step, so no daemon restarts and other tests never see it."""
+        path = self.base / "oci.conf"
+        path.write_text(text)
+        path.chmod(0o644)
+        try:
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
 
     def logs(self) -> str:
         out = []

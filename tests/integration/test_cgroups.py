@@ -6,6 +6,7 @@ on a delegated subtree; refused with the reason otherwise). Nothing is left behi
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -162,3 +163,80 @@ def test_oci_exec_joins_the_containers_cgroup(shared_tmp: Path, run_as: Any) -> 
         run_as(root, [CLI, "oci", "--root", state, "delete", "--force", "c1"])
         oci_bundle.reap(int(pid_file.read_text()))
     assert _leftovers() == []
+
+
+def _delegated_v2(user: Any) -> Path:
+    """A v2 cgroup delegated to `user` as a site without systemd delegates one (mkdir, then chown
+    of the directory, cgroup.procs, cgroup.subtree_control, cgroup.threads)."""
+    top = next((Path(t) for t in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified") if Path(t, "cgroup.controllers").exists()), None)  # fmt: skip
+    if top is None:
+        pytest.skip("no cgroup v2 hierarchy on this machine")
+    sub = top / f"sifbox-delegated-{os.getpid()}"
+    sub.mkdir()
+    for path in (sub, sub / "cgroup.procs", sub / "cgroup.subtree_control", sub / "cgroup.threads"):
+        os.chown(path, user.uid, user.gid)
+    return sub
+
+
+def _undelegate(sub: Path) -> None:
+    """Move what is left in `sub` (and below) to its parent, then remove it."""
+    for path in sorted(sub.rglob("cgroup.procs"), key=lambda p: -len(p.parts)):
+        for pid in path.read_text().split():
+            try:
+                (sub.parent / "cgroup.procs").write_text(pid)
+            except OSError:
+                pass
+        if path.parent != sub:
+            path.parent.rmdir()
+    sub.rmdir()
+
+
+def test_user_on_a_delegated_v2_subtree(run_as: Any, test_user: Any, shared_tmp: Path) -> None:
+    """A user whose shell starts in a delegated v2 cgroup: `sifbox doctor` says which limits work
+    there (the freezer always: cgroup.freeze; memory, cpu, pids only if the subtree has those
+    controllers, which this hybrid machine keeps on v1), and `sifbox oci pause`/`resume` freeze
+    and thaw the user's container through its cgroup below the delegated one."""
+    oci_bundle.become_subreaper()
+    sub = _delegated_v2(test_user)
+    try:
+        have = set((sub / "cgroup.controllers").read_text().split())
+
+        def in_sub(*argv: Any, **kw: Any) -> subprocess.CompletedProcess[str]:
+            return run_as(None, ["sh", "-c", f'echo $$ > {sub}/cgroup.procs && exec runuser -u {test_user.name} -- "$@"',
+                                 "sh", CLI, *map(str, argv)], env=env_for(test_user), timeout=LAUNCH_TIMEOUT, **kw)  # fmt: skip
+
+        r = in_sub("doctor", "--json")
+        rows = {c["check"]: c for c in json.loads(r.stdout)}
+        assert rows["cgroups:freezer"]["status"] == "ok", rows["cgroups:freezer"]
+        assert rows["cgroups:freezer"]["detail"].endswith("through cgroups v2")
+        for check, controller in (("cgroups:memory", "memory"), ("cgroups:pids", "pids"), ("cgroups:cpus", "cpu")):
+            if controller in have:
+                assert rows[check]["status"] == "ok", rows[check]
+            else:
+                assert rows[check]["status"] == "warn", rows[check]
+                assert f"controller {controller} is not available in `{sub}" in rows[check]["detail"], rows[check]
+
+        bundle = oci_bundle.make(shared_tmp / "b", ["sh", "-c", "while true; do sleep 0.05; done"],
+                                 uid=test_user.uid, gid=test_user.gid)  # fmt: skip
+        state = shared_tmp / "state"
+        pid_file = shared_tmp / "pid"
+        # run -d: the container keeps the command's stdout and stderr, so no pipes for them
+        r = in_sub("oci", "--root", state, "run", "-d", "--pid-file", pid_file, "--bundle", bundle, "d1",
+                   capture_output=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        assert r.returncode == 0
+        try:
+            pids = json.loads(in_sub("oci", "--root", state, "ps", "--format", "json", "d1").stdout)
+            # the container's shell (its sleeps come and go)
+            assert pids and min(pids) in map(int, (sub / "sifbox-oci-d1" / "cgroup.procs").read_text().split())
+            assert in_sub("oci", "--root", state, "pause", "d1").returncode == 0
+            assert json.loads(in_sub("oci", "--root", state, "state", "d1").stdout)["status"] == "paused"
+            assert (sub / "sifbox-oci-d1" / "cgroup.freeze").read_text().strip() == "1"
+            r = in_sub("oci", "--root", state, "resume", "d1")
+            assert r.returncode == 0, r.stderr
+            assert json.loads(in_sub("oci", "--root", state, "state", "d1").stdout)["status"] == "running"
+        finally:
+            assert in_sub("oci", "--root", state, "delete", "--force", "d1").returncode == 0
+            oci_bundle.reap(int(pid_file.read_text()))
+        assert not (sub / "sifbox-oci-d1").exists()
+    finally:
+        _undelegate(sub)

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from tests.integration import oci_bundle
+from tests.integration import images, oci_bundle
 
 CLI = os.environ.get("SIFBOX_CLI", "/usr/local/bin/sifbox")
+action_images = images.action_images
 RUNC = shutil.which("runc")
 
 
@@ -667,3 +668,261 @@ def test_sifbox_runc_entry_point(run_as: Any, shared_tmp: Path) -> None:
                       "state", "nothing"])  # fmt: skip
     assert r.returncode == 1 and "container does not exist" in r.stderr
     assert json.loads((shared_tmp / "log.json").read_text())["msg"].endswith("container does not exist")
+
+
+def test_preserve_fds(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
+    """run.bats/exec.bats `--preserve-fds`: descriptors 3 to 3+N-1 of the caller are the
+    process's (here 4 is a pipe the test reads); the others are closed; the same as runc."""
+    bundle = _bundle(shared_tmp, as_who, ["sh", "-c", "echo run >&4; ls /proc/self/fd; sleep 100"])
+    results = {}
+    for rt in _runtimes(as_who, run_as, shared_tmp):
+        r_fd, w_fd = os.pipe()
+        try:
+            # the caller's 3 is /dev/null, its 4 the pipe's write end, its 5 something not passed
+            wrap = ["bash", "-c", f'exec "$@" 3</dev/null 4>&{w_fd} 5</dev/null {w_fd}>&-', "bash"]
+            cid = f"fds-{rt.name}"
+            r = run_as(as_who, [*wrap, *rt.argv, "--root", rt.root, "run", "-d", "--preserve-fds", "2",
+                                "--bundle", bundle, cid], pass_fds=(w_fd,), capture_output=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            assert r.returncode == 0, rt.name
+            r = run_as(as_who, [*wrap, *rt.argv, "--root", rt.root, "exec", "--preserve-fds", "2", cid,
+                                "sh", "-c", "echo exec >&4; ls /proc/self/fd >&4"], pass_fds=(w_fd,))  # fmt: skip
+            assert r.returncode == 0, (rt.name, r.stderr)
+            os.close(w_fd)
+            w_fd = -1
+            assert rt("delete", "--force", cid).returncode == 0
+            with os.fdopen(r_fd, "r") as f:
+                r_fd = -1
+                results[rt.name] = f.read().split()
+        finally:
+            for fd in (r_fd, w_fd):
+                if fd >= 0:
+                    os.close(fd)
+    # 5: the directory `ls` reads (a leaked 5 would make it 6)
+    assert results["sifbox"] == ["run", "exec", "0", "1", "2", "3", "4", "5"], results
+    if "runc" in results:
+        assert results["sifbox"] == results["runc"], results
+    r = run_as(as_who, [CLI, "oci", "--root", shared_tmp / "st", "run", "--preserve-fds", "99999999", "--bundle",
+                        bundle, "x"])  # fmt: skip
+    assert r.returncode == 1 and "can't use --preserve-fds `99999999`" in r.stderr, r.stderr
+
+
+# --- hooks ---------------------------------------------------------------------------------------
+
+
+def _hooks_bundle(base: Path, who: Any, hooks: dict[str, Any], args: list[str], name: str) -> Path:
+    def edit(doc: dict[str, Any]) -> None:
+        doc["hooks"] = hooks
+        doc["mounts"].append({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["mode=1777"]})
+
+    return _bundle(base, who, args, name=name, edit=edit)
+
+
+def test_hooks_order_state_and_place(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
+    """hooks.bats: every kind runs once, in the spec's order, with the state on its stdin (the
+    container's id, its pid, the status of that moment); startContainer in the container
+    (its path is the container's), the others on the host; poststop at delete. As runc."""
+    log = shared_tmp / "hooks.log"
+    log.touch(mode=0o666)
+    log.chmod(0o666)
+    host_hook = shared_tmp / "hook.sh"
+    host_hook.write_text(f'#!/bin/sh\nprintf "%s %s %s\\n" "$1" "$HOOKVAR" "$(cat)" >> {log}\n')
+    host_hook.chmod(0o755)
+    kinds = ["prestart", "createRuntime", "createContainer", "poststart", "poststop"]
+    hooks: dict[str, Any] = {k: [{"path": str(host_hook), "args": ["hook.sh", k], "env": [f"HOOKVAR=v-{k}"]}]
+                             for k in kinds}  # fmt: skip
+    hooks["startContainer"] = [{"path": "/bin/sh", "args": ["sh", "-c", "cat > /tmp/start-state"]}]
+    bundle = _hooks_bundle(shared_tmp, as_who, hooks, ["cat", "/tmp/start-state"], "hooked")
+    seen = {}
+    for rt in _runtimes(as_who, run_as, shared_tmp):
+        log.write_text("")
+        r = rt("run", "--bundle", bundle, f"h-{rt.name}")
+        assert r.returncode == 0, (rt.name, r.stderr)
+        started = json.loads(r.stdout)
+        lines = [ln.split(" ", 2) for ln in log.read_text().splitlines()]
+        states = [json.loads(state) for _, _, state in lines]
+        assert [(k, v) for k, v, _ in lines] == [(k, f"v-{k}") for k in kinds], (rt.name, lines)
+        assert {s["id"] for s in states} | {started["id"]} == {f"h-{rt.name}"}
+        pids = [s.get("pid") for s in states] + [started["pid"]]
+        assert pids[0] > 1 and pids[1] == pids[3] == pids[0] and pids[4:] == [None, 1], (rt.name, pids)  # 1: inside
+        assert states[0]["bundle"] == str(bundle)
+        seen[rt.name] = [s["status"] for s in states] + [started["status"]] + [pids[2] == pids[0]]
+        assert rt.state(f"h-{rt.name}") is None  # run deletes it
+    # createContainer runs on the host, with the host's pid (runc: in the container, pid 1);
+    # poststart says `running` (runc: `created`, though the process runs)
+    assert seen["sifbox"] == ["creating", "creating", "creating", "running", "stopped", "created", True], seen
+    if "runc" in seen:
+        assert seen["runc"] == ["creating", "creating", "creating", "created", "stopped", "created", False], seen
+
+
+@pytest.mark.parametrize("case", ["fails", "timeout", "startContainer-fails"])
+def test_hooks_that_fail(as_who: Any, run_as: Any, shared_tmp: Path, case: str) -> None:
+    """hooks.bats: a create hook that fails, or outlives its timeout (killed), fails create:
+    nothing runs, no state is left; a startContainer hook that fails fails start. As runc."""
+    if case == "fails":
+        hooks = {"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]}]}
+    elif case == "timeout":
+        hooks = {"prestart": [{"path": "/bin/sleep", "args": ["sleep", "30"], "timeout": 1}]}
+    else:
+        hooks = {"startContainer": [{"path": "/bin/false", "args": ["false"]}]}
+    bundle = _hooks_bundle(shared_tmp, as_who, hooks, ["echo", "the process ran"], "bad")
+    for rt in _runtimes(as_who, run_as, shared_tmp):
+        r = rt("run", "--bundle", bundle, f"bad-{rt.name}")
+        assert r.returncode != 0 and "the process ran" not in r.stdout, (rt.name, r.stdout)
+        assert rt.state(f"bad-{rt.name}") is None, rt.name
+        if rt.name == "sifbox":
+            want = {"fails": "the createRuntime hook `/bin/sh` failed with exit status 3",
+                    "timeout": "the prestart hook `/bin/sleep` did not end within its timeout (1 s)",
+                    "startContainer-fails": "the startContainer hook `/bin/false` failed with exit status 1"}[case]
+            assert want in r.stderr, r.stderr
+
+
+def test_hooks_refused_in_config(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
+    for bad, why in (({"prestart": [{"path": "relative/hook"}]}, "no absolute `path`"),
+                     ({"poststart": [{"path": "/bin/true", "timeout": -1}]}, "must be a positive number"),
+                     ({"prestart": [{"path": "/bin/true", "env": ["NOEQUALS"]}]}, "NAME=VALUE"),
+                     ({"prestart": {"path": "/bin/true"}}, "must be a list")):  # fmt: skip
+        bundle = _hooks_bundle(shared_tmp, as_who, bad, ["true"], f"cfg{len(why)}")
+        r = run_as(as_who, [CLI, "oci", "--root", shared_tmp / "st", "run", "--bundle", bundle, "c"])
+        assert r.returncode != 0 and why in r.stderr, (bad, r.stderr)
+
+
+# --- update, events ------------------------------------------------------------------------------
+
+
+def test_update_and_events(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
+    """update.bats, events.bats: `update` changes the limits of a running container (options,
+    or linux.resources from a file), `events --stats` reads them back with the usage; as runc.
+    A user without delegated cgroup controllers is refused with the reason."""
+    bundle = _bundle(shared_tmp, as_who, ["sleep", "100"])
+    resources = shared_tmp / "resources.json"
+    resources.write_text(json.dumps({"memory": {"limit": 100 << 20}, "pids": {"limit": 30}}))
+    resources.chmod(0o644)
+    seen = {}
+    runtimes = _runtimes(as_who, run_as, shared_tmp) if as_who.is_root else [Runtime("sifbox", as_who, run_as, shared_tmp)]
+    for rt in runtimes:
+        cid = f"up-{rt.name}"
+        assert rt.detached("run", "-d", "--bundle", bundle, cid).returncode == 0
+        try:
+            r = rt("update", "--memory", "64m", "--pids-limit", "50", "--cpu-quota", "50000", cid)
+            if not as_who.is_root:
+                assert r.returncode != 0 and "can't update the resources of container" in r.stderr, r.stderr
+                assert "controller" in r.stderr
+                return
+            assert r.returncode == 0, (rt.name, r.stderr)
+            ev = json.loads(rt("events", "--stats", cid).stdout)
+            got = [ev["type"], ev["id"] == cid, ev["data"]["memory"]["usage"]["limit"], ev["data"]["pids"]["limit"],
+                   ev["data"]["pids"]["current"], ev["data"]["cpu"]["usage"]["total"] > 0]  # fmt: skip
+            assert rt("update", "-r", resources, cid).returncode == 0
+            ev = json.loads(rt("events", "--stats", cid).stdout)
+            got += [ev["data"]["memory"]["usage"]["limit"], ev["data"]["pids"]["limit"]]
+            seen[rt.name] = got
+        finally:
+            assert rt("delete", "--force", cid).returncode == 0
+        assert rt("update", "--memory", "64m", cid).returncode != 0  # gone
+    assert seen["sifbox"] == ["stats", True, 64 << 20, 50, 1, True, 100 << 20, 30], seen
+    if "runc" in seen:
+        assert seen["sifbox"] == seen["runc"], seen
+    r = run_as(as_who, [CLI, "oci", "--root", shared_tmp / "st", "update", "--cpu-share", "5", "x"])
+    assert r.returncode != 0 and "--cpu-share`: not supported" in r.stderr, r.stderr
+
+
+# --- namespaces by path --------------------------------------------------------------------------
+
+
+def test_join_namespaces_by_path(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
+    """run.bats/netns tests: `linux.namespaces[].path` joins an existing network, IPC and UTS
+    namespace (here a root process's) instead of making new ones; the PID namespace stays the
+    container's own. A user can't join root's namespaces: refused before anything runs, as by
+    runc. Not a namespace file, or a mount/user namespace by path: refused."""
+    holder = subprocess.Popen(["unshare", "--net", "--ipc", "--uts", "sleep", "300"])
+    try:
+        time.sleep(0.2)
+        theirs = {n: os.readlink(f"/proc/{holder.pid}/ns/{n}") for n in ("net", "ipc", "uts")}
+
+        def edit(doc: dict[str, Any]) -> None:
+            doc.pop("hostname", None)
+            doc["linux"]["namespaces"] = [
+                {"type": n["type"], "path": f"/proc/{holder.pid}/ns/" + {"network": "net"}.get(n["type"], n["type"])}
+                if n["type"] in ("network", "ipc", "uts") else n for n in doc["linux"]["namespaces"]]  # fmt: skip
+            if not as_who.is_root:  # a user's config.json: the same namespaces (no network one of its own)
+                doc["linux"]["namespaces"].append({"type": "network", "path": f"/proc/{holder.pid}/ns/net"})
+
+        script = "for n in net ipc uts pid; do readlink /proc/self/ns/$n; done"
+        bundle = _bundle(shared_tmp, as_who, ["sh", "-c", script], name="joined", edit=edit)
+        seen = {}
+        for rt in _runtimes(as_who, run_as, shared_tmp):
+            r = rt("run", "--bundle", bundle, f"j-{rt.name}")
+            seen[rt.name] = r.returncode == 0
+            if as_who.is_root:
+                assert r.returncode == 0, (rt.name, r.stderr)
+                lines = r.stdout.split()
+                assert lines[:3] == [theirs["net"], theirs["ipc"], theirs["uts"]], (rt.name, lines)
+                assert lines[3] != os.readlink(f"/proc/{holder.pid}/ns/pid")
+            else:
+                assert r.returncode != 0 and r.stdout == "", (rt.name, r.stdout)
+                if rt.name == "sifbox":  # can't even open them
+                    assert f"can't join the ipc namespace `/proc/{holder.pid}/ns/ipc`: Permission denied" in r.stderr
+            assert rt.state(f"j-{rt.name}") is None
+        assert len(set(seen.values())) == 1, seen  # sifbox and runc agree
+    finally:
+        holder.kill()
+        holder.wait()
+    for path, kind, why in (("/etc/passwd", "network", "can't create namespaces"),
+                            ("/proc/1/ns/mnt", "mount", "joining an existing mount namespace")):  # fmt: skip
+        def bad(doc: dict[str, Any], path: str = path, kind: str = kind) -> None:
+            doc["linux"]["namespaces"] = [n for n in doc["linux"]["namespaces"] if n["type"] != kind] + [
+                {"type": kind, "path": path}]  # fmt: skip
+
+        bundle = _bundle(shared_tmp, as_who, ["true"], name=f"bad-{kind}", edit=bad)
+        r = run_as(as_who, [CLI, "oci", "--root", shared_tmp / "st", "run", "--bundle", bundle, "b"])
+        assert r.returncode != 0 and why in r.stderr, r.stderr
+
+
+# --- an image as the root file system ------------------------------------------------------------
+
+
+def _helpers_of(user: Any, image: Path) -> list[int]:
+    """squashfuse servers of `user` serving `image` (other sessions' serve theirs)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if (entry.isdigit() and Path(f"/proc/{entry}/comm").read_text().startswith("squashfuse")
+                    and os.stat(f"/proc/{entry}").st_uid == user.uid
+                    and any(os.readlink(f"/proc/{entry}/fd/{fd}") == str(image)
+                            for fd in os.listdir(f"/proc/{entry}/fd"))):  # fmt: skip
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def test_sif_as_the_root_file_system(as_who: Any, run_as: Any, shared_tmp: Path, action_images: Any) -> None:
+    """`root.path` (or `rootfs`) that is a SIF: mounted as sifbox mounts images (kernel SquashFS
+    for root, squashfuse for a user), never extracted, the container's writes on a tmpfs; the
+    whole create/start/delete life of runc's; nothing left mounted or running afterwards. A file
+    that is not an image is refused."""
+    before = _helpers_of(as_who, action_images.sif)
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["root"] = {"path": "image.sif", "readonly": False}
+
+    script = "echo written > /tmp/x; cat /tmp/x; ls /.singularity.d >/dev/null && echo image"
+    bundle = _bundle(shared_tmp, as_who, ["sh", "-c", script], name="sifroot", edit=edit)
+    (bundle / "image.sif").symlink_to(action_images.sif)
+    rt = Runtime("sifbox", as_who, run_as, shared_tmp)
+    r = rt("run", "--bundle", bundle, "s1")
+    assert (r.returncode, r.stdout) == (0, "written\nimage\n"), r.stderr
+    assert rt.detached("create", "--bundle", bundle, "s2").returncode == 0
+    assert rt.state("s2")["status"] == "created"  # type: ignore[index]
+    assert rt("delete", "--force", "s2").returncode == 0
+    assert rt.state("s2") is None
+    assert not (bundle / "image.sif").is_dir() and os.path.isfile(action_images.sif)
+    deadline = time.monotonic() + 5
+    while _helpers_of(as_who, action_images.sif) != before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _helpers_of(as_who, action_images.sif) == before, "a squashfuse server was left running"
+    (bundle / "image.sif").unlink()
+    (bundle / "image.sif").write_text("not an image\n")
+    r = rt("run", "--bundle", bundle, "s3")
+    assert r.returncode != 0 and "sifbox: error: " in r.stderr and r.stdout == "", r.stderr

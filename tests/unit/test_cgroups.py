@@ -5,6 +5,7 @@ hierarchy has no memory, cpu or pids controller to write them to."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,46 @@ def test_probe_changes_nothing(tmp_path: Path) -> None:
     assert (base / "cgroup.subtree_control").read_text() == ""
     version, reason = cgroups.probe()  # this machine: some answer, and a reason when none
     assert version in (0, 1, 2) and (version or reason)
+
+
+def test_report_says_which_limits_work_and_why_not(tmp_path: Path) -> None:
+    """`sifbox doctor`'s cgroup lines: a v2 cgroup with memory and pids but no cpu gives
+    --memory and --pids-limit through v2, the freezer (cgroup.freeze, in every v2 cgroup) too,
+    and --cpus not, with the reason; nothing is enabled."""
+    base = tmp_path / "user.slice"
+    base.mkdir()
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    (base / "cgroup.controllers").write_text("memory pids\n")
+    (base / "cgroup.subtree_control").write_text("")
+    layout, rows = cgroups.report(str(tmp_path), "0::/user.slice\n")
+    assert layout == "cgroups v2 (unified), v2 controllers here: memory pids"
+    got = {name: (version, reason) for name, _, version, reason in rows}
+    assert list(got) == [n for n, _, _ in cgroups.FEATURES] == ["memory", "cpus", "pids", "freezer"]
+    assert got["memory"] == (2, "")
+    assert got["pids"] == (2, "")
+    assert got["freezer"] == (2, "")
+    version, reason = got["cpus"]
+    assert version == 0 and "the cgroup v2 controller cpu is not available in" in reason
+    assert (base / "cgroup.subtree_control").read_text() == ""
+
+
+def test_report_hybrid_lists_the_v2_controllers(tmp_path: Path) -> None:
+    (tmp_path / "unified").mkdir()
+    (tmp_path / "unified" / "cgroup.controllers").write_text("hugetlb\n")
+    layout, rows = cgroups.report(str(tmp_path), "4:memory:/\n0::/\n")
+    assert layout == "cgroups v1/v2 hybrid, v2 controllers here: hugetlb"
+    assert all(version == 0 and reason for name, _, version, reason in rows if name != "freezer")
+
+
+def test_v1_keeps_the_freezer_when_v2_lacks_the_limits(tmp_path: Path) -> None:
+    """A hybrid whose v2 half has no controllers: root's limits go to v1, the freezer with them
+    (it was dropped along with v2's cgroup.freeze)."""
+    (tmp_path / "unified").mkdir()
+    (tmp_path / "unified" / "cgroup.controllers").write_text("")
+    for c in ("memory", "freezer"):
+        (tmp_path / c).mkdir()
+        (tmp_path / c / "cgroup.procs").write_text("")
+    version, places, _ = cgroups._choose(str(tmp_path), {"": "/", "memory": "/", "freezer": "/"}, ["memory", "freezer"],
+                                         enable=False)  # fmt: skip
+    if os.geteuid() == 0:
+        assert (version, sorted(places)) == (1, ["freezer", "memory"])

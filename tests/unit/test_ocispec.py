@@ -93,7 +93,7 @@ def test_bad_cwd(cwd: str) -> None:
     ({"namespaces": [{"type": "pid"}]}, "mount namespace is required"),
     ({"namespaces": [{"type": "mount"}, {"type": "time"}]}, "unknown namespace"),
     ({"namespaces": [{"type": "mount"}, {"type": "net", "path": "/proc/1/ns/net"}]}, "unknown namespace"),
-    ({"namespaces": [{"type": "mount"}, {"type": "network", "path": "/proc/1/ns/net"}]}, "not supported yet"),
+    ({"namespaces": [{"type": "mount", "path": "/proc/1/ns/mnt"}]}, "joining an existing mount namespace"),
     ({"namespaces": [{"type": "mount"}], "uidMappings": [{"containerID": 0, "hostID": 1, "size": 1}]},
      "need a user namespace"),
     ({"namespaces": [{"type": "mount"}, {"type": "user"}], "uidMappings": [{"containerID": 0, "hostID": 1}]},
@@ -206,3 +206,25 @@ def test_spec_is_runcs() -> None:
     rootless = runc_spec(rootless=True)
     assert {"type": "user"} in rootless["linux"]["namespaces"] and "resources" not in rootless["linux"]
     assert ocispec.parse(rootless, "/b").uid_maps and ocispec.parse(ours, "/b").hostname == "sifbox"
+
+
+def test_namespaces_by_path() -> None:
+    """pid/network/ipc/uts/cgroup namespaces may be joined by path; mount and user ones, a
+    relative path, or a hostname for a joined UTS namespace are refused."""
+    from sifbox.runtime import ocispec
+
+    def doc(namespaces: list[dict[str, str]], **extra: object) -> dict[str, object]:
+        return {"root": {"path": "rootfs"}, "process": {"args": ["true"]},
+                "linux": {"namespaces": [{"type": "mount"}, *namespaces]}, **extra}  # fmt: skip
+
+    b = ocispec.parse(doc([{"type": "network", "path": "/run/netns/x"}, {"type": "pid"}]), "/b")
+    assert b.ns_paths == {"network": "/run/netns/x"} and {"network", "pid"} <= b.namespaces
+    assert ocispec.parse(doc([{"type": "pid"}]), "/b").ns_paths is None
+    for bad in ([{"type": "user", "path": "/proc/1/ns/user"}], [{"type": "network", "path": "run/netns/x"}]):
+        with pytest.raises(ocispec.ConfigError):
+            ocispec.parse(doc(bad), "/b")
+    with pytest.raises(ocispec.ConfigError, match="hostname needs a UTS namespace"):
+        ocispec.parse(doc([{"type": "uts", "path": "/proc/1/ns/uts"}], hostname="h"), "/b")
+    with pytest.raises(ocispec.ConfigError, match="mount namespace"):
+        ocispec.parse({"root": {"path": "r"}, "process": {"args": ["true"]},
+                       "linux": {"namespaces": [{"type": "mount", "path": "/proc/1/ns/mnt"}]}}, "/b")  # fmt: skip

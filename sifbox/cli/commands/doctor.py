@@ -129,18 +129,22 @@ def check_config() -> tuple[str, str, str]:
     return OK, f"configuration: {where}", ""
 
 
-def check_cgroups() -> tuple[str, str, str]:
-    """Whether --memory, --cpus, --pids-limit (and OCI linux.resources) work for this caller."""
+def check_cgroups() -> list[tuple[str, str, str, str]]:
+    """Which cgroup limits work for this caller (--memory, --cpus, --pids-limit and an OCI
+    bundle's linux.resources; `sifbox oci pause`), and why not."""
     from sifbox.hpc import cgroups
 
-    layout = ("cgroups v2 (unified)" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else
-              "cgroups v1/v2 hybrid" if os.path.exists("/sys/fs/cgroup/unified/cgroup.controllers") else
-              "cgroups v1")  # fmt: skip
-    version, reason = cgroups.probe()
-    if version:
-        return OK, f"{layout}: resource limits (--memory, --cpus, --pids-limit) through cgroups v{version}", ""
-    return WARN, f"{layout}: resource limits are not available to this user: {reason}", (
-        "a site delegates a cgroups v2 subtree to each user (README: Resource limits)")
+    layout, rows = cgroups.report()
+    out = [("cgroups", OK, layout, "")]
+    hint = ("a site delegates a cgroups v2 subtree with these controllers to each user "
+            "(README: Resource limits)")  # fmt: skip
+    for name, options, version, reason in rows:
+        name = "cgroups:" + name
+        if version:
+            out.append((name, OK, f"{options}: through cgroups v{version}", ""))
+        else:
+            out.append((name, WARN, f"{options}: not for this user: {reason}", hint))
+    return out
 
 
 def check_mount_service() -> tuple[str, str, str]:
@@ -242,7 +246,7 @@ def run_checks(conf: str | None = None) -> list[tuple[str, str, str, str]]:
         ("fuse", *check_fuse()),
         ("userns", *check_userns()),
         ("subid", *check_subid()),
-        ("cgroups", *check_cgroups()),
+        *check_cgroups(),
         ("filesystems", *check_filesystems()),
         ("config", *check_config()),
         ("mount-service", *check_mount_service()),

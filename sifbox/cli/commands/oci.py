@@ -6,6 +6,7 @@
       run [--bundle B] [--pid-file F] [--console-socket S] [--detach] ID
       exec [--process process.json | [--env K=V] [--cwd D] [--user U[:G]] ARGS...] ID
       list [--format table|json] [-q] | ps [--format table|json] ID | features
+      update [--memory M] [--pids-limit N] [--cpu-quota Q] [-r FILE] ID | events [--stats] ID
       spec [--bundle B] [--rootless]
 
 The state lives under --root (/run/sifbox-oci for root, $XDG_RUNTIME_DIR/sifbox-oci
@@ -16,17 +17,99 @@ lines with --log-format json), besides the usual one-line error on stderr.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 from sifbox.util.errors import SifboxError, UsageError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+
 OCI_VERSION = "1.0.2"
+#: The global options of `sifbox oci` without argparse (`fast_parse`): flag -> (dest, takes a value).
+_GLOBALS = {"--root": ("root", True), "--log": ("log", True), "--log-format": ("log_format", True),
+            "--systemd-cgroup": ("systemd_cgroup", False), "--debug": ("oci_debug", False),
+            "--rootless": ("rootless", True)}  # fmt: skip
+_CREATE = {"-b": ("bundle", True), "--bundle": ("bundle", True), "--pid-file": ("pid_file", True),
+           "--console-socket": ("console_socket", True), "--no-pivot": ("no_pivot", False),
+           "--no-new-keyring": ("no_new_keyring", False), "--preserve-fds": ("preserve_fds", True)}  # fmt: skip
+#: The verbs `fast_parse` knows: their options, their defaults, their operands after ID.
+_VERBS: dict[str, tuple[dict[str, tuple[str, bool]], dict[str, object], tuple[str, ...]]] = {
+    "create": (_CREATE, {"bundle": ".", "pid_file": None, "console_socket": None, "no_pivot": False,
+                         "no_new_keyring": False, "preserve_fds": 0}, ()),
+    "run": ({**_CREATE, "-d": ("detach", False), "--detach": ("detach", False)},
+            {"bundle": ".", "pid_file": None, "console_socket": None, "no_pivot": False, "no_new_keyring": False,
+             "preserve_fds": 0, "detach": False}, ()),
+    "start": ({}, {}, ()), "state": ({}, {}, ()),
+    "kill": ({"-a": ("all", False), "--all": ("all", False)}, {"all": False, "signal": "TERM"}, ("signal",)),
+    "delete": ({"-f": ("force", False), "--force": ("force", False)}, {"force": False}, ()),
+}  # fmt: skip
+
+
+def fast_parse(argv: list[str]) -> dict[str, object] | None:
+    """`sifbox oci`'s common command lines (create, run, start, state, kill, delete: what
+    containerd and Slurm run for every container) parsed without argparse, whose import costs
+    ~20 ms of each; None when the command line needs argparse (help, other verbs, bad input:
+    argparse then also gives the error message)."""
+    values: dict[str, object] = {"root": None, "log": None, "log_format": "text", "systemd_cgroup": False,
+                                 "oci_debug": False, "rootless": "auto"}  # fmt: skip
+    i = _options(argv, 0, _GLOBALS, values)
+    if i is None or i >= len(argv) or argv[i] not in _VERBS:
+        return None
+    verb = argv[i]
+    flags, defaults, extra = _VERBS[verb]
+    values.update(defaults, oci_command=verb)
+    operands: list[str] = []
+    i += 1
+    while i < len(argv):
+        if argv[i].startswith("-") and argv[i] != "-":
+            j = _options(argv, i, flags, values)
+            if j is None or j == i:
+                return None
+            i = j
+        else:
+            operands.append(argv[i])
+            i += 1
+    if not 1 <= len(operands) <= 1 + len(extra) or values["log_format"] not in ("text", "json"):
+        return None
+    values["id"] = operands[0]
+    values.update(zip(extra, operands[1:]))
+    if not str(values.get("preserve_fds", 0)).isdigit():
+        return None
+    if "preserve_fds" in values:
+        values["preserve_fds"] = int(str(values["preserve_fds"]))
+    return values
+
+
+def _options(argv: list[str], i: int, flags: dict[str, tuple[str, bool]], values: dict[str, object]) -> int | None:
+    """Read the options of `flags` from argv[i:] into `values`; the index after them (None:
+    something argparse must see)."""
+    while i < len(argv) and argv[i].startswith("-"):
+        name, eq, inline = argv[i].partition("=") if argv[i].startswith("--") else (argv[i], "", "")
+        spec = flags.get(name)
+        if spec is None:
+            return None
+        dest, valued = spec
+        if not valued:
+            if eq:
+                return None
+            values[dest] = True
+            i += 1
+        elif eq:
+            values[dest] = inline
+            i += 1
+        elif i + 1 < len(argv):
+            values[dest] = argv[i + 1]
+            i += 2
+        else:
+            return None
+    return i
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    import argparse
     p.add_argument("--root", metavar="DIR", help="the state directory (default: /run/sifbox-oci for root, "
                    "$XDG_RUNTIME_DIR/sifbox-oci for a user)")  # fmt: skip
     p.add_argument("--log", metavar="FILE", help="log errors to FILE (as runc's --log)")
@@ -42,7 +125,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         s.add_argument("--console-socket", metavar="PATH", help="send the pty master to this AF_UNIX socket")
         s.add_argument("--no-pivot", action="store_true", help="accepted for runc compatibility")
         s.add_argument("--no-new-keyring", action="store_true", help="accepted for runc compatibility")
-        s.add_argument("--preserve-fds", type=int, default=0, help="not supported (must be 0)")
+        s.add_argument("--preserve-fds", type=int, default=0, metavar="N",
+                       help="pass descriptors 3 to 3+N-1 to the container's process")
         if verb == "run":
             s.add_argument("-d", "--detach", action="store_true", help="create and start, then return")
         s.add_argument("id", metavar="ID")
@@ -67,6 +151,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--console-socket", metavar="PATH", help="send the pty master to this AF_UNIX socket")
     s.add_argument("-d", "--detach", action="store_true", help="run it in the background")
     s.add_argument("--pid-file", metavar="FILE", help="with --detach, write its pid to FILE")
+    s.add_argument("--preserve-fds", type=int, default=0, metavar="N",
+                   help="pass descriptors 3 to 3+N-1 to the process")
     s.add_argument("id", metavar="ID")
     s.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
     s = sub.add_parser("list", help="list the containers")
@@ -74,6 +160,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("-q", "--quiet", action="store_true", help="only the ids")
     s = sub.add_parser("ps", help="list the processes of a container")
     s.add_argument("-f", "--format", choices=("table", "json"), default="table")
+    s.add_argument("id", metavar="ID")
+    s = sub.add_parser("update", help="change the resource limits of a running container")
+    s.add_argument("-r", "--resources", metavar="FILE", help="linux.resources as JSON (`-`: stdin)")
+    s.add_argument("--memory", help="memory limit (bytes, or 512m, 2g)")
+    s.add_argument("--memory-swap", help="memory and swap limit (-1: unlimited swap)")
+    s.add_argument("--cpu-quota", type=int, help="CPU time per period (microseconds)")
+    s.add_argument("--cpu-period", type=int, help="the period of --cpu-quota (microseconds, default 100000)")
+    s.add_argument("--pids-limit", type=int, help="the most processes")
+    for flag in ("--cpu-share", "--cpuset-cpus", "--cpuset-mems", "--memory-reservation", "--kernel-memory",
+                 "--kernel-memory-tcp", "--blkio-weight", "--l3-cache-schema", "--mem-bw-schema"):  # fmt: skip
+        s.add_argument(flag, dest="unsupported_" + flag[2:].replace("-", "_"), help=argparse.SUPPRESS)
+    s.add_argument("id", metavar="ID")
+    s = sub.add_parser("events", help="print the container's resource usage (cgroups) as JSON")
+    s.add_argument("--stats", action="store_true", help="once, then exit")
+    s.add_argument("--interval", type=float, default=5.0, help="seconds between two (default 5)")
     s.add_argument("id", metavar="ID")
     sub.add_parser("features", help="print what this runtime supports, as JSON")
     s = sub.add_parser("spec", help="write a config.json to start a bundle from (runc's defaults)")
@@ -145,27 +246,38 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     if verb == "exec":
         return _exec(root, args)
+    if verb == "update":
+        ocirun.update(root, args.id, _update_limits(args))
+        return 0
+    if verb == "events":
+        return _events(root, args)
     raise UsageError(f"can't run `sifbox oci {verb}`: unknown command")
 
 
 def _create(root: str, args: argparse.Namespace) -> int:
     from sifbox.runtime import ocirun, ocispec, ocistate
 
-    if args.preserve_fds:
-        raise UsageError("can't use --preserve-fds: not supported by sifbox yet")
     bundle = ocispec.load(args.bundle)
     detach = args.oci_command == "create" or args.detach
+    kw = {"pid_file": args.pid_file, "console_socket": args.console_socket, "preserve_fds": args.preserve_fds}
     if args.oci_command == "create":
-        ocirun.create(bundle, args.id, root, pid_file=args.pid_file, console_socket=args.console_socket)
+        ocirun.create(bundle, args.id, root, **kw)
         return 0
     if detach:
-        ocirun.create(bundle, args.id, root, pid_file=args.pid_file, console_socket=args.console_socket)
+        ocirun.create(bundle, args.id, root, **kw)
         ocirun.start(root, args.id)
         return 0
     import signal
 
-    init, watcher = ocirun.create(bundle, args.id, root, pid_file=args.pid_file,
-                                  console_socket=args.console_socket, detach=False)  # fmt: skip
+    # with hooks, the process is parked until their turn (startContainer runs at start)
+    init, watcher = ocirun.create(bundle, args.id, root, detach=False, parked=bool(bundle.hooks), **kw)
+    if bundle.hooks:
+        try:
+            ocirun.start(root, args.id)
+        except BaseException:
+            ocirun.delete(root, args.id, force=True)
+            ocirun.reap(watcher)
+            raise
     try:
         os.unlink(os.path.join(ocistate.container_dir(root, args.id), ocistate.EXEC_SOCKET))
     except OSError:
@@ -193,8 +305,63 @@ def _create(root: str, args: argparse.Namespace) -> int:
     return os.waitstatus_to_exitcode(st) if os.WIFEXITED(st) else 128 + os.WTERMSIG(st)
 
 
+def _update_limits(args: argparse.Namespace) -> object:
+    """The limits of `update`'s options, or of its --resources document (linux.resources)."""
+    from sifbox.hpc import cgroups
+
+    for name, value in vars(args).items():
+        if name.startswith("unsupported_") and value is not None:
+            raise UsageError(f"can't use `sifbox oci update --{name[12:].replace('_', '-')}`: not supported",
+                             hint="sifbox updates --memory, --memory-swap, --cpu-quota/--cpu-period, --pids-limit")  # fmt: skip
+    if args.resources:
+        try:
+            if args.resources == "-":
+                doc = json.loads(sys.stdin.read(1 << 20))
+            else:
+                with open(args.resources, encoding="utf-8") as f:
+                    doc = json.loads(f.read(1 << 20))
+        except (OSError, ValueError) as err:
+            raise UsageError(f"can't read the resources `{args.resources}`: {err}") from None
+        limits = cgroups.from_oci(doc)
+    else:
+        limits = cgroups.from_options(memory=args.memory, memory_swap=args.memory_swap, pids_limit=(
+            str(args.pids_limit) if args.pids_limit is not None else None))  # fmt: skip
+        if args.cpu_quota is not None:
+            period = args.cpu_period or cgroups.CPU_PERIOD
+            if args.cpu_quota <= 0 or period <= 0:
+                raise UsageError("can't use --cpu-quota/--cpu-period: they must be positive")
+            limits = (limits or cgroups.Limits())._replace(cpus=args.cpu_quota / period)
+    if limits is None:
+        raise UsageError("can't update the container: no limit given",
+                         hint="e.g. --memory 512m, --pids-limit 100, --cpu-quota 50000")  # fmt: skip
+    return limits
+
+
+def _events(root: str, args: argparse.Namespace) -> int:
+    """runc's `events`: a stats event now (--stats), or one every --interval until the container stops."""
+    import time
+
+    from sifbox.runtime import ocirun
+
+    if args.interval <= 0:
+        raise UsageError(f"can't use --interval `{args.interval}`: it must be positive")
+    first = True
+    while True:
+        try:
+            event = ocirun.stats(root, args.id)
+        except SifboxError:
+            if first:
+                raise
+            return 0  # it stopped
+        print(json.dumps(event), flush=True)
+        if args.stats:
+            return 0
+        first = False
+        time.sleep(args.interval)
+
+
 def _exec(root: str, args: argparse.Namespace) -> int:
-    from sifbox.runtime import ocirun, ocispec
+    from sifbox.runtime import ociexec, ocispec
 
     if args.process:
         try:
@@ -228,11 +395,11 @@ def _exec(root: str, args: argparse.Namespace) -> int:
         raise UsageError("can't use `sifbox oci exec` with a terminal without --console-socket",
                          hint="pass --console-socket, or run the process without a terminal")  # fmt: skip
     if args.detach:
-        ocirun.exec_detached(root, args.id, proc, args.pid_file, args.console_socket)
+        ociexec.exec_detached(root, args.id, proc, args.pid_file, args.console_socket, args.preserve_fds)
         return 0
     if args.pid_file:
         raise UsageError("can't use `sifbox oci exec --pid-file` without --detach")
-    return ocirun.exec_process(root, args.id, proc, args.console_socket)
+    return ociexec.exec_process(root, args.id, proc, args.console_socket, args.preserve_fds)
 
 
 def _spec(bundle: str, rootless: bool) -> int:
@@ -298,7 +465,7 @@ def _features() -> dict[str, object]:
     return {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.1.0",
-        "hooks": [],
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
         "mountOptions": ["ro", "rw", "bind", "rbind", "nosuid", "nodev", "noexec"],
         "linux": {
             "namespaces": [ns for ns in SUPPORTED_NAMESPACES if ns != "cgroup"],

@@ -38,6 +38,9 @@ def enter(ns: Namespaces, *, image: str) -> None:
             sc.unshare(sc.CLONE_NEWNS)
         if extra:
             sc.unshare(extra)
+        for flag, fd in ns.join:  # the kernel checks that `fd` is a namespace of that kind
+            sc.setns(fd, flag)
+            os.close(fd)
         if ns.hostname:
             sc.sethostname(ns.hostname)
         if ns.net and ns.net_fd is None:

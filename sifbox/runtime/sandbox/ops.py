@@ -72,10 +72,11 @@ Layer = record("Layer", "path kind fd offset size writable")
 #:   tools      (newuidmap, newgidmap) paths for `maps`
 #:   pid ipc uts net   new namespaces of those kinds; hostname for the UTS one
 #:   net_fd     a network namespace made beforehand (CNI networks), joined instead of a new one
+#:   join       existing namespaces to enter after those: ((CLONE_NEW* flag, open fd), ...)
 Namespaces = record(
     "Namespaces",
-    "user uid gid maps inside tools pid ipc uts net hostname net_fd",
-    defaults=(None, None, None, False, False, False, False, None, None),
+    "user uid gid maps inside tools pid ipc uts net hostname net_fd join",
+    defaults=(None, None, None, False, False, False, False, None, None, ()),
 )
 
 #: A helper process the sandbox started (a FUSE server): stopped with `signal`
