@@ -19,7 +19,10 @@ State, per user, in a directory only that user may use (0700, owned, never a lin
     KEY.log     the holder's stderr
 
 KEY is the image's identity: device, inode, size and modification time of the opened
-(and admitted) file, and the offset and size of its SquashFS partition. A
+(and admitted) file, and the offset and size of its SquashFS partition; and the node's (a
+checksum of its host name), since the directory may be shared between nodes (/tmp or
+XDG_RUNTIME_DIR on a shared file system): each node has its own holder, and `list` and
+`prune` only look at the holders of their node. A
 launch joins a holder only if it is that user's process (pid + start time, its uid,
 named `sifbox-holder`), if the file it holds is the very file this launch opened and
 admitted, and if the mount it joins is the holder's mount of it (its device). Any
@@ -129,10 +132,24 @@ def _usable_dir(uid: int) -> tuple[str, int]:
     raise Unshared("no state directory: " + "; ".join(reasons))
 
 
+def node_tag() -> str:
+    """This node's part of a key: a checksum of its host name."""
+    import zlib
+
+    return f"n{zlib.crc32(os.uname().nodename.encode('utf-8', 'surrogateescape')):08x}"
+
+
 def identity(fd: int, offset: int, size: int) -> str:
-    """The key of the SquashFS at `offset` (`size` bytes) of the open file `fd`."""
+    """The key of the SquashFS at `offset` (`size` bytes) of the open file `fd`, on this node."""
     st = os.fstat(fd)
-    return "-".join(f"{n:x}" for n in (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, offset, size))
+    image = "-".join(f"{n:x}" for n in (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, offset, size))
+    return f"{image}-{node_tag()}"
+
+
+def of_this_node(key: str, tag: str) -> bool:
+    """Whether KEY is one of this node's (`tag`), or of a version without node (6 fields)."""
+    parts = key.split("-")
+    return parts[-1] == tag or (len(parts) == 6 and not parts[-1].startswith("n"))
 
 
 def _lock(dir_fd: int, name: str, how: int = fcntl.LOCK_EX) -> int:
@@ -446,12 +463,15 @@ def listing(uid: int) -> list[dict[str, Any]]:
     holders whose state is gone are listed with `state` unreachable."""
     rows: list[dict[str, Any]] = []
     known = set()
+    tag = node_tag()
     for path, dir_fd in _own_dirs(uid):
         try:
             for name in sorted(os.listdir(dir_fd)):
                 if not name.endswith(f".{STATE}") or name.startswith("."):
                     continue
                 key = name[: -len(STATE) - 1]
+                if not of_this_node(key, tag):
+                    continue  # another node's, in a shared directory
                 doc = load(dir_fd, key)
                 if doc is None:
                     continue
@@ -477,9 +497,11 @@ def prune(uid: int, *, force: bool = False, wait: float = 5.0) -> list[dict[str,
     done: list[dict[str, Any]] = []
     stopping: list[int] = []
     known = set()
+    tag = node_tag()
     for path, dir_fd in _own_dirs(uid):
         try:
             keys = {n.rsplit(".", 1)[0] for n in os.listdir(dir_fd) if not n.startswith(".") and "." in n}
+            keys = {key for key in keys if of_this_node(key, tag)}  # not another node's (a shared directory)
             for key in sorted(keys):
                 lock = _lock(dir_fd, f"{key}.lock")
                 try:

@@ -47,6 +47,42 @@ def test_the_key_is_the_file_and_partition(tmp_path: Path) -> None:
         os.close(fd)
 
 
+def test_the_key_names_the_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state directory shared between nodes (/tmp or XDG_RUNTIME_DIR on a shared file system)
+    holds one key per node: each node has its own holder, and sees only its own keys."""
+    image = tmp_path / "a.sif"
+    image.write_bytes(b"x" * 100)
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        keys, tags = {}, {}
+        for node in ("node1", "node2"):
+            monkeypatch.setattr(os, "uname", lambda node=node: SimpleNamespace(nodename=node))
+            keys[node], tags[node] = nodemount.identity(fd, 0, 100), nodemount.node_tag()
+    finally:
+        os.close(fd)
+    assert keys["node1"] != keys["node2"]
+    assert keys["node1"].rsplit("-", 1)[0] == keys["node2"].rsplit("-", 1)[0]  # the same image
+    assert nodemount.of_this_node(keys["node1"], tags["node1"])
+    assert not nodemount.of_this_node(keys["node2"], tags["node1"])
+    assert nodemount.of_this_node("fe00-eae4a1-106000-18eec27653e264c9-8000-fe000", tags["node1"])  # no node
+
+
+def test_prune_leaves_other_nodes_state(state_dir: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`prune` removes this node's stale state, never another node's (its holder is not here)."""
+    path = os.readlink(f"/proc/self/fd/{state_dir}")
+    monkeypatch.setattr(nodemount, "_own_dirs", lambda uid: [(path, os.dup(state_dir))])
+    monkeypatch.setattr(nodemount, "holder_pids", lambda uid: {})  # never the machine's real holders
+    here, there = f"1-2-3-4-0-5-{nodemount.node_tag()}", "1-2-3-4-0-5-n00000000"
+    if there == here:
+        there = "1-2-3-4-0-5-n00000001"
+    for key in (here, there):
+        nodemount._write(state_dir, key, _doc(key=key, pid=2**22 + 1))  # no such process
+    done = nodemount.prune(os.getuid())
+    assert [d["state"] for d in done] == ["stale"]
+    assert sorted(os.listdir(state_dir)) == [f"{there}.{nodemount.STATE}"]
+    assert [r["key"] for r in nodemount.listing(os.getuid())] == []
+
+
 def test_state_round_trip(state_dir: int) -> None:
     nodemount._write(state_dir, "k", _doc())
     assert nodemount.load(state_dir, "k") == _doc()
