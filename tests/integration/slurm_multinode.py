@@ -108,11 +108,11 @@ class MultiNodeCluster:
             cmd[cmd.index("--") + 1 : cmd.index("--") + 1] = ["runuser", "-u", user, "--"]
         kw.setdefault("capture_output", True)
         kw.setdefault("text", True)
-        kw.setdefault("check", False)
+        check = bool(kw.pop("check", False))
         kw.setdefault("timeout", 60)
         kw.setdefault("stdin", subprocess.DEVNULL)
         kw.setdefault("env", {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"})
-        return subprocess.run(cmd, **kw)  # type: ignore[call-overload, no-any-return]
+        return subprocess.run(cmd, check=check, **kw)  # type: ignore[call-overload, no-any-return]
 
     def node_processes(self, name: str) -> dict[int, str]:
         """pid (the head's) -> comm of every live process of node `name`."""
