@@ -57,6 +57,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("srun_startup.py: run as root (it starts Slurm's daemons)", file=sys.stderr)
         return 2
+    os.environ["SIFBOX_CLI"] = args.sifbox  # the clusters' epilog runs it (tests/conftest.py INSTALLED_CLI)
     ranks = [int(n) for n in (args.ranks or ("1,8,32,64" if args.nodes == 1 else "16,64")).split(",")]
     node_counts = [1] if args.nodes == 1 else [1, args.nodes]
     # The nodes of a multi-node cluster do not see the head's /tmp: the images go under /var/tmp.

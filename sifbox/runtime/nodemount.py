@@ -447,14 +447,30 @@ def _own_dirs(uid: int) -> list[tuple[str, int]]:
     return found
 
 
+def _pid_depth(pid: int | str) -> int:
+    """How many PID namespaces `pid` is in, seen from /proc's (0: unknown)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = f.read().decode(errors="replace")
+    except OSError:
+        return 0
+    line = next((line for line in status.splitlines() if line.startswith("NSpid:")), "")
+    return len(line.split()) - 1
+
+
 def holder_pids(uid: int | None) -> dict[int, int]:
-    """pid -> uid of every live holder process (of `uid` only, unless None)."""
+    """pid -> uid of every live holder process (of `uid` only, unless None) of this PID
+    namespace: not those of a container's or a node's of its own (a node of a test cluster,
+    a container running Slurm), which their own `prune` looks after."""
     found = {}
+    depth = 0
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             seen = _proc(int(entry))
             if seen is not None and seen[0] == PROCESS_NAME and (uid is None or seen[2] == uid):
-                found[int(entry)] = seen[2]
+                depth = depth or _pid_depth("self")
+                if _pid_depth(entry) == depth:
+                    found[int(entry)] = seen[2]
     return found
 
 
@@ -542,8 +558,10 @@ def prune(uid: int, *, force: bool = False, wait: float = 5.0) -> list[dict[str,
 
 
 def _holder_in_use(pid: int, uid: int) -> bool:
-    """Whether a holder whose state is gone is still used: its own refs file (its stderr
-    is DIR/KEY.log) is locked."""
+    """Whether a holder whose state is gone, or not yet written, is used: its own refs file
+    (its stderr is DIR/KEY.log) is locked. A holder a launch is starting has no state yet
+    (another job's launch, while an epilog prunes): that launch holds KEY.lock until it has
+    written the state and taken its refs, so the refs are looked at under that lock."""
     try:
         log = os.readlink(f"/proc/{pid}/fd/2")
         dir_fd = os.open(os.path.dirname(log), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -551,6 +569,16 @@ def _holder_in_use(pid: int, uid: int) -> bool:
         return False
     try:
         key = os.path.basename(log).removesuffix(".log")
-        return os.fstat(dir_fd).st_uid == uid and _in_use(dir_fd, key)
+        if os.fstat(dir_fd).st_uid != uid:
+            return False
+        try:
+            lock = os.open(f"{key}.lock", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError:
+            return _in_use(dir_fd, key)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # waits for a launch starting it
+            return _in_use(dir_fd, key)
+        finally:
+            os.close(lock)
     finally:
         os.close(dir_fd)

@@ -199,3 +199,39 @@ def test_when_the_mount_is_shared(change: dict[str, object], reason: str | None)
     assert nodemount._why_not(_prepared(**change), None) == reason
     if reason is None:
         assert nodemount._why_not(_prepared(**change), "an-instance") == ""
+
+
+def test_a_holder_being_started_is_in_use(state_dir: int) -> None:
+    """A holder a launch is starting has no state yet: `prune` (an epilog, while another job of
+    the user starts on the node) waits for that launch's lock and finds the holder used, rather
+    than stopping it under the containers joining it."""
+    import signal
+    import threading
+    import time
+
+    key = f"1-2-3-4-0-5-{nodemount.node_tag()}"
+    log = os.open(f"{key}.log", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=state_dir)
+    lock = nodemount._lock(state_dir, f"{key}.lock")  # the starting launch's
+    pid = os.fork()
+    if pid == 0:  # the holder, not yet ready: stderr is its log
+        os.close(lock)
+        os.dup2(log, 2)
+        time.sleep(60)
+        os._exit(0)
+    os.close(log)
+    try:
+        found: list[bool] = []
+        pruner = threading.Thread(target=lambda: found.append(nodemount._holder_in_use(pid, os.getuid())))
+        pruner.start()
+        time.sleep(0.2)
+        assert found == []  # waits for the launch
+        refs = os.open(f"{key}.refs", os.O_RDONLY | os.O_CREAT, 0o600, dir_fd=state_dir)
+        fcntl.flock(refs, fcntl.LOCK_SH)  # the launch's refs, taken before it lets the lock go
+        os.close(lock)
+        pruner.join(10)
+        assert found == [True]
+        os.close(refs)
+        assert nodemount._holder_in_use(pid, os.getuid()) is False  # no container uses it any more
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
