@@ -215,14 +215,15 @@ def _pids_in_node(cluster: MultiNodeCluster, node: str) -> set[int]:
 
 def test_a_prune_on_the_head_leaves_the_nodes_holders(multinode_cluster: MultiNodeCluster, image: Path, run_as,
                                                       as_who, sifbox_cli) -> None:  # fmt: skip
-    """`sifbox mounts prune --all` on the head sees the nodes' holders in /proc (their PID
-    namespaces are children of its own) but leaves them alone: they are the nodes' to prune."""
+    """`sifbox mounts prune` on the head sees the nodes' holders in /proc (their PID namespaces
+    are children of its own) but leaves them alone: they are the nodes' to prune."""
     run = multinode_cluster.node_run("node1", ["env", f"HOME={as_who.home}", sifbox_cli, "exec", str(image), "true"],
                                      user=as_who.name)  # fmt: skip
     assert run.returncode == 0, run.stderr
     try:
         (holder,) = _holders(multinode_cluster, "node1", as_who.uid)
-        prune = run_as("root", [sifbox_cli, "mounts", "prune", "--all"], env=images.env_for(images.user_named("root")))
+        prune = run_as("root", [sifbox_cli, "mounts", "prune", "--user", as_who.name],
+                       env=images.env_for(images.user_named("root")))  # fmt: skip
         assert prune.returncode == 0, prune.stderr
         assert _holders(multinode_cluster, "node1", as_who.uid) == [holder]
         assert [r["state"] for r in _listing(multinode_cluster, "node1", as_who, sifbox_cli)] == ["running"]
