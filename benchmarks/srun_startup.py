@@ -88,20 +88,18 @@ def main() -> int:
         cells = [(who, label, cmd, nodes, n) for who in ("root", args.user) for label, cmd in runtimes
                  for nodes in node_counts for n in ranks if n >= nodes]  # fmt: skip
         times: dict[tuple[str, str, int, int], list[float]] = {}
-        failed: set[tuple[str, str, int, int]] = set()
+        failures: dict[tuple[str, str, int, int], int] = {}
         for _ in range(args.runs):  # interleaved rounds
             for who, label, cmd, nodes, n in cells:
                 cell = (who, label, nodes, n)
-                if cell in failed:
-                    continue
                 argv = ["srun", "-O", "--mpi=none", f"-N{nodes}", "-n", str(n), *cmd]
                 t, err = _once(argv, env, None if who == "root" else who, base)
-                if t is None:
-                    failed.add(cell)
+                if t is None:  # counted, and shown; the cell is the median of the runs that worked
+                    failures[cell] = failures.get(cell, 0) + 1
                     print(f"#   {who} {label} -N{nodes} -n{n}: {err}", file=sys.stderr)
                 else:
                     times.setdefault(cell, []).append(t)
-        med = {cell: statistics.median(ts) for cell, ts in times.items() if cell not in failed}
+        med = {cell: statistics.median(ts) for cell, ts in times.items()}
         print(f"# srun -O -N nodes -n N ... on {where}, {os.cpu_count()} cores, median of {args.runs} "
               "interleaved runs, seconds")  # fmt: skip
         print(f"{'user':<12} {'runtime':<18} {'nodes':>5} " + " ".join(f"{'N=' + str(n):>24}" for n in ranks))
@@ -122,9 +120,11 @@ def main() -> int:
                         else:
                             per = f"{(t - bare) / n * 1000:>4.0f}ms" if bare is not None else "   ?"
                             ratio = f"x{t / ch:.2f}" if ch else ""
-                            row.append(f"{t:>7.3f} ({per}) {ratio:>6}")
+                            bad = "!" * failures.get((who, label, nodes, n), 0)
+                            row.append(f"{bad}{t:>7.3f} ({per}) {ratio:>6}".rjust(24))
                     print(f"{who:<12} {label:<18} {nodes:>5} " + " ".join(row))
-        print("# (per-rank overhead over bare srun in parentheses; xR = time / ch-run's time, same nodes and ranks)")
+        print("# (per-rank overhead over bare srun in parentheses; xR = time / ch-run's time, same nodes and ranks;"
+              " ! = a run that failed, left out)")  # fmt: skip
     finally:
         if cluster is not None:
             slurm.stop_cluster(cluster)
