@@ -399,13 +399,15 @@ def multinode_cluster() -> Iterator[MultiNodeCluster]:
 
 
 def main(argv: Sequence[str]) -> int:
-    usage = "usage: python -m tests.integration.slurm_multinode up [N] | down  (as root)"
+    usage = "usage: python -m tests.integration.slurm_multinode up [N] | down [DIR]  (as root)"
     if not argv or argv[0] not in ("up", "down") or os.geteuid() != 0:
         print(usage, file=sys.stderr)
         return 2
-    if argv[0] == "down" or (MANUAL_DIR / "cluster.json").exists():
-        if (MANUAL_DIR / "cluster.json").exists():
-            left = stop_cluster(MultiNodeCluster.load(MANUAL_DIR))
+    # `down DIR`: a cluster of a test session that was killed (/var/tmp/sifbox-multinode-*).
+    where = Path(argv[1]) if argv[0] == "down" and len(argv) > 1 else MANUAL_DIR
+    if argv[0] == "down" or (where / "cluster.json").exists():
+        if (where / "cluster.json").exists():
+            left = stop_cluster(MultiNodeCluster.load(where))
             print(f"slurm_multinode: stopped{'; left: ' + ', '.join(left) if left else ''}")
         if argv[0] == "down":
             return 0
