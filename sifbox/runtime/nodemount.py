@@ -19,7 +19,10 @@ State, per user, in a directory only that user may use (0700, owned, never a lin
     KEY.log     the holder's stderr
 
 KEY is the image's identity: device, inode, size and modification time of the opened
-(and admitted) file, and the offset and size of its SquashFS partition. A
+(and admitted) file, and the offset and size of its SquashFS partition; and the node's (a
+checksum of its host name), since the directory may be shared between nodes (/tmp or
+XDG_RUNTIME_DIR on a shared file system): each node has its own holder, and `list` and
+`prune` only look at the holders of their node. A
 launch joins a holder only if it is that user's process (pid + start time, its uid,
 named `sifbox-holder`), if the file it holds is the very file this launch opened and
 admitted, and if the mount it joins is the holder's mount of it (its device). Any
@@ -129,10 +132,24 @@ def _usable_dir(uid: int) -> tuple[str, int]:
     raise Unshared("no state directory: " + "; ".join(reasons))
 
 
+def node_tag() -> str:
+    """This node's part of a key: a checksum of its host name."""
+    import zlib
+
+    return f"n{zlib.crc32(os.uname().nodename.encode('utf-8', 'surrogateescape')):08x}"
+
+
 def identity(fd: int, offset: int, size: int) -> str:
-    """The key of the SquashFS at `offset` (`size` bytes) of the open file `fd`."""
+    """The key of the SquashFS at `offset` (`size` bytes) of the open file `fd`, on this node."""
     st = os.fstat(fd)
-    return "-".join(f"{n:x}" for n in (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, offset, size))
+    image = "-".join(f"{n:x}" for n in (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, offset, size))
+    return f"{image}-{node_tag()}"
+
+
+def of_this_node(key: str, tag: str) -> bool:
+    """Whether KEY is one of this node's (`tag`), or of a version without node (6 fields)."""
+    parts = key.split("-")
+    return parts[-1] == tag or (len(parts) == 6 and not parts[-1].startswith("n"))
 
 
 def _lock(dir_fd: int, name: str, how: int = fcntl.LOCK_EX) -> int:
@@ -575,14 +592,30 @@ def _own_dirs(uid: int) -> list[tuple[str, int]]:
     return found
 
 
+def _pid_depth(pid: int | str) -> int:
+    """How many PID namespaces `pid` is in, seen from /proc's (0: unknown)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = f.read().decode(errors="replace")
+    except OSError:
+        return 0
+    line = next((line for line in status.splitlines() if line.startswith("NSpid:")), "")
+    return len(line.split()) - 1
+
+
 def holder_pids(uid: int | None) -> dict[int, int]:
-    """pid -> uid of every live holder process (of `uid` only, unless None)."""
+    """pid -> uid of every live holder process (of `uid` only, unless None) of this PID
+    namespace: not those of a container's or a node's of its own (a node of a test cluster,
+    a container running Slurm), which their own `prune` looks after."""
     found = {}
+    depth = 0
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             seen = _proc(int(entry))
             if seen is not None and seen[0] == PROCESS_NAME and (uid is None or seen[2] == uid):
-                found[int(entry)] = seen[2]
+                depth = depth or _pid_depth("self")
+                if _pid_depth(entry) == depth:
+                    found[int(entry)] = seen[2]
     return found
 
 
@@ -591,12 +624,15 @@ def listing(uid: int) -> list[dict[str, Any]]:
     holders whose state is gone are listed with `state` unreachable."""
     rows: list[dict[str, Any]] = []
     known = set()
+    tag = node_tag()
     for path, dir_fd in _own_dirs(uid):
         try:
             for name in sorted(os.listdir(dir_fd)):
                 if not name.endswith(f".{STATE}") or name.startswith("."):
                     continue
                 key = name[: -len(STATE) - 1]
+                if not of_this_node(key, tag):
+                    continue  # another node's, in a shared directory
                 doc = load(dir_fd, key)
                 if doc is None:
                     continue
@@ -622,9 +658,11 @@ def prune(uid: int, *, force: bool = False, wait: float = 5.0) -> list[dict[str,
     done: list[dict[str, Any]] = []
     stopping: list[int] = []
     known = set()
+    tag = node_tag()
     for path, dir_fd in _own_dirs(uid):
         try:
             keys = {n.rsplit(".", 1)[0] for n in os.listdir(dir_fd) if not n.startswith(".") and "." in n}
+            keys = {key for key in keys if of_this_node(key, tag)}  # not another node's (a shared directory)
             for key in sorted(keys):
                 lock = _lock(dir_fd, f"{key}.lock")
                 try:
@@ -665,8 +703,10 @@ def prune(uid: int, *, force: bool = False, wait: float = 5.0) -> list[dict[str,
 
 
 def _holder_in_use(pid: int, uid: int) -> bool:
-    """Whether a holder whose state is gone is still used: its own refs file (its stderr
-    is DIR/KEY.log) is locked."""
+    """Whether a holder whose state is gone, or not yet written, is used: its own refs file
+    (its stderr is DIR/KEY.log) is locked. A holder a launch is starting has no state yet
+    (another job's launch, while an epilog prunes): that launch holds KEY.lock until it has
+    written the state and taken its refs, so the refs are looked at under that lock."""
     try:
         log = os.readlink(f"/proc/{pid}/fd/2")
         dir_fd = os.open(os.path.dirname(log), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -674,6 +714,16 @@ def _holder_in_use(pid: int, uid: int) -> bool:
         return False
     try:
         key = os.path.basename(log).removesuffix(".log")
-        return os.fstat(dir_fd).st_uid == uid and _in_use(dir_fd, key)
+        if os.fstat(dir_fd).st_uid != uid:
+            return False
+        try:
+            lock = os.open(f"{key}.lock", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError:
+            return _in_use(dir_fd, key)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # waits for a launch starting it
+            return _in_use(dir_fd, key)
+        finally:
+            os.close(lock)
     finally:
         os.close(dir_fd)

@@ -47,6 +47,42 @@ def test_the_key_is_the_file_and_partition(tmp_path: Path) -> None:
         os.close(fd)
 
 
+def test_the_key_names_the_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state directory shared between nodes (/tmp or XDG_RUNTIME_DIR on a shared file system)
+    holds one key per node: each node has its own holder, and sees only its own keys."""
+    image = tmp_path / "a.sif"
+    image.write_bytes(b"x" * 100)
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        keys, tags = {}, {}
+        for node in ("node1", "node2"):
+            monkeypatch.setattr(os, "uname", lambda node=node: SimpleNamespace(nodename=node))
+            keys[node], tags[node] = nodemount.identity(fd, 0, 100), nodemount.node_tag()
+    finally:
+        os.close(fd)
+    assert keys["node1"] != keys["node2"]
+    assert keys["node1"].rsplit("-", 1)[0] == keys["node2"].rsplit("-", 1)[0]  # the same image
+    assert nodemount.of_this_node(keys["node1"], tags["node1"])
+    assert not nodemount.of_this_node(keys["node2"], tags["node1"])
+    assert nodemount.of_this_node("fe00-eae4a1-106000-18eec27653e264c9-8000-fe000", tags["node1"])  # no node
+
+
+def test_prune_leaves_other_nodes_state(state_dir: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`prune` removes this node's stale state, never another node's (its holder is not here)."""
+    path = os.readlink(f"/proc/self/fd/{state_dir}")
+    monkeypatch.setattr(nodemount, "_own_dirs", lambda uid: [(path, os.dup(state_dir))])
+    monkeypatch.setattr(nodemount, "holder_pids", lambda uid: {})  # never the machine's real holders
+    here, there = f"1-2-3-4-0-5-{nodemount.node_tag()}", "1-2-3-4-0-5-n00000000"
+    if there == here:
+        there = "1-2-3-4-0-5-n00000001"
+    for key in (here, there):
+        nodemount._write(state_dir, key, _doc(key=key, pid=2**22 + 1))  # no such process
+    done = nodemount.prune(os.getuid())
+    assert [d["state"] for d in done] == ["stale"]
+    assert sorted(os.listdir(state_dir)) == [f"{there}.{nodemount.STATE}"]
+    assert [r["key"] for r in nodemount.listing(os.getuid())] == []
+
+
 def test_state_round_trip(state_dir: int) -> None:
     nodemount._write(state_dir, "k", _doc())
     assert nodemount.load(state_dir, "k") == _doc()
@@ -185,3 +221,39 @@ def test_the_service_is_not_asked_unless_configured() -> None:
             return False
 
     assert nodemount._from_service(SimpleNamespace(cfg=Cfg())) is None
+
+
+def test_a_holder_being_started_is_in_use(state_dir: int) -> None:
+    """A holder a launch is starting has no state yet: `prune` (an epilog, while another job of
+    the user starts on the node) waits for that launch's lock and finds the holder used, rather
+    than stopping it under the containers joining it."""
+    import signal
+    import threading
+    import time
+
+    key = f"1-2-3-4-0-5-{nodemount.node_tag()}"
+    log = os.open(f"{key}.log", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=state_dir)
+    lock = nodemount._lock(state_dir, f"{key}.lock")  # the starting launch's
+    pid = os.fork()
+    if pid == 0:  # the holder, not yet ready: stderr is its log
+        os.close(lock)
+        os.dup2(log, 2)
+        time.sleep(60)
+        os._exit(0)
+    os.close(log)
+    try:
+        found: list[bool] = []
+        pruner = threading.Thread(target=lambda: found.append(nodemount._holder_in_use(pid, os.getuid())))
+        pruner.start()
+        time.sleep(0.2)
+        assert found == []  # waits for the launch
+        refs = os.open(f"{key}.refs", os.O_RDONLY | os.O_CREAT, 0o600, dir_fd=state_dir)
+        fcntl.flock(refs, fcntl.LOCK_SH)  # the launch's refs, taken before it lets the lock go
+        os.close(lock)
+        pruner.join(10)
+        assert found == [True]
+        os.close(refs)
+        assert nodemount._holder_in_use(pid, os.getuid()) is False  # no container uses it any more
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
