@@ -169,3 +169,29 @@ def test_nothing_is_imported_after_the_root_moves(run_as, as_who, sifbox_cli, sh
                       timeout=LAUNCH_TIMEOUT)  # fmt: skip
         assert proc.returncode == 0, (words, proc.stderr)
         assert "Traceback" not in proc.stderr and "ImportError" not in proc.stderr, proc.stderr
+
+
+# --- the mount work of a launch ---------------------------------------------------------------------
+
+
+def test_a_launch_resolves_the_container_root_once(run_as, as_who, sifbox_cli, shared_tmp,
+                                                    action_images: ActionImages) -> None:  # fmt: skip
+    """The directories above the container root are looked up once per launch, not again for
+    every mount point pinned (some 17 mounts for root, 9 for a user)."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed, so a launch's stat calls can't be counted")
+    argv = [sifbox_cli, "exec", str(action_images.sif), "true"]
+    assert run_as(as_who, argv, env=env_for(as_who), timeout=LAUNCH_TIMEOUT).returncode == 0  # the node mount
+    out = shared_tmp / f"trace-{as_who.name}"
+    proc = run_as(as_who, [strace, "-f", "-qq", "-o", str(out), "-e", "trace=chdir,newfstatat,statx,lstat,stat",
+                           *argv], env=env_for(as_who), timeout=LAUNCH_TIMEOUT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    trace = out.read_text()
+    roots = [line.split('"')[1] for line in trace.splitlines() if "chdir(" in line and line.endswith("= 0")]
+    root = next(r for r in roots if r.endswith("/root"))  # the move into it: chdir, pivot_root(".", ".")
+    parts = root.strip("/").split("/")
+    for depth in range(1, len(parts) + 1):
+        above = "/" + "/".join(parts[:depth])
+        looked_up = sum(1 for line in trace.splitlines() if "stat" in line and f'"{above}"' in line)
+        assert looked_up <= 4, (above, looked_up)

@@ -549,9 +549,12 @@ def apply(root: str, mounts: list[Mount], *, image: str, restrict: bool, in_plac
     the caller asked for is made."""
     done: list[str] = []  # where the mounts went (host paths), in order
     warnings = []
+    # Resolved once: the root (sifbox's own directory); its /proc unless a link (None: at each mount).
+    top, proc = os.path.realpath(root).rstrip("/") + "/", os.path.join(root, "proc")
+    resolved = (top, None if os.path.islink(proc) else proc)  # no mount of the plan makes it a link
     for m in mounts:
         try:
-            where = _apply(root, m, image, restrict, done, in_place)
+            where = _apply(root, m, image, restrict, done, in_place, resolved)
         except _Skipped:
             warnings.append(f"`{m.target}` is not mounted: it does not exist in the image")
             continue
@@ -565,9 +568,9 @@ def apply(root: str, mounts: list[Mount], *, image: str, restrict: bool, in_plac
     return warnings
 
 
-def _apply(root: str, m: Mount, image: str, restrict: bool, done: list[str], in_place: bool) -> str | None:
+def _apply(root: str, m: Mount, image: str, restrict: bool, done: list[str], in_place: bool, resolved: tuple[str, str | None]) -> str | None:  # fmt: skip
     """Apply one mount; return where it went (None: skipped). `done`: where
-    the mounts before it went."""
+    the mounts before it went; `resolved`: the root and its /proc (see `apply`)."""
     if m.kind == "mask":
         _mask(root, m.target, image)
         return None
@@ -590,35 +593,36 @@ def _apply(root: str, m: Mount, image: str, restrict: bool, done: list[str], in_
         raise fail(f"can't create the mount point `{m.target}`", err, image) from None
     if m.policy in ("site", "optional") and target in done:
         return None  # led by a symlink of the image onto a mount of the plan (/var/tmp -> /tmp)
-    if m.kind != "proc" and m.target != "/proc" and not m.target.startswith("/proc/") and _in_proc(root, target):
+    top, proc = resolved
+    if m.kind != "proc" and m.target != "/proc" and not m.target.startswith("/proc/") and _in_proc(root, target, proc):
         # runc's CVE-2019-19921: a fake /proc (or a file over /proc/self/attr) through a symlink
         raise LaunchError(f"can't start a container from `{image}`: can't mount on `{m.target}`: a symlink "
                           "of the image leads it into /proc")  # fmt: skip
-    pinned = _pin(root, target, m.target, image)
+    pinned = _pin(top, target, m.target, image)
     try:
         return _mount_one(root, m, target, f"/proc/self/fd/{pinned}", image, restrict)
     finally:
         os.close(pinned)
 
 
-def _in_proc(root: str, target: str) -> bool:
-    try:
-        proc = chase(root, "/proc")
-    except OSError:
-        return False
+def _in_proc(root: str, target: str, proc: str | None = None) -> bool:
+    if proc is None:
+        try:
+            proc = chase(root, "/proc")
+        except OSError:
+            return False
     return target == proc or target.startswith(proc.rstrip("/") + "/")
 
 
-def _pin(root: str, target: str, shown: str, image: str) -> int:
+def _pin(top: str, target: str, shown: str, image: str) -> int:
     """An O_PATH descriptor of the mount point `target`, which must still be inside
-    `root`: a component swapped for a symlink since `chase` resolved it (runc's
-    CVE-2021-30465) would lead the mount out of the container."""
+    `top` (the resolved root, ending in /): a component swapped for a symlink since `chase`
+    resolved it (runc's CVE-2021-30465) would lead the mount out of the container."""
     try:
         fd = os.open(target, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as err:
         raise fail(f"can't open the mount point `{shown}`", err, image) from None
     where = os.readlink(f"/proc/self/fd/{fd}")
-    top = os.path.realpath(root).rstrip("/") + "/"
     if not (where + "/").startswith(top):
         os.close(fd)
         raise LaunchError(f"can't start a container from `{image}`: the mount point `{shown}` moved out of "
@@ -725,7 +729,7 @@ def _mask(root: str, path: str, image: str) -> None:
     except OSError:
         return  # nothing there to hide
     try:
-        if os.path.isdir(target):
+        if st.st_mode & 0o170000 == 0o040000:  # a directory
             sc.mount("tmpfs", target, "tmpfs", sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
                      "size=0,mode=0555")  # fmt: skip
         else:
