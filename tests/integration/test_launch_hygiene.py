@@ -195,3 +195,24 @@ def test_a_launch_resolves_the_container_root_once(run_as, as_who, sifbox_cli, s
         above = "/" + "/".join(parts[:depth])
         looked_up = sum(1 for line in trace.splitlines() if "stat" in line and f'"{above}"' in line)
         assert looked_up <= 4, (above, looked_up)
+
+
+def test_a_root_container_makes_one_mask_of_each_kind(run_as, sifbox_cli, shared_tmp,
+                                                      action_images: ActionImages) -> None:  # fmt: skip
+    """Of the masked /proc and /sys paths of a contained root container, one empty file (a bind of
+    /dev/null, then made read-only, nosuid, nodev, noexec) and one empty directory (a read-only
+    tmpfs) are made; the other masks are binds of them, which keep their flags: no more
+    mount_setattr call, no more tmpfs."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed, so a launch's mount calls can't be counted")
+    root = images.user_named("root")
+    out = shared_tmp / "trace-masks"
+    proc = run_as(root, [strace, "-f", "-qq", "-o", str(out), "-e", "trace=mount,mount_setattr", sifbox_cli,
+                         "exec", str(action_images.sif), "true"], env=env_for(root), timeout=LAUNCH_TIMEOUT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    masked = ("/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+              "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware")  # fmt: skip
+    calls = [line for line in out.read_text().splitlines() if any(f'{m}"' in line for m in masked)]
+    assert sum("mount_setattr(" in line for line in calls) <= 1, calls
+    assert sum('"tmpfs"' in line for line in calls) <= 1, calls
