@@ -216,3 +216,24 @@ def test_a_root_container_makes_one_mask_of_each_kind(run_as, sifbox_cli, shared
     calls = [line for line in out.read_text().splitlines() if any(f'{m}"' in line for m in masked)]
     assert sum("mount_setattr(" in line for line in calls) <= 1, calls
     assert sum('"tmpfs"' in line for line in calls) <= 1, calls
+
+
+def test_the_staged_passwd_and_group_are_nosuid_nodev_without_a_flag_call(run_as, as_who, sifbox_cli, shared_tmp,
+                                                                          action_images: ActionImages) -> None:  # fmt: skip
+    """/etc/passwd and /etc/group are binds of files staged in the session's nosuid,nodev tmpfs:
+    the binds have those flags from their source, with no mount_setattr call of their own."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed, so a launch's mount calls can't be counted")
+    argv = [sifbox_cli, "exec", str(action_images.sif), "true"]
+    assert run_as(as_who, argv, env=env_for(as_who), timeout=LAUNCH_TIMEOUT).returncode == 0  # the node mount
+    out = shared_tmp / f"trace-staged-{as_who.name}"
+    proc = run_as(as_who, [strace, "-f", "-qq", "-o", str(out), "-e", "trace=mount_setattr", sifbox_cli, "exec",
+                           str(action_images.sif), "cat", "/proc/self/mountinfo"], env=env_for(as_who),
+                  timeout=LAUNCH_TIMEOUT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    calls = [line for line in out.read_text().splitlines() if '/etc/passwd"' in line or '/etc/group"' in line]
+    assert not calls, calls
+    seen = {f[4]: f[5].split(",") for f in (line.split() for line in proc.stdout.splitlines()) if len(f) > 5}
+    for path in ("/etc/passwd", "/etc/group"):
+        assert {"nosuid", "nodev"} <= set(seen[path]), (path, seen.get(path))

