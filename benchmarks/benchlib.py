@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
+import tempfile
+import time
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -33,6 +36,14 @@ class UserEnv:
         self.env = {"root": {**base, "USER": "root", "LOGNAME": "root", "HOME": "/root"}}
         if self.pw is not None:
             self.env[user] = {**base, "USER": user, "LOGNAME": user, "HOME": self.pw.pw_dir}
+        # The benchmark's own runtime directory per user (XDG_RUNTIME_DIR, which sifbox honours
+        # for the node's shared mounts): its holders are its own, and stop_holders() stops
+        # them only, never those of other users or runs on the node.
+        self.runtime = {who: tempfile.mkdtemp(prefix=f"sifbox-bench-run.{who}.", dir="/tmp") for who in self.env}
+        for who, path in self.runtime.items():
+            if who != "root" and self.pw is not None:
+                os.chown(path, self.pw.pw_uid, self.pw.pw_gid)
+            self.env[who]["XDG_RUNTIME_DIR"] = path
 
     def user_problem(self) -> str | None:
         if self.runuser is None:
@@ -49,3 +60,49 @@ class UserEnv:
             raise Unavailable(problem)
         assert self.runuser is not None  # user_problem() checked it
         return [self.runuser, "-u", self.user, "--", *argv]
+
+    def stop_holders(self, wait: float = 5.0) -> int:
+        """Stop the holders of the shared mounts this benchmark started (those recorded in its
+        own runtime directories); returns how many were stopped."""
+        pids = []
+        for path in self.runtime.values():
+            state_dir = os.path.join(path, "sifbox")
+            try:
+                names = [n for n in os.listdir(state_dir) if n.endswith(".state")]
+            except OSError:
+                continue
+            for name in names:
+                try:
+                    with open(os.path.join(state_dir, name)) as f:
+                        doc = dict(line.partition(" ")[::2] for line in f.read().splitlines())
+                    pid, start = int(doc["pid"]), int(doc["starttime"])
+                except (OSError, KeyError, ValueError):
+                    continue
+                if _starttime(pid) == start:
+                    os.kill(pid, signal.SIGTERM)
+                    pids.append((pid, start))
+        deadline = time.monotonic() + wait
+        for pid, start in pids:
+            while _starttime(pid) == start:
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    break
+                time.sleep(0.01)
+        return len(pids)
+
+    def close(self) -> None:
+        """Stop this benchmark's holders and remove its runtime directories."""
+        self.stop_holders()
+        for path in self.runtime.values():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _starttime(pid: int) -> int | None:
+    """The start time of a live, non-zombie process `pid`; None if there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])

@@ -173,6 +173,7 @@ def main() -> int:
         print(f"load average at the end: {os.getloadavg()[0]:.1f}; measured in {time.perf_counter() - t0:.0f} s")
         return 0
     finally:
+        env.close()  # its own holders only (its own XDG_RUNTIME_DIR)
         if args.keep or args.workdir:
             print(f"kept {work}")
         else:

@@ -92,62 +92,65 @@ def main() -> int:
         print("launch_phases.py: strace is not installed (apt-get install strace)", file=sys.stderr)
         return 2
     users = UserEnv(args.user)
-    whos = ["root"] + ([args.user] if users.user_problem() is None else [])
-    payload = args.command[0]
-    results: dict[str, list[list[float]]] = {who: [] for who in whos}
-    floor: dict[str, list[float]] = {who: [] for who in whos}
-    errors: dict[str, str] = {}
-    for who in whos:
-        # An untraced launch first: it starts the node's shared mount (its holder and
-        # squashfuse outlive the launch, which strace must not own).
-        proc = subprocess.run(users.wrap(who, [args.sifbox, "exec", args.image, *args.command]),
-                              env=users.env[who], cwd="/", stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, check=False)  # fmt: skip
-        if proc.returncode != 0:
-            errors[who] = f"exit {proc.returncode}: {proc.stderr.decode(errors='replace')[-200:]}"
-    with tempfile.TemporaryDirectory(prefix="sifbox-phases.") as tmp:
-        out = os.path.join(tmp, "trace")
-        for round_ in range(args.runs + 2):
-            for who in whos:  # interleaved: one launch of each user per round
-                if who in errors:
-                    continue
-                argv = users.wrap(who, [args.sifbox, "exec", args.image, *args.command])
-                t = time.perf_counter()
-                subprocess.run(users.wrap(who, ["/usr/bin/python3", "-I", "-S", "-c", "pass"]),
-                               env=users.env[who], cwd="/", check=False)  # fmt: skip
-                if round_ >= 2:
-                    floor[who].append((time.perf_counter() - t) * 1000)
-                proc = subprocess.run([strace, "--seccomp-bpf", "-f", "-ttt", "-e", f"trace={CALLS}",
-                                       "-o", out, *argv], env=users.env[who], cwd="/",
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)  # fmt: skip
-                try:
-                    if proc.returncode != 0:
-                        raise Failed(f"exit {proc.returncode}: {proc.stderr.decode(errors='replace')[-200:]}")
-                    with open(out) as f:
-                        phases = parse(f.read(), args.sifbox, payload)
-                except (Failed, Unavailable, OSError) as err:
-                    errors[who] = str(err)
-                    continue
-                if round_ >= 2:
-                    results[who].append(phases)
-    print(f"sifbox exec {args.image} {' '.join(args.command)}: phases, median ms over {args.runs} traced launches")
-    print(f"  sifbox: {args.sifbox}; CPUs: {os.cpu_count()}; load average: {os.getloadavg()[0]:.2f}")
-    print()
-    print(f"{'phase':<18}" + "".join(f"{who:>14}" for who in whos))
-    print("-" * (18 + 14 * len(whos)))
-    for i, name in enumerate(PHASES):
-        cells = []
+    try:
+        whos = ["root"] + ([args.user] if users.user_problem() is None else [])
+        payload = args.command[0]
+        results: dict[str, list[list[float]]] = {who: [] for who in whos}
+        floor: dict[str, list[float]] = {who: [] for who in whos}
+        errors: dict[str, str] = {}
         for who in whos:
-            runs = results[who]
-            cells.append(f"{statistics.median(r[i] for r in runs):14.2f}" if runs else f"{'-':>14}")
-        print(f"{name:<18}" + "".join(cells))
-    totals = [f"{statistics.median(sum(r) for r in results[w]):14.2f}" if results[w] else f"{'-':>14}" for w in whos]
-    print(f"{'total (traced)':<18}" + "".join(totals))
-    floors = [f"{statistics.median(floor[w]):14.2f}" if floor[w] else f"{'-':>14}" for w in whos]
-    print(f"{'python3 -I -S':<18}" + "".join(floors) + "   (untraced; in `start -> ns`)")
-    for who, err in errors.items():
-        print(f"{who}: failed ({err})")
-    return 0
+            # An untraced launch first: it starts the node's shared mount (its holder and
+            # squashfuse outlive the launch, which strace must not own).
+            proc = subprocess.run(users.wrap(who, [args.sifbox, "exec", args.image, *args.command]),
+                                  env=users.env[who], cwd="/", stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, check=False)  # fmt: skip
+            if proc.returncode != 0:
+                errors[who] = f"exit {proc.returncode}: {proc.stderr.decode(errors='replace')[-200:]}"
+        with tempfile.TemporaryDirectory(prefix="sifbox-phases.") as tmp:
+            out = os.path.join(tmp, "trace")
+            for round_ in range(args.runs + 2):
+                for who in whos:  # interleaved: one launch of each user per round
+                    if who in errors:
+                        continue
+                    argv = users.wrap(who, [args.sifbox, "exec", args.image, *args.command])
+                    t = time.perf_counter()
+                    subprocess.run(users.wrap(who, ["/usr/bin/python3", "-I", "-S", "-c", "pass"]),
+                                   env=users.env[who], cwd="/", check=False)  # fmt: skip
+                    if round_ >= 2:
+                        floor[who].append((time.perf_counter() - t) * 1000)
+                    proc = subprocess.run([strace, "--seccomp-bpf", "-f", "-ttt", "-e", f"trace={CALLS}",
+                                           "-o", out, *argv], env=users.env[who], cwd="/",
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)  # fmt: skip
+                    try:
+                        if proc.returncode != 0:
+                            raise Failed(f"exit {proc.returncode}: {proc.stderr.decode(errors='replace')[-200:]}")
+                        with open(out) as f:
+                            phases = parse(f.read(), args.sifbox, payload)
+                    except (Failed, Unavailable, OSError) as err:
+                        errors[who] = str(err)
+                        continue
+                    if round_ >= 2:
+                        results[who].append(phases)
+        print(f"sifbox exec {args.image} {' '.join(args.command)}: phases, median ms over {args.runs} traced launches")
+        print(f"  sifbox: {args.sifbox}; CPUs: {os.cpu_count()}; load average: {os.getloadavg()[0]:.2f}")
+        print()
+        print(f"{'phase':<18}" + "".join(f"{who:>14}" for who in whos))
+        print("-" * (18 + 14 * len(whos)))
+        for i, name in enumerate(PHASES):
+            cells = []
+            for who in whos:
+                runs = results[who]
+                cells.append(f"{statistics.median(r[i] for r in runs):14.2f}" if runs else f"{'-':>14}")
+            print(f"{name:<18}" + "".join(cells))
+        totals = [f"{statistics.median(sum(r) for r in results[w]):14.2f}" if results[w] else f"{'-':>14}" for w in whos]
+        print(f"{'total (traced)':<18}" + "".join(totals))
+        floors = [f"{statistics.median(floor[w]):14.2f}" if floor[w] else f"{'-':>14}" for w in whos]
+        print(f"{'python3 -I -S':<18}" + "".join(floors) + "   (untraced; in `start -> ns`)")
+        for who, err in errors.items():
+            print(f"{who}: failed ({err})")
+        return 0
+    finally:
+        users.close()  # its own holders only (its own XDG_RUNTIME_DIR)
 
 
 if __name__ == "__main__":

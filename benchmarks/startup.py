@@ -11,8 +11,10 @@ warm-up runs, taken round-robin (one run of every row per round, so that load fr
 the machine weighs on all rows alike), and the ratio of the median to `ch-run` on the same SquashFS for the same user.
 Then --batch concurrent launches of the SIF (sifbox, through the node's shared mount and with
 --no-share) and of the SquashFS (ch-run), as root and as the user, followed by a check for
-left-over squashfuse processes, loop devices and mounts once `sifbox mounts prune --all` has
-stopped the idle holders of the shared mounts (which outlive launches by design).
+left-over squashfuse processes, loop devices and mounts once the benchmark has stopped the
+idle holders of the shared mounts it started (which outlive launches by design). Each user runs
+with its own XDG_RUNTIME_DIR under /tmp, so those holders are the benchmark's own: the holders
+of other users and runs on the node are left alone.
 
 sifbox's rows without --no-share join the node's shared mount of the image (one holder per
 user and image): after the warm-up runs, a warm launch. The --no-share rows mount the image
@@ -312,13 +314,9 @@ class Leftovers:
         return "; ".join(self.lines) + ("   <-- NOT CLEAN" if self.dirty else "")
 
 
-PRUNE: list[str] = []  # `sifbox mounts prune --all`, when sifbox is there
-
-
-def leftovers(tmp: Path, images: Images) -> Leftovers:
+def leftovers(env: Env, tmp: Path, images: Images) -> Leftovers:
     lines, dirty = [], False
-    if PRUNE:
-        subprocess.run(PRUNE, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    env.stop_holders()
     procs = squashfuse_processes()
     dirty |= bool(procs)
     lines.append(f"live squashfuse processes: {len(procs)}" + (f" {procs}" if procs else ""))
@@ -373,10 +371,10 @@ def run_batch(env: Env, batch: Batch, count: int, tmp: Path, images: Images) -> 
             log.seek(0)
             key = f"exit {code}: {last_line(log.read())}"
             batch.errors[key] = batch.errors.get(key, 0) + 1
-    batch.after = leftovers(tmp, images)
+    batch.after = leftovers(env, tmp, images)
     if batch.after.dirty:
         time.sleep(2)
-        batch.after_late = leftovers(tmp, images)
+        batch.after_late = leftovers(env, tmp, images)
 
 
 # ------------------------------------------------------------------------------- printing ---
@@ -484,8 +482,6 @@ def main() -> int:
         return 2
 
     sifbox = args.sifbox if os.access(args.sifbox, os.X_OK) else None
-    if sifbox is not None:
-        PRUNE[:] = [sifbox, "mounts", "prune", "--all"]
     chrun = shutil.which("ch-run")
     bwrap = shutil.which("bwrap")
     python3 = PY if os.access(PY, os.X_OK) else None
@@ -621,7 +617,7 @@ def main() -> int:
                 rows.append(r)
                 oci_rows[(name, who)] = r
 
-        before = leftovers(tmp, images)
+        before = leftovers(env, tmp, images)
         try:
             measure(env, rows, args.runs, args.warmup)
         finally:
@@ -635,7 +631,7 @@ def main() -> int:
             ours, theirs = oci_rows.get(("sifbox", who)), oci_rows.get(("runc", who))
             if ours is not None and theirs is not None:
                 print(f"sifbox oci run / runc run, {who}: {fmt_ratio(ours.median, theirs.median).strip()}")
-        single_done = leftovers(tmp, images)
+        single_done = leftovers(env, tmp, images)
         print(f"leftovers before the single launches: {before}")
         print(f"leftovers after the single launches:  {single_done}")
         print()
@@ -667,11 +663,12 @@ def main() -> int:
             if b.after_late is not None:
                 print(f"    2 s later: {b.after_late}")
         print()
-        final = leftovers(tmp, images)
+        final = leftovers(env, tmp, images)
         print(f"leftovers at the end: {final}")
         print(f"total time: {time.perf_counter() - t0:.0f} s")
         return 0
     finally:
+        env.close()
         if args.keep:
             print(f"kept {tmp}")
         else:

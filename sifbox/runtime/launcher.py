@@ -592,7 +592,7 @@ def _exit(status: int) -> None:
 
 def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
     from sifbox.runtime import nodemount, supervisor
-    from sifbox.runtime.sandbox import process, rootfs
+    from sifbox.runtime.sandbox import mountplan, process, rootfs
 
     spec, image = p.spec, p.spec.image
     session = rootfs.Session.open(image=image, size_mib=p.site.session_mib, slave=p.site.mount_slave,
@@ -624,7 +624,7 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
     # A build's root is written in place too, and its mount points are made in
     # it, as a build makes them; a --writable run has the mounts that fit.
     in_place = writable_sandbox and p.fixed is None
-    for warning in rootfs.apply(root, mounts, image=image, restrict=p.contained, in_place=in_place):
+    for warning in mountplan.apply(root, mounts, image=image, restrict=p.contained, in_place=in_place):
         _warn(warning)
     payload = _payload(p, root)
     if p.prepare_root is not None:
@@ -669,13 +669,13 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
 def _bound_images(p: Prepared, session) -> list:  # type: ignore[no-untyped-def,type-arg]
     """Mount the images bound with image-src= in the session; the plan's mounts
     with their "image" mounts made binds of their directories."""
-    from sifbox.runtime.sandbox import rootfs
+    from sifbox.runtime.sandbox import mountplan
 
     mounted = session.mount_data(p.data)
     if p.log:
         for d, (_, driver) in zip(p.data, mounted):
             p.log("bound image %s: %s%s", d.path, driver, "" if d.writable else ", read-only")
-    return rootfs.image_binds(p.mounts, [where for where, _ in mounted], p.data)
+    return mountplan.image_binds(p.mounts, [where for where, _ in mounted], p.data)
 
 
 def _join(p: Prepared) -> int:

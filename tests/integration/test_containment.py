@@ -141,6 +141,23 @@ def test_root_payload_cannot_change_kernel_settings(run_as, sifbox_cli, shared_t
             assert line.endswith(" 0 bytes"), line  # masked
 
 
+MASKED = ("/proc/acpi", "/proc/interrupts", "/proc/keys", "/proc/timer_list", "/proc/kcore", "/proc/scsi",
+          "/sys/firmware")  # fmt: skip
+
+
+def test_every_mask_is_a_read_only_nosuid_nodev_noexec_mount(run_as, sifbox_cli, shared_tmp,
+                                                             action_images: ActionImages) -> None:  # fmt: skip
+    # The first mask of each kind (directory, file) is made, the others bind it: each keeps its flags.
+    proc = _run(run_as, ROOT, sifbox_cli, "exec", str(action_images.sif), "cat", "/proc/self/mountinfo",
+                conf=_conf(shared_tmp))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    seen = {fields[4]: fields[5].split(",") for fields in (line.split() for line in proc.stdout.splitlines())}
+    masks = [path for path in MASKED if path in seen]
+    assert len(masks) >= 3, sorted(seen)  # interrupts, keys, timer_list are in every /proc
+    for path in masks:
+        assert {"ro", "nosuid", "nodev", "noexec"} <= set(seen[path]), (path, seen[path])
+
+
 def test_users_cannot_change_kernel_settings(run_as, test_user, sifbox_cli, shared_tmp, action_images: ActionImages) -> None:
     proc = _run(run_as, test_user, sifbox_cli, "exec", str(action_images.sif), "sh", "-c", PROBE)
     assert proc.returncode == 0, proc.stderr

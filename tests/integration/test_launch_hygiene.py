@@ -169,3 +169,71 @@ def test_nothing_is_imported_after_the_root_moves(run_as, as_who, sifbox_cli, sh
                       timeout=LAUNCH_TIMEOUT)  # fmt: skip
         assert proc.returncode == 0, (words, proc.stderr)
         assert "Traceback" not in proc.stderr and "ImportError" not in proc.stderr, proc.stderr
+
+
+# --- the mount work of a launch ---------------------------------------------------------------------
+
+
+def test_a_launch_resolves_the_container_root_once(run_as, as_who, sifbox_cli, shared_tmp,
+                                                    action_images: ActionImages) -> None:  # fmt: skip
+    """The directories above the container root are looked up once per launch, not again for
+    every mount point pinned (some 17 mounts for root, 9 for a user)."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed, so a launch's stat calls can't be counted")
+    argv = [sifbox_cli, "exec", str(action_images.sif), "true"]
+    assert run_as(as_who, argv, env=env_for(as_who), timeout=LAUNCH_TIMEOUT).returncode == 0  # the node mount
+    out = shared_tmp / f"trace-{as_who.name}"
+    proc = run_as(as_who, [strace, "-f", "-qq", "-o", str(out), "-e", "trace=chdir,newfstatat,statx,lstat,stat",
+                           *argv], env=env_for(as_who), timeout=LAUNCH_TIMEOUT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    trace = out.read_text()
+    roots = [line.split('"')[1] for line in trace.splitlines() if "chdir(" in line and line.endswith("= 0")]
+    root = next(r for r in roots if r.endswith("/root"))  # the move into it: chdir, pivot_root(".", ".")
+    parts = root.strip("/").split("/")
+    for depth in range(1, len(parts) + 1):
+        above = "/" + "/".join(parts[:depth])
+        looked_up = sum(1 for line in trace.splitlines() if "stat" in line and f'"{above}"' in line)
+        assert looked_up <= 4, (above, looked_up)
+
+
+def test_a_root_container_makes_one_mask_of_each_kind(run_as, sifbox_cli, shared_tmp,
+                                                      action_images: ActionImages) -> None:  # fmt: skip
+    """Of the masked /proc and /sys paths of a contained root container, one empty file (a bind of
+    /dev/null, then made read-only, nosuid, nodev, noexec) and one empty directory (a read-only
+    tmpfs) are made; the other masks are binds of them, which keep their flags: no more
+    mount_setattr call, no more tmpfs."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed, so a launch's mount calls can't be counted")
+    root = images.user_named("root")
+    out = shared_tmp / "trace-masks"
+    proc = run_as(root, [strace, "-f", "-qq", "-o", str(out), "-e", "trace=mount,mount_setattr", sifbox_cli,
+                         "exec", str(action_images.sif), "true"], env=env_for(root), timeout=LAUNCH_TIMEOUT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    masked = ("/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+              "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware")  # fmt: skip
+    calls = [line for line in out.read_text().splitlines() if any(f'{m}"' in line for m in masked)]
+    assert sum("mount_setattr(" in line for line in calls) <= 1, calls
+    assert sum('"tmpfs"' in line for line in calls) <= 1, calls
+
+
+def test_the_staged_passwd_and_group_are_nosuid_nodev_without_a_flag_call(run_as, as_who, sifbox_cli, shared_tmp,
+                                                                          action_images: ActionImages) -> None:  # fmt: skip
+    """/etc/passwd and /etc/group are binds of files staged in the session's nosuid,nodev tmpfs:
+    the binds have those flags from their source, with no mount_setattr call of their own."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed, so a launch's mount calls can't be counted")
+    argv = [sifbox_cli, "exec", str(action_images.sif), "true"]
+    assert run_as(as_who, argv, env=env_for(as_who), timeout=LAUNCH_TIMEOUT).returncode == 0  # the node mount
+    out = shared_tmp / f"trace-staged-{as_who.name}"
+    proc = run_as(as_who, [strace, "-f", "-qq", "-o", str(out), "-e", "trace=mount_setattr", sifbox_cli, "exec",
+                           str(action_images.sif), "cat", "/proc/self/mountinfo"], env=env_for(as_who),
+                  timeout=LAUNCH_TIMEOUT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    calls = [line for line in out.read_text().splitlines() if '/etc/passwd"' in line or '/etc/group"' in line]
+    assert not calls, calls
+    seen = {f[4]: f[5].split(",") for f in (line.split() for line in proc.stdout.splitlines()) if len(f) > 5}
+    for path in ("/etc/passwd", "/etc/group"):
+        assert {"nosuid", "nodev"} <= set(seen[path]), (path, seen.get(path))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sifbox.runtime.sandbox import rootfs
+from sifbox.runtime.sandbox import mountplan
 from sifbox.runtime.sandbox.ops import LaunchError
 from sifbox.util.paths import chase
 
@@ -18,7 +18,7 @@ def test_pin_inside_the_root(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "a" / "b").mkdir(parents=True)
     target = chase(str(root), "/a/b")
-    fd = rootfs._pin(str(root), target, "/a/b", "img")
+    fd = mountplan._pin(str(root) + "/", target, "/a/b", "img")
     try:
         assert os.readlink(f"/proc/self/fd/{fd}") == str(root / "a" / "b")
     finally:
@@ -34,12 +34,12 @@ def test_pin_refuses_a_swapped_component(tmp_path: Path) -> None:
     os.rename(root / "a", tmp_path / "old-a")
     (root / "a").symlink_to(outside)  # ...then swapped for a link out of it
     with pytest.raises(LaunchError, match="moved out of the container root"):
-        rootfs._pin(str(root), target, "/a/b", "img")
+        mountplan._pin(str(root) + "/", target, "/a/b", "img")
 
 
 def test_in_proc(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "proc" / "sys").mkdir(parents=True)
     (root / "vol").symlink_to("/proc/sys")
-    assert rootfs._in_proc(str(root), chase(str(root), "/vol"))
-    assert not rootfs._in_proc(str(root), str(root / "procfoo"))
+    assert mountplan._in_proc(str(root), chase(str(root), "/vol"))
+    assert not mountplan._in_proc(str(root), str(root / "procfoo"))
