@@ -242,6 +242,10 @@ def test_a_holder_being_started_is_in_use(state_dir: int) -> None:
         os._exit(0)
     os.close(log)
     try:
+        for _ in range(500):  # the child's stderr is the log once it has run its dup2
+            if os.readlink(f"/proc/{pid}/fd/2").endswith(f"/{key}.log"):
+                break
+            time.sleep(0.01)
         found: list[bool] = []
         pruner = threading.Thread(target=lambda: found.append(nodemount._holder_in_use(pid, os.getuid())))
         pruner.start()

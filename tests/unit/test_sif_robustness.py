@@ -267,6 +267,8 @@ def mutate(draw: st.DrawFn, image: bytes, count: int) -> bytes:
                 struct.pack_into("<q", buf, off, size + beyond)
             else:
                 (offset,) = struct.unpack_from("<q", buf, off)
+                if not -(2**63) <= size - offset + beyond < 2**63:
+                    continue  # an earlier mutation made the offset huge: no int64 reaches past it
                 struct.pack_into("<q", buf, sz, size - offset + beyond)
         else:  # truncate
             del buf[draw(st.integers(0, len(buf))) :]
