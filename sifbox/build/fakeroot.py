@@ -70,7 +70,7 @@ def run_as_root(work: Callable[[], None], *, log: Callable[..., None] | None = N
         status = 0
         report: dict[str, object] = {}
         try:
-            from sifbox.runtime.launcher import enter_fakeroot
+            from sifbox.runtime.identity import enter_fakeroot
 
             enter_fakeroot(host)
             if log:

@@ -465,6 +465,7 @@ def _add_devices(request: Request, cfg: Config, conf_path: str, spec: ContainerS
 
 def _namespaces_for(p: Prepared) -> None:
     """The namespaces to create, and the identity inside (`p.inner`)."""
+    from sifbox.runtime import identity
     from sifbox.runtime.sandbox.ops import Namespaces
     from sifbox.util.paths import which
 
@@ -474,7 +475,7 @@ def _namespaces_for(p: Prepared) -> None:
     p.inner = host._replace(uid=0, gid=0, user="root", home="/root") if fakeroot else host
     extra = {"pid": spec.pid, "ipc": spec.ipc, "uts": spec.uts, "net": spec.net, "hostname": spec.hostname}
     if fakeroot:
-        p.ns = fakeroot_namespaces(host, use_subids=p.options is None or p.options.subuid, **extra)
+        p.ns = identity.fakeroot_namespaces(host, use_subids=p.options is None or p.options.subuid, **extra)
     else:
         p.ns = Namespaces(p.userns, host.uid, host.gid, **extra)
     if p.joining is not None or not p.userns:
@@ -488,31 +489,6 @@ def _namespaces_for(p: Prepared) -> None:
             raise SifboxError(f"can't start a container from `{spec.image}`: /dev/fuse is not usable by this user",
                               hint="as root: `chmod 0666 /dev/fuse`; `sifbox doctor` checks this",
                               exit_status=ExitStatus.CANNOT_LAUNCH)  # fmt: skip
-
-
-def fakeroot_namespaces(host: Host, use_subids: bool = True, **extra: object):  # type: ignore[no-untyped-def]
-    """A user namespace in which `host`'s user is root: with the caller's
-    /etc/subuid and /etc/subgid ranges through newuidmap/newgidmap when
-    configured (unless not `use_subids`: --ignore-subuid), else root mapped to the caller alone."""
-    from sifbox.runtime import idmap
-    from sifbox.runtime.sandbox.ops import Namespaces
-    from sifbox.util.paths import which
-
-    subuid = idmap.read_subid("/etc/subuid", host.user, host.uid) if use_subids else None
-    subgid = idmap.read_subid("/etc/subgid", host.user, host.uid) if use_subids else None
-    tools = which("newuidmap"), which("newgidmap")
-    if subuid is None or subgid is None or None in tools:
-        return Namespaces(True, host.uid, host.gid, inside=0, **extra)
-    maps = (tuple(idmap.fakeroot_maps(host.uid, subuid)), tuple(idmap.fakeroot_maps(host.gid, subgid)))
-    return Namespaces(True, host.uid, host.gid, maps=maps, tools=tools, **extra)
-
-
-def enter_fakeroot(host: Host) -> None:
-    """For an unprivileged build: become root of a new user namespace (with
-    the caller's subordinate ID ranges when configured)."""
-    from sifbox.runtime.sandbox import namespaces
-
-    namespaces.enter(fakeroot_namespaces(host), image="the build")
 
 
 def _keep_fds(env: dict[str, str]) -> frozenset[int]:
@@ -591,7 +567,7 @@ def _exit(status: int) -> None:
 
 
 def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
-    from sifbox.runtime import nodemount, supervisor
+    from sifbox.runtime import identity, nodemount, supervisor
     from sifbox.runtime.sandbox import mountplan, process, rootfs
 
     spec, image = p.spec, p.spec.image
@@ -616,7 +592,7 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
         for note in session.notes:
             p.log("%s", note)
     if p.identity:
-        _identity_files(session, root, p.inner, p.cfg)
+        identity.identity_files(session, root, p.inner, p.cfg)
     if spec.dns:  # --dns: the container's own resolv.conf
         from sifbox.runtime.cni import resolv_conf
 
@@ -762,35 +738,6 @@ def _say(payload: Payload) -> int:
     if payload.message:
         sys.stderr.write(payload.message + "\n")
     return int(payload.status)
-
-
-def _identity_files(session, root: str, host: Host, cfg) -> None:  # type: ignore[no-untyped-def]
-    """/etc/passwd and /etc/group of the image, with the caller added."""
-    import grp
-
-    from sifbox.runtime.plan import merge_group, merge_passwd
-    from sifbox.runtime.sandbox.rootfs import read_text
-
-    if cfg.get_bool("config passwd"):
-        # A user's GECOS and shell, as Apptainer writes them (root's line stays the image's kind).
-        entry = _passwd_entry(host.uid) if host.uid == os.getuid() != 0 else (None, "/bin/sh")
-        session.bind_text(root, "/etc/passwd", merge_passwd(read_text(root, "/etc/passwd"), host, *entry))
-    if cfg.get_bool("config group"):
-        try:
-            group_name = grp.getgrgid(host.gid).gr_name
-        except KeyError:
-            group_name = host.user
-        session.bind_text(root, "/etc/group", merge_group(read_text(root, "/etc/group"), host, group_name))
-
-
-def _passwd_entry(uid: int) -> tuple[str | None, str]:
-    import pwd
-
-    try:
-        entry = pwd.getpwuid(uid)
-    except KeyError:
-        return None, "/bin/sh"
-    return entry.pw_gecos, entry.pw_shell or "/bin/sh"
 
 
 def _chdir(spec: ContainerSpec, host: Host, doing: str | None = None, workdir: str | None = None) -> None:
