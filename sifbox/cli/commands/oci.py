@@ -284,6 +284,10 @@ def _create(root: str, args: argparse.Namespace) -> int:
         pass
 
     def forward(sig: int, frame: object) -> None:
+        if os.getppid() != caller:
+            # the caller is gone (Slurm's `sh -c` ended by scancel's SIGTERM): no one waits for
+            # the container or can reach it; take it down rather than leave it running
+            sig = signal.SIGKILL
         try:
             os.kill(init, sig)
         except ProcessLookupError:
@@ -292,6 +296,7 @@ def _create(root: str, args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
                 signal.SIGWINCH):  # fmt: skip
         signal.signal(sig, forward)
+    caller = ocirun.guard_caller(signal.SIGHUP)
     try:
         while True:
             try:
