@@ -177,6 +177,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--interval", type=float, default=5.0, help="seconds between two (default 5)")
     s.add_argument("id", metavar="ID")
     sub.add_parser("features", help="print what this runtime supports, as JSON")
+    s = sub.add_parser("mount", help="make an OCI bundle of a SIF image, mounted (not extracted; root only)")
+    s.add_argument("image", metavar="IMAGE")
+    s.add_argument("bundle", metavar="BUNDLE", help="a new or empty directory")
+    s = sub.add_parser("umount", help="undo `sifbox oci mount` of a bundle")
+    s.add_argument("bundle", metavar="BUNDLE")
     s = sub.add_parser("spec", help="write a config.json to start a bundle from (runc's defaults)")
     s.add_argument("-b", "--bundle", default=".", help="the bundle directory (default: the current one)")
     s.add_argument("--rootless", dest="spec_rootless", action="store_true", help="for an unprivileged user")
@@ -217,6 +222,14 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     if verb == "spec":
         return _spec(args.bundle, args.spec_rootless)
+    if verb in ("mount", "umount"):
+        from sifbox.runtime import ocimount
+
+        if verb == "mount":
+            ocimount.mount(args.image, args.bundle)
+        else:
+            ocimount.umount(args.bundle)
+        return 0
     if verb == "list":
         return _list(root, args)
     if verb in ("create", "run"):
