@@ -14,9 +14,12 @@ from __future__ import annotations
 import json
 import os
 import stat
-from typing import Any
 
 from sifbox.runtime.ocistate import OciError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: The record `mount` leaves in the bundle: what `umount` may undo.
 MARK = ".sifbox-oci-mount.json"
