@@ -18,7 +18,6 @@ Everything here runs after pivot_root: no lazy imports.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -180,6 +179,8 @@ def remove_own_state(app_dir_fd: int, name: str) -> None:
         try:
             fd = os.open(f"{name}.json", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
             with os.fdopen(fd) as f:
+                import json
+
                 doc = json.loads(f.read(1 << 20))
         except (OSError, ValueError):
             return

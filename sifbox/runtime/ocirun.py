@@ -279,7 +279,7 @@ def hook_state(doc: dict[str, Any], status: str, *, inside: bool = False) -> byt
     """The state a hook reads on its stdin; its `pid` is the container's process (in the
     container's namespaces: /proc/PID/ns/net of a network hook), as the container sees it for
     a hook `inside` it (1 with a PID namespace), none once stopped (as runc)."""
-    import json
+    from sifbox.util import cjson
 
     state: dict[str, Any] = {"ociVersion": doc.get("ociVersion", "1.0.2"), "id": doc["id"], "status": status}
     pid = int(doc["init"])
@@ -294,7 +294,7 @@ def hook_state(doc: dict[str, Any], status: str, *, inside: bool = False) -> byt
     state["bundle"] = doc.get("bundle", "")
     if doc.get("annotations"):
         state["annotations"] = doc["annotations"]
-    return json.dumps(state).encode()
+    return cjson.dumps(state).encode()
 
 
 def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = None,

@@ -17,7 +17,6 @@ lines with --log-format json), besides the usual one-line error on stderr.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -197,6 +196,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _log_error(path: str, fmt: str, err: SifboxError) -> None:
+    import json
+
     from sifbox.runtime.ocistate import now_rfc3339
 
     if fmt == "json":
@@ -218,6 +219,8 @@ def _main(args: argparse.Namespace) -> int:
         raise UsageError("can't run `sifbox oci`: a command is needed", hint="see `sifbox oci --help`")
     root = os.path.abspath(args.root or ocistate.default_root())
     if verb == "features":
+        import json
+
         print(json.dumps(_features(), indent=2))
         return 0
     if verb == "spec":
@@ -241,6 +244,8 @@ def _main(args: argparse.Namespace) -> int:
         ocirun.pause(root, args.id, on=verb == "pause")
         return 0
     if verb == "state":
+        import json
+
         doc = ocistate.load(root, args.id)
         print(json.dumps(ocistate.oci_state(root, args.id, doc), indent=2))
         return 0
@@ -253,6 +258,8 @@ def _main(args: argparse.Namespace) -> int:
     if verb == "ps":
         pids = ocirun.processes(root, args.id)
         if args.format == "json":
+            import json
+
             print(json.dumps(pids))
         else:
             _ps_table(pids)
@@ -325,6 +332,8 @@ def _create(root: str, args: argparse.Namespace) -> int:
 
 def _update_limits(args: argparse.Namespace) -> object:
     """The limits of `update`'s options, or of its --resources document (linux.resources)."""
+    import json
+
     from sifbox.hpc import cgroups
 
     for name, value in vars(args).items():
@@ -357,6 +366,7 @@ def _update_limits(args: argparse.Namespace) -> object:
 
 def _events(root: str, args: argparse.Namespace) -> int:
     """runc's `events`: a stats event now (--stats), or one every --interval until the container stops."""
+    import json
     import time
 
     from sifbox.runtime import ocirun
@@ -379,6 +389,8 @@ def _events(root: str, args: argparse.Namespace) -> int:
 
 
 def _exec(root: str, args: argparse.Namespace) -> int:
+    import json
+
     from sifbox.runtime import ociexec, ocispec
 
     if args.process:
@@ -421,6 +433,8 @@ def _exec(root: str, args: argparse.Namespace) -> int:
 
 
 def _spec(bundle: str, rootless: bool) -> int:
+    import json
+
     from sifbox.runtime.ocimode import runc_spec
 
     path = os.path.join(bundle, "config.json")
@@ -437,6 +451,8 @@ def _spec(bundle: str, rootless: bool) -> int:
 
 
 def _list(root: str, args: argparse.Namespace) -> int:
+    import json
+
     from sifbox.runtime import ocistate
 
     states = []
