@@ -279,7 +279,7 @@ def hook_state(doc: dict[str, Any], status: str, *, inside: bool = False) -> byt
     """The state a hook reads on its stdin; its `pid` is the container's process (in the
     container's namespaces: /proc/PID/ns/net of a network hook), as the container sees it for
     a hook `inside` it (1 with a PID namespace), none once stopped (as runc)."""
-    import json
+    from sifbox.util import cjson
 
     state: dict[str, Any] = {"ociVersion": doc.get("ociVersion", "1.0.2"), "id": doc["id"], "status": status}
     pid = int(doc["init"])
@@ -294,7 +294,7 @@ def hook_state(doc: dict[str, Any], status: str, *, inside: bool = False) -> byt
     state["bundle"] = doc.get("bundle", "")
     if doc.get("annotations"):
         state["annotations"] = doc["annotations"]
-    return json.dumps(state).encode()
+    return cjson.dumps(state).encode()
 
 
 def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = None,
@@ -345,12 +345,13 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
         proc_fd = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         sys.stdout.flush()
         sys.stderr.flush()
+        parent = os.getpid()
         child = os.fork()
         if child == 0:
             ours.close()
             chans = Channels(listener.fileno(), theirs.fileno(), console.fileno() if console else -1,
                              os.dup(2), immediate=not parked, hooks=ocihooks.of_kind(b.hooks, "startContainer"))  # fmt: skip
-            _watcher(p, chans, log_fd, proc_fd, detach)
+            _watcher(p, chans, log_fd, proc_fd, detach, parent)
         theirs.close()
         listener.close()
         os.close(log_fd)
@@ -445,7 +446,7 @@ def reap(pid: int) -> int:
             return 255
 
 
-def _watcher(p: Any, chans: Channels, log_fd: int, proc_fd: int, detach: bool) -> None:
+def _watcher(p: Any, chans: Channels, log_fd: int, proc_fd: int, detach: bool, parent: int) -> None:
     """The first child of create: detach (create), then run the launcher with
     `park` as its hold; when the container ends, kill what is left in its mount
     namespace and reap. Never returns."""
@@ -458,6 +459,12 @@ def _watcher(p: Any, chans: Channels, log_fd: int, proc_fd: int, detach: bool) -
             os.setsid()
             if os.fork() != 0:
                 os._exit(0)
+        else:
+            # run: the container ends with the `sifbox oci run` that waits for it (SIGKILLed by
+            # Slurm at the end of a step, say): nothing of it outlives its caller
+            sc.set_parent_death_signal(signal.SIGKILL)
+            if os.getppid() != parent:
+                os._exit(status)
         sc.set_child_subreaper()
         os.write(chans.notify, b"watcher")
         os.dup2(log_fd, 2)  # errors while creating: read back by create
@@ -501,6 +508,16 @@ def _watcher(p: Any, chans: Channels, log_fd: int, proc_fd: int, detach: bool) -
             os._exit(status)
 
 
+def guard_caller(sig: int) -> int:
+    """Have `sig` sent to this process when its parent ends; return that parent's pid,
+    for the handler to tell an orphaned run (`os.getppid()` changed) from a signal."""
+    parent = os.getppid()
+    sc.set_parent_death_signal(sig)
+    if os.getppid() != parent:  # ended already
+        os.kill(os.getpid(), sig)
+    return parent
+
+
 def die_by(sig: int) -> None:
     """End as the payload ended, by signal `sig` (128+N: a payload that exits with
     such a status itself can't be told apart), as runc's init does for its waiter."""
@@ -533,6 +550,9 @@ def _park(start: Callable[[], None] | None, tramp: Trampoline | None, name: str,
         err = 2 if not os.path.exists(name) else 13
         raise exec_error(name, err)  # found now, at create, as runc finds it
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # the payload ends with its watcher (its parent), as runc's init ends with its parent:
+    # set here, after the identity change that would clear it (the trampoline keeps it)
+    sc.set_parent_death_signal(signal.SIGKILL)
     _payload(start, chans)
     return 127
 

@@ -157,12 +157,12 @@ def _id_maps(doc: Any, key: str) -> tuple[tuple[int, int, int], ...]:
 
 def load(bundle: str) -> Bundle:
     """Read BUNDLE/config.json."""
-    import json
+    from sifbox.util import cjson
 
     path = os.path.abspath(bundle)
     try:
         with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-            doc = json.loads(f.read(16 << 20))
+            doc = cjson.loads(f.read(16 << 20))
     except OSError as err:
         raise ConfigError(f"can't read `{path}/config.json`: {err.strerror}",
                           hint="a bundle is a directory with config.json and a root file system; "

@@ -14,9 +14,9 @@ process is gone (its start time tells a reused pid apart).
 
 from __future__ import annotations
 
-import json
 import os
 
+from sifbox.util import cjson
 from sifbox.util.errors import SifboxError
 
 TYPE_CHECKING = False
@@ -99,7 +99,7 @@ def write(root: str, cid: str, doc: dict[str, Any]) -> None:
     tmp = os.path.join(path, STATE_FILE + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"version": VERSION, **doc}, f)
+        f.write(cjson.dumps({"version": VERSION, **doc}))
     os.rename(tmp, os.path.join(path, STATE_FILE))
 
 
@@ -108,7 +108,7 @@ def load(root: str, cid: str) -> dict[str, Any]:
     check_root(root)
     try:
         with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
-            doc = json.load(f)
+            doc = cjson.loads(f.read(16 << 20))
     except FileNotFoundError:
         raise OciError(f"can't find container `{cid}`: container does not exist",
                        hint="`sifbox oci list` lists the containers") from None  # fmt: skip

@@ -178,6 +178,7 @@ SlurmctldLogFile={base / "log" / "slurmctld.log"}
 SlurmdLogFile={base / "log" / "slurmd.log"}
 Epilog={epilog}
 ProctrackType=proctrack/linuxproc
+KillWait=2
 TaskPlugin=task/none
 MpiDefault=pmix
 JobAcctGatherType=jobacct_gather/none

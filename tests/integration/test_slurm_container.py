@@ -6,16 +6,19 @@ that `rootfs` links to (or, for root, the image extracted to a directory); the
 task runs `mpirun` inside its container (Slurm 22.05 starts one task per node with
 --container), whose 4 ranks complete the ring. Slurm's step environment reaches the
 container, the exit status passes through, the container's state is gone once the step ends,
-and a user can't run a bundle that would make them root on the host.
+a user can't run a bundle that would make them root on the host, and scancel ends a container
+whose PID 1 ignores SIGTERM (nothing of it is left, not even its state).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -139,3 +142,63 @@ def test_srun_container_user_cannot_be_host_root(oci_slurm: SlurmCluster, bundle
     assert "sifbox: error: can't create a rootless container" in proc.stderr, proc.stderr
     assert proc.stdout == ""
     assert not (bundles["root"] / "rootfs" / "proof").exists()
+
+
+def _pids_of(cmdline: bytes) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if f.read() == cmdline:
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.parametrize("recipe", ["shipped", "no-exec"])
+def test_srun_container_scancel_ends_everything(oci_slurm: SlurmCluster, bundles: dict[str, Path], as_who,
+                                                sifbox_cli: str, recipe: str) -> None:  # fmt: skip
+    """`sleep` as PID 1 of its PID namespace ignores SIGTERM: after scancel, Slurm's SIGKILL (or
+    sifbox, once the task's shell is gone) must still reach it; no container process and no
+    state are left. `no-exec`: an oci.conf whose RunTimeRun lacks the `exec` (the shell ends at
+    the SIGTERM, and the run it orphans left the container running)."""
+    bundle = bundles["root" if as_who.is_root else "user"]
+    conf = oci_slurm.base / "oci.conf"
+    shipped = conf.read_text()
+    if recipe == "no-exec":
+        conf.write_text(shipped.replace('RunTimeRun="exec ', 'RunTimeRun="'))
+    name = f"sifbox-cancel-{recipe}-{as_who.name}"
+    seconds = "4321" if as_who.is_root else "4322"
+    argv = ["srun", f"--container={bundle}", "-n", "1", "--mpi=none", "-J", name, "sleep", seconds]
+    if not as_who.is_root:
+        argv = ["runuser", "-u", as_who.name, "--", *argv]
+    env = oci_slurm.env(as_who)
+    srun = subprocess.Popen(argv, env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    payload = f"sleep\0{seconds}\0".encode()
+    try:
+        job = ""
+        deadline = time.monotonic() + TIMEOUT
+        while not (job and _pids_of(payload)):
+            assert srun.poll() is None and time.monotonic() < deadline, "the container did not start"
+            job = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True,
+                                 env=env, check=False).stdout.strip()  # fmt: skip
+            time.sleep(0.2)
+        assert [s for s in _states(as_who) if f".{job}." in s]
+        cancel = subprocess.run(["scancel", job], capture_output=True, text=True, env=env, check=False)
+        assert cancel.returncode == 0, cancel.stderr
+        _, err = srun.communicate(timeout=TIMEOUT)
+        deadline = time.monotonic() + 30  # the step's clean-up, after srun has returned
+        while (_pids_of(payload) or [s for s in _states(as_who) if f".{job}." in s]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _pids_of(payload), f"the container outlived scancel: {err}"
+        assert not [s for s in _states(as_who) if f".{job}." in s], "the container's state outlived scancel"
+    finally:
+        conf.write_text(shipped)
+        if srun.poll() is None:
+            srun.kill()
+            srun.wait()
+        for pid in _pids_of(payload):
+            os.kill(pid, 9)

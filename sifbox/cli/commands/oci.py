@@ -17,7 +17,6 @@ lines with --log-format json), besides the usual one-line error on stderr.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -177,6 +176,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--interval", type=float, default=5.0, help="seconds between two (default 5)")
     s.add_argument("id", metavar="ID")
     sub.add_parser("features", help="print what this runtime supports, as JSON")
+    s = sub.add_parser("mount", help="make an OCI bundle of a SIF image, mounted (not extracted; root only)")
+    s.add_argument("image", metavar="IMAGE")
+    s.add_argument("bundle", metavar="BUNDLE", help="a new or empty directory")
+    s = sub.add_parser("umount", help="undo `sifbox oci mount` of a bundle")
+    s.add_argument("bundle", metavar="BUNDLE")
     s = sub.add_parser("spec", help="write a config.json to start a bundle from (runc's defaults)")
     s.add_argument("-b", "--bundle", default=".", help="the bundle directory (default: the current one)")
     s.add_argument("--rootless", dest="spec_rootless", action="store_true", help="for an unprivileged user")
@@ -192,6 +196,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _log_error(path: str, fmt: str, err: SifboxError) -> None:
+    import json
+
     from sifbox.runtime.ocistate import now_rfc3339
 
     if fmt == "json":
@@ -213,10 +219,20 @@ def _main(args: argparse.Namespace) -> int:
         raise UsageError("can't run `sifbox oci`: a command is needed", hint="see `sifbox oci --help`")
     root = os.path.abspath(args.root or ocistate.default_root())
     if verb == "features":
+        import json
+
         print(json.dumps(_features(), indent=2))
         return 0
     if verb == "spec":
         return _spec(args.bundle, args.spec_rootless)
+    if verb in ("mount", "umount"):
+        from sifbox.runtime import ocimount
+
+        if verb == "mount":
+            ocimount.mount(args.image, args.bundle)
+        else:
+            ocimount.umount(args.bundle)
+        return 0
     if verb == "list":
         return _list(root, args)
     if verb in ("create", "run"):
@@ -228,6 +244,8 @@ def _main(args: argparse.Namespace) -> int:
         ocirun.pause(root, args.id, on=verb == "pause")
         return 0
     if verb == "state":
+        import json
+
         doc = ocistate.load(root, args.id)
         print(json.dumps(ocistate.oci_state(root, args.id, doc), indent=2))
         return 0
@@ -240,6 +258,8 @@ def _main(args: argparse.Namespace) -> int:
     if verb == "ps":
         pids = ocirun.processes(root, args.id)
         if args.format == "json":
+            import json
+
             print(json.dumps(pids))
         else:
             _ps_table(pids)
@@ -284,6 +304,10 @@ def _create(root: str, args: argparse.Namespace) -> int:
         pass
 
     def forward(sig: int, frame: object) -> None:
+        if os.getppid() != caller:
+            # the caller is gone (Slurm's `sh -c` ended by scancel's SIGTERM): no one waits for
+            # the container or can reach it; take it down rather than leave it running
+            sig = signal.SIGKILL
         try:
             os.kill(init, sig)
         except ProcessLookupError:
@@ -292,6 +316,7 @@ def _create(root: str, args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
                 signal.SIGWINCH):  # fmt: skip
         signal.signal(sig, forward)
+    caller = ocirun.guard_caller(signal.SIGHUP)
     try:
         while True:
             try:
@@ -307,6 +332,8 @@ def _create(root: str, args: argparse.Namespace) -> int:
 
 def _update_limits(args: argparse.Namespace) -> object:
     """The limits of `update`'s options, or of its --resources document (linux.resources)."""
+    import json
+
     from sifbox.hpc import cgroups
 
     for name, value in vars(args).items():
@@ -339,6 +366,7 @@ def _update_limits(args: argparse.Namespace) -> object:
 
 def _events(root: str, args: argparse.Namespace) -> int:
     """runc's `events`: a stats event now (--stats), or one every --interval until the container stops."""
+    import json
     import time
 
     from sifbox.runtime import ocirun
@@ -361,6 +389,8 @@ def _events(root: str, args: argparse.Namespace) -> int:
 
 
 def _exec(root: str, args: argparse.Namespace) -> int:
+    import json
+
     from sifbox.runtime import ociexec, ocispec
 
     if args.process:
@@ -403,6 +433,8 @@ def _exec(root: str, args: argparse.Namespace) -> int:
 
 
 def _spec(bundle: str, rootless: bool) -> int:
+    import json
+
     from sifbox.runtime.ocimode import runc_spec
 
     path = os.path.join(bundle, "config.json")
@@ -419,6 +451,8 @@ def _spec(bundle: str, rootless: bool) -> int:
 
 
 def _list(root: str, args: argparse.Namespace) -> int:
+    import json
+
     from sifbox.runtime import ocistate
 
     states = []
