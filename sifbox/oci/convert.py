@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import BinaryIO, Protocol
 
 from sifbox.oci import imageconfig
-from sifbox.oci.layers import DIR, LayerError, Merger, iter_members, open_layer, open_tar, write_merged
+from sifbox.oci.layers import DIR, LayerError, Merger, grow_pipe, iter_members, open_layer, open_tar, write_merged
 from sifbox.oci.layout import SQUASHFS_LAYER, Image
 from sifbox.util.errors import SifboxError, describe_os_error
 
@@ -185,6 +185,7 @@ def _feed_tar2sqfs(argv: list[str], errfile: BinaryIO, feed: Callable[[BinaryIO]
     On any failure of `feed` (or Ctrl-C), tar2sqfs is killed and the failure re-raised."""
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=errfile, stderr=errfile)
     assert proc.stdin is not None
+    grow_pipe(proc.stdin.fileno())
     failure: BaseException | None = None
     try:
         feed(proc.stdin)  # type: ignore[arg-type]
