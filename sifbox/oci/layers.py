@@ -601,6 +601,13 @@ def _seconds(mtime: float) -> int:
     return int(mtime) if math.isfinite(mtime) else 0
 
 
+def strip_member(m: tarfile.TarInfo) -> tarfile.TarInfo:
+    """A compact copy of a header that pass 1 can take later in place of `m`."""
+    t = _strip(m)
+    t.size, t.offset_data, t.sparse = m.size, m.offset_data, m.sparse
+    return t
+
+
 def _strip(m: tarfile.TarInfo) -> tarfile.TarInfo:
     """A compact copy of a header: no buffers, only xattr PAX records."""
     t = tarfile.TarInfo(m.name)
