@@ -12,7 +12,9 @@ failed scan: it stops feeding it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import io
 import os
 import tarfile
@@ -33,6 +35,7 @@ class Prescan:
     """The headers of one layer blob, read from a copy of its download stream."""
 
     def __init__(self, digest: str, size: int):
+        _reap_at_exit()
         self.digest = digest
         self.size = size
         self.members: list[tarfile.TarInfo] = []
@@ -125,6 +128,13 @@ def take(layer: Layer) -> list[tarfile.TarInfo] | None:
     with _lock:
         scan = _scans.pop(layer.digest, None)
     return scan.result(layer) if scan is not None else None
+
+
+@functools.cache
+def _reap_at_exit() -> None:
+    """A pull that fails after some layers downloaded (or finds the image converted by now)
+    leaves scans nobody takes: their threads and decompressors end before sifbox does."""
+    atexit.register(discard)
 
 
 def discard() -> None:
