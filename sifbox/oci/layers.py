@@ -52,7 +52,7 @@ class LayerError(SifboxError):
 
 # -- decompression ------------------------------------------------------------------------
 class _GzipReader(io.RawIOBase):
-    """gzip (possibly several members) decompressed in-process."""
+    """gzip (possibly several members) decompressed in-process, where `igzip` is missing."""
 
     def __init__(self, raw: BinaryIO):
         self._raw = raw
