@@ -348,7 +348,8 @@ def main() -> int:
             print(f"{label:<42} {row['total']:>8.1f} {row['cpu']:>8.1f} {row['peak'] / mb:>16.0f} {row['out'] / mb:>8.0f}")
         print("-" * 87)
         for label, row in rows[1:]:
-            print(f"{'ratio incumbent / ' + label.split(' (')[0]:<42} {inc['total'] / row['total']:>7.2f}x "
+            short = label.split(" (")[0].removeprefix("sifbox ")
+            print(f"{'ratio incumbent / ' + short:<42} {inc['total'] / row['total']:>7.2f}x "
                   f"{inc['cpu'] / row['cpu']:>7.2f}x {inc['peak'] / max(1, row['peak']):>15.2f}x")  # fmt: skip
         print(f"{'sifbox peak scratch / compressed image':<42} {'':>17} {s['peak'] / compressed:>15.2f}x")
         print(f"{'  with --disable-cache':<42} {'':>17} {nc['peak'] / compressed:>15.2f}x")
