@@ -2,12 +2,12 @@
 into the cache, so that the conversion after the download starts at pass 2.
 
 A download hands each chunk of a layer blob to its `Prescan`, which pipes it to a thread
-that decompresses the stream and keeps the headers (as pass 1 would, with the data offsets)
-The result is used only when the download verified the blob's digest (a registry's layers
-have no uncompressed digest that pass 1 would check; a layer that has one is read again); anything
-else (a resumed or failed download, a blob that is not a tar, a scan that fails) drops it,
-and the conversion reads the layer from the cache as before. The download never waits on a
-failed scan: it stops feeding it.
+that decompresses the stream and keeps the headers, as pass 1 would (with the data offsets).
+The result is used only when the download verified the blob's digest and the whole blob
+decoded (a registry's layers have no uncompressed digest that pass 1 would check; a layer
+that has one is read again). Anything else (a resumed download that started over, a failed
+one, a blob that is not a tar, a scan that fails) drops it, and the conversion reads the
+layer from the cache as before. The download never waits on a failed scan: it stops feeding it.
 """
 
 from __future__ import annotations
