@@ -5,9 +5,9 @@ pipeline the incumbents use (`skopeo copy` + `umoci unpack` + `mksquashfs` + SIF
                                          [--layers 5] [--runs 1] [--keep] [--sifbox PATH]
 
 Run as root. Generates (once; reused from WORKDIR with --keep) a multi-layer OCI image of about
-SIZE-MB uncompressed from this machine's /usr (regular files, symlinks, hard links), plus a last
-layer with whiteouts and an opaque directory; each layer tar is added with `umoci raw add-layer`
-(gzip). It is pushed to a registry (Debian's docker-registry, started on 127.0.0.1 by this script
+SIZE-MB uncompressed: a layer of big files (random, and repetitive text), layers of this machine's
+/usr (regular files of mixed sizes, symlinks, hard links), and a last layer with whiteouts and an
+opaque directory; each layer tar is added with `umoci raw add-layer` (gzip). It is pushed to a registry (Debian's docker-registry, started on 127.0.0.1 by this script
 and stopped at the end; `--source layout` reads the local layout instead). Then:
 
     sifbox      sifbox pull OUT.sif docker://127.0.0.1:PORT/bench:TAG   (zstd level 3, all CPUs;
@@ -19,7 +19,8 @@ and stopped at the end; `--source layout` reads the local layout instead). Then:
 
 Wall time is measured per step; peak scratch disk is the largest disk use of the run's scratch
 directory at the end of any step (everything a step leaves is still there then), minus the output
-SIF. For sifbox that is its cache (the compressed blobs and the converted SIF it keeps for the
+SIF; CPU is the user + system time of every process of the pipeline (what counts on a machine
+that other work keeps busy); each column is the median of interleaved rounds (`--runs`). For sifbox that is its cache (the compressed blobs and the converted SIF it keeps for the
 next pull); a third row pulls with --disable-cache, whose only scratch is the blobs, and a fourth
 with --oci (an OCI-SIF: the same stream into one SquashFS layer, wrapped as SingularityCE's layout;
 blobs cached, the OCI-SIF not). Prints a table with the ratios; never asserts. Standard library only.
@@ -48,10 +49,22 @@ def log(msg: str) -> None:
     print(f"# {msg}", file=sys.stderr, flush=True)
 
 
+#: CPU seconds (user + system) of every command `run` ran, summed: a pipeline's CPU cost
+CPU = [0.0]
+
+
+def _children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run(argv: list[str], **kw: object) -> float:
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), _children_cpu()
     proc = subprocess.run(argv, capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload]
     dt = time.monotonic() - t0
+    CPU[0] += _children_cpu() - c0
     if proc.returncode != 0:
         raise Failed(f"{' '.join(argv[:3])}...: status {proc.returncode}: {proc.stderr.strip()[-300:]}")
     return dt
@@ -124,13 +137,27 @@ def make_image(workdir: Path, size_mb: int, layers: int) -> Path:
     log(f"generating a {size_mb} MB image in {layers} layers at {lay} (once)")
     run(["umoci", "init", "--layout", str(lay)])
     run(["umoci", "new", "--image", f"{lay}:{TAG}"])
-    files = _pick_files(size_mb << 20)
-    per = max(1, len(files) // max(1, layers - 1))
-    for i in range(layers - 1):
-        chunk = files[i * per : (i + 1) * per] if i < layers - 2 else files[i * per :]
+    big = min(size_mb // 8, 128)  # MB of big files: half random (incompressible), half text
+    files = _pick_files((size_mb - big) << 20)
+    per = max(1, len(files) // max(1, layers - 2))
+    tar = workdir / "big.tar"
+    with tarfile.open(tar, "w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in (("opt/big/random.bin", os.urandom(big << 19)),
+                           ("opt/big/log.txt", b"".join(b"%08d INFO request served in %d ms from node%02d\n"
+                                                        % (i, i % 997, i % 64) for i in range((big << 19) // 50)))):  # fmt: skip
+            t = tarfile.TarInfo(name)
+            t.size, t.mode, t.mtime = len(data), 0o644, 1_700_000_000
+            import io
+
+            tf.addfile(t, io.BytesIO(data))
+    run(["umoci", "raw", "add-layer", "--image", f"{lay}:{TAG}", str(tar)])
+    log(f"layer 1: big files, {tar.stat().st_size >> 20} MB")
+    tar.unlink()
+    for i in range(layers - 2):
+        chunk = files[i * per : (i + 1) * per] if i < layers - 3 else files[i * per :]
         tar = workdir / f"layer{i}.tar"
         _layer_tar(chunk, tar)
-        log(f"layer {i + 1}: {len(chunk)} entries, {tar.stat().st_size >> 20} MB")
+        log(f"layer {i + 2}: {len(chunk)} entries, {tar.stat().st_size >> 20} MB")
         run(["umoci", "raw", "add-layer", "--image", f"{lay}:{TAG}", str(tar)])
         tar.unlink()
     # last layer: whiteouts of a few directories, an opaque directory, changed files
@@ -284,6 +311,7 @@ def main() -> int:
             log(f"pushing the image to the registry at {registry.host}")
             run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{lay}:{TAG}", f"docker://{src}"])
         results: dict[str, list[dict[str, float]]] = {"sifbox": [], "nocache": [], "oci": [], "incumbent": []}
+        load0 = f"{os.getloadavg()[0]:.1f}"
         for r in range(args.runs):
             for name, fn in (("incumbent", bench_incumbent), ("sifbox", bench_sifbox),
                              ("nocache", bench_sifbox_nocache), ("oci", bench_sifbox_oci)):  # fmt: skip
@@ -292,39 +320,40 @@ def main() -> int:
                 scratch.mkdir()
                 subprocess.run(["sync"], check=False)
                 log(f"run {r + 1}/{args.runs}: {name}")
+                CPU[0] = 0.0
                 try:
                     results[name].append(fn(args.sifbox, src, scratch))
+                    results[name][-1]["cpu"] = CPU[0]
                 except (Failed, Unavailable) as err:
                     print(f"{name}: failed ({err})", file=sys.stderr)
                     return 1
                 finally:
                     shutil.rmtree(scratch, ignore_errors=True)
-        best = {k: min(v, key=lambda x: x["total"]) for k, v in results.items()}
+        import statistics
+
+        # medians of the interleaved rounds, each column on its own
+        best = {k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in results.items()}
         s, inc, nc, oc = best["sifbox"], best["incumbent"], best["nocache"], best["oci"]
         mb = 1 << 20
         print(f"\nOCI image -> SIF from the {args.source}, {args.size_mb} MB uncompressed, {args.layers} layers, "
-              f"{compressed / mb:.0f} MB compressed (gzip); {os.cpu_count()} CPUs; best of {args.runs}\n")  # fmt: skip
-        print(f"{'pipeline':<42} {'wall s':>8} {'peak scratch MB':>16} {'SIF MB':>8}")
-        print("-" * 78)
+              f"{compressed / mb:.0f} MB compressed (gzip); {os.cpu_count()} CPUs; median of {args.runs} "
+              f"interleaved rounds; load average {load0} before, {os.getloadavg()[0]:.1f} after\n")  # fmt: skip
+        print(f"{'pipeline':<42} {'wall s':>8} {'CPU s':>8} {'peak scratch MB':>16} {'SIF MB':>8}")
+        print("-" * 87)
         for step in ("skopeo copy", "umoci unpack", "mksquashfs", "sif wrap"):
             print(f"  incumbent: {step:<29} {inc[step]:>8.1f}")
-        print(f"{'incumbent (skopeo+umoci+mksquashfs+sif)':<42} {inc['total']:>8.1f} {inc['peak'] / mb:>16.0f} "
-              f"{inc['out'] / mb:>8.0f}")  # fmt: skip
-        print(f"{'sifbox pull (streamed into tar2sqfs)':<42} {s['total']:>8.1f} {s['peak'] / mb:>16.0f} "
-              f"{s['out'] / mb:>8.0f}")  # fmt: skip
-        print(f"{'sifbox pull --disable-cache':<42} {nc['total']:>8.1f} {nc['peak'] / mb:>16.0f} "
-              f"{nc['out'] / mb:>8.0f}")  # fmt: skip
-        print(f"{'sifbox pull --oci (OCI-SIF)':<42} {oc['total']:>8.1f} {oc['peak'] / mb:>16.0f} "
-              f"{oc['out'] / mb:>8.0f}")  # fmt: skip
-        print("-" * 78)
-        print(f"{'ratio incumbent / sifbox':<42} {inc['total'] / s['total']:>7.2f}x "
-              f"{inc['peak'] / max(1, s['peak']):>15.2f}x")  # fmt: skip
-        print(f"{'ratio incumbent / sifbox --disable-cache':<42} {inc['total'] / nc['total']:>7.2f}x "
-              f"{inc['peak'] / max(1, nc['peak']):>15.2f}x")  # fmt: skip
-        print(f"{'ratio incumbent / sifbox --oci':<42} {inc['total'] / oc['total']:>7.2f}x "
-              f"{inc['peak'] / max(1, oc['peak']):>15.2f}x")  # fmt: skip
-        print(f"{'sifbox peak scratch / compressed image':<42} {'':>8} {s['peak'] / compressed:>15.2f}x")
-        print(f"{'  with --disable-cache':<42} {'':>8} {nc['peak'] / compressed:>15.2f}x")
+        rows = (("incumbent (skopeo+umoci+mksquashfs+sif)", inc), ("sifbox pull (streamed into tar2sqfs)", s),
+                ("sifbox pull --disable-cache", nc), ("sifbox pull --oci (OCI-SIF)", oc))  # fmt: skip
+        for label, row in rows:
+            print(f"{label:<42} {row['total']:>8.1f} {row['cpu']:>8.1f} {row['peak'] / mb:>16.0f} {row['out'] / mb:>8.0f}")
+        print("-" * 87)
+        for label, row in rows[1:]:
+            short = label.split(" (")[0].removeprefix("sifbox ")
+            print(f"{'ratio incumbent / ' + short:<42} {inc['total'] / row['total']:>7.2f}x "
+                  f"{inc['cpu'] / row['cpu']:>7.2f}x {inc['peak'] / max(1, row['peak']):>15.2f}x")  # fmt: skip
+        print(f"{'sifbox peak scratch / compressed image':<42} {'':>17} {s['peak'] / compressed:>15.2f}x")
+        print(f"{'  with --disable-cache':<42} {'':>17} {nc['peak'] / compressed:>15.2f}x")
+        print(f"{'  with --oci':<42} {'':>17} {oc['peak'] / compressed:>15.2f}x")
     finally:
         if registry is not None:
             registry.stop()

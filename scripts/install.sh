@@ -20,7 +20,7 @@ UDEV_RULE=/etc/udev/rules.d/99-sifbox-fuse.rules
 COMPLETION=/usr/share/bash-completion/completions/sifbox
 PACKAGES=(
     python3 python3-venv squashfs-tools squashfuse fuse3 busybox-static uidmap siftool debootstrap
-    squashfs-tools-ng bash-completion fuse-overlayfs gnupg gpgv sqv fuse2fs zstd skopeo umoci
+    squashfs-tools-ng bash-completion fuse-overlayfs gnupg gpgv sqv fuse2fs zstd isal skopeo umoci
     docker-registry apache2-utils openssl charliecloud-runtime bubblewrap gocryptfs sks
     slurm-wlm munge openmpi-bin libopenmpi-dev mpich libmpich-dev gcc
     runc containerd python3-seccomp containernetworking-plugins nftables python3-pyfuse3

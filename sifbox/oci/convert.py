@@ -32,8 +32,8 @@ import uuid
 from collections.abc import Callable
 from typing import BinaryIO, Protocol
 
-from sifbox.oci import imageconfig
-from sifbox.oci.layers import DIR, LayerError, Merger, iter_members, open_layer, open_tar, write_merged
+from sifbox.oci import imageconfig, prescan
+from sifbox.oci.layers import DIR, LayerError, Merger, grow_pipe, iter_members, open_layer, open_tar, write_merged
 from sifbox.oci.layout import SQUASHFS_LAYER, Image
 from sifbox.util.errors import SifboxError, describe_os_error
 
@@ -95,6 +95,10 @@ def merge_plan(img: Image, *, source: str, epoch: int, warn: Callable[[str], Non
     merger = Merger(warn)
     n = len(img.layers)
     for i in range(n):
+        scanned = prescan.take(img.layers[i])
+        if scanned is not None:  # read while it downloaded
+            merger.add_layer(i, scanned, f"layer {i + 1}")
+            continue
         step(f"Reading layer {i + 1}/{n} ({img.layers[i].label})", img.layers[i].size)
         what = f"layer {i + 1} of `{img.source}`"
         with open_layer(img, i) as stream:
@@ -185,6 +189,7 @@ def _feed_tar2sqfs(argv: list[str], errfile: BinaryIO, feed: Callable[[BinaryIO]
     On any failure of `feed` (or Ctrl-C), tar2sqfs is killed and the failure re-raised."""
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=errfile, stderr=errfile)
     assert proc.stdin is not None
+    grow_pipe(proc.stdin.fileno())
     failure: BaseException | None = None
     try:
         feed(proc.stdin)  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ is one bar for all blobs on a terminal, plain step lines otherwise, nothing with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -14,7 +15,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sifbox.oci import prescan
 from sifbox.oci.cache import BlobWriter, Cache
+from sifbox.oci.prescan import Prescan
 
 if TYPE_CHECKING:
     from sifbox.oci.registry import RegistryClient
@@ -79,12 +82,15 @@ class _Progress:
 
 
 class _TrackedWriter:
-    """A BlobWriter that reports progress and stops when the pull is given up."""
+    """A BlobWriter that reports progress, hands each chunk to the layer's scan (pass 1 of the
+    conversion, see `sifbox.oci.prescan`) and stops when the pull is given up."""
 
-    def __init__(self, writer: BlobWriter, progress: _Progress, stop: threading.Event):
+    def __init__(self, writer: BlobWriter, progress: _Progress, stop: threading.Event,
+                 scan: Prescan | None = None):  # fmt: skip
         self.writer = writer
         self.progress = progress
         self.stop = stop
+        self.scan = scan
 
     @property
     def size(self) -> int:
@@ -93,12 +99,23 @@ class _TrackedWriter:
     def truncate(self) -> None:
         self.progress.add(-self.writer.size)
         self.writer.truncate()
+        if self.scan is not None:
+            self.scan.abandon()  # it has seen bytes the blob will not have
 
     def write(self, data: bytes) -> None:
         if self.stop.is_set():
             raise _Stopped
         self.writer.write(data)
+        if self.scan is not None:
+            self.scan.write(data)
         self.progress.add(len(data))
+
+
+def _scan(label: str, digest: str, size: int) -> contextlib.AbstractContextManager[Prescan | None]:
+    """Layers are scanned while they download; the config and manifests are not."""
+    if label != "blob" or size <= 0:
+        return contextlib.nullcontext()
+    return prescan.scanning(digest, size)
 
 
 def _ensure_blob(
@@ -123,8 +140,8 @@ def _ensure_blob(
                     return found
                 if not progress.enabled:
                     _log(f"Copying {label} {short}")
-                with cache.blob_writer(digest) as writer:
-                    tracked = _TrackedWriter(writer, progress, stop)
+                with cache.blob_writer(digest) as writer, _scan(label, digest, size) as scan:
+                    tracked = _TrackedWriter(writer, progress, stop, scan)
                     client.download_blob(digest, size, tracked)  # type: ignore[arg-type]
                     return writer.commit()
         if stop.is_set():

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import io
 import math
+import os
 import shutil
 import subprocess
 import tarfile
@@ -51,7 +52,7 @@ class LayerError(SifboxError):
 
 # -- decompression ------------------------------------------------------------------------
 class _GzipReader(io.RawIOBase):
-    """gzip (possibly several members) decompressed in-process."""
+    """gzip (possibly several members) decompressed in-process, where `igzip` is missing."""
 
     def __init__(self, raw: BinaryIO):
         self._raw = raw
@@ -92,17 +93,41 @@ class _GzipReader(io.RawIOBase):
             raise LayerError(f"can't read layer: invalid gzip data ({err})") from None
 
 
-class _ZstdReader(io.RawIOBase):
-    """zstd through Debian's `zstd -dc`; a thread feeds it the (verified) blob."""
+#: Decompressors run as processes: Debian's package names, and their commands.
+_TOOLS = {"gzip": ("isal", "igzip", "invalid gzip data"), "zstd": ("zstd", "zstd", "invalid zstd data")}
+#: Pipe buffer asked for between the blob, the decompressor and its reader (Linux caps it).
+PIPE_SIZE = 1 << 20
+_F_SETPIPE_SZ = 1031
 
-    def __init__(self, raw: BinaryIO, what: str):
-        exe = shutil.which("zstd")
-        if exe is None:
-            raise LayerError(f"can't read {what}: it is zstd-compressed and `zstd` is not installed",
-                             hint="install the Debian package `zstd`")  # fmt: skip
+
+def grow_pipe(fd: int, size: int = PIPE_SIZE) -> None:
+    """A larger pipe buffer: fewer context switches between the processes of a stream."""
+    import fcntl
+
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, size)
+
+
+def decompressor(kind: str) -> str | None:
+    """The decompressing program for `kind` ("gzip", "zstd"), None when not installed."""
+    return shutil.which(_TOOLS[kind][1])
+
+
+class _PipeReader(io.RawIOBase):
+    """A layer decompressed in a process of its own (`igzip -dc`, `zstd -dc`), which uses
+    another CPU than the reader's; a thread feeds it the blob through its (hashing) reader.
+
+    When the tool fails, the rest of the blob is read first, so that a blob that is not
+    the one its digest names is reported as such rather than as undecodable data."""
+
+    def __init__(self, raw: BinaryIO, exe: str, kind: str, what: str):
         self.what = what
+        self.kind = kind
         self._proc = subprocess.Popen([exe, "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE)  # fmt: skip
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        grow_pipe(self._proc.stdin.fileno())
+        grow_pipe(self._proc.stdout.fileno())
         self._error: BaseException | None = None
         self._raw = raw
         self._thread = threading.Thread(target=self._feed, daemon=True)
@@ -133,8 +158,12 @@ class _ZstdReader(io.RawIOBase):
                 raise self._error
             rc = self._proc.wait()
             if rc != 0:
+                while self._raw.read(CHUNK):  # a corrupt blob: its digest says so
+                    pass
                 err = (self._proc.stderr.read() if self._proc.stderr else b"").decode(errors="replace").strip()
-                raise LayerError(f"can't read {self.what}: `zstd -dc` failed with status {rc}: {err}")
+                tool = os.path.basename(self._proc.args[0])  # type: ignore[index]
+                raise LayerError(f"can't read {self.what}: {_TOOLS[self.kind][2]} "
+                                 f"(`{tool} -dc` failed with status {rc}: {err})")  # fmt: skip
         return n or 0
 
     def close(self) -> None:
@@ -150,21 +179,28 @@ class _ZstdReader(io.RawIOBase):
 
 class LayerStream:
     """An uncompressed, buffered view of a layer blob. `finish()` verifies the whole blob
-    (and the uncompressed digest when known) without decompressing what is left."""
+    (and the uncompressed digest when known and `check_diff`) without decompressing what
+    is left."""
 
-    def __init__(self, blob: VerifiedReader, layer: Layer, what: str):
+    def __init__(self, blob: VerifiedReader, layer: Layer, what: str, check_diff: bool = True):
         self.blob = blob
         self.what = what
         head = io.BufferedReader(blob, CHUNK)  # type: ignore[arg-type]
         magic = head.peek(4)[:4]
         self._decoder: io.RawIOBase | None = None
-        if magic[:2] == b"\x1f\x8b":
+        kind = "gzip" if magic[:2] == b"\x1f\x8b" else "zstd" if magic == b"\x28\xb5\x2f\xfd" else None
+        exe = decompressor(kind) if kind else None
+        if exe is not None:
+            self._decoder = _PipeReader(head, exe, kind, what)  # type: ignore[arg-type]
+        elif kind == "gzip":
             self._decoder = _GzipReader(head)  # type: ignore[arg-type]
-        elif magic == b"\x28\xb5\x2f\xfd":
-            self._decoder = _ZstdReader(head, what)  # type: ignore[arg-type]
+        elif kind == "zstd":
+            raise LayerError(f"can't read {what}: it is zstd-compressed and `zstd` is not installed",
+                             hint="install the Debian package `zstd`")  # fmt: skip
         src: io.RawIOBase = self._decoder if self._decoder is not None else head  # type: ignore[assignment]
         self._head = head
-        self.diff = VerifiedReader(src, layer.diff_id, None, f"{what} (uncompressed)") if layer.diff_id else None
+        check = layer.diff_id and check_diff
+        self.diff = VerifiedReader(src, layer.diff_id, None, f"{what} (uncompressed)") if check else None
         self.reader = io.BufferedReader(self.diff or src, CHUNK)  # type: ignore[arg-type]
 
     def read(self, n: int = -1) -> bytes:
@@ -173,7 +209,7 @@ class LayerStream:
     def finish(self, full: bool = False) -> None:
         """Check the blob: read the rest raw, or decompressed when an uncompressed digest
         must be checked too (or the decoder is a pipe)."""
-        if self.diff is not None or isinstance(self._decoder, _ZstdReader) or full:
+        if self.diff is not None or isinstance(self._decoder, _PipeReader) or full:
             while self.reader.read(CHUNK):
                 pass
         while self._head.read(CHUNK):
@@ -187,7 +223,10 @@ class LayerStream:
 
 
 @contextlib.contextmanager
-def open_layer(img: Image, index: int) -> Iterator[LayerStream]:
+def open_layer(img: Image, index: int, *, check_diff: bool = True) -> Iterator[LayerStream]:
+    """The layer's uncompressed stream; `check_diff`: check its uncompressed digest too
+    (pass 2 need not: pass 1 checked it, and each pass checks the blob's own digest, so
+    both decompressed the same bytes)."""
     layer = img.layers[index]
     what = f"layer {index + 1} ({layer.label}) of `{img.source}`"
     try:
@@ -196,7 +235,7 @@ def open_layer(img: Image, index: int) -> Iterator[LayerStream]:
         raise LayerError(f"can't read {what}: the blob is missing") from None
     except OSError as err:
         raise LayerError(f"can't read {what}: {describe_os_error(err)}") from None
-    stream = LayerStream(blob, layer, what)
+    stream = LayerStream(blob, layer, what, check_diff)
     try:
         yield stream
     finally:
@@ -562,6 +601,13 @@ def _seconds(mtime: float) -> int:
     return int(mtime) if math.isfinite(mtime) else 0
 
 
+def strip_member(m: tarfile.TarInfo) -> tarfile.TarInfo:
+    """A compact copy of a header that pass 1 can take later in place of `m`."""
+    t = _strip(m)
+    t.size, t.offset_data, t.sparse = m.size, m.offset_data, m.sparse
+    return t
+
+
 def _strip(m: tarfile.TarInfo) -> tarfile.TarInfo:
     """A compact copy of a header: no buffers, only xattr PAX records."""
     t = tarfile.TarInfo(m.name)
@@ -659,7 +705,7 @@ def write_merged(plan: Plan, img: Image, out: BinaryIO, *, extra_layer: int,
             continue  # pass 1 verified it; nothing of it survives
         if progress:
             progress(f"layer {index + 1}/{len(img.layers)}", img.layers[index].size)
-        with open_layer(img, index) as stream:
+        with open_layer(img, index, check_diff=False) as stream:
             what = f"layer {index + 1} of `{img.source}`"
             wanted = sorted(k for k in plan.carriers if k[0] == index)
             if all(k in plan.data and not plan.data[k].sparse for k in wanted):

@@ -76,7 +76,7 @@ def convert_to_sif(  # type: ignore[no-untyped-def]
     """Convert the image at `ref` (a layout.SourceRef) for `platform` into the SIF `out` (an
     OCI-SIF with `oci_sif`); `progress` has `step`, `warn`, `advance` and `done`
     (util.progress.Progress)."""
-    from sifbox.oci import convert, imageconfig
+    from sifbox.oci import convert, imageconfig, prescan
     from sifbox.oci.layout import open_image
     from sifbox.util.log import log
 
@@ -106,6 +106,7 @@ def convert_to_sif(  # type: ignore[no-untyped-def]
     finally:
         progress.done()
         img.store.close()
+        prescan.discard()
 
 
 def sif_for_uri(uri: str, *, cache_dir: Path | None, no_https: bool, procs: int | None, tmpdir: str | None,

@@ -364,3 +364,110 @@ def test_pull_to_tmpfs(images, run_as, as_who, sifbox_cli, shared_tmp) -> None:
     os.chmod(shared_tmp / "x.sif", 0o644)
     ex = run_as(as_who, [sifbox_cli, "exec", str(shared_tmp / "x.sif"), "/bin/cat", "/data/opaque/upper"], cwd="/")
     assert ex.returncode == 0 and ex.stdout == "upper\n", ex.stderr
+
+
+# -- the streamed registry pull: pass 1 while downloading, layers through igzip ----------------------
+def _registry_env(as_who, shared_tmp: Path, **more: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIFBOX_", "APPTAINER_", "SINGULARITY_"))}
+    env.update(HOME=as_who.home, SIFBOX_CACHEDIR=str(shared_tmp / "cache"), SOURCE_DATE_EPOCH="1700000000",
+               SIFBOX_DOCKER_USERNAME="puller", SIFBOX_DOCKER_PASSWORD="pull-Pw1", **more)  # fmt: skip
+    return env
+
+
+def _without_igzip(shared_tmp: Path) -> str:
+    """A PATH with tar2sqfs, zstd (and runuser) only: layers are then decompressed in-process."""
+    bin_dir = shared_tmp / "bin"
+    bin_dir.mkdir()
+    for tool in ("tar2sqfs", "zstd", "runuser"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or tool)
+    return str(bin_dir)
+
+
+def test_streamed_registry_pull_is_byte_identical_to_the_pull_from_the_cache(
+    images, registry, run_as, as_who, sifbox_cli, shared_tmp
+) -> None:  # type: ignore[no-untyped-def]
+    """A registry pull reads the layers' headers while they download (through a relay that
+    drops the first blob download half-way: the scan follows the resumed download) and
+    decompresses them with igzip; the SIF and the OCI-SIF are the very bytes that the pull
+    from the cached blobs, decompressed in-process, makes (SOURCE_DATE_EPOCH set)."""
+    from tests.integration.registry_server import FlakyRelay
+
+    _need("igzip")
+    port = int(registry.split("/", 1)[0].rsplit(":", 1)[1])
+    relay = FlakyRelay(port, cut=1, cut_after=100_000)
+    uri = "docker://" + registry.replace(registry.split("/", 1)[0], f"127.0.0.1:{relay.port}")
+    env = _registry_env(as_who, shared_tmp)
+    try:
+        for out, flags in (("a.sif", []), ("a.oci.sif", ["--disable-cache", "--oci"])):
+            proc = run_as(as_who, [sifbox_cli, "pull", *flags, str(shared_tmp / out), uri], env=env)
+            assert proc.returncode == 0 and "WARNING" not in proc.stderr, proc.stderr
+            assert "Reading layer" not in proc.stderr, proc.stderr  # read while they downloaded
+        assert relay.cut == 0 and any("\r\nRange: bytes=" in r for r in relay.requests)
+        shutil.rmtree(shared_tmp / "cache" / "oci-tmp")  # the converted SIF, not the blobs
+        env["PATH"] = _without_igzip(shared_tmp)
+        for out, flags in (("b.sif", []), ("b.oci.sif", ["--oci"])):
+            proc = run_as(as_who, [sifbox_cli, "pull", *flags, str(shared_tmp / out), uri], env=env)
+            assert proc.returncode == 0 and "Reading layer 1/3" in proc.stderr, proc.stderr
+    finally:
+        relay.stop()
+    for a, b in (("a.sif", "b.sif"), ("a.oci.sif", "b.oci.sif")):
+        assert (shared_tmp / a).read_bytes() == (shared_tmp / b).read_bytes(), f"{a} and {b} differ"
+    compare(images / "reference" / "rootfs", extract(shared_tmp / "a.sif", shared_tmp / "extracted"))
+
+
+def _processes_with(marker: str) -> list[str]:
+    """Processes whose environment holds `marker` (what sifbox started keeps its environment)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if marker.encode() in environ:
+            found.append(f"{pid} {comm}")
+    return found
+
+
+def test_registry_pull_interrupted_while_scanning_leaves_nothing(
+    registry, run_as, as_who, sifbox_cli, shared_tmp
+) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl-C while a layer downloads and its scan (an igzip process) runs: status 130, no
+    output or temporary file, only whole verified blobs in the cache, no process left."""
+    import signal
+    import time
+
+    from tests.integration.registry_server import FlakyRelay
+
+    _need("igzip")
+    port = int(registry.split("/", 1)[0].rsplit(":", 1)[1])
+    relay = FlakyRelay(port, cut=1, cut_after=100_000)  # the dropped download holds the scan open a while
+    uri = "docker://" + registry.replace(registry.split("/", 1)[0], f"127.0.0.1:{relay.port}")
+    out = shared_tmp / "out"
+    out.mkdir(mode=0o777)
+    out.chmod(0o777)
+    env = _registry_env(as_who, shared_tmp)
+    argv = [sifbox_cli, "pull", str(out / "x.sif"), uri]
+    if not as_who.is_root:
+        argv = ["runuser", "-u", as_who.name, "--", *argv]
+    try:
+        proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(p.endswith("igzip") for p in _processes_with(str(shared_tmp))):
+            if proc.poll() is not None:
+                break
+            time.sleep(0.005)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        relay.stop()
+    if proc.returncode == 0:
+        pytest.skip("the pull finished before it could be interrupted")
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert os.listdir(out) == []
+    for blob in (shared_tmp / "cache" / "blob" / "blobs" / "sha256").glob("*"):
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name, f"a partial blob in the cache: {blob}"
+    time.sleep(0.5)
+    assert _processes_with(str(shared_tmp)) == []
