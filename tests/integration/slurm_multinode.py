@@ -25,6 +25,7 @@ daemons, directory) goes at the end of the session, whatever the tests did::
     def test_x(multinode_cluster, run_as, as_who):
         run_as(as_who, ["srun", "-N2", "-n2", "hostname"], env=multinode_cluster.env(as_who))
         multinode_cluster.node_run("node1", ["findmnt"])   # a command inside node1
+        with multinode_cluster.oci_conf(text): ...          # srun --container, every node
 
 By hand (as root), for debugging: ``python -m tests.integration.slurm_multinode up [N]`` prints
 the ``SLURM_CONF`` to export; ``... down`` stops it (see DEVELOPERS.md).
@@ -42,6 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -96,6 +98,19 @@ class MultiNodeCluster:
             if k.startswith(("SLURM_", "PMI", "OMPI_", "PMIX_")) and k != "SLURM_CONF" and k not in extra:
                 del env[k]
         return env
+
+    @contextmanager
+    def oci_conf(self, text: str) -> Iterator[Path]:
+        """`oci.conf` next to slurm.conf (`srun --container`) for the duration of the `with`:
+        every node's slurmstepd reads it at each step (the directory is shared), so no daemon
+        restarts and the other tests never see it."""
+        path = self.base / "oci.conf"
+        path.write_text(text)
+        path.chmod(0o644)
+        try:
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
@@ -203,6 +218,7 @@ SlurmctldLogFile={base / "log" / "slurmctld.log"}
 SlurmdLogFile={base / "log" / "slurmd-%n.log"}
 Epilog={epilog}
 ProctrackType=proctrack/linuxproc
+KillWait=3
 TaskPlugin=task/none
 MpiDefault=pmix
 JobAcctGatherType=jobacct_gather/none
