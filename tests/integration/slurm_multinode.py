@@ -15,7 +15,7 @@ the cluster's directory under /var/tmp (configuration, munge socket, spools, log
 ``shared``, a world-writable directory for the jobs' files: the head's /tmp is not the
 nodes'). Nothing of the host's configuration is touched: every daemon and client uses
 ``SLURM_CONF`` of the cluster's directory, on random free ports; bridge name and subnet are
-chosen per process. Everything (node namespaces and what runs in them, veths, bridge,
+chosen at random. Everything (node namespaces and what runs in them, veths, bridge,
 daemons, directory) goes at the end of the session, whatever the tests did::
 
     from tests.integration import slurm_multinode
@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import subprocess
@@ -160,9 +161,10 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def _pick_subnet() -> str:
-    """A 10.A.B/24 no interface or route of the machine uses, derived from this pid first."""
+    """A random 10.A.B/24 no interface or route of the machine uses (sessions in other PID
+    namespaces share the network namespace: a pid is no unique seed)."""
     used = _ip("-4", "-o", "addr").stdout + _ip("-4", "route").stdout
-    rng = random.Random(os.getpid())
+    rng = random.SystemRandom()
     for _ in range(200):
         net = f"10.{rng.randrange(100, 250)}.{rng.randrange(1, 255)}"
         if f" {net}." not in used and f"\n{net}." not in used and not used.startswith(f"{net}."):
@@ -265,7 +267,7 @@ def start_cluster(n: int = 2, base: Path | None = None) -> MultiNodeCluster:
         base.mkdir(mode=0o755)
     base.chmod(0o755)
     head = os.uname().nodename.split(".")[0]
-    br = f"sbmn{os.getpid()}"
+    br = f"sbmn{secrets.token_hex(4)}"  # random: another PID namespace's session may have our pid
     cluster = MultiNodeCluster(base, base / "shared", base / "slurm.conf", head, br, _pick_subnet())
     try:
         _start(cluster, n)
