@@ -15,7 +15,7 @@ the cluster's directory under /var/tmp (configuration, munge socket, spools, log
 ``shared``, a world-writable directory for the jobs' files: the head's /tmp is not the
 nodes'). Nothing of the host's configuration is touched: every daemon and client uses
 ``SLURM_CONF`` of the cluster's directory, on random free ports; bridge name and subnet are
-chosen per process. Everything (node namespaces and what runs in them, veths, bridge,
+chosen at random. Everything (node namespaces and what runs in them, veths, bridge,
 daemons, directory) goes at the end of the session, whatever the tests did::
 
     from tests.integration import slurm_multinode
@@ -25,6 +25,7 @@ daemons, directory) goes at the end of the session, whatever the tests did::
     def test_x(multinode_cluster, run_as, as_who):
         run_as(as_who, ["srun", "-N2", "-n2", "hostname"], env=multinode_cluster.env(as_who))
         multinode_cluster.node_run("node1", ["findmnt"])   # a command inside node1
+        with multinode_cluster.oci_conf(text): ...          # srun --container, every node
 
 By hand (as root), for debugging: ``python -m tests.integration.slurm_multinode up [N]`` prints
 the ``SLURM_CONF`` to export; ``... down`` stops it (see DEVELOPERS.md).
@@ -35,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import subprocess
@@ -42,6 +44,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,6 +100,19 @@ class MultiNodeCluster:
                 del env[k]
         return env
 
+    @contextmanager
+    def oci_conf(self, text: str) -> Iterator[Path]:
+        """`oci.conf` next to slurm.conf (`srun --container`) for the duration of the `with`:
+        every node's slurmstepd reads it at each step (the directory is shared), so no daemon
+        restarts and the other tests never see it."""
+        path = self.base / "oci.conf"
+        path.write_text(text)
+        path.chmod(0o644)
+        try:
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
 
@@ -145,9 +161,10 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def _pick_subnet() -> str:
-    """A 10.A.B/24 no interface or route of the machine uses, derived from this pid first."""
+    """A random 10.A.B/24 no interface or route of the machine uses (sessions in other PID
+    namespaces share the network namespace: a pid is no unique seed)."""
     used = _ip("-4", "-o", "addr").stdout + _ip("-4", "route").stdout
-    rng = random.Random(os.getpid())
+    rng = random.SystemRandom()
     for _ in range(200):
         net = f"10.{rng.randrange(100, 250)}.{rng.randrange(1, 255)}"
         if f" {net}." not in used and f"\n{net}." not in used and not used.startswith(f"{net}."):
@@ -203,6 +220,7 @@ SlurmctldLogFile={base / "log" / "slurmctld.log"}
 SlurmdLogFile={base / "log" / "slurmd-%n.log"}
 Epilog={epilog}
 ProctrackType=proctrack/linuxproc
+KillWait=3
 TaskPlugin=task/none
 MpiDefault=pmix
 JobAcctGatherType=jobacct_gather/none
@@ -249,7 +267,7 @@ def start_cluster(n: int = 2, base: Path | None = None) -> MultiNodeCluster:
         base.mkdir(mode=0o755)
     base.chmod(0o755)
     head = os.uname().nodename.split(".")[0]
-    br = f"sbmn{os.getpid()}"
+    br = f"sbmn{secrets.token_hex(4)}"  # random: another PID namespace's session may have our pid
     cluster = MultiNodeCluster(base, base / "shared", base / "slurm.conf", head, br, _pick_subnet())
     try:
         _start(cluster, n)
