@@ -321,12 +321,25 @@ def work() -> Iterator[Path]:
 
 
 def prune_holders(cli: str) -> None:
-    """Stop every shared image mount holder on the node that no container uses (`sifbox mounts
-    prune --all`, as root): a leak guard calls it once a test is over, so that only what the
+    """Stop every shared image mount holder on the node that no container uses (what `sifbox mounts
+    prune --all` does, as root): a leak guard calls it once a test is over, so that only what the
     test leaked besides them is a leak (a holder a leaked container still uses, too). Those of
     other test sessions' running containers stay. The holders are reaped by their parent, a
-    test session's process."""
+    test session's process.
+
+    It runs sifbox.runtime.nodemount's prune in this process (the code the command runs, from
+    the tree under test): a CLI start after each of thousands of tests costs minutes. The
+    command itself is covered by tests/integration/test_shared_mounts.py; any error here and
+    the command runs instead."""
     if os.geteuid() != 0:
         return
-    subprocess.run([cli, "mounts", "prune", "--all"], capture_output=True, check=False, timeout=120,
-                   stdin=subprocess.DEVNULL, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})  # fmt: skip
+    try:
+        from sifbox.runtime import nodemount
+
+        uids = set(nodemount.holder_pids(None).values()) | {0}
+        uids |= {int(e[7:]) for e in os.listdir("/tmp") if e.startswith("sifbox-") and e[7:].isdigit()}
+        for uid in sorted(uids):
+            nodemount.prune(uid)
+    except Exception:  # noqa: BLE001 - the command is the fallback, and reports for itself
+        subprocess.run([cli, "mounts", "prune", "--all"], capture_output=True, check=False, timeout=120,
+                       stdin=subprocess.DEVNULL, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})  # fmt: skip
