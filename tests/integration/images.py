@@ -371,8 +371,21 @@ def loops_for(paths: Sequence[Path]) -> list[str]:
 
 
 def _all_loops() -> set[str]:
-    out = subprocess.run(["losetup", "-a"], check=False, capture_output=True, text=True)
-    return {ln for ln in out.stdout.splitlines() if ln.strip()}
+    """"/dev/loopN: (BACKING FILE)" of every attached loop device, read from /sys (the leak
+    guard runs after every test: no `losetup -a` to start each time)."""
+    found = set()
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        target = _read(str(backing)).strip()
+        if target:
+            found.add(f"/dev/{backing.parts[3]}: ({target})")
+    return found
+
+
+def _image_loops(paths: Sequence[Path]) -> list[str]:
+    """The `_all_loops` lines of the loop devices attached to one of `paths` (what `loops_for`
+    finds, without a `losetup -j` per path)."""
+    names = {str(p) for p in paths} | {str(p.resolve()) for p in paths}
+    return [ln for ln in _all_loops() if ln.split(": (", 1)[1][:-1].removesuffix(" (deleted)") in names]
 
 
 def _dm_mappings() -> set[str]:
@@ -426,7 +439,7 @@ class LeakGuard:
 
     def leaked_loops(self) -> list[str]:
         new = [ln for ln in _all_loops() - self.loops if self._ours(ln)]
-        return sorted(set(new) | set(loops_for(self.images)))
+        return sorted(set(new) | set(_image_loops(self.images)))
 
     def leaks(self) -> list[str]:
         return (
