@@ -336,10 +336,37 @@ def prune_holders(cli: str) -> None:
     try:
         from sifbox.runtime import nodemount
 
-        uids = set(nodemount.holder_pids(None).values()) | {0}
-        uids |= {int(e[7:]) for e in os.listdir("/tmp") if e.startswith("sifbox-") and e[7:].isdigit()}
+        holders = _holder_uids(nodemount.PROCESS_NAME)
+        uids = holders | {0}
+        tmp = os.listdir("/tmp")
+        uids |= {int(e[7:]) for e in tmp if e.startswith("sifbox-") and e[7:].isdigit()}
         for uid in sorted(uids):
-            nodemount.prune(uid)
+            xdg = os.environ.get("XDG_RUNTIME_DIR") if uid == os.getuid() else None
+            if uid in holders or any(_holds_state(d) for d in nodemount.state_dirs(uid, xdg)):
+                nodemount.prune(uid)  # (with neither, it would find nothing to do)
     except Exception:  # noqa: BLE001 - the command is the fallback, and reports for itself
         subprocess.run([cli, "mounts", "prune", "--all"], capture_output=True, check=False, timeout=120,
                        stdin=subprocess.DEVNULL, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})  # fmt: skip
+
+
+def _holder_uids(name: str) -> set[int]:
+    """The real uids of the processes named `name` (one read of /proc/PID/comm a process)."""
+    uids = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/comm", "rb") as f:
+                if f.read().strip() != name.encode():
+                    continue
+            with open(f"/proc/{entry}/status", "rb") as f:
+                uids |= {int(ln.split()[1]) for ln in f if ln.startswith(b"Uid:")}
+        except (OSError, ValueError, IndexError):
+            continue
+    return uids
+
+
+def _holds_state(path: str) -> bool:
+    """Whether a holder state directory has any holder's files (what `prune` would look at)."""
+    try:
+        return any(not n.startswith(".") and "." in n for n in os.listdir(path))
+    except OSError:
+        return False

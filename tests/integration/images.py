@@ -371,7 +371,7 @@ def loops_for(paths: Sequence[Path]) -> list[str]:
 
 
 def _all_loops() -> set[str]:
-    """"/dev/loopN: (BACKING FILE)" of every attached loop device, read from /sys (the leak
+    """`/dev/loopN: (BACKING FILE)` of every attached loop device, read from /sys (the leak
     guard runs after every test: no `losetup -a` to start each time)."""
     found = set()
     for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
@@ -385,7 +385,8 @@ def _image_loops(paths: Sequence[Path]) -> list[str]:
     """The `_all_loops` lines of the loop devices attached to one of `paths` (what `loops_for`
     finds, without a `losetup -j` per path)."""
     names = {str(p) for p in paths} | {str(p.resolve()) for p in paths}
-    return [ln for ln in _all_loops() if ln.split(": (", 1)[1][:-1].removesuffix(" (deleted)") in names]
+    found = [(ln, ln.split(": (", 1)[1][:-1].removesuffix(" (deleted)")) for ln in _all_loops()]
+    return [ln for ln, target in found if target in names]
 
 
 def _dm_mappings() -> set[str]:
