@@ -321,11 +321,11 @@ def _read(path: str) -> str:
         return ""
 
 
-def _live_processes() -> dict[int, tuple[str, str]]:
-    """pid -> (comm, cmdline) of every process that is not a zombie."""
+def _live_processes(among: set[int] | None = None) -> dict[int, tuple[str, str]]:
+    """pid -> (comm, cmdline) of every process that is not a zombie (of those `among`)."""
     procs = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        if not entry.isdigit() or (among is not None and int(entry) not in among):
             continue
         stat = _read(f"/proc/{entry}/stat")
         if not stat or ")" not in stat:
@@ -406,7 +406,7 @@ class LeakGuard:
     def __init__(self, images: Sequence[Path]) -> None:
         self.images = list(images)
         self.mounts = _mounts()
-        self.procs = set(_live_processes())
+        self.procs = {pid for pid, state, _, _ in _processes() if state != "Z"}
         self.loops = _all_loops()
         self.mappings = _dm_mappings()
 
@@ -426,14 +426,11 @@ class LeakGuard:
     def leaked_processes(self) -> dict[int, str]:
         # Only this test session's processes: orphans are reparented to it
         # (a child subreaper), so other runs on the same machine don't count.
-        mine = descendants(os.getpid())
+        mine = set(descendants(os.getpid())) - self.procs - {os.getpid()}
         return {
             pid: f"{comm}: {cmdline}"
-            for pid, (comm, cmdline) in _live_processes().items()
-            if pid not in self.procs
-            and pid in mine
-            and pid != os.getpid()
-            and (comm.startswith(("squashfuse", "fuse2fs", "fuse-overlayfs", "gocryptfs"))
+            for pid, (comm, cmdline) in _live_processes(mine).items()
+            if (comm.startswith(("squashfuse", "fuse2fs", "fuse-overlayfs", "gocryptfs"))
                  or comm in ("sifbox-instance", "sifbox-holder")
                  or self._ours(cmdline) or b"\0SIFBOX_INSTANCE=" in _environ(pid))
         }
