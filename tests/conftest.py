@@ -336,7 +336,10 @@ def prune_holders(cli: str) -> None:
     try:
         from sifbox.runtime import nodemount
 
-        holders = _holder_uids(nodemount.PROCESS_NAME)
+        # `sifbox mounts prune --all`'s users: those of the holders (looked for only if a process
+        # has a holder's name), root, and those of the /tmp/sifbox-UID state directories.
+        named = _named(nodemount.PROCESS_NAME)
+        holders = set(nodemount.holder_pids(None).values()) if named else set()
         uids = holders | {0}
         tmp = os.listdir("/tmp")
         uids |= {int(e[7:]) for e in tmp if e.startswith("sifbox-") and e[7:].isdigit()}
@@ -349,19 +352,17 @@ def prune_holders(cli: str) -> None:
                        stdin=subprocess.DEVNULL, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})  # fmt: skip
 
 
-def _holder_uids(name: str) -> set[int]:
-    """The real uids of the processes named `name` (one read of /proc/PID/comm a process)."""
-    uids = set()
+def _named(name: str) -> bool:
+    """Whether a process is named `name` (one read of /proc/PID/comm a process)."""
     for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/comm", "rb") as f:
-                if f.read().strip() != name.encode():
-                    continue
-            with open(f"/proc/{entry}/status", "rb") as f:
-                uids |= {int(ln.split()[1]) for ln in f if ln.startswith(b"Uid:")}
-        except (OSError, ValueError, IndexError):
-            continue
-    return uids
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm", "rb") as f:
+                    if f.read().strip() == name.encode():
+                        return True
+            except OSError:
+                continue
+    return False
 
 
 def _holds_state(path: str) -> bool:
