@@ -103,9 +103,13 @@ for f in README.md LICENSE LICENSE.txt COPYING; do
     if [ -e "$repo/$f" ]; then cp "$repo/$f" "$src/"; fi
 done
 find "$src" -name __pycache__ -type d -prune -exec rm -rf {} +
-"$VENV/bin/pip" install --quiet --no-deps --force-reinstall "$src"
+# One wheel, built once (each install from the source directory would build it again, in a
+# fresh build environment), then installed over whatever version was there.
+"$VENV/bin/pip" wheel --quiet --no-deps --wheel-dir "$tmp/wheel" "$src"
+wheel=("$tmp"/wheel/sifbox-*.whl)
+"$VENV/bin/pip" install --quiet --no-deps --force-reinstall "${wheel[0]}"
 # Then the runtime dependencies pinned in pyproject.toml (only what is missing is fetched).
-"$VENV/bin/pip" install --quiet "$src"
+"$VENV/bin/pip" install --quiet "${wheel[0]}"
 site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
 # setuptools is only needed to build, and its distutils-precedence.pth is imported by every start

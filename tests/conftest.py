@@ -321,12 +321,53 @@ def work() -> Iterator[Path]:
 
 
 def prune_holders(cli: str) -> None:
-    """Stop every shared image mount holder on the node that no container uses (`sifbox mounts
-    prune --all`, as root): a leak guard calls it once a test is over, so that only what the
+    """Stop every shared image mount holder on the node that no container uses (what `sifbox mounts
+    prune --all` does, as root): a leak guard calls it once a test is over, so that only what the
     test leaked besides them is a leak (a holder a leaked container still uses, too). Those of
     other test sessions' running containers stay. The holders are reaped by their parent, a
-    test session's process."""
+    test session's process.
+
+    It runs sifbox.runtime.nodemount's prune in this process (the code the command runs, from
+    the tree under test): a CLI start after each of thousands of tests costs minutes. The
+    command itself is covered by tests/integration/test_shared_mounts.py; any error here and
+    the command runs instead."""
     if os.geteuid() != 0:
         return
-    subprocess.run([cli, "mounts", "prune", "--all"], capture_output=True, check=False, timeout=120,
-                   stdin=subprocess.DEVNULL, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})  # fmt: skip
+    try:
+        from sifbox.runtime import nodemount
+
+        # `sifbox mounts prune --all`'s users: those of the holders (looked for only if a process
+        # has a holder's name), root, and those of the /tmp/sifbox-UID state directories.
+        named = _named(nodemount.PROCESS_NAME)
+        holders = set(nodemount.holder_pids(None).values()) if named else set()
+        uids = holders | {0}
+        tmp = os.listdir("/tmp")
+        uids |= {int(e[7:]) for e in tmp if e.startswith("sifbox-") and e[7:].isdigit()}
+        for uid in sorted(uids):
+            xdg = os.environ.get("XDG_RUNTIME_DIR") if uid == os.getuid() else None
+            if uid in holders or any(_holds_state(d) for d in nodemount.state_dirs(uid, xdg)):
+                nodemount.prune(uid)  # (with neither, it would find nothing to do)
+    except Exception:  # noqa: BLE001 - the command is the fallback, and reports for itself
+        subprocess.run([cli, "mounts", "prune", "--all"], capture_output=True, check=False, timeout=120,
+                       stdin=subprocess.DEVNULL, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})  # fmt: skip
+
+
+def _named(name: str) -> bool:
+    """Whether a process is named `name` (one read of /proc/PID/comm a process)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm", "rb") as f:
+                    if f.read().strip() == name.encode():
+                        return True
+            except OSError:
+                continue
+    return False
+
+
+def _holds_state(path: str) -> bool:
+    """Whether a holder state directory has any holder's files (what `prune` would look at)."""
+    try:
+        return any(not n.startswith(".") and "." in n for n in os.listdir(path))
+    except OSError:
+        return False

@@ -321,11 +321,11 @@ def _read(path: str) -> str:
         return ""
 
 
-def _live_processes() -> dict[int, tuple[str, str]]:
-    """pid -> (comm, cmdline) of every process that is not a zombie."""
+def _live_processes(among: set[int] | None = None) -> dict[int, tuple[str, str]]:
+    """pid -> (comm, cmdline) of every process that is not a zombie (of those `among`)."""
     procs = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        if not entry.isdigit() or (among is not None and int(entry) not in among):
             continue
         stat = _read(f"/proc/{entry}/stat")
         if not stat or ")" not in stat:
@@ -371,8 +371,22 @@ def loops_for(paths: Sequence[Path]) -> list[str]:
 
 
 def _all_loops() -> set[str]:
-    out = subprocess.run(["losetup", "-a"], check=False, capture_output=True, text=True)
-    return {ln for ln in out.stdout.splitlines() if ln.strip()}
+    """`/dev/loopN: (BACKING FILE)` of every attached loop device, read from /sys (the leak
+    guard runs after every test: no `losetup -a` to start each time)."""
+    found = set()
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        target = _read(str(backing)).strip()
+        if target:
+            found.add(f"/dev/{backing.parts[3]}: ({target})")
+    return found
+
+
+def _image_loops(paths: Sequence[Path]) -> list[str]:
+    """The `_all_loops` lines of the loop devices attached to one of `paths` (what `loops_for`
+    finds, without a `losetup -j` per path)."""
+    names = {str(p) for p in paths} | {str(p.resolve()) for p in paths}
+    found = [(ln, ln.split(": (", 1)[1][:-1].removesuffix(" (deleted)")) for ln in _all_loops()]
+    return [ln for ln, target in found if target in names]
 
 
 def _dm_mappings() -> set[str]:
@@ -392,7 +406,7 @@ class LeakGuard:
     def __init__(self, images: Sequence[Path]) -> None:
         self.images = list(images)
         self.mounts = _mounts()
-        self.procs = set(_live_processes())
+        self.procs = {pid for pid, state, _, _ in _processes() if state != "Z"}
         self.loops = _all_loops()
         self.mappings = _dm_mappings()
 
@@ -412,21 +426,18 @@ class LeakGuard:
     def leaked_processes(self) -> dict[int, str]:
         # Only this test session's processes: orphans are reparented to it
         # (a child subreaper), so other runs on the same machine don't count.
-        mine = descendants(os.getpid())
+        mine = set(descendants(os.getpid())) - self.procs - {os.getpid()}
         return {
             pid: f"{comm}: {cmdline}"
-            for pid, (comm, cmdline) in _live_processes().items()
-            if pid not in self.procs
-            and pid in mine
-            and pid != os.getpid()
-            and (comm.startswith(("squashfuse", "fuse2fs", "fuse-overlayfs", "gocryptfs"))
+            for pid, (comm, cmdline) in _live_processes(mine).items()
+            if (comm.startswith(("squashfuse", "fuse2fs", "fuse-overlayfs", "gocryptfs"))
                  or comm in ("sifbox-instance", "sifbox-holder")
                  or self._ours(cmdline) or b"\0SIFBOX_INSTANCE=" in _environ(pid))
         }
 
     def leaked_loops(self) -> list[str]:
         new = [ln for ln in _all_loops() - self.loops if self._ours(ln)]
-        return sorted(set(new) | set(loops_for(self.images)))
+        return sorted(set(new) | set(_image_loops(self.images)))
 
     def leaks(self) -> list[str]:
         return (

@@ -99,13 +99,14 @@ def _stop(pidfile: Path, timeout: float = 10.0) -> None:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
+    # A daemon that forked away is this session's child once it is a subreaper (the leak guards
+    # make it one): gone means a zombie too (reaped here), not just no process.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _alive(pid):
+            _reap(pid)
             return
-        time.sleep(0.1)
+        time.sleep(0.02)
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -240,6 +241,13 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         stop_cluster(cluster)
     left = [pid for pid in pids if _alive(pid)] + _stepds(cluster)
     assert not left, f"Slurm/munge processes left running: {left}"
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
 
 
 def _alive(pid: int) -> bool:
