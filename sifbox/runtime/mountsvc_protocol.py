@@ -37,16 +37,11 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
-def shown(value: object, width: int = 40) -> str:
-    """`value` as it may appear in a reply or a log line: printable, clipped."""
-    text = value if isinstance(value, str) else f"<{type(value).__name__}>"
-    text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text[: width + 1])
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
 def parse_request(data: bytes) -> str:
     """The operation asked for in `data` (one message as received)."""
     import json
+
+    from sifbox.util.messages import shown
 
     if len(data) > MAX_REQUEST:
         raise ProtocolError(f"request too large (more than {MAX_REQUEST} bytes)")
@@ -58,7 +53,7 @@ def parse_request(data: bytes) -> str:
         raise ProtocolError("malformed request")
     op = req.get("op")
     if op not in OPS:
-        raise ProtocolError(f"unknown request `{shown(op)}`")
+        raise ProtocolError(f"unknown request `{shown(op, 40)}`")
     assert isinstance(op, str)
     return op
 
@@ -76,29 +71,14 @@ def encode_reply(reply: dict[str, object]) -> bytes:
     return (json.dumps(reply) + "\n").encode()
 
 
-class _Strict:
-    """What the C JSON scanner asks of its decoder: no hooks, plain numbers, no NaN."""
-
-    strict = True
-    object_hook = None
-    object_pairs_hook = None
-    parse_float = float
-    parse_int = int
-
-    @staticmethod
-    def parse_constant(name: str) -> float:
-        raise ValueError(name)
-
-
 def parse_reply(data: bytes) -> dict[str, object]:
     """The reply in `data` (one JSON object, blanks around it); ProtocolError if it is none."""
-    import _json
+    from sifbox.util import cjson
 
     try:
-        text = data.decode("utf-8").strip()
-        reply, end = _json.make_scanner(_Strict())(text, 0)  # type: ignore[arg-type]
-    except (ValueError, RecursionError, StopIteration):
+        reply = cjson.loads(data)
+    except (ValueError, UnicodeDecodeError):
         raise ProtocolError("the mount service gave no answer") from None
-    if end != len(text) or not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
         raise ProtocolError("the mount service gave no answer")
     return reply

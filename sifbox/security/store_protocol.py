@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 import re
 
+from sifbox.util.messages import shown
+
 #: Longest request accepted, in bytes.
 MAX_REQUEST = 64 * 1024
 #: Longest `source` kept (the rest is cut, and the cut marked).
@@ -64,13 +66,6 @@ class Request:
 
     def __repr__(self) -> str:
         return f"Request({self.op!r}, {self.name!r}, user={self.user!r})"
-
-
-def shown(value: object, width: int = 100) -> str:
-    """`value` as it may appear in a reply or a log line: a string, printable, clipped."""
-    text = value if isinstance(value, str) else f"<{type(value).__name__}>"
-    text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text[: width + 1])
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def parse_request(data: bytes) -> Request:

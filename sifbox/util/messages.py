@@ -80,3 +80,11 @@ def step_text(message: str, *, fmt: str | None = None, color: bool = False) -> s
     if (fmt or current()) == APPTAINER:
         return prefix(20, "INFO", fmt=APPTAINER, color=color) + message + "\n"
     return f"==> {message}\n"
+
+
+def shown(value: object, width: int = 100) -> str:
+    """`value` as it may appear in a reply or a log line of a daemon: a string, printable
+    (escapes for the rest), clipped to `width`."""
+    text = value if isinstance(value, str) else f"<{type(value).__name__}>"
+    text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text[: width + 1])
+    return text if len(text) <= width else text[: width - 3] + "..."
