@@ -363,7 +363,7 @@ def test_issue6165_bind_without_destination_once(request, sb) -> None:
 
 @pytest.mark.skip(
     reason="regressions.go:invalidRemote runs library/oras images from remote endpoints "
-    "(`remote add/use`): network, and sifbox has no `remote` command yet"
+    "(`remote add/use`) on the internet (cloud.sylabs.io, ghcr.io): no test reaches the network"
 )
 def test_invalid_remote() -> None:
     pass
