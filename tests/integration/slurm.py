@@ -40,6 +40,46 @@ DAEMONS = ("munged", "slurmctld", "slurmd")
 START_TIMEOUT = 30.0
 
 
+#: The plugins and policy of every test cluster's slurm.conf (hosts, ports, auth and paths
+#: are each cluster's own): no cgroups (`srun -O` may start more ranks than cores), PMIx.
+POLICY = """ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=pmix
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SchedulerType=sched/builtin
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+SlurmdParameters=config_overrides
+"""
+
+
+def stage_epilog(base: Path, cli: Path) -> Path:
+    """BASE/epilog: the Slurm epilog sifbox ships (a copy in BASE: the repository may be
+    unreadable to others), run with the CLI under test. It prunes the job user's shared image
+    mounts once a job is over."""
+    shipped = Path(__file__).resolve().parents[2] / "sifbox" / "data" / "slurm-epilog.sh"
+    staged = base / "slurm-epilog.sh"
+    shutil.copyfile(shipped, staged)
+    epilog = base / "epilog"
+    epilog.write_text(f"#!/bin/sh\nSIFBOX={cli} exec /bin/sh {staged} \"$@\"\n")
+    epilog.chmod(0o755)
+    return epilog
+
+
+@contextmanager
+def oci_conf_file(base: Path, text: str) -> Iterator[Path]:
+    """BASE/oci.conf (next to slurm.conf) holding `text` for the duration of the `with`."""
+    path = base / "oci.conf"
+    path.write_text(text)
+    path.chmod(0o644)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
 @dataclass
 class SlurmCluster:
     base: Path  # configuration, logs, munge
@@ -60,13 +100,8 @@ class SlurmCluster:
     def oci_conf(self, text: str) -> Iterator[Path]:
         """`oci.conf` next to slurm.conf (`srun --container`) for the duration of the `with`:
         slurmstepd reads it at each step, so no daemon restarts and other tests never see it."""
-        path = self.base / "oci.conf"
-        path.write_text(text)
-        path.chmod(0o644)
-        try:
+        with oci_conf_file(self.base, text) as path:
             yield path
-        finally:
-            path.unlink(missing_ok=True)
 
     def logs(self) -> str:
         out = []
@@ -156,10 +191,7 @@ def start_cluster() -> SlurmCluster:
     # image mounts once a job is over (tests/integration/test_shared_mounts_slurm.py).
     from tests.conftest import INSTALLED_CLI
 
-    epilog = base / "epilog"
-    shipped = Path(__file__).resolve().parents[2] / "sifbox" / "data" / "slurm-epilog.sh"
-    epilog.write_text(f"#!/bin/sh\nSIFBOX={INSTALLED_CLI} exec /bin/sh {shipped} \"$@\"\n")
-    epilog.chmod(0o755)
+    epilog = stage_epilog(base, INSTALLED_CLI)
     conf = base / "slurm.conf"
     conf.write_text(
         f"""ClusterName=sifboxtest
@@ -178,18 +210,8 @@ SlurmdPidFile={base / "slurmd.pid"}
 SlurmctldLogFile={base / "log" / "slurmctld.log"}
 SlurmdLogFile={base / "log" / "slurmd.log"}
 Epilog={epilog}
-ProctrackType=proctrack/linuxproc
 KillWait=2
-TaskPlugin=task/none
-MpiDefault=pmix
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-SchedulerType=sched/builtin
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-ReturnToService=2
-SlurmdParameters=config_overrides
-NodeName={node} NodeAddr=127.0.0.1 CPUs=2 State=UNKNOWN
+{POLICY}NodeName={node} NodeAddr=127.0.0.1 CPUs=2 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 """
     )

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.integration.slurm import _free_port, _pid, _stop
+from tests.integration.slurm import POLICY, _free_port, _pid, _stop, oci_conf_file, stage_epilog
 
 if TYPE_CHECKING:
     from tests.conftest import User
@@ -105,13 +105,8 @@ class MultiNodeCluster:
         """`oci.conf` next to slurm.conf (`srun --container`) for the duration of the `with`:
         every node's slurmstepd reads it at each step (the directory is shared), so no daemon
         restarts and the other tests never see it."""
-        path = self.base / "oci.conf"
-        path.write_text(text)
-        path.chmod(0o644)
-        try:
+        with oci_conf_file(self.base, text) as path:
             yield path
-        finally:
-            path.unlink(missing_ok=True)
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
@@ -194,14 +189,9 @@ def _in_pidns(inode: int) -> dict[int, str]:
 
 
 def _conf(base: Path, head: str, subnet: str, n: int) -> str:
-    epilog = base / "epilog"
     from tests.conftest import INSTALLED_CLI
 
-    shipped = Path(__file__).resolve().parents[2] / "sifbox" / "data" / "slurm-epilog.sh"
-    staged = base / "slurm-epilog.sh"  # the repository may be unreadable to others: a copy
-    shutil.copyfile(shipped, staged)
-    epilog.write_text(f"#!/bin/sh\nSIFBOX={INSTALLED_CLI} exec /bin/sh {staged} \"$@\"\n")
-    epilog.chmod(0o755)
+    epilog = stage_epilog(base, INSTALLED_CLI)
     nodes = "\n".join(f"NodeName=node{k} NodeAddr={subnet}.{10 + k}" for k in range(1, n + 1))
     return f"""ClusterName=sifboxmn
 SlurmctldHost={head}({subnet}.1)
@@ -219,18 +209,8 @@ SlurmdPidFile={base / "%n" / "slurmd.pid"}
 SlurmctldLogFile={base / "log" / "slurmctld.log"}
 SlurmdLogFile={base / "log" / "slurmd-%n.log"}
 Epilog={epilog}
-ProctrackType=proctrack/linuxproc
 KillWait=3
-TaskPlugin=task/none
-MpiDefault=pmix
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-SchedulerType=sched/builtin
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-ReturnToService=2
-SlurmdParameters=config_overrides
-NodeName=DEFAULT CPUs=2 State=UNKNOWN
+{POLICY}NodeName=DEFAULT CPUs=2 State=UNKNOWN
 {nodes}
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 """
