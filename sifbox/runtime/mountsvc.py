@@ -468,7 +468,8 @@ def serve(cfg: Any, conf_path: str | None, *, log: Any = print) -> int:
     reaper = threading.Thread(target=_reap_loop, args=(service, stopping), daemon=True)
     reaper.start()
     clients = clients_within(limits[0], s.max_clients)
-    gate = Gate(clients, min(clients, s.max_clients_per_user))
+    gate = Gate(clients, min(clients, s.max_clients_per_user), service="the mount service",
+                directive="mount service max clients per user")  # fmt: skip
     log(f"sifbox mount service: serving images of {s.store} on {s.socket}")
     try:
         _accept_loop(server, service, gate, stopping, log)
@@ -523,7 +524,6 @@ def _accept_loop(server: socket.socket, service: Service, gate: Any, stopping: t
             except RuntimeError:
                 gate.leave(peer.uid)
                 why = "no thread available"
-        why = why.replace("the image store", "the mount service")
         with contextlib.suppress(OSError):
             conn.send(encode_reply({"ok": False, "error": why, "busy": peer.name is not None}), socket.MSG_DONTWAIT)
             conn.recv(MAX_REQUEST, socket.MSG_DONTWAIT)  # a request read is no reset that loses the reply

@@ -62,9 +62,12 @@ def clients_within(nofile: int, wanted: int) -> int:
 class Gate:
     """Counts the connections being served, in all and per uid."""
 
-    def __init__(self, total: int, per_user: int) -> None:
+    def __init__(self, total: int, per_user: int, *, service: str = "the image store",
+                 directive: str = "store max clients per user") -> None:  # fmt: skip
         self.total = total
         self.per_user = per_user
+        self.service = service  # as a refusal names it
+        self.directive = directive  # the sifbox.conf directive of `per_user`
         self.active: dict[int, int] = {}
         self.count = 0
         self.lock = threading.Lock()
@@ -73,10 +76,10 @@ class Gate:
         """None if a connection of `uid` may be served now (it is counted), else why not."""
         with self.lock:
             if self.count >= self.total:
-                return f"the image store is busy ({self.total} connections at once at most)"
+                return f"{self.service} is busy ({self.total} connections at once at most)"
             if self.active.get(uid, 0) >= self.per_user:
-                return (f"the image store is busy: you have {self.per_user} requests running "
-                        "(`store max clients per user`)")  # fmt: skip
+                return (f"{self.service} is busy: you have {self.per_user} requests running "
+                        f"(`{self.directive}`)")  # fmt: skip
             self.active[uid] = self.active.get(uid, 0) + 1
             self.count += 1
             return None
