@@ -14,6 +14,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from sifbox.util.errors import SifboxError, report
+from sifbox.util.messages import error_text
 
 
 def run_in_root(

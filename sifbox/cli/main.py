@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 from sifbox import __version__
-from sifbox.cli.commands import BY_NAME, COMMANDS, Command
+from sifbox.cli.commands import BY_NAME, Command
 from sifbox.util.errors import ExitStatus, NotAvailableError, SifboxError, UsageError
 
 PROG = "sifbox"

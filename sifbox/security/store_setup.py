@@ -216,8 +216,8 @@ def open_audit_log(d: Dir, name: str) -> int:
             raise StartError(f"the audit log `{path}` is a symbolic link",
                              hint="remove it; the store creates its log itself") from None  # fmt: skip
         raise StartError(f"can't open the audit log `{path}`: {describe_os_error(err)}",
-                         hint=f"it must be a file the store user may write: chown it, or remove "
-                              f"it") from None  # fmt: skip
+                         hint="it must be a file the store user may write: chown it, or remove "
+                              "it") from None  # fmt: skip
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise StartError(f"the audit log `{path}` is not a regular file")

@@ -65,3 +65,32 @@ def test_a_key_message_still_round_trips() -> None:
 
     data = bytes(range(256)) * 3
     assert crypt.parse_pem_message(crypt.dump_pem_message(data)) == data
+
+
+def test_a_whole_exec_up_to_the_container_imports_no_heavy_module(tmp_path: Path) -> None:
+    """The CLI's own run of `exec DIR /bin/true` (options, config, image, admission, plan),
+    stopped where the namespaces would be made: none of the heavy modules, nor json or
+    ipaddress (a launch without --network or --dns has no use for them)."""
+    root = tmp_path / "root"
+    for d in ("bin", "etc", "tmp", "proc", "sys", "dev", "home", "root"):
+        (root / d).mkdir(parents=True)
+    (root / "bin" / "true").write_text("")
+    script = f"""
+import os, sys
+sys.path[:0] = [{str(ROOT)!r}]
+before = set(sys.modules)
+from sifbox.cli.main import main
+import sifbox.runtime.launcher as launcher
+def stop(p, hold=None):
+    heavy = {HEAVY + ("json", "ipaddress", "argparse", "sifbox.runtime.cni")!r}
+    print("LOADED", " ".join(m for m in heavy if m in sys.modules and m not in before))
+    return 0
+launcher.launch_prepared = stop
+os.environ.pop("SIFBOX_DEBUG", None)
+main(["exec", {str(root)!r}, "/bin/true"])
+"""
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True,
+                          check=False, timeout=60, cwd=tmp_path)  # fmt: skip
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("LOADED")]
+    assert lines, proc.stdout + proc.stderr
+    assert lines[-1].split()[1:] == []

@@ -329,12 +329,12 @@ def _caps(args):  # type: ignore[no-untyped-def]
 
 def _net(args) -> tuple[bool, tuple[str, ...]]:  # type: ignore[no-untyped-def]
     """(--net, the --network names) of the options and variables."""
-    from sifbox.runtime.cni import NetworkError, parse_networks
-
     network = args.network or flag_env("NETWORK")
     net = args.net or _truthy(flag_env("NET", "UNSHARE_NET")) or bool(network)
     if not network:
         return net, ()
+    from sifbox.runtime.cni import NetworkError, parse_networks  # (not on a launch without networks)
+
     try:
         return net, parse_networks(network)
     except NetworkError as err:
@@ -342,10 +342,12 @@ def _net(args) -> tuple[bool, tuple[str, ...]]:  # type: ignore[no-untyped-def]
 
 
 def _dns(args) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
-    from sifbox.runtime.cni import NetworkError, resolv_conf
-
     text = getattr(args, "dns", None) or flag_env("DNS") or ""
     servers = tuple(d.strip() for d in text.split(",") if d.strip())
+    if not servers:
+        return ()
+    from sifbox.runtime.cni import NetworkError, resolv_conf
+
     try:
         resolv_conf(servers)
     except NetworkError as err:
