@@ -292,14 +292,17 @@ def loop_devices(image: Path | None) -> list[str] | str:
     return [ln for ln in proc.stdout.decode(errors="replace").splitlines() if ln.strip()]
 
 
-def host_mounts(tmp: Path) -> list[str]:
-    """Mounts in root's (this script's) namespace that involve the temp dir or a sifbox session."""
+def host_mounts(tmp: Path, ignore: str | None = None) -> list[str]:
+    """Mounts in root's (this script's) namespace that involve the temp dir or a sifbox session
+    (but `ignore`: the running mount service's own socket directory)."""
     found = []
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:
         return []
     for line in lines:
+        if ignore is not None and f" {ignore} " in line:
+            continue
         if str(tmp) in line or "sifbox" in line:
             found.append(line)
     return found
@@ -314,7 +317,7 @@ class Leftovers:
         return "; ".join(self.lines) + ("   <-- NOT CLEAN" if self.dirty else "")
 
 
-def leftovers(env: Env, tmp: Path, images: Images) -> Leftovers:
+def leftovers(env: Env, tmp: Path, images: Images, ignore: str | None = None) -> Leftovers:
     lines, dirty = [], False
     env.stop_holders()
     procs = squashfuse_processes()
@@ -329,7 +332,7 @@ def leftovers(env: Env, tmp: Path, images: Images) -> Leftovers:
         else:
             dirty |= bool(loops)
             lines.append(f"losetup -j {image.name}: {len(loops)} attached" + (f" {loops}" if loops else ""))
-    mounts = host_mounts(tmp)
+    mounts = host_mounts(tmp, ignore)
     dirty |= bool(mounts)
     lines.append(f"host mounts of the image dir or sifbox: {len(mounts)}" + (f" {mounts[:3]}" if mounts else ""))
     return Leftovers(lines, dirty)
@@ -617,7 +620,7 @@ def main() -> int:
                 rows.append(r)
                 oci_rows[(name, who)] = r
 
-        before = leftovers(env, tmp, images)
+        before = leftovers(env, tmp, images, ignore=str(service.base / "run") if service is not None else None)
         try:
             measure(env, rows, args.runs, args.warmup)
         finally:
