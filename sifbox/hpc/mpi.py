@@ -16,7 +16,9 @@ launcher, sifbox sets the fallbacks itself, unless the user chose otherwise:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (not at run time: `collections` costs every MPI rank a millisecond)
+    from collections.abc import Mapping
 
 SINGLE_COPY = "OMPI_MCA_btl_vader_single_copy_mechanism"
 DEFAULTS = (

@@ -14,7 +14,10 @@ environment, without locks or files shared between ranks.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (not at run time: `collections` costs every MPI rank a millisecond)
+    from collections.abc import Mapping
 
 from sifbox.runtime.sandbox.ops import Mount
 

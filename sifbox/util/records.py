@@ -23,6 +23,8 @@ def record(typename: str, field_names: str | tuple[str, ...], *, defaults: tuple
     first_default = count - len(defaults)
 
     def __new__(cls, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not kwargs and first_default <= len(args) <= count:  # the common case, made fast
+            return tuple.__new__(cls, args + defaults[len(args) - first_default:] if len(args) < count else args)
         if len(args) > count:
             raise TypeError(f"{typename}() takes {count} arguments but {len(args)} were given")
         values = list(args)

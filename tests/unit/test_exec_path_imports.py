@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("typing", "re", "enum", "collections", "base64", "sifbox.hpc.cgroups")
 EXEC_PATH = (
@@ -67,7 +69,8 @@ def test_a_key_message_still_round_trips() -> None:
     assert crypt.parse_pem_message(crypt.dump_pem_message(data)) == data
 
 
-def test_a_whole_exec_up_to_the_container_imports_no_heavy_module(tmp_path: Path) -> None:
+@pytest.mark.parametrize("under", ["terminal", "srun"])
+def test_a_whole_exec_up_to_the_container_imports_no_heavy_module(tmp_path: Path, under: str) -> None:
     """The CLI's own run of `exec DIR /bin/true` (options, config, image, admission, plan),
     stopped where the namespaces would be made: none of the heavy modules, nor json or
     ipaddress (a launch without --network or --dns has no use for them)."""
@@ -87,6 +90,8 @@ def stop(p, hold=None):
     return 0
 launcher.launch_prepared = stop
 os.environ.pop("SIFBOX_DEBUG", None)
+if {under!r} == "srun":  # an MPI rank under Slurm: the launcher's mounts and MPI defaults too
+    os.environ.update(SLURM_STEP_ID="0", SLURM_PROCID="3", SLURM_JOB_ID="7", PMIX_RANK="3")
 main(["exec", {str(root)!r}, "/bin/true"])
 """
     proc = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True,
