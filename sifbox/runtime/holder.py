@@ -19,7 +19,6 @@ Everything here runs after pivot_root: no lazy imports.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 from sifbox.runtime.sandbox import rootfs
@@ -30,8 +29,13 @@ from sifbox.util.errors import ExitStatus, SifboxError, report
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs a `sifbox oci run` some 5 ms of CPU: not imported to run
+    import signal
+    import socket
     from collections.abc import Callable, Sequence
     from typing import Any
+else:  # the C modules: `signal` and `socket` import enum (and selectors), milliseconds of a first launch
+    import _signal as signal
+    import _socket as socket
 
 _SYNCHRONOUS = {
     signal.SIGSEGV,
@@ -43,8 +47,8 @@ _SYNCHRONOUS = {
 }
 #: Signals the holder takes (and passes on); SIGKILL and SIGSTOP can't be.
 WATCHED = frozenset(
-    s for s in signal.Signals
-    if s < 32 and s not in (signal.SIGKILL, signal.SIGSTOP) and s not in _SYNCHRONOUS
+    s for s in range(1, 32)
+    if s not in (signal.SIGKILL, signal.SIGSTOP) and s not in _SYNCHRONOUS
 )  # fmt: skip
 #: Passed on, but not a request to stop (job control, terminal size, urgent data).
 NOT_STOPPING = frozenset({signal.SIGCHLD, signal.SIGCONT, signal.SIGWINCH, signal.SIGURG})
@@ -210,7 +214,6 @@ def start_instance(p, name: str, pid_file: str | None, config: dict[str, object]
     holder loop) instead of a supervisor. The holder reports "ready" on a
     socket pair (its pid in SCM_CREDENTIALS); then the state is written.
     """
-    import socket
 
     from sifbox.runtime import instances
 
@@ -339,7 +342,6 @@ def wait_ready(sock, seen: dict[str, Any]) -> tuple[int | None, int]:  # type: i
     """(holder pid, 0) once the holder says it is ready; (None, status) if
     the instance ended first. The watcher's pid goes into `seen`, and the
     addresses of its networks (`ip`)."""
-    import socket
     import struct
 
     status = int(ExitStatus.CANNOT_LAUNCH)
@@ -418,7 +420,6 @@ def start_node_mount(image, *, dir_fd: int, key: str, uid: int, gid: int, userns
     for every child of its own would wait for it): it goes to the nearest child subreaper
     (systemd --user, a test session), else to PID 1, which reaps it when it ends. It reaps
     its FUSE server itself."""
-    import socket
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
@@ -467,7 +468,6 @@ def start_node_mount(image, *, dir_fd: int, key: str, uid: int, gid: int, userns
 
 def _message(sock) -> tuple[bytes, int]:  # type: ignore[no-untyped-def]
     """The first message on `sock` and its sender's pid (0: none, or the peer is gone)."""
-    import socket
     import struct
 
     while True:
