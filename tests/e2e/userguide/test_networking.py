@@ -74,7 +74,8 @@ def test_networking(request, sb, case, host_network) -> None:  # type: ignore[no
     run_case(request, sb, case)
 
 
-def test_network_args_portmap(request, sb, instances, host_network) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.usefixtures("instances")
+def test_network_args_portmap(request, sb, host_network) -> None:  # type: ignore[no-untyped-def]
     """`sudo apptainer instance start --writable-tmpfs --net --network-args "portmap=8080:80/tcp"
     docker://nginx web2`, then `curl localhost:8080` gets NGINX's page from the container."""
     if not sb.who.is_root:
