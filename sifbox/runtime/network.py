@@ -135,9 +135,9 @@ def existing(spec: Any, cfg: Any, is_root: bool, user: str) -> Joined:
     if not is_root:
         listed = user in cfg.get_list("allow net users") or any(g in cfg.get_list("allow net groups")
                                                                  for g in _groups())  # fmt: skip
-        paths = {os.path.realpath(p) for p in cfg.get_list("allow netns paths") if os.path.isabs(p)}
+        paths = {_resolved(p) for p in cfg.get_list("allow netns paths") if os.path.isabs(p)}
         hint = "root may join any network namespace; a user, those of `allow netns paths` in sifbox.conf"
-        if not listed or os.path.realpath(path) not in paths:
+        if not listed or _resolved(path) not in paths:
             raise UsageError(f"can't use --netns-path `{path}`: joining this network namespace is not permitted "
                              "for unprivileged users", hint=hint)  # fmt: skip
         # Listed: but joining a namespace of the host's user namespace needs CAP_SYS_ADMIN there,
@@ -147,6 +147,15 @@ def existing(spec: Any, cfg: Any, is_root: bool, user: str) -> Joined:
     from sifbox.runtime.sandbox import namespaces
 
     return Joined(path, namespaces.open_network(path))
+
+
+def _resolved(path: str) -> str:
+    """`path` with its symlinks resolved, as far as the caller may (/proc/PID of another user's
+    process is not theirs to read)."""
+    try:
+        return os.path.realpath(path)
+    except OSError:
+        return os.path.abspath(path)
 
 
 def _default_dir(conf_path: str) -> str:
