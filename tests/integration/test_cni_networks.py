@@ -209,8 +209,8 @@ def _descendants(pid: int) -> list[str]:
 
 
 def _kernel_has(kind: str) -> bool:
-    probe = subprocess.run(["unshare", "--net", "sh", "-c", f"ip link add p0 type veth peer name p1 && "
-                            f"ip link add v0 link p0 type {kind}"], capture_output=True, check=False)  # fmt: skip
+    script = f"ip link add p0 type veth peer name p1 && ip link add v0 link p0 type {kind}"
+    probe = subprocess.run(["unshare", "--net", "sh", "-c", script], capture_output=True, check=False)
     return probe.returncode == 0
 
 
@@ -223,16 +223,15 @@ def test_macvlan_and_ipvlan(net: Net, sifbox_cli, action_images: ActionImages, k
         pytest.skip(f"this kernel has no {kind} driver (CONFIG_{kind.upper()})")
     parent = net.base / f"parent-{kind}"
     parent.touch()
-    subprocess.run(["unshare", f"--net={parent}", "sh", "-c",
-                    f"ip link add {PARENT} type veth peer name sbxpar1 && ip addr add 192.168.1.254/24 dev sbxpar1 "
-                    f"&& ip link set {PARENT} up && ip link set sbxpar1 up"], check=True)  # fmt: skip
+    setup = (f"ip link add {PARENT} type veth peer name sbxpar1 && ip addr add 192.168.1.254/24 dev sbxpar1 "
+             f"&& ip link set {PARENT} up && ip link set sbxpar1 up")  # fmt: skip
+    subprocess.run(["unshare", f"--net={parent}", "sh", "-c", setup], check=True)
+    probe = ("ls /sys/class/net | xargs; busybox ip -4 -o addr show eth0 | sed 's/.* inet \\([^ ]*\\).*/\\1/'; "
+             "busybox ip route | grep ^default; busybox ping -c 1 -W 5 192.168.1.254 >/dev/null && echo reached")
     try:
         proc = subprocess.run(["nsenter", f"--net={parent}", sifbox_cli, "exec", "--net", "--network", f"sbx{kind}",
-                               str(action_images.sif), "sh", "-c",
-                               "ls /sys/class/net | xargs; busybox ip -4 -o addr show eth0 | "
-                               "sed 's/.* inet \\([^ ]*\\).*/\\1/'; busybox ip route | grep ^default; "
-                               "busybox ping -c 1 -W 5 192.168.1.254 >/dev/null && echo reached"],
-                              env=net.env(ROOT), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)  # fmt: skip
+                               str(action_images.sif), "sh", "-c", probe], env=net.env(ROOT), capture_output=True,
+                              text=True, timeout=LAUNCH_TIMEOUT, check=False)  # fmt: skip
         left = subprocess.run(["nsenter", f"--net={parent}", "ip", "-o", "link"], capture_output=True, text=True,
                               check=True).stdout  # fmt: skip
     finally:
