@@ -72,6 +72,11 @@ def test_root_joins_a_named_namespace(sb, lab: Lab, action_images: ActionImages,
     proc = sb(ROOT, "exec", "--netns-path", str(lab.ns), str(action_images.sif), "sh", "-c", PROBE)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"lo sbxlab0 sbxlab1\nnet:[{lab.inode}]\n"
+    # in a user namespace of its own (-u), joined before that namespace is made; /proc/net is the
+    # namespace's (its /sys stays the host's: sysfs is not the new user namespace's to mount)
+    proc = sb(ROOT, "exec", "-u", "--netns-path", str(lab.ns), str(action_images.sif), "sh", "-c",
+              "tail -n +3 /proc/net/dev | cut -d: -f1 | sort | xargs; readlink /proc/self/ns/net")  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (0, f"lo sbxlab0 sbxlab1\nnet:[{lab.inode}]\n"), proc.stderr
 
 
 def test_root_joins_a_process_namespace_and_an_instance_keeps_it(sb, lab: Lab, action_images: ActionImages,
