@@ -47,6 +47,9 @@ CASES = [
     C(f"{NW}:--network[bridge,ptp]", "exec", "--net", "--network", "bridge,ptp", "@alpine@", *HOSTNAME_I,
       exit=USER_EXIT, out=regex(r"^(10\.22\.\d+\.\d+ 10\.23\.\d+\.\d+\n)?$"),
       err=regex(r"^$|" + REFUSED.format("bridge"))),
+    # --network-args "IP=..." for one network of several (NETWORK:KEY=VALUE), the other's by its IPAM
+    C(f"{NW}:--network-args[IP=]", "exec", "--net", "--network", "bridge,ptp", "--network-args", "ptp:IP=10.23.77.7",
+      "@alpine@", *HOSTNAME_I, only="root", out=regex(r"^10\.22\.\d+\.\d+ 10\.23\.77\.7\n$")),
     # "none (must be used alone)", the only network of unprivileged users
     C(f"{NW}:--network[none]", "exec", "--net", "--network", "none", "@alpine@", "ls", "/sys/class/net",
       out=exact("lo")),
