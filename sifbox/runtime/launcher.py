@@ -414,7 +414,7 @@ def _root_caps(request, cfg, conf_path: str, spec: ContainerSpec) -> frozenset[i
     mode = cfg.get("root default capabilities")
     from_file = caps.from_capability_file(os.path.dirname(os.path.abspath(conf_path))) if mode == "file" else frozenset()
     return caps.root_set(mode, keep_privs=keep_privs, no_privs=no_privs, add=caps.parse(add or ""),
-                         drop=caps.parse(drop or ""), own_net=bool(spec.net), from_file=from_file)  # fmt: skip
+                         drop=caps.parse(drop or ""), own_net=bool(spec.net and not spec.netns_path), from_file=from_file)  # fmt: skip
 
 
 def _workdir(spec: ContainerSpec, host: Host) -> None:

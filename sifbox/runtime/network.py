@@ -50,8 +50,11 @@ class Plan:
 
 
 def plan(spec: Any, cfg: Any, conf_path: str, is_root: bool, user: str,
-         warn: Callable[[str], None]) -> Plan | None:  # fmt: skip
-    """The CNI networks of `spec` (None: loopback only, or no network namespace of its own)."""
+         warn: Callable[[str], None]) -> Plan | Joined | None:  # fmt: skip
+    """The CNI networks of `spec` (None: loopback only, or no network namespace of its own),
+    or the existing network namespace of --netns-path."""
+    if spec.netns_path:
+        return existing(spec, cfg, is_root, user)
     if not spec.net:
         return None
     asked = tuple(spec.network)
@@ -97,6 +100,62 @@ def plan(spec: Any, cfg: Any, conf_path: str, is_root: bool, user: str,
             if isinstance(ipam, dict) and "type" in ipam:
                 find_plugin(ipam["type"], plugin_dirs, net.name)
     return Plan(networks, request, plugin_dirs)
+
+
+class Joined:
+    """--netns-path: an existing network namespace, open at `fd` (checked to be one), joined
+    instead of a new one; it has no addresses of sifbox's and no keeper (the launch's
+    `attached`, as `Attached`)."""
+
+    __slots__ = ("addresses", "fd", "path")
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path, self.fd = path, fd
+        self.addresses: list[str] = []
+
+    def close_fd(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    release = detach = close_fd
+
+
+def existing(spec: Any, cfg: Any, is_root: bool, user: str) -> Joined:
+    """The network namespace of --netns-path, opened once (and checked: sandbox.namespaces).
+    As Apptainer/SingularityCE: root may join any; a user only one whose path is listed in
+    `allow netns paths`, when `allow net users`/`allow net groups` lists them; not with
+    --fakeroot, nor with CNI networks (the namespace is set up already)."""
+    path = spec.netns_path
+    if spec.network or spec.network_args:
+        raise UsageError(f"can't use --netns-path `{path}` with --network or --network-args: the container "
+                         "joins an existing network namespace, whose interfaces are set up already")  # fmt: skip
+    if spec.fakeroot:
+        raise UsageError(f"can't use --netns-path `{path}` with --fakeroot", hint="run without --fakeroot")
+    if not is_root:
+        listed = user in cfg.get_list("allow net users") or any(g in cfg.get_list("allow net groups")
+                                                                 for g in _groups())  # fmt: skip
+        paths = {_resolved(p) for p in cfg.get_list("allow netns paths") if os.path.isabs(p)}
+        hint = "root may join any network namespace; a user, those of `allow netns paths` in sifbox.conf"
+        if not listed or _resolved(path) not in paths:
+            raise UsageError(f"can't use --netns-path `{path}`: joining this network namespace is not permitted "
+                             "for unprivileged users", hint=hint)  # fmt: skip
+        # Listed: but joining a namespace of the host's user namespace needs CAP_SYS_ADMIN there,
+        # and sifbox installs nothing setuid.
+        raise UsageError(f"can't use --netns-path `{path}`: joining a network namespace needs root, and sifbox "
+                         "has no setuid helper to join it for users", hint=hint)  # fmt: skip
+    from sifbox.runtime.sandbox import namespaces
+
+    return Joined(path, namespaces.open_network(path))
+
+
+def _resolved(path: str) -> str:
+    """`path` with its symlinks resolved, as far as the caller may (/proc/PID of another user's
+    process is not theirs to read)."""
+    try:
+        return os.path.realpath(path)
+    except OSError:
+        return os.path.abspath(path)
 
 
 def _default_dir(conf_path: str) -> str:
@@ -176,9 +235,9 @@ def find_plugin(kind: str, dirs: tuple[str, ...], net: str) -> str:
 
 def launch_with(p: Any, hold: Any, launch: Callable[[Any, Any], int]) -> int:
     """`launch(p, hold)` (the launcher's) in the namespace of `p.network`'s networks: joined
-    before it, left to the keeper after it (which runs DEL). An instance's `hold` is told the
-    addresses (`instance list` shows them)."""
-    p.attached = attach(p.network, p.spec.image)
+    before it, left to the keeper after it (which runs DEL); or in the namespace of
+    --netns-path. An instance's `hold` is told the addresses (`instance list` shows them)."""
+    p.attached = p.network if isinstance(p.network, Joined) else attach(p.network, p.spec.image)
     p.ns = p.ns._replace(net_fd=p.attached.fd)
     if hold is not None and hasattr(hold, "addresses"):
         hold.addresses(p.attached.addresses)

@@ -106,7 +106,8 @@ def _check(launch: Any) -> None:
     spec = launch.spec
     refused = [(launch.instance is not None, "instances"), (bool(launch.app), "--app"),
                (bool(spec.overlays) or spec.writable, "--overlay/--writable"), (_devices(launch.devices), "--nv/--rocm/--device"),
-               (spec.image.startswith("instance://"), "instance://"), (spec.net, "--net"),
+               (spec.image.startswith("instance://"), "instance://"),
+               (bool(spec.netns_path), "--netns-path"), (spec.net, "--net"),
                (any(b.image_src is not None or b.part_id is not None for b in spec.binds), "image binds (image-src=)"),
                (bool(launch.env_files), "--env-file")]  # fmt: skip
     for bad, what in refused:

@@ -80,6 +80,8 @@ if TYPE_CHECKING:
         network: tuple[str, ...] = ()
         network_args: tuple[str, ...] = ()
         dns: tuple[str, ...] = ()
+        #: --netns-path: an existing network namespace to join (with `net` set)
+        netns_path: str | None = None
 
 
 # Plain records at run time: `typing` costs start-up time on every launch.
@@ -91,9 +93,9 @@ ContainerSpec = namedtuple(  # type: ignore[misc]
     "ContainerSpec",
     "image action command binds home_source home_target no_home contain cleanenv "
     "writable_tmpfs userns pwd env_overrides no_mount shell fakeroot pid ipc uts hostname net writable overlays "
-    "identity_files workdir scratch network network_args dns",
+    "identity_files workdir scratch network network_args dns netns_path",
     defaults=((), (), None, None, False, False, False, False, False, None, (), frozenset(), None, False,
-              False, False, False, None, False, False, (), True, None, (), (), (), ()),
+              False, False, False, None, False, False, (), True, None, (), (), (), (), None),
 )  # fmt: skip
 
 ACTIONS = ("exec", "run", "shell", "test")

@@ -33,6 +33,7 @@ no_leaks = images.no_leaks
 pytestmark = pytest.mark.integration
 
 BRIDGE, SUBNET, GATEWAY = "sbxt0", "10.77.0", "10.77.0.1"
+PARENT = "sbxpar0"  # the master of the ipvlan and macvlan networks, in a namespace of the test's
 ROOT = _user("root")
 
 
@@ -70,6 +71,10 @@ def net() -> Iterator[Net]:
     (n.networks / "00_sbxtest.conflist").write_text(_conflist("sbxtest", [
         {"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": True, "ipam": ipam},
         {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}]))  # fmt: skip
+    for kind in ("ipvlan", "macvlan"):  # Apptainer's 20_ipvlan and 30_macvlan, over a parent of the tests'
+        (n.networks / f"20_sbx{kind}.conflist").write_text(_conflist(f"sbx{kind}", [
+            {"type": kind, "master": PARENT, "ipam": {"type": "static", "addresses": [
+                {"address": "192.168.1.1/24", "gateway": "192.168.1.254"}], "routes": [{"dst": "0.0.0.0/0"}]}}]))  # fmt: skip
     n.conf.write_text(render_default() + f"cni configuration path = {n.networks}\n")
     with netstate.restored((BRIDGE,)) as problems:
         # The bridge beforehand, so that a host server can listen on its address.
@@ -201,6 +206,44 @@ def _descendants(pid: int) -> list[str]:
         found.append(p)
         todo += children.get(p, [])
     return found
+
+
+def _kernel_has(kind: str) -> bool:
+    script = f"ip link add p0 type veth peer name p1 && ip link add v0 link p0 type {kind}"
+    probe = subprocess.run(["unshare", "--net", "sh", "-c", script], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+@pytest.mark.parametrize("kind", ["macvlan", "ipvlan"])
+def test_macvlan_and_ipvlan(net: Net, sifbox_cli, action_images: ActionImages, kind: str, no_leaks) -> None:
+    """The shipped ipvlan and macvlan configurations (static 192.168.1.1/24, gateway .254), their
+    master a veth of a network namespace the test makes, where sifbox runs (nsenter): the
+    plugins find their master there, and the host's interfaces are never touched."""
+    if not _kernel_has(kind):
+        pytest.skip(f"this kernel has no {kind} driver (CONFIG_{kind.upper()})")
+    parent = net.base / f"parent-{kind}"
+    parent.touch()
+    setup = (f"ip link add {PARENT} type veth peer name sbxpar1 && ip addr add 192.168.1.254/24 dev sbxpar1 "
+             f"&& ip link set {PARENT} up && ip link set sbxpar1 up")  # fmt: skip
+    subprocess.run(["unshare", f"--net={parent}", "sh", "-c", setup], check=True)
+    probe = ("ls /sys/class/net | xargs; busybox ip -4 -o addr show eth0 | sed 's/.* inet \\([^ ]*\\).*/\\1/'; "
+             "busybox ip route | grep ^default; busybox ping -c 1 -W 5 192.168.1.254 >/dev/null && echo reached")
+    try:
+        proc = subprocess.run(["nsenter", f"--net={parent}", sifbox_cli, "exec", "--net", "--network", f"sbx{kind}",
+                               str(action_images.sif), "sh", "-c", probe], env=net.env(ROOT), capture_output=True,
+                              text=True, timeout=LAUNCH_TIMEOUT, check=False)  # fmt: skip
+        left = subprocess.run(["nsenter", f"--net={parent}", "ip", "-o", "link"], capture_output=True, text=True,
+                              check=True).stdout  # fmt: skip
+    finally:
+        subprocess.run(["umount", str(parent)], check=False)
+        parent.unlink()
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[:2] == ["eth0 lo", "192.168.1.1/24"], proc.stdout
+    assert lines[2].startswith("default via 192.168.1.254 dev eth0"), proc.stdout
+    assert lines[3:] == ["reached"], proc.stdout  # the parent's peer, through the master
+    assert sorted(ln.split(":")[1].strip().split("@")[0] for ln in left.splitlines()) == ["lo", PARENT, "sbxpar1"]
+    assert not [c for c in netstate.cached_results() if f"sbx{kind}" in c]
 
 
 # --- refusals, hostile input ----------------------------------------------------------------------

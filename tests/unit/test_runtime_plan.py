@@ -659,6 +659,7 @@ def ns(command: str = "exec", **kw: Any) -> argparse.Namespace:
         "network": None,
         "network_args": [],
         "dns": None,
+        "netns_path": None,
         "add_caps": None,
         "drop_caps": None,
         "app": None,

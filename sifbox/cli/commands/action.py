@@ -81,6 +81,8 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, str, str | None, str | None, str], ..
      "isolation"),
     (("--network-args",), "network_args", "append", "ARGS",
      "arguments of the networks: portmap=HOST:CONTAINER/PROTO, IP=ADDRESS, [NETWORK:]KEY=VALUE", "isolation"),
+    (("--netns-path",), "netns_path", "value", "PATH",
+     "join the network namespace at PATH (root; users: paths of `allow netns paths`)", "isolation"),
     (("--dns",), "dns", "value", "SERVERS", "DNS servers of the container's /etc/resolv.conf (comma list)",
      "isolation"),
     (("-f", "--fakeroot"), "fakeroot", "bool", None,
@@ -261,6 +263,7 @@ def build_spec(args):  # type: ignore[no-untyped-def]
     compat = _compat(args)
     containall = args.containall or compat or _truthy(flag_env("CONTAINALL"))
     net, network = _net(args)
+    netns_path = getattr(args, "netns_path", None) or flag_env("NETNS_PATH") or None
     return ContainerSpec(
         image=args.image,
         action=args.command,
@@ -283,7 +286,8 @@ def build_spec(args):  # type: ignore[no-untyped-def]
         ipc=args.ipc or containall or _truthy(flag_env("IPC", "UNSHARE_IPC")),
         uts=args.uts or _truthy(flag_env("UTS", "UNSHARE_UTS")),
         hostname=args.hostname or flag_env("HOSTNAME") or None,
-        net=net,
+        net=net or bool(netns_path),
+        netns_path=netns_path,
         network=network,
         network_args=tuple(getattr(args, "network_args", None) or ([flag_env("NETWORK_ARGS")] if flag_env("NETWORK_ARGS") else [])),
         dns=_dns(args),

@@ -90,6 +90,46 @@ def new_network(*, image: str) -> int:
         os.waitpid(pid, 0)
 
 
+KINDS = {sc.CLONE_NEWNS: "mount", sc.CLONE_NEWUTS: "UTS", sc.CLONE_NEWIPC: "IPC", sc.CLONE_NEWUSER: "user",
+         sc.CLONE_NEWPID: "PID", sc.CLONE_NEWNET: "network", sc.CLONE_NEWCGROUP: "cgroup"}  # fmt: skip
+
+
+def open_network(path: str) -> int:
+    """The network namespace at `path` (`--netns-path`: /run/netns/NAME, /proc/PID/ns/net),
+    open (read-only, close-on-exec) at the descriptor returned, for `Namespaces.net_fd`.
+
+    The path is opened once, and what was opened is checked: a namespace file (never a FIFO
+    or a device, which opening could block on or act on: they are refused from an O_PATH
+    descriptor first), and a network namespace. A symlink swapped after the check changes
+    nothing: the descriptor is what gets joined (setns checks its kind again)."""
+    import stat
+
+    what = f"can't join the network namespace `{path}`"
+    try:
+        probe = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError as err:
+        raise LaunchError(f"{what}: {describe_os_error(err)}",
+                          hint="`ip netns add NAME` makes /run/netns/NAME; a process's is /proc/PID/ns/net") from None  # fmt: skip
+    try:
+        if not stat.S_ISREG(os.fstat(probe).st_mode):
+            raise LaunchError(f"{what}: not a network namespace (not a namespace file)")
+        try:
+            fd = os.open(f"/proc/self/fd/{probe}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        except OSError as err:
+            raise LaunchError(f"{what}: {describe_os_error(err)}") from None
+    finally:
+        os.close(probe)
+    try:
+        kind = sc.namespace_type(fd)
+    except OSError:
+        os.close(fd)
+        raise LaunchError(f"{what}: not a network namespace (not a namespace file)") from None
+    if kind != sc.CLONE_NEWNET:
+        os.close(fd)
+        raise LaunchError(f"{what}: not a network namespace (a {KINDS.get(kind, 'other')} namespace)")
+    return fd
+
+
 def write_own_maps(uid: int, gid: int, inside: int | None = None) -> None:
     """Map the caller to itself (or to `inside`, e.g. 0 for fakeroot)."""
     with open("/proc/self/setgroups", "w") as f:

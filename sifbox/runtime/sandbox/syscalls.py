@@ -123,6 +123,18 @@ def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
 
 
+#: ioctl of a namespace file: its kind, a CLONE_NEW* flag (linux/nsfs.h, Linux 4.11)
+NS_GET_NSTYPE = 0xB703
+
+
+def namespace_type(fd: int) -> int:
+    """The kind (CLONE_NEW* flag) of the namespace open at `fd`; OSError (ENOTTY) for a file
+    that is no namespace."""
+    import fcntl
+
+    return int(fcntl.ioctl(fd, NS_GET_NSTYPE))
+
+
 def setns(fd: int, nstype: int = 0) -> None:
     """Join the namespace open at `fd` (a /proc/PID/ns/* file)."""
     _check(_libc.setns(fd, nstype), "setns")
