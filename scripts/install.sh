@@ -180,6 +180,7 @@ SHIPPED_CONF_SHA256=(
     4053dd3527385ddbd77121b044de873e137ab10b74bb79c7fc2b743caebe78f9
     2199327f6587663e3e54bce5ad9d04e1f04cee20127fe16ed04794ccbebe9dfc
     569f2869ed69ed4093cae6ffca98dc199f379aa129454dae6e83b6a6499bd541
+    a49f044a0840bda209b84f0fbad6b86dd66f2c3bb36a5908c21fb0afbc573e9c
 )
 if [ -e /etc/sifbox/sifbox.conf ]; then
     current=$(sha256sum </etc/sifbox/sifbox.conf | cut -c1-64)
