@@ -46,21 +46,57 @@ def encode_clearsign(text: bytes, signature_packet: bytes, hash_name: str = "SHA
     for line in text.split(b"\n"):
         line = line.rstrip(b" \t\r")
         lines.append(b"- " + line if line.startswith(b"-") else line)
-    b64 = base64.b64encode(signature_packet)
-    armored = b"\n".join(b64[i : i + 64] for i in range(0, len(b64), 64))
     return b"".join([
         BEGIN_MESSAGE, b"\nHash: ", hash_name.encode(), b"\n\n",
         b"\n".join(lines), b"\n",
-        BEGIN_SIGNATURE, b"\n\n", armored, b"\n", END_SIGNATURE,
+        armor_signature(signature_packet),
     ])  # fmt: skip
 
 
-class ClearSigned:
-    __slots__ = ("plaintext", "signature")
+def armor_signature(packets: bytes, checksum: bool = False) -> bytes:
+    """The armored signature block: base64 at 64 columns, the CRC-24 line if `checksum`, and
+    no newline after the END line."""
+    b64 = base64.b64encode(packets)
+    lines = [b64[i : i + 64] for i in range(0, len(b64), 64)]
+    if checksum:
+        lines.append(b"=" + base64.b64encode(crc24(packets).to_bytes(3, "big")))
+    return b"".join([BEGIN_SIGNATURE, b"\n\n", b"\n".join(lines), b"\n", END_SIGNATURE])
 
-    def __init__(self, plaintext: bytes, signature: bytes):
+
+def crc24(data: bytes) -> int:
+    """The armor checksum (RFC 4880 6.1)."""
+    crc = 0xB704CE
+    for byte in data:
+        crc ^= byte << 16
+        for _ in range(8):
+            crc <<= 1
+            if crc & 0x1000000:
+                crc ^= 0x1864CFB
+    return crc & 0xFFFFFF
+
+
+def armor_for_gnupg(message: bytes) -> bytes:
+    """`message` with its signature block armored anew, checksum line included, the signed
+    text before it unchanged (`message` itself when it is not clear-signed).
+
+    GnuPG 2.2 drops the last bytes of a base64 block that ends without padding when no
+    checksum line follows (https://dev.gnupg.org/T7071): gpgv then finds no signature in a
+    valid one. SIF signatures carry no checksum line (spec 7.3), and one packet length in
+    three ends without padding."""
+    cs = decode_clearsign(message)
+    if cs is None:
+        return message
+    return message[: cs.armor_start] + armor_signature(cs.signature, checksum=True)
+
+
+class ClearSigned:
+    __slots__ = ("armor_start", "plaintext", "signature")
+
+    def __init__(self, plaintext: bytes, signature: bytes, armor_start: int = 0):
         self.plaintext = plaintext
         self.signature = signature
+        #: offset in the message of the BEGIN PGP SIGNATURE line
+        self.armor_start = armor_start
 
 
 def decode_clearsign(data: bytes) -> ClearSigned | None:
@@ -84,6 +120,7 @@ def decode_clearsign(data: bytes) -> ClearSigned | None:
         i += 1
     if i >= len(lines):
         return None
+    armor_start = sum(len(line) + 1 for line in lines[:i])
     i += 1
     while i < len(lines) and lines[i].strip() and b":" in lines[i]:
         i += 1
@@ -100,7 +137,7 @@ def decode_clearsign(data: bytes) -> ClearSigned | None:
         sig = base64.b64decode(b"".join(b64), validate=True)
     except ValueError:
         return None
-    return ClearSigned(b"\n".join(text), sig)
+    return ClearSigned(b"\n".join(text), sig, armor_start)
 
 
 def signature_hash_algo(packet: bytes) -> int:
@@ -212,7 +249,6 @@ class GnuPG:
                 return proc.stdout
         raise PgpError("can't sign: gpg gave no signature", hint="run again; check that gpg-agent can start")
 
-
     def is_protected(self, fingerprint: str) -> bool:
         """Whether the secret key needs a passphrase (it does not sign with an empty one)."""
         try:
@@ -308,7 +344,7 @@ def verify_clearsigned(message: bytes, keyring: bytes) -> PgpVerified:
         with open(ring, "wb") as f:
             f.write(keyring)
         with open(msg, "wb") as f:
-            f.write(message)
+            f.write(armor_for_gnupg(message))
         proc = subprocess.run(
             [gpgv, "--homedir", tmp, "--status-fd", "1", "--keyring", ring, "--output", out, msg],
             capture_output=True, check=False, env=_gpg_env(tmp), timeout=120,
