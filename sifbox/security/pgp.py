@@ -242,12 +242,12 @@ class GnuPG:
                 reason = _gpg_reason(proc.stderr)
                 if "passphrase" in reason.lower() or "bad passphrase" in proc.stderr.decode(errors="replace").lower():
                     raise BadPassphrase(reason)
-                raise PgpError(f"can't sign: {reason}")
+                raise PgpError(f"gpg failed: {reason}")
             # An OpenPGP signature packet (tag 2, old or new format); gpg may exit 0
             # without one when its agent did not answer in time: try again.
             if proc.stdout[:1] and proc.stdout[0] in (0x88, 0x89, 0x8A, 0xC2):
                 return proc.stdout
-        raise PgpError("can't sign: gpg gave no signature", hint="run again; check that gpg-agent can start")
+        raise PgpError("gpg exited 0 three times without a signature (did its gpg-agent start?)")
 
     def is_protected(self, fingerprint: str) -> bool:
         """Whether the secret key needs a passphrase (it does not sign with an empty one)."""
