@@ -27,6 +27,10 @@ HASH_ALGOS = {2: ("SHA1", 0), 8: ("SHA256", 1), 9: ("SHA384", 2), 10: ("SHA512",
 ACCEPTED_HASHES = {8, 9, 10, 11}
 
 
+#: Seconds one gpg run may take (key generation included).
+GPG_TIMEOUT = 600
+
+
 class PgpError(Exception):
     pass
 
@@ -212,20 +216,28 @@ class GnuPG:
         shutil.rmtree(self.home, ignore_errors=True)
 
     def run(self, args: list[str], input: bytes | None = None, what: str = "run gpg",
-            check: bool = True) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
+            check: bool = True, output: bool = False) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
+        """gpg `args`; with `check`, an exit status other than 0 raises PgpError, and so does
+        empty output with `output` (what gpg exports is written to disk: nothing is no key)."""
         argv = [gpg_path(), "--homedir", self.home, "--batch", "--no-tty", "--yes",
                 "--pinentry-mode", "loopback", *args]  # fmt: skip
         if any(a in args for a in ("--import", "--detach-sign", "--quick-gen-key", "--export-secret-keys")):
             self.agent = True
-        proc = subprocess.run(argv, input=input, capture_output=True, check=False,
-                              env=_gpg_env(self.home), timeout=600)  # fmt: skip
+        try:
+            proc = subprocess.run(argv, input=input, capture_output=True, check=False,
+                                  env=_gpg_env(self.home), timeout=GPG_TIMEOUT)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise PgpError(f"can't {what}: gpg did not finish in {GPG_TIMEOUT} seconds") from None
         if check and proc.returncode != 0:
             raise PgpError(f"can't {what}: {_gpg_reason(proc.stderr)}")
+        if check and output and not proc.stdout:
+            raise PgpError(f"can't {what}: gpg exited 0 without writing it")
         return proc
 
     def export_public(self, fingerprints: list[str] | None = None, armor: bool = False) -> bytes:
+        """The public keys `fingerprints` (all: every key, maybe none)."""
         args = ["--armor", "--export"] if armor else ["--export"]
-        return self.run([*args, *(fingerprints or [])], what="export public keys").stdout
+        return self.run([*args, *(fingerprints or [])], what="export public keys", output=bool(fingerprints)).stdout
 
     def sign_detached_text(self, data: bytes, fingerprint: str, passphrase: str = "",
                            when: int | None = None) -> bytes:  # fmt: skip
@@ -270,7 +282,7 @@ class GnuPG:
 
     def export_secret(self, fingerprint: str, passphrase: str) -> bytes:
         """The secret key, as protected now, in OpenPGP's binary form."""
-        return self.run(["--passphrase-fd", "0", "--export-secret-keys", fingerprint],
+        return self.run(["--passphrase-fd", "0", "--export-secret-keys", fingerprint], output=True,
                         input=passphrase.encode() + b"\n", what="export the secret key").stdout  # fmt: skip
 
 
@@ -426,6 +438,24 @@ def split_packets(data: bytes) -> list[tuple[int, bytes]]:
             raise PgpError("truncated OpenPGP packet")
         out.append((tag, data[i:end]))
         i = end
+    return out
+
+
+def primary_keys(ring: bytes) -> set[bytes]:
+    """The primary key packets of a binary keyring, each without its header (so whichever
+    header framed it); empty when `ring` does not parse."""
+    try:
+        packets = split_packets(ring)
+    except PgpError:
+        return set()
+    out = set()
+    for tag, pkt in packets:
+        if tag in (5, 6):
+            if pkt[0] & 0x40:
+                start = 2 if pkt[1] < 192 else 3 if pkt[1] < 224 else 6
+            else:
+                start = 1 + (1, 2, 4)[pkt[0] & 3]
+            out.add(pkt[start:])
     return out
 
 

@@ -79,6 +79,14 @@ def test_split_keys_drops_trust_packets() -> None:
         pgp.split_packets(bytes([0xC6, 10]) + b"short")
 
 
+def test_primary_keys_whatever_the_packet_header() -> None:
+    new = bytes([0xC6, 3]) + b"key" + bytes([0xCD, 2]) + b"id"
+    old = bytes([0x99, 0, 3]) + b"key" + bytes([0xB4, 2]) + b"id"  # old format, 2-byte length
+    assert pgp.primary_keys(new) == pgp.primary_keys(old) == {b"key"}
+    assert pgp.primary_keys(new + bytes([0xC6, 2]) + b"k2") == {b"key", b"k2"}
+    assert pgp.primary_keys(b"\x01garbage") == set() and pgp.primary_keys(b"") == set()
+
+
 def test_dearmor() -> None:
     armored = b"-----BEGIN PGP PUBLIC KEY BLOCK-----\nComment: x\n\nxsA=\n=AAAA\n-----END PGP PUBLIC KEY BLOCK-----\n"
     assert pgp.dearmor(armored) == b"\xc6\xc0"
