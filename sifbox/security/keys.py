@@ -190,9 +190,12 @@ class Keyring:
     # -- changes ---------------------------------------------------------------------
     def add_public(self, data: bytes) -> list[KeyInfo]:
         """Merge public keys into the public keyring (GnuPG merges duplicates)."""
-        with pgp.GnuPG(public=self.public()) as g:
+        old = self.public()
+        with pgp.GnuPG(public=old) as g:
             g.run(["--import"], input=data, what="import the public key(s)")
             merged = g.export_public()
+        if not merged or not pgp.primary_keys(old) <= pgp.primary_keys(merged):
+            raise pgp.PgpError("can't import the public key(s): gpg's merged keyring lacks keys the keyring had")
         self._write(self.public_path, merged, 0o644)
         return describe(data)
 
@@ -236,7 +239,7 @@ class Keyring:
             g.run(["--passphrase", passphrase, "--quick-add-key", info.fingerprint, f"rsa{bits}", "encr", "never"],
                   what="generate the encryption subkey")  # fmt: skip
             secret = g.run(["--passphrase", passphrase, "--export-secret-keys", info.fingerprint],
-                           what="export the new secret key").stdout  # fmt: skip
+                           what="export the new secret key", output=True).stdout  # fmt: skip
             public = g.export_public([info.fingerprint])
         self._write(self.secret_path, self.secret() + secret, 0o600)
         self.add_public(public)

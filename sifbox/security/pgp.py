@@ -27,6 +27,10 @@ HASH_ALGOS = {2: ("SHA1", 0), 8: ("SHA256", 1), 9: ("SHA384", 2), 10: ("SHA512",
 ACCEPTED_HASHES = {8, 9, 10, 11}
 
 
+#: Seconds one gpg run may take (key generation included).
+GPG_TIMEOUT = 600
+
+
 class PgpError(Exception):
     pass
 
@@ -46,21 +50,57 @@ def encode_clearsign(text: bytes, signature_packet: bytes, hash_name: str = "SHA
     for line in text.split(b"\n"):
         line = line.rstrip(b" \t\r")
         lines.append(b"- " + line if line.startswith(b"-") else line)
-    b64 = base64.b64encode(signature_packet)
-    armored = b"\n".join(b64[i : i + 64] for i in range(0, len(b64), 64))
     return b"".join([
         BEGIN_MESSAGE, b"\nHash: ", hash_name.encode(), b"\n\n",
         b"\n".join(lines), b"\n",
-        BEGIN_SIGNATURE, b"\n\n", armored, b"\n", END_SIGNATURE,
+        armor_signature(signature_packet),
     ])  # fmt: skip
 
 
-class ClearSigned:
-    __slots__ = ("plaintext", "signature")
+def armor_signature(packets: bytes, checksum: bool = False) -> bytes:
+    """The armored signature block: base64 at 64 columns, the CRC-24 line if `checksum`, and
+    no newline after the END line."""
+    b64 = base64.b64encode(packets)
+    lines = [b64[i : i + 64] for i in range(0, len(b64), 64)]
+    if checksum:
+        lines.append(b"=" + base64.b64encode(crc24(packets).to_bytes(3, "big")))
+    return b"".join([BEGIN_SIGNATURE, b"\n\n", b"\n".join(lines), b"\n", END_SIGNATURE])
 
-    def __init__(self, plaintext: bytes, signature: bytes):
+
+def crc24(data: bytes) -> int:
+    """The armor checksum (RFC 4880 6.1)."""
+    crc = 0xB704CE
+    for byte in data:
+        crc ^= byte << 16
+        for _ in range(8):
+            crc <<= 1
+            if crc & 0x1000000:
+                crc ^= 0x1864CFB
+    return crc & 0xFFFFFF
+
+
+def armor_for_gnupg(message: bytes) -> bytes:
+    """`message` with its signature block armored anew, checksum line included, the signed
+    text before it unchanged (`message` itself when it is not clear-signed).
+
+    GnuPG 2.2 drops the last bytes of a base64 block that ends without padding when no
+    checksum line follows (https://dev.gnupg.org/T7071): gpgv then finds no signature in a
+    valid one. SIF signatures carry no checksum line (spec 7.3), and one packet length in
+    three ends without padding."""
+    cs = decode_clearsign(message)
+    if cs is None:
+        return message
+    return message[: cs.armor_start] + armor_signature(cs.signature, checksum=True)
+
+
+class ClearSigned:
+    __slots__ = ("armor_start", "plaintext", "signature")
+
+    def __init__(self, plaintext: bytes, signature: bytes, armor_start: int = 0):
         self.plaintext = plaintext
         self.signature = signature
+        #: offset in the message of the BEGIN PGP SIGNATURE line
+        self.armor_start = armor_start
 
 
 def decode_clearsign(data: bytes) -> ClearSigned | None:
@@ -84,6 +124,7 @@ def decode_clearsign(data: bytes) -> ClearSigned | None:
         i += 1
     if i >= len(lines):
         return None
+    armor_start = sum(len(line) + 1 for line in lines[:i])
     i += 1
     while i < len(lines) and lines[i].strip() and b":" in lines[i]:
         i += 1
@@ -100,7 +141,7 @@ def decode_clearsign(data: bytes) -> ClearSigned | None:
         sig = base64.b64decode(b"".join(b64), validate=True)
     except ValueError:
         return None
-    return ClearSigned(b"\n".join(text), sig)
+    return ClearSigned(b"\n".join(text), sig, armor_start)
 
 
 def signature_hash_algo(packet: bytes) -> int:
@@ -175,20 +216,28 @@ class GnuPG:
         shutil.rmtree(self.home, ignore_errors=True)
 
     def run(self, args: list[str], input: bytes | None = None, what: str = "run gpg",
-            check: bool = True) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
+            check: bool = True, output: bool = False) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
+        """gpg `args`; with `check`, an exit status other than 0 raises PgpError, and so does
+        empty output with `output` (what gpg exports is written to disk: nothing is no key)."""
         argv = [gpg_path(), "--homedir", self.home, "--batch", "--no-tty", "--yes",
                 "--pinentry-mode", "loopback", *args]  # fmt: skip
         if any(a in args for a in ("--import", "--detach-sign", "--quick-gen-key", "--export-secret-keys")):
             self.agent = True
-        proc = subprocess.run(argv, input=input, capture_output=True, check=False,
-                              env=_gpg_env(self.home), timeout=600)  # fmt: skip
+        try:
+            proc = subprocess.run(argv, input=input, capture_output=True, check=False,
+                                  env=_gpg_env(self.home), timeout=GPG_TIMEOUT)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise PgpError(f"can't {what}: gpg did not finish in {GPG_TIMEOUT} seconds") from None
         if check and proc.returncode != 0:
             raise PgpError(f"can't {what}: {_gpg_reason(proc.stderr)}")
+        if check and output and not proc.stdout:
+            raise PgpError(f"can't {what}: gpg exited 0 without writing it")
         return proc
 
     def export_public(self, fingerprints: list[str] | None = None, armor: bool = False) -> bytes:
+        """The public keys `fingerprints` (all: every key, maybe none)."""
         args = ["--armor", "--export"] if armor else ["--export"]
-        return self.run([*args, *(fingerprints or [])], what="export public keys").stdout
+        return self.run([*args, *(fingerprints or [])], what="export public keys", output=bool(fingerprints)).stdout
 
     def sign_detached_text(self, data: bytes, fingerprint: str, passphrase: str = "",
                            when: int | None = None) -> bytes:  # fmt: skip
@@ -205,13 +254,12 @@ class GnuPG:
                 reason = _gpg_reason(proc.stderr)
                 if "passphrase" in reason.lower() or "bad passphrase" in proc.stderr.decode(errors="replace").lower():
                     raise BadPassphrase(reason)
-                raise PgpError(f"can't sign: {reason}")
+                raise PgpError(f"gpg failed: {reason}")
             # An OpenPGP signature packet (tag 2, old or new format); gpg may exit 0
             # without one when its agent did not answer in time: try again.
             if proc.stdout[:1] and proc.stdout[0] in (0x88, 0x89, 0x8A, 0xC2):
                 return proc.stdout
-        raise PgpError("can't sign: gpg gave no signature", hint="run again; check that gpg-agent can start")
-
+        raise PgpError("gpg exited 0 three times without a signature (did its gpg-agent start?)")
 
     def is_protected(self, fingerprint: str) -> bool:
         """Whether the secret key needs a passphrase (it does not sign with an empty one)."""
@@ -234,7 +282,7 @@ class GnuPG:
 
     def export_secret(self, fingerprint: str, passphrase: str) -> bytes:
         """The secret key, as protected now, in OpenPGP's binary form."""
-        return self.run(["--passphrase-fd", "0", "--export-secret-keys", fingerprint],
+        return self.run(["--passphrase-fd", "0", "--export-secret-keys", fingerprint], output=True,
                         input=passphrase.encode() + b"\n", what="export the secret key").stdout  # fmt: skip
 
 
@@ -308,7 +356,7 @@ def verify_clearsigned(message: bytes, keyring: bytes) -> PgpVerified:
         with open(ring, "wb") as f:
             f.write(keyring)
         with open(msg, "wb") as f:
-            f.write(message)
+            f.write(armor_for_gnupg(message))
         proc = subprocess.run(
             [gpgv, "--homedir", tmp, "--status-fd", "1", "--keyring", ring, "--output", out, msg],
             capture_output=True, check=False, env=_gpg_env(tmp), timeout=120,
@@ -390,6 +438,24 @@ def split_packets(data: bytes) -> list[tuple[int, bytes]]:
             raise PgpError("truncated OpenPGP packet")
         out.append((tag, data[i:end]))
         i = end
+    return out
+
+
+def primary_keys(ring: bytes) -> set[bytes]:
+    """The primary key packets of a binary keyring, each without its header (so whichever
+    header framed it); empty when `ring` does not parse."""
+    try:
+        packets = split_packets(ring)
+    except PgpError:
+        return set()
+    out = set()
+    for tag, pkt in packets:
+        if tag in (5, 6):
+            if pkt[0] & 0x40:
+                start = 2 if pkt[1] < 192 else 3 if pkt[1] < 224 else 6
+            else:
+                start = 1 + (1, 2, 4)[pkt[0] & 3]
+            out.add(pkt[start:])
     return out
 
 

@@ -50,12 +50,24 @@ def plan(img: SifImage, groups: list[int] = (), objects: list[int] = ()) -> list
 
 
 def pgp_signer(gpg: GnuPG, fingerprint: str, passphrase: str = "", when: int | None = None) -> Signer:
+    """Clear-signed metadata. Each signature is checked with gpgv against the signer's public
+    key before it is handed back: what gpg printed when it exited 0 is not trusted to be one."""
     entity = bytes.fromhex(fingerprint)
+    public: list[bytes] = []
 
     def sign(metadata: bytes) -> tuple[bytes, bytes]:
         packet = gpg.sign_detached_text(metadata, fingerprint, passphrase, when)
         name = pgp.HASH_ALGOS.get(pgp.signature_hash_algo(packet), ("SHA256", 1))[0]
-        return pgp.encode_clearsign(metadata, packet, name), entity
+        data = pgp.encode_clearsign(metadata, packet, name)
+        if not public:
+            public.append(gpg.export_public([fingerprint]))
+        try:
+            made = pgp.verify_clearsigned(data, public[0])
+        except pgp.PgpError as err:
+            raise pgp.PgpError(f"the signature gpg made does not verify: {err}") from None
+        if made.primary != fingerprint.upper() or pgp.canonical_text(made.plaintext) != pgp.canonical_text(metadata):
+            raise pgp.PgpError("the signature gpg made is not the one asked for (another key or text)")
+        return data, entity
 
     return sign
 

@@ -119,3 +119,61 @@ def test_verify_names_the_whole_user_id(sb, run_as, as_who, scratch: Path, sif_c
     assert p.returncode == 0 and "Signing entity: Jane Doe (test key) <jane@example.org>\n" in p.stdout, p.stdout
     p = sb("verify", "-j", img, SIFBOX_KEYSDIR=other)
     assert json.loads(p.stdout)["SignerKeys"][0]["Signer"]["Name"] == "Jane Doe (test key) <jane@example.org>"
+
+
+
+FAULTY_GPG = """#!/bin/bash
+# gpg that exits 0 having lost what it made ($SIFBOX_TEST_GPG_FAULT says what and how)
+case "$SIFBOX_TEST_GPG_FAULT $* " in
+empty*" --detach-sign "*) {gpg} "$@" >/dev/null ;;
+truncated*" --detach-sign "*) {gpg} "$@" >"$GNUPGHOME/sig" && head -c 120 "$GNUPGHOME/sig" ;;
+other-text*" --detach-sign "*) printf other >"$GNUPGHOME/other" && {gpg} "${{@:1:$#-1}}" "$GNUPGHOME/other" ;;
+no-export*" --export "*) {gpg} "$@" >/dev/null ;;
+*) exec {gpg} "$@" ;;
+esac
+exit 0
+"""
+
+
+@pytest.fixture
+def faulty_gpg_path(as_who, scratch: Path) -> str:  # type: ignore[no-untyped-def]
+    """A PATH whose gpg is FAULTY_GPG."""
+    bindir = scratch / "bin"
+    bindir.mkdir(mode=0o755)
+    (bindir / "gpg").write_text(FAULTY_GPG.format(gpg=shutil.which("gpg")))
+    (bindir / "gpg").chmod(0o755)
+    return f"{bindir}:{env_for(as_who)['PATH']}"
+
+
+def test_sign_refuses_what_gpg_did_not_sign(sb, run_as, as_who, scratch: Path, sif_corpus: Path,  # type: ignore[no-untyped-def]
+                                            faulty_gpg_path: str) -> None:  # fmt: skip
+    """gpg exits 0 with no signature, a truncated one, or one of other text (an agent that died,
+    a full pipe): sign fails with one line and leaves the image as it was."""
+    keys = str(scratch / "keys")
+    assert sb("key", "import", sif_corpus / "keys" / "private.asc", SIFBOX_KEYSDIR=keys).returncode == 0
+    img = scratch / "img.sif"
+    run_as(as_who, ["install", "-m", "644", str(sif_corpus / "images" / "one-group.sif"), str(img)], check=True)
+    before = img.read_bytes()
+    reasons = {"empty": "gpg exited 0 three times without a signature",
+               "truncated": "the signature gpg made does not verify: ",
+               "other-text": "the signature gpg made does not verify: invalid signature"}  # fmt: skip
+    for fault, reason in reasons.items():
+        p = sb("sign", img, SIFBOX_KEYSDIR=keys, PATH=faulty_gpg_path, SIFBOX_TEST_GPG_FAULT=fault)
+        assert p.returncode == 255, (fault, p.stderr)
+        assert p.stderr.splitlines()[-1].startswith(f"sifbox: error: can't sign `{img}`: {reason}"), (fault, p.stderr)
+        assert "Traceback" not in p.stderr and img.read_bytes() == before
+    p = sb("sign", img, SIFBOX_KEYSDIR=keys, PATH=faulty_gpg_path, SIFBOX_TEST_GPG_FAULT="none")
+    assert p.returncode == 0, p.stderr
+    assert sb("verify", img, SIFBOX_KEYSDIR=keys).returncode == 0
+
+
+def test_key_import_keeps_the_keyring_when_gpg_exports_nothing(sb, scratch: Path, sif_corpus: Path,  # type: ignore[no-untyped-def]
+                                                                faulty_gpg_path: str) -> None:  # fmt: skip
+    keys = scratch / "keys"
+    pub = scratch / "pub.asc"
+    assert sb("key", "import", sif_corpus / "keys" / "private.asc", SIFBOX_KEYSDIR=str(keys)).returncode == 0
+    assert sb("key", "export", "--armor", FPR, pub, SIFBOX_KEYSDIR=str(keys)).returncode == 0
+    ring = (keys / "pgp-public").read_bytes()
+    p = sb("key", "import", pub, SIFBOX_KEYSDIR=str(keys), PATH=faulty_gpg_path, SIFBOX_TEST_GPG_FAULT="no-export")
+    assert p.returncode == 255 and "gpg's merged keyring lacks keys the keyring had" in p.stderr, p.stderr
+    assert (keys / "pgp-public").read_bytes() == ring

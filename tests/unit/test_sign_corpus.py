@@ -24,6 +24,7 @@ from tests.unit.sifcorpus import CORPUS
 IMAGES, KEYS, GOLDEN = CORPUS / "images", CORPUS / "keys", CORPUS / "golden" / "integrity"
 FPR = "12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84"
 SIGNING_TIME = 1593475316  # 2020-06-30 00:01:56 UTC
+UNPADDED_TIME = 1700000086  # one-group signed then: a 309-byte packet, base64 without `=` padding
 
 needs_gpg = pytest.mark.skipif(not (shutil.which("gpg") and shutil.which("gpgv")), reason="gnupg/gpgv not installed")
 
@@ -135,6 +136,26 @@ def test_pgp_signature_verifies_with_sequoia(tmp_path: Path) -> None:
         bad = subprocess.run(["sqv", "--keyring", tmp_path / "ring.gpg", tmp_path / "sig.asc", tmp_path / "msg"],
                              capture_output=True, check=False)  # fmt: skip
         assert bad.returncode != 0
+
+
+@needs_gpg
+def test_pgp_signature_whose_base64_has_no_padding_verifies() -> None:
+    """A SIF signature has no armor checksum line; GnuPG 2.2 then drops the end of a base64
+    block that has no padding (a packet length divisible by 3: an RSA signature one bit shorter
+    now and then, some key sizes always) and gpgv found no signature in a valid one."""
+    data = _signed_with_gpg("one-group", UNPADDED_TIME)
+    img = SifImage.load(io.BytesIO(data))
+    raw = img.read(img.get(3))
+    cs = pgp.decode_clearsign(raw)
+    assert cs is not None and len(cs.signature) % 3 == 0
+    assert b"\n=" not in raw  # as Apptainer writes it
+    with pgp.GnuPG(secret=pgp.dearmor((KEYS / "private.asc").read_bytes())) as g:
+        ring = g.export_public()
+    assert [r.fingerprint for r in v.verify_image(img, v.KeyMaterial(ring))] == [FPR]
+    # the signed text is what gpgv checks, not the armor sifbox writes for it
+    tampered = raw.replace(b"sha256:", b"sha256:0", 1)
+    with pytest.raises(pgp.PgpError, match="invalid signature"):
+        pgp.verify_clearsigned(tampered, ring)
 
 
 def _crc24(data: bytes) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
+import io
 
 import pytest
 
@@ -29,6 +31,31 @@ def test_clearsign_with_checksum_line() -> None:
     assert cs is not None and cs.plaintext == b"SIFHASH:\nab" and cs.signature == b"\xc2\xc0\x5c"
 
 
+def test_crc24_matches_legacy_checksum_lines() -> None:
+    from sifbox.formats.sif.image import SifImage
+    from tests.unit.sifcorpus import IMAGES
+
+    img = SifImage.load(io.BytesIO((IMAGES / "one-group-signed-legacy.sif").read_bytes()))
+    raw = next(img.read(d) for d in img.objects() if d.data_type == 0x4005)
+    cs = pgp.decode_clearsign(raw)
+    assert cs is not None and b"\n=" in raw
+    assert pgp.armor_signature(cs.signature, checksum=True) == raw[cs.armor_start :]
+
+
+def test_armor_for_gnupg_adds_the_checksum_and_keeps_the_text() -> None:
+    packet = bytes([0xC2, 4]) + b"\x04\x01\x01\x08"  # 6 bytes: base64 without padding
+    data = pgp.encode_clearsign(b"- dash\ntext", packet)
+    fixed = pgp.armor_for_gnupg(data)
+    cs = pgp.decode_clearsign(data)
+    assert cs is not None and fixed[: cs.armor_start] == data[: cs.armor_start]
+    b64, crc = base64.b64encode(packet), base64.b64encode(pgp.crc24(packet).to_bytes(3, "big"))
+    assert fixed[cs.armor_start :] == b"-----BEGIN PGP SIGNATURE-----\n\n" + b64 + b"\n=" + crc + b"\n-----END PGP SIGNATURE-----"
+    fixed_cs = pgp.decode_clearsign(fixed)
+    assert fixed_cs is not None and (fixed_cs.plaintext, fixed_cs.signature) == (cs.plaintext, cs.signature)
+    assert pgp.armor_for_gnupg(fixed) == fixed
+    assert pgp.armor_for_gnupg(b"not signed") == b"not signed"
+
+
 @pytest.mark.parametrize("data", [b"", b"{}", b"-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\nx\n"])
 def test_not_clearsigned(data: bytes) -> None:
     assert pgp.decode_clearsign(data) is None
@@ -50,6 +77,14 @@ def test_split_keys_drops_trust_packets() -> None:
         pgp.split_packets(b"\x01garbage")
     with pytest.raises(pgp.PgpError):
         pgp.split_packets(bytes([0xC6, 10]) + b"short")
+
+
+def test_primary_keys_whatever_the_packet_header() -> None:
+    new = bytes([0xC6, 3]) + b"key" + bytes([0xCD, 2]) + b"id"
+    old = bytes([0x99, 0, 3]) + b"key" + bytes([0xB4, 2]) + b"id"  # old format, 2-byte length
+    assert pgp.primary_keys(new) == pgp.primary_keys(old) == {b"key"}
+    assert pgp.primary_keys(new + bytes([0xC6, 2]) + b"k2") == {b"key", b"k2"}
+    assert pgp.primary_keys(b"\x01garbage") == set() and pgp.primary_keys(b"") == set()
 
 
 def test_dearmor() -> None:

@@ -44,7 +44,10 @@ def main(args: argparse.Namespace) -> int:
     verb = "sign"
     groups = [args.group_id] if args.group_id else []
     objects = [args.sif_id] if args.sif_id else []
-    signer, cleanup = _signer(args)
+    try:
+        signer, cleanup = _signer(args)
+    except pgp.PgpError as err:  # the secret key does not import, gpg does not sign
+        raise SifboxError(f"can't sign `{args.image}`: {err}") from err
     try:
         with open_sif(args.image, verb=verb, write=True) as img:
             try:
