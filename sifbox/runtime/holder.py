@@ -265,7 +265,7 @@ def start_instance(p, name: str, pid_file: str | None, config: dict[str, object]
         wst = instances.proc_stat(watcher) if watcher else None
         state = instances.State(
             pid=holder, ppid=watcher, name=name, user=paths.user, image=p.source.path,
-            config=config, userns=bool(p.userns), logErrPath=err_log, logOutPath=out_log, ip=seen.get("ip", ""),
+            config=config, userns=bool(p.userns), cgroup=getattr(p.options, "limits", None) is not None, logErrPath=err_log, logOutPath=out_log, ip=seen.get("ip", ""),
             starttime=st[1] if st else 0, ppidStarttime=wst[1] if wst else 0,
             path=paths.state_file(name),
         )  # fmt: skip
