@@ -38,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
         raise instances.InstanceError(f"can't show the stats of instance `{name}`: no instance of that name is running",
                                       hint="`sifbox instance list` shows the running instances")  # fmt: skip
     state = found[0]
-    cgroup = _cgroup_name(state.pid)
+    cgroup = _cgroup_name(state.pid, f"sifbox-{instances.proc_uid(state.pid)}-{name}")
     if not state.cgroup or cgroup is None:
         raise instances.InstanceError(f"can't show the stats of instance `{name}`: it has no cgroup of its own "
                                       "(it was started without resource limits)",
@@ -68,18 +68,15 @@ def main(args: argparse.Namespace) -> int:
         return 0
 
 
-def _cgroup_name(pid: int) -> str | None:
-    """The name of the cgroup sifbox made for the instance whose holder is `pid`."""
+def _cgroup_name(pid: int, name: str) -> str | None:
+    """`name` when the instance whose holder is `pid` is in a cgroup of that name (the one
+    sifbox.runtime.options.limits_cgroup made for it)."""
     try:
         with open(f"/proc/{pid}/cgroup") as f:
             text = f.read(1 << 16)
     except OSError:
         return None
-    for line in text.splitlines():
-        base = line.rpartition("/")[2]
-        if base.startswith("sifbox-"):
-            return base
-    return None
+    return name if any(line.rpartition("/")[2] == name for line in text.splitlines()) else None
 
 
 def _sample(pid: int, cgroup: str, name: str) -> tuple[int, dict[str, dict[str, object]]]:
