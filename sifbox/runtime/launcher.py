@@ -680,7 +680,7 @@ def _join(p: Prepared) -> int:
     tramp = process.Trampoline.create(p.keep_fds, p.spec.image)  # before joining: needs the host's /proc
     joining = p.joining
     assert joining is not None
-    if joining.cgroup:  # the instance's limits: sifbox.runtime.options.limits_cgroup
+    if getattr(joining, "cgroup", False):  # an instance's limits (sifbox.runtime.options.limits_cgroup)
         from sifbox.hpc.cgroups import join_of
 
         join_of(joining.pid, f"sifbox-{os.getuid()}-{joining.name}", f"instance `{joining.name}`")
