@@ -111,7 +111,8 @@ def test_blkio_weight_without_io_weights_is_refused(run_as: Any, action_images: 
 
 def test_apply_cgroups_toml(run_as: Any, as_who: Any, action_images: ActionImages, shared_tmp: Path) -> None:
     """A TOML file's memory limit OOM-kills the hog and its pids limit stops the forks; Apptainer's
-    memory_limit.toml (1024 bytes) kills the payload at once (137, its e2e expectation)."""
+    memory_limit.toml (1024 bytes) kills the payload at once (137) and cpu_success.toml runs
+    /bin/true (0), their e2e expectations."""
     toml = shared_tmp / "limits.toml"
     toml.write_text("[memory]\n  limit = 50331648\n[pids]\n  limit = 8\n")
     tiny = shared_tmp / "memory_limit.toml"
@@ -124,6 +125,10 @@ def test_apply_cgroups_toml(run_as: Any, as_who: Any, action_images: ActionImage
     assert "can't fork" in proc.stderr, proc.stderr
     proc = _sb(run_as, as_who, "exec", "--apply-cgroups", tiny, action_images.sif, "/bin/sleep", "5")
     assert proc.returncode == 137, proc.stderr
+    cpu = shared_tmp / "cpu_success.toml"
+    cpu.write_text("[cpu]\n  shares = 512\n\n\n")
+    proc = _sb(run_as, as_who, "exec", "--apply-cgroups", cpu, action_images.sif, "/bin/true")
+    assert (proc.returncode, proc.stderr) == (0, "")
 
 
 def test_apply_cgroups_refusals(run_as: Any, as_who: Any, action_images: ActionImages, shared_tmp: Path) -> None:
