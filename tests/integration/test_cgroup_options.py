@@ -230,3 +230,35 @@ def test_oci_mode_and_bundles(run_as: Any, action_images: ActionImages, shared_t
         assert outs["runc"][0] == 0 and {**_values(outs["runc"][1]), "cgroup": ""} == {
             **_values(outs["sifbox"][1]), "cgroup": ""}, outs
     assert _ours("sifbox-oci-r1") == []
+
+
+def test_oci_update_of_the_other_limits(run_as: Any, shared_tmp: Path) -> None:
+    """`sifbox oci update --cpu-share --cpuset-cpus --memory-reservation` (runc's flags) rewrite a
+    running container's cgroup files; a bad value is refused before anything is written."""
+    oci_bundle.become_subreaper()
+    root = images.user_named("root")
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["linux"]["resources"] = {"cpu": {"shares": 512}, "memory": {"limit": 256 << 20}, "pids": {"limit": 64}}
+
+    bundle = oci_bundle.make(shared_tmp / "b", ["sleep", "100"], edit=edit)
+    state, pid_file, cid = shared_tmp / "state", shared_tmp / "pid", f"cgupd{os.getpid()}"
+    with open(shared_tmp / "out", "w") as out:
+        r = run_as(root, [CLI, "oci", "--root", state, "run", "-d", "--pid-file", pid_file, cid], cwd=bundle,
+                   capture_output=False, stdout=out, stderr=out)  # fmt: skip
+    assert r.returncode == 0, (shared_tmp / "out").read_text()
+    try:
+        r = run_as(root, [CLI, "oci", "--root", state, "update", "--cpu-share", "300", "--memory-reservation",
+                          "100m", cid])  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        if Path("/sys/fs/cgroup/cpu/cgroup.procs").exists():
+            (cpu,) = [d for d in _ours(f"sifbox-oci-{cid}") if "/cpu/" in d]
+            assert Path(cpu, "cpu.shares").read_text().strip() == "300"
+            (mem,) = [d for d in _ours(f"sifbox-oci-{cid}") if "/memory/" in d]
+            assert Path(mem, "memory.soft_limit_in_bytes").read_text().strip() == str(100 << 20)
+        r = run_as(root, [CLI, "oci", "--root", state, "update", "--cpu-share", "1", cid])
+        assert r.returncode == 125 and "--cpu-shares `1`: out of range" in r.stderr, r.stderr
+    finally:
+        run_as(root, [CLI, "oci", "--root", state, "delete", "--force", cid])
+        oci_bundle.reap(int(pid_file.read_text()))
+    assert _ours(f"sifbox-oci-{cid}") == []
