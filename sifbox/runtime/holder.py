@@ -279,6 +279,20 @@ def start_instance(p, name: str, pid_file: str | None, config: dict[str, object]
     return 0
 
 
+def limited(p, name: str, launch: Callable[[], int]) -> int:  # type: ignore[no-untyped-def]
+    """`launch()` of instance `name`, in its watcher, in the cgroup of its limits (if any), which
+    goes when the instance ends, with what its startscript left in it."""
+    from sifbox.runtime.options import limits_cgroup
+
+    p.cgroups = limits_cgroup(p.options, p.spec.image, instance=name)
+    try:
+        return launch()
+    finally:
+        if p.cgroups is not None:
+            p.cgroups.kill_all()
+            p.cgroups.remove()
+
+
 def _watcher(name, paths, sock, err_fd: int, out_fd: int, launch) -> None:  # type: ignore[no-untyped-def]
     """In the first child: detach (setsid, second fork), then become the watcher
     of the instance: run it, clean up after it. Never returns."""

@@ -206,26 +206,12 @@ def run(launch: Launch) -> int:
         from sifbox.runtime import holder
 
         name = launch.instance
-        return holder.start_instance(p, launch.instance, launch.pid_file, images.instance_record(p.spec, p.opened),
-                                     launch=lambda hold: _instance(p, hold, name))  # fmt: skip
+        return holder.start_instance(p, name, launch.pid_file, images.instance_record(p.spec, p.opened),
+                                     launch=lambda hold: holder.limited(p, name, lambda: launch_prepared(p, hold)))  # fmt: skip
     try:
         return launch_prepared(p)
     finally:
         if p.cgroups is not None:
-            p.cgroups.remove()
-
-
-def _instance(p: Prepared, hold, name: str) -> int:  # type: ignore[no-untyped-def]
-    """An instance's launch, in its watcher: its cgroup goes when it ends, and what its
-    startscript left in it with it."""
-    from sifbox.runtime.options import limits_cgroup
-
-    p.cgroups = limits_cgroup(p.options, p.spec.image, instance=name)
-    try:
-        return launch_prepared(p, hold)
-    finally:
-        if p.cgroups is not None:
-            p.cgroups.kill_all()
             p.cgroups.remove()
 
 
