@@ -49,3 +49,23 @@ def test_apply_cgroups_is_not_combined_with_limit_options(tmp_path: Path) -> Non
         action._limits(args, None)
     assert action._limits(types.SimpleNamespace(apply_cgroups=str(f)), "inst").pids == 10
     assert action._limits(types.SimpleNamespace(oom_kill_disable=True), None).oom_kill_disable is True
+
+
+def test_limit_options_read_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """As every action option: SIFBOX_<OPTION>, then APPTAINER_, then SINGULARITY_ (Apptainer's
+    EnvKeys: MEMORY, CPU_SHARES, CPUSET_CPUS, OOM_KILL_DISABLE, APPLY_CGROUPS, ...)."""
+    monkeypatch.setenv("APPTAINER_CPU_SHARES", "300")
+    monkeypatch.setenv("SINGULARITY_OOM_KILL_DISABLE", "1")
+    limits = action._limits(types.SimpleNamespace(), None)
+    assert (limits.cpu_shares, limits.oom_kill_disable) == (300, True)
+    monkeypatch.setenv("SIFBOX_CPU_SHARES", "400")
+    assert action._limits(types.SimpleNamespace(), None).cpu_shares == 400
+    assert action._limits(types.SimpleNamespace(cpu_shares="500"), None).cpu_shares == 500
+    f = tmp_path / "c.toml"
+    f.write_text("[pids]\nlimit = 10\n")
+    monkeypatch.setenv("APPTAINER_APPLY_CGROUPS", str(f))
+    with pytest.raises(UsageError, match="with --cpu-shares, --oom-kill-disable"):
+        action._limits(types.SimpleNamespace(), None)
+    for name in ("APPTAINER_CPU_SHARES", "SINGULARITY_OOM_KILL_DISABLE", "SIFBOX_CPU_SHARES"):
+        monkeypatch.delenv(name)
+    assert action._limits(types.SimpleNamespace(), None).pids == 10

@@ -453,9 +453,11 @@ _LIMITS = ("memory", "memory_swap", "cpus", "pids_limit", "cpu_shares", "cpuset_
 
 
 def _limits(args, instance: str | None):  # type: ignore[no-untyped-def]
-    """The cgroup limits of --memory, --cpus, ... or of --apply-cgroups FILE, or None."""
-    values = {n: getattr(args, n, None) for n in _LIMITS}
-    toml = getattr(args, "apply_cgroups", None)
+    """The cgroup limits of --memory, --cpus, ... or of --apply-cgroups FILE (each also read
+    from SIFBOX_<OPTION>, APPTAINER_<OPTION>, SINGULARITY_<OPTION>), or None."""
+    values = {n: getattr(args, n, None) or flag_env(n.upper()) for n in _LIMITS}
+    values["oom_kill_disable"] = _flag(args, "oom_kill_disable", "OOM_KILL_DISABLE")
+    toml = getattr(args, "apply_cgroups", None) or flag_env("APPLY_CGROUPS")
     if not toml and not any(values.values()):
         return None  # (no import of cgroups, and of `typing` with it, on a launch without limits)
     if toml:
