@@ -112,7 +112,9 @@ def from_options(memory: str | None = None, memory_swap: str | None = None, cpus
                  oom_kill_disable: bool = False, blkio_weight: str | None = None,
                  cpu_count: int | None = None) -> Limits | None:  # fmt: skip
     """The limits of the command line's options (None: no limit asked for); `cpu_count`:
-    the CPUs --cpuset-cpus may name (0 to cpu_count - 1), unchecked when None."""
+    the CPUs --cpuset-cpus may name (0 to cpu_count - 1), unchecked when None. A --cpu-shares or
+    --blkio-weight of 0 asks for none, as Apptainer's."""
+    cpu_shares, blkio_weight = (None if v is not None and v.strip() == "0" else v for v in (cpu_shares, blkio_weight))
     if not any((memory, memory_swap, cpus, pids_limit, cpu_shares, cpuset_cpus, cpuset_mems, memory_reservation,
                 oom_kill_disable, blkio_weight)):  # fmt: skip
         return None

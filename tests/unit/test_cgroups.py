@@ -150,6 +150,7 @@ def test_the_other_options() -> None:
                             oom_kill_disable=True, blkio_weight=50)  # fmt: skip
     assert limits.controllers() == ["memory", "cpu", "cpuset", "io"]
     assert cgroups.from_options(oom_kill_disable=False) is None
+    assert cgroups.from_options(cpu_shares="0", blkio_weight=" 0") is None  # Apptainer's "0 to disable"
     assert cgroups.from_options(cpuset_cpus=" 0-1, 3 ", cpu_count=4).cpuset_cpus == "0-1,3"  # type: ignore[union-attr]
 
 
