@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from sifbox.util.errors import SifboxError
+from sifbox.util.errors import SifboxError, UsageError
 
 INTERVAL = 1.0  # seconds between the samples of CPU USAGE, as Apptainer's
 COLUMNS = ("INSTANCE NAME", "CPU USAGE", "MEM USAGE / LIMIT", "MEM %", "BLOCK I/O", "PIDS")
@@ -31,7 +31,7 @@ def main(args: argparse.Namespace) -> int:
 
     name = instances.check_name(args.name, "show the stats of")
     if args.user and os.getuid() != 0:
-        raise SifboxError(f"can't show the stats of the instances of `{args.user}`: only root can")
+        raise UsageError(f"can't show the stats of the instances of `{args.user}`: only root can")
     paths = instances.paths_for(args.user or None)
     found = [s for s in instances.list_states(paths, name, clean=not args.user) if s.name == name]
     if not found:
