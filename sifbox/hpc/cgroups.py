@@ -1,5 +1,21 @@
-"""Resource limits through cgroups: `--memory`, `--memory-swap`, `--cpus`, `--pids-limit`
-(Apptainer's names) and an OCI bundle's `linux.resources`.
+"""Resource limits through cgroups: `--memory`, `--memory-swap`, `--memory-reservation`,
+`--oom-kill-disable`, `--cpus`, `--cpu-shares`, `--cpuset-cpus`, `--cpuset-mems`,
+`--blkio-weight`, `--pids-limit` (Apptainer's names; `--apply-cgroups FILE` is
+sifbox.hpc.cgrouptoml's) and an OCI bundle's `linux.resources`.
+
+What each limit writes, as runc writes it:
+
+    limit                v1                           v2
+    --memory             memory.limit_in_bytes        memory.max
+    --memory-swap        memory.memsw.limit_in_bytes  memory.swap.max (swap alone: the difference)
+    --memory-reservation memory.soft_limit_in_bytes   memory.low
+    --oom-kill-disable   memory.oom_control = 1       nothing: v2 has no switch (a warning)
+    --cpus               cpu.cfs_quota_us/period_us   cpu.max
+    --cpu-shares S       cpu.shares = S               cpu.weight = 1 + (S - 2) * 9999 // 262142
+    --cpuset-cpus/-mems  cpuset.cpus, cpuset.mems     cpuset.cpus, cpuset.mems
+    --blkio-weight W     blkio.bfq.weight or          io.bfq.weight = W, or
+                         blkio.weight = W             io.weight = 1 + (W - 10) * 9999 // 990
+    --pids-limit         pids.max                     pids.max
 
 One cgroup per container, `sifbox-PID`, made below the caller's own cgroup:
 
@@ -26,12 +42,15 @@ import os
 
 from sifbox.util.errors import ExitStatus, SifboxError, UsageError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 CGROUP_ROOT = "/sys/fs/cgroup"
 CPU_PERIOD = 100000  # microseconds, as runc and Docker
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import NamedTuple
 
@@ -40,18 +59,33 @@ if TYPE_CHECKING:
         memory_swap: int | None = None  # bytes of memory + swap; -1: unlimited swap
         cpus: float | None = None
         pids: int | None = None
+        cpu_shares: int | None = None
+        cpuset_cpus: str | None = None  # a CPU list: 0-3,5
+        cpuset_mems: str | None = None  # a memory node list
+        memory_reservation: int | None = None  # bytes
+        oom_kill_disable: bool | None = None
+        blkio_weight: int | None = None  # 10 to 1000
 
 else:
     from sifbox.util.records import record
 
-    _LimitsBase = record("Limits", "memory memory_swap cpus pids", defaults=(None, None, None, None))
+    _LimitsBase = record("Limits", "memory memory_swap cpus pids cpu_shares cpuset_cpus cpuset_mems "
+                         "memory_reservation oom_kill_disable blkio_weight", defaults=(None,) * 10)  # fmt: skip
 
 
 class Limits(_LimitsBase):
     __slots__ = ()
 
     def controllers(self) -> list[str]:
-        return [c for c, v in (("memory", self.memory), ("cpu", self.cpus), ("pids", self.pids)) if v is not None]
+        """The controllers the limits need (`io` is v1's `blkio`)."""
+        wanted = (("memory", (self.memory, self.memory_reservation, self.oom_kill_disable)),
+                  ("cpu", (self.cpus, self.cpu_shares)), ("cpuset", (self.cpuset_cpus, self.cpuset_mems)),
+                  ("pids", (self.pids,)), ("io", (self.blkio_weight,)))  # fmt: skip
+        return [c for c, values in wanted if any(v is not None for v in values)]
+
+
+#: The v1 hierarchy of a controller whose v2 name differs.
+V1_NAMES = {"io": "blkio"}
 
 
 class CgroupError(SifboxError):
@@ -73,9 +107,16 @@ def parse_size(text: str, what: str) -> int:
 
 
 def from_options(memory: str | None = None, memory_swap: str | None = None, cpus: str | None = None,
-                 pids_limit: str | None = None) -> Limits | None:  # fmt: skip
-    """The limits of the command line's options (None: no limit asked for)."""
-    if not any((memory, memory_swap, cpus, pids_limit)):
+                 pids_limit: str | None = None, *, cpu_shares: str | None = None, cpuset_cpus: str | None = None,
+                 cpuset_mems: str | None = None, memory_reservation: str | None = None,
+                 oom_kill_disable: bool = False, blkio_weight: str | None = None,
+                 cpu_count: int | None = None) -> Limits | None:  # fmt: skip
+    """The limits of the command line's options (None: no limit asked for); `cpu_count`:
+    the CPUs --cpuset-cpus may name (0 to cpu_count - 1), unchecked when None. A --cpu-shares or
+    --blkio-weight of 0 asks for none, as Apptainer's."""
+    cpu_shares, blkio_weight = (None if v is not None and v.strip() == "0" else v for v in (cpu_shares, blkio_weight))
+    if not any((memory, memory_swap, cpus, pids_limit, cpu_shares, cpuset_cpus, cpuset_mems, memory_reservation,
+                oom_kill_disable, blkio_weight)):  # fmt: skip
         return None
     mem = parse_size(memory, "--memory") if memory else None
     swap = None
@@ -99,26 +140,88 @@ def from_options(memory: str | None = None, memory_swap: str | None = None, cpus
         if not pids_limit.strip().isdigit() or int(pids_limit) < 1:
             raise UsageError(f"can't use --pids-limit `{pids_limit}`: not a positive number")
         pids = int(pids_limit)
-    return Limits(mem, swap, cpu, pids)
+    return Limits(
+        mem, swap, cpu, pids,
+        cpu_shares=_integer(cpu_shares, "--cpu-shares", SHARES) if cpu_shares else None,
+        cpuset_cpus=parse_cpuset(cpuset_cpus, "--cpuset-cpus", cpu_count) if cpuset_cpus else None,
+        cpuset_mems=parse_cpuset(cpuset_mems, "--cpuset-mems") if cpuset_mems else None,
+        memory_reservation=parse_size(memory_reservation, "--memory-reservation") if memory_reservation else None,
+        oom_kill_disable=True if oom_kill_disable else None,
+        blkio_weight=_integer(blkio_weight, "--blkio-weight", BLKIO_WEIGHTS) if blkio_weight else None,
+    )  # fmt: skip
+
+
+SHARES = (2, 262144)  # the kernel's cpu.shares range
+BLKIO_WEIGHTS = (10, 1000)  # blkio.weight's, and Apptainer's
+MAX_CPUSET = 8192  # CPU or memory node numbers; more is no list of this machine's
+
+
+def _integer(text: str, what: str, bounds: tuple[int, int]) -> int:
+    t = text.strip()
+    if not (t.isascii() and t.isdigit()) or len(t) > 12:
+        raise UsageError(f"can't use {what} `{text}`: not a number")
+    if not bounds[0] <= int(t) <= bounds[1]:
+        raise UsageError(f"can't use {what} `{text}`: out of range ({bounds[0]} to {bounds[1]})")
+    return int(t)
+
+
+def parse_cpuset(text: str, what: str, count: int | None = None) -> str:
+    """`text` checked as a cpuset list (`0-3,5`), normalised; with `count`, every number must
+    be below it."""
+    items = text.strip().split(",")
+    highest = -1
+    for item in items:
+        lo, sep, hi = item.strip().partition("-")
+        if not all(p.isascii() and p.isdigit() and len(p) <= 5 for p in ((lo, hi) if sep else (lo,))):
+            raise UsageError(f"can't use {what} `{text}`: not a list of numbers and ranges", hint="e.g. 0-3,6")
+        first, last = int(lo), int(hi) if sep else int(lo)
+        if last < first or last >= MAX_CPUSET:
+            raise UsageError(f"can't use {what} `{text}`: `{item.strip()}` is not a range")
+        highest = max(highest, last)
+    if count is not None and highest >= count:
+        raise UsageError(f"can't use {what} `{text}`: CPU {highest} does not exist here",
+                         hint=f"this machine's CPUs are 0 to {count - 1}")  # fmt: skip
+    return ",".join(i.strip() for i in items)
 
 
 def from_oci(resources: object) -> Limits | None:
-    """The limits of an OCI bundle's `linux.resources` (memory, cpu quota, pids), or None."""
+    """The limits of an OCI bundle's `linux.resources` (memory, cpu, cpuset, pids, blockIO
+    weight), or None; values out of the kernel's ranges are left out, as absent."""
     if not isinstance(resources, dict):
         return None
-    memory = resources.get("memory") or {}
-    cpu = resources.get("cpu") or {}
-    pids = resources.get("pids") or {}
-    mem = memory.get("limit") if isinstance(memory.get("limit"), int) and memory["limit"] > 0 else None
-    swap = memory.get("swap") if isinstance(memory.get("swap"), int) and mem is not None else None
+
+    def section(name: str) -> dict[str, object]:
+        value = resources.get(name)  # type: ignore[union-attr]
+        return value if isinstance(value, dict) else {}
+
+    def positive(d: dict[str, object], key: str, bounds: tuple[int, int] = (1, 1 << 62)) -> int | None:
+        v = d.get(key)
+        return v if type(v) is int and bounds[0] <= v <= bounds[1] else None
+
+    def cpuset(d: dict[str, object], key: str) -> str | None:
+        v = d.get(key)
+        if not isinstance(v, str) or not v.strip():
+            return None
+        try:
+            return parse_cpuset(v, key)
+        except UsageError:
+            return None
+
+    memory, cpu, pids, blkio = section("memory"), section("cpu"), section("pids"), section("blockIO")
+    mem = positive(memory, "limit")
+    swap = memory.get("swap") if type(memory.get("swap")) is int and mem is not None else None
+    if swap is not None and swap != -1 and swap < mem:  # type: ignore[operator]
+        swap = None
     cpus = None
-    if isinstance(cpu.get("quota"), int) and cpu["quota"] > 0:
-        period = cpu.get("period") if isinstance(cpu.get("period"), int) and cpu["period"] > 0 else CPU_PERIOD
-        cpus = cpu["quota"] / period
-    limit = pids.get("limit") if isinstance(pids.get("limit"), int) and pids["limit"] > 0 else None
-    if mem is None and cpus is None and limit is None:
-        return None
-    return Limits(mem, swap if swap is None or swap == -1 or swap >= mem else None, cpus, limit)  # type: ignore[operator]
+    quota = positive(cpu, "quota")
+    if quota is not None:
+        cpus = quota / (positive(cpu, "period") or CPU_PERIOD)
+    limits = Limits(mem, swap, cpus, positive(pids, "limit"),  # type: ignore[arg-type]
+                    cpu_shares=positive(cpu, "shares", SHARES), cpuset_cpus=cpuset(cpu, "cpus"),
+                    cpuset_mems=cpuset(cpu, "mems"), memory_reservation=positive(memory, "reservation"),
+                    oom_kill_disable=True if memory.get("disableOOMKiller") is True else None,
+                    blkio_weight=positive(blkio, "weight", BLKIO_WEIGHTS))  # fmt: skip
+    return limits if limits.controllers() else None
 
 
 def own_paths(text: str) -> dict[str, str]:
@@ -132,27 +235,70 @@ def own_paths(text: str) -> dict[str, str]:
     return paths
 
 
-def files(limits: Limits, version: int) -> dict[str, list[tuple[str, str]]]:
-    """The files to write, per controller, for `limits` (cgroup `version` 1 or 2)."""
+def files(limits: Limits, version: int, exists: Callable[[str], bool] | None = None) -> dict[str, list[tuple[str, str]]]:
+    """The files to write, per controller, for `limits` (cgroup `version` 1 or 2); `exists`
+    says whether a file is in the cgroup (BFQ's weight files, used when there)."""
+    has = exists or (lambda name: False)
     out: dict[str, list[tuple[str, str]]] = {}
+    mem: list[tuple[str, str]] = []
     if limits.memory is not None:
         if version == 2:
-            mem = [("memory.max", str(limits.memory))]
+            mem.append(("memory.max", str(limits.memory)))
             if limits.memory_swap is not None:
                 swap = "max" if limits.memory_swap == -1 else str(limits.memory_swap - limits.memory)
                 mem.append(("memory.swap.max", swap))
         else:
-            mem = [("memory.limit_in_bytes", str(limits.memory))]
+            mem.append(("memory.limit_in_bytes", str(limits.memory)))
             if limits.memory_swap is not None:
                 mem.append(("memory.memsw.limit_in_bytes", str(limits.memory_swap)))
+    if limits.memory_reservation is not None:
+        mem.append(("memory.low" if version == 2 else "memory.soft_limit_in_bytes", str(limits.memory_reservation)))
+    if limits.oom_kill_disable and version == 1:
+        mem.append(("memory.oom_control", "1"))
+    if mem:
         out["memory"] = mem
+    cpu = []
     if limits.cpus is not None:
         quota = str(max(1000, int(limits.cpus * CPU_PERIOD)))
-        out["cpu"] = ([("cpu.max", f"{quota} {CPU_PERIOD}")] if version == 2 else
-                      [("cpu.cfs_period_us", str(CPU_PERIOD)), ("cpu.cfs_quota_us", quota)])  # fmt: skip
+        cpu += ([("cpu.max", f"{quota} {CPU_PERIOD}")] if version == 2 else
+                [("cpu.cfs_period_us", str(CPU_PERIOD)), ("cpu.cfs_quota_us", quota)])  # fmt: skip
+    if limits.cpu_shares is not None:
+        cpu.append(("cpu.weight", str(shares_to_weight(limits.cpu_shares))) if version == 2 else
+                   ("cpu.shares", str(limits.cpu_shares)))  # fmt: skip
+    if cpu:
+        out["cpu"] = cpu
+    cpuset = [(f, v) for f, v in (("cpuset.cpus", limits.cpuset_cpus), ("cpuset.mems", limits.cpuset_mems)) if v]
+    if cpuset:
+        out["cpuset"] = cpuset  # type: ignore[assignment]
     if limits.pids is not None:
         out["pids"] = [("pids.max", str(limits.pids))]
+    if limits.blkio_weight is not None:
+        prefix = "io" if version == 2 else "blkio"
+        if has(f"{prefix}.bfq.weight"):
+            out["io"] = [(f"{prefix}.bfq.weight", str(limits.blkio_weight))]
+        elif version == 2:
+            out["io"] = [("io.weight", f"default {blkio_to_io_weight(limits.blkio_weight)}")]
+        else:
+            out["io"] = [("blkio.weight", str(limits.blkio_weight))]
     return out
+
+
+def ignored(limits: Limits, version: int) -> list[str]:
+    """What `limits` asks that cgroups `version` can't do (said as warnings, as runc ignores it)."""
+    if limits.oom_kill_disable and version == 2:
+        return [("--oom-kill-disable has no effect with cgroups v2: the kernel has no switch to disable "
+                 "a cgroup's OOM killer")]
+    return []
+
+
+def shares_to_weight(shares: int) -> int:
+    """cpu.weight (1 to 10000) of cpu.shares (2 to 262144), as runc converts them."""
+    return 1 + ((shares - 2) * 9999) // 262142
+
+
+def blkio_to_io_weight(weight: int) -> int:
+    """io.weight (1 to 10000) of blkio.weight (10 to 1000), as runc converts them."""
+    return 1 + ((weight - 10) * 9999) // 990
 
 
 class Cgroups:
@@ -165,32 +311,48 @@ class Cgroups:
 
     @classmethod
     def create(cls, name: str, limits: Limits, *, root: str = CGROUP_ROOT, proc_self: str | None = None,
-               what: str = "the container", extra: tuple[str, ...] = ()) -> Cgroups:  # fmt: skip
+               what: str = "the container", extra: tuple[str, ...] = (),
+               optional: tuple[str, ...] = ()) -> Cgroups:  # fmt: skip
         """Make cgroup `name` below the caller's, with `limits` written; `extra`: more
-        controllers it must be in (the freezer, for `sifbox oci pause`)."""
+        controllers it must be in (the freezer, for `sifbox oci pause`); `optional`: more it is
+        put in where the chosen hierarchy has them (an instance's, for `instance stats`)."""
         if proc_self is None:
             with open("/proc/self/cgroup") as f:
                 proc_self = f.read()
         own = own_paths(proc_self)
         wanted = limits.controllers() + [c for c in extra if c not in limits.controllers()]
-        version, places, reason = _choose(root, own, wanted)
+        version, places, reason = _choose(root, own, wanted, optional=optional)
         if version == 0:
             raise CgroupError(f"can't limit the resources of {what}: {reason}",
                               hint="README's `Resource limits` says how a site delegates cgroups v2 to users")  # fmt: skip
+        if ignored(limits, version):
+            from sifbox.util.log import log
+
+            for message in ignored(limits, version):
+                log.warning(message)
         made = cls(version, [])
-        to_write = files(limits, version)
+        parents: dict[str, int] = {}  # v1 hierarchies mounted together (cpu,cpuacct): one directory
         try:
             for controller, parent in places.items():
-                pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    os.mkdir(name, 0o755, dir_fd=pfd)
-                except OSError:
-                    os.close(pfd)
-                    raise
+                real = os.path.realpath(parent)
+                if real in parents:
+                    pfd = parents[real]
+                else:
+                    pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                    try:
+                        os.mkdir(name, 0o755, dir_fd=pfd)
+                    except OSError:
+                        os.close(pfd)
+                        raise
                 dfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=pfd)
                 try:
-                    procs = os.open("cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=dfd)
-                    made.dirs.append((pfd, name, procs))
+                    if real not in parents:
+                        parents[real] = pfd
+                        procs = os.open("cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=dfd)
+                        made.dirs.append((pfd, name, procs))
+                    to_write = files(limits, version, lambda f, d=dfd: _exists(d, f))
+                    if version == 1 and controller == "cpuset":
+                        _inherit_cpuset(pfd, dfd, to_write.get("cpuset", []), what)
                     entries = to_write.get(controller, []) if version == 1 else [
                         kv for c in wanted for kv in to_write.get(c, [])]  # fmt: skip
                     for fname, value in entries:
@@ -204,6 +366,25 @@ class Cgroups:
             made.remove()
             raise
         return made
+
+    def kill_all(self) -> None:
+        """SIGKILL what is left in the cgroup (a container that ended: its daemons)."""
+        import signal
+
+        for pfd, name, _ in self.dirs:
+            try:
+                fd = os.open(f"{name}/cgroup.procs", os.O_RDONLY | os.O_CLOEXEC, dir_fd=pfd)
+            except OSError:
+                continue
+            try:
+                pids = os.read(fd, 1 << 20).split()
+            finally:
+                os.close(fd)
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass
 
     def join(self) -> None:
         """Move the calling process into the cgroup (its children follow)."""
@@ -234,6 +415,27 @@ class Cgroups:
         self.dirs = []
 
 
+def _exists(dfd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dfd)
+    except OSError:
+        return False
+    return True
+
+
+def _inherit_cpuset(pfd: int, dfd: int, given: list[tuple[str, str]], what: str) -> None:
+    """v1: a new cpuset cgroup has no CPUs and no memory nodes; those not given are the parent's."""
+    for fname in ("cpuset.cpus", "cpuset.mems"):
+        if any(f == fname for f, _ in given):
+            continue
+        fd = os.open(fname, os.O_RDONLY | os.O_CLOEXEC, dir_fd=pfd)
+        try:
+            value = os.read(fd, 4096).decode("ascii", "replace").strip()
+        finally:
+            os.close(fd)
+        _write(dfd, fname, value or "0", what)
+
+
 def _write(dfd: int, name: str, value: str, what: str) -> None:
     try:
         fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=dfd)
@@ -241,11 +443,19 @@ def _write(dfd: int, name: str, value: str, what: str) -> None:
         if name.startswith(("memory.memsw.", "memory.swap.")):
             raise CgroupError(f"can't limit the swap of {what}: the kernel accounts no swap (`{name}` is missing)",
                               hint="boot with swapaccount=1, or leave --memory-swap out") from None  # fmt: skip
-        raise
+        if name.startswith(("blkio.", "io.")):
+            raise CgroupError(f"can't set the block I/O weight of {what}: the kernel has no I/O weights here "
+                              f"(`{name}` is missing: the disks' I/O scheduler keeps none)",
+                              hint="leave --blkio-weight out, or use the BFQ I/O scheduler") from None  # fmt: skip
+        raise CgroupError(f"can't limit the resources of {what}: the kernel has no `{name}`") from None
     try:
         os.write(fd, value.encode())
     except OSError as err:
-        raise CgroupError(f"can't limit the resources of {what}: can't write `{value}` to {name}: {err.strerror}") from None
+        hint = None
+        if name.startswith("cpuset."):
+            hint = "the CPUs and memory nodes must be among those of the caller's cgroup (`cpuset.effective_cpus`, `cpuset.effective_mems`)"
+        raise CgroupError(f"can't limit the resources of {what}: can't write `{value}` to {name}: {err.strerror}",
+                          hint=hint) from None  # fmt: skip
     finally:
         os.close(fd)
 
@@ -296,9 +506,11 @@ def report(root: str = CGROUP_ROOT, proc_self: str | None = None) -> tuple[str, 
     return layout, rows
 
 
-def _choose(root: str, own: dict[str, str], wanted: list[str], enable: bool = True) -> tuple[int, dict[str, str], str]:
-    """(version, {controller: parent directory}, why not) for the controllers `wanted`; with
-    `enable`, they are enabled for the children of the caller's v2 cgroup."""
+def _choose(root: str, own: dict[str, str], wanted: list[str], enable: bool = True,
+            optional: tuple[str, ...] = ()) -> tuple[int, dict[str, str], str]:  # fmt: skip
+    """(version, {controller: parent directory}, why not) for the controllers `wanted` (and
+    those of `optional` that the chosen version has); with `enable`, they are enabled for the
+    children of the caller's v2 cgroup."""
     unified = next((p for p in (root, os.path.join(root, "unified")) if os.path.exists(os.path.join(p, "cgroup.controllers"))), None)  # fmt: skip
     v2_reason = "no cgroup v2 hierarchy"
     if unified is not None and "" in own:
@@ -312,6 +524,7 @@ def _choose(root: str, own: dict[str, str], wanted: list[str], enable: bool = Tr
         needed = [c for c in wanted if c not in ("freezer", "cpuacct")]
         missing = [c for c in needed if c not in available]
         if not missing and os.access(base, os.W_OK):
+            needed += [c for c in optional if c in available and c not in needed]
             try:
                 if enable and needed:
                     with open(os.path.join(base, "cgroup.subtree_control"), "w") as f:
@@ -327,11 +540,14 @@ def _choose(root: str, own: dict[str, str], wanted: list[str], enable: bool = Tr
     if os.geteuid() != 0:
         return 0, {}, v2_reason + "; cgroup v1 limits need root"
     places = {}
-    for c in wanted:
-        mount = os.path.join(root, c)
-        if c not in own or not os.path.exists(os.path.join(mount, "cgroup.procs")):
-            return 0, {}, f"{v2_reason}, and no cgroup v1 `{c}` hierarchy is mounted at `{mount}`"
-        places[c] = os.path.join(mount, own[c].lstrip("/"))
+    for c in wanted + [c for c in optional if c not in wanted]:
+        v1 = V1_NAMES.get(c, c)
+        mount = os.path.join(root, v1)
+        if v1 not in own or not os.path.exists(os.path.join(mount, "cgroup.procs")):
+            if c not in wanted:
+                continue
+            return 0, {}, f"{v2_reason}, and no cgroup v1 `{v1}` hierarchy is mounted at `{mount}`"
+        places[c] = os.path.join(mount, own[v1].lstrip("/"))
     return 1, places, ""
 
 
@@ -363,6 +579,18 @@ def container_dirs(pid: int, name: str, root: str = CGROUP_ROOT) -> tuple[str | 
     return v2, v1
 
 
+def join_of(pid: int, name: str, what: str, root: str = CGROUP_ROOT) -> None:
+    """Move the calling process into the cgroups `name` of process `pid` (a process joining
+    an instance is limited and counted as the instance is)."""
+    v2, v1 = container_dirs(pid, name, root)
+    for d in ([v2] if v2 else []) + list(v1.values()):
+        try:
+            with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                f.write("0")
+        except OSError as err:
+            raise CgroupError(f"can't join the cgroup of {what}: {err.strerror}") from None
+
+
 def update(pid: int, name: str, limits: Limits, what: str, root: str = CGROUP_ROOT) -> None:
     """Write `limits` to the cgroups `name` of process `pid` (v2 when its v2 cgroup has the
     controllers, else its v1 ones)."""
@@ -373,18 +601,18 @@ def update(pid: int, name: str, limits: Limits, what: str, root: str = CGROUP_RO
         with open(os.path.join(v2, "cgroup.controllers")) as f:
             if set(wanted) <= set(f.read().split()):
                 version, places = 2, {"": v2}
-    if not version and v1 and all(c in v1 for c in wanted):
-        version, places = 1, {c: v1[c] for c in wanted}
+    if not version and v1 and all(V1_NAMES.get(c, c) in v1 for c in wanted):
+        version, places = 1, {c: v1[V1_NAMES.get(c, c)] for c in wanted}
     if not version:
-        missing = [c for c in wanted if c not in v1]
+        missing = [c for c in wanted if V1_NAMES.get(c, c) not in v1]
         raise CgroupError(f"can't update the resources of {what}: it has no cgroup with the "
                           f"{', '.join(missing or wanted)} controller{'s' if len(missing or wanted) > 1 else ''}",
                           hint="`sifbox doctor` says which cgroup limits this user can have")  # fmt: skip
-    for controller, entries in files(limits, version).items():
+    for controller in wanted:
         d = places[""] if version == 2 else places[controller]
         dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            for fname, value in entries:
+            for fname, value in files(limits, version, lambda f, d=dfd: _exists(d, f)).get(controller, []):
                 _write(dfd, fname, value, what)
         finally:
             os.close(dfd)
@@ -421,7 +649,34 @@ def stats(pid: int, name: str, root: str = CGROUP_ROOT) -> dict[str, dict[str, o
     if current is not None:
         pids_max = read(v2, "pids.max") if v2 and read(v2, "pids.max") else read(v1.get("pids"), "pids.max")
         out["pids"] = {"current": current, "limit": number(pids_max) or 0}
+    io = _io_bytes(read(v2, "io.stat"), read(v1.get("blkio"), "blkio.throttle.io_service_bytes_recursive"))
+    if io is not None:
+        out["blkio"] = {"ioServiceBytesRecursive": io}
     return out
+
+
+def _io_bytes(v2_stat: str | None, v1_stat: str | None) -> list[dict[str, object]] | None:
+    """runc's blkio entries (major, minor, op, value) of v2's io.stat or v1's io_service_bytes."""
+    entries: list[dict[str, object]] = []
+    if v2_stat is not None:
+        for line in v2_stat.splitlines():
+            dev, *pairs = line.split()
+            major, _, minor = dev.partition(":")
+            for pair in pairs:
+                key, _, value = pair.partition("=")
+                op = {"rbytes": "Read", "wbytes": "Write"}.get(key)
+                if op and major.isdigit() and minor.isdigit() and value.isdigit():
+                    entries.append({"major": int(major), "minor": int(minor), "op": op, "value": int(value)})
+        return entries
+    if v1_stat is None:
+        return None
+    for line in v1_stat.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2].isdigit() and ":" in parts[0]:
+            major, _, minor = parts[0].partition(":")
+            if major.isdigit() and minor.isdigit():
+                entries.append({"major": int(major), "minor": int(minor), "op": parts[1], "value": int(parts[2])})
+    return entries
 
 
 # --- the freezer (sifbox oci pause/resume) -----------------------------------------------------

@@ -268,7 +268,7 @@ def start_instance(p, name: str, pid_file: str | None, config: dict[str, object]
         wst = instances.proc_stat(watcher) if watcher else None
         state = instances.State(
             pid=holder, ppid=watcher, name=name, user=paths.user, image=p.source.path,
-            config=config, userns=bool(p.userns), logErrPath=err_log, logOutPath=out_log, ip=seen.get("ip", ""),
+            config=config, userns=bool(p.userns), cgroup=getattr(p.options, "limits", None) is not None, logErrPath=err_log, logOutPath=out_log, ip=seen.get("ip", ""),
             starttime=st[1] if st else 0, ppidStarttime=wst[1] if wst else 0,
             path=paths.state_file(name),
         )  # fmt: skip
@@ -280,6 +280,20 @@ def start_instance(p, name: str, pid_file: str | None, config: dict[str, object]
 
     log.log.info("instance started successfully")
     return 0
+
+
+def limited(p, name: str, launch: Callable[[], int]) -> int:  # type: ignore[no-untyped-def]
+    """`launch()` of instance `name`, in its watcher, in the cgroup of its limits (if any), which
+    goes when the instance ends, with what its startscript left in it."""
+    from sifbox.runtime.options import limits_cgroup
+
+    p.cgroups = limits_cgroup(p.options, p.spec.image, instance=name)
+    try:
+        return launch()
+    finally:
+        if p.cgroups is not None:
+            p.cgroups.kill_all()
+            p.cgroups.remove()
 
 
 def _watcher(name, paths, sock, err_fd: int, out_fd: int, launch) -> None:  # type: ignore[no-untyped-def]

@@ -205,8 +205,9 @@ def run(launch: Launch) -> int:
     if launch.instance is not None:
         from sifbox.runtime import holder
 
-        return holder.start_instance(p, launch.instance, launch.pid_file, images.instance_record(p.spec, p.opened),
-                                     launch=lambda hold: launch_prepared(p, hold))  # fmt: skip
+        name = launch.instance
+        return holder.start_instance(p, name, launch.pid_file, images.instance_record(p.spec, p.opened),
+                                     launch=lambda hold: holder.limited(p, name, lambda: launch_prepared(p, hold)))  # fmt: skip
     try:
         return launch_prepared(p)
     finally:
@@ -317,7 +318,8 @@ def prepare(launch: Launch) -> Prepared:
     p.overrides = {**fixed, **overrides}
     p.no_init = launch.no_init
     p.keep_fds = _keep_fds(p.env)
-    p.cgroups = limits_cgroup(options, spec.image) if p.joining is None else None
+    # (an instance's is made by its watcher: sifbox.runtime.launcher._instance)
+    p.cgroups = limits_cgroup(options, spec.image) if p.joining is None and launch.instance is None else None
     return p
 
 
@@ -664,6 +666,10 @@ def _join(p: Prepared) -> int:
     tramp = process.Trampoline.create(p.keep_fds, p.spec.image)  # before joining: needs the host's /proc
     joining = p.joining
     assert joining is not None
+    if getattr(joining, "cgroup", False):  # an instance's limits (sifbox.runtime.options.limits_cgroup)
+        from sifbox.hpc.cgroups import join_of
+
+        join_of(joining.pid, f"sifbox-{os.getuid()}-{joining.name}", f"instance `{joining.name}`")
     joined = join.enter(joining.pid, joining.name)
     if p.log:
         p.log("joined the %s namespaces of instance %s (pid %d)", ", ".join(joined) or "no", joining.name,

@@ -117,14 +117,19 @@ def seccomp_program(options: object, caps: frozenset[int]) -> bytes | None:
                          hint=err.hint) from None  # fmt: skip
 
 
-def limits_cgroup(options: object, image: str) -> object | None:
+def limits_cgroup(options: object, image: str, instance: str | None = None) -> object | None:
     """The container's cgroup (sifbox.hpc.cgroups.Cgroups) of --memory, --cpus, ... in
-    `options` (LaunchOptions); None without limits."""
+    `options` (LaunchOptions); None without limits. An instance's is named after it (it
+    outlives this process) and is in the memory, pids, cpuacct and blkio hierarchies this
+    caller has too, for `instance stats`."""
     limits = getattr(options, "limits", None)
     if limits is None:
         return None
     from sifbox.hpc.cgroups import Cgroups
 
+    if instance is not None:
+        return Cgroups.create(f"sifbox-{os.getuid()}-{instance}", limits, what=f"instance `{instance}`",
+                              optional=("memory", "pids", "cpuacct", "io"))  # fmt: skip
     return Cgroups.create(f"sifbox-{os.getpid()}", limits, what=f"`{image}`")
 
 

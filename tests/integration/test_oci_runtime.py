@@ -823,8 +823,8 @@ def test_update_and_events(as_who: Any, run_as: Any, shared_tmp: Path) -> None:
     assert seen["sifbox"] == ["stats", True, 64 << 20, 50, 1, True, 100 << 20, 30], seen
     if "runc" in seen:
         assert seen["sifbox"] == seen["runc"], seen
-    r = run_as(as_who, [CLI, "oci", "--root", shared_tmp / "st", "update", "--cpu-share", "5", "x"])
-    assert r.returncode != 0 and "--cpu-share`: not supported" in r.stderr, r.stderr
+    r = run_as(as_who, [CLI, "oci", "--root", shared_tmp / "st", "update", "--kernel-memory", "5", "x"])
+    assert r.returncode != 0 and "--kernel-memory`: not supported" in r.stderr, r.stderr
 
 
 # --- namespaces by path --------------------------------------------------------------------------

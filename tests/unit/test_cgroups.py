@@ -138,3 +138,89 @@ def test_v1_keeps_the_freezer_when_v2_lacks_the_limits(tmp_path: Path) -> None:
                                          enable=False)  # fmt: skip
     if os.geteuid() == 0:
         assert (version, sorted(places)) == (1, ["freezer", "memory"])
+
+
+# --- Apptainer's other limit options ---------------------------------------------------------------
+
+
+def test_the_other_options() -> None:
+    limits = cgroups.from_options(cpu_shares="123", cpuset_cpus="0", cpuset_mems="0", memory_reservation="500M",
+                                  oom_kill_disable=True, blkio_weight="50", cpu_count=2)  # fmt: skip
+    assert limits == Limits(cpu_shares=123, cpuset_cpus="0", cpuset_mems="0", memory_reservation=500 << 20,
+                            oom_kill_disable=True, blkio_weight=50)  # fmt: skip
+    assert limits.controllers() == ["memory", "cpu", "cpuset", "io"]
+    assert cgroups.from_options(oom_kill_disable=False) is None
+    assert cgroups.from_options(cpu_shares="0", blkio_weight=" 0") is None  # Apptainer's "0 to disable"
+    assert cgroups.from_options(cpuset_cpus=" 0-1, 3 ", cpu_count=4).cpuset_cpus == "0-1,3"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("kw, part", [
+    ({"cpu_shares": "1"}, "out of range (2 to 262144)"), ({"cpu_shares": "262145"}, "out of range"),
+    ({"cpu_shares": "-5"}, "not a number"), ({"cpu_shares": "1e3"}, "not a number"),
+    ({"blkio_weight": "9"}, "out of range (10 to 1000)"), ({"blkio_weight": "1001"}, "out of range"),
+    ({"memory_reservation": "-1m"}, "--memory-reservation"), ({"cpuset_cpus": "2"}, "CPU 2 does not exist"),
+    ({"cpuset_cpus": "1-0"}, "is not a range"), ({"cpuset_cpus": "0,,1"}, "not a list"),
+    ({"cpuset_cpus": "a"}, "not a list"), ({"cpuset_mems": "0-99999999"}, "not a list"),
+    ({"cpuset_cpus": "٣"}, "not a list"),
+])  # fmt: skip
+def test_bad_other_options(kw: dict[str, str], part: str) -> None:
+    with pytest.raises(UsageError, match=part.replace("(", r"\(").replace(")", r"\)")):
+        cgroups.from_options(cpu_count=2, **kw)  # type: ignore[arg-type]
+
+
+def test_runc_conversions() -> None:
+    """cpu.shares to cpu.weight and blkio.weight to io.weight as runc: the ends of the ranges map
+    to the ends, 1024 (the default share) to 39, 123 to 5 (Apptainer's e2e accepts 5)."""
+    assert [cgroups.shares_to_weight(s) for s in (2, 123, 1024, 262144)] == [1, 5, 39, 10000]
+    assert [cgroups.blkio_to_io_weight(w) for w in (10, 50, 500, 1000)] == [1, 405, 4950, 10000]
+
+
+def test_files_of_the_other_options() -> None:
+    """Apptainer's e2e expectations (e2e/cgroups resourceFlagTests): their flags, their files."""
+    limits = Limits(cpu_shares=123, cpuset_cpus="0", cpuset_mems="0", memory_reservation=524288000,
+                    oom_kill_disable=True, blkio_weight=50)  # fmt: skip
+    assert cgroups.files(limits, 1) == {
+        "memory": [("memory.soft_limit_in_bytes", "524288000"), ("memory.oom_control", "1")],
+        "cpu": [("cpu.shares", "123")],
+        "cpuset": [("cpuset.cpus", "0"), ("cpuset.mems", "0")],
+        "io": [("blkio.weight", "50")],
+    }
+    assert cgroups.files(limits, 2) == {
+        "memory": [("memory.low", "524288000")],
+        "cpu": [("cpu.weight", "5")],
+        "cpuset": [("cpuset.cpus", "0"), ("cpuset.mems", "0")],
+        "io": [("io.weight", "default 405")],
+    }
+    bfq = {"io.bfq.weight", "blkio.bfq.weight"}.__contains__
+    assert cgroups.files(limits, 2, bfq)["io"] == [("io.bfq.weight", "50")]  # e2e: `default 50`
+    assert cgroups.files(limits, 1, bfq)["io"] == [("blkio.bfq.weight", "50")]
+    assert cgroups.ignored(limits, 2) and not cgroups.ignored(limits, 1)
+    assert cgroups.ignored(Limits(memory=1), 2) == []
+
+
+def test_oci_resources_of_the_other_options() -> None:
+    doc = {"cpu": {"shares": 512, "cpus": "0-1", "mems": "0"}, "memory": {"reservation": 1 << 20,
+           "disableOOMKiller": True}, "blockIO": {"weight": 300}}  # fmt: skip
+    assert cgroups.from_oci(doc) == Limits(cpu_shares=512, cpuset_cpus="0-1", cpuset_mems="0",
+                                           memory_reservation=1 << 20, oom_kill_disable=True, blkio_weight=300)  # fmt: skip
+    # hostile or out-of-range values are left out, as absent
+    assert cgroups.from_oci({"cpu": {"shares": 1, "cpus": "x;y"}, "blockIO": {"weight": 5000},
+                             "memory": {"reservation": -1, "disableOOMKiller": "yes"}}) is None  # fmt: skip
+    assert cgroups.from_oci({"cpu": {"shares": True}, "pids": {"limit": True}}) is None
+
+
+def test_v1_names_and_optional_controllers(tmp_path: Path) -> None:
+    """`io` is v1's `blkio`; optional controllers join when their hierarchy is there, and are
+    skipped (not refused) when not."""
+    for c in ("blkio", "memory", "pids"):
+        (tmp_path / c).mkdir()
+        (tmp_path / c / "cgroup.procs").write_text("")
+    own = {"blkio": "/", "memory": "/m", "pids": "/"}
+    version, places, reason = cgroups._choose(str(tmp_path), own, ["io"], enable=False,
+                                              optional=("memory", "pids", "cpuacct"))  # fmt: skip
+    if os.geteuid() == 0:
+        assert version == 1
+        assert {c: os.path.normpath(p) for c, p in places.items()} == {
+            "io": str(tmp_path / "blkio"), "memory": str(tmp_path / "memory/m"), "pids": str(tmp_path / "pids")}
+    else:
+        assert version == 0 and "need root" in reason

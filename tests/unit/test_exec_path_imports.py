@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("typing", "re", "enum", "collections", "base64", "sifbox.hpc.cgroups")
+HEAVY = ("typing", "re", "enum", "collections", "base64", "sifbox.hpc.cgroups", "sifbox.hpc.cgrouptoml", "tomllib")
 EXEC_PATH = (
     "sifbox.cli.main",
     "sifbox.cli.commands.action",
@@ -60,6 +60,18 @@ limits = action._limits(Args(), None)
 assert limits.memory == 512 << 20, limits
 """
     assert "sifbox.hpc.cgroups" in _loaded_after(body)
+
+
+def test_apply_cgroups_reads_toml_only_when_asked_for(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("[cpu]\nshares = 512\n")
+    body = f"""
+from sifbox.cli.commands import action
+class Args:
+    apply_cgroups = {str(f)!r}
+assert action._limits(Args(), None).cpu_shares == 512
+"""
+    assert {"sifbox.hpc.cgrouptoml", "tomllib"} <= set(_loaded_after(body))
 
 
 def test_a_key_message_still_round_trips() -> None:

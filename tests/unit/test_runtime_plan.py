@@ -683,6 +683,13 @@ def ns(command: str = "exec", **kw: Any) -> argparse.Namespace:
         "memory_swap": None,
         "cpus": None,
         "pids_limit": None,
+        "memory_reservation": None,
+        "oom_kill_disable": False,
+        "cpu_shares": None,
+        "cpuset_cpus": None,
+        "cpuset_mems": None,
+        "blkio_weight": None,
+        "apply_cgroups": None,
     }
     if command == "exec":
         fields["command_word"] = "true"

@@ -127,6 +127,18 @@ OPTIONS: tuple[tuple[tuple[str, ...], str, str, str | None, str | None, str], ..
      "resources"),
     (("--cpus",), "cpus", "value", "N", "CPU time limit in CPUs (cgroups), e.g. 1.5", "resources"),
     (("--pids-limit",), "pids_limit", "value", "N", "limit on the number of processes (cgroups)", "resources"),
+    (("--memory-reservation",), "memory_reservation", "value", "BYTES",
+     "memory soft limit (cgroups v1 soft limit, v2 memory.low), e.g. 256m", "resources"),
+    (("--oom-kill-disable",), "oom_kill_disable", "bool", None,
+     "disable the OOM killer of the container's cgroup (cgroups v1; v2 has no switch: a warning)", "resources"),
+    (("--cpu-shares",), "cpu_shares", "value", "N", "CPU shares, a relative weight (2 to 262144; v2: cpu.weight)",
+     "resources"),
+    (("--cpuset-cpus",), "cpuset_cpus", "value", "LIST", "CPUs the container may use, e.g. 0-3,6", "resources"),
+    (("--cpuset-mems",), "cpuset_mems", "value", "LIST", "memory nodes the container may use, e.g. 0", "resources"),
+    (("--blkio-weight",), "blkio_weight", "value", "N", "block I/O weight (10 to 1000; v2: io.weight)", "resources"),
+    (("--apply-cgroups",), "apply_cgroups", "value", "FILE",
+     "apply the limits of a cgroups TOML file (Apptainer's format); not with the other limit options",
+     "resources"),
     (("--passphrase",), "passphrase", "bool", None,
      "ask for the passphrase of an encrypted image (or SIFBOX_ENCRYPTION_PASSPHRASE)", "encrypted images"),
     (("--pem-path",), "pem_path", "value", "PATH",
@@ -441,18 +453,32 @@ def _launch_options(args, instance: str | None):  # type: ignore[no-untyped-def]
     )  # fmt: skip
 
 
+#: The limit options (their `args` names), in from_options' keyword names.
+_LIMITS = ("memory", "memory_swap", "cpus", "pids_limit", "cpu_shares", "cpuset_cpus", "cpuset_mems",
+           "memory_reservation", "oom_kill_disable", "blkio_weight")  # fmt: skip
+
+
 def _limits(args, instance: str | None):  # type: ignore[no-untyped-def]
-    """--memory, --memory-swap, --cpus, --pids-limit (cgroups), or None."""
-    values = [getattr(args, n, None) for n in ("memory", "memory_swap", "cpus", "pids_limit")]
-    if not any(values):
+    """The cgroup limits of --memory, --cpus, ... or of --apply-cgroups FILE (each also read
+    from SIFBOX_<OPTION>, APPTAINER_<OPTION>, SINGULARITY_<OPTION>), or None."""
+    values = {n: getattr(args, n, None) or flag_env(n.upper()) for n in _LIMITS}
+    values["oom_kill_disable"] = _flag(args, "oom_kill_disable", "OOM_KILL_DISABLE")
+    toml = getattr(args, "apply_cgroups", None) or flag_env("APPLY_CGROUPS")
+    if not toml and not any(values.values()):
         return None  # (no import of cgroups, and of `typing` with it, on a launch without limits)
+    if toml:
+        given = [n for n, v in values.items() if v]
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise UsageError(f"can't use --apply-cgroups with {flags}: the file sets the limits",
+                             hint="put every limit in the file, or use the options alone")  # fmt: skip
+        from sifbox.hpc import cgrouptoml
+
+        return cgrouptoml.load(toml, cpu_count=os.cpu_count())
     from sifbox.hpc import cgroups
 
-    limits = cgroups.from_options(*values)
-    if limits is not None and instance is not None:
-        raise NotAvailableError(f"can't limit the resources of instance `{instance}`: not available for instances "
-                                "in this version")  # fmt: skip
-    return limits
+    return cgroups.from_options(values.pop("memory"), values.pop("memory_swap"), values.pop("cpus"),
+                                values.pop("pids_limit"), cpu_count=os.cpu_count(), **values)  # fmt: skip
 
 
 def _key(args):  # type: ignore[no-untyped-def]

@@ -1,9 +1,10 @@
-"""`sifbox instance start|run|list|stop`: containers running as services.
+"""`sifbox instance start|run|list|stop|stats`: containers running as services.
 
     sifbox instance start [options] IMAGE NAME [ARGS...]   the startscript, detached
     sifbox instance run [options] IMAGE NAME [ARGS...]     the runscript, detached
     sifbox instance list [--json|--logs] [--user U] [PATTERN]
     sifbox instance stop [--all] [--force] [--signal SIG] [--timeout N] [NAME|PATTERN]
+    sifbox instance stats [--json] [--no-stream] [--user U] NAME   its cgroup's usage (instancestats)
     sifbox exec|run|shell|test instance://NAME ...         join a running instance
 
 State and logs live in ~/.sifbox/instances (see sifbox.runtime.instances).
@@ -15,7 +16,7 @@ import argparse
 import os
 import sys
 
-from sifbox.util.errors import NotAvailableError, SifboxError, UsageError
+from sifbox.util.errors import SifboxError, UsageError
 
 STOP_TIMEOUT = 10  # seconds, as Apptainer's --timeout default
 
@@ -68,17 +69,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument(
         "-u", "--user", metavar="USER", help="if running as root, stop the instances of USER"
     )
-    s = sub.add_parser("stats", help="Get stats for a named instance (not available yet)")
-    s.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    s = sub.add_parser("stats", help="Get stats for a named instance",
+                       description="Show the CPU, memory, block I/O and process counts of instance NAME, read from "
+                       "the cgroup of its resource limits (an instance started with --memory, --cpus, "
+                       "--pids-limit, ... or --apply-cgroups).")  # fmt: skip
+    s.add_argument("name", metavar="NAME", help="the instance's name")
+    s.add_argument("-j", "--json", action="store_true", help="print one sample as JSON (runc's stats)")
+    s.add_argument("--no-stream", action="store_true", help="print one sample, not one every second")
+    s.add_argument("-u", "--user", metavar="USER", help="if running as root, the instance of USER")
 
 
 def main(args: argparse.Namespace) -> int:
     verb = args.instance_command
     if verb == "stats":
-        raise NotAvailableError(
-            "can't show instance statistics: they need cgroups, "
-            "not available in this version of sifbox yet"
-        )
+        from sifbox.cli.commands import instancestats
+
+        return instancestats.main(args)
     if verb is None:
         args._parser._subparsers._group_actions[0].choices[args.command].print_help()
         return 0

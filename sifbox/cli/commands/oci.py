@@ -167,8 +167,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--cpu-quota", type=int, help="CPU time per period (microseconds)")
     s.add_argument("--cpu-period", type=int, help="the period of --cpu-quota (microseconds, default 100000)")
     s.add_argument("--pids-limit", type=int, help="the most processes")
-    for flag in ("--cpu-share", "--cpuset-cpus", "--cpuset-mems", "--memory-reservation", "--kernel-memory",
-                 "--kernel-memory-tcp", "--blkio-weight", "--l3-cache-schema", "--mem-bw-schema"):  # fmt: skip
+    s.add_argument("--cpu-share", help="CPU shares, a relative weight (2 to 262144)")
+    s.add_argument("--cpuset-cpus", help="CPUs the container may use, e.g. 0-3")
+    s.add_argument("--cpuset-mems", help="memory nodes the container may use, e.g. 0")
+    s.add_argument("--memory-reservation", help="memory soft limit (bytes, or 256m)")
+    s.add_argument("--blkio-weight", help="block I/O weight (10 to 1000)")
+    for flag in ("--kernel-memory", "--kernel-memory-tcp", "--l3-cache-schema", "--mem-bw-schema"):
         s.add_argument(flag, dest="unsupported_" + flag[2:].replace("-", "_"), help=argparse.SUPPRESS)
     s.add_argument("id", metavar="ID")
     s = sub.add_parser("events", help="print the container's resource usage (cgroups) as JSON")
@@ -339,7 +343,8 @@ def _update_limits(args: argparse.Namespace) -> object:
     for name, value in vars(args).items():
         if name.startswith("unsupported_") and value is not None:
             raise UsageError(f"can't use `sifbox oci update --{name[12:].replace('_', '-')}`: not supported",
-                             hint="sifbox updates --memory, --memory-swap, --cpu-quota/--cpu-period, --pids-limit")  # fmt: skip
+                             hint="sifbox updates --memory, --memory-swap, --memory-reservation, --cpu-quota/"
+                             "--cpu-period, --cpu-share, --cpuset-cpus, --cpuset-mems, --blkio-weight, --pids-limit")  # fmt: skip
     if args.resources:
         try:
             if args.resources == "-":
@@ -352,7 +357,9 @@ def _update_limits(args: argparse.Namespace) -> object:
         limits = cgroups.from_oci(doc)
     else:
         limits = cgroups.from_options(memory=args.memory, memory_swap=args.memory_swap, pids_limit=(
-            str(args.pids_limit) if args.pids_limit is not None else None))  # fmt: skip
+            str(args.pids_limit) if args.pids_limit is not None else None), cpu_shares=args.cpu_share,
+            cpuset_cpus=args.cpuset_cpus, cpuset_mems=args.cpuset_mems, memory_reservation=args.memory_reservation,
+            blkio_weight=args.blkio_weight, cpu_count=os.cpu_count())  # fmt: skip
         if args.cpu_quota is not None:
             period = args.cpu_period or cgroups.CPU_PERIOD
             if args.cpu_quota <= 0 or period <= 0:

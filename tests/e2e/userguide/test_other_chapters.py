@@ -13,7 +13,8 @@ SKIPS = {
     "cgroups.rst": (
         "Limiting Container Resources (--cpus, --cpu-shares, --cpu-set-*, --memory*, --blkio-weight*, "
         "--apply-cgroups with a cgroups.toml, systemd-run) and running_services.rst's `instance stats`: "
-        "the cgroups work (sifbox/hpc cgroups; README: Instances, `instance stats` is not available)"
+        "their flags and expected files are Apptainer's e2e/cgroups ones, ported in "
+        "tests/integration/test_cgroup_options.py (README: Resource limits); systemd-run is not used"
     ),
     "networking.rst": (
         "Network virtualization (--net with --network bridge/ptp/macvlan/ipvlan, --network-args portmap, "

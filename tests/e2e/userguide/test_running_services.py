@@ -228,7 +228,7 @@ def test_api_server() -> None:
     pass
 
 
-@pytest.mark.skip(reason=f"{RS}:Resource Usage / Limits: `instance stats` and `--memory` need cgroups, "
-                         "which the cgroups work covers (see test_other_chapters.py)")  # fmt: skip
+@pytest.mark.skip(reason=f"{RS}:Resource Usage / Limits: `instance start --memory` and `instance stats` "
+                         "are tested by tests/integration/test_cgroup_options.py")  # fmt: skip
 def test_instance_stats() -> None:
     pass
