@@ -6,8 +6,9 @@ Interleaved rounds (every row once per round, in turn), medians: the machine is 
 a slow moment then costs every row alike. The holder stays between runs (its idle timeout),
 so the shared rows measure what rank 2..N of a job pays: join, bind, run. Each round also runs
 /bin/true in every runner: "net" is numpy minus true (the runner's start-up taken out), the
-cost of reading through the mount. Goals (issue 15): shared <= 1.25x chroot as root, <= 1.4x
-as a user. Standard library only.
+cost of reading through the mount. The mount service rows (when read.py could start one) run
+the same image from a store, kernel-mounted once for every user. Goals (issue 15): shared
+<= 1.25x chroot as root and through the mount service, <= 1.4x as a user. Standard library only.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ def _once(env: UserEnv, who: str, argv: list[str]) -> tuple[float, bytes]:
 
 
 def sharing_table(env: UserEnv, *, sifbox: str | None, sif: str | None, root_dir: str | None,
-                  chroot: str | None, chrun: str | None, rounds: int,
-                  log: Callable[[str], None]) -> list[str]:  # fmt: skip
-    """The table's lines."""
+                  chroot: str | None, chrun: str | None, rounds: int, log: Callable[[str], None],
+                  service: dict[str, list[str]] | None = None, service_note: str = "") -> list[str]:  # fmt: skip
+    """The table's lines. `service`: per user (root, the user), the `sifbox exec` prefix of a
+    launch through the mount service (kernel SquashFS for every user), else `service_note`."""
     user = env.user
     rows: list[tuple[str, str, list[str] | None, str]] = [  # label, who, argv prefix, note
         ("chroot root/ (dir) [ref]", "root", [chroot, root_dir] if chroot and root_dir else None,
@@ -51,6 +53,8 @@ def sharing_table(env: UserEnv, *, sifbox: str | None, sif: str | None, root_dir
                             ("sifbox exec --no-share", ["exec", "--no-share"])):  # fmt: skip
             prefix = [sifbox, *opts, sif] if sifbox and sif else None
             rows.append((f"{label} img-gzip.sif", who, prefix, "sifbox or the image missing"))
+        rows.append(("sifbox exec, mount service STORE/img.sif", who, (service or {}).get(who),
+                     service_note or "no mount service"))
     rows.append(("ch-run root/ (dir)", user, [chrun, root_dir, "--"] if chrun and root_dir else None,
                  "ch-run not installed"))
     runs: list[tuple[int, str, list[str]]] = []  # row, workload, argv
@@ -108,8 +112,8 @@ def sharing_table(env: UserEnv, *, sifbox: str | None, sif: str | None, root_dir
         net = numpy_ms - true_ms
         rel = numpy_ms / ref if ref else None
         goal = ""
-        if "shared holder" in label:
-            limit = GOALS["root" if who == "root" else "user"]
+        if "shared holder" in label or "mount service" in label:
+            limit = GOALS["root" if who == "root" or "mount service" in label else "user"]
             goal = f"<= {limit}x: " + ("met" if rel is not None and rel <= limit else "NOT met")
         lines.append(f"{prefix}  {numpy_ms:8.1f}  {(f'{rel:7.2f}' if rel else '      -')}  {true_ms:7.1f}  "
                      f"{net:6.1f}  {(f'{net / ref_net:10.2f}' if ref_net and ref_net > 0 else '         -')}  {goal}")  # fmt: skip
