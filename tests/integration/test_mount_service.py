@@ -367,6 +367,42 @@ def test_a_flood_of_one_user_leaves_the_others_served(run_as, test_user, service
     assert service.ask(run_as, test_user, "ping")["ok"] is True
 
 
+def test_a_launch_turned_away_as_busy_asks_again(run_as, as_who, service: Service) -> None:
+    """The ranks of a node ask together: one the service turns away for now (the user's
+    `max clients per user` requests are running) asks again and joins the service's mount;
+    it does not mount the image a second time (a second page cache of it)."""
+    script = service.base / "hold.py"
+    script.write_text(
+        "import socket, sys, time\n"
+        "conns = []\n"
+        "for _ in range(4):\n"  # the service's `mount service max clients per user`
+        "    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); conns.append(s)\n"
+        "time.sleep(0.3)\n"
+        "print('holding', flush=True)\n"
+        "sys.stdin.readline()\n"
+    )  # fmt: skip
+    script.chmod(0o644)
+    wrap = [] if as_who.uid == 0 else ["runuser", "-u", as_who.name, "--"]
+    hold = subprocess.Popen([*wrap, sys.executable, "-I", str(script), str(service.socket)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert hold.stdout is not None and hold.stdout.readline() == "holding\n"
+        mine = service.store / ("root" if as_who.uid == 0 else as_who.name) / "app.sif"
+        argv = [*wrap, service.cli, "-c", str(service.client_conf), "-v", "exec", str(mine), "cat", "/data/hello.txt"]
+        launch = subprocess.Popen(argv, env=env_for(as_who), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)  # fmt: skip
+        time.sleep(1.0)  # turned away, asking again
+        hold.communicate("\n", timeout=30)  # the user's requests end: the service takes the launch's
+        out, err = launch.communicate(timeout=LAUNCH_TIMEOUT)
+    finally:
+        if hold.poll() is None:
+            hold.kill()
+            hold.wait()
+    assert launch.returncode == 0 and out == "hello from image\n", err
+    assert "joining the mount service's mount" in err, err
+    assert "not from the mount service" not in err, err
+
+
 def test_a_socket_directory_of_a_user_is_refused(run_as, test_user, sifbox_cli: str, shared_tmp: Path) -> None:
     """Root never makes its socket or mounts where a user could swap them: a directory the
     user owns, or a link the user made."""
