@@ -2,6 +2,7 @@
 
     /usr/bin/python3 benchmarks/metadata.py [--workdir /var/tmp/sifbox-bench] [--ranks 1,8,32,64]
                                             [--user sifbox-test] [--sifbox PATH] [--timeout 1.0]
+                                            [--only LABEL,...]
 
 Run as root, after benchmarks/read.py --keep has built WORKDIR (the Debian tree with numpy,
 root/, and img-gzip.sif). This kernel has no NFS or GPFS server to count on, so a counting
@@ -140,6 +141,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1.0, help="countfs entry/attribute cache seconds")
     parser.add_argument("--no-root-sifbox", action="store_true", help="skip sifbox's rows as root")
     parser.add_argument("--keep", action="store_true", help="keep WORKDIR/metadata (hard links of the image)")
+    parser.add_argument("--only", default="", help="only the rows whose label holds one of these (comma-separated)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("metadata.py: run as root (it mounts the counting file system and drops caches)", file=sys.stderr)
@@ -202,6 +204,9 @@ def main() -> int:
     for who in (env.user, *(() if args.no_root_sifbox else ("root",))):
         rows.append((f"mount service (kernel squashfs{', root' if who == 'root' else ''})", who,
                      [*service.argv(sifbox, who), *NUMPY] if service and sifbox else None, service_note))  # fmt: skip
+    if args.only:
+        wanted = [w for w in args.only.split(",") if w]
+        rows = [r for i, r in enumerate(rows) if i == 0 or any(w in r[0] for w in wanted)]  # the tree: the ratios
     results: dict[tuple[int, int], tuple[dict[str, int], float, int]] = {}
     load = os.getloadavg()
     try:

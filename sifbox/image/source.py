@@ -113,7 +113,7 @@ def _opened(fd: int, path: str) -> str:
 def _sif_partition(fd: int, path: str, where: str) -> ImageSource:
     from sifbox.formats.sif.image import SifError, SifImage
 
-    with os.fdopen(os.dup(fd), "rb") as fp:
+    with open(fd, "rb", closefd=False) as fp:  # no dup: every close of a copy is a request on FUSE
         try:
             img = SifImage.load(fp)
         except SifError as err:

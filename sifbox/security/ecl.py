@@ -254,7 +254,7 @@ def _decide(cfg: EclConfig, group: ExecGroup, fd: int, keyring: bytes | None) ->
 
     if keyring is None:
         keyring = global_keyring(os.path.dirname(cfg.path))
-    with os.fdopen(os.dup(fd), "rb") as fp:
+    with open(fd, "rb", closefd=False) as fp:  # no dup: every close of a copy is a request on FUSE
         try:
             img = SifImage.load(fp)
         except SifError as err:
