@@ -28,8 +28,10 @@ SquashFS itself (kernel `mount -o loop` or `squashfuse_ll`, with option variants
 options squashfuse_ll offers and which extra `-o` options it accepts.
 
 A third table ("sharing", benchmarks/readshare.py) times warm `import numpy` through the node
-mount holder (the default) and with `--no-share`, root and user, against `chroot` into the
-directory, in interleaved rounds (`--only-sharing` prints just the header and it).
+mount holder (the default), with `--no-share` and through the mount service (`sifbox mounts
+serve`, started for the table on a store of hard links of the image in WORKDIR/msvc), root and
+user, against `chroot` into the directory, in interleaved rounds (`--only-sharing` prints just
+the header and it).
 
 Prints tables and never asserts timings. A row whose tool or image is missing prints
 "n/a (reason)"; a row whose command fails prints "failed (reason)". Without --keep the image
