@@ -319,6 +319,24 @@ def test_an_image_changed_after_admission_is_refused(run_as, test_user, service:
     assert digest != "sha256:" + hashlib.sha256(changed.read_bytes()).hexdigest()
 
 
+def test_a_record_changed_after_a_mount_is_read_again(run_as, test_user, service: Service,
+                                                     action_images: ActionImages) -> None:  # fmt: skip
+    """The service keeps the admission records it read while their files are unchanged: a
+    record rewritten in place (same size, another digest) is read again, and refused."""
+    service.admit(test_user.name, "recorded", action_images.sif)
+    image = service.store / test_user.name / "recorded.sif"
+    assert service.ask(run_as, test_user, "mount", str(image))["ok"] is True
+    record = service.store / ".meta" / test_user.name / "recorded.json"
+    text = record.read_text()
+    digest = json.loads(text)["stored_digest"]
+    other = digest[:-1] + ("0" if digest[-1] != "0" else "1")
+    with open(record, "r+") as f:  # in place: same inode, same size
+        f.write(text.replace(digest, other))
+    reply = service.ask(run_as, test_user, "mount", str(image))
+    assert reply["ok"] is False and "changed since the admission store admitted it" in reply["error"], reply
+    assert _wait_unmounted(service) == []
+
+
 def test_the_site_policy_of_the_service_is_judged(run_as, test_user, service: Service,
                                                   action_images: ActionImages) -> None:  # fmt: skip
     """The service's sifbox.conf allows images owned by root only; the client's has no limit."""
@@ -401,6 +419,7 @@ def test_a_launch_turned_away_as_busy_asks_again(run_as, as_who, service: Servic
     assert launch.returncode == 0 and out == "hello from image\n", err
     assert "joining the mount service's mount" in err, err
     assert "not from the mount service" not in err, err
+    assert _wait_unmounted(service) == []
 
 
 def test_a_socket_directory_of_a_user_is_refused(run_as, test_user, sifbox_cli: str, shared_tmp: Path) -> None:
