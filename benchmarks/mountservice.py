@@ -89,6 +89,10 @@ class MountService:
         self.stop()
         self.start()
 
+    def mount_count(self) -> int:
+        """How many times it has mounted an image so far (its log says each)."""
+        return self.log.read_text().count("sifbox mount service: mounted ")
+
     def mounts(self) -> int:
         """How many mounts of the service there are now (in this mount namespace, the host's)."""
         under = str(self.run) + "/"

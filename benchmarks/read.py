@@ -704,7 +704,8 @@ def main() -> int:
                                   root_dir=str(images.root) if images.root_ok else None, chroot=chroot,
                                   chrun=chrun, rounds=args.sharing_rounds, log=log,
                                   service={who: service.argv(sifbox, who) for who in service.images}
-                                  if service and sifbox else None, service_note=service_note)  # fmt: skip
+                                  if service and sifbox else None, service_note=service_note,
+                                  service_mounts=service.mount_count if service else None)  # fmt: skip
         finally:
             if service is not None:
                 service.stop()
