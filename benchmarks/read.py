@@ -808,6 +808,7 @@ def main() -> int:
         print(f"total time: {time.perf_counter() - t0:.0f} s (build {build_wall:.0f} s)")
         return 0
     finally:
+        env.close()  # the holders its runs started (its own runtime directories), and those directories
         if os.path.ismount(mnt):
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
         if args.keep:
