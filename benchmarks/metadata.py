@@ -2,6 +2,7 @@
 
     /usr/bin/python3 benchmarks/metadata.py [--workdir /var/tmp/sifbox-bench] [--ranks 1,8,32,64]
                                             [--user sifbox-test] [--sifbox PATH] [--timeout 1.0]
+                                            [--only LABEL,...]
 
 Run as root, after benchmarks/read.py --keep has built WORKDIR (the Debian tree with numpy,
 root/, and img-gzip.sif). This kernel has no NFS or GPFS server to count on, so a counting
@@ -18,7 +19,12 @@ start together and each runs `python3 -c 'import numpy'`):
     sifbox --no-share          the user: one squashfuse_ll per rank, reading the SIF
     sifbox (node holder)       the user: the default, one squashfuse_ll per node
     sifbox root --no-share / (node holder): root, kernel SquashFS on a loop device
-    mount service              HOOK, see `mount_service_argv`: n/a until that service exists
+    mount service              the user and root: `sifbox mounts serve` (started here) kernel-
+                               mounts the image once for every user, from a store on the file
+                               server (STORE/USER/img.sif, hard links of the image, with its
+                               admission record); its idle timeout (1 s) unmounts it between
+                               rows, and one launch before the first row lets it hash the image
+                               (its digest is kept while it runs: a service's steady state)
 
 Goal (issue 15): per-node requests independent of N, and >= 100x fewer than the unpacked tree
 at 32 ranks. Prints tables, asserts nothing. Needs Debian's python3-pyfuse3 for countfs.
@@ -37,6 +43,7 @@ import time
 from pathlib import Path
 
 from benchlib import PATH, Unavailable, UserEnv
+from mountservice import MountService
 
 NUMPY = ["/usr/bin/python3", "-c", "import numpy"]
 METADATA = ("lookup", "getattr", "open", "opendir", "readdir", "readlink", "statfs", "getxattr", "listxattr",
@@ -46,17 +53,6 @@ HERE = Path(__file__).resolve().parent
 
 def log(msg: str) -> None:
     print(f"# {msg}", file=sys.stderr, flush=True)
-
-
-def mount_service_argv(sifbox: str, image: str) -> list[str] | None:
-    """HOOK for the "mount service" row (a root service that kernel-mounts admitted images
-    for all users; built elsewhere). Return the argv of one rank that goes through it, e.g.
-    `[sifbox, "exec", "--mount-service", image]`, once it exists; None prints n/a.
-    SIFBOX_BENCH_MOUNT_SERVICE="--opt1 --opt2" tries it now with those exec options."""
-    opts = os.environ.get("SIFBOX_BENCH_MOUNT_SERVICE")
-    if not opts:
-        return None
-    return [sifbox, "exec", *opts.split(), image]
 
 
 class CountFS:
@@ -145,6 +141,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1.0, help="countfs entry/attribute cache seconds")
     parser.add_argument("--no-root-sifbox", action="store_true", help="skip sifbox's rows as root")
     parser.add_argument("--keep", action="store_true", help="keep WORKDIR/metadata (hard links of the image)")
+    parser.add_argument("--only", default="", help="only the rows whose label holds one of these (comma-separated)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("metadata.py: run as root (it mounts the counting file system and drops caches)", file=sys.stderr)
@@ -189,9 +186,27 @@ def main() -> int:
             ("sifbox (node holder, kernel squashfs)", "root", [sifbox, "exec", image, *NUMPY] if sifbox else None,
              "sifbox not installed"),
         ]  # fmt: skip
-    service = mount_service_argv(sifbox, image) if sifbox else None
-    rows.append(("mount service (HOOK: mount_service_argv)", env.user,
-                 [*service, *NUMPY] if service else None, "not built yet: see mount_service_argv()"))  # fmt: skip
+    service: MountService | None = None
+    service_note = "sifbox not installed"
+    if sifbox:
+        try:
+            service = MountService(base / "msvc", served / "store", sifbox, sif, env.user, seen_as=mnt / "store",
+                                   idle=1)  # fmt: skip
+            warm = subprocess.run(env.wrap("root", [*service.argv(sifbox, "root"), "/bin/true"]), env=env.env["root"],
+                                  capture_output=True, check=False, timeout=600)  # fmt: skip
+            if warm.returncode:
+                raise Unavailable(f"a launch through it failed: {warm.stderr.decode(errors='replace').strip()[-200:]}")
+        except (Unavailable, OSError) as err:
+            service_note = str(err)
+            if service is not None:
+                service.stop()
+            service = None
+    for who in (env.user, *(() if args.no_root_sifbox else ("root",))):
+        rows.append((f"mount service (kernel squashfs{', root' if who == 'root' else ''})", who,
+                     [*service.argv(sifbox, who), *NUMPY] if service and sifbox else None, service_note))  # fmt: skip
+    if args.only:
+        wanted = [w for w in args.only.split(",") if w]
+        rows = [r for i, r in enumerate(rows) if i == 0 or any(w in r[0] for w in wanted)]  # the tree: the ratios
     results: dict[tuple[int, int], tuple[dict[str, int], float, int]] = {}
     load = os.getloadavg()
     try:
@@ -202,6 +217,8 @@ def main() -> int:
                 for attempt in range(3):
                     log(f"{label} as {who}: {n} rank(s)" + (f" (again: {attempt + 1})" if attempt else ""))
                     prune_holders(env, sifbox)
+                    if service is not None and not service.wait_unmounted():
+                        log("  the mount service still has the image mounted")
                     drop_caches()
                     try:
                         fs.take()
@@ -222,7 +239,10 @@ def main() -> int:
                         fs = CountFS(served, mnt, args.timeout)
     finally:
         prune_holders(env, sifbox)
+        if service is not None:
+            service.stop()
         fs.stop()
+        env.close()
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
     load_end = os.getloadavg()
@@ -270,17 +290,20 @@ def main() -> int:
             print(f"  {label:<{width}}" + "".join(f"  {x!s:>9}" for x in cells))
         print()
     tree_row = 0
-    holder_row = 3
-    for n in ranks:
-        t, h = results.get((tree_row, n)), results.get((holder_row, n))
-        if t and h:
-            meta_t, meta_h = (sum(c[0].get(k, 0) for k in METADATA) for c in (t, h))
-            print(f"N={n}: unpacked tree / node holder (user) = {total(t[0])} / {total(h[0])} = "
-                  f"{total(t[0]) / max(1, total(h[0])):.0f}x; metadata only {meta_t} / {meta_h} = "
-                  f"{meta_t / max(1, meta_h):.0f}x" + ("  (goal at N=32: >= 100x)" if n == 32 else ""))
-    hs = [total(results[(holder_row, n)][0]) for n in ranks if (holder_row, n) in results]
-    if hs:
-        print(f"node holder (user) requests across N={ranks}: {hs} (goal: independent of N)")
+    shared_rows = [i for i, (label, who, *_r) in enumerate(rows)
+                   if who == env.user and ("node holder" in label or label.startswith("mount service"))]  # fmt: skip
+    for i in shared_rows:
+        name = f"{rows[i][0]} ({rows[i][1]})"
+        for n in ranks:
+            t, h = results.get((tree_row, n)), results.get((i, n))
+            if t and h:
+                meta_t, meta_h = (sum(c[0].get(k, 0) for k in METADATA) for c in (t, h))
+                print(f"N={n}: unpacked tree / {name} = {total(t[0])} / {total(h[0])} = "
+                      f"{total(t[0]) / max(1, total(h[0])):.0f}x; metadata only {meta_t} / {meta_h} = "
+                      f"{meta_t / max(1, meta_h):.0f}x" + ("  (goal at N=32: >= 100x)" if n == 32 else ""))
+        hs = [total(results[(i, n)][0]) for n in ranks if (i, n) in results]
+        if hs:
+            print(f"{name} requests across N={ranks}: {hs} (goal: independent of N)")
     return 0
 
 

@@ -28,8 +28,10 @@ SquashFS itself (kernel `mount -o loop` or `squashfuse_ll`, with option variants
 options squashfuse_ll offers and which extra `-o` options it accepts.
 
 A third table ("sharing", benchmarks/readshare.py) times warm `import numpy` through the node
-mount holder (the default) and with `--no-share`, root and user, against `chroot` into the
-directory, in interleaved rounds (`--only-sharing` prints just the header and it).
+mount holder (the default), with `--no-share` and through the mount service (`sifbox mounts
+serve`, started for the table on a store of hard links of the image in WORKDIR/msvc), root and
+user, against `chroot` into the directory, in interleaved rounds (`--only-sharing` prints just
+the header and it).
 
 Prints tables and never asserts timings. A row whose tool or image is missing prints
 "n/a (reason)"; a row whose command fails prints "failed (reason)". Without --keep the image
@@ -69,7 +71,7 @@ WORKLOADS: dict[str, list[str]] = {
     "tar": ["/bin/sh", "-c", "tar -C / -cf - usr | wc -c"],  # no /dev/null: nodev mounts in the 2nd table
 }
 MIN_TAR_BYTES = 1 << 20  # a smaller count means tar failed inside the pipe (sh reports only wc's status)
-MANAGED = ("root", "root.partial", ".root-complete", "build.json", "mnt",
+MANAGED = ("root", "root.partial", ".root-complete", "build.json", "mnt", "msvc",
            *(f"img-{c}.{ext}" for c in COMPRESSORS for ext in ("sqfs", "sif", "sqfs.partial", "sif.partial")))
 # Extra `-o` options probed on squashfuse_ll (accepted or refused); none of them is used by sifbox.
 PROBE_OPTIONS = ("uid=1001", "gid=1001", "timeout=60", "kernel_cache", "auto_cache", "entry_timeout=60",
@@ -683,14 +685,31 @@ def main() -> int:
         sys.stdout.flush()
 
         # ---------------------------------------------------------------------- sharing ---
+        from mountservice import MountService
         from readshare import sharing_table
 
         sif_gzip = images.sif.get("gzip")
-        print("Sharing (ms): warm `import numpy`, node mount holder vs --no-share, ratio to chroot into the dir")
+        service: MountService | None = None
+        service_note = "sifbox or img-gzip.sif missing"
+        if sifbox and sif_gzip:
+            try:
+                service = MountService(workdir / "msvc", workdir / "msvc" / "store", sifbox, sif_gzip, user)
+            except (Unavailable, OSError) as err:
+                service_note = str(err)
+        print("Sharing (ms): warm `import numpy`, node mount holder vs --no-share vs the mount service, "
+              "ratio to chroot into the dir")
         print()
-        for line in sharing_table(env, sifbox=sifbox, sif=str(sif_gzip) if sif_gzip else None,
+        try:
+            lines = sharing_table(env, sifbox=sifbox, sif=str(sif_gzip) if sif_gzip else None,
                                   root_dir=str(images.root) if images.root_ok else None, chroot=chroot,
-                                  chrun=chrun, rounds=args.sharing_rounds, log=log):  # fmt: skip
+                                  chrun=chrun, rounds=args.sharing_rounds, log=log,
+                                  service={who: service.argv(sifbox, who) for who in service.images}
+                                  if service and sifbox else None, service_note=service_note,
+                                  service_mounts=service.mount_count if service else None)  # fmt: skip
+        finally:
+            if service is not None:
+                service.stop()
+        for line in lines:
             print(line)
         print()
         sys.stdout.flush()
@@ -789,6 +808,7 @@ def main() -> int:
         print(f"total time: {time.perf_counter() - t0:.0f} s (build {build_wall:.0f} s)")
         return 0
     finally:
+        env.close()  # the holders its runs started (its own runtime directories), and those directories
         if os.path.ismount(mnt):
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
         if args.keep:

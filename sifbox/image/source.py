@@ -64,31 +64,42 @@ def open_image(path: str, verb: str = "run") -> ImageSource:
     except OSError as err:
         raise SifboxError(f"{where}: {describe_os_error(err)}") from None
     try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            return ImageSource(_opened(fd, path), ImageKind.SANDBOX, fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise SifboxError(f"{where}: not a regular file or directory")
-        head = os.pread(fd, 128, 0)
-        if head[32:42] == c.MAGIC:
-            src = _sif_partition(fd, path, where)
-        elif squashfs.probe(head):
-            src = ImageSource(_opened(fd, path), ImageKind.SQUASHFS, fd, 0, st.st_size)
-        else:
-            raise SifboxError(
-                f"{where}: not a SIF, SquashFS or sandbox image",
-                hint="images are .sif files, bare SquashFS files, or directories",
-            )
-        if src.encryption == "luks":  # a LUKS2 header, not a SquashFS, comes first
-            return src
-        parts = [(src.offset, src.size)] if src.oci is None else [(x.offset, x.size) for x in src.oci.layers]
-        for n, (offset, size) in enumerate(parts):
-            what = "the root file system" if n == 0 else f"layer {n + 1} of the image"
-            _check_squashfs(fd, offset, size, f"{where}: {what} is damaged")
-        return src
+        return _locate(fd, path, where)
     except BaseException:
         os.close(fd)
         raise
+
+
+def locate(fd: int, path: str, verb: str = "run") -> ImageSource:
+    """The image open at `fd` (named `path` in messages), located as `open_image` does,
+    without opening it again (on a file server every open is a request): the source's
+    descriptor is `fd` itself, which the caller keeps and closes."""
+    return _locate(fd, path, f"can't {verb} `{path}`")
+
+
+def _locate(fd: int, path: str, where: str) -> ImageSource:
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):
+        return ImageSource(_opened(fd, path), ImageKind.SANDBOX, fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise SifboxError(f"{where}: not a regular file or directory")
+    head = os.pread(fd, 128, 0)
+    if head[32:42] == c.MAGIC:
+        src = _sif_partition(fd, path, where)
+    elif squashfs.probe(head):
+        src = ImageSource(_opened(fd, path), ImageKind.SQUASHFS, fd, 0, st.st_size)
+    else:
+        raise SifboxError(
+            f"{where}: not a SIF, SquashFS or sandbox image",
+            hint="images are .sif files, bare SquashFS files, or directories",
+        )
+    if src.encryption == "luks":  # a LUKS2 header, not a SquashFS, comes first
+        return src
+    parts = [(src.offset, src.size)] if src.oci is None else [(x.offset, x.size) for x in src.oci.layers]
+    for n, (offset, size) in enumerate(parts):
+        what = "the root file system" if n == 0 else f"layer {n + 1} of the image"
+        _check_squashfs(fd, offset, size, f"{where}: {what} is damaged")
+    return src
 
 
 def _check_squashfs(fd: int, offset: int, size: int, damaged: str) -> None:
@@ -112,8 +123,9 @@ def _opened(fd: int, path: str) -> str:
 
 def _sif_partition(fd: int, path: str, where: str) -> ImageSource:
     from sifbox.formats.sif.image import SifError, SifImage
+    from sifbox.util.preadfile import reader
 
-    with os.fdopen(os.dup(fd), "rb") as fp:
+    with reader(fd) as fp:  # no copy of fd, nor its shared offset
         try:
             img = SifImage.load(fp)
         except SifError as err:

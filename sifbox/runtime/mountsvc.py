@@ -101,6 +101,7 @@ class Service:
         self.lock = threading.Lock()
         self.held: dict[str, Held] = {}
         self.digests: dict[tuple[int, ...], str] = {}
+        self.records: dict[tuple[str | int, ...], str] = {}  # admission records read, by their stat
         self.digests_lock = threading.Lock()
 
     # -- a connection --
@@ -150,7 +151,7 @@ class Service:
 
     # -- mount --
     def mount(self, peer: Any, fd: int) -> dict[str, Any]:
-        from sifbox.image.source import ImageKind, open_image
+        from sifbox.image.source import ImageKind, locate
         from sifbox.security.admission import AdmissionError, Gate
 
         mode = fcntl.fcntl(fd, fcntl.F_GETFL)
@@ -170,20 +171,16 @@ class Service:
                 gate.admit(fd, kind="sif", image=path)
             except AdmissionError as err:
                 raise Refused(err.message, err.hint) from None
+        # Read where it is from the very descriptor (the client's, never opened again: on a
+        # file server every open is a request), with pread: the file offset the client shares
+        # with it plays no part.
         try:
-            source = open_image(f"/proc/self/fd/{fd}", verb="mount")
+            source = locate(fd, path, verb="mount")
         except SifboxError as err:
             raise Refused(err.message.split(": ", 1)[-1]) from None
-        try:
-            assert source.fd is not None
-            again = os.fstat(source.fd)
-            if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
-                raise Refused("the image changed while it was being checked")
-            if source.kind != ImageKind.SIF or source.encryption is not None or source.oci is not None:
-                raise Refused("the service mounts SIF images with a SquashFS root file system only")
-            return self._mounted(peer.uid, digest, path, source.fd, source.offset, source.size)
-        finally:
-            source.close()
+        if source.kind != ImageKind.SIF or source.encryption is not None or source.oci is not None:
+            raise Refused("the service mounts SIF images with a SquashFS root file system only")
+        return self._mounted(peer.uid, digest, path, fd, source.offset, source.size)
 
     def _in_store(self, fd: int, st: os.stat_result) -> tuple[str, str, str]:
         """(path, user, name) of the admission store's file that `fd` is; Refused if none."""
@@ -214,10 +211,24 @@ class Service:
         return path, user, name
 
     def _admitted_digest(self, user: str, name: str) -> str:
+        """The digest of the store's admission record of USER/NAME, read again only when the
+        record's file is another or changed (inode, size, modification and change times:
+        the store replaces a record by renaming a new file over it)."""
         record = os.path.join(self.s.store, ".meta", user, name + ".json")
+        refused = Refused("the admission store has no record of this image")
+        try:
+            seen = os.lstat(record)
+        except OSError:
+            raise refused from None
+        key = (record, seen.st_dev, seen.st_ino, seen.st_size, seen.st_mtime_ns, seen.st_ctime_ns)
+        with self.digests_lock:
+            known = self.records.get(key)
+        if known is not None:
+            return known
         try:
             rfd = os.open(record, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
             try:
+                st = os.fstat(rfd)
                 doc = json.loads(os.read(rfd, MAX_RECORD))
             finally:
                 os.close(rfd)
@@ -225,7 +236,12 @@ class Service:
             if not isinstance(digest, str):
                 raise TypeError(digest)
         except (OSError, ValueError, KeyError, TypeError):
-            raise Refused("the admission store has no record of this image") from None
+            raise refused from None
+        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == key[1:]:
+            with self.digests_lock:
+                if len(self.records) > 4096:
+                    self.records.clear()
+                self.records[key] = digest
         return digest
 
     def _digest(self, fd: int, st: os.stat_result) -> str:
@@ -265,7 +281,7 @@ class Service:
                     target = os.path.join(self.s.dir, IMAGES, key)
                     _mkdir(target, 0o700)
                     try:
-                        servicemount.mount_squashfs(fd, offset, size, target)
+                        self._mount_own_open(fd, offset, size, target)
                     except OSError:
                         _rmdir(target)
                         raise
@@ -283,6 +299,23 @@ class Service:
                 raise Refused(f"can't mount `{image}`: {describe_os_error(err)}") from None
             held.last = time.monotonic()
             return {"ok": True, "path": mine, "dev": held.dev, "digest": digest, "refs": refs}
+
+    @staticmethod
+    def _mount_own_open(fd: int, offset: int, size: int, target: str) -> None:
+        """Mount the image of the client's descriptor `fd` through an open file of the
+        service's own: the loop device keeps the file it is given for as long as the mount
+        lives, and reads with that file's credentials (a file server's, Kerberos's): never
+        with those of a user whose ticket expires."""
+        from sifbox.runtime.sandbox import servicemount
+
+        own = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            a, b = os.fstat(fd), os.fstat(own)
+            if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
+                raise OSError(errno.ESTALE, "the image changed while it was being checked")
+            servicemount.mount_squashfs(own, offset, size, target)
+        finally:
+            os.close(own)
 
     def _user_dir(self, uid: int) -> str:
         from sifbox.security.store import acl_bytes

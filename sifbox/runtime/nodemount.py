@@ -391,6 +391,16 @@ def forget(dir_fd: int, key: str, pid: int) -> None:
         _unlink(dir_fd, f"{key}.{STATE}")
 
 
+#: How long a launch asks the mount service again while it turns requests away as busy, in
+#: seconds: it serves a few requests of a user at once (`mount service max clients per user`),
+#: and the ranks of a node ask together, each for some milliseconds.
+SERVICE_BUSY_WAIT = 10.0
+
+
+class ServiceBusy(Unshared):
+    """The mount service turned the request away for now (too many requests at once)."""
+
+
 class ServiceMount:
     """The mount service's mount of the image (`sifbox.runtime.mountsvc`): `path` in the
     host's mount namespace, the root of a mount of device `dev`; `refs`, the descriptor
@@ -417,13 +427,23 @@ def ask_service(sock_path: str, op: str, fd: int | None = None, timeout: float =
         s.connect(sock_path)
         data = proto.encode_request(op)
         rights = [] if fd is None else [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack("i", fd))]
-        if s.sendmsg([data], rights) != len(data):
+        try:
+            sent = s.sendmsg([data], rights)
+        except (BrokenPipeError, ConnectionResetError):
+            sent = -1  # it closed before it read the request (turned away): its reply may be there
+        if sent not in (-1, len(data)):
             raise OSError(0, "the request was cut")
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > proto.MAX_REPLY:
-                break
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > proto.MAX_REPLY:
+                    break
+        except ConnectionResetError:
+            if not chunks and sent != -1:
+                raise
+        if not chunks and sent == -1:
+            raise ServiceBusy("the mount service closed the connection before it took the request")
     except OSError as err:
         raise Unshared(f"no mount service at `{sock_path}`: {os.strerror(err.errno) if err.errno else err}") from None
     finally:
@@ -432,6 +452,30 @@ def ask_service(sock_path: str, op: str, fd: int | None = None, timeout: float =
         return proto.parse_reply(b"".join(chunks))
     except proto.ProtocolError as err:
         raise Unshared(err.reason) from None
+
+
+def _ask_while_busy(sock_path: str, fd: int, wait: float = SERVICE_BUSY_WAIT) -> dict[str, Any]:
+    """The service's reply to a mount request, asked again (for up to `wait` seconds, with
+    growing pauses) while it turns the request away as busy: with a fallback at once, the
+    ranks it turned away would each mount the image again (a node holder: a second page
+    cache of it)."""
+    import time
+
+    deadline = time.monotonic() + wait
+    pause = 0.002 * (1 + os.getpid() % 8)  # not all at once again
+    while True:
+        try:
+            reply = ask_service(sock_path, "mount", fd)
+        except ServiceBusy:
+            reply = None
+        if reply is not None and (reply.get("ok") or reply.get("busy") is not True):
+            return reply
+        if time.monotonic() + pause > deadline:
+            if reply is None:
+                raise ServiceBusy(f"the mount service was busy for {wait:g} s")
+            return reply
+        time.sleep(pause)
+        pause = min(0.2, pause * 2)
 
 
 def _from_service(p: Any) -> ServiceMount | None:
@@ -443,7 +487,7 @@ def _from_service(p: Any) -> ServiceMount | None:
         reason = "it is not a SIF image"
     else:
         try:
-            reply = ask_service(p.cfg.get_str("mount service socket"), "mount", p.image.fd)
+            reply = _ask_while_busy(p.cfg.get_str("mount service socket"), p.image.fd)
         except Unshared as err:
             reason = str(err)
         else:

@@ -251,10 +251,11 @@ def _decide(cfg: EclConfig, group: ExecGroup, fd: int, keyring: bytes | None) ->
     from sifbox.formats.sif.image import SifError, SifImage
     from sifbox.security import verify as v
     from sifbox.security.integrity import IntegrityError, SignatureNotValid
+    from sifbox.util.preadfile import reader
 
     if keyring is None:
         keyring = global_keyring(os.path.dirname(cfg.path))
-    with os.fdopen(os.dup(fd), "rb") as fp:
+    with reader(fd) as fp:  # no copy of fd, nor its shared offset
         try:
             img = SifImage.load(fp)
         except SifError as err:

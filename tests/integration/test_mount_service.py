@@ -319,6 +319,24 @@ def test_an_image_changed_after_admission_is_refused(run_as, test_user, service:
     assert digest != "sha256:" + hashlib.sha256(changed.read_bytes()).hexdigest()
 
 
+def test_a_record_changed_after_a_mount_is_read_again(run_as, test_user, service: Service,
+                                                     action_images: ActionImages) -> None:  # fmt: skip
+    """The service keeps the admission records it read while their files are unchanged: a
+    record rewritten in place (same size, another digest) is read again, and refused."""
+    service.admit(test_user.name, "recorded", action_images.sif)
+    image = service.store / test_user.name / "recorded.sif"
+    assert service.ask(run_as, test_user, "mount", str(image))["ok"] is True
+    record = service.store / ".meta" / test_user.name / "recorded.json"
+    text = record.read_text()
+    digest = json.loads(text)["stored_digest"]
+    other = digest[:-1] + ("0" if digest[-1] != "0" else "1")
+    with open(record, "r+") as f:  # in place: same inode, same size
+        f.write(text.replace(digest, other))
+    reply = service.ask(run_as, test_user, "mount", str(image))
+    assert reply["ok"] is False and "changed since the admission store admitted it" in reply["error"], reply
+    assert _wait_unmounted(service) == []
+
+
 def test_the_site_policy_of_the_service_is_judged(run_as, test_user, service: Service,
                                                   action_images: ActionImages) -> None:  # fmt: skip
     """The service's sifbox.conf allows images owned by root only; the client's has no limit."""
@@ -365,6 +383,43 @@ def test_a_flood_of_one_user_leaves_the_others_served(run_as, test_user, service
     finally:
         flood.communicate("\n", timeout=30)
     assert service.ask(run_as, test_user, "ping")["ok"] is True
+
+
+def test_a_launch_turned_away_as_busy_asks_again(run_as, as_who, service: Service) -> None:
+    """The ranks of a node ask together: one the service turns away for now (the user's
+    `max clients per user` requests are running) asks again and joins the service's mount;
+    it does not mount the image a second time (a second page cache of it)."""
+    script = service.base / "hold.py"
+    script.write_text(
+        "import socket, sys, time\n"
+        "conns = []\n"
+        "for _ in range(4):\n"  # the service's `mount service max clients per user`
+        "    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); conns.append(s)\n"
+        "time.sleep(0.3)\n"
+        "print('holding', flush=True)\n"
+        "sys.stdin.readline()\n"
+    )  # fmt: skip
+    script.chmod(0o644)
+    wrap = [] if as_who.uid == 0 else ["runuser", "-u", as_who.name, "--"]
+    hold = subprocess.Popen([*wrap, sys.executable, "-I", str(script), str(service.socket)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert hold.stdout is not None and hold.stdout.readline() == "holding\n"
+        mine = service.store / ("root" if as_who.uid == 0 else as_who.name) / "app.sif"
+        argv = [*wrap, service.cli, "-c", str(service.client_conf), "-v", "exec", str(mine), "cat", "/data/hello.txt"]
+        launch = subprocess.Popen(argv, env=env_for(as_who), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)  # fmt: skip
+        time.sleep(1.0)  # turned away, asking again
+        hold.communicate("\n", timeout=30)  # the user's requests end: the service takes the launch's
+        out, err = launch.communicate(timeout=LAUNCH_TIMEOUT)
+    finally:
+        if hold.poll() is None:
+            hold.kill()
+            hold.wait()
+    assert launch.returncode == 0 and out == "hello from image\n", err
+    assert "joining the mount service's mount" in err, err
+    assert "not from the mount service" not in err, err
+    assert _wait_unmounted(service) == []
 
 
 def test_a_socket_directory_of_a_user_is_refused(run_as, test_user, sifbox_cli: str, shared_tmp: Path) -> None:

@@ -92,6 +92,23 @@ def test_sif_with_a_primary_squashfs_partition(tmp_path: Path) -> None:
     src.close()  # closing twice is harmless
 
 
+def test_a_sif_is_read_through_its_one_descriptor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No copy of the descriptor: on a FUSE or NFS file server every close of a copy is a
+    request (FLUSH), one more per rank of a job for nothing."""
+    sif = make_sif(tmp_path / "img.sif", _part(SQUASHFS, c.FsType.SQUASHFS, c.PartType.PRIMSYS))
+
+    def no_dup(fd: int) -> int:
+        raise AssertionError(f"descriptor {fd} copied")
+
+    monkeypatch.setattr(os, "dup", no_dup)
+    src = open_image(str(sif))
+    try:
+        assert src.kind is ImageKind.SIF and src.size == len(SQUASHFS)
+        assert src.fd is not None and os.lseek(src.fd, 0, os.SEEK_CUR) >= 0
+    finally:
+        src.close()
+
+
 def test_sif_without_primary_uses_a_system_squashfs_partition(tmp_path: Path) -> None:
     sif = make_sif(
         tmp_path / "sys.sif",
