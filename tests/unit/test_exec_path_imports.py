@@ -99,6 +99,8 @@ import sifbox.runtime.launcher as launcher
 def stop(p, hold=None):
     heavy = {HEAVY + ("json", "ipaddress", "argparse", "sifbox.runtime.cni")!r}
     print("LOADED", " ".join(m for m in heavy if m in sys.modules and m not in before))
+    import gc
+    print("GC", gc.isenabled())
     return 0
 launcher.launch_prepared = stop
 os.environ.pop("SIFBOX_DEBUG", None)
@@ -111,3 +113,5 @@ main(["exec", {str(root)!r}, "/bin/true"])
     lines = [line for line in proc.stdout.splitlines() if line.startswith("LOADED")]
     assert lines, proc.stdout + proc.stderr
     assert lines[-1].split()[1:] == []
+    # No cyclic collection in a launch: ~1.5 ms, and no heap-wide copy in its forked children.
+    assert "GC False" in proc.stdout, proc.stdout

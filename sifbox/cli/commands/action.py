@@ -499,6 +499,11 @@ def main(args) -> int:  # type: ignore[no-untyped-def]
     """Run the action in a container; exit with the payload's status."""
     from sifbox.runtime import launcher
 
+    if "://" in str(getattr(args, "image", "")) and not str(args.image).startswith("instance://"):
+        import gc
+
+        gc.enable()  # a pull first (the CLI turned the collector off for a launch): long, with cyclic garbage
+
     if _flag(args, "oci", "OCI"):
         from sifbox.runtime import ocimode
 
