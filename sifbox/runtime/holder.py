@@ -448,6 +448,9 @@ def start_node_mount(image, *, dir_fd: int, key: str, uid: int, gid: int, userns
             if os.fork() != 0:
                 os._exit(0)
             os.chdir("/")  # no directory of the caller's kept busy
+            import gc
+
+            gc.enable()  # a launch turns the collector off; the holder lives for minutes
             status = _node_holder(image, theirs.fileno(), dir_fd, key, uid, gid, userns, squashfuse, slave, idle,
                                   fuse_threads)  # fmt: skip
         except BaseException:  # noqa: BLE001 - into the holder's log, never the caller's terminal
