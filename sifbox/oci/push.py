@@ -84,7 +84,8 @@ def put_manifest(up: Uploader, tag: str, manifest: bytes, media: str, where: str
     stored, sent = resp.headers.get("Docker-Content-Digest"), "sha256:" + hashlib.sha256(manifest).hexdigest()
     if stored and stored != sent:
         raise RegistryError(f"{where}: the registry stored the manifest `{sent}` as `{shown(stored, 80)}`",
-                            hint="the registry or a proxy on the way altered it; check what the tag now names")  # fmt: skip
+                            hint="the registry or a proxy on the way altered it; "
+                            "check what the tag now names")  # fmt: skip
 
 
 def push_image(path: str, uri: str, *, insecure: bool = False, layer_format: str | None = None,

@@ -11,7 +11,8 @@ from `sifbox.oci.auth`. HTTPS always, except for insecure registries (`--nohttps
 verification, else plain HTTP, as containers/image does. Transient failures (refused or
 dropped connections, 408/429/5xx) are retried, after the pause a `Retry-After` asks for (at
 most MAX_RETRY_AFTER seconds) when longer than the back-off; a dropped blob download resumes
-with a Range request. Proxies and certificates: `sifbox.oci.netconf`; the downloads: `sifbox.oci.download`.
+with a Range request. Proxies and certificates: `sifbox.oci.netconf`; the downloads:
+`sifbox.oci.download`.
 """
 
 from __future__ import annotations
