@@ -3,6 +3,7 @@ pipeline the incumbents use (`skopeo copy` + `umoci unpack` + `mksquashfs` + SIF
 
     /usr/bin/python3 benchmarks/build.py [--workdir /var/tmp/sifbox-bench-build] [--size-mb 1024]
                                          [--layers 5] [--runs 1] [--keep] [--sifbox PATH]
+                                         [--baseline PATH]
 
 Run as root. Generates (once; reused from WORKDIR with --keep) a multi-layer OCI image of about
 SIZE-MB uncompressed: a layer of big files (random, and repetitive text), layers of this machine's
@@ -23,7 +24,9 @@ SIF; CPU is the user + system time of every process of the pipeline (what counts
 that other work keeps busy); each column is the median of interleaved rounds (`--runs`). For sifbox that is its cache (the compressed blobs and the converted SIF it keeps for the
 next pull); a third row pulls with --disable-cache, whose only scratch is the blobs, and a fourth
 with --oci (an OCI-SIF: the same stream into one SquashFS layer, wrapped as SingularityCE's layout;
-blobs cached, the OCI-SIF not). Prints a table with the ratios; never asserts. Standard library only.
+blobs cached, the OCI-SIF not). `--baseline PATH` adds `pull` and `pull --oci` of another sifbox (an
+older build) to every round, for an A/B measured under the same load. Prints a table with the
+ratios; never asserts. Standard library only.
 """
 
 from __future__ import annotations
@@ -290,6 +293,7 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the generated image for the next run")
     ap.add_argument("--sifbox", default=shutil.which("sifbox") or "/usr/local/bin/sifbox")
     ap.add_argument("--source", choices=("registry", "layout"), default="registry")
+    ap.add_argument("--baseline", help="another sifbox whose pull and pull --oci run in every round too")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("run me as root", file=sys.stderr)
@@ -311,10 +315,14 @@ def main() -> int:
             log(f"pushing the image to the registry at {registry.host}")
             run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{lay}:{TAG}", f"docker://{src}"])
         results: dict[str, list[dict[str, float]]] = {"sifbox": [], "nocache": [], "oci": [], "incumbent": []}
+        pipelines = [("incumbent", bench_incumbent, args.sifbox), ("sifbox", bench_sifbox, args.sifbox),
+                     ("nocache", bench_sifbox_nocache, args.sifbox), ("oci", bench_sifbox_oci, args.sifbox)]  # fmt: skip
+        if args.baseline:
+            results.update({"base": [], "base-oci": []})
+            pipelines += [("base", bench_sifbox, args.baseline), ("base-oci", bench_sifbox_oci, args.baseline)]
         load0 = f"{os.getloadavg()[0]:.1f}"
         for r in range(args.runs):
-            for name, fn in (("incumbent", bench_incumbent), ("sifbox", bench_sifbox),
-                             ("nocache", bench_sifbox_nocache), ("oci", bench_sifbox_oci)):  # fmt: skip
+            for name, fn, exe in pipelines:
                 scratch = workdir / f"scratch-{name}"
                 shutil.rmtree(scratch, ignore_errors=True)
                 scratch.mkdir()
@@ -322,7 +330,7 @@ def main() -> int:
                 log(f"run {r + 1}/{args.runs}: {name}")
                 CPU[0] = 0.0
                 try:
-                    results[name].append(fn(args.sifbox, src, scratch))
+                    results[name].append(fn(exe, src, scratch))
                     results[name][-1]["cpu"] = CPU[0]
                 except (Failed, Unavailable) as err:
                     print(f"{name}: failed ({err})", file=sys.stderr)
@@ -351,6 +359,12 @@ def main() -> int:
             short = label.split(" (")[0].removeprefix("sifbox ")
             print(f"{'ratio incumbent / ' + short:<42} {inc['total'] / row['total']:>7.2f}x "
                   f"{inc['cpu'] / row['cpu']:>7.2f}x {inc['peak'] / max(1, row['peak']):>15.2f}x")  # fmt: skip
+        if args.baseline:
+            for label, mine, theirs in (("pull", s, best["base"]), ("pull --oci", oc, best["base-oci"])):
+                print(f"{'baseline ' + label:<42} {theirs['total']:>8.1f} {theirs['cpu']:>8.1f}")
+                print(f"{'ratio baseline / ' + label:<42} {theirs['total'] / mine['total']:>7.2f}x "
+                      f"{theirs['cpu'] / mine['cpu']:>7.2f}x   (incumbent / baseline: "
+                      f"{inc['total'] / theirs['total']:.2f}x wall)")  # fmt: skip
         print(f"{'sifbox peak scratch / compressed image':<42} {'':>17} {s['peak'] / compressed:>15.2f}x")
         print(f"{'  with --disable-cache':<42} {'':>17} {nc['peak'] / compressed:>15.2f}x")
         print(f"{'  with --oci':<42} {'':>17} {oc['peak'] / compressed:>15.2f}x")

@@ -51,6 +51,9 @@ class Step(Protocol):
 
 DEFAULT_COMPRESSOR = "zstd"
 DEFAULT_LEVEL = 3
+#: The buffer of the merged tar stream on its way to tar2sqfs: the headers and small files of
+#: many entries go in one write, not a pipe write (and a wake-up of tar2sqfs) every 8 KiB.
+FEED_BUFFER = 1 << 20
 
 
 class ConvertError(SifboxError):
@@ -187,7 +190,7 @@ def _disk_full(path: str, fed: int) -> bool:
 def _feed_tar2sqfs(argv: list[str], errfile: BinaryIO, feed: Callable[[BinaryIO], object]) -> int:
     """Run tar2sqfs with `feed` writing its standard input; return its exit status.
     On any failure of `feed` (or Ctrl-C), tar2sqfs is killed and the failure re-raised."""
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=errfile, stderr=errfile)
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=errfile, stderr=errfile, bufsize=FEED_BUFFER)
     assert proc.stdin is not None
     grow_pipe(proc.stdin.fileno())
     failure: BaseException | None = None

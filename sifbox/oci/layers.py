@@ -622,6 +622,38 @@ def _strip(m: tarfile.TarInfo) -> tarfile.TarInfo:
 
 
 # -- pass 2: the merged tar stream -----------------------------------------------------
+_FAST_TYPES = frozenset((tarfile.REGTYPE, tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE,
+                         tarfile.DIRTYPE, tarfile.FIFOTYPE))  # fmt: skip
+_MAGIC = tarfile.POSIX_MAGIC
+_MAGIC_SUM = sum(_MAGIC) + 8 * ord(" ")  # the magic, and the checksum field as spaces
+_NO_DEVICE = bytes(16)
+
+
+def ustar_header(name: str, kind: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, linkname: str,
+                 devmajor: int, devminor: int) -> bytes | None:  # fmt: skip
+    """The 512-byte header tarfile writes (PAX format, no owner names) for an entry that needs
+    no PAX record: ASCII names of at most 100 bytes, numbers that fit their octal fields;
+    None for any other (tarfile writes it). Built here because pass 2 writes one per file of
+    the image, and tarfile takes several times as long for each."""
+    if kind == tarfile.DIRTYPE and not name.endswith("/"):
+        name += "/"
+    if (kind not in _FAST_TYPES or len(name) > 100 or len(linkname) > 100 or not name.isascii()
+            or not linkname.isascii() or not (0 <= uid < 0o10000000 and 0 <= gid < 0o10000000)
+            or not (0 <= size < 0o100000000000 and 0 <= mtime < 0o100000000000)):  # fmt: skip
+        return None
+    if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+        if not (0 <= devmajor < 0o10000000 and 0 <= devminor < 0o10000000):
+            return None
+        device = b"%07o\0%07o\0" % (devmajor, devminor)
+    else:
+        device = _NO_DEVICE
+    raw_name, raw_link = name.encode("ascii"), linkname.encode("ascii")
+    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, uid, gid, size, mtime)
+    check = sum(raw_name) + sum(numbers) + kind[0] + sum(raw_link) + _MAGIC_SUM + sum(device)
+    return b"".join((raw_name.ljust(100, b"\0"), numbers, b"%06o\0 " % check, kind, raw_link.ljust(100, b"\0"),
+                     _MAGIC, bytes(64), device, bytes(167)))  # fmt: skip
+
+
 class TarWriter:
     """Writes tar records (PAX) to a binary stream."""
 
@@ -631,16 +663,25 @@ class TarWriter:
 
     def header(self, src: tarfile.TarInfo, name: str, *, type_: bytes | None = None, size: int = 0,
                linkname: str | None = None) -> None:  # fmt: skip
+        kind = type_ if type_ is not None else src.type
+        link = src.linkname if linkname is None else linkname
+        mtime = max(0, _seconds(src.mtime))
+        xattrs = [k for k in src.pax_headers if k.startswith("SCHILY.xattr.")]
+        fast = None if xattrs else ustar_header(name, kind, src.mode & 0o7777, src.uid, src.gid, size, mtime, link,
+                                                src.devmajor, src.devminor)  # fmt: skip
+        if fast is not None:
+            self._write(fast)
+            return
         t = tarfile.TarInfo(name)
-        t.type = type_ if type_ is not None else src.type
+        t.type = kind
         t.mode = src.mode & 0o7777
         t.uid, t.gid = src.uid, src.gid
         t.uname = t.gname = ""
-        t.mtime = max(0, _seconds(src.mtime))
+        t.mtime = mtime
         t.size = size
-        t.linkname = src.linkname if linkname is None else linkname
+        t.linkname = link
         t.devmajor, t.devminor = src.devmajor, src.devminor
-        t.pax_headers = {k: v for k, v in src.pax_headers.items() if k.startswith("SCHILY.xattr.")}
+        t.pax_headers = {k: src.pax_headers[k] for k in xattrs}
         self._write(t.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
 
     def data(self, src: BinaryIO | bytes, size: int) -> None:

@@ -30,6 +30,7 @@ from sifbox.formats.sif.oci import INDEX_TYPES, MANIFEST_TYPES, SQUASHFS_LAYER
 from sifbox.formats.sif.oci import OCI_INDEX as MT_OCI_INDEX
 from sifbox.formats.sif.oci import OCI_MANIFEST as MT_OCI_MANIFEST
 from sifbox.util.errors import SifboxError, UsageError, describe_os_error
+from sifbox.util.messages import shown
 
 TRANSPORTS = ("oci", "oci-archive", "docker-archive")
 
@@ -501,18 +502,23 @@ def _load_manifest(store: BlobStore, desc: dict, src: str, ref_name: str | None)
 
 
 def _check_layer_types(layers: list[Layer], src: str) -> None:
-    if layers and all(layer.media_type == SQUASHFS_LAYER for layer in layers):
+    check_layer_types([(layer.label, layer.media_type) for layer in layers], src)
+
+
+def check_layer_types(layers: list[tuple[str, str]], src: str) -> None:
+    """Raise ImageSourceError unless every (label, media type) of an image's `layers` is an
+    image layer sifbox reads: tar (plain, gzip, zstd; OCI or Docker), or all SquashFS."""
+    if layers and all(mt == SQUASHFS_LAYER for _, mt in layers):
         return  # an OCI-SIF's image: for `pull --oci` alone (sifcache.convert_to_sif)
-    for layer in layers:
-        mt = layer.media_type
+    for label, mt in layers:
         if "nondistributable" in mt or "foreign" in mt:
             continue
         if mt and not mt.startswith(("application/vnd.oci.image.layer.v1.tar",
                                      "application/vnd.docker.image.rootfs")):  # fmt: skip
-            raise ImageSourceError(f"can't read image `{src}`: layer {layer.label} has media type `{mt}`, "
+            raise ImageSourceError(f"can't read image `{src}`: layer {label} has media type `{shown(mt, 80)}`, "
                                    "not a tar layer")  # fmt: skip
         if mt.endswith("+encrypted"):
-            raise ImageSourceError(f"can't read image `{src}`: layer {layer.label} is encrypted")
+            raise ImageSourceError(f"can't read image `{src}`: layer {label} is encrypted")
 
 
 def _docker_archive(store: BlobStore, ref: SourceRef, want: Platform) -> Image:

@@ -31,12 +31,12 @@ from sifbox.oci.reference import ImageRef, ReferenceError, parse_reference
 from sifbox.oci.registry import (
     DOCKER_MANIFEST,
     OCI_MANIFEST,
+    SIF_CONFIG,
     RegistryClient,
     RegistryError,
 )
 from sifbox.util.errors import SifboxError, UsageError, describe_os_error
 
-SIF_CONFIG = "application/vnd.sylabs.sif.config.v1+json"
 SIF_LAYER = "application/vnd.sylabs.sif.layer.v1.sif"
 #: The layer media type of Singularity < 3.7's pushes (its typo included), still pulled.
 SIF_LAYER_PROTO = "appliciation/vnd.sylabs.sif.layer.tar"

@@ -32,6 +32,7 @@ from sifbox.oci.reference import ReferenceError, parse_reference
 from sifbox.oci.registry import OCI_MANIFEST, RegistryError, _HTTPError
 from sifbox.oci.upload import DEFAULT_CHUNK, Slice, Uploader, said
 from sifbox.util.errors import SifboxError, UsageError, describe_os_error
+from sifbox.util.messages import shown
 
 TAR_GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -80,6 +81,11 @@ def put_manifest(up: Uploader, tag: str, manifest: bytes, media: str, where: str
     except _HTTPError as err:
         raise RegistryError(f"{where}: the registry refused the manifest: {said(err)}") from None
     resp.close()
+    stored, sent = resp.headers.get("Docker-Content-Digest"), "sha256:" + hashlib.sha256(manifest).hexdigest()
+    if stored and stored != sent:
+        raise RegistryError(f"{where}: the registry stored the manifest `{sent}` as `{shown(stored, 80)}`",
+                            hint="the registry or a proxy on the way altered it; "
+                            "check what the tag now names")  # fmt: skip
 
 
 def push_image(path: str, uri: str, *, insecure: bool = False, layer_format: str | None = None,

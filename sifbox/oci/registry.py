@@ -9,12 +9,15 @@ the realm a `WWW-Authenticate` challenge names (Docker's token protocol), with c
 from `sifbox.oci.auth`. HTTPS always, except for insecure registries (`--nohttps`/
 `SIFBOX_NOHTTPS`, `insecure = true` in registries.conf, the loopback): TLS without
 verification, else plain HTTP, as containers/image does. Transient failures (refused or
-dropped connections, 408/429/5xx) are retried; a dropped blob download resumes with a Range
-request. Proxies and certificates: `sifbox.oci.netconf`; the downloads: `sifbox.oci.download`.
+dropped connections, 408/429/5xx) are retried, after the pause a `Retry-After` asks for (at
+most MAX_RETRY_AFTER seconds) when longer than the back-off; a dropped blob download resumes
+with a Range request. Proxies and certificates: `sifbox.oci.netconf`; the downloads:
+`sifbox.oci.download`.
 """
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import http.client
 import json
@@ -60,6 +63,8 @@ MAX_MANIFEST = 4 << 20
 CHUNK = 1 << 20
 USER_AGENT = "sifbox"
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+#: The config media type of a SIF pushed as an ORAS artifact (sifbox.oci.oras).
+SIF_CONFIG = "application/vnd.sylabs.sif.config.v1+json"
 _CORRUPT_HINT = "the registry's copy is corrupt or was altered on the way; nothing of it was stored"
 
 
@@ -75,8 +80,45 @@ class DigestMismatch(RegistryError):
     reference = "digest-mismatch"
 
 
+#: The longest pause a registry's `Retry-After` gets before the next try, in seconds.
+MAX_RETRY_AFTER = 30.0
+
+
 class _Transient(Exception):
-    """A failure worth another try (connection reset, timeout, 5xx, 429)."""
+    """A failure worth another try (connection reset, timeout, 5xx, 429); `retry_after`: the
+    pause the registry asked for, in seconds, or None."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """The seconds a `Retry-After` value asks to wait (delta-seconds or an HTTP date), between 0
+    and MAX_RETRY_AFTER; None for a missing or malformed one."""
+    value = (value or "").strip()
+    if not value or len(value) > 64:
+        return None
+    if value.isascii() and value.isdigit():
+        seconds = float(int(value[:9]))
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def transient_status(what: str, status: int, headers: http.client.HTTPMessage) -> _Transient:
+    """The _Transient of a 408/429/5xx answer, with the pause its `Retry-After` asks for."""
+    return _Transient(f"{what} answered HTTP {status}", retry_after(headers.get("Retry-After")))
+
+
+def backoff(delay: float, err: BaseException) -> float:
+    """The pause before the next try: `delay`, or the registry's Retry-After when longer."""
+    asked = err.retry_after if isinstance(err, _Transient) else None
+    return max(delay, asked or 0.0)
 
 
 @dataclass
@@ -189,7 +231,7 @@ class RegistryClient:
                 resp = self._request_once(method, path, headers, ok, body)
                 if resp.status in _TRANSIENT_STATUS:
                     resp.close()
-                    raise _Transient(f"{self._what()} answered HTTP {resp.status}")
+                    raise transient_status(self._what(), resp.status, resp.headers)
                 return resp
             except _Transient as err:
                 if attempt == self.retries:
@@ -197,7 +239,7 @@ class RegistryClient:
                     if not message.startswith("can't"):
                         message = f"can't talk to {self._what()}: {message}"
                     raise RegistryError(message) from err
-                time.sleep(delay)
+                time.sleep(backoff(delay, err))
                 delay *= 2
             except ssl.SSLError as err:
                 raise RegistryError(
@@ -265,6 +307,8 @@ class RegistryClient:
 
     def _authenticate(self, challenge: str) -> None:
         scheme, params = parse_challenge(challenge)
+        if not scheme:  # a 401 without a challenge: nothing to answer it with
+            raise self._auth_failure()
         if scheme == "basic":
             if self.credentials is None:
                 raise self._auth_failure()
@@ -646,6 +690,7 @@ def _fetch(client: RegistryClient, cache: Cache, image: ImageRef, wanted: Platfo
     layers = manifest.get("layers")
     if not isinstance(layers, list):
         raise RegistryError(f"can't read {what}: no layer list")
+    _check_types(manifest, layers, image)
     wanted_blobs = [(config_digest, config_size, "config")]
     for layer in layers:
         layer_digest, layer_size, _ = _descriptor(layer, what)
@@ -673,6 +718,25 @@ def _fetch(client: RegistryClient, cache: Cache, image: ImageRef, wanted: Platfo
         raise CacheError(
             f"can't assemble the image layout of `{image}`: {describe_os_error(err)}"
         ) from err
+
+
+def _check_types(manifest: dict[str, object], layers: list[object], image: ImageRef) -> None:
+    """Before any blob is fetched: the manifest is a container image's (not a SIF pushed with
+    oras://, not a layer sifbox can't read), so a refused image leaves nothing in the cache."""
+    from sifbox.oci.layout import check_layer_types
+
+    config = manifest.get("config")
+    if isinstance(config, dict) and config.get("mediaType") == SIF_CONFIG:
+        raise RegistryError(
+            f"can't pull `docker://{image}`: it is a SIF image (an ORAS artifact), not a container image",
+            hint=f"pull it with `oras://{image}`",
+        )
+    types = [
+        (str(layer.get("digest", "?")).split(":")[-1][:12], str(layer.get("mediaType") or ""))
+        for layer in layers
+        if isinstance(layer, dict)
+    ]
+    check_layer_types(types, f"docker://{image}")
 
 
 def check_login(uri_host: str, creds: Credentials, *, insecure: bool = False) -> None:

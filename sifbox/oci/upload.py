@@ -38,7 +38,10 @@ from sifbox.oci.registry import (
     _HTTPError,
     _Response,
     _Transient,
+    backoff,
+    transient_status,
 )
+from sifbox.util.messages import shown
 
 #: A blob's bytes from its start (a fresh reader on each call).
 Opener = Callable[[], BinaryIO]
@@ -103,7 +106,7 @@ class Uploader:
         resp = self.client._request_once(method, url, headers, ok, body)
         if resp.status in _TRANSIENT_STATUS and resp.status not in ok:
             resp.close()
-            raise _Transient(f"{self.client._what()} answered HTTP {resp.status}")
+            raise transient_status(self.client._what(), resp.status, resp.headers)
         return resp
 
     def _absolute(self, location: str | None, digest: str) -> str:
@@ -175,10 +178,10 @@ class Uploader:
         for attempt in range(self.client.retries + 1):
             try:
                 return call()
-            except _Transient:
+            except _Transient as err:
                 if attempt == self.client.retries:
                     raise
-                time.sleep(delay)
+                time.sleep(backoff(delay, err))
                 delay *= 2
         raise AssertionError("unreachable")
 
@@ -219,7 +222,7 @@ class Uploader:
                     if failures > MAX_RESUMES:
                         raise RegistryError(f"{where}: the upload failed {failures} times at byte {offset} of "
                                             f"{size}: {err}") from None  # fmt: skip
-                    time.sleep(min(1.0, 0.25 * 2 ** (failures - 1)))
+                    time.sleep(backoff(min(1.0, 0.25 * 2 ** (failures - 1)), err))
                     url, offset = self._resume_point(url, digest, size)
                     self.resumed += 1
                     continue
@@ -254,7 +257,7 @@ class Uploader:
         said_digest = resp.headers.get("Docker-Content-Digest")
         if said_digest and said_digest != digest:
             raise RegistryError(f"can't upload blob `{digest}` to `{self.client.ref}`: the registry stored it as "
-                                f"`{said_digest[:80]}`")  # fmt: skip
+                                f"`{shown(said_digest, 80)}`")  # fmt: skip
 
     # -- progress --------------------------------------------------------------------------------
     def _reset(self, offset: int) -> None:

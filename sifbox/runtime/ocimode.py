@@ -177,6 +177,20 @@ def image_user(oci: dict[str, Any], source: Any) -> tuple[int, int] | None:
     return parse_user(user, passwd, group)
 
 
+def home_env(oci: dict[str, Any], custom: str | None, home: str, *, image_user: bool, root: bool) -> dict[str, str]:
+    """HOME of an --oci process, as SingularityCE's OCI mode chooses it: --home's destination
+    when given; else, when the image declares a USER and the process runs as it (or as root),
+    the image's own (its Env's HOME, or left out so that the container's init takes the home
+    of the process's uid in the image's /etc/passwd, as runc does); else the caller's home
+    path (/root with --fakeroot), over any HOME in the image's Env. `home`: that default."""
+    if custom:
+        return {"HOME": custom}
+    declared = isinstance(oci.get("User"), str) and bool(str(oci.get("User")).strip())
+    if declared and (image_user or root):
+        return {}
+    return {"HOME": home}
+
+
 def config(launch: Any, host: Any, oci: dict[str, Any], user: tuple[int, int] | None = None) -> dict[str, Any]:
     """The OCI runtime configuration of the launch (`oci`: the image's OCI config; `user`:
     the uid and gid its USER names, or None)."""
@@ -199,7 +213,12 @@ def config(launch: Any, host: Any, oci: dict[str, Any], user: tuple[int, int] | 
             env[k] = v
     fakeroot = spec.fakeroot and not host.is_root
     home = spec.home_target or ("/root" if fakeroot else host.home)
-    env.setdefault("HOME", home)
+    inside = 0 if fakeroot or host.is_root else host.uid
+    inside_gid = 0 if fakeroot or host.is_root else host.gid
+    if user is not None and not spec.fakeroot:  # the image's USER, the caller mapped to it
+        inside, inside_gid = user
+    env.update(home_env(oci, spec.home_target, home, image_user=user is not None and not spec.fakeroot,
+                        root=inside == 0))  # fmt: skip
     if os.environ.get("TERM"):
         env.setdefault("TERM", os.environ["TERM"])
     for k, v in envmod.parse_env_option(list(launch.env_opts)).items():
@@ -211,10 +230,6 @@ def config(launch: Any, host: Any, oci: dict[str, Any], user: tuple[int, int] | 
     for b in spec.binds:
         mounts.append({"destination": b.target, "type": "bind", "source": b.source,
                        "options": ["rbind"] + (["ro"] if b.readonly else [])})  # fmt: skip
-    inside = 0 if fakeroot or host.is_root else host.uid
-    inside_gid = 0 if fakeroot or host.is_root else host.gid
-    if user is not None and not spec.fakeroot:  # the image's USER, the caller mapped to it
-        inside, inside_gid = user
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
     linux: dict[str, Any] = {"namespaces": namespaces, "maskedPaths": MASKED, "readonlyPaths": READONLY}
     if not host.is_root or spec.userns:

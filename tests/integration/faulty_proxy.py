@@ -5,18 +5,26 @@ the connection part-way through a request's body, or answer a status of its own.
         ...  # talk to proxy.host; proxy.requests lists "METHOD PATH" of every request
 
 `rule(method, path, index)` (index: how many requests of that method came before) returns
-None (pass), ("cut", N) (forward the head and N bytes of the body, then drop both sides), or
-("status", CODE) (answer CODE without reaching the registry).
+None (pass), ("cut", N) (forward the head and N bytes of the body, then drop both sides),
+("status", CODE[, HEADERS]) (answer CODE, with the dict HEADERS, without reaching the
+registry), or a lie about the registry's answer: ("header", NAME, VALUE) (that header set),
+("truncate", N) (N bytes of the body sent, its Content-Length kept, then the connection
+dropped), ("flip", N) (byte N of the body altered, its length kept) or ("body", BYTES) (the
+body replaced, Content-Length and Docker-Content-Digest made to match: a consistent lie).
+`times` holds (time.monotonic(), "METHOD PATH") of every request.
 """
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import threading
+import time
 from collections.abc import Callable
-from typing import Self
+from typing import Any, Self
 
-Rule = Callable[[str, str, int], tuple[str, int] | None]
+Rule = Callable[[str, str, int], tuple[Any, ...] | None]
+LIES = ("header", "truncate", "flip", "body")
 
 
 class FaultyProxy:
@@ -25,6 +33,7 @@ class FaultyProxy:
         self.upstream = (host, int(port))
         self.rule = rule
         self.requests: list[str] = []
+        self.times: list[tuple[float, str]] = []
         self.counts: dict[str, int] = {}
         self.lock = threading.Lock()
         self.sock = socket.socket()
@@ -85,10 +94,12 @@ class FaultyProxy:
                 index = self.counts.get(method, 0)
                 self.counts[method] = index + 1
                 self.requests.append(f"{method} {path}")
+                self.times.append((time.monotonic(), f"{method} {path}"))
             action = self.rule(method, path, index)
             if action is not None and action[0] == "status":
                 body = b'{"errors":[{"code":"DENIED","message":"injected by the test proxy"}]}'
-                conn.sendall(f"HTTP/1.1 {action[1]} Injected\r\nContent-Type: application/json\r\n"
+                extra = "".join(f"{k}: {v}\r\n" for k, v in (action[2] if len(action) > 2 else {}).items())
+                conn.sendall(f"HTTP/1.1 {action[1]} Injected\r\nContent-Type: application/json\r\n{extra}"
                              f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)  # fmt: skip
                 return
             with socket.create_connection(self.upstream, timeout=30) as up:
@@ -108,8 +119,39 @@ class FaultyProxy:
                     up.shutdown(socket.SHUT_RDWR)
                     conn.shutdown(socket.SHUT_RDWR)
                     return
+                if action is not None and action[0] in LIES:
+                    self._lie(up, conn, action)
+                    return
                 while True:
                     data = up.recv(65536)
                     if not data:
                         break
                     conn.sendall(data)
+
+    @staticmethod
+    def _lie(up: socket.socket, conn: socket.socket, action: tuple[Any, ...]) -> None:
+        """The registry's whole answer, altered as `action` says, sent to the client."""
+        answer = b""
+        while data := up.recv(65536):
+            answer += data
+        head, _, body = answer.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+
+        def set_header(name: str, value: str) -> None:
+            lines[1:] = [ln for ln in lines[1:] if ln.split(":", 1)[0].strip().lower() != name.lower()]
+            lines.append(f"{name}: {value}")
+
+        kind = action[0]
+        if kind == "header":
+            set_header(action[1], action[2])
+        elif kind == "flip" and len(body) > action[1]:
+            body = body[: action[1]] + bytes([body[action[1]] ^ 0xFF]) + body[action[1] + 1 :]
+        elif kind == "body":
+            body = action[1]
+            set_header("Content-Length", str(len(body)))
+            set_header("Docker-Content-Digest", "sha256:" + hashlib.sha256(body).hexdigest())
+        elif kind == "truncate":
+            body = body[: action[1]]
+        conn.sendall("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body)
+        if kind == "truncate":
+            conn.shutdown(socket.SHUT_RDWR)

@@ -122,3 +122,26 @@ def test_oci_mode_applies_the_image_user(run_as: Any, as_who: Any, user_images: 
     if as_who.uid != 0:
         r = _sb(run_as, as_who, "exec", "--oci", "--fakeroot", user_images[1], "id", "-u")
         assert (r.returncode, r.stdout) == (0, "0\n"), r.stderr
+
+
+def test_oci_mode_home_follows_the_container_user(run_as: Any, as_who: Any, oci_sif: Path,
+                                                  user_images: tuple[Path, Path]) -> None:  # fmt: skip
+    """HOME as SingularityCE's OCI mode: the image's USER's home in its /etc/passwd (root's
+    with --fakeroot), not the caller's; without USER the caller's home path (/root with
+    --fakeroot); --home's destination over both; --env HOME over everything."""
+    probe = ["sh", "-c", "echo $HOME"]
+    for image in user_images[1], user_images[0]:
+        r = _sb(run_as, as_who, "exec", "--oci", image, *probe)
+        assert (r.returncode, r.stdout) == (0, "/home/alice\n"), r.stderr
+    r = _sb(run_as, as_who, "exec", "--oci", "--fakeroot", user_images[1], *probe)
+    assert (r.returncode, r.stdout) == (0, "/root\n"), r.stderr
+    r = _sb(run_as, as_who, "exec", "--oci", "--no-home", user_images[1], *probe)
+    assert (r.returncode, r.stdout) == (0, "/home/alice\n"), r.stderr
+    r = _sb(run_as, as_who, "exec", "--oci", "--home", f"{as_who.home}:/work", user_images[1], *probe)
+    assert (r.returncode, r.stdout) == (0, "/work\n"), r.stderr
+    r = _sb(run_as, as_who, "exec", "--oci", "--env", "HOME=/x", user_images[1], *probe)
+    assert (r.returncode, r.stdout) == (0, "/x\n"), r.stderr
+    r = _sb(run_as, as_who, "exec", "--oci", oci_sif, *probe)
+    assert (r.returncode, r.stdout) == (0, f"{as_who.home}\n"), r.stderr
+    r = _sb(run_as, as_who, "exec", "--oci", "--fakeroot", oci_sif, *probe)
+    assert (r.returncode, r.stdout) == (0, "/root\n" if not as_who.is_root else f"{as_who.home}\n"), r.stderr

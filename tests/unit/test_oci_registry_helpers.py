@@ -142,3 +142,20 @@ def test_registry_usage_errors(
     )
     assert main(["registry", "list"]) == 0
     assert capsys.readouterr().out.split() == ["URI", "USERNAME"]
+
+
+@pytest.mark.parametrize(("value", "want"), [
+    ("2", 2.0), (" 0 ", 0.0), ("999999999999", 30.0), ("30", 30.0), ("-5", None), ("1.5", None), ("", None),
+    (None, None), ("soon", None), ("٣", None), ("x" * 100, None),
+    ("Thu, 01 Jan 1970 00:00:10 GMT", 10.0), ("Thu, 01 Jan 1970 00:00:00 GMT", 0.0),  # at now=0
+    ("Fri, 31 Dec 9999 23:59:59 GMT", 30.0), ("Thu, 32 Jan 1970 00:00:10 GMT", None),
+])  # fmt: skip
+def test_retry_after_is_bounded(value: str | None, want: float | None) -> None:
+    """A registry's Retry-After (seconds or an HTTP date) is honoured up to MAX_RETRY_AFTER;
+    anything else is no request at all (the usual back-off applies)."""
+    from sifbox.oci.registry import MAX_RETRY_AFTER, _Transient, backoff, retry_after
+
+    assert MAX_RETRY_AFTER == 30.0
+    assert retry_after(value, now=0.0) == want
+    assert backoff(0.25, _Transient("x", want)) == max(0.25, want or 0.0)
+    assert backoff(0.5, OSError()) == 0.5
