@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 CPU_PERIOD = 100000  # microseconds, as runc and Docker
+_SIGKILL = 9
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -368,9 +369,9 @@ class Cgroups:
         return made
 
     def kill_all(self) -> None:
-        """SIGKILL what is left in the cgroup (a container that ended: its daemons)."""
-        import signal
-
+        """SIGKILL what is left in the cgroup (a container that ended: its daemons). Runs in
+        an instance's watcher after pivot_root: no import that needs a file (`signal`, the
+        Python module, would be one)."""
         for pfd, name, _ in self.dirs:
             try:
                 fd = os.open(f"{name}/cgroup.procs", os.O_RDONLY | os.O_CLOEXEC, dir_fd=pfd)
@@ -382,7 +383,7 @@ class Cgroups:
                 os.close(fd)
             for pid in pids:
                 try:
-                    os.kill(int(pid), signal.SIGKILL)
+                    os.kill(int(pid), _SIGKILL)
                 except (OSError, ValueError):
                     pass
 
