@@ -19,8 +19,13 @@ Everything here runs after pivot_root: no lazy imports.
 from __future__ import annotations
 
 import os
-import signal
 import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+else:
+    import _signal as signal  # the C module: `signal` imports enum, some ms of every `oci run`
 
 from sifbox.runtime.sandbox import rootfs
 from sifbox.runtime.sandbox import syscalls as sc
@@ -28,7 +33,6 @@ from sifbox.runtime.sandbox.ops import Helper
 from sifbox.runtime.sandbox.process import Trampoline, exec_error
 from sifbox.util.errors import ExitStatus, SifboxError, report
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs a `sifbox oci run` some 5 ms of CPU: not imported to run
     from collections.abc import Callable, Sequence
     from typing import Any
@@ -43,7 +47,7 @@ _SYNCHRONOUS = {
 }
 #: Signals the holder takes (and passes on); SIGKILL and SIGSTOP can't be.
 WATCHED = frozenset(
-    s for s in signal.Signals
+    s for s in signal.valid_signals()
     if s < 32 and s not in (signal.SIGKILL, signal.SIGSTOP) and s not in _SYNCHRONOUS
 )  # fmt: skip
 #: Passed on, but not a request to stop (job control, terminal size, urgent data).
@@ -339,7 +343,7 @@ def wait_ready(sock, seen: dict[str, Any]) -> tuple[int | None, int]:  # type: i
     """(holder pid, 0) once the holder says it is ready; (None, status) if
     the instance ended first. The watcher's pid goes into `seen`, and the
     addresses of its networks (`ip`)."""
-    import socket
+    import _socket as socket
     import struct
 
     status = int(ExitStatus.CANNOT_LAUNCH)

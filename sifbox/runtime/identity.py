@@ -5,8 +5,8 @@ ranges through newuidmap/newgidmap, else root mapped to the caller alone), and t
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from sifbox.runtime.spec import Host
 

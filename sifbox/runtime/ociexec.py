@@ -24,7 +24,7 @@ from sifbox.util.errors import SifboxError, report
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import socket
+    import _socket as socket
 
 
 def exec_process(root: str, cid: str, proc: ocispec.Process, console_socket: str | None = None,

@@ -24,13 +24,19 @@ Everything `park` uses runs after pivot_root: imported at the top.
 
 from __future__ import annotations
 
-import fcntl
+import _socket as socket  # the C modules: `socket` and `signal` import enum, and socket
+import fcntl  # selectors and collections too, ~10 ms of CPU of every `oci run`
 import os
 import resource
-import signal
-import socket
+import struct
 import sys
 import termios
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+else:
+    import _signal as signal
 
 from sifbox.runtime import ocihooks, ocispec, ocistate
 from sifbox.runtime.ocistate import OciError
@@ -41,7 +47,6 @@ from sifbox.runtime.sandbox.process import Trampoline, exec_error
 from sifbox.util.errors import SifboxError, report
 from sifbox.util.paths import chase
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any
@@ -486,7 +491,9 @@ def _watcher(p: Any, chans: Channels, log_fd: int, proc_fd: int, detach: bool, p
             os.write(chans.notify, f"exit {status}".encode())
         except OSError:
             pass
-        if os.readlink("self/ns/mnt", dir_fd=proc_fd) != host_mnt:
+        # With its own PID namespace, whatever ran in the container ended with its PID 1 (the
+        # kernel kills and waits for the namespace's processes first): no /proc scan then.
+        if not p.ns.pid and os.readlink("self/ns/mnt", dir_fd=proc_fd) != host_mnt:
             kill_namespace_peers(proc_fd)
         while True:
             try:
@@ -569,7 +576,7 @@ def _payload(start: Callable[[], None], chans: Channels) -> None:
     if not chans.immediate:
         listener = socket.socket(fileno=chans.listen)
         while True:
-            conn, _ = listener.accept()
+            conn = socket.socket(fileno=listener._accept()[0])  # type: ignore[attr-defined]  # accept4, CLOEXEC
             message = conn.recv(1 << 16)
             if message.startswith(b"start"):
                 break  # `conn` closes with the exec: `start` then knows the process runs
@@ -597,10 +604,13 @@ def start(root: str, cid: str) -> None:
     hooks = ocihooks.from_json(doc.get("hooks"))
     dir_fd = os.open(ocistate.container_dir(root, cid), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
             s.connect(f"/proc/self/fd/{dir_fd}/{ocistate.EXEC_SOCKET}")
             s.sendall(b"start" + (hook_state(doc, "created", inside=True) if ocihooks.of_kind(hooks, "startContainer") else b""))
             failed = s.recv(4096)  # EOF: exec'd (the connection closed with it); else a hook's failure
+        finally:
+            s.close()
         os.unlink(ocistate.EXEC_SOCKET, dir_fd=dir_fd)
     except OSError as err:
         raise OciError(f"can't start container `{cid}`: {err.strerror}") from None
@@ -655,6 +665,8 @@ def stats(root: str, cid: str) -> dict[str, Any]:
 
 
 def parse_signal(text: str) -> int:
+    import signal
+
     name = text.upper()
     if name.isdigit():
         number = int(name)
@@ -754,7 +766,7 @@ def terminal_to(console: socket.socket) -> None:
     """A new pty: its master sent to the console socket (runc's protocol: the pty's name and the
     master as SCM_RIGHTS), its slave this process's controlling terminal and stdio."""
     master, slave = os.openpty()
-    socket.send_fds(console, [os.ttyname(slave).encode()], [master])
+    console.sendmsg([os.ttyname(slave).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", master))])
     os.close(master)
     console.close()
     os.setsid()
