@@ -357,6 +357,8 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
             chans = Channels(listener.fileno(), theirs.fileno(), console.fileno() if console else -1,
                              os.dup(2), immediate=not parked, hooks=ocihooks.of_kind(b.hooks, "startContainer"))  # fmt: skip
             _watcher(p, chans, log_fd, proc_fd, detach, parent)
+        if p.cgroups is not None:
+            p.cgroups.warm()  # while the watcher starts: the container's join then doesn't wait
         theirs.close()
         listener.close()
         os.close(log_fd)
