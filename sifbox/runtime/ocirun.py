@@ -30,7 +30,6 @@ import os
 import resource
 import struct
 import sys
-import termios
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -343,6 +342,8 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
         listener.listen(1)
         console = None
         if b.process.terminal and console_socket:
+            import termios  # noqa: F401 - for terminal_to, in the container's root
+
             console = connect_console(console_socket, f"create container `{cid}`")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
@@ -458,7 +459,6 @@ def _watcher(p: Any, chans: Channels, log_fd: int, proc_fd: int, detach: bool, p
     `park` as its hold; when the container ends, kill what is left in its mount
     namespace and reap. Never returns."""
     from sifbox.runtime import launcher
-    from sifbox.runtime.holder import kill_namespace_peers
 
     status = 126
     try:
@@ -496,6 +496,8 @@ def _watcher(p: Any, chans: Channels, log_fd: int, proc_fd: int, detach: bool, p
         # With its own PID namespace, whatever ran in the container ended with its PID 1 (the
         # kernel kills and waits for the namespace's processes first): no /proc scan then.
         if not p.ns.pid and os.readlink("self/ns/mnt", dir_fd=proc_fd) != host_mnt:
+            from sifbox.runtime.holder import kill_namespace_peers
+
             kill_namespace_peers(proc_fd)
         while True:
             try:
@@ -766,7 +768,10 @@ def connect_console(path: str, what: str) -> socket.socket:
 
 def terminal_to(console: socket.socket) -> None:
     """A new pty: its master sent to the console socket (runc's protocol: the pty's name and the
-    master as SCM_RIGHTS), its slave this process's controlling terminal and stdio."""
+    master as SCM_RIGHTS), its slave this process's controlling terminal and stdio. (termios:
+    imported by the caller before the container's root is entered.)"""
+    import termios
+
     master, slave = os.openpty()
     console.sendmsg([os.ttyname(slave).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", master))])
     os.close(master)
