@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import stat
 
-from sifbox.formats import squashfs
-from sifbox.formats.sif import constants as c
 from sifbox.util.errors import SifboxError, describe_os_error
 
 TYPE_CHECKING = False
@@ -55,6 +53,9 @@ class ImageSource:
 
 def open_image(path: str, verb: str = "run") -> ImageSource:
     """Open `path` and locate its root file system, or raise a one-line error."""
+    from sifbox.formats import squashfs  # here: an OCI bundle's directory root needs neither
+    from sifbox.formats.sif import constants as c
+
     where = f"can't {verb} `{path}`"
     try:
         # O_NONBLOCK: a FIFO or device given as the image must not block the open.
@@ -92,6 +93,8 @@ def open_image(path: str, verb: str = "run") -> ImageSource:
 
 
 def _check_squashfs(fd: int, offset: int, size: int, damaged: str) -> None:
+    from sifbox.formats import squashfs
+
     try:
         info = squashfs.parse_superblock(os.pread(fd, squashfs.SUPERBLOCK_SIZE, offset))
     except squashfs.SquashfsError as err:
@@ -111,6 +114,7 @@ def _opened(fd: int, path: str) -> str:
 
 
 def _sif_partition(fd: int, path: str, where: str) -> ImageSource:
+    from sifbox.formats.sif import constants as c
     from sifbox.formats.sif.image import SifError, SifImage
 
     with os.fdopen(os.dup(fd), "rb") as fp:
@@ -174,6 +178,7 @@ def _oci_sif(img: SifImage, fd: int, path: str, where: str) -> ImageSource:
 
 def oci_image(img: SifImage) -> OciImage:
     """The image of the OCI-SIF `img` for this machine (raises SifError)."""
+    from sifbox.formats.sif import constants as c
     from sifbox.formats.sif import oci
 
     machine = os.uname().machine
