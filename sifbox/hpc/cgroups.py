@@ -228,14 +228,16 @@ class Cgroups:
             finally:
                 os.close(fd)
 
-    def remove(self) -> None:
-        """Take the caller out (if it joined) and remove the directories; the container's
-        processes must have ended."""
+    def remove(self, joined: bool = True) -> None:
+        """Take the caller out (if it may have joined) and remove the directories; the
+        container's processes must have ended. (`joined=False`: a caller that never joined
+        skips that write, a cgroup migration that may wait for an RCU grace period.)"""
         for pfd, name, procs in self.dirs:
             os.close(procs)
             try:
-                with os.fdopen(os.open("cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=pfd), "wb", 0) as f:
-                    f.write(b"0")  # the caller, back in its own cgroup (a no-op if it never left)
+                if joined:
+                    with os.fdopen(os.open("cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=pfd), "wb", 0) as f:
+                        f.write(b"0")  # the caller, back in its own cgroup (a no-op if it never left)
             except OSError:
                 pass
             for _ in range(100):

@@ -417,7 +417,7 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
         if not created:
             ocistate.remove(root, cid)
             if p.cgroups is not None:
-                p.cgroups.remove()
+                p.cgroups.remove(joined=False)  # its process joined them, this one didn't
 
 
 def _create_error(cid: str, here: str, status: int) -> SifboxError:
@@ -488,7 +488,7 @@ def _watcher(p: Any, chans: Channels, log_fd: int, proc_fd: int, detach: bool, p
             status = report(err)
         finally:
             if p.cgroups is not None:
-                p.cgroups.remove()
+                p.cgroups.remove(joined=False)  # its process joined them, this one didn't
         try:
             os.write(chans.notify, f"exit {status}".encode())
         except OSError:
