@@ -2,6 +2,7 @@
 `sifbox oci run` next to `runc run` on one OCI bundle.
 
     /usr/bin/python3 benchmarks/startup.py [--runs 30] [--warmup 3] [--batch 64] [--user sifbox-test]
+                                          [--oci]   (the OCI rows only: oci run vs runc run)
 
 Run as root. Builds a busybox-static root in a temporary directory readable by every user, packs
 it into a SquashFS and a SIF, and times `/bin/true` in it through each runtime, as root and as an
@@ -477,6 +478,8 @@ def main() -> int:
     parser.add_argument("--user", default="sifbox-test", help="unprivileged user (default sifbox-test)")
     parser.add_argument("--sifbox", default=shutil.which("sifbox") or "/usr/local/bin/sifbox")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--oci", action="store_true",
+                        help="only `sifbox oci run` and `runc run` (with the floor and the wrapper), no batches")
     args = parser.parse_args()
 
     if os.geteuid() != 0:
@@ -581,7 +584,7 @@ def main() -> int:
         # The mount service: one kernel mount for every user's containers.
         service: MountService | None = None
         service_note = images.sif_note or ("sifbox not installed" if sifbox is None else "")
-        if sifbox is not None and images.sif is not None:
+        if sifbox is not None and images.sif is not None and not args.oci:
             try:
                 service = MountService(tmp, sifbox, images.sif, args.user)
             except (Unavailable, OSError) as err:
@@ -620,6 +623,8 @@ def main() -> int:
                 rows.append(r)
                 oci_rows[(name, who)] = r
 
+        if args.oci:
+            rows = [r for r in rows if r in (floor, wrapper) or r in oci_rows.values()]
         before = leftovers(env, tmp, images, ignore=str(service.base / "run") if service is not None else None)
         try:
             measure(env, rows, args.runs, args.warmup)
@@ -640,6 +645,9 @@ def main() -> int:
         print()
         sys.stdout.flush()
 
+        if args.oci:
+            print(f"total time: {time.perf_counter() - t0:.0f} s")
+            return 0
         # ----------------------------------------------------------------- batches ---
         batches: list[Batch] = []
         for label, tool, tool_name, image, note, build in (specs[0], specs[1], specs[4]):

@@ -274,8 +274,9 @@ def _exit_now(status: int) -> NoReturn:
     os._exit(status)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    entry = argv is None  # the process's own command line: the launcher script's call
+def main(argv: Sequence[str] | None = None, *, entry: bool | None = None) -> int:
+    # the process's own command line (the launcher script's call): it ends with the command
+    entry = argv is None if entry is None else entry
     argv = list(sys.argv[1:] if argv is None else argv)
     lead = leading_globals(argv)
     debug = _wants_debug(lead)
@@ -285,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fmt = message_format(lead)
         status = run(argv)
         word = command_word(argv)
-        if entry and word in BY_NAME and BY_NAME[word].module == "action":
+        if entry and word in BY_NAME and BY_NAME[word].module in ("action", "oci"):
             _exit_now(status)
         return status
     except SifboxError as err:
@@ -318,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def runc_main() -> int:
     """`sifbox-runc ARGS`: `sifbox oci ARGS`, for what runs a runc binary by its
     command line (containerd's runc shim with BinaryName, Slurm's oci.conf)."""
-    return main(["oci", *sys.argv[1:]])
+    return main(["oci", *sys.argv[1:]], entry=True)
 
 
 if __name__ == "__main__":

@@ -392,14 +392,34 @@ class Cgroups:
         for _, _, procs in self.dirs:
             os.write(procs, b"0")
 
-    def remove(self) -> None:
-        """Take the caller out (if it joined) and remove the directories; the container's
-        processes must have ended."""
+    def warm(self) -> None:
+        """Move the caller into its own cgroups again: no change, but the kernel takes its
+        lock for migrations, whose first taking after a quiet spell waits for an RCU grace
+        period (~10 ms; writes that follow within some ms don't wait). Done by the caller
+        while the container's process is being set up, it spares that process's `join` the
+        wait."""
+        for pfd, _, _ in self.dirs[:1]:
+            try:
+                fd = os.open("cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=pfd)
+            except OSError:
+                return
+            try:
+                os.write(fd, b"0")
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+    def remove(self, joined: bool = True) -> None:
+        """Take the caller out (if it may have joined) and remove the directories; the
+        container's processes must have ended. (`joined=False`: a caller that never joined
+        skips that write, a cgroup migration that may wait for an RCU grace period.)"""
         for pfd, name, procs in self.dirs:
             os.close(procs)
             try:
-                with os.fdopen(os.open("cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=pfd), "wb", 0) as f:
-                    f.write(b"0")  # the caller, back in its own cgroup (a no-op if it never left)
+                if joined:
+                    with os.fdopen(os.open("cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=pfd), "wb", 0) as f:
+                        f.write(b"0")  # the caller, back in its own cgroup (a no-op if it never left)
             except OSError:
                 pass
             for _ in range(100):

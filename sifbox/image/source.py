@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import stat
 
-from sifbox.formats import squashfs
-from sifbox.formats.sif import constants as c
 from sifbox.util.errors import SifboxError, describe_os_error
 
 TYPE_CHECKING = False
@@ -78,6 +76,9 @@ def locate(fd: int, path: str, verb: str = "run") -> ImageSource:
 
 
 def _locate(fd: int, path: str, where: str) -> ImageSource:
+    from sifbox.formats import squashfs  # here: an OCI bundle's directory root needs neither
+    from sifbox.formats.sif import constants as c
+
     st = os.fstat(fd)
     if stat.S_ISDIR(st.st_mode):
         return ImageSource(_opened(fd, path), ImageKind.SANDBOX, fd)
@@ -103,6 +104,8 @@ def _locate(fd: int, path: str, where: str) -> ImageSource:
 
 
 def _check_squashfs(fd: int, offset: int, size: int, damaged: str) -> None:
+    from sifbox.formats import squashfs
+
     try:
         info = squashfs.parse_superblock(os.pread(fd, squashfs.SUPERBLOCK_SIZE, offset))
     except squashfs.SquashfsError as err:
@@ -122,6 +125,7 @@ def _opened(fd: int, path: str) -> str:
 
 
 def _sif_partition(fd: int, path: str, where: str) -> ImageSource:
+    from sifbox.formats.sif import constants as c
     from sifbox.formats.sif.image import SifError, SifImage
     from sifbox.util.preadfile import reader
 
@@ -186,6 +190,7 @@ def _oci_sif(img: SifImage, fd: int, path: str, where: str) -> ImageSource:
 
 def oci_image(img: SifImage) -> OciImage:
     """The image of the OCI-SIF `img` for this machine (raises SifError)."""
+    from sifbox.formats.sif import constants as c
     from sifbox.formats.sif import oci
 
     machine = os.uname().machine

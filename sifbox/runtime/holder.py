@@ -47,8 +47,8 @@ _SYNCHRONOUS = {
 }
 #: Signals the holder takes (and passes on); SIGKILL and SIGSTOP can't be.
 WATCHED = frozenset(
-    s for s in range(1, 32)
-    if s not in (signal.SIGKILL, signal.SIGSTOP) and s not in _SYNCHRONOUS
+    s for s in signal.valid_signals()
+    if s < 32 and s not in (signal.SIGKILL, signal.SIGSTOP) and s not in _SYNCHRONOUS
 )  # fmt: skip
 #: Passed on, but not a request to stop (job control, terminal size, urgent data).
 NOT_STOPPING = frozenset({signal.SIGCHLD, signal.SIGCONT, signal.SIGWINCH, signal.SIGURG})

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 
 TYPE_CHECKING = False  # (not `typing`'s: its import costs every launch milliseconds)
-
 if TYPE_CHECKING:
     from sifbox.runtime.spec import Host
 

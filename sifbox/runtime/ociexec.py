@@ -24,7 +24,7 @@ from sifbox.util.errors import SifboxError, report
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import socket
+    import _socket as socket
 
 
 def exec_process(root: str, cid: str, proc: ocispec.Process, console_socket: str | None = None,
@@ -51,6 +51,8 @@ def exec_process(root: str, cid: str, proc: ocispec.Process, console_socket: str
     if proc.terminal:
         if not console_socket:
             raise OciError(f"can't exec in container `{cid}`: a terminal needs --console-socket")
+        import termios  # noqa: F401 - for terminal_to, in the container's root
+
         console = connect_console(console_socket, f"exec in container `{cid}`")
         p.prepare_root = lambda _root: _exec_terminal(console)
     _join_cgroups(int(doc["init"]), cid)

@@ -24,13 +24,18 @@ Everything `park` uses runs after pivot_root: imported at the top.
 
 from __future__ import annotations
 
-import fcntl
+import _socket as socket  # the C modules: `socket` and `signal` import enum, and socket
+import fcntl  # selectors and collections too, ~10 ms of CPU of every `oci run`
 import os
 import resource
-import signal
-import socket
+import struct
 import sys
-import termios
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+else:
+    import _signal as signal
 
 from sifbox.runtime import ocihooks, ocispec, ocistate
 from sifbox.runtime.ocistate import OciError
@@ -41,7 +46,6 @@ from sifbox.runtime.sandbox.process import Trampoline, exec_error
 from sifbox.util.errors import SifboxError, report
 from sifbox.util.paths import chase
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any
@@ -338,6 +342,8 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
         listener.listen(1)
         console = None
         if b.process.terminal and console_socket:
+            import termios  # noqa: F401 - for terminal_to, in the container's root
+
             console = connect_console(console_socket, f"create container `{cid}`")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
@@ -352,6 +358,8 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
             chans = Channels(listener.fileno(), theirs.fileno(), console.fileno() if console else -1,
                              os.dup(2), immediate=not parked, hooks=ocihooks.of_kind(b.hooks, "startContainer"))  # fmt: skip
             _watcher(p, chans, log_fd, proc_fd, detach, parent)
+        if p.cgroups is not None:
+            p.cgroups.warm()  # while the watcher starts: the container's join then doesn't wait
         theirs.close()
         listener.close()
         os.close(log_fd)
@@ -409,7 +417,7 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
         if not created:
             ocistate.remove(root, cid)
             if p.cgroups is not None:
-                p.cgroups.remove()
+                p.cgroups.remove(joined=False)  # its process joined them, this one didn't
 
 
 def _create_error(cid: str, here: str, status: int) -> SifboxError:
@@ -451,7 +459,6 @@ def _watcher(p: Any, chans: Channels, log_fd: int, proc_fd: int, detach: bool, p
     `park` as its hold; when the container ends, kill what is left in its mount
     namespace and reap. Never returns."""
     from sifbox.runtime import launcher
-    from sifbox.runtime.holder import kill_namespace_peers
 
     status = 126
     try:
@@ -481,12 +488,16 @@ def _watcher(p: Any, chans: Channels, log_fd: int, proc_fd: int, detach: bool, p
             status = report(err)
         finally:
             if p.cgroups is not None:
-                p.cgroups.remove()
+                p.cgroups.remove(joined=False)  # its process joined them, this one didn't
         try:
             os.write(chans.notify, f"exit {status}".encode())
         except OSError:
             pass
-        if os.readlink("self/ns/mnt", dir_fd=proc_fd) != host_mnt:
+        # With its own PID namespace, whatever ran in the container ended with its PID 1 (the
+        # kernel kills and waits for the namespace's processes first): no /proc scan then.
+        if not p.ns.pid and os.readlink("self/ns/mnt", dir_fd=proc_fd) != host_mnt:
+            from sifbox.runtime.holder import kill_namespace_peers
+
             kill_namespace_peers(proc_fd)
         while True:
             try:
@@ -569,7 +580,7 @@ def _payload(start: Callable[[], None], chans: Channels) -> None:
     if not chans.immediate:
         listener = socket.socket(fileno=chans.listen)
         while True:
-            conn, _ = listener.accept()
+            conn = socket.socket(fileno=listener._accept()[0])  # type: ignore[attr-defined]  # accept4, CLOEXEC
             message = conn.recv(1 << 16)
             if message.startswith(b"start"):
                 break  # `conn` closes with the exec: `start` then knows the process runs
@@ -597,10 +608,13 @@ def start(root: str, cid: str) -> None:
     hooks = ocihooks.from_json(doc.get("hooks"))
     dir_fd = os.open(ocistate.container_dir(root, cid), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
             s.connect(f"/proc/self/fd/{dir_fd}/{ocistate.EXEC_SOCKET}")
             s.sendall(b"start" + (hook_state(doc, "created", inside=True) if ocihooks.of_kind(hooks, "startContainer") else b""))
             failed = s.recv(4096)  # EOF: exec'd (the connection closed with it); else a hook's failure
+        finally:
+            s.close()
         os.unlink(ocistate.EXEC_SOCKET, dir_fd=dir_fd)
     except OSError as err:
         raise OciError(f"can't start container `{cid}`: {err.strerror}") from None
@@ -655,6 +669,8 @@ def stats(root: str, cid: str) -> dict[str, Any]:
 
 
 def parse_signal(text: str) -> int:
+    import signal
+
     name = text.upper()
     if name.isdigit():
         number = int(name)
@@ -752,9 +768,12 @@ def connect_console(path: str, what: str) -> socket.socket:
 
 def terminal_to(console: socket.socket) -> None:
     """A new pty: its master sent to the console socket (runc's protocol: the pty's name and the
-    master as SCM_RIGHTS), its slave this process's controlling terminal and stdio."""
+    master as SCM_RIGHTS), its slave this process's controlling terminal and stdio. (termios:
+    imported by the caller before the container's root is entered.)"""
+    import termios
+
     master, slave = os.openpty()
-    socket.send_fds(console, [os.ttyname(slave).encode()], [master])
+    console.sendmsg([os.ttyname(slave).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", master))])
     os.close(master)
     console.close()
     os.setsid()

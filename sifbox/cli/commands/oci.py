@@ -291,7 +291,7 @@ def _create(root: str, args: argparse.Namespace) -> int:
         ocirun.create(bundle, args.id, root, **kw)
         ocirun.start(root, args.id)
         return 0
-    import signal
+    import _signal as signal  # the C module: `signal` imports enum
 
     # with hooks, the process is parked until their turn (startContainer runs at start)
     init, watcher = ocirun.create(bundle, args.id, root, detach=False, parked=bool(bundle.hooks), **kw)

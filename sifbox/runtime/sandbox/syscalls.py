@@ -163,14 +163,17 @@ def sethostname(name: str) -> None:
 
 def loopback_up() -> None:
     """Bring `lo` up in a new network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS)."""
+    import _socket  # not `socket`: it imports enum, some ms of a launch
     import fcntl
-    import socket
 
     siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+    try:
         req = struct.pack("16sh14x", b"lo", 0)
         flags = struct.unpack("16sh14x", fcntl.ioctl(s.fileno(), siocgifflags, req))[1]
         fcntl.ioctl(s.fileno(), siocsifflags, struct.pack("16sh14x", b"lo", flags | iff_up))
+    finally:
+        s.close()
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0) -> None:
