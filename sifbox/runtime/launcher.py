@@ -569,13 +569,13 @@ def _exit(status: int) -> None:
 
 
 def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
-    from sifbox.runtime import identity, nodemount, supervisor
+    from sifbox.runtime import identity, supervisor
     from sifbox.runtime.sandbox import mountplan, process, rootfs
 
     spec, image = p.spec, p.spec.image
     session = rootfs.Session.open(image=image, size_mib=p.site.session_mib, slave=p.site.mount_slave,
                                   uid=p.inner.uid, gid=p.inner.gid, userns=p.userns, squashfuse=p.squashfuse,
-                                  fuse_threads=p.shared_fd is None and nodemount.squashfuse_threads(p, shared=False))  # fmt: skip
+                                  fuse_threads=p.shared_fd is None and _fuse_threads(p))  # fmt: skip
     writable_sandbox = spec.writable and p.image.kind == "dir"
     lower = session.mount_image(p.image, writable=writable_sandbox, shared=p.shared_fd)
     if p.shared_fd is not None:
@@ -644,6 +644,15 @@ def _container(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
                           prelude_timeout=_prelude_timeout(p, payload))  # fmt: skip
 
 
+def _fuse_threads(p: Prepared) -> bool:
+    """A per-container squashfuse_ll's server: multithreaded or not (no squashfuse, no import)."""
+    if not p.squashfuse:
+        return False
+    from sifbox.runtime import nodemount
+
+    return nodemount.squashfuse_threads(p, shared=False)
+
+
 def _bound_images(p: Prepared, session) -> list:  # type: ignore[no-untyped-def,type-arg]
     """Mount the images bound with image-src= in the session; the plan's mounts
     with their "image" mounts made binds of their directories."""
@@ -699,6 +708,8 @@ def _prelude_timeout(p: Prepared, payload: Payload):  # type: ignore[no-untyped-
 
 def _payload(p: Prepared, root: str) -> Payload:
     """What to run, decided by looking at the finished root (is there a /bin/sh?)."""
+    if p.fixed is not None:  # (OCI: no environment scripts to look for, nothing more to import)
+        return Payload(*p.fixed)
     from sifbox.runtime import env as envmod
     from sifbox.runtime.sandbox.rootfs import exists
 
@@ -706,8 +717,6 @@ def _payload(p: Prepared, root: str) -> Payload:
         return exists(root, path)
 
     action, words, env = p.action, p.words, p.env
-    if p.fixed is not None:
-        return Payload(*p.fixed)
     if p.launched and os.environ.get("PMIX_RANK", os.environ.get("SLURM_PROCID")) == "0":
         from sifbox.hpc import mpi
 
