@@ -106,3 +106,18 @@ def _starttime(pid: int) -> int | None:
         return None
     fields = stat[stat.rindex(")") + 2 :].split()
     return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def root_strace(prog: str) -> str | None:
+    """strace's path for a tracing benchmark run as root; None (with the reason printed on
+    stderr) when not root or strace is missing."""
+    import shutil
+    import sys
+
+    if os.geteuid() != 0:
+        print(f"{prog}: run as root", file=sys.stderr)
+        return None
+    strace = shutil.which("strace")
+    if strace is None:
+        print(f"{prog}: strace is not installed (apt-get install strace)", file=sys.stderr)
+    return strace

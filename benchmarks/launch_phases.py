@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import Failed, Unavailable, UserEnv
+from benchlib import Failed, Unavailable, UserEnv, root_strace
 
 PHASES = ("start -> ns", "ns -> pivot", "pivot -> sh", "sh -> payload", "payload -> exit", "exit -> end")
 CALLS = "execve,clone,clone3,setns,unshare,pivot_root,exit_group"
@@ -84,12 +84,8 @@ def main() -> int:
     parser.add_argument("--user", default="sifbox-test")
     parser.add_argument("--sifbox", default=shutil.which("sifbox") or "/usr/local/bin/sifbox")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("launch_phases.py: run as root", file=sys.stderr)
-        return 2
-    strace = shutil.which("strace")
+    strace = root_strace("launch_phases.py")
     if strace is None:
-        print("launch_phases.py: strace is not installed (apt-get install strace)", file=sys.stderr)
         return 2
     users = UserEnv(args.user)
     try:

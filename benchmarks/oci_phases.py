@@ -44,7 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import Failed, UserEnv
+from benchlib import Failed, UserEnv, root_strace
 from startup import oci_bundle
 
 PHASES = ("start -> ns", "ns -> pivot", "pivot -> exec", "exec -> exit", "exit -> end")
@@ -112,12 +112,8 @@ def main() -> int:
     parser.add_argument("--sifbox", default=shutil.which("sifbox") or "/usr/local/bin/sifbox")
     parser.add_argument("--runc", default=shutil.which("runc") or "/usr/sbin/runc")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("oci_phases.py: run as root", file=sys.stderr)
-        return 2
-    strace = shutil.which("strace")
+    strace = root_strace("oci_phases.py")
     if strace is None:
-        print("oci_phases.py: strace is not installed (apt-get install strace)", file=sys.stderr)
         return 2
     users = UserEnv(args.user)
     tmp = Path(tempfile.mkdtemp(prefix="sifbox-ociphases.", dir="/tmp"))

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from benchlib import Failed, Unavailable, UserEnv
+from mountservice import MountService
 
 PY = "/usr/bin/python3"
 PARTARCH = {"x86_64": "2", "amd64": "2", "i686": "1", "i386": "1", "aarch64": "4", "arm64": "4",
@@ -217,50 +218,6 @@ def build_images(tmp: Path, sifbox: str | None) -> Images:
 
 
 # ----------------------------------------------------------------------- mount service ---
-
-class MountService:
-    """`sifbox mounts serve` on a socket of `tmp`, serving a store with `sif` as root's and
-    `user`'s admitted image (the layout the admission store writes, with the digest record)."""
-
-    def __init__(self, tmp: Path, sifbox: str, sif: Path, user: str) -> None:
-        import hashlib
-        import json
-
-        self.base = tmp / "msvc"
-        self.conf = self.base / "sifbox.conf"
-        self.images: dict[str, Path] = {}
-        digest = "sha256:" + hashlib.sha256(sif.read_bytes()).hexdigest()
-        for who in ("root", user):
-            (self.base / "store" / who).mkdir(parents=True, exist_ok=True)
-            (self.base / "store" / ".meta" / who).mkdir(parents=True, exist_ok=True)
-            dest = self.base / "store" / who / "img.sif"
-            shutil.copyfile(sif, dest)
-            os.chmod(dest, 0o644)
-            (self.base / "store" / ".meta" / who / "img.json").write_text(json.dumps({"stored_digest": digest}))
-            self.images[who] = dest
-        for d in [self.base, *self.base.rglob("*")]:
-            if d.is_dir():
-                os.chmod(d, 0o755)
-        sock = self.base / "run" / "mount.sock"
-        self.conf.write_text(f"store path = {self.base / 'store'}\nmount service = yes\n"
-                             f"mount service socket = {sock}\nmount service idle timeout = 600\n")
-        os.chmod(self.conf, 0o644)
-        self.log = self.base / "service.log"
-        with open(self.log, "w") as err:
-            self.proc = subprocess.Popen([sifbox, "-c", str(self.conf), "mounts", "serve"],
-                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.monotonic() + 20
-        while "serving" not in self.log.read_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise Unavailable(f"the mount service did not start: {last_line(self.log.read_bytes())}")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
-
 
 # ---------------------------------------------------------------------------- leftovers -----
 
@@ -586,7 +543,7 @@ def main() -> int:
         service_note = images.sif_note or ("sifbox not installed" if sifbox is None else "")
         if sifbox is not None and images.sif is not None and not args.oci:
             try:
-                service = MountService(tmp, sifbox, images.sif, args.user)
+                service = MountService(tmp / "msvc", tmp / "msvc" / "store", sifbox, images.sif, args.user)
             except (Unavailable, OSError) as err:
                 service_note = str(err)
         for who in whos:

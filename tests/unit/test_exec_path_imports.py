@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.importcheck import loaded_after
+
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("typing", "re", "enum", "collections", "base64", "sifbox.hpc.cgroups", "sifbox.hpc.cgrouptoml", "tomllib")
 EXEC_PATH = (
@@ -26,19 +28,7 @@ EXEC_PATH = (
 
 
 def _loaded_after(body: str) -> list[str]:
-    script = f"""
-import sys
-sys.path[:0] = [{str(ROOT)!r}]
-import importlib
-for name in {EXEC_PATH!r}:
-    importlib.import_module(name)
-{body}
-print(" ".join(m for m in {HEAVY!r} if m in sys.modules))
-"""
-    proc = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True,
-                          check=False, timeout=60)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    return (proc.stdout.splitlines() or [""])[-1].split()
+    return loaded_after(EXEC_PATH, body, HEAVY)
 
 
 def test_the_exec_path_imports_no_heavy_module() -> None:

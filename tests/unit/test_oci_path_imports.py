@@ -6,9 +6,9 @@ commands that need them (`oci kill`'s signal names, `oci state`'s indented JSON)
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.unit.importcheck import loaded_after
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("typing", "re", "enum", "collections", "socket", "signal", "selectors", "json", "warnings")
@@ -36,18 +36,7 @@ OCI_PATH = (
 
 
 def _loaded_after(body: str) -> list[str]:
-    script = f"""
-import sys
-sys.path[:0] = [{str(ROOT)!r}]
-for name in {OCI_PATH!r}:
-    __import__(name)
-{body}
-print(" ".join(m for m in {HEAVY!r} if m in sys.modules))
-"""
-    proc = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True,
-                          check=False, timeout=60)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    return (proc.stdout.splitlines() or [""])[-1].split()
+    return loaded_after(OCI_PATH, body, HEAVY)
 
 
 def test_the_oci_run_path_imports_no_heavy_module() -> None:
