@@ -17,7 +17,6 @@ errors) is tarfile's own either way, so a layer is read the same, and refused th
 
 from __future__ import annotations
 
-import re
 import struct
 import tarfile
 from typing import Any
@@ -37,40 +36,37 @@ class _Unusual(Exception):
 
 
 _FIELDS = struct.Struct("100s8s8s8s12s12s8s1s100s8x32s32s8s8s155s12x")
-#: An octal number field tarfile reads as this module does: optional leading spaces, octal
-#: digits, then spaces and NULs (base-256 and signed numbers are left to tarfile).
-_OCTAL = re.compile(rb" *[0-7]*[ \0]*").fullmatch
 
 
-def _fields(buf: bytes) -> tuple[bytes, ...]:
-    """The fields of the ustar block `buf`, when `TarInfo.frombuf` reads it the common way."""
+def _fields(buf: bytes) -> tuple[Any, ...]:
+    """The fields of the ustar block `buf` (numbers parsed), when `TarInfo.frombuf` reads it
+    the common way: octal numbers (tarfile reads a field up to its first NUL; `int` here
+    accepts less than tarfile's `str.strip` + `int`, never more, and the rest is unusual)."""
     if len(buf) != BLOCK:
         raise _Unusual
-    fields = _FIELDS.unpack(buf)
-    octal = _OCTAL
-    for i in (1, 2, 3, 4, 5, 6, 11, 12):
-        if not octal(fields[i]):
-            raise _Unusual
-    if sum(buf) - sum(fields[6]) + 256 != int(fields[6].strip(b" \0") or b"0", 8):
-        raise _Unusual  # (also all zeros: the end of the archive; or a signed checksum)
-    if fields[7] not in _SIMPLE and fields[7] != tarfile.XHDTYPE:
-        raise _Unusual
-    return fields
-
-
-def _ustar(cls: type[FastTarInfo], fields: tuple[bytes, ...], encoding: str, errors: str) -> FastTarInfo:
-    """The entry of a ustar block's `_fields`, as `TarInfo.frombuf` makes it."""
     (name, mode, uid, gid, size, mtime, chksum, type_, linkname, uname, gname, devmajor, devminor,
-     prefix) = fields  # fmt: skip
+     prefix) = _FIELDS.unpack(buf)  # fmt: skip
+    try:
+        numbers = (int(mode.partition(b"\0")[0] or b"0", 8), int(uid.partition(b"\0")[0] or b"0", 8),
+                   int(gid.partition(b"\0")[0] or b"0", 8), int(size.partition(b"\0")[0] or b"0", 8),
+                   int(mtime.partition(b"\0")[0] or b"0", 8), int(devmajor.partition(b"\0")[0] or b"0", 8),
+                   int(devminor.partition(b"\0")[0] or b"0", 8))  # fmt: skip
+        checksum = int(chksum.partition(b"\0")[0] or b"0", 8)
+    except ValueError:  # (base-256, spaces only, ...)
+        raise _Unusual from None
+    if min(numbers) < 0 or sum(buf) - sum(chksum) + 256 != checksum:
+        raise _Unusual  # (a bad checksum, a signed one, all zeros: the end of the archive)
+    if type_ not in _SIMPLE and type_ != tarfile.XHDTYPE:
+        raise _Unusual
+    return (name, *numbers, checksum, type_, linkname, uname, gname, prefix)
+
+
+def _ustar(cls: type[FastTarInfo], fields: tuple[Any, ...], encoding: str, errors: str) -> FastTarInfo:
+    """The entry of a ustar block's `_fields`, as `TarInfo.frombuf` makes it."""
+    name, mode, uid, gid, size, mtime, devmajor, devminor, chksum, type_, linkname, uname, gname, prefix = fields
     obj = cls()
-    obj.chksum = int(chksum.strip(b" \0") or b"0", 8)
-    obj.mode = int(mode.strip(b" \0") or b"0", 8)
-    obj.uid = int(uid.strip(b" \0") or b"0", 8)
-    obj.gid = int(gid.strip(b" \0") or b"0", 8)
-    obj.size = int(size.strip(b" \0") or b"0", 8)
-    obj.mtime = int(mtime.strip(b" \0") or b"0", 8)
-    obj.devmajor = int(devmajor.strip(b" \0") or b"0", 8)
-    obj.devminor = int(devminor.strip(b" \0") or b"0", 8)
+    obj.mode, obj.uid, obj.gid, obj.size, obj.mtime = mode, uid, gid, size, mtime
+    obj.devmajor, obj.devminor, obj.chksum = devmajor, devminor, chksum
     obj.linkname = linkname.partition(b"\0")[0].decode(encoding, errors)
     obj.uname = uname.partition(b"\0")[0].decode(encoding, errors)
     obj.gname = gname.partition(b"\0")[0].decode(encoding, errors)
@@ -128,39 +124,38 @@ def _pax_records(data: bytes) -> dict[str, str]:
 
 
 class _ReplayFile:
-    """A tar stream that gives back `data` (blocks already read) before the rest."""
+    """A tar stream that first gives back the reads already made, as they were (a short one
+    included: the stream had ended), then reads on."""
 
-    def __init__(self, raw: Any, data: bytes):
+    def __init__(self, raw: Any, reads: list[tuple[int, bytes]]):
         self._raw = raw
-        self._data = data
+        self._reads = reads
 
     def read(self, n: int = -1) -> bytes:
-        if not self._data:
+        if not self._reads:
             return self._raw.read(n)  # type: ignore[no-any-return]
-        if n < 0:
-            out, self._data = self._data, b""
-            return out + self._raw.read()  # type: ignore[no-any-return]
-        out, self._data = self._data[:n], self._data[n:]
-        if len(out) < n:
-            out += self._raw.read(n - len(out))
-        return out
+        asked, got = self._reads[0]
+        if n == asked:
+            del self._reads[0]
+            return got
+        raise tarfile.StreamError("a header read again another way")  # (tarfile reads as this module)
 
     def tell(self) -> int:
-        return self._raw.tell() - len(self._data)  # type: ignore[no-any-return]
+        return self._raw.tell() - sum(len(got) for _, got in self._reads)  # type: ignore[no-any-return]
 
     def seek(self, pos: int) -> None:
-        if self._data:
+        if self._reads:
             raise tarfile.StreamError("seeking while replaying a header")
         self._raw.seek(pos)
 
 
 class _Replay:
     """The `TarFile` as tarfile's own header code sees it: the same, but its stream replays
-    `data` first."""
+    `reads` first."""
 
-    def __init__(self, tf: Any, data: bytes):
+    def __init__(self, tf: Any, reads: list[tuple[int, bytes]]):
         object.__setattr__(self, "_tf", tf)
-        object.__setattr__(self, "fileobj", _ReplayFile(tf.fileobj, data))
+        object.__setattr__(self, "fileobj", _ReplayFile(tf.fileobj, reads))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._tf, name)
@@ -175,34 +170,35 @@ class FastTarInfo(tarfile.TarInfo):
     @classmethod
     def fromtarfile(cls, tarfile: Any) -> FastTarInfo:
         fo = tarfile.fileobj
-        read = b""
+        reads: list[tuple[int, bytes]] = []
         try:
             if tarfile.pax_headers:
                 raise _Unusual  # global headers apply: tarfile's order of updates
             buf = fo.read(BLOCK)
-            read = buf
+            reads.append((BLOCK, buf))
             offset = fo.tell() - BLOCK
             fields = _fields(buf)
-            if fields[7] == b"x":
-                size = int(fields[4].strip(b" \0") or b"0", 8)
+            if fields[9] == b"x":
+                size = fields[4]
                 if size > MAX_PAX:
                     raise _Unusual
                 blocks = -(-size // BLOCK) * BLOCK
                 data = fo.read(blocks)
-                read += data
+                reads.append((blocks, data))
                 if len(data) != blocks:
                     raise _Unusual
                 records = _pax_records(data)
                 buf = fo.read(BLOCK)
-                read += buf
+                reads.append((BLOCK, buf))
                 fields = _fields(buf)
-                if fields[7] == b"x":
+                if fields[9] == b"x":
                     raise _Unusual
             else:
                 records = None
             obj = _ustar(cls, fields, tarfile.encoding, tarfile.errors)
         except _Unusual:
-            return super().fromtarfile(_Replay(tarfile, read) if read else tarfile)  # type: ignore[return-value]
+            again = _Replay(tarfile, reads) if reads else tarfile
+            return super().fromtarfile(again)  # type: ignore[arg-type]
         obj.offset = offset
         obj.offset_data = data_at = fo.tell()
         size = obj.size
