@@ -1,13 +1,16 @@
 """Pass 1's tar header reading: headers per second of `sifbox.oci.tarhead.FastTarInfo` next to
 tarfile's own `TarInfo`, read the way `layers.open_tar` + `iter_members` read a layer stream.
 
-    /opt/sifbox/venv/bin/python benchmarks/tarheaders.py [--entries 50000] [--rounds 5]
+    /opt/sifbox/venv/bin/python benchmarks/tarheaders.py [--entries 50000] [--rounds 5] [--layout DIR]
 
 The layer is made in memory: ENTRIES entries as a container build writes them (PAX format,
 each behind a PAX extended header with a fractional mtime, atime and ctime; files of mixed
 sizes, directories, symbolic and hard links, a few xattrs). Each round reads it once with each
 class, in alternating order; the table gives the medians and their ratio. Both reads are checked
-to give the same entries. Asserts nothing on time.
+to give the same entries. `--layout DIR` (an OCI image layout, e.g. the image benchmarks/build.py
+--keep leaves in WORKDIR/image) adds pass 1 of that image as a pull runs it (`convert.merge_plan`:
+every layer decompressed, its headers read, the merged file set planned), with each reader: wall
+time, and the CPU time of this process (the decompressor may be a child). Asserts nothing on time.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sifbox.oci import layers, tarhead
+from sifbox.oci import convert, layers, layout, tarhead
 
 
 def make_layer(entries: int) -> bytes:
@@ -53,10 +56,19 @@ def read(data: bytes, cls: type[tarfile.TarInfo]) -> tuple[float, list[tuple[obj
     return time.perf_counter() - start, out
 
 
+def pass1(image: str) -> tuple[float, float, int]:
+    img = layout.open_image(layout.parse_source(f"oci:{image}"))
+    wall, cpu = time.perf_counter(), time.process_time()
+    merger = convert.merge_plan(img, source="oci:bench", epoch=0, warn=lambda m: None, step=lambda *a: None)
+    plan = merger.plan()
+    return time.perf_counter() - wall, time.process_time() - cpu, plan.file_count
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--entries", type=int, default=50_000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--layout", help="an OCI image layout whose pass 1 is timed too")
     args = ap.parse_args()
     data = make_layer(args.entries)
     times: dict[str, list[float]] = {"tarfile": [], "tarhead": []}
@@ -75,6 +87,25 @@ def main() -> None:
     for name in ("tarfile", "tarhead"):
         med = statistics.median(times[name])
         print(f"{name:<10} {med:8.3f} {headers / med:11.0f} {base / med:9.2f}x")
+    if args.layout:
+        walls: dict[str, list[float]] = {"tarfile": [], "tarhead": []}
+        cpus: dict[str, list[float]] = {"tarfile": [], "tarhead": []}
+        files = set()
+        for r in range(args.rounds):
+            for name in ["tarfile", "tarhead"] if r % 2 == 0 else ["tarhead", "tarfile"]:
+                layers.FastTarInfo = classes[name]  # type: ignore[misc]  # what open_tar opens with
+                wall, cpu, count = pass1(args.layout)
+                walls[name].append(wall)
+                cpus[name].append(cpu)
+                files.add(count)
+        layers.FastTarInfo = tarhead.FastTarInfo  # type: ignore[misc]
+        assert len(files) == 1, "the two readers planned different images"
+        print(f"\npass 1 of {args.layout} ({files.pop()} files), {args.rounds} rounds, medians")
+        print(f"{'reader':<10} {'wall s':>8} {'CPU s':>8} {'CPU vs tarfile':>15}")
+        base = statistics.median(cpus["tarfile"])
+        for name in ("tarfile", "tarhead"):
+            cpu = statistics.median(cpus[name])
+            print(f"{name:<10} {statistics.median(walls[name]):8.2f} {cpu:8.2f} {base / cpu:14.2f}x")
 
 
 if __name__ == "__main__":
