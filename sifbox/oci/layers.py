@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
 from sifbox.oci.layout import CHUNK, Image, Layer, VerifiedReader
+from sifbox.oci.tarhead import FastTarInfo
 from sifbox.util.errors import SifboxError, describe_os_error
 
 WHITEOUT = ".wh."
@@ -269,7 +270,7 @@ def open_tar(stream: LayerStream, what: str) -> tarfile.TarFile | None:
         return None
     try:
         data = _EndsOnce(stream.reader, what)
-        return tarfile.open(fileobj=data, mode="r|")  # type: ignore[call-overload]
+        return tarfile.open(fileobj=data, mode="r|", tarinfo=FastTarInfo)  # type: ignore[call-overload]
     except (tarfile.TarError, ValueError) as err:  # ValueError: a PAX number that is not one
         raise LayerError(f"can't read {what}: not a tar archive ({err})") from None
 
