@@ -294,7 +294,8 @@ def prepare(launch: Launch) -> Prepared:
                 warn=_warn)  # fmt: skip
             fixed = {**mpi.env_defaults(os.environ, own_userns=not host.is_root or spec.userns), **fixed}
         p.mounts = mounts
-        p.opened = opened = images.open_all(spec, host, action, gate, key=options.key)
+        p.opened = opened = images.open_all(spec, host, action, gate, key=options.key,
+                                            borrow=_borrower(launch, spec, cfg, host, log))  # fmt: skip
         p.source, p.image, p.layers, p.data = opened.source, opened.image, opened.layers, opened.data
     _namespaces_for(p)
     name = p.joining.name if p.joining is not None else launch.instance
@@ -321,6 +322,26 @@ def prepare(launch: Launch) -> Prepared:
     # (an instance's is made by its watcher: sifbox.runtime.launcher._instance)
     p.cgroups = limits_cgroup(options, spec.image) if p.joining is None and launch.instance is None else None
     return p
+
+
+def _borrower(launch: Launch, spec: ContainerSpec, cfg: Config, host: Host, log):  # type: ignore[no-untyped-def]
+    """How a launch that will join a node holder gets the image: from the holder
+    (`nodemount.borrow`), not by opening it again; None where it won't join one."""
+    options = launch.options
+    if (launch.instance is not None or (options is not None and not options.share) or spec.fakeroot
+            or spec.writable or spec.overlays or not cfg.get_bool("share image mounts")
+            or os.environ.get("SIFBOX_BORROW_IMAGE") == "no"):  # fmt: skip
+        return None
+    from sifbox.runtime import nodemount
+
+    def borrow(path: str) -> int | None:
+        fd, why = nodemount.borrow(path, host.uid)
+        if log:
+            log("image %s: %s", path, "the node holder's descriptor of it" if fd is not None
+                else f"opened here ({why})")  # fmt: skip
+        return fd
+
+    return borrow
 
 
 def _apply_options(spec: ContainerSpec, options, host: Host) -> ContainerSpec:  # type: ignore[no-untyped-def]
@@ -528,6 +549,12 @@ def _launch(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
         from sifbox.runtime import nodemount
 
         p.shared_fd = nodemount.enter(p)
+        if p.shared_fd is not None and p.image.kind == "squashfs":
+            # Joined: the image is mounted already. Its descriptor goes now, before any
+            # fork, so that no helper or payload carries a copy (on a file server each
+            # close of one is a request); its overlay layers hold copies of their own.
+            p.opened.source.close()
+            p.image = p.image._replace(fd=-1)
     else:
         namespaces.enter(p.ns, image=p.spec.image)
     if p.attached is not None:
