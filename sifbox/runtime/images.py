@@ -60,7 +60,7 @@ def open_all(spec: ContainerSpec, host: Host, action: str, gate: Gate, key: Any 
              borrow: Callable[[str], int | None] | None = None) -> Opened:  # fmt: skip
     """Open the image, the overlays and the bound images; admit each on its descriptor.
     `key` (sifbox.security.cryptkey.Key) opens an encrypted image. `borrow(path)`: a
-    descriptor of the image that a node holder already has open (`nodemount.borrow`),
+    descriptor of the image that a node holder already has open (`borrow.borrow`),
     used in place of opening it if it is a plain image that the site admits."""
     from sifbox.image.source import ImageKind, open_image
     from sifbox.runtime.sandbox.ops import RootImage

@@ -202,6 +202,9 @@ def run(launch: Launch) -> int:
         from sifbox.runtime import nodemount
 
         p.share = nodemount.for_launch(p, instance=launch.instance)
+    started = sys.modules.get("sifbox.runtime.borrow")
+    if started is not None:
+        started.release_start()  # the holder this launch started runs: others may join it
     if launch.instance is not None:
         from sifbox.runtime import holder
 
@@ -326,16 +329,16 @@ def prepare(launch: Launch) -> Prepared:
 
 def _borrower(launch: Launch, spec: ContainerSpec, cfg: Config, host: Host, log):  # type: ignore[no-untyped-def]
     """How a launch that will join a node holder gets the image: from the holder
-    (`nodemount.borrow`), not by opening it again; None where it won't join one."""
+    (`borrow.borrow`), not by opening it again; None where it won't join one."""
     options = launch.options
     if (launch.instance is not None or (options is not None and not options.share) or spec.fakeroot
             or spec.writable or spec.overlays or not cfg.get_bool("share image mounts")
             or os.environ.get("SIFBOX_BORROW_IMAGE") == "no"):  # fmt: skip
         return None
-    from sifbox.runtime import nodemount
+    from sifbox.runtime import borrow as borrowing
 
     def borrow(path: str) -> int | None:
-        fd, why = nodemount.borrow(path, host.uid)
+        fd, why = borrowing.borrow(path, host.uid)
         if log:
             log("image %s: %s", path, "the node holder's descriptor of it" if fd is not None
                 else f"opened here ({why})")  # fmt: skip

@@ -247,7 +247,7 @@ def holder_alive(doc: dict[str, Any], uid: int) -> bool:
     return seen is not None and seen == (PROCESS_NAME, start, uid)
 
 
-def _helper_alive(doc: dict[str, Any], uid: int) -> bool:
+def helper_alive(doc: dict[str, Any], uid: int) -> bool:
     helper = doc.get("helper")
     if not helper:
         return True  # a kernel mount: nothing serves it
@@ -271,7 +271,7 @@ def _verify(doc: dict[str, Any], key: str, uid: int, image_fd: int) -> int | Non
     ok = False
     try:
         # Checked after the pidfd was opened: the process it refers to is this one.
-        if holder_alive(doc, uid) and _helper_alive(doc, uid):
+        if holder_alive(doc, uid) and helper_alive(doc, uid):
             held = os.stat(f"/proc/{pid}/fd/{int(doc['fd'])}")
             mine = os.fstat(image_fd)
             ok = (held.st_dev, held.st_ino) == (mine.st_dev, mine.st_ino)
@@ -281,84 +281,6 @@ def _verify(doc: dict[str, Any], key: str, uid: int, image_fd: int) -> int | Non
         os.close(pidfd)
         return None
     return pidfd
-
-
-def borrow(path: str, uid: int) -> tuple[int | None, str]:
-    """The image file at `path` as a node holder of `uid` already holds it open: a copy of
-    the holder's descriptor (pidfd_getfd), so that a launch joining that holder opens
-    nothing on the file server (on NFS or GPFS every open and close is a request; a
-    stat is absorbed by the client's attribute cache). None, and why, when there is no
-    such holder or any check fails: the caller then opens `path` itself.
-
-    The copy is used only if the file it refers to is the file at `path` now (device,
-    inode, size, modification and change times of a stat that follows links as an open
-    would), a regular file still in a directory, and one `uid` may read. The caller
-    admits and parses it as it would a file it opened: a file renamed over `path` since
-    the stat is simply not the one this launch runs. The copy shares the holder's file
-    offset: it is read with pread only (sifbox.util.preadfile)."""
-    import stat as st_
-
-    try:
-        st = os.stat(path)
-        if not st_.S_ISREG(st.st_mode) or not os.access(path, os.R_OK):
-            return None, "not a readable regular file"
-    except OSError as err:
-        return None, err.strerror or str(err)
-    prefix = "-".join(f"{n:x}" for n in (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)) + "-"
-    suffix = f"-{node_tag()}.{STATE}"
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    for where in state_dirs(uid, xdg if uid == os.getuid() else None):
-        try:
-            dir_fd = open_state_dir(where, uid, create=False)
-        except Unshared:
-            continue
-        try:
-            names = [n for n in os.listdir(dir_fd) if n.startswith(prefix) and n.endswith(suffix)]
-            for name in names:
-                doc = load(dir_fd, name[: -len(STATE) - 1])
-                if doc is not None:
-                    fd = _borrow_from(doc, name[: -len(STATE) - 1], uid, st)
-                    if fd is not None:
-                        return fd, ""
-        except OSError as err:
-            return None, err.strerror or str(err)
-        finally:
-            os.close(dir_fd)
-        break  # the directory the launch uses (the first one that is there)
-    return None, "no holder holds it"
-
-
-def _borrow_from(doc: dict[str, Any], key: str, uid: int, st: os.stat_result) -> int | None:
-    """A copy of the image descriptor of holder `doc`, if it is that very file (`st`)."""
-    import stat as st_
-
-    from sifbox.runtime.sandbox import syscalls
-
-    if doc.get("key") != key or doc.get("uid") != uid:
-        return None
-    try:
-        pidfd = os.pidfd_open(int(doc["pid"]))
-    except (KeyError, TypeError, ValueError, OSError):
-        return None
-    try:
-        # Checked after the pidfd was opened: the process it refers to is this one.
-        if not (holder_alive(doc, uid) and _helper_alive(doc, uid)):
-            return None
-        fd = syscalls.pidfd_getfd(pidfd, int(doc["fd"]))
-    except (OSError, KeyError, TypeError, ValueError):
-        return None  # EPERM (Yama ptrace_scope, another user), ESRCH (it ended), EBADF
-    finally:
-        os.close(pidfd)
-    try:
-        got = os.fstat(fd)
-        same = (got.st_dev, got.st_ino, got.st_size, got.st_mtime_ns, got.st_ctime_ns) == (
-            st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)  # fmt: skip
-        if same and st_.S_ISREG(got.st_mode) and got.st_nlink > 0:
-            return fd
-    except OSError:
-        pass
-    os.close(fd)
-    return None
 
 
 def _stop(doc: dict[str, Any], uid: int) -> None:
@@ -758,7 +680,7 @@ def listing(uid: int) -> list[dict[str, Any]]:
                 doc = load(dir_fd, key)
                 if doc is None:
                     continue
-                alive = holder_alive(doc, uid) and _helper_alive(doc, uid)
+                alive = holder_alive(doc, uid) and helper_alive(doc, uid)
                 known.add(doc.get("pid"))
                 rows.append({"pid": doc.get("pid"), "uid": uid, "image": doc.get("image", ""), "key": key,
                              "state": "running" if alive else "stale", "in_use": alive and _in_use(dir_fd, key),
@@ -800,7 +722,7 @@ def prune(uid: int, *, force: bool = False, wait: float = 5.0) -> list[dict[str,
                     if doc is not None:
                         done.append({"pid": doc.get("pid"), "image": doc.get("image", ""),
                                      "state": "stopped" if alive else "stale"})  # fmt: skip
-                    for suffix in (STATE, "refs", "log", "lock"):  # the lock last: waiters then retry
+                    for suffix in (STATE, "refs", "log", "start", "lock"):  # the lock last: waiters retry
                         _unlink(dir_fd, f"{key}.{suffix}")
                 finally:
                     os.close(lock)
