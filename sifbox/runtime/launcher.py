@@ -552,8 +552,9 @@ def _launch(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
         from sifbox.runtime import nodemount
 
         p.shared_fd = nodemount.enter(p)
-        if p.shared_fd is not None and p.image.kind == "squashfs":
-            # Joined: the image is mounted already. Its descriptor goes now, before any
+        if p.shared_fd is not None and p.image.kind == "squashfs" and hold is None:
+            # Joined: the image is mounted already. Its descriptor goes now (an instance
+            # keeps it, to be judged again as it is joined: `images.admit_instance`), before any
             # fork, so that no helper or payload carries a copy (on a file server each
             # close of one is a request); its overlay layers hold copies of their own.
             p.opened.source.close()

@@ -15,6 +15,7 @@ import ctypes
 import os
 import shutil
 import struct
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,13 +99,34 @@ def test_a_join_opens_nothing_of_the_image(run_as, as_who, sifbox_cli, two_image
     try:
         joined = _exec(run_as, as_who, sifbox_cli, one, "sh", "-c", "cat /data/hello.txt; ls -l /proc/$$/fd/")
         assert joined.returncode == 0, joined.stderr
+        assert opens.count() == 0
         assert "the node holder's descriptor of it" in joined.stderr, joined.stderr
         assert "joining the node mount holder" in joined.stderr, joined.stderr
-        assert opens.count() == 0
     finally:
         opens.close()
     assert joined.stdout.startswith("hello from image\n"), joined.stdout
     assert "one.sif" not in joined.stdout, joined.stdout  # the payload holds no descriptor of it
+
+
+def test_launches_at_once_wait_for_the_holder(run_as, as_who, sifbox_cli, two_images, fresh) -> None:  # type: ignore[no-untyped-def]
+    """Six launches at once, no holder yet: one starts it, the others wait for it and take
+    its descriptor rather than each opening the image (a race may let one more open it)."""
+    one, _ = two_images
+    opens = _Opens(one)
+    argv = [sifbox_cli, "-v", "exec", str(one), "cat", "/data/hello.txt"]
+    try:
+        procs = [images.popen_as(as_who, argv, env=env_for(as_who), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for _ in range(6)]  # fmt: skip
+        done = [(p, *p.communicate(timeout=LAUNCH_TIMEOUT)) for p in procs]
+        count = opens.count()
+    finally:
+        opens.close()
+    for proc, out, err in done:
+        assert proc.returncode == 0 and out == "hello from image\n", err
+    borrowed = sum("the node holder's descriptor of it" in err for _, _, err in done)
+    # The holder's own open (squashfuse_ll opens the image as the user's holder starts).
+    assert count <= 2 + (not as_who.is_root), count
+    assert borrowed >= 4, [err for _, _, err in done]
 
 
 def test_a_renamed_image_runs_as_admitted(run_as, sifbox_cli, as_who, two_images, shared_tmp: Path, fresh) -> None:  # type: ignore[no-untyped-def]
