@@ -8,8 +8,9 @@ keys begin with its device, inode, size and modification time), and copies the h
 descriptor with pidfd_getfd (allowed as ptrace-attaching is: the same user, no Yama
 restriction; any failure and the launch opens the image as before). The copy is used only
 if it is the very file at the path (those fields and the change time, a regular file not
-deleted) and the user may read the path; the launch then parses and admits it exactly as
-a file it opened, so a file renamed over the path meanwhile is simply not the one it runs.
+deleted, open by the name the path resolves to now: the site's path limits judge that name)
+and the user may read the path; the launch then parses and admits it exactly as a file it
+opened, so a file renamed over the path meanwhile is simply not the one it runs.
 The copy shares the holder's file offset: it is only ever read with pread.
 
 While the first launch of a node starts the holder, the others wait for it (PREFIX.start,
@@ -70,12 +71,12 @@ def borrow(path: str, uid: int) -> tuple[int | None, str]:
         except Unshared:
             continue
         try:
-            fd = _borrow_in(dir_fd, prefix, tag, uid, st)
+            fd = _borrow_in(dir_fd, prefix, tag, uid, st, path)
             if fd is not None:
                 return fd, ""
             if not _wait_for_start(dir_fd, where, f"{prefix}{tag}.start"):
                 return None, "no holder holds it: this launch starts it"
-            fd = _borrow_in(dir_fd, prefix, tag, uid, st)  # once another launch has started it
+            fd = _borrow_in(dir_fd, prefix, tag, uid, st, path)  # once another launch has started it
             if fd is not None:
                 return fd, ""
         except OSError as err:
@@ -86,14 +87,14 @@ def borrow(path: str, uid: int) -> tuple[int | None, str]:
     return None, "no holder holds it"
 
 
-def _borrow_in(dir_fd: int, prefix: str, tag: str, uid: int, st: os.stat_result) -> int | None:
+def _borrow_in(dir_fd: int, prefix: str, tag: str, uid: int, st: os.stat_result, path: str) -> int | None:
     suffix = f"-{tag}.{STATE}"
     for name in os.listdir(dir_fd):
         if name.startswith(prefix) and name.endswith(suffix):
             key = name[: -len(STATE) - 1]
             doc = load(dir_fd, key)
             if doc is not None:
-                fd = _borrow_from(doc, key, uid, st)
+                fd = _borrow_from(doc, key, uid, st, path)
                 if fd is not None:
                     return fd
     return None
@@ -148,7 +149,7 @@ def release_start() -> None:
         os.close(fd)
 
 
-def _borrow_from(doc: dict[str, Any], key: str, uid: int, st: os.stat_result) -> int | None:
+def _borrow_from(doc: dict[str, Any], key: str, uid: int, st: os.stat_result, path: str) -> int | None:
     """A copy of the image descriptor of holder `doc`, if it is that very file (`st`)."""
     import stat as st_
 
@@ -174,7 +175,10 @@ def _borrow_from(doc: dict[str, Any], key: str, uid: int, st: os.stat_result) ->
         same = (got.st_dev, got.st_ino, got.st_size, got.st_mtime_ns, got.st_ctime_ns) == (
             st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)  # fmt: skip
         if same and st_.S_ISREG(got.st_mode) and got.st_nlink > 0:
-            return fd
+            # And by the same name: the site's path limits judge the name the descriptor
+            # was opened by (another hard link of the file may lie outside them).
+            if os.readlink(f"/proc/self/fd/{fd}") == os.path.realpath(path):
+                return fd
     except OSError:
         pass
     os.close(fd)

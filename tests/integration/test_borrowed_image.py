@@ -6,7 +6,8 @@ test user:
 * the container holds no descriptor of the image;
 * an image renamed over the path, again and again, while launches run: each launch runs
   one of the two images, and the one the site refuses never runs;
-* a holder's descriptor of another file than the one at the path now is never used.
+* a holder's descriptor of another file than the one at the path now is never used, nor
+  one opened by another name (a hard link outside the site's allowed paths).
 """
 
 from __future__ import annotations
@@ -193,3 +194,28 @@ def test_a_holder_of_a_replaced_file_is_not_used(run_as, as_who, sifbox_cli, two
     assert proc.returncode == 0, proc.stderr
     assert "the node holder's descriptor of it" not in proc.stderr, proc.stderr
     assert "started the node mount holder" in proc.stderr, proc.stderr
+
+
+def test_a_hard_link_elsewhere_is_judged_by_its_own_name(run_as, sifbox_cli, two_images, shared_tmp: Path) -> None:  # type: ignore[no-untyped-def]
+    """Root (-c is root's): the holder runs for the image in an allowed directory; the same
+    file by a hard link outside it is refused, as an open of that name is."""
+    one, _ = two_images
+    root = images.user_named("root")
+    allowed, other = shared_tmp / "allowed", shared_tmp / "other"
+    allowed.mkdir(mode=0o755)
+    other.mkdir(mode=0o755)
+    shutil.copy2(one, allowed / "image.sif")
+    os.link(allowed / "image.sif", other / "image.sif")
+    conf = shared_tmp / "sifbox.conf"
+    conf.write_text(f"limit container paths = {allowed}\n")
+    _prune(run_as, root, sifbox_cli)
+    try:
+        first = _exec(run_as, root, sifbox_cli, allowed / "image.sif", conf=conf)
+        assert first.returncode == 0 and "started the node mount holder" in first.stderr, first.stderr
+        again = _exec(run_as, root, sifbox_cli, allowed / "image.sif", conf=conf)
+        assert again.returncode == 0 and "the node holder's descriptor of it" in again.stderr, again.stderr
+        proc = _exec(run_as, root, sifbox_cli, other / "image.sif", conf=conf)
+        assert proc.returncode == 126, proc.stderr
+        assert "image is not in an allowed configured path" in proc.stderr, proc.stderr
+    finally:
+        _prune(run_as, root, sifbox_cli)
