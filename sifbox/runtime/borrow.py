@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-def borrow(path: str, uid: int) -> tuple[int | None, str]:
+def borrow(path: str, uid: int, *, wait: bool = True) -> tuple[int | None, str]:
     """The image file at `path` as a node holder of `uid` already holds it open: a copy of
     the holder's descriptor (pidfd_getfd), so that a launch joining that holder opens
     nothing on the file server (on NFS or GPFS every open and close is a request; a
@@ -51,7 +51,8 @@ def borrow(path: str, uid: int) -> tuple[int | None, str]:
     would), a regular file still in a directory, and one `uid` may read. The caller
     admits and parses it as it would a file it opened: a file renamed over `path` since
     the stat is simply not the one this launch runs. The copy shares the holder's file
-    offset: it is read with pread only (sifbox.util.preadfile)."""
+    offset: it is read with pread only (sifbox.util.preadfile). With `wait`, a launch that
+    finds no holder waits for one that another launch is starting (`_wait_for_start`)."""
     import stat as st_
 
     try:
@@ -74,6 +75,8 @@ def borrow(path: str, uid: int) -> tuple[int | None, str]:
             fd = _borrow_in(dir_fd, prefix, tag, uid, st, path)
             if fd is not None:
                 return fd, ""
+            if not wait:
+                return None, "no holder holds it"
             if not _wait_for_start(dir_fd, where, f"{prefix}{tag}.start"):
                 return None, "no holder holds it: this launch starts it"
             fd = _borrow_in(dir_fd, prefix, tag, uid, st, path)  # once another launch has started it

@@ -337,8 +337,10 @@ def _borrower(launch: Launch, spec: ContainerSpec, cfg: Config, host: Host, log)
         return None
     from sifbox.runtime import borrow as borrowing
 
+    wait = not cfg.get_bool("mount service")  # its launches ask it first, not a holder
+
     def borrow(path: str) -> int | None:
-        fd, why = borrowing.borrow(path, host.uid)
+        fd, why = borrowing.borrow(path, host.uid, wait=wait)
         if log:
             log("image %s: %s", path, "the node holder's descriptor of it" if fd is not None
                 else f"opened here ({why})")  # fmt: skip
