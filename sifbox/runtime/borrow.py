@@ -177,11 +177,11 @@ def _borrow_from(doc: dict[str, Any], key: str, uid: int, st: os.stat_result, pa
         got = os.fstat(fd)
         same = (got.st_dev, got.st_ino, got.st_size, got.st_mtime_ns, got.st_ctime_ns) == (
             st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)  # fmt: skip
-        if same and st_.S_ISREG(got.st_mode) and got.st_nlink > 0:
-            # And by the same name: the site's path limits judge the name the descriptor
-            # was opened by (another hard link of the file may lie outside them).
-            if os.readlink(f"/proc/self/fd/{fd}") == os.path.realpath(path):
-                return fd
+        # And by the same name: the site's path limits judge the name the descriptor was
+        # opened by (another hard link of the file may lie outside them).
+        if (same and st_.S_ISREG(got.st_mode) and got.st_nlink > 0
+                and os.readlink(f"/proc/self/fd/{fd}") == os.path.realpath(path)):  # fmt: skip
+            return fd
     except OSError:
         pass
     os.close(fd)
