@@ -36,7 +36,27 @@ from sifbox.runtime.nodemount import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
+
+
+def borrower(launch: Any, spec: Any, cfg: Any, uid: int, log: Any) -> Callable[[str], int | None] | None:
+    """How a launch (launcher.Launch, its ContainerSpec and sifbox.conf) that will join a
+    node holder gets its image: `borrow`, said at -v; None where it won't join one."""
+    options = launch.options
+    if (launch.instance is not None or (options is not None and not options.share) or spec.fakeroot
+            or spec.writable or spec.overlays or not cfg.get_bool("share image mounts")):  # fmt: skip
+        return None
+    wait = not cfg.get_bool("mount service")  # its launches ask it first, not a holder
+
+    def borrowed(path: str) -> int | None:
+        fd, why = borrow(path, uid, wait=wait)
+        if log:
+            log("image %s: %s", path, "the node holder's descriptor of it" if fd is not None
+                else f"opened here ({why})")  # fmt: skip
+        return fd
+
+    return borrowed
 
 
 def borrow(path: str, uid: int, *, wait: bool = True) -> tuple[int | None, str]:

@@ -297,8 +297,10 @@ def prepare(launch: Launch) -> Prepared:
                 warn=_warn)  # fmt: skip
             fixed = {**mpi.env_defaults(os.environ, own_userns=not host.is_root or spec.userns), **fixed}
         p.mounts = mounts
+        from sifbox.runtime.borrow import borrower
+
         p.opened = opened = images.open_all(spec, host, action, gate, key=options.key,
-                                            borrow=_borrower(launch, spec, cfg, host, log))  # fmt: skip
+                                            borrow=borrower(launch, spec, cfg, host.uid, log))  # fmt: skip
         p.source, p.image, p.layers, p.data = opened.source, opened.image, opened.layers, opened.data
     _namespaces_for(p)
     name = p.joining.name if p.joining is not None else launch.instance
@@ -325,28 +327,6 @@ def prepare(launch: Launch) -> Prepared:
     # (an instance's is made by its watcher: sifbox.runtime.launcher._instance)
     p.cgroups = limits_cgroup(options, spec.image) if p.joining is None and launch.instance is None else None
     return p
-
-
-def _borrower(launch: Launch, spec: ContainerSpec, cfg: Config, host: Host, log):  # type: ignore[no-untyped-def]
-    """How a launch that will join a node holder gets the image: from the holder
-    (`borrow.borrow`), not by opening it again; None where it won't join one."""
-    options = launch.options
-    if (launch.instance is not None or (options is not None and not options.share) or spec.fakeroot
-            or spec.writable or spec.overlays or not cfg.get_bool("share image mounts")
-            or os.environ.get("SIFBOX_BORROW_IMAGE") == "no"):  # fmt: skip
-        return None
-    from sifbox.runtime import borrow as borrowing
-
-    wait = not cfg.get_bool("mount service")  # its launches ask it first, not a holder
-
-    def borrow(path: str) -> int | None:
-        fd, why = borrowing.borrow(path, host.uid, wait=wait)
-        if log:
-            log("image %s: %s", path, "the node holder's descriptor of it" if fd is not None
-                else f"opened here ({why})")  # fmt: skip
-        return fd
-
-    return borrow
 
 
 def _apply_options(spec: ContainerSpec, options, host: Host) -> ContainerSpec:  # type: ignore[no-untyped-def]
