@@ -13,6 +13,7 @@ test user:
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import shutil
 import struct
@@ -219,3 +220,18 @@ def test_a_hard_link_elsewhere_is_judged_by_its_own_name(run_as, sifbox_cli, two
         assert "image is not in an allowed configured path" in proc.stderr, proc.stderr
     finally:
         _prune(run_as, root, sifbox_cli)
+
+
+def test_a_holder_descriptor_of_another_file_is_not_used(run_as, as_who, sifbox_cli, two_images, fresh) -> None:  # type: ignore[no-untyped-def]
+    """The state names another descriptor of the holder (its stdin, /dev/null): not the
+    image, so the launch opens the image itself (and runs it)."""
+    one, _ = two_images
+    assert _exec(run_as, as_who, sifbox_cli, one).returncode == 0
+    listed = run_as(as_who, [sifbox_cli, "mounts", "list", "--json"], env=env_for(as_who), timeout=LAUNCH_TIMEOUT)
+    row = next(r for r in json.loads(listed.stdout) if r["image"] == str(one))
+    state = Path(row["dir"]) / f"{row['key']}.state"
+    text = state.read_text()
+    state.write_text("".join("fd 0\n" if line.startswith("fd ") else line for line in text.splitlines(True)))
+    proc = _exec(run_as, as_who, sifbox_cli, one)
+    assert proc.returncode == 0 and proc.stdout == "hello from image\n", proc.stderr
+    assert "opened here" in proc.stderr and "the node holder's descriptor of it" not in proc.stderr, proc.stderr
