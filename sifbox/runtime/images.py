@@ -14,6 +14,7 @@ from sifbox.util.errors import SifboxError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from sifbox.image.source import ImageSource
@@ -55,19 +56,25 @@ def kind_of(source: ImageSource) -> str:
     return "squashfs" if source.kind == ImageKind.SQUASHFS else "sif"
 
 
-def open_all(spec: ContainerSpec, host: Host, action: str, gate: Gate, key: Any = None) -> Opened:
+def open_all(spec: ContainerSpec, host: Host, action: str, gate: Gate, key: Any = None,
+             borrow: Callable[[str], int | None] | None = None) -> Opened:  # fmt: skip
     """Open the image, the overlays and the bound images; admit each on its descriptor.
-    `key` (sifbox.security.cryptkey.Key) opens an encrypted image."""
+    `key` (sifbox.security.cryptkey.Key) opens an encrypted image. `borrow(path)`: a
+    descriptor of the image that a node holder already has open (`borrow.borrow`),
+    used in place of opening it if it is a plain image that the site admits."""
     from sifbox.image.source import ImageKind, open_image
     from sifbox.runtime.sandbox.ops import RootImage
 
-    source = open_image(spec.image, verb=action)
+    source = _borrowed(spec, action, gate, borrow) if borrow is not None else None
+    admitted = source is not None
+    if source is None:
+        source = open_image(spec.image, verb=action)
     layers: list[Any] = []
     try:
         assert source.fd is not None
         if source.encryption is not None and not gate.allows_encrypted():
             gate.refuse_encrypted(spec.image)
-        if gate.active:
+        if gate.active and not admitted:
             gate.admit(source.fd, kind=kind_of(source), image=spec.image)
         if source.encryption is not None:
             image = _encrypted_root(spec, host, action, source, key)
@@ -85,6 +92,31 @@ def open_all(spec: ContainerSpec, host: Host, action: str, gate: Gate, key: Any 
         Opened(source, None, layers, []).close()
         raise
     return Opened(source, image, layers, data)
+
+
+def _borrowed(spec: ContainerSpec, action: str, gate: Gate, borrow: Callable[[str], int | None]) -> Any:
+    """The image from the descriptor `borrow` gives, located and admitted exactly as an
+    opened one is; None (the caller opens the image) if there is none, or it is not a
+    plain SquashFS root (an overlay partition, more OCI layers, encryption: those read
+    through copies of the descriptor), or it fails anything: the caller's own open and
+    checks then decide, and say why."""
+    from sifbox.image.source import ImageKind, locate
+
+    fd = borrow(spec.image)
+    if fd is None:
+        return None
+    try:
+        source = locate(fd, spec.image, action)
+        plain = (source.kind in (ImageKind.SIF, ImageKind.SQUASHFS) and source.encryption is None
+                 and source.overlay is None and (source.oci is None or len(source.oci.layers) == 1))  # fmt: skip
+        if plain and gate.active:
+            gate.admit(fd, kind=kind_of(source), image=spec.image)
+    except (SifboxError, OSError):
+        plain = False
+    if not plain:
+        os.close(fd)
+        return None
+    return source
 
 
 def _encrypted_root(spec: ContainerSpec, host: Host, action: str, source: ImageSource, key: Any) -> Any:

@@ -202,6 +202,9 @@ def run(launch: Launch) -> int:
         from sifbox.runtime import nodemount
 
         p.share = nodemount.for_launch(p, instance=launch.instance)
+    started = sys.modules.get("sifbox.runtime.borrow")
+    if started is not None:
+        started.release_start()  # the holder this launch started runs: others may join it
     if launch.instance is not None:
         from sifbox.runtime import holder
 
@@ -294,7 +297,10 @@ def prepare(launch: Launch) -> Prepared:
                 warn=_warn)  # fmt: skip
             fixed = {**mpi.env_defaults(os.environ, own_userns=not host.is_root or spec.userns), **fixed}
         p.mounts = mounts
-        p.opened = opened = images.open_all(spec, host, action, gate, key=options.key)
+        from sifbox.runtime.borrow import borrower
+
+        p.opened = opened = images.open_all(spec, host, action, gate, key=options.key,
+                                            borrow=borrower(launch, spec, cfg, host.uid, log))  # fmt: skip
         p.source, p.image, p.layers, p.data = opened.source, opened.image, opened.layers, opened.data
     _namespaces_for(p)
     name = p.joining.name if p.joining is not None else launch.instance
@@ -528,6 +534,13 @@ def _launch(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
         from sifbox.runtime import nodemount
 
         p.shared_fd = nodemount.enter(p)
+        if p.shared_fd is not None and p.image.kind == "squashfs" and hold is None:
+            # Joined: the image is mounted already. Its descriptor goes now (an instance
+            # keeps it, to be judged again as it is joined: `images.admit_instance`), before any
+            # fork, so that no helper or payload carries a copy (on a file server each
+            # close of one is a request); its overlay layers hold copies of their own.
+            p.opened.source.close()
+            p.image = p.image._replace(fd=-1)
     else:
         namespaces.enter(p.ns, image=p.spec.image)
     if p.attached is not None:

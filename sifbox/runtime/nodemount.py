@@ -247,7 +247,7 @@ def holder_alive(doc: dict[str, Any], uid: int) -> bool:
     return seen is not None and seen == (PROCESS_NAME, start, uid)
 
 
-def _helper_alive(doc: dict[str, Any], uid: int) -> bool:
+def helper_alive(doc: dict[str, Any], uid: int) -> bool:
     helper = doc.get("helper")
     if not helper:
         return True  # a kernel mount: nothing serves it
@@ -271,7 +271,7 @@ def _verify(doc: dict[str, Any], key: str, uid: int, image_fd: int) -> int | Non
     ok = False
     try:
         # Checked after the pidfd was opened: the process it refers to is this one.
-        if holder_alive(doc, uid) and _helper_alive(doc, uid):
+        if holder_alive(doc, uid) and helper_alive(doc, uid):
             held = os.stat(f"/proc/{pid}/fd/{int(doc['fd'])}")
             mine = os.fstat(image_fd)
             ok = (held.st_dev, held.st_ino) == (mine.st_dev, mine.st_ino)
@@ -680,7 +680,7 @@ def listing(uid: int) -> list[dict[str, Any]]:
                 doc = load(dir_fd, key)
                 if doc is None:
                     continue
-                alive = holder_alive(doc, uid) and _helper_alive(doc, uid)
+                alive = holder_alive(doc, uid) and helper_alive(doc, uid)
                 known.add(doc.get("pid"))
                 rows.append({"pid": doc.get("pid"), "uid": uid, "image": doc.get("image", ""), "key": key,
                              "state": "running" if alive else "stale", "in_use": alive and _in_use(dir_fd, key),
@@ -722,7 +722,7 @@ def prune(uid: int, *, force: bool = False, wait: float = 5.0) -> list[dict[str,
                     if doc is not None:
                         done.append({"pid": doc.get("pid"), "image": doc.get("image", ""),
                                      "state": "stopped" if alive else "stale"})  # fmt: skip
-                    for suffix in (STATE, "refs", "log", "lock"):  # the lock last: waiters then retry
+                    for suffix in (STATE, "refs", "log", "start", "lock"):  # the lock last: waiters retry
                         _unlink(dir_fd, f"{key}.{suffix}")
                 finally:
                     os.close(lock)

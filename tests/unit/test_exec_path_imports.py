@@ -20,6 +20,7 @@ EXEC_PATH = (
     "sifbox.runtime.launcher",
     "sifbox.runtime.supervisor",
     "sifbox.runtime.nodemount",
+    "sifbox.runtime.borrow",
     "sifbox.runtime.env",
     "sifbox.runtime.plan",
     "sifbox.image.source",

@@ -120,6 +120,9 @@ class Session:
                 self.notes.append(f"image driver: shared node mount, offset {image.offset}")
                 return target
             except OSError as err:
+                if image.fd < 0:  # its descriptor was closed once it was joined
+                    raise LaunchError(f"can't start a container from `{self.image}`: its node mount ended as it "
+                                      f"was joined ({describe_os_error(err)})", hint="run it again") from None
                 self.notes.append(f"shared node mount unusable ({describe_os_error(err)}): mounting the image here")
         driver = self.mount_squashfs(image.fd, image.offset, image.size, target, "the image")
         self.notes.append(f"image driver: {driver}, offset {image.offset}")

@@ -1,8 +1,8 @@
 """The privileged operations sifbox uses, as thin wrappers over libc.
 
 Each raises OSError with the errno on failure. This is the closed set:
-unshare, setns, mount, umount2, pivot_root, prctl, capget/capset, and the
-loop device ioctls. Nothing else in sifbox talks to the kernel this way.
+unshare, setns, mount, umount2, pivot_root, prctl, capget/capset, pidfd_getfd,
+and the loop device ioctls. Nothing else in sifbox talks to the kernel this way.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class _Libc:
     prctl_name = _function("prctl", argtypes=[_Int, _CharP, _ULong, _ULong, _ULong])
     syscall = _function("syscall", restype=_Long, argtypes=[_Long, _CharP, _CharP])
     syscall_at = _function("syscall", restype=_Long, argtypes=[_Long, _Int, _CharP, _UInt32, _CharP, _ULong])
+    syscall_ints = _function("syscall", restype=_Long, argtypes=[_Long, _Int, _Int, _UInt32])
     sethostname = _function("sethostname")
     capget = _function("capget")
     capset = _function("capset")
@@ -174,6 +175,20 @@ def loopback_up() -> None:
         fcntl.ioctl(s.fileno(), siocsifflags, struct.pack("16sh14x", b"lo", flags | iff_up))
     finally:
         s.close()
+
+
+_SYS_PIDFD_GETFD = 438  # the same number on every architecture (generic syscall table)
+
+
+def pidfd_getfd(pidfd: int, fd: int) -> int:
+    """A copy (close-on-exec) of descriptor `fd` of the process `pidfd` refers to: the
+    same open file, its offset shared. The kernel allows it as it allows ptrace-attaching
+    (same user, no Yama restriction): EPERM otherwise, ESRCH once the process has ended,
+    EBADF if it has no such descriptor."""
+    got = _libc.syscall_ints(_SYS_PIDFD_GETFD, pidfd, fd, 0)
+    if got < 0:
+        _check(-1, "pidfd_getfd")
+    return int(got)
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0) -> None:
