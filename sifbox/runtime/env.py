@@ -446,3 +446,14 @@ def _quote(value: str) -> str:
     if value and all(ch in _SAFE for ch in value):
         return value
     return "'" + value.replace("'", "'\"'\"'") + "'"
+
+
+def kept_fds(env: Mapping[str, str], host: Mapping[str, str]) -> frozenset[int]:
+    """Descriptors the payload inherits: a launcher's PMI descriptor (PMI_FD, when it
+    passes into the container `env`), those SIFBOX_KEEP_FDS of the `host` environment names."""
+    keep = set()
+    for value in (host_value(env, "PMI_FD"), host.get("SIFBOX_KEEP_FDS")):
+        for item in (value or "").split(","):
+            if item.strip().isdigit():
+                keep.add(int(item))
+    return frozenset(keep)

@@ -323,7 +323,7 @@ def prepare(launch: Launch) -> Prepared:
         p.env.update(appenv.launch_environment(p.app))
     p.overrides = {**fixed, **overrides}
     p.no_init = launch.no_init
-    p.keep_fds = _keep_fds(p.env)
+    p.keep_fds = envmod.kept_fds(p.env, os.environ)
     # (an instance's is made by its watcher: sifbox.runtime.launcher._instance)
     p.cgroups = limits_cgroup(options, spec.image) if p.joining is None and launch.instance is None else None
     return p
@@ -497,19 +497,6 @@ def _namespaces_for(p: Prepared) -> None:
             raise SifboxError(f"can't start a container from `{spec.image}`: /dev/fuse is not usable by this user",
                               hint="as root: `chmod 0666 /dev/fuse`; `sifbox doctor` checks this",
                               exit_status=ExitStatus.CANNOT_LAUNCH)  # fmt: skip
-
-
-def _keep_fds(env: dict[str, str]) -> frozenset[int]:
-    """Descriptors the payload inherits: a launcher's PMI descriptor (PMI_FD, when it
-    passes into the container), those SIFBOX_KEEP_FDS names."""
-    from sifbox.runtime.env import host_value
-
-    keep = set()
-    for value in (host_value(env, "PMI_FD"), os.environ.get("SIFBOX_KEEP_FDS")):
-        for item in (value or "").split(","):
-            if item.strip().isdigit():
-                keep.add(int(item))
-    return frozenset(keep)
 
 
 # --- the container ------------------------------------------------------------------------------
