@@ -38,6 +38,7 @@ also through descriptors, so it works after pivot_root.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from sifbox.util.errors import ExitStatus, SifboxError, UsageError
@@ -367,6 +368,16 @@ class Cgroups:
             made.remove()
             raise
         return made
+
+    def paths(self) -> list[str]:
+        """The directories' paths (for a record that outlives this process: `remove_left`)."""
+        found = []
+        for pfd, name, _ in self.dirs:
+            try:
+                found.append(os.path.join(os.readlink(f"/proc/self/fd/{pfd}"), name))
+            except OSError:
+                pass
+        return found
 
     def kill_all(self) -> None:
         """SIGKILL what is left in the cgroup (a container that ended: its daemons). Runs in
@@ -749,3 +760,38 @@ def freeze(path: str, on: bool) -> None:
                 if f"frozen {int(on)}" in f.read():
                     return
         time.sleep(0.005)
+
+
+def remove_left(paths: object, name: str, root: str = CGROUP_ROOT) -> None:
+    """Remove cgroup directories `paths` (as `Cgroups.paths` gave them) named `name` that their
+    maker could not (it was killed: `scancel` ends a step with SIGKILL), with what is left in
+    them. Only paths under `root` whose last part is `name` are touched; the caller's own
+    rights bound the rest (a state file is the user's to edit)."""
+    if not isinstance(paths, list):
+        return
+    for path in paths:
+        if (not isinstance(path, str) or not path.startswith(root + "/") or os.path.basename(path) != name
+                or "/../" in path + "/" or "/./" in path + "/"):  # fmt: skip
+            continue
+        try:
+            with open(os.path.join(path, "cgroup.procs"), "rb") as f:
+                pids = f.read(1 << 20).split()
+        except FileNotFoundError:
+            pids = []
+        except OSError:
+            continue
+        for pid in pids:
+            try:
+                os.kill(int(pid), _SIGKILL)
+            except (OSError, ValueError):
+                pass
+        for _ in range(100):
+            try:
+                os.rmdir(path)
+            except OSError as err:
+                if err.errno == errno.EBUSY:  # a process is still leaving
+                    import time
+
+                    time.sleep(0.01)
+                    continue
+            break

@@ -396,6 +396,8 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
             "created": ocistate.now_rfc3339(), "ociVersion": b.oci_version, "annotations": b.annotations,
             "owner": "", "hooks": ocihooks.to_json(b.hooks),
         }  # fmt: skip
+        if p.cgroups is not None:  # for `delete`, when the watcher could not remove them (killed)
+            doc["cgroups"] = p.cgroups.paths()
         ocistate.write(root, cid, doc)
         try:
             ocihooks.run(ocihooks.of_kind(b.hooks, *ocihooks.CREATE_KINDS), hook_state(doc, "creating"))
@@ -748,6 +750,10 @@ def delete(root: str, cid: str, *, force: bool = False) -> None:
             from sifbox.util import log
 
             log.log.warning("container `%s`: %s", cid, err)
+    if doc.get("cgroups"):
+        from sifbox.hpc.cgroups import remove_left
+
+        remove_left(doc["cgroups"], f"sifbox-oci-{cid}")
     ocistate.remove(root, cid)
 
 

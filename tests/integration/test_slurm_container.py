@@ -157,6 +157,14 @@ def _pids_of(cmdline: bytes) -> list[int]:
     return found
 
 
+def _cgroups_of(job: str) -> list[str]:
+    """The cgroup directories sifbox made for the containers of Slurm job `job` (sifbox-oci-ID,
+    ID = node.user.job.step.task), in any hierarchy."""
+    top = Path("/sys/fs/cgroup")
+    found = [*top.glob("sifbox-oci-*"), *top.glob("*/sifbox-oci-*"), *top.glob("*/*/sifbox-oci-*")]
+    return [str(d) for d in found if f".{job}." in d.name]
+
+
 @pytest.mark.parametrize("recipe", ["shipped", "no-exec"])
 def test_srun_container_scancel_ends_everything(oci_slurm: SlurmCluster, bundles: dict[str, Path], as_who,
                                                 sifbox_cli: str, recipe: str) -> None:  # fmt: skip
@@ -191,10 +199,12 @@ def test_srun_container_scancel_ends_everything(oci_slurm: SlurmCluster, bundles
         assert cancel.returncode == 0, cancel.stderr
         _, err = srun.communicate(timeout=TIMEOUT)
         deadline = time.monotonic() + 30  # the step's clean-up, after srun has returned
-        while (_pids_of(payload) or [s for s in _states(as_who) if f".{job}." in s]) and time.monotonic() < deadline:
+        while ((_pids_of(payload) or [s for s in _states(as_who) if f".{job}." in s] or _cgroups_of(job))
+               and time.monotonic() < deadline):  # fmt: skip
             time.sleep(0.2)
         assert not _pids_of(payload), f"the container outlived scancel: {err}"
         assert not [s for s in _states(as_who) if f".{job}." in s], "the container's state outlived scancel"
+        assert not _cgroups_of(job), "the container's cgroups outlived scancel"
     finally:
         conf.write_text(shipped)
         if srun.poll() is None:

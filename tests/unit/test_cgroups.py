@@ -224,3 +224,24 @@ def test_v1_names_and_optional_controllers(tmp_path: Path) -> None:
             "io": str(tmp_path / "blkio"), "memory": str(tmp_path / "memory/m"), "pids": str(tmp_path / "pids")}
     else:
         assert version == 0 and "need root" in reason
+
+
+def test_remove_left_touches_only_the_named_cgroups_under_the_root(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`oci delete` removes the cgroups a killed watcher left, from paths in the container's
+    state file, which its user may edit: only directories under the cgroup root whose last
+    part is the container's own name are touched."""
+    from sifbox.hpc.cgroups import remove_left
+
+    root = tmp_path / "cg"
+    ours = root / "cpu" / "sifbox-oci-c1"
+    other = root / "cpu" / "sifbox-oci-c2"
+    outside = tmp_path / "elsewhere" / "sifbox-oci-c1"
+    for d in (ours, other, outside):
+        d.mkdir(parents=True)
+        (d / "cgroup.procs").write_text("")
+    (ours / "cgroup.procs").unlink()  # an empty cgroup directory (cgroupfs lists no files in rmdir's way)
+    sneaky = f"{root}/cpu/../../elsewhere/sifbox-oci-c1"
+    remove_left([str(other), str(outside), sneaky, 7, str(ours)], "sifbox-oci-c1", root=str(root))
+    assert not ours.exists()
+    assert other.exists() and outside.exists()
+    remove_left("not a list", "sifbox-oci-c1", root=str(root))
