@@ -121,3 +121,23 @@ def root_strace(prog: str) -> str | None:
     if strace is None:
         print(f"{prog}: strace is not installed (apt-get install strace)", file=sys.stderr)
     return strace
+
+
+def drop_caches() -> None:
+    """`sync; echo 3 > /proc/sys/vm/drop_caches` (root): the next run reads from the disk."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def prune_holders(env: UserEnv, sifbox: str | None) -> None:
+    """Stop root's and the user's node mount holders (`sifbox mounts prune --force`)."""
+    import subprocess
+
+    if sifbox:
+        for who in ("root", env.user):
+            try:
+                argv = env.wrap(who, [sifbox, "mounts", "prune", "--force"])
+            except Unavailable:
+                continue
+            subprocess.run(argv, env=env.env[who], capture_output=True, check=False, timeout=120)

@@ -42,7 +42,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import PATH, Unavailable, UserEnv
+from benchlib import PATH, Unavailable, UserEnv, drop_caches, prune_holders
 from mountservice import MountService
 
 NUMPY = ["/usr/bin/python3", "-c", "import numpy"]
@@ -99,19 +99,8 @@ class CountFS:
         self.log.close()
 
 
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def prune_holders(env: UserEnv, sifbox: str | None) -> None:
-    if sifbox:
-        for who in ("root", env.user):
-            try:
-                argv = env.wrap(who, [sifbox, "mounts", "prune", "--force"])
-            except Unavailable:
-                continue
-            subprocess.run(argv, env=env.env[who], capture_output=True, check=False, timeout=120)
 
 
 def run_ranks(env: UserEnv, who: str, argv: list[str], n: int) -> tuple[float, int]:

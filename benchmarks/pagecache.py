@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import Unavailable, UserEnv
+from benchlib import Unavailable, UserEnv, drop_caches, prune_holders
 from mountservice import MountService
 
 #: Each rank imports numpy, says so, and stays (its mount with it) until its stdin closes:
@@ -81,19 +81,8 @@ def cached_kib() -> int:
     return 0
 
 
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def prune_holders(env: UserEnv, sifbox: str | None) -> None:
-    if sifbox:
-        for who in ("root", env.user):
-            try:
-                argv = env.wrap(who, [sifbox, "mounts", "prune", "--force"])
-            except Unavailable:
-                continue
-            subprocess.run(argv, env=env.env[who], capture_output=True, check=False, timeout=120)
 
 
 def measure(env: UserEnv, sifbox: str | None, parent: Path, kind: str, who: str, argv: list[str],

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchlib import Failed, Unavailable, UserEnv
+from benchlib import Failed, Unavailable, UserEnv, drop_caches
 
 PARTARCH = {"x86_64": "2", "amd64": "2", "i686": "1", "i386": "1", "aarch64": "4", "arm64": "4",
             "armv7l": "3", "ppc64le": "6", "s390x": "11", "riscv64": "12", "loongarch64": "13"}
@@ -97,10 +97,6 @@ def run_step(argv: list[str], timeout: float | None = None) -> subprocess.Comple
     return proc
 
 
-def drop_caches() -> None:
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
 
 
 # ---------------------------------------------------------------------------- environment ---

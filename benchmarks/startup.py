@@ -571,9 +571,9 @@ def main() -> int:
             state = str(tmp / f"oci-state-{who}")
             for tool, name, label, build in (
                 (sifbox, "sifbox", "sifbox oci run BUNDLE (/bin/true)",
-                 lambda t, b: [t, "oci", "--root", state, "run", "--bundle", b, "bench"]),
+                 lambda t, b, state=state: [t, "oci", "--root", state, "run", "--bundle", b, "bench"]),
                 (runc, "runc", "runc run BUNDLE (/bin/true)",
-                 lambda t, b: [t, "--root", state + "-runc", "run", "--bundle", b, "bench"]),
+                 lambda t, b, state=state: [t, "--root", state + "-runc", "run", "--bundle", b, "bench"]),
             ):  # fmt: skip
                 argv = build(tool, str(bundle)) if tool and bundle else None
                 r = row(label, who, argv, note if bundle is None else f"{name} not installed")
