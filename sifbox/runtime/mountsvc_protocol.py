@@ -39,18 +39,12 @@ class ProtocolError(Exception):
 
 def parse_request(data: bytes) -> str:
     """The operation asked for in `data` (one message as received)."""
-    import json
+    from sifbox.util.messages import request_object, shown
 
-    from sifbox.util.messages import shown
-
-    if len(data) > MAX_REQUEST:
-        raise ProtocolError(f"request too large (more than {MAX_REQUEST} bytes)")
     try:
-        req = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError):
-        raise ProtocolError("malformed request") from None
-    if not isinstance(req, dict):
-        raise ProtocolError("malformed request")
+        req = request_object(data, MAX_REQUEST)
+    except ValueError as err:
+        raise ProtocolError(str(err)) from None
     op = req.get("op")
     if op not in OPS:
         raise ProtocolError(f"unknown request `{shown(op, 40)}`")

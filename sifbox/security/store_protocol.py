@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import re
 
-from sifbox.util.messages import shown
+from sifbox.util.messages import request_object, shown
 
 #: Longest request accepted, in bytes.
 MAX_REQUEST = 64 * 1024
@@ -70,14 +70,10 @@ class Request:
 
 def parse_request(data: bytes) -> Request:
     """The request in `data` (one message as received); ProtocolError if it is not one."""
-    if len(data) > MAX_REQUEST:
-        raise ProtocolError(f"request too large (more than {MAX_REQUEST} bytes)")
     try:
-        req = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError):
-        raise ProtocolError("malformed request") from None
-    if not isinstance(req, dict):
-        raise ProtocolError("malformed request")
+        req = request_object(data, MAX_REQUEST)
+    except ValueError as err:
+        raise ProtocolError(str(err)) from None
     op = req.get("op")
     if op not in OPS:
         raise ProtocolError(f"unknown request `{shown(op, 40)}`", op=shown(op, 40))

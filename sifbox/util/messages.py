@@ -88,3 +88,19 @@ def shown(value: object, width: int = 100) -> str:
     text = value if isinstance(value, str) else f"<{type(value).__name__}>"
     text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text[: width + 1])
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def request_object(data: bytes, limit: int) -> dict[str, object]:
+    """One JSON request of a sifbox socket (a daemon's input, a client's word): the object
+    in `data`; ValueError(reason) if it is over `limit` bytes, not JSON or not an object."""
+    import json
+
+    if len(data) > limit:
+        raise ValueError(f"request too large (more than {limit} bytes)")
+    try:
+        req = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise ValueError("malformed request") from None
+    if not isinstance(req, dict):
+        raise ValueError("malformed request")  # noqa: TRY004 - one kind of refusal for the callers
+    return req
