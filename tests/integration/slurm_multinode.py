@@ -383,12 +383,18 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+#: The nodes of the tests' cluster (`multinode_cluster`).
+NODES = ("node1", "node2")
+#: What may run in a node with no job: slurmd (and the node's init, never listed).
+IDLE_NODE = {"slurmd"}
+
+
 @pytest.fixture(scope="session")
 def multinode_cluster() -> Iterator[MultiNodeCluster]:
     """A running 2-node Slurm (see the module doc); skips if Slurm/munge are not installed."""
     if os.geteuid() != 0:
         pytest.skip("starting a multi-node Slurm needs root (namespaces, veths, daemons)")
-    cluster = start_cluster(2)
+    cluster = start_cluster(len(NODES))
     try:
         yield cluster
     finally:

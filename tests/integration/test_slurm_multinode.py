@@ -33,9 +33,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 multinode_cluster = slurm_multinode.multinode_cluster
 mpi_images = hpc.mpi_images
 TIMEOUT = 120
-NODES = ("node1", "node2")
-#: What may run in a node with no job: slurmd (and the node's init, never listed).
-IDLE_NODE = {"slurmd"}
+NODES, IDLE_NODE = slurm_multinode.NODES, slurm_multinode.IDLE_NODE
 
 
 @pytest.fixture(scope="module")

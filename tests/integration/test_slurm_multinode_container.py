@@ -34,8 +34,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 multinode_cluster = slurm_multinode.multinode_cluster
 mpi_images = hpc.mpi_images
 TIMEOUT = 120
-NODES = ("node1", "node2")
-IDLE_NODE = {"slurmd"}
+NODES, IDLE_NODE = slurm_multinode.NODES, slurm_multinode.IDLE_NODE
 
 
 @pytest.fixture(scope="module")
