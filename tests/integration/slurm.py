@@ -80,6 +80,18 @@ def oci_conf_file(base: Path, text: str) -> Iterator[Path]:
         path.unlink(missing_ok=True)
 
 
+def client_env(conf: Path, user: User, **extra: str) -> dict[str, str]:
+    """`user`'s environment for Slurm's clients (srun, sbatch, squeue) of the cluster whose
+    slurm.conf is `conf`: none of the caller's own job or MPI variables, but `extra`."""
+    from tests.integration.images import env_for
+
+    env = env_for(user, SLURM_CONF=str(conf), **extra)
+    for k in list(env):
+        if k.startswith(("SLURM_", "PMI", "OMPI_", "PMIX_")) and k != "SLURM_CONF" and k not in extra:
+            del env[k]
+    return env
+
+
 @dataclass
 class SlurmCluster:
     base: Path  # configuration, logs, munge
@@ -88,13 +100,7 @@ class SlurmCluster:
     node: str
 
     def env(self, user: User, **extra: str) -> dict[str, str]:
-        from tests.integration.images import env_for
-
-        env = env_for(user, SLURM_CONF=str(self.conf), **extra)
-        for k in list(env):
-            if k.startswith(("SLURM_", "PMI", "OMPI_", "PMIX_")) and k != "SLURM_CONF" and k not in extra:
-                del env[k]
-        return env
+        return client_env(self.conf, user, **extra)
 
     @contextmanager
     def oci_conf(self, text: str) -> Iterator[Path]:

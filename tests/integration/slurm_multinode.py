@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.integration.slurm import POLICY, _free_port, _pid, _stop, oci_conf_file, stage_epilog
+from tests.integration.slurm import POLICY, _free_port, _pid, _stop, client_env, oci_conf_file, stage_epilog
 
 if TYPE_CHECKING:
     from tests.conftest import User
@@ -92,13 +92,7 @@ class MultiNodeCluster:
 
     def env(self, user: User, **extra: str) -> dict[str, str]:
         """`user`'s environment for Slurm's clients (srun, sbatch, squeue): SLURM_CONF of the cluster."""
-        from tests.integration.images import env_for
-
-        env = env_for(user, SLURM_CONF=str(self.conf), **extra)
-        for k in list(env):
-            if k.startswith(("SLURM_", "PMI", "OMPI_", "PMIX_")) and k != "SLURM_CONF" and k not in extra:
-                del env[k]
-        return env
+        return client_env(self.conf, user, **extra)
 
     @contextmanager
     def oci_conf(self, text: str) -> Iterator[Path]:
