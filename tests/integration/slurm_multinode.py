@@ -51,7 +51,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.integration.slurm import POLICY, _free_port, _pid, _stop, client_env, oci_conf_file, stage_epilog
+from tests.integration.slurm import (
+    POLICY,
+    _free_port,
+    _pid,
+    _stop,
+    client_env,
+    oci_conf_file,
+    stage_epilog,
+)
 
 if TYPE_CHECKING:
     from tests.conftest import User
