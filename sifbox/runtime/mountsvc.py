@@ -549,22 +549,11 @@ def _accept_loop(server: socket.socket, service: Service, gate: Any, stopping: t
         except OSError:
             conn.close()
             continue
-        why = gate.enter(peer.uid) if peer.name is not None else f"uid {peer.uid} has no user name"
+        why = gate.serve(conn, peer, service.handle)
         if why is None:
-            try:
-                threading.Thread(target=_serve_one, args=(conn, peer, service, gate), daemon=True).start()
-                continue
-            except RuntimeError:
-                gate.leave(peer.uid)
-                why = "no thread available"
+            continue
         with contextlib.suppress(OSError):
             conn.send(encode_reply({"ok": False, "error": why, "busy": peer.name is not None}), socket.MSG_DONTWAIT)
             conn.recv(MAX_REQUEST, socket.MSG_DONTWAIT)  # a request read is no reset that loses the reply
         conn.close()
 
-
-def _serve_one(conn: socket.socket, peer: Any, service: Service, gate: Any) -> None:
-    try:
-        service.handle(conn, peer)
-    finally:
-        gate.leave(peer.uid)

@@ -27,6 +27,7 @@ import os
 import pwd
 import socket
 import threading
+from collections.abc import Callable
 
 from sifbox.security.store import Peer, Settings, Store
 from sifbox.security.store_audit import AuditLog
@@ -83,6 +84,26 @@ class Gate:
             self.active[uid] = self.active.get(uid, 0) + 1
             self.count += 1
             return None
+
+    def serve(self, conn: socket.socket, peer: Peer, handle: Callable[[socket.socket, Peer], None]) -> str | None:
+        """`handle(conn, peer)` in a thread of its own, counted while it runs; or, when the
+        connection can't be served now, why not (the caller answers and closes `conn`)."""
+        why = self.enter(peer.uid) if peer.name is not None else f"uid {peer.uid} has no user name"
+        if why is not None:
+            return why
+
+        def counted() -> None:
+            try:
+                handle(conn, peer)
+            finally:
+                self.leave(peer.uid)
+
+        try:
+            threading.Thread(target=counted, daemon=True).start()
+        except RuntimeError:
+            self.leave(peer.uid)
+            return f"{self.service} is busy (no thread available)"
+        return None
 
     def leave(self, uid: int) -> None:
         with self.lock:
@@ -209,14 +230,9 @@ def _admit_connection(conn: socket.socket, store: Store, gate: Gate) -> None:
     except OSError:
         conn.close()
         return
-    why = gate.enter(peer.uid) if peer.name is not None else f"uid {peer.uid} has no user name"
+    why = gate.serve(conn, peer, store.handle)
     if why is None:
-        try:
-            threading.Thread(target=_serve_one, args=(conn, peer, store, gate), daemon=True).start()
-            return
-        except RuntimeError:
-            gate.leave(peer.uid)
-            why = "the image store is busy (no thread available)"
+        return
     busy = peer.name is not None
     store.audit({"op": "connect", "by": peer.name, "by_uid": peer.uid, "pid": peer.pid,
                  "verdict": "refused", "reason": why})  # fmt: skip
@@ -224,9 +240,3 @@ def _admit_connection(conn: socket.socket, store: Store, gate: Gate) -> None:
         conn.send(encode_reply({"ok": False, "error": why, "busy": busy}), socket.MSG_DONTWAIT)
     conn.close()
 
-
-def _serve_one(conn: socket.socket, peer: Peer, store: Store, gate: Gate) -> None:
-    try:
-        store.handle(conn, peer)
-    finally:
-        gate.leave(peer.uid)
