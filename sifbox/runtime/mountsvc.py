@@ -49,6 +49,7 @@ import time
 from typing import Any
 
 from sifbox.runtime.mountsvc_protocol import MAX_REQUEST, ProtocolError, encode_reply, parse_request
+from sifbox.util import flocks
 from sifbox.util.errors import SifboxError, describe_os_error
 
 CLIENT_TIMEOUT = 10.0
@@ -347,7 +348,7 @@ class Service:
                     self._drop(held)
 
     def _in_use(self, held: Held) -> bool:
-        return any(_refs_held(self._refs(uid, held.key)) for uid in held.users)
+        return any(flocks.held(self._refs(uid, held.key)) for uid in held.users)
 
     def _refs(self, uid: int, key: str) -> str:
         return os.path.join(self.s.dir, str(uid), key + ".refs")
@@ -423,21 +424,6 @@ def _is_mount_of(path: str, dev: int) -> bool:
     except OSError:
         return False
 
-
-def _refs_held(path: str) -> bool:
-    """Whether a container holds a shared lock of the file at `path` (its launch took it
-    when the service answered, and keeps it for the container's lifetime)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
 
 
 # --- the daemon ----------------------------------------------------------------------------------

@@ -611,17 +611,9 @@ def _why_not(p: Any, instance: str | None, *, service: bool = False) -> str | No
 
 
 def _in_use(dir_fd: int, key: str) -> bool:
-    try:
-        refs = os.open(f"{key}.refs", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(refs, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(refs)
+    from sifbox.util import flocks
+
+    return flocks.held(f"{key}.refs", dir_fd)
 
 
 def _own_dirs(uid: int) -> list[tuple[str, int]]:
