@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 
+from sifbox.util import filestat
 from sifbox.util.errors import SifboxError, describe_os_error
 
 TYPE_CHECKING = False
@@ -79,7 +80,7 @@ def _locate(fd: int, path: str, where: str) -> ImageSource:
     from sifbox.formats import squashfs  # here: an OCI bundle's directory root needs neither
     from sifbox.formats.sif import constants as c
 
-    st = os.fstat(fd)
+    st = filestat.fstat(fd)  # without the access time: no request to a file server
     if stat.S_ISDIR(st.st_mode):
         return ImageSource(_opened(fd, path), ImageKind.SANDBOX, fd)
     if not stat.S_ISREG(st.st_mode):

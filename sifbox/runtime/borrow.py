@@ -33,6 +33,7 @@ from sifbox.runtime.nodemount import (
     open_state_dir,
     state_dirs,
 )
+from sifbox.util import filestat
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -76,8 +77,18 @@ def borrow(path: str, uid: int, *, wait: bool = True) -> tuple[int | None, str]:
     import stat as st_
 
     try:
-        st = os.stat(path)
-        if not st_.S_ISREG(st.st_mode) or not os.access(path, os.R_OK):
+        # The file and the name it resolves to, from one O_PATH descriptor (no open
+        # reaches a file server); its stat leaves out the access time (util.filestat).
+        # The path is walked once: a walk checks the directories' permissions, a request
+        # to a FUSE server whose attributes have expired (one per process walking then).
+        pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        try:
+            st = filestat.fstat(pfd)
+            resolved = os.readlink(f"/proc/self/fd/{pfd}")
+            readable = st_.S_ISREG(st.st_mode) and os.access(f"/proc/self/fd/{pfd}", os.R_OK)
+        finally:
+            os.close(pfd)
+        if not readable:
             return None, "not a readable regular file"
     except OSError as err:
         return None, err.strerror or str(err)
@@ -92,14 +103,14 @@ def borrow(path: str, uid: int, *, wait: bool = True) -> tuple[int | None, str]:
         except Unshared:
             continue
         try:
-            fd = _borrow_in(dir_fd, prefix, tag, uid, st, path)
+            fd = _borrow_in(dir_fd, prefix, tag, uid, st, resolved)
             if fd is not None:
                 return fd, ""
             if not wait:
                 return None, "no holder holds it"
             if not _wait_for_start(dir_fd, where, f"{prefix}{tag}.start"):
                 return None, "no holder holds it: this launch starts it"
-            fd = _borrow_in(dir_fd, prefix, tag, uid, st, path)  # once another launch has started it
+            fd = _borrow_in(dir_fd, prefix, tag, uid, st, resolved)  # once another launch has started it
             if fd is not None:
                 return fd, ""
         except OSError as err:
@@ -110,14 +121,14 @@ def borrow(path: str, uid: int, *, wait: bool = True) -> tuple[int | None, str]:
     return None, "no holder holds it"
 
 
-def _borrow_in(dir_fd: int, prefix: str, tag: str, uid: int, st: os.stat_result, path: str) -> int | None:
+def _borrow_in(dir_fd: int, prefix: str, tag: str, uid: int, st: os.stat_result, resolved: str) -> int | None:
     suffix = f"-{tag}.{STATE}"
     for name in os.listdir(dir_fd):
         if name.startswith(prefix) and name.endswith(suffix):
             key = name[: -len(STATE) - 1]
             doc = load(dir_fd, key)
             if doc is not None:
-                fd = _borrow_from(doc, key, uid, st, path)
+                fd = _borrow_from(doc, key, uid, st, resolved)
                 if fd is not None:
                     return fd
     return None
@@ -172,8 +183,9 @@ def release_start() -> None:
         os.close(fd)
 
 
-def _borrow_from(doc: dict[str, Any], key: str, uid: int, st: os.stat_result, path: str) -> int | None:
-    """A copy of the image descriptor of holder `doc`, if it is that very file (`st`)."""
+def _borrow_from(doc: dict[str, Any], key: str, uid: int, st: os.stat_result, resolved: str) -> int | None:
+    """A copy of the image descriptor of holder `doc`, if it is that very file (`st`),
+    open by the name the launch's path resolved to (`resolved`)."""
     import stat as st_
 
     from sifbox.runtime.sandbox import syscalls
@@ -194,13 +206,13 @@ def _borrow_from(doc: dict[str, Any], key: str, uid: int, st: os.stat_result, pa
     finally:
         os.close(pidfd)
     try:
-        got = os.fstat(fd)
+        got = filestat.fstat(fd)
         same = (got.st_dev, got.st_ino, got.st_size, got.st_mtime_ns, got.st_ctime_ns) == (
             st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)  # fmt: skip
         # And by the same name: the site's path limits judge the name the descriptor was
         # opened by (another hard link of the file may lie outside them).
         if (same and st_.S_ISREG(got.st_mode) and got.st_nlink > 0
-                and os.readlink(f"/proc/self/fd/{fd}") == os.path.realpath(path)):  # fmt: skip
+                and os.readlink(f"/proc/self/fd/{fd}") == resolved):  # fmt: skip
             return fd
     except OSError:
         pass

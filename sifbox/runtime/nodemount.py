@@ -36,6 +36,7 @@ import errno
 import fcntl
 import os
 
+from sifbox.util import filestat
 from sifbox.util.errors import SifboxError
 
 TYPE_CHECKING = False
@@ -141,7 +142,7 @@ def node_tag() -> str:
 
 def identity(fd: int, offset: int, size: int) -> str:
     """The key of the SquashFS at `offset` (`size` bytes) of the open file `fd`, on this node."""
-    st = os.fstat(fd)
+    st = filestat.fstat(fd)
     image = "-".join(f"{n:x}" for n in (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, offset, size))
     return f"{image}-{node_tag()}"
 
@@ -272,8 +273,8 @@ def _verify(doc: dict[str, Any], key: str, uid: int, image_fd: int) -> int | Non
     try:
         # Checked after the pidfd was opened: the process it refers to is this one.
         if holder_alive(doc, uid) and helper_alive(doc, uid):
-            held = os.stat(f"/proc/{pid}/fd/{int(doc['fd'])}")
-            mine = os.fstat(image_fd)
+            held = filestat.stat(f"/proc/{pid}/fd/{int(doc['fd'])}")
+            mine = filestat.fstat(image_fd)
             ok = (held.st_dev, held.st_ino) == (mine.st_dev, mine.st_ino)
     except (OSError, KeyError, TypeError, ValueError):
         ok = False

@@ -70,8 +70,9 @@ class Gate:
         `kind` is its `allow container` kind: sif, squashfs, extfs, dir or encrypted."""
         if self.limits is not None:
             from sifbox.security import policy
+            from sifbox.util import filestat
 
-            st = os.fstat(fd)
+            st = filestat.fstat(fd)
             reason = policy.decide(policy.opened_path(fd), st.st_uid, st.st_gid, kind, self.limits)
             if reason is not None:
                 raise AdmissionError(f"can't {self.verb} {_object(role, image)}: {reason}",

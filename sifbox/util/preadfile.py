@@ -13,6 +13,8 @@ from __future__ import annotations
 import io
 import os
 
+from sifbox.util import filestat
+
 
 class PreadFile(io.RawIOBase):
     """`open(fd, "rb")` without the shared offset; closing it leaves `fd` open."""
@@ -40,7 +42,7 @@ class PreadFile(io.RawIOBase):
         elif whence == os.SEEK_CUR:
             pos = self._pos + offset
         elif whence == os.SEEK_END:
-            pos = os.fstat(self._fd).st_size + offset
+            pos = filestat.fstat(self._fd).st_size + offset  # no access time: no request
         else:
             raise ValueError(f"invalid whence {whence}")
         if pos < 0:

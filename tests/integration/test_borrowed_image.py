@@ -235,3 +235,27 @@ def test_a_holder_descriptor_of_another_file_is_not_used(run_as, as_who, sifbox_
     proc = _exec(run_as, as_who, sifbox_cli, one)
     assert proc.returncode == 0 and proc.stdout == "hello from image\n", proc.stderr
     assert "opened here" in proc.stderr and "the node holder's descriptor of it" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_a_join_never_asks_for_the_image_access_time(run_as, as_who, sifbox_cli, two_images, shared_tmp: Path,  # type: ignore[no-untyped-def]
+                                                     fresh) -> None:  # fmt: skip
+    """An NFS or FUSE client marks a file's access time stale as it reads from it: a stat
+    asking for every field would then be a request to the file server at every launch. A
+    joined launch stats the image only with statx(2) without STATX_ATIME."""
+    one, _ = two_images
+    assert _exec(run_as, as_who, sifbox_cli, one).returncode == 0  # the holder
+    size = one.stat().st_size
+    trace = shared_tmp / f"stat-trace-{as_who.name}"
+    argv = ["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=stat,lstat,fstat,newfstatat,statx",
+            sifbox_cli, "-v", "exec", str(one), "true"]  # fmt: skip
+    proc = run_as(as_who, argv, env=env_for(as_who), timeout=LAUNCH_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert "the node holder's descriptor of it" in proc.stderr, proc.stderr
+    lines = trace.read_text().splitlines()
+    trace.unlink()
+    of_image = [line for line in lines if f"st_size={size}," in line or f"stx_size={size}," in line]
+    assert of_image, lines[-20:]
+    for line in of_image:
+        call, _, _ = line.partition("{")
+        assert "statx(" in call and "STATX_ATIME" not in call and "STATX_BASIC_STATS" not in call, line
