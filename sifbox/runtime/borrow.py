@@ -74,25 +74,6 @@ def borrow(path: str, uid: int, *, wait: bool = True) -> tuple[int | None, str]:
     the stat is simply not the one this launch runs. The copy shares the holder's file
     offset: it is read with pread only (sifbox.util.preadfile). With `wait`, a launch that
     finds no holder waits for one that another launch is starting (`_wait_for_start`)."""
-    import stat as st_
-
-    try:
-        # The file and the name it resolves to, from one O_PATH descriptor (no open
-        # reaches a file server); its stat leaves out the access time (util.filestat).
-        # The path is walked once: a walk checks the directories' permissions, a request
-        # to a FUSE server whose attributes have expired (one per process walking then).
-        pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        try:
-            st = filestat.fstat(pfd)
-            resolved = os.readlink(f"/proc/self/fd/{pfd}")
-            readable = st_.S_ISREG(st.st_mode) and os.access(f"/proc/self/fd/{pfd}", os.R_OK)
-        finally:
-            os.close(pfd)
-        if not readable:
-            return None, "not a readable regular file"
-    except OSError as err:
-        return None, err.strerror or str(err)
-    prefix = "-".join(f"{n:x}" for n in (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)) + "-"
     tag = node_tag()
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and (uid != os.getuid() or not os.path.isdir(xdg) or os.stat(xdg).st_uid != uid):
@@ -103,6 +84,11 @@ def borrow(path: str, uid: int, *, wait: bool = True) -> tuple[int | None, str]:
         except Unshared:
             continue
         try:
+            found = _resolve(path, dir_fd, tag)
+            if isinstance(found, str):
+                return None, found
+            st, resolved = found
+            prefix = "-".join(f"{n:x}" for n in (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)) + "-"
             fd = _borrow_in(dir_fd, prefix, tag, uid, st, resolved)
             if fd is not None:
                 return fd, ""
@@ -119,6 +105,40 @@ def borrow(path: str, uid: int, *, wait: bool = True) -> tuple[int | None, str]:
             os.close(dir_fd)
         break  # the directory the launch uses (the first one that is there)
     return None, "no holder holds it"
+
+
+def _resolve(path: str, dir_fd: int, tag: str) -> tuple[os.stat_result, str] | str:
+    """The file at `path` (a stat without its access time: util.filestat) and the name it
+    resolves to, from one O_PATH descriptor (no open reaches a file server); a string says
+    why not. The node's launches of one path walk it one at a time (a lock in the state
+    directory, keyed by the path and the node `tag`): a walk checks each directory's permissions, which is a
+    request to the file server once its attributes have expired, from every process that
+    walks then; the ranks of a job starting together would each send one."""
+    import stat as st_
+    import zlib
+
+    name = f"{zlib.crc32(os.fsencode(os.path.abspath(path))):08x}-{tag}.{WALK}"
+    lock = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError as err:
+            return err.strerror or str(err)
+    finally:
+        os.close(lock)
+    try:
+        st = filestat.fstat(pfd)
+        resolved = os.readlink(f"/proc/self/fd/{pfd}")
+        if not (st_.S_ISREG(st.st_mode) and os.access(f"/proc/self/fd/{pfd}", os.R_OK)):
+            return "not a readable regular file"
+    finally:
+        os.close(pfd)
+    return st, resolved
+
+
+#: The suffix of the lock files of `_resolve`, removed by `sifbox mounts prune`.
+WALK = "walk"
 
 
 def _borrow_in(dir_fd: int, prefix: str, tag: str, uid: int, st: os.stat_result, resolved: str) -> int | None:

@@ -719,6 +719,9 @@ def prune(uid: int, *, force: bool = False, wait: float = 5.0) -> list[dict[str,
                         _unlink(dir_fd, f"{key}.{suffix}")
                 finally:
                     os.close(lock)
+            for name in os.listdir(dir_fd):  # borrow's locks of path walks (waiters just walk)
+                if name.endswith(f"-{tag}.walk"):
+                    _unlink(dir_fd, name)
         finally:
             os.close(dir_fd)
     for pid in holder_pids(uid):
