@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 import sys
 
+from sifbox.runtime.readiness import message as _message
+from sifbox.runtime.readiness import wait_ready
 from sifbox.runtime.sandbox import rootfs
 from sifbox.runtime.sandbox import syscalls as sc
 from sifbox.runtime.sandbox.ops import Helper
@@ -352,37 +354,6 @@ def _watcher(name, paths, sock, err_fd: int, out_fd: int, launch) -> None:  # ty
             os._exit(status)
 
 
-def wait_ready(sock, seen: dict[str, Any]) -> tuple[int | None, int]:  # type: ignore[no-untyped-def]
-    """(holder pid, 0) once the holder says it is ready; (None, status) if
-    the instance ended first. The watcher's pid goes into `seen`, and the
-    addresses of its networks (`ip`)."""
-    import struct
-
-    status = int(ExitStatus.CANNOT_LAUNCH)
-    while True:
-        try:
-            data, anc, _, _ = sock.recvmsg(64, socket.CMSG_SPACE(12))
-        except InterruptedError:
-            continue
-        if not data:
-            return None, status
-        pid = 0
-        for level, kind, raw in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(raw) >= 12:
-                pid = struct.unpack("iII", raw[:12])[0]
-        if data == b"ready" and pid > 0:
-            return pid, 0
-        if data == b"watcher" and pid > 0:
-            seen["watcher"] = pid
-        if data.startswith(b"ip "):
-            seen["ip"] = data[3:].decode("ascii", "replace")
-        if data.startswith(b"exit "):
-            try:
-                status = int(data[5:])
-            except ValueError:
-                pass
-
-
 def _start_error(name: str, err_log: str, offset: int, status: int) -> SifboxError:
     """The error the instance wrote to its log while starting."""
     try:
@@ -481,23 +452,6 @@ def start_node_mount(image, *, dir_fd: int, key: str, uid: int, gid: int, userns
     helper = (int(words[4]), int(words[5])) if int(words[4]) else None
     return {"pid": pid, "starttime": seen[1] if seen else 0, "dev": int(words[1]),
             "mount": words[2].decode(), "fd": int(words[3]), "helper": helper}  # fmt: skip
-
-
-def _message(sock) -> tuple[bytes, int]:  # type: ignore[no-untyped-def]
-    """The first message on `sock` and its sender's pid (0: none, or the peer is gone)."""
-    import struct
-
-    while True:
-        try:
-            data, anc, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(12))
-            break
-        except InterruptedError:
-            continue
-    pid = 0
-    for level, kind, raw in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(raw) >= 12:
-            pid = struct.unpack("iII", raw[:12])[0]
-    return bytes(data), pid
 
 
 def _node_holder(image, notify: int, dir_fd: int, key: str, uid: int, gid: int, userns: bool,  # type: ignore[no-untyped-def]

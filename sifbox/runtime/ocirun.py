@@ -38,6 +38,7 @@ else:
     import _signal as signal
 
 from sifbox.runtime import ocihooks, ocispec, ocistate
+from sifbox.runtime.readiness import wait_ready  # not after the fork: its pages would be copied
 from sifbox.runtime.ocistate import OciError
 from sifbox.runtime.sandbox import rootfs
 from sifbox.runtime.sandbox import syscalls as sc
@@ -368,8 +369,6 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
             console.close()
         if detach:
             os.waitpid(child, 0)
-        from sifbox.runtime.holder import wait_ready
-
         seen: dict[str, int] = {}
         try:
             pid, status = wait_ready(ours, seen)
