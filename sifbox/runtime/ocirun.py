@@ -350,6 +350,11 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         log_fd = os.open(f"{here}/{CREATE_LOG}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         proc_fd = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # What the watcher and the container's process import, imported here: after the
+        # fork, each would copy the pages it touches (the modules' code is shared).
+        from sifbox.runtime import identity, supervisor  # noqa: F401
+        from sifbox.runtime.sandbox import mountplan, namespaces  # noqa: F401
+
         sys.stdout.flush()
         sys.stderr.flush()
         parent = os.getpid()
