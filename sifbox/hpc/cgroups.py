@@ -404,22 +404,30 @@ class Cgroups:
             os.write(procs, b"0")
 
     def warm(self) -> None:
-        """Move the caller into its own cgroups again: no change, but the kernel takes its
-        lock for migrations, whose first taking after a quiet spell waits for an RCU grace
-        period (~10 ms; writes that follow within some ms don't wait). Done by the caller
-        while the container's process is being set up, it spares that process's `join` the
-        wait."""
-        for pfd, _, _ in self.dirs[:1]:
-            try:
-                fd = os.open("cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=pfd)
-            except OSError:
-                return
+        """Move the caller into its own cgroup again (no change), in a thread of its own,
+        started now. The kernel takes its lock for migrations, whose first taking after a
+        quiet spell waits for an RCU grace period (8 to 20 ms here) while holding the cgroup
+        mutex; migrations within about one grace period of it don't wait. The caller goes
+        on making the container meanwhile (nothing that reads or writes cgroup files: that
+        would wait too), and the container's `join` comes too soon to wait again."""
+        import _thread
+
+        if not self.dirs:
+            return
+        try:
+            fd = os.open("cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=self.dirs[0][0])
+        except OSError:
+            return
+
+        def move_self() -> None:
             try:
                 os.write(fd, b"0")
             except OSError:
                 pass
             finally:
                 os.close(fd)
+
+        _thread.start_new_thread(move_self, ())
 
     def remove(self, joined: bool = True) -> None:
         """Take the caller out (if it may have joined) and remove the directories; the

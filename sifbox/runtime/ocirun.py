@@ -316,28 +316,32 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
     process's child and the payload starts at once, unless `parked` (then it waits for
     `start` too: a run with hooks). The create hooks run before this returns."""
     parked = detach if parked is None else parked
-    p = _plan_root(b, cid, preserved_fds(preserve_fds))
     if b.process.terminal and not console_socket and detach:
         raise OciError(f"can't create container `{cid}`: process.terminal is set but no --console-socket was given",
                        hint="pass --console-socket, or set process.terminal to false")  # fmt: skip
     dir_fd = ocistate.make_dir(root, cid)
     here = f"/proc/self/fd/{dir_fd}"
     created = False
+    cgroups = None
     try:
         # linux.resources, and the freezer of `pause` (when this caller can have cgroups): joined
         # by the container's process before pivot_root
         from sifbox.hpc.cgroups import CgroupError, Cgroups, Limits
 
         if b.limits is not None:
-            p.cgroups = Cgroups.create(f"sifbox-oci-{cid}", b.limits, what=f"container `{cid}`", extra=("freezer",))
+            cgroups = Cgroups.create(f"sifbox-oci-{cid}", b.limits, what=f"container `{cid}`", extra=("freezer",))
         else:
             # no limits yet: the controllers `update` may set, when this caller can have them
             for extra in (("freezer", "memory", "cpu", "pids", "cpuacct"), ("freezer",)):
                 try:
-                    p.cgroups = Cgroups.create(f"sifbox-oci-{cid}", Limits(), what=f"container `{cid}`", extra=extra)
+                    cgroups = Cgroups.create(f"sifbox-oci-{cid}", Limits(), what=f"container `{cid}`", extra=extra)
                     break
                 except (CgroupError, OSError):
-                    p.cgroups = None  # no pause/resume (or no update) for this container
+                    cgroups = None  # no pause/resume (or no update) for this container
+        if cgroups is not None:
+            cgroups.warm()  # while the plan is made: the container's join then doesn't wait
+        p = _plan_root(b, cid, preserved_fds(preserve_fds))
+        p.cgroups = cgroups
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         listener.bind(f"{here}/{ocistate.EXEC_SOCKET}")
         listener.listen(1)
@@ -364,8 +368,6 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
             chans = Channels(listener.fileno(), theirs.fileno(), console.fileno() if console else -1,
                              os.dup(2), immediate=not parked, hooks=ocihooks.of_kind(b.hooks, "startContainer"))  # fmt: skip
             _watcher(p, chans, log_fd, proc_fd, detach, parent)
-        if p.cgroups is not None:
-            p.cgroups.warm()  # while the watcher starts: the container's join then doesn't wait
         theirs.close()
         listener.close()
         os.close(log_fd)
@@ -422,8 +424,8 @@ def create(b: ocispec.Bundle, cid: str, root: str, *, pid_file: str | None = Non
         os.close(dir_fd)
         if not created:
             ocistate.remove(root, cid)
-            if p.cgroups is not None:
-                p.cgroups.remove(joined=False)  # its process joined them, this one didn't
+            if cgroups is not None:
+                cgroups.remove(joined=False)  # its process joined them, this one didn't
 
 
 def _create_error(cid: str, here: str, status: int) -> SifboxError:
