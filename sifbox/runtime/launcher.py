@@ -326,6 +326,8 @@ def prepare(launch: Launch) -> Prepared:
     p.keep_fds = envmod.kept_fds(p.env, os.environ)
     # (an instance's is made by its watcher: sifbox.runtime.launcher._instance)
     p.cgroups = limits_cgroup(options, spec.image) if p.joining is None and launch.instance is None else None
+    if p.cgroups is not None:
+        p.cgroups.warm()  # the kernel's migration wait, beside the launch: the join then doesn't wait
     return p
 
 
