@@ -419,7 +419,11 @@ class Cgroups:
         except OSError:
             return
 
+        running = _thread.allocate_lock()
+        running.acquire()
+
         def move_self() -> None:
+            running.release()
             try:
                 os.write(fd, b"0")
             except OSError:
@@ -428,6 +432,7 @@ class Cgroups:
                 os.close(fd)
 
         _thread.start_new_thread(move_self, ())
+        running.acquire()  # the thread has the interpreter's lock now, not after 5 ms of this one's
 
     def remove(self, joined: bool = True) -> None:
         """Take the caller out (if it may have joined) and remove the directories; the
