@@ -431,7 +431,11 @@ class Cgroups:
             finally:
                 os.close(fd)
 
-        _thread.start_new_thread(move_self, ())
+        try:
+            _thread.start_new_thread(move_self, ())
+        except RuntimeError:  # no thread to be had (a process limit): the join waits instead
+            os.close(fd)
+            return
         running.acquire()  # the thread has the interpreter's lock now, not after 5 ms of this one's
 
     def remove(self, joined: bool = True) -> None:
