@@ -4,6 +4,7 @@ ranges through newuidmap/newgidmap, else root mapped to the caller alone), and t
 
 from __future__ import annotations
 
+import grp  # (a built-in module: imported before the launch forks its PID 1, which uses it)
 import os
 
 TYPE_CHECKING = False  # (not `typing`'s: its import costs every launch milliseconds)
@@ -38,8 +39,6 @@ def enter_fakeroot(host: Host) -> None:
 
 def identity_files(session, root: str, host: Host, cfg) -> None:  # type: ignore[no-untyped-def]
     """/etc/passwd and /etc/group of the image, with the caller added."""
-    import grp
-
     from sifbox.runtime.plan import merge_group, merge_passwd
     from sifbox.runtime.sandbox.rootfs import read_text
 

@@ -515,7 +515,7 @@ def launch_prepared(p: Prepared, hold=None) -> int:  # type: ignore[no-untyped-d
 
 def _launch(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
     from sifbox.runtime import supervisor
-    from sifbox.runtime.sandbox import namespaces, process
+    from sifbox.runtime.sandbox import mountplan, namespaces, process  # noqa: F401 - before any fork (_container's)
 
     if p.share is not None:  # one mount per node (a holder's, or the mount service's), bound here
         from sifbox.runtime import nodemount
