@@ -47,10 +47,13 @@ def identity_files(session, root: str, host: Host, cfg) -> None:  # type: ignore
         entry = passwd_entry(host.uid) if host.uid == os.getuid() != 0 else (None, "/bin/sh")
         session.bind_text(root, "/etc/passwd", merge_passwd(read_text(root, "/etc/passwd"), host, *entry))
     if cfg.get_bool("config group"):
-        try:
-            group_name = grp.getgrgid(host.gid).gr_name
-        except KeyError:
-            group_name = host.user
+
+        def group_name() -> str:  # looked up (NSS) only if the image's /etc/group lacks the group
+            try:
+                return grp.getgrgid(host.gid).gr_name
+            except KeyError:
+                return host.user
+
         session.bind_text(root, "/etc/group", merge_group(read_text(root, "/etc/group"), host, group_name))
 
 

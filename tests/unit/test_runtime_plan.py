@@ -1097,3 +1097,13 @@ def test_own_network_namespace_gets_its_own_sysfs_and_dns_its_resolv_conf() -> N
     assert Mount("rbind", "/sys", "/sys") in plan()
     assert "/etc/resolv.conf" in targets(plan(files=[*FILES, "/etc/resolv.conf"]))
     assert "/etc/resolv.conf" not in targets(plan(files=[*FILES, "/etc/resolv.conf"], dns=("1.1.1.1",)))
+
+
+def test_merge_group_looks_the_name_up_only_when_it_is_needed() -> None:
+    def unused() -> str:
+        raise AssertionError("looked up (NSS) for a group the image has")
+
+    has = "root:x:0:\nstaff:x:1000:bob\n"
+    assert merge_group(has, HOST, unused) == has
+    assert merge_group("root:x:0:\n", HOST, lambda: "alice") == "root:x:0:\nalice:x:1000:\n"
+
