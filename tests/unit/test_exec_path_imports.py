@@ -31,8 +31,7 @@ EXEC_PATH = (
 #: Modules a launch without GPU options, of a plain (not encrypted) image, joining a node
 #: mount holder has no use for: the device planner, the encryption formats, the probe of
 #: squashfuse_ll's threading (asked when a holder is started).
-NOT_ON_A_PLAIN_LAUNCH = ("sifbox.hpc.devices", "sifbox.formats.sif.crypt", "binascii", "sifbox.image.squashfuse",
-                         "sifbox.formats.elf")  # fmt: skip
+NOT_ON_A_PLAIN_LAUNCH = ("sifbox.hpc.devices", "sifbox.formats.sif.crypt", "binascii", "sifbox.image.squashfuse")
 
 
 def _loaded_after(body: str) -> list[str]:
