@@ -247,8 +247,10 @@ def test_the_staged_passwd_and_group_are_nosuid_nodev_without_a_flag_call(run_as
 
 #: Modules a plain launch that joins its image's node mount has no use for (see
 #: tests/unit/test_exec_path_imports.py): GPU devices, encryption, the squashfuse_ll probe
-#: (sifbox.formats.elf stays: a user's launch reads its program's libraries ahead, `prefetch`).
-NOT_ON_A_JOINED_LAUNCH = ("sifbox.hpc.devices", "sifbox.formats.sif.crypt", "binascii", "sifbox.image.squashfuse")
+#: (sifbox.formats.elf stays: a user's launch reads its program's libraries ahead, `prefetch`),
+#: and `struct`, a file to look for on sys.path (`_struct` is built in).
+NOT_ON_A_JOINED_LAUNCH = ("sifbox.hpc.devices", "sifbox.formats.sif.crypt", "binascii", "sifbox.image.squashfuse",
+                          "struct")  # fmt: skip
 
 WATCHING_LAUNCHER = r"""#!{interpreter} -IS
 import os, sys

@@ -30,8 +30,10 @@ EXEC_PATH = (
 
 #: Modules a launch without GPU options, of a plain (not encrypted) image, joining a node
 #: mount holder has no use for: the device planner, the encryption formats, the probe of
-#: squashfuse_ll's threading (asked when a holder is started).
-NOT_ON_A_PLAIN_LAUNCH = ("sifbox.hpc.devices", "sifbox.formats.sif.crypt", "binascii", "sifbox.image.squashfuse")
+#: squashfuse_ll's threading (asked when a holder is started); and `struct`, a file to look for
+#: on sys.path (the modules use the built-in `_struct`).
+NOT_ON_A_PLAIN_LAUNCH = ("sifbox.hpc.devices", "sifbox.formats.sif.crypt", "binascii", "sifbox.image.squashfuse",
+                         "struct")  # fmt: skip
 
 
 def _loaded_after(body: str) -> list[str]:
