@@ -69,9 +69,9 @@ def apply(root: str, mounts: list[Mount], *, image: str, restrict: bool, in_plac
 
 class _Resolved:
     """What `apply` resolves once: the root (`top`, ending in /), its /proc, the masks made
-    (`_mask`), and `modes`, the kinds of the paths the masks and read-only paths (all in
-    the kernel's /proc and /sys) were resolved through: each looked at once (a mount on a
-    path forgets those at and below it; any other mount, all)."""
+    (`_mask`), and `modes`, the kinds of the paths the masks and read-only paths of /proc
+    and /sys were resolved through: each looked at once (a mount on a path forgets those
+    at and below it; any other mount, all)."""
 
     __slots__ = ("made", "modes", "proc", "top")
 
@@ -79,6 +79,12 @@ class _Resolved:
         self.top, self.proc = top, proc
         self.made: dict[bool, int] = {}
         self.modes: dict[str, int] = {}
+
+    def known(self, path: str) -> dict[str, int] | None:
+        """`modes` for a path of the container's /proc or /sys (the kernel's, which no one
+        but this launch changes meanwhile); None for any other (an OCI bundle's masked path
+        in its root directory): looked up afresh."""
+        return self.modes if path.startswith(("/proc/", "/sys/")) else None
 
     def forget(self, path: str) -> None:
         below = path + "/"
@@ -95,7 +101,7 @@ def _apply(root: str, m: Mount, image: str, restrict: bool, done: list[str], in_
         return None
     if m.kind == "readonly":
         try:
-            target = chase(root, m.target, modes=resolved.modes)
+            target = chase(root, m.target, modes=resolved.known(m.target))
         except OSError:
             return None
         resolved.forget(target)
@@ -249,9 +255,10 @@ def _mask(root: str, path: str, image: str, resolved: _Resolved) -> None:
     as it is."""
     made = resolved.made
     try:
-        target = chase(root, path, modes=resolved.modes)
+        known = resolved.known(path)
+        target = chase(root, path, modes=known)
         # (what chase found is never a link: it follows them)
-        mode = resolved.modes.get(target) or os.stat(target).st_mode
+        mode = (known or {}).get(target) or os.stat(target).st_mode
     except OSError:
         return  # nothing there to hide
     resolved.forget(target)
