@@ -288,8 +288,9 @@ def drop_all_capabilities(keep: frozenset[int] = frozenset()) -> None:
         try:
             prctl(PR_CAPBSET_DROP, cap)
         except OSError as err:
-            if err.errno != errno.EINVAL:  # EINVAL: no such capability on this kernel
+            if err.errno != errno.EINVAL:
                 raise
+            break  # EINVAL: no such capability on this kernel, nor any above it
     hdr, data = _capget()
     for d in data:
         d.inheritable = 0
