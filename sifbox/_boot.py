@@ -24,11 +24,11 @@ path. Modules keep their real `__file__` and packages their real
 
 Standard library only, and only modules that are loaded before any import
 (`marshal`, `_frozen_importlib`): this module runs before the finder exists.
+(Nor `from __future__ import annotations`: that statement imports the `__future__`
+module from sys.path; the modules of the bundle keep the flag without the import.)
 
     python -I -m sifbox._boot build PACKAGE_DIR BUNDLE     write a bundle
 """
-
-from __future__ import annotations
 
 import marshal
 import os
@@ -38,7 +38,7 @@ from _frozen_importlib_external import MAGIC_NUMBER  # type: ignore[import-not-f
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from types import ModuleType
+    from types import CodeType, ModuleType
 
 FORMAT = "sifbox-bundle-1"
 #: The first read of a bundle: the length and the header (the index), in one call.
@@ -77,7 +77,7 @@ class BundleFinder:
     def create_module(self, spec: ModuleSpec) -> None:
         return None  # the default module object
 
-    def exec_module(self, module: ModuleType) -> None:
+    def exec_module(self, module: "ModuleType") -> None:
         _, origin, offset, length = self.index[module.__name__]
         data = os.pread(self.fd, length, self.base + offset)
         if len(data) != length:
@@ -123,6 +123,26 @@ def install(bundle: str, package_dir: str) -> bool:
     return True
 
 
+def _compile(source: bytes, path: str) -> "CodeType":
+    """The module's code. `from __future__ import annotations` is both a compiler flag and,
+    when the module runs, an import of the `__future__` module, which the bundle doesn't
+    hold (a search of sys.path on every launch): the flag is kept, the import statement goes."""
+    import __future__
+
+    import ast
+
+    tree = ast.parse(source, path)
+    flags = 0
+    for i, node in enumerate(tree.body[:2]):
+        if (isinstance(node, ast.ImportFrom) and node.module == "__future__"
+                and [(a.name, a.asname) for a in node.names] == [("annotations", None)]):  # fmt: skip
+            flags = __future__.annotations.compiler_flag
+            del tree.body[i]
+            break
+    code: CodeType = compile(tree, path, "exec", flags=flags, dont_inherit=True)
+    return code
+
+
 def build(package_dir: str, bundle: str) -> int:
     """Compile every module under `package_dir` into `bundle` (atomically); return their number."""
     package_dir = os.path.abspath(package_dir)
@@ -141,7 +161,7 @@ def build(package_dir: str, bundle: str) -> int:
             is_package = file == "__init__.py"
             name = prefix if is_package else f"{prefix}.{file[:-3]}"
             with open(path, "rb") as f:
-                code = compile(f.read(), path, "exec", dont_inherit=True)
+                code = _compile(f.read(), path)
             data = marshal.dumps(code)
             index[name] = (is_package, path, offset, len(data))
             chunks.append(data)

@@ -13,7 +13,7 @@ input gives an empty answer, never an exception other than OSError from
 
 from __future__ import annotations
 
-import struct
+import _struct as struct  # the C module: `struct` is a file looked for on sys.path at every launch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

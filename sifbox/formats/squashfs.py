@@ -7,7 +7,7 @@ count, major 4, minor 0, root inode, bytes used, then table offsets.
 
 from __future__ import annotations
 
-import struct
+import _struct as struct  # the C module: `struct` is a file looked for on sys.path at every launch
 
 MAGIC = b"hsqs"
 SUPERBLOCK = struct.Struct("<4sIIIIHHHHHHQQ")

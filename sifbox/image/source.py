@@ -144,10 +144,12 @@ def _sif_partition(fd: int, path: str, where: str) -> ImageSource:
         if part is None:
             raise SifboxError(f"{where}: the SIF image has no root file system partition",
                               hint=f"`sifbox sif list {path}` shows what it holds")  # fmt: skip
-        from sifbox.formats.sif import crypt
-
         fs = part.partition()[0]
-        encryption = crypt.encryption_of(part)
+        encryption = None
+        if fs != c.FsType.SQUASHFS:  # (the crypt module, for the images that may be encrypted)
+            from sifbox.formats.sif import crypt
+
+            encryption = crypt.encryption_of(part)
         if fs != c.FsType.SQUASHFS and encryption is None:
             name = c.display(c.FS_TYPE_NAMES, fs)
             raise SifboxError(f"{where}: the root file system is {name}, sifbox runs SquashFS images")

@@ -4,6 +4,7 @@ ranges through newuidmap/newgidmap, else root mapped to the caller alone), and t
 
 from __future__ import annotations
 
+import grp  # (a built-in module: imported before the launch forks its PID 1, which uses it)
 import os
 
 TYPE_CHECKING = False  # (not `typing`'s: its import costs every launch milliseconds)
@@ -38,8 +39,6 @@ def enter_fakeroot(host: Host) -> None:
 
 def identity_files(session, root: str, host: Host, cfg) -> None:  # type: ignore[no-untyped-def]
     """/etc/passwd and /etc/group of the image, with the caller added."""
-    import grp
-
     from sifbox.runtime.plan import merge_group, merge_passwd
     from sifbox.runtime.sandbox.rootfs import read_text
 
@@ -48,10 +47,13 @@ def identity_files(session, root: str, host: Host, cfg) -> None:  # type: ignore
         entry = passwd_entry(host.uid) if host.uid == os.getuid() != 0 else (None, "/bin/sh")
         session.bind_text(root, "/etc/passwd", merge_passwd(read_text(root, "/etc/passwd"), host, *entry))
     if cfg.get_bool("config group"):
-        try:
-            group_name = grp.getgrgid(host.gid).gr_name
-        except KeyError:
-            group_name = host.user
+
+        def group_name() -> str:  # looked up (NSS) only if the image's /etc/group lacks the group
+            try:
+                return grp.getgrgid(host.gid).gr_name
+            except KeyError:
+                return host.user
+
         session.bind_text(root, "/etc/group", merge_group(read_text(root, "/etc/group"), host, group_name))
 
 

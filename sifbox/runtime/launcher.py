@@ -285,7 +285,7 @@ def prepare(launch: Launch) -> Prepared:
         _workdir(spec, host)
         if contained:
             mounts += _console(spec)
-        if launch.devices is not None:
+        if launch.devices is not None or cfg.get_bool("always use nv") or cfg.get_bool("always use rocm"):
             mounts, fixed, p.prepare_root = _add_devices(launch.devices, cfg, conf_path, spec, site, host, mounts,
                                                          overrides, contained)  # fmt: skip
         p.launched = launched
@@ -451,15 +451,15 @@ def _workdir(spec: ContainerSpec, host: Host) -> None:
                               f"{describe_os_error(err)}") from None  # fmt: skip
 
 
-def _add_devices(request: Request, cfg: Config, conf_path: str, spec: ContainerSpec, site: Site, host: Host,
+def _add_devices(request: Request | None, cfg: Config, conf_path: str, spec: ContainerSpec, site: Site, host: Host,
                  mounts: list[Any], overrides: dict[str, str],
                  contained: bool) -> tuple[list[Any], dict[str, str], Callable[[str], None] | None]:  # fmt: skip
     from sifbox.hpc import devices
 
-    if request.cdi_dirs and not site.user_bind_control and not host.is_root:
+    if request is not None and request.cdi_dirs and not site.user_bind_control and not host.is_root:
         raise SifboxError("can't use --cdi-dirs: user bind control is disabled by the site's sifbox.conf",
                           hint="the CDI specs of /etc/cdi and /var/run/cdi are used without it")  # fmt: skip
-    request = devices.with_config(request, cfg)
+    request = devices.with_config(request or devices.Request(False, False, False, (), ()), cfg)
     if request is None:
         return mounts, {}, None
     dev_is_host = site.mount_dev == "yes" and not spec.contain and "dev" not in spec.no_mount and not contained
@@ -517,7 +517,7 @@ def launch_prepared(p: Prepared, hold=None) -> int:  # type: ignore[no-untyped-d
 
 def _launch(p: Prepared, hold) -> int:  # type: ignore[no-untyped-def]
     from sifbox.runtime import supervisor
-    from sifbox.runtime.sandbox import namespaces, process
+    from sifbox.runtime.sandbox import mountplan, namespaces, process  # noqa: F401 - before any fork (_container's)
 
     if p.share is not None:  # one mount per node (a holder's, or the mount service's), bound here
         from sifbox.runtime import nodemount

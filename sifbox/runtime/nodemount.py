@@ -41,6 +41,7 @@ from sifbox.util.errors import SifboxError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 VERSION = 1
@@ -297,9 +298,11 @@ def _stop(doc: dict[str, Any], uid: int) -> None:
 
 
 def acquire(image: Any, *, uid: int, gid: int, userns: bool, squashfuse: str | None, slave: bool,
-            idle: int, fuse_threads: bool = False) -> Joinable:  # fmt: skip
+            idle: int, fuse_threads: Callable[[], bool] | None = None) -> Joinable:  # fmt: skip
     """The holder of `image` (a RootImage: the admitted descriptor, offset, size) for this
-    user, started if there is none; its refs lock taken. Raises Unshared."""
+    user, started if there is none; its refs lock taken. Raises Unshared. `fuse_threads`:
+    whether a holder started serves with squashfuse_ll's multithreaded server (asked only
+    then: the answer probes the binary)."""
     path, dir_fd = _usable_dir(uid)
     try:
         key = identity(image.fd, image.offset, image.size)
@@ -316,7 +319,7 @@ def acquire(image: Any, *, uid: int, gid: int, userns: bool, squashfuse: str | N
 
                 doc = holder.start_node_mount(image, dir_fd=dir_fd, key=key, uid=uid, gid=gid, userns=userns,
                                               squashfuse=squashfuse, slave=slave, idle=idle,
-                                              fuse_threads=fuse_threads)  # fmt: skip
+                                              fuse_threads=fuse_threads is not None and fuse_threads())  # fmt: skip
                 doc.update(version=VERSION, key=key, uid=uid, image=image.path)
                 _write(dir_fd, key, doc)
                 started = True
@@ -564,7 +567,7 @@ def for_launch(p: Any, *, instance: str | None) -> Joinable | ServiceMount | Non
         try:
             found = acquire(p.image, uid=p.host.uid, gid=p.host.gid, userns=p.userns, squashfuse=p.squashfuse,
                             slave=p.site.mount_slave, idle=max(0, idle),
-                            fuse_threads=squashfuse_threads(p, shared=True, say=False))  # fmt: skip
+                            fuse_threads=lambda: squashfuse_threads(p, shared=True, say=False))  # fmt: skip
         except Unshared as err:
             reason = f"can't share its mount: {err}"
         else:

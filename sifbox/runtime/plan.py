@@ -340,10 +340,14 @@ def merge_passwd(image_text: str, host: Host, gecos: str | None = None, shell: s
     return "\n".join(lines) + ("\n" if lines else "") + passwd_line(host, gecos, shell)
 
 
-def merge_group(image_text: str, host: Host, group_name: str) -> str:
+def merge_group(image_text: str, host: Host, group_name: str | Callable[[], str]) -> str:
+    """The image's /etc/group with the caller's group appended, unless it has its gid
+    (`group_name`: its name, or the function that looks it up, called only then)."""
     lines = [ln for ln in image_text.splitlines() if ln]
     if any(_uid(ln) == host.gid for ln in lines):
         return "\n".join(lines) + "\n"
+    if callable(group_name):
+        group_name = group_name()
     lines = [ln for ln in lines if ln.split(":")[0] != group_name]
     return "\n".join(lines) + ("\n" if lines else "") + f"{group_name}:x:{host.gid}:\n"
 

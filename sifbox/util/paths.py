@@ -16,26 +16,32 @@ import stat
 MAX_LINKS = 40
 
 
-def chase(root: str, path: str, *, create: str | None = None) -> str:
+def chase(root: str, path: str, *, create: str | None = None, modes: dict[str, int] | None = None) -> str:
     """The host path of `path` inside `root`, symlinks resolved within `root`.
 
     With `create="dir"` or `create="file"`, missing components are created
     (directories, and the last one as the given kind). Raises OSError.
+
+    `modes`: the st_mode of host paths already looked at (lstat; 0: missing), read and
+    filled in, for the caller who resolves many paths of a tree that does not change
+    meanwhile (it forgets what a mount replaced). The path found (but `root` itself) is in it.
     """
-    return _resolve(root, path, create=create, stop_at_missing=False)[0]
+    return _resolve(root, path, create=create, stop_at_missing=False, modes=modes)[0]
 
 
-def chase_existing(root: str, path: str) -> tuple[str, list[str]]:
+def chase_existing(root: str, path: str, modes: dict[str, int] | None = None) -> tuple[str, list[str]]:
     """Resolve `path` inside `root` as far as it exists.
 
     Returns the host path of the longest existing prefix (symlinks resolved
     within `root`) and the missing components after it. Raises OSError when
     a component that exists is not a directory, or on a symlink loop.
+    `modes` as for `chase`.
     """
-    return _resolve(root, path, create=None, stop_at_missing=True)
+    return _resolve(root, path, create=None, stop_at_missing=True, modes=modes)
 
 
-def _resolve(root: str, path: str, *, create: str | None, stop_at_missing: bool) -> tuple[str, list[str]]:
+def _resolve(root: str, path: str, *, create: str | None, stop_at_missing: bool,
+             modes: dict[str, int] | None = None) -> tuple[str, list[str]]:  # fmt: skip
     root = root.rstrip("/") or "/"
     todo = [p for p in path.split("/") if p not in ("", ".")]
     done: list[str] = []
@@ -47,21 +53,31 @@ def _resolve(root: str, path: str, *, create: str | None, stop_at_missing: bool)
                 done.pop()
             continue
         here = os.path.join(root, *done, part)
-        try:
-            st = os.lstat(here)
-        except FileNotFoundError:
+        mode = modes.get(here) if modes is not None else None
+        if mode is None:
+            try:
+                mode = os.lstat(here).st_mode
+            except FileNotFoundError:
+                mode = 0  # (missing)
+            if modes is not None:
+                modes[here] = mode
+        if not mode:
             if stop_at_missing:
                 return (os.path.join(root, *done) if done else root), [part] + [p for p in todo if p != ".."]
             if create is None:
-                raise
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), here)
             if todo or create == "dir":
                 os.mkdir(here, 0o755)
+                mode = stat.S_IFDIR | 0o755
             else:
                 flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
                 os.close(os.open(here, flags, 0o644))
+                mode = stat.S_IFREG | 0o644
+            if modes is not None:
+                modes[here] = mode
             done.append(part)
             continue
-        if stat.S_ISLNK(st.st_mode):
+        if stat.S_ISLNK(mode):
             links += 1
             if links > MAX_LINKS:
                 raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
@@ -70,7 +86,7 @@ def _resolve(root: str, path: str, *, create: str | None, stop_at_missing: bool)
                 done = []
             todo = [p for p in target.split("/") if p not in ("", ".")] + todo
             continue
-        if todo and not stat.S_ISDIR(st.st_mode):
+        if todo and not stat.S_ISDIR(mode):
             raise OSError(errno.ENOTDIR, "not a directory", os.path.join("/", *done, part))
         done.append(part)
     return (os.path.join(root, *done) if done else root), []

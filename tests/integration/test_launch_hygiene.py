@@ -241,3 +241,94 @@ def test_the_staged_passwd_and_group_are_nosuid_nodev_without_a_flag_call(run_as
     seen = {f[4]: f[5].split(",") for f in (line.split() for line in proc.stdout.splitlines()) if len(f) > 5}
     for path in ("/etc/passwd", "/etc/group"):
         assert {"nosuid", "nodev"} <= set(seen[path]), (path, seen.get(path))
+
+
+# --- what a joined launch imports, and where --------------------------------------------------------
+
+#: Modules a plain launch that joins its image's node mount has no use for (see
+#: tests/unit/test_exec_path_imports.py): GPU devices, encryption, the squashfuse_ll probe
+#: (sifbox.formats.elf stays: a user's launch reads its program's libraries ahead, `prefetch`),
+#: and `struct`, a file to look for on sys.path (`_struct` is built in).
+NOT_ON_A_JOINED_LAUNCH = ("sifbox.hpc.devices", "sifbox.formats.sif.crypt", "binascii", "sifbox.image.squashfuse",
+                          "struct")  # fmt: skip
+
+WATCHING_LAUNCHER = r"""#!{interpreter} -IS
+import os, sys
+sys.path[:0] = [{source!r}]
+sys.path.append({site!r})
+PARENT = os.getpid()
+forked = {{}}
+
+def _after_fork():
+    forked.setdefault("at", set(sys.modules))  # kept by the payload forked from the container's PID 1
+
+def _before_fork():
+    if "at" in forked:  # the container's PID 1, about to fork the payload
+        sys.stderr.write("PID1-IMPORTED " + " ".join(sorted(set(sys.modules) - forked["at"])) + "\n")
+        sys.stderr.flush()
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork)
+real_exit = os._exit
+
+def _exit(status):
+    if os.getpid() == PARENT:
+        loaded = [m for m in {watched!r} if m in sys.modules]
+        sys.stderr.write("LOADED " + " ".join(loaded) + "\n")
+        sys.stderr.flush()
+    real_exit(status)
+
+os._exit = _exit
+from sifbox.cli.main import main
+sys.exit(main())
+"""
+
+
+def test_a_joined_launch_imports_what_it_uses_before_it_forks(run_as, as_who, sifbox_cli, shared_tmp,
+                                                              action_images: ActionImages,
+                                                              source_copy: Path) -> None:  # fmt: skip
+    """Nothing a plain launch joining its node mount has no use for is imported, and a root
+    container's PID 1 imports nothing after the fork: what it would unmarshal goes to pages
+    copied from its parent (copy-on-write), once per launch."""
+    interpreter, site = _venv_of(sifbox_cli)
+    launcher = shared_tmp / "sifbox-watching"
+    launcher.write_text(WATCHING_LAUNCHER.format(interpreter=interpreter, source=str(source_copy), site=site,
+                                                 watched=NOT_ON_A_JOINED_LAUNCH))  # fmt: skip
+    launcher.chmod(0o755)
+    argv = ["exec", str(action_images.sif), "true"]
+    warm = run_as(as_who, [sifbox_cli, *argv], env=env_for(as_who), timeout=LAUNCH_TIMEOUT)  # the holder runs
+    assert warm.returncode == 0, warm.stderr
+    proc = run_as(as_who, [str(launcher), "-v", *argv], env=env_for(as_who), timeout=LAUNCH_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert "joining the node mount holder" in proc.stderr, proc.stderr
+    lines = [line.rstrip() for line in proc.stderr.splitlines()]
+    assert "LOADED" in lines, proc.stderr
+    pid1 = [line for line in lines if line.startswith("PID1-IMPORTED")]
+    assert pid1 == (["PID1-IMPORTED"] if as_who.is_root else []), proc.stderr
+
+
+def test_mount_points_and_masks_look_at_each_directory_once(run_as, as_who, sifbox_cli, shared_tmp,
+                                                            action_images: ActionImages) -> None:  # fmt: skip
+    """The mount points the plan needs are looked for in the image's directories once for all of
+    them (not once per point: /dev for each device node); a root container's masks and read-only
+    paths go through its /proc once for all (not once per path)."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed, so a launch's stat calls can't be counted")
+    argv = [sifbox_cli, "exec", str(action_images.sif), "true"]
+    assert run_as(as_who, argv, env=env_for(as_who), timeout=LAUNCH_TIMEOUT).returncode == 0  # the node mount
+    out = shared_tmp / f"trace-points-{as_who.name}"
+    proc = run_as(as_who, [strace, "-f", "-qq", "-o", str(out), "-e", "trace=chdir,newfstatat,lstat", *argv],
+                  env=env_for(as_who), timeout=LAUNCH_TIMEOUT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = out.read_text().splitlines()
+    root = next(line.split('"')[1] for line in lines if "chdir(" in line and line.endswith("/root\") = 0"))
+    session = os.path.dirname(root)
+    looked: dict[str, int] = {}
+    for line in lines:
+        if "AT_SYMLINK_NOFOLLOW" in line or "lstat(" in line:
+            path = line.split('"')[1]
+            looked[path] = looked.get(path, 0) + 1
+    layers = {p: n for p, n in looked.items() if p.startswith((session + "/image/", session + "/upper/"))}
+    assert layers and max(layers.values()) == 1, layers
+    if as_who.is_root:
+        assert looked.get(root + "/proc", 0) <= 4, looked

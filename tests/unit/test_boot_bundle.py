@@ -148,3 +148,20 @@ def test_the_command_line_builds_a_bundle(tmp_path: Path) -> None:
     assert proc.stdout.strip() == f"{bundle}: 5 modules"
     bad = subprocess.run([sys.executable, "-m", "sifbox._boot"], capture_output=True, text=True, env=env, check=False)
     assert bad.returncode == 2 and "usage:" in bad.stderr
+
+
+def test_postponed_annotations_without_importing_future(tmp_path: Path) -> None:
+    """`from __future__ import annotations` keeps its meaning (annotations are not evaluated)
+    without an import of the __future__ module from sys.path when the module runs."""
+    pkg = _package(tmp_path)
+    (pkg / "lazy.py").write_text('"""Doc."""\n\nfrom __future__ import annotations\n\n\n'
+                                 "def f(x: Undefined) -> None:\n    return None\n")  # fmt: skip
+    bundle = tmp_path / "b.bundle"
+    _boot.build(str(pkg), str(bundle))
+    words = _words(tmp_path, bundle, """
+        sys.modules.pop("__future__", None)  # (imported by _boot itself, from its source file)
+        import bpkg.lazy, bpkg.one
+        print(bpkg.lazy.f.__annotations__ == {"x": "Undefined", "return": "None"}, bpkg.lazy.__doc__, bpkg.one.X,
+              "__future__" in sys.modules)
+        """)
+    assert words == ["True", "Doc.", "42", "False"]

@@ -28,6 +28,14 @@ EXEC_PATH = (
 )
 
 
+#: Modules a launch without GPU options, of a plain (not encrypted) image, joining a node
+#: mount holder has no use for: the device planner, the encryption formats, the probe of
+#: squashfuse_ll's threading (asked when a holder is started); and `struct`, a file to look for
+#: on sys.path (the modules use the built-in `_struct`).
+NOT_ON_A_PLAIN_LAUNCH = ("sifbox.hpc.devices", "sifbox.formats.sif.crypt", "binascii", "sifbox.image.squashfuse",
+                         "struct")  # fmt: skip
+
+
 def _loaded_after(body: str) -> list[str]:
     return loaded_after(EXEC_PATH, body, HEAVY)
 
@@ -88,7 +96,7 @@ before = set(sys.modules)
 from sifbox.cli.main import main
 import sifbox.runtime.launcher as launcher
 def stop(p, hold=None):
-    heavy = {HEAVY + ("json", "ipaddress", "argparse", "sifbox.runtime.cni")!r}
+    heavy = {HEAVY + ("json", "ipaddress", "argparse", "sifbox.runtime.cni") + NOT_ON_A_PLAIN_LAUNCH!r}
     print("LOADED", " ".join(m for m in heavy if m in sys.modules and m not in before))
     import gc
     print("GC", gc.isenabled())
@@ -106,3 +114,26 @@ main(["exec", {str(root)!r}, "/bin/true"])
     assert lines[-1].split()[1:] == []
     # No cyclic collection in a launch: ~1.5 ms, and no heap-wide copy in its forked children.
     assert "GC False" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("fs,loaded", [("SQUASHFS", []), ("GOCRYPTFS_SQUASHFS", ["sifbox.formats.sif.crypt", "binascii"])])
+def test_a_plain_sif_is_opened_without_the_encryption_formats(tmp_path: Path, fs: str, loaded: list[str]) -> None:
+    from sifbox.formats.sif import constants as c
+    from sifbox.formats.sif import edit
+    from sifbox.formats.sif.layout import partition_extra
+
+    from .sifcorpus import INPUTS
+
+    sif = tmp_path / "img.sif"
+    part = edit.ObjectInput(c.DataType.PARTITION, (INPUTS / "root.squashfs").read_bytes(),
+                            extra=partition_extra(getattr(c.FsType, fs), c.PartType.PRIMSYS, "amd64"), group_id=1)  # fmt: skip
+    with open(sif, "wb+") as fp:
+        edit.create(fp, [part], deterministic=True)
+    body = f"""
+from sifbox.image.source import open_image
+src = open_image({str(sif)!r})
+assert src.encryption == {None if fs == "SQUASHFS" else "gocryptfs"!r}, src.encryption
+src.close()
+"""
+    watched = ("sifbox.formats.sif.crypt", "binascii")
+    assert loaded_after(("sifbox.image.source",), body, watched) == loaded

@@ -358,3 +358,63 @@ def test_which(tmp_path) -> None:
     assert which("data", str(tmp_path)) is None
     assert which("sh") == shutil.which("sh")
     assert which("no-such-tool-here") is None
+
+
+# -- modes: what a caller that resolves many paths of one tree has looked at -----------------
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(paths=st.lists(st.lists(COMPONENTS, max_size=6), min_size=1, max_size=6))
+def test_property_modes_change_no_answer(shared_tree: str, paths: list[list[str]]) -> None:
+    """Resolving through what was looked at before (the hostile links too) answers as
+    resolving afresh: the same path, or the same error."""
+    modes: dict[str, int] = {}
+
+    def answer(fn, path):  # type: ignore[no-untyped-def]
+        try:
+            return fn(path)
+        except OSError as err:
+            return err.errno
+
+    for parts in paths + paths:
+        path = "/" + "/".join(parts)
+        assert answer(lambda p: chase(shared_tree, p, modes=modes), path) == answer(lambda p: chase(shared_tree, p), path)
+        assert answer(lambda p: chase_existing(shared_tree, p, modes), path) == answer(
+            lambda p: chase_existing(shared_tree, p), path)  # fmt: skip
+    assert all(k.startswith(shared_tree + "/") for k in modes)
+
+
+def _counting_lstat(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    seen: list[str] = []
+    real = os.lstat
+
+    def lstat(path, *a, **kw):  # type: ignore[no-untyped-def]
+        seen.append(os.fspath(path))
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    return seen
+
+
+def test_each_component_is_looked_at_once_with_modes(tree: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _counting_lstat(monkeypatch)
+    modes: dict[str, int] = {}
+    for path in ("/usr/bin/up", "/usr/lib64", "/usr/bin", "/home/passwd", "/etc/passwd"):
+        chase(tree, path, modes=modes)
+    assert sorted(seen) == sorted(set(seen)), seen
+    assert j(tree, "usr") in seen and j(tree, "etc/passwd") in seen
+    seen.clear()
+    assert chase(tree, "/usr/bin/up", modes=modes) == j(tree, "usr/lib")
+    assert seen == []  # all known: only the link is read again
+
+
+def test_what_create_makes_is_known_after(tree: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    modes: dict[str, int] = {}
+    made = chase(tree, "/data/new/dir/file", create="file", modes=modes)
+    assert os.path.isfile(made)
+    seen = _counting_lstat(monkeypatch)
+    assert chase(tree, "/data/new/dir", modes=modes) == j(tree, "data/new/dir")
+    for resolve in (lambda: chase(tree, "/data/new/dir/file/x", modes=modes),
+                    lambda: chase_existing(tree, "/data/new/dir/file/x", modes)):  # fmt: skip
+        with pytest.raises(OSError) as exc:  # a file in the middle, known as a file
+            resolve()
+        assert exc.value.errno == errno.ENOTDIR
+    assert seen == []

@@ -1097,3 +1097,45 @@ def test_own_network_namespace_gets_its_own_sysfs_and_dns_its_resolv_conf() -> N
     assert Mount("rbind", "/sys", "/sys") in plan()
     assert "/etc/resolv.conf" in targets(plan(files=[*FILES, "/etc/resolv.conf"]))
     assert "/etc/resolv.conf" not in targets(plan(files=[*FILES, "/etc/resolv.conf"], dns=("1.1.1.1",)))
+
+
+def test_merge_group_looks_the_name_up_only_when_it_is_needed() -> None:
+    def unused() -> str:
+        raise AssertionError("looked up (NSS) for a group the image has")
+
+    has = "root:x:0:\nstaff:x:1000:bob\n"
+    assert merge_group(has, HOST, unused) == has
+    assert merge_group("root:x:0:\n", HOST, lambda: "alice") == "root:x:0:\nalice:x:1000:\n"
+
+
+# -- devices: none asked for, none looked at -------------------------------------------------------
+def test_no_device_option_is_no_device_request() -> None:
+    """A launch without --nv/--rocm/--device/--cdi-dirs (nor their variables) has no request:
+    the launcher doesn't import sifbox.hpc.devices unless sifbox.conf says `always use ...`."""
+    assert action._devices(ns()) is None
+    assert action._devices(ns(nv=True)).nv is True
+    assert action._devices(ns(cdi_dirs="/etc/cdi")).cdi_dirs == ("/etc/cdi",)
+
+
+@pytest.mark.parametrize("conf,wanted", [("", None), ("always use rocm = yes\n", "rocm"), ("always use nv = yes\n", "nv")])
+def test_always_use_still_applies_without_a_device_option(conf: str, wanted: str | None,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from sifbox.config import sysconf
+    from sifbox.hpc import devices
+    from sifbox.runtime import launcher
+    from sifbox.runtime.plan import DEFAULT_SITE
+
+    asked = []
+
+    def plan(request, **kw):  # type: ignore[no-untyped-def]
+        asked.append(request)
+        return devices.Extra([], {}, [])
+
+    monkeypatch.setattr(devices, "plan", plan)
+    spec = ContainerSpec(image="/img.sif", action="exec", command=["true"])
+    mounts, env, prepare = launcher._add_devices(None, sysconf.parse(conf), "/etc/sifbox/sifbox.conf", spec,
+                                                 DEFAULT_SITE, HOST, [], {}, False)  # fmt: skip
+    assert (mounts, env, prepare) == ([], {}, None)
+    assert [r.nv or r.rocm for r in asked] == ([] if wanted is None else [True])
+    if wanted:
+        assert getattr(asked[0], wanted) is True

@@ -379,6 +379,8 @@ def _devices(args):  # type: ignore[no-untyped-def]
     devices = [d for item in args.device + ([flag_env("DEVICE")] if flag_env("DEVICE") else [])
                for d in item.split(",") if d]  # fmt: skip
     cdi_dirs = args.cdi_dirs or flag_env("CDI_DIRS")
+    if not (nvccli or nv or rocm or devices or cdi_dirs):
+        return None  # (sifbox.conf's `always use nv|rocm` is the launcher's to apply)
     from sifbox.hpc.devices import Request
 
     return Request(nv, nvccli, rocm, tuple(devices), tuple(d for d in (cdi_dirs or "").split(",") if d))

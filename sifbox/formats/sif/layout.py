@@ -7,7 +7,7 @@ records, `dump_*` turns records back into the exact bytes.
 
 from __future__ import annotations
 
-import struct
+import _struct as struct  # the C module: `struct` is a file looked for on sys.path at every launch
 from sifbox.util.records import record as namedtuple
 
 TYPE_CHECKING = False

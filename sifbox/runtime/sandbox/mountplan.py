@@ -43,9 +43,10 @@ def apply(root: str, mounts: list[Mount], *, image: str, restrict: bool, in_plac
     done: list[str] = []  # where the mounts went (host paths), in order
     warnings = []
     # Resolved once: the root (sifbox's own directory); its /proc unless a link (None: at each
-    # mount; no mount of the plan makes it one); and the masks made, to bind again (`_mask`).
+    # mount; no mount of the plan makes it one); the masks made, to bind again (`_mask`); and
+    # the kinds of the paths the masks and read-only paths went through (`_Resolved.modes`).
     top, proc = os.path.realpath(root).rstrip("/") + "/", os.path.join(root, "proc")
-    resolved: tuple[str, str | None, dict[bool, int]] = (top, None if os.path.islink(proc) else proc, {})
+    resolved = _Resolved(top, None if os.path.islink(proc) else proc)
     try:
         for m in mounts:
             try:
@@ -61,28 +62,56 @@ def apply(root: str, mounts: list[Mount], *, image: str, restrict: bool, in_plac
             if where is not None:
                 done.append(where)
     finally:
-        for fd in resolved[2].values():
+        for fd in resolved.made.values():
             os.close(fd)
     return warnings
 
 
-def _apply(root: str, m: Mount, image: str, restrict: bool, done: list[str], in_place: bool, resolved: tuple[str, str | None, dict[bool, int]]) -> str | None:  # fmt: skip
+class _Resolved:
+    """What `apply` resolves once: the root (`top`, ending in /), its /proc, the masks made
+    (`_mask`), and `modes`, the kinds of the paths the masks and read-only paths of /proc
+    and /sys were resolved through: each looked at once (a mount on a path forgets those
+    at and below it; any other mount, all)."""
+
+    __slots__ = ("made", "modes", "proc", "top")
+
+    def __init__(self, top: str, proc: str | None) -> None:
+        self.top, self.proc = top, proc
+        self.made: dict[bool, int] = {}
+        self.modes: dict[str, int] = {}
+
+    def known(self, path: str) -> dict[str, int] | None:
+        """`modes` for a path of the container's /proc or /sys (the kernel's, which no one
+        but this launch changes meanwhile); None for any other (an OCI bundle's masked path
+        in its root directory): looked up afresh."""
+        return self.modes if path.startswith(("/proc/", "/sys/")) else None
+
+    def forget(self, path: str) -> None:
+        below = path + "/"
+        for known in [k for k in self.modes if k == path or k.startswith(below)]:
+            del self.modes[known]
+
+
+def _apply(root: str, m: Mount, image: str, restrict: bool, done: list[str], in_place: bool,
+           resolved: _Resolved) -> str | None:  # fmt: skip
     """Apply one mount; return where it went (None: skipped). `done`: where
-    the mounts before it went; `resolved`: the root, its /proc (see `apply`), the masks made."""
+    the mounts before it went; `resolved`: see `apply`."""
     if m.kind == "mask":
-        _mask(root, m.target, image, resolved[2])
+        _mask(root, m.target, image, resolved)
         return None
     if m.kind == "readonly":
         try:
-            target = chase(root, m.target)
+            target = chase(root, m.target, modes=resolved.known(m.target))
         except OSError:
             return None
+        resolved.forget(target)
         try:
             sc.mount(target, target, None, sc.MS_BIND | sc.MS_REC)
             set_flags(target, sc.MOUNT_ATTR_RDONLY | _RESTRICT, recursive=True)
         except OSError as err:
             raise fail(f"can't make `{m.target}` read-only", err, image) from None
         return None
+    resolved.modes.clear()
     if in_place and not _place(root, m, image, done):
         return None
     try:
@@ -91,7 +120,7 @@ def _apply(root: str, m: Mount, image: str, restrict: bool, done: list[str], in_
         raise fail(f"can't create the mount point `{m.target}`", err, image) from None
     if m.policy in ("site", "optional") and target in done:
         return None  # led by a symlink of the image onto a mount of the plan (/var/tmp -> /tmp)
-    top, proc, _ = resolved
+    top, proc = resolved.top, resolved.proc
     if m.kind != "proc" and m.target != "/proc" and not m.target.startswith("/proc/") and _in_proc(root, target, proc):
         # runc's CVE-2019-19921: a fake /proc (or a file over /proc/self/attr) through a symlink
         raise LaunchError(f"can't start a container from `{image}`: can't mount on `{m.target}`: a symlink "
@@ -220,15 +249,20 @@ def _is_device(path: str) -> bool:
     return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
 
 
-def _mask(root: str, path: str, image: str, made: dict[bool, int]) -> None:
+def _mask(root: str, path: str, image: str, resolved: _Resolved) -> None:
     """Hide `path` under an empty read-only directory or file: the first of each kind is made,
-    the others are binds of it (descriptors in `made`), read-only, nosuid, nodev, noexec as it is."""
+    the others are binds of it (descriptors in `resolved.made`), read-only, nosuid, nodev, noexec
+    as it is."""
+    made = resolved.made
     try:
-        target = chase(root, path)
-        st = os.stat(target)
+        known = resolved.known(path)
+        target = chase(root, path, modes=known)
+        # (what chase found is never a link: it follows them)
+        mode = (known or {}).get(target) or os.stat(target).st_mode
     except OSError:
         return  # nothing there to hide
-    is_dir = st.st_mode & 0o170000 == 0o040000
+    resolved.forget(target)
+    is_dir = mode & 0o170000 == 0o040000
     try:
         if is_dir in made:
             sc.mount(f"/proc/self/fd/{made[is_dir]}", target, None, sc.MS_BIND)
@@ -241,4 +275,4 @@ def _mask(root: str, path: str, image: str, made: dict[bool, int]) -> None:
             set_flags(target, sc.MOUNT_ATTR_RDONLY | _RESTRICT | sc.MOUNT_ATTR_NOEXEC)
         made[is_dir] = os.open(target, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as err:
-        raise fail(f"can't mask `{path}` (mode {st.st_mode:o})", err, image) from None
+        raise fail(f"can't mask `{path}` (mode {mode:o})", err, image) from None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
+import _struct as struct  # the C module: `struct` is a file looked for on sys.path at every launch
 
 from sifbox.runtime.sandbox import syscalls as sc
 from sifbox.runtime.sandbox import trampoline

@@ -526,12 +526,16 @@ def read_text(root: str, path: str, limit: int = 1 << 20) -> str:
 
 
 def _make_points(points: list[tuple[str, bool]], made_in: str, layers: list[str]) -> None:
+    """Make the mount points missing from every layer in `made_in` (not one of `layers`, which
+    don't change meanwhile: each of their directories is looked at once, for all points)."""
+    modes: dict[str, int] = {}
+    made: set[str] = set()
     for target, is_file in points:
         target = os.path.normpath("/" + target.lstrip("/"))
         best = None
         for layer in layers:
             try:
-                found, missing = chase_existing(layer, target)
+                found, missing = chase_existing(layer, target, modes)
             except OSError:
                 continue
             if not missing:
@@ -543,12 +547,15 @@ def _make_points(points: list[tuple[str, bool]], made_in: str, layers: list[str]
             continue  # present in a layer, or reported when the mount is applied
         layer, found, missing = best
         where = os.path.join(made_in, os.path.relpath(found, layer), *missing[:-1])
-        os.makedirs(where, exist_ok=True)
+        if where not in made:
+            os.makedirs(where, exist_ok=True)
+            made.add(where)
         last = os.path.join(where, missing[-1])
         if is_file:
             os.close(os.open(last, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
-        else:
+        elif last not in made:
             os.makedirs(last, exist_ok=True)
+            made.add(last)
 
 
 def _write_file(base: str, path: str, data: bytes, mode: int) -> None:

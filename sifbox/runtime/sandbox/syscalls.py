@@ -10,7 +10,7 @@ from __future__ import annotations
 import _ctypes
 import errno
 import os
-import struct
+import _struct as struct  # the C module: `struct` is a file looked for on sys.path at every launch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -27,7 +27,7 @@ errno if it did not. The code is machine code for x86-64 and AArch64
 
 from __future__ import annotations
 
-import struct
+import _struct as struct  # the C module: `struct` is a file looked for on sys.path at every launch
 
 _BASE = 0x400000
 _EHSIZE = 64
