@@ -295,10 +295,13 @@ def test_a_joined_launch_imports_what_it_uses_before_it_forks(run_as, as_who, si
                                                  watched=NOT_ON_A_JOINED_LAUNCH))  # fmt: skip
     launcher.chmod(0o755)
     argv = ["exec", str(action_images.sif), "true"]
-    warm = run_as(as_who, [sifbox_cli, *argv], env=env_for(as_who), timeout=LAUNCH_TIMEOUT)  # the holder runs
-    assert warm.returncode == 0, warm.stderr
-    proc = run_as(as_who, [str(launcher), "-v", *argv], env=env_for(as_who), timeout=LAUNCH_TIMEOUT)
-    assert proc.returncode == 0, proc.stderr
+    for _ in range(3):  # (a test session beside this one may prune the idle holder in between)
+        warm = run_as(as_who, [sifbox_cli, *argv], env=env_for(as_who), timeout=LAUNCH_TIMEOUT)  # the holder runs
+        assert warm.returncode == 0, warm.stderr
+        proc = run_as(as_who, [str(launcher), "-v", *argv], env=env_for(as_who), timeout=LAUNCH_TIMEOUT)
+        assert proc.returncode == 0, proc.stderr
+        if "joining the node mount holder" in proc.stderr:
+            break
     assert "joining the node mount holder" in proc.stderr, proc.stderr
     lines = [line.rstrip() for line in proc.stderr.splitlines()]
     assert "LOADED" in lines, proc.stderr
