@@ -174,26 +174,32 @@ def test_nothing_is_imported_after_the_root_moves(run_as, as_who, sifbox_cli, sh
 # --- the mount work of a launch ---------------------------------------------------------------------
 
 
+def _traced(run_as, who, argv: list[str], out: Path, calls: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """The lines of an strace (`calls` only) of `argv` run as `who`, after an untraced run of it:
+    that starts the node mount (strace -f would follow a holder the launch starts, and wait for
+    it until its idle timeout)."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed, so a launch's system calls can't be counted")
+    assert run_as(who, argv, env=env_for(who), timeout=LAUNCH_TIMEOUT).returncode == 0  # the node mount
+    proc = run_as(who, [strace, "-f", "-qq", "-o", str(out), "-e", f"trace={calls}", *argv], env=env_for(who),
+                  timeout=LAUNCH_TIMEOUT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return out.read_text().splitlines()
+
+
 def test_a_launch_resolves_the_container_root_once(run_as, as_who, sifbox_cli, shared_tmp,
                                                     action_images: ActionImages) -> None:  # fmt: skip
     """The directories above the container root are looked up once per launch, not again for
     every mount point pinned (some 17 mounts for root, 9 for a user)."""
-    strace = shutil.which("strace")
-    if strace is None:
-        pytest.skip("strace is not installed, so a launch's stat calls can't be counted")
     argv = [sifbox_cli, "exec", str(action_images.sif), "true"]
-    assert run_as(as_who, argv, env=env_for(as_who), timeout=LAUNCH_TIMEOUT).returncode == 0  # the node mount
-    out = shared_tmp / f"trace-{as_who.name}"
-    proc = run_as(as_who, [strace, "-f", "-qq", "-o", str(out), "-e", "trace=chdir,newfstatat,statx,lstat,stat",
-                           *argv], env=env_for(as_who), timeout=LAUNCH_TIMEOUT)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    trace = out.read_text()
-    roots = [line.split('"')[1] for line in trace.splitlines() if "chdir(" in line and line.endswith("= 0")]
+    lines = _traced(run_as, as_who, argv, shared_tmp / f"trace-{as_who.name}", "chdir,newfstatat,statx,lstat,stat")
+    roots = [line.split('"')[1] for line in lines if "chdir(" in line and line.endswith("= 0")]
     root = next(r for r in roots if r.endswith("/root"))  # the move into it: chdir, pivot_root(".", ".")
     parts = root.strip("/").split("/")
     for depth in range(1, len(parts) + 1):
         above = "/" + "/".join(parts[:depth])
-        looked_up = sum(1 for line in trace.splitlines() if "stat" in line and f'"{above}"' in line)
+        looked_up = sum(1 for line in lines if "stat" in line and f'"{above}"' in line)
         assert looked_up <= 4, (above, looked_up)
 
 
@@ -203,21 +209,11 @@ def test_a_root_container_makes_one_mask_of_each_kind(run_as, sifbox_cli, shared
     /dev/null, then made read-only, nosuid, nodev, noexec) and one empty directory (a read-only
     tmpfs) are made; the other masks are binds of them, which keep their flags: no more
     mount_setattr call, no more tmpfs."""
-    strace = shutil.which("strace")
-    if strace is None:
-        pytest.skip("strace is not installed, so a launch's mount calls can't be counted")
-    root = images.user_named("root")
     argv = [sifbox_cli, "exec", str(action_images.sif), "true"]
-    # The node mount first: a launch that starts the holder would have strace -f follow it too,
-    # and wait for it until its idle timeout.
-    assert run_as(root, argv, env=env_for(root), timeout=LAUNCH_TIMEOUT).returncode == 0
-    out = shared_tmp / "trace-masks"
-    proc = run_as(root, [strace, "-f", "-qq", "-o", str(out), "-e", "trace=mount,mount_setattr", *argv],
-                  env=env_for(root), timeout=LAUNCH_TIMEOUT)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    lines = _traced(run_as, images.user_named("root"), argv, shared_tmp / "trace-masks", "mount,mount_setattr")
     masked = ("/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
               "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware")  # fmt: skip
-    calls = [line for line in out.read_text().splitlines() if any(f'{m}"' in line for m in masked)]
+    calls = [line for line in lines if any(f'{m}"' in line for m in masked)]
     assert sum("mount_setattr(" in line for line in calls) <= 1, calls
     assert sum('"tmpfs"' in line for line in calls) <= 1, calls
 
@@ -314,16 +310,8 @@ def test_mount_points_and_masks_look_at_each_directory_once(run_as, as_who, sifb
     """The mount points the plan needs are looked for in the image's directories once for all of
     them (not once per point: /dev for each device node); a root container's masks and read-only
     paths go through its /proc once for all (not once per path)."""
-    strace = shutil.which("strace")
-    if strace is None:
-        pytest.skip("strace is not installed, so a launch's stat calls can't be counted")
     argv = [sifbox_cli, "exec", str(action_images.sif), "true"]
-    assert run_as(as_who, argv, env=env_for(as_who), timeout=LAUNCH_TIMEOUT).returncode == 0  # the node mount
-    out = shared_tmp / f"trace-points-{as_who.name}"
-    proc = run_as(as_who, [strace, "-f", "-qq", "-o", str(out), "-e", "trace=chdir,newfstatat,lstat", *argv],
-                  env=env_for(as_who), timeout=LAUNCH_TIMEOUT)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    lines = out.read_text().splitlines()
+    lines = _traced(run_as, as_who, argv, shared_tmp / f"trace-points-{as_who.name}", "chdir,newfstatat,lstat")
     root = next(line.split('"')[1] for line in lines if "chdir(" in line and line.endswith("/root\") = 0"))
     session = os.path.dirname(root)
     looked: dict[str, int] = {}
