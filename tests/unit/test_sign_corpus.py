@@ -158,17 +158,6 @@ def test_pgp_signature_whose_base64_has_no_padding_verifies() -> None:
         pgp.verify_clearsigned(tampered, ring)
 
 
-def _crc24(data: bytes) -> int:
-    crc = 0xB704CE
-    for b in data:
-        crc ^= b << 16
-        for _ in range(8):
-            crc <<= 1
-            if crc & 0x1000000:
-                crc ^= 0x1864CFB
-    return crc & 0xFFFFFF
-
-
 @needs_gpg
 @pytest.mark.parametrize("name", ["one-group", "two-groups"])
 def test_pgp_signature_at_corpus_time_verifies_with_pgpy(name: str) -> None:
@@ -189,7 +178,7 @@ def test_pgp_signature_at_corpus_time_verifies_with_pgpy(name: str) -> None:
         armored = raw[raw.index("-----BEGIN PGP SIGNATURE-----"):]
         packet = base64.b64decode(armored.split("\n\n", 1)[1].split("\n-----END")[0].replace("\n", ""))
         # PGPy wants the armor checksum line that current SIF signatures leave out.
-        crc = "=" + base64.b64encode(_crc24(packet).to_bytes(3, "big")).decode()
+        crc = "=" + base64.b64encode(pgp.crc24(packet).to_bytes(3, "big")).decode()
         signature = pgpy.PGPSignature.from_blob(armored.replace("\n-----END", f"\n{crc}\n-----END") + "\n")
         assert signature.signer_fingerprint.replace(" ", "") == FPR
         assert signature.created.timestamp() == SIGNING_TIME
