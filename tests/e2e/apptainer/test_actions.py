@@ -279,17 +279,6 @@ NETWORK = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def host_network() -> Iterator[None]:
-    """The host as it was before the networks' plugins ran (bridge, iptables, ip_forward)."""
-    from tests.integration import netstate
-
-    networks = Path("/var/lib/cni/networks")
-    with netstate.restored(("sbr0",), tuple(networks / n for n in ("bridge", "ptp", "fakeroot"))) as problems:
-        yield
-    assert not problems, problems
-
-
 @pytest.mark.parametrize("case", params(NETWORK))
 def test_network(request, sb, case: Case, host_network) -> None:
     run_case(request, sb, case)

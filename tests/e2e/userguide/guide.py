@@ -89,3 +89,18 @@ def chain(*setups: Setup) -> Setup:
             s(sb)
 
     return setup
+
+
+def fetch(url: str, wait: float = 10.0) -> str:
+    """The page at `url`, asked for again until a server answers or `wait` seconds pass ("")."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return str(r.read().decode())
+        except OSError:
+            time.sleep(0.1)
+    return ""

@@ -16,10 +16,7 @@ but `none`.
 from __future__ import annotations
 
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -61,17 +58,6 @@ CASES = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def host_network() -> Iterator[None]:
-    """The host as it was before the networks' plugins ran (bridge, iptables, ip_forward)."""
-    from tests.integration import netstate
-
-    networks = Path("/var/lib/cni/networks")
-    with netstate.restored(("sbr0",), tuple(networks / n for n in ("bridge", "ptp", "fakeroot"))) as problems:
-        yield
-    assert not problems, problems
-
-
 @pytest.mark.parametrize("case", params(CASES))
 def test_networking(request, sb, case, host_network) -> None:  # type: ignore[no-untyped-def]
     run_case(request, sb, case)
@@ -86,13 +72,7 @@ def test_network_args_portmap(request, sb, host_network) -> None:  # type: ignor
     port = free_port()
     guide.run(request, sb, C(f"{NW}:--network-args", "instance", "start", "--writable-tmpfs", "--net",
                              "--network-args", f"portmap={port}:80/tcp", "@nginx@", "@id@web2"))  # fmt: skip
-    deadline, page = time.monotonic() + 10, ""
-    while time.monotonic() < deadline and not page:
-        try:
-            with urllib.request.urlopen(f"http://localhost:{port}/", timeout=2) as r:
-                page = r.read().decode()
-        except OSError:
-            time.sleep(0.1)
+    page = guide.fetch(f"http://localhost:{port}/")
     assert "<h1>Welcome to nginx!</h1>" in page, page
     listed = sb.run(["instance", "list", "@id@web2"])
     assert "10.22." in listed.stdout, listed  # the instance's address on the bridge

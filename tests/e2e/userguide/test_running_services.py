@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -149,13 +148,7 @@ def test_nginx(request, sb, instances) -> None:
     port = free_port()
     guide.run(request, sb, C(f"{RS}:Nginx \"Hello-world\" in Apptainer", "instance", "start", "--writable-tmpfs",
                              "@nginx@", "@id@web", str(port)))  # fmt: skip
-    deadline, page = time.monotonic() + 10, ""
-    while time.monotonic() < deadline and not page:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
-                page = r.read().decode()
-        except OSError:
-            time.sleep(0.1)
+    page = guide.fetch(f"http://127.0.0.1:{port}/")
     assert "<h1>Welcome to nginx!</h1>" in page, page
     step(sb, f'{RS}:Nginx "Hello-world" in Apptainer[stop]', ["instance", "stop", "@id@web"])
 
