@@ -9,6 +9,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Iterator
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -121,6 +122,14 @@ def root_strace(prog: str) -> str | None:
     if strace is None:
         print(f"{prog}: strace is not installed (apt-get install strace)", file=sys.stderr)
     return strace
+
+
+def trace_events(trace: str) -> Iterator[tuple[str, float, str]]:
+    """(pid, time, call and result) of each line of an `strace -f -ttt` output."""
+    for line in trace.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) == 3:
+            yield parts[0], float(parts[1]), parts[2]
 
 
 def drop_caches() -> None:

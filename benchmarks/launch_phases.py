@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import Failed, Unavailable, UserEnv, root_strace
+from benchlib import Failed, Unavailable, UserEnv, root_strace, trace_events
 
 PHASES = ("start -> ns", "ns -> pivot", "pivot -> sh", "sh -> payload", "payload -> exit", "exit -> end")
 CALLS = "execve,clone,clone3,setns,unshare,pivot_root,exit_group"
@@ -46,11 +46,7 @@ def parse(trace: str, cli: str, payload: str) -> list[float]:
     """The phase durations (ms) of one trace (`strace -f -ttt` lines: PID TIME CALL...)."""
     start = ns = pivot = sh = run = pexit = end = None
     cli_pid = payload_pid = None
-    for line in trace.splitlines():
-        parts = line.split(None, 2)
-        if len(parts) < 3:
-            continue
-        pid, stamp, rest = parts[0], float(parts[1]), parts[2]
+    for pid, stamp, rest in trace_events(trace):
         if rest.startswith("execve(") and "= 0" in rest[-6:]:
             prog = rest[len('execve("'):].split('"', 1)[0]
             if start is None and prog == cli:

@@ -44,7 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import Failed, UserEnv, root_strace
+from benchlib import Failed, UserEnv, root_strace, trace_events
 from startup import oci_bundle
 
 PHASES = ("start -> ns", "ns -> pivot", "pivot -> exec", "exec -> exit", "exit -> end")
@@ -56,11 +56,7 @@ def parse(trace: str) -> list[float]:
     """The phase durations (ms) of one trace (`strace -f -ttt` lines: PID TIME CALL...)."""
     start = ns = pivot = run = pexit = end = None
     cli_pid = payload_pid = None
-    for line in trace.splitlines():
-        parts = line.split(None, 2)
-        if len(parts) < 3:
-            continue
-        pid, stamp, rest = parts[0], float(parts[1]), parts[2]
+    for pid, stamp, rest in trace_events(trace):
         if start is None:
             if rest.startswith("execve(") and rest.rstrip().endswith("= 0"):
                 start, cli_pid = stamp, pid
