@@ -259,3 +259,34 @@ def test_a_join_never_asks_for_the_image_access_time(run_as, as_who, sifbox_cli,
     for line in of_image:
         call, _, _ = line.partition("{")
         assert "statx(" in call and "STATX_ATIME" not in call and "STATX_BASIC_STATS" not in call, line
+
+
+def test_a_planted_walk_lock_is_not_followed(run_as, as_who, sifbox_cli, two_images, shared_tmp: Path,  # type: ignore[no-untyped-def]
+                                             fresh) -> None:  # fmt: skip
+    """The lock a launch takes to walk the image's path (in the state directory, named after the
+    path and the node), planted as a link to another file or as a directory: the launch runs the
+    image all the same (opening it itself), follows no link and writes nothing."""
+    import zlib
+
+    from sifbox.runtime import borrow, nodemount
+
+    one, _ = two_images
+    assert _exec(run_as, as_who, sifbox_cli, one).returncode == 0  # the holder, and the state directory
+    env = env_for(as_who)
+    where = next(d for d in nodemount.state_dirs(as_who.uid, env.get("XDG_RUNTIME_DIR")) if os.path.isdir(d))
+    lock = Path(where) / f"{zlib.crc32(os.fsencode(str(one))):08x}-{nodemount.node_tag()}.{borrow.WALK}"
+    target = shared_tmp / f"walk-target-{as_who.name}"
+    target.write_text("keep\n")
+    os.chmod(target, 0o666)
+    for plant in ("link", "directory"):
+        lock.unlink(missing_ok=True)
+        if plant == "link":
+            lock.symlink_to(target)
+        else:
+            lock.mkdir()
+        os.lchown(lock, as_who.uid, as_who.gid)
+        proc = _exec(run_as, as_who, sifbox_cli, one)
+        assert proc.returncode == 0 and proc.stdout == "hello from image\n", (plant, proc.stderr)
+        assert target.read_text() == "keep\n" and (lock.is_symlink() if plant == "link" else lock.is_dir())
+        if plant == "directory":
+            lock.rmdir()
